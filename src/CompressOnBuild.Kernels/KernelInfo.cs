@@ -1,0 +1,5 @@
+namespace CompressOnBuild.Kernels;
+
+internal static class KernelInfo
+{
+}

@@ -1,0 +1,6 @@
+namespace CompressOnBuild.Tasks
+{
+    internal static class Placeholder
+    {
+    }
+}

@@ -1,0 +1,5 @@
+namespace CompressOnBuild.Validation;
+
+internal static class ValidationInfo
+{
+}

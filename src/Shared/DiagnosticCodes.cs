@@ -1,0 +1,91 @@
+// Shared by CompressOnBuild.Tasks (netstandard2.0) and CompressOnBuild.Core (net10.0): the one list of
+// diagnostic codes. Messages live in Diagnostics.resx next to this file, each prefixed with its code.
+// A unit test checks that every constant here has a resx entry, every resx entry a constant, codes are
+// unique, and each is documented in docs/diagnostics.md.
+using System.Globalization;
+using System.Resources;
+
+namespace CompressOnBuild
+{
+#if COMPRESSONBUILD_TASKS
+    internal static class DiagnosticCodes
+#else
+    public static class DiagnosticCodes
+#endif
+    {
+        // 00xx: build integration and usage.
+        public const string WorkerNotFound = "CMPR0001";
+        public const string WorkerFailed = "CMPR0002";
+        public const string InvalidOption = "CMPR0003";
+        public const string NotSupportedYet = "CMPR0004";
+        public const string Usage = "CMPR0005";
+        public const string OutputConflict = "CMPR0006";
+        public const string ResponseFile = "CMPR0007";
+        public const string DotNetHostNotFound = "CMPR0008";
+
+        // 01xx: the model file.
+        public const string ModelNotFound = "CMPR0101";
+        public const string ModelNotOnnx = "CMPR0102";
+        public const string ModelInvalid = "CMPR0103";
+        public const string ExternalDataPath = "CMPR0104";
+        public const string ExternalDataUnreadable = "CMPR0105";
+        public const string OutputWriteFailed = "CMPR0106";
+        public const string OutputIsSource = "CMPR0107";
+
+        // 02xx: compression passes.
+        public const string AlreadyQuantized = "CMPR0201";
+        public const string NonFiniteWeights = "CMPR0202";
+        public const string NothingToQuantize = "CMPR0203";
+
+        // 03xx: calibration and validation data.
+        public const string DataNotFound = "CMPR0301";
+        public const string DataUnreadable = "CMPR0302";
+        public const string DataShape = "CMPR0303";
+        public const string LabelsMismatch = "CMPR0304";
+        public const string DataEmpty = "CMPR0305";
+        public const string PreprocessingInvalid = "CMPR0306";
+
+        // 04xx: validation in ONNX Runtime and budgets.
+        public const string BudgetBroken = "CMPR0401";
+        public const string OrtRunFailed = "CMPR0402";
+        public const string OrtNotLoadable = "CMPR0403";
+        public const string NonFiniteOutputs = "CMPR0404";
+        public const string OutputMismatch = "CMPR0405";
+        public const string LabelsRequired = "CMPR0406";
+        public const string NoValidationData = "CMPR0407";
+
+        // 05xx: internal.
+        public const string InternalError = "CMPR0501";
+
+        private static readonly ResourceManager Resources =
+            new ResourceManager("CompressOnBuild.Diagnostics", typeof(DiagnosticCodes).Assembly);
+
+        /// <summary>The resx message for <paramref name="code"/> formatted with <paramref name="args"/>;
+        /// it starts with the code ("CMPR0101: ...").</summary>
+        public static string Format(string code, params object?[] args)
+        {
+            string? template = Resources.GetString(code, CultureInfo.InvariantCulture);
+            if (template == null)
+            {
+                return code + ": " + string.Join(" ", args);
+            }
+            return string.Format(CultureInfo.InvariantCulture, template, args);
+        }
+
+        /// <summary>The message text without its "CMPRnnnn: " prefix (MSBuild adds the code itself).</summary>
+        public static string FormatWithoutCode(string code, params object?[] args)
+        {
+            string text = Format(code, args);
+            string prefix = code + ": ";
+            return text.StartsWith(prefix, System.StringComparison.Ordinal) ? text.Substring(prefix.Length) : text;
+        }
+
+        /// <summary>0 ok, 1 budget broken, 2 bad input or usage, 3 internal (CLI exit codes).</summary>
+        public static int ExitCodeFor(string code)
+        {
+            if (code == BudgetBroken) return 1;
+            if (code == InternalError || code == OrtRunFailed || code == OrtNotLoadable) return 3;
+            return 2;
+        }
+    }
+}

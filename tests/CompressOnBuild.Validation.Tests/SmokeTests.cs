@@ -1,0 +1,8 @@
+namespace CompressOnBuild.Validation.Tests;
+
+[TestClass]
+public sealed class AssemblySetup
+{
+    [AssemblyInitialize]
+    public static void Init(TestContext context) => _ = context;
+}
