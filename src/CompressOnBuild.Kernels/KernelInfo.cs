@@ -1,5 +1,0 @@
-namespace CompressOnBuild.Kernels;
-
-internal static class KernelInfo
-{
-}

@@ -1,0 +1,396 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
+
+namespace CompressOnBuild.Kernels;
+
+/// <summary>
+/// Linear (de)quantization as ONNX QuantizeLinear/DequantizeLinear define it:
+/// q = saturate(round_half_to_even(x / scale) + zero_point), x = (q - zero_point) * scale.
+/// The quantize kernels clamp to [min, max] (default the full type range; pass -127..127 for symmetric
+/// int8, or a narrower range for reduced-range weights). NaN inputs become 0 (callers check
+/// <see cref="TensorStats.AllFinite(ReadOnlySpan{float})"/> first). All of these are ours: TensorPrimitives
+/// has no quantize/dequantize. Every implementation is bit-identical to the scalar reference.
+/// </summary>
+public static class QuantizationKernels
+{
+    /// <summary>Per-tensor float -> int8.</summary>
+    public static void Quantize(ReadOnlySpan<float> values, float scale, sbyte zeroPoint, Span<sbyte> destination,
+        sbyte min = sbyte.MinValue, sbyte max = sbyte.MaxValue) =>
+        QuantizeCore(values, scale, zeroPoint, min, max, AsBytes(destination), KernelSelector.Current);
+
+    /// <summary>Per-tensor float -> uint8.</summary>
+    public static void Quantize(ReadOnlySpan<float> values, float scale, byte zeroPoint, Span<byte> destination,
+        byte min = byte.MinValue, byte max = byte.MaxValue) =>
+        QuantizeCore(values, scale, zeroPoint, min, max, destination, KernelSelector.Current);
+
+    /// <summary>Row-major [rows, cols] float -> int8 with one scale and zero point per row.</summary>
+    public static void QuantizePerRow(ReadOnlySpan<float> matrix, int rows, int cols, ReadOnlySpan<float> scales,
+        ReadOnlySpan<sbyte> zeroPoints, Span<sbyte> destination, sbyte min = sbyte.MinValue, sbyte max = sbyte.MaxValue)
+    {
+        CheckChannels(matrix.Length, rows, cols, scales.Length, zeroPoints.Length, destination.Length, rows);
+        for (int r = 0; r < rows; r++)
+        {
+            QuantizeCore(matrix.Slice(r * cols, cols), scales[r], zeroPoints[r], min, max,
+                AsBytes(destination.Slice(r * cols, cols)), KernelSelector.Current);
+        }
+    }
+
+    /// <summary>Row-major [rows, cols] float -> uint8 with one scale and zero point per row.</summary>
+    public static void QuantizePerRow(ReadOnlySpan<float> matrix, int rows, int cols, ReadOnlySpan<float> scales,
+        ReadOnlySpan<byte> zeroPoints, Span<byte> destination, byte min = byte.MinValue, byte max = byte.MaxValue)
+    {
+        CheckChannels(matrix.Length, rows, cols, scales.Length, zeroPoints.Length, destination.Length, rows);
+        for (int r = 0; r < rows; r++)
+        {
+            QuantizeCore(matrix.Slice(r * cols, cols), scales[r], zeroPoints[r], min, max,
+                destination.Slice(r * cols, cols), KernelSelector.Current);
+        }
+    }
+
+    /// <summary>Row-major [rows, cols] float -> int8 with one scale and zero point per column.</summary>
+    public static void QuantizePerColumn(ReadOnlySpan<float> matrix, int rows, int cols, ReadOnlySpan<float> scales,
+        ReadOnlySpan<sbyte> zeroPoints, Span<sbyte> destination, sbyte min = sbyte.MinValue, sbyte max = sbyte.MaxValue)
+    {
+        CheckChannels(matrix.Length, rows, cols, scales.Length, zeroPoints.Length, destination.Length, cols);
+        float[] zp = new float[cols];
+        for (int c = 0; c < cols; c++)
+        {
+            zp[c] = zeroPoints[c];
+        }
+        QuantizePerColumnCore(matrix, rows, cols, scales, zp, min, max, AsBytes(destination), KernelSelector.Current);
+    }
+
+    /// <summary>Row-major [rows, cols] float -> uint8 with one scale and zero point per column.</summary>
+    public static void QuantizePerColumn(ReadOnlySpan<float> matrix, int rows, int cols, ReadOnlySpan<float> scales,
+        ReadOnlySpan<byte> zeroPoints, Span<byte> destination, byte min = byte.MinValue, byte max = byte.MaxValue)
+    {
+        CheckChannels(matrix.Length, rows, cols, scales.Length, zeroPoints.Length, destination.Length, cols);
+        float[] zp = new float[cols];
+        for (int c = 0; c < cols; c++)
+        {
+            zp[c] = zeroPoints[c];
+        }
+        QuantizePerColumnCore(matrix, rows, cols, scales, zp, min, max, destination, KernelSelector.Current);
+    }
+
+    /// <summary>int8 -> float: (q - zeroPoint) * scale.</summary>
+    public static void Dequantize(ReadOnlySpan<sbyte> values, float scale, sbyte zeroPoint, Span<float> destination) =>
+        DequantizeCore(MemoryMarshal.AsBytes(values), unsigned: false, scale, zeroPoint, destination, KernelSelector.Current);
+
+    /// <summary>uint8 -> float: (q - zeroPoint) * scale.</summary>
+    public static void Dequantize(ReadOnlySpan<byte> values, float scale, byte zeroPoint, Span<float> destination) =>
+        DequantizeCore(values, unsigned: true, scale, zeroPoint, destination, KernelSelector.Current);
+
+    internal static Span<byte> AsBytes(Span<sbyte> span) => MemoryMarshal.AsBytes(span);
+
+    internal static void QuantizeCore(ReadOnlySpan<float> values, float scale, float zeroPoint, float min, float max,
+        Span<byte> destination, KernelImplementation implementation)
+    {
+        CheckDestination(values.Length, destination.Length);
+        QuantizeDriver.Run(values, new BroadcastScale(scale, zeroPoint), min, max, destination, implementation);
+    }
+
+    internal static void QuantizePerColumnCore(ReadOnlySpan<float> matrix, int rows, int cols, ReadOnlySpan<float> scales,
+        ReadOnlySpan<float> zeroPoints, float min, float max, Span<byte> destination, KernelImplementation implementation)
+    {
+        var source = new ElementwiseScale(scales[..cols], zeroPoints[..cols]);
+        for (int r = 0; r < rows; r++)
+        {
+            QuantizeDriver.Run(matrix.Slice(r * cols, cols), source, min, max, destination.Slice(r * cols, cols), implementation);
+        }
+    }
+
+    internal static void DequantizeCore(ReadOnlySpan<byte> values, bool unsigned, float scale, float zeroPoint,
+        Span<float> destination, KernelImplementation implementation)
+    {
+        CheckDestination(values.Length, destination.Length);
+        DequantizeDriver.Run(values, unsigned, scale, zeroPoint, destination, implementation);
+    }
+
+    private static void CheckDestination(int length, int destinationLength)
+    {
+        if (destinationLength < length)
+        {
+            throw new ArgumentException($"The destination holds {destinationLength} elements; {length} are needed.");
+        }
+    }
+
+    private static void CheckChannels(int length, int rows, int cols, int scales, int zeroPoints, int destination, int channels)
+    {
+        TensorStats.CheckMatrix(length, rows, cols, destination, length);
+        if (scales < channels || zeroPoints < channels)
+        {
+            throw new ArgumentException($"{channels} scales and zero points are needed; got {scales} and {zeroPoints}.");
+        }
+    }
+}
+
+/// <summary>Where a quantize loop gets scale and zero point for element i.</summary>
+internal interface IScaleSource
+{
+    float Scale(int i);
+
+    float ZeroPoint(int i);
+
+    Vector128<float> Scale128(int i);
+
+    Vector128<float> ZeroPoint128(int i);
+
+    Vector256<float> Scale256(int i);
+
+    Vector256<float> ZeroPoint256(int i);
+
+    Vector512<float> Scale512(int i);
+
+    Vector512<float> ZeroPoint512(int i);
+}
+
+internal readonly struct BroadcastScale(float scale, float zeroPoint) : IScaleSource
+{
+    public float Scale(int i) => scale;
+
+    public float ZeroPoint(int i) => zeroPoint;
+
+    public Vector128<float> Scale128(int i) => Vector128.Create(scale);
+
+    public Vector128<float> ZeroPoint128(int i) => Vector128.Create(zeroPoint);
+
+    public Vector256<float> Scale256(int i) => Vector256.Create(scale);
+
+    public Vector256<float> ZeroPoint256(int i) => Vector256.Create(zeroPoint);
+
+    public Vector512<float> Scale512(int i) => Vector512.Create(scale);
+
+    public Vector512<float> ZeroPoint512(int i) => Vector512.Create(zeroPoint);
+}
+
+internal readonly ref struct ElementwiseScale(ReadOnlySpan<float> scales, ReadOnlySpan<float> zeroPoints) : IScaleSource
+{
+    private readonly ReadOnlySpan<float> _scales = scales;
+    private readonly ReadOnlySpan<float> _zeroPoints = zeroPoints;
+
+    public float Scale(int i) => _scales[i];
+
+    public float ZeroPoint(int i) => _zeroPoints[i];
+
+    public Vector128<float> Scale128(int i) => Vector128.Create(_scales.Slice(i, Vector128<float>.Count));
+
+    public Vector128<float> ZeroPoint128(int i) => Vector128.Create(_zeroPoints.Slice(i, Vector128<float>.Count));
+
+    public Vector256<float> Scale256(int i) => Vector256.Create(_scales.Slice(i, Vector256<float>.Count));
+
+    public Vector256<float> ZeroPoint256(int i) => Vector256.Create(_zeroPoints.Slice(i, Vector256<float>.Count));
+
+    public Vector512<float> Scale512(int i) => Vector512.Create(_scales.Slice(i, Vector512<float>.Count));
+
+    public Vector512<float> ZeroPoint512(int i) => Vector512.Create(_zeroPoints.Slice(i, Vector512<float>.Count));
+}
+
+internal static class QuantizeDriver
+{
+    // Each vector step converts four float vectors to one byte vector: int32 -> int16 -> int8 by
+    // truncating narrows, exact because the values were clamped into the target range first. The
+    // low byte of an int in [-128, 255] is the int8 or uint8 bit pattern alike.
+    public static void Run<TScale>(ReadOnlySpan<float> x, TScale source, float min, float max, Span<byte> destination,
+        KernelImplementation implementation)
+        where TScale : IScaleSource, allows ref struct
+    {
+        ref float xs = ref MemoryMarshal.GetReference(x);
+        ref byte d = ref MemoryMarshal.GetReference(destination);
+        int n = x.Length;
+        int i = 0;
+        switch (implementation)
+        {
+            case KernelImplementation.Vector512:
+            {
+                var lo = Vector512.Create(min);
+                var hi = Vector512.Create(max);
+                int w = Vector512<float>.Count;
+                for (; i <= n - 4 * w; i += 4 * w)
+                {
+                    Vector512<int> a = Step(Vector512.LoadUnsafe(ref xs, (nuint)i), source.Scale512(i), source.ZeroPoint512(i), lo, hi);
+                    Vector512<int> b = Step(Vector512.LoadUnsafe(ref xs, (nuint)(i + w)), source.Scale512(i + w), source.ZeroPoint512(i + w), lo, hi);
+                    Vector512<int> c = Step(Vector512.LoadUnsafe(ref xs, (nuint)(i + 2 * w)), source.Scale512(i + 2 * w), source.ZeroPoint512(i + 2 * w), lo, hi);
+                    Vector512<int> e = Step(Vector512.LoadUnsafe(ref xs, (nuint)(i + 3 * w)), source.Scale512(i + 3 * w), source.ZeroPoint512(i + 3 * w), lo, hi);
+                    Vector512.Narrow(Vector512.Narrow(a, b), Vector512.Narrow(c, e)).AsByte().StoreUnsafe(ref d, (nuint)i);
+                }
+                break;
+            }
+            case KernelImplementation.Vector256:
+            {
+                var lo = Vector256.Create(min);
+                var hi = Vector256.Create(max);
+                int w = Vector256<float>.Count;
+                for (; i <= n - 4 * w; i += 4 * w)
+                {
+                    Vector256<int> a = Step(Vector256.LoadUnsafe(ref xs, (nuint)i), source.Scale256(i), source.ZeroPoint256(i), lo, hi);
+                    Vector256<int> b = Step(Vector256.LoadUnsafe(ref xs, (nuint)(i + w)), source.Scale256(i + w), source.ZeroPoint256(i + w), lo, hi);
+                    Vector256<int> c = Step(Vector256.LoadUnsafe(ref xs, (nuint)(i + 2 * w)), source.Scale256(i + 2 * w), source.ZeroPoint256(i + 2 * w), lo, hi);
+                    Vector256<int> e = Step(Vector256.LoadUnsafe(ref xs, (nuint)(i + 3 * w)), source.Scale256(i + 3 * w), source.ZeroPoint256(i + 3 * w), lo, hi);
+                    Vector256.Narrow(Vector256.Narrow(a, b), Vector256.Narrow(c, e)).AsByte().StoreUnsafe(ref d, (nuint)i);
+                }
+                break;
+            }
+            case KernelImplementation.Vector128:
+            {
+                var lo = Vector128.Create(min);
+                var hi = Vector128.Create(max);
+                int w = Vector128<float>.Count;
+                for (; i <= n - 4 * w; i += 4 * w)
+                {
+                    Vector128<int> a = Step(Vector128.LoadUnsafe(ref xs, (nuint)i), source.Scale128(i), source.ZeroPoint128(i), lo, hi);
+                    Vector128<int> b = Step(Vector128.LoadUnsafe(ref xs, (nuint)(i + w)), source.Scale128(i + w), source.ZeroPoint128(i + w), lo, hi);
+                    Vector128<int> c = Step(Vector128.LoadUnsafe(ref xs, (nuint)(i + 2 * w)), source.Scale128(i + 2 * w), source.ZeroPoint128(i + 2 * w), lo, hi);
+                    Vector128<int> e = Step(Vector128.LoadUnsafe(ref xs, (nuint)(i + 3 * w)), source.Scale128(i + 3 * w), source.ZeroPoint128(i + 3 * w), lo, hi);
+                    Vector128.Narrow(Vector128.Narrow(a, b), Vector128.Narrow(c, e)).AsByte().StoreUnsafe(ref d, (nuint)i);
+                }
+                break;
+            }
+            default:
+                break;
+        }
+        for (; i < n; i++)
+        {
+            Unsafe.Add(ref d, i) = ScalarReference.QuantizeOne(Unsafe.Add(ref xs, i), source.Scale(i), source.ZeroPoint(i), min, max);
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector128<int> Step(Vector128<float> x, Vector128<float> scale, Vector128<float> zeroPoint, Vector128<float> lo, Vector128<float> hi) =>
+        Vector128.ConvertToInt32(Vector128.Min(Vector128.Max(Vector128.Round(x / scale) + zeroPoint, lo), hi));
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<int> Step(Vector256<float> x, Vector256<float> scale, Vector256<float> zeroPoint, Vector256<float> lo, Vector256<float> hi) =>
+        Vector256.ConvertToInt32(Vector256.Min(Vector256.Max(Vector256.Round(x / scale) + zeroPoint, lo), hi));
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<int> Step(Vector512<float> x, Vector512<float> scale, Vector512<float> zeroPoint, Vector512<float> lo, Vector512<float> hi) =>
+        Vector512.ConvertToInt32(Vector512.Min(Vector512.Max(Vector512.Round(x / scale) + zeroPoint, lo), hi));
+}
+
+internal static class DequantizeDriver
+{
+    // uint8 goes through the int8 path: q ^ 0x80 reinterpreted as int8 is q - 128, and the zero point
+    // shifts by the same 128, so (q - zp) is unchanged and exact in float.
+    public static void Run(ReadOnlySpan<byte> q, bool unsigned, float scale, float zeroPoint, Span<float> destination,
+        KernelImplementation implementation)
+    {
+        ref byte qs = ref MemoryMarshal.GetReference(q);
+        ref float d = ref MemoryMarshal.GetReference(destination);
+        int n = q.Length;
+        int i = 0;
+        float zp = unsigned ? zeroPoint - 128f : zeroPoint;
+        byte flip = unsigned ? (byte)0x80 : (byte)0;
+        switch (implementation)
+        {
+            case KernelImplementation.Vector512:
+            {
+                var s = Vector512.Create(scale);
+                var z = Vector512.Create(zp);
+                var f = Vector512.Create(flip);
+                int w = Vector512<float>.Count;
+                for (; i <= n - 4 * w; i += 4 * w)
+                {
+                    Vector512<sbyte> v = (Vector512.LoadUnsafe(ref qs, (nuint)i) ^ f).AsSByte();
+                    (Vector512<short> l, Vector512<short> u) = Vector512.Widen(v);
+                    (Vector512<int> a, Vector512<int> b) = Vector512.Widen(l);
+                    (Vector512<int> c, Vector512<int> e) = Vector512.Widen(u);
+                    ((Vector512.ConvertToSingle(a) - z) * s).StoreUnsafe(ref d, (nuint)i);
+                    ((Vector512.ConvertToSingle(b) - z) * s).StoreUnsafe(ref d, (nuint)(i + w));
+                    ((Vector512.ConvertToSingle(c) - z) * s).StoreUnsafe(ref d, (nuint)(i + 2 * w));
+                    ((Vector512.ConvertToSingle(e) - z) * s).StoreUnsafe(ref d, (nuint)(i + 3 * w));
+                }
+                break;
+            }
+            case KernelImplementation.Vector256:
+            {
+                var s = Vector256.Create(scale);
+                var z = Vector256.Create(zp);
+                var f = Vector256.Create(flip);
+                int w = Vector256<float>.Count;
+                for (; i <= n - 4 * w; i += 4 * w)
+                {
+                    Vector256<sbyte> v = (Vector256.LoadUnsafe(ref qs, (nuint)i) ^ f).AsSByte();
+                    (Vector256<short> l, Vector256<short> u) = Vector256.Widen(v);
+                    (Vector256<int> a, Vector256<int> b) = Vector256.Widen(l);
+                    (Vector256<int> c, Vector256<int> e) = Vector256.Widen(u);
+                    ((Vector256.ConvertToSingle(a) - z) * s).StoreUnsafe(ref d, (nuint)i);
+                    ((Vector256.ConvertToSingle(b) - z) * s).StoreUnsafe(ref d, (nuint)(i + w));
+                    ((Vector256.ConvertToSingle(c) - z) * s).StoreUnsafe(ref d, (nuint)(i + 2 * w));
+                    ((Vector256.ConvertToSingle(e) - z) * s).StoreUnsafe(ref d, (nuint)(i + 3 * w));
+                }
+                break;
+            }
+            case KernelImplementation.Vector128:
+            {
+                var s = Vector128.Create(scale);
+                var z = Vector128.Create(zp);
+                var f = Vector128.Create(flip);
+                int w = Vector128<float>.Count;
+                for (; i <= n - 4 * w; i += 4 * w)
+                {
+                    Vector128<sbyte> v = (Vector128.LoadUnsafe(ref qs, (nuint)i) ^ f).AsSByte();
+                    (Vector128<short> l, Vector128<short> u) = Vector128.Widen(v);
+                    (Vector128<int> a, Vector128<int> b) = Vector128.Widen(l);
+                    (Vector128<int> c, Vector128<int> e) = Vector128.Widen(u);
+                    ((Vector128.ConvertToSingle(a) - z) * s).StoreUnsafe(ref d, (nuint)i);
+                    ((Vector128.ConvertToSingle(b) - z) * s).StoreUnsafe(ref d, (nuint)(i + w));
+                    ((Vector128.ConvertToSingle(c) - z) * s).StoreUnsafe(ref d, (nuint)(i + 2 * w));
+                    ((Vector128.ConvertToSingle(e) - z) * s).StoreUnsafe(ref d, (nuint)(i + 3 * w));
+                }
+                break;
+            }
+            default:
+                break;
+        }
+        for (; i < n; i++)
+        {
+            Unsafe.Add(ref d, i) = ScalarReference.DequantizeOne(Unsafe.Add(ref qs, i), unsigned, scale, zeroPoint);
+        }
+    }
+}
+
+internal static partial class ScalarReference
+{
+    /// <summary>One element of QuantizeLinear; the byte is the int8 or uint8 bit pattern.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static byte QuantizeOne(float x, float scale, float zeroPoint, float min, float max)
+    {
+        float v = MathF.Round(x / scale, MidpointRounding.ToEven) + zeroPoint;
+        v = MathF.Min(MathF.Max(v, min), max);
+        return unchecked((byte)(int)v);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static float DequantizeOne(byte q, bool unsigned, float scale, float zeroPoint) =>
+        ((unsigned ? q : (float)unchecked((sbyte)q)) - zeroPoint) * scale;
+
+    public static void Quantize(ReadOnlySpan<float> x, float scale, float zeroPoint, float min, float max, Span<byte> destination)
+    {
+        for (int i = 0; i < x.Length; i++)
+        {
+            destination[i] = QuantizeOne(x[i], scale, zeroPoint, min, max);
+        }
+    }
+
+    public static void QuantizePerColumn(ReadOnlySpan<float> matrix, int rows, int cols, ReadOnlySpan<float> scales,
+        ReadOnlySpan<float> zeroPoints, float min, float max, Span<byte> destination)
+    {
+        for (int r = 0; r < rows; r++)
+        {
+            for (int c = 0; c < cols; c++)
+            {
+                destination[r * cols + c] = QuantizeOne(matrix[r * cols + c], scales[c], zeroPoints[c], min, max);
+            }
+        }
+    }
+
+    public static void Dequantize(ReadOnlySpan<byte> q, bool unsigned, float scale, float zeroPoint, Span<float> destination)
+    {
+        for (int i = 0; i < q.Length; i++)
+        {
+            destination[i] = DequantizeOne(q[i], unsigned, scale, zeroPoint);
+        }
+    }
+}

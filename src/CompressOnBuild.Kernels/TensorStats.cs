@@ -1,0 +1,191 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
+
+namespace CompressOnBuild.Kernels;
+
+/// <summary>Smallest and largest element; both are NaN when any element is NaN.</summary>
+public readonly record struct MinMaxResult(float Min, float Max)
+{
+    /// <summary>True when the span held a NaN.</summary>
+    public bool HasNaN => float.IsNaN(Min) || float.IsNaN(Max);
+}
+
+/// <summary>
+/// Statistics over float spans used to pick quantization parameters. All are ours:
+/// TensorPrimitives.MaxMagnitude returns the signed element and throws on empty input, and it has
+/// no per-row/per-column forms or a finiteness check. Results are bit-identical for every
+/// <see cref="KernelImplementation"/> (max/min/sum-of-zeros are order independent).
+/// </summary>
+public static class TensorStats
+{
+    /// <summary>Min and max with IEEE semantics (NaN propagates; -0 orders below +0).</summary>
+    /// <exception cref="ArgumentException">The span is empty.</exception>
+    public static MinMaxResult MinMax(ReadOnlySpan<float> values) => MinMax(values, KernelSelector.Current);
+
+    /// <summary>max |x| over the span (0 for an empty span; NaN if any element is NaN).</summary>
+    public static float MaxAbs(ReadOnlySpan<float> values) => MaxAbs(values, KernelSelector.Current);
+
+    /// <summary>True when no element is NaN or ±infinity (true for an empty span).</summary>
+    public static bool AllFinite(ReadOnlySpan<float> values) => AllFinite(values, KernelSelector.Current);
+
+    /// <summary>For a row-major [rows, cols] matrix: destination[r] = max |matrix[r, *]|.</summary>
+    public static void RowMaxAbs(ReadOnlySpan<float> matrix, int rows, int cols, Span<float> destination) =>
+        RowMaxAbs(matrix, rows, cols, destination, KernelSelector.Current);
+
+    /// <summary>For a row-major [rows, cols] matrix: destination[c] = max |matrix[*, c]|.</summary>
+    public static void ColumnMaxAbs(ReadOnlySpan<float> matrix, int rows, int cols, Span<float> destination) =>
+        ColumnMaxAbs(matrix, rows, cols, destination, KernelSelector.Current);
+
+    internal static MinMaxResult MinMax(ReadOnlySpan<float> values, KernelImplementation implementation)
+    {
+        if (values.IsEmpty)
+        {
+            throw new ArgumentException("MinMax needs at least one element.", nameof(values));
+        }
+        return new MinMaxResult(
+            ReduceDriver.Run<MinOp>(values, implementation),
+            ReduceDriver.Run<MaxOp>(values, implementation));
+    }
+
+    internal static float MaxAbs(ReadOnlySpan<float> values, KernelImplementation implementation) =>
+        ReduceDriver.Run<MaxAbsOp>(values, implementation);
+
+    internal static bool AllFinite(ReadOnlySpan<float> values, KernelImplementation implementation) =>
+        ReduceDriver.Run<NonFiniteOp>(values, implementation) == 0f;
+
+    internal static void RowMaxAbs(ReadOnlySpan<float> matrix, int rows, int cols, Span<float> destination, KernelImplementation implementation)
+    {
+        CheckMatrix(matrix.Length, rows, cols, destination.Length, rows);
+        for (int r = 0; r < rows; r++)
+        {
+            destination[r] = ReduceDriver.Run<MaxAbsOp>(matrix.Slice(r * cols, cols), implementation);
+        }
+    }
+
+    internal static void ColumnMaxAbs(ReadOnlySpan<float> matrix, int rows, int cols, Span<float> destination, KernelImplementation implementation)
+    {
+        CheckMatrix(matrix.Length, rows, cols, destination.Length, cols);
+        Span<float> acc = destination[..cols];
+        acc.Clear();
+        for (int r = 0; r < rows; r++)
+        {
+            AccumulateMaxAbs(matrix.Slice(r * cols, cols), acc, implementation);
+        }
+    }
+
+    /// <summary>acc[j] = max(acc[j], |x[j]|) (IEEE maximum).</summary>
+    internal static void AccumulateMaxAbs(ReadOnlySpan<float> x, Span<float> acc, KernelImplementation implementation)
+    {
+        ref float xs = ref MemoryMarshal.GetReference(x);
+        ref float a = ref MemoryMarshal.GetReference(acc);
+        int n = x.Length;
+        int i = 0;
+        switch (implementation)
+        {
+            case KernelImplementation.Vector512:
+                for (; i <= n - Vector512<float>.Count; i += Vector512<float>.Count)
+                {
+                    Vector512.Max(Vector512.LoadUnsafe(ref a, (nuint)i), Vector512.Abs(Vector512.LoadUnsafe(ref xs, (nuint)i)))
+                        .StoreUnsafe(ref a, (nuint)i);
+                }
+                break;
+            case KernelImplementation.Vector256:
+                for (; i <= n - Vector256<float>.Count; i += Vector256<float>.Count)
+                {
+                    Vector256.Max(Vector256.LoadUnsafe(ref a, (nuint)i), Vector256.Abs(Vector256.LoadUnsafe(ref xs, (nuint)i)))
+                        .StoreUnsafe(ref a, (nuint)i);
+                }
+                break;
+            case KernelImplementation.Vector128:
+                for (; i <= n - Vector128<float>.Count; i += Vector128<float>.Count)
+                {
+                    Vector128.Max(Vector128.LoadUnsafe(ref a, (nuint)i), Vector128.Abs(Vector128.LoadUnsafe(ref xs, (nuint)i)))
+                        .StoreUnsafe(ref a, (nuint)i);
+                }
+                break;
+            default:
+                break;
+        }
+        for (; i < n; i++)
+        {
+            Unsafe.Add(ref a, i) = MathF.Max(Unsafe.Add(ref a, i), MathF.Abs(Unsafe.Add(ref xs, i)));
+        }
+    }
+
+    internal static void CheckMatrix(int length, int rows, int cols, int destinationLength, int needed)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(rows);
+        ArgumentOutOfRangeException.ThrowIfNegative(cols);
+        if ((long)rows * cols != length)
+        {
+            throw new ArgumentException($"A [{rows}, {cols}] matrix needs {(long)rows * cols} elements, the span has {length}.");
+        }
+        if (destinationLength < needed)
+        {
+            throw new ArgumentException($"The destination needs {needed} elements, it has {destinationLength}.");
+        }
+    }
+}
+
+/// <summary>Plain scalar twins of the vector kernels: the behaviour every implementation must reproduce.</summary>
+internal static partial class ScalarReference
+{
+    public static MinMaxResult MinMax(ReadOnlySpan<float> values)
+    {
+        if (values.IsEmpty)
+        {
+            throw new ArgumentException("MinMax needs at least one element.", nameof(values));
+        }
+        float min = float.PositiveInfinity, max = float.NegativeInfinity;
+        foreach (float v in values)
+        {
+            min = MathF.Min(min, v);
+            max = MathF.Max(max, v);
+        }
+        return new MinMaxResult(min, max);
+    }
+
+    public static float MaxAbs(ReadOnlySpan<float> values)
+    {
+        float max = 0f;
+        foreach (float v in values)
+        {
+            max = MathF.Max(max, MathF.Abs(v));
+        }
+        return max;
+    }
+
+    public static bool AllFinite(ReadOnlySpan<float> values)
+    {
+        foreach (float v in values)
+        {
+            if (!float.IsFinite(v))
+            {
+                return false;
+            }
+        }
+        return true;
+    }
+
+    public static void RowMaxAbs(ReadOnlySpan<float> matrix, int rows, int cols, Span<float> destination)
+    {
+        for (int r = 0; r < rows; r++)
+        {
+            destination[r] = MaxAbs(matrix.Slice(r * cols, cols));
+        }
+    }
+
+    public static void ColumnMaxAbs(ReadOnlySpan<float> matrix, int rows, int cols, Span<float> destination)
+    {
+        for (int c = 0; c < cols; c++)
+        {
+            float max = 0f;
+            for (int r = 0; r < rows; r++)
+            {
+                max = MathF.Max(max, MathF.Abs(matrix[r * cols + c]));
+            }
+            destination[c] = max;
+        }
+    }
+}

@@ -1,0 +1,163 @@
+namespace CompressOnBuild.Kernels.Tests;
+
+[TestClass]
+public sealed class QuantizationKernelTests
+{
+    // (min, max, zero point) for int8, symmetric int8, uint8, reduced-range int8.
+    private static readonly (float Min, float Max, float Zp)[] Ranges = [(-128, 127, 0), (-127, 127, 0), (0, 255, 128), (-64, 63, -3), (0, 255, 0)];
+
+    [TestMethod]
+    public void Quantize_matches_the_reference_for_every_length_offset_and_implementation()
+    {
+        foreach (int n in TestData.Lengths())
+        {
+            float[] values = TestData.Awkward(n, n * 3);
+            if (n > 2)
+            {
+                values[n / 2] = float.NaN;
+                values[n - 1] = float.NegativeInfinity;
+            }
+            foreach ((float min, float max, float zp) in Ranges)
+            {
+                float scale = 0.037f;
+                var expected = new byte[n];
+                ScalarReference.Quantize(values, scale, zp, min, max, expected);
+                foreach (KernelImplementation impl in TestData.All)
+                {
+                    for (int offset = 0; offset <= 3; offset++)
+                    {
+                        var buffer = new byte[n + offset + 1];
+                        buffer[^1] = 0xAB;
+                        QuantizationKernels.QuantizeCore(TestData.Unaligned(values, offset), scale, zp, min, max,
+                            buffer.AsSpan(offset, n), impl);
+                        CollectionAssert.AreEqual(expected, buffer.AsSpan(offset, n).ToArray(), $"{impl} n={n} offset={offset} range=[{min},{max}]");
+                        Assert.AreEqual((byte)0xAB, buffer[^1], "wrote past the end");
+                    }
+                }
+            }
+        }
+    }
+
+    [TestMethod]
+    public void Ties_round_half_to_even_and_values_saturate()
+    {
+        // scale 0.5: x / 0.5 lands exactly on .5 for x = k/2 + 1/4.
+        float[] x = [0.25f, 0.75f, 1.25f, -0.25f, -0.75f, -1.25f, 63.75f, 1e9f, -1e9f, float.MaxValue, 0f, -0f, float.Epsilon, 1e-40f];
+        sbyte[] expectedInt8 = [0, 2, 2, 0, -2, -2, 127, 127, -128, 127, 0, 0, 0, 0];
+        sbyte[] expectedSym = [0, 2, 2, 0, -2, -2, 127, 127, -127, 127, 0, 0, 0, 0];
+        byte[] expectedU8 = [128, 130, 130, 128, 126, 126, 255, 255, 0, 255, 128, 128, 128, 128];
+        foreach (KernelImplementation impl in TestData.All)
+        {
+            // repeat the pattern so every vector width sees it in its main loop, not only the tail
+            float[] big = Enumerable.Repeat(x, 20).SelectMany(a => a).ToArray();
+            var s8 = new byte[big.Length];
+            var sym = new byte[big.Length];
+            var u8 = new byte[big.Length];
+            QuantizationKernels.QuantizeCore(big, 0.5f, 0, -128, 127, s8, impl);
+            QuantizationKernels.QuantizeCore(big, 0.5f, 0, -127, 127, sym, impl);
+            QuantizationKernels.QuantizeCore(big, 0.5f, 128, 0, 255, u8, impl);
+            for (int i = 0; i < big.Length; i++)
+            {
+                int k = i % x.Length;
+                Assert.AreEqual(expectedInt8[k], (sbyte)s8[i], $"{impl} int8 x={x[k]}");
+                Assert.AreEqual(expectedSym[k], (sbyte)sym[i], $"{impl} sym x={x[k]}");
+                Assert.AreEqual(expectedU8[k], u8[i], $"{impl} uint8 x={x[k]}");
+            }
+        }
+        var pub = new sbyte[x.Length];
+        QuantizationKernels.Quantize(x, 0.5f, (sbyte)0, pub);
+        CollectionAssert.AreEqual(expectedInt8, pub);
+        var pubU = new byte[x.Length];
+        QuantizationKernels.Quantize(x, 0.5f, (byte)128, pubU);
+        CollectionAssert.AreEqual(expectedU8, pubU);
+    }
+
+    [TestMethod]
+    public void Per_column_and_per_row_match_the_reference()
+    {
+        (int Rows, int Cols)[] shapes = [(1, 1), (3, 5), (4, 16), (5, 63), (2, 64), (9, 65), (784, 128), (17, 257)];
+        foreach ((int rows, int cols) in shapes)
+        {
+            float[] m = TestData.Random(rows * cols, rows + cols, 3f);
+            float[] scales = TestData.Random(cols, cols).Select(s => MathF.Abs(s) / 100f + 1e-3f).ToArray();
+            float[] zps = Enumerable.Range(0, cols).Select(c => (float)(c % 7 - 3)).ToArray();
+            var expected = new byte[m.Length];
+            ScalarReference.QuantizePerColumn(m, rows, cols, scales, zps, -128, 127, expected);
+            foreach (KernelImplementation impl in TestData.All)
+            {
+                var got = new byte[m.Length];
+                QuantizationKernels.QuantizePerColumnCore(TestData.Unaligned(m, 1), rows, cols, scales, zps, -128, 127, got, impl);
+                CollectionAssert.AreEqual(expected, got, $"{impl} {rows}x{cols}");
+            }
+            var pub = new sbyte[m.Length];
+            QuantizationKernels.QuantizePerColumn(m, rows, cols, scales, zps.Select(z => (sbyte)z).ToArray(), pub);
+            CollectionAssert.AreEqual(expected, pub.Select(v => (byte)v).ToArray());
+
+            // per-row: transpose the problem (row r of m uses rowScales[r])
+            float[] rowScales = scales.Take(Math.Min(rows, cols)).Concat(Enumerable.Repeat(0.01f, Math.Max(0, rows - cols))).ToArray();
+            var rowExpected = new byte[m.Length];
+            for (int r = 0; r < rows; r++)
+            {
+                ScalarReference.Quantize(m.AsSpan(r * cols, cols), rowScales[r], 5, 0, 255, rowExpected.AsSpan(r * cols, cols));
+            }
+            var rowGot = new byte[m.Length];
+            QuantizationKernels.QuantizePerRow(m, rows, cols, rowScales, Enumerable.Repeat((byte)5, rows).ToArray(), rowGot);
+            CollectionAssert.AreEqual(rowExpected, rowGot, $"per-row {rows}x{cols}");
+        }
+    }
+
+    [TestMethod]
+    public void Dequantize_matches_the_formula_for_every_byte_and_implementation()
+    {
+        foreach (int n in TestData.Lengths().Where(l => l < 2000))
+        {
+            byte[] q = Enumerable.Range(0, n).Select(i => (byte)(i * 37 + 11)).ToArray();
+            foreach (bool unsigned in new[] { false, true })
+            {
+                float zp = unsigned ? 131 : -5;
+                const float scale = 0.0123f;
+                foreach (KernelImplementation impl in TestData.All)
+                {
+                    for (int offset = 0; offset <= 3; offset++)
+                    {
+                        var src = new byte[n + offset];
+                        q.CopyTo(src, offset);
+                        var got = new float[n];
+                        QuantizationKernels.DequantizeCore(src.AsSpan(offset, n), unsigned, scale, zp, got, impl);
+                        for (int i = 0; i < n; i++)
+                        {
+                            float expected = ((unsigned ? q[i] : (sbyte)q[i]) - zp) * scale;
+                            TestData.AreSame(expected, got[i], $"{impl} unsigned={unsigned} q={q[i]}");
+                        }
+                    }
+                }
+            }
+        }
+        var d = new float[3];
+        QuantizationKernels.Dequantize(new sbyte[] { -128, 0, 127 }, 0.5f, (sbyte)1, d);
+        CollectionAssert.AreEqual(new[] { -64.5f, -0.5f, 63f }, d);
+        QuantizationKernels.Dequantize(new byte[] { 0, 128, 255 }, 2f, (byte)128, d);
+        CollectionAssert.AreEqual(new[] { -256f, 0f, 254f }, d);
+    }
+
+    [TestMethod]
+    public void Quantize_then_dequantize_is_within_half_a_step()
+    {
+        float[] x = TestData.Random(10_000, 42, 5f);
+        float scale = TensorStats.MaxAbs(x) / 127f;
+        var q = new sbyte[x.Length];
+        QuantizationKernels.Quantize(x, scale, (sbyte)0, q, -127, 127);
+        var back = new float[x.Length];
+        QuantizationKernels.Dequantize(q, scale, (sbyte)0, back);
+        Assert.IsLessThanOrEqualTo(scale * 0.5f * 1.0001f, ErrorMetrics.MaxAbsDifference(x, back));
+        Assert.AreEqual(127, q.Max(v => Math.Abs((int)v)));
+    }
+
+    [TestMethod]
+    public void Short_destinations_are_rejected()
+    {
+        Assert.ThrowsExactly<ArgumentException>(() => QuantizationKernels.Quantize(new float[4], 1f, (sbyte)0, new sbyte[3]));
+        Assert.ThrowsExactly<ArgumentException>(() => QuantizationKernels.Dequantize(new byte[4], 1f, (byte)0, new float[3]));
+        Assert.ThrowsExactly<ArgumentException>(() => QuantizationKernels.QuantizePerColumn(new float[6], 2, 3, new float[2], new sbyte[3], new sbyte[6]));
+    }
+}
