@@ -42,6 +42,13 @@ internal static class Corpus
 
     private static string FindRepoRoot()
     {
+        foreach (var a in typeof(Corpus).Assembly.GetCustomAttributes(typeof(System.Reflection.AssemblyMetadataAttribute), false).Cast<System.Reflection.AssemblyMetadataAttribute>())
+        {
+            if (a.Key == "CompressOnBuild.RepoRoot" && a.Value is { } root && File.Exists(Path.Combine(root, "CompressOnBuild.sln")))
+            {
+                return root;
+            }
+        }
         string? dir = AppContext.BaseDirectory;
         while (dir != null)
         {
