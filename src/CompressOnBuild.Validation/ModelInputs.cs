@@ -1,0 +1,102 @@
+using System.Collections;
+using CompressOnBuild.Onnx;
+
+namespace CompressOnBuild.Validation;
+
+/// <summary>Element types the validator feeds and reads (ONNX TensorProto.DataType values).</summary>
+[System.Diagnostics.CodeAnalysis.SuppressMessage("Naming", "CA1720:Identifier contains type name", Justification = "The ONNX element type names.")]
+public enum TensorElementType
+{
+    /// <summary>Anything else (string, bool, sequences, maps, ...).</summary>
+    Other = 0,
+    /// <summary>float32.</summary>
+    Float = 1,
+    /// <summary>uint8.</summary>
+    UInt8 = 2,
+    /// <summary>int8.</summary>
+    Int8 = 3,
+    /// <summary>int32.</summary>
+    Int32 = 6,
+    /// <summary>int64.</summary>
+    Int64 = 7,
+    /// <summary>float16.</summary>
+    Float16 = 10,
+    /// <summary>float64.</summary>
+    Double = 11,
+}
+
+/// <summary>A model input or output: name, element type and shape (-1 for a dynamic or unknown dimension).</summary>
+public sealed record TensorInfo(string Name, TensorElementType ElementType, IReadOnlyList<long> Shape)
+{
+    /// <summary>True when the first dimension is dynamic (rank &gt;= 1).</summary>
+    public bool HasDynamicBatch => Shape.Count > 0 && Shape[0] < 0;
+
+    /// <summary>"[-1,1,28,28] float" style text for messages.</summary>
+    public string Describe() => "[" + string.Join(",", Shape) + "] " + ElementType.ToString().ToLowerInvariant();
+
+    internal static TensorElementType MapOnnxType(int onnxType) => onnxType switch
+    {
+        1 => TensorElementType.Float,
+        2 => TensorElementType.UInt8,
+        3 => TensorElementType.Int8,
+        6 => TensorElementType.Int32,
+        7 => TensorElementType.Int64,
+        10 => TensorElementType.Float16,
+        11 => TensorElementType.Double,
+        _ => TensorElementType.Other,
+    };
+}
+
+/// <summary>The graph inputs of a model that the data must feed (initializers excluded).</summary>
+public sealed class ModelInputs : IReadOnlyList<TensorInfo>
+{
+    private readonly List<TensorInfo> inputs;
+
+    /// <summary>Wraps a list of inputs.</summary>
+    public ModelInputs(IEnumerable<TensorInfo> inputs)
+    {
+        ArgumentNullException.ThrowIfNull(inputs);
+        this.inputs = [.. inputs];
+    }
+
+    /// <summary>Number of inputs.</summary>
+    public int Count => inputs.Count;
+
+    /// <summary>Input by position.</summary>
+    public TensorInfo this[int index] => inputs[index];
+
+    /// <summary>Input by name, or null.</summary>
+    public TensorInfo? Find(string name) => inputs.FirstOrDefault(i => i.Name == name);
+
+    /// <summary>Reads the graph inputs from an ONNX model (inputs that are also initializers are skipped).</summary>
+    public static ModelInputs FromModel(ModelProto model)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        HashSet<string> initializers = [.. model.Graph.Initializer.Select(t => t.Name)];
+        return new ModelInputs(model.Graph.Input.Where(i => !initializers.Contains(i.Name)).Select(FromValueInfo));
+    }
+
+    /// <summary>Reads the graph outputs from an ONNX model.</summary>
+    public static IReadOnlyList<TensorInfo> OutputsFromModel(ModelProto model)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        return [.. model.Graph.Output.Select(FromValueInfo)];
+    }
+
+    internal static TensorInfo FromValueInfo(ValueInfoProto value)
+    {
+        if (value.Type?.TensorType is not { } tensor)
+        {
+            return new TensorInfo(value.Name, TensorElementType.Other, []);
+        }
+        long[] shape = tensor.Shape == null
+            ? []
+            : [.. tensor.Shape.Dim.Select(d => d.ValueCase == TensorShapeProto.Types.Dimension.ValueOneofCase.DimValue ? d.DimValue : -1L)];
+        return new TensorInfo(value.Name, TensorInfo.MapOnnxType(tensor.ElemType), shape);
+    }
+
+    /// <inheritdoc/>
+    public IEnumerator<TensorInfo> GetEnumerator() => inputs.GetEnumerator();
+
+    IEnumerator IEnumerable.GetEnumerator() => GetEnumerator();
+}

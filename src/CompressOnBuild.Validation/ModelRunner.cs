@@ -1,0 +1,310 @@
+using System.Diagnostics;
+using CompressOnBuild.Core;
+using Microsoft.ML.OnnxRuntime;
+using OrtElementType = Microsoft.ML.OnnxRuntime.Tensors.TensorElementType;
+
+namespace CompressOnBuild.Validation;
+
+/// <summary>ONNX Runtime graph optimization level (mirrors ORT's, so callers need no ORT types).</summary>
+public enum GraphOptimization
+{
+    /// <summary>No graph optimizations.</summary>
+    Disabled,
+    /// <summary>Basic (constant folding, redundant node elimination).</summary>
+    Basic,
+    /// <summary>Extended (fusions).</summary>
+    Extended,
+    /// <summary>All, including layout optimizations.</summary>
+    All,
+}
+
+/// <summary>Session settings for <see cref="ModelRunner"/>.</summary>
+public sealed class ModelRunnerOptions
+{
+    /// <summary>Intra-op threads (fixed so timings are comparable between models). Default 1.</summary>
+    public int IntraOpThreads { get; init; } = 1;
+
+    /// <summary>Graph optimization level. Default <see cref="GraphOptimization.All"/>.</summary>
+    public GraphOptimization Optimization { get; init; } = GraphOptimization.All;
+
+    /// <summary>Samples per run when every model input has a dynamic batch dimension. Default 64.</summary>
+    public int BatchSize { get; init; } = 64;
+}
+
+/// <summary>Outputs of a run over a data set: per sample, the requested outputs (batch dimension 1), and timing.</summary>
+public sealed class DatasetRun
+{
+    internal DatasetRun(List<TensorData[]> outputs, double seconds, int batchSize)
+    {
+        Outputs = outputs;
+        Seconds = seconds;
+        BatchSize = batchSize;
+    }
+
+    /// <summary>Per sample, one tensor per requested output.</summary>
+    public IReadOnlyList<TensorData[]> Outputs { get; }
+
+    /// <summary>Wall time of the runs in seconds.</summary>
+    public double Seconds { get; }
+
+    /// <summary>Samples per run actually used (1 when the model's batch dimension is fixed).</summary>
+    public int BatchSize { get; }
+
+    /// <summary>Samples per second.</summary>
+    public double SamplesPerSecond => Seconds > 0 ? Outputs.Count / Seconds : 0;
+}
+
+/// <summary>
+/// Runs an ONNX model in ONNX Runtime (CPU) on float data: converts inputs to the model's element type (float16,
+/// uint8, int64, ...), returns outputs as float. ORT failures become <see cref="CompressException"/> (OrtRunFailed).
+/// <see cref="OrtLoader.Initialize"/> must have run first in processes that do not ship ORT.
+/// </summary>
+public sealed class ModelRunner : IDisposable
+{
+    private readonly InferenceSession session;
+    private readonly RunOptions runOptions = new();
+
+    /// <summary>Opens <paramref name="modelPath"/> (external data resolved next to it).</summary>
+    public ModelRunner(string modelPath, ModelRunnerOptions? options = null)
+    {
+        ArgumentNullException.ThrowIfNull(modelPath);
+        ModelPath = modelPath;
+        Options = options ?? new ModelRunnerOptions();
+        if (!File.Exists(modelPath))
+        {
+            throw new CompressException(DiagnosticCodes.ModelNotFound, modelPath) { File = modelPath };
+        }
+        try
+        {
+            using SessionOptions so = new()
+            {
+                IntraOpNumThreads = Math.Max(1, Options.IntraOpThreads),
+                InterOpNumThreads = 1,
+                ExecutionMode = ExecutionMode.ORT_SEQUENTIAL,
+                LogSeverityLevel = OrtLoggingLevel.ORT_LOGGING_LEVEL_ERROR,
+                GraphOptimizationLevel = Options.Optimization switch
+                {
+                    GraphOptimization.Disabled => GraphOptimizationLevel.ORT_DISABLE_ALL,
+                    GraphOptimization.Basic => GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                    GraphOptimization.Extended => GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+                    _ => GraphOptimizationLevel.ORT_ENABLE_ALL,
+                },
+            };
+            session = new InferenceSession(modelPath, so);
+        }
+        catch (OnnxRuntimeException e)
+        {
+            throw new CompressException(e, DiagnosticCodes.OrtRunFailed, modelPath, e.Message) { File = modelPath };
+        }
+        catch (Exception e) when (e is DllNotFoundException or TypeInitializationException or EntryPointNotFoundException or BadImageFormatException)
+        {
+            throw new CompressException(e, DiagnosticCodes.OrtNotLoadable, modelPath, e.Message) { File = modelPath };
+        }
+        Inputs = new ModelInputs(session.InputNames.Select(n => Describe(n, session.InputMetadata[n])));
+        Outputs = [.. session.OutputNames.Select(n => Describe(n, session.OutputMetadata[n]))];
+    }
+
+    /// <summary>The model file.</summary>
+    public string ModelPath { get; }
+
+    /// <summary>Session settings.</summary>
+    public ModelRunnerOptions Options { get; }
+
+    /// <summary>Model inputs as ORT reports them (-1 for symbolic dimensions).</summary>
+    public ModelInputs Inputs { get; }
+
+    /// <summary>Model outputs as ORT reports them.</summary>
+    public IReadOnlyList<TensorInfo> Outputs { get; }
+
+    /// <summary>True when every input has a dynamic first dimension, so samples can be stacked.</summary>
+    public bool HasDynamicBatch => Inputs.All(i => i.HasDynamicBatch);
+
+    /// <summary>Runs once. <paramref name="inputs"/> are in <see cref="Inputs"/> order; returns the requested
+    /// outputs (default: all tensor outputs) as float.</summary>
+    public TensorData[] Run(IReadOnlyList<TensorData> inputs, IReadOnlyList<string>? outputNames = null)
+    {
+        ArgumentNullException.ThrowIfNull(inputs);
+        if (inputs.Count != Inputs.Count)
+        {
+            throw new ArgumentException($"{inputs.Count} inputs given, the model has {Inputs.Count}.", nameof(inputs));
+        }
+        string[] names = outputNames is { Count: > 0 } ? [.. outputNames] : [.. Outputs.Where(o => o.ElementType != TensorElementType.Other).Select(o => o.Name)];
+        List<OrtValue> values = new(inputs.Count);
+        try
+        {
+            for (int i = 0; i < inputs.Count; i++)
+            {
+                values.Add(ToOrtValue(inputs[i], Inputs[i].ElementType));
+            }
+            using IDisposableReadOnlyCollection<OrtValue> results = session.Run(runOptions, [.. Inputs.Select(i => i.Name)], values, names);
+            TensorData[] outputs = new TensorData[names.Length];
+            int k = 0;
+            foreach (OrtValue value in results)
+            {
+                outputs[k] = FromOrtValue(value, names[k]);
+                k++;
+            }
+            return outputs;
+        }
+        catch (OnnxRuntimeException e)
+        {
+            throw new CompressException(e, DiagnosticCodes.OrtRunFailed, ModelPath, e.Message) { File = ModelPath };
+        }
+        finally
+        {
+            foreach (OrtValue v in values)
+            {
+                v.Dispose();
+            }
+        }
+    }
+
+    /// <summary>Runs every sample of <paramref name="data"/>; batches of <see cref="ModelRunnerOptions.BatchSize"/>
+    /// when <see cref="HasDynamicBatch"/> and the data can be stacked, else one sample per run.</summary>
+    public DatasetRun RunDataset(Dataset data, IReadOnlyList<string>? outputNames = null)
+    {
+        ArgumentNullException.ThrowIfNull(data);
+        int batch = HasDynamicBatch && data.CanBatch ? Math.Max(1, Options.BatchSize) : 1;
+        List<TensorData[]> outputs = new(data.Count);
+        Stopwatch watch = Stopwatch.StartNew();
+        for (int start = 0; start < data.Count; start += batch)
+        {
+            int n = Math.Min(batch, data.Count - start);
+            TensorData[] result;
+            try
+            {
+                result = Run(data.GetBatch(start, n), outputNames);
+            }
+            catch (CompressException e) when (e.Code == DiagnosticCodes.OrtRunFailed)
+            {
+                throw new CompressException(e.InnerException ?? e, DiagnosticCodes.OrtRunFailed, ModelPath,
+                    $"on {data.GetSampleSource(start)}{(n > 1 ? $" (batch of {n})" : "")}: {e.InnerException?.Message ?? e.Message}") { File = ModelPath };
+            }
+            if (n == 1)
+            {
+                outputs.Add(result);
+                continue;
+            }
+            if (result.Any(r => r.Shape.Length == 0 || r.Shape[0] != n))
+            {
+                // An output without the batch dimension: run this batch's samples one by one.
+                for (int k = 0; k < n; k++)
+                {
+                    outputs.Add(Run(data.GetSample(start + k), outputNames));
+                }
+                continue;
+            }
+            for (int k = 0; k < n; k++)
+            {
+                TensorData[] sample = new TensorData[result.Length];
+                for (int o = 0; o < result.Length; o++)
+                {
+                    int per = result[o].Data.Length / n;
+                    long[] shape = (long[])result[o].Shape.Clone();
+                    shape[0] = 1;
+                    sample[o] = new TensorData(result[o].Data.AsSpan(k * per, per).ToArray(), shape) { Name = result[o].Name };
+                }
+                outputs.Add(sample);
+            }
+        }
+        watch.Stop();
+        return new DatasetRun(outputs, watch.Elapsed.TotalSeconds, batch);
+    }
+
+    /// <inheritdoc/>
+    public void Dispose()
+    {
+        runOptions.Dispose();
+        session.Dispose();
+    }
+
+    private static TensorInfo Describe(string name, NodeMetadata meta)
+    {
+        if (!meta.IsTensor)
+        {
+            return new TensorInfo(name, TensorElementType.Other, []);
+        }
+        TensorElementType type = meta.ElementDataType switch
+        {
+            OrtElementType.Float => TensorElementType.Float,
+            OrtElementType.Float16 => TensorElementType.Float16,
+            OrtElementType.Double => TensorElementType.Double,
+            OrtElementType.UInt8 => TensorElementType.UInt8,
+            OrtElementType.Int8 => TensorElementType.Int8,
+            OrtElementType.Int32 => TensorElementType.Int32,
+            OrtElementType.Int64 => TensorElementType.Int64,
+            _ => TensorElementType.Other,
+        };
+        return new TensorInfo(name, type, [.. meta.Dimensions.Select(d => (long)d)]);
+    }
+
+    private static OrtValue ToOrtValue(TensorData t, TensorElementType type)
+    {
+        float[] src = t.Data;
+        switch (type)
+        {
+            case TensorElementType.Float16:
+                Float16[] h = new Float16[src.Length];
+                for (int i = 0; i < src.Length; i++)
+                {
+                    h[i] = new Float16(BitConverter.HalfToUInt16Bits((Half)src[i]));
+                }
+                return OrtValue.CreateTensorValueFromMemory(h, t.Shape);
+            case TensorElementType.Double:
+                return OrtValue.CreateTensorValueFromMemory(src.Select(v => (double)v).ToArray(), t.Shape);
+            case TensorElementType.UInt8:
+                return OrtValue.CreateTensorValueFromMemory(src.Select(v => (byte)Math.Clamp(MathF.Round(v), 0f, 255f)).ToArray(), t.Shape);
+            case TensorElementType.Int8:
+                return OrtValue.CreateTensorValueFromMemory(src.Select(v => (sbyte)Math.Clamp(MathF.Round(v), -128f, 127f)).ToArray(), t.Shape);
+            case TensorElementType.Int32:
+                return OrtValue.CreateTensorValueFromMemory(src.Select(v => (int)MathF.Round(v)).ToArray(), t.Shape);
+            case TensorElementType.Int64:
+                return OrtValue.CreateTensorValueFromMemory(src.Select(v => (long)MathF.Round(v)).ToArray(), t.Shape);
+            default:
+                return OrtValue.CreateTensorValueFromMemory(src, t.Shape);
+        }
+    }
+
+    private TensorData FromOrtValue(OrtValue value, string name)
+    {
+        if (!value.IsTensor)
+        {
+            throw new CompressException(DiagnosticCodes.OutputMismatch, ModelPath, name, "not a tensor", "compare") { File = ModelPath };
+        }
+        OrtTensorTypeAndShapeInfo info = value.GetTensorTypeAndShape();
+        long[] shape = info.Shape;
+        float[] data;
+        switch (info.ElementDataType)
+        {
+            case OrtElementType.Float:
+                data = value.GetTensorDataAsSpan<float>().ToArray();
+                break;
+            case OrtElementType.Float16:
+                ReadOnlySpan<Float16> h = value.GetTensorDataAsSpan<Float16>();
+                data = new float[h.Length];
+                for (int i = 0; i < h.Length; i++)
+                {
+                    data[i] = (float)BitConverter.UInt16BitsToHalf(h[i].value);
+                }
+                break;
+            case OrtElementType.Double:
+                data = [.. value.GetTensorDataAsSpan<double>().ToArray().Select(v => (float)v)];
+                break;
+            case OrtElementType.Int64:
+                data = [.. value.GetTensorDataAsSpan<long>().ToArray().Select(v => (float)v)];
+                break;
+            case OrtElementType.Int32:
+                data = [.. value.GetTensorDataAsSpan<int>().ToArray().Select(v => (float)v)];
+                break;
+            case OrtElementType.UInt8:
+                data = [.. value.GetTensorDataAsSpan<byte>().ToArray().Select(v => (float)v)];
+                break;
+            case OrtElementType.Int8:
+                data = [.. value.GetTensorDataAsSpan<sbyte>().ToArray().Select(v => (float)v)];
+                break;
+            default:
+                throw new CompressException(DiagnosticCodes.OutputMismatch, ModelPath, name, info.ElementDataType.ToString(), "compare") { File = ModelPath };
+        }
+        return new TensorData(data, shape) { Name = name };
+    }
+}

@@ -1,5 +1,0 @@
-namespace CompressOnBuild.Validation;
-
-internal static class ValidationInfo
-{
-}

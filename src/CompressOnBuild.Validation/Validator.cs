@@ -1,0 +1,274 @@
+using System.Diagnostics;
+using CompressOnBuild.Core;
+using CompressOnBuild.Kernels;
+
+namespace CompressOnBuild.Validation;
+
+/// <summary>Settings for <see cref="Validator"/>.</summary>
+public sealed class ValidatorOptions
+{
+    /// <summary>Output used for top-1 metrics; default: the model's first tensor output.</summary>
+    public string? OutputName { get; init; }
+
+    /// <summary>Timed single-sample runs per model for the latency medians (interleaved). Default 20; 0 skips latency.</summary>
+    public int LatencyRuns { get; init; } = 20;
+
+    /// <summary>Untimed runs per model before timing. Default 3.</summary>
+    public int WarmupRuns { get; init; } = 3;
+}
+
+/// <summary>Compares a compressed model with its original on a data set (see <see cref="ValidationResult"/>).</summary>
+public static class Validator
+{
+    /// <summary>
+    /// Runs both models over <paramref name="data"/> and computes top-1 accuracy (when labelled), top-1 agreement,
+    /// output error metrics, throughput and interleaved single-sample latency.
+    /// </summary>
+    /// <exception cref="CompressException">NonFiniteOutputs (NaN/Inf in either model, with the sample index), OutputMismatch,
+    /// OrtRunFailed, DataEmpty.</exception>
+    public static ValidationResult Compare(ModelRunner original, ModelRunner compressed, Dataset data, ValidatorOptions? options = null)
+    {
+        ArgumentNullException.ThrowIfNull(original);
+        ArgumentNullException.ThrowIfNull(compressed);
+        ArgumentNullException.ThrowIfNull(data);
+        options ??= new ValidatorOptions();
+        if (data.Count == 0)
+        {
+            throw new CompressException(DiagnosticCodes.DataEmpty, data.Source) { File = data.Source };
+        }
+        string primary = PrimaryOutput(original, options.OutputName);
+        if (!compressed.Outputs.Any(o => o.Name == primary))
+        {
+            throw new CompressException(DiagnosticCodes.OutputMismatch, compressed.ModelPath, primary, "missing", "top-1") { File = compressed.ModelPath };
+        }
+        string[] names = [.. original.Outputs
+            .Where(o => o.ElementType != TensorElementType.Other && compressed.Outputs.Any(c => c.Name == o.Name && c.ElementType != TensorElementType.Other))
+            .Select(o => o.Name)];
+        int p = Array.IndexOf(names, primary);
+
+        DatasetRun runA = original.RunDataset(data, names);
+        DatasetRun runB = compressed.RunDataset(data, names);
+        CheckFinite(original.ModelPath, runA, names);
+        CheckFinite(compressed.ModelPath, runB, names);
+
+        int n = data.Count;
+        double[] cosSum = new double[names.Length];
+        double[] relSum = new double[names.Length];
+        float[] maxAbs = new float[names.Length];
+        int agree = 0, correctA = 0, correctB = 0;
+        for (int s = 0; s < n; s++)
+        {
+            for (int o = 0; o < names.Length; o++)
+            {
+                TensorData a = runA.Outputs[s][o];
+                TensorData b = runB.Outputs[s][o];
+                if (a.Data.Length != b.Data.Length)
+                {
+                    throw new CompressException(DiagnosticCodes.OutputMismatch, compressed.ModelPath, names[o],
+                        $"shaped {b.ShapeText} where the original's is {a.ShapeText}", "compare") { File = compressed.ModelPath };
+                }
+                ErrorMetricsResult m = ErrorMetrics.Compare(a.Data, b.Data);
+                cosSum[o] += m.CosineSimilarity;
+                relSum[o] += m.RelativeL2;
+                maxAbs[o] = Math.Max(maxAbs[o], m.MaxAbsDifference);
+            }
+            int topA = ArgMax(runA.Outputs[s][p].Data);
+            int topB = ArgMax(runB.Outputs[s][p].Data);
+            if (topA == topB)
+            {
+                agree++;
+            }
+            if (data.Labels != null)
+            {
+                correctA += topA == data.Labels[s] ? 1 : 0;
+                correctB += topB == data.Labels[s] ? 1 : 0;
+            }
+        }
+        OutputMetrics[] outputs = [.. names.Select((name, o) => new OutputMetrics
+        {
+            Name = name,
+            MeanCosineSimilarity = cosSum[o] / n,
+            MaxAbsError = maxAbs[o],
+            MeanRelativeL2Error = relSum[o] / n,
+        })];
+        (double latA, double latB) = options.LatencyRuns > 0 ? Latency(original, compressed, data, options) : (0, 0);
+        double? accA = data.Labels == null ? null : 100.0 * correctA / n;
+        double? accB = data.Labels == null ? null : 100.0 * correctB / n;
+        return new ValidationResult
+        {
+            SampleCount = n,
+            OutputName = primary,
+            HasLabels = data.Labels != null,
+            OriginalAccuracy = accA,
+            CompressedAccuracy = accB,
+            AccuracyDrop = accA - accB,
+            Top1Agreement = (double)agree / n,
+            MeanCosineSimilarity = outputs[p].MeanCosineSimilarity,
+            MaxAbsError = outputs.Max(o => o.MaxAbsError),
+            Outputs = outputs,
+            OriginalReferenceMaxAbsError = ReferenceError(original, data, runA, names),
+            CompressedReferenceMaxAbsError = ReferenceError(compressed, data, runB, names),
+            OriginalImagesPerSecond = runA.SamplesPerSecond,
+            CompressedImagesPerSecond = runB.SamplesPerSecond,
+            BatchSize = Math.Min(runA.BatchSize, runB.BatchSize),
+            OriginalLatencyMs = latA,
+            CompressedLatencyMs = latB,
+            LatencyRatio = latA > 0 ? latB / latA : 0,
+            LatencyRuns = Math.Max(0, options.LatencyRuns),
+            Threads = original.Options.IntraOpThreads,
+        };
+    }
+
+    /// <summary>Runs one model over <paramref name="data"/>: top-1 per sample, accuracy when labelled, reference error.</summary>
+    /// <exception cref="CompressException">NonFiniteOutputs, OutputMismatch, OrtRunFailed, DataEmpty.</exception>
+    public static ModelEvaluation Evaluate(ModelRunner model, Dataset data, string? outputName = null)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        ArgumentNullException.ThrowIfNull(data);
+        if (data.Count == 0)
+        {
+            throw new CompressException(DiagnosticCodes.DataEmpty, data.Source) { File = data.Source };
+        }
+        string primary = PrimaryOutput(model, outputName);
+        string[] names = [.. model.Outputs.Where(o => o.ElementType != TensorElementType.Other).Select(o => o.Name)];
+        int p = Array.IndexOf(names, primary);
+        DatasetRun run = model.RunDataset(data, names);
+        CheckFinite(model.ModelPath, run, names);
+        int[] top1 = [.. run.Outputs.Select(o => ArgMax(o[p].Data))];
+        double? accuracy = data.Labels == null ? null : 100.0 * top1.Where((t, i) => t == data.Labels[i]).Count() / data.Count;
+        return new ModelEvaluation
+        {
+            SampleCount = data.Count,
+            OutputName = primary,
+            Top1 = top1,
+            Accuracy = accuracy,
+            ReferenceMaxAbsError = ReferenceError(model, data, run, names),
+            ImagesPerSecond = run.SamplesPerSecond,
+        };
+    }
+
+    /// <summary>Index of the largest value (first on ties); NaN never wins.</summary>
+    internal static int ArgMax(ReadOnlySpan<float> values)
+    {
+        int best = 0;
+        for (int i = 1; i < values.Length; i++)
+        {
+            if (values[i] > values[best])
+            {
+                best = i;
+            }
+        }
+        return best;
+    }
+
+    private static string PrimaryOutput(ModelRunner model, string? requested)
+    {
+        if (requested != null)
+        {
+            TensorInfo? found = model.Outputs.FirstOrDefault(o => o.Name == requested);
+            if (found == null || found.ElementType == TensorElementType.Other)
+            {
+                throw new CompressException(DiagnosticCodes.OutputMismatch, model.ModelPath, requested,
+                    found == null ? "missing (outputs: " + string.Join(", ", model.Outputs.Select(o => o.Name)) + ")" : "not a numeric tensor", "top-1")
+                { File = model.ModelPath };
+            }
+            return requested;
+        }
+        return model.Outputs.FirstOrDefault(o => o.ElementType != TensorElementType.Other)?.Name
+            ?? throw new CompressException(DiagnosticCodes.OutputMismatch, model.ModelPath, "(first output)", "not a numeric tensor", "top-1") { File = model.ModelPath };
+    }
+
+    private static void CheckFinite(string modelPath, DatasetRun run, string[] names)
+    {
+        for (int s = 0; s < run.Outputs.Count; s++)
+        {
+            for (int o = 0; o < names.Length; o++)
+            {
+                if (!TensorStats.AllFinite(run.Outputs[s][o].Data))
+                {
+                    throw new CompressException(DiagnosticCodes.NonFiniteOutputs, modelPath, names[o], s) { File = modelPath };
+                }
+            }
+        }
+    }
+
+    /// <summary>Largest |output - reference| where the data set has output_*.pb files (matched to the model's outputs
+    /// by name, else by position).</summary>
+    private static float? ReferenceError(ModelRunner model, Dataset data, DatasetRun run, string[] names)
+    {
+        if (!data.HasReferenceOutputs)
+        {
+            return null;
+        }
+        float? max = null;
+        for (int s = 0; s < data.Count; s++)
+        {
+            IReadOnlyList<TensorData>? refs = data.GetReferenceOutputs(s);
+            if (refs == null)
+            {
+                continue;
+            }
+            for (int k = 0; k < refs.Count; k++)
+            {
+                string? name = names.Contains(refs[k].Name) ? refs[k].Name : k < model.Outputs.Count ? model.Outputs[k].Name : null;
+                int o = name == null ? -1 : Array.IndexOf(names, name);
+                if (o < 0)
+                {
+                    continue;
+                }
+                TensorData actual = run.Outputs[s][o];
+                if (actual.Data.Length != refs[k].Data.Length)
+                {
+                    throw new CompressException(DiagnosticCodes.OutputMismatch, model.ModelPath, name,
+                        $"shaped {actual.ShapeText} where the reference output is {refs[k].ShapeText}", "reference") { File = model.ModelPath };
+                }
+                float e = ErrorMetrics.MaxAbsDifference(refs[k].Data, actual.Data);
+                max = Math.Max(max ?? 0f, e);
+            }
+        }
+        return max;
+    }
+
+    private static (double A, double B) Latency(ModelRunner a, ModelRunner b, Dataset data, ValidatorOptions options)
+    {
+        IReadOnlyList<TensorData> sample = data.GetSample(0);
+        string[] oa = [PrimaryOutput(a, null)];
+        string[] ob = [PrimaryOutput(b, null)];
+        for (int i = 0; i < Math.Max(0, options.WarmupRuns); i++)
+        {
+            a.Run(sample, oa);
+            b.Run(sample, ob);
+        }
+        double[] ta = new double[options.LatencyRuns];
+        double[] tb = new double[options.LatencyRuns];
+        for (int r = 0; r < options.LatencyRuns; r++)
+        {
+            // Alternate which model goes first so neither always runs on a warmer cache.
+            if (r % 2 == 0)
+            {
+                ta[r] = Time(a, sample, oa);
+                tb[r] = Time(b, sample, ob);
+            }
+            else
+            {
+                tb[r] = Time(b, sample, ob);
+                ta[r] = Time(a, sample, oa);
+            }
+        }
+        return (Median(ta), Median(tb));
+    }
+
+    private static double Time(ModelRunner model, IReadOnlyList<TensorData> sample, string[] outputs)
+    {
+        long start = Stopwatch.GetTimestamp();
+        model.Run(sample, outputs);
+        return Stopwatch.GetElapsedTime(start).TotalMilliseconds;
+    }
+
+    internal static double Median(double[] values)
+    {
+        double[] sorted = [.. values.Order()];
+        int m = sorted.Length / 2;
+        return sorted.Length % 2 == 1 ? sorted[m] : (sorted[m - 1] + sorted[m]) / 2;
+    }
+}
