@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Packs the CompressOnBuild NuGet package (task + build logic + worker) into artifacts/feed.
+# Usage: build/pack.sh [version]   (default 0.1.0-dev.<UTC timestamp>, so a fresh pack never collides with a
+# stale copy in a NuGet cache). Prints the package path and size; the last line is the version.
+# Extra MSBuild properties may be passed with PACK_ARGS, e.g. PACK_ARGS=-p:ArtifactsPath=/tmp/art.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1 DOTNET_SKIP_FIRST_TIME_EXPERIENCE=1
+version="${1:-0.1.0-dev.$(date -u +%Y%m%d%H%M%S)}"
+feed="$root/artifacts/feed"
+mkdir -p "$feed"
+# Zip entry times from the last commit: the same commit packs to the same bytes.
+export SOURCE_DATE_EPOCH="${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || echo 315532800)}"
+# shellcheck disable=SC2086
+dotnet pack src/CompressOnBuild.Tasks/CompressOnBuild.Tasks.csproj -c Release -nologo -v:m \
+  -p:Version="$version" -p:PackageOutputPath="$feed/" ${PACK_ARGS:-} >&2
+pkg="$feed/CompressOnBuild.$version.nupkg"
+[ -f "$pkg" ] || { echo "pack.sh: $pkg was not produced" >&2; exit 1; }
+size=$(stat -c %s "$pkg")
+echo "CompressOnBuild package: $pkg ($((size / 1024)) KiB)" >&2
+echo "$version"
