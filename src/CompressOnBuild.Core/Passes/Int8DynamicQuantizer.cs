@@ -1,0 +1,806 @@
+using System.Globalization;
+using System.Numerics.Tensors;
+using CompressOnBuild.Core.Onnx;
+using CompressOnBuild.Kernels;
+using CompressOnBuild.Onnx;
+
+namespace CompressOnBuild.Core.Passes;
+
+/// <summary>
+/// Dynamic int8 weight quantization. Every MatMul and Gemm in the main graph whose weight (input B) is a constant
+/// float32 matrix becomes one com.microsoft DynamicQuantizeMatMul node: ONNX Runtime quantizes the activation to
+/// uint8 per call (per tensor, asymmetric) and multiplies it with the stored 8-bit weight in an integer GEMM,
+/// then applies activation scale x per-column weight scale and adds the bias in float. Graph inputs and outputs
+/// stay float32.
+/// <para>
+/// Weights are symmetric per output channel: scale_j = max|W[:, j]| / 127, levels in [-127, 127], round half
+/// to even, zero point 0. On x64 CPUs without AVX-VNNI / AVX512-VNNI, ORT's uint8 x int8 kernel multiplies with
+/// vpmaddubsw, which adds two adjacent u8*s8 products into a saturating int16: 255*127*2 = 64770 &gt; 32767, so a
+/// bright activation next to a large weight is silently clipped. The default encoding therefore stores the same
+/// 255 levels as uint8 with zero point 128 (<see cref="WeightEncoding.UInt8"/>): ORT runs u8 x u8 by widening
+/// to int16 first (vpmaddwd), exact on every CPU, with no loss of resolution. <see cref="WeightEncoding.Int8"/>
+/// (fastest on VNNI) and <see cref="WeightEncoding.Int8ReducedRange"/> (7-bit, ORT's reduce_range) are options.
+/// The Passes tests measure all three on the corpus.
+/// </para>
+/// Gemm: alpha is folded into the weight before quantizing, transB is applied to the stored weight, transA
+/// becomes a Transpose node, and beta*C becomes the bias input when C is a constant of N elements (or one);
+/// any other C is added by an Add node (after a Mul when beta != 1).
+/// </summary>
+public static class Int8DynamicQuantizer
+{
+    public const string MicrosoftDomain = "com.microsoft";
+
+    public const string QuantizedOpType = "DynamicQuantizeMatMul";
+
+    private static readonly HashSet<string> QuantizedOps = new(StringComparer.Ordinal)
+    {
+        "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger",
+        "MatMulNBits", "MatMulBnb4", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QGemm", "QAttention",
+        "DynamicQuantizeLSTM", "QEmbedLayerNormalization", "GatherBlockQuantized", "QuantizeBFP", "DequantizeBFP",
+    };
+
+    /// <summary>Quantizes <paramref name="model"/> in place (the caller passes a copy) and reports what it did.</summary>
+    /// <exception cref="CompressException">CMPR0202 when a weight to quantize holds NaN or infinity.</exception>
+    public static QuantizationSummary Apply(ModelProto model, QuantizationOptions options, string modelDisplayName)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        ArgumentNullException.ThrowIfNull(options);
+        ArgumentNullException.ThrowIfNull(modelDisplayName);
+        long before = model.CalculateSize();
+
+        string? already = DescribeQuantizedOps(model);
+        if (already != null)
+        {
+            return new QuantizationSummary
+            {
+                ModelDisplayName = modelDisplayName,
+                WeightEncoding = options.WeightEncoding,
+                AlreadyQuantized = true,
+                AlreadyQuantizedReason = already,
+                ModelBytesBefore = before,
+                ModelBytesAfter = before,
+            };
+        }
+        if (model.Graph == null)
+        {
+            throw new CompressException(DiagnosticCodes.ModelInvalid, modelDisplayName, "it has no graph") { File = modelDisplayName };
+        }
+
+        var rewriter = new Rewriter(model, options, modelDisplayName);
+        rewriter.Run();
+        long after = rewriter.Quantized.Count == 0 ? before : model.CalculateSize();
+        return new QuantizationSummary
+        {
+            ModelDisplayName = modelDisplayName,
+            WeightEncoding = options.WeightEncoding,
+            Quantized = rewriter.Quantized,
+            Skipped = rewriter.Skipped,
+            ModelBytesBefore = before,
+            ModelBytesAfter = after,
+            FloatWeightBytes = rewriter.FloatWeightBytes,
+            QuantizedWeightBytes = rewriter.QuantizedWeightBytes,
+        };
+    }
+
+    /// <summary>"2 QuantizeLinear, 2 DequantizeLinear nodes" when the model already runs quantized operators, else null.</summary>
+    public static string? DescribeQuantizedOps(ModelProto model)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        var counts = new SortedDictionary<string, int>(StringComparer.Ordinal);
+        void Visit(NodeProto n)
+        {
+            if (IsQuantizedOp(n.OpType))
+            {
+                counts[n.OpType] = counts.GetValueOrDefault(n.OpType) + 1;
+            }
+        }
+        foreach ((GraphProto graph, _) in ModelWalker.Graphs(model))
+        {
+            foreach (NodeProto n in graph.Node)
+            {
+                Visit(n);
+            }
+        }
+        foreach (FunctionProto f in model.Functions)
+        {
+            foreach (NodeProto n in f.Node)
+            {
+                Visit(n);
+            }
+        }
+        return counts.Count == 0
+            ? null
+            : string.Join(", ", counts.Select(kv => kv.Value.ToString(CultureInfo.InvariantCulture) + " " + kv.Key)) + (counts.Values.Sum() == 1 ? " node" : " nodes");
+    }
+
+    private static bool IsQuantizedOp(string opType) =>
+        QuantizedOps.Contains(opType) || opType.StartsWith("QLinear", StringComparison.Ordinal) || opType.StartsWith("QOrdered", StringComparison.Ordinal);
+
+    internal static string Label(NodeProto node) =>
+        node.Name.Length > 0 ? node.Name : node.Output.Count > 0 ? node.Output[0] : node.OpType;
+
+    /// <summary>A constant float matrix feeding a MatMul/Gemm, and the nodes that computed it from initializers.</summary>
+    private sealed class ConstantValue
+    {
+        public required TensorProto Tensor { get; init; }
+
+        public required long[] Dims { get; init; }
+
+        /// <summary>Initializer or Constant node the data came from.</summary>
+        public required string SourceName { get; init; }
+
+        public List<NodeProto> Chain { get; } = [];
+
+        public List<string> ChainInputs { get; } = [];
+    }
+
+    private sealed class Candidate
+    {
+        public required NodeProto Node { get; init; }
+
+        public required ConstantValue Weight { get; init; }
+
+        public bool TransA { get; init; }
+
+        public bool TransB { get; init; }
+
+        public float Alpha { get; init; } = 1f;
+
+        public float Beta { get; init; } = 1f;
+    }
+
+    private sealed class Rewriter(ModelProto model, QuantizationOptions options, string displayName)
+    {
+        private readonly GraphProto _graph = model.Graph;
+        private readonly Dictionary<string, TensorProto> _initializers = new(StringComparer.Ordinal);
+        private readonly HashSet<string> _graphInputs = new(StringComparer.Ordinal);
+        private readonly Dictionary<string, NodeProto> _producers = new(StringComparer.Ordinal);
+        private readonly HashSet<string> _names = new(StringComparer.Ordinal);
+        private readonly HashSet<string> _touchedInitializers = new(StringComparer.Ordinal);
+        private readonly List<NodeProto> _touchedNodes = [];
+        private readonly Dictionary<string, (string Quantized, string Scale, string ZeroPoint, int K, int N)> _done = new(StringComparer.Ordinal);
+
+        public List<QuantizedNode> Quantized { get; } = [];
+
+        public List<SkippedNode> Skipped { get; } = [];
+
+        public long FloatWeightBytes { get; private set; }
+
+        public long QuantizedWeightBytes { get; private set; }
+
+        private (byte Zero, byte Min, byte Max, bool Unsigned) Levels => options.WeightEncoding switch
+        {
+            WeightEncoding.Int8 => (0, unchecked((byte)(sbyte)-127), 127, false),
+            WeightEncoding.UInt8 => (128, 1, 255, true),
+            WeightEncoding.Int8ReducedRange => (0, unchecked((byte)(sbyte)-63), 63, false),
+            _ => throw new CompressException(DiagnosticCodes.InvalidOption, "WeightEncoding", options.WeightEncoding),
+        };
+
+        private float LevelsPerSide => options.WeightEncoding == WeightEncoding.Int8ReducedRange ? 63f : 127f;
+
+        public void Run()
+        {
+            _ = Levels; // reject an unknown encoding before touching anything
+            foreach (TensorProto t in _graph.Initializer)
+            {
+                _initializers[t.Name] = t;
+                _names.Add(t.Name);
+            }
+            foreach (ValueInfoProto v in _graph.Input)
+            {
+                _graphInputs.Add(v.Name);
+                _names.Add(v.Name);
+            }
+            foreach (NodeProto n in _graph.Node)
+            {
+                foreach (string o in n.Output)
+                {
+                    _producers[o] = n;
+                    _names.Add(o);
+                }
+                _names.Add(n.Name);
+            }
+            foreach ((GraphProto g, _) in ModelWalker.Graphs(model))
+            {
+                foreach (NodeProto n in g.Node)
+                {
+                    _names.UnionWith(n.Output);
+                }
+            }
+
+            List<Candidate> candidates = FindCandidates();
+            RejectSharedWeights(candidates);
+            foreach (Candidate c in candidates)
+            {
+                // Every weight is checked before the graph changes, so a bad one leaves the model untouched.
+                ThrowIfNotFinite(c.Weight);
+            }
+            foreach (Candidate c in candidates)
+            {
+                Rewrite(c);
+            }
+            if (Quantized.Count > 0)
+            {
+                RemoveUnused();
+                EnsureOpset(MicrosoftDomain, 1);
+            }
+        }
+
+        private List<Candidate> FindCandidates()
+        {
+            var result = new List<Candidate>();
+            var excluded = new HashSet<string>(options.ExcludedNodes, StringComparer.Ordinal);
+            foreach (NodeProto node in _graph.Node)
+            {
+                if (ModelChecker.NormalizeDomain(node.Domain).Length != 0)
+                {
+                    continue;
+                }
+                if (node.OpType == "Conv")
+                {
+                    Skipped.Add(new SkippedNode(Label(node), node.OpType, "Conv is not quantized by this pass yet (only MatMul and Gemm)"));
+                    continue;
+                }
+                if (node.OpType is not ("MatMul" or "Gemm") || node.Input.Count < 2)
+                {
+                    continue;
+                }
+                string label = Label(node);
+                void Skip(string reason) => Skipped.Add(new SkippedNode(label, node.OpType, reason));
+                if (excluded.Contains(label))
+                {
+                    Skip("excluded by the options");
+                    continue;
+                }
+                if (!TryResolveConstant(node.Input[1], out ConstantValue? weight, out string? why))
+                {
+                    Skip(why!);
+                    continue;
+                }
+                if (weight!.Tensor.DataType != (int)TensorProto.Types.DataType.Float)
+                {
+                    Skip($"weight '{node.Input[1]}' is {TensorUtil.DataTypeName(weight.Tensor.DataType)}, not float32");
+                    continue;
+                }
+                if (weight.Dims.Length != 2)
+                {
+                    Skip($"weight '{node.Input[1]}' has rank {weight.Dims.Length}; only 2-D weights are quantized");
+                    continue;
+                }
+                long elements = weight.Dims[0] * weight.Dims[1];
+                if (elements < options.MinimumWeightElements || elements == 0)
+                {
+                    Skip($"weight '{node.Input[1]}' has {elements} elements, fewer than the minimum {options.MinimumWeightElements}");
+                    continue;
+                }
+                if (elements > int.MaxValue / 2)
+                {
+                    Skip($"weight '{node.Input[1]}' has {elements} elements, too many for one tensor here");
+                    continue;
+                }
+                if (node.OpType == "MatMul")
+                {
+                    result.Add(new Candidate { Node = node, Weight = weight });
+                    continue;
+                }
+                result.Add(new Candidate
+                {
+                    Node = node,
+                    Weight = weight,
+                    TransA = IntAttr(node, "transA", 0) != 0,
+                    TransB = IntAttr(node, "transB", 0) != 0,
+                    Alpha = FloatAttr(node, "alpha", 1f),
+                    Beta = FloatAttr(node, "beta", 1f),
+                });
+            }
+            return result;
+        }
+
+        /// <summary>A weight shared with anything that stays float would be stored twice; keep those nodes float.</summary>
+        private void RejectSharedWeights(List<Candidate> candidates)
+        {
+            var quantizable = candidates.ToLookup(c => c.Node.Input[1], StringComparer.Ordinal);
+            var mainUses = new Dictionary<string, List<(NodeProto Node, int Index)>>(StringComparer.Ordinal);
+            foreach (NodeProto n in _graph.Node)
+            {
+                for (int i = 0; i < n.Input.Count; i++)
+                {
+                    if (n.Input[i].Length > 0)
+                    {
+                        (mainUses.TryGetValue(n.Input[i], out var list) ? list : mainUses[n.Input[i]] = []).Add((n, i));
+                    }
+                }
+            }
+            HashSet<string> outerUses = OuterUses();
+            var rejected = new HashSet<Candidate>();
+            foreach (IGrouping<string, Candidate> group in quantizable)
+            {
+                ConstantValue w = group.First().Weight;
+                var checkedNames = new List<string> { group.Key };
+                checkedNames.AddRange(w.ChainInputs);
+                checkedNames.Add(w.SourceName);
+                string? conflict = null;
+                foreach (string name in checkedNames.Distinct(StringComparer.Ordinal))
+                {
+                    if (outerUses.Contains(name))
+                    {
+                        conflict = $"weight '{name}' is also a graph output or used inside a subgraph";
+                        break;
+                    }
+                    foreach ((NodeProto user, int index) in mainUses.GetValueOrDefault(name) ?? [])
+                    {
+                        bool ok = name == group.Key
+                            ? index == 1 && group.Any(c => ReferenceEquals(c.Node, user))
+                            : w.Chain.Any(c => ReferenceEquals(c, user));
+                        if (!ok)
+                        {
+                            conflict = $"weight '{name}' is shared with {user.OpType} '{Label(user)}', which stays float";
+                            break;
+                        }
+                    }
+                    if (conflict != null)
+                    {
+                        break;
+                    }
+                }
+                if (conflict != null)
+                {
+                    foreach (Candidate c in group)
+                    {
+                        rejected.Add(c);
+                        Skipped.Add(new SkippedNode(Label(c.Node), c.Node.OpType, conflict));
+                    }
+                }
+            }
+            candidates.RemoveAll(rejected.Contains);
+        }
+
+        private void ThrowIfNotFinite(ConstantValue w)
+        {
+            if (!TensorStats.AllFinite(TensorUtil.ToFloatArray(w.Tensor)))
+            {
+                throw new CompressException(DiagnosticCodes.NonFiniteWeights, displayName, w.SourceName) { File = displayName };
+            }
+        }
+
+        private HashSet<string> OuterUses()
+        {
+            var result = new HashSet<string>(_graph.Output.Select(o => o.Name), StringComparer.Ordinal);
+            foreach ((GraphProto g, int depth) in ModelWalker.Graphs(model))
+            {
+                if (depth == 0)
+                {
+                    continue;
+                }
+                foreach (NodeProto n in g.Node)
+                {
+                    result.UnionWith(n.Input);
+                }
+                result.UnionWith(g.Output.Select(o => o.Name));
+            }
+            return result;
+        }
+
+        private bool TryResolveConstant(string name, out ConstantValue? value, out string? why)
+        {
+            value = null;
+            why = null;
+            if (_initializers.TryGetValue(name, out TensorProto? init))
+            {
+                // Before IR 4 every initializer had to be listed as a graph input too, so there that listing does
+                // not make it a run-time input; from IR 4 on it does (the initializer is only a default).
+                if (_graphInputs.Contains(name) && model.IrVersion >= 4)
+                {
+                    why = $"weight '{name}' is also a graph input, so callers can replace it at run time";
+                    return false;
+                }
+                value = new ConstantValue { Tensor = init, Dims = [.. init.Dims], SourceName = name };
+                return true;
+            }
+            if (!_producers.TryGetValue(name, out NodeProto? producer))
+            {
+                why = $"weight '{name}' is not a constant";
+                return false;
+            }
+            string domain = ModelChecker.NormalizeDomain(producer.Domain);
+            if (domain.Length == 0 && producer.OpType == "Constant")
+            {
+                AttributeProto? attr = producer.Attribute.FirstOrDefault(a => a.Name == "value" && a.T != null);
+                if (attr == null)
+                {
+                    why = $"weight '{name}' comes from a Constant without a tensor value";
+                    return false;
+                }
+                value = new ConstantValue { Tensor = attr.T, Dims = [.. attr.T.Dims], SourceName = name };
+                value.Chain.Add(producer);
+                return true;
+            }
+            if (domain.Length == 0 && producer.OpType == "Reshape" && producer.Input.Count == 2
+                && TryResolveConstant(producer.Input[0], out ConstantValue? data, out why)
+                && TryResolveConstant(producer.Input[1], out ConstantValue? shape, out why))
+            {
+                if (shape!.Tensor.DataType != (int)TensorProto.Types.DataType.Int64)
+                {
+                    why = $"weight '{name}' is reshaped with a non-int64 shape";
+                    return false;
+                }
+                long[]? dims = ReshapeDims(data!.Dims, TensorUtil.ToInt64Array(shape.Tensor), IntAttr(producer, "allowzero", 0) != 0);
+                if (dims == null)
+                {
+                    why = $"weight '{name}' comes from a Reshape whose shape does not fit its data";
+                    return false;
+                }
+                value = new ConstantValue { Tensor = data.Tensor, Dims = dims, SourceName = data.SourceName };
+                value.Chain.AddRange(data.Chain);
+                value.Chain.AddRange(shape.Chain);
+                value.Chain.Add(producer);
+                value.ChainInputs.AddRange(data.ChainInputs);
+                value.ChainInputs.AddRange(shape.ChainInputs);
+                value.ChainInputs.AddRange(producer.Input);
+                return true;
+            }
+            why ??= $"weight '{name}' is computed at run time by {producer.OpType} '{Label(producer)}'";
+            return false;
+        }
+
+        private static long[]? ReshapeDims(long[] input, long[] shape, bool allowZero)
+        {
+            long total = 1;
+            foreach (long d in input)
+            {
+                total *= d;
+            }
+            var dims = new long[shape.Length];
+            int inferred = -1;
+            long known = 1;
+            for (int i = 0; i < shape.Length; i++)
+            {
+                long d = shape[i];
+                if (d == 0 && !allowZero)
+                {
+                    if (i >= input.Length)
+                    {
+                        return null;
+                    }
+                    d = input[i];
+                }
+                if (d == -1)
+                {
+                    if (inferred >= 0)
+                    {
+                        return null;
+                    }
+                    inferred = i;
+                    continue;
+                }
+                if (d < 0)
+                {
+                    return null;
+                }
+                dims[i] = d;
+                known *= d;
+            }
+            if (inferred >= 0)
+            {
+                if (known == 0 || total % known != 0)
+                {
+                    return null;
+                }
+                dims[inferred] = total / known;
+                known *= dims[inferred];
+            }
+            return known == total ? dims : null;
+        }
+
+        private void Rewrite(Candidate c)
+        {
+            NodeProto node = c.Node;
+            string weightName = node.Input[1];
+            int k = (int)(c.TransB ? c.Weight.Dims[1] : c.Weight.Dims[0]);
+            int n = (int)(c.TransB ? c.Weight.Dims[0] : c.Weight.Dims[1]);
+            string key = weightName + (c.TransB ? "|T" : "") + (c.Alpha != 1f ? "|a" + c.Alpha.ToString("R", CultureInfo.InvariantCulture) : "");
+            float maxError = 0f;
+            if (!_done.TryGetValue(key, out var stored))
+            {
+                (stored, maxError) = QuantizeWeight(c, weightName, k, n);
+                _done[key] = stored;
+            }
+
+            int index = _graph.Node.IndexOf(node);
+            var inserted = new List<NodeProto>();
+            string a = node.Input[0];
+            if (c.TransA)
+            {
+                string transposed = Unique(a + "_transposed");
+                var t = new NodeProto { OpType = "Transpose", Name = Unique(Label(node) + "_transpose_a") };
+                t.Input.Add(a);
+                t.Output.Add(transposed);
+                t.Attribute.Add(new AttributeProto { Name = "perm", Type = AttributeProto.Types.AttributeType.Ints, Ints = { 1, 0 } });
+                inserted.Add(t);
+                a = transposed;
+            }
+
+            var q = new NodeProto { OpType = QuantizedOpType, Domain = MicrosoftDomain, Name = node.Name.Length > 0 ? node.Name : Unique(Label(node) + "_quant") };
+            q.Input.Add(a);
+            q.Input.Add(stored.Quantized);
+            q.Input.Add(stored.Scale);
+            q.Input.Add(stored.ZeroPoint);
+            q.Output.Add(node.Output[0]);
+            inserted.Add(q);
+
+            if (node.OpType == "Gemm" && node.Input.Count > 2 && node.Input[2].Length > 0 && c.Beta != 0f)
+            {
+                string cName = node.Input[2];
+                if (TryBias(cName, c.Beta, n, out string? bias))
+                {
+                    q.Input.Add(bias!);
+                }
+                else
+                {
+                    string product = Unique(Label(node) + "_matmul");
+                    q.Output[0] = product;
+                    string addend = cName;
+                    if (c.Beta != 1f)
+                    {
+                        string betaName = Unique(Label(node) + "_beta");
+                        AddInitializer(TensorUtil.FromFloats(betaName, [c.Beta]));
+                        addend = Unique(cName + "_scaled");
+                        var mul = new NodeProto { OpType = "Mul", Name = Unique(Label(node) + "_scale_c") };
+                        mul.Input.Add(cName);
+                        mul.Input.Add(betaName);
+                        mul.Output.Add(addend);
+                        inserted.Add(mul);
+                    }
+                    var add = new NodeProto { OpType = "Add", Name = Unique(Label(node) + "_add_c") };
+                    add.Input.Add(product);
+                    add.Input.Add(addend);
+                    add.Output.Add(node.Output[0]);
+                    inserted.Add(add);
+                }
+            }
+
+            _graph.Node.RemoveAt(index);
+            for (int i = 0; i < inserted.Count; i++)
+            {
+                _graph.Node.Insert(index + i, inserted[i]);
+            }
+            _touchedNodes.AddRange(c.Weight.Chain);
+            _touchedInitializers.Add(c.Weight.SourceName);
+            _touchedInitializers.UnionWith(c.Weight.ChainInputs);
+            _touchedInitializers.Add(weightName);
+            Quantized.Add(new QuantizedNode(Label(node), node.OpType, weightName, k, n, maxError));
+        }
+
+        /// <summary>
+        /// Quantizes one weight in channel-major order (row j of the [N, K] view is output channel j): per-channel
+        /// max-abs, quantize, dequantize to measure the error; then stores it as [K, N] for DynamicQuantizeMatMul.
+        /// </summary>
+        private ((string, string, string, int, int) Stored, float MaxError) QuantizeWeight(Candidate c, string weightName, int k, int n)
+        {
+            float[] data = TensorUtil.ToFloatArray(c.Weight.Tensor);
+            float[] channelMajor = c.TransB ? data : Transpose(data, k, n);
+            if (c.Alpha != 1f)
+            {
+                TensorPrimitives.Multiply(channelMajor, c.Alpha, channelMajor);
+            }
+            (byte zero, byte min, byte max, bool unsigned) = Levels;
+            var maxAbs = new float[n];
+            TensorStats.RowMaxAbs(channelMajor, n, k, maxAbs);
+            var scales = new float[n];
+            var quantized = new byte[(long)n * k];
+            var roundTrip = new float[k];
+            float maxError = 0f;
+            for (int j = 0; j < n; j++)
+            {
+                float scale = maxAbs[j] / LevelsPerSide;
+                // An all-zero (or all-denormal) channel: any positive scale maps it to the zero point.
+                scales[j] = scale >= 1e-30f && float.IsFinite(scale) ? scale : 1f;
+                ReadOnlySpan<float> row = channelMajor.AsSpan(j * k, k);
+                Span<byte> qRow = quantized.AsSpan(j * k, k);
+                if (unsigned)
+                {
+                    QuantizationKernels.Quantize(row, scales[j], zero, qRow, min, max);
+                    QuantizationKernels.Dequantize(qRow, scales[j], zero, roundTrip);
+                }
+                else
+                {
+                    Span<sbyte> sRow = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, sbyte>(qRow);
+                    QuantizationKernels.Quantize(row, scales[j], (sbyte)zero, sRow, (sbyte)min, (sbyte)max);
+                    QuantizationKernels.Dequantize(sRow, scales[j], (sbyte)zero, roundTrip);
+                }
+                maxError = MathF.Max(maxError, ErrorMetrics.MaxAbsDifference(row, roundTrip));
+            }
+            byte[] kMajor = Transpose(quantized, n, k);
+            var zeros = new byte[n];
+            Array.Fill(zeros, zero);
+
+            string baseName = weightName + (c.TransB ? "_t" : "");
+            string qName = Unique(baseName + "_quantized");
+            string sName = Unique(baseName + "_scale");
+            string zName = Unique(baseName + "_zero_point");
+            if (unsigned)
+            {
+                AddInitializer(TensorUtil.FromUInt8(qName, kMajor, k, n));
+                AddInitializer(TensorUtil.FromUInt8(zName, zeros, n));
+            }
+            else
+            {
+                AddInitializer(TensorUtil.FromInt8(qName, System.Runtime.InteropServices.MemoryMarshal.Cast<byte, sbyte>(kMajor), k, n));
+                AddInitializer(TensorUtil.FromInt8(zName, System.Runtime.InteropServices.MemoryMarshal.Cast<byte, sbyte>(zeros.AsSpan()), n));
+            }
+            AddInitializer(TensorUtil.FromFloats(sName, scales, n));
+            FloatWeightBytes += (long)data.Length * 4;
+            QuantizedWeightBytes += kMajor.Length + zeros.Length + (long)scales.Length * 4;
+            return ((qName, sName, zName, k, n), maxError);
+        }
+
+        /// <summary>beta * C as a [N] bias input when C is a constant with N elements (or one); else false.</summary>
+        private bool TryBias(string cName, float beta, int n, out string? bias)
+        {
+            bias = null;
+            if (!TryResolveConstant(cName, out ConstantValue? cv, out _) || cv!.Tensor.DataType != (int)TensorProto.Types.DataType.Float)
+            {
+                return false;
+            }
+            long count = 1;
+            foreach (long d in cv.Dims)
+            {
+                count *= d;
+            }
+            bool vector = count == n && (cv.Dims.Length == 1 || (cv.Dims.Length == 2 && cv.Dims[0] == 1));
+            if (!vector && count != 1)
+            {
+                return false;
+            }
+            float[] data = TensorUtil.ToFloatArray(cv.Tensor);
+            float[] values = new float[n];
+            if (vector)
+            {
+                data.CopyTo(values, 0);
+            }
+            else
+            {
+                Array.Fill(values, data[0]);
+            }
+            if (beta != 1f)
+            {
+                TensorPrimitives.Multiply(values, beta, values);
+            }
+            bias = Unique(cName + "_bias");
+            AddInitializer(TensorUtil.FromFloats(bias, values, n));
+            QuantizedWeightBytes += (long)n * 4;
+            _touchedInitializers.Add(cName);
+            _touchedInitializers.Add(cv.SourceName);
+            _touchedInitializers.UnionWith(cv.ChainInputs);
+            _touchedNodes.AddRange(cv.Chain);
+            return true;
+        }
+
+        private static T[] Transpose<T>(T[] source, int rows, int cols)
+        {
+            var result = new T[source.Length];
+            const int Block = 32;
+            for (int r0 = 0; r0 < rows; r0 += Block)
+            {
+                int r1 = Math.Min(rows, r0 + Block);
+                for (int c0 = 0; c0 < cols; c0 += Block)
+                {
+                    int c1 = Math.Min(cols, c0 + Block);
+                    for (int r = r0; r < r1; r++)
+                    {
+                        for (int col = c0; col < c1; col++)
+                        {
+                            result[col * rows + r] = source[r * cols + col];
+                        }
+                    }
+                }
+            }
+            return result;
+        }
+
+        /// <summary>Drops the float weights, Constant/Reshape nodes and value_info that nothing uses any more.</summary>
+        private void RemoveUnused()
+        {
+            bool changed = true;
+            while (changed)
+            {
+                changed = false;
+                HashSet<string> used = OuterUses();
+                foreach (NodeProto n in _graph.Node)
+                {
+                    used.UnionWith(n.Input);
+                }
+                foreach (NodeProto n in _touchedNodes.ToList())
+                {
+                    if (_graph.Node.Contains(n) && !n.Output.Any(used.Contains))
+                    {
+                        _graph.Node.Remove(n);
+                        foreach (string o in n.Output)
+                        {
+                            RemoveValueInfo(o);
+                        }
+                        changed = true;
+                    }
+                }
+                for (int i = _graph.Initializer.Count - 1; i >= 0; i--)
+                {
+                    string name = _graph.Initializer[i].Name;
+                    if (_touchedInitializers.Contains(name) && !used.Contains(name) && (!_graphInputs.Contains(name) || model.IrVersion < 4))
+                    {
+                        _graph.Initializer.RemoveAt(i);
+                        RemoveValueInfo(name);
+                        for (int j = _graph.Input.Count - 1; j >= 0; j--)
+                        {
+                            if (_graph.Input[j].Name == name)
+                            {
+                                _graph.Input.RemoveAt(j);
+                            }
+                        }
+                        changed = true;
+                    }
+                }
+            }
+        }
+
+        private void RemoveValueInfo(string name)
+        {
+            for (int i = _graph.ValueInfo.Count - 1; i >= 0; i--)
+            {
+                if (_graph.ValueInfo[i].Name == name)
+                {
+                    _graph.ValueInfo.RemoveAt(i);
+                }
+            }
+        }
+
+        private void EnsureOpset(string domain, long version)
+        {
+            OperatorSetIdProto? existing = model.OpsetImport.FirstOrDefault(o => ModelChecker.NormalizeDomain(o.Domain) == domain);
+            if (existing == null)
+            {
+                model.OpsetImport.Add(new OperatorSetIdProto { Domain = domain, Version = version });
+            }
+            else if (existing.Version < version)
+            {
+                existing.Version = version;
+            }
+        }
+
+        private void AddInitializer(TensorProto t)
+        {
+            _graph.Initializer.Add(t);
+            _initializers[t.Name] = t;
+            if (model.IrVersion < 4)
+            {
+                // IR 3 wants every initializer declared as a graph input as well.
+                var shape = new TensorShapeProto();
+                foreach (long d in t.Dims)
+                {
+                    shape.Dim.Add(new TensorShapeProto.Types.Dimension { DimValue = d });
+                }
+                _graph.Input.Add(new ValueInfoProto
+                {
+                    Name = t.Name,
+                    Type = new TypeProto { TensorType = new TypeProto.Types.Tensor { ElemType = t.DataType, Shape = shape } },
+                });
+                _graphInputs.Add(t.Name);
+            }
+        }
+
+        private string Unique(string name)
+        {
+            string candidate = name;
+            for (int i = 1; !_names.Add(candidate); i++)
+            {
+                candidate = name + "_" + i.ToString(CultureInfo.InvariantCulture);
+            }
+            return candidate;
+        }
+
+        private static long IntAttr(NodeProto node, string name, long fallback) =>
+            node.Attribute.FirstOrDefault(a => a.Name == name) is { } a ? a.I : fallback;
+
+        private static float FloatAttr(NodeProto node, string name, float fallback) =>
+            node.Attribute.FirstOrDefault(a => a.Name == name) is { } a ? a.F : fallback;
+    }
+}

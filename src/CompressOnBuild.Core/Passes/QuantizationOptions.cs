@@ -1,0 +1,41 @@
+namespace CompressOnBuild.Core.Passes;
+
+/// <summary>How quantized weights are stored. All are symmetric per output channel (column of the [K, N] weight).</summary>
+public enum WeightEncoding
+{
+    /// <summary>
+    /// int8 in [-127, 127], zero point 0. Fastest on VNNI / ARM dot-product CPUs; on AVX2 without VNNI ORT's
+    /// u8s8 kernel (vpmaddubsw) can saturate int16 when two adjacent products add up beyond 32767.
+    /// </summary>
+    Int8 = 0,
+
+    /// <summary>
+    /// The same 255 levels stored as uint8 with zero point 128 (q + 128 in [1, 255]). ORT runs uint8 x uint8
+    /// through a kernel that widens to int16 before multiplying, so nothing saturates on any x64 CPU.
+    /// </summary>
+    UInt8 = 1,
+
+    /// <summary>int8 in [-63, 63] (7 bits, ORT's "reduce_range"): no saturation in u8s8 kernels, half the resolution.</summary>
+    Int8ReducedRange = 2,
+}
+
+/// <summary>Settings for <see cref="Int8DynamicQuantizer"/>.</summary>
+public sealed class QuantizationOptions
+{
+    /// <summary>
+    /// The default storage: <see cref="WeightEncoding.UInt8"/>. Measured on the corpus on an AVX2 (no VNNI) CPU with
+    /// ORT 1.31.1 (see Passes tests): int8 weights run through the saturating u8s8 path, uint8 weights keep every
+    /// one of the 255 symmetric levels and avoid it, so the result does not depend on the CPU that validates it.
+    /// </summary>
+    public const WeightEncoding DefaultWeightEncoding = WeightEncoding.UInt8;
+
+    public static QuantizationOptions Default { get; } = new();
+
+    public WeightEncoding WeightEncoding { get; init; } = DefaultWeightEncoding;
+
+    /// <summary>Weights with fewer elements than this stay float (the int8 copy plus scales would not be smaller). Default 16.</summary>
+    public long MinimumWeightElements { get; init; } = 16;
+
+    /// <summary>Node names (or, for unnamed nodes, their first output) that must stay float.</summary>
+    public IReadOnlyCollection<string> ExcludedNodes { get; init; } = [];
+}
