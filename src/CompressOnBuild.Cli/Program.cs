@@ -1,6 +1,214 @@
+using System.Globalization;
+using System.Text.Json.Nodes;
+using CompressOnBuild.Core;
+using CompressOnBuild.Core.Cache;
+using CompressOnBuild.Validation;
+
 namespace CompressOnBuild.Cli;
 
-internal static class Program
+/// <summary>
+/// The out-of-process worker behind the MSBuild task (and a tool on its own): <c>compress</c> and <c>inspect</c>.
+/// Diagnostics go to stdout in MSBuild's canonical form ("file : error CMPR0401 : text"), one summary line per model
+/// starts with "CompressOnBuild: ". Exit codes: 0 ok, 1 budget broken, 2 bad input or usage, 3 internal error.
+/// </summary>
+public static class Program
 {
-    public static int Main(string[] args) => args.Length == 0 ? 2 : 0;
+    private static readonly Lock OutputGate = new();
+
+    public static int Main(string[] args)
+    {
+        var stdout = Console.Out;
+        return Run(args, stdout);
+    }
+
+    public static int Run(string[] args, TextWriter output)
+    {
+        ArgumentNullException.ThrowIfNull(args);
+        ArgumentNullException.ThrowIfNull(output);
+        try
+        {
+            List<string> expanded = CommandLine.ExpandResponseFiles(args);
+            if (expanded.Count == 0 || expanded[0] is "-h" or "--help" or "help")
+            {
+                output.WriteLine(Help.Text);
+                return expanded.Count == 0 ? 2 : 0;
+            }
+            if (expanded[0] is "--version")
+            {
+                output.WriteLine(ToolInfo.Version);
+                return 0;
+            }
+            string command = expanded[0];
+            List<string> rest = expanded.Skip(1).ToList();
+            if (rest.Count > 0 && rest[0] is "-h" or "--help")
+            {
+                output.WriteLine(Help.Text);
+                return 0;
+            }
+            return command switch
+            {
+                "compress" => Compress(rest, output),
+                "inspect" => Inspect.Run(rest, output),
+                _ => throw CommandLine.Usage($"unknown command '{command}'; use 'compress' or 'inspect' (see --help)"),
+            };
+        }
+        catch (CompressException e)
+        {
+            WriteDiagnostic(output, new Diagnostic("error", e.Code, e.File ?? "CompressOnBuild", StripCode(e)));
+            return e.ExitCode;
+        }
+#pragma warning disable CA1031 // The worker must turn every crash into a coded error for the build.
+        catch (Exception e)
+#pragma warning restore CA1031
+        {
+            WriteDiagnostic(output, new Diagnostic("error", DiagnosticCodes.InternalError, "CompressOnBuild",
+                DiagnosticCodes.FormatWithoutCode(DiagnosticCodes.InternalError, "(command line)", e.GetType().Name + ": " + e.Message)));
+            return 3;
+        }
+    }
+
+    private static int Compress(List<string> args, TextWriter output)
+    {
+        (GlobalOptions global, List<ItemRequest> requests) = CommandLine.ParseCompress(args);
+
+        // Validate every item before any work, so option mistakes surface together and fast.
+        var results = new List<ItemResult?>();
+        int exit = 0;
+        var seenOutputs = new Dictionary<string, string>(OperatingSystem.IsLinux() ? StringComparer.Ordinal : StringComparer.OrdinalIgnoreCase);
+        foreach (ItemRequest req in requests)
+        {
+            try
+            {
+                ItemSettings settings = ItemSettings.From(req);
+                Budgets.CheckMeasurable(settings);
+                string outFull = Path.GetFullPath(settings.Output);
+                if (seenOutputs.TryGetValue(outFull, out string? other))
+                {
+                    throw new CompressException(DiagnosticCodes.OutputConflict, other, settings.Model, settings.Output) { File = settings.Model };
+                }
+                seenOutputs[outFull] = settings.Model;
+                results.Add(new ItemResult { Settings = settings });
+            }
+            catch (CompressException e)
+            {
+                WriteDiagnostic(output, new Diagnostic("error", e.Code, e.File ?? req.Model, StripCode(e)));
+                exit = Worst(exit, e.ExitCode);
+                results.Add(null);
+            }
+        }
+        if (exit != 0)
+        {
+            return exit;
+        }
+
+        OrtInfo? ort = null;
+        var ortGate = new Lock();
+        OrtInfo EnsureOrt()
+        {
+            lock (ortGate)
+            {
+                return ort ??= OrtLoader.Initialize(new OrtLoaderOptions
+                {
+                    AssetsFile = global.OnnxRuntimeAssets,
+                    PackagesRoot = global.NuGetPackages,
+                });
+            }
+        }
+        CompressionCacheAdapter? cache = global.CacheDir == null
+            ? null
+            : new CompressionCacheAdapter(new CompressionCache(global.CacheDir), d => WriteDiagnostic(output, d));
+
+        var codes = new int[results.Count];
+        Parallel.For(0, results.Count, new ParallelOptions { MaxDegreeOfParallelism = global.MaxParallelism }, i =>
+        {
+            ItemResult r = results[i]!;
+            codes[i] = ProcessItem(r, global, EnsureOrt, cache, () => ort, output);
+        });
+        return codes.Aggregate(0, Worst);
+    }
+
+    private static int ProcessItem(ItemResult r, GlobalOptions global, Func<OrtInfo> ensureOrt, CompressionCacheAdapter? cache, Func<OrtInfo?> currentOrt, TextWriter output)
+    {
+        ItemSettings s = r.Settings;
+        try
+        {
+            Compressor.Run(r, global, ensureOrt, cache);
+            int code = 0;
+            lock (OutputGate)
+            {
+                foreach (Diagnostic d in r.Diagnostics)
+                {
+                    WriteDiagnostic(output, d);
+                }
+                if (!r.FromCache)
+                {
+                    foreach (BudgetOutcome b in r.Budgets.Where(b => !b.Passed))
+                    {
+                        var d = new Diagnostic(global.BudgetFailureIsWarning ? "warning" : "error", DiagnosticCodes.BudgetBroken, s.Model,
+                            DiagnosticCodes.FormatWithoutCode(DiagnosticCodes.BudgetBroken, s.Model, b.Name,
+                                Budgets.FormatValue(b.Name, b.Measured ?? double.NaN), Budgets.FormatValue(b.Name, b.Limit)));
+                        r.Diagnostics.Add(d);
+                        WriteDiagnostic(output, d);
+                    }
+                }
+                if (!r.BudgetsPassed && !global.BudgetFailureIsWarning)
+                {
+                    code = 1;
+                }
+                string summary = r.FromCache ? r.CachedSummary + " (cached)" : Report.SummaryLine(r);
+                output.WriteLine("CompressOnBuild: " + summary);
+            }
+            if (!r.FromCache)
+            {
+                JsonObject report = Report.Build(r, currentOrt());
+                if (s.Report != null)
+                {
+                    Report.Write(s.Report, report);
+                }
+                if (cache != null && r.CacheKey != null)
+                {
+                    cache.Store(r.CacheKey, r, r.Shipped ? Path.GetFullPath(s.Output) : null, report);
+                }
+            }
+            return code;
+        }
+        catch (CompressException e)
+        {
+            lock (OutputGate)
+            {
+                WriteDiagnostic(output, new Diagnostic("error", e.Code, e.File ?? s.Model, StripCode(e)));
+            }
+            return e.ExitCode;
+        }
+#pragma warning disable CA1031 // One model's crash becomes a coded error; the others still run.
+        catch (Exception e)
+#pragma warning restore CA1031
+        {
+            lock (OutputGate)
+            {
+                WriteDiagnostic(output, new Diagnostic("error", DiagnosticCodes.InternalError, s.Model,
+                    DiagnosticCodes.FormatWithoutCode(DiagnosticCodes.InternalError, s.Model, e.GetType().Name + ": " + e.Message)));
+            }
+            return 3;
+        }
+    }
+
+    /// <summary>3 (internal) beats 2 (bad input) beats 1 (budget) beats 0.</summary>
+    private static int Worst(int a, int b) => Math.Max(a, b);
+
+    private static string StripCode(CompressException e)
+    {
+        string prefix = e.Code + ": ";
+        return e.Message.StartsWith(prefix, StringComparison.Ordinal) ? e.Message[prefix.Length..] : e.Message;
+    }
+
+    internal static void WriteDiagnostic(TextWriter output, Diagnostic d)
+    {
+        // MSBuild canonical error format: "origin : error CODE : text".
+        string text = d.Message.Replace('\r', ' ').Replace('\n', ' ');
+        lock (OutputGate)
+        {
+            output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{d.File} : {d.Severity} {d.Code} : {text}"));
+        }
+    }
 }

@@ -56,6 +56,7 @@ namespace CompressOnBuild
 
         // 05xx: internal.
         public const string InternalError = "CMPR0501";
+        public const string CacheEntryCorrupt = "CMPR0502";
 
         private static readonly ResourceManager Resources =
             new ResourceManager("CompressOnBuild.Diagnostics", typeof(DiagnosticCodes).Assembly);

@@ -1,0 +1,77 @@
+using System.Globalization;
+using CompressOnBuild.Core;
+using CompressOnBuild.Validation;
+
+namespace CompressOnBuild.Cli;
+
+/// <summary>Checks the item's budgets against what was measured. A measured value equal to its limit passes.</summary>
+internal static class Budgets
+{
+    /// <summary>Budgets that compare the two models' outputs and so need real validation data.</summary>
+    private static readonly HashSet<string> NeedData = new(StringComparer.Ordinal)
+    {
+        "MaxAccuracyDrop", "MinAgreement", "MinCosine", "MaxRelativeError", "MaxAbsoluteError",
+    };
+
+    /// <summary>Throws for budgets that cannot be measured with the given data (CMPR0406/0407) before any work is done.</summary>
+    public static void CheckMeasurable(ItemSettings s)
+    {
+        foreach (Budget b in s.Budgets)
+        {
+            if (NeedData.Contains(b.Name) && s.ValidationData == null)
+            {
+                throw new CompressException(DiagnosticCodes.NoValidationData, s.Model, b.Name) { File = s.Model };
+            }
+            if (b.Name == "MaxAccuracyDrop" && s.Labels == null && !LabelsCanComeFromData(s.ValidationData!))
+            {
+                throw new CompressException(DiagnosticCodes.LabelsRequired, s.Model, s.ValidationData) { File = s.Model };
+            }
+        }
+    }
+
+    // Image folders (one subfolder per class) and .npz files carry their labels; IDX images need --labels.
+    private static bool LabelsCanComeFromData(string path) =>
+        Directory.Exists(path) || path.EndsWith(".npz", StringComparison.OrdinalIgnoreCase);
+
+    public static void Evaluate(ItemResult result)
+    {
+        ValidationResult? v = result.Validation;
+        foreach (Budget b in result.Settings.Budgets)
+        {
+            double? measured = b.Name switch
+            {
+                "MaxAccuracyDrop" => v?.AccuracyDrop,
+                "MinAgreement" => v?.Top1Agreement,
+                "MinCosine" => v?.MeanCosineSimilarity,
+                "MaxRelativeError" => v == null || v.Outputs.Count == 0 ? null : v.Outputs.Max(o => o.MeanRelativeL2Error),
+                "MaxAbsoluteError" => v?.MaxAbsError,
+                "MinCompressionRatio" => result.CompressionRatio,
+                "MaxSizeKB" => result.CompressedBytes / 1024.0,
+                "MaxLatencyRatio" => v?.LatencyRatio,
+                _ => null,
+            };
+            if (measured == null)
+            {
+                if (b.Name == "MaxAccuracyDrop")
+                {
+                    throw new CompressException(DiagnosticCodes.LabelsRequired, result.Settings.Model, result.Settings.ValidationData) { File = result.Settings.Model };
+                }
+                throw new CompressException(DiagnosticCodes.NoValidationData, result.Settings.Model, b.Name) { File = result.Settings.Model };
+            }
+            double m = measured.Value;
+            // Tolerate float noise at the boundary (a drop computed as 0.50000000001 from integer counts is 0.5).
+            double eps = 1e-9 * Math.Max(1, Math.Abs(b.Limit));
+            bool passed = !double.IsNaN(m) && (b.HigherIsBetter ? m >= b.Limit - eps : m <= b.Limit + eps);
+            result.Budgets.Add(new BudgetOutcome(b.Name, b.Limit, m, passed, b.Unit, null));
+        }
+    }
+
+    public static string FormatValue(string name, double value) => name switch
+    {
+        "MinAgreement" => value.ToString("0.####", CultureInfo.InvariantCulture),
+        "MaxAccuracyDrop" => value.ToString("0.###", CultureInfo.InvariantCulture) + " points",
+        "MaxSizeKB" => value.ToString("0.#", CultureInfo.InvariantCulture) + " KB",
+        "MinCompressionRatio" => value.ToString("0.##", CultureInfo.InvariantCulture) + "x",
+        _ => value.ToString("G4", CultureInfo.InvariantCulture),
+    };
+}

@@ -1,0 +1,188 @@
+using System.Globalization;
+using CompressOnBuild.Core;
+
+namespace CompressOnBuild.Cli;
+
+/// <summary>Options that apply to every item of one <c>compress</c> run.</summary>
+internal sealed class GlobalOptions
+{
+    public string? CacheDir { get; set; }
+    public string? OnnxRuntimeAssets { get; set; }
+    public string? NuGetPackages { get; set; }
+    public bool BudgetFailureIsWarning { get; set; }
+    public int MaxParallelism { get; set; } = 1;
+}
+
+/// <summary>
+/// Argument handling shared by every command: response files (<c>@file.rsp</c>, one argument per line, blank lines and
+/// lines starting with '#' ignored) and the <c>compress</c> grammar: global options anywhere, then one or more items,
+/// each a model path followed by its own options.
+/// </summary>
+internal static class CommandLine
+{
+    /// <summary>Option name (kebab-case) -> item metadata name. The CLI and the MSBuild item take the same options.</summary>
+    public static readonly IReadOnlyDictionary<string, string> ItemOptions = new Dictionary<string, string>(StringComparer.Ordinal)
+    {
+        ["--output"] = "Output",
+        ["--report"] = "Report",
+        ["--quantization"] = "Quantization",
+        ["--pruning"] = "Pruning",
+        ["--calibration-data"] = "CalibrationData",
+        ["--calibration-samples"] = "CalibrationSamples",
+        ["--validation-data"] = "ValidationData",
+        ["--validation-samples"] = "ValidationSamples",
+        ["--labels"] = "Labels",
+        ["--preprocessing"] = "Preprocessing",
+        ["--max-accuracy-drop"] = "MaxAccuracyDrop",
+        ["--min-agreement"] = "MinAgreement",
+        ["--min-cosine"] = "MinCosine",
+        ["--max-relative-error"] = "MaxRelativeError",
+        ["--max-absolute-error"] = "MaxAbsoluteError",
+        ["--min-compression-ratio"] = "MinCompressionRatio",
+        ["--max-size-kb"] = "MaxSizeKB",
+        ["--max-latency-ratio"] = "MaxLatencyRatio",
+        ["--nodes-to-exclude"] = "NodesToExclude",
+        ["--op-types-to-quantize"] = "OpTypesToQuantize",
+        ["--tune"] = "Tune",
+        ["--tune-time-budget-seconds"] = "TuneTimeBudgetSeconds",
+    };
+
+    public static readonly IReadOnlySet<string> GlobalOptionNames = new HashSet<string>(StringComparer.Ordinal)
+    {
+        "--cache-dir", "--onnxruntime-assets", "--nuget-packages", "--budget-severity", "--max-parallelism",
+    };
+
+    /// <summary>Expands <c>@file</c> arguments (not recursively: a line starting with '@' inside a response file is an error).</summary>
+    public static List<string> ExpandResponseFiles(IEnumerable<string> args)
+    {
+        var result = new List<string>();
+        foreach (string arg in args)
+        {
+            if (arg.Length > 1 && arg[0] == '@')
+            {
+                string path = arg[1..];
+                string[] lines;
+                try
+                {
+                    lines = File.ReadAllLines(path);
+                }
+                catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException or NotSupportedException)
+                {
+                    throw new CompressException(e, DiagnosticCodes.ResponseFile, path, e.Message) { File = path };
+                }
+                foreach (string raw in lines)
+                {
+                    string line = raw.Trim();
+                    if (line.Length == 0 || line[0] == '#')
+                    {
+                        continue;
+                    }
+                    if (line[0] == '@')
+                    {
+                        throw new CompressException(DiagnosticCodes.ResponseFile, path, "nested response files are not supported") { File = path };
+                    }
+                    result.Add(line);
+                }
+            }
+            else
+            {
+                result.Add(arg);
+            }
+        }
+        return result;
+    }
+
+    public static (GlobalOptions Global, List<ItemRequest> Items) ParseCompress(IReadOnlyList<string> args)
+    {
+        var global = new GlobalOptions();
+        var items = new List<ItemRequest>();
+        ItemRequest? current = null;
+        for (int i = 0; i < args.Count; i++)
+        {
+            string a = args[i];
+            if (a.StartsWith("--", StringComparison.Ordinal))
+            {
+                string name = a;
+                string? inlineValue = null;
+                int eq = a.IndexOf('=', StringComparison.Ordinal);
+                if (eq > 0)
+                {
+                    name = a[..eq];
+                    inlineValue = a[(eq + 1)..];
+                }
+                string Value()
+                {
+                    if (inlineValue != null)
+                    {
+                        return inlineValue;
+                    }
+                    if (i + 1 >= args.Count)
+                    {
+                        throw Usage($"option '{name}' needs a value");
+                    }
+                    return args[++i];
+                }
+                if (GlobalOptionNames.Contains(name))
+                {
+                    string v = Value();
+                    switch (name)
+                    {
+                        case "--cache-dir": global.CacheDir = v; break;
+                        case "--onnxruntime-assets": global.OnnxRuntimeAssets = v; break;
+                        case "--nuget-packages": global.NuGetPackages = v; break;
+                        case "--budget-severity":
+                            global.BudgetFailureIsWarning = v.ToUpperInvariant() switch
+                            {
+                                "ERROR" => false,
+                                "WARNING" => true,
+                                _ => throw new CompressException(DiagnosticCodes.InvalidOption, "compress", "--budget-severity", v, "use Error or Warning"),
+                            };
+                            break;
+                        case "--max-parallelism":
+                            if (!int.TryParse(v, NumberStyles.None, CultureInfo.InvariantCulture, out int p) || p < 1 || p > 64)
+                            {
+                                throw new CompressException(DiagnosticCodes.InvalidOption, "compress", "--max-parallelism", v, "use a whole number from 1 to 64");
+                            }
+                            global.MaxParallelism = p;
+                            break;
+                    }
+                    continue;
+                }
+                if (ItemOptions.TryGetValue(name, out string? metadata))
+                {
+                    if (current == null)
+                    {
+                        throw Usage($"option '{name}' comes before any model path; put the model path first");
+                    }
+                    string v = Value();
+                    if (current.Values.ContainsKey(metadata))
+                    {
+                        throw Usage($"option '{name}' is given twice for model '{current.Model}'");
+                    }
+                    current.Values[metadata] = v;
+                    continue;
+                }
+                throw Usage($"unknown option '{name}'. Run 'compress --help' for the list.");
+            }
+            current = new ItemRequest(a);
+            items.Add(current);
+        }
+        if (items.Count == 0)
+        {
+            throw Usage("no model given: compress <model.onnx> --output <out.onnx> [options]");
+        }
+        return (global, items);
+    }
+
+    public static CompressException Usage(string message) => new(DiagnosticCodes.Usage, message);
+}
+
+/// <summary>One model as given on the command line: its path and raw option values keyed by item metadata name.</summary>
+internal sealed class ItemRequest(string model)
+{
+    public string Model { get; } = model;
+
+    public Dictionary<string, string> Values { get; } = new(StringComparer.Ordinal);
+
+    public string? Get(string metadata) => Values.TryGetValue(metadata, out string? v) && !string.IsNullOrWhiteSpace(v) ? v.Trim() : null;
+}

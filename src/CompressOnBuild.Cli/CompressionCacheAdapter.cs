@@ -1,0 +1,163 @@
+using System.Security.Cryptography;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using CompressOnBuild.Core;
+using CompressOnBuild.Core.Cache;
+using CompressOnBuild.Core.Onnx;
+using CompressOnBuild.Validation;
+
+namespace CompressOnBuild.Cli;
+
+/// <summary>
+/// Connects items to the shared <see cref="CompressionCache"/>. The key covers everything that can change the
+/// result: the tool's own code, the ONNX Runtime version, the model (with external data), every option and budget,
+/// the output file name (external data files are named after it), and the bytes of the validation data and labels.
+/// The verdict is cached too: a model that broke a budget fails again without recomputing until an input changes.
+/// </summary>
+internal sealed class CompressionCacheAdapter(CompressionCache cache, Action<Diagnostic> warn)
+{
+    private const string ModelFile = "model.onnx";
+    private const string OutcomeFile = "outcome.json";
+    private const string ReportFile = "report.json";
+
+    private static readonly string ToolFingerprint = CompressionCache.HashKey(
+        new[] { typeof(Program), typeof(ModelIO), typeof(Validator), typeof(Kernels.KernelSelector) }
+            .Select(t => t.Assembly.ManifestModule.ModuleVersionId.ToString()));
+
+    public static string Key(ItemResult r, OrtInfo ort)
+    {
+        ItemSettings s = r.Settings;
+        var parts = new List<string>
+        {
+            "compressonbuild-cache-v1",
+            ToolFingerprint,
+            "ort:" + ort.Version + ":" + ort.Source,
+            "model:" + r.OriginalSha256,
+            "output-name:" + Path.GetFileName(s.Output),
+        };
+        foreach ((string k, string v) in s.EffectiveOptions)
+        {
+            if (k is "ValidationData" or "Labels")
+            {
+                continue;
+            }
+            parts.Add("option:" + k + "=" + v);
+        }
+        parts.Add("validation-data:" + (s.ValidationData == null ? "-" : Fingerprint(s.ValidationData)));
+        parts.Add("labels:" + (s.Labels == null ? "-" : Fingerprint(s.Labels)));
+        return CompressionCache.HashKey(parts);
+    }
+
+    /// <summary>Hash of a file, or of every file under a folder (relative names and contents, in ordinal order).</summary>
+    public static string Fingerprint(string path)
+    {
+        if (File.Exists(path))
+        {
+            using FileStream fs = File.OpenRead(path);
+            return Convert.ToHexStringLower(SHA256.HashData(fs));
+        }
+        if (Directory.Exists(path))
+        {
+            var parts = new List<string>();
+            foreach (string f in Directory.EnumerateFiles(path, "*", SearchOption.AllDirectories).Order(StringComparer.Ordinal))
+            {
+                using FileStream fs = File.OpenRead(f);
+                parts.Add(Path.GetRelativePath(path, f).Replace('\\', '/') + ":" + Convert.ToHexStringLower(SHA256.HashData(fs)));
+            }
+            return CompressionCache.HashKey(parts);
+        }
+        // Missing data is reported by the loader with its own code; the key just has to differ.
+        return "missing:" + Path.GetFullPath(path);
+    }
+
+    public bool TryRestore(string key, ItemResult r, string outputFull)
+    {
+        string? dir = cache.TryGet(key);
+        if (cache.LastCorruptEntry != null)
+        {
+            warn(new Diagnostic("warning", DiagnosticCodes.CacheEntryCorrupt, r.Settings.Model,
+                DiagnosticCodes.FormatWithoutCode(DiagnosticCodes.CacheEntryCorrupt, cache.LastCorruptEntry)));
+        }
+        if (dir == null)
+        {
+            return false;
+        }
+        JsonNode? outcome = JsonNode.Parse(File.ReadAllBytes(Path.Combine(dir, OutcomeFile)));
+        if (outcome == null)
+        {
+            return false;
+        }
+        bool shipped = outcome["shipped"]!.GetValue<bool>();
+        if (shipped)
+        {
+            AtomicFile.Copy(Path.Combine(dir, ModelFile), outputFull);
+            string data = Path.Combine(dir, ModelFile + ".data");
+            if (File.Exists(data))
+            {
+                AtomicFile.Copy(data, outputFull + ".data");
+            }
+        }
+        else
+        {
+            if (File.Exists(outputFull))
+            {
+                File.Delete(outputFull);
+            }
+        }
+        r.OriginalBytes = outcome["originalBytes"]!.GetValue<long>();
+        r.CompressedBytes = outcome["compressedBytes"]!.GetValue<long>();
+        r.CompressedSha256 = outcome["compressedSha256"]?.GetValue<string>();
+        r.CachedSummary = outcome["summary"]!.GetValue<string>();
+        foreach (JsonNode? d in outcome["diagnostics"]!.AsArray())
+        {
+            r.Diagnostics.Add(new Diagnostic(d!["severity"]!.GetValue<string>(), d["code"]!.GetValue<string>(), d["file"]!.GetValue<string>(), d["message"]!.GetValue<string>()));
+        }
+        foreach (JsonNode? b in outcome["budgets"]!.AsArray())
+        {
+            r.Budgets.Add(new BudgetOutcome(b!["name"]!.GetValue<string>(), b["limit"]!.GetValue<double>(), b["measured"]?.GetValue<double>(),
+                b["passed"]!.GetValue<bool>(), b["unit"]!.GetValue<string>(), null));
+        }
+        if (r.Settings.Report != null)
+        {
+            JsonNode report = JsonNode.Parse(File.ReadAllBytes(Path.Combine(dir, ReportFile)))!;
+            report["cache"] = new JsonObject { ["key"] = key, ["hit"] = true };
+            report["model"]!["source"] = r.Settings.Model;
+            report["model"]!["output"] = r.Settings.Output;
+            Report.Write(r.Settings.Report, report.AsObject());
+        }
+        return true;
+    }
+
+    public void Store(string key, ItemResult r, string? shippedOutput, JsonObject report)
+    {
+        cache.Put(key, dir =>
+        {
+            if (shippedOutput != null)
+            {
+                File.Copy(shippedOutput, Path.Combine(dir, ModelFile));
+                if (File.Exists(shippedOutput + ".data"))
+                {
+                    File.Copy(shippedOutput + ".data", Path.Combine(dir, ModelFile + ".data"));
+                }
+            }
+            var outcome = new JsonObject
+            {
+                ["shipped"] = shippedOutput != null,
+                ["originalBytes"] = r.OriginalBytes,
+                ["compressedBytes"] = r.CompressedBytes,
+                ["compressedSha256"] = r.CompressedSha256,
+                ["summary"] = Report.SummaryLine(r),
+                ["diagnostics"] = new JsonArray(r.Diagnostics.Select(d => (JsonNode)new JsonObject
+                {
+                    ["severity"] = d.Severity, ["code"] = d.Code, ["file"] = d.File, ["message"] = d.Message,
+                }).ToArray()),
+                ["budgets"] = new JsonArray(r.Budgets.Select(b => (JsonNode)new JsonObject
+                {
+                    ["name"] = b.Name, ["limit"] = b.Limit, ["measured"] = b.Measured, ["passed"] = b.Passed, ["unit"] = b.Unit,
+                }).ToArray()),
+            };
+            File.WriteAllBytes(Path.Combine(dir, OutcomeFile), JsonSerializer.SerializeToUtf8Bytes(outcome));
+            File.WriteAllBytes(Path.Combine(dir, ReportFile), JsonSerializer.SerializeToUtf8Bytes(report));
+        });
+    }
+}

@@ -1,0 +1,42 @@
+namespace CompressOnBuild.Cli;
+
+internal static class Help
+{
+    public const string Text = """
+        CompressOnBuild worker: prunes, quantizes and validates ONNX models (the same options as the CompressModel item).
+
+        Usage:
+          compress <model.onnx> --output <out.onnx> [item options] [<model2.onnx> --output <out2.onnx> ...] [global options]
+          inspect <model.onnx> [--json]
+          @file.rsp            one argument per line ('#' starts a comment line)
+
+        Item options (metadata name in brackets):
+          --output <path>                   [computed by the build] where the compressed model goes (written atomically)
+          --report <path>                   report.json with every metric and budget
+          --quantization <scheme>           [Quantization] None | Int8 | Int8Dynamic  (Int8Static, Float16, Int4Weights: not yet)
+          --pruning <method>                [Pruning] None  (Magnitude:<s>, Global:<s>, NofM:<n>:<m>, Channels:<f>: not yet)
+          --validation-data <path>          [ValidationData] test_data_set_* folders / input_*.pb, .npy/.npz, IDX, image folders
+          --labels <path>                   [Labels] IDX labels for IDX images
+          --preprocessing <spec>            [Preprocessing] "layout=NCHW;scale=0.003921569;mean=..;std=.."
+          --validation-samples <n>          [ValidationSamples] deterministic subset
+          --max-accuracy-drop <points>      [MaxAccuracyDrop] top-1 points vs labels
+          --min-agreement <0..1>            [MinAgreement] top-1 agreement with the original
+          --min-cosine <-1..1>              [MinCosine] mean cosine similarity of outputs
+          --max-relative-error <x>          [MaxRelativeError] mean relative L2 error per output
+          --max-absolute-error <x>          [MaxAbsoluteError] largest absolute output difference
+          --min-compression-ratio <x>       [MinCompressionRatio] original bytes / compressed bytes
+          --max-size-kb <n>                 [MaxSizeKB] compressed size in KiB
+          --max-latency-ratio <x>           [MaxLatencyRatio] compressed / original median latency, same run
+          --nodes-to-exclude <a;b>          [NodesToExclude] nodes that stay float
+          --calibration-data, --calibration-samples, --op-types-to-quantize, --tune, --tune-time-budget-seconds: not yet
+
+        Global options:
+          --cache-dir <dir>                 shared content-addressed result cache
+          --onnxruntime-assets <file>       the app's obj/project.assets.json: validate with the app's ONNX Runtime
+          --nuget-packages <dir>            NuGet global packages folder (fallback ONNX Runtime)
+          --budget-severity Error|Warning   broken budgets fail (default) or warn
+          --max-parallelism <n>             models compressed at once (default 1)
+
+        Exit codes: 0 ok, 1 budget broken, 2 bad input or usage, 3 internal error.
+        """;
+}

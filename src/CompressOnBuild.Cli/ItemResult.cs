@@ -1,0 +1,34 @@
+using CompressOnBuild.Core.Passes;
+using CompressOnBuild.Validation;
+
+namespace CompressOnBuild.Cli;
+
+internal sealed record BudgetOutcome(string Name, double Limit, double? Measured, bool Passed, string Unit, string? Note);
+
+internal sealed record Diagnostic(string Severity, string Code, string File, string Message);
+
+/// <summary>Everything learned while compressing one item; serialized to report.json and summarized on stdout.</summary>
+internal sealed class ItemResult
+{
+    public required ItemSettings Settings { get; init; }
+    public List<Diagnostic> Diagnostics { get; } = [];
+    public long OriginalBytes { get; set; }
+    public long CompressedBytes { get; set; }
+    public string? OriginalSha256 { get; set; }
+    public string? CompressedSha256 { get; set; }
+    public QuantizationSummary? Quantization { get; set; }
+    public ValidationResult? Validation { get; set; }
+    public string ValidationSource { get; set; } = "none";
+    public List<BudgetOutcome> Budgets { get; } = [];
+    public double CompressSeconds { get; set; }
+    public double ValidateSeconds { get; set; }
+    public bool FromCache { get; set; }
+    public string? CachedSummary { get; set; }
+    public bool Shipped { get; set; }
+    public string? CacheKey { get; set; }
+    public int ExitCode { get; set; }
+
+    public double CompressionRatio => CompressedBytes > 0 ? (double)OriginalBytes / CompressedBytes : 0;
+
+    public bool BudgetsPassed => Budgets.All(b => b.Passed);
+}

@@ -1,0 +1,180 @@
+using System.Globalization;
+using CompressOnBuild.Core;
+
+namespace CompressOnBuild.Cli;
+
+internal enum QuantizationScheme
+{
+    None,
+    Int8Dynamic,
+}
+
+/// <summary>A budget as set by the user: its metadata name, the limit, and whether larger measured values are better.</summary>
+internal sealed record Budget(string Name, double Limit, bool HigherIsBetter, string Unit);
+
+/// <summary>
+/// The validated, typed settings of one item. Every option the grammar knows is either applied or rejected here:
+/// options whose feature a later version implements fail with CMPR0004 instead of being ignored.
+/// </summary>
+internal sealed class ItemSettings
+{
+    public required string Model { get; init; }
+    public required string Output { get; init; }
+    public string? Report { get; init; }
+    public required string QuantizationText { get; init; }
+    public required QuantizationScheme Quantization { get; init; }
+    public string? ValidationData { get; init; }
+    public string? Labels { get; init; }
+    public string? Preprocessing { get; init; }
+    public int ValidationSamples { get; init; }
+    public IReadOnlyList<string> NodesToExclude { get; init; } = [];
+    public IReadOnlyList<Budget> Budgets { get; init; } = [];
+
+    /// <summary>Canonical text of every option that changes the result (for the cache key and the report).</summary>
+    public required SortedDictionary<string, string> EffectiveOptions { get; init; }
+
+    public static ItemSettings From(ItemRequest r)
+    {
+        string model = r.Model;
+        CompressException Invalid(string option, string value, string why) =>
+            new(DiagnosticCodes.InvalidOption, model, option, value, why) { File = model };
+        CompressException NotYet(string option, string value) =>
+            new(DiagnosticCodes.NotSupportedYet, model, option, value) { File = model };
+
+        string output = r.Get("Output") ?? throw CommandLine.Usage($"model '{model}' has no --output");
+
+        string qText = r.Get("Quantization") ?? "Int8";
+        bool hasCalibration = r.Get("CalibrationData") != null;
+        QuantizationScheme scheme = qText.ToUpperInvariant() switch
+        {
+            "NONE" => QuantizationScheme.None,
+            "INT8" when !hasCalibration => QuantizationScheme.Int8Dynamic,
+            "INT8DYNAMIC" => QuantizationScheme.Int8Dynamic,
+            "INT8" or "INT8STATIC" or "FLOAT16" or "INT4WEIGHTS" => throw NotYet("Quantization", hasCalibration && qText.Equals("Int8", StringComparison.OrdinalIgnoreCase) ? "Int8 with CalibrationData (static int8)" : qText),
+            _ => throw Invalid("Quantization", qText, "use None, Int8, Int8Dynamic, Int8Static, Float16 or Int4Weights"),
+        };
+        if (hasCalibration)
+        {
+            throw NotYet("CalibrationData", r.Get("CalibrationData")!);
+        }
+        if (r.Get("CalibrationSamples") is { } cs)
+        {
+            throw NotYet("CalibrationSamples", cs);
+        }
+
+        string pruning = r.Get("Pruning") ?? "None";
+        ValidatePruningSyntax(pruning, Invalid);
+        if (!pruning.Equals("None", StringComparison.OrdinalIgnoreCase))
+        {
+            throw NotYet("Pruning", pruning);
+        }
+        if (r.Get("OpTypesToQuantize") is { } ops)
+        {
+            throw NotYet("OpTypesToQuantize", ops);
+        }
+        if (r.Get("Tune") is { } tune)
+        {
+            if (!bool.TryParse(tune, out bool t))
+            {
+                throw Invalid("Tune", tune, "use true or false");
+            }
+            if (t)
+            {
+                throw NotYet("Tune", tune);
+            }
+        }
+        if (r.Get("TuneTimeBudgetSeconds") is { } ttb)
+        {
+            throw NotYet("TuneTimeBudgetSeconds", ttb);
+        }
+
+        int samples = 0;
+        if (r.Get("ValidationSamples") is { } vs)
+        {
+            if (!int.TryParse(vs, NumberStyles.None, CultureInfo.InvariantCulture, out samples) || samples < 1)
+            {
+                throw Invalid("ValidationSamples", vs, "use a whole number of at least 1");
+            }
+        }
+
+        var budgets = new List<Budget>();
+        void AddBudget(string name, double min, double max, bool higherIsBetter, string unit, string range)
+        {
+            if (r.Get(name) is not { } text)
+            {
+                return;
+            }
+            if (!double.TryParse(text, NumberStyles.Float, CultureInfo.InvariantCulture, out double v) || double.IsNaN(v) || v < min || v > max)
+            {
+                throw Invalid(name, text, "use a number " + range);
+            }
+            budgets.Add(new Budget(name, v, higherIsBetter, unit));
+        }
+        AddBudget("MaxAccuracyDrop", 0, 100, false, "points", "from 0 to 100 (top-1 percentage points)");
+        AddBudget("MinAgreement", 0, 1, true, "", "from 0 to 1");
+        AddBudget("MinCosine", -1, 1, true, "", "from -1 to 1");
+        AddBudget("MaxRelativeError", 0, double.MaxValue, false, "", "of at least 0");
+        AddBudget("MaxAbsoluteError", 0, double.MaxValue, false, "", "of at least 0");
+        AddBudget("MinCompressionRatio", 0, double.MaxValue, true, "x", "of at least 0");
+        AddBudget("MaxSizeKB", 0, double.MaxValue, false, "KB", "of at least 0");
+        AddBudget("MaxLatencyRatio", 0, double.MaxValue, false, "", "of at least 0");
+
+        string? validation = r.Get("ValidationData");
+        string? labels = r.Get("Labels");
+        if (labels != null && validation == null)
+        {
+            throw Invalid("Labels", labels, "labels need ValidationData");
+        }
+
+        string[] exclude = (r.Get("NodesToExclude") ?? "").Split([';', ','], StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+
+        var effective = new SortedDictionary<string, string>(StringComparer.Ordinal)
+        {
+            ["Quantization"] = scheme.ToString(),
+            ["Pruning"] = "None",
+        };
+        foreach ((string k, string v) in r.Values)
+        {
+            if (k is "Output" or "Report" or "Quantization" or "Pruning" || string.IsNullOrWhiteSpace(v))
+            {
+                continue;
+            }
+            effective[k] = v.Trim();
+        }
+
+        return new ItemSettings
+        {
+            Model = model,
+            Output = output,
+            Report = r.Get("Report"),
+            QuantizationText = qText,
+            Quantization = scheme,
+            ValidationData = validation,
+            Labels = labels,
+            Preprocessing = r.Get("Preprocessing"),
+            ValidationSamples = samples,
+            NodesToExclude = exclude,
+            Budgets = budgets,
+            EffectiveOptions = effective,
+        };
+    }
+
+    /// <summary>Checks the syntax of every pruning form (so typos are reported as such, not as "not supported yet").</summary>
+    private static void ValidatePruningSyntax(string pruning, Func<string, string, string, CompressException> invalid)
+    {
+        string[] parts = pruning.Split(':');
+        static bool Fraction(string s) => double.TryParse(s, NumberStyles.Float, CultureInfo.InvariantCulture, out double v) && v > 0 && v < 1;
+        static bool Positive(string s, out int v) => int.TryParse(s, NumberStyles.None, CultureInfo.InvariantCulture, out v) && v > 0;
+        bool ok = parts[0].ToUpperInvariant() switch
+        {
+            "NONE" => parts.Length == 1,
+            "MAGNITUDE" or "GLOBAL" or "CHANNELS" => parts.Length == 2 && Fraction(parts[1]),
+            "NOFM" => parts.Length == 3 && Positive(parts[1], out int n) && Positive(parts[2], out int m) && n < m,
+            _ => false,
+        };
+        if (!ok)
+        {
+            throw invalid("Pruning", pruning, "use None, Magnitude:<sparsity>, Global:<sparsity>, NofM:<n>:<m> (n < m) or Channels:<fraction>, with sparsity and fraction strictly between 0 and 1");
+        }
+    }
+}

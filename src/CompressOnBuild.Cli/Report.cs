@@ -1,0 +1,168 @@
+using System.Globalization;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using CompressOnBuild.Core.Passes;
+using CompressOnBuild.Validation;
+
+namespace CompressOnBuild.Cli;
+
+/// <summary>
+/// report.json (schema documented in docs/report-schema.md; bump <see cref="SchemaVersion"/> on any incompatible change)
+/// and the one-line summary printed per model.
+/// </summary>
+internal static class Report
+{
+    public const int SchemaVersion = 1;
+
+    private static readonly JsonSerializerOptions Indented = new() { WriteIndented = true };
+
+    public static JsonObject Build(ItemResult r, OrtInfo? ort)
+    {
+        ItemSettings s = r.Settings;
+        var options = new JsonObject();
+        foreach ((string k, string v) in s.EffectiveOptions)
+        {
+            options[k] = v;
+        }
+        var report = new JsonObject
+        {
+            ["schemaVersion"] = SchemaVersion,
+            ["tool"] = new JsonObject { ["name"] = "CompressOnBuild", ["version"] = ToolInfo.Version },
+            ["onnxRuntime"] = ort == null ? null : new JsonObject
+            {
+                ["version"] = ort.Version,
+                ["source"] = ort.Source,
+                ["managedPath"] = ort.ManagedPath,
+                ["nativePath"] = ort.NativePath,
+            },
+            ["model"] = new JsonObject
+            {
+                ["source"] = s.Model,
+                ["output"] = s.Output,
+                ["sourceBytes"] = r.OriginalBytes,
+                ["sourceSha256"] = r.OriginalSha256,
+                ["compressedBytes"] = r.CompressedBytes,
+                ["compressedSha256"] = r.CompressedSha256,
+                ["compressionRatio"] = Round(r.CompressionRatio, 4),
+            },
+            ["options"] = options,
+            ["quantization"] = r.Quantization == null ? null : Quantization(r.Quantization),
+            ["validation"] = r.Validation == null ? null : Validation(r.Validation, r.ValidationSource),
+            ["budgets"] = new JsonArray(r.Budgets.Select(b => (JsonNode)new JsonObject
+            {
+                ["name"] = b.Name,
+                ["limit"] = b.Limit,
+                ["measured"] = b.Measured is { } m ? Round(m, 6) : null,
+                ["passed"] = b.Passed,
+            }).ToArray()),
+            ["verdict"] = r.BudgetsPassed ? "passed" : "failed",
+            ["diagnostics"] = new JsonArray(r.Diagnostics.Select(d => (JsonNode)new JsonObject
+            {
+                ["severity"] = d.Severity,
+                ["code"] = d.Code,
+                ["message"] = d.Message,
+            }).ToArray()),
+            ["timing"] = new JsonObject
+            {
+                ["compressSeconds"] = Round(r.CompressSeconds, 3),
+                ["validateSeconds"] = Round(r.ValidateSeconds, 3),
+            },
+            ["cache"] = new JsonObject { ["key"] = r.CacheKey, ["hit"] = r.FromCache },
+        };
+        return report;
+    }
+
+    private static JsonObject Quantization(QuantizationSummary q) => new()
+    {
+        ["scheme"] = "Int8Dynamic",
+        ["weightEncoding"] = q.WeightEncoding.ToString(),
+        ["alreadyQuantized"] = q.AlreadyQuantized,
+        ["alreadyQuantizedReason"] = q.AlreadyQuantizedReason,
+        ["floatWeightBytes"] = q.FloatWeightBytes,
+        ["quantizedWeightBytes"] = q.QuantizedWeightBytes,
+        ["quantizedNodes"] = new JsonArray(q.Quantized.Select(n => (JsonNode)new JsonObject
+        {
+            ["node"] = n.Node,
+            ["opType"] = n.OpType,
+            ["weight"] = n.Weight,
+            ["rows"] = n.Rows,
+            ["columns"] = n.Columns,
+            ["maxAbsWeightError"] = n.MaxAbsWeightError,
+        }).ToArray()),
+        ["skippedNodes"] = new JsonArray(q.Skipped.Select(n => (JsonNode)new JsonObject
+        {
+            ["node"] = n.Node,
+            ["opType"] = n.OpType,
+            ["reason"] = n.Reason,
+        }).ToArray()),
+    };
+
+    private static JsonObject Validation(ValidationResult v, string source) => new()
+    {
+        ["data"] = source,
+        ["samples"] = v.SampleCount,
+        ["output"] = v.OutputName,
+        ["hasLabels"] = v.HasLabels,
+        ["originalAccuracy"] = v.OriginalAccuracy is { } a ? Round(a, 4) : null,
+        ["compressedAccuracy"] = v.CompressedAccuracy is { } b ? Round(b, 4) : null,
+        ["accuracyDrop"] = v.AccuracyDrop is { } d ? Round(d, 4) : null,
+        ["top1Agreement"] = Round(v.Top1Agreement, 6),
+        ["meanCosineSimilarity"] = Round(v.MeanCosineSimilarity, 6),
+        ["maxAbsError"] = Finite(v.MaxAbsError),
+        ["outputs"] = new JsonArray(v.Outputs.Select(o => (JsonNode)new JsonObject
+        {
+            ["name"] = o.Name,
+            ["meanCosineSimilarity"] = Round(o.MeanCosineSimilarity, 6),
+            ["maxAbsError"] = Finite(o.MaxAbsError),
+            ["meanRelativeL2Error"] = Round(o.MeanRelativeL2Error, 6),
+        }).ToArray()),
+        ["originalSamplesPerSecond"] = Round(v.OriginalImagesPerSecond, 1),
+        ["compressedSamplesPerSecond"] = Round(v.CompressedImagesPerSecond, 1),
+        ["batchSize"] = v.BatchSize,
+        ["latency"] = v.LatencyRuns == 0 ? null : new JsonObject
+        {
+            ["originalMs"] = Round(v.OriginalLatencyMs, 4),
+            ["compressedMs"] = Round(v.CompressedLatencyMs, 4),
+            ["ratio"] = Round(v.LatencyRatio, 4),
+            ["runs"] = v.LatencyRuns,
+            ["threads"] = v.Threads,
+        },
+    };
+
+    private static double Round(double v, int digits) => double.IsFinite(v) ? Math.Round(v, digits) : 0;
+
+    private static double? Finite(float v) => float.IsFinite(v) ? v : null;
+
+    public static void Write(string path, JsonObject report) =>
+        Core.Onnx.AtomicFile.WriteAllBytes(path, JsonSerializer.SerializeToUtf8Bytes(report, Indented));
+
+    public static string SummaryLine(ItemResult r)
+    {
+        var ci = CultureInfo.InvariantCulture;
+        var parts = new List<string>
+        {
+            string.Format(ci, "{0}, {1:0.0} KB -> {2:0.0} KB ({3:0.00}x)",
+                r.Settings.Quantization == QuantizationScheme.None ? "no quantization" : r.Settings.Quantization.ToString(),
+                r.OriginalBytes / 1024.0, r.CompressedBytes / 1024.0, r.CompressionRatio),
+        };
+        if (r.Validation is { } v)
+        {
+            if (v.OriginalAccuracy is { } a && v.CompressedAccuracy is { } b && v.AccuracyDrop is { } d)
+            {
+                parts.Add(string.Format(ci, "top-1 {0:0.00}% -> {1:0.00}% (drop {2:0.00} points)", a, b, d));
+            }
+            parts.Add(string.Format(ci, "agreement {0:0.00}%, cosine {1:0.0000} on {2} {3}", v.Top1Agreement * 100, v.MeanCosineSimilarity, v.SampleCount,
+                r.Settings.ValidationData == null ? "random inputs" : "samples"));
+            if (v.LatencyRuns > 0)
+            {
+                parts.Add(string.Format(ci, "latency ratio {0:0.00}", v.LatencyRatio));
+            }
+        }
+        if (r.Budgets.Count > 0)
+        {
+            int broken = r.Budgets.Count(b => !b.Passed);
+            parts.Add(broken == 0 ? $"{r.Budgets.Count} budget(s) met" : $"{broken} of {r.Budgets.Count} budget(s) BROKEN");
+        }
+        return $"{r.Settings.Model} -> {r.Settings.Output}: " + string.Join("; ", parts);
+    }
+}

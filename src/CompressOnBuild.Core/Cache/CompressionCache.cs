@@ -1,0 +1,156 @@
+using System.Security.Cryptography;
+using System.Text;
+
+namespace CompressOnBuild.Core.Cache;
+
+/// <summary>
+/// A content-addressed folder of results shared by builds (like the NuGet package cache). An entry is a folder
+/// named by its key holding files plus a manifest with each file's SHA-256. Entries are built in a temporary
+/// folder and renamed into place, so a reader never sees a torn entry; two writers of the same key both succeed
+/// (the second finds the first's entry and drops its own). An entry whose files do not match the manifest is
+/// deleted and reported as missing, so it gets rebuilt instead of used.
+/// </summary>
+public sealed class CompressionCache
+{
+    private const string ManifestName = "manifest.sha256";
+
+    public CompressionCache(string root)
+    {
+        Root = Path.GetFullPath(root);
+    }
+
+    public string Root { get; }
+
+    /// <summary>Set when <see cref="TryGet"/> found and deleted a corrupt entry (for a warning).</summary>
+    public string? LastCorruptEntry { get; private set; }
+
+    public static string HashKey(IEnumerable<string> parts)
+    {
+        using var sha = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+        foreach (string p in parts)
+        {
+            byte[] b = Encoding.UTF8.GetBytes(p);
+            sha.AppendData(BitConverter.GetBytes(b.Length));
+            sha.AppendData(b);
+        }
+        return Convert.ToHexStringLower(sha.GetHashAndReset());
+    }
+
+    private string EntryDir(string key)
+    {
+        if (key.Length < 16 || !key.All(char.IsAsciiHexDigitLower))
+        {
+            throw new ArgumentException("cache keys are lower-case hex digests", nameof(key));
+        }
+        return Path.Combine(Root, key[..2], key);
+    }
+
+    /// <summary>The folder of a verified entry, or null (absent or corrupt: corrupt entries are removed).</summary>
+    public string? TryGet(string key)
+    {
+        LastCorruptEntry = null;
+        string dir = EntryDir(key);
+        string manifest = Path.Combine(dir, ManifestName);
+        if (!File.Exists(manifest))
+        {
+            return null;
+        }
+        try
+        {
+            foreach (string line in File.ReadAllLines(manifest))
+            {
+                int space = line.IndexOf(' ', StringComparison.Ordinal);
+                if (space != 64)
+                {
+                    throw new InvalidDataException("malformed manifest line");
+                }
+                string name = line[(space + 1)..];
+                if (name.Contains('/', StringComparison.Ordinal) || name.Contains('\\', StringComparison.Ordinal) || name == "..")
+                {
+                    throw new InvalidDataException("manifest names a path outside the entry");
+                }
+                string file = Path.Combine(dir, name);
+                using FileStream fs = File.OpenRead(file);
+                string actual = Convert.ToHexStringLower(SHA256.HashData(fs));
+                if (!actual.Equals(line[..64], StringComparison.Ordinal))
+                {
+                    throw new InvalidDataException($"'{name}' does not match its hash");
+                }
+            }
+            Touch(dir);
+            return dir;
+        }
+        catch (Exception e) when (e is IOException or InvalidDataException or UnauthorizedAccessException)
+        {
+            LastCorruptEntry = dir;
+            TryDelete(dir);
+            return null;
+        }
+    }
+
+    /// <summary>Creates the entry for <paramref name="key"/>: <paramref name="fill"/> writes files into a fresh folder, which is then renamed into place.</summary>
+    public void Put(string key, Action<string> fill)
+    {
+        string dir = EntryDir(key);
+        string parent = Path.GetDirectoryName(dir)!;
+        Directory.CreateDirectory(parent);
+        string temp = Path.Combine(parent, "." + key[..16] + "." + Guid.NewGuid().ToString("N")[..8] + ".tmp");
+        Directory.CreateDirectory(temp);
+        try
+        {
+            fill(temp);
+            var lines = new List<string>();
+            foreach (string file in Directory.GetFiles(temp).Order(StringComparer.Ordinal))
+            {
+                using FileStream fs = File.OpenRead(file);
+                lines.Add(Convert.ToHexStringLower(SHA256.HashData(fs)) + " " + Path.GetFileName(file));
+            }
+            File.WriteAllLines(Path.Combine(temp, ManifestName), lines);
+            if (Directory.Exists(dir) && TryGet(key) != null)
+            {
+                return;
+            }
+            try
+            {
+                Directory.Move(temp, dir);
+            }
+            catch (IOException) when (Directory.Exists(dir))
+            {
+                // Another build stored the same key first; its entry is equivalent.
+            }
+        }
+        finally
+        {
+            TryDelete(temp);
+        }
+    }
+
+    private static void Touch(string dir)
+    {
+        try
+        {
+            Directory.SetLastWriteTimeUtc(dir, DateTime.UtcNow);
+        }
+        catch (IOException)
+        {
+            // Only used to order entries for trimming.
+        }
+    }
+
+    private static void TryDelete(string dir)
+    {
+        try
+        {
+            if (Directory.Exists(dir))
+            {
+                Directory.Delete(dir, recursive: true);
+            }
+        }
+        catch (IOException)
+        {
+        }
+        catch (UnauthorizedAccessException)
+        {
+        }
+    }
+}
