@@ -1,0 +1,208 @@
+using CompressOnBuild.Core;
+using CompressOnBuild.Core.Onnx;
+using CompressOnBuild.Onnx;
+using CompressOnBuild.Tests;
+
+namespace CompressOnBuild.Validation.Tests;
+
+[TestClass]
+public sealed class RunnerAndValidatorTests
+{
+    private static ValueInfoProto Value(string name, TensorProto.Types.DataType type, params object[] dims)
+    {
+        ValueInfoProto v = TinyModels.FloatValue(name, dims);
+        v.Type.TensorType.ElemType = (int)type;
+        return v;
+    }
+
+    /// <summary>y = x (or y = x + c when <paramref name="add"/> is given), x and y [batch, 4].</summary>
+    private static string SaveModel(TempDir dir, string file, object batch, float[]? add = null, string op = "Identity")
+    {
+        GraphProto g = new() { Name = "g" };
+        g.Input.Add(TinyModels.FloatValue("x", batch, 4));
+        g.Output.Add(TinyModels.FloatValue("y", batch, 4));
+        if (add != null)
+        {
+            g.Initializer.Add(TensorUtil.FromFloats("c", add, 4));
+            g.Node.Add(TinyModels.Node("Add", ["x", "c"], ["y"]));
+        }
+        else
+        {
+            g.Node.Add(TinyModels.Node(op, ["x"], ["y"]));
+        }
+        string path = dir.File(file);
+        TestFiles.Save(TinyModels.Model(g), path);
+        return path;
+    }
+
+    private static Dataset Npy(TempDir dir, int count, float[] values, params int[] labels)
+    {
+        string f = dir.File($"data{count}-{values.Length}.npy");
+        File.WriteAllBytes(f, TestFiles.NpyFloat([count, values.Length / count], values));
+        string? l = null;
+        if (labels.Length > 0)
+        {
+            l = dir.File("labels.txt");
+            File.WriteAllText(l, string.Join("\n", labels));
+        }
+        return DatasetLoader.Load(f, l, TestFiles.Inputs("x", -1, values.Length / count));
+    }
+
+    [TestMethod]
+    public void Validator_MetricsMatchHandComputedValues()
+    {
+        using TempDir dir = new();
+        using ModelRunner original = new(SaveModel(dir, "a.onnx", "N"));
+        using ModelRunner compressed = new(SaveModel(dir, "b.onnx", "N", add: [0, 0, 0, 1]));
+        Dataset data = Npy(dir, 3, [1, 0, 0, 0, 0, 3, 0, 0, 0, 0, 2, 1.5f], 0, 1, 3);
+
+        ValidationResult r = Validator.Compare(original, compressed, data, new ValidatorOptions { LatencyRuns = 5, WarmupRuns = 1 });
+        Assert.AreEqual(3, r.SampleCount);
+        Assert.AreEqual("y", r.OutputName);
+        Assert.IsTrue(r.HasLabels);
+        // Top-1: original 0, 1, 2; compressed 0 (tie -> first), 1, 3.
+        Assert.AreEqual(200.0 / 3, r.OriginalAccuracy!.Value, 1e-9);
+        Assert.AreEqual(100.0, r.CompressedAccuracy!.Value, 1e-9);
+        Assert.AreEqual(-100.0 / 3, r.AccuracyDrop!.Value, 1e-9);
+        Assert.AreEqual(2.0 / 3, r.Top1Agreement, 1e-12);
+        // Cosines: 1/sqrt(2), 3/sqrt(10), 7.75/(2.5*sqrt(10.25)).
+        double cos = (1 / Math.Sqrt(2) + 3 / Math.Sqrt(10) + 7.75 / (2.5 * Math.Sqrt(10.25))) / 3;
+        Assert.AreEqual(cos, r.MeanCosineSimilarity, 1e-6);
+        Assert.AreEqual(1f, r.MaxAbsError);
+        Assert.HasCount(1, r.Outputs);
+        Assert.AreEqual((1 + 1.0 / 3 + 0.4) / 3, r.Outputs[0].MeanRelativeL2Error, 1e-6);
+        Assert.AreEqual(5, r.LatencyRuns);
+        Assert.IsGreaterThan(0.0, r.OriginalLatencyMs);
+        Assert.IsGreaterThan(0.0, r.CompressedLatencyMs);
+        Assert.AreEqual(r.CompressedLatencyMs / r.OriginalLatencyMs, r.LatencyRatio, 1e-12);
+        Assert.IsGreaterThan(0.0, r.OriginalImagesPerSecond);
+        Assert.IsNull(r.OriginalReferenceMaxAbsError);
+    }
+
+    [TestMethod]
+    public void Validator_SelfComparison_IsExact()
+    {
+        using TempDir dir = new();
+        string path = dir.File("mlp.onnx");
+        TestFiles.Save(TinyModels.Mlp(inF: 4, hidden: 8, classes: 4), path);
+        using ModelRunner a = new(path);
+        using ModelRunner b = new(path);
+        Dataset data = Npy(dir, 8, TinyModels.RandomFloats(32, 5));
+        ValidationResult r = Validator.Compare(a, b, data, new ValidatorOptions { LatencyRuns = 0 });
+        Assert.AreEqual(1.0, r.Top1Agreement);
+        Assert.AreEqual(0f, r.MaxAbsError);
+        Assert.AreEqual(1.0, r.MeanCosineSimilarity, 1e-12);
+        Assert.IsNull(r.AccuracyDrop);
+        Assert.IsFalse(r.HasLabels);
+        Assert.AreEqual(0.0, r.LatencyRatio);
+    }
+
+    [TestMethod]
+    public void Runner_BatchedEqualsOneByOne_AndFixedBatchRunsSingly()
+    {
+        using TempDir dir = new();
+        string path = dir.File("mlp.onnx");
+        TestFiles.Save(TinyModels.Mlp(inF: 4, hidden: 8, classes: 4, seed: 3), path);
+        Dataset data = Npy(dir, 10, TinyModels.RandomFloats(40, 9));
+        using ModelRunner runner = new(path, new ModelRunnerOptions { BatchSize = 4 });
+        Assert.IsTrue(runner.HasDynamicBatch);
+        DatasetRun batched = runner.RunDataset(data);
+        Assert.AreEqual(4, batched.BatchSize);
+        Assert.HasCount(10, batched.Outputs);
+        for (int i = 0; i < data.Count; i++)
+        {
+            TensorData single = runner.Run(data.GetSample(i))[0];
+            CollectionAssert.AreEqual(new long[] { 1, 4 }, batched.Outputs[i][0].Shape);
+            TestFiles.AssertClose(single.Data, batched.Outputs[i][0].Data, 1e-6f, $"sample {i}");
+        }
+
+        using ModelRunner fixedRunner = new(SaveModel(dir, "fixed.onnx", 1));
+        Assert.IsFalse(fixedRunner.HasDynamicBatch);
+        Dataset four = Npy(dir, 2, [1, 2, 3, 4, 5, 6, 7, 8]);
+        DatasetRun run = fixedRunner.RunDataset(four);
+        Assert.AreEqual(1, run.BatchSize);
+        CollectionAssert.AreEqual(new[] { 5f, 6f, 7f, 8f }, run.Outputs[1][0].Data);
+    }
+
+    [TestMethod]
+    public void Runner_Float16InputsAndOutputsAreConverted()
+    {
+        using TempDir dir = new();
+        GraphProto g = new() { Name = "fp16" };
+        g.Input.Add(Value("h", TensorProto.Types.DataType.Float16, "N", 3));
+        g.Input.Add(TinyModels.FloatValue("f", "N", 3));
+        g.Output.Add(TinyModels.FloatValue("h_as_float", "N", 3));
+        g.Output.Add(Value("f_as_half", TensorProto.Types.DataType.Float16, "N", 3));
+        g.Node.Add(TinyModels.Node("Cast", ["h"], ["h_as_float"], null, TinyModels.IntAttr("to", (long)TensorProto.Types.DataType.Float)));
+        g.Node.Add(TinyModels.Node("Cast", ["f"], ["f_as_half"], null, TinyModels.IntAttr("to", (long)TensorProto.Types.DataType.Float16)));
+        string path = dir.File("fp16.onnx");
+        TestFiles.Save(TinyModels.Model(g), path);
+
+        using ModelRunner runner = new(path);
+        Assert.AreEqual(TensorElementType.Float16, runner.Inputs[0].ElementType);
+        Assert.AreEqual(TensorElementType.Float16, runner.Outputs[1].ElementType);
+        float[] v = [0.1f, 1000.3f, -2.7182817f];
+        float[] halfRounded = [.. v.Select(x => (float)(Half)x)];
+        TensorData[] outputs = runner.Run([new TensorData(v, [1, 3]), new TensorData(v, [1, 3])]);
+        CollectionAssert.AreEqual(halfRounded, outputs[0].Data);
+        CollectionAssert.AreEqual(halfRounded, outputs[1].Data);
+        Assert.AreNotEqual(v[0], outputs[0].Data[0]);
+    }
+
+    [TestMethod]
+    public void Validator_NaNOutputs_NameTheSample()
+    {
+        using TempDir dir = new();
+        using ModelRunner ok = new(SaveModel(dir, "id.onnx", "N"));
+        using ModelRunner log = new(SaveModel(dir, "log.onnx", "N", op: "Log"));
+        Dataset data = Npy(dir, 3, [1, 1, 1, 1, 2, 2, 2, 2, 1, -1, 1, 1]);
+        CompressException e = Assert.ThrowsExactly<CompressException>(() => Validator.Compare(ok, log, data, new ValidatorOptions { LatencyRuns = 0 }));
+        Assert.AreEqual(DiagnosticCodes.NonFiniteOutputs, e.Code);
+        Assert.AreEqual(2, e.Arguments[2]);
+        StringAssert.Contains(e.Message, "log.onnx");
+    }
+
+    [TestMethod]
+    public void Runner_Errors()
+    {
+        using TempDir dir = new();
+        CompressException missing = Assert.ThrowsExactly<CompressException>(() => new ModelRunner(dir.File("none.onnx")));
+        Assert.AreEqual(DiagnosticCodes.ModelNotFound, missing.Code);
+
+        string garbage = dir.File("garbage.onnx");
+        File.WriteAllBytes(garbage, [1, 2, 3, 4, 5, 6, 7, 8]);
+        CompressException bad = Assert.ThrowsExactly<CompressException>(() => new ModelRunner(garbage));
+        Assert.AreEqual(DiagnosticCodes.OrtRunFailed, bad.Code);
+        StringAssert.Contains(bad.Message, garbage);
+
+        using ModelRunner runner = new(SaveModel(dir, "id.onnx", "N"));
+        CompressException run = Assert.ThrowsExactly<CompressException>(() => runner.Run([new TensorData([1, 2, 3, 4, 5], [1, 5])]));
+        Assert.AreEqual(DiagnosticCodes.OrtRunFailed, run.Code);
+
+        Dataset data = Npy(dir, 1, [1, 2, 3, 4]);
+        CompressException output = Assert.ThrowsExactly<CompressException>(() => Validator.Evaluate(runner, data, "nope"));
+        Assert.AreEqual(DiagnosticCodes.OutputMismatch, output.Code);
+    }
+
+    [TestMethod]
+    public void Evaluate_ReferenceOutputsFromTestDataSet()
+    {
+        using TempDir dir = new();
+        using ModelRunner runner = new(SaveModel(dir, "m/add.onnx", 1, add: [1, 1, 1, 1]));
+        TestFiles.WriteTensor(dir.File("m/test_data_set_0/input_0.pb"), "x", [1, 2, 3, 4], 1, 4);
+        TestFiles.WriteTensor(dir.File("m/test_data_set_0/output_0.pb"), "y", [2, 3, 4, 5.5f], 1, 4);
+        Dataset data = DatasetLoader.Load(dir.File("m"), null, runner.Inputs);
+        ModelEvaluation e = Validator.Evaluate(runner, data);
+        Assert.AreEqual(0.5f, e.ReferenceMaxAbsError);
+        CollectionAssert.AreEqual(new[] { 3 }, e.Top1.ToArray());
+        Assert.IsNull(e.Accuracy);
+    }
+
+    [TestMethod]
+    public void Median_OddAndEven()
+    {
+        Assert.AreEqual(2.0, Validator.Median([3, 1, 2]));
+        Assert.AreEqual(2.5, Validator.Median([4, 1, 3, 2]));
+        Assert.AreEqual(1, Validator.ArgMax([1f, 5f, 5f, float.NaN]));
+    }
+}
