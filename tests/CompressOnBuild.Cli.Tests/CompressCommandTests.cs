@@ -1,0 +1,293 @@
+using System.Globalization;
+using System.Security.Cryptography;
+using System.Text.Json.Nodes;
+using CompressOnBuild.Core.Onnx;
+using CompressOnBuild.Onnx;
+using CompressOnBuild.Tests;
+
+namespace CompressOnBuild.Cli.Tests;
+
+[TestClass]
+public sealed class CompressCommandTests
+{
+    private string _dir = "";
+
+    [TestInitialize]
+    public void Init()
+    {
+        _dir = Path.Combine(Path.GetTempPath(), "cob-cli-" + Guid.NewGuid().ToString("N")[..8]);
+        Directory.CreateDirectory(_dir);
+    }
+
+    [TestCleanup]
+    public void Cleanup()
+    {
+        try
+        {
+            Directory.Delete(_dir, recursive: true);
+        }
+        catch (IOException)
+        {
+        }
+    }
+
+    private string P(string name) => Path.Combine(_dir, name);
+
+    /// <summary>A small MLP (big enough that int8 pays) and IDX validation data labelled by the float model itself.</summary>
+    private (string Model, string Images, string Labels) MakeMlpWithData(int samples = 64)
+    {
+        ModelProto m = TinyModels.Mlp(inF: 784, hidden: 64, classes: 10, seed: 3);
+        m.Graph.Input[0] = TinyModels.FloatValue("x", "N", 784);
+        string model = P("mlp.onnx");
+        ModelIO.Save(m, model);
+        var rng = new Random(5);
+        var pixels = new byte[samples * 784];
+        rng.NextBytes(pixels);
+        string images = P("val-images-idx3-ubyte");
+        string labels = P("val-labels-idx1-ubyte");
+        Idx.WriteImages(images, pixels, samples, 28, 28);
+        Idx.WriteLabels(labels, Enumerable.Range(0, samples).Select(i => (byte)(i % 10)).ToArray());
+        return (model, images, labels);
+    }
+
+    [TestMethod]
+    public void CompressesAnMnistModelWithinBudgetAndWritesTheReport()
+    {
+        string images = Corpus.Dataset("mnist", "t10k-images-idx3-ubyte");
+        string labels = Corpus.Dataset("mnist", "t10k-labels-idx1-ubyte");
+        string source = Corpus.Model("mnist-mlp-gemm");
+        byte[] sourceHash = SHA256.HashData(File.ReadAllBytes(source));
+        CliRun run = CliHarness.InProcess("compress", source, "--output", P("out/mnist.onnx"), "--report", P("out/mnist.report.json"),
+            "--validation-data", images, "--labels", labels, "--max-accuracy-drop", "0.5", "--min-agreement", "0.99");
+
+        Assert.AreEqual(0, run.ExitCode, run.Output);
+        string summary = run.Lines.Single(l => l.StartsWith("CompressOnBuild: ", StringComparison.Ordinal));
+        StringAssert.Contains(summary, "Int8Dynamic");
+        StringAssert.Contains(summary, "2 budget(s) met");
+        CollectionAssert.AreEqual(sourceHash, SHA256.HashData(File.ReadAllBytes(source)), "the source model must not change");
+
+        JsonNode report = JsonNode.Parse(File.ReadAllText(P("out/mnist.report.json")))!;
+        Assert.AreEqual(1, report["schemaVersion"]!.GetValue<int>());
+        Assert.AreEqual("passed", report["verdict"]!.GetValue<string>());
+        Assert.AreEqual(10000, report["validation"]!["samples"]!.GetValue<int>());
+        double original = report["validation"]!["originalAccuracy"]!.GetValue<double>();
+        double compressed = report["validation"]!["compressedAccuracy"]!.GetValue<double>();
+        Assert.AreEqual(96.43, original, 0.005, "the float model's top-1 must match the corpus baseline");
+        Assert.IsTrue(original - compressed <= 0.5, $"top-1 drop {original - compressed} points");
+        long before = report["model"]!["sourceBytes"]!.GetValue<long>();
+        long after = report["model"]!["compressedBytes"]!.GetValue<long>();
+        Assert.AreEqual(new FileInfo(P("out/mnist.onnx")).Length, after);
+        Assert.IsTrue((double)before / after >= 3.8, $"size ratio {(double)before / after}");
+        Assert.AreEqual(2, report["budgets"]!.AsArray().Count);
+        Assert.IsTrue(report["budgets"]!.AsArray().All(b => b!["passed"]!.GetValue<bool>()));
+        ModelProto output = ModelIO.Load(P("out/mnist.onnx"));
+        Assert.IsTrue(output.Graph.Node.Any(n => n.OpType is "DynamicQuantizeMatMul" or "MatMulInteger"), "the output must hold integer ops");
+    }
+
+    [TestMethod]
+    public void ABrokenBudgetFailsWithCMPR0401NamingModelBudgetAndValueAndShipsNothing()
+    {
+        (string model, string images, string labels) = MakeMlpWithData();
+        string output = P("out/m.onnx");
+        Directory.CreateDirectory(P("out"));
+        File.WriteAllText(output, "stale output from an earlier build");
+        CliRun run = CliHarness.InProcess("compress", model, "--output", output, "--validation-data", images, "--labels", labels,
+            "--max-size-kb", "1");
+        Assert.AreEqual(1, run.ExitCode, run.Output);
+        string error = run.Errors("CMPR0401").Single();
+        StringAssert.StartsWith(error, model + " : error CMPR0401 : ");
+        StringAssert.Contains(error, "MaxSizeKB");
+        StringAssert.Contains(error, "limit 1 KB");
+        StringAssert.Matches(error, new System.Text.RegularExpressions.Regex(@"measured \d+(\.\d)? KB"));
+        Assert.IsFalse(File.Exists(output), "a model that broke its budget must not ship, and a stale output must go");
+    }
+
+    [TestMethod]
+    public void BudgetEqualToTheMeasuredValuePassesAndJustBelowFails()
+    {
+        (string model, string images, string labels) = MakeMlpWithData();
+        CliRun first = CliHarness.InProcess("compress", model, "--output", P("a.onnx"), "--report", P("a.json"));
+        Assert.AreEqual(0, first.ExitCode, first.Output);
+        long bytes = JsonNode.Parse(File.ReadAllText(P("a.json")))!["model"]!["compressedBytes"]!.GetValue<long>();
+        string exact = (bytes / 1024.0).ToString("R", CultureInfo.InvariantCulture);
+        string below = ((bytes - 1) / 1024.0).ToString("R", CultureInfo.InvariantCulture);
+
+        CliRun atLimit = CliHarness.InProcess("compress", model, "--output", P("b.onnx"), "--max-size-kb", exact);
+        Assert.AreEqual(0, atLimit.ExitCode, atLimit.Output);
+        CliRun overLimit = CliHarness.InProcess("compress", model, "--output", P("c.onnx"), "--max-size-kb", below);
+        Assert.AreEqual(1, overLimit.ExitCode, overLimit.Output);
+        _ = images;
+        _ = labels;
+    }
+
+    [TestMethod]
+    public void WarningSeverityReportsTheBrokenBudgetButShips()
+    {
+        (string model, _, _) = MakeMlpWithData();
+        CliRun run = CliHarness.InProcess("compress", model, "--output", P("w.onnx"), "--max-size-kb", "1", "--budget-severity", "Warning");
+        Assert.AreEqual(0, run.ExitCode, run.Output);
+        Assert.AreEqual(1, run.Lines.Count(l => l.Contains(" : warning CMPR0401 : ", StringComparison.Ordinal)), run.Output);
+        Assert.IsTrue(File.Exists(P("w.onnx")));
+    }
+
+    [TestMethod]
+    public void ResponseFileWithSeveralItemsRunsThemAllInParallel()
+    {
+        (string model, string images, string labels) = MakeMlpWithData();
+        ModelIO.Save(TinyModels.Mlp(inF: 300, hidden: 40, classes: 5, seed: 9), P("second.onnx"));
+        string rsp = P("items.rsp");
+        File.WriteAllLines(rsp,
+        [
+            "# generated by a test", "--max-parallelism", "2",
+            model, "--output", P("o/one.onnx"), "--validation-data", images, "--labels", labels, "--min-agreement", "0.5",
+            "", P("second.onnx"), "--output", P("o/two.onnx"), "--quantization", "None",
+        ]);
+        CliRun run = CliHarness.InProcess("compress", "@" + rsp);
+        Assert.AreEqual(0, run.ExitCode, run.Output);
+        Assert.AreEqual(2, run.Lines.Count(l => l.StartsWith("CompressOnBuild: ", StringComparison.Ordinal)));
+        Assert.IsTrue(ModelIO.Load(P("o/one.onnx")).Graph.Node.Any(n => n.OpType == "DynamicQuantizeMatMul"));
+        Assert.IsFalse(ModelIO.Load(P("o/two.onnx")).Graph.Node.Any(n => n.OpType == "DynamicQuantizeMatMul"), "Quantization=None keeps float ops");
+    }
+
+    [TestMethod]
+    [DataRow("--quantization", "Float16")]
+    [DataRow("--quantization", "Int8Static")]
+    [DataRow("--quantization", "Int4Weights")]
+    [DataRow("--pruning", "Magnitude:0.5")]
+    [DataRow("--pruning", "NofM:2:4")]
+    [DataRow("--pruning", "Channels:0.3")]
+    [DataRow("--calibration-data", "somewhere")]
+    [DataRow("--tune", "true")]
+    [DataRow("--op-types-to-quantize", "MatMul")]
+    public void OptionsOfLaterVersionsAreRejectedNotIgnored(string option, string value)
+    {
+        (string model, _, _) = MakeMlpWithData();
+        CliRun run = CliHarness.InProcess("compress", model, "--output", P("x.onnx"), option, value);
+        Assert.AreEqual(2, run.ExitCode, run.Output);
+        Assert.AreEqual(1, run.Errors("CMPR0004").Count(), run.Output);
+        Assert.IsFalse(File.Exists(P("x.onnx")));
+    }
+
+    [TestMethod]
+    [DataRow("--quantization", "Int9", "CMPR0003")]
+    [DataRow("--pruning", "Magnitude:1.5", "CMPR0003")]
+    [DataRow("--pruning", "NofM:4:2", "CMPR0003")]
+    [DataRow("--min-agreement", "1.5", "CMPR0003")]
+    [DataRow("--max-accuracy-drop", "-1", "CMPR0003")]
+    [DataRow("--max-size-kb", "lots", "CMPR0003")]
+    [DataRow("--validation-samples", "0", "CMPR0003")]
+    [DataRow("--min-agreement", "0.9", "CMPR0407")]
+    [DataRow("--frobnicate", "1", "CMPR0005")]
+    public void BadOptionsAreCodedUsageErrors(string option, string value, string code)
+    {
+        (string model, _, _) = MakeMlpWithData();
+        CliRun run = CliHarness.InProcess("compress", model, "--output", P("x.onnx"), option, value);
+        Assert.AreEqual(2, run.ExitCode, run.Output);
+        Assert.AreEqual(1, run.Errors(code).Count(), run.Output);
+    }
+
+    [TestMethod]
+    public void AccuracyBudgetWithoutLabelsIsCMPR0406()
+    {
+        (string model, string images, _) = MakeMlpWithData();
+        CliRun run = CliHarness.InProcess("compress", model, "--output", P("x.onnx"), "--validation-data", images, "--max-accuracy-drop", "1");
+        Assert.AreEqual(2, run.ExitCode, run.Output);
+        Assert.AreEqual(1, run.Errors("CMPR0406").Count(), run.Output);
+    }
+
+    [TestMethod]
+    public void OutputOverTheSourceAndDuplicateOutputsAreRefused()
+    {
+        (string model, _, _) = MakeMlpWithData();
+        byte[] before = File.ReadAllBytes(model);
+        CliRun same = CliHarness.InProcess("compress", model, "--output", model);
+        Assert.AreEqual(2, same.ExitCode);
+        Assert.AreEqual(1, same.Errors("CMPR0107").Count(), same.Output);
+        CollectionAssert.AreEqual(before, File.ReadAllBytes(model));
+
+        CliRun dup = CliHarness.InProcess("compress", model, "--output", P("d.onnx"), model, "--output", P("d.onnx"));
+        Assert.AreEqual(2, dup.ExitCode);
+        Assert.AreEqual(1, dup.Errors("CMPR0006").Count(), dup.Output);
+    }
+
+    [TestMethod]
+    public void MissingAndCorruptModelsAreCodedErrorsAndTheOtherItemsStillRun()
+    {
+        (string model, _, _) = MakeMlpWithData();
+        File.WriteAllBytes(P("corrupt.onnx"), File.ReadAllBytes(model).AsSpan(0, 100).ToArray());
+        CliRun run = CliHarness.InProcess("compress", P("missing.onnx"), "--output", P("1.onnx"), P("corrupt.onnx"), "--output", P("2.onnx"), model, "--output", P("3.onnx"));
+        Assert.AreEqual(2, run.ExitCode, run.Output);
+        Assert.AreEqual(1, run.Errors("CMPR0101").Count(), run.Output);
+        Assert.IsTrue(run.Errors("CMPR0102").Any() || run.Errors("CMPR0103").Any(), run.Output);
+        Assert.IsTrue(File.Exists(P("3.onnx")), "a good item is compressed even when another item fails");
+        Assert.IsFalse(File.Exists(P("1.onnx")) || File.Exists(P("2.onnx")));
+    }
+
+    [TestMethod]
+    public void CacheReplaysResultsAndVerdictsAndRebuildsCorruptEntries()
+    {
+        (string model, string images, string labels) = MakeMlpWithData();
+        string cache = P("cache");
+        string[] args = ["compress", model, "--output", P("c/out.onnx"), "--validation-data", images, "--labels", labels, "--min-agreement", "0.5", "--cache-dir", cache];
+        CliRun first = CliHarness.InProcess(args);
+        Assert.AreEqual(0, first.ExitCode, first.Output);
+        byte[] produced = File.ReadAllBytes(P("c/out.onnx"));
+        File.Delete(P("c/out.onnx"));
+
+        CliRun second = CliHarness.InProcess(args);
+        Assert.AreEqual(0, second.ExitCode, second.Output);
+        StringAssert.Contains(second.Output, "(cached)");
+        CollectionAssert.AreEqual(produced, File.ReadAllBytes(P("c/out.onnx")));
+
+        // Any option change is a different key: recomputed, not cached.
+        CliRun changed = CliHarness.InProcess([.. args, "--validation-samples", "32"]);
+        Assert.AreEqual(0, changed.ExitCode, changed.Output);
+        Assert.IsFalse(changed.Output.Contains("(cached)", StringComparison.Ordinal), changed.Output);
+
+        // Corrupt every cached model file: the entry is detected, dropped and rebuilt.
+        foreach (string f in Directory.GetFiles(cache, "model.onnx", SearchOption.AllDirectories))
+        {
+            File.WriteAllText(f, "garbage");
+        }
+        CliRun third = CliHarness.InProcess(args);
+        Assert.AreEqual(0, third.ExitCode, third.Output);
+        Assert.AreEqual(1, third.Lines.Count(l => l.Contains(" : warning CMPR0502 : ", StringComparison.Ordinal)), third.Output);
+        Assert.IsFalse(third.Output.Contains("(cached)", StringComparison.Ordinal));
+        CollectionAssert.AreEqual(produced, File.ReadAllBytes(P("c/out.onnx")));
+
+        // A failed verdict is cached too and fails again without shipping.
+        string[] failing = ["compress", model, "--output", P("c/fail.onnx"), "--max-size-kb", "1", "--cache-dir", cache];
+        Assert.AreEqual(1, CliHarness.InProcess(failing).ExitCode);
+        CliRun again = CliHarness.InProcess(failing);
+        Assert.AreEqual(1, again.ExitCode, again.Output);
+        StringAssert.Contains(again.Output, "(cached)");
+        Assert.AreEqual(1, again.Errors("CMPR0401").Count(), again.Output);
+        Assert.IsFalse(File.Exists(P("c/fail.onnx")));
+    }
+
+    [TestMethod]
+    public void SeparateProcessLoadsOnnxRuntimeFromTheNuGetFolderAndReportsIt()
+    {
+        (string model, _, _) = MakeMlpWithData();
+        CliRun run = CliHarness.OutOfProcess(_dir, "compress", model, "--output", "sep.onnx", "--report", "sep.json");
+        Assert.AreEqual(0, run.ExitCode, run.Output);
+        JsonNode report = JsonNode.Parse(File.ReadAllText(P("sep.json")))!;
+        Assert.AreEqual("fallback", report["onnxRuntime"]!["source"]!.GetValue<string>(), "the CLI ships no ORT, so it must have loaded the NuGet package's");
+        Assert.AreEqual("1.31.1", report["onnxRuntime"]!["version"]!.GetValue<string>());
+        Assert.IsTrue(File.Exists(report["onnxRuntime"]!["nativePath"]!.GetValue<string>()));
+        Assert.IsFalse(File.Exists(Path.Combine(Path.GetDirectoryName(CliHarness.CliDll())!, "Microsoft.ML.OnnxRuntime.dll")), "ORT must not be copied next to the CLI");
+    }
+
+    [TestMethod]
+    public void ExitCodesAreDocumentedValues()
+    {
+        Assert.AreEqual(2, CliHarness.InProcess().ExitCode, "no arguments is a usage error");
+        Assert.AreEqual(0, CliHarness.InProcess("--help").ExitCode);
+        CliRun unknown = CliHarness.InProcess("shrink", "x.onnx");
+        Assert.AreEqual(2, unknown.ExitCode);
+        Assert.AreEqual(1, unknown.Errors("CMPR0005").Count());
+        CliRun badRsp = CliHarness.InProcess("compress", "@" + P("absent.rsp"));
+        Assert.AreEqual(2, badRsp.ExitCode);
+        Assert.AreEqual(1, badRsp.Errors("CMPR0007").Count());
+    }
+}
