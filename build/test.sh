@@ -32,5 +32,10 @@ dotnet build CompressOnBuild.sln -c Release -v:q -nologo "$@" || { echo "0 passe
 
 run_suite "all tests" dotnet test --solution CompressOnBuild.sln -c Release --no-build "$@"
 
+# The kernels again with wider SIMD switched off, so every vector path and the scalar fallback run on this CPU.
+for isa in DOTNET_EnableAVX512F DOTNET_EnableAVX2 DOTNET_EnableHWIntrinsic; do
+  run_suite "kernels with $isa=0" env "$isa=0" dotnet test --project tests/CompressOnBuild.Kernels.Tests -c Release --no-build "$@"
+done
+
 echo "$passed passed, $failed failed, $skipped skipped"
 exit $status
