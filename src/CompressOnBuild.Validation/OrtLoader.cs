@@ -132,12 +132,15 @@ public static class OrtLoader
         string rid = options.RuntimeIdentifier ?? CurrentRuntimeIdentifier();
         string? version = null;
         List<string> roots = [];
+        List<string> nativePackages = [];
+        string? managedPackage = null;
         string source = "fallback";
         if (!string.IsNullOrEmpty(options.AssetsFile) && File.Exists(options.AssetsFile))
         {
-            (version, roots) = ReadAssets(options.AssetsFile);
-            if (version != null)
+            AssetsInfo assets = ReadAssets(options.AssetsFile);
+            if (assets.Version != null)
             {
+                (version, roots, nativePackages, managedPackage) = (assets.Version, assets.Roots, assets.NativePackages, assets.ManagedPackage);
                 source = "app";
             }
         }
@@ -153,18 +156,25 @@ public static class OrtLoader
         }
 
         string lowerVersion = version.ToLowerInvariant();
+        managedPackage ??= "microsoft.ml.onnxruntime.managed/" + lowerVersion;
+        if (!nativePackages.Contains("microsoft.ml.onnxruntime/" + lowerVersion))
+        {
+            nativePackages.Add("microsoft.ml.onnxruntime/" + lowerVersion);
+        }
         string? managedDir = null;
         string? nativeFile = null;
         string? usedRoot = null;
         foreach (string root in roots)
         {
-            string pkg = Path.Combine(root, "microsoft.ml.onnxruntime.managed", lowerVersion, "lib");
-            managedDir ??= BestLibFolder(pkg);
-            string native = Path.Combine(root, "microsoft.ml.onnxruntime", lowerVersion, "runtimes", rid, "native", NativeFileName(rid));
-            if (nativeFile == null && File.Exists(native))
+            managedDir ??= BestLibFolder(Path.Combine(root, managedPackage, "lib"));
+            foreach (string package in nativePackages)
             {
-                nativeFile = native;
-                usedRoot = root;
+                string native = Path.Combine(root, package, "runtimes", rid, "native", NativeFileName(rid));
+                if (nativeFile == null && File.Exists(native))
+                {
+                    nativeFile = native;
+                    usedRoot = root;
+                }
             }
         }
         string where = $"{source} version {version} in {string.Join(Path.PathSeparator, roots)}";
@@ -218,8 +228,11 @@ public static class OrtLoader
         return Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".nuget", "packages");
     }
 
-    /// <summary>The ORT version and package folders named by a project.assets.json ("libraries", "packageFolders").</summary>
-    internal static (string? Version, List<string> Roots) ReadAssets(string assetsFile)
+    /// <summary>What a project.assets.json says about ORT: the version (of Microsoft.ML.OnnxRuntime.Managed, else of
+    /// the native package), its package folders, and the package paths of every native ORT package (CPU, GPU, DirectML, ...).</summary>
+    internal sealed record AssetsInfo(string? Version, List<string> Roots, List<string> NativePackages, string? ManagedPackage);
+
+    internal static AssetsInfo ReadAssets(string assetsFile)
     {
         try
         {
@@ -233,32 +246,41 @@ public static class OrtLoader
                     roots.Add(folder.Name.TrimEnd('/', '\\'));
                 }
             }
-            string? managed = null;
-            string? native = null;
+            string? managed = null, managedPath = null, native = null;
+            List<string> nativePaths = [];
             if (doc.RootElement.TryGetProperty("libraries", out JsonElement libraries) && libraries.ValueKind == JsonValueKind.Object)
             {
                 foreach (JsonProperty library in libraries.EnumerateObject())
                 {
                     int slash = library.Name.IndexOf('/', StringComparison.Ordinal);
-                    if (slash <= 0)
+                    if (slash <= 0 || !library.Name.StartsWith(ManagedAssemblyName, StringComparison.OrdinalIgnoreCase))
                     {
                         continue;
                     }
                     string id = library.Name[..slash];
                     string version = library.Name[(slash + 1)..];
-                    if (id.Equals("Microsoft.ML.OnnxRuntime.Managed", StringComparison.OrdinalIgnoreCase))
+                    string path = library.Value.ValueKind == JsonValueKind.Object && library.Value.TryGetProperty("path", out JsonElement p)
+                        && p.GetString() is { Length: > 0 } given ? given : library.Name.ToLowerInvariant();
+                    if (id.Equals(ManagedAssemblyName + ".Managed", StringComparison.OrdinalIgnoreCase))
                     {
-                        managed = version;
+                        (managed, managedPath) = (version, path);
                     }
-                    else if (id.Equals("Microsoft.ML.OnnxRuntime", StringComparison.OrdinalIgnoreCase))
+                    else if (id.Equals(ManagedAssemblyName, StringComparison.OrdinalIgnoreCase))
                     {
                         native = version;
+                        nativePaths.Insert(0, path);
+                    }
+                    else if (!id.EndsWith(".Extensions", StringComparison.OrdinalIgnoreCase))
+                    {
+                        // Microsoft.ML.OnnxRuntime.Gpu(.Linux/.Windows), .DirectML, ...: other native builds.
+                        native ??= version;
+                        nativePaths.Add(path);
                     }
                 }
             }
-            return (managed ?? native, roots);
+            return new AssetsInfo(managed ?? native, roots, nativePaths, managedPath);
         }
-        catch (Exception e) when (e is JsonException or IOException or UnauthorizedAccessException)
+        catch (Exception e) when (e is JsonException or IOException or UnauthorizedAccessException or InvalidOperationException)
         {
             throw new CompressException(e, DiagnosticCodes.OrtNotLoadable, assetsFile, "the assets file could not be read: " + e.Message);
         }

@@ -73,6 +73,22 @@ public sealed class OrtLoaderTests
     }
 
     [TestMethod]
+    public void Resolve_GpuNativePackage_IsFoundThroughItsAssetsPath()
+    {
+        using TempDir dir = new();
+        string root = dir.File("packages/x");
+        root = Path.GetDirectoryName(root)!;
+        File.WriteAllText(dir.File("packages/microsoft.ml.onnxruntime.managed/1.2.3/lib/net8.0/Microsoft.ML.OnnxRuntime.dll"), "fake");
+        File.WriteAllText(dir.File("packages/microsoft.ml.onnxruntime.gpu.linux/1.2.3/runtimes/linux-x64/native/libonnxruntime.so"), "fake");
+        string assets = WriteAssets(dir, root, "Microsoft.ML.OnnxRuntime.Managed/1.2.3", "Microsoft.ML.OnnxRuntime.Gpu/1.2.3", "Microsoft.ML.OnnxRuntime.Gpu.Linux/1.2.3");
+        OrtInfo info = OrtLoader.Resolve(new OrtLoaderOptions { AssetsFile = assets, PackagesRoot = dir.File("none"), RuntimeIdentifier = "linux-x64" });
+        Assert.AreEqual("app", info.Source);
+        Assert.AreEqual("1.2.3", info.Version);
+        StringAssert.Contains(info.NativePath, "microsoft.ml.onnxruntime.gpu.linux");
+        StringAssert.Contains(info.ManagedPath, Path.Combine("microsoft.ml.onnxruntime.managed", "1.2.3", "lib", "net8.0"));
+    }
+
+    [TestMethod]
     public void Resolve_MissingVersion_IsOrtNotLoadable()
     {
         string root = PackagesRoot();
