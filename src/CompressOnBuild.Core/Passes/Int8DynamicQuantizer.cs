@@ -147,7 +147,22 @@ public static class Int8DynamicQuantizer
         public float Alpha { get; init; } = 1f;
 
         public float Beta { get; init; } = 1f;
+
+        public bool IsConv { get; init; }
     }
+
+    /// <summary>
+    /// Default-domain operators whose schema from opset 7 to 11 only gained optional inputs/attributes, negative axes
+    /// or types, so a model using them may have its opset raised to 11 for DynamicQuantizeLinear. Ops that changed
+    /// meaning in that span (Slice, Pad, Clip, Upsample/Resize, TopK, Dropout, Scan, ...) are deliberately absent.
+    /// </summary>
+    private static readonly HashSet<string> SameMeaningUpToOpset11 = new(StringComparer.Ordinal)
+    {
+        "Conv", "Relu", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Add", "Sub", "Mul", "Div",
+        "Reshape", "Flatten", "Gemm", "MatMul", "Transpose", "Concat", "Softmax", "LogSoftmax", "Sigmoid", "Tanh",
+        "LeakyRelu", "Identity", "Constant", "Squeeze", "Unsqueeze", "Sum", "Exp", "Log", "Sqrt", "Abs", "Neg",
+        "Shape", "Gather", "Cast", "BatchNormalization", "Max", "Min", "Floor", "Ceil", "Elu", "Selu", "PRelu",
+    };
 
     private sealed class Rewriter(ModelProto model, QuantizationOptions options, string displayName)
     {
@@ -159,6 +174,9 @@ public static class Int8DynamicQuantizer
         private readonly HashSet<string> _touchedInitializers = new(StringComparer.Ordinal);
         private readonly List<NodeProto> _touchedNodes = [];
         private readonly Dictionary<string, (string Quantized, string Scale, string ZeroPoint, int K, int N)> _done = new(StringComparer.Ordinal);
+        private readonly Dictionary<string, (string Q, string Scale, string ZeroPoint)> _dynamicQuantized = new(StringComparer.Ordinal);
+        private string? _convBlocked;
+        private bool _convQuantized;
 
         public List<QuantizedNode> Quantized { get; } = [];
 
@@ -208,6 +226,7 @@ public static class Int8DynamicQuantizer
                 }
             }
 
+            _convBlocked = options.QuantizeConv ? ConvBlockedReason() : null;
             List<Candidate> candidates = FindCandidates();
             RejectSharedWeights(candidates);
             foreach (Candidate c in candidates)
@@ -217,12 +236,26 @@ public static class Int8DynamicQuantizer
             }
             foreach (Candidate c in candidates)
             {
-                Rewrite(c);
+                if (c.IsConv)
+                {
+                    RewriteConv(c);
+                }
+                else
+                {
+                    Rewrite(c);
+                }
             }
             if (Quantized.Count > 0)
             {
                 RemoveUnused();
+            }
+            if (Quantized.Any(q => q.OpType != "Conv"))
+            {
                 EnsureOpset(MicrosoftDomain, 1);
+            }
+            if (_convQuantized)
+            {
+                EnsureOpset("", 11);
             }
         }
 
@@ -236,12 +269,7 @@ public static class Int8DynamicQuantizer
                 {
                     continue;
                 }
-                if (node.OpType == "Conv")
-                {
-                    Skipped.Add(new SkippedNode(Label(node), node.OpType, "Conv is not quantized by this pass yet (only MatMul and Gemm)"));
-                    continue;
-                }
-                if (node.OpType is not ("MatMul" or "Gemm") || node.Input.Count < 2)
+                if (node.OpType is not ("MatMul" or "Gemm" or "Conv") || node.Input.Count < 2)
                 {
                     continue;
                 }
@@ -250,6 +278,14 @@ public static class Int8DynamicQuantizer
                 if (excluded.Contains(label))
                 {
                     Skip("excluded by the options");
+                    continue;
+                }
+                if (node.OpType == "Conv")
+                {
+                    if (ConvCandidate(node, Skip) is { } conv)
+                    {
+                        result.Add(conv);
+                    }
                     continue;
                 }
                 if (!TryResolveConstant(node.Input[1], out ConstantValue? weight, out string? why))
@@ -294,6 +330,79 @@ public static class Int8DynamicQuantizer
                 });
             }
             return result;
+        }
+
+        private Candidate? ConvCandidate(NodeProto node, Action<string> skip)
+        {
+            if (!options.QuantizeConv)
+            {
+                skip("Conv quantization is turned off in the options");
+                return null;
+            }
+            if (_convBlocked != null)
+            {
+                skip(_convBlocked);
+                return null;
+            }
+            if (!TryResolveConstant(node.Input[1], out ConstantValue? weight, out string? why))
+            {
+                skip(why!);
+                return null;
+            }
+            if (weight!.Tensor.DataType != (int)TensorProto.Types.DataType.Float)
+            {
+                skip($"weight '{node.Input[1]}' is {TensorUtil.DataTypeName(weight.Tensor.DataType)}, not float32");
+                return null;
+            }
+            long elements = weight.Dims.Aggregate(1L, (a, b) => a * b);
+            if (weight.Dims.Length < 3 || weight.Dims[0] <= 0)
+            {
+                skip($"weight '{node.Input[1]}' has rank {weight.Dims.Length}; Conv weights are [M, C/group, k...]");
+                return null;
+            }
+            if (elements < options.MinimumWeightElements || elements > int.MaxValue / 2)
+            {
+                skip($"weight '{node.Input[1]}' has {elements} elements, outside the range this pass quantizes (minimum {options.MinimumWeightElements})");
+                return null;
+            }
+            if (node.Input.Count > 2 && node.Input[2].Length > 0)
+            {
+                if (!TryResolveConstant(node.Input[2], out ConstantValue? bias, out _)
+                    || bias!.Tensor.DataType != (int)TensorProto.Types.DataType.Float
+                    || bias.Dims.Aggregate(1L, (a, b) => a * b) != weight.Dims[0])
+                {
+                    skip($"Conv bias '{node.Input[2]}' is not a constant float32 vector of {weight.Dims[0]} elements");
+                    return null;
+                }
+            }
+            return new Candidate { Node = node, Weight = weight, IsConv = true };
+        }
+
+        /// <summary>Null when Conv can use opset-11 DynamicQuantizeLinear; otherwise why not.</summary>
+        private string? ConvBlockedReason()
+        {
+            OperatorSetIdProto? onnx = model.OpsetImport.FirstOrDefault(o => ModelChecker.NormalizeDomain(o.Domain).Length == 0);
+            long version = onnx?.Version ?? 0;
+            if (version >= 11)
+            {
+                return null;
+            }
+            foreach ((GraphProto g, _) in ModelWalker.Graphs(model))
+            {
+                foreach (NodeProto n in g.Node)
+                {
+                    if (ModelChecker.NormalizeDomain(n.Domain).Length == 0
+                        && (!SameMeaningUpToOpset11.Contains(n.OpType) || (n.OpType == "BatchNormalization" && version < 9)))
+                    {
+                        return $"Conv needs default opset 11 (DynamicQuantizeLinear), the model has {version}, and raising it could change what its {n.OpType} nodes mean";
+                    }
+                }
+            }
+            if (model.Functions.Count > 0)
+            {
+                return $"Conv needs default opset 11 (DynamicQuantizeLinear), the model has {version}, and it defines functions whose operators would change version too";
+            }
+            return null;
         }
 
         /// <summary>A weight shared with anything that stays float would be stored twice; keep those nodes float.</summary>
@@ -633,6 +742,127 @@ public static class Int8DynamicQuantizer
             QuantizedWeightBytes += kMajor.Length + zeros.Length + (long)scales.Length * 4;
             return ((qName, sName, zName, k, n), maxError);
         }
+
+        /// <summary>
+        /// Conv -> DynamicQuantizeLinear(X) -> ConvInteger(uint8 x uint8, weight zero point 128) -> Cast(float)
+        /// -> Mul(x_scale * w_scale[M, 1, ...]) [-> Add(bias[M, 1, ...])].
+        /// </summary>
+        private void RewriteConv(Candidate c)
+        {
+            NodeProto node = c.Node;
+            string label = Label(node);
+            string weightName = node.Input[1];
+            long[] dims = c.Weight.Dims;
+            int m = (int)dims[0];
+            int perChannel = (int)(dims.Aggregate(1L, (a, b) => a * b) / m);
+            long[] channelShape = [m, .. Enumerable.Repeat(1L, dims.Length - 2)];
+
+            if (!_done.TryGetValue("conv|" + weightName, out var stored))
+            {
+                float[] data = TensorUtil.ToFloatArray(c.Weight.Tensor);
+                var maxAbs = new float[m];
+                TensorStats.RowMaxAbs(data, m, perChannel, maxAbs);
+                var scales = new float[m];
+                var q = new byte[data.Length];
+                var roundTrip = new float[perChannel];
+                float maxError = 0f;
+                for (int j = 0; j < m; j++)
+                {
+                    float scale = maxAbs[j] / 127f;
+                    scales[j] = scale >= 1e-30f && float.IsFinite(scale) ? scale : 1f;
+                    ReadOnlySpan<float> row = data.AsSpan(j * perChannel, perChannel);
+                    Span<byte> qRow = q.AsSpan(j * perChannel, perChannel);
+                    QuantizationKernels.Quantize(row, scales[j], (byte)128, qRow, 1, 255);
+                    QuantizationKernels.Dequantize(qRow, scales[j], (byte)128, roundTrip);
+                    maxError = MathF.Max(maxError, ErrorMetrics.MaxAbsDifference(row, roundTrip));
+                }
+                stored = (Unique(weightName + "_quantized"), Unique(weightName + "_scale"), Unique(weightName + "_zero_point"), perChannel, m);
+                AddInitializer(TensorUtil.FromUInt8(stored.Quantized, q, dims));
+                AddInitializer(TensorUtil.FromFloats(stored.Scale, scales, channelShape));
+                AddInitializer(TensorUtil.FromUInt8(stored.ZeroPoint, [128]));
+                _done["conv|" + weightName] = stored;
+                FloatWeightBytes += (long)data.Length * 4;
+                QuantizedWeightBytes += q.Length + 1 + (long)m * 4;
+                _convErrors[weightName] = maxError;
+            }
+
+            var inserted = new List<NodeProto>();
+            string x = node.Input[0];
+            if (!_dynamicQuantized.TryGetValue(x, out var xq))
+            {
+                xq = (Unique(x + "_quantized"), Unique(x + "_scale"), Unique(x + "_zero_point"));
+                var dql = new NodeProto { OpType = "DynamicQuantizeLinear", Name = Unique(label + "_quantize_input") };
+                dql.Input.Add(x);
+                dql.Output.Add(xq.Q);
+                dql.Output.Add(xq.Scale);
+                dql.Output.Add(xq.ZeroPoint);
+                inserted.Add(dql);
+                _dynamicQuantized[x] = xq;
+            }
+            string integerOut = Unique(label + "_int32");
+            var conv = new NodeProto { OpType = "ConvInteger", Name = node.Name.Length > 0 ? node.Name : Unique(label + "_quant") };
+            conv.Input.Add(xq.Q);
+            conv.Input.Add(stored.Quantized);
+            conv.Input.Add(xq.ZeroPoint);
+            conv.Input.Add(stored.ZeroPoint);
+            conv.Output.Add(integerOut);
+            conv.Attribute.AddRange(node.Attribute.Select(a => a.Clone()));
+            inserted.Add(conv);
+
+            string floatOut = Unique(label + "_float");
+            var cast = new NodeProto { OpType = "Cast", Name = Unique(label + "_cast") };
+            cast.Input.Add(integerOut);
+            cast.Output.Add(floatOut);
+            cast.Attribute.Add(new AttributeProto { Name = "to", Type = AttributeProto.Types.AttributeType.Int, I = (long)TensorProto.Types.DataType.Float });
+            inserted.Add(cast);
+
+            string combined = Unique(label + "_output_scale");
+            var scaleMul = new NodeProto { OpType = "Mul", Name = Unique(label + "_combine_scales") };
+            scaleMul.Input.Add(xq.Scale);
+            scaleMul.Input.Add(stored.Scale);
+            scaleMul.Output.Add(combined);
+            inserted.Add(scaleMul);
+
+            bool hasBias = node.Input.Count > 2 && node.Input[2].Length > 0;
+            string scaledOut = hasBias ? Unique(label + "_scaled") : node.Output[0];
+            var rescale = new NodeProto { OpType = "Mul", Name = Unique(label + "_rescale") };
+            rescale.Input.Add(floatOut);
+            rescale.Input.Add(combined);
+            rescale.Output.Add(scaledOut);
+            inserted.Add(rescale);
+
+            if (hasBias)
+            {
+                TryResolveConstant(node.Input[2], out ConstantValue? bias, out _);
+                string biasName = Unique(node.Input[2] + "_channels");
+                AddInitializer(TensorUtil.FromFloats(biasName, TensorUtil.ToFloatArray(bias!.Tensor), channelShape));
+                QuantizedWeightBytes += (long)m * 4;
+                var add = new NodeProto { OpType = "Add", Name = Unique(label + "_bias") };
+                add.Input.Add(scaledOut);
+                add.Input.Add(biasName);
+                add.Output.Add(node.Output[0]);
+                inserted.Add(add);
+                _touchedInitializers.Add(node.Input[2]);
+                _touchedInitializers.Add(bias.SourceName);
+                _touchedInitializers.UnionWith(bias.ChainInputs);
+                _touchedNodes.AddRange(bias.Chain);
+            }
+
+            int index = _graph.Node.IndexOf(node);
+            _graph.Node.RemoveAt(index);
+            for (int i = 0; i < inserted.Count; i++)
+            {
+                _graph.Node.Insert(index + i, inserted[i]);
+            }
+            _touchedNodes.AddRange(c.Weight.Chain);
+            _touchedInitializers.Add(c.Weight.SourceName);
+            _touchedInitializers.UnionWith(c.Weight.ChainInputs);
+            _touchedInitializers.Add(weightName);
+            _convQuantized = true;
+            Quantized.Add(new QuantizedNode(label, "Conv", weightName, perChannel, m, _convErrors[weightName]));
+        }
+
+        private readonly Dictionary<string, float> _convErrors = new(StringComparer.Ordinal);
 
         /// <summary>beta * C as a [N] bias input when C is a constant with N elements (or one); else false.</summary>
         private bool TryBias(string cName, float beta, int n, out string? bias)

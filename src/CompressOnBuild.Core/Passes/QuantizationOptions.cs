@@ -36,6 +36,14 @@ public sealed class QuantizationOptions
     /// <summary>Weights with fewer elements than this stay float (the int8 copy plus scales would not be smaller). Default 16.</summary>
     public long MinimumWeightElements { get; init; } = 16;
 
+    /// <summary>
+    /// Also quantize Conv (DynamicQuantizeLinear + ConvInteger + per-channel rescale). ORT's CPU ConvInteger takes
+    /// only uint8 weights with one zero point, so Conv weights are always stored as uint8 with zero point 128
+    /// (the same symmetric 255 levels), whatever <see cref="WeightEncoding"/> says. Needs default opset 11; older
+    /// models are raised to 11 only when every operator they use means the same there. Default true.
+    /// </summary>
+    public bool QuantizeConv { get; init; } = true;
+
     /// <summary>Node names (or, for unnamed nodes, their first output) that must stay float.</summary>
     public IReadOnlyCollection<string> ExcludedNodes { get; init; } = [];
 }
