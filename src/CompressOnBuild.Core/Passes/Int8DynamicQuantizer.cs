@@ -466,7 +466,7 @@ public static class Int8DynamicQuantizer
 
         private void ThrowIfNotFinite(ConstantValue w)
         {
-            if (!TensorStats.AllFinite(TensorUtil.ToFloatArray(w.Tensor)))
+            if (!TensorStats.AllFinite(Floats(w.Tensor)))
             {
                 throw new CompressException(DiagnosticCodes.NonFiniteWeights, displayName, w.SourceName) { File = displayName };
             }
@@ -533,7 +533,7 @@ public static class Int8DynamicQuantizer
                     why = $"weight '{name}' is reshaped with a non-int64 shape";
                     return false;
                 }
-                long[]? dims = ReshapeDims(data!.Dims, TensorUtil.ToInt64Array(shape.Tensor), IntAttr(producer, "allowzero", 0) != 0);
+                long[]? dims = ReshapeDims(data!.Dims, Int64s(shape.Tensor), IntAttr(producer, "allowzero", 0) != 0);
                 if (dims == null)
                 {
                     why = $"weight '{name}' comes from a Reshape whose shape does not fit its data";
@@ -686,7 +686,7 @@ public static class Int8DynamicQuantizer
         /// </summary>
         private ((string, string, string, int, int) Stored, float MaxError) QuantizeWeight(Candidate c, string weightName, int k, int n)
         {
-            float[] data = TensorUtil.ToFloatArray(c.Weight.Tensor);
+            float[] data = Floats(c.Weight.Tensor);
             float[] channelMajor = c.TransB ? data : Transpose(data, k, n);
             if (c.Alpha != 1f)
             {
@@ -759,7 +759,7 @@ public static class Int8DynamicQuantizer
 
             if (!_done.TryGetValue("conv|" + weightName, out var stored))
             {
-                float[] data = TensorUtil.ToFloatArray(c.Weight.Tensor);
+                float[] data = Floats(c.Weight.Tensor);
                 var maxAbs = new float[m];
                 TensorStats.RowMaxAbs(data, m, perChannel, maxAbs);
                 var scales = new float[m];
@@ -835,7 +835,7 @@ public static class Int8DynamicQuantizer
             {
                 TryResolveConstant(node.Input[2], out ConstantValue? bias, out _);
                 string biasName = Unique(node.Input[2] + "_channels");
-                AddInitializer(TensorUtil.FromFloats(biasName, TensorUtil.ToFloatArray(bias!.Tensor), channelShape));
+                AddInitializer(TensorUtil.FromFloats(biasName, Floats(bias!.Tensor), channelShape));
                 QuantizedWeightBytes += (long)m * 4;
                 var add = new NodeProto { OpType = "Add", Name = Unique(label + "_bias") };
                 add.Input.Add(scaledOut);
@@ -882,7 +882,7 @@ public static class Int8DynamicQuantizer
             {
                 return false;
             }
-            float[] data = TensorUtil.ToFloatArray(cv.Tensor);
+            float[] data = Floats(cv.Tensor);
             float[] values = new float[n];
             if (vector)
             {
@@ -1025,6 +1025,31 @@ public static class Int8DynamicQuantizer
                 candidate = name + "_" + i.ToString(CultureInfo.InvariantCulture);
             }
             return candidate;
+        }
+
+        /// <summary>Tensor data, or CMPR0103 naming the model and tensor when it cannot be read (external data not loaded, wrong length).</summary>
+        private float[] Floats(TensorProto t)
+        {
+            try
+            {
+                return TensorUtil.ToFloatArray(t);
+            }
+            catch (Exception e) when (e is InvalidDataException or InvalidOperationException)
+            {
+                throw new CompressException(e, DiagnosticCodes.ModelInvalid, displayName, e.Message) { File = displayName };
+            }
+        }
+
+        private long[] Int64s(TensorProto t)
+        {
+            try
+            {
+                return TensorUtil.ToInt64Array(t);
+            }
+            catch (Exception e) when (e is InvalidDataException or InvalidOperationException)
+            {
+                throw new CompressException(e, DiagnosticCodes.ModelInvalid, displayName, e.Message) { File = displayName };
+            }
         }
 
         private static long IntAttr(NodeProto node, string name, long fallback) =>

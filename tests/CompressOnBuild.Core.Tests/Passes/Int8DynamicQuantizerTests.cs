@@ -370,6 +370,25 @@ public sealed class Int8DynamicQuantizerTests
     }
 
     [TestMethod]
+    public void Unreadable_weight_data_throws_CMPR0103_not_a_crash()
+    {
+        ModelProto shortData = MatMulModel(8, 8, RandomFloats(64, 3));
+        shortData.Graph.Initializer[0].RawData = ByteString.CopyFrom(new byte[17]);
+        ModelProto external = MatMulModel(8, 8, RandomFloats(64, 3));
+        TensorProto w = external.Graph.Initializer[0];
+        w.ClearRawData();
+        w.DataLocation = TensorProto.Types.DataLocation.External;
+        w.ExternalData.Add(new StringStringEntryProto { Key = "location", Value = "weights.bin" });
+        foreach (ModelProto model in new[] { shortData, external })
+        {
+            CompressException e = Assert.ThrowsExactly<CompressException>(() => Int8DynamicQuantizer.Apply(model, QuantizationOptions.Default, "broken.onnx"));
+            Assert.AreEqual(DiagnosticCodes.ModelInvalid, e.Code);
+            Assert.Contains("'broken.onnx'", e.Message);
+            Assert.Contains("'w'", e.Message);
+        }
+    }
+
+    [TestMethod]
     public void Nothing_to_quantize_is_flagged_with_reasons()
     {
         var g = new GraphProto { Name = "none" };
