@@ -19,9 +19,11 @@ public sealed record TensorData(float[] Data, long[] Shape)
 /// </summary>
 public sealed class Dataset
 {
-    private readonly List<TensorData[]> samples;
+    private readonly List<TensorData[]>? samples;
+    private readonly Func<int, TensorData[]>? decode;
     private readonly List<TensorData[]?>? references;
     private readonly List<string> sampleSources;
+    private readonly bool? canBatch;
 
     internal Dataset(string source, IReadOnlyList<string> inputNames, List<TensorData[]> samples, List<string> sampleSources,
         int[]? labels, List<TensorData[]?>? references)
@@ -34,6 +36,22 @@ public sealed class Dataset
         this.references = references;
     }
 
+    /// <summary>A data set too large to hold decoded: samples are decoded again on every access.</summary>
+    internal Dataset(string source, IReadOnlyList<string> inputNames, Func<int, TensorData[]> decode, List<string> sampleSources,
+        int[]? labels, List<TensorData[]?>? references, bool canBatch)
+    {
+        Source = source;
+        InputNames = inputNames;
+        this.decode = decode;
+        this.sampleSources = sampleSources;
+        Labels = labels;
+        this.references = references;
+        this.canBatch = canBatch;
+    }
+
+    /// <summary>True when the samples are held in memory; false when they are decoded on each access (large image sets).</summary>
+    public bool IsInMemory => samples != null;
+
     /// <summary>The data set path it was loaded from.</summary>
     public string Source { get; }
 
@@ -41,7 +59,7 @@ public sealed class Dataset
     public IReadOnlyList<string> InputNames { get; }
 
     /// <summary>Number of samples.</summary>
-    public int Count => samples.Count;
+    public int Count => sampleSources.Count;
 
     /// <summary>Class index per sample, or null when the data set has no labels.</summary>
     public IReadOnlyList<int>? Labels { get; }
@@ -50,7 +68,7 @@ public sealed class Dataset
     public bool HasReferenceOutputs => references != null && references.Any(r => r != null);
 
     /// <summary>The tensors of sample <paramref name="index"/>, in <see cref="InputNames"/> order.</summary>
-    public IReadOnlyList<TensorData> GetSample(int index) => samples[index];
+    public IReadOnlyList<TensorData> GetSample(int index) => samples != null ? samples[index] : decode!(index);
 
     /// <summary>Reference outputs of a sample (positional, named as stored), or null.</summary>
     public IReadOnlyList<TensorData>? GetReferenceOutputs(int index) => references?[index];
@@ -63,7 +81,11 @@ public sealed class Dataset
     {
         get
         {
-            if (samples.Count == 0)
+            if (canBatch is { } known)
+            {
+                return known;
+            }
+            if (samples == null || samples.Count == 0)
             {
                 return false;
             }
@@ -90,24 +112,28 @@ public sealed class Dataset
         ArgumentOutOfRangeException.ThrowIfGreaterThan(start + count, Count);
         if (count == 1)
         {
-            return samples[start];
+            return GetSample(start);
         }
-        TensorData[] first = samples[start];
-        TensorData[] batch = new TensorData[first.Length];
-        for (int i = 0; i < first.Length; i++)
+        IReadOnlyList<TensorData>[] rows = new IReadOnlyList<TensorData>[count];
+        for (int k = 0; k < count; k++)
         {
-            int per = first[i].Data.Length;
+            rows[k] = GetSample(start + k);
+        }
+        TensorData[] batch = new TensorData[rows[0].Count];
+        for (int i = 0; i < batch.Length; i++)
+        {
+            int per = rows[0][i].Data.Length;
             float[] data = new float[per * count];
             for (int k = 0; k < count; k++)
             {
-                TensorData t = samples[start + k][i];
+                TensorData t = rows[k][i];
                 if (t.Data.Length != per)
                 {
                     throw new InvalidOperationException("Samples of different shapes cannot be batched.");
                 }
                 t.Data.CopyTo(data, k * per);
             }
-            long[] shape = (long[])first[i].Shape.Clone();
+            long[] shape = (long[])rows[0][i].Shape.Clone();
             shape[0] = count;
             batch[i] = new TensorData(data, shape) { Name = InputNames[i] };
         }

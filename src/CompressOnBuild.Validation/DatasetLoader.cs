@@ -26,9 +26,12 @@ public static class DatasetLoader
 {
     private static readonly string[] ImageExtensions = [".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tga"];
 
-    /// <summary>Loads <paramref name="path"/> for a model with inputs <paramref name="inputs"/>.</summary>
+    /// <summary>Loads <paramref name="path"/> for a model with inputs <paramref name="inputs"/>. Every sample is decoded
+    /// and checked here; when the decoded samples exceed <paramref name="memoryBudget"/> bytes they are not kept but
+    /// decoded again on each access (<see cref="Dataset.IsInMemory"/> is false).</summary>
     /// <exception cref="CompressException">DataNotFound, DataUnreadable, DataShape, LabelsMismatch, DataEmpty, PreprocessingInvalid.</exception>
-    public static Dataset Load(string path, string? labelsPath, ModelInputs inputs, Preprocessing? preprocessing = null, int maxSamples = 0)
+    public static Dataset Load(string path, string? labelsPath, ModelInputs inputs, Preprocessing? preprocessing = null, int maxSamples = 0,
+        long memoryBudget = DefaultMemoryBudget)
     {
         ArgumentNullException.ThrowIfNull(path);
         ArgumentNullException.ThrowIfNull(inputs);
@@ -76,23 +79,52 @@ public static class DatasetLoader
         }
 
         int[] indices = SubsetIndices(source.Count, maxSamples);
-        List<TensorData[]> samples = new(indices.Length);
+        List<TensorData[]>? samples = new(indices.Length);
         List<string> sources = new(indices.Length);
         List<TensorData[]?>? references = source.Reference == null ? null : new(indices.Length);
+        long bytes = 0;
+        bool canBatch = true;
+        TensorData[]? first = null;
+        // Every sample is decoded and checked now, so bad data fails before any model runs. Samples are kept in memory
+        // up to memoryBudget; beyond that the data set decodes them again on each access.
         foreach (int index in indices)
         {
-            TensorData[] sample = source.Decode(index);
             string where = source.Describe(index);
-            for (int i = 0; i < inputs.Count; i++)
+            TensorData[] sample = DecodeChecked(source, index, inputs, where);
+            first ??= sample;
+            for (int i = 0; i < sample.Length; i++)
             {
-                CheckShape(sample[i], inputs[i], where);
+                bytes += sample[i].Data.Length * 4L;
+                canBatch &= sample[i].Shape.Length > 0 && sample[i].Shape[0] == 1 && sample[i].Shape.AsSpan().SequenceEqual(first[i].Shape);
             }
-            samples.Add(sample);
+            if (samples != null && bytes > memoryBudget)
+            {
+                samples = null;
+            }
+            samples?.Add(sample);
             sources.Add(where);
             references?.Add(source.Reference!(index));
         }
         int[]? kept = labels == null ? null : [.. indices.Select(i => labels[i])];
-        return new Dataset(path, [.. inputs.Select(i => i.Name)], samples, sources, kept, references);
+        string[] names = [.. inputs.Select(i => i.Name)];
+        if (samples != null)
+        {
+            return new Dataset(path, names, samples, sources, kept, references);
+        }
+        return new Dataset(path, names, k => DecodeChecked(source, indices[k], inputs, sources[k]), sources, kept, references, canBatch);
+    }
+
+    /// <summary>Default for Load's memoryBudget: decoded data sets larger than this (512 MiB) are decoded again on each access.</summary>
+    public const long DefaultMemoryBudget = 512L << 20;
+
+    private static TensorData[] DecodeChecked(Source source, int index, ModelInputs inputs, string where)
+    {
+        TensorData[] sample = source.Decode(index);
+        for (int i = 0; i < inputs.Count; i++)
+        {
+            CheckShape(sample[i], inputs[i], where);
+        }
+        return sample;
     }
 
     /// <summary>The deterministic subset: indices floor(i * count / max) for i in [0, max), or all when max is 0 or &gt;= count.</summary>

@@ -276,4 +276,35 @@ public sealed class DatasetLoaderTests
         File.WriteAllText(labels, "1\ncat\n");
         Throws(DiagnosticCodes.DataUnreadable, () => DatasetLoader.Load(f, labels, TestFiles.Inputs("x", -1, 1)));
     }
+
+    [TestMethod]
+    public void OverMemoryBudget_DecodesOnAccess_WithTheSameValues()
+    {
+        using TempDir dir = new();
+        byte[] pixels = [.. Enumerable.Range(0, 5 * 4).Select(i => (byte)(i * 12))];
+        string images = dir.File("i");
+        File.WriteAllBytes(images, TestFiles.IdxImages(5, 2, 2, pixels));
+        ModelInputs inputs = TestFiles.Inputs("x", -1, 1, 2, 2);
+        Dataset held = DatasetLoader.Load(images, null, inputs);
+        Dataset lazy = DatasetLoader.Load(images, null, inputs, memoryBudget: 20);
+        Assert.IsTrue(held.IsInMemory);
+        Assert.IsFalse(lazy.IsInMemory);
+        Assert.AreEqual(held.Count, lazy.Count);
+        Assert.IsTrue(lazy.CanBatch);
+        for (int i = 0; i < held.Count; i++)
+        {
+            CollectionAssert.AreEqual(held.GetSample(i)[0].Data, lazy.GetSample(i)[0].Data);
+        }
+        CollectionAssert.AreEqual(held.GetBatch(1, 3)[0].Data, lazy.GetBatch(1, 3)[0].Data);
+
+        // A file that disappears after loading fails on access with the file's name.
+        using TempDir folder = new();
+        File.WriteAllBytes(folder.File("a/1.png"), TestFiles.Png(1, 1, 1, [7]));
+        File.WriteAllBytes(folder.File("a/2.png"), TestFiles.Png(1, 1, 1, [9]));
+        Dataset images2 = DatasetLoader.Load(folder.Path, null, inputs, Preprocessing.Parse("scale=1"), memoryBudget: 1);
+        Assert.AreEqual(9f, images2.GetSample(1)[0].Data[0]);
+        File.Delete(folder.File("a/2.png"));
+        CompressException e = Throws(DiagnosticCodes.DataUnreadable, () => images2.GetSample(1));
+        StringAssert.Contains(e.Message, "2.png");
+    }
 }
