@@ -256,7 +256,8 @@ namespace CompressOnBuild.Tasks
                     }
                 }
             }
-            return exitCode;
+            // ToolTask trusts a zero exit code; an error logged here must still fail the task.
+            return exitCode == 0 && Log.HasLoggedErrors ? -1 : exitCode;
         }
 
         protected override void LogEventsFromTextOutput(string singleLine, MessageImportance messageImportance)

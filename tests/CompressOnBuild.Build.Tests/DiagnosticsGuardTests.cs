@@ -1,0 +1,76 @@
+using System.Reflection;
+using System.Text.RegularExpressions;
+using System.Xml.Linq;
+using CompressOnBuild.Tests;
+
+namespace CompressOnBuild.Build.Tests;
+
+/// <summary>Guards the diagnostics catalogue: DiagnosticCodes, Diagnostics.resx and docs/diagnostics.md agree.</summary>
+[TestClass]
+public sealed partial class DiagnosticsGuardTests
+{
+    private static readonly string[] Codes = typeof(DiagnosticCodes)
+        .GetFields(BindingFlags.Public | BindingFlags.Static)
+        .Where(f => f.IsLiteral && f.FieldType == typeof(string))
+        .Select(f => (string)f.GetRawConstantValue()!)
+        .ToArray();
+
+    private static Dictionary<string, string> ResxMessages()
+    {
+        XDocument resx = XDocument.Load(Path.Combine(Corpus.RepoRoot, "src", "Shared", "Diagnostics.resx"));
+        return resx.Root!.Elements("data").ToDictionary(
+            d => (string)d.Attribute("name")!,
+            d => (string)d.Element("value")!);
+    }
+
+    [GeneratedRegex(@"^CMPR\d{4}$")]
+    private static partial Regex CodePattern();
+
+    [TestMethod]
+    public void Codes_AreWellFormedAndUnique()
+    {
+        Assert.IsGreaterThan(20, Codes.Length);
+        foreach (string code in Codes)
+        {
+            Assert.IsTrue(CodePattern().IsMatch(code), code);
+        }
+        string[] duplicates = Codes.GroupBy(c => c).Where(g => g.Count() > 1).Select(g => g.Key).ToArray();
+        Assert.IsEmpty(duplicates, "duplicate codes: " + string.Join(", ", duplicates));
+    }
+
+    [TestMethod]
+    public void EveryCode_HasAResxMessage_AndEveryMessageACode()
+    {
+        Dictionary<string, string> messages = ResxMessages();
+        CollectionAssert.AreEquivalent(Codes, messages.Keys.ToArray());
+    }
+
+    [TestMethod]
+    public void EveryMessage_StartsWithItsCode()
+    {
+        foreach ((string code, string message) in ResxMessages())
+        {
+            StringAssert.StartsWith(message, code + ": ", $"message of {code}");
+        }
+    }
+
+    [TestMethod]
+    public void EveryCode_IsDocumented()
+    {
+        string doc = File.ReadAllText(Path.Combine(Corpus.RepoRoot, "docs", "diagnostics.md"));
+        var documented = Regex.Matches(doc, @"^## (CMPR\d{4})\b", RegexOptions.Multiline).Select(m => m.Groups[1].Value).ToList();
+        CollectionAssert.AreEquivalent(Codes, documented, "docs/diagnostics.md needs one '## CMPRnnnn' section per code");
+    }
+
+    [TestMethod]
+    public void TaskAssembly_EmbedsTheMessages()
+    {
+        // The task formats its own errors from the resx embedded into CompressOnBuild.Tasks.dll.
+        foreach (string code in Codes)
+        {
+            string text = DiagnosticCodes.Format(code, "a", "b", "c", "d");
+            StringAssert.StartsWith(text, code + ": ");
+            Assert.AreNotEqual(code + ": a b c d", text, $"{code} has no embedded message");
+        }
+    }
+}

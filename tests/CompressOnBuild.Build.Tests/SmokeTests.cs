@@ -1,8 +1,0 @@
-namespace CompressOnBuild.Build.Tests;
-
-[TestClass]
-public sealed class AssemblySetup
-{
-    [AssemblyInitialize]
-    public static void Init(TestContext context) => _ = context;
-}
