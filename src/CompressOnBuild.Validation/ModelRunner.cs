@@ -164,6 +164,7 @@ public sealed class ModelRunner : IDisposable
     public DatasetRun RunDataset(Dataset data, IReadOnlyList<string>? outputNames = null)
     {
         ArgumentNullException.ThrowIfNull(data);
+        int[]? order = InputOrder(data);
         int batch = HasDynamicBatch && data.CanBatch ? Math.Max(1, Options.BatchSize) : 1;
         List<TensorData[]> outputs = new(data.Count);
         Stopwatch watch = Stopwatch.StartNew();
@@ -173,7 +174,7 @@ public sealed class ModelRunner : IDisposable
             TensorData[] result;
             try
             {
-                result = Run(data.GetBatch(start, n), outputNames);
+                result = Run(Reorder(data.GetBatch(start, n), order), outputNames);
             }
             catch (CompressException e) when (e.Code == DiagnosticCodes.OrtRunFailed)
             {
@@ -190,7 +191,7 @@ public sealed class ModelRunner : IDisposable
                 // An output without the batch dimension: run this batch's samples one by one.
                 for (int k = 0; k < n; k++)
                 {
-                    outputs.Add(Run(data.GetSample(start + k), outputNames));
+                    outputs.Add(Run(Reorder(data.GetSample(start + k), order), outputNames));
                 }
                 continue;
             }
@@ -210,6 +211,37 @@ public sealed class ModelRunner : IDisposable
         watch.Stop();
         return new DatasetRun(outputs, watch.Elapsed.TotalSeconds, batch);
     }
+
+    /// <summary>Where each model input is in the data set's tensors: by name when the data set names them all (in another
+    /// order), null for the same order or positional use.</summary>
+    private int[]? InputOrder(Dataset data)
+    {
+        if (data.InputNames.Count != Inputs.Count)
+        {
+            throw new CompressException(DiagnosticCodes.DataShape, data.Source, string.Join(",", Inputs.Select(i => i.Name)),
+                $"the data set feeds {data.InputNames.Count} inputs but model '{ModelPath}' has {Inputs.Count}") { File = data.Source };
+        }
+        int[] order = [.. Inputs.Select(i => IndexOf(data.InputNames, i.Name))];
+        return order.Any(k => k < 0) || order.Select((k, i) => k == i).All(same => same) ? null : order;
+    }
+
+    private static int IndexOf(IReadOnlyList<string> names, string name)
+    {
+        for (int i = 0; i < names.Count; i++)
+        {
+            if (names[i] == name)
+            {
+                return i;
+            }
+        }
+        return -1;
+    }
+
+    /// <summary>Sample <paramref name="index"/> of <paramref name="data"/> in this model's input order.</summary>
+    internal IReadOnlyList<TensorData> SampleFor(Dataset data, int index) => Reorder(data.GetSample(index), InputOrder(data));
+
+    private static IReadOnlyList<TensorData> Reorder(IReadOnlyList<TensorData> tensors, int[]? order) =>
+        order == null ? tensors : [.. order.Select(k => tensors[k])];
 
     /// <inheritdoc/>
     public void Dispose()

@@ -231,13 +231,14 @@ public static class Validator
 
     private static (double A, double B) Latency(ModelRunner a, ModelRunner b, Dataset data, ValidatorOptions options)
     {
-        IReadOnlyList<TensorData> sample = data.GetSample(0);
+        IReadOnlyList<TensorData> sampleA = a.SampleFor(data, 0);
+        IReadOnlyList<TensorData> sampleB = b.SampleFor(data, 0);
         string[] oa = [PrimaryOutput(a, null)];
         string[] ob = [PrimaryOutput(b, null)];
         for (int i = 0; i < Math.Max(0, options.WarmupRuns); i++)
         {
-            a.Run(sample, oa);
-            b.Run(sample, ob);
+            a.Run(sampleA, oa);
+            b.Run(sampleB, ob);
         }
         double[] ta = new double[options.LatencyRuns];
         double[] tb = new double[options.LatencyRuns];
@@ -246,13 +247,13 @@ public static class Validator
             // Alternate which model goes first so neither always runs on a warmer cache.
             if (r % 2 == 0)
             {
-                ta[r] = Time(a, sample, oa);
-                tb[r] = Time(b, sample, ob);
+                ta[r] = Time(a, sampleA, oa);
+                tb[r] = Time(b, sampleB, ob);
             }
             else
             {
-                tb[r] = Time(b, sample, ob);
-                ta[r] = Time(a, sample, oa);
+                tb[r] = Time(b, sampleB, ob);
+                ta[r] = Time(a, sampleA, oa);
             }
         }
         return (Median(ta), Median(tb));

@@ -205,4 +205,58 @@ public sealed class RunnerAndValidatorTests
         Assert.AreEqual(2.5, Validator.Median([4, 1, 3, 2]));
         Assert.AreEqual(1, Validator.ArgMax([1f, 5f, 5f, float.NaN]));
     }
+
+    [TestMethod]
+    public void RunDataset_MapsInputsByName_WhenTheDataSetOrdersThemDifferently()
+    {
+        using TempDir dir = new();
+        GraphProto g = new() { Name = "sub" };
+        g.Input.Add(TinyModels.FloatValue("a", "N", 2));
+        g.Input.Add(TinyModels.FloatValue("b", "N", 2));
+        g.Output.Add(TinyModels.FloatValue("d", "N", 2));
+        g.Node.Add(TinyModels.Node("Sub", ["a", "b"], ["d"]));
+        string path = dir.File("sub.onnx");
+        TestFiles.Save(TinyModels.Model(g), path);
+        string z = dir.File("d.npz");
+        TestFiles.Zip(z, ("b.npy", TestFiles.NpyFloat([1, 2], 1, 1)), ("a.npy", TestFiles.NpyFloat([1, 2], 10, 20)));
+        using ModelRunner runner = new(path);
+        // The data set is built for inputs listed as (b, a); the runner must still feed a=10,20 and b=1,1.
+        ModelInputs swapped = new([runner.Inputs[1], runner.Inputs[0]]);
+        Dataset data = DatasetLoader.Load(z, null, swapped);
+        CollectionAssert.AreEqual(new[] { 9f, 19f }, runner.RunDataset(data).Outputs[0][0].Data);
+
+        CompressException e = Assert.ThrowsExactly<CompressException>(() => runner.RunDataset(Npy(dir, 1, [1, 2])));
+        Assert.AreEqual(DiagnosticCodes.DataShape, e.Code);
+    }
+
+    [TestMethod]
+    public void RandomInputs_AreDeterministicAndFitTheModel()
+    {
+        using TempDir dir = new();
+        string path = dir.File("mlp.onnx");
+        TestFiles.Save(TinyModels.Mlp(inF: 6), path);
+        using ModelRunner runner = new(path);
+        Dataset a = RandomInputs.Create(runner.Inputs, samples: 4, seed: 7);
+        Dataset b = RandomInputs.Create(runner.Inputs, samples: 4, seed: 7);
+        Assert.AreEqual(4, a.Count);
+        Assert.IsNull(a.Labels);
+        CollectionAssert.AreEqual(new long[] { 1, 6 }, a.GetSample(3)[0].Shape);
+        CollectionAssert.AreEqual(a.GetSample(3)[0].Data, b.GetSample(3)[0].Data);
+        Assert.IsTrue(a.GetSample(0)[0].Data.All(v => v >= 0f && v < 1f));
+        Assert.AreEqual(4, runner.RunDataset(a).Outputs.Count);
+    }
+
+    [TestMethod]
+    public void ModelInputs_FromModel_SkipsInitializersAndReadsDims()
+    {
+        ModelProto model = TinyModels.Mlp(inF: 5, classes: 3);
+        model.Graph.Input.Add(TinyModels.FloatValue("w1", 8, 5)); // IR < 4 style: an initializer listed as input
+        ModelInputs inputs = ModelInputs.FromModel(model);
+        Assert.HasCount(1, inputs);
+        Assert.AreEqual("x", inputs[0].Name);
+        CollectionAssert.AreEqual(new long[] { -1, 5 }, inputs[0].Shape.ToArray());
+        Assert.IsTrue(inputs[0].HasDynamicBatch);
+        Assert.AreEqual(TensorElementType.Float, inputs[0].ElementType);
+        Assert.AreEqual("[-1,3] float", ModelInputs.OutputsFromModel(model)[0].Describe());
+    }
 }
