@@ -7,7 +7,8 @@ internal static class Help
 
         Usage:
           compress <model.onnx> --output <out.onnx> [item options] [<model2.onnx> --output <out2.onnx> ...] [global options]
-          inspect <model.onnx> [--json]
+          inspect <model.onnx> [--json] [--optimized]   (--optimized: the graph ONNX Runtime runs after its optimizations,
+                                                        and any DequantizeLinear still feeding a float Conv/MatMul/Gemm)
           @file.rsp            one argument per line ('#' starts a comment line)
 
         Item options (metadata name in brackets):

@@ -12,6 +12,9 @@ internal static class Inspect
     public static int Run(List<string> args, TextWriter output)
     {
         bool json = false;
+        bool optimized = false;
+        string? onnxRuntimeAssets = null;
+        string? nugetPackages = null;
         string? path = null;
         foreach (string a in args)
         {
@@ -21,7 +24,15 @@ internal static class Inspect
             }
             else if (a == "--optimized")
             {
-                throw new Core.CompressException(DiagnosticCodes.NotSupportedYet, "inspect", "--optimized", "true");
+                optimized = true;
+            }
+            else if (a.StartsWith("--onnxruntime-assets=", StringComparison.Ordinal))
+            {
+                onnxRuntimeAssets = a["--onnxruntime-assets=".Length..];
+            }
+            else if (a.StartsWith("--nuget-packages=", StringComparison.Ordinal))
+            {
+                nugetPackages = a["--nuget-packages=".Length..];
             }
             else if (a.StartsWith("--", StringComparison.Ordinal))
             {
@@ -49,6 +60,11 @@ internal static class Inspect
         ModelProto model = ModelIO.Load(path);
 
         JsonObject info = Describe(model, path, external);
+        if (optimized)
+        {
+            Validation.OrtLoader.Initialize(new Validation.OrtLoaderOptions { AssetsFile = onnxRuntimeAssets, PackagesRoot = nugetPackages });
+            info["optimized"] = Optimized.Describe(path);
+        }
         if (json)
         {
             output.WriteLine(info.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
@@ -144,6 +160,18 @@ internal static class Inspect
         foreach ((string k, JsonNode? v) in info["metadata"]!.AsObject())
         {
             o.WriteLine($"metadata:     {k} = {v}");
+        }
+        if (info["optimized"] is JsonObject opt)
+        {
+            o.WriteLine($"after ONNX Runtime {opt["onnxRuntime"]} optimizations (level all, CPU): {opt["nodes"]} nodes");
+            foreach ((string op, JsonNode? count) in opt["operators"]!.AsObject().OrderByDescending(kv => kv.Value!.GetValue<int>()))
+            {
+                o.WriteLine(string.Format(ci, "  {0,-32}{1,6}", op, count));
+            }
+            JsonArray fallbacks = opt["floatFallbacks"]!.AsArray();
+            o.WriteLine(fallbacks.Count == 0
+                ? "float fallbacks: none (no DequantizeLinear feeds a float Conv/MatMul/Gemm)"
+                : "float fallbacks: " + string.Join(", ", fallbacks.Select(f => f!.GetValue<string>())));
         }
     }
 }

@@ -41,3 +41,64 @@ public sealed class InspectCommandTests
         Assert.AreEqual(1, run.Errors("CMPR0101").Count(), run.Output);
     }
 }
+
+[TestClass]
+public sealed class InspectOptimizedTests
+{
+    [TestMethod]
+    public void OptimizedViewFlagsADequantizedWeightFeedingAFloatConv()
+    {
+        string dir = Path.Combine(Path.GetTempPath(), "cob-opt-" + Guid.NewGuid().ToString("N")[..8]);
+        Directory.CreateDirectory(dir);
+        try
+        {
+            // x[1,1,8,8] -> Conv(x, DequantizeLinear(w_int8[4,1,3,3], scale)) -> y: the weight is quantized, the Conv is float.
+            // (ORT 1.31 fuses a dequantized MatMul weight into MatMulNBits, but has no such fusion for Conv.)
+            var g = new CompressOnBuild.Onnx.GraphProto { Name = "dq" };
+            g.Input.Add(TinyModels.FloatValue("x", 1, 1, 8, 8));
+            g.Output.Add(TinyModels.FloatValue("y", 1, 4, 6, 6));
+            var rng = new Random(1);
+            sbyte[] w = Enumerable.Range(0, 4 * 9).Select(_ => (sbyte)rng.Next(-127, 128)).ToArray();
+            g.Initializer.Add(TensorUtil.FromInt8("w_q", w, 4, 1, 3, 3));
+            g.Initializer.Add(TensorUtil.FromFloats("w_scale", [0.01f]));
+            g.Node.Add(TinyModels.Node("DequantizeLinear", ["w_q", "w_scale"], ["w"], "dq_w"));
+            g.Node.Add(TinyModels.Node("Conv", ["x", "w"], ["y"], "conv"));
+            string path = Path.Combine(dir, "dq.onnx");
+            ModelIO.Save(TinyModels.Model(g), path);
+
+            CliRun run = CliHarness.InProcess("inspect", path, "--optimized", "--json");
+            Assert.AreEqual(0, run.ExitCode, run.Output);
+            JsonNode info = JsonNode.Parse(run.Output)!;
+            JsonArray fallbacks = info["optimized"]!["floatFallbacks"]!.AsArray();
+            Assert.AreEqual(1, fallbacks.Count, run.Output);
+            StringAssert.Contains(fallbacks[0]!.GetValue<string>(), "Conv");
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+
+    [TestMethod]
+    public void Int8DynamicOutputRunsIntegerKernelsAfterOrtOptimizations()
+    {
+        string dir = Path.Combine(Path.GetTempPath(), "cob-opt-" + Guid.NewGuid().ToString("N")[..8]);
+        Directory.CreateDirectory(dir);
+        try
+        {
+            string out1 = Path.Combine(dir, "q.onnx");
+            CliRun c = CliHarness.InProcess("compress", Corpus.Model("mnist-lenet5"), "--output", out1);
+            Assert.AreEqual(0, c.ExitCode, c.Output);
+            CliRun run = CliHarness.InProcess("inspect", out1, "--optimized", "--json");
+            Assert.AreEqual(0, run.ExitCode, run.Output);
+            JsonNode opt = JsonNode.Parse(run.Output)!["optimized"]!;
+            Assert.AreEqual(0, opt["floatFallbacks"]!.AsArray().Count, run.Output);
+            Assert.AreEqual(3, opt["operators"]!["com.microsoft:DynamicQuantizeMatMul"]!.GetValue<int>(), "LeNet-5's three Gemm layers must run as integer MatMuls");
+            Assert.IsNull(opt["operators"]!["Gemm"]);
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+}
