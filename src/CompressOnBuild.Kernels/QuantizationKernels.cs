@@ -1,3 +1,4 @@
+using System.Numerics.Tensors;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
@@ -9,8 +10,9 @@ namespace CompressOnBuild.Kernels;
 /// q = saturate(round_half_to_even(x / scale) + zero_point), x = (q - zero_point) * scale.
 /// The quantize kernels clamp to [min, max] (default the full type range; pass -127..127 for symmetric
 /// int8, or a narrower range for reduced-range weights). NaN inputs become 0 (callers check
-/// <see cref="TensorStats.AllFinite(ReadOnlySpan{float})"/> first). All of these are ours: TensorPrimitives
-/// has no quantize/dequantize. Every implementation is bit-identical to the scalar reference.
+/// <see cref="TensorStats.AllFinite(ReadOnlySpan{float})"/> first). Scales must be positive and finite
+/// (ArgumentOutOfRangeException otherwise). All of these are ours: TensorPrimitives has no quantize/dequantize
+/// (its Min checks the per-channel scales). Every implementation is bit-identical to the scalar reference.
 /// </summary>
 public static class QuantizationKernels
 {
@@ -29,6 +31,7 @@ public static class QuantizationKernels
         ReadOnlySpan<sbyte> zeroPoints, Span<sbyte> destination, sbyte min = sbyte.MinValue, sbyte max = sbyte.MaxValue)
     {
         CheckChannels(matrix.Length, rows, cols, scales.Length, zeroPoints.Length, destination.Length, rows);
+        CheckScales(scales[..rows]);
         for (int r = 0; r < rows; r++)
         {
             QuantizeCore(matrix.Slice(r * cols, cols), scales[r], zeroPoints[r], min, max,
@@ -41,6 +44,7 @@ public static class QuantizationKernels
         ReadOnlySpan<byte> zeroPoints, Span<byte> destination, byte min = byte.MinValue, byte max = byte.MaxValue)
     {
         CheckChannels(matrix.Length, rows, cols, scales.Length, zeroPoints.Length, destination.Length, rows);
+        CheckScales(scales[..rows]);
         for (int r = 0; r < rows; r++)
         {
             QuantizeCore(matrix.Slice(r * cols, cols), scales[r], zeroPoints[r], min, max,
@@ -53,6 +57,7 @@ public static class QuantizationKernels
         ReadOnlySpan<sbyte> zeroPoints, Span<sbyte> destination, sbyte min = sbyte.MinValue, sbyte max = sbyte.MaxValue)
     {
         CheckChannels(matrix.Length, rows, cols, scales.Length, zeroPoints.Length, destination.Length, cols);
+        CheckScales(scales[..cols]);
         float[] zp = new float[cols];
         for (int c = 0; c < cols; c++)
         {
@@ -66,6 +71,7 @@ public static class QuantizationKernels
         ReadOnlySpan<byte> zeroPoints, Span<byte> destination, byte min = byte.MinValue, byte max = byte.MaxValue)
     {
         CheckChannels(matrix.Length, rows, cols, scales.Length, zeroPoints.Length, destination.Length, cols);
+        CheckScales(scales[..cols]);
         float[] zp = new float[cols];
         for (int c = 0; c < cols; c++)
         {
@@ -88,6 +94,14 @@ public static class QuantizationKernels
         Span<byte> destination, KernelImplementation implementation)
     {
         CheckDestination(values.Length, destination.Length);
+        if (!(scale > 0f) || !float.IsFinite(scale))
+        {
+            throw new ArgumentOutOfRangeException(nameof(scale), scale, "The scale must be a positive finite number.");
+        }
+        if (!(min <= max))
+        {
+            throw new ArgumentException($"The clamp range [{min}, {max}] is empty.");
+        }
         QuantizeDriver.Run(values, new BroadcastScale(scale, zeroPoint), min, max, destination, implementation);
     }
 
@@ -113,6 +127,14 @@ public static class QuantizationKernels
         if (destinationLength < length)
         {
             throw new ArgumentException($"The destination holds {destinationLength} elements; {length} are needed.");
+        }
+    }
+
+    private static void CheckScales(ReadOnlySpan<float> scales)
+    {
+        if (!scales.IsEmpty && (!TensorStats.AllFinite(scales) || !(TensorPrimitives.Min(scales) > 0f)))
+        {
+            throw new ArgumentOutOfRangeException(nameof(scales), "Every scale must be a positive finite number.");
         }
     }
 

@@ -160,4 +160,20 @@ public sealed class QuantizationKernelTests
         Assert.ThrowsExactly<ArgumentException>(() => QuantizationKernels.Dequantize(new byte[4], 1f, (byte)0, new float[3]));
         Assert.ThrowsExactly<ArgumentException>(() => QuantizationKernels.QuantizePerColumn(new float[6], 2, 3, new float[2], new sbyte[3], new sbyte[6]));
     }
+
+    [TestMethod]
+    public void Scales_must_be_positive_and_finite()
+    {
+        foreach (float bad in new[] { 0f, -1f, float.NaN, float.PositiveInfinity })
+        {
+            Assert.ThrowsExactly<ArgumentOutOfRangeException>(() => QuantizationKernels.Quantize(new float[4], bad, (sbyte)0, new sbyte[4]), bad.ToString(System.Globalization.CultureInfo.InvariantCulture));
+            Assert.ThrowsExactly<ArgumentOutOfRangeException>(() => QuantizationKernels.QuantizePerColumn(new float[6], 2, 3, [1f, bad, 1f], new sbyte[3], new sbyte[6]), bad.ToString(System.Globalization.CultureInfo.InvariantCulture));
+            Assert.ThrowsExactly<ArgumentOutOfRangeException>(() => QuantizationKernels.QuantizePerRow(new float[6], 2, 3, [bad, 1f], new byte[2], new byte[6]), bad.ToString(System.Globalization.CultureInfo.InvariantCulture));
+        }
+        Assert.ThrowsExactly<ArgumentException>(() => QuantizationKernels.Quantize(new float[4], 1f, (sbyte)0, new sbyte[4], 5, -5));
+        // a denormal scale is positive and finite: allowed, values saturate
+        var q = new sbyte[2];
+        QuantizationKernels.Quantize([1f, -1f], float.Epsilon, (sbyte)0, q);
+        CollectionAssert.AreEqual(new sbyte[] { 127, -128 }, q);
+    }
 }
