@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Runtime.CompilerServices;
 using CompressOnBuild.Core;
 using Microsoft.ML.OnnxRuntime;
 using OrtElementType = Microsoft.ML.OnnxRuntime.Tensors.TensorElementType;
@@ -76,33 +77,49 @@ public sealed class ModelRunner : IDisposable
         }
         try
         {
-            using SessionOptions so = new()
-            {
-                IntraOpNumThreads = Math.Max(1, Options.IntraOpThreads),
-                InterOpNumThreads = 1,
-                ExecutionMode = ExecutionMode.ORT_SEQUENTIAL,
-                LogSeverityLevel = OrtLoggingLevel.ORT_LOGGING_LEVEL_ERROR,
-                GraphOptimizationLevel = Options.Optimization switch
-                {
-                    GraphOptimization.Disabled => GraphOptimizationLevel.ORT_DISABLE_ALL,
-                    GraphOptimization.Basic => GraphOptimizationLevel.ORT_ENABLE_BASIC,
-                    GraphOptimization.Extended => GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-                    _ => GraphOptimizationLevel.ORT_ENABLE_ALL,
-                },
-            };
-            session = new InferenceSession(modelPath, so);
+            session = Open(modelPath, Options);
+            Inputs = new ModelInputs(session.InputNames.Select(n => Describe(n, session.InputMetadata[n])));
+            Outputs = [.. session.OutputNames.Select(n => Describe(n, session.OutputMetadata[n]))];
         }
         catch (OnnxRuntimeException e)
         {
             throw new CompressException(e, DiagnosticCodes.OrtRunFailed, modelPath, e.Message) { File = modelPath };
         }
-        catch (Exception e) when (e is DllNotFoundException or TypeInitializationException or EntryPointNotFoundException or BadImageFormatException)
+        catch (Exception e) when (IsLoadFailure(e))
         {
-            throw new CompressException(e, DiagnosticCodes.OrtNotLoadable, modelPath, e.Message) { File = modelPath };
+            throw new CompressException(e, DiagnosticCodes.OrtNotLoadable, modelPath, LoadFailureText(e)) { File = modelPath };
         }
-        Inputs = new ModelInputs(session.InputNames.Select(n => Describe(n, session.InputMetadata[n])));
-        Outputs = [.. session.OutputNames.Select(n => Describe(n, session.OutputMetadata[n]))];
     }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static InferenceSession Open(string modelPath, ModelRunnerOptions options)
+    {
+        using SessionOptions so = new()
+        {
+            IntraOpNumThreads = Math.Max(1, options.IntraOpThreads),
+            InterOpNumThreads = 1,
+            ExecutionMode = ExecutionMode.ORT_SEQUENTIAL,
+            LogSeverityLevel = OrtLoggingLevel.ORT_LOGGING_LEVEL_ERROR,
+            GraphOptimizationLevel = options.Optimization switch
+            {
+                GraphOptimization.Disabled => GraphOptimizationLevel.ORT_DISABLE_ALL,
+                GraphOptimization.Basic => GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                GraphOptimization.Extended => GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+                _ => GraphOptimizationLevel.ORT_ENABLE_ALL,
+            },
+        };
+        return new InferenceSession(modelPath, so);
+    }
+
+    // ORT missing, unloadable, or older than the API used here (the OrtValue API of ORT 1.16+): the JIT throws the
+    // Missing*/TypeLoad exceptions when it compiles a method that uses what the loaded ORT lacks, so every ORT call
+    // sits in a NoInlining method below a try.
+    private static bool IsLoadFailure(Exception e) => e is DllNotFoundException or TypeInitializationException or EntryPointNotFoundException
+        or BadImageFormatException or MissingMethodException or MissingFieldException or TypeLoadException or FileNotFoundException or FileLoadException;
+
+    private static string LoadFailureText(Exception e) => e is MissingMethodException or MissingFieldException or TypeLoadException
+        ? $"the loaded ONNX Runtime ({OrtLoader.Current?.Version ?? "unknown version"}) lacks an API CompressOnBuild uses (ORT 1.16 or newer is needed): {e.Message}"
+        : e.Message;
 
     /// <summary>The model file.</summary>
     public string ModelPath { get; }
@@ -122,6 +139,19 @@ public sealed class ModelRunner : IDisposable
     /// <summary>Runs once. <paramref name="inputs"/> are in <see cref="Inputs"/> order; returns the requested
     /// outputs (default: all tensor outputs) as float.</summary>
     public TensorData[] Run(IReadOnlyList<TensorData> inputs, IReadOnlyList<string>? outputNames = null)
+    {
+        try
+        {
+            return RunCore(inputs, outputNames);
+        }
+        catch (Exception e) when (IsLoadFailure(e))
+        {
+            throw new CompressException(e, DiagnosticCodes.OrtNotLoadable, ModelPath, LoadFailureText(e)) { File = ModelPath };
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private TensorData[] RunCore(IReadOnlyList<TensorData> inputs, IReadOnlyList<string>? outputNames)
     {
         ArgumentNullException.ThrowIfNull(inputs);
         if (inputs.Count != Inputs.Count)
