@@ -18,6 +18,7 @@ namespace CompressOnBuild.Validation;
 /// <item>a folder of images (PNG, JPEG, BMP, GIF, TGA) with one subfolder per class (class index = ordinal order of
 /// the subfolder names), or images directly in the folder (no labels).</item>
 /// </list>
+/// Without preprocessing text, 8-bit sources are scaled by 1/255 for float inputs and passed raw (scale 1) to uint8/int8 inputs.
 /// Labels (<c>labelsPath</c>) may be an idx1 file, a .npy of integers, or a text file with one integer per line.
 /// When <c>maxSamples</c> is positive and smaller than the sample count, the samples at indices
 /// floor(i * count / maxSamples), i = 0..maxSamples-1 are kept: an evenly spaced, deterministic subset.
@@ -36,6 +37,11 @@ public static class DatasetLoader
         ArgumentNullException.ThrowIfNull(path);
         ArgumentNullException.ThrowIfNull(inputs);
         Preprocessing pre = preprocessing ?? Preprocessing.Default;
+        if (pre.Text.Length == 0 && inputs.Count > 0 && inputs.All(i => i.ElementType is TensorElementType.UInt8 or TensorElementType.Int8))
+        {
+            // A model that takes 8-bit pixels wants them raw, not scaled to 0..1.
+            pre = Preprocessing.Parse("scale=1");
+        }
         if (inputs.Count == 0)
         {
             throw new CompressException(DiagnosticCodes.DataShape, path, "(none)", "the model has no inputs to feed") { File = path };

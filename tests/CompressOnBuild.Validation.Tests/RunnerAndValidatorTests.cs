@@ -259,4 +259,22 @@ public sealed class RunnerAndValidatorTests
         Assert.AreEqual(TensorElementType.Float, inputs[0].ElementType);
         Assert.AreEqual("[-1,3] float", ModelInputs.OutputsFromModel(model)[0].Describe());
     }
+
+    [TestMethod]
+    public void Uint8InputModel_GetsRawPixelsByDefault()
+    {
+        using TempDir dir = new();
+        GraphProto g = new() { Name = "u8" };
+        g.Input.Add(Value("img", TensorProto.Types.DataType.Uint8, "N", 1, 2, 2));
+        g.Output.Add(TinyModels.FloatValue("f", "N", 1, 2, 2));
+        g.Node.Add(TinyModels.Node("Cast", ["img"], ["f"], null, TinyModels.IntAttr("to", (long)TensorProto.Types.DataType.Float)));
+        string path = dir.File("u8.onnx");
+        TestFiles.Save(TinyModels.Model(g), path);
+        string images = dir.File("i");
+        File.WriteAllBytes(images, TestFiles.IdxImages(1, 2, 2, [0, 7, 200, 255]));
+        using ModelRunner runner = new(path);
+        Assert.AreEqual(TensorElementType.UInt8, runner.Inputs[0].ElementType);
+        Dataset data = DatasetLoader.Load(images, null, runner.Inputs);
+        CollectionAssert.AreEqual(new[] { 0f, 7f, 200f, 255f }, runner.RunDataset(data).Outputs[0][0].Data);
+    }
 }
