@@ -307,4 +307,17 @@ public sealed class DatasetLoaderTests
         CompressException e = Throws(DiagnosticCodes.DataUnreadable, () => images2.GetSample(1));
         StringAssert.Contains(e.Message, "2.png");
     }
+
+    [TestMethod]
+    public void SingleImageFile_IsOneUnlabelledSample()
+    {
+        using TempDir dir = new();
+        string bmp = dir.File("one.bmp");
+        File.WriteAllBytes(bmp, TestFiles.Bmp(1, 1, [30, 60, 90]));
+        Dataset ds = DatasetLoader.Load(bmp, null, TestFiles.Inputs("x", 1, 3, 1, 1), Preprocessing.Parse("scale=1;channels=BGR"));
+        Assert.AreEqual(1, ds.Count);
+        Assert.IsNull(ds.Labels);
+        CollectionAssert.AreEqual(new[] { 90f, 60f, 30f }, ds.GetSample(0)[0].Data);
+        Assert.AreEqual(bmp, ds.GetSampleSource(0));
+    }
 }

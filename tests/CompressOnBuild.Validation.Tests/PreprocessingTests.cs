@@ -137,4 +137,19 @@ public sealed class ImagePipelineTests
             ImagePipeline.ToTensor([1], 1, 1, 1, input, Preprocessing.Parse("mean=0.1,0.2,0.3"), "img"));
         Assert.AreEqual(DiagnosticCodes.PreprocessingInvalid, e.Code);
     }
+
+    [TestMethod]
+    public void ToTensor_AutoLayout_NhwcGrayAndRank3()
+    {
+        byte[] px = [0, 255, 255, 0];
+        TensorData nhwc = ImagePipeline.ToTensor(px, 2, 2, 1, new TensorInfo("x", TensorElementType.Float, [-1, 2, 2, 1]), Preprocessing.Default, "img");
+        CollectionAssert.AreEqual(new long[] { 1, 2, 2, 1 }, nhwc.Shape);
+        TensorData rank3 = ImagePipeline.ToTensor(px, 2, 2, 1, new TensorInfo("x", TensorElementType.Float, [-1, 2, 2]), Preprocessing.Default, "img");
+        CollectionAssert.AreEqual(new long[] { 1, 2, 2 }, rank3.Shape);
+        TestFiles.AssertClose([0f, 1f, 1f, 0f], rank3.Data);
+        CompressException e = Assert.ThrowsExactly<CompressException>(() =>
+            ImagePipeline.ToTensor(px, 2, 2, 1, new TensorInfo("x", TensorElementType.Float, [4]), Preprocessing.Default, "img.png"));
+        Assert.AreEqual(DiagnosticCodes.DataShape, e.Code);
+        StringAssert.Contains(e.Message, "img.png");
+    }
 }
