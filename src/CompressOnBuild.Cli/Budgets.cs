@@ -27,16 +27,21 @@ internal static class Budgets
                 throw new CompressException(DiagnosticCodes.LabelsRequired, s.Model, s.ValidationData) { File = s.Model };
             }
         }
+        if (s.Tune && s.ValidationData == null)
+        {
+            throw new CompressException(DiagnosticCodes.NoValidationData, s.Model, "Tune") { File = s.Model };
+        }
     }
 
     // Image folders (one subfolder per class) and .npz files carry their labels; IDX images need --labels.
     private static bool LabelsCanComeFromData(string path) =>
         Directory.Exists(path) || path.EndsWith(".npz", StringComparison.OrdinalIgnoreCase);
 
-    public static void Evaluate(ItemResult result)
+    /// <summary>Measures every budget of the item; a measured value equal to its limit passes.</summary>
+    public static List<BudgetOutcome> Evaluate(ItemSettings settings, ValidationResult? v, long originalBytes, long compressedBytes)
     {
-        ValidationResult? v = result.Validation;
-        foreach (Budget b in result.Settings.Budgets)
+        var outcomes = new List<BudgetOutcome>();
+        foreach (Budget b in settings.Budgets)
         {
             double? measured = b.Name switch
             {
@@ -45,8 +50,8 @@ internal static class Budgets
                 "MinCosine" => v?.MeanCosineSimilarity,
                 "MaxRelativeError" => v == null || v.Outputs.Count == 0 ? null : v.Outputs.Max(o => o.MeanRelativeL2Error),
                 "MaxAbsoluteError" => v?.MaxAbsError,
-                "MinCompressionRatio" => result.CompressionRatio,
-                "MaxSizeKB" => result.CompressedBytes / 1024.0,
+                "MinCompressionRatio" => compressedBytes > 0 ? (double)originalBytes / compressedBytes : 0,
+                "MaxSizeKB" => compressedBytes / 1024.0,
                 "MaxLatencyRatio" => v?.LatencyRatio,
                 _ => null,
             };
@@ -54,16 +59,17 @@ internal static class Budgets
             {
                 if (b.Name == "MaxAccuracyDrop")
                 {
-                    throw new CompressException(DiagnosticCodes.LabelsRequired, result.Settings.Model, result.Settings.ValidationData) { File = result.Settings.Model };
+                    throw new CompressException(DiagnosticCodes.LabelsRequired, settings.Model, settings.ValidationData) { File = settings.Model };
                 }
-                throw new CompressException(DiagnosticCodes.NoValidationData, result.Settings.Model, b.Name) { File = result.Settings.Model };
+                throw new CompressException(DiagnosticCodes.NoValidationData, settings.Model, b.Name) { File = settings.Model };
             }
             double m = measured.Value;
             // Tolerate float noise at the boundary (a drop computed as 0.50000000001 from integer counts is 0.5).
             double eps = 1e-9 * Math.Max(1, Math.Abs(b.Limit));
             bool passed = !double.IsNaN(m) && (b.HigherIsBetter ? m >= b.Limit - eps : m <= b.Limit + eps);
-            result.Budgets.Add(new BudgetOutcome(b.Name, b.Limit, m, passed, b.Unit, null));
+            outcomes.Add(new BudgetOutcome(b.Name, b.Limit, m, passed, b.Unit, null));
         }
+        return outcomes;
     }
 
     public static string FormatValue(string name, double value) => name switch

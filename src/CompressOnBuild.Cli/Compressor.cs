@@ -8,7 +8,22 @@ using CompressOnBuild.Validation;
 
 namespace CompressOnBuild.Cli;
 
-/// <summary>Compresses and validates one item: load, check, pass, save beside the output, validate, check budgets, publish atomically.</summary>
+/// <summary>One compressed candidate: where it was written, what the pass did, and how it measured.</summary>
+internal sealed record Attempt(
+    string Path,
+    IReadOnlyList<string> ExcludedNodes,
+    QuantizationSummary? Quantization,
+    long CompressedBytes,
+    string CompressedSha256,
+    ValidationResult Validation,
+    List<BudgetOutcome> Budgets,
+    double CompressSeconds,
+    double ValidateSeconds)
+{
+    public bool Passed => Budgets.All(b => b.Passed);
+}
+
+/// <summary>Compresses and validates one item: load, check, pass, save beside the output, validate, check budgets, (tune), publish atomically.</summary>
 internal static class Compressor
 {
     public static void Run(ItemResult result, GlobalOptions global, Func<OrtInfo> ensureOrt, CompressionCacheAdapter? cache)
@@ -21,7 +36,6 @@ internal static class Compressor
             throw new CompressException(DiagnosticCodes.OutputIsSource, s.Output) { File = s.Model };
         }
 
-        var watch = Stopwatch.StartNew();
         ModelProto original = ModelIO.Load(s.Model);
         ModelChecker.Validate(original, s.Model);
         byte[] originalBytes = SerializeForHash(original);
@@ -38,46 +52,37 @@ internal static class Compressor
             return;
         }
 
-
-        ModelProto candidate = original.Clone();
-        if (s.Quantization == QuantizationScheme.Int8Dynamic)
-        {
-            var options = new QuantizationOptions { ExcludedNodes = s.NodesToExclude };
-            QuantizationSummary summary = Int8DynamicQuantizer.Apply(candidate, options, s.Model);
-            result.Quantization = summary;
-            if (summary.AlreadyQuantized)
-            {
-                result.Diagnostics.Add(new Diagnostic("warning", DiagnosticCodes.AlreadyQuantized, s.Model,
-                    DiagnosticCodes.FormatWithoutCode(DiagnosticCodes.AlreadyQuantized, s.Model, summary.AlreadyQuantizedReason)));
-            }
-            else if (summary.NothingToQuantize)
-            {
-                result.Diagnostics.Add(new Diagnostic("warning", DiagnosticCodes.NothingToQuantize, s.Model,
-                    DiagnosticCodes.FormatWithoutCode(DiagnosticCodes.NothingToQuantize, s.Model, s.QuantizationText)));
-            }
-        }
-        AddProvenance(candidate, s);
-
-        // Write the candidate into a private work folder beside the output (same file name, so external data
-        // references stay valid), validate it there, and only then move it into place.
+        // Candidates are written into a private work folder beside the output (same file name, so external data
+        // references stay valid), validated there, and only the chosen one is moved into place.
         string outDir = Path.GetDirectoryName(outputFull)!;
         string work = Path.Combine(outDir, ".cob-" + Guid.NewGuid().ToString("N")[..12]);
-        string candidatePath = Path.Combine(work, Path.GetFileName(outputFull));
         try
         {
-            ModelIO.Save(candidate, candidatePath);
-            result.CompressSeconds = watch.Elapsed.TotalSeconds;
-            result.CompressedBytes = FileBytesWithExternalData(candidatePath);
-            result.CompressedSha256 = Convert.ToHexStringLower(SHA256.HashData(File.ReadAllBytes(candidatePath)));
+            var runnerOptions = new ModelRunnerOptions { IntraOpThreads = 1 };
+            using var originalRunner = new ModelRunner(modelFull, runnerOptions);
+            Dataset data = LoadData(s, originalRunner.Inputs, 0, out string source);
+            result.ValidationSource = source;
+            var context = new AttemptContext(s, original, originalRunner, data, runnerOptions, work, Path.GetFileName(outputFull), result.OriginalBytes);
 
-            watch.Restart();
-            Validate(result, modelFull, candidatePath);
-            result.ValidateSeconds = watch.Elapsed.TotalSeconds;
-            Budgets.Evaluate(result);
+            Attempt chosen = context.Make(s.NodesToExclude);
+            AddPassDiagnostics(result, chosen.Quantization);
+            if (!chosen.Passed && s.Tune)
+            {
+                result.Tuning = Tuner.Run(context, chosen);
+                chosen = result.Tuning.Chosen;
+            }
+
+            result.Quantization = chosen.Quantization;
+            result.CompressedBytes = chosen.CompressedBytes;
+            result.CompressedSha256 = chosen.CompressedSha256;
+            result.Validation = chosen.Validation;
+            result.Budgets.AddRange(chosen.Budgets);
+            result.CompressSeconds = chosen.CompressSeconds;
+            result.ValidateSeconds = chosen.ValidateSeconds;
 
             if (result.BudgetsPassed || global.BudgetFailureIsWarning)
             {
-                Publish(candidatePath, outputFull);
+                Publish(chosen.Path, outputFull);
                 result.Shipped = true;
             }
             else
@@ -103,26 +108,37 @@ internal static class Compressor
         }
     }
 
-    private static void Validate(ItemResult result, string originalPath, string candidatePath)
+    /// <summary>The validation data, or deterministic random inputs when the item has none.</summary>
+    internal static Dataset LoadData(ItemSettings s, ModelInputs inputs, int maxSamplesOverride, out string source)
     {
-        ItemSettings s = result.Settings;
-        var runnerOptions = new ModelRunnerOptions { IntraOpThreads = 1 };
-        using var original = new ModelRunner(originalPath, runnerOptions);
-        using var compressed = new ModelRunner(candidatePath, runnerOptions);
-        Dataset data;
         if (s.ValidationData != null)
         {
             Preprocessing pre = Preprocessing.Parse(s.Preprocessing);
-            data = DatasetLoader.Load(s.ValidationData, s.Labels, original.Inputs, pre, s.ValidationSamples);
-            result.ValidationSource = s.ValidationData;
+            int max = maxSamplesOverride > 0 ? (s.ValidationSamples > 0 ? Math.Min(s.ValidationSamples, maxSamplesOverride) : maxSamplesOverride) : s.ValidationSamples;
+            source = s.ValidationData;
+            return DatasetLoader.Load(s.ValidationData, s.Labels, inputs, pre, max);
         }
-        else
+        source = "random inputs (no ValidationData given)";
+        return RandomInputs.Create(inputs, samples: 16, seed: 20261123);
+    }
+
+    private static void AddPassDiagnostics(ItemResult result, QuantizationSummary? summary)
+    {
+        ItemSettings s = result.Settings;
+        if (summary == null)
         {
-            data = RandomInputs.Create(original.Inputs, samples: 16, seed: 20261123);
-            result.ValidationSource = "random inputs (no ValidationData given)";
+            return;
         }
-        bool measureLatency = s.Budgets.Any(b => b.Name == "MaxLatencyRatio");
-        result.Validation = Validator.Compare(original, compressed, data, new ValidatorOptions { LatencyRuns = measureLatency ? 31 : 0 });
+        if (summary.AlreadyQuantized)
+        {
+            result.Diagnostics.Add(new Diagnostic("warning", DiagnosticCodes.AlreadyQuantized, s.Model,
+                DiagnosticCodes.FormatWithoutCode(DiagnosticCodes.AlreadyQuantized, s.Model, summary.AlreadyQuantizedReason)));
+        }
+        else if (summary.NothingToQuantize && s.NodesToExclude.Count == 0)
+        {
+            result.Diagnostics.Add(new Diagnostic("warning", DiagnosticCodes.NothingToQuantize, s.Model,
+                DiagnosticCodes.FormatWithoutCode(DiagnosticCodes.NothingToQuantize, s.Model, s.QuantizationText)));
+        }
     }
 
     private static void Publish(string candidatePath, string outputFull)
@@ -139,7 +155,7 @@ internal static class Compressor
         File.Move(candidatePath, outputFull, overwrite: true);
     }
 
-    private static void AddProvenance(ModelProto model, ItemSettings s)
+    internal static void AddProvenance(ModelProto model, ItemSettings s, IReadOnlyList<string> excluded)
     {
         void Set(string key, string value)
         {
@@ -154,7 +170,12 @@ internal static class Compressor
             }
         }
         Set("compressonbuild.version", ToolInfo.Version);
-        Set("compressonbuild.options", string.Join(";", s.EffectiveOptions.Where(kv => kv.Key is "Quantization" or "Pruning" or "NodesToExclude").Select(kv => kv.Key + "=" + kv.Value)));
+        string options = "Quantization=" + s.Quantization + ";Pruning=None";
+        if (excluded.Count > 0)
+        {
+            options += ";NodesToExclude=" + string.Join(",", excluded);
+        }
+        Set("compressonbuild.options", options);
     }
 
     internal static byte[] SerializeForHash(ModelProto model)
@@ -186,5 +207,42 @@ internal static class Compressor
     {
         StringComparison cmp = OperatingSystem.IsWindows() || OperatingSystem.IsMacOS() ? StringComparison.OrdinalIgnoreCase : StringComparison.Ordinal;
         return string.Equals(SafePath.RealPath(a), SafePath.RealPath(b), cmp);
+    }
+}
+
+/// <summary>What every attempt of one item shares: the original model and its runner, the data, the work folder.</summary>
+internal sealed class AttemptContext(ItemSettings settings, ModelProto original, ModelRunner originalRunner, Dataset data,
+    ModelRunnerOptions runnerOptions, string workDirectory, string fileName, long originalBytes)
+{
+    private int _count;
+
+    public ItemSettings Settings => settings;
+    public ModelRunner OriginalRunner => originalRunner;
+    public Dataset Data => data;
+    public ModelRunnerOptions RunnerOptions => runnerOptions;
+
+    /// <summary>Compresses the original with <paramref name="excluded"/> kept float, saves, validates and measures the budgets.</summary>
+    public Attempt Make(IReadOnlyList<string> excluded, Dataset? on = null)
+    {
+        var watch = Stopwatch.StartNew();
+        ModelProto candidate = original.Clone();
+        QuantizationSummary? summary = null;
+        if (settings.Quantization == QuantizationScheme.Int8Dynamic)
+        {
+            summary = Int8DynamicQuantizer.Apply(candidate, new QuantizationOptions { ExcludedNodes = excluded }, settings.Model);
+        }
+        Compressor.AddProvenance(candidate, settings, excluded);
+        string path = Path.Combine(workDirectory, (++_count).ToString(System.Globalization.CultureInfo.InvariantCulture), fileName);
+        ModelIO.Save(candidate, path);
+        double compressSeconds = watch.Elapsed.TotalSeconds;
+        long bytes = Compressor.FileBytesWithExternalData(path);
+        string sha = Convert.ToHexStringLower(SHA256.HashData(File.ReadAllBytes(path)));
+
+        watch.Restart();
+        using var compressed = new ModelRunner(path, runnerOptions);
+        bool measureLatency = settings.Budgets.Any(b => b.Name == "MaxLatencyRatio");
+        ValidationResult validation = Validator.Compare(originalRunner, compressed, on ?? data, new ValidatorOptions { LatencyRuns = measureLatency ? 31 : 0 });
+        List<BudgetOutcome> budgets = Budgets.Evaluate(settings, validation, originalBytes, bytes);
+        return new Attempt(path, excluded, summary, bytes, sha, validation, budgets, compressSeconds, watch.Elapsed.TotalSeconds);
     }
 }

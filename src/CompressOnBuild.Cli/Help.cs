@@ -29,7 +29,9 @@ internal static class Help
           --max-size-kb <n>                 [MaxSizeKB] compressed size in KiB
           --max-latency-ratio <x>           [MaxLatencyRatio] compressed / original median latency, same run
           --nodes-to-exclude <a;b>          [NodesToExclude] nodes that stay float
-          --calibration-data, --calibration-samples, --op-types-to-quantize, --tune, --tune-time-budget-seconds: not yet
+          --tune true|false                 [Tune] back off layer by layer (most harmful first) until the budgets hold
+          --tune-time-budget-seconds <s>    [TuneTimeBudgetSeconds] default 60
+          --calibration-data, --calibration-samples, --op-types-to-quantize: not yet
 
         Global options:
           --cache-dir <dir>                 shared content-addressed result cache

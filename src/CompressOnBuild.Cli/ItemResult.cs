@@ -20,6 +20,7 @@ internal sealed class ItemResult
     public ValidationResult? Validation { get; set; }
     public string ValidationSource { get; set; } = "none";
     public List<BudgetOutcome> Budgets { get; } = [];
+    public TuningResult? Tuning { get; set; }
     public double CompressSeconds { get; set; }
     public double ValidateSeconds { get; set; }
     public bool FromCache { get; set; }

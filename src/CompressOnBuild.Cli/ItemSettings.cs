@@ -29,6 +29,8 @@ internal sealed class ItemSettings
     public int ValidationSamples { get; init; }
     public IReadOnlyList<string> NodesToExclude { get; init; } = [];
     public IReadOnlyList<Budget> Budgets { get; init; } = [];
+    public bool Tune { get; init; }
+    public double TuneTimeBudgetSeconds { get; init; } = 60;
 
     /// <summary>Canonical text of every option that changes the result (for the cache key and the report).</summary>
     public required SortedDictionary<string, string> EffectiveOptions { get; init; }
@@ -72,20 +74,20 @@ internal sealed class ItemSettings
         {
             throw NotYet("OpTypesToQuantize", ops);
         }
-        if (r.Get("Tune") is { } tune)
+        bool tuneOn = false;
+        if (r.Get("Tune") is { } tune && !bool.TryParse(tune, out tuneOn))
         {
-            if (!bool.TryParse(tune, out bool t))
-            {
-                throw Invalid("Tune", tune, "use true or false");
-            }
-            if (t)
-            {
-                throw NotYet("Tune", tune);
-            }
+            throw Invalid("Tune", tune, "use true or false");
         }
-        if (r.Get("TuneTimeBudgetSeconds") is { } ttb)
+        double tuneSeconds = 60;
+        if (r.Get("TuneTimeBudgetSeconds") is { } ttb &&
+            (!double.TryParse(ttb, NumberStyles.Float, CultureInfo.InvariantCulture, out tuneSeconds) || !(tuneSeconds > 0) || tuneSeconds > 86400))
         {
-            throw NotYet("TuneTimeBudgetSeconds", ttb);
+            throw Invalid("TuneTimeBudgetSeconds", ttb, "use a number of seconds above 0 (at most 86400)");
+        }
+        if (tuneOn && scheme == QuantizationScheme.None)
+        {
+            throw Invalid("Tune", "true", "tuning needs a quantization scheme to back off from");
         }
 
         int samples = 0;
@@ -155,6 +157,8 @@ internal sealed class ItemSettings
             ValidationSamples = samples,
             NodesToExclude = exclude,
             Budgets = budgets,
+            Tune = tuneOn,
+            TuneTimeBudgetSeconds = tuneSeconds,
             EffectiveOptions = effective,
         };
     }

@@ -48,6 +48,7 @@ internal static class Report
             ["options"] = options,
             ["quantization"] = r.Quantization == null ? null : Quantization(r.Quantization),
             ["validation"] = r.Validation == null ? null : Validation(r.Validation, r.ValidationSource),
+            ["tuning"] = r.Tuning == null ? null : Tuning(r.Tuning),
             ["budgets"] = new JsonArray(r.Budgets.Select(b => (JsonNode)new JsonObject
             {
                 ["name"] = b.Name,
@@ -71,6 +72,31 @@ internal static class Report
         };
         return report;
     }
+
+    private static JsonObject Tuning(TuningResult t) => new()
+    {
+        ["timeBudgetSeconds"] = t.TimeBudgetSeconds,
+        ["elapsedSeconds"] = Round(t.ElapsedSeconds, 3),
+        ["met"] = t.Met,
+        ["timedOut"] = t.TimedOut,
+        ["sensitivitySamples"] = t.SensitivitySamples,
+        ["sensitivity"] = new JsonArray(t.Sensitivity.Select(x => (JsonNode)new JsonObject
+        {
+            ["node"] = x.Node,
+            ["agreementWhenOnlyThisNodeIsQuantized"] = Round(x.Agreement, 6),
+            ["cosineWhenOnlyThisNodeIsQuantized"] = Round(x.Cosine, 6),
+        }).ToArray()),
+        ["trials"] = new JsonArray(t.Trials.Select(a => (JsonNode)new JsonObject
+        {
+            ["excludedNodes"] = new JsonArray(a.ExcludedNodes.Select(n => (JsonNode)JsonValue.Create(n)!).ToArray()),
+            ["compressedBytes"] = a.CompressedBytes,
+            ["accuracy"] = a.Validation.CompressedAccuracy is { } acc ? Round(acc, 4) : null,
+            ["accuracyDrop"] = a.Validation.AccuracyDrop is { } d ? Round(d, 4) : null,
+            ["top1Agreement"] = Round(a.Validation.Top1Agreement, 6),
+            ["budgetsPassed"] = a.Passed,
+            ["chosen"] = ReferenceEquals(a, t.Chosen),
+        }).ToArray()),
+    };
 
     private static JsonObject Quantization(QuantizationSummary q) => new()
     {
@@ -157,6 +183,11 @@ internal static class Report
             {
                 parts.Add(string.Format(ci, "latency ratio {0:0.00}", v.LatencyRatio));
             }
+        }
+        if (r.Tuning is { } t)
+        {
+            int kept = t.Chosen.ExcludedNodes.Count - r.Settings.NodesToExclude.Count;
+            parts.Add(string.Format(ci, "tuned in {0:0.0}s over {1} trials: {2} layer(s) kept float{3}", t.ElapsedSeconds, t.Trials.Count, kept, t.Met ? "" : ", budgets NOT met"));
         }
         if (r.Budgets.Count > 0)
         {

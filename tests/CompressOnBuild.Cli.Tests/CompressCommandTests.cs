@@ -157,7 +157,6 @@ public sealed class CompressCommandTests
     [DataRow("--pruning", "NofM:2:4")]
     [DataRow("--pruning", "Channels:0.3")]
     [DataRow("--calibration-data", "somewhere")]
-    [DataRow("--tune", "true")]
     [DataRow("--op-types-to-quantize", "MatMul")]
     public void OptionsOfLaterVersionsAreRejectedNotIgnored(string option, string value)
     {
@@ -178,6 +177,9 @@ public sealed class CompressCommandTests
     [DataRow("--validation-samples", "0", "CMPR0003")]
     [DataRow("--min-agreement", "0.9", "CMPR0407")]
     [DataRow("--frobnicate", "1", "CMPR0005")]
+    [DataRow("--tune", "yes", "CMPR0003")]
+    [DataRow("--tune-time-budget-seconds", "0", "CMPR0003")]
+    [DataRow("--tune", "true", "CMPR0407")]
     public void BadOptionsAreCodedUsageErrors(string option, string value, string code)
     {
         (string model, _, _) = MakeMlpWithData();
@@ -289,5 +291,47 @@ public sealed class CompressCommandTests
         CliRun badRsp = CliHarness.InProcess("compress", "@" + P("absent.rsp"));
         Assert.AreEqual(2, badRsp.ExitCode);
         Assert.AreEqual(1, badRsp.Errors("CMPR0007").Count());
+    }
+
+    [TestMethod]
+    public void TuneMeetsATightAgreementBudgetByKeepingTheMostSensitiveLayersFloat()
+    {
+        string images = Corpus.Dataset("mnist", "t10k-images-idx3-ubyte");
+        string labels = Corpus.Dataset("mnist", "t10k-labels-idx1-ubyte");
+        string[] common = ["compress", Corpus.Model("mnist-mlp-gemm"), "--validation-data", images, "--labels", labels, "--min-agreement", "1.0"];
+
+        CliRun plain = CliHarness.InProcess([.. common, "--output", P("plain.onnx")]);
+        Assert.AreEqual(1, plain.ExitCode, "int8 on every layer must break a 100% agreement budget for this test to mean anything: " + plain.Output);
+
+        CliRun tuned = CliHarness.InProcess([.. common, "--output", P("tuned.onnx"), "--report", P("tuned.json"), "--tune", "true"]);
+        Assert.AreEqual(0, tuned.ExitCode, tuned.Output);
+        JsonNode t = JsonNode.Parse(File.ReadAllText(P("tuned.json")))!["tuning"]!;
+        Assert.IsTrue(t["met"]!.GetValue<bool>());
+        Assert.AreEqual(3, t["sensitivity"]!.AsArray().Count, "one sensitivity measurement per quantized Gemm");
+        JsonArray trials = t["trials"]!.AsArray();
+        JsonNode chosen = trials.Single(x => x!["chosen"]!.GetValue<bool>())!;
+        Assert.IsTrue(chosen["budgetsPassed"]!.GetValue<bool>());
+        Assert.AreEqual(1.0, chosen["top1Agreement"]!.GetValue<double>());
+        Assert.IsFalse(trials[0]!["budgetsPassed"]!.GetValue<bool>(), "the first trial is the plain scheme, which broke the budget");
+        // Every failed trial before the chosen one kept fewer layers float: the search stops at the first that holds.
+        int chosenIndex = trials.IndexOf(chosen);
+        Assert.IsTrue(trials.Take(chosenIndex).All(x => !x!["budgetsPassed"]!.GetValue<bool>()));
+        Assert.AreEqual(chosen["compressedBytes"]!.GetValue<long>(), new FileInfo(P("tuned.onnx")).Length);
+        StringAssert.Contains(tuned.Output, "tuned in");
+    }
+
+    [TestMethod]
+    public void TuneStopsAtItsTimeBudgetAndStillFailsTheBrokenBudget()
+    {
+        string images = Corpus.Dataset("mnist", "t10k-images-idx3-ubyte");
+        string labels = Corpus.Dataset("mnist", "t10k-labels-idx1-ubyte");
+        CliRun run = CliHarness.InProcess("compress", Corpus.Model("mnist-mlp-gemm"), "--output", P("t.onnx"), "--report", P("t.json"),
+            "--validation-data", images, "--labels", labels, "--min-agreement", "1.0", "--tune", "true", "--tune-time-budget-seconds", "0.001");
+        Assert.AreEqual(1, run.ExitCode, run.Output);
+        Assert.AreEqual(1, run.Errors("CMPR0401").Count(), run.Output);
+        JsonNode t = JsonNode.Parse(File.ReadAllText(P("t.json")))!["tuning"]!;
+        Assert.IsTrue(t["timedOut"]!.GetValue<bool>());
+        Assert.IsFalse(t["met"]!.GetValue<bool>());
+        Assert.IsFalse(File.Exists(P("t.onnx")));
     }
 }

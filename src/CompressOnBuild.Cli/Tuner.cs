@@ -1,0 +1,81 @@
+using System.Diagnostics;
+using CompressOnBuild.Validation;
+
+namespace CompressOnBuild.Cli;
+
+internal sealed record NodeSensitivity(string Node, double Agreement, double Cosine);
+
+internal sealed record TuningResult(
+    double TimeBudgetSeconds,
+    double ElapsedSeconds,
+    int SensitivitySamples,
+    IReadOnlyList<NodeSensitivity> Sensitivity,
+    IReadOnlyList<Attempt> Trials,
+    Attempt Chosen,
+    bool Met,
+    bool TimedOut);
+
+/// <summary>
+/// Accuracy-aware back-off for a scheme that broke a budget: measure how much each quantized layer alone hurts
+/// (only that layer quantized, on a subset of the validation data), then keep the most sensitive layers in float one
+/// by one, validating each configuration on the full data, until every budget holds. The first configuration that
+/// holds is the smallest one the search reaches, and is chosen; the search stops at the time budget and then keeps
+/// the best configuration found (which still fails the build if it breaks a budget).
+/// </summary>
+internal static class Tuner
+{
+    private const int SensitivitySampleLimit = 1000;
+
+    public static TuningResult Run(AttemptContext ctx, Attempt first)
+    {
+        var watch = Stopwatch.StartNew();
+        double budget = ctx.Settings.TuneTimeBudgetSeconds;
+        bool OutOfTime() => watch.Elapsed.TotalSeconds >= budget;
+        var trials = new List<Attempt> { first };
+        IReadOnlyList<string> userExcluded = ctx.Settings.NodesToExclude;
+        List<string> candidates = first.Quantization?.Quantized.Select(q => q.Node).ToList() ?? [];
+        if (candidates.Count == 0)
+        {
+            return new TuningResult(budget, watch.Elapsed.TotalSeconds, 0, [], trials, first, first.Passed, false);
+        }
+
+        Dataset subset = ctx.Data.Count > SensitivitySampleLimit
+            ? Compressor.LoadData(ctx.Settings, ctx.OriginalRunner.Inputs, SensitivitySampleLimit, out _)
+            : ctx.Data;
+        var sensitivity = new List<NodeSensitivity>();
+        foreach (string node in candidates)
+        {
+            if (OutOfTime())
+            {
+                break;
+            }
+            // Quantize only this node: everything else (and the user's exclusions) stays float.
+            var exclude = candidates.Where(c => c != node).Concat(userExcluded).ToList();
+            Attempt only = ctx.Make(exclude, subset);
+            sensitivity.Add(new NodeSensitivity(node, only.Validation.Top1Agreement, only.Validation.MeanCosineSimilarity));
+        }
+        // Most harmful first: lowest agreement, then lowest cosine. Unmeasured nodes (time ran out) go last.
+        List<string> order = sensitivity.OrderBy(x => x.Agreement).ThenBy(x => x.Cosine).Select(x => x.Node)
+            .Concat(candidates.Where(c => sensitivity.All(x => x.Node != c))).ToList();
+
+        Attempt best = first;
+        for (int k = 1; k <= order.Count && !OutOfTime(); k++)
+        {
+            var exclude = userExcluded.Concat(order.Take(k)).ToList();
+            Attempt trial = ctx.Make(exclude);
+            trials.Add(trial);
+            if (trial.Passed)
+            {
+                return new TuningResult(budget, watch.Elapsed.TotalSeconds, subset.Count, sensitivity, trials, trial, true, false);
+            }
+            if (Score(trial) > Score(best))
+            {
+                best = trial;
+            }
+        }
+        return new TuningResult(budget, watch.Elapsed.TotalSeconds, subset.Count, sensitivity, trials, best, false, OutOfTime());
+    }
+
+    /// <summary>More budgets met is better; then higher agreement.</summary>
+    private static double Score(Attempt a) => a.Budgets.Count(b => b.Passed) * 10 + a.Validation.Top1Agreement;
+}
