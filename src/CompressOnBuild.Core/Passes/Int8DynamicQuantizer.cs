@@ -339,11 +339,6 @@ public static class Int8DynamicQuantizer
                 skip("Conv quantization is turned off in the options");
                 return null;
             }
-            if (_convBlocked != null)
-            {
-                skip(_convBlocked);
-                return null;
-            }
             if (!TryResolveConstant(node.Input[1], out ConstantValue? weight, out string? why))
             {
                 skip(why!);
@@ -352,6 +347,11 @@ public static class Int8DynamicQuantizer
             if (weight!.Tensor.DataType != (int)TensorProto.Types.DataType.Float)
             {
                 skip($"weight '{node.Input[1]}' is {TensorUtil.DataTypeName(weight.Tensor.DataType)}, not float32");
+                return null;
+            }
+            if (_convBlocked != null)
+            {
+                skip(_convBlocked);
                 return null;
             }
             long elements = weight.Dims.Aggregate(1L, (a, b) => a * b);

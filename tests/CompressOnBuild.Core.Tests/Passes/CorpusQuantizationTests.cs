@@ -3,6 +3,7 @@ using CompressOnBuild.Core.Onnx;
 using CompressOnBuild.Core.Passes;
 using CompressOnBuild.Onnx;
 using CompressOnBuild.Tests;
+using Google.Protobuf;
 using Microsoft.ML.OnnxRuntime;
 
 namespace CompressOnBuild.Core.Tests.Passes;
@@ -103,6 +104,37 @@ public sealed class CorpusQuantizationTests
         finally
         {
             File.Delete(path);
+        }
+    }
+
+    [TestMethod]
+    public void Every_corpus_model_gets_a_fitting_outcome()
+    {
+        foreach (string id in Corpus.AllModelIds())
+        {
+            ModelProto model = ModelIO.Load(Corpus.Model(id));
+            byte[] before = model.ToByteArray();
+            QuantizationSummary summary = Int8DynamicQuantizer.Apply(model, QuantizationOptions.Default, id);
+            TestContext.WriteLine($"{id}: already={summary.AlreadyQuantized} ({summary.AlreadyQuantizedReason}) quantized={summary.Quantized.Count} skipped={summary.Skipped.Count} first skip: {(summary.Skipped.Count > 0 ? summary.Skipped[0].Reason : "-")}");
+            switch (id)
+            {
+                case "mobilenetv2-int8":
+                    Assert.IsTrue(summary.AlreadyQuantized, id);
+                    CollectionAssert.AreEqual(before, model.ToByteArray(), "an already quantized model is left alone");
+                    break;
+                case "squeezenet-fp16":
+                    Assert.IsTrue(summary.NothingToQuantize, id);
+                    // fp16 weights: each Conv is listed with that reason
+                    Assert.AreEqual(26, summary.Skipped.Count(s => s.OpType == "Conv"), id);
+                    Assert.IsTrue(summary.Skipped.All(s => s.Reason.Contains("FLOAT16", StringComparison.OrdinalIgnoreCase)), id);
+                    CollectionAssert.AreEqual(before, model.ToByteArray());
+                    break;
+                default:
+                    Assert.IsNotEmpty(summary.Quantized, id);
+                    Assert.IsEmpty(summary.Skipped, id);
+                    ModelChecker.Validate(model, id);
+                    break;
+            }
         }
     }
 
