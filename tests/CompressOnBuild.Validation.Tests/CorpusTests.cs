@@ -102,4 +102,38 @@ public sealed class CorpusTests
         Assert.IsGreaterThan(95.0, r.OriginalAccuracy!.Value);
         Assert.IsGreaterThan(0.0, r.OriginalLatencyMs);
     }
+
+    [TestMethod]
+    [DataRow("mnist-mlp-gemm", "mnist", false)]
+    [DataRow("mnist-lenet5", "mnist", false)]
+    [DataRow("fashion-mlp", "fashion-mnist", false)]
+    [DataRow("mnist-lenet5", "mnist", true)]
+    public void CompressedByCorePasses_StaysWithinTypicalBudgets(string id, string dataset, bool float16)
+    {
+        string model = Corpus.Model(id);
+        using TempDir dir = new();
+        string compressedPath = dir.File(id + (float16 ? ".fp16.onnx" : ".int8.onnx"));
+        CompressOnBuild.Onnx.ModelProto proto = CompressOnBuild.Core.Onnx.ModelIO.Load(model);
+        if (float16)
+        {
+            CompressOnBuild.Core.Passes.Float16Converter.Apply(proto, CompressOnBuild.Core.Passes.Float16Options.Default, id);
+        }
+        else
+        {
+            CompressOnBuild.Core.Passes.Int8DynamicQuantizer.Apply(proto, CompressOnBuild.Core.Passes.QuantizationOptions.Default, id);
+        }
+        TestFiles.Save(proto, compressedPath);
+
+        using ModelRunner original = new(model, new ModelRunnerOptions { BatchSize = 100 });
+        using ModelRunner compressed = new(compressedPath, new ModelRunnerOptions { BatchSize = 100 });
+        Dataset data = DatasetLoader.Load(Corpus.Dataset(dataset, "t10k-images-idx3-ubyte"), Corpus.Dataset(dataset, "t10k-labels-idx1-ubyte"),
+            original.Inputs, Preprocessing.Parse(PreprocessingFromSpec(id)));
+        ValidationResult r = Validator.Compare(original, compressed, data, new ValidatorOptions { LatencyRuns = 31 });
+        TestContext.WriteLine($"{id} {(float16 ? "fp16" : "int8")}: {new FileInfo(model).Length} -> {new FileInfo(compressedPath).Length} bytes; accuracy {r.OriginalAccuracy:F2} -> {r.CompressedAccuracy:F2} (drop {r.AccuracyDrop:F2}), agreement {r.Top1Agreement:F4}, cosine {r.MeanCosineSimilarity:F6}, max abs {r.MaxAbsError:G3}, rel L2 {r.Outputs[0].MeanRelativeL2Error:G3}, {r.OriginalImagesPerSecond:F0} -> {r.CompressedImagesPerSecond:F0} images/s, latency {r.OriginalLatencyMs:F4} -> {r.CompressedLatencyMs:F4} ms (ratio {r.LatencyRatio:F3})");
+        Assert.AreEqual(10000, r.SampleCount);
+        Assert.IsLessThan(0.5, r.AccuracyDrop!.Value);
+        Assert.IsGreaterThanOrEqualTo(0.99, r.Top1Agreement);
+        Assert.IsGreaterThan(0f, r.MaxAbsError, "the compressed model should differ from the original at all");
+        Assert.IsGreaterThan(0.999, r.MeanCosineSimilarity);
+    }
 }
