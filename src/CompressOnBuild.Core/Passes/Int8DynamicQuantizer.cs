@@ -668,6 +668,11 @@ public static class Int8DynamicQuantizer
                 }
             }
 
+            if (node.OpType == "MatMul")
+            {
+                FoldBiasAdd(node, q, n);
+            }
+
             _graph.Node.RemoveAt(index);
             for (int i = 0; i < inserted.Count; i++)
             {
@@ -678,6 +683,76 @@ public static class Int8DynamicQuantizer
             _touchedInitializers.UnionWith(c.Weight.ChainInputs);
             _touchedInitializers.Add(weightName);
             Quantized.Add(new QuantizedNode(Label(node), node.OpType, weightName, k, n, maxError));
+        }
+
+        /// <summary>
+        /// MatMul followed by its only consumer Add(y, constant bias of N elements) (the usual exported Linear
+        /// layer): the bias becomes DynamicQuantizeMatMul's bias input and the Add goes. A [1, .., 1, N] bias is
+        /// folded only when the activation's rank is known to be at least the bias rank (so broadcasting cannot
+        /// have raised the output rank).
+        /// </summary>
+        private void FoldBiasAdd(NodeProto matmul, NodeProto quantized, int n)
+        {
+            string y = matmul.Output[0];
+            if (OuterUses().Contains(y))
+            {
+                return;
+            }
+            List<NodeProto> users = _graph.Node.Where(x => x.Input.Contains(y)).ToList();
+            if (users.Count != 1)
+            {
+                return;
+            }
+            NodeProto add = users[0];
+            if (add.OpType != "Add" || ModelChecker.NormalizeDomain(add.Domain).Length != 0 || add.Input.Count != 2 || add.Input[0] == add.Input[1])
+            {
+                return;
+            }
+            string other = add.Input[0] == y ? add.Input[1] : add.Input[0];
+            if (!TryResolveConstant(other, out ConstantValue? cv, out _) || cv!.Tensor.DataType != (int)TensorProto.Types.DataType.Float)
+            {
+                return;
+            }
+            long[] dims = cv.Dims;
+            bool fits = (dims.Length == 1 && dims[0] == n)
+                || (dims.Length >= 2 && dims[^1] == n && dims[..^1].All(d => d == 1) && KnownRank(matmul.Input[0]) >= dims.Length);
+            if (!fits)
+            {
+                return;
+            }
+            string bias = Unique(other + "_bias");
+            AddInitializer(TensorUtil.FromFloats(bias, Floats(cv.Tensor), n));
+            QuantizedWeightBytes += (long)n * 4;
+            quantized.Input.Add(bias);
+            quantized.Output[0] = add.Output[0];
+            _graph.Node.Remove(add);
+            RemoveValueInfo(y);
+            _touchedInitializers.Add(other);
+            _touchedInitializers.Add(cv.SourceName);
+            _touchedInitializers.UnionWith(cv.ChainInputs);
+            _touchedNodes.AddRange(cv.Chain);
+        }
+
+        /// <summary>The rank of a value when the graph states it (input/value_info shape, Reshape to a constant shape, Flatten); else -1.</summary>
+        private int KnownRank(string name)
+        {
+            ValueInfoProto? info = _graph.Input.Concat(_graph.ValueInfo).FirstOrDefault(v => v.Name == name);
+            if (info?.Type?.TensorType?.Shape is { } shape)
+            {
+                return shape.Dim.Count;
+            }
+            if (_producers.TryGetValue(name, out NodeProto? producer) && ModelChecker.NormalizeDomain(producer.Domain).Length == 0)
+            {
+                if (producer.OpType == "Flatten")
+                {
+                    return 2;
+                }
+                if (producer.OpType == "Reshape" && producer.Input.Count == 2 && TryResolveConstant(producer.Input[1], out ConstantValue? s, out _))
+                {
+                    return (int)s!.Dims.Aggregate(1L, (a, b) => a * b);
+                }
+            }
+            return -1;
         }
 
         /// <summary>

@@ -467,6 +467,46 @@ public sealed class Int8DynamicQuantizerTests
         AssertClose(e, q, Tolerance(x, Batch, K, w, N, 127f), "folded");
     }
 
+    public static IEnumerable<object[]> BiasCases()
+    {
+        // bias dims, MatMul input goes through a Relu without shape info, expected fold
+        yield return [new long[] { 10 }, true, true];
+        yield return [new long[] { 1, 10 }, false, true];
+        yield return [new long[] { 1, 10 }, true, false];
+        yield return [new long[] { Batch, 10 }, false, false];
+    }
+
+    [TestMethod]
+    [DynamicData(nameof(BiasCases))]
+    public void MatMul_then_Add_of_a_bias_vector_folds_into_one_node(long[] biasDims, bool viaRelu, bool folds)
+    {
+        const int K = 20, N = 10;
+        float[] w = RandomFloats(K * N, 40);
+        var g = new GraphProto { Name = "linear" };
+        g.Input.Add(FloatValue("x", Batch, K));
+        g.Output.Add(FloatValue("y", Batch, N));
+        g.Initializer.Add(TensorUtil.FromFloats("w", w, K, N));
+        g.Initializer.Add(TensorUtil.FromFloats("b", RandomFloats((int)biasDims.Aggregate(1L, (a, b) => a * b), 41), biasDims));
+        if (viaRelu)
+        {
+            g.Node.Add(Node("Relu", ["x"], ["xr"], "relu"));
+        }
+        g.Node.Add(Node("MatMul", [viaRelu ? "xr" : "x", "w"], ["mm_out"], "mm"));
+        g.Node.Add(Node("Add", ["b", "mm_out"], ["y"], "add"));
+        ModelProto original = Model(g);
+        ModelProto model = original.Clone();
+        Int8DynamicQuantizer.Apply(model, QuantizationOptions.Default, "linear.onnx");
+        ModelChecker.Validate(model, "linear.onnx");
+        NodeProto dq = model.Graph.Node.Single(n => n.OpType == "DynamicQuantizeMatMul");
+        Assert.AreEqual(folds, !model.Graph.Node.Any(n => n.OpType == "Add"));
+        Assert.AreEqual(folds ? 5 : 4, dq.Input.Count);
+        Assert.AreEqual(folds, !model.Graph.Initializer.Any(t => t.Name == "b"));
+        float[] x = RandomFloats(Batch * K, 42);
+        (float[] e, float[] q) = RunBoth(original, model, x, [Batch, K]);
+        float[] xin = viaRelu ? x.Select(v => MathF.Max(0, v)).ToArray() : x;
+        AssertClose(e, q, Tolerance(xin, Batch, K, w, N, 127f), "bias fold");
+    }
+
     [TestMethod]
     public void Excluded_and_small_weights_stay_float()
     {
