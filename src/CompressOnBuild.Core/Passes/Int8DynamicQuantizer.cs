@@ -191,7 +191,8 @@ public static class Int8DynamicQuantizer
             WeightEncoding.Int8 => (0, unchecked((byte)(sbyte)-127), 127, false),
             WeightEncoding.UInt8 => (128, 1, 255, true),
             WeightEncoding.Int8ReducedRange => (0, unchecked((byte)(sbyte)-63), 63, false),
-            _ => throw new CompressException(DiagnosticCodes.InvalidOption, "WeightEncoding", options.WeightEncoding),
+            _ => throw new CompressException(DiagnosticCodes.InvalidOption, displayName, "WeightEncoding", options.WeightEncoding,
+                "expected Int8, UInt8 or Int8ReducedRange") { File = displayName },
         };
 
         private float LevelsPerSide => options.WeightEncoding == WeightEncoding.Int8ReducedRange ? 63f : 127f;

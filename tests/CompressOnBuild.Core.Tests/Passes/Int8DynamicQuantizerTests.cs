@@ -508,6 +508,18 @@ public sealed class Int8DynamicQuantizerTests
     }
 
     [TestMethod]
+    public void Unknown_weight_encoding_is_an_invalid_option()
+    {
+        ModelProto model = MatMulModel(8, 8, RandomFloats(64, 1));
+        byte[] before = model.ToByteArray();
+        CompressException e = Assert.ThrowsExactly<CompressException>(() =>
+            Int8DynamicQuantizer.Apply(model, new QuantizationOptions { WeightEncoding = (WeightEncoding)42 }, "enc.onnx"));
+        Assert.AreEqual(DiagnosticCodes.InvalidOption, e.Code);
+        Assert.StartsWith("CMPR0003: enc.onnx: option 'WeightEncoding' has the invalid value '42'", e.Message);
+        CollectionAssert.AreEqual(before, model.ToByteArray());
+    }
+
+    [TestMethod]
     public void Excluded_and_small_weights_stay_float()
     {
         ModelProto model = Mlp(inF: 16, hidden: 8, classes: 1);
