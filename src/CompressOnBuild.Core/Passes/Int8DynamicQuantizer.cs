@@ -609,12 +609,13 @@ public static class Int8DynamicQuantizer
             int k = (int)(c.TransB ? c.Weight.Dims[1] : c.Weight.Dims[0]);
             int n = (int)(c.TransB ? c.Weight.Dims[0] : c.Weight.Dims[1]);
             string key = weightName + (c.TransB ? "|T" : "") + (c.Alpha != 1f ? "|a" + c.Alpha.ToString("R", CultureInfo.InvariantCulture) : "");
-            float maxError = 0f;
             if (!_done.TryGetValue(key, out var stored))
             {
-                (stored, maxError) = QuantizeWeight(c, weightName, k, n);
+                (stored, float error) = QuantizeWeight(c, weightName, k, n);
                 _done[key] = stored;
+                _weightErrors[key] = error;
             }
+            float maxError = _weightErrors[key];
 
             int index = _graph.Node.IndexOf(node);
             var inserted = new List<NodeProto>();
@@ -939,6 +940,7 @@ public static class Int8DynamicQuantizer
         }
 
         private readonly Dictionary<string, float> _convErrors = new(StringComparer.Ordinal);
+        private readonly Dictionary<string, float> _weightErrors = new(StringComparer.Ordinal);
 
         /// <summary>beta * C as a [N] bias input when C is a constant with N elements (or one); else false.</summary>
         private bool TryBias(string cName, float beta, int n, out string? bias)

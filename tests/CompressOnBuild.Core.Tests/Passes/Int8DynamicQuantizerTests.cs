@@ -320,6 +320,8 @@ public sealed class Int8DynamicQuantizerTests
         Assert.HasCount(2, summary.Quantized);
         Assert.AreEqual(3, model.Graph.Initializer.Count, "one quantized weight, one scale, one zero point");
         Assert.AreEqual(model.Graph.Node[0].Input[1], model.Graph.Node[1].Input[1]);
+        Assert.AreEqual(summary.Quantized[0].MaxAbsWeightError, summary.Quantized[1].MaxAbsWeightError);
+        Assert.IsGreaterThan(0f, summary.Quantized[1].MaxAbsWeightError);
     }
 
     [TestMethod]
