@@ -264,6 +264,17 @@ public static class Int8DynamicQuantizer
         {
             var result = new List<Candidate>();
             var excluded = new HashSet<string>(options.ExcludedNodes, StringComparer.Ordinal);
+            foreach ((GraphProto g, int depth) in ModelWalker.Graphs(model))
+            {
+                if (depth == 0)
+                {
+                    continue;
+                }
+                foreach (NodeProto n in g.Node.Where(n => n.OpType is "MatMul" or "Gemm" or "Conv" && ModelChecker.NormalizeDomain(n.Domain).Length == 0))
+                {
+                    Skipped.Add(new SkippedNode(Label(n), n.OpType, $"it is inside the subgraph '{g.Name}'; only the main graph is quantized"));
+                }
+            }
             foreach (NodeProto node in _graph.Node)
             {
                 if (ModelChecker.NormalizeDomain(node.Domain).Length != 0)

@@ -522,6 +522,35 @@ public sealed class Int8DynamicQuantizerTests
     }
 
     [TestMethod]
+    public void MatMul_inside_a_subgraph_is_listed_as_skipped_and_the_outer_one_is_quantized()
+    {
+        const int K = 16, N = 8;
+        var body = new GraphProto { Name = "then_body" };
+        body.Output.Add(FloatValue("inner_y", Batch, N));
+        body.Node.Add(Node("MatMul", ["x", "w_inner"], ["inner_y"], "inner_mm"));
+        var elseBody = new GraphProto { Name = "else_body" };
+        elseBody.Output.Add(FloatValue("else_y", Batch, N));
+        elseBody.Node.Add(Node("Identity", ["outer_y"], ["else_y"], "id"));
+        var g = new GraphProto { Name = "outer" };
+        g.Input.Add(FloatValue("x", Batch, K));
+        g.Input.Add(new ValueInfoProto { Name = "cond", Type = new TypeProto { TensorType = new TypeProto.Types.Tensor { ElemType = (int)TensorProto.Types.DataType.Bool, Shape = new TensorShapeProto() } } });
+        g.Output.Add(FloatValue("y", Batch, N));
+        g.Initializer.Add(TensorUtil.FromFloats("w", RandomFloats(K * N, 50), K, N));
+        g.Initializer.Add(TensorUtil.FromFloats("w_inner", RandomFloats(K * N, 51), K, N));
+        g.Node.Add(Node("MatMul", ["x", "w"], ["outer_y"], "outer_mm"));
+        var ifNode = Node("If", ["cond"], ["y"], "if");
+        ifNode.Attribute.Add(new AttributeProto { Name = "then_branch", Type = AttributeProto.Types.AttributeType.Graph, G = body });
+        ifNode.Attribute.Add(new AttributeProto { Name = "else_branch", Type = AttributeProto.Types.AttributeType.Graph, G = elseBody });
+        g.Node.Add(ifNode);
+        ModelProto model = Model(g);
+        QuantizationSummary summary = Int8DynamicQuantizer.Apply(model, QuantizationOptions.Default, "if.onnx");
+        Assert.AreEqual("outer_mm", summary.Quantized.Single().Node);
+        Assert.Contains("subgraph 'then_body'", summary.Skipped.Single(s => s.Node == "inner_mm").Reason);
+        Assert.IsTrue(model.Graph.Initializer.Any(t => t.Name == "w_inner"), "a weight used inside the subgraph stays");
+        ModelChecker.Validate(model, "if.onnx");
+    }
+
+    [TestMethod]
     public void Excluded_and_small_weights_stay_float()
     {
         ModelProto model = Mlp(inF: 16, hidden: 8, classes: 1);
