@@ -11,6 +11,7 @@ internal sealed class GlobalOptions
     public string? NuGetPackages { get; set; }
     public bool BudgetFailureIsWarning { get; set; }
     public int MaxParallelism { get; set; } = 1;
+    public string? SummaryMarkdown { get; set; }
 }
 
 /// <summary>
@@ -49,7 +50,7 @@ internal static class CommandLine
 
     public static readonly IReadOnlySet<string> GlobalOptionNames = new HashSet<string>(StringComparer.Ordinal)
     {
-        "--cache-dir", "--onnxruntime-assets", "--nuget-packages", "--budget-severity", "--max-parallelism",
+        "--cache-dir", "--onnxruntime-assets", "--nuget-packages", "--budget-severity", "--max-parallelism", "--summary-markdown",
     };
 
     /// <summary>Expands <c>@file</c> arguments (not recursively: a line starting with '@' inside a response file is an error).</summary>
@@ -130,6 +131,7 @@ internal static class CommandLine
                         case "--cache-dir": global.CacheDir = v; break;
                         case "--onnxruntime-assets": global.OnnxRuntimeAssets = v; break;
                         case "--nuget-packages": global.NuGetPackages = v; break;
+                        case "--summary-markdown": global.SummaryMarkdown = v; break;
                         case "--budget-severity":
                             global.BudgetFailureIsWarning = v.ToUpperInvariant() switch
                             {

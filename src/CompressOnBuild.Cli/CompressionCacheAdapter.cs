@@ -117,13 +117,15 @@ internal sealed class CompressionCacheAdapter(CompressionCache cache, Action<Dia
             r.Budgets.Add(new BudgetOutcome(b!["name"]!.GetValue<string>(), b["limit"]!.GetValue<double>(), b["measured"]?.GetValue<double>(),
                 b["passed"]!.GetValue<bool>(), b["unit"]!.GetValue<string>(), null));
         }
+        JsonNode report = JsonNode.Parse(File.ReadAllBytes(Path.Combine(dir, ReportFile)))!;
+        report["cache"] = new JsonObject { ["key"] = key, ["hit"] = true };
+        report["model"]!["source"] = r.Settings.Model;
+        report["model"]!["output"] = r.Settings.Output;
+        r.ReportJson = report;
         if (r.Settings.Report != null)
         {
-            JsonNode report = JsonNode.Parse(File.ReadAllBytes(Path.Combine(dir, ReportFile)))!;
-            report["cache"] = new JsonObject { ["key"] = key, ["hit"] = true };
-            report["model"]!["source"] = r.Settings.Model;
-            report["model"]!["output"] = r.Settings.Output;
             Report.Write(r.Settings.Report, report.AsObject());
+            ReportRenderers.WriteBeside(r.Settings.Report, report);
         }
         return true;
     }

@@ -13,7 +13,7 @@ internal static class Help
 
         Item options (metadata name in brackets):
           --output <path>                   [computed by the build] where the compressed model goes (written atomically)
-          --report <path>                   report.json with every metric and budget
+          --report <path>                   report.json with every metric and budget, plus .md and .html beside it
           --quantization <scheme>           [Quantization] None | Int8 | Int8Dynamic  (Int8Static, Float16, Int4Weights: not yet)
           --pruning <method>                [Pruning] None  (Magnitude:<s>, Global:<s>, NofM:<n>:<m>, Channels:<f>: not yet)
           --validation-data <path>          [ValidationData] test_data_set_* folders / input_*.pb, .npy/.npz, IDX, image folders
@@ -39,6 +39,7 @@ internal static class Help
           --nuget-packages <dir>            NuGet global packages folder (fallback ONNX Runtime)
           --budget-severity Error|Warning   broken budgets fail (default) or warn
           --max-parallelism <n>             models compressed at once (default 1)
+          --summary-markdown <file>         one Markdown table for all models (e.g. for $GITHUB_STEP_SUMMARY)
 
         Exit codes: 0 ok, 1 budget broken, 2 bad input or usage, 3 internal error.
         """;

@@ -21,6 +21,7 @@ internal sealed class ItemResult
     public string ValidationSource { get; set; } = "none";
     public List<BudgetOutcome> Budgets { get; } = [];
     public TuningResult? Tuning { get; set; }
+    public System.Text.Json.Nodes.JsonNode? ReportJson { get; set; }
     public double CompressSeconds { get; set; }
     public double ValidateSeconds { get; set; }
     public bool FromCache { get; set; }

@@ -124,6 +124,18 @@ public static class Program
             ItemResult r = results[i]!;
             codes[i] = ProcessItem(r, global, EnsureOrt, cache, () => ort, output);
         });
+        if (global.SummaryMarkdown != null)
+        {
+            var sb = new System.Text.StringBuilder("## CompressOnBuild\n\n" + ReportRenderers.MarkdownHeader + "\n");
+            foreach (ItemResult? r in results)
+            {
+                if (r?.ReportJson != null)
+                {
+                    sb.AppendLine(ReportRenderers.MarkdownRow(r.ReportJson));
+                }
+            }
+            Core.Onnx.AtomicFile.WriteAllBytes(global.SummaryMarkdown, System.Text.Encoding.UTF8.GetBytes(sb.ToString()));
+        }
         return codes.Aggregate(0, Worst);
     }
 
@@ -161,9 +173,11 @@ public static class Program
             if (!r.FromCache)
             {
                 JsonObject report = Report.Build(r, currentOrt());
+                r.ReportJson = report;
                 if (s.Report != null)
                 {
                     Report.Write(s.Report, report);
+                    ReportRenderers.WriteBeside(s.Report, report);
                 }
                 if (cache != null && r.CacheKey != null)
                 {

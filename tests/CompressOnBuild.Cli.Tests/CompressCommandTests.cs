@@ -334,4 +334,46 @@ public sealed class CompressCommandTests
         Assert.IsFalse(t["met"]!.GetValue<bool>());
         Assert.IsFalse(File.Exists(P("t.onnx")));
     }
+
+    [TestMethod]
+    public void ReportsComeAsJsonMarkdownAndOfflineHtmlPlusOneSummaryTable()
+    {
+        (string model, string images, string labels) = MakeMlpWithData();
+        ModelIO.Save(TinyModels.Mlp(inF: 300, hidden: 40, classes: 5, seed: 9), P("second.onnx"));
+        CliRun run = CliHarness.InProcess("compress", "--summary-markdown", P("summary.md"),
+            model, "--output", P("r/one.onnx"), "--report", P("r/one.report.json"), "--validation-data", images, "--labels", labels, "--max-size-kb", "1",
+            P("second.onnx"), "--output", P("r/two.onnx"), "--report", P("r/two.report.json"));
+        Assert.AreEqual(1, run.ExitCode, run.Output);
+
+        string md = File.ReadAllText(P("r/one.report.md"));
+        StringAssert.Contains(md, "| model | size | top-1 | agreement | budgets | verdict |");
+        StringAssert.Contains(md, "❌ MaxSizeKB");
+        StringAssert.Contains(md, "**failed**");
+
+        string html = File.ReadAllText(P("r/one.report.html"));
+        StringAssert.StartsWith(html, "<!DOCTYPE html>");
+        StringAssert.Contains(html, "<svg");
+        StringAssert.Contains(html, "BROKEN");
+        Assert.IsFalse(html.Contains("http://", StringComparison.Ordinal) && html.Replace("http://www.w3.org/2000/svg", "", StringComparison.Ordinal).Contains("http://", StringComparison.Ordinal),
+            "the page must not load anything from the network");
+        Assert.IsFalse(html.Contains("<script", StringComparison.OrdinalIgnoreCase) || html.Contains("<link", StringComparison.OrdinalIgnoreCase));
+
+        string summary = File.ReadAllText(P("summary.md"));
+        Assert.AreEqual(2, summary.Split('\n').Count(l => l.StartsWith("| `", StringComparison.Ordinal)), summary);
+        StringAssert.Contains(summary, "second.onnx");
+    }
+
+    [TestMethod]
+    public void HtmlEscapesHostileModelNames()
+    {
+        string dir = P("<script>alert(1)<");
+        Directory.CreateDirectory(dir);
+        string model = Path.Combine(dir, "m.onnx");
+        ModelIO.Save(TinyModels.Mlp(inF: 64, hidden: 16), model);
+        CliRun run = CliHarness.InProcess("compress", model, "--output", P("h.onnx"), "--report", P("h.json"));
+        Assert.AreEqual(0, run.ExitCode, run.Output);
+        string html = File.ReadAllText(P("h.html"));
+        Assert.IsFalse(html.Contains("<script>", StringComparison.Ordinal));
+        StringAssert.Contains(html, "&lt;script&gt;");
+    }
 }

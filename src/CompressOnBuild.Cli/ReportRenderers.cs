@@ -1,0 +1,220 @@
+using System.Globalization;
+using System.Net;
+using System.Text;
+using System.Text.Json.Nodes;
+
+namespace CompressOnBuild.Cli;
+
+/// <summary>
+/// Human-readable forms of report.json: a Markdown summary (fit for a CI job summary or a PR comment) and a
+/// self-contained HTML page with inline SVG charts that opens offline. Both are rendered from the JSON report only.
+/// </summary>
+internal static class ReportRenderers
+{
+    private static readonly CultureInfo Ci = CultureInfo.InvariantCulture;
+
+    public static string MarkdownRow(JsonNode r)
+    {
+        JsonNode m = r["model"]!;
+        JsonNode? v = r["validation"];
+        string accuracy = v?["originalAccuracy"] is { } a && v["compressedAccuracy"] is { } b
+            ? $"{Num(a, "0.00")}% → {Num(b, "0.00")}%"
+            : "-";
+        string agreement = v == null ? "-" : Num(D(v["top1Agreement"]) * 100, "0.00") + "%";
+        JsonArray budgets = r["budgets"]!.AsArray();
+        string budgetText = budgets.Count == 0 ? "-" : string.Join("<br>", budgets.Select(bd =>
+            $"{(bd!["passed"]!.GetValue<bool>() ? "✅" : "❌")} {bd["name"]} {Num(bd["measured"], "G4")} (limit {Num(bd["limit"], "G4")})"));
+        string verdict = r["verdict"]!.GetValue<string>() == "passed" ? "✅ passed" : "❌ **failed**";
+        return $"| `{Escape(m["source"]!.GetValue<string>())}` | {Kb(m["sourceBytes"])} → {Kb(m["compressedBytes"])} ({Num(m["compressionRatio"], "0.00")}x) | {accuracy} | {agreement} | {budgetText} | {verdict} |";
+    }
+
+    public const string MarkdownHeader = "| model | size | top-1 | agreement | budgets | verdict |\n|---|---|---|---|---|---|";
+
+    public static string Markdown(JsonNode r)
+    {
+        var sb = new StringBuilder();
+        sb.Append("### CompressOnBuild: `").Append(Escape(r["model"]!["source"]!.GetValue<string>())).AppendLine("`").AppendLine();
+        sb.AppendLine(MarkdownHeader).AppendLine(MarkdownRow(r)).AppendLine();
+        JsonNode? v = r["validation"];
+        if (v != null)
+        {
+            sb.AppendLine(string.Create(Ci, $"Validated on {v["samples"]} samples of `{Escape(v["data"]!.GetValue<string>())}` with ONNX Runtime {r["onnxRuntime"]?["version"]} ({r["onnxRuntime"]?["source"]}); mean cosine {Num(v["meanCosineSimilarity"], "0.00000")}, max abs error {Num(v["maxAbsError"], "G4")}."));
+        }
+        if (r["tuning"] is JsonNode t)
+        {
+            sb.AppendLine().AppendLine(string.Create(Ci, $"Tuning: {t["trials"]!.AsArray().Count} configurations in {Num(t["elapsedSeconds"], "0.0")} s, budgets {(t["met"]!.GetValue<bool>() ? "met" : "NOT met")}."));
+        }
+        if (r["quantization"] is JsonNode q)
+        {
+            sb.AppendLine().AppendLine(string.Create(Ci, $"Quantized {q["quantizedNodes"]!.AsArray().Count} node(s), kept {q["skippedNodes"]!.AsArray().Count} float (weights stored as {q["weightEncoding"]})."));
+        }
+        return sb.ToString();
+    }
+
+    public static string Html(JsonNode r)
+    {
+        JsonNode m = r["model"]!;
+        string name = m["source"]!.GetValue<string>();
+        var sb = new StringBuilder();
+        sb.AppendLine("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>CompressOnBuild: " + H(name) + "</title>");
+        sb.AppendLine("<style>body{font-family:system-ui,sans-serif;margin:2em;max-width:1000px;color:#222}table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}th{background:#f3f3f3}.pass{color:#1a7f37}.fail{color:#c62828;font-weight:bold}svg{background:#fafafa;border:1px solid #ddd;margin:0.5em 0}</style></head><body>");
+        bool passed = r["verdict"]!.GetValue<string>() == "passed";
+        sb.AppendLine($"<h1>{H(name)}</h1><p>Verdict: <span class=\"{(passed ? "pass" : "fail")}\">{(passed ? "passed" : "FAILED")}</span> &middot; CompressOnBuild {H(r["tool"]?["version"]?.ToString())} &middot; ONNX Runtime {H(r["onnxRuntime"]?["version"]?.ToString())} ({H(r["onnxRuntime"]?["source"]?.ToString())})</p>");
+
+        sb.AppendLine("<h2>Summary</h2><table>");
+        Row(sb, "output", m["output"]);
+        Row(sb, "size", $"{Kb(m["sourceBytes"])} → {Kb(m["compressedBytes"])} ({Num(m["compressionRatio"], "0.00")}x smaller)");
+        if (r["validation"] is JsonNode v)
+        {
+            Row(sb, "validation data", $"{v["data"]} ({v["samples"]} samples)");
+            if (v["originalAccuracy"] != null)
+            {
+                Row(sb, "top-1 accuracy", $"{Num(v["originalAccuracy"], "0.00")}% → {Num(v["compressedAccuracy"], "0.00")}% (drop {Num(v["accuracyDrop"], "0.00")} points)");
+            }
+            Row(sb, "top-1 agreement", Num(D(v["top1Agreement"]) * 100, "0.00") + "%");
+            Row(sb, "mean cosine / max abs error", $"{Num(v["meanCosineSimilarity"], "0.000000")} / {Num(v["maxAbsError"], "G4")}");
+            Row(sb, "throughput (samples/s)", $"{Num(v["originalSamplesPerSecond"], "0")} → {Num(v["compressedSamplesPerSecond"], "0")}");
+            if (v["latency"] is JsonNode l)
+            {
+                Row(sb, "median latency", $"{Num(l["originalMs"], "0.000")} ms → {Num(l["compressedMs"], "0.000")} ms (ratio {Num(l["ratio"], "0.00")}, {l["runs"]} interleaved runs, {l["threads"]} thread)");
+            }
+        }
+        sb.AppendLine("</table>");
+
+        sb.AppendLine("<h2>Budgets</h2><table><tr><th>budget</th><th>limit</th><th>measured</th><th>result</th></tr>");
+        foreach (JsonNode? b in r["budgets"]!.AsArray())
+        {
+            bool ok = b!["passed"]!.GetValue<bool>();
+            sb.AppendLine($"<tr><td>{H(b["name"]?.ToString())}</td><td>{Num(b["limit"], "G6")}</td><td>{Num(b["measured"], "G6")}</td><td class=\"{(ok ? "pass" : "fail")}\">{(ok ? "met" : "BROKEN")}</td></tr>");
+        }
+        sb.AppendLine("</table>");
+
+        sb.AppendLine("<h2>Accuracy vs size</h2>");
+        sb.AppendLine(AccuracyVsSize(r));
+
+        if (r["quantization"] is JsonNode q && q["quantizedNodes"]!.AsArray().Count > 0)
+        {
+            sb.AppendLine("<h2>Per-layer weight error</h2><p>Largest |w − dequantized(w)| of each quantized layer (at most half a quantization step).</p>");
+            var bars = q["quantizedNodes"]!.AsArray().Select(n => (n!["node"]!.GetValue<string>(), D(n["maxAbsWeightError"]))).ToList();
+            sb.AppendLine(BarChart(bars));
+            sb.AppendLine("<table><tr><th>layer</th><th>op</th><th>weight</th><th>shape (K x N)</th><th>max abs weight error</th></tr>");
+            foreach (JsonNode? n in q["quantizedNodes"]!.AsArray())
+            {
+                sb.AppendLine($"<tr><td>{H(n!["node"]?.ToString())}</td><td>{H(n["opType"]?.ToString())}</td><td>{H(n["weight"]?.ToString())}</td><td>{n["rows"]} x {n["columns"]}</td><td>{Num(n["maxAbsWeightError"], "G4")}</td></tr>");
+            }
+            sb.AppendLine("</table>");
+            if (q["skippedNodes"]!.AsArray().Count > 0)
+            {
+                sb.AppendLine("<h3>Kept in float</h3><table><tr><th>layer</th><th>op</th><th>reason</th></tr>");
+                foreach (JsonNode? n in q["skippedNodes"]!.AsArray())
+                {
+                    sb.AppendLine($"<tr><td>{H(n!["node"]?.ToString())}</td><td>{H(n["opType"]?.ToString())}</td><td>{H(n["reason"]?.ToString())}</td></tr>");
+                }
+                sb.AppendLine("</table>");
+            }
+        }
+        sb.AppendLine("</body></html>");
+        return sb.ToString();
+    }
+
+    /// <summary>Scatter of accuracy (or agreement without labels) against size: the original, every tuning trial, the shipped model.</summary>
+    private static string AccuracyVsSize(JsonNode r)
+    {
+        JsonNode? v = r["validation"];
+        if (v == null)
+        {
+            return "<p>No validation data.</p>";
+        }
+        bool labels = v["originalAccuracy"] != null;
+        var points = new List<(double X, double Y, string Label, string Color)>
+        {
+            (D(r["model"]!["sourceBytes"]) / 1024, labels ? D(v["originalAccuracy"]) : 100, "original", "#555"),
+        };
+        if (r["tuning"] is JsonNode t)
+        {
+            int i = 0;
+            foreach (JsonNode? trial in t["trials"]!.AsArray())
+            {
+                double y = labels && trial!["accuracy"] != null ? D(trial["accuracy"]) : D(trial!["top1Agreement"]) * 100;
+                bool chosen = trial["chosen"]!.GetValue<bool>();
+                points.Add((D(trial["compressedBytes"]) / 1024, y, chosen ? "shipped" : "trial " + i.ToString(Ci), chosen ? "#1a7f37" : "#999"));
+                i++;
+            }
+        }
+        else
+        {
+            points.Add((D(r["model"]!["compressedBytes"]) / 1024,
+                labels ? D(v["compressedAccuracy"]) : D(v["top1Agreement"]) * 100, "compressed", "#1a7f37"));
+        }
+        const int W = 640, Hh = 320, L = 70, B = 40, T = 20, R = 20;
+        double x0 = 0, x1 = points.Max(p => p.X) * 1.1;
+        double y0 = points.Min(p => p.Y), y1 = points.Max(p => p.Y);
+        double pad = Math.Max(0.05, (y1 - y0) * 0.2);
+        y0 -= pad;
+        y1 += pad;
+        double Sx(double x) => L + (x - x0) / (x1 - x0) * (W - L - R);
+        double Sy(double y) => T + (1 - (y - y0) / (y1 - y0)) * (Hh - T - B);
+        var sb = new StringBuilder();
+        sb.Append(Ci, $"<svg width=\"{W}\" height=\"{Hh}\" viewBox=\"0 0 {W} {Hh}\" xmlns=\"http://www.w3.org/2000/svg\" font-size=\"11\">");
+        sb.Append(Ci, $"<line x1=\"{L}\" y1=\"{Hh - B}\" x2=\"{W - R}\" y2=\"{Hh - B}\" stroke=\"#333\"/><line x1=\"{L}\" y1=\"{T}\" x2=\"{L}\" y2=\"{Hh - B}\" stroke=\"#333\"/>");
+        sb.Append(Ci, $"<text x=\"{(L + W - R) / 2}\" y=\"{Hh - 8}\" text-anchor=\"middle\">size (KB)</text>");
+        sb.Append(Ci, $"<text x=\"14\" y=\"{(T + Hh - B) / 2}\" transform=\"rotate(-90 14 {(T + Hh - B) / 2})\" text-anchor=\"middle\">{(labels ? "top-1 accuracy (%)" : "top-1 agreement (%)")}</text>");
+        for (int k = 0; k <= 4; k++)
+        {
+            double yv = y0 + (y1 - y0) * k / 4, xv = x0 + (x1 - x0) * k / 4;
+            sb.Append(Ci, $"<text x=\"{L - 6}\" y=\"{Sy(yv) + 4:0.0}\" text-anchor=\"end\">{yv:0.00}</text>");
+            sb.Append(Ci, $"<text x=\"{Sx(xv):0.0}\" y=\"{Hh - B + 14}\" text-anchor=\"middle\">{xv:0}</text>");
+        }
+        foreach ((double x, double y, string label, string color) in points)
+        {
+            sb.Append(Ci, $"<circle cx=\"{Sx(x):0.0}\" cy=\"{Sy(y):0.0}\" r=\"5\" fill=\"{color}\"><title>{H(label)}: {x:0.0} KB, {y:0.00}%</title></circle>");
+            sb.Append(Ci, $"<text x=\"{Sx(x) + 7:0.0}\" y=\"{Sy(y) - 6:0.0}\">{H(label)}</text>");
+        }
+        sb.Append("</svg>");
+        return sb.ToString();
+    }
+
+    private static string BarChart(List<(string Label, double Value)> bars)
+    {
+        const int W = 640, RowH = 22, L = 220, R = 80;
+        int h = bars.Count * RowH + 10;
+        double max = Math.Max(bars.Max(b => b.Value), 1e-12);
+        var sb = new StringBuilder();
+        sb.Append(Ci, $"<svg width=\"{W}\" height=\"{h}\" viewBox=\"0 0 {W} {h}\" xmlns=\"http://www.w3.org/2000/svg\" font-size=\"11\">");
+        for (int i = 0; i < bars.Count; i++)
+        {
+            double w = bars[i].Value / max * (W - L - R);
+            int y = 5 + i * RowH;
+            string label = bars[i].Label.Length > 34 ? "…" + bars[i].Label[^33..] : bars[i].Label;
+            sb.Append(Ci, $"<text x=\"{L - 6}\" y=\"{y + 14}\" text-anchor=\"end\">{H(label)}</text>");
+            sb.Append(Ci, $"<rect x=\"{L}\" y=\"{y + 3}\" width=\"{w:0.0}\" height=\"{RowH - 6}\" fill=\"#4a78c2\"/>");
+            sb.Append(Ci, $"<text x=\"{L + w + 4:0.0}\" y=\"{y + 14}\">{bars[i].Value:G3}</text>");
+        }
+        sb.Append("</svg>");
+        return sb.ToString();
+    }
+
+    private static void Row(StringBuilder sb, string name, object? value) =>
+        sb.AppendLine($"<tr><th>{H(name)}</th><td>{H(value?.ToString())}</td></tr>");
+
+    private static string H(string? s) => WebUtility.HtmlEncode(s ?? "");
+
+    private static string Escape(string s) => s.Replace("`", "'", StringComparison.Ordinal).Replace("|", "\\|", StringComparison.Ordinal);
+
+    private static string Kb(JsonNode? bytes) => bytes == null ? "-" : (D(bytes) / 1024).ToString("0.0", Ci) + " KB";
+
+    private static string Num(JsonNode? n, string format) => n == null ? "-" : D(n).ToString(format, Ci);
+
+    private static string Num(double n, string format) => n.ToString(format, Ci);
+
+    /// <summary>A JSON number as double, whatever CLR type the node was built from.</summary>
+    private static double D(JsonNode? n) => n == null ? double.NaN : double.Parse(n.ToJsonString(), NumberStyles.Float, Ci);
+
+    /// <summary>Writes X.md and X.html next to the report X.json.</summary>
+    public static void WriteBeside(string reportPath, JsonNode report)
+    {
+        string stem = reportPath.EndsWith(".json", StringComparison.OrdinalIgnoreCase) ? reportPath[..^5] : reportPath;
+        Core.Onnx.AtomicFile.WriteAllBytes(stem + ".md", Encoding.UTF8.GetBytes(Markdown(report)));
+        Core.Onnx.AtomicFile.WriteAllBytes(stem + ".html", Encoding.UTF8.GetBytes(Html(report)));
+    }
+}
