@@ -143,32 +143,65 @@ internal static class ReduceDriver
         {
             case KernelImplementation.Vector512 when length >= Vector512<float>.Count:
             {
+                int w = Vector512<float>.Count;
                 Vector512<float> acc = Vector512.Create(TOp.Identity);
-                for (; i <= length - Vector512<float>.Count; i += Vector512<float>.Count)
+                Vector512<float> acc1 = acc, acc2 = acc, acc3 = acc;
+                // four independent chains so the combine latency does not serialize the loop
+                for (; i <= length - 4 * w; i += 4 * w)
+                {
+                    acc = TOp.Combine(acc, TOp.Map(Vector512.LoadUnsafe(ref start, (nuint)i)));
+                    acc1 = TOp.Combine(acc1, TOp.Map(Vector512.LoadUnsafe(ref start, (nuint)(i + w))));
+                    acc2 = TOp.Combine(acc2, TOp.Map(Vector512.LoadUnsafe(ref start, (nuint)(i + 2 * w))));
+                    acc3 = TOp.Combine(acc3, TOp.Map(Vector512.LoadUnsafe(ref start, (nuint)(i + 3 * w))));
+                }
+                for (; i <= length - w; i += w)
                 {
                     acc = TOp.Combine(acc, TOp.Map(Vector512.LoadUnsafe(ref start, (nuint)i)));
                 }
+                acc = TOp.Combine(TOp.Combine(acc, acc1), TOp.Combine(acc2, acc3));
                 Vector256<float> half = TOp.Combine(acc.GetLower(), acc.GetUpper());
                 result = Fold<TOp>(result, TOp.Combine(half.GetLower(), half.GetUpper()));
                 break;
             }
             case KernelImplementation.Vector256 when length >= Vector256<float>.Count:
             {
+                int w = Vector256<float>.Count;
                 Vector256<float> acc = Vector256.Create(TOp.Identity);
-                for (; i <= length - Vector256<float>.Count; i += Vector256<float>.Count)
+                Vector256<float> acc1 = acc, acc2 = acc, acc3 = acc;
+                // four independent chains so the combine latency does not serialize the loop
+                for (; i <= length - 4 * w; i += 4 * w)
+                {
+                    acc = TOp.Combine(acc, TOp.Map(Vector256.LoadUnsafe(ref start, (nuint)i)));
+                    acc1 = TOp.Combine(acc1, TOp.Map(Vector256.LoadUnsafe(ref start, (nuint)(i + w))));
+                    acc2 = TOp.Combine(acc2, TOp.Map(Vector256.LoadUnsafe(ref start, (nuint)(i + 2 * w))));
+                    acc3 = TOp.Combine(acc3, TOp.Map(Vector256.LoadUnsafe(ref start, (nuint)(i + 3 * w))));
+                }
+                for (; i <= length - w; i += w)
                 {
                     acc = TOp.Combine(acc, TOp.Map(Vector256.LoadUnsafe(ref start, (nuint)i)));
                 }
+                acc = TOp.Combine(TOp.Combine(acc, acc1), TOp.Combine(acc2, acc3));
                 result = Fold<TOp>(result, TOp.Combine(acc.GetLower(), acc.GetUpper()));
                 break;
             }
             case KernelImplementation.Vector128 when length >= Vector128<float>.Count:
             {
+                int w = Vector128<float>.Count;
                 Vector128<float> acc = Vector128.Create(TOp.Identity);
-                for (; i <= length - Vector128<float>.Count; i += Vector128<float>.Count)
+                Vector128<float> acc1 = acc, acc2 = acc, acc3 = acc;
+                // four independent chains so the combine latency does not serialize the loop
+                for (; i <= length - 4 * w; i += 4 * w)
+                {
+                    acc = TOp.Combine(acc, TOp.Map(Vector128.LoadUnsafe(ref start, (nuint)i)));
+                    acc1 = TOp.Combine(acc1, TOp.Map(Vector128.LoadUnsafe(ref start, (nuint)(i + w))));
+                    acc2 = TOp.Combine(acc2, TOp.Map(Vector128.LoadUnsafe(ref start, (nuint)(i + 2 * w))));
+                    acc3 = TOp.Combine(acc3, TOp.Map(Vector128.LoadUnsafe(ref start, (nuint)(i + 3 * w))));
+                }
+                for (; i <= length - w; i += w)
                 {
                     acc = TOp.Combine(acc, TOp.Map(Vector128.LoadUnsafe(ref start, (nuint)i)));
                 }
+                acc = TOp.Combine(TOp.Combine(acc, acc1), TOp.Combine(acc2, acc3));
                 result = Fold<TOp>(result, acc);
                 break;
             }
