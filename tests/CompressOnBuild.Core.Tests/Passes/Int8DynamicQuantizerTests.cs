@@ -551,6 +551,27 @@ public sealed class Int8DynamicQuantizerTests
     }
 
     [TestMethod]
+    public void Batched_3D_activation_works()
+    {
+        const int K = 24, N = 7;
+        float[] w = RandomFloats(K * N, 60);
+        var g = new GraphProto { Name = "seq" };
+        g.Input.Add(FloatValue("x", 2, 3, K));
+        g.Output.Add(FloatValue("y", 2, 3, N));
+        g.Initializer.Add(TensorUtil.FromFloats("w", w, K, N));
+        g.Initializer.Add(TensorUtil.FromFloats("b", RandomFloats(N, 61), 1, 1, N));
+        g.Node.Add(Node("MatMul", ["x", "w"], ["h"], "mm"));
+        g.Node.Add(Node("Add", ["h", "b"], ["y"], "add"));
+        ModelProto original = Model(g);
+        ModelProto model = original.Clone();
+        Int8DynamicQuantizer.Apply(model, QuantizationOptions.Default, "seq.onnx");
+        Assert.AreEqual(1, model.Graph.Node.Count, "rank-3 input: the [1, 1, N] bias folds");
+        float[] x = RandomFloats(6 * K, 62);
+        (float[] e, float[] q) = RunBoth(original, model, x, [2, 3, K]);
+        AssertClose(e, q, Tolerance(x, 6, K, w, N, 127f), "3-D");
+    }
+
+    [TestMethod]
     public void Excluded_and_small_weights_stay_float()
     {
         ModelProto model = Mlp(inF: 16, hidden: 8, classes: 1);
