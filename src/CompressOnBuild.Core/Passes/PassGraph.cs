@@ -1,0 +1,234 @@
+using System.Globalization;
+using CompressOnBuild.Core.Onnx;
+using CompressOnBuild.Onnx;
+
+namespace CompressOnBuild.Core.Passes;
+
+/// <summary>
+/// Bookkeeping shared by the graph-rewriting passes (Float16Converter, Int4WeightQuantizer, Int8StaticQuantizer):
+/// unique names over the whole model, initializers (declared as inputs too for IR &lt; 4), opset imports, values
+/// used outside the main graph's nodes, value_info edits, node factories.
+/// </summary>
+internal sealed class PassGraph
+{
+    private readonly HashSet<string> _names = new(StringComparer.Ordinal);
+
+    public PassGraph(ModelProto model)
+    {
+        Model = model;
+        Graph = model.Graph;
+        foreach (TensorProto t in Graph.Initializer)
+        {
+            Initializers[t.Name] = t;
+            _names.Add(t.Name);
+        }
+        foreach (ValueInfoProto v in Graph.Input)
+        {
+            GraphInputs.Add(v.Name);
+            _names.Add(v.Name);
+        }
+        foreach ((GraphProto g, _) in ModelWalker.Graphs(model))
+        {
+            foreach (NodeProto n in g.Node)
+            {
+                _names.UnionWith(n.Output);
+                _names.Add(n.Name);
+            }
+            foreach (TensorProto t in g.Initializer)
+            {
+                _names.Add(t.Name);
+            }
+        }
+        foreach (NodeProto n in Graph.Node)
+        {
+            foreach (string o in n.Output)
+            {
+                Producers[o] = n;
+            }
+        }
+    }
+
+    public ModelProto Model { get; }
+
+    public GraphProto Graph { get; }
+
+    public Dictionary<string, TensorProto> Initializers { get; } = new(StringComparer.Ordinal);
+
+    public HashSet<string> GraphInputs { get; } = new(StringComparer.Ordinal);
+
+    public Dictionary<string, NodeProto> Producers { get; } = new(StringComparer.Ordinal);
+
+    /// <summary>Default-domain opset version (0 when not imported).</summary>
+    public long OnnxOpset => Model.OpsetImport.FirstOrDefault(o => ModelChecker.NormalizeDomain(o.Domain).Length == 0)?.Version ?? 0;
+
+    /// <summary>An initializer that callers cannot replace at run time (IR 4+ lists overridable ones as inputs).</summary>
+    public bool IsConstantInitializer(string name) =>
+        Initializers.ContainsKey(name) && (!GraphInputs.Contains(name) || Model.IrVersion < 4);
+
+    public string Unique(string name)
+    {
+        string candidate = name;
+        for (int i = 1; !_names.Add(candidate); i++)
+        {
+            candidate = name + "_" + i.ToString(CultureInfo.InvariantCulture);
+        }
+        return candidate;
+    }
+
+    public void AddInitializer(TensorProto t)
+    {
+        Graph.Initializer.Add(t);
+        Initializers[t.Name] = t;
+        _names.Add(t.Name);
+        if (Model.IrVersion < 4)
+        {
+            // IR 3 wants every initializer declared as a graph input as well.
+            Graph.Input.Add(ValueInfo(t.Name, t.DataType, t.Dims));
+            GraphInputs.Add(t.Name);
+        }
+    }
+
+    /// <summary>Removes an initializer (and its IR 3 input declaration and value_info).</summary>
+    public void RemoveInitializer(string name)
+    {
+        for (int i = Graph.Initializer.Count - 1; i >= 0; i--)
+        {
+            if (Graph.Initializer[i].Name == name)
+            {
+                Graph.Initializer.RemoveAt(i);
+            }
+        }
+        Initializers.Remove(name);
+        if (Model.IrVersion < 4)
+        {
+            for (int j = Graph.Input.Count - 1; j >= 0; j--)
+            {
+                if (Graph.Input[j].Name == name)
+                {
+                    Graph.Input.RemoveAt(j);
+                }
+            }
+            GraphInputs.Remove(name);
+        }
+        RemoveValueInfo(name);
+    }
+
+    public static ValueInfoProto ValueInfo(string name, int elemType, IEnumerable<long> dims)
+    {
+        var shape = new TensorShapeProto();
+        foreach (long d in dims)
+        {
+            shape.Dim.Add(new TensorShapeProto.Types.Dimension { DimValue = d });
+        }
+        return new ValueInfoProto
+        {
+            Name = name,
+            Type = new TypeProto { TensorType = new TypeProto.Types.Tensor { ElemType = elemType, Shape = shape } },
+        };
+    }
+
+    public void EnsureOpset(string domain, long version)
+    {
+        OperatorSetIdProto? existing = Model.OpsetImport.FirstOrDefault(o => ModelChecker.NormalizeDomain(o.Domain) == domain);
+        if (existing == null)
+        {
+            Model.OpsetImport.Add(new OperatorSetIdProto { Domain = domain, Version = version });
+        }
+        else if (existing.Version < version)
+        {
+            existing.Version = version;
+        }
+    }
+
+    /// <summary>Names read by the main graph's outputs or by any nested graph (If/Loop/Scan bodies).</summary>
+    public HashSet<string> OuterUses()
+    {
+        var result = new HashSet<string>(Graph.Output.Select(o => o.Name), StringComparer.Ordinal);
+        foreach ((GraphProto g, int depth) in ModelWalker.Graphs(Model))
+        {
+            if (depth == 0)
+            {
+                continue;
+            }
+            foreach (NodeProto n in g.Node)
+            {
+                result.UnionWith(n.Input);
+            }
+            result.UnionWith(g.Output.Select(o => o.Name));
+        }
+        return result;
+    }
+
+    /// <summary>Names read by the main graph's nodes.</summary>
+    public HashSet<string> NodeInputs()
+    {
+        var used = new HashSet<string>(StringComparer.Ordinal);
+        foreach (NodeProto n in Graph.Node)
+        {
+            used.UnionWith(n.Input);
+        }
+        return used;
+    }
+
+    public void RemoveValueInfo(string name)
+    {
+        for (int i = Graph.ValueInfo.Count - 1; i >= 0; i--)
+        {
+            if (Graph.ValueInfo[i].Name == name)
+            {
+                Graph.ValueInfo.RemoveAt(i);
+            }
+        }
+    }
+
+    /// <summary>Drops initializers in <paramref name="candidates"/> that nothing reads any more.</summary>
+    public void RemoveUnusedInitializers(IEnumerable<string> candidates)
+    {
+        HashSet<string> used = OuterUses();
+        used.UnionWith(NodeInputs());
+        foreach (string name in candidates.Distinct(StringComparer.Ordinal).ToList())
+        {
+            if (!used.Contains(name) && IsConstantInitializer(name))
+            {
+                RemoveInitializer(name);
+            }
+        }
+    }
+
+    public NodeProto Node(string opType, string name, IEnumerable<string> inputs, IEnumerable<string> outputs, string domain = "")
+    {
+        var n = new NodeProto { OpType = opType, Name = Unique(name), Domain = domain };
+        n.Input.AddRange(inputs);
+        n.Output.AddRange(outputs);
+        return n;
+    }
+
+    public NodeProto Cast(string input, string output, TensorProto.Types.DataType to, string name)
+    {
+        NodeProto n = Node("Cast", name, [input], [output]);
+        n.Attribute.Add(IntAttribute("to", (long)to));
+        return n;
+    }
+
+    public static AttributeProto IntAttribute(string name, long value) =>
+        new() { Name = name, Type = AttributeProto.Types.AttributeType.Int, I = value };
+
+    public static long IntAttr(NodeProto node, string name, long fallback) =>
+        node.Attribute.FirstOrDefault(a => a.Name == name) is { } a ? a.I : fallback;
+
+    public static float FloatAttr(NodeProto node, string name, float fallback) =>
+        node.Attribute.FirstOrDefault(a => a.Name == name) is { } a ? a.F : fallback;
+
+    /// <summary>Tensor data as float, or CMPR0103 naming the model and tensor when it cannot be read.</summary>
+    public static float[] Floats(TensorProto t, string displayName)
+    {
+        try
+        {
+            return TensorUtil.ToFloatArray(t);
+        }
+        catch (Exception e) when (e is InvalidDataException or InvalidOperationException or OverflowException)
+        {
+            throw new CompressException(e, DiagnosticCodes.ModelInvalid, displayName, e.Message) { File = displayName };
+        }
+    }
+}
