@@ -190,27 +190,37 @@ public sealed class ModelRunner : IDisposable
     }
 
     /// <summary>Runs every sample of <paramref name="data"/>; batches of <see cref="ModelRunnerOptions.BatchSize"/>
-    /// when <see cref="HasDynamicBatch"/> and the data can be stacked, else one sample per run.</summary>
+    /// when <see cref="HasDynamicBatch"/> and the data can be stacked, else one sample per run. The first batch also runs
+    /// once untimed before the timed pass.</summary>
     public DatasetRun RunDataset(Dataset data, IReadOnlyList<string>? outputNames = null)
     {
         ArgumentNullException.ThrowIfNull(data);
         int[]? order = InputOrder(data);
         int batch = HasDynamicBatch && data.CanBatch ? Math.Max(1, Options.BatchSize) : 1;
         List<TensorData[]> outputs = new(data.Count);
-        Stopwatch watch = Stopwatch.StartNew();
-        for (int start = 0; start < data.Count; start += batch)
+        TensorData[] RunAt(int start, int n)
         {
-            int n = Math.Min(batch, data.Count - start);
-            TensorData[] result;
             try
             {
-                result = Run(Reorder(data.GetBatch(start, n), order), outputNames);
+                return Run(Reorder(data.GetBatch(start, n), order), outputNames);
             }
             catch (CompressException e) when (e.Code == DiagnosticCodes.OrtRunFailed)
             {
                 throw new CompressException(e.InnerException ?? e, DiagnosticCodes.OrtRunFailed, ModelPath,
                     $"on {data.GetSampleSource(start)}{(n > 1 ? $" (batch of {n})" : "")}: {e.InnerException?.Message ?? e.Message}") { File = ModelPath };
             }
+        }
+
+        if (data.Count > 0)
+        {
+            // One untimed run first, so one-time costs (allocations, first-run kernels) stay out of the throughput.
+            RunAt(0, Math.Min(batch, data.Count));
+        }
+        Stopwatch watch = Stopwatch.StartNew();
+        for (int start = 0; start < data.Count; start += batch)
+        {
+            int n = Math.Min(batch, data.Count - start);
+            TensorData[] result = RunAt(start, n);
             if (n == 1)
             {
                 outputs.Add(result);
@@ -221,7 +231,7 @@ public sealed class ModelRunner : IDisposable
                 // An output without the batch dimension: run this batch's samples one by one.
                 for (int k = 0; k < n; k++)
                 {
-                    outputs.Add(Run(Reorder(data.GetSample(start + k), order), outputNames));
+                    outputs.Add(RunAt(start + k, 1));
                 }
                 continue;
             }

@@ -277,4 +277,19 @@ public sealed class RunnerAndValidatorTests
         Dataset data = DatasetLoader.Load(images, null, runner.Inputs);
         CollectionAssert.AreEqual(new[] { 0f, 7f, 200f, 255f }, runner.RunDataset(data).Outputs[0][0].Data);
     }
+
+    [TestMethod]
+    public void RunDataset_OrtFailure_NamesTheSample()
+    {
+        using TempDir dir = new();
+        using ModelRunner runner = new(SaveModel(dir, "id.onnx", "N"));
+        string f = dir.File("five.npy");
+        File.WriteAllBytes(f, TestFiles.NpyFloat([2, 5], 1, 2, 3, 4, 5, 6, 7, 8, 9, 10));
+        // Loaded for a model that takes 5 values; this one takes 4.
+        Dataset data = DatasetLoader.Load(f, null, TestFiles.Inputs("x", -1, 5));
+        CompressException e = Assert.ThrowsExactly<CompressException>(() => runner.RunDataset(data));
+        Assert.AreEqual(DiagnosticCodes.OrtRunFailed, e.Code);
+        StringAssert.Contains(e.Message, "five.npy (sample 0)");
+        StringAssert.Contains(e.Message, "id.onnx");
+    }
 }
