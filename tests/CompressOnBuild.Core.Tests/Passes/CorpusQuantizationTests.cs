@@ -61,7 +61,9 @@ public sealed class CorpusQuantizationTests
         (float[] images, byte[] labels) = Dataset(dataset, plusMinusOne);
 
         ModelProto quantized = original.Clone();
+        var applyWatch = Stopwatch.StartNew();
         QuantizationSummary summary = Int8DynamicQuantizer.Apply(quantized, QuantizationOptions.Default, id);
+        long applyMs = applyWatch.ElapsedMilliseconds;
         Assert.IsFalse(summary.AlreadyQuantized);
         Assert.IsNotEmpty(summary.Quantized, string.Join("; ", summary.Skipped));
         ModelChecker.Validate(quantized, id);
@@ -71,7 +73,7 @@ public sealed class CorpusQuantizationTests
         long originalFile = new FileInfo(Corpus.Model(id)).Length;
         long quantizedFile = quantized.CalculateSize();
         TestContext.WriteLine($"{id}: top-1 {before:F2}% -> {after:F2}% (drop {before - after:F2} points); size {originalFile} -> {quantizedFile} bytes (ratio {(double)quantizedFile / originalFile:F3}); " +
-            $"quantized {summary.Quantized.Count} node(s): {string.Join(", ", summary.Quantized.Select(q => $"{q.Node} [{q.Rows}x{q.Columns}] max|dw|={q.MaxAbsWeightError:G3}"))}; skipped: {string.Join("; ", summary.Skipped.Select(s => s.Node + ": " + s.Reason))}; {watch.ElapsedMilliseconds} ms");
+            $"quantized {summary.Quantized.Count} node(s): {string.Join(", ", summary.Quantized.Select(q => $"{q.Node} [{q.Rows}x{q.Columns}] max|dw|={q.MaxAbsWeightError:G3}"))}; skipped: {string.Join("; ", summary.Skipped.Select(s => s.Node + ": " + s.Reason))}; pass {applyMs} ms, test {watch.ElapsedMilliseconds} ms");
 
         Assert.AreEqual(baseline, before, 0.006, "the float baseline differs from MANIFEST.md: preprocessing is wrong");
         Assert.IsLessThanOrEqualTo(0.5, before - after, $"{id}: top-1 dropped from {before:F2}% to {after:F2}%");
