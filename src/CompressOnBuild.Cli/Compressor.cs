@@ -55,7 +55,9 @@ internal static class Compressor
         // Candidates are written into a private work folder beside the output (same file name, so external data
         // references stay valid), validated there, and only the chosen one is moved into place.
         string outDir = Path.GetDirectoryName(outputFull)!;
+        WorkFolders.CleanStale(outDir);
         string work = Path.Combine(outDir, ".cob-" + Guid.NewGuid().ToString("N")[..12]);
+        FileStream workLock = WorkFolders.Create(work);
         try
         {
             var runnerOptions = new ModelRunnerOptions { IntraOpThreads = 1 };
@@ -94,6 +96,7 @@ internal static class Compressor
         }
         finally
         {
+            workLock.Dispose();
             try
             {
                 if (Directory.Exists(work))
