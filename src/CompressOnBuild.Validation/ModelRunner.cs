@@ -83,12 +83,21 @@ public sealed class ModelRunner : IDisposable
         }
         catch (OnnxRuntimeException e)
         {
+            DisposeSession();
             throw new CompressException(e, DiagnosticCodes.OrtRunFailed, modelPath, e.Message) { File = modelPath };
         }
         catch (Exception e) when (IsLoadFailure(e))
         {
+            DisposeSession();
             throw new CompressException(e, DiagnosticCodes.OrtNotLoadable, modelPath, LoadFailureText(e)) { File = modelPath };
         }
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private void DisposeSession()
+    {
+        session?.Dispose();
+        runOptions.Dispose();
     }
 
     [MethodImpl(MethodImplOptions.NoInlining)]

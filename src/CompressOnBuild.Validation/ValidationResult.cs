@@ -12,7 +12,8 @@ public sealed class OutputMetrics
     /// <summary>Largest |original - compressed| over all elements and samples.</summary>
     public required float MaxAbsError { get; init; }
 
-    /// <summary>Mean over samples of ||original - compressed||2 / ||original||2.</summary>
+    /// <summary>Mean over samples of ||original - compressed||2 / ||original||2 (samples whose original output is all
+    /// zero are left out; 0 when every sample is). Always finite.</summary>
     public required double MeanRelativeL2Error { get; init; }
 }
 

@@ -54,6 +54,7 @@ public static class Validator
         int n = data.Count;
         double[] cosSum = new double[names.Length];
         double[] relSum = new double[names.Length];
+        int[] relCount = new int[names.Length];
         float[] maxAbs = new float[names.Length];
         int agree = 0, correctA = 0, correctB = 0;
         for (int s = 0; s < n; s++)
@@ -69,7 +70,13 @@ public static class Validator
                 }
                 ErrorMetricsResult m = ErrorMetrics.Compare(a.Data, b.Data);
                 cosSum[o] += m.CosineSimilarity;
-                relSum[o] += m.RelativeL2;
+                if (m.ExpectedNorm > 0)
+                {
+                    // Relative error is undefined for an all-zero original output; such samples are left out here
+                    // (MaxAbsError still covers them).
+                    relSum[o] += m.RelativeL2;
+                    relCount[o]++;
+                }
                 maxAbs[o] = Math.Max(maxAbs[o], m.MaxAbsDifference);
             }
             int topA = ArgMax(runA.Outputs[s][p].Data);
@@ -89,7 +96,7 @@ public static class Validator
             Name = name,
             MeanCosineSimilarity = cosSum[o] / n,
             MaxAbsError = maxAbs[o],
-            MeanRelativeL2Error = relSum[o] / n,
+            MeanRelativeL2Error = relCount[o] == 0 ? 0 : relSum[o] / relCount[o],
         })];
         (double latA, double latB) = options.LatencyRuns > 0 ? Latency(original, compressed, data, options) : (0, 0);
         double? accA = data.Labels == null ? null : 100.0 * correctA / n;

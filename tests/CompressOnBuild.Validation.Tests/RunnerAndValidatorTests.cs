@@ -292,4 +292,19 @@ public sealed class RunnerAndValidatorTests
         StringAssert.Contains(e.Message, "five.npy (sample 0)");
         StringAssert.Contains(e.Message, "id.onnx");
     }
+
+    [TestMethod]
+    public void Validator_AllZeroOriginalOutput_KeepsRelativeErrorFinite()
+    {
+        using TempDir dir = new();
+        using ModelRunner original = new(SaveModel(dir, "a.onnx", "N"));
+        using ModelRunner compressed = new(SaveModel(dir, "b.onnx", "N", add: [0, 0, 0, 1]));
+        Dataset data = Npy(dir, 2, [0, 0, 0, 0, 0, 3, 0, 0]);
+        ValidationResult r = Validator.Compare(original, compressed, data, new ValidatorOptions { LatencyRuns = 0 });
+        // Sample 0 (all zero original) is left out of the relative error; sample 1 gives 1/3.
+        Assert.AreEqual(1.0 / 3, r.Outputs[0].MeanRelativeL2Error, 1e-9);
+        Assert.AreEqual(1f, r.MaxAbsError);
+        // Cosine of a zero vector against a non-zero one is 0 (sample 0), 3/sqrt(10) for sample 1.
+        Assert.AreEqual((0 + 3 / Math.Sqrt(10)) / 2, r.MeanCosineSimilarity, 1e-6);
+    }
 }
