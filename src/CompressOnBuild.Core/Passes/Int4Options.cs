@@ -1,0 +1,63 @@
+namespace CompressOnBuild.Core.Passes;
+
+/// <summary>Settings for <see cref="Int4WeightQuantizer"/>.</summary>
+public sealed class Int4Options
+{
+    public static Int4Options Default { get; } = new();
+
+    /// <summary>Weights per scale along K: 16, 32, 64 or 128 (default 32; smaller is more accurate, larger smaller).</summary>
+    public int BlockSize { get; init; } = 32;
+
+    /// <summary>
+    /// true (default): levels -8..7 around zero point 8 (the zero_points input is omitted), the block's largest
+    /// magnitude mapped exactly onto -8. false: per-block min/max with a stored 4-bit zero point.
+    /// </summary>
+    public bool Symmetric { get; init; } = true;
+
+    /// <summary>
+    /// MatMulNBits accuracy_level: 0 = unset (ORT's most accurate float32 path), 4 = int8 activations (faster,
+    /// less accurate). Default 0.
+    /// </summary>
+    public long AccuracyLevel { get; init; }
+
+    /// <summary>Weights with fewer elements than this stay float. Default 64.</summary>
+    public long MinimumWeightElements { get; init; } = 64;
+
+    /// <summary>Node names (or, for unnamed nodes, their first output) that must stay float.</summary>
+    public IReadOnlyCollection<string> ExcludedNodes { get; init; } = [];
+}
+
+/// <summary>What <see cref="Int4WeightQuantizer.Apply"/> did.</summary>
+public sealed class Int4Summary
+{
+    public required string ModelDisplayName { get; init; }
+
+    public int BlockSize { get; init; }
+
+    public bool Symmetric { get; init; }
+
+    /// <summary>The model already holds quantized operators; it was left unchanged (CMPR0201 in the CLI).</summary>
+    public bool AlreadyQuantized { get; init; }
+
+    public string? AlreadyQuantizedReason { get; init; }
+
+    /// <summary>Rewritten nodes; Rows = K, Columns = N, MaxAbsWeightError = largest |w - dequantized(w)|.</summary>
+    public IReadOnlyList<QuantizedNode> Quantized { get; init; } = [];
+
+    public IReadOnlyList<SkippedNode> Skipped { get; init; } = [];
+
+    /// <summary>Nothing was quantized and the model was not already quantized (CMPR0203 in the CLI).</summary>
+    public bool NothingToQuantize => !AlreadyQuantized && Quantized.Count == 0;
+
+    public long ModelBytesBefore { get; init; }
+
+    public long ModelBytesAfter { get; init; }
+
+    /// <summary>Bytes of the float weights that were replaced.</summary>
+    public long FloatWeightBytes { get; init; }
+
+    /// <summary>Bytes of the packed weights, scales, zero points and biases that replaced them.</summary>
+    public long QuantizedWeightBytes { get; init; }
+
+    public double SizeRatio => ModelBytesBefore == 0 ? 1.0 : (double)ModelBytesAfter / ModelBytesBefore;
+}

@@ -1,0 +1,470 @@
+using System.Globalization;
+using System.Numerics.Tensors;
+using CompressOnBuild.Core.Onnx;
+using CompressOnBuild.Kernels;
+using CompressOnBuild.Onnx;
+using DataType = CompressOnBuild.Onnx.TensorProto.Types.DataType;
+
+namespace CompressOnBuild.Core.Passes;
+
+/// <summary>
+/// Weight-only 4-bit quantization: every main-graph MatMul and Gemm whose weight B is a constant float32 matrix
+/// becomes one com.microsoft MatMulNBits node (bits = 4): Y = A x dequant(B)^T + bias, with B stored as uint8
+/// [N, K/block, block/2] (two codes per byte, the even one in the low nibble), one float scale per block of
+/// <see cref="Int4Options.BlockSize"/> weights along K ([N * K/block]), and for asymmetric blocks packed 4-bit zero
+/// points ([N * ceil((K/block)/2)]); a last partial block is padded with zeros. Codes round half to even.
+/// Gemm: alpha is folded into the weight, transB decides the stored layout, transA becomes a Transpose node, and
+/// beta*C becomes the bias input when C is a constant of N elements (or one); any other C is added by an Add
+/// node (after a Mul when beta != 1). The activations stay float; ORT dequantizes blocks inside its GEMM.
+/// </summary>
+public static class Int4WeightQuantizer
+{
+    public const string QuantizedOpType = "MatMulNBits";
+
+    /// <summary>Quantizes <paramref name="model"/> in place (the caller passes a copy) and reports what it did.</summary>
+    /// <exception cref="CompressException">CMPR0003 for a block size other than 16/32/64/128 or an accuracy level outside 0..4;
+    /// CMPR0202 when a weight to quantize holds NaN or infinity; CMPR0103 for a model without a graph.</exception>
+    public static Int4Summary Apply(ModelProto model, Int4Options options, string displayName)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        ArgumentNullException.ThrowIfNull(options);
+        ArgumentNullException.ThrowIfNull(displayName);
+        if (options.BlockSize is not (16 or 32 or 64 or 128))
+        {
+            throw new CompressException(DiagnosticCodes.InvalidOption, displayName, "BlockSize", options.BlockSize, "it must be 16, 32, 64 or 128");
+        }
+        if (options.AccuracyLevel is < 0 or > 4)
+        {
+            throw new CompressException(DiagnosticCodes.InvalidOption, displayName, "AccuracyLevel", options.AccuracyLevel, "it must be 0 (unset) to 4");
+        }
+        if (model.Graph == null)
+        {
+            throw new CompressException(DiagnosticCodes.ModelInvalid, displayName, "it has no graph") { File = displayName };
+        }
+        long before = model.CalculateSize();
+        if (Int8DynamicQuantizer.DescribeQuantizedOps(model) is { } already)
+        {
+            return new Int4Summary
+            {
+                ModelDisplayName = displayName,
+                BlockSize = options.BlockSize,
+                Symmetric = options.Symmetric,
+                AlreadyQuantized = true,
+                AlreadyQuantizedReason = already,
+                ModelBytesBefore = before,
+                ModelBytesAfter = before,
+            };
+        }
+        var rewriter = new Rewriter(new PassGraph(model), options, displayName);
+        rewriter.Run();
+        return new Int4Summary
+        {
+            ModelDisplayName = displayName,
+            BlockSize = options.BlockSize,
+            Symmetric = options.Symmetric,
+            Quantized = rewriter.Quantized,
+            Skipped = rewriter.Skipped,
+            ModelBytesBefore = before,
+            ModelBytesAfter = rewriter.Quantized.Count == 0 ? before : model.CalculateSize(),
+            FloatWeightBytes = rewriter.FloatWeightBytes,
+            QuantizedWeightBytes = rewriter.QuantizedWeightBytes,
+        };
+    }
+
+    /// <summary>
+    /// Quantizes one channel-major [n, k] matrix block-wise. Returns codes packed [n, blocks, block/2], scales
+    /// [n * blocks], packed zero points [n * ceil(blocks/2)] (null when symmetric) and the largest |w - dequantized|.
+    /// </summary>
+    internal static (byte[] Packed, float[] Scales, byte[]? ZeroPoints, float MaxError) QuantizeBlocks(
+        ReadOnlySpan<float> channelMajor, int n, int k, int blockSize, bool symmetric)
+    {
+        int blocks = (k + blockSize - 1) / blockSize;
+        int zpBytesPerRow = (blocks + 1) / 2;
+        var packed = new byte[(long)n * blocks * blockSize / 2];
+        var scales = new float[n * blocks];
+        byte[]? zeroPoints = symmetric ? null : new byte[n * zpBytesPerRow];
+        var codes = new byte[blocks * blockSize];
+        var blockZeros = new byte[blocks];
+        var padded = new float[blockSize];
+        var roundTrip = new float[blockSize];
+        float maxError = 0f;
+        for (int row = 0; row < n; row++)
+        {
+            ReadOnlySpan<float> w = channelMajor.Slice(row * k, k);
+            for (int b = 0; b < blocks; b++)
+            {
+                int start = b * blockSize;
+                int len = Math.Min(blockSize, k - start);
+                padded.AsSpan().Clear();
+                w.Slice(start, len).CopyTo(padded);
+                float scale;
+                byte zero;
+                if (symmetric)
+                {
+                    // The value of largest magnitude lands exactly on code 0 (level -8); the other side reaches
+                    // at most +8, clamped to 7.
+                    int at = TensorPrimitives.IndexOfMaxMagnitude(padded);
+                    float extreme = padded[at];
+                    scale = extreme / -8f;
+                    zero = 8;
+                }
+                else
+                {
+                    float min = MathF.Min(0f, TensorPrimitives.Min(padded));
+                    float max = MathF.Max(0f, TensorPrimitives.Max(padded));
+                    scale = (max - min) / 15f;
+                    zero = scale > 0f && float.IsFinite(scale) ? (byte)Math.Clamp(MathF.Round(-min / scale, MidpointRounding.ToEven), 0f, 15f) : (byte)0;
+                }
+                if (!(MathF.Abs(scale) >= 1e-30f) || !float.IsFinite(scale))
+                {
+                    scale = 1f; // an all-zero block: every code is the zero point
+                }
+                Span<byte> blockCodes = codes.AsSpan(start, blockSize);
+                if (scale < 0f)
+                {
+                    // The kernels take positive scales: x / s = (-x) / |s|, and half-to-even rounding is odd-symmetric.
+                    TensorPrimitives.Negate(padded, padded);
+                    QuantizationKernels.Quantize(padded, -scale, zero, blockCodes, 0, 15);
+                    QuantizationKernels.Dequantize(blockCodes, -scale, zero, roundTrip);
+                    TensorPrimitives.Negate(padded, padded);
+                    TensorPrimitives.Negate(roundTrip, roundTrip);
+                }
+                else
+                {
+                    QuantizationKernels.Quantize(padded, scale, zero, blockCodes, 0, 15);
+                    QuantizationKernels.Dequantize(blockCodes, scale, zero, roundTrip);
+                }
+                maxError = MathF.Max(maxError, ErrorMetrics.MaxAbsDifference(padded.AsSpan(0, len), roundTrip.AsSpan(0, len)));
+                scales[row * blocks + b] = scale;
+                blockZeros[b] = zero;
+            }
+            Int4Kernels.Pack(codes, packed.AsSpan(row * blocks * blockSize / 2, blocks * blockSize / 2));
+            if (zeroPoints != null)
+            {
+                Int4Kernels.Pack(blockZeros, zeroPoints.AsSpan(row * zpBytesPerRow, zpBytesPerRow));
+            }
+        }
+        return (packed, scales, zeroPoints, maxError);
+    }
+
+    private sealed class Candidate
+    {
+        public required NodeProto Node { get; init; }
+
+        public required TensorProto Weight { get; init; }
+
+        public required string WeightName { get; init; }
+
+        /// <summary>Constant node that produced the weight, if any.</summary>
+        public NodeProto? ConstantNode { get; init; }
+
+        public bool TransA { get; init; }
+
+        public bool TransB { get; init; }
+
+        public float Alpha { get; init; } = 1f;
+
+        public float Beta { get; init; } = 1f;
+    }
+
+    private sealed class Rewriter(PassGraph g, Int4Options options, string displayName)
+    {
+        private readonly Dictionary<string, (string B, string Scales, string? ZeroPoints, int K, int N, float Error)> _done = new(StringComparer.Ordinal);
+        private readonly List<string> _replacedWeights = [];
+        private readonly List<NodeProto> _replacedConstants = [];
+
+        public List<QuantizedNode> Quantized { get; } = [];
+
+        public List<SkippedNode> Skipped { get; } = [];
+
+        public long FloatWeightBytes { get; private set; }
+
+        public long QuantizedWeightBytes { get; private set; }
+
+        public void Run()
+        {
+            List<Candidate> candidates = FindCandidates();
+            RejectSharedWeights(candidates);
+            foreach (Candidate c in candidates)
+            {
+                if (!TensorStats.AllFinite(PassGraph.Floats(c.Weight, displayName)))
+                {
+                    throw new CompressException(DiagnosticCodes.NonFiniteWeights, displayName, c.WeightName) { File = displayName };
+                }
+            }
+            foreach (Candidate c in candidates)
+            {
+                Rewrite(c);
+            }
+            if (Quantized.Count == 0)
+            {
+                return;
+            }
+            foreach (NodeProto constant in _replacedConstants)
+            {
+                if (!g.NodeInputs().Overlaps(constant.Output) && !g.OuterUses().Overlaps(constant.Output))
+                {
+                    g.Graph.Node.Remove(constant);
+                    foreach (string o in constant.Output)
+                    {
+                        g.RemoveValueInfo(o);
+                    }
+                }
+            }
+            g.RemoveUnusedInitializers(_replacedWeights);
+            g.EnsureOpset(Int8DynamicQuantizer.MicrosoftDomain, 1);
+        }
+
+        private List<Candidate> FindCandidates()
+        {
+            var result = new List<Candidate>();
+            var excluded = new HashSet<string>(options.ExcludedNodes, StringComparer.Ordinal);
+            foreach (NodeProto node in g.Graph.Node)
+            {
+                if (ModelChecker.NormalizeDomain(node.Domain).Length != 0 || node.OpType is not ("MatMul" or "Gemm") || node.Input.Count < 2)
+                {
+                    continue;
+                }
+                string label = Int8DynamicQuantizer.Label(node);
+                void Skip(string reason) => Skipped.Add(new SkippedNode(label, node.OpType, reason));
+                if (excluded.Contains(label))
+                {
+                    Skip("excluded by the options");
+                    continue;
+                }
+                string wName = node.Input[1];
+                TensorProto? weight = null;
+                NodeProto? constantNode = null;
+                if (g.IsConstantInitializer(wName))
+                {
+                    weight = g.Initializers[wName];
+                }
+                else if (g.Producers.TryGetValue(wName, out NodeProto? producer) && producer.OpType == "Constant"
+                    && ModelChecker.NormalizeDomain(producer.Domain).Length == 0
+                    && producer.Attribute.FirstOrDefault(a => a.Name == "value")?.T is { } t)
+                {
+                    weight = t;
+                    constantNode = producer;
+                }
+                if (weight == null)
+                {
+                    Skip(g.GraphInputs.Contains(wName) ? $"weight '{wName}' is a graph input, so callers can replace it at run time" : $"weight '{wName}' is not a constant");
+                    continue;
+                }
+                if (weight.DataType != (int)DataType.Float)
+                {
+                    Skip($"weight '{wName}' is {TensorUtil.DataTypeName(weight.DataType)}, not float32");
+                    continue;
+                }
+                if (weight.Dims.Count != 2)
+                {
+                    Skip($"weight '{wName}' has rank {weight.Dims.Count}; only 2-D weights are quantized");
+                    continue;
+                }
+                long elements = weight.Dims[0] * weight.Dims[1];
+                if (elements < options.MinimumWeightElements || elements == 0 || elements > int.MaxValue / 2)
+                {
+                    Skip($"weight '{wName}' has {elements} elements, outside the range this pass quantizes (minimum {options.MinimumWeightElements})");
+                    continue;
+                }
+                bool transA = false, transB = false;
+                float alpha = 1f, beta = 1f;
+                if (node.OpType == "Gemm")
+                {
+                    transA = PassGraph.IntAttr(node, "transA", 0) != 0;
+                    transB = PassGraph.IntAttr(node, "transB", 0) != 0;
+                    alpha = PassGraph.FloatAttr(node, "alpha", 1f);
+                    beta = PassGraph.FloatAttr(node, "beta", 1f);
+                    if (!float.IsFinite(alpha) || !float.IsFinite(beta))
+                    {
+                        Skip("alpha or beta is not finite");
+                        continue;
+                    }
+                }
+                result.Add(new Candidate
+                {
+                    Node = node, Weight = weight, WeightName = wName, ConstantNode = constantNode,
+                    TransA = transA, TransB = transB, Alpha = alpha, Beta = beta,
+                });
+            }
+            return result;
+        }
+
+        /// <summary>A weight also read by something that stays float would be stored twice: keep those nodes float.</summary>
+        private void RejectSharedWeights(List<Candidate> candidates)
+        {
+            HashSet<string> outer = g.OuterUses();
+            var rejected = new HashSet<Candidate>();
+            foreach (IGrouping<string, Candidate> group in candidates.GroupBy(c => c.WeightName, StringComparer.Ordinal))
+            {
+                string? conflict = outer.Contains(group.Key) ? $"weight '{group.Key}' is also a graph output or used inside a subgraph" : null;
+                foreach (NodeProto user in g.Graph.Node)
+                {
+                    for (int i = 0; i < user.Input.Count && conflict == null; i++)
+                    {
+                        if (user.Input[i] == group.Key && !(i == 1 && group.Any(c => ReferenceEquals(c.Node, user))))
+                        {
+                            conflict = $"weight '{group.Key}' is shared with {user.OpType} '{Int8DynamicQuantizer.Label(user)}', which stays float";
+                        }
+                    }
+                }
+                if (conflict != null)
+                {
+                    foreach (Candidate c in group)
+                    {
+                        rejected.Add(c);
+                        Skipped.Add(new SkippedNode(Int8DynamicQuantizer.Label(c.Node), c.Node.OpType, conflict));
+                    }
+                }
+            }
+            candidates.RemoveAll(rejected.Contains);
+        }
+
+        private void Rewrite(Candidate c)
+        {
+            NodeProto node = c.Node;
+            string label = Int8DynamicQuantizer.Label(node);
+            int rows = (int)c.Weight.Dims[0], cols = (int)c.Weight.Dims[1];
+            int k = c.TransB ? cols : rows;
+            int n = c.TransB ? rows : cols;
+            string key = c.WeightName + (c.TransB ? "|T" : "") + "|a" + c.Alpha.ToString("R", CultureInfo.InvariantCulture);
+            if (!_done.TryGetValue(key, out var stored))
+            {
+                float[] data = PassGraph.Floats(c.Weight, displayName);
+                float[] channelMajor = c.TransB ? data : Transpose(data, rows, cols);
+                if (c.Alpha != 1f)
+                {
+                    TensorPrimitives.Multiply(channelMajor, c.Alpha, channelMajor);
+                }
+                (byte[] packed, float[] scales, byte[]? zeros, float error) = QuantizeBlocks(channelMajor, n, k, options.BlockSize, options.Symmetric);
+                int blocks = (k + options.BlockSize - 1) / options.BlockSize;
+                string baseName = c.WeightName + "_q4";
+                stored = (g.Unique(baseName), g.Unique(baseName + "_scales"), zeros == null ? null : g.Unique(baseName + "_zero_points"), k, n, error);
+                g.AddInitializer(TensorUtil.FromUInt8(stored.B, packed, n, blocks, options.BlockSize / 2));
+                g.AddInitializer(TensorUtil.FromFloats(stored.Scales, scales, (long)n * blocks));
+                if (zeros != null)
+                {
+                    g.AddInitializer(TensorUtil.FromUInt8(stored.ZeroPoints!, zeros, zeros.Length));
+                }
+                FloatWeightBytes += (long)data.Length * 4;
+                QuantizedWeightBytes += packed.Length + (long)scales.Length * 4 + (zeros?.Length ?? 0);
+                _done[key] = stored;
+            }
+
+            var inserted = new List<NodeProto>();
+            string a = node.Input[0];
+            if (c.TransA)
+            {
+                string transposed = g.Unique(a + "_transposed");
+                NodeProto t = g.Node("Transpose", label + "_transpose_a", [a], [transposed]);
+                t.Attribute.Add(new AttributeProto { Name = "perm", Type = AttributeProto.Types.AttributeType.Ints, Ints = { 1, 0 } });
+                inserted.Add(t);
+                a = transposed;
+            }
+            var q = new NodeProto { OpType = QuantizedOpType, Domain = Int8DynamicQuantizer.MicrosoftDomain, Name = node.Name.Length > 0 ? node.Name : g.Unique(label + "_q4") };
+            q.Input.Add(a);
+            q.Input.Add(stored.B);
+            q.Input.Add(stored.Scales);
+            q.Input.Add(stored.ZeroPoints ?? "");
+            q.Output.Add(node.Output[0]);
+            q.Attribute.Add(PassGraph.IntAttribute("K", k));
+            q.Attribute.Add(PassGraph.IntAttribute("N", n));
+            q.Attribute.Add(PassGraph.IntAttribute("bits", 4));
+            q.Attribute.Add(PassGraph.IntAttribute("block_size", options.BlockSize));
+            if (options.AccuracyLevel != 0)
+            {
+                q.Attribute.Add(PassGraph.IntAttribute("accuracy_level", options.AccuracyLevel));
+            }
+            inserted.Add(q);
+
+            if (node.OpType == "Gemm" && node.Input.Count > 2 && node.Input[2].Length > 0 && c.Beta != 0f)
+            {
+                string cName = node.Input[2];
+                if (TryBias(cName, c.Beta, n) is { } bias)
+                {
+                    q.Input.Add(""); // g_idx
+                    q.Input.Add(bias);
+                }
+                else
+                {
+                    string product = g.Unique(label + "_matmul");
+                    q.Output[0] = product;
+                    string addend = cName;
+                    if (c.Beta != 1f)
+                    {
+                        string betaName = g.Unique(label + "_beta");
+                        g.AddInitializer(TensorUtil.FromFloats(betaName, [c.Beta]));
+                        addend = g.Unique(cName + "_scaled");
+                        inserted.Add(g.Node("Mul", label + "_scale_c", [cName, betaName], [addend]));
+                    }
+                    inserted.Add(g.Node("Add", label + "_add_c", [product, addend], [node.Output[0]]));
+                }
+            }
+            if (stored.ZeroPoints == null && q.Input.Count == 4)
+            {
+                q.Input.RemoveAt(3);
+            }
+
+            int index = g.Graph.Node.IndexOf(node);
+            g.Graph.Node.RemoveAt(index);
+            for (int i = 0; i < inserted.Count; i++)
+            {
+                g.Graph.Node.Insert(index + i, inserted[i]);
+            }
+            _replacedWeights.Add(c.WeightName);
+            if (c.ConstantNode != null)
+            {
+                _replacedConstants.Add(c.ConstantNode);
+            }
+            Quantized.Add(new QuantizedNode(label, node.OpType, c.WeightName, k, n, stored.Error));
+        }
+
+        /// <summary>beta * C as a float [N] initializer when C is a constant with N elements (or one); else null.</summary>
+        private string? TryBias(string cName, float beta, int n)
+        {
+            if (!g.IsConstantInitializer(cName) || g.Initializers[cName].DataType != (int)DataType.Float)
+            {
+                return null;
+            }
+            TensorProto cv = g.Initializers[cName];
+            long count = TensorUtil.ElementCount(cv);
+            bool vector = count == n && (cv.Dims.Count == 1 || (cv.Dims.Count == 2 && cv.Dims[0] == 1));
+            if (!vector && count != 1)
+            {
+                return null;
+            }
+            float[] data = PassGraph.Floats(cv, displayName);
+            float[] values = new float[n];
+            if (vector)
+            {
+                data.CopyTo(values, 0);
+            }
+            else
+            {
+                Array.Fill(values, data[0]);
+            }
+            if (beta != 1f)
+            {
+                TensorPrimitives.Multiply(values, beta, values);
+            }
+            string bias = g.Unique(cName + "_bias");
+            g.AddInitializer(TensorUtil.FromFloats(bias, values, n));
+            QuantizedWeightBytes += (long)n * 4;
+            _replacedWeights.Add(cName);
+            return bias;
+        }
+
+        private static float[] Transpose(float[] source, int rows, int cols)
+        {
+            var result = new float[source.Length];
+            for (int r = 0; r < rows; r++)
+            {
+                for (int c = 0; c < cols; c++)
+                {
+                    result[c * rows + r] = source[r * cols + c];
+                }
+            }
+            return result;
+        }
+    }
+}
