@@ -1,0 +1,259 @@
+extern alias core;
+
+using System.Security.Cryptography;
+using System.Text.RegularExpressions;
+using CompressOnBuild.Samples.Shapes;
+using CompressOnBuild.Tests;
+using core::CompressOnBuild.Onnx;
+
+namespace CompressOnBuild.Build.Tests;
+
+/// <summary>
+/// The package as a user gets it: packed from this checkout into a temporary feed, referenced by a fresh app in a
+/// temporary folder outside the repository, restored with an isolated NuGet packages folder (the machine's usual
+/// packages folder serves as a fallback so ONNX Runtime is not downloaded again), and built with the real SDK.
+/// Every build writes a binlog; on failure the folder is kept and its binlogs are attached to the test result.
+/// Set COMPRESSONBUILD_TEST_PACKAGE to a .nupkg to test that package instead of packing.
+/// </summary>
+[TestClass]
+public sealed partial class PackageIntegrationTests
+{
+    private static readonly TimeSpan Timeout = TimeSpan.FromMinutes(6);
+    private static string s_root = "";
+    private static string s_app = "";
+    private static string s_sourceHash = "";
+    private static ProcessResult? s_firstBuild;
+    private static Dictionary<string, string?> s_environment = [];
+    private static bool s_anyFailure;
+    private static int s_buildNumber;
+
+    public TestContext TestContext { get; set; } = null!;
+
+    private static string SourceModel => Path.Combine(s_app, "generated", "shapes.onnx");
+
+    [ClassInitialize]
+    public static void PackAndCreateApp(TestContext context)
+    {
+        _ = context;
+        s_root = Path.Combine(Path.GetTempPath(), "cob-it-" + DateTime.UtcNow.ToString("yyyyMMddHHmmss", System.Globalization.CultureInfo.InvariantCulture) + "-" + Guid.NewGuid().ToString("N")[..6]);
+        s_app = Path.Combine(s_root, "app");
+        string feed = Path.Combine(s_root, "feed");
+        Directory.CreateDirectory(s_app);
+        Directory.CreateDirectory(feed);
+
+        string version = ProvidePackage(feed);
+
+        string machinePackages = Environment.GetEnvironmentVariable("NUGET_PACKAGES") is { Length: > 0 } p
+            ? p
+            : Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".nuget", "packages");
+        s_environment = new Dictionary<string, string?>
+        {
+            ["NUGET_PACKAGES"] = Path.Combine(s_root, "packages"),
+            ["DOTNET_HOST_PATH"] = null,
+        };
+        WriteApp(version, feed, machinePackages);
+
+        // A real trained model and labelled validation data, small enough to train in a second or two.
+        ShapesDataset.Generate(new GeneratorOptions
+        {
+            OutputDirectory = Path.Combine(s_app, "generated"),
+            TrainCount = 1200,
+            ValidationCount = 300,
+            Hidden = 64,
+            Epochs = 4,
+        });
+        s_sourceHash = Hash(SourceModel);
+
+        s_firstBuild = Build("build", "first", "-p:Configuration=Debug");
+    }
+
+    [ClassCleanup]
+    public static void Cleanup()
+    {
+        if (!s_anyFailure && s_root.Length > 0 && Directory.Exists(s_root))
+        {
+            Directory.Delete(s_root, recursive: true);
+        }
+    }
+
+    [TestCleanup]
+    public void KeepEvidenceOnFailure()
+    {
+        if (TestContext.CurrentTestOutcome != UnitTestOutcome.Passed)
+        {
+            s_anyFailure = true;
+            foreach (string binlog in Directory.GetFiles(s_root, "*.binlog"))
+            {
+                TestContext.AddResultFile(binlog);
+            }
+            TestContext.WriteLine($"Kept {s_root} (app, feed, packages, binlogs).");
+        }
+    }
+
+    [TestMethod]
+    public void Build_ShipsTheCompressedModel_AndTheAppRunsIt()
+    {
+        Assert.IsNotNull(s_firstBuild);
+        Assert.AreEqual(0, s_firstBuild.ExitCode, s_firstBuild.Tail());
+        StringAssert.Contains(s_firstBuild.Output, "CompressOnBuild: ", "the worker's summary line shows at normal verbosity");
+
+        string shipped = Path.Combine(s_app, "bin", "Debug", "net10.0", "generated", "shapes.onnx");
+        AssertCompressed(shipped);
+        Assert.AreEqual(s_sourceHash, Hash(SourceModel), "the source model is never touched");
+
+        ProcessResult run = DotNetProcess.Run(s_app, s_environment, Timeout, Path.Combine(s_app, "bin", "Debug", "net10.0", "app.dll"));
+        Assert.AreEqual(0, run.ExitCode, run.Tail());
+        StringAssert.Contains(run.Output, "APP-OK 4 " + new FileInfo(shipped).Length, "the app loads the shipped model with ONNX Runtime");
+    }
+
+    [TestMethod]
+    public void SecondBuild_DoesNotRunTheWorker()
+    {
+        // Settle first (another test may have changed the options), then build again with nothing changed.
+        ProcessResult settle = Build("build", "settle", "-p:Configuration=Debug", "--no-restore");
+        Assert.AreEqual(0, settle.ExitCode, settle.Tail());
+
+        ProcessResult again = Build("build", "incremental", "-p:Configuration=Debug", "--no-restore", "-v:d");
+        Assert.AreEqual(0, again.ExitCode, again.Tail());
+        StringAssert.Contains(again.Output, "Skipping target \"_CompressModelsCore\" because all output files are up-to-date");
+        Assert.DoesNotContain("Task \"CompressModels\"", again.Output, "the worker task must not run when nothing changed");
+        Assert.DoesNotContain("CompressOnBuild: ", again.Output);
+    }
+
+    [TestMethod]
+    public void BrokenBudget_FailsTheBuildWithCMPR0401NamingTheModel()
+    {
+        ProcessResult broken = Build("build", "budget", "-p:Configuration=Debug", "--no-restore", "-p:TestMaxSizeKB=1");
+        Assert.AreNotEqual(0, broken.ExitCode, broken.Tail());
+        Match error = ErrorLine().Match(broken.Output);
+        Assert.IsTrue(error.Success, "expected 'error CMPR0401' in:\n" + broken.Tail());
+        StringAssert.Contains(error.Value, "shapes.onnx", "the error names the model");
+        Assert.AreEqual(s_sourceHash, Hash(SourceModel));
+    }
+
+    [TestMethod]
+    public void Publish_ShipsTheCompressedModel()
+    {
+        string publish = Path.Combine(s_root, "publish");
+        ProcessResult result = Build("publish", "publish", "-c", "Release", "-r", "linux-x64", "--self-contained", "false", "-o", publish);
+        Assert.AreEqual(0, result.ExitCode, result.Tail());
+        AssertCompressed(Path.Combine(publish, "generated", "shapes.onnx"));
+    }
+
+    private static ProcessResult Build(string verb, string name, params string[] arguments)
+    {
+        string binlog = Path.Combine(s_root, $"{++s_buildNumber:D2}-{name}.binlog");
+        string[] all = [verb, Path.Combine(s_app, "app.csproj"), "-nologo", "-nodeReuse:false", "-bl:" + binlog, .. arguments];
+        return DotNetProcess.Run(s_app, s_environment, Timeout, all);
+    }
+
+    private static void AssertCompressed(string path)
+    {
+        Assert.IsTrue(File.Exists(path), $"{path} is missing");
+        long original = new FileInfo(SourceModel).Length;
+        long compressed = new FileInfo(path).Length;
+        Assert.IsLessThan(original / 2, compressed, $"compressed {compressed} bytes vs original {original}");
+
+        ModelProto model = ModelProto.Parser.ParseFrom(File.ReadAllBytes(path));
+        // Standard (MatMulInteger, QLinearMatMul, QuantizeLinear ...) or ORT contrib (DynamicQuantizeMatMul,
+        // MatMulIntegerToFloat, QGemm ...) integer operators.
+        bool hasIntegerOp = model.Graph.Node.Any(n =>
+            n.OpType.Contains("Integer", StringComparison.Ordinal) || n.OpType.Contains("Quantize", StringComparison.Ordinal)
+            || n.OpType.StartsWith("QLinear", StringComparison.Ordinal) || n.OpType == "QGemm");
+        bool hasIntegerWeights = model.Graph.Initializer.Any(t =>
+            t.DataType == (int)TensorProto.Types.DataType.Int8 || t.DataType == (int)TensorProto.Types.DataType.Uint8);
+        Assert.IsTrue(hasIntegerOp && hasIntegerWeights,
+            "expected integer operators and int8/uint8 weights, found ops: " + string.Join(", ", model.Graph.Node.Select(n => n.OpType)));
+    }
+
+    private static string ProvidePackage(string feed)
+    {
+        if (Environment.GetEnvironmentVariable("COMPRESSONBUILD_TEST_PACKAGE") is { Length: > 0 } given)
+        {
+            Match m = Regex.Match(Path.GetFileName(given), @"^CompressOnBuild\.(.+)\.nupkg$", RegexOptions.IgnoreCase);
+            Assert.IsTrue(File.Exists(given) && m.Success, $"COMPRESSONBUILD_TEST_PACKAGE='{given}' is not a CompressOnBuild .nupkg");
+            File.Copy(given, Path.Combine(feed, Path.GetFileName(given)));
+            return m.Groups[1].Value;
+        }
+
+        // Pack with the artifacts folder and configuration this test assembly was built with, so the worker and
+        // its dependencies are normally already built.
+        string binDir = Path.GetFullPath(AppContext.BaseDirectory).TrimEnd(Path.DirectorySeparatorChar);
+        string configuration = Path.GetFileName(binDir);
+        string? artifacts = Path.GetDirectoryName(Path.GetDirectoryName(Path.GetDirectoryName(binDir)));
+        bool artifactsLayout = artifacts != null && Path.GetFileName(Path.GetDirectoryName(Path.GetDirectoryName(binDir))) == "bin";
+        string artifactsPath = artifactsLayout ? artifacts! : Path.Combine(Corpus.RepoRoot, "artifacts");
+        string config = artifactsLayout && configuration.StartsWith("release", StringComparison.OrdinalIgnoreCase) ? "Release" : "Debug";
+
+        string version = "0.1.0-it." + DateTime.UtcNow.ToString("yyyyMMddHHmmssfff", System.Globalization.CultureInfo.InvariantCulture);
+        ProcessResult pack = DotNetProcess.Run(Corpus.RepoRoot, new Dictionary<string, string?>(), Timeout,
+            "pack", Path.Combine(Corpus.RepoRoot, "src", "CompressOnBuild.Tasks", "CompressOnBuild.Tasks.csproj"),
+            "-c", config, "-nologo", "-nodeReuse:false", "-v:m",
+            "-p:Version=" + version, "-p:PackageOutputPath=" + feed + Path.DirectorySeparatorChar, "-p:ArtifactsPath=" + artifactsPath);
+        Assert.AreEqual(0, pack.ExitCode, "dotnet pack failed:\n" + pack.Tail());
+        Assert.IsTrue(File.Exists(Path.Combine(feed, $"CompressOnBuild.{version}.nupkg")), pack.Tail());
+        return version;
+    }
+
+    private static void WriteApp(string version, string feed, string machinePackages)
+    {
+        string ortVersion = Regex.Match(
+            File.ReadAllText(Path.Combine(Corpus.RepoRoot, "Directory.Packages.props")),
+            @"<OnnxRuntimeVersion>([^<]+)</OnnxRuntimeVersion>").Groups[1].Value;
+        Assert.IsFalse(string.IsNullOrEmpty(ortVersion), "OnnxRuntimeVersion not found in Directory.Packages.props");
+
+        // Nothing above the temporary folder may shape this build.
+        File.WriteAllText(Path.Combine(s_root, "Directory.Build.props"), "<Project />\n");
+        File.WriteAllText(Path.Combine(s_root, "Directory.Build.targets"), "<Project />\n");
+        File.WriteAllText(Path.Combine(s_root, "Directory.Packages.props"),
+            "<Project><PropertyGroup><ManagePackageVersionsCentrally>false</ManagePackageVersionsCentrally></PropertyGroup></Project>\n");
+        File.WriteAllText(Path.Combine(s_root, "nuget.config"), $"""
+            <?xml version="1.0" encoding="utf-8"?>
+            <configuration>
+              <packageSources>
+                <add key="compressonbuild-test-feed" value="{feed}" />
+              </packageSources>
+            </configuration>
+            """);
+        File.WriteAllText(Path.Combine(s_app, "app.csproj"), $"""
+            <Project Sdk="Microsoft.NET.Sdk">
+              <PropertyGroup>
+                <OutputType>Exe</OutputType>
+                <TargetFramework>net10.0</TargetFramework>
+                <ImplicitUsings>enable</ImplicitUsings>
+                <Nullable>enable</Nullable>
+                <RestoreAdditionalProjectFallbackFolders>{machinePackages}</RestoreAdditionalProjectFallbackFolders>
+                <NuGetAudit>false</NuGetAudit>
+              </PropertyGroup>
+              <ItemGroup>
+                <PackageReference Include="CompressOnBuild" Version="{version}" />
+                <PackageReference Include="Microsoft.ML.OnnxRuntime" Version="{ortVersion}" />
+                <PackageReference Include="System.Numerics.Tensors" Version="9.0.19" />
+              </ItemGroup>
+              <ItemGroup>
+                <CompressModel Include="generated/shapes.onnx"
+                               ValidationData="generated/val-images-idx3-ubyte"
+                               Labels="generated/val-labels-idx1-ubyte"
+                               MaxAccuracyDrop="3.0"
+                               MinAgreement="0.95"
+                               MaxSizeKB="$(TestMaxSizeKB)" />
+              </ItemGroup>
+            </Project>
+            """);
+        File.WriteAllText(Path.Combine(s_app, "Program.cs"), """
+            using Microsoft.ML.OnnxRuntime;
+            using Microsoft.ML.OnnxRuntime.Tensors;
+
+            string model = Path.Combine(AppContext.BaseDirectory, "generated", "shapes.onnx");
+            using var session = new InferenceSession(model);
+            var input = new DenseTensor<float>(new[] { 2, 784 });
+            using var results = session.Run(new[] { NamedOnnxValue.CreateFromTensor(session.InputMetadata.Keys.First(), input) });
+            Console.WriteLine($"APP-OK {results.First().AsTensor<float>().Dimensions[1]} {new FileInfo(model).Length}");
+            """);
+    }
+
+    private static string Hash(string path) => Convert.ToHexString(SHA256.HashData(File.ReadAllBytes(path)));
+
+    [GeneratedRegex(@"^.*error CMPR0401.*$", RegexOptions.Multiline)]
+    private static partial Regex ErrorLine();
+}
