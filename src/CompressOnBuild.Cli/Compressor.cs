@@ -12,7 +12,7 @@ namespace CompressOnBuild.Cli;
 internal sealed record Attempt(
     string Path,
     IReadOnlyList<string> ExcludedNodes,
-    QuantizationSummary? Quantization,
+    PassResult? Quantization,
     long CompressedBytes,
     string CompressedSha256,
     ValidationResult Validation,
@@ -125,19 +125,19 @@ internal static class Compressor
         return RandomInputs.Create(inputs, samples: 16, seed: 20261123);
     }
 
-    private static void AddPassDiagnostics(ItemResult result, QuantizationSummary? summary)
+    private static void AddPassDiagnostics(ItemResult result, PassResult? summary)
     {
         ItemSettings s = result.Settings;
         if (summary == null)
         {
             return;
         }
-        if (summary.AlreadyQuantized)
+        if (summary.Unchanged)
         {
             result.Diagnostics.Add(new Diagnostic("warning", DiagnosticCodes.AlreadyQuantized, s.Model,
-                DiagnosticCodes.FormatWithoutCode(DiagnosticCodes.AlreadyQuantized, s.Model, summary.AlreadyQuantizedReason)));
+                DiagnosticCodes.FormatWithoutCode(DiagnosticCodes.AlreadyQuantized, s.Model, summary.UnchangedReason)));
         }
-        else if (summary.NothingToQuantize && s.NodesToExclude.Count == 0)
+        else if (summary.NothingDone && s.NodesToExclude.Count == 0)
         {
             result.Diagnostics.Add(new Diagnostic("warning", DiagnosticCodes.NothingToQuantize, s.Model,
                 DiagnosticCodes.FormatWithoutCode(DiagnosticCodes.NothingToQuantize, s.Model, s.QuantizationText)));
@@ -229,11 +229,14 @@ internal sealed class AttemptContext(ItemSettings settings, ModelProto original,
     {
         var watch = Stopwatch.StartNew();
         ModelProto candidate = original.Clone();
-        QuantizationSummary? summary = null;
-        if (settings.Quantization == QuantizationScheme.Int8Dynamic)
+        PassResult? summary = settings.Quantization switch
         {
-            summary = Int8DynamicQuantizer.Apply(candidate, new QuantizationOptions { ExcludedNodes = excluded }, settings.Model);
-        }
+            QuantizationScheme.Int8Dynamic => PassResult.From(Int8DynamicQuantizer.Apply(candidate, new QuantizationOptions { ExcludedNodes = excluded }, settings.Model)),
+            QuantizationScheme.Float16 => PassResult.From(Float16Converter.Apply(candidate, new Float16Options { ExcludedNodes = excluded }, settings.Model)),
+            QuantizationScheme.Int4Weights => PassResult.From(Int4WeightQuantizer.Apply(candidate,
+                new Int4Options { ExcludedNodes = excluded, BlockSize = settings.Int4BlockSize, Symmetric = settings.Int4Symmetric }, settings.Model)),
+            _ => null,
+        };
         Compressor.AddProvenance(candidate, settings, excluded);
         string path = Path.Combine(workDirectory, (++_count).ToString(System.Globalization.CultureInfo.InvariantCulture), fileName);
         ModelIO.Save(candidate, path);

@@ -14,7 +14,8 @@ internal static class Help
         Item options (metadata name in brackets):
           --output <path>                   [computed by the build] where the compressed model goes (written atomically)
           --report <path>                   report.json with every metric and budget, plus .md and .html beside it
-          --quantization <scheme>           [Quantization] None | Int8 | Int8Dynamic  (Int8Static, Float16, Int4Weights: not yet)
+          --quantization <scheme>           [Quantization] None | Int8 | Int8Dynamic | Float16 | Int4Weights[:<block>][:sym|asym]
+                                            (Int8Static: not yet)
           --pruning <method>                [Pruning] None  (Magnitude:<s>, Global:<s>, NofM:<n>:<m>, Channels:<f>: not yet)
           --validation-data <path>          [ValidationData] test_data_set_* folders / input_*.pb, .npy/.npz, IDX, image folders
           --labels <path>                   [Labels] IDX labels for IDX images

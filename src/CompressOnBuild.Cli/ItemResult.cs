@@ -16,7 +16,7 @@ internal sealed class ItemResult
     public long CompressedBytes { get; set; }
     public string? OriginalSha256 { get; set; }
     public string? CompressedSha256 { get; set; }
-    public QuantizationSummary? Quantization { get; set; }
+    public PassResult? Quantization { get; set; }
     public ValidationResult? Validation { get; set; }
     public string ValidationSource { get; set; } = "none";
     public List<BudgetOutcome> Budgets { get; } = [];

@@ -7,6 +7,8 @@ internal enum QuantizationScheme
 {
     None,
     Int8Dynamic,
+    Float16,
+    Int4Weights,
 }
 
 /// <summary>A budget as set by the user: its metadata name, the limit, and whether larger measured values are better.</summary>
@@ -23,6 +25,8 @@ internal sealed class ItemSettings
     public string? Report { get; init; }
     public required string QuantizationText { get; init; }
     public required QuantizationScheme Quantization { get; init; }
+    public int Int4BlockSize { get; init; } = 32;
+    public bool Int4Symmetric { get; init; } = true;
     public string? ValidationData { get; init; }
     public string? Labels { get; init; }
     public string? Preprocessing { get; init; }
@@ -47,14 +51,37 @@ internal sealed class ItemSettings
 
         string qText = r.Get("Quantization") ?? "Int8";
         bool hasCalibration = r.Get("CalibrationData") != null;
-        QuantizationScheme scheme = qText.ToUpperInvariant() switch
+        string[] qParts = qText.Split(':', StringSplitOptions.TrimEntries);
+        int int4Block = 32;
+        bool int4Symmetric = true;
+        QuantizationScheme scheme = qParts[0].ToUpperInvariant() switch
         {
-            "NONE" => QuantizationScheme.None,
-            "INT8" when !hasCalibration => QuantizationScheme.Int8Dynamic,
-            "INT8DYNAMIC" => QuantizationScheme.Int8Dynamic,
-            "INT8" or "INT8STATIC" or "FLOAT16" or "INT4WEIGHTS" => throw NotYet("Quantization", hasCalibration && qText.Equals("Int8", StringComparison.OrdinalIgnoreCase) ? "Int8 with CalibrationData (static int8)" : qText),
-            _ => throw Invalid("Quantization", qText, "use None, Int8, Int8Dynamic, Int8Static, Float16 or Int4Weights"),
+            "NONE" when qParts.Length == 1 => QuantizationScheme.None,
+            "INT8" when !hasCalibration && qParts.Length == 1 => QuantizationScheme.Int8Dynamic,
+            "INT8DYNAMIC" when qParts.Length == 1 => QuantizationScheme.Int8Dynamic,
+            "FLOAT16" when qParts.Length == 1 => QuantizationScheme.Float16,
+            "INT4WEIGHTS" => QuantizationScheme.Int4Weights,
+            "INT8" or "INT8STATIC" when qParts.Length == 1 => throw NotYet("Quantization", hasCalibration && qText.Equals("Int8", StringComparison.OrdinalIgnoreCase) ? "Int8 with CalibrationData (static int8)" : qText),
+            _ => throw Invalid("Quantization", qText, "use None, Int8, Int8Dynamic, Int8Static, Float16 or Int4Weights[:<block size 16|32|64|128>][:sym|asym]"),
         };
+        if (scheme == QuantizationScheme.Int4Weights)
+        {
+            foreach (string part in qParts.Skip(1))
+            {
+                if (int.TryParse(part, NumberStyles.None, CultureInfo.InvariantCulture, out int block) && block is 16 or 32 or 64 or 128)
+                {
+                    int4Block = block;
+                }
+                else if (part.Equals("sym", StringComparison.OrdinalIgnoreCase) || part.Equals("asym", StringComparison.OrdinalIgnoreCase))
+                {
+                    int4Symmetric = part.Equals("sym", StringComparison.OrdinalIgnoreCase);
+                }
+                else
+                {
+                    throw Invalid("Quantization", qText, "Int4Weights takes an optional block size (16, 32, 64 or 128) and sym or asym, e.g. Int4Weights:64:asym");
+                }
+            }
+        }
         if (hasCalibration)
         {
             throw NotYet("CalibrationData", r.Get("CalibrationData")!);
@@ -132,7 +159,7 @@ internal sealed class ItemSettings
 
         var effective = new SortedDictionary<string, string>(StringComparer.Ordinal)
         {
-            ["Quantization"] = scheme.ToString(),
+            ["Quantization"] = scheme == QuantizationScheme.Int4Weights ? $"Int4Weights:{int4Block}:{(int4Symmetric ? "sym" : "asym")}" : scheme.ToString(),
             ["Pruning"] = "None",
         };
         foreach ((string k, string v) in r.Values)
@@ -151,6 +178,8 @@ internal sealed class ItemSettings
             Report = r.Get("Report"),
             QuantizationText = qText,
             Quantization = scheme,
+            Int4BlockSize = int4Block,
+            Int4Symmetric = int4Symmetric,
             ValidationData = validation,
             Labels = labels,
             Preprocessing = r.Get("Preprocessing"),

@@ -1,7 +1,6 @@
 using System.Globalization;
 using System.Text.Json;
 using System.Text.Json.Nodes;
-using CompressOnBuild.Core.Passes;
 using CompressOnBuild.Validation;
 
 namespace CompressOnBuild.Cli;
@@ -98,15 +97,19 @@ internal static class Report
         }).ToArray()),
     };
 
-    private static JsonObject Quantization(QuantizationSummary q) => new()
+    private static JsonObject Quantization(PassResult q)
     {
-        ["scheme"] = "Int8Dynamic",
-        ["weightEncoding"] = q.WeightEncoding.ToString(),
-        ["alreadyQuantized"] = q.AlreadyQuantized,
-        ["alreadyQuantizedReason"] = q.AlreadyQuantizedReason,
-        ["floatWeightBytes"] = q.FloatWeightBytes,
-        ["quantizedWeightBytes"] = q.QuantizedWeightBytes,
-        ["quantizedNodes"] = new JsonArray(q.Quantized.Select(n => (JsonNode)new JsonObject
+        var o = new JsonObject
+        {
+            ["scheme"] = q.Scheme,
+            ["alreadyQuantized"] = q.Unchanged,
+            ["alreadyQuantizedReason"] = q.UnchangedReason,
+        };
+        foreach ((string k, JsonNode? v) in q.Details)
+        {
+            o[k] = v?.DeepClone();
+        }
+        o["quantizedNodes"] = new JsonArray(q.Nodes.Select(n => (JsonNode)new JsonObject
         {
             ["node"] = n.Node,
             ["opType"] = n.OpType,
@@ -114,14 +117,15 @@ internal static class Report
             ["rows"] = n.Rows,
             ["columns"] = n.Columns,
             ["maxAbsWeightError"] = n.MaxAbsWeightError,
-        }).ToArray()),
-        ["skippedNodes"] = new JsonArray(q.Skipped.Select(n => (JsonNode)new JsonObject
+        }).ToArray());
+        o["skippedNodes"] = new JsonArray(q.Skipped.Select(n => (JsonNode)new JsonObject
         {
             ["node"] = n.Node,
             ["opType"] = n.OpType,
             ["reason"] = n.Reason,
-        }).ToArray()),
-    };
+        }).ToArray());
+        return o;
+    }
 
     private static JsonObject Validation(ValidationResult v, string source) => new()
     {

@@ -33,7 +33,7 @@ internal static class Tuner
         bool OutOfTime() => watch.Elapsed.TotalSeconds >= budget;
         var trials = new List<Attempt> { first };
         IReadOnlyList<string> userExcluded = ctx.Settings.NodesToExclude;
-        List<string> candidates = first.Quantization?.Quantized.Select(q => q.Node).ToList() ?? [];
+        List<string> candidates = first.Quantization?.Nodes.Select(q => q.Node).ToList() ?? [];
         if (candidates.Count == 0)
         {
             return new TuningResult(budget, watch.Elapsed.TotalSeconds, 0, [], trials, first, first.Passed, false);

@@ -150,9 +150,7 @@ public sealed class CompressCommandTests
     }
 
     [TestMethod]
-    [DataRow("--quantization", "Float16")]
     [DataRow("--quantization", "Int8Static")]
-    [DataRow("--quantization", "Int4Weights")]
     [DataRow("--pruning", "Magnitude:0.5")]
     [DataRow("--pruning", "NofM:2:4")]
     [DataRow("--pruning", "Channels:0.3")]
@@ -169,6 +167,8 @@ public sealed class CompressCommandTests
 
     [TestMethod]
     [DataRow("--quantization", "Int9", "CMPR0003")]
+    [DataRow("--quantization", "Int4Weights:48", "CMPR0003")]
+    [DataRow("--quantization", "Float16:64", "CMPR0003")]
     [DataRow("--pruning", "Magnitude:1.5", "CMPR0003")]
     [DataRow("--pruning", "NofM:4:2", "CMPR0003")]
     [DataRow("--min-agreement", "1.5", "CMPR0003")]
@@ -375,5 +375,21 @@ public sealed class CompressCommandTests
         string html = File.ReadAllText(P("h.html"));
         Assert.IsFalse(html.Contains("<script>", StringComparison.Ordinal));
         StringAssert.Contains(html, "&lt;script&gt;");
+    }
+
+    [TestMethod]
+    [DataRow("Float16", 1.95, 0.1)]
+    [DataRow("Int4Weights", 6.0, 1.5)]
+    [DataRow("Int4Weights:64:asym", 6.0, 1.5)]
+    public void OtherSchemesMeetTheirSizeAndAccuracyTargetsOnMnistMlp(string scheme, double minRatio, double maxDrop)
+    {
+        CliRun run = CliHarness.InProcess("compress", Corpus.Model("mnist-mlp-gemm"), "--output", P("s.onnx"), "--report", P("s.json"),
+            "--quantization", scheme,
+            "--validation-data", Corpus.Dataset("mnist", "t10k-images-idx3-ubyte"), "--labels", Corpus.Dataset("mnist", "t10k-labels-idx1-ubyte"),
+            "--min-compression-ratio", minRatio.ToString(CultureInfo.InvariantCulture), "--max-accuracy-drop", maxDrop.ToString(CultureInfo.InvariantCulture));
+        Assert.AreEqual(0, run.ExitCode, run.Output);
+        JsonNode report = JsonNode.Parse(File.ReadAllText(P("s.json")))!;
+        Assert.AreEqual(scheme.Split(':')[0], report["quantization"]!["scheme"]!.GetValue<string>());
+        Assert.IsTrue(report["model"]!["compressionRatio"]!.GetValue<double>() >= minRatio);
     }
 }
