@@ -140,6 +140,38 @@ public sealed partial class PackageIntegrationTests
         AssertCompressed(Path.Combine(publish, "generated", "shapes.onnx"));
     }
 
+    [TestMethod]
+    public void MultiTargetedProject_CompressesOnceAndShipsToEveryFramework()
+    {
+        string lib = Path.Combine(s_root, "multi");
+        Directory.CreateDirectory(lib);
+        string version = Regex.Match(File.ReadAllText(Path.Combine(s_app, "app.csproj")), "Include=\"CompressOnBuild\" Version=\"([^\"]+)\"").Groups[1].Value;
+        string fallback = Regex.Match(File.ReadAllText(Path.Combine(s_app, "app.csproj")), "<RestoreAdditionalProjectFallbackFolders>([^<]+)<").Groups[1].Value;
+        File.WriteAllText(Path.Combine(lib, "multi.csproj"), $"""
+            <Project Sdk="Microsoft.NET.Sdk">
+              <PropertyGroup>
+                <TargetFrameworks>net10.0;netstandard2.0</TargetFrameworks>
+                <RestoreAdditionalProjectFallbackFolders>{fallback}</RestoreAdditionalProjectFallbackFolders>
+                <NuGetAudit>false</NuGetAudit>
+              </PropertyGroup>
+              <ItemGroup>
+                <PackageReference Include="CompressOnBuild" Version="{version}" />
+                <CompressModel Include="../app/generated/shapes.onnx" Link="models/shapes.onnx" />
+              </ItemGroup>
+            </Project>
+            """);
+        File.WriteAllText(Path.Combine(lib, "Lib.cs"), "namespace Multi { public static class Lib { } }\n");
+
+        string binlog = Path.Combine(s_root, $"{++s_buildNumber:D2}-multi.binlog");
+        ProcessResult result = DotNetProcess.Run(lib, s_environment, Timeout,
+            "build", Path.Combine(lib, "multi.csproj"), "-nologo", "-nodeReuse:false", "-v:n", "-bl:" + binlog);
+        Assert.AreEqual(0, result.ExitCode, result.Tail());
+        Assert.AreEqual(1, Regex.Count(result.Output, "^\\s*CompressOnBuild: ", RegexOptions.Multiline),
+            "the worker runs once for all target frameworks:\n" + result.Tail());
+        AssertCompressed(Path.Combine(lib, "bin", "Debug", "net10.0", "models", "shapes.onnx"));
+        AssertCompressed(Path.Combine(lib, "bin", "Debug", "netstandard2.0", "models", "shapes.onnx"));
+    }
+
     private static ProcessResult Build(string verb, string name, params string[] arguments)
     {
         string binlog = Path.Combine(s_root, $"{++s_buildNumber:D2}-{name}.binlog");
