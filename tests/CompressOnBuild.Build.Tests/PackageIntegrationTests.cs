@@ -141,6 +141,25 @@ public sealed partial class PackageIntegrationTests
     }
 
     [TestMethod]
+    public void Clean_RemovesTheCompressedModelAndItsFiles()
+    {
+        // Release without a runtime identifier: a configuration no other test uses.
+        ProcessResult build = Build("build", "release", "-c", "Release");
+        Assert.AreEqual(0, build.ExitCode, build.Tail());
+        string intermediate = Path.Combine(s_app, "obj", "Release", "net10.0", "CompressOnBuild");
+        string shipped = Path.Combine(s_app, "bin", "Release", "net10.0", "generated", "shapes.onnx");
+        Assert.IsTrue(File.Exists(shipped));
+        Assert.IsNotEmpty(Directory.GetFiles(intermediate, "*", SearchOption.AllDirectories));
+
+        ProcessResult clean = Build("clean", "clean", "-c", "Release");
+        Assert.AreEqual(0, clean.ExitCode, clean.Tail());
+        Assert.IsFalse(File.Exists(shipped), "clean removes the shipped model");
+        string[] left = Directory.Exists(intermediate) ? Directory.GetFiles(intermediate, "*", SearchOption.AllDirectories) : [];
+        Assert.IsEmpty(left, "clean leaves: " + string.Join(", ", left));
+        Assert.AreEqual(s_sourceHash, Hash(SourceModel), "clean never touches the source model");
+    }
+
+    [TestMethod]
     public void MultiTargetedProject_CompressesOnceAndShipsToEveryFramework()
     {
         string lib = Path.Combine(s_root, "multi");
