@@ -195,9 +195,94 @@ internal sealed class PassGraph
         }
     }
 
-    public NodeProto Node(string opType, string name, IEnumerable<string> inputs, IEnumerable<string> outputs, string domain = "")
+    /// <summary>
+    /// A constant float32 tensor behind <paramref name="name"/>: a non-overridable initializer, a Constant node, or a
+    /// Reshape of those by a constant int64 shape. <paramref name="chain"/> lists the nodes that computed it and
+    /// <paramref name="sources"/> the initializers/values they read (for cleanup once nothing else uses them).
+    /// </summary>
+    public bool TryConstantFloat(string name, string displayName, out float[] data, out long[] dims, out List<NodeProto> chain, out List<string> sources)
     {
-        var n = new NodeProto { OpType = opType, Name = Unique(name), Domain = domain };
+        data = [];
+        dims = [];
+        chain = [];
+        sources = [name];
+        if (IsConstantInitializer(name))
+        {
+            TensorProto t = Initializers[name];
+            if (t.DataType != (int)TensorProto.Types.DataType.Float)
+            {
+                return false;
+            }
+            data = Floats(t, displayName);
+            dims = [.. t.Dims];
+            return true;
+        }
+        if (!Producers.TryGetValue(name, out NodeProto? producer) || ModelChecker.NormalizeDomain(producer.Domain).Length != 0)
+        {
+            return false;
+        }
+        if (producer.OpType == "Constant")
+        {
+            if (producer.Attribute.FirstOrDefault(a => a.Name == "value")?.T is not { DataType: (int)TensorProto.Types.DataType.Float } t)
+            {
+                return false;
+            }
+            data = Floats(t, displayName);
+            dims = [.. t.Dims];
+            chain.Add(producer);
+            return true;
+        }
+        if (producer.OpType == "Reshape" && producer.Input.Count == 2 && IntAttr(producer, "allowzero", 0) == 0
+            && TryConstantFloat(producer.Input[0], displayName, out float[] inner, out long[] innerDims, out List<NodeProto> innerChain, out List<string> innerSources)
+            && IsConstantInitializer(producer.Input[1]) && Initializers[producer.Input[1]].DataType == (int)TensorProto.Types.DataType.Int64)
+        {
+            long[] shape = TensorUtil.ToInt64Array(Initializers[producer.Input[1]]);
+            long known = 1;
+            int inferred = -1;
+            var result = new long[shape.Length];
+            for (int i = 0; i < shape.Length; i++)
+            {
+                long d = shape[i] == 0 && i < innerDims.Length ? innerDims[i] : shape[i];
+                if (d == -1 && inferred < 0)
+                {
+                    inferred = i;
+                    continue;
+                }
+                if (d <= 0)
+                {
+                    return false;
+                }
+                result[i] = d;
+                known *= d;
+            }
+            if (inferred >= 0)
+            {
+                if (known == 0 || inner.Length % known != 0)
+                {
+                    return false;
+                }
+                result[inferred] = inner.Length / known;
+                known *= result[inferred];
+            }
+            if (known != inner.Length)
+            {
+                return false;
+            }
+            data = inner;
+            dims = result;
+            chain.AddRange(innerChain);
+            chain.Add(producer);
+            sources.AddRange(innerSources);
+            sources.Add(producer.Input[1]);
+            return true;
+        }
+        return false;
+    }
+
+    /// <summary>A new node; <paramref name="name"/> null leaves it unnamed (names are optional; saves bytes in small models).</summary>
+    public NodeProto Node(string opType, string? name, IEnumerable<string> inputs, IEnumerable<string> outputs, string domain = "")
+    {
+        var n = new NodeProto { OpType = opType, Name = name == null ? "" : Unique(name), Domain = domain };
         n.Input.AddRange(inputs);
         n.Output.AddRange(outputs);
         return n;

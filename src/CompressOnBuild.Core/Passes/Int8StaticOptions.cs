@@ -1,0 +1,72 @@
+namespace CompressOnBuild.Core.Passes;
+
+/// <summary>The observed float range of one tensor.</summary>
+public readonly record struct TensorRange(float Min, float Max);
+
+/// <summary>Activation ranges from calibration (CompressOnBuild.Validation.Calibrator), by tensor name.</summary>
+public sealed class CalibrationResult
+{
+    public required IReadOnlyDictionary<string, TensorRange> Ranges { get; init; }
+
+    /// <summary>"MinMax", "Percentile 99.99", ...</summary>
+    public string Method { get; init; } = "MinMax";
+
+    /// <summary>Samples the ranges were collected from.</summary>
+    public int Samples { get; init; }
+}
+
+/// <summary>Settings for <see cref="Int8StaticQuantizer"/>.</summary>
+public sealed class Int8StaticOptions
+{
+    public static Int8StaticOptions Default { get; } = new();
+
+    /// <summary>
+    /// Weight storage (symmetric per channel). Default <see cref="WeightEncoding.Int8ReducedRange"/>: measured on this
+    /// AVX2 (no VNNI) CPU with ORT 1.31.1, see the Passes tests: ORT's u8s8 integer kernels multiply with vpmaddubsw,
+    /// whose int16 pair sums saturate for full-range int8 weights; 7-bit weights cannot saturate.
+    /// </summary>
+    public WeightEncoding WeightEncoding { get; init; } = WeightEncoding.Int8ReducedRange;
+
+    /// <summary>One scale per output channel (needs default opset 13; older models are raised when safe). Default true.</summary>
+    public bool PerChannel { get; init; } = true;
+
+    /// <summary>Weights with fewer elements than this stay float. Default 16.</summary>
+    public long MinimumWeightElements { get; init; } = 16;
+
+    /// <summary>Node names (or, for unnamed nodes, their first output) that must stay float.</summary>
+    public IReadOnlyCollection<string> ExcludedNodes { get; init; } = [];
+}
+
+/// <summary>What <see cref="Int8StaticQuantizer.Apply"/> did.</summary>
+public sealed class Int8StaticSummary
+{
+    public required string ModelDisplayName { get; init; }
+
+    public WeightEncoding WeightEncoding { get; init; }
+
+    /// <summary>Whether weights got one scale per output channel (false when the opset could not be raised to 13).</summary>
+    public bool PerChannel { get; init; }
+
+    public bool AlreadyQuantized { get; init; }
+
+    public string? AlreadyQuantizedReason { get; init; }
+
+    /// <summary>Quantized Conv/MatMul/Gemm nodes (Rows = reduction size, Columns = output channels).</summary>
+    public IReadOnlyList<QuantizedNode> Quantized { get; init; } = [];
+
+    public IReadOnlyList<SkippedNode> Skipped { get; init; } = [];
+
+    /// <summary>Activation tensors that got a QuantizeLinear/DequantizeLinear pair.</summary>
+    public int QuantizedActivations { get; init; }
+
+    /// <summary>Default opset before the pass when it was raised (to 13 for per-channel weights), else null.</summary>
+    public long? OpsetRaisedFrom { get; init; }
+
+    public bool NothingToQuantize => !AlreadyQuantized && Quantized.Count == 0;
+
+    public long ModelBytesBefore { get; init; }
+
+    public long ModelBytesAfter { get; init; }
+
+    public double SizeRatio => ModelBytesBefore == 0 ? 1.0 : (double)ModelBytesAfter / ModelBytesBefore;
+}

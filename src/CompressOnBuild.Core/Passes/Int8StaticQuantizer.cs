@@ -1,0 +1,608 @@
+using CompressOnBuild.Core.Onnx;
+using CompressOnBuild.Kernels;
+using CompressOnBuild.Onnx;
+using DataType = CompressOnBuild.Onnx.TensorProto.Types.DataType;
+
+namespace CompressOnBuild.Core.Passes;
+
+/// <summary>
+/// Static int8 quantization in QDQ form. Conv, MatMul and Gemm with constant float32 weights read their activation
+/// through QuantizeLinear -> DequantizeLinear (uint8, asymmetric, range from calibration), their weight through a
+/// DequantizeLinear of int8 data (symmetric, per output channel: Conv axis 0, MatMul axis 1, Gemm axis 0 with transB
+/// else 1) and their bias through a DequantizeLinear of int32 data with scale = activation scale x weight scale.
+/// Their result (after a single following Relu, which ORT then folds into the zero point) gets a Q/DQ pair when a
+/// later quantized node reads it, directly or through MaxPool/Reshape/Flatten/Transpose/Squeeze/Unsqueeze, which
+/// keep the pair's parameters so ORT runs them on uint8. ORT's optimizer turns these patterns into QLinearConv,
+/// QLinearMatMul, QGemm, MatMulIntegerToFloat. Graph inputs and outputs stay float32. A Conv whose only consumer adds
+/// a per-channel constant gets that constant folded into its bias first (CNTK-style exports).
+/// </summary>
+public static class Int8StaticQuantizer
+{
+    private static readonly HashSet<string> Passthrough = new(StringComparer.Ordinal)
+    {
+        "MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze",
+    };
+
+    /// <summary>Default-domain ops whose meaning is unchanged from opset 7 to 13 (so a model can be raised to 13).</summary>
+    private static readonly HashSet<string> SameMeaningUpToOpset13 = new(StringComparer.Ordinal)
+    {
+        "Conv", "Relu", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Add", "Sub", "Mul", "Div",
+        "Reshape", "Flatten", "Gemm", "MatMul", "Transpose", "Concat", "Sigmoid", "Tanh", "LeakyRelu", "Identity",
+        "Constant", "Sum", "Exp", "Log", "Sqrt", "Abs", "Neg", "Shape", "Gather", "Cast", "Max", "Min", "Floor", "Ceil",
+        "Elu", "Selu", "PRelu", "BatchNormalization",
+    };
+
+    /// <summary>The tensors whose ranges <see cref="Apply"/> needs: activation inputs and results of the nodes it would quantize.</summary>
+    public static IReadOnlyList<string> TensorsToCalibrate(ModelProto model, Int8StaticOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        ArgumentNullException.ThrowIfNull(options);
+        if (model.Graph == null || Int8DynamicQuantizer.DescribeQuantizedOps(model) != null)
+        {
+            return [];
+        }
+        var work = model.Clone();
+        var rewriter = new Rewriter(new PassGraph(work), options, "calibration", null);
+        return rewriter.Plan();
+    }
+
+    /// <summary>Quantizes <paramref name="model"/> in place (the caller passes a copy) with the calibrated ranges.</summary>
+    /// <exception cref="CompressException">CMPR0202 for NaN/infinite weights, CMPR0103 for a model without a graph.</exception>
+    public static Int8StaticSummary Apply(ModelProto model, CalibrationResult calibration, Int8StaticOptions options, string displayName)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        ArgumentNullException.ThrowIfNull(calibration);
+        ArgumentNullException.ThrowIfNull(options);
+        ArgumentNullException.ThrowIfNull(displayName);
+        if (model.Graph == null)
+        {
+            throw new CompressException(DiagnosticCodes.ModelInvalid, displayName, "it has no graph") { File = displayName };
+        }
+        long before = model.CalculateSize();
+        if (Int8DynamicQuantizer.DescribeQuantizedOps(model) is { } already)
+        {
+            return new Int8StaticSummary
+            {
+                ModelDisplayName = displayName, WeightEncoding = options.WeightEncoding, AlreadyQuantized = true,
+                AlreadyQuantizedReason = already, ModelBytesBefore = before, ModelBytesAfter = before,
+            };
+        }
+        var rewriter = new Rewriter(new PassGraph(model), options, displayName, calibration);
+        rewriter.Run();
+        return new Int8StaticSummary
+        {
+            ModelDisplayName = displayName,
+            WeightEncoding = options.WeightEncoding,
+            PerChannel = rewriter.PerChannel,
+            Quantized = rewriter.Quantized,
+            Skipped = rewriter.Skipped,
+            QuantizedActivations = rewriter.Activations,
+            OpsetRaisedFrom = rewriter.OpsetRaisedFrom,
+            ModelBytesBefore = before,
+            ModelBytesAfter = rewriter.Quantized.Count == 0 ? before : model.CalculateSize(),
+        };
+    }
+
+    /// <summary>Asymmetric uint8 parameters covering [min, max] and zero.</summary>
+    public static (float Scale, byte ZeroPoint) ActivationParameters(TensorRange r)
+    {
+        float min = MathF.Min(0f, r.Min), max = MathF.Max(0f, r.Max);
+        float scale = (max - min) / 255f;
+        if (!(scale > 1e-30f) || !float.IsFinite(scale))
+        {
+            return (1f, 0);
+        }
+        return (scale, (byte)Math.Clamp(MathF.Round(-min / scale, MidpointRounding.ToEven), 0f, 255f));
+    }
+
+    private sealed class Candidate
+    {
+        public required NodeProto Node { get; init; }
+
+        public required float[] Weight { get; init; }
+
+        public required long[] Dims { get; init; }
+
+        public required List<NodeProto> Chain { get; init; }
+
+        public required List<string> Sources { get; init; }
+
+        /// <summary>Weight axis of the output channels.</summary>
+        public int Axis { get; init; }
+
+        public float[]? Bias { get; init; }
+
+        public List<string> BiasSources { get; init; } = [];
+
+        /// <summary>The tensor to quantize after the node: its output, or the output of a single following Relu.</summary>
+        public required string Result { get; init; }
+    }
+
+    private sealed record QParams(string Dq, string Scale, string ZeroPoint, float ScaleValue, byte ZeroValue);
+
+    private sealed class Rewriter(PassGraph g, Int8StaticOptions options, string displayName, CalibrationResult? calibration)
+    {
+        private readonly Dictionary<string, QParams> _quantized = new(StringComparer.Ordinal);
+        private readonly List<string> _removable = [];
+        private readonly List<NodeProto> _removableNodes = [];
+        private Dictionary<string, List<NodeProto>> _consumers = new(StringComparer.Ordinal);
+
+        public List<QuantizedNode> Quantized { get; } = [];
+
+        public List<SkippedNode> Skipped { get; } = [];
+
+        public int Activations { get; private set; }
+
+        public bool PerChannel { get; private set; }
+
+        public long? OpsetRaisedFrom { get; private set; }
+
+        private bool _perTensorAllowed;
+
+        private float Levels => options.WeightEncoding == WeightEncoding.Int8ReducedRange ? 63f : 127f;
+
+        /// <summary>Decides opset handling and candidates; returns the tensors needing ranges.</summary>
+        public List<string> Plan()
+        {
+            _ = FoldConvAdds();
+            List<Candidate> candidates = FindCandidates();
+            var names = new List<string>();
+            foreach (Candidate c in candidates)
+            {
+                names.Add(c.Node.Input[0]);
+                names.Add(c.Result);
+            }
+            return names.Distinct(StringComparer.Ordinal).ToList();
+        }
+
+        public void Run()
+        {
+            if (options.WeightEncoding is not (WeightEncoding.Int8 or WeightEncoding.UInt8 or WeightEncoding.Int8ReducedRange))
+            {
+                throw new CompressException(DiagnosticCodes.InvalidOption, displayName, "WeightEncoding", options.WeightEncoding, "unknown encoding");
+            }
+            long opset = g.OnnxOpset;
+            string? raiseBlocked = RaiseBlockedReason(opset);
+            PerChannel = options.PerChannel && (opset >= 13 || raiseBlocked == null);
+            _perTensorAllowed = opset >= 10 || raiseBlocked == null;
+            if (!_perTensorAllowed)
+            {
+                foreach (NodeProto n in g.Graph.Node.Where(n => n.OpType is "Conv" or "MatMul" or "Gemm"))
+                {
+                    Skipped.Add(new SkippedNode(Int8DynamicQuantizer.Label(n), n.OpType, raiseBlocked!));
+                }
+                return;
+            }
+            List<NodeProto> folded = FoldConvAdds();
+            List<Candidate> candidates = FindCandidates();
+            foreach (Candidate c in candidates)
+            {
+                if (!TensorStats.AllFinite(c.Weight) || (c.Bias != null && !TensorStats.AllFinite(c.Bias)))
+                {
+                    throw new CompressException(DiagnosticCodes.NonFiniteWeights, displayName, c.Sources[^1]) { File = displayName };
+                }
+            }
+            foreach (NodeProto add in folded)
+            {
+                g.Graph.Node.Remove(add);
+            }
+            Rewrite(candidates);
+            if (Quantized.Count == 0)
+            {
+                return;
+            }
+            foreach (NodeProto n in _removableNodes)
+            {
+                HashSet<string> used = g.NodeInputs();
+                used.UnionWith(g.OuterUses());
+                if (!n.Output.Any(used.Contains))
+                {
+                    g.Graph.Node.Remove(n);
+                }
+            }
+            g.RemoveUnusedInitializers(_removable);
+            long target = PerChannel ? 13 : 10;
+            if (opset < target)
+            {
+                OpsetRaisedFrom = opset;
+                g.EnsureOpset("", target);
+            }
+        }
+
+        private string? RaiseBlockedReason(long opset)
+        {
+            if (opset >= 13)
+            {
+                return null;
+            }
+            foreach ((GraphProto graph, _) in ModelWalker.Graphs(g.Model))
+            {
+                foreach (NodeProto n in graph.Node)
+                {
+                    if (ModelChecker.NormalizeDomain(n.Domain).Length == 0 && !SameMeaningUpToOpset13.Contains(n.OpType))
+                    {
+                        return $"per-channel QDQ needs default opset 13, the model has {opset}, and raising it could change what its {n.OpType} nodes mean";
+                    }
+                }
+            }
+            return g.Model.Functions.Count > 0 ? $"the model has opset {opset} and defines functions whose operators would change version too" : null;
+        }
+
+        private void BuildConsumers()
+        {
+            _consumers = new Dictionary<string, List<NodeProto>>(StringComparer.Ordinal);
+            foreach (NodeProto n in g.Graph.Node)
+            {
+                foreach (string i in n.Input.Where(i => i.Length > 0))
+                {
+                    (_consumers.TryGetValue(i, out var list) ? list : _consumers[i] = []).Add(n);
+                }
+            }
+        }
+
+        private List<NodeProto> Consumers(string name) => _consumers.GetValueOrDefault(name) ?? [];
+
+        /// <summary>Conv (no bias or constant bias) whose only consumer is Add(constant with one value per channel): fold into the bias.</summary>
+        private List<NodeProto> FoldConvAdds()
+        {
+            BuildConsumers();
+            HashSet<string> outer = g.OuterUses();
+            var removed = new List<NodeProto>();
+            foreach (NodeProto conv in g.Graph.Node.Where(n => n.OpType == "Conv" && ModelChecker.NormalizeDomain(n.Domain).Length == 0).ToList())
+            {
+                string y = conv.Output[0];
+                if (outer.Contains(y) || Consumers(y) is not [{ OpType: "Add" } add] || add.Input.Count != 2
+                    || !g.TryConstantFloat(conv.Input[1], displayName, out _, out long[] wDims, out _, out _) || wDims.Length < 3)
+                {
+                    continue;
+                }
+                string other = add.Input[0] == y ? add.Input[1] : add.Input[0];
+                if (!g.TryConstantFloat(other, displayName, out float[] addend, out long[] aDims, out _, out List<string> aSources))
+                {
+                    continue;
+                }
+                long m = wDims[0];
+                // Right-aligned against the output [N, M, spatial...]: one value per channel, 1 everywhere else.
+                int rank = wDims.Length;
+                bool perChannel = addend.Length == m && aDims.Length <= rank && aDims.Length >= rank - 1;
+                for (int i = 0; perChannel && i < aDims.Length; i++)
+                {
+                    int outAxis = rank - aDims.Length + i;
+                    perChannel = aDims[i] == (outAxis == 1 ? m : 1) || (aDims[i] == 1 && m == 1);
+                }
+                if (!perChannel)
+                {
+                    continue;
+                }
+                float[] bias = new float[m];
+                if (conv.Input.Count > 2 && conv.Input[2].Length > 0)
+                {
+                    if (!g.TryConstantFloat(conv.Input[2], displayName, out float[] old, out _, out _, out _) || old.Length != m)
+                    {
+                        continue;
+                    }
+                    old.CopyTo(bias, 0);
+                }
+                for (int i = 0; i < m; i++)
+                {
+                    bias[i] += addend[i];
+                }
+                string biasName = g.Unique(Int8DynamicQuantizer.Label(conv) + "_folded_bias");
+                g.AddInitializer(TensorUtil.FromFloats(biasName, bias, m));
+                while (conv.Input.Count < 3)
+                {
+                    conv.Input.Add("");
+                }
+                conv.Input[2] = biasName;
+                conv.Output[0] = add.Output[0];
+                g.Producers[add.Output[0]] = conv;
+                g.RemoveValueInfo(y);
+                removed.Add(add);
+                _removable.AddRange(aSources);
+            }
+            foreach (NodeProto add in removed)
+            {
+                g.Graph.Node.Remove(add);
+            }
+            BuildConsumers();
+            return [];
+        }
+
+        private List<Candidate> FindCandidates()
+        {
+            var result = new List<Candidate>();
+            var excluded = new HashSet<string>(options.ExcludedNodes, StringComparer.Ordinal);
+            HashSet<string> outer = g.OuterUses();
+            foreach (NodeProto node in g.Graph.Node)
+            {
+                if (ModelChecker.NormalizeDomain(node.Domain).Length != 0 || node.OpType is not ("Conv" or "MatMul" or "Gemm") || node.Input.Count < 2)
+                {
+                    continue;
+                }
+                string label = Int8DynamicQuantizer.Label(node);
+                void Skip(string reason) => Skipped.Add(new SkippedNode(label, node.OpType, reason));
+                if (excluded.Contains(label))
+                {
+                    Skip("excluded by the options");
+                    continue;
+                }
+                if (!g.TryConstantFloat(node.Input[1], displayName, out float[] w, out long[] dims, out List<NodeProto> chain, out List<string> sources))
+                {
+                    Skip($"weight '{node.Input[1]}' is not a constant float32 tensor");
+                    continue;
+                }
+                if (w.Length < options.MinimumWeightElements)
+                {
+                    Skip($"weight '{node.Input[1]}' has {w.Length} elements, fewer than the minimum {options.MinimumWeightElements}");
+                    continue;
+                }
+                int axis;
+                if (node.OpType == "Conv")
+                {
+                    if (dims.Length < 3)
+                    {
+                        Skip($"Conv weight '{node.Input[1]}' has rank {dims.Length}");
+                        continue;
+                    }
+                    axis = 0;
+                }
+                else
+                {
+                    if (dims.Length != 2)
+                    {
+                        Skip($"weight '{node.Input[1]}' has rank {dims.Length}; only 2-D weights are quantized");
+                        continue;
+                    }
+                    if (node.OpType == "Gemm" && (PassGraph.IntAttr(node, "transA", 0) != 0 || PassGraph.FloatAttr(node, "alpha", 1f) != 1f))
+                    {
+                        Skip("Gemm with transA or alpha != 1 is not quantized statically");
+                        continue;
+                    }
+                    axis = node.OpType == "Gemm" && PassGraph.IntAttr(node, "transB", 0) != 0 ? 0 : 1;
+                }
+                if (Consumers(node.Input[1]).Any(u => !ReferenceEquals(u, node)) || outer.Contains(node.Input[1]))
+                {
+                    Skip($"weight '{node.Input[1]}' is shared with another node or graph output");
+                    continue;
+                }
+                long channels = dims[axis];
+                float[]? bias = null;
+                var biasSources = new List<string>();
+                if (node.Input.Count > 2 && node.Input[2].Length > 0)
+                {
+                    float beta = node.OpType == "Gemm" ? PassGraph.FloatAttr(node, "beta", 1f) : 1f;
+                    if (!g.TryConstantFloat(node.Input[2], displayName, out float[] b, out long[] bDims, out _, out biasSources)
+                        || !(b.Length == channels && (bDims.Length == 1 || (bDims.Length == 2 && bDims[0] == 1))))
+                    {
+                        Skip($"bias '{node.Input[2]}' is not a constant float32 vector of {channels} elements");
+                        continue;
+                    }
+                    bias = b.Select(v => v * beta).ToArray();
+                }
+                string result2 = node.Output[0];
+                if (!outer.Contains(result2) && Consumers(result2) is [{ OpType: "Relu" } relu] && ModelChecker.NormalizeDomain(relu.Domain).Length == 0)
+                {
+                    result2 = relu.Output[0];
+                }
+                result.Add(new Candidate
+                {
+                    Node = node, Weight = w, Dims = dims, Chain = chain, Sources = sources, Axis = axis, Bias = bias,
+                    BiasSources = biasSources, Result = result2,
+                });
+            }
+            return result;
+        }
+
+        /// <summary>True when a quantized node reads <paramref name="tensor"/>, directly or through passthrough ops.</summary>
+        private bool FeedsQuantized(string tensor, HashSet<NodeProto> quantizedNodes, int depth = 0)
+        {
+            if (depth > 16 || g.Graph.Output.Any(o => o.Name == tensor))
+            {
+                return false;
+            }
+            foreach (NodeProto c in Consumers(tensor))
+            {
+                if (quantizedNodes.Contains(c) && c.Input[0] == tensor)
+                {
+                    return true;
+                }
+                if (Passthrough.Contains(c.OpType) && c.Input[0] == tensor && FeedsQuantized(c.Output[0], quantizedNodes, depth + 1))
+                {
+                    return true;
+                }
+            }
+            return false;
+        }
+
+        private void Rewrite(List<Candidate> all)
+        {
+            BuildConsumers();
+            // Drop candidates without ranges for their input or result before deciding what feeds what.
+            var candidates = new List<Candidate>();
+            foreach (Candidate c in all)
+            {
+                if (!calibration!.Ranges.ContainsKey(c.Node.Input[0]))
+                {
+                    Skipped.Add(new SkippedNode(Int8DynamicQuantizer.Label(c.Node), c.Node.OpType, $"no calibration range for its input '{c.Node.Input[0]}'"));
+                    continue;
+                }
+                candidates.Add(c);
+            }
+            var byNode = new Dictionary<NodeProto, Candidate>(ReferenceEqualityComparer.Instance);
+            foreach (Candidate c in candidates)
+            {
+                byNode[c.Node] = c;
+            }
+            var quantizedNodes = new HashSet<NodeProto>(candidates.Select(c => c.Node), ReferenceEqualityComparer.Instance);
+            var results = new Dictionary<string, Candidate>(StringComparer.Ordinal);
+            HashSet<string> graphOutputs = g.Graph.Output.Select(o => o.Name).ToHashSet(StringComparer.Ordinal);
+            foreach (Candidate c in candidates)
+            {
+                // MatMul results are always quantized (unless a graph output): without a QuantizeLinear after it ORT
+                // folds a following bias Add into a float Gemm; with it the MatMul becomes QLinearMatMul.
+                bool wanted = FeedsQuantized(c.Result, quantizedNodes) || (c.Node.OpType == "MatMul" && !graphOutputs.Contains(c.Result));
+                if (wanted && calibration!.Ranges.ContainsKey(c.Result))
+                {
+                    results[c.Result] = c;
+                }
+            }
+
+            var nodes = new List<NodeProto>();
+            foreach (NodeProto n in g.Graph.Node)
+            {
+                // Rewire inputs that have a Q/DQ pair.
+                for (int i = 0; i < n.Input.Count; i++)
+                {
+                    if (_quantized.TryGetValue(n.Input[i], out QParams? qp))
+                    {
+                        n.Input[i] = qp.Dq;
+                    }
+                }
+                if (byNode.TryGetValue(n, out Candidate? c))
+                {
+                    string x = n.Input[0];
+                    if (!_quantized.Values.Any(q => q.Dq == x))
+                    {
+                        QParams qp = AddQdq(x, ActivationParameters(calibration!.Ranges[x]), nodes);
+                        n.Input[0] = qp.Dq;
+                    }
+                    QParams xq = _quantized.Values.First(q => q.Dq == n.Input[0]);
+                    QuantizeWeightAndBias(c, xq, nodes);
+                }
+                nodes.Add(n);
+                foreach (string o in n.Output)
+                {
+                    if (results.ContainsKey(o))
+                    {
+                        AddQdq(o, ActivationParameters(calibration!.Ranges[o]), nodes);
+                    }
+                    else if (Passthrough.Contains(n.OpType) && n.Input.Count > 0 && o == n.Output[0]
+                        && _quantized.Values.FirstOrDefault(q => q.Dq == n.Input[0]) is { } inQ && FeedsQuantized(o, quantizedNodes))
+                    {
+                        AddQdq(o, (inQ.ScaleValue, inQ.ZeroValue), nodes, inQ);
+                    }
+                }
+            }
+            g.Graph.Node.Clear();
+            g.Graph.Node.AddRange(nodes);
+        }
+
+        private QParams AddQdq(string tensor, (float Scale, byte ZeroPoint) p, List<NodeProto> nodes, QParams? share = null)
+        {
+            string scale = share?.Scale ?? g.Unique(tensor + "_s");
+            string zero = share?.ZeroPoint ?? g.Unique(tensor + "_zp");
+            if (share == null)
+            {
+                g.AddInitializer(TensorUtil.FromFloats(scale, [p.Scale]));
+                g.AddInitializer(TensorUtil.FromUInt8(zero, [p.ZeroPoint]));
+            }
+            string q = g.Unique(tensor + "_q");
+            string dq = g.Unique(tensor + "_dq");
+            nodes.Add(g.Node("QuantizeLinear", null, [tensor, scale, zero], [q]));
+            nodes.Add(g.Node("DequantizeLinear", null, [q, scale, zero], [dq]));
+            var result = new QParams(dq, scale, zero, p.Scale, p.ZeroPoint);
+            _quantized[tensor] = result;
+            Activations++;
+            return result;
+        }
+
+        private void QuantizeWeightAndBias(Candidate c, QParams x, List<NodeProto> nodes)
+        {
+            NodeProto node = c.Node;
+            string label = Int8DynamicQuantizer.Label(node);
+            long[] dims = c.Dims;
+            int channels = (int)dims[c.Axis];
+            int inner = 1;
+            for (int d = c.Axis + 1; d < dims.Length; d++)
+            {
+                inner *= (int)dims[d];
+            }
+            int perChannelCount = c.Weight.Length / channels;
+
+            // Per channel (or one) symmetric scale.
+            var maxAbs = new float[PerChannel ? channels : 1];
+            for (int i = 0; i < c.Weight.Length; i++)
+            {
+                int ch = PerChannel ? i / inner % channels : 0;
+                maxAbs[ch] = MathF.Max(maxAbs[ch], MathF.Abs(c.Weight[i]));
+            }
+            float[] scales = maxAbs.Select(m => m / Levels is var s && s >= 1e-30f && float.IsFinite(s) ? s : 1f).ToArray();
+            bool unsigned = options.WeightEncoding == WeightEncoding.UInt8;
+            float zero = unsigned ? 128f : 0f;
+            var q = new byte[c.Weight.Length];
+            float maxError = 0f;
+            for (int i = 0; i < c.Weight.Length; i++)
+            {
+                float s = scales[PerChannel ? i / inner % channels : 0];
+                float v = MathF.Round(c.Weight[i] / s, MidpointRounding.ToEven);
+                v = Math.Clamp(v, -Levels, Levels);
+                q[i] = unchecked((byte)(int)(v + zero));
+                maxError = MathF.Max(maxError, MathF.Abs(v * s - c.Weight[i]));
+            }
+            string wName = g.Unique(node.Input[1] + "_q");
+            string sName = g.Unique(node.Input[1] + "_s");
+            string zName = g.Unique(node.Input[1] + "_zp");
+            long[] scaleDims = PerChannel ? [channels] : [];
+            var zeros = Enumerable.Repeat(unchecked((byte)(int)zero), scales.Length).ToArray();
+            if (unsigned)
+            {
+                g.AddInitializer(TensorUtil.FromUInt8(wName, q, dims));
+                g.AddInitializer(TensorUtil.FromUInt8(zName, zeros, scaleDims));
+            }
+            else
+            {
+                g.AddInitializer(TensorUtil.FromRaw(wName, DataType.Int8, q, dims));
+            }
+            // int8 zero points are all 0, DequantizeLinear's default. ORT 1.31 fuses a Conv without them, but its
+            // QGemm / QLinearMatMul selectors want the input present, so only Conv leaves it out.
+            bool explicitZero = unsigned || node.OpType != "Conv";
+            if (explicitZero && !unsigned)
+            {
+                g.AddInitializer(TensorUtil.FromRaw(zName, DataType.Int8, zeros, scaleDims));
+            }
+            g.AddInitializer(TensorUtil.FromFloats(sName, scales, scaleDims));
+            string wDq = g.Unique(node.Input[1] + "_dq");
+            NodeProto dqw = g.Node("DequantizeLinear", null, explicitZero ? [wName, sName, zName] : [wName, sName], [wDq]);
+            if (PerChannel)
+            {
+                dqw.Attribute.Add(PassGraph.IntAttribute("axis", c.Axis));
+            }
+            nodes.Add(dqw);
+            _removable.AddRange(c.Sources);
+            _removableNodes.AddRange(c.Chain);
+            node.Input[1] = wDq;
+
+            if (c.Bias != null)
+            {
+                // int32 bias with scale = activation scale x weight scale (zero point 0, the input's default).
+                var bq = new int[channels];
+                var bScales = new float[PerChannel ? channels : 1];
+                for (int j = 0; j < bScales.Length; j++)
+                {
+                    bScales[j] = x.ScaleValue * scales[j];
+                }
+                for (int j = 0; j < channels; j++)
+                {
+                    double v = Math.Round(c.Bias[j] / (double)bScales[PerChannel ? j : 0], MidpointRounding.ToEven);
+                    bq[j] = (int)Math.Clamp(v, int.MinValue + 1.0, int.MaxValue);
+                }
+                string bName = g.Unique(node.Input[2] + "_q");
+                string bsName = g.Unique(node.Input[2] + "_s");
+                g.AddInitializer(TensorUtil.FromInt32(bName, bq, channels));
+                g.AddInitializer(TensorUtil.FromFloats(bsName, bScales, scaleDims));
+                string bDq = g.Unique(node.Input[2] + "_dq");
+                NodeProto dqb = g.Node("DequantizeLinear", null, [bName, bsName], [bDq]);
+                if (PerChannel)
+                {
+                    dqb.Attribute.Add(PassGraph.IntAttribute("axis", 0));
+                }
+                nodes.Add(dqb);
+                _removable.AddRange(c.BiasSources);
+                _removable.Add(node.Input[2]);
+                node.Input[2] = bDq;
+            }
+            int k = perChannelCount;
+            Quantized.Add(new QuantizedNode(label, node.OpType, c.Sources[0], k, channels, maxError));
+        }
+    }
+}

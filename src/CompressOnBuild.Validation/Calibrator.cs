@@ -1,0 +1,225 @@
+using System.Globalization;
+using CompressOnBuild.Core;
+using CompressOnBuild.Core.Passes;
+using CompressOnBuild.Onnx;
+using Google.Protobuf;
+
+namespace CompressOnBuild.Validation;
+
+/// <summary>How activation ranges are derived from the observed values.</summary>
+public enum CalibrationMethod
+{
+    /// <summary>The smallest and largest value seen.</summary>
+    MinMax = 0,
+
+    /// <summary>The <see cref="CalibrationOptions.Percentile"/>-th and (100 - it)-th percentiles from a histogram: ignores rare outliers.</summary>
+    Percentile = 1,
+}
+
+/// <summary>Settings for <see cref="Calibrator"/>.</summary>
+public sealed class CalibrationOptions
+{
+    public CalibrationMethod Method { get; init; } = CalibrationMethod.MinMax;
+
+    /// <summary>For <see cref="CalibrationMethod.Percentile"/>: the upper percentile (default 99.99; the lower is 100 minus it).</summary>
+    public double Percentile { get; init; } = 99.99;
+
+    /// <summary>Samples used (an evenly spread subset); default 256, 0 = all.</summary>
+    public int MaxSamples { get; init; } = 256;
+
+    /// <summary>Histogram bins per tensor for <see cref="CalibrationMethod.Percentile"/>. Default 2048.</summary>
+    public int Bins { get; init; } = 2048;
+
+    public int IntraOpThreads { get; init; } = 1;
+}
+
+/// <summary>
+/// Collects activation ranges for static quantization: runs the float model in ONNX Runtime (optimizations off, so
+/// every tensor exists as in the file) with the tensors of interest added as extra graph outputs, over a subset of
+/// a <see cref="Dataset"/>. Percentile ranges take a second pass that fills a histogram spanning each tensor's
+/// min..max.
+/// </summary>
+public static class Calibrator
+{
+    /// <summary>Ranges of <paramref name="tensors"/> (e.g. <see cref="Int8StaticQuantizer.TensorsToCalibrate"/>) over <paramref name="data"/>.</summary>
+    /// <exception cref="CompressException">CMPR0305 for an empty data set, CMPR0303 when the data misses a model input,
+    /// CMPR0003 for bad options, CMPR0402 when ORT fails, CMPR0404 when an activation is NaN or infinite.</exception>
+    public static CalibrationResult Run(ModelProto model, Dataset data, IReadOnlyCollection<string> tensors, CalibrationOptions? options = null, string displayName = "model")
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        ArgumentNullException.ThrowIfNull(data);
+        ArgumentNullException.ThrowIfNull(tensors);
+        options ??= new CalibrationOptions();
+        if (options.Method == CalibrationMethod.Percentile && !(options.Percentile > 50 && options.Percentile <= 100))
+        {
+            throw new CompressException(DiagnosticCodes.InvalidOption, displayName, "CalibrationPercentile", options.Percentile.ToString(CultureInfo.InvariantCulture), "it must be above 50 and at most 100");
+        }
+        if (options.Bins < 16)
+        {
+            throw new CompressException(DiagnosticCodes.InvalidOption, displayName, "CalibrationBins", options.Bins, "at least 16 bins are needed");
+        }
+        if (data.Count == 0)
+        {
+            throw new CompressException(DiagnosticCodes.DataEmpty, data.Source) { File = data.Source };
+        }
+        string[] names = tensors.Distinct(StringComparer.Ordinal).ToArray();
+        if (names.Length == 0)
+        {
+            return new CalibrationResult { Ranges = new Dictionary<string, TensorRange>(), Method = MethodName(options), Samples = 0 };
+        }
+
+        ModelProto augmented = model.Clone();
+        var existing = new HashSet<string>(augmented.Graph.Output.Select(o => o.Name), StringComparer.Ordinal);
+        foreach (string name in names.Where(n => !existing.Contains(n)))
+        {
+            augmented.Graph.Output.Add(new ValueInfoProto
+            {
+                Name = name,
+                Type = new TypeProto { TensorType = new TypeProto.Types.Tensor { ElemType = (int)TensorProto.Types.DataType.Float } },
+            });
+        }
+        string dir = Path.Combine(Path.GetTempPath(), "cob-calibrate-" + Guid.NewGuid().ToString("N"));
+        Directory.CreateDirectory(dir);
+        string path = Path.Combine(dir, "model.onnx");
+        try
+        {
+            File.WriteAllBytes(path, augmented.ToByteArray());
+            using var runner = new ModelRunner(path, new ModelRunnerOptions { IntraOpThreads = options.IntraOpThreads, Optimization = GraphOptimization.Disabled });
+            int[] order = InputOrder(runner.Inputs, data);
+            int[] indices = DatasetLoader.SubsetIndices(data.Count, options.MaxSamples);
+            var min = new float[names.Length];
+            var max = new float[names.Length];
+            Array.Fill(min, float.PositiveInfinity);
+            Array.Fill(max, float.NegativeInfinity);
+            foreach (int index in indices)
+            {
+                TensorData[] outputs = RunSample(runner, data, index, order, names);
+                for (int t = 0; t < names.Length; t++)
+                {
+                    ReadOnlySpan<float> v = outputs[t].Data;
+                    if (v.Length == 0)
+                    {
+                        continue;
+                    }
+                    if (!Kernels.TensorStats.AllFinite(v))
+                    {
+                        throw new CompressException(DiagnosticCodes.NonFiniteOutputs, displayName, $"tensor '{names[t]}' on sample {data.GetSampleSource(index)}") { File = displayName };
+                    }
+                    min[t] = MathF.Min(min[t], System.Numerics.Tensors.TensorPrimitives.Min(v));
+                    max[t] = MathF.Max(max[t], System.Numerics.Tensors.TensorPrimitives.Max(v));
+                }
+            }
+            if (options.Method == CalibrationMethod.Percentile)
+            {
+                var histograms = new long[names.Length][];
+                for (int t = 0; t < names.Length; t++)
+                {
+                    histograms[t] = new long[options.Bins];
+                }
+                foreach (int index in indices)
+                {
+                    TensorData[] outputs = RunSample(runner, data, index, order, names);
+                    for (int t = 0; t < names.Length; t++)
+                    {
+                        Fill(histograms[t], outputs[t].Data, min[t], max[t]);
+                    }
+                }
+                for (int t = 0; t < names.Length; t++)
+                {
+                    (min[t], max[t]) = PercentileRange(histograms[t], min[t], max[t], options.Percentile);
+                }
+            }
+            var ranges = new Dictionary<string, TensorRange>(StringComparer.Ordinal);
+            for (int t = 0; t < names.Length; t++)
+            {
+                if (min[t] <= max[t])
+                {
+                    ranges[names[t]] = new TensorRange(min[t], max[t]);
+                }
+            }
+            return new CalibrationResult { Ranges = ranges, Method = MethodName(options), Samples = indices.Length };
+        }
+        finally
+        {
+            try
+            {
+                Directory.Delete(dir, recursive: true);
+            }
+            catch (IOException)
+            {
+            }
+        }
+    }
+
+    private static string MethodName(CalibrationOptions o) =>
+        o.Method == CalibrationMethod.Percentile ? "Percentile " + o.Percentile.ToString(CultureInfo.InvariantCulture) : "MinMax";
+
+    private static int[] InputOrder(ModelInputs inputs, Dataset data)
+    {
+        var order = new int[inputs.Count];
+        for (int i = 0; i < inputs.Count; i++)
+        {
+            order[i] = -1;
+            for (int j = 0; j < data.InputNames.Count; j++)
+            {
+                if (data.InputNames[j] == inputs[i].Name)
+                {
+                    order[i] = j;
+                }
+            }
+            if (order[i] < 0)
+            {
+                throw new CompressException(DiagnosticCodes.DataShape, data.Source, inputs[i].Name, "the data set has no tensor for this input") { File = data.Source };
+            }
+        }
+        return order;
+    }
+
+    private static TensorData[] RunSample(ModelRunner runner, Dataset data, int index, int[] order, string[] names)
+    {
+        IReadOnlyList<TensorData> sample = data.GetSample(index);
+        return runner.Run([.. order.Select(j => sample[j])], names);
+    }
+
+    /// <summary>Adds the values to a histogram of equal bins spanning [min, max].</summary>
+    internal static void Fill(long[] histogram, ReadOnlySpan<float> values, float min, float max)
+    {
+        int bins = histogram.Length;
+        double width = (max - (double)min) / bins;
+        foreach (float v in values)
+        {
+            int bin = width > 0 ? (int)((v - (double)min) / width) : 0;
+            histogram[Math.Clamp(bin, 0, bins - 1)]++;
+        }
+    }
+
+    /// <summary>The values below which (100 - p)% and p% of the histogram's mass lie (bin edges, clamped to [min, max]).</summary>
+    internal static (float Low, float High) PercentileRange(long[] histogram, float min, float max, double percentile)
+    {
+        long total = histogram.Sum();
+        if (total == 0 || max <= min)
+        {
+            return (min, max);
+        }
+        int bins = histogram.Length;
+        double width = (max - (double)min) / bins;
+        double tail = total * (100.0 - percentile) / 100.0;
+        long seen = 0;
+        int lowBin = 0;
+        while (lowBin < bins - 1 && seen + histogram[lowBin] <= tail)
+        {
+            seen += histogram[lowBin];
+            lowBin++;
+        }
+        seen = 0;
+        int highBin = bins - 1;
+        while (highBin > 0 && seen + histogram[highBin] <= tail)
+        {
+            seen += histogram[highBin];
+            highBin--;
+        }
+        float low = (float)(min + lowBin * width);
+        float high = (float)(min + (highBin + 1) * width);
+        return (MathF.Max(min, low), MathF.Min(max, MathF.Max(low, high)));
+    }
+}

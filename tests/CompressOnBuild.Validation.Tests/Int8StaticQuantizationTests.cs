@@ -1,0 +1,287 @@
+using System.Diagnostics;
+using System.Globalization;
+using CompressOnBuild.Core;
+using CompressOnBuild.Core.Onnx;
+using CompressOnBuild.Core.Passes;
+using CompressOnBuild.Onnx;
+using CompressOnBuild.Tests;
+using Google.Protobuf;
+using Microsoft.ML.OnnxRuntime;
+using static CompressOnBuild.Tests.TinyModels;
+using DataType = CompressOnBuild.Onnx.TensorProto.Types.DataType;
+
+namespace CompressOnBuild.Validation.Tests;
+
+/// <summary>Calibrator + Int8StaticQuantizer (QDQ) on tiny models and on the corpus's MNIST-family models.</summary>
+[TestClass]
+public sealed class Int8StaticQuantizationTests
+{
+    public TestContext TestContext { get; set; } = null!;
+
+    private static readonly string[] FloatComputeOps = ["Conv", "FusedConv", "NchwcConv", "MatMul", "FusedMatMul", "Gemm", "FusedGemm"];
+
+    private static string Preprocessing(string id) => id == "fashion-mlp" ? "layout=NCHW;mean=0.5;std=0.5" : id == "mnist-mlp-gemm" ? "layout=FLAT" : "layout=NCHW";
+
+    private static string DatasetId(string id) => id == "fashion-mlp" ? "fashion-mnist" : "mnist";
+
+    private static string Save(ModelProto model, string tag)
+    {
+        string dir = Path.Combine(Path.GetTempPath(), $"cob-static-{tag}-{Environment.ProcessId}");
+        Directory.CreateDirectory(dir);
+        string path = Path.Combine(dir, "model.onnx");
+        File.WriteAllBytes(path, model.ToByteArray());
+        return path;
+    }
+
+    private static Dataset Load(string id, ModelInputs inputs, int maxSamples = 0) =>
+        DatasetLoader.Load(Corpus.Dataset(DatasetId(id), "t10k-images-idx3-ubyte"), Corpus.Dataset(DatasetId(id), "t10k-labels-idx1-ubyte"),
+            inputs, Validation.Preprocessing.Parse(Preprocessing(id)), maxSamples);
+
+    private static List<string> OptimizedOps(string modelPath)
+    {
+        string optimized = modelPath + ".opt.onnx";
+        using (var so = new SessionOptions { GraphOptimizationLevel = GraphOptimizationLevel.ORT_ENABLE_ALL, OptimizedModelFilePath = optimized })
+        using (new InferenceSession(modelPath, so))
+        {
+        }
+        return ModelProto.Parser.ParseFrom(File.ReadAllBytes(optimized)).Graph.Node.Select(n => n.OpType).ToList();
+    }
+
+    private static (ModelProto Quantized, Int8StaticSummary Summary, CalibrationResult Calibration) Quantize(string id, Int8StaticOptions options, CalibrationOptions? calibration = null)
+    {
+        ModelProto model = ModelIO.Load(Corpus.Model(id));
+        using var runner = new ModelRunner(Corpus.Model(id));
+        Dataset calib = Load(id, runner.Inputs, 256);
+        IReadOnlyList<string> tensors = Int8StaticQuantizer.TensorsToCalibrate(model, options);
+        CalibrationResult ranges = Calibrator.Run(model, calib, [.. tensors], calibration, id);
+        ModelProto q = model.Clone();
+        Int8StaticSummary s = Int8StaticQuantizer.Apply(q, ranges, options, id);
+        ModelChecker.Validate(q, id);
+        return (q, s, ranges);
+    }
+
+    [TestMethod]
+    [DataRow("mnist-8", 98.90)]
+    [DataRow("mnist-lenet5", 98.13)]
+    [DataRow("mnist-mlp-gemm", 96.43)]
+    [DataRow("fashion-mlp", 87.40)]
+    public void Corpus_model_keeps_top1_shrinks_and_runs_integer_kernels(string id, double baseline)
+    {
+        (ModelProto q, Int8StaticSummary s, CalibrationResult cal) = Quantize(id, Int8StaticOptions.Default);
+        Assert.IsNotEmpty(s.Quantized, string.Join("; ", s.Skipped));
+        string path = Save(q, id);
+        try
+        {
+            double before, after;
+            using (var runner = new ModelRunner(Corpus.Model(id), new ModelRunnerOptions { BatchSize = 100 }))
+            {
+                before = Validator.Evaluate(runner, Load(id, runner.Inputs)).Accuracy!.Value;
+            }
+            using (var runner = new ModelRunner(path, new ModelRunnerOptions { BatchSize = 100 }))
+            {
+                after = Validator.Evaluate(runner, Load(id, runner.Inputs)).Accuracy!.Value;
+            }
+            long file = new FileInfo(Corpus.Model(id)).Length;
+            long size = new FileInfo(path).Length;
+            double ratio = (double)file / size;
+            List<string> ops = OptimizedOps(path);
+            TestContext.WriteLine("initializers: " + string.Join(", ", q.Graph.Initializer.Select(t => $"{t.Name} {TensorUtil.DataTypeName(t.DataType)} [{string.Join(",", t.Dims)}] {t.CalculateSize()}")));
+            TestContext.WriteLine($"{id} static int8 ({s.WeightEncoding}, per-channel {s.PerChannel}, {cal.Method} over {cal.Samples} samples, opset raised from {s.OpsetRaisedFrom?.ToString(CultureInfo.InvariantCulture) ?? "-"}): " +
+                $"top-1 {before:F2}% -> {after:F2}% (drop {before - after:F2}); size {file} -> {size} ({ratio:F2}x smaller); {s.QuantizedActivations} Q/DQ activations; " +
+                $"skipped: {string.Join("; ", s.Skipped.Select(k => k.Node + ": " + k.Reason))}; ORT optimized: {string.Join(" ", ops)}");
+            Assert.AreEqual(baseline, before, 0.0101);
+            Assert.IsLessThanOrEqualTo(0.5, before - after, $"{id}: top-1 dropped {before - after:F2} points");
+            // Each output channel costs an int32 bias, its float scale, a float weight scale and (Gemm) an int8 zero
+            // point on top of the int8 weights, and the non-weight bytes stay: the best possible ratios are about
+            // lenet5 3.69x (61,470 int8 weights + 2,876 other bytes + 236 channels), fashion-mlp 3.81x,
+            // mnist-mlp-gemm 3.95x; mnist-8 is mostly names. Measured: 3.55x, 3.79x, 3.92x, 2.33x.
+            double target = id switch { "mnist-lenet5" => 3.5, "fashion-mlp" => 3.75, "mnist-mlp-gemm" => 3.8, _ => 2.2 };
+            Assert.IsGreaterThanOrEqualTo(target, ratio, $"{id}: only {ratio:F2}x smaller");
+            Assert.IsFalse(ops.Any(FloatComputeOps.Contains), $"a float Conv/MatMul/Gemm survived: {string.Join(" ", ops)}");
+            Assert.IsTrue(ops.Any(o => o is "QLinearConv" or "QLinearMatMul" or "QGemm" or "MatMulIntegerToFloat" or "MatMulInteger" or "ConvInteger"));
+        }
+        finally
+        {
+            Directory.Delete(Path.GetDirectoryName(path)!, true);
+        }
+    }
+
+    /// <summary>Weight encodings and calibration methods on the two batched models: printed, and the default must be within budget.</summary>
+    [TestMethod]
+    [DataRow("mnist-lenet5")]
+    [DataRow("mnist-mlp-gemm")]
+    public void Encodings_and_calibration_methods_compared(string id)
+    {
+        double baseline;
+        using (var runner = new ModelRunner(Corpus.Model(id), new ModelRunnerOptions { BatchSize = 100 }))
+        {
+            baseline = Validator.Evaluate(runner, Load(id, runner.Inputs)).Accuracy!.Value;
+        }
+        var results = new Dictionary<string, double>();
+        foreach (WeightEncoding encoding in Enum.GetValues<WeightEncoding>())
+        {
+            foreach (CalibrationMethod method in new[] { CalibrationMethod.MinMax, CalibrationMethod.Percentile })
+            {
+                (ModelProto q, _, _) = Quantize(id, new Int8StaticOptions { WeightEncoding = encoding }, new CalibrationOptions { Method = method });
+                string path = Save(q, id + encoding + method);
+                try
+                {
+                    using var runner = new ModelRunner(path, new ModelRunnerOptions { BatchSize = 100 });
+                    double acc = Validator.Evaluate(runner, Load(id, runner.Inputs)).Accuracy!.Value;
+                    results[$"{encoding}/{method}"] = acc;
+                    TestContext.WriteLine($"{id} {encoding} {method}: top-1 {acc:F2}% (float {baseline:F2}%, drop {baseline - acc:F2})");
+                }
+                finally
+                {
+                    Directory.Delete(Path.GetDirectoryName(path)!, true);
+                }
+            }
+        }
+        Assert.IsLessThanOrEqualTo(0.5, baseline - results[$"{Int8StaticOptions.Default.WeightEncoding}/MinMax"]);
+    }
+
+    /// <summary>ORT latency int8 / fp32 on the conv models, 1 thread, interleaved in one run. Printed, not asserted.</summary>
+    [TestMethod]
+    [DataRow("mnist-8")]
+    [DataRow("mnist-lenet5")]
+    public void Latency_ratio_on_conv_models(string id)
+    {
+        (ModelProto q, _, _) = Quantize(id, Int8StaticOptions.Default);
+        using var so = new SessionOptions { IntraOpNumThreads = 1, InterOpNumThreads = 1, GraphOptimizationLevel = GraphOptimizationLevel.ORT_ENABLE_ALL };
+        using var fp32 = new InferenceSession(Corpus.Model(id), so);
+        using var int8 = new InferenceSession(q.ToByteArray(), so);
+        string input = fp32.InputNames[0];
+        float[] x = RandomFloats(784, 1).Select(v => MathF.Abs(v)).ToArray();
+        using OrtValue value = OrtValue.CreateTensorValueFromMemory(x, [1, 1, 28, 28]);
+        double Time(InferenceSession s, int n)
+        {
+            var w = Stopwatch.StartNew();
+            for (int i = 0; i < n; i++)
+            {
+                using var r = s.Run(new RunOptions(), [input], [value], s.OutputNames);
+            }
+            return w.Elapsed.TotalMilliseconds / n;
+        }
+        Time(fp32, 200);
+        Time(int8, 200);
+        double a = 0, b = 0;
+        for (int round = 0; round < 5; round++)
+        {
+            a += Time(fp32, 400);
+            b += Time(int8, 400);
+        }
+        TestContext.WriteLine($"{id}: fp32 {a / 5 * 1000:F1} us, int8 {b / 5 * 1000:F1} us per inference (1 thread, batch 1); int8/fp32 = {b / a:F2}");
+        Assert.IsGreaterThan(0.0, a);
+    }
+
+    [TestMethod]
+    public void Tiny_mlp_gets_qdq_pairs_per_channel_weights_and_int32_bias()
+    {
+        ModelProto model = Mlp(inF: 16, hidden: 8, classes: 4);
+        var ranges = new CalibrationResult
+        {
+            Ranges = new Dictionary<string, TensorRange> { ["x"] = new(-1f, 1f), ["h"] = new(-3f, 3f), ["hr"] = new(0f, 10f), ["y"] = new(-2f, 2f) },
+        };
+        CollectionAssert.AreEquivalent(new[] { "x", "hr", "y" }, Int8StaticQuantizer.TensorsToCalibrate(model, Int8StaticOptions.Default).ToArray());
+        ModelProto q = model.Clone();
+        Int8StaticSummary s = Int8StaticQuantizer.Apply(q, ranges, new Int8StaticOptions { WeightEncoding = WeightEncoding.Int8 }, "mlp");
+        ModelChecker.Validate(q, "mlp");
+        Assert.HasCount(2, s.Quantized);
+        Assert.AreEqual(2, s.QuantizedActivations, "x, and Relu's output which the second Gemm reads");
+        Assert.IsTrue(s.PerChannel);
+        string[] ops = q.Graph.Node.Select(n => n.OpType).ToArray();
+        TestContext.WriteLine(string.Join(" ", ops));
+        Assert.AreEqual(2, ops.Count(o => o == "QuantizeLinear"));
+        Assert.AreEqual(6, ops.Count(o => o == "DequantizeLinear"));
+
+        TensorProto w1 = q.Graph.Initializer.Single(t => t.Name == "w1_q");
+        Assert.AreEqual((int)DataType.Int8, w1.DataType);
+        float[] w1Scale = TensorUtil.ToFloatArray(q.Graph.Initializer.Single(t => t.Name == "w1_s"));
+        Assert.HasCount(8, w1Scale, "one scale per output channel");
+        float[] original = TensorUtil.ToFloatArray(model.Graph.Initializer.Single(t => t.Name == "w1"));
+        for (int j = 0; j < 8; j++)
+        {
+            Assert.AreEqual(original.Skip(j * 16).Take(16).Max(MathF.Abs) / 127f, w1Scale[j], 1e-7f);
+        }
+        TensorProto b1 = q.Graph.Initializer.Single(t => t.Name == "b1_q");
+        Assert.AreEqual((int)DataType.Int32, b1.DataType);
+        float[] b1Scale = TensorUtil.ToFloatArray(q.Graph.Initializer.Single(t => t.Name == "b1_s"));
+        float xScale = 2f / 255f;
+        for (int j = 0; j < 8; j++)
+        {
+            Assert.AreEqual(xScale * w1Scale[j], b1Scale[j], 1e-9f, "bias scale = input scale x weight scale");
+        }
+        Assert.IsFalse(q.Graph.Initializer.Any(t => t.Name is "w1" or "w2" or "b1" or "b2"));
+
+        // ORT's output against the float model for every weight encoding. Full-range int8 weights go through the
+        // AVX2 u8s8 kernel, whose int16 pair sums saturate (printed; not asserted, it depends on the CPU).
+        float[] input = RandomFloats(5 * 16, 3);
+        using var a = new InferenceSession(model.ToByteArray());
+        using OrtValue v = OrtValue.CreateTensorValueFromMemory(input, [5, 16]);
+        using var ra = a.Run(new RunOptions(), ["x"], [v], ["y"]);
+        foreach (WeightEncoding encoding in Enum.GetValues<WeightEncoding>())
+        {
+            ModelProto e = model.Clone();
+            Int8StaticQuantizer.Apply(e, ranges, new Int8StaticOptions { WeightEncoding = encoding }, "mlp");
+            using var b = new InferenceSession(e.ToByteArray());
+            using var rb = b.Run(new RunOptions(), ["x"], [v], ["y"]);
+            Kernels.ErrorMetricsResult m = Kernels.ErrorMetrics.Compare(ra[0].GetTensorDataAsSpan<float>(), rb[0].GetTensorDataAsSpan<float>());
+            TestContext.WriteLine($"{encoding}: relative L2 {m.RelativeL2:G3}");
+            if (encoding != WeightEncoding.Int8)
+            {
+                Assert.IsLessThan(0.05, m.RelativeL2, encoding.ToString());
+            }
+        }
+    }
+
+    [TestMethod]
+    public void Activation_parameters_cover_zero_and_the_range()
+    {
+        (float s, byte z) = Int8StaticQuantizer.ActivationParameters(new TensorRange(0f, 6f));
+        Assert.AreEqual(6f / 255f, s, 1e-9f);
+        Assert.AreEqual((byte)0, z, "a Relu output: zero point 0, so ORT can drop the Relu");
+        (s, z) = Int8StaticQuantizer.ActivationParameters(new TensorRange(-1f, 3f));
+        Assert.AreEqual(4f / 255f, s, 1e-9f);
+        Assert.AreEqual((byte)64, z);
+        (s, z) = Int8StaticQuantizer.ActivationParameters(new TensorRange(2f, 5f));
+        Assert.AreEqual(5f / 255f, s, 1e-9f, "the range is widened to include 0");
+        Assert.AreEqual((byte)0, z);
+        Assert.AreEqual((1f, (byte)0), Int8StaticQuantizer.ActivationParameters(new TensorRange(0f, 0f)));
+    }
+
+    [TestMethod]
+    public void Percentile_range_ignores_rare_outliers()
+    {
+        var values = Enumerable.Range(0, 100_000).Select(i => (float)(i % 1000) / 1000f).ToList();
+        values.Add(50f);
+        values.Add(-40f);
+        var hist = new long[2048];
+        Calibrator.Fill(hist, values.ToArray(), -40f, 50f);
+        Assert.AreEqual(values.Count, hist.Sum());
+        (float lo, float hi) = Calibrator.PercentileRange(hist, -40f, 50f, 99.99);
+        TestContext.WriteLine($"{lo} .. {hi}");
+        Assert.IsTrue(lo > -0.1f && lo <= 0f, $"low {lo}");
+        Assert.IsTrue(hi >= 0.99f && hi < 1.1f, $"high {hi}");
+        (lo, hi) = Calibrator.PercentileRange(hist, -40f, 50f, 100);
+        Assert.AreEqual(-40f, lo);
+        Assert.AreEqual(50f, hi);
+    }
+
+    [TestMethod]
+    public void Calibrator_rejects_bad_options_and_already_quantized_models_are_left_alone()
+    {
+        ModelProto model = ModelIO.Load(Corpus.Model("mnist-lenet5"));
+        using var runner = new ModelRunner(Corpus.Model("mnist-lenet5"));
+        Dataset data = Load("mnist-lenet5", runner.Inputs, 8);
+        var e = Assert.ThrowsExactly<CompressException>(() => Calibrator.Run(model, data, ["input"], new CalibrationOptions { Method = CalibrationMethod.Percentile, Percentile = 20 }));
+        Assert.AreEqual(DiagnosticCodes.InvalidOption, e.Code);
+        CalibrationResult r = Calibrator.Run(model, data, ["input"], new CalibrationOptions { MaxSamples = 8 });
+        Assert.AreEqual(8, r.Samples);
+        Assert.AreEqual(0f, r.Ranges["input"].Min);
+        Assert.IsTrue(r.Ranges["input"].Max is > 0.9f and <= 1f);
+
+        ModelProto int8 = ModelIO.Load(Corpus.Model("mobilenetv2-int8"));
+        Assert.IsEmpty(Int8StaticQuantizer.TensorsToCalibrate(int8, Int8StaticOptions.Default));
+        Assert.IsTrue(Int8StaticQuantizer.Apply(int8, r, Int8StaticOptions.Default, "m").AlreadyQuantized);
+    }
+}
