@@ -12,6 +12,9 @@ internal sealed class GlobalOptions
     public bool BudgetFailureIsWarning { get; set; }
     public int MaxParallelism { get; set; } = 1;
     public string? SummaryMarkdown { get; set; }
+
+    /// <summary>The cache is trimmed (least recently used first) to this size after each run. Default 4 GiB.</summary>
+    public long CacheMaxBytes { get; set; } = 4L << 30;
 }
 
 /// <summary>
@@ -50,7 +53,7 @@ internal static class CommandLine
 
     public static readonly IReadOnlySet<string> GlobalOptionNames = new HashSet<string>(StringComparer.Ordinal)
     {
-        "--cache-dir", "--onnxruntime-assets", "--nuget-packages", "--budget-severity", "--max-parallelism", "--summary-markdown",
+        "--cache-dir", "--onnxruntime-assets", "--nuget-packages", "--budget-severity", "--max-parallelism", "--summary-markdown", "--cache-max-mb",
     };
 
     /// <summary>Expands <c>@file</c> arguments (not recursively: a line starting with '@' inside a response file is an error).</summary>
@@ -132,6 +135,13 @@ internal static class CommandLine
                         case "--onnxruntime-assets": global.OnnxRuntimeAssets = v; break;
                         case "--nuget-packages": global.NuGetPackages = v; break;
                         case "--summary-markdown": global.SummaryMarkdown = v; break;
+                        case "--cache-max-mb":
+                            if (!long.TryParse(v, NumberStyles.None, CultureInfo.InvariantCulture, out long mb) || mb < 1 || mb > 1L << 30)
+                            {
+                                throw new CompressException(DiagnosticCodes.InvalidOption, "compress", "--cache-max-mb", v, "use a whole number of MiB of at least 1");
+                            }
+                            global.CacheMaxBytes = mb << 20;
+                            break;
                         case "--budget-severity":
                             global.BudgetFailureIsWarning = v.ToUpperInvariant() switch
                             {

@@ -7,6 +7,7 @@ internal static class Help
 
         Usage:
           compress <model.onnx> --output <out.onnx> [item options] [<model2.onnx> --output <out2.onnx> ...] [global options]
+          cache --cache-dir <dir> [--clean]  print the cache's size, or empty it
           inspect <model.onnx> [--json] [--optimized]   (--optimized: the graph ONNX Runtime runs after its optimizations,
                                                         and any DequantizeLinear still feeding a float Conv/MatMul/Gemm)
           @file.rsp            one argument per line ('#' starts a comment line)
@@ -36,6 +37,7 @@ internal static class Help
 
         Global options:
           --cache-dir <dir>                 shared content-addressed result cache
+          --cache-max-mb <n>                trim the cache to this size after the run, least recently used first (default 4096)
           --onnxruntime-assets <file>       the app's obj/project.assets.json: validate with the app's ONNX Runtime
           --nuget-packages <dir>            NuGet global packages folder (fallback ONNX Runtime)
           --budget-severity Error|Warning   broken budgets fail (default) or warn

@@ -49,6 +49,7 @@ public static class Program
             {
                 "compress" => Compress(rest, output),
                 "inspect" => Inspect.Run(rest, output),
+                "cache" => CacheCommand(rest, output),
                 _ => throw CommandLine.Usage($"unknown command '{command}'; use 'compress' or 'inspect' (see --help)"),
             };
         }
@@ -114,16 +115,16 @@ public static class Program
                 });
             }
         }
-        CompressionCacheAdapter? cache = global.CacheDir == null
-            ? null
-            : new CompressionCacheAdapter(new CompressionCache(global.CacheDir), d => WriteDiagnostic(output, d));
 
+        CompressionCache? sharedCache = global.CacheDir == null ? null : new CompressionCache(global.CacheDir);
+        CompressionCacheAdapter? cache = sharedCache == null ? null : new CompressionCacheAdapter(sharedCache, d => WriteDiagnostic(output, d));
         var codes = new int[results.Count];
         Parallel.For(0, results.Count, new ParallelOptions { MaxDegreeOfParallelism = global.MaxParallelism }, i =>
         {
             ItemResult r = results[i]!;
             codes[i] = ProcessItem(r, global, EnsureOrt, cache, () => ort, output);
         });
+        sharedCache?.Trim(global.CacheMaxBytes);
         if (global.SummaryMarkdown != null)
         {
             var sb = new System.Text.StringBuilder("## CompressOnBuild\n\n" + ReportRenderers.MarkdownHeader + "\n");
@@ -205,6 +206,37 @@ public static class Program
             }
             return 3;
         }
+    }
+
+    /// <summary><c>cache --cache-dir &lt;dir&gt; [--clean]</c>: prints the cache's size, or empties it.</summary>
+    private static int CacheCommand(List<string> args, TextWriter output)
+    {
+        string? dir = null;
+        bool clean = false;
+        for (int i = 0; i < args.Count; i++)
+        {
+            switch (args[i])
+            {
+                case "--cache-dir" when i + 1 < args.Count: dir = args[++i]; break;
+                case "--clean": clean = true; break;
+                default: throw CommandLine.Usage($"cache: unexpected argument '{args[i]}' (cache --cache-dir <dir> [--clean])");
+            }
+        }
+        if (dir == null)
+        {
+            throw CommandLine.Usage("cache --cache-dir <dir> [--clean]");
+        }
+        var cache = new CompressionCache(dir);
+        if (clean)
+        {
+            int n = cache.Clear();
+            output.WriteLine($"CompressOnBuild: removed {n} cache entr{(n == 1 ? "y" : "ies")} from {cache.Root}");
+        }
+        else
+        {
+            output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"CompressOnBuild: cache {cache.Root}: {cache.SizeBytes() / 1024.0 / 1024.0:0.0} MiB"));
+        }
+        return 0;
     }
 
     /// <summary>3 (internal) beats 2 (bad input) beats 1 (budget) beats 0.</summary>

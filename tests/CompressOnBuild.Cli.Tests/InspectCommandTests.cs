@@ -102,3 +102,34 @@ public sealed class InspectOptimizedTests
         }
     }
 }
+
+[TestClass]
+public sealed class CacheCommandTests
+{
+    [TestMethod]
+    public void CacheCleanEmptiesTheCacheAndInfoReportsItsSize()
+    {
+        string dir = Path.Combine(Path.GetTempPath(), "cob-cc-" + Guid.NewGuid().ToString("N")[..8]);
+        try
+        {
+            string model = Path.Combine(dir, "m.onnx");
+            ModelIO.Save(TinyModels.Mlp(inF: 256, hidden: 64), model);
+            CliRun run = CliHarness.InProcess("compress", model, "--output", Path.Combine(dir, "o.onnx"), "--cache-dir", Path.Combine(dir, "cache"));
+            Assert.AreEqual(0, run.ExitCode, run.Output);
+            Assert.AreEqual(1, Directory.GetFiles(Path.Combine(dir, "cache"), "manifest.sha256", SearchOption.AllDirectories).Length);
+
+            CliRun info = CliHarness.InProcess("cache", "--cache-dir", Path.Combine(dir, "cache"));
+            Assert.AreEqual(0, info.ExitCode);
+            StringAssert.Contains(info.Output, "MiB");
+
+            CliRun clean = CliHarness.InProcess("cache", "--cache-dir", Path.Combine(dir, "cache"), "--clean");
+            Assert.AreEqual(0, clean.ExitCode, clean.Output);
+            StringAssert.Contains(clean.Output, "removed 1 cache entry");
+            Assert.AreEqual(0, Directory.GetFiles(Path.Combine(dir, "cache"), "manifest.sha256", SearchOption.AllDirectories).Length);
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+}

@@ -125,6 +125,63 @@ public sealed class CompressionCache
         }
     }
 
+    /// <summary>Total bytes of all complete entries.</summary>
+    public long SizeBytes() => Entries().Sum(e => e.Bytes);
+
+    /// <summary>
+    /// Deletes least recently used entries (by last hit or store) until the cache holds at most
+    /// <paramref name="maxBytes"/>. Entries in use are skipped. Returns the number of entries deleted.
+    /// </summary>
+    public int Trim(long maxBytes)
+    {
+        List<(string Dir, long Bytes, DateTime Used)> entries = Entries().OrderBy(e => e.Used).ToList();
+        long total = entries.Sum(e => e.Bytes);
+        int deleted = 0;
+        foreach ((string dir, long bytes, _) in entries)
+        {
+            if (total <= maxBytes)
+            {
+                break;
+            }
+            if (TryDelete(dir))
+            {
+                total -= bytes;
+                deleted++;
+            }
+        }
+        return deleted;
+    }
+
+    /// <summary>Deletes every entry (and leftovers of interrupted writes). Returns the number of entries deleted.</summary>
+    public int Clear() => Trim(-1);
+
+    private IEnumerable<(string Dir, long Bytes, DateTime Used)> Entries()
+    {
+        if (!Directory.Exists(Root))
+        {
+            yield break;
+        }
+        foreach (string shard in Directory.EnumerateDirectories(Root))
+        {
+            foreach (string dir in Directory.EnumerateDirectories(shard))
+            {
+                long bytes = 0;
+                try
+                {
+                    foreach (string f in Directory.EnumerateFiles(dir))
+                    {
+                        bytes += new FileInfo(f).Length;
+                    }
+                }
+                catch (IOException)
+                {
+                    continue;
+                }
+                yield return (dir, bytes, Directory.GetLastWriteTimeUtc(dir));
+            }
+        }
+    }
+
     private static void Touch(string dir)
     {
         try
@@ -137,7 +194,7 @@ public sealed class CompressionCache
         }
     }
 
-    private static void TryDelete(string dir)
+    private static bool TryDelete(string dir)
     {
         try
         {
@@ -145,12 +202,15 @@ public sealed class CompressionCache
             {
                 Directory.Delete(dir, recursive: true);
             }
+            return true;
         }
         catch (IOException)
         {
+            return false;
         }
         catch (UnauthorizedAccessException)
         {
+            return false;
         }
     }
 }
