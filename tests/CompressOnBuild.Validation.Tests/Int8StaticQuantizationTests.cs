@@ -284,4 +284,128 @@ public sealed class Int8StaticQuantizationTests
         Assert.IsEmpty(Int8StaticQuantizer.TensorsToCalibrate(int8, Int8StaticOptions.Default));
         Assert.IsTrue(Int8StaticQuantizer.Apply(int8, r, Int8StaticOptions.Default, "m").AlreadyQuantized);
     }
+
+    /// <summary>x[1,2,8,8] -> Conv(4x2x3x3, pads 1) -> Add(c[1,4,1,1]) -> Relu -> MaxPool 2 -> Flatten -> Gemm(transB) -> [Softmax] -> y.</summary>
+    private static ModelProto ConvNet(long opset, bool softmax)
+    {
+        var g = new GraphProto { Name = "convnet" };
+        g.Input.Add(FloatValue("x", 1, 2, 8, 8));
+        g.Output.Add(FloatValue("y", 1, 5));
+        g.Initializer.Add(TensorUtil.FromFloats("w", RandomFloats(4 * 2 * 9, 11, 0.4f), 4, 2, 3, 3));
+        g.Initializer.Add(TensorUtil.FromFloats("c", [0.1f, -0.2f, 0.3f, 0.05f], 1, 4, 1, 1));
+        g.Initializer.Add(TensorUtil.FromFloats("fw", RandomFloats(5 * 64, 12, 0.3f), 5, 64));
+        g.Initializer.Add(TensorUtil.FromFloats("fb", RandomFloats(5, 13, 0.1f), 5));
+        g.Node.Add(Node("Conv", ["x", "w"], ["conv"], "conv", IntsAttr("pads", 1, 1, 1, 1), IntsAttr("kernel_shape", 3, 3)));
+        g.Node.Add(Node("Add", ["conv", "c"], ["biased"], "add"));
+        g.Node.Add(Node("Relu", ["biased"], ["relu"], "relu"));
+        g.Node.Add(Node("MaxPool", ["relu"], ["pool"], "pool", IntsAttr("kernel_shape", 2, 2), IntsAttr("strides", 2, 2)));
+        g.Node.Add(Node("Flatten", ["pool"], ["flat"], "flatten"));
+        g.Node.Add(Node("Gemm", ["flat", "fw", "fb"], [softmax ? "logits" : "y"], "fc", IntAttr("transB", 1)));
+        if (softmax)
+        {
+            g.Node.Add(Node("Softmax", ["logits"], ["y"], "softmax", IntAttr("axis", 1)));
+        }
+        return Model(g, opset);
+    }
+
+    private static (float[] Expected, float[] Got) RunBoth(ModelProto a, ModelProto b, int samples = 20)
+    {
+        using var sa = new InferenceSession(a.ToByteArray());
+        using var sb = new InferenceSession(b.ToByteArray());
+        var expected = new List<float>();
+        var got = new List<float>();
+        for (int i = 0; i < samples; i++)
+        {
+            float[] x = RandomFloats(128, 100 + i).Select(MathF.Abs).ToArray();
+            using OrtValue v = OrtValue.CreateTensorValueFromMemory(x, [1, 2, 8, 8]);
+            using var ra = sa.Run(new RunOptions(), ["x"], [v], ["y"]);
+            using var rb = sb.Run(new RunOptions(), ["x"], [v], ["y"]);
+            expected.AddRange(ra[0].GetTensorDataAsSpan<float>().ToArray());
+            got.AddRange(rb[0].GetTensorDataAsSpan<float>().ToArray());
+        }
+        return (expected.ToArray(), got.ToArray());
+    }
+
+    /// <summary>Ranges measured by running the float model on the same inputs (a stand-in for the Calibrator, which needs a Dataset file).</summary>
+    private static CalibrationResult MeasureRanges(ModelProto model, IReadOnlyList<string> tensors)
+    {
+        ModelProto m = model.Clone();
+        foreach (string t in tensors.Where(t => m.Graph.Output.All(o => o.Name != t)))
+        {
+            m.Graph.Output.Add(new ValueInfoProto { Name = t, Type = new TypeProto { TensorType = new TypeProto.Types.Tensor { ElemType = (int)DataType.Float } } });
+        }
+        using var s = new InferenceSession(m.ToByteArray(), new SessionOptions { GraphOptimizationLevel = GraphOptimizationLevel.ORT_DISABLE_ALL });
+        var ranges = new Dictionary<string, TensorRange>();
+        for (int i = 0; i < 20; i++)
+        {
+            float[] x = RandomFloats(128, 100 + i).Select(MathF.Abs).ToArray();
+            using OrtValue v = OrtValue.CreateTensorValueFromMemory(x, [1, 2, 8, 8]);
+            using var r = s.Run(new RunOptions(), ["x"], [v], [.. tensors]);
+            for (int t = 0; t < tensors.Count; t++)
+            {
+                ReadOnlySpan<float> d = r[t].GetTensorDataAsSpan<float>();
+                TensorRange old = ranges.GetValueOrDefault(tensors[t], new TensorRange(float.MaxValue, float.MinValue));
+                ranges[tensors[t]] = new TensorRange(Math.Min(old.Min, System.Numerics.Tensors.TensorPrimitives.Min(d)), Math.Max(old.Max, System.Numerics.Tensors.TensorPrimitives.Max(d)));
+            }
+        }
+        return new CalibrationResult { Ranges = ranges, Samples = 20 };
+    }
+
+    [TestMethod]
+    [DataRow(13L, false)]
+    [DataRow(10L, false)]
+    [DataRow(11L, true)]
+    public void Conv_net_folds_the_bias_add_and_fuses_in_ort(long opset, bool softmax)
+    {
+        ModelProto model = ConvNet(opset, softmax);
+        IReadOnlyList<string> tensors = Int8StaticQuantizer.TensorsToCalibrate(model, Int8StaticOptions.Default);
+        CollectionAssert.AreEquivalent(new[] { "x", "relu", "flat", softmax ? "logits" : "y" }, tensors.ToArray(), string.Join(",", tensors));
+        CalibrationResult ranges = MeasureRanges(model, tensors);
+        ModelProto q = model.Clone();
+        Int8StaticSummary s = Int8StaticQuantizer.Apply(q, ranges, Int8StaticOptions.Default, "convnet");
+        ModelChecker.Validate(q, "convnet");
+        TestContext.WriteLine($"opset {opset} softmax {softmax}: per-channel {s.PerChannel}, raised from {s.OpsetRaisedFrom}; {string.Join(" ", q.Graph.Node.Select(n => n.OpType))}");
+        Assert.HasCount(2, s.Quantized);
+        Assert.IsFalse(q.Graph.Node.Any(n => n.OpType == "Add"), "the per-channel Add became the Conv bias");
+        // Softmax changed meaning at opset 13, so that model stays at 11 with per-tensor weights.
+        Assert.AreEqual(!softmax, s.PerChannel);
+        Assert.AreEqual(opset < 13 && !softmax ? opset : null, s.OpsetRaisedFrom);
+        (float[] expected, float[] got) = RunBoth(model, q);
+        Kernels.ErrorMetricsResult m = Kernels.ErrorMetrics.Compare(expected, got);
+        TestContext.WriteLine($"relative L2 {m.RelativeL2:G3}");
+        Assert.IsLessThan(0.05, m.RelativeL2);
+        string path = Save(q, "convnet" + opset);
+        try
+        {
+            List<string> ops = OptimizedOps(path);
+            TestContext.WriteLine("ORT: " + string.Join(" ", ops));
+            Assert.Contains("QLinearConv", ops);
+            Assert.IsFalse(ops.Any(FloatComputeOps.Contains), string.Join(" ", ops));
+        }
+        finally
+        {
+            Directory.Delete(Path.GetDirectoryName(path)!, true);
+        }
+    }
+
+    [TestMethod]
+    public void Bad_weights_and_missing_ranges()
+    {
+        ModelProto model = ConvNet(13, false);
+        float[] w = TensorUtil.ToFloatArray(model.Graph.Initializer[0]);
+        w[5] = float.NaN;
+        model.Graph.Initializer[0] = TensorUtil.FromFloats("w", w, 4, 2, 3, 3);
+        byte[] before = model.ToByteArray();
+        var ranges = new CalibrationResult { Ranges = new Dictionary<string, TensorRange> { ["x"] = new(0, 1), ["relu"] = new(0, 2), ["flat"] = new(0, 2), ["y"] = new(-1, 1) } };
+        var e = Assert.ThrowsExactly<CompressException>(() => Int8StaticQuantizer.Apply(model, ranges, Int8StaticOptions.Default, "m"));
+        Assert.AreEqual(DiagnosticCodes.NonFiniteWeights, e.Code);
+        CollectionAssert.AreEqual(before, model.ToByteArray(), "a failed pass leaves the model untouched");
+
+        ModelProto ok = ConvNet(13, false);
+        Int8StaticSummary s = Int8StaticQuantizer.Apply(ok, new CalibrationResult { Ranges = new Dictionary<string, TensorRange> { ["x"] = new(0, 1) } }, Int8StaticOptions.Default, "m");
+        ModelChecker.Validate(ok, "m");
+        Assert.AreEqual("conv", s.Quantized.Single().Node);
+        StringAssert.Contains(s.Skipped.Single().Reason, "no calibration range for its input 'flat'");
+        Assert.ThrowsExactly<CompressException>(() => Int8StaticQuantizer.Apply(new ModelProto(), ranges, Int8StaticOptions.Default, "m"));
+    }
 }

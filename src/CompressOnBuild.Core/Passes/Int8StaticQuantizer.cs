@@ -173,13 +173,24 @@ public static class Int8StaticQuantizer
                 }
                 return;
             }
+            // Every weight is checked before the graph changes, so a bad one leaves the model untouched.
+            foreach (NodeProto n in g.Graph.Node.Where(n => n.OpType is "Conv" or "MatMul" or "Gemm" && ModelChecker.NormalizeDomain(n.Domain).Length == 0))
+            {
+                foreach (string input in n.Input.Skip(1).Where(i => i.Length > 0))
+                {
+                    if (g.TryConstantFloat(input, displayName, out float[] values, out _, out _, out _) && !TensorStats.AllFinite(values))
+                    {
+                        throw new CompressException(DiagnosticCodes.NonFiniteWeights, displayName, input) { File = displayName };
+                    }
+                }
+            }
             List<NodeProto> folded = FoldConvAdds();
             List<Candidate> candidates = FindCandidates();
             foreach (Candidate c in candidates)
             {
                 if (!TensorStats.AllFinite(c.Weight) || (c.Bias != null && !TensorStats.AllFinite(c.Bias)))
                 {
-                    throw new CompressException(DiagnosticCodes.NonFiniteWeights, displayName, c.Sources[^1]) { File = displayName };
+                    throw new CompressException(DiagnosticCodes.NonFiniteWeights, displayName, c.Node.Input[1]) { File = displayName };
                 }
             }
             foreach (NodeProto add in folded)
