@@ -132,6 +132,16 @@ public sealed partial class PackageIntegrationTests
     }
 
     [TestMethod]
+    public void BrokenBudget_AsWarning_BuildsAndShips()
+    {
+        ProcessResult warned = Build("build", "budget-warning", "-p:Configuration=Debug", "--no-restore",
+            "-p:TestMaxSizeKB=1", "-p:CompressModelBudgetFailureSeverity=Warning");
+        Assert.AreEqual(0, warned.ExitCode, warned.Tail());
+        StringAssert.Contains(warned.Output, "warning CMPR0401", warned.Tail());
+        AssertCompressed(Path.Combine(s_app, "bin", "Debug", "net10.0", "generated", "shapes.onnx"));
+    }
+
+    [TestMethod]
     public void Publish_ShipsTheCompressedModel()
     {
         string publish = Path.Combine(s_root, "publish");
