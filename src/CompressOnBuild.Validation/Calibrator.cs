@@ -14,6 +14,12 @@ public enum CalibrationMethod
 
     /// <summary>The <see cref="CalibrationOptions.Percentile"/>-th and (100 - it)-th percentiles from a histogram: ignores rare outliers.</summary>
     Percentile = 1,
+
+    /// <summary>
+    /// The range, shrunk from min..max toward zero in 1% steps, that minimizes the expected squared uint8
+    /// quantization error over the histogram (clipping error outside, step^2/12 inside).
+    /// </summary>
+    Mse = 2,
 }
 
 /// <summary>Settings for <see cref="Calibrator"/>.</summary>
@@ -109,7 +115,7 @@ public static class Calibrator
                     max[t] = MathF.Max(max[t], System.Numerics.Tensors.TensorPrimitives.Max(v));
                 }
             }
-            if (options.Method == CalibrationMethod.Percentile)
+            if (options.Method is CalibrationMethod.Percentile or CalibrationMethod.Mse)
             {
                 var histograms = new long[names.Length][];
                 for (int t = 0; t < names.Length; t++)
@@ -126,7 +132,9 @@ public static class Calibrator
                 }
                 for (int t = 0; t < names.Length; t++)
                 {
-                    (min[t], max[t]) = PercentileRange(histograms[t], min[t], max[t], options.Percentile);
+                    (min[t], max[t]) = options.Method == CalibrationMethod.Mse
+                        ? MseRange(histograms[t], min[t], max[t])
+                        : PercentileRange(histograms[t], min[t], max[t], options.Percentile);
                 }
             }
             var ranges = new Dictionary<string, TensorRange>(StringComparer.Ordinal);
@@ -151,8 +159,53 @@ public static class Calibrator
         }
     }
 
-    private static string MethodName(CalibrationOptions o) =>
-        o.Method == CalibrationMethod.Percentile ? "Percentile " + o.Percentile.ToString(CultureInfo.InvariantCulture) : "MinMax";
+    private static string MethodName(CalibrationOptions o) => o.Method switch
+    {
+        CalibrationMethod.Percentile => "Percentile " + o.Percentile.ToString(CultureInfo.InvariantCulture),
+        CalibrationMethod.Mse => "MSE",
+        _ => "MinMax",
+    };
+
+    /// <summary>
+    /// [f*min, f*max] for the f in 0.01..1 that minimizes sum over bins of count x error, where error is the
+    /// distance to the range for bin centres outside it and step^2/12 (uniform rounding) inside, step = range/255
+    /// after widening to include zero, as the quantizer does.
+    /// </summary>
+    internal static (float Low, float High) MseRange(long[] histogram, float min, float max)
+    {
+        if (max <= min || histogram.Sum() == 0)
+        {
+            return (min, max);
+        }
+        int bins = histogram.Length;
+        double width = (max - (double)min) / bins;
+        double bestError = double.PositiveInfinity;
+        double bestF = 1;
+        for (int i = 100; i >= 1; i--)
+        {
+            double f = i / 100.0;
+            double lo = Math.Min(0, min * f), hi = Math.Max(0, max * f);
+            double step = (hi - lo) / 255.0;
+            double inside = step * step / 12.0;
+            double error = 0;
+            for (int b = 0; b < bins; b++)
+            {
+                if (histogram[b] == 0)
+                {
+                    continue;
+                }
+                double v = min + (b + 0.5) * width;
+                double e = v < lo ? (v - lo) * (v - lo) : v > hi ? (v - hi) * (v - hi) : inside;
+                error += histogram[b] * e;
+            }
+            if (error < bestError)
+            {
+                bestError = error;
+                bestF = f;
+            }
+        }
+        return ((float)(min * bestF), (float)(max * bestF));
+    }
 
     private static int[] InputOrder(ModelInputs inputs, Dataset data)
     {

@@ -120,7 +120,7 @@ public sealed class Int8StaticQuantizationTests
         var results = new Dictionary<string, double>();
         foreach (WeightEncoding encoding in Enum.GetValues<WeightEncoding>())
         {
-            foreach (CalibrationMethod method in new[] { CalibrationMethod.MinMax, CalibrationMethod.Percentile })
+            foreach (CalibrationMethod method in Enum.GetValues<CalibrationMethod>())
             {
                 (ModelProto q, _, _) = Quantize(id, new Int8StaticOptions { WeightEncoding = encoding }, new CalibrationOptions { Method = method });
                 string path = Save(q, id + encoding + method);
@@ -265,6 +265,29 @@ public sealed class Int8StaticQuantizationTests
         (lo, hi) = Calibrator.PercentileRange(hist, -40f, 50f, 100);
         Assert.AreEqual(-40f, lo);
         Assert.AreEqual(50f, hi);
+    }
+
+    [TestMethod]
+    public void Mse_range_clips_far_outliers_and_keeps_dense_ranges()
+    {
+        var hist = new long[2048];
+        // A million values in [0, 1] and one at 30: clipping at h costs (30 - h)^2 and rounding 1e6 x (h/255)^2/12,
+        // minimal near h = 13 (505 against 1153 for the full range). (A few such outliers would be kept: their
+        // squared clipping error outweighs the rounding gain.)
+        var values = Enumerable.Range(0, 1_000_000).Select(i => (float)(i % 1000) / 1000f).Append(30f).ToArray();
+        Calibrator.Fill(hist, values, 0f, 30f);
+        (float lo, float hi) = Calibrator.MseRange(hist, 0f, 30f);
+        TestContext.WriteLine($"outlier: {lo} .. {hi}");
+        Assert.AreEqual(0f, lo);
+        Assert.IsLessThan(16f, hi);
+        Assert.IsGreaterThanOrEqualTo(10f, hi);
+
+        var uniform = new long[2048];
+        Calibrator.Fill(uniform, Enumerable.Range(0, 100_000).Select(i => i / 100_000f * 2f - 1f).ToArray(), -1f, 1f);
+        (lo, hi) = Calibrator.MseRange(uniform, -1f, 1f);
+        TestContext.WriteLine($"uniform: {lo} .. {hi}");
+        Assert.IsGreaterThanOrEqualTo(0.97f, hi, "a uniform distribution keeps (almost) its whole range");
+        Assert.IsLessThanOrEqualTo(-0.97f, lo);
     }
 
     [TestMethod]
