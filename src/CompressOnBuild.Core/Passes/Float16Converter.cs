@@ -463,7 +463,7 @@ public static class Float16Converter
                         if (!toHalf.TryGetValue(v, out string? cast))
                         {
                             cast = g.Unique(v + "_fp16");
-                            nodes.Add(g.Cast(v, cast, DataType.Float16, v + "_to_fp16"));
+                            nodes.Add(g.Cast(v, cast, DataType.Float16));
                             Casts++;
                             toHalf[v] = cast;
                         }
@@ -474,7 +474,7 @@ public static class Float16Converter
                         if (!toFloat.TryGetValue(v, out string? cast))
                         {
                             cast = g.Unique(v + "_fp32");
-                            nodes.Add(g.Cast(v, cast, DataType.Float, v + "_to_fp32"));
+                            nodes.Add(g.Cast(v, cast, DataType.Float));
                             Casts++;
                             toFloat[v] = cast;
                         }
@@ -489,7 +489,7 @@ public static class Float16Converter
                     {
                         if (_renamed.TryGetValue(o, out string? original))
                         {
-                            nodes.Add(g.Cast(o, original, DataType.Float, original + "_to_fp32"));
+                            nodes.Add(g.Cast(o, original, DataType.Float));
                             Casts++;
                         }
                     }

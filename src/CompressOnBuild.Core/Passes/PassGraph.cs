@@ -288,7 +288,7 @@ internal sealed class PassGraph
         return n;
     }
 
-    public NodeProto Cast(string input, string output, TensorProto.Types.DataType to, string name)
+    public NodeProto Cast(string input, string output, TensorProto.Types.DataType to, string? name = null)
     {
         NodeProto n = Node("Cast", name, [input], [output]);
         n.Attribute.Add(IntAttribute("to", (long)to));

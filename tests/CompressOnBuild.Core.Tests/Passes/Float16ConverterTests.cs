@@ -218,9 +218,9 @@ public sealed class Float16ConverterTests
             $"{s.ConvertedNodes} nodes fp16, {s.CastsInserted} casts, {s.ClampedValues} clamped, kept fp32: {string.Join("; ", s.KeptFloat32.Select(k => k.Node + " " + k.OpType + ": " + k.Reason))}");
         Assert.AreEqual(CorpusEval.Spec(id).Baseline, CorpusEval.Accuracy(reference, id), 0.006, "baseline differs from MANIFEST.md");
         // mnist-8 holds 5,994 weights (23,976 bytes) in a 26,454-byte file: names and attributes are the rest, so
-        // even free Casts would give 26454 / (26454 - 11988) = 1.829x; its 6 Casts cost ~550 bytes more (1.762x).
+        // even free Casts would give 26454 / (26454 - 11988) = 1.829x; its 6 (unnamed) Casts cost a little more.
         // The 1.95x target applies to the others, whose weights dominate.
-        double target = id == "mnist-8" ? 1.75 : 1.95;
+        double target = id == "mnist-8" ? 1.77 : 1.95;
         Assert.IsGreaterThanOrEqualTo(target, ratio, $"{id}: only {ratio:F3}x smaller");
         Assert.IsGreaterThanOrEqualTo(99.8, agreement, $"{id}: top-1 agreement {agreement:F2}%");
     }
@@ -325,5 +325,53 @@ public sealed class Float16ConverterTests
         CollectionAssert.IsSubsetOf(notNative, Float16Options.DefaultBlockedOps.ToList(), "ops ORT CPU cannot run in float16 must be blocked by default");
         string[] rangeBlocked = ["Exp", "Pow", "Softplus", "ReduceSum", "ReduceSumSquare", "ReduceL1", "ReduceL2", "ReduceLogSumExp", "ReduceProd", "CumSum", "Resize", "Upsample", "TopK", "Range"];
         Assert.IsFalse(native.Any(op => Float16Options.DefaultBlockedOps.Contains(op) && !rangeBlocked.Contains(op)), "a native float16 op is blocked");
+    }
+
+    /// <summary>An If whose branches read an outer value that a converted node produces: the branches keep float32.</summary>
+    [TestMethod]
+    public void Values_read_inside_subgraphs_stay_float32_under_their_name()
+    {
+        var g = new GraphProto { Name = "g" };
+        g.Input.Add(FloatValue("x", 2, 4));
+        g.Input.Add(new ValueInfoProto { Name = "flag", Type = new TypeProto { TensorType = new TypeProto.Types.Tensor { ElemType = (int)DataType.Bool, Shape = new TensorShapeProto() } } });
+        g.Output.Add(FloatValue("y", 2, 3));
+        g.Initializer.Add(TensorUtil.FromFloats("w", RandomFloats(12, 1, 0.5f), 4, 3));
+        g.Node.Add(Node("MatMul", ["x", "w"], ["h"], "mm"));
+        GraphProto Branch(string name, float factor)
+        {
+            var b = new GraphProto { Name = name };
+            b.Output.Add(FloatValue(name + "_out", 2, 3));
+            b.Initializer.Add(TensorUtil.FromFloats(name + "_k", [factor]));
+            b.Node.Add(Node("Mul", ["h", name + "_k"], [name + "_out"], name + "_mul"));
+            return b;
+        }
+        var ifNode = Node("If", ["flag"], ["y"], "if");
+        ifNode.Attribute.Add(new AttributeProto { Name = "then_branch", Type = AttributeProto.Types.AttributeType.Graph, G = Branch("then", 2f) });
+        ifNode.Attribute.Add(new AttributeProto { Name = "else_branch", Type = AttributeProto.Types.AttributeType.Graph, G = Branch("else", -1f) });
+        g.Node.Add(ifNode);
+        ModelProto model = Model(g);
+        ModelProto half = model.Clone();
+        Float16Summary s = Float16Converter.Apply(half, Float16Options.Default, "m");
+        ModelChecker.Validate(half, "m");
+        Assert.AreEqual(1, s.ConvertedNodes);
+        Assert.AreEqual("if", s.KeptFloat32.Single().Node);
+        Assert.AreEqual("Cast", half.Graph.Node.Single(n => n.Output.Contains("h")).OpType, "h is float32 again for the branches");
+
+        float[] x = RandomFloats(8, 2);
+        foreach (bool flag in new[] { true, false })
+        {
+            float[] expected, got;
+            using (var a = new InferenceSession(model.ToByteArray()))
+            using (var b = new InferenceSession(half.ToByteArray()))
+            using (OrtValue xv = OrtValue.CreateTensorValueFromMemory(x, [2, 4]))
+            using (OrtValue fv = OrtValue.CreateTensorValueFromMemory(new[] { flag }, Array.Empty<long>()))
+            {
+                using var ra = a.Run(new RunOptions(), ["x", "flag"], [xv, fv], ["y"]);
+                using var rb = b.Run(new RunOptions(), ["x", "flag"], [xv, fv], ["y"]);
+                expected = ra[0].GetTensorDataAsSpan<float>().ToArray();
+                got = rb[0].GetTensorDataAsSpan<float>().ToArray();
+            }
+            Assert.IsLessThan(5e-3, Kernels.ErrorMetrics.Compare(expected, got).RelativeL2, $"flag={flag}");
+        }
     }
 }
