@@ -118,6 +118,15 @@ public sealed partial class PackageIntegrationTests
         StringAssert.Contains(again.Output, "Skipping target \"_CompressModelsCore\" because all output files are up-to-date");
         Assert.DoesNotContain("Task \"CompressModels\"", again.Output, "the worker task must not run when nothing changed");
         Assert.DoesNotContain("CompressOnBuild: ", again.Output);
+
+        // The public target returns the compressed models even when it had nothing to do.
+        ProcessResult items = DotNetProcess.Run(s_app, s_environment, Timeout,
+            "msbuild", Path.Combine(s_app, "app.csproj"), "-nologo", "-nodeReuse:false", "-p:Configuration=Debug",
+            "-t:CompressModels", "-getItem:CompressedModel");
+        Assert.AreEqual(0, items.ExitCode, items.Tail());
+        StringAssert.Contains(items.Output.Replace("\\\\", "/", StringComparison.Ordinal).Replace('\\', '/'),
+            "obj/Debug/net10.0/CompressOnBuild/generated/shapes.onnx", items.Tail());
+        Assert.DoesNotContain("CompressOnBuild: ", items.Output);
     }
 
     [TestMethod]
