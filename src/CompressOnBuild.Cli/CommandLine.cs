@@ -33,6 +33,7 @@ internal static class CommandLine
         ["--pruning"] = "Pruning",
         ["--calibration-data"] = "CalibrationData",
         ["--calibration-samples"] = "CalibrationSamples",
+        ["--calibration-method"] = "CalibrationMethod",
         ["--validation-data"] = "ValidationData",
         ["--validation-samples"] = "ValidationSamples",
         ["--labels"] = "Labels",

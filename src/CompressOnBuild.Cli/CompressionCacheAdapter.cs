@@ -37,7 +37,7 @@ internal sealed class CompressionCacheAdapter(CompressionCache cache, Action<Dia
         };
         foreach ((string k, string v) in s.EffectiveOptions)
         {
-            if (k is "ValidationData" or "Labels")
+            if (k is "ValidationData" or "Labels" or "CalibrationData")
             {
                 continue;
             }
@@ -45,6 +45,7 @@ internal sealed class CompressionCacheAdapter(CompressionCache cache, Action<Dia
         }
         parts.Add("validation-data:" + (s.ValidationData == null ? "-" : Fingerprint(s.ValidationData)));
         parts.Add("labels:" + (s.Labels == null ? "-" : Fingerprint(s.Labels)));
+        parts.Add("calibration-data:" + (s.CalibrationData == null ? "-" : Fingerprint(s.CalibrationData)));
         return CompressionCache.HashKey(parts);
     }
 

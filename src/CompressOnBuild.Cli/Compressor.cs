@@ -218,6 +218,28 @@ internal sealed class AttemptContext(ItemSettings settings, ModelProto original,
     ModelRunnerOptions runnerOptions, string workDirectory, string fileName, long originalBytes)
 {
     private int _count;
+    private CalibrationResult? _calibration;
+
+    /// <summary>Activation ranges for static int8, measured once per item on the calibration data (the float model).</summary>
+    public CalibrationResult Calibration()
+    {
+        if (_calibration != null)
+        {
+            return _calibration;
+        }
+        ItemSettings s = settings;
+        Dataset calibrationData = DatasetLoader.Load(s.CalibrationData!, null, originalRunner.Inputs, Preprocessing.Parse(s.Preprocessing), s.CalibrationSamples);
+        IReadOnlyList<string> tensors = Int8StaticQuantizer.TensorsToCalibrate(original, new Int8StaticOptions());
+        var method = s.CalibrationMethod switch
+        {
+            "Percentile" => CalibrationMethod.Percentile,
+            "Mse" => CalibrationMethod.Mse,
+            _ => CalibrationMethod.MinMax,
+        };
+        _calibration = Calibrator.Run(original, calibrationData, tensors,
+            new CalibrationOptions { Method = method, Percentile = s.CalibrationPercentile, MaxSamples = s.CalibrationSamples }, s.Model);
+        return _calibration;
+    }
 
     public ItemSettings Settings => settings;
     public ModelRunner OriginalRunner => originalRunner;
@@ -233,6 +255,8 @@ internal sealed class AttemptContext(ItemSettings settings, ModelProto original,
         {
             QuantizationScheme.Int8Dynamic => PassResult.From(Int8DynamicQuantizer.Apply(candidate, new QuantizationOptions { ExcludedNodes = excluded }, settings.Model)),
             QuantizationScheme.Float16 => PassResult.From(Float16Converter.Apply(candidate, new Float16Options { ExcludedNodes = excluded }, settings.Model)),
+            QuantizationScheme.Int8Static => PassResult.From(Int8StaticQuantizer.Apply(candidate, Calibration(),
+                new Int8StaticOptions { ExcludedNodes = excluded }, settings.Model)),
             QuantizationScheme.Int4Weights => PassResult.From(Int4WeightQuantizer.Apply(candidate,
                 new Int4Options { ExcludedNodes = excluded, BlockSize = settings.Int4BlockSize, Symmetric = settings.Int4Symmetric }, settings.Model)),
             _ => null,

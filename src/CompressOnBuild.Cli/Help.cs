@@ -15,8 +15,11 @@ internal static class Help
         Item options (metadata name in brackets):
           --output <path>                   [computed by the build] where the compressed model goes (written atomically)
           --report <path>                   report.json with every metric and budget, plus .md and .html beside it
-          --quantization <scheme>           [Quantization] None | Int8 | Int8Dynamic | Float16 | Int4Weights[:<block>][:sym|asym]
-                                            (Int8Static: not yet)
+          --quantization <scheme>           [Quantization] None | Int8 (static with calibration data, else dynamic) | Int8Dynamic
+                                            | Int8Static | Float16 | Int4Weights[:<block>][:sym|asym]
+          --calibration-data <path>         [CalibrationData] representative inputs for static int8 activation ranges
+          --calibration-samples <n>         [CalibrationSamples] default 256
+          --calibration-method <m>          [CalibrationMethod] MinMax (default) | Percentile[:99.99] | Mse
           --pruning <method>                [Pruning] None  (Magnitude:<s>, Global:<s>, NofM:<n>:<m>, Channels:<f>: not yet)
           --validation-data <path>          [ValidationData] test_data_set_* folders / input_*.pb, .npy/.npz, IDX, image folders
           --labels <path>                   [Labels] IDX labels for IDX images
@@ -33,7 +36,7 @@ internal static class Help
           --nodes-to-exclude <a;b>          [NodesToExclude] nodes that stay float
           --tune true|false                 [Tune] back off layer by layer (most harmful first) until the budgets hold
           --tune-time-budget-seconds <s>    [TuneTimeBudgetSeconds] default 60
-          --calibration-data, --calibration-samples, --op-types-to-quantize: not yet
+          --op-types-to-quantize: not yet
 
         Global options:
           --cache-dir <dir>                 shared content-addressed result cache

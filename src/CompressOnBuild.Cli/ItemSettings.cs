@@ -9,6 +9,7 @@ internal enum QuantizationScheme
     Int8Dynamic,
     Float16,
     Int4Weights,
+    Int8Static,
 }
 
 /// <summary>A budget as set by the user: its metadata name, the limit, and whether larger measured values are better.</summary>
@@ -26,6 +27,10 @@ internal sealed class ItemSettings
     public required string QuantizationText { get; init; }
     public required QuantizationScheme Quantization { get; init; }
     public int Int4BlockSize { get; init; } = 32;
+    public string? CalibrationData { get; init; }
+    public int CalibrationSamples { get; init; } = 256;
+    public string CalibrationMethod { get; init; } = "MinMax";
+    public double CalibrationPercentile { get; init; } = 99.99;
     public bool Int4Symmetric { get; init; } = true;
     public string? ValidationData { get; init; }
     public string? Labels { get; init; }
@@ -58,10 +63,10 @@ internal sealed class ItemSettings
         {
             "NONE" when qParts.Length == 1 => QuantizationScheme.None,
             "INT8" when !hasCalibration && qParts.Length == 1 => QuantizationScheme.Int8Dynamic,
+            "INT8" or "INT8STATIC" when qParts.Length == 1 => QuantizationScheme.Int8Static,
             "INT8DYNAMIC" when qParts.Length == 1 => QuantizationScheme.Int8Dynamic,
             "FLOAT16" when qParts.Length == 1 => QuantizationScheme.Float16,
             "INT4WEIGHTS" => QuantizationScheme.Int4Weights,
-            "INT8" or "INT8STATIC" when qParts.Length == 1 => throw NotYet("Quantization", hasCalibration && qText.Equals("Int8", StringComparison.OrdinalIgnoreCase) ? "Int8 with CalibrationData (static int8)" : qText),
             _ => throw Invalid("Quantization", qText, "use None, Int8, Int8Dynamic, Int8Static, Float16 or Int4Weights[:<block size 16|32|64|128>][:sym|asym]"),
         };
         if (scheme == QuantizationScheme.Int4Weights)
@@ -82,13 +87,32 @@ internal sealed class ItemSettings
                 }
             }
         }
-        if (hasCalibration)
+        if (scheme == QuantizationScheme.Int8Static && !hasCalibration)
         {
-            throw NotYet("CalibrationData", r.Get("CalibrationData")!);
+            throw Invalid("Quantization", qText, "static int8 needs CalibrationData (representative inputs for the activation ranges)");
         }
-        if (r.Get("CalibrationSamples") is { } cs)
+        if (hasCalibration && scheme != QuantizationScheme.Int8Static)
         {
-            throw NotYet("CalibrationSamples", cs);
+            throw Invalid("CalibrationData", r.Get("CalibrationData")!, $"calibration data is only used by Int8 / Int8Static, not by {qText}");
+        }
+        int calibrationSamples = 256;
+        if (r.Get("CalibrationSamples") is { } cs &&
+            (!int.TryParse(cs, NumberStyles.None, CultureInfo.InvariantCulture, out calibrationSamples) || calibrationSamples < 1))
+        {
+            throw Invalid("CalibrationSamples", cs, "use a whole number of at least 1");
+        }
+        string calibrationMethod = r.Get("CalibrationMethod") ?? "MinMax";
+        double percentile = 99.99;
+        string[] cm = calibrationMethod.Split(':', StringSplitOptions.TrimEntries);
+        bool methodOk = cm[0].ToUpperInvariant() switch
+        {
+            "MINMAX" or "MSE" => cm.Length == 1,
+            "PERCENTILE" => cm.Length == 1 || (cm.Length == 2 && double.TryParse(cm[1], NumberStyles.Float, CultureInfo.InvariantCulture, out percentile) && percentile > 50 && percentile <= 100),
+            _ => false,
+        };
+        if (!methodOk)
+        {
+            throw Invalid("CalibrationMethod", calibrationMethod, "use MinMax, Percentile[:<50..100, default 99.99>] or Mse");
         }
 
         string pruning = r.Get("Pruning") ?? "None";
@@ -179,6 +203,10 @@ internal sealed class ItemSettings
             QuantizationText = qText,
             Quantization = scheme,
             Int4BlockSize = int4Block,
+            CalibrationData = r.Get("CalibrationData"),
+            CalibrationSamples = calibrationSamples,
+            CalibrationMethod = cm[0].ToUpperInvariant() switch { "PERCENTILE" => "Percentile", "MSE" => "Mse", _ => "MinMax" },
+            CalibrationPercentile = percentile,
             Int4Symmetric = int4Symmetric,
             ValidationData = validation,
             Labels = labels,

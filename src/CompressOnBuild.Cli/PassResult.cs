@@ -23,6 +23,15 @@ internal sealed record PassResult(
             ["quantizedWeightBytes"] = q.QuantizedWeightBytes,
         });
 
+    public static PassResult From(Int8StaticSummary q) => new("Int8Static", q.AlreadyQuantized, q.AlreadyQuantizedReason, q.Quantized, q.Skipped,
+        new JsonObject
+        {
+            ["weightEncoding"] = q.WeightEncoding.ToString(),
+            ["perChannel"] = q.PerChannel,
+            ["quantizedActivations"] = q.QuantizedActivations,
+            ["opsetRaisedFrom"] = q.OpsetRaisedFrom,
+        });
+
     public static PassResult From(Int4Summary q) => new("Int4Weights", q.AlreadyQuantized, q.AlreadyQuantizedReason, q.Quantized, q.Skipped,
         new JsonObject
         {

@@ -150,11 +150,9 @@ public sealed class CompressCommandTests
     }
 
     [TestMethod]
-    [DataRow("--quantization", "Int8Static")]
     [DataRow("--pruning", "Magnitude:0.5")]
     [DataRow("--pruning", "NofM:2:4")]
     [DataRow("--pruning", "Channels:0.3")]
-    [DataRow("--calibration-data", "somewhere")]
     [DataRow("--op-types-to-quantize", "MatMul")]
     public void OptionsOfLaterVersionsAreRejectedNotIgnored(string option, string value)
     {
@@ -167,6 +165,9 @@ public sealed class CompressCommandTests
 
     [TestMethod]
     [DataRow("--quantization", "Int9", "CMPR0003")]
+    [DataRow("--quantization", "Int8Static", "CMPR0003")]
+    [DataRow("--calibration-method", "Entropy", "CMPR0003")]
+    [DataRow("--calibration-samples", "-3", "CMPR0003")]
     [DataRow("--quantization", "Int4Weights:48", "CMPR0003")]
     [DataRow("--quantization", "Float16:64", "CMPR0003")]
     [DataRow("--pruning", "Magnitude:1.5", "CMPR0003")]
@@ -391,5 +392,34 @@ public sealed class CompressCommandTests
         JsonNode report = JsonNode.Parse(File.ReadAllText(P("s.json")))!;
         Assert.AreEqual(scheme.Split(':')[0], report["quantization"]!["scheme"]!.GetValue<string>());
         Assert.IsTrue(report["model"]!["compressionRatio"]!.GetValue<double>() >= minRatio);
+    }
+
+    [TestMethod]
+    public void Int8WithCalibrationDataIsStaticQdqThatOrtRunsAsIntegerKernels()
+    {
+        string images = Corpus.Dataset("mnist", "t10k-images-idx3-ubyte");
+        CliRun run = CliHarness.InProcess("compress", Corpus.Model("mnist-lenet5"), "--output", P("st.onnx"), "--report", P("st.json"),
+            "--calibration-data", images, "--calibration-samples", "128", "--calibration-method", "Percentile:99.99",
+            "--validation-data", images, "--labels", Corpus.Dataset("mnist", "t10k-labels-idx1-ubyte"), "--max-accuracy-drop", "0.5");
+        Assert.AreEqual(0, run.ExitCode, run.Output);
+        JsonNode report = JsonNode.Parse(File.ReadAllText(P("st.json")))!;
+        Assert.AreEqual("Int8Static", report["quantization"]!["scheme"]!.GetValue<string>());
+        Assert.IsTrue(report["quantization"]!["quantizedActivations"]!.GetValue<int>() > 0);
+        ModelProto m = ModelIO.Load(P("st.onnx"));
+        Assert.IsTrue(m.Graph.Node.Any(n => n.OpType == "QuantizeLinear") && m.Graph.Node.Any(n => n.OpType == "DequantizeLinear"));
+
+        CliRun opt = CliHarness.InProcess("inspect", P("st.onnx"), "--optimized", "--json");
+        JsonNode o = JsonNode.Parse(opt.Output)!["optimized"]!;
+        Assert.AreEqual(0, o["floatFallbacks"]!.AsArray().Count, opt.Output);
+        Assert.IsTrue(o["operators"]!.AsObject().Any(kv => kv.Key.Contains("QLinearConv", StringComparison.Ordinal)), opt.Output);
+    }
+
+    [TestMethod]
+    public void CalibrationDataWithANonInt8SchemeIsRefused()
+    {
+        (string model, string images, _) = MakeMlpWithData();
+        CliRun run = CliHarness.InProcess("compress", model, "--output", P("x.onnx"), "--quantization", "Float16", "--calibration-data", images);
+        Assert.AreEqual(2, run.ExitCode, run.Output);
+        Assert.AreEqual(1, run.Errors("CMPR0003").Count(), run.Output);
     }
 }
