@@ -355,6 +355,12 @@ public static class Int8StaticQuantizer
                         Skip($"Conv weight '{node.Input[1]}' has rank {dims.Length}");
                         continue;
                     }
+                    long reduction = w.Length / dims[0];
+                    if (reduction < options.MinimumConvReduction)
+                    {
+                        Skip($"its reduction per output value is {reduction} (input channels per group x kernel), below {options.MinimumConvReduction}: ORT's QLinearConv is slower than the float Conv there");
+                        continue;
+                    }
                     axis = 0;
                 }
                 else
