@@ -154,7 +154,7 @@ public sealed partial class PackageIntegrationTests
     public void Publish_ShipsTheCompressedModel()
     {
         string publish = Path.Combine(s_root, "publish");
-        ProcessResult result = Build("publish", "publish", "-c", "Release", "-r", "linux-x64", "--self-contained", "false", "-o", publish);
+        ProcessResult result = Build("publish", "publish", "-c", "Release", "-r", System.Runtime.InteropServices.RuntimeInformation.RuntimeIdentifier, "--self-contained", "false", "-o", publish);
         Assert.AreEqual(0, result.ExitCode, result.Tail());
         AssertCompressed(Path.Combine(publish, "generated", "shapes.onnx"));
     }
