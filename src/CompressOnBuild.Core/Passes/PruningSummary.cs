@@ -1,0 +1,91 @@
+using System.IO.Compression;
+using CompressOnBuild.Onnx;
+using Google.Protobuf;
+
+namespace CompressOnBuild.Core.Passes;
+
+/// <summary>One layer the pruner changed.</summary>
+/// <param name="Node">Node name (or first output when unnamed).</param>
+/// <param name="OpType">MatMul, Gemm or Conv.</param>
+/// <param name="Weight">The weight tensor it pruned.</param>
+/// <param name="ElementsBefore">Weight elements before (Channels removes elements; the other methods only zero them).</param>
+/// <param name="NonzerosBefore">Nonzero weights before.</param>
+/// <param name="ElementsAfter">Weight elements after.</param>
+/// <param name="NonzerosAfter">Nonzero weights after.</param>
+/// <param name="OutputsBefore">Output neurons/channels before (Channels).</param>
+/// <param name="OutputsAfter">Output neurons/channels after (Channels; equal to before otherwise).</param>
+public sealed record PrunedLayer(string Node, string OpType, string Weight, long ElementsBefore, long NonzerosBefore, long ElementsAfter, long NonzerosAfter, int OutputsBefore, int OutputsAfter)
+{
+    /// <summary>Fraction of the original elements that are zero or gone after pruning.</summary>
+    public double Sparsity => ElementsBefore == 0 ? 0 : 1.0 - (double)NonzerosAfter / ElementsBefore;
+}
+
+/// <summary>What <see cref="Pruner.Apply"/> did.</summary>
+public sealed class PruningSummary
+{
+    public required string ModelDisplayName { get; init; }
+
+    public required string Method { get; init; }
+
+    public IReadOnlyList<PrunedLayer> Pruned { get; init; } = [];
+
+    public IReadOnlyList<SkippedNode> Skipped { get; init; } = [];
+
+    /// <summary>Nothing was pruned (no prunable layer; the CLI may warn).</summary>
+    public bool NothingPruned => Pruned.Count == 0;
+
+    /// <summary>Nonzero float weights of MatMul/Gemm/Conv layers (pruned or not) plus their biases, before.</summary>
+    public long ParametersBefore { get; init; }
+
+    /// <summary>The same count after pruning.</summary>
+    public long ParametersAfter { get; init; }
+
+    /// <summary>
+    /// Multiply-adds x 2 of every MatMul/Gemm/Conv per input sample (per row for MatMul/Gemm; Conv output positions
+    /// from a small shape propagation), counting only nonzero weights: for unstructured and N:M sparsity this is
+    /// what a sparse kernel could save, not what ORT's dense kernels run.
+    /// </summary>
+    public long FlopsBefore { get; init; }
+
+    public long FlopsAfter { get; init; }
+
+    /// <summary>False when some Conv output size was unknown and counted as one position.</summary>
+    public bool FlopsExact { get; init; } = true;
+
+    /// <summary>Serialized model size before.</summary>
+    public long ModelBytesBefore { get; init; }
+
+    public long ModelBytesAfter { get; init; }
+
+    /// <summary>Size of a zip (Deflate, smallest size) holding only the serialized model, before.</summary>
+    public long ZipBytesBefore { get; init; }
+
+    /// <summary>The same after: unstructured zeros pay off here (.zip/.apk/.nupkg), not in the .onnx file.</summary>
+    public long ZipBytesAfter { get; init; }
+
+    /// <summary>With an activation source: layers whose bias was corrected (unstructured) or whose consumer was refit by least squares (Channels).</summary>
+    public IReadOnlyList<string> Reconstructed { get; init; } = [];
+
+    public double ZipRatio => ZipBytesBefore == 0 ? 1.0 : (double)ZipBytesAfter / ZipBytesBefore;
+
+    /// <summary>Bytes of a zip archive (Deflate, <see cref="CompressionLevel.SmallestSize"/>) holding the serialized model.</summary>
+    public static long ZipBytes(ModelProto model)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        return ZipBytes(model.ToByteArray());
+    }
+
+    /// <inheritdoc cref="ZipBytes(ModelProto)"/>
+    public static long ZipBytes(byte[] serialized)
+    {
+        ArgumentNullException.ThrowIfNull(serialized);
+        using var stream = new MemoryStream();
+        using (var zip = new ZipArchive(stream, ZipArchiveMode.Create, leaveOpen: true))
+        {
+            ZipArchiveEntry entry = zip.CreateEntry("model.onnx", CompressionLevel.SmallestSize);
+            using Stream s = entry.Open();
+            s.Write(serialized);
+        }
+        return stream.Length;
+    }
+}

@@ -1,0 +1,52 @@
+using CompressOnBuild.Core.Passes;
+using CompressOnBuild.Core.Tests.Passes;
+using CompressOnBuild.Onnx;
+using Google.Protobuf;
+using Microsoft.ML.OnnxRuntime;
+
+namespace CompressOnBuild.Core.Tests.Pruning;
+
+/// <summary>
+/// An <see cref="ActivationSource"/> for the tests: runs the first <c>samples</c> test images of a corpus model in ORT
+/// with the requested tensors exposed as extra graph outputs (what CompressOnBuild.Validation's ActivationCollector
+/// does for the worker; Core tests do not reference Validation).
+/// </summary>
+internal static class TestActivations
+{
+    public static ActivationSource Corpus(string id, int samples) => (model, names) =>
+    {
+        (float[] images, _) = CorpusEval.Data(id);
+        int batch = Math.Min(CorpusEval.Spec(id).Batch, samples);
+        return Run(model, names, images, samples, batch, CorpusEval.ShapeFor(id));
+    };
+
+    public static Dictionary<string, Activation> Run(ModelProto model, IReadOnlyList<string> names, float[] inputs, int samples, int batch, Func<int, long[]> shapeFor)
+    {
+        ModelProto copy = model.Clone();
+        foreach (string name in names.Where(n => copy.Graph.Output.All(o => o.Name != n)))
+        {
+            copy.Graph.Output.Add(new ValueInfoProto { Name = name, Type = new TypeProto { TensorType = new TypeProto.Types.Tensor { ElemType = (int)TensorProto.Types.DataType.Float } } });
+        }
+        using var options = new SessionOptions { IntraOpNumThreads = 2 };
+        using var session = new InferenceSession(copy.ToByteArray(), options);
+        string input = session.InputNames[0];
+        int perSample = inputs.Length / (inputs.Length / 784) ;
+        var data = names.ToDictionary(n => n, _ => new List<float>());
+        var shapes = new Dictionary<string, long[]>();
+        for (int start = 0; start < samples; start += batch)
+        {
+            int b = Math.Min(batch, samples - start);
+            float[] chunk = inputs.AsSpan(start * perSample, b * perSample).ToArray();
+            using OrtValue value = OrtValue.CreateTensorValueFromMemory(chunk, shapeFor(b));
+            using var run = new RunOptions();
+            using IDisposableReadOnlyCollection<OrtValue> outputs = session.Run(run, [input], [value], [.. names]);
+            for (int i = 0; i < names.Count; i++)
+            {
+                data[names[i]].AddRange(outputs[i].GetTensorDataAsSpan<float>().ToArray());
+                long[] shape = outputs[i].GetTensorTypeAndShape().Shape;
+                shapes[names[i]] = shapes.TryGetValue(names[i], out long[]? s) ? [s[0] + shape[0], .. shape[1..]] : shape;
+            }
+        }
+        return names.ToDictionary(n => n, n => new Activation([.. data[n]], shapes[n]));
+    }
+}
