@@ -54,7 +54,8 @@ public static class Histogram
     {
         int bins = counts.Length;
         Check(min, max, bins);
-        if (implementation == KernelImplementation.Scalar || values.Length < 4 * Vector512<float>.Count)
+        // Below ~2 elements per bin, clearing and folding a table costs more than the scatter it speeds up.
+        if (implementation == KernelImplementation.Scalar || values.Length < Math.Max(4 * Vector512<float>.Count, 2 * bins))
         {
             return ScalarReference.Histogram(values, min, max, counts);
         }

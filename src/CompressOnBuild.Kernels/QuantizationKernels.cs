@@ -187,26 +187,34 @@ internal readonly struct BroadcastScale(float scale, float zeroPoint) : IScaleSo
     public Vector512<float> ZeroPoint512(int i) => Vector512.Create(zeroPoint);
 }
 
-internal readonly ref struct ElementwiseScale(ReadOnlySpan<float> scales, ReadOnlySpan<float> zeroPoints) : IScaleSource
+internal readonly ref struct ElementwiseScale : IScaleSource
 {
-    private readonly ReadOnlySpan<float> _scales = scales;
-    private readonly ReadOnlySpan<float> _zeroPoints = zeroPoints;
+    // refs, not spans: the vector loads below are on the hot path of per-column quantize and must not bounds-check
+    // (QuantizePerColumnCore slices both to exactly cols elements, and the driver only asks for i < cols).
+    private readonly ref float _scales;
+    private readonly ref float _zeroPoints;
 
-    public float Scale(int i) => _scales[i];
+    public ElementwiseScale(ReadOnlySpan<float> scales, ReadOnlySpan<float> zeroPoints)
+    {
+        _scales = ref MemoryMarshal.GetReference(scales);
+        _zeroPoints = ref MemoryMarshal.GetReference(zeroPoints);
+    }
 
-    public float ZeroPoint(int i) => _zeroPoints[i];
+    public float Scale(int i) => Unsafe.Add(ref _scales, i);
 
-    public Vector128<float> Scale128(int i) => Vector128.Create(_scales.Slice(i, Vector128<float>.Count));
+    public float ZeroPoint(int i) => Unsafe.Add(ref _zeroPoints, i);
 
-    public Vector128<float> ZeroPoint128(int i) => Vector128.Create(_zeroPoints.Slice(i, Vector128<float>.Count));
+    public Vector128<float> Scale128(int i) => Vector128.LoadUnsafe(ref _scales, (nuint)i);
 
-    public Vector256<float> Scale256(int i) => Vector256.Create(_scales.Slice(i, Vector256<float>.Count));
+    public Vector128<float> ZeroPoint128(int i) => Vector128.LoadUnsafe(ref _zeroPoints, (nuint)i);
 
-    public Vector256<float> ZeroPoint256(int i) => Vector256.Create(_zeroPoints.Slice(i, Vector256<float>.Count));
+    public Vector256<float> Scale256(int i) => Vector256.LoadUnsafe(ref _scales, (nuint)i);
 
-    public Vector512<float> Scale512(int i) => Vector512.Create(_scales.Slice(i, Vector512<float>.Count));
+    public Vector256<float> ZeroPoint256(int i) => Vector256.LoadUnsafe(ref _zeroPoints, (nuint)i);
 
-    public Vector512<float> ZeroPoint512(int i) => Vector512.Create(_zeroPoints.Slice(i, Vector512<float>.Count));
+    public Vector512<float> Scale512(int i) => Vector512.LoadUnsafe(ref _scales, (nuint)i);
+
+    public Vector512<float> ZeroPoint512(int i) => Vector512.LoadUnsafe(ref _zeroPoints, (nuint)i);
 }
 
 internal static class QuantizeDriver
