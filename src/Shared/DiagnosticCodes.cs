@@ -36,6 +36,7 @@ namespace CompressOnBuild
         public const string AlreadyQuantized = "CMPR0201";
         public const string NonFiniteWeights = "CMPR0202";
         public const string NothingToQuantize = "CMPR0203";
+        public const string Float16Clamped = "CMPR0204";
 
         // 03xx: calibration and validation data.
         public const string DataNotFound = "CMPR0301";
