@@ -102,86 +102,187 @@ public static class ModelIO
     /// <summary>Replaces external tensor references with in-memory raw_data, after checking each path stays inside <paramref name="modelDirectory"/>.</summary>
     public static void LoadExternalData(ModelProto model, string modelDirectory, string displayName)
     {
-        var open = new Dictionary<string, FileStream>(StringComparer.Ordinal);
+        using var files = new ExternalFiles(modelDirectory, displayName);
+        foreach (TensorProto t in ModelWalker.Tensors(model))
+        {
+            if (!TensorUtil.IsExternal(t))
+            {
+                continue;
+            }
+            ExternalDataRef r = files.Resolve(t);
+            if (r.Length > Array.MaxLength)
+            {
+                throw new CompressException(DiagnosticCodes.ExternalDataUnreadable, displayName, t.Name, r.Location,
+                    $"a single tensor of {r.Length} bytes is larger than this version can hold in memory") { File = displayName };
+            }
+            byte[] buffer = files.Read(r, t.Name);
+            t.RawData = UnsafeByteOperations.UnsafeWrap(buffer);
+            t.ExternalData.Clear();
+            t.ClearDataLocation();
+        }
+    }
+
+    /// <summary>
+    /// Reads only the model's protobuf: external tensors stay references (their data is not read), but every
+    /// reference is checked like <see cref="Load"/> does (location inside the model folder, offset and length inside
+    /// the file, length matching dims and type). Use <see cref="LazyModel.Resolve"/> to find a tensor's bytes.
+    /// Throws CMPR0101/0102/0104/0105/0103 like <see cref="Load"/>.
+    /// </summary>
+    public static LazyModel LoadLazy(string path)
+    {
+        string full = Path.GetFullPath(path);
+        if (!File.Exists(full))
+        {
+            throw new CompressException(DiagnosticCodes.ModelNotFound, path) { File = path };
+        }
+        byte[] bytes;
         try
+        {
+            bytes = File.ReadAllBytes(full);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new CompressException(e, DiagnosticCodes.ModelNotOnnx, path, e.Message) { File = path };
+        }
+        ModelProto model = Parse(bytes, path);
+        string dir = Path.GetDirectoryName(full)!;
+        var refs = new Dictionary<TensorProto, ExternalDataRef>(ReferenceEqualityComparer.Instance);
+        using (var files = new ExternalFiles(dir, path))
         {
             foreach (TensorProto t in ModelWalker.Tensors(model))
             {
-                if (!TensorUtil.IsExternal(t))
+                if (TensorUtil.IsExternal(t))
                 {
-                    continue;
+                    refs[t] = files.Resolve(t);
                 }
-                string? location = null;
-                long offset = 0;
-                long length = -1;
-                foreach (StringStringEntryProto kv in t.ExternalData)
-                {
-                    switch (kv.Key)
-                    {
-                        case "location": location = kv.Value; break;
-                        case "offset": offset = ParseLong(kv.Value, t, "offset", displayName); break;
-                        case "length": length = ParseLong(kv.Value, t, "length", displayName); break;
-                    }
-                }
-                if (string.IsNullOrEmpty(location))
-                {
-                    throw new CompressException(DiagnosticCodes.ExternalDataUnreadable, displayName, t.Name, "", "no 'location' key") { File = displayName };
-                }
-                string file = SafePath.ResolveInside(modelDirectory, location, displayName, t.Name);
-                if (!open.TryGetValue(file, out FileStream? fs))
-                {
-                    try
-                    {
-                        fs = new FileStream(file, FileMode.Open, FileAccess.Read, FileShare.Read);
-                    }
-                    catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-                    {
-                        throw new CompressException(e, DiagnosticCodes.ExternalDataUnreadable, displayName, t.Name, location, e.Message) { File = displayName };
-                    }
-                    open[file] = fs;
-                }
-                long expected;
-                try
-                {
-                    expected = TensorUtil.ExpectedRawByteLength(t);
-                }
-                catch (Exception e) when (e is OverflowException or InvalidDataException)
-                {
-                    throw new CompressException(DiagnosticCodes.ModelInvalid, displayName, $"tensor '{t.Name}': {e.Message}") { File = displayName };
-                }
-                if (length < 0)
-                {
-                    length = expected >= 0 ? expected : fs.Length - offset;
-                }
-                if (expected >= 0 && length != expected)
-                {
-                    throw new CompressException(DiagnosticCodes.ExternalDataUnreadable, displayName, t.Name, location,
-                        $"length {length} does not match the {expected} bytes its dims and type need") { File = displayName };
-                }
-                if (offset < 0 || length < 0 || offset > fs.Length || length > fs.Length - offset)
-                {
-                    throw new CompressException(DiagnosticCodes.ExternalDataUnreadable, displayName, t.Name, location,
-                        $"offset {offset} + length {length} lies past the end of the {fs.Length}-byte file") { File = displayName };
-                }
-                if (length > Array.MaxLength)
-                {
-                    throw new CompressException(DiagnosticCodes.ExternalDataUnreadable, displayName, t.Name, location,
-                        $"a single tensor of {length} bytes is larger than this version can hold in memory") { File = displayName };
-                }
-                var buffer = new byte[length];
-                fs.Position = offset;
-                fs.ReadExactly(buffer);
-                t.RawData = UnsafeByteOperations.UnsafeWrap(buffer);
-                t.ExternalData.Clear();
-                t.ClearDataLocation();
             }
         }
-        finally
+        return new LazyModel(model, full, path, bytes.LongLength, refs);
+    }
+
+    /// <summary>
+    /// A cheap size probe for choosing the streaming path: the model file's length plus the bytes its external
+    /// tensors reference (each distinct range once). Parses only the protobuf when the file is below 256 MiB;
+    /// a bigger file holds its weights inline and its length is returned as is. Throws like <see cref="LoadLazy"/>.
+    /// </summary>
+    public static long TotalBytesWithExternalData(string modelPath)
+    {
+        string full = Path.GetFullPath(modelPath);
+        var info = new FileInfo(full);
+        if (!info.Exists)
         {
-            foreach (FileStream fs in open.Values)
+            throw new CompressException(DiagnosticCodes.ModelNotFound, modelPath) { File = modelPath };
+        }
+        if (info.Length >= 256L << 20)
+        {
+            return info.Length;
+        }
+        LazyModel lazy = LoadLazy(modelPath);
+        return info.Length + lazy.ExternalBytes;
+    }
+
+    /// <summary>Opens external data files once each and resolves tensor references against them.</summary>
+    internal sealed class ExternalFiles(string modelDirectory, string displayName) : IDisposable
+    {
+        private readonly Dictionary<string, FileStream> _open = new(StringComparer.Ordinal);
+        private readonly Dictionary<string, long> _lengths = new(StringComparer.Ordinal);
+
+        /// <summary>Reads a resolved reference; CMPR0105 when the file cannot be opened or changed since it was checked.</summary>
+        public byte[] Read(ExternalDataRef r, string tensorName)
+        {
+            var buffer = new byte[r.Length];
+            if (r.Length == 0)
+            {
+                return buffer;
+            }
+            try
+            {
+                if (!_open.TryGetValue(r.FilePath, out FileStream? fs))
+                {
+                    fs = new FileStream(r.FilePath, FileMode.Open, FileAccess.Read, FileShare.Read, 1, FileOptions.None);
+                    _open[r.FilePath] = fs;
+                }
+                fs.Position = r.Offset;
+                fs.ReadExactly(buffer);
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                throw new CompressException(e, DiagnosticCodes.ExternalDataUnreadable, displayName, tensorName, r.Location, e.Message) { File = displayName };
+            }
+            return buffer;
+        }
+
+        public ExternalDataRef Resolve(TensorProto t)
+        {
+            string? location = null;
+            long offset = 0;
+            long length = -1;
+            foreach (StringStringEntryProto kv in t.ExternalData)
+            {
+                switch (kv.Key)
+                {
+                    case "location": location = kv.Value; break;
+                    case "offset": offset = ParseLong(kv.Value, t, "offset", displayName); break;
+                    case "length": length = ParseLong(kv.Value, t, "length", displayName); break;
+                }
+            }
+            if (string.IsNullOrEmpty(location))
+            {
+                throw new CompressException(DiagnosticCodes.ExternalDataUnreadable, displayName, t.Name, "", "no 'location' key") { File = displayName };
+            }
+            string file = SafePath.ResolveInside(modelDirectory, location, displayName, t.Name);
+            if (!_lengths.TryGetValue(file, out long fileLength))
+            {
+                // Only stat here; the file is opened when bytes are read. A FIFO, socket or device inside the folder
+                // reports length 0 (and opening a FIFO blocks), so nothing is ever opened for an empty file.
+                try
+                {
+                    var info = new FileInfo(file);
+                    if (!info.Exists)
+                    {
+                        throw new FileNotFoundException(Directory.Exists(file) ? "it is a folder, not a file" : "the file does not exist");
+                    }
+                    fileLength = info.Length;
+                }
+                catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+                {
+                    throw new CompressException(e, DiagnosticCodes.ExternalDataUnreadable, displayName, t.Name, location, e.Message) { File = displayName };
+                }
+                _lengths[file] = fileLength;
+            }
+            long expected;
+            try
+            {
+                expected = TensorUtil.ExpectedRawByteLength(t);
+            }
+            catch (Exception e) when (e is OverflowException or InvalidDataException)
+            {
+                throw new CompressException(DiagnosticCodes.ModelInvalid, displayName, $"tensor '{t.Name}': {e.Message}") { File = displayName };
+            }
+            if (length < 0)
+            {
+                length = expected >= 0 ? expected : Math.Max(0, fileLength - offset);
+            }
+            if (expected >= 0 && length != expected)
+            {
+                throw new CompressException(DiagnosticCodes.ExternalDataUnreadable, displayName, t.Name, location,
+                    $"length {length} does not match the {expected} bytes its dims and type need") { File = displayName };
+            }
+            if (offset < 0 || length < 0 || offset > fileLength || length > fileLength - offset)
+            {
+                throw new CompressException(DiagnosticCodes.ExternalDataUnreadable, displayName, t.Name, location,
+                    $"offset {offset} + length {length} lies past the end of the {fileLength}-byte file") { File = displayName };
+            }
+            return new ExternalDataRef(file, location, offset, length);
+        }
+
+        public void Dispose()
+        {
+            foreach (FileStream fs in _open.Values)
             {
                 fs.Dispose();
             }
+            _open.Clear();
         }
     }
 
@@ -293,4 +394,44 @@ public static class ModelIO
             // A stale external-data file from an earlier save is harmless; the model no longer points at it.
         }
     }
+}
+
+/// <summary>Where an external tensor's bytes are: a checked full path inside the model folder, offset and length inside that file.</summary>
+public sealed record ExternalDataRef(string FilePath, string Location, long Offset, long Length);
+
+/// <summary>A model read by <see cref="ModelIO.LoadLazy"/>: the protobuf in memory, external tensors as checked references.</summary>
+public sealed class LazyModel
+{
+    private readonly Dictionary<TensorProto, ExternalDataRef> _refs;
+
+    internal LazyModel(ModelProto model, string fullPath, string displayName, long protoBytes, Dictionary<TensorProto, ExternalDataRef> refs)
+    {
+        Model = model;
+        FullPath = fullPath;
+        DisplayName = displayName;
+        ProtoBytes = protoBytes;
+        _refs = refs;
+        ExternalBytes = refs.Values.Select(r => (r.FilePath, r.Offset, r.Length)).Distinct().Sum(r => r.Length);
+        LargestExternalTensorBytes = refs.Count == 0 ? 0 : refs.Values.Max(r => r.Length);
+    }
+
+    /// <summary>The parsed model; tensors with data_location EXTERNAL still carry their external_data entries.</summary>
+    public ModelProto Model { get; }
+
+    public string FullPath { get; }
+
+    public string DisplayName { get; }
+
+    /// <summary>Length of the .onnx file itself.</summary>
+    public long ProtoBytes { get; }
+
+    /// <summary>Bytes referenced by external tensors (each distinct range once).</summary>
+    public long ExternalBytes { get; }
+
+    public long LargestExternalTensorBytes { get; }
+
+    public IReadOnlyDictionary<TensorProto, ExternalDataRef> ExternalTensors => _refs;
+
+    /// <summary>The checked reference of an external tensor of <see cref="Model"/>, or null when the tensor is stored inline.</summary>
+    public ExternalDataRef? Resolve(TensorProto tensor) => _refs.TryGetValue(tensor, out ExternalDataRef? r) ? r : null;
 }

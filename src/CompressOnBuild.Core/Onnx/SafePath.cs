@@ -29,19 +29,27 @@ public static class SafePath
                 throw Reject();
             }
         }
-        string root = Path.GetFullPath(baseDirectory);
-        string realRoot = RealPath(root);
-        string candidate = Path.GetFullPath(Path.Combine(root, Path.Combine(segments.Where(s => s.Length > 0 && s != ".").ToArray())));
-        if (!IsUnder(candidate, root))
+        try
         {
-            throw Reject();
+            string root = Path.GetFullPath(baseDirectory);
+            string realRoot = RealPath(root);
+            string candidate = Path.GetFullPath(Path.Combine(root, Path.Combine(segments.Where(s => s.Length > 0 && s != ".").ToArray())));
+            if (!IsUnder(candidate, root))
+            {
+                throw Reject();
+            }
+            string real = RealPath(candidate);
+            if (!IsUnder(real, realRoot))
+            {
+                throw Reject();
+            }
+            return real;
         }
-        string real = RealPath(candidate);
-        if (!IsUnder(real, realRoot))
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException or NotSupportedException)
         {
-            throw Reject();
+            // A link loop, an over-long name or a component we may not read: the path cannot be shown to stay inside.
+            throw new CompressException(e, DiagnosticCodes.ExternalDataPath, modelDisplayName, tensorName, location) { File = modelDisplayName };
         }
-        return real;
     }
 
     /// <summary>True if <paramref name="path"/> equals or is inside <paramref name="directory"/> (both full paths).</summary>

@@ -75,9 +75,12 @@ public static class TensorUtil
             return $"unknown data type {tensor.DataType}";
         }
         long count;
+        long expectedRaw;
         try
         {
             count = ElementCount(tensor);
+            // count * bits can overflow even when count itself fits (fuzz: dims [2^61] of FLOAT).
+            expectedRaw = ExpectedRawByteLength(tensor);
         }
         catch (Exception e) when (e is OverflowException or InvalidDataException)
         {
@@ -94,13 +97,13 @@ public static class TensorUtil
         }
         if (tensor.HasRawData)
         {
-            long expected = ExpectedRawByteLength(tensor);
+            long expected = expectedRaw;
             return tensor.RawData.Length == expected ? null : $"raw_data has {tensor.RawData.Length} bytes but dims [{string.Join(",", tensor.Dims)}] of {DataTypeName(tensor.DataType)} need {expected}";
         }
         long stored = TypedFieldCount(tensor);
         long expectedStored = type switch
         {
-            TensorProto.Types.DataType.Complex64 or TensorProto.Types.DataType.Complex128 => count * 2,
+            TensorProto.Types.DataType.Complex64 or TensorProto.Types.DataType.Complex128 => count > long.MaxValue / 2 ? -1 : count * 2,
             TensorProto.Types.DataType.Uint4 or TensorProto.Types.DataType.Int4 or TensorProto.Types.DataType.Float4E2M1 => (count + 1) / 2,
             TensorProto.Types.DataType.Uint2 or TensorProto.Types.DataType.Int2 => (count + 3) / 4,
             _ => count,
@@ -131,6 +134,8 @@ public static class TensorUtil
     {
         EnsureLoaded(tensor);
         long count = ElementCount(tensor);
+        // Check the stored length before allocating: dims are untrusted and may claim billions of elements.
+        RequireStoredLength(tensor, count);
         var result = new float[count];
         var type = (TensorProto.Types.DataType)tensor.DataType;
         ReadOnlySpan<byte> raw = tensor.HasRawData ? tensor.RawData.Span : default;
@@ -206,6 +211,7 @@ public static class TensorUtil
     {
         EnsureLoaded(tensor);
         long count = ElementCount(tensor);
+        RequireStoredLength(tensor, count);
         var result = new long[count];
         var type = (TensorProto.Types.DataType)tensor.DataType;
         if (tensor.HasRawData)
@@ -273,6 +279,7 @@ public static class TensorUtil
         }
         var type = (TensorProto.Types.DataType)tensor.DataType;
         long count = ElementCount(tensor);
+        RequireStoredLength(tensor, count);
         switch (type)
         {
             case TensorProto.Types.DataType.Float:
@@ -342,6 +349,24 @@ public static class TensorUtil
         if (IsExternal(tensor))
         {
             throw new InvalidOperationException($"tensor '{tensor.Name}' still refers to external data; load the model with ModelIO.Load");
+        }
+    }
+
+    /// <summary>Throws <see cref="InvalidDataException"/> unless the stored data holds <paramref name="count"/> elements (before anything is allocated).</summary>
+    private static void RequireStoredLength(TensorProto tensor, long count)
+    {
+        int bits = BitsPerElement(tensor.DataType);
+        if (tensor.HasRawData)
+        {
+            if (bits >= 8 && (count > long.MaxValue / (bits / 8) || tensor.RawData.Length != count * (bits / 8)))
+            {
+                RequireLength(tensor, tensor.RawData.Length, count > long.MaxValue / 8 ? long.MaxValue : count * (bits / 8));
+            }
+            return;
+        }
+        if (bits >= 8 && (TensorProto.Types.DataType)tensor.DataType != TensorProto.Types.DataType.String)
+        {
+            RequireLength(tensor, TypedFieldCount(tensor), count);
         }
     }
 
