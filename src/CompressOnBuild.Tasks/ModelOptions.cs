@@ -146,6 +146,7 @@ namespace CompressOnBuild.Tasks
             new ModelOption("MaxLatencyRatio", OptionKind.Positive),
             new ModelOption("ValidationSamples", OptionKind.Count),
             new ModelOption("CalibrationSamples", OptionKind.Count),
+            new ModelOption("CalibrationMethod", OptionKind.Text),
             new ModelOption("NodesToExclude", OptionKind.Text),
             new ModelOption("OpTypesToQuantize", OptionKind.Text),
             new ModelOption("Tune", OptionKind.Boolean),

@@ -11,6 +11,7 @@ public sealed class ModelOptionsTests
     [DataRow("TuneTimeBudgetSeconds", "tune-time-budget-seconds")]
     [DataRow("Labels", "labels")]
     [DataRow("MinCompressionRatio", "min-compression-ratio")]
+    [DataRow("CalibrationMethod", "calibration-method")]
     public void KebabCase_FollowsTheContract(string metadata, string option) =>
         Assert.AreEqual(option, ModelOption.ToKebabCase(metadata));
 
@@ -19,7 +20,7 @@ public sealed class ModelOptionsTests
     {
         var names = ModelOptions.All.Select(o => o.OptionName).ToList();
         Assert.AreEqual(names.Count, names.Distinct(StringComparer.Ordinal).Count());
-        Assert.AreEqual(20, names.Count);
+        Assert.AreEqual(21, names.Count);
     }
 
     [TestMethod]
