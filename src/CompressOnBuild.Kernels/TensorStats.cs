@@ -43,9 +43,90 @@ public static class TensorStats
         {
             throw new ArgumentException("MinMax needs at least one element.", nameof(values));
         }
-        return new MinMaxResult(
-            ReduceDriver.Run<MinOp>(values, implementation),
-            ReduceDriver.Run<MaxOp>(values, implementation));
+        // One pass with both folds (two passes read a large tensor from memory twice); each fold has two
+        // independent chains. Min/Max are associative and commutative bit for bit, so every width matches the reference.
+        ref float start = ref MemoryMarshal.GetReference(values);
+        int n = values.Length;
+        int i = 0;
+        float min = float.PositiveInfinity, max = float.NegativeInfinity;
+        switch (implementation)
+        {
+            case KernelImplementation.Vector512 when n >= Vector512<float>.Count:
+            {
+                int w = Vector512<float>.Count;
+                Vector512<float> lo0 = Vector512.Create(float.PositiveInfinity), lo1 = lo0;
+                Vector512<float> hi0 = Vector512.Create(float.NegativeInfinity), hi1 = hi0;
+                for (; i <= n - 2 * w; i += 2 * w)
+                {
+                    Vector512<float> a = Vector512.LoadUnsafe(ref start, (nuint)i);
+                    Vector512<float> b = Vector512.LoadUnsafe(ref start, (nuint)(i + w));
+                    lo0 = Vector512.Min(lo0, a);
+                    hi0 = Vector512.Max(hi0, a);
+                    lo1 = Vector512.Min(lo1, b);
+                    hi1 = Vector512.Max(hi1, b);
+                }
+                Vector512<float> lo = Vector512.Min(lo0, lo1), hi = Vector512.Max(hi0, hi1);
+                for (int lane = 0; lane < w; lane++)
+                {
+                    min = MathF.Min(min, lo.GetElement(lane));
+                    max = MathF.Max(max, hi.GetElement(lane));
+                }
+                break;
+            }
+            case KernelImplementation.Vector256 when n >= Vector256<float>.Count:
+            {
+                int w = Vector256<float>.Count;
+                Vector256<float> lo0 = Vector256.Create(float.PositiveInfinity), lo1 = lo0;
+                Vector256<float> hi0 = Vector256.Create(float.NegativeInfinity), hi1 = hi0;
+                for (; i <= n - 2 * w; i += 2 * w)
+                {
+                    Vector256<float> a = Vector256.LoadUnsafe(ref start, (nuint)i);
+                    Vector256<float> b = Vector256.LoadUnsafe(ref start, (nuint)(i + w));
+                    lo0 = Vector256.Min(lo0, a);
+                    hi0 = Vector256.Max(hi0, a);
+                    lo1 = Vector256.Min(lo1, b);
+                    hi1 = Vector256.Max(hi1, b);
+                }
+                Vector256<float> lo = Vector256.Min(lo0, lo1), hi = Vector256.Max(hi0, hi1);
+                for (int lane = 0; lane < w; lane++)
+                {
+                    min = MathF.Min(min, lo.GetElement(lane));
+                    max = MathF.Max(max, hi.GetElement(lane));
+                }
+                break;
+            }
+            case KernelImplementation.Vector128 when n >= Vector128<float>.Count:
+            {
+                int w = Vector128<float>.Count;
+                Vector128<float> lo0 = Vector128.Create(float.PositiveInfinity), lo1 = lo0;
+                Vector128<float> hi0 = Vector128.Create(float.NegativeInfinity), hi1 = hi0;
+                for (; i <= n - 2 * w; i += 2 * w)
+                {
+                    Vector128<float> a = Vector128.LoadUnsafe(ref start, (nuint)i);
+                    Vector128<float> b = Vector128.LoadUnsafe(ref start, (nuint)(i + w));
+                    lo0 = Vector128.Min(lo0, a);
+                    hi0 = Vector128.Max(hi0, a);
+                    lo1 = Vector128.Min(lo1, b);
+                    hi1 = Vector128.Max(hi1, b);
+                }
+                Vector128<float> lo = Vector128.Min(lo0, lo1), hi = Vector128.Max(hi0, hi1);
+                for (int lane = 0; lane < w; lane++)
+                {
+                    min = MathF.Min(min, lo.GetElement(lane));
+                    max = MathF.Max(max, hi.GetElement(lane));
+                }
+                break;
+            }
+            default:
+                break;
+        }
+        for (; i < n; i++)
+        {
+            float v = Unsafe.Add(ref start, i);
+            min = MathF.Min(min, v);
+            max = MathF.Max(max, v);
+        }
+        return new MinMaxResult(min, max);
     }
 
     internal static float MaxAbs(ReadOnlySpan<float> values, KernelImplementation implementation) =>
