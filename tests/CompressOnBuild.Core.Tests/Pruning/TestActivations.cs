@@ -30,7 +30,7 @@ internal static class TestActivations
         using var options = new SessionOptions { IntraOpNumThreads = 2 };
         using var session = new InferenceSession(copy.ToByteArray(), options);
         string input = session.InputNames[0];
-        int perSample = inputs.Length / (inputs.Length / 784) ;
+        int perSample = (int)shapeFor(1).Aggregate(1L, (a, d) => a * d);
         var data = names.ToDictionary(n => n, _ => new List<float>());
         var shapes = new Dictionary<string, long[]>();
         for (int start = 0; start < samples; start += batch)
