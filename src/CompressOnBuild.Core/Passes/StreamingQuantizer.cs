@@ -1,0 +1,570 @@
+using System.Globalization;
+using System.Runtime.InteropServices;
+using CompressOnBuild.Core.Onnx;
+using CompressOnBuild.Kernels;
+using CompressOnBuild.Onnx;
+using Google.Protobuf;
+using Microsoft.Win32.SafeHandles;
+
+namespace CompressOnBuild.Core.Passes;
+
+/// <summary>
+/// Dynamic int8 quantization for models too big to hold in memory (external data, over 2 GB). The model's protobuf is
+/// read with <see cref="ModelIO.LoadLazy"/> (external tensors stay file references); each MatMul weight is read from its
+/// file in row chunks twice (column max |w|, then quantize) and the uint8/int8 result is appended to the output's
+/// external data file, 4 KiB aligned; other external tensors are copied through in chunks. The data file and then the
+/// small .onnx are written atomically (like <see cref="ModelIO.Save"/>). Peak managed memory is the chunk buffers plus
+/// the protobuf, not the weights.
+/// <para>
+/// Same weight math as <see cref="Int8DynamicQuantizer"/>: symmetric per output column, scale = max|W[:, j]| / 127
+/// (63 for <see cref="WeightEncoding.Int8ReducedRange"/>), round half to even, uint8 with zero point 128 by default.
+/// Only MatMul nodes of the main graph whose weight B is a float32 rank-2 initializer used by nothing else are
+/// quantized (Gemm, Conv, Constant/Reshape chains and bias folding are left to the in-memory pass).
+/// </para>
+/// </summary>
+public static class StreamingQuantizer
+{
+    /// <summary>Bytes of float weight rows read per chunk (the working set per weight, besides the protobuf).</summary>
+    public const int ChunkBytes = 32 << 20;
+
+    private const int Alignment = 4096;
+
+    /// <summary>
+    /// Quantizes <paramref name="modelPath"/> into <paramref name="outputPath"/> (plus "&lt;output&gt;.data").
+    /// <paramref name="beforeSave"/> may change the small model last (e.g. add metadata) before it is written.
+    /// Throws CMPR0101-0105 for bad input, CMPR0202 for a non-finite weight, CMPR0106 when writing fails,
+    /// CMPR0107 when the output would overwrite the model or one of its data files. Nothing is written on failure.
+    /// </summary>
+    public static QuantizationSummary CompressInt8Dynamic(string modelPath, string outputPath, QuantizationOptions options, string displayName,
+        Action<ModelProto>? beforeSave = null)
+    {
+        ArgumentNullException.ThrowIfNull(modelPath);
+        ArgumentNullException.ThrowIfNull(outputPath);
+        ArgumentNullException.ThrowIfNull(options);
+        ArgumentNullException.ThrowIfNull(displayName);
+        LazyModel lazy = ModelIO.LoadLazy(modelPath);
+        ModelChecker.Validate(lazy.Model, displayName);
+        return new Writer(lazy, options, displayName).Run(outputPath, beforeSave);
+    }
+
+    private sealed class Weight
+    {
+        public required TensorProto Tensor { get; init; }
+
+        public required int K { get; init; }
+
+        public required int N { get; init; }
+
+        public List<NodeProto> Users { get; } = [];
+
+        public string QuantizedName { get; set; } = "";
+
+        public string ScaleName { get; set; } = "";
+
+        public string ZeroPointName { get; set; } = "";
+
+        public float[] Scales { get; set; } = [];
+
+        public float MaxError { get; set; }
+    }
+
+    private sealed class Writer(LazyModel lazy, QuantizationOptions options, string displayName)
+    {
+        private readonly ModelProto _model = lazy.Model;
+        private readonly HashSet<string> _names = new(StringComparer.Ordinal);
+        private readonly Dictionary<string, SafeFileHandle> _handles = new(StringComparer.Ordinal);
+
+        private (byte Zero, byte Min, byte Max, bool Unsigned, float Levels) Encoding => options.WeightEncoding switch
+        {
+            WeightEncoding.Int8 => (0, unchecked((byte)(sbyte)-127), 127, false, 127f),
+            WeightEncoding.UInt8 => (128, 1, 255, true, 127f),
+            WeightEncoding.Int8ReducedRange => (0, unchecked((byte)(sbyte)-63), 63, false, 63f),
+            _ => throw new CompressException(DiagnosticCodes.InvalidOption, displayName, "WeightEncoding", options.WeightEncoding,
+                "expected Int8, UInt8 or Int8ReducedRange") { File = displayName },
+        };
+
+        public QuantizationSummary Run(string outputPath, Action<ModelProto>? beforeSave)
+        {
+            _ = Encoding;
+            long before = lazy.ProtoBytes + lazy.ExternalBytes;
+            string full = Path.GetFullPath(outputPath);
+            string dataPath = full + ".data";
+            string dataName = Path.GetFileName(full) + ".data";
+            CheckOutputIsNotAnInput(full, dataPath, outputPath);
+
+            var skipped = new List<SkippedNode>();
+            string? already = Int8DynamicQuantizer.DescribeQuantizedOps(_model);
+            List<Weight> weights = already == null ? FindWeights(skipped) : [];
+            CollectNames();
+            try
+            {
+                // Data file first (it may fail on a non-finite weight without touching the output), then the model.
+                Directory.CreateDirectory(Path.GetDirectoryName(full)!);
+                var quantizedSet = new HashSet<TensorProto>(weights.Select(w => w.Tensor), ReferenceEqualityComparer.Instance);
+                bool anyExternal = weights.Count > 0 || lazy.ExternalTensors.Keys.Any(t => !quantizedSet.Contains(t));
+                if (anyExternal)
+                {
+                    AtomicFile.Write(dataPath, stream => WriteData(stream, weights, quantizedSet, dataName));
+                }
+                else
+                {
+                    DeleteStale(dataPath);
+                }
+                Rewrite(weights, dataName);
+                beforeSave?.Invoke(_model);
+                AtomicFile.Write(full, stream =>
+                {
+                    using var output = new CodedOutputStream(stream, leaveOpen: true);
+                    _model.WriteTo(output);
+                    output.Flush();
+                });
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                throw new CompressException(e, DiagnosticCodes.OutputWriteFailed, outputPath, e.Message) { File = outputPath };
+            }
+            finally
+            {
+                foreach (SafeFileHandle h in _handles.Values)
+                {
+                    h.Dispose();
+                }
+            }
+            long after = new FileInfo(full).Length + (File.Exists(dataPath) ? new FileInfo(dataPath).Length : 0);
+            return new QuantizationSummary
+            {
+                ModelDisplayName = displayName,
+                WeightEncoding = options.WeightEncoding,
+                AlreadyQuantized = already != null,
+                AlreadyQuantizedReason = already,
+                Quantized = weights.SelectMany(w => w.Users.Select(u => new QuantizedNode(Int8DynamicQuantizer.Label(u), "MatMul", w.Tensor.Name, w.K, w.N, w.MaxError))).ToList(),
+                Skipped = skipped,
+                ModelBytesBefore = before,
+                ModelBytesAfter = after,
+                FloatWeightBytes = weights.Sum(w => (long)w.K * w.N * 4),
+                QuantizedWeightBytes = weights.Sum(w => (long)w.K * w.N + (long)w.N * 5),
+            };
+        }
+
+        private void CheckOutputIsNotAnInput(string full, string dataPath, string outputPath)
+        {
+            StringComparison cmp = OperatingSystem.IsWindows() || OperatingSystem.IsMacOS() ? StringComparison.OrdinalIgnoreCase : StringComparison.Ordinal;
+            var inputs = new List<string> { SafePath.RealPath(lazy.FullPath) };
+            inputs.AddRange(lazy.ExternalTensors.Values.Select(r => r.FilePath));
+            foreach (string candidate in new[] { SafePath.RealPath(full), SafePath.RealPath(dataPath) })
+            {
+                if (inputs.Any(i => string.Equals(i, candidate, cmp)))
+                {
+                    throw new CompressException(DiagnosticCodes.OutputIsSource, outputPath) { File = lazy.DisplayName };
+                }
+            }
+        }
+
+        private List<Weight> FindWeights(List<SkippedNode> skipped)
+        {
+            GraphProto graph = _model.Graph;
+            var excluded = new HashSet<string>(options.ExcludedNodes, StringComparer.Ordinal);
+            var initializers = new Dictionary<string, TensorProto>(StringComparer.Ordinal);
+            foreach (TensorProto t in graph.Initializer)
+            {
+                initializers[t.Name] = t;
+            }
+            var graphInputs = new HashSet<string>(graph.Input.Select(i => i.Name), StringComparer.Ordinal);
+            // Every use of every name outside "input 1 of a main-graph MatMul": such a weight must stay float.
+            var otherUses = new HashSet<string>(graph.Output.Select(o => o.Name), StringComparer.Ordinal);
+            foreach ((GraphProto g, int depth) in ModelWalker.Graphs(_model))
+            {
+                foreach (NodeProto n in g.Node)
+                {
+                    for (int i = 0; i < n.Input.Count; i++)
+                    {
+                        bool mainMatMulB = depth == 0 && i == 1 && n.OpType == "MatMul" && ModelChecker.NormalizeDomain(n.Domain).Length == 0 && !excluded.Contains(Int8DynamicQuantizer.Label(n));
+                        if (!mainMatMulB)
+                        {
+                            otherUses.Add(n.Input[i]);
+                        }
+                    }
+                    if (depth > 0 && n.OpType is "MatMul" or "Gemm" or "Conv")
+                    {
+                        skipped.Add(new SkippedNode(Int8DynamicQuantizer.Label(n), n.OpType, $"it is inside the subgraph '{g.Name}'; only the main graph is quantized"));
+                    }
+                }
+                if (depth > 0)
+                {
+                    otherUses.UnionWith(g.Output.Select(o => o.Name));
+                }
+            }
+            var weights = new Dictionary<string, Weight>(StringComparer.Ordinal);
+            foreach (NodeProto node in graph.Node)
+            {
+                if (ModelChecker.NormalizeDomain(node.Domain).Length != 0 || node.OpType is not ("MatMul" or "Gemm" or "Conv"))
+                {
+                    continue;
+                }
+                string label = Int8DynamicQuantizer.Label(node);
+                void Skip(string reason) => skipped.Add(new SkippedNode(label, node.OpType, reason));
+                if (node.OpType != "MatMul")
+                {
+                    Skip("the streaming path for big models quantizes MatMul only");
+                    continue;
+                }
+                if (excluded.Contains(label))
+                {
+                    Skip("excluded by the options");
+                    continue;
+                }
+                if (node.Input.Count < 2)
+                {
+                    continue;
+                }
+                string b = node.Input[1];
+                if (!initializers.TryGetValue(b, out TensorProto? t))
+                {
+                    Skip($"weight '{b}' is not an initializer");
+                    continue;
+                }
+                if (graphInputs.Contains(b) && _model.IrVersion >= 4)
+                {
+                    Skip($"weight '{b}' is also a graph input, so callers can replace it at run time");
+                    continue;
+                }
+                if (t.DataType != (int)TensorProto.Types.DataType.Float || t.Dims.Count != 2)
+                {
+                    Skip($"weight '{b}' is not a float32 matrix");
+                    continue;
+                }
+                long elements = t.Dims[0] * t.Dims[1];
+                if (elements < options.MinimumWeightElements || elements == 0)
+                {
+                    Skip($"weight '{b}' has {elements} elements, fewer than the minimum {options.MinimumWeightElements}");
+                    continue;
+                }
+                if (t.Dims[0] > int.MaxValue || t.Dims[1] > int.MaxValue / 4)
+                {
+                    Skip($"weight '{b}' has dimensions too large for this pass");
+                    continue;
+                }
+                if (otherUses.Contains(b))
+                {
+                    Skip($"weight '{b}' is also used by something that stays float");
+                    continue;
+                }
+                if (!weights.TryGetValue(b, out Weight? w))
+                {
+                    w = new Weight { Tensor = t, K = (int)t.Dims[0], N = (int)t.Dims[1] };
+                    weights[b] = w;
+                }
+                w.Users.Add(node);
+            }
+            return [.. weights.Values];
+        }
+
+        private void CollectNames()
+        {
+            foreach ((GraphProto g, _) in ModelWalker.Graphs(_model))
+            {
+                _names.UnionWith(g.Input.Select(i => i.Name));
+                _names.UnionWith(g.Initializer.Select(i => i.Name));
+                foreach (NodeProto n in g.Node)
+                {
+                    _names.UnionWith(n.Output);
+                    _names.Add(n.Name);
+                }
+            }
+        }
+
+        private string Unique(string name)
+        {
+            string candidate = name;
+            for (int i = 1; !_names.Add(candidate); i++)
+            {
+                candidate = name + "_" + i.ToString(CultureInfo.InvariantCulture);
+            }
+            return candidate;
+        }
+
+        private void WriteData(Stream stream, List<Weight> weights, HashSet<TensorProto> quantized, string dataName)
+        {
+            long position = 0;
+            byte[] buffer = new byte[Math.Max(Alignment, ChunkBytes)];
+            void Align()
+            {
+                long aligned = (position + Alignment - 1) / Alignment * Alignment;
+                if (aligned > position)
+                {
+                    stream.Write(new byte[aligned - position]);
+                    position = aligned;
+                }
+            }
+            void Point(TensorProto t, long offset, long length)
+            {
+                t.ExternalData.Clear();
+                t.ExternalData.Add(new StringStringEntryProto { Key = "location", Value = dataName });
+                t.ExternalData.Add(new StringStringEntryProto { Key = "offset", Value = offset.ToString(CultureInfo.InvariantCulture) });
+                t.ExternalData.Add(new StringStringEntryProto { Key = "length", Value = length.ToString(CultureInfo.InvariantCulture) });
+                t.DataLocation = TensorProto.Types.DataLocation.External;
+                t.ClearRawData();
+            }
+
+            // Check every weight is finite before writing any of it (one read pass each, chunked).
+            foreach (Weight w in weights)
+            {
+                w.Scales = ColumnScales(w, buffer);
+            }
+            foreach (Weight w in weights)
+            {
+                Align();
+                long start = position;
+                position += QuantizeInto(w, stream, buffer);
+                var q = new TensorProto { Name = Unique(w.Tensor.Name + "_quantized"), DataType = (int)(Encoding.Unsigned ? TensorProto.Types.DataType.Uint8 : TensorProto.Types.DataType.Int8) };
+                q.Dims.Add(w.K);
+                q.Dims.Add(w.N);
+                Point(q, start, (long)w.K * w.N);
+                w.QuantizedName = q.Name;
+                _model.Graph.Initializer.Add(q);
+            }
+            foreach ((TensorProto t, ExternalDataRef r) in lazy.ExternalTensors)
+            {
+                if (quantized.Contains(t))
+                {
+                    continue;
+                }
+                Align();
+                long start = position;
+                SafeFileHandle h = Handle(r.FilePath);
+                for (long done = 0; done < r.Length;)
+                {
+                    int n = (int)Math.Min(buffer.Length, r.Length - done);
+                    ReadExactly(h, buffer.AsSpan(0, n), r.Offset + done, t.Name);
+                    stream.Write(buffer, 0, n);
+                    done += n;
+                }
+                position += r.Length;
+                Point(t, start, r.Length);
+            }
+        }
+
+        /// <summary>Pass 1: per-column max |w| (and the finite check), reading row chunks.</summary>
+        private float[] ColumnScales(Weight w, byte[] buffer)
+        {
+            var maxAbs = new float[w.N];
+            var chunkMax = new float[w.N];
+            foreach ((int rows, float[]? _) in Chunks(w, buffer))
+            {
+                ReadOnlySpan<float> values = MemoryMarshal.Cast<byte, float>(buffer.AsSpan(0, rows * w.N * 4));
+                if (!TensorStats.AllFinite(values))
+                {
+                    throw new CompressException(DiagnosticCodes.NonFiniteWeights, displayName, w.Tensor.Name) { File = displayName };
+                }
+                TensorStats.ColumnMaxAbs(values, rows, w.N, chunkMax);
+                for (int j = 0; j < w.N; j++)
+                {
+                    maxAbs[j] = MathF.Max(maxAbs[j], chunkMax[j]);
+                }
+            }
+            var scales = new float[w.N];
+            for (int j = 0; j < w.N; j++)
+            {
+                float scale = maxAbs[j] / Encoding.Levels;
+                scales[j] = scale >= 1e-30f && float.IsFinite(scale) ? scale : 1f;
+            }
+            return scales;
+        }
+
+        /// <summary>Pass 2: quantize row chunks per column and write them ([K, N] row-major, like the float weight).</summary>
+        private long QuantizeInto(Weight w, Stream stream, byte[] buffer)
+        {
+            (byte zero, byte min, byte max, bool unsigned, _) = Encoding;
+            var zeros = new byte[w.N];
+            Array.Fill(zeros, zero);
+            byte[] q = new byte[Math.Max(1, buffer.Length / 4)];
+            long written = 0;
+            float maxError = 0;
+            foreach ((int rows, _) in Chunks(w, buffer))
+            {
+                int count = rows * w.N;
+                ReadOnlySpan<float> values = MemoryMarshal.Cast<byte, float>(buffer.AsSpan(0, count * 4));
+                Span<byte> dest = q.AsSpan(0, count);
+                if (unsigned)
+                {
+                    QuantizationKernels.QuantizePerColumn(values, rows, w.N, w.Scales, zeros, dest, min, max);
+                }
+                else
+                {
+                    QuantizationKernels.QuantizePerColumn(values, rows, w.N, w.Scales, MemoryMarshal.Cast<byte, sbyte>(zeros.AsSpan()),
+                        MemoryMarshal.Cast<byte, sbyte>(dest), (sbyte)min, (sbyte)max);
+                }
+                for (int r = 0; r < rows; r++)
+                {
+                    int rowStart = r * w.N;
+                    for (int j = 0; j < w.N; j++)
+                    {
+                        int level = unsigned ? dest[rowStart + j] - zero : (sbyte)dest[rowStart + j];
+                        maxError = MathF.Max(maxError, MathF.Abs(values[rowStart + j] - level * w.Scales[j]));
+                    }
+                }
+                stream.Write(dest);
+                written += count;
+            }
+            w.MaxError = maxError;
+            return written;
+        }
+
+        /// <summary>Fills <paramref name="buffer"/> with successive whole rows of the weight's float data.</summary>
+        private IEnumerable<(int Rows, float[]? Unused)> Chunks(Weight w, byte[] buffer)
+        {
+            long rowBytes = (long)w.N * 4;
+            if (rowBytes > buffer.Length)
+            {
+                throw new CompressException(DiagnosticCodes.ModelInvalid, displayName, $"weight '{w.Tensor.Name}' has rows of {rowBytes} bytes, more than the streaming buffer") { File = displayName };
+            }
+            int rowsPerChunk = (int)(buffer.Length / rowBytes);
+            ExternalDataRef? r = lazy.Resolve(w.Tensor);
+            byte[]? inline = null;
+            if (r == null)
+            {
+                inline = TensorUtil.ToRawBytes(w.Tensor);
+            }
+            for (long row = 0; row < w.K; row += rowsPerChunk)
+            {
+                int rows = (int)Math.Min(rowsPerChunk, w.K - row);
+                int bytes = (int)(rows * rowBytes);
+                if (r != null)
+                {
+                    ReadExactly(Handle(r.FilePath), buffer.AsSpan(0, bytes), r.Offset + row * rowBytes, w.Tensor.Name);
+                }
+                else
+                {
+                    inline.AsSpan((int)(row * rowBytes), bytes).CopyTo(buffer);
+                }
+                yield return (rows, null);
+            }
+        }
+
+        private SafeFileHandle Handle(string file)
+        {
+            if (!_handles.TryGetValue(file, out SafeFileHandle? h))
+            {
+                try
+                {
+                    h = File.OpenHandle(file, FileMode.Open, FileAccess.Read, FileShare.Read, FileOptions.SequentialScan);
+                }
+                catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+                {
+                    throw new CompressException(e, DiagnosticCodes.ExternalDataUnreadable, displayName, "", file, e.Message) { File = displayName };
+                }
+                _handles[file] = h;
+            }
+            return h;
+        }
+
+        private void ReadExactly(SafeFileHandle h, Span<byte> destination, long offset, string tensor)
+        {
+            while (destination.Length > 0)
+            {
+                int n = RandomAccess.Read(h, destination, offset);
+                if (n <= 0)
+                {
+                    // The file shrank after it was checked.
+                    throw new CompressException(DiagnosticCodes.ExternalDataUnreadable, displayName, tensor, "", "the file ended early") { File = displayName };
+                }
+                destination = destination[n..];
+                offset += n;
+            }
+        }
+
+        private void Rewrite(List<Weight> weights, string dataName)
+        {
+            _ = dataName;
+            if (weights.Count == 0)
+            {
+                return;
+            }
+            GraphProto graph = _model.Graph;
+            (byte zero, _, _, bool unsigned, _) = Encoding;
+            foreach (Weight w in weights)
+            {
+                w.ScaleName = Unique(w.Tensor.Name + "_scale");
+                w.ZeroPointName = Unique(w.Tensor.Name + "_zero_point");
+                AddInitializer(TensorUtil.FromFloats(w.ScaleName, w.Scales, w.N));
+                var zeros = new byte[w.N];
+                Array.Fill(zeros, zero);
+                AddInitializer(unsigned
+                    ? TensorUtil.FromUInt8(w.ZeroPointName, zeros, w.N)
+                    : TensorUtil.FromInt8(w.ZeroPointName, MemoryMarshal.Cast<byte, sbyte>(zeros.AsSpan()), w.N));
+                if (_model.IrVersion < 4)
+                {
+                    AddInputDeclaration(graph.Initializer.First(t => t.Name == w.QuantizedName));
+                }
+                foreach (NodeProto node in w.Users)
+                {
+                    var q = new NodeProto
+                    {
+                        OpType = Int8DynamicQuantizer.QuantizedOpType,
+                        Domain = Int8DynamicQuantizer.MicrosoftDomain,
+                        Name = node.Name.Length > 0 ? node.Name : Unique(Int8DynamicQuantizer.Label(node) + "_quant"),
+                        DocString = node.DocString,
+                    };
+                    q.Input.Add(node.Input[0]);
+                    q.Input.Add(w.QuantizedName);
+                    q.Input.Add(w.ScaleName);
+                    q.Input.Add(w.ZeroPointName);
+                    q.Output.Add(node.Output[0]);
+                    int index = graph.Node.IndexOf(node);
+                    graph.Node[index] = q;
+                }
+                graph.Initializer.Remove(w.Tensor);
+                for (int i = graph.Input.Count - 1; i >= 0; i--)
+                {
+                    if (graph.Input[i].Name == w.Tensor.Name)
+                    {
+                        graph.Input.RemoveAt(i);
+                    }
+                }
+                for (int i = graph.ValueInfo.Count - 1; i >= 0; i--)
+                {
+                    if (graph.ValueInfo[i].Name == w.Tensor.Name)
+                    {
+                        graph.ValueInfo.RemoveAt(i);
+                    }
+                }
+            }
+            OperatorSetIdProto? ms = _model.OpsetImport.FirstOrDefault(o => o.Domain == Int8DynamicQuantizer.MicrosoftDomain);
+            if (ms == null)
+            {
+                _model.OpsetImport.Add(new OperatorSetIdProto { Domain = Int8DynamicQuantizer.MicrosoftDomain, Version = 1 });
+            }
+        }
+
+        private void AddInitializer(TensorProto t)
+        {
+            _model.Graph.Initializer.Add(t);
+            if (_model.IrVersion < 4)
+            {
+                AddInputDeclaration(t);
+            }
+        }
+
+        private void AddInputDeclaration(TensorProto t)
+        {
+            var shape = new TensorShapeProto();
+            foreach (long d in t.Dims)
+            {
+                shape.Dim.Add(new TensorShapeProto.Types.Dimension { DimValue = d });
+            }
+            _model.Graph.Input.Add(new ValueInfoProto
+            {
+                Name = t.Name,
+                Type = new TypeProto { TensorType = new TypeProto.Types.Tensor { ElemType = t.DataType, Shape = shape } },
+            });
+        }
+
+        private static void DeleteStale(string path)
+        {
+            if (File.Exists(path))
+            {
+                File.Delete(path);
+            }
+        }
+    }
+}
