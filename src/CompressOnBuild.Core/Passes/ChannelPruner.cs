@@ -1,5 +1,6 @@
 using System.Globalization;
 using CompressOnBuild.Core.Onnx;
+using CompressOnBuild.Kernels;
 using CompressOnBuild.Onnx;
 
 namespace CompressOnBuild.Core.Passes;
@@ -295,54 +296,50 @@ internal static class ChannelPruner
             biasScale = PassGraph.FloatAttr(l.Node, "alpha", 1f) / PassGraph.FloatAttr(l.Node, "beta", 1f);
         }
         int p = ins.Length + (intercept ? 1 : 0);
-        // Design matrix Z = [X_kept (1)], target T = X_removed W_removed (kept outputs only).
-        var z = new double[rows * p];
-        var target = new double[rows * outs.Length];
+        // Design matrix Z = [X_kept (1)] and its transpose, removed inputs X_R and their weights W_R (kept outputs).
+        var zt = new float[p * rows];
+        var xr = new float[rows * removed.Length];
         for (int s = 0; s < rows; s++)
         {
             ReadOnlySpan<float> x = a.Data.AsSpan(s * features, features);
             for (int j = 0; j < ins.Length; j++)
             {
-                z[s * p + j] = x[ins[j]];
+                zt[j * rows + s] = x[ins[j]];
             }
             if (intercept)
             {
-                z[s * p + ins.Length] = 1;
+                zt[ins.Length * rows + s] = 1f;
             }
-            foreach (int r in removed)
+            for (int j = 0; j < removed.Length; j++)
             {
-                double xv = x[r];
-                if (xv == 0)
-                {
-                    continue;
-                }
-                for (int oi = 0; oi < outs.Length; oi++)
-                {
-                    target[s * outs.Length + oi] += xv * l.Data[l.Index(outs[oi], r)];
-                }
+                xr[s * removed.Length + j] = x[removed[j]];
             }
         }
-        var gram = new double[p * p];
-        var rhs = new double[p * outs.Length];
-        for (int s = 0; s < rows; s++)
+        var wr = new float[removed.Length * outs.Length];
+        for (int j = 0; j < removed.Length; j++)
         {
-            for (int i = 0; i < p; i++)
+            for (int oi = 0; oi < outs.Length; oi++)
             {
-                double zi = z[s * p + i];
-                if (zi == 0)
-                {
-                    continue;
-                }
-                for (int j = 0; j <= i; j++)
-                {
-                    gram[i * p + j] += zi * z[s * p + j];
-                }
-                for (int oi = 0; oi < outs.Length; oi++)
-                {
-                    rhs[i * outs.Length + oi] += zi * target[s * outs.Length + oi];
-                }
+                wr[j * outs.Length + oi] = l.Data[l.Index(outs[oi], removed[j])];
             }
         }
+        var z = new float[rows * p];
+        for (int i = 0; i < p; i++)
+        {
+            for (int s = 0; s < rows; s++)
+            {
+                z[s * p + i] = zt[i * rows + s];
+            }
+        }
+        // T = X_R W_R (what the removed inputs contributed), G = Z^T Z, R = Z^T T: the Kernels' GEMM.
+        var target = new float[rows * outs.Length];
+        Gemm.Multiply(xr, wr, target, rows, outs.Length, removed.Length);
+        var gramF = new float[p * p];
+        Gemm.Multiply(zt, z, gramF, p, p, rows);
+        var rhsF = new float[p * outs.Length];
+        Gemm.Multiply(zt, target, rhsF, p, outs.Length, rows);
+        double[] gram = [.. gramF.Select(v => (double)v)];
+        double[] rhs = [.. rhsF.Select(v => (double)v)];
         double meanDiag = 0;
         for (int i = 0; i < ins.Length; i++)
         {
@@ -352,10 +349,6 @@ internal static class ChannelPruner
         for (int i = 0; i < p; i++)
         {
             gram[i * p + i] += i < ins.Length ? ridge : 1e-8 * rows;
-            for (int j = 0; j < i; j++)
-            {
-                gram[j * p + i] = gram[i * p + j];
-            }
         }
         double[] solution = CholeskySolve(gram, rhs, p, outs.Length, displayName);
         var delta = new float[ins.Length * outs.Length];

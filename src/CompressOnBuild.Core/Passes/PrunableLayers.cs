@@ -233,18 +233,7 @@ internal static class PrunableLayers
         SetConstant(g, producer.Input[0], data); // Reshape: same elements in the same order
     }
 
-    public static long CountNonzeros(ReadOnlySpan<float> data)
-    {
-        long n = 0;
-        foreach (float v in data)
-        {
-            if (v != 0f)
-            {
-                n++;
-            }
-        }
-        return n;
-    }
+    public static long CountNonzeros(ReadOnlySpan<float> data) => data.Length - Sparsity.CountZeros(data);
 
     /// <summary>Nonzero weights + biases of every MatMul/Gemm/Conv with constant weights, and their FLOPs per sample.</summary>
     public static (long Parameters, long Flops, bool Exact) Measure(ModelProto model, string displayName)

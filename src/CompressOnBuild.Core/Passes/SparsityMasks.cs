@@ -1,15 +1,18 @@
+using CompressOnBuild.Kernels;
+
 namespace CompressOnBuild.Core.Passes;
 
 /// <summary>
-/// The element selection behind Magnitude, Global and NofM pruning. Small private loops until the Kernels project
-/// has the sparsity helpers (magnitude threshold selection, zero count); then these call them.
+/// The element selection behind Magnitude, Global and NofM pruning; the threshold comes from the Kernels'
+/// selection (<see cref="Sparsity.KthLargestMagnitude(ReadOnlySpan{float}, int)"/>) and zeroing below it from
+/// <see cref="Sparsity.ApplyMagnitudeThreshold(Span{float}, float)"/>; only ties and the N:M groups loop here.
 /// </summary>
 internal static class SparsityMasks
 {
     /// <summary>
     /// Sets exactly <paramref name="count"/> elements (over all <paramref name="tensors"/> together) to zero: those
-    /// with the smallest |w|; ties at the threshold are taken in tensor order, then element order. Elements that are
-    /// already zero count as the smallest.
+    /// with the smallest |w|; of the ties at the threshold the first ones (tensor order, then element order) are kept.
+    /// Elements that are already zero count as the smallest.
     /// </summary>
     public static void ZeroSmallest(IReadOnlyList<float[]> tensors, long count) => ZeroSmallest(tensors, null, count);
 
@@ -24,47 +27,68 @@ internal static class SparsityMasks
         {
             return;
         }
-        count = Math.Min(count, total);
-        // Already-zero weights rank first whatever their score.
-        float Score(int tensor, int i) => tensors[tensor][i] == 0f ? -1f : scores == null ? MathF.Abs(tensors[tensor][i]) : scores[tensor][i];
-        var ranked = new float[total];
-        long at = 0;
-        for (int t = 0; t < tensors.Count; t++)
+        if (total > int.MaxValue)
         {
-            for (int i = 0; i < tensors[t].Length; i++)
-            {
-                ranked[at++] = Score(t, i);
-            }
+            throw new InvalidOperationException($"{total} weights are more than one selection can rank");
         }
-        Array.Sort(ranked);
-        float threshold = ranked[count - 1];
-        long zeroed = 0;
-        var atThreshold = new List<(int Tensor, int Index)>();
+        count = Math.Min(count, total);
+        int keep = (int)(total - count);
+        // Ranking values: |w| or the score; weights that are already zero rank as 0 (with the smallest).
+        var ranked = new float[total];
+        int at = 0;
         for (int t = 0; t < tensors.Count; t++)
         {
             float[] w = tensors[t];
-            for (int i = 0; i < w.Length; i++)
+            for (int i = 0; i < w.Length; i++, at++)
             {
-                float s = Score(t, i);
-                if (s < threshold)
-                {
-                    w[i] = 0f;
-                    zeroed++;
-                }
-                else if (s == threshold)
-                {
-                    atThreshold.Add((t, i));
-                }
+                ranked[at] = w[i] == 0f ? 0f : scores == null ? MathF.Abs(w[i]) : scores[t][i];
             }
         }
-        foreach ((int t, int i) in atThreshold)
+        if (keep == 0)
         {
-            if (zeroed >= count)
+            foreach (float[] w in tensors)
             {
-                break;
+                Array.Clear(w);
             }
-            tensors[t][i] = 0f;
-            zeroed++;
+            return;
+        }
+        float threshold = Sparsity.KthLargestMagnitude(ranked, keep);
+        long greater = 0;
+        foreach (float r in ranked)
+        {
+            if (r > threshold)
+            {
+                greater++;
+            }
+        }
+        long tiesToKeep = keep - greater;
+        at = 0;
+        foreach (float[] w in tensors)
+        {
+            if (scores == null)
+            {
+                // Below the threshold in one vectorized pass; ties at the threshold below.
+                Sparsity.ApplyMagnitudeThreshold(w, threshold);
+            }
+            for (int i = 0; i < w.Length; i++, at++)
+            {
+                float r = ranked[at];
+                if (r < threshold)
+                {
+                    w[i] = 0f;
+                }
+                else if (r == threshold)
+                {
+                    if (tiesToKeep > 0)
+                    {
+                        tiesToKeep--;
+                    }
+                    else
+                    {
+                        w[i] = 0f;
+                    }
+                }
+            }
         }
     }
 
