@@ -10,7 +10,9 @@ public enum PruningMethod
 
     /// <summary>
     /// Unstructured, per layer: in every prunable weight the <see cref="PruningOptions.Sparsity"/> fraction of
-    /// elements with the smallest |w| (rounded to the nearest element count) is set to zero.
+    /// elements with the smallest |w| (rounded to the nearest element count) is set to zero. The output layer stays
+    /// dense unless <see cref="PruningOptions.KeepOutputLayers"/> is off; with calibration activations the ranking
+    /// is |w| x RMS of the weight's input feature.
     /// </summary>
     Magnitude = 1,
 
@@ -23,7 +25,8 @@ public enum PruningMethod
     /// <summary>
     /// Semi-structured "N:M" (as in "2:4 sparsity"): along the reduction (input) dimension, every group of
     /// <see cref="PruningOptions.M"/> consecutive weights keeps at most <see cref="PruningOptions.N"/> nonzeros,
-    /// the N largest |w|; the other M - N become zero. A trailing group shorter than M keeps at most N as well.
+    /// the N largest |w|; the other M - N become zero. A trailing group shorter than M keeps at most N as well (so a
+    /// Conv with fewer than M input channels, e.g. a 1-channel input layer, loses less or nothing).
     /// For Conv the groups run along the input channels at each kernel position. Sparsity is (M - N) / M.
     /// </summary>
     NofM = 3,
