@@ -13,6 +13,7 @@ internal sealed record Attempt(
     string Path,
     IReadOnlyList<string> ExcludedNodes,
     PassResult? Quantization,
+    PruningSummary? Pruning,
     long CompressedBytes,
     string CompressedSha256,
     ValidationResult Validation,
@@ -75,6 +76,7 @@ internal static class Compressor
             }
 
             result.Quantization = chosen.Quantization;
+            result.Pruning = chosen.Pruning;
             result.CompressedBytes = chosen.CompressedBytes;
             result.CompressedSha256 = chosen.CompressedSha256;
             result.Validation = chosen.Validation;
@@ -137,6 +139,14 @@ internal static class Compressor
             result.Diagnostics.Add(new Diagnostic("warning", DiagnosticCodes.AlreadyQuantized, s.Model,
                 DiagnosticCodes.FormatWithoutCode(DiagnosticCodes.AlreadyQuantized, s.Model, summary.UnchangedReason)));
         }
+        if (summary.Details["clampedValues"] is { } clamped && clamped.GetValue<long>() > 0)
+        {
+            result.Diagnostics.Add(new Diagnostic("warning", DiagnosticCodes.Float16Clamped, s.Model,
+                DiagnosticCodes.FormatWithoutCode(DiagnosticCodes.Float16Clamped, s.Model, clamped.GetValue<long>())));
+        }
+        if (summary.Unchanged)
+        {
+        }
         else if (summary.NothingDone && s.NodesToExclude.Count == 0)
         {
             result.Diagnostics.Add(new Diagnostic("warning", DiagnosticCodes.NothingToQuantize, s.Model,
@@ -173,7 +183,7 @@ internal static class Compressor
             }
         }
         Set("compressonbuild.version", ToolInfo.Version);
-        string options = "Quantization=" + s.Quantization + ";Pruning=None";
+        string options = "Quantization=" + s.Quantization + ";Pruning=" + s.Pruning;
         if (excluded.Count > 0)
         {
             options += ";NodesToExclude=" + string.Join(",", excluded);
@@ -220,6 +230,35 @@ internal sealed class AttemptContext(ItemSettings settings, ModelProto original,
     private int _count;
     private CalibrationResult? _calibration;
 
+    private Dataset? _calibrationData;
+    private Dictionary<string, Activation>? _activations;
+
+    private Dataset CalibrationData() =>
+        _calibrationData ??= DatasetLoader.Load(settings.CalibrationData!, null, originalRunner.Inputs, Preprocessing.Parse(settings.Preprocessing), settings.CalibrationSamples);
+
+    /// <summary>Calibration activations for pruning (ranking and reconstruction), collected once per item; null without CalibrationData.</summary>
+    private ActivationSource? Activations()
+    {
+        if (settings.CalibrationData == null)
+        {
+            return null;
+        }
+        return (model, names) =>
+        {
+            _activations ??= [];
+            string[] missing = names.Where(n => !_activations.ContainsKey(n)).ToArray();
+            if (missing.Length > 0)
+            {
+                foreach ((string k, Activation v) in ActivationCollector.Collect(model, missing, CalibrationData(), settings.CalibrationSamples,
+                    runnerOptions, Path.GetDirectoryName(Path.GetFullPath(settings.Model))))
+                {
+                    _activations[k] = v;
+                }
+            }
+            return names.ToDictionary(n => n, n => _activations[n], StringComparer.Ordinal);
+        };
+    }
+
     /// <summary>Activation ranges for static int8, measured once per item on the calibration data (the float model).</summary>
     public CalibrationResult Calibration()
     {
@@ -228,7 +267,7 @@ internal sealed class AttemptContext(ItemSettings settings, ModelProto original,
             return _calibration;
         }
         ItemSettings s = settings;
-        Dataset calibrationData = DatasetLoader.Load(s.CalibrationData!, null, originalRunner.Inputs, Preprocessing.Parse(s.Preprocessing), s.CalibrationSamples);
+        Dataset calibrationData = CalibrationData();
         IReadOnlyList<string> tensors = Int8StaticQuantizer.TensorsToCalibrate(original, new Int8StaticOptions());
         var method = s.CalibrationMethod switch
         {
@@ -251,6 +290,11 @@ internal sealed class AttemptContext(ItemSettings settings, ModelProto original,
     {
         var watch = Stopwatch.StartNew();
         ModelProto candidate = original.Clone();
+        PruningSummary? pruning = null;
+        if (settings.Pruning.Method != PruningMethod.None)
+        {
+            pruning = Pruner.Apply(candidate, settings.Pruning with { ExcludedNodes = excluded }, settings.Model, Activations());
+        }
         PassResult? summary = settings.Quantization switch
         {
             QuantizationScheme.Int8Dynamic => PassResult.From(Int8DynamicQuantizer.Apply(candidate, new QuantizationOptions { ExcludedNodes = excluded }, settings.Model)),
@@ -273,6 +317,6 @@ internal sealed class AttemptContext(ItemSettings settings, ModelProto original,
         bool measureLatency = settings.Budgets.Any(b => b.Name == "MaxLatencyRatio");
         ValidationResult validation = Validator.Compare(originalRunner, compressed, on ?? data, new ValidatorOptions { LatencyRuns = measureLatency ? 31 : 0 });
         List<BudgetOutcome> budgets = Budgets.Evaluate(settings, validation, originalBytes, bytes);
-        return new Attempt(path, excluded, summary, bytes, sha, validation, budgets, compressSeconds, watch.Elapsed.TotalSeconds);
+        return new Attempt(path, excluded, summary, pruning, bytes, sha, validation, budgets, compressSeconds, watch.Elapsed.TotalSeconds);
     }
 }

@@ -20,7 +20,8 @@ internal static class Help
           --calibration-data <path>         [CalibrationData] representative inputs for static int8 activation ranges
           --calibration-samples <n>         [CalibrationSamples] default 256
           --calibration-method <m>          [CalibrationMethod] MinMax (default) | Percentile[:99.99] | Mse
-          --pruning <method>                [Pruning] None  (Magnitude:<s>, Global:<s>, NofM:<n>:<m>, Channels:<f>: not yet)
+          --pruning <method>                [Pruning] None | Magnitude:<s> | Global:<s> | NofM:<n>:<m> | Channels:<f>
+                                            (before quantization; ranked/refit with --calibration-data when given)
           --validation-data <path>          [ValidationData] test_data_set_* folders / input_*.pb, .npy/.npz, IDX, image folders
           --labels <path>                   [Labels] IDX labels for IDX images
           --preprocessing <spec>            [Preprocessing] "layout=NCHW;scale=0.003921569;mean=..;std=.."

@@ -17,6 +17,7 @@ internal sealed class ItemResult
     public string? OriginalSha256 { get; set; }
     public string? CompressedSha256 { get; set; }
     public PassResult? Quantization { get; set; }
+    public PruningSummary? Pruning { get; set; }
     public ValidationResult? Validation { get; set; }
     public string ValidationSource { get; set; } = "none";
     public List<BudgetOutcome> Budgets { get; } = [];

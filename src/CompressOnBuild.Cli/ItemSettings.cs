@@ -1,5 +1,6 @@
 using System.Globalization;
 using CompressOnBuild.Core;
+using CompressOnBuild.Core.Passes;
 
 namespace CompressOnBuild.Cli;
 
@@ -28,6 +29,7 @@ internal sealed class ItemSettings
     public required QuantizationScheme Quantization { get; init; }
     public int Int4BlockSize { get; init; } = 32;
     public string? CalibrationData { get; init; }
+    public PruningOptions Pruning { get; init; } = PruningOptions.None;
     public int CalibrationSamples { get; init; } = 256;
     public string CalibrationMethod { get; init; } = "MinMax";
     public double CalibrationPercentile { get; init; } = 99.99;
@@ -91,9 +93,9 @@ internal sealed class ItemSettings
         {
             throw Invalid("Quantization", qText, "static int8 needs CalibrationData (representative inputs for the activation ranges)");
         }
-        if (hasCalibration && scheme != QuantizationScheme.Int8Static)
+        if (hasCalibration && scheme != QuantizationScheme.Int8Static && (r.Get("Pruning") ?? "None").Equals("None", StringComparison.OrdinalIgnoreCase))
         {
-            throw Invalid("CalibrationData", r.Get("CalibrationData")!, $"calibration data is only used by Int8 / Int8Static, not by {qText}");
+            throw Invalid("CalibrationData", r.Get("CalibrationData")!, $"calibration data is used by Int8 / Int8Static and by pruning, not by {qText} alone");
         }
         int calibrationSamples = 256;
         if (r.Get("CalibrationSamples") is { } cs &&
@@ -116,11 +118,7 @@ internal sealed class ItemSettings
         }
 
         string pruning = r.Get("Pruning") ?? "None";
-        ValidatePruningSyntax(pruning, Invalid);
-        if (!pruning.Equals("None", StringComparison.OrdinalIgnoreCase))
-        {
-            throw NotYet("Pruning", pruning);
-        }
+        PruningOptions pruningOptions = PruningOptions.Parse(pruning, model);
         if (r.Get("OpTypesToQuantize") is { } ops)
         {
             throw NotYet("OpTypesToQuantize", ops);
@@ -136,7 +134,7 @@ internal sealed class ItemSettings
         {
             throw Invalid("TuneTimeBudgetSeconds", ttb, "use a number of seconds above 0 (at most 86400)");
         }
-        if (tuneOn && scheme == QuantizationScheme.None)
+        if (tuneOn && scheme == QuantizationScheme.None && pruningOptions.Method == PruningMethod.None)
         {
             throw Invalid("Tune", "true", "tuning needs a quantization scheme to back off from");
         }
@@ -184,7 +182,7 @@ internal sealed class ItemSettings
         var effective = new SortedDictionary<string, string>(StringComparer.Ordinal)
         {
             ["Quantization"] = scheme == QuantizationScheme.Int4Weights ? $"Int4Weights:{int4Block}:{(int4Symmetric ? "sym" : "asym")}" : scheme.ToString(),
-            ["Pruning"] = "None",
+            ["Pruning"] = pruningOptions.ToString(),
         };
         foreach ((string k, string v) in r.Values)
         {
@@ -204,6 +202,7 @@ internal sealed class ItemSettings
             Quantization = scheme,
             Int4BlockSize = int4Block,
             CalibrationData = r.Get("CalibrationData"),
+            Pruning = pruningOptions,
             CalibrationSamples = calibrationSamples,
             CalibrationMethod = cm[0].ToUpperInvariant() switch { "PERCENTILE" => "Percentile", "MSE" => "Mse", _ => "MinMax" },
             CalibrationPercentile = percentile,
@@ -218,24 +217,5 @@ internal sealed class ItemSettings
             TuneTimeBudgetSeconds = tuneSeconds,
             EffectiveOptions = effective,
         };
-    }
-
-    /// <summary>Checks the syntax of every pruning form (so typos are reported as such, not as "not supported yet").</summary>
-    private static void ValidatePruningSyntax(string pruning, Func<string, string, string, CompressException> invalid)
-    {
-        string[] parts = pruning.Split(':');
-        static bool Fraction(string s) => double.TryParse(s, NumberStyles.Float, CultureInfo.InvariantCulture, out double v) && v > 0 && v < 1;
-        static bool Positive(string s, out int v) => int.TryParse(s, NumberStyles.None, CultureInfo.InvariantCulture, out v) && v > 0;
-        bool ok = parts[0].ToUpperInvariant() switch
-        {
-            "NONE" => parts.Length == 1,
-            "MAGNITUDE" or "GLOBAL" or "CHANNELS" => parts.Length == 2 && Fraction(parts[1]),
-            "NOFM" => parts.Length == 3 && Positive(parts[1], out int n) && Positive(parts[2], out int m) && n < m,
-            _ => false,
-        };
-        if (!ok)
-        {
-            throw invalid("Pruning", pruning, "use None, Magnitude:<sparsity>, Global:<sparsity>, NofM:<n>:<m> (n < m) or Channels:<fraction>, with sparsity and fraction strictly between 0 and 1");
-        }
     }
 }

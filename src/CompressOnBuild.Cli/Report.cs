@@ -47,6 +47,7 @@ internal static class Report
             ["options"] = options,
             ["quantization"] = r.Quantization == null ? null : Quantization(r.Quantization),
             ["validation"] = r.Validation == null ? null : Validation(r.Validation, r.ValidationSource),
+            ["pruning"] = r.Pruning == null ? null : Pruning(r.Pruning),
             ["tuning"] = r.Tuning == null ? null : Tuning(r.Tuning),
             ["budgets"] = new JsonArray(r.Budgets.Select(b => (JsonNode)new JsonObject
             {
@@ -71,6 +72,33 @@ internal static class Report
         };
         return report;
     }
+
+    private static JsonObject Pruning(CompressOnBuild.Core.Passes.PruningSummary p) => new()
+    {
+        ["method"] = p.Method,
+        ["parametersBefore"] = p.ParametersBefore,
+        ["parametersAfter"] = p.ParametersAfter,
+        ["flopsBefore"] = p.FlopsBefore,
+        ["flopsAfter"] = p.FlopsAfter,
+        ["flopsExact"] = p.FlopsExact,
+        ["modelBytesBefore"] = p.ModelBytesBefore,
+        ["modelBytesAfter"] = p.ModelBytesAfter,
+        ["zipBytesBefore"] = p.ZipBytesBefore,
+        ["zipBytesAfter"] = p.ZipBytesAfter,
+        ["reconstructed"] = new JsonArray(p.Reconstructed.Select(n => (JsonNode)JsonValue.Create(n)!).ToArray()),
+        ["layers"] = new JsonArray(p.Pruned.Select(l => (JsonNode)new JsonObject
+        {
+            ["node"] = l.Node,
+            ["opType"] = l.OpType,
+            ["weight"] = l.Weight,
+            ["sparsity"] = Round(l.Sparsity, 4),
+            ["nonzerosBefore"] = l.NonzerosBefore,
+            ["nonzerosAfter"] = l.NonzerosAfter,
+            ["outputsBefore"] = l.OutputsBefore,
+            ["outputsAfter"] = l.OutputsAfter,
+        }).ToArray()),
+        ["skippedNodes"] = new JsonArray(p.Skipped.Select(n => (JsonNode)new JsonObject { ["node"] = n.Node, ["opType"] = n.OpType, ["reason"] = n.Reason }).ToArray()),
+    };
 
     private static JsonObject Tuning(TuningResult t) => new()
     {
@@ -163,6 +191,10 @@ internal static class Report
 
     private static double? Finite(float v) => float.IsFinite(v) ? v : null;
 
+    /// <summary>Deflate size of the shipped (pruned and quantized) model, the figure that matters for .zip/.apk artifacts.</summary>
+    private static long ZipOfOutput(ItemResult r) =>
+        File.Exists(r.Settings.Output) ? Core.Passes.PruningSummary.ZipBytes(File.ReadAllBytes(r.Settings.Output)) : r.Pruning?.ZipBytesAfter ?? 0;
+
     public static void Write(string path, JsonObject report) =>
         Core.Onnx.AtomicFile.WriteAllBytes(path, JsonSerializer.SerializeToUtf8Bytes(report, Indented));
 
@@ -172,7 +204,8 @@ internal static class Report
         var parts = new List<string>
         {
             string.Format(ci, "{0}, {1:0.0} KB -> {2:0.0} KB ({3:0.00}x)",
-                r.Settings.Quantization == QuantizationScheme.None ? "no quantization" : r.Settings.Quantization.ToString(),
+                (r.Settings.Pruning.Method == Core.Passes.PruningMethod.None ? "" : "pruned " + r.Settings.Pruning + " + ")
+                + (r.Settings.Quantization == QuantizationScheme.None ? "no quantization" : r.Settings.Quantization.ToString()),
                 r.OriginalBytes / 1024.0, r.CompressedBytes / 1024.0, r.CompressionRatio),
         };
         if (r.Validation is { } v)
@@ -187,6 +220,10 @@ internal static class Report
             {
                 parts.Add(string.Format(ci, "latency ratio {0:0.00}", v.LatencyRatio));
             }
+        }
+        if (r.Pruning is { } pr && pr.ZipBytesBefore > 0)
+        {
+            parts.Add(string.Format(ci, "zip {0:0.0} KB -> {1:0.0} KB, parameters {2} -> {3}", pr.ZipBytesBefore / 1024.0, ZipOfOutput(r) / 1024.0, pr.ParametersBefore, pr.ParametersAfter));
         }
         if (r.Tuning is { } t)
         {

@@ -150,9 +150,6 @@ public sealed class CompressCommandTests
     }
 
     [TestMethod]
-    [DataRow("--pruning", "Magnitude:0.5")]
-    [DataRow("--pruning", "NofM:2:4")]
-    [DataRow("--pruning", "Channels:0.3")]
     [DataRow("--op-types-to-quantize", "MatMul")]
     public void OptionsOfLaterVersionsAreRejectedNotIgnored(string option, string value)
     {
@@ -421,5 +418,47 @@ public sealed class CompressCommandTests
         CliRun run = CliHarness.InProcess("compress", model, "--output", P("x.onnx"), "--quantization", "Float16", "--calibration-data", images);
         Assert.AreEqual(2, run.ExitCode, run.Output);
         Assert.AreEqual(1, run.Errors("CMPR0003").Count(), run.Output);
+    }
+
+    [TestMethod]
+    public void MagnitudePruningThenInt8MeetsTheAccuracyBudgetAndShrinksTheZippedModel()
+    {
+        string images = Corpus.Dataset("mnist", "t10k-images-idx3-ubyte");
+        CliRun run = CliHarness.InProcess("compress", Corpus.Model("mnist-mlp-gemm"), "--output", P("pm.onnx"), "--report", P("pm.json"),
+            "--pruning", "Magnitude:0.5", "--calibration-data", images, "--calibration-samples", "500",
+            "--validation-data", images, "--labels", Corpus.Dataset("mnist", "t10k-labels-idx1-ubyte"), "--max-accuracy-drop", "0.8");
+        Assert.AreEqual(0, run.ExitCode, run.Output);
+        JsonNode p = JsonNode.Parse(File.ReadAllText(P("pm.json")))!["pruning"]!;
+        Assert.AreEqual("Magnitude:0.5", p["method"]!.GetValue<string>());
+        JsonArray layers = p["layers"]!.AsArray();
+        Assert.IsTrue(layers.Count >= 2, "every hidden layer is pruned (the output layer stays dense by default)");
+        foreach (JsonNode? l in layers)
+        {
+            Assert.AreEqual(0.5, l!["sparsity"]!.GetValue<double>(), 0.01);
+        }
+        long zipOriginal = p["zipBytesBefore"]!.GetValue<long>();
+        long zipShipped = CompressOnBuild.Core.Passes.PruningSummary.ZipBytes(File.ReadAllBytes(P("pm.onnx")));
+        long zipInt8Only;
+        {
+            CliRun q = CliHarness.InProcess("compress", Corpus.Model("mnist-mlp-gemm"), "--output", P("q.onnx"));
+            Assert.AreEqual(0, q.ExitCode, q.Output);
+            zipInt8Only = CompressOnBuild.Core.Passes.PruningSummary.ZipBytes(File.ReadAllBytes(P("q.onnx")));
+        }
+        Assert.IsTrue(zipShipped < zipInt8Only, $"pruning must shrink the zipped int8 model further ({zipShipped} vs {zipInt8Only})");
+        Assert.IsTrue((double)zipOriginal / zipShipped >= 3.5, $"zip ratio {(double)zipOriginal / zipShipped}");
+    }
+
+    [TestMethod]
+    public void ChannelPruningRemovesAQuarterOfTheParametersWithinOnePoint()
+    {
+        string images = Corpus.Dataset("mnist", "t10k-images-idx3-ubyte");
+        CliRun run = CliHarness.InProcess("compress", Corpus.Model("mnist-mlp-gemm"), "--output", P("ch.onnx"), "--report", P("ch.json"),
+            "--pruning", "Channels:0.3", "--quantization", "None", "--calibration-data", images, "--calibration-samples", "1000",
+            "--validation-data", images, "--labels", Corpus.Dataset("mnist", "t10k-labels-idx1-ubyte"), "--max-accuracy-drop", "1.0");
+        Assert.AreEqual(0, run.ExitCode, run.Output);
+        JsonNode p = JsonNode.Parse(File.ReadAllText(P("ch.json")))!["pruning"]!;
+        double before = p["parametersBefore"]!.GetValue<double>(), after = p["parametersAfter"]!.GetValue<double>();
+        Assert.IsTrue(after <= 0.75 * before, $"parameters {before} -> {after}");
+        Assert.IsTrue(p["reconstructed"]!.AsArray().Count > 0, "the consumers of pruned layers are refit from calibration activations");
     }
 }
