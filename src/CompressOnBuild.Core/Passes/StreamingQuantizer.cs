@@ -30,6 +30,16 @@ public static class StreamingQuantizer
     private const int Alignment = 4096;
 
     /// <summary>
+    /// Models whose .onnx plus external data reach this many bytes go through the streaming path: the in-memory
+    /// path holds the model about three times (loaded, cloned, serialized) and protobuf cannot hold 2 GiB.
+    /// </summary>
+    public const long DefaultStreamingThresholdBytes = 1_500_000_000;
+
+    /// <summary>True when <paramref name="modelPath"/> (with its external data) is at least <paramref name="thresholdBytes"/>. Throws like <see cref="ModelIO.LoadLazy"/>.</summary>
+    public static bool ShouldStream(string modelPath, long thresholdBytes = DefaultStreamingThresholdBytes) =>
+        ModelIO.TotalBytesWithExternalData(modelPath) >= thresholdBytes;
+
+    /// <summary>
     /// Quantizes <paramref name="modelPath"/> into <paramref name="outputPath"/> (plus "&lt;output&gt;.data").
     /// <paramref name="beforeSave"/> may change the small model last (e.g. add metadata) before it is written.
     /// Throws CMPR0101-0105 for bad input, CMPR0202 for a non-finite weight, CMPR0106 when writing fails,

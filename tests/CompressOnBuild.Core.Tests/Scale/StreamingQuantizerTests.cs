@@ -130,6 +130,9 @@ public sealed class StreamingQuantizerTests
         ModelIO.Save(SmallChain(), source, new ModelSaveOptions { ForceExternalData = true, ExternalTensorMinBytes = 64 });
         long total = ModelIO.TotalBytesWithExternalData(source);
         Assert.AreEqual(new FileInfo(source).Length + (64 * 48 + 48 * 48 + 48) * 4, total);
+        Assert.IsFalse(StreamingQuantizer.ShouldStream(source));
+        Assert.IsTrue(StreamingQuantizer.ShouldStream(source, thresholdBytes: total));
+        Assert.IsFalse(StreamingQuantizer.ShouldStream(source, thresholdBytes: total + 1));
     }
 
     // ------------------------------------------------------------------ the big model
