@@ -237,12 +237,15 @@ public static class Calibrator
     /// <summary>Adds the values to a histogram of equal bins spanning [min, max].</summary>
     internal static void Fill(long[] histogram, ReadOnlySpan<float> values, float min, float max)
     {
-        int bins = histogram.Length;
-        double width = (max - (double)min) / bins;
-        foreach (float v in values)
+        if (max > min && float.IsFinite(min) && float.IsFinite(max))
         {
-            int bin = width > 0 ? (int)((v - (double)min) / width) : 0;
-            histogram[Math.Clamp(bin, 0, bins - 1)]++;
+            // The shared vectorized kernel (values outside [min, max] land in the edge bins; activations were checked finite).
+            Kernels.Histogram.Accumulate(values, min, max, histogram);
+        }
+        else
+        {
+            // A constant tensor: everything in one bin.
+            histogram[0] += values.Length;
         }
     }
 
