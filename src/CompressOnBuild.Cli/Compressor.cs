@@ -37,6 +37,12 @@ internal static class Compressor
             throw new CompressException(DiagnosticCodes.OutputIsSource, s.Output) { File = s.Model };
         }
 
+        if (File.Exists(s.Model) && StreamingQuantizer.ShouldStream(s.Model, StreamingThreshold()))
+        {
+            RunStreaming(result, global, ensureOrt, modelFull, outputFull);
+            return;
+        }
+
         ModelProto original = ModelIO.Load(s.Model);
         ModelChecker.Validate(original, s.Model);
         byte[] originalBytes = SerializeForHash(original);
@@ -112,6 +118,83 @@ internal static class Compressor
             }
         }
     }
+
+    /// <summary>
+    /// Models of 1.5 GB and more (external data): int8 dynamic one weight at a time, so memory stays near one weight
+    /// plus a bounded working set; validated in ORT like any other model. Not cached (hashing gigabytes on every build
+    /// would cost more than the cache saves); other schemes, pruning and tuning are refused for such models.
+    /// </summary>
+    private static void RunStreaming(ItemResult result, GlobalOptions global, Func<OrtInfo> ensureOrt, string modelFull, string outputFull)
+    {
+        ItemSettings s = result.Settings;
+        string why = s.Quantization != QuantizationScheme.Int8Dynamic ? "Quantization=" + s.QuantizationText
+            : s.Pruning.Method != PruningMethod.None ? "Pruning=" + s.Pruning
+            : s.Tune ? "Tune=true" : "";
+        if (why.Length > 0)
+        {
+            throw new CompressException(DiagnosticCodes.NotSupportedYet, s.Model, why + " (models over 1.5 GB are compressed by streaming, int8 dynamic only)", "true") { File = s.Model };
+        }
+        ensureOrt();
+        result.OriginalBytes = ModelIO.TotalBytesWithExternalData(s.Model);
+        string outDir = Path.GetDirectoryName(outputFull)!;
+        WorkFolders.CleanStale(outDir);
+        string work = Path.Combine(outDir, ".cob-" + Guid.NewGuid().ToString("N")[..12]);
+        using (WorkFolders.Create(work))
+        {
+            try
+            {
+                string candidate = Path.Combine(work, Path.GetFileName(outputFull));
+                var watch = Stopwatch.StartNew();
+                QuantizationSummary summary = StreamingQuantizer.CompressInt8Dynamic(s.Model, candidate,
+                    new QuantizationOptions { ExcludedNodes = s.NodesToExclude }, s.Model, m => AddProvenance(m, s, s.NodesToExclude));
+                result.CompressSeconds = watch.Elapsed.TotalSeconds;
+                result.Quantization = PassResult.From(summary);
+                AddPassDiagnostics(result, result.Quantization);
+                result.CompressedBytes = FileBytesWithExternalData(candidate);
+                using (FileStream fs = File.OpenRead(candidate))
+                {
+                    result.CompressedSha256 = Convert.ToHexStringLower(SHA256.HashData(fs));
+                }
+                watch.Restart();
+                var runnerOptions = new ModelRunnerOptions { IntraOpThreads = 1 };
+                using (var originalRunner = new ModelRunner(modelFull, runnerOptions))
+                using (var compressed = new ModelRunner(candidate, runnerOptions))
+                {
+                    Dataset data = LoadData(s, originalRunner.Inputs, 0, out string source);
+                    result.ValidationSource = source;
+                    bool latency = s.Budgets.Any(b => b.Name == "MaxLatencyRatio");
+                    result.Validation = Validator.Compare(originalRunner, compressed, data, new ValidatorOptions { LatencyRuns = latency ? 31 : 0 });
+                }
+                result.ValidateSeconds = watch.Elapsed.TotalSeconds;
+                result.Budgets.AddRange(Budgets.Evaluate(s, result.Validation, result.OriginalBytes, result.CompressedBytes));
+                if (result.BudgetsPassed || global.BudgetFailureIsWarning)
+                {
+                    Publish(candidate, outputFull);
+                    result.Shipped = true;
+                }
+                else
+                {
+                    DeleteIfExists(outputFull);
+                    DeleteIfExists(outputFull + ".data");
+                }
+            }
+            finally
+            {
+                try
+                {
+                    Directory.Delete(work, recursive: true);
+                }
+                catch (IOException)
+                {
+                }
+            }
+        }
+    }
+
+    /// <summary>Size from which the streaming path is used; COMPRESSONBUILD_STREAMING_THRESHOLD_BYTES overrides it (tests).</summary>
+    private static long StreamingThreshold() =>
+        long.TryParse(Environment.GetEnvironmentVariable("COMPRESSONBUILD_STREAMING_THRESHOLD_BYTES"), System.Globalization.NumberStyles.None,
+            System.Globalization.CultureInfo.InvariantCulture, out long t) && t > 0 ? t : StreamingQuantizer.DefaultStreamingThresholdBytes;
 
     /// <summary>The validation data, or deterministic random inputs when the item has none.</summary>
     internal static Dataset LoadData(ItemSettings s, ModelInputs inputs, int maxSamplesOverride, out string source)

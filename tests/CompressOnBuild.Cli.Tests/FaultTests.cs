@@ -95,3 +95,64 @@ public sealed class FaultTests
         StringAssert.Contains(third.Output, "(cached)");
     }
 }
+
+[TestClass]
+public sealed class StreamingPathTests
+{
+    [TestMethod]
+    public void ModelsOverTheStreamingThresholdGoThroughTheStreamingPassAndAreValidated()
+    {
+        string dir = Path.Combine(Path.GetTempPath(), "cob-stream-" + Guid.NewGuid().ToString("N")[..8]);
+        try
+        {
+            // A MatMul chain with external data; the threshold is lowered so this small model takes the big-model path.
+            var g = new CompressOnBuild.Onnx.GraphProto { Name = "chain" };
+            g.Input.Add(TinyModels.FloatValue("x", "N", 256));
+            g.Output.Add(TinyModels.FloatValue("y", "N", 64));
+            g.Initializer.Add(TensorUtil.FromFloats("w1", TinyModels.RandomFloats(256 * 128, 1, 0.1f), 256, 128));
+            g.Initializer.Add(TensorUtil.FromFloats("w2", TinyModels.RandomFloats(128 * 64, 2, 0.1f), 128, 64));
+            g.Node.Add(TinyModels.Node("MatMul", ["x", "w1"], ["h"], "mm1"));
+            g.Node.Add(TinyModels.Node("MatMul", ["h", "w2"], ["y"], "mm2"));
+            string model = Path.Combine(dir, "big.onnx");
+            ModelIO.Save(TinyModels.Model(g), model, new ModelSaveOptions { ForceExternalData = true });
+
+            var psi = new System.Diagnostics.ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, WorkingDirectory = dir };
+            psi.Environment["COMPRESSONBUILD_STREAMING_THRESHOLD_BYTES"] = "1000";
+            foreach (string a in new[] { "exec", CliHarness.CliDll(), "compress", model, "--output", Path.Combine(dir, "out", "big.onnx"), "--report", Path.Combine(dir, "r.json"), "--min-cosine", "0.99", "--validation-data", WriteNpy(dir) })
+            {
+                psi.ArgumentList.Add(a);
+            }
+            using var p = System.Diagnostics.Process.Start(psi)!;
+            string output = p.StandardOutput.ReadToEnd() + p.StandardError.ReadToEnd();
+            p.WaitForExit();
+            Assert.AreEqual(0, p.ExitCode, output);
+            Assert.IsTrue(File.Exists(Path.Combine(dir, "out", "big.onnx.data")), "the streaming pass writes its weights as external data");
+            CompressOnBuild.Onnx.ModelProto q = ModelIO.Load(Path.Combine(dir, "out", "big.onnx"));
+            Assert.AreEqual(2, q.Graph.Node.Count(n => n.OpType == "DynamicQuantizeMatMul"), output);
+            var report = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(dir, "r.json")))!;
+            Assert.IsTrue(report["validation"]!["meanCosineSimilarity"]!.GetValue<double>() >= 0.99);
+            Assert.IsNull(report["cache"]!["key"], "the streaming path is not cached");
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+
+    /// <summary>32 samples of 256 floats as a .npy file.</summary>
+    private static string WriteNpy(string dir)
+    {
+        string path = Path.Combine(dir, "val.npy");
+        string header = "{'descr': '<f4', 'fortran_order': False, 'shape': (32, 256), }";
+        int total = 10 + header.Length + 1;
+        int pad = (64 - total % 64) % 64;
+        header = header + new string(' ', pad) + "\n";
+        using var fs = File.Create(path);
+        fs.Write([0x93, (byte)'N', (byte)'U', (byte)'M', (byte)'P', (byte)'Y', 1, 0]);
+        fs.Write(BitConverter.GetBytes((ushort)header.Length));
+        fs.Write(System.Text.Encoding.ASCII.GetBytes(header));
+        float[] values = TinyModels.RandomFloats(32 * 256, 9, 1f);
+        fs.Write(System.Runtime.InteropServices.MemoryMarshal.AsBytes(values.AsSpan()));
+        return path;
+    }
+}
