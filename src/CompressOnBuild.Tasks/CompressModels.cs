@@ -41,7 +41,14 @@ namespace CompressOnBuild.Tasks
         /// <summary>Directory the worker runs in and relative paths are resolved against; empty: the project's.</summary>
         public string? ProjectDirectory { get; set; }
 
+        /// <summary>The shared result cache (<c>--cache-dir</c>); empty: no cache.</summary>
         public string? CacheDirectory { get; set; }
+
+        /// <summary>Size bound of the cache in MiB (<c>--cache-max-mb</c>); empty: the worker's default.</summary>
+        public string? CacheMaxMB { get; set; }
+
+        /// <summary>Where the worker writes one Markdown table for all models (<c>--summary-markdown</c>).</summary>
+        public string? SummaryMarkdownPath { get; set; }
 
         /// <summary>The app's obj/project.assets.json, to find the app's ONNX Runtime.</summary>
         public string? OnnxRuntimeAssets { get; set; }
@@ -109,7 +116,20 @@ namespace CompressOnBuild.Tasks
             string projectDirectory = EffectiveProjectDirectory;
             bool ok = true;
 
-            AddGlobal("--cache-dir", CacheDirectory);
+            AddGlobal("--cache-dir", string.IsNullOrEmpty(CacheDirectory) ? null : PathUtil.Full(CacheDirectory!, projectDirectory));
+            if (!string.IsNullOrEmpty(CacheMaxMB))
+            {
+                string? problem = new ModelOption("CacheMaxMB", OptionKind.Count).Validate(CacheMaxMB!);
+                if (problem != null)
+                {
+                    Log.LogCodedError(DiagnosticCodes.InvalidOption, null, "CompressModelCacheMaxMB", "CompressModelCacheMaxMB", CacheMaxMB, problem);
+                    ok = false;
+                }
+                else if (!string.IsNullOrEmpty(CacheDirectory))
+                {
+                    AddGlobal("--cache-max-mb", CacheMaxMB);
+                }
+            }
             AddGlobal("--onnxruntime-assets", OnnxRuntimeAssets);
             AddGlobal("--nuget-packages", NuGetPackageRoot);
             if (!string.IsNullOrEmpty(BudgetFailureSeverity))
@@ -135,6 +155,7 @@ namespace CompressOnBuild.Tasks
                 }
                 AddGlobal("--max-parallelism", MaxParallelism);
             }
+            AddGlobal("--summary-markdown", string.IsNullOrEmpty(SummaryMarkdownPath) ? null : PathUtil.Full(SummaryMarkdownPath!, projectDirectory));
 
             var outputs = new Dictionary<string, string>(PathUtil.Comparer);
             var compressed = new List<ITaskItem>();
@@ -268,7 +289,19 @@ namespace CompressOnBuild.Tasks
                 return;
             }
             // Canonical "origin : error CODE : text" lines become errors and warnings with their code.
-            base.LogEventsFromTextOutput(singleLine, messageImportance);
+            base.LogEventsFromTextOutput(ApplyBudgetSeverity(singleLine, BudgetFailureSeverity), messageImportance);
+        }
+
+        /// <summary>A broken budget is reported with the severity this build asks for. The worker's result cache
+        /// replays a cached verdict with the severity of the run that stored it, so the task applies the policy.</summary>
+        internal static string ApplyBudgetSeverity(string line, string? severity)
+        {
+            bool warning = string.Equals(severity, "Warning", StringComparison.OrdinalIgnoreCase);
+            string from = (warning ? " error " : " warning ") + DiagnosticCodes.BudgetBroken;
+            int at = line.IndexOf(from, StringComparison.Ordinal);
+            return at < 0
+                ? line
+                : line.Substring(0, at) + (warning ? " warning " : " error ") + DiagnosticCodes.BudgetBroken + line.Substring(at + from.Length);
         }
 
         protected override bool HandleTaskExecutionErrors()

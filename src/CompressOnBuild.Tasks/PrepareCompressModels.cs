@@ -26,6 +26,9 @@ namespace CompressOnBuild.Tasks
 
         public ITaskItem[] ContentItems { get; set; } = Array.Empty<ITaskItem>();
 
+        /// <summary>The project's EmbeddedResource items: a model among them is embedded compressed.</summary>
+        public ITaskItem[] EmbeddedResourceItems { get; set; } = Array.Empty<ITaskItem>();
+
         [Required]
         public string ProjectDirectory { get; set; } = string.Empty;
 
@@ -50,6 +53,14 @@ namespace CompressOnBuild.Tasks
         [Output]
         public ITaskItem[] ContentToAdd { get; private set; } = Array.Empty<ITaskItem>();
 
+        [Output]
+        public ITaskItem[] EmbeddedResourceToRemove { get; private set; } = Array.Empty<ITaskItem>();
+
+        /// <summary>The swapped resources (item spec = compressed model, Link = the original's path, so the
+        /// manifest resource name does not change). Compression must then run before CoreCompile.</summary>
+        [Output]
+        public ITaskItem[] EmbeddedResourceToAdd { get; private set; } = Array.Empty<ITaskItem>();
+
         internal static string ToolVersion { get; } =
             typeof(PrepareCompressModels).Assembly.GetCustomAttribute<AssemblyInformationalVersionAttribute>()?.InformationalVersion
             ?? typeof(PrepareCompressModels).Assembly.GetName().Version?.ToString()
@@ -65,6 +76,8 @@ namespace CompressOnBuild.Tasks
             var noneAdd = new List<ITaskItem>();
             var contentRemove = new List<ITaskItem>();
             var contentAdd = new List<ITaskItem>();
+            var resourceRemove = new List<ITaskItem>();
+            var resourceAdd = new List<ITaskItem>();
             var consumed = new HashSet<ITaskItem>();
 
             foreach (ITaskItem model in Models)
@@ -106,8 +119,11 @@ namespace CompressOnBuild.Tasks
                 prepared.Add(item);
 
                 // Replace a None/Content item of the same file, keeping its metadata, else add one.
-                bool replaced = Replace(NoneItems, sourceFull, outputPath, relative, noneRemove, noneAdd, consumed, projectDirectory);
-                replaced |= Replace(ContentItems, sourceFull, outputPath, relative, contentRemove, contentAdd, consumed, projectDirectory);
+                // An embedded model is not also copied to the output unless its None/Content item says so.
+                bool embedded = ReplaceResource(sourceFull, outputPath, resourceRemove, resourceAdd, consumed, projectDirectory);
+                bool replaced = Replace(NoneItems, sourceFull, outputPath, relative, noneRemove, noneAdd, consumed, projectDirectory, !embedded);
+                replaced |= Replace(ContentItems, sourceFull, outputPath, relative, contentRemove, contentAdd, consumed, projectDirectory, !embedded);
+                replaced |= embedded;
                 if (!replaced)
                 {
                     var added = new TaskItem(outputPath);
@@ -124,6 +140,8 @@ namespace CompressOnBuild.Tasks
             NoneToAdd = noneAdd.ToArray();
             ContentToRemove = contentRemove.ToArray();
             ContentToAdd = contentAdd.ToArray();
+            EmbeddedResourceToRemove = resourceRemove.ToArray();
+            EmbeddedResourceToAdd = resourceAdd.ToArray();
             return !Log.HasLoggedErrors;
         }
 
@@ -171,7 +189,7 @@ namespace CompressOnBuild.Tasks
 
         private static bool Replace(
             ITaskItem[] candidates, string sourceFull, string outputPath, string relative,
-            List<ITaskItem> remove, List<ITaskItem> add, HashSet<ITaskItem> consumed, string projectDirectory)
+            List<ITaskItem> remove, List<ITaskItem> add, HashSet<ITaskItem> consumed, string projectDirectory, bool copyByDefault)
         {
             bool replaced = false;
             foreach (ITaskItem candidate in candidates)
@@ -189,7 +207,7 @@ namespace CompressOnBuild.Tasks
                     : candidate.GetMetadata("Link") is { Length: > 0 } existing ? existing
                     : relative;
                 swapped.SetMetadata("Link", link);
-                bool copyUnset = candidate.GetMetadata("CopyToOutputDirectory").Length == 0;
+                bool copyUnset = copyByDefault && candidate.GetMetadata("CopyToOutputDirectory").Length == 0;
                 if (copyUnset)
                 {
                     swapped.SetMetadata("CopyToOutputDirectory", "PreserveNewest");
@@ -197,6 +215,36 @@ namespace CompressOnBuild.Tasks
                     {
                         swapped.SetMetadata("CopyToPublishDirectory", "PreserveNewest");
                     }
+                }
+                swapped.SetMetadata("CompressOnBuildSource", sourceFull);
+                add.Add(swapped);
+                replaced = true;
+            }
+            return replaced;
+        }
+
+        /// <summary>Swaps an EmbeddedResource of the model for the compressed file. The manifest resource name
+        /// comes from Link (else LogicalName/ManifestResourceName, which are kept), so Link is set to the original's
+        /// path in the project when absent; nothing is copied to the output for it.</summary>
+        private bool ReplaceResource(
+            string sourceFull, string outputPath, List<ITaskItem> remove, List<ITaskItem> add,
+            HashSet<ITaskItem> consumed, string projectDirectory)
+        {
+            bool replaced = false;
+            foreach (ITaskItem candidate in EmbeddedResourceItems)
+            {
+                if (consumed.Contains(candidate)
+                    || !string.Equals(PathUtil.Full(candidate.ItemSpec, projectDirectory), sourceFull, PathUtil.Comparison))
+                {
+                    continue;
+                }
+                consumed.Add(candidate);
+                remove.Add(candidate);
+                var swapped = new TaskItem(outputPath);
+                candidate.CopyMetadataTo(swapped);
+                if (candidate.GetMetadata("Link").Length == 0)
+                {
+                    swapped.SetMetadata("Link", PathUtil.RelativeInside(projectDirectory, sourceFull) ?? Path.GetFileName(sourceFull));
                 }
                 swapped.SetMetadata("CompressOnBuildSource", sourceFull);
                 add.Add(swapped);

@@ -58,8 +58,11 @@ public sealed class CompressModelsTaskTests
             Model("Models/a.onnx", "obj/cob/Models/a.onnx",
                 ("Quantization", "Int8"), ("Pruning", ""), ("ValidationData", "Data/val"), ("MaxAccuracyDrop", "0.5"),
                 ("MinAgreement", "0.99"), ("MaxSizeKB", "100"), ("ReportPath", "obj/cob/Models/a.onnx.report.json")),
-            Model("b.onnx", "obj/cob/b.onnx", ("Quantization", "Int8"), ("OpTypesToQuantize", "MatMul,Gemm"), ("Tune", "true")));
+            Model("b.onnx", "obj/cob/b.onnx", ("Quantization", "Int8"), ("CalibrationData", "Data/cal"), ("CalibrationMethod", "Percentile:99.9"),
+                ("OpTypesToQuantize", "MatMul,Gemm"), ("Tune", "true")));
         task.CacheDirectory = "/cache";
+        task.CacheMaxMB = "512";
+        task.SummaryMarkdownPath = "obj/cob/summary.md";
         task.OnnxRuntimeAssets = "/app/obj/project.assets.json";
         task.NuGetPackageRoot = "/packages/";
         task.BudgetFailureSeverity = "warning";
@@ -69,11 +72,13 @@ public sealed class CompressModelsTaskTests
 
         string[] expected =
         [
-            "--cache-dir", "/cache",
+            "--cache-dir", Path.GetFullPath("/cache"),
+            "--cache-max-mb", "512",
             "--onnxruntime-assets", "/app/obj/project.assets.json",
             "--nuget-packages", "/packages/",
             "--budget-severity", "Warning",
             "--max-parallelism", "2",
+            "--summary-markdown", Path.Combine(_dir, "obj", "cob", "summary.md"),
             Path.Combine(_dir, "Models", "a.onnx"),
             "--output", Path.Combine(_dir, "obj", "cob", "Models", "a.onnx"),
             "--report", Path.Combine(_dir, "obj", "cob", "Models", "a.onnx.report.json"),
@@ -85,6 +90,8 @@ public sealed class CompressModelsTaskTests
             Path.Combine(_dir, "b.onnx"),
             "--output", Path.Combine(_dir, "obj", "cob", "b.onnx"),
             "--quantization", "Int8",
+            "--calibration-data", "Data/cal",
+            "--calibration-method", "Percentile:99.9",
             "--op-types-to-quantize", "MatMul,Gemm",
             "--tune", "true",
         ];
@@ -94,6 +101,26 @@ public sealed class CompressModelsTaskTests
         CollectionAssert.AreEqual(expected, text.Split('\n').Where(l => l.Length > 0 && !l.StartsWith('#')).ToArray());
         Assert.HasCount(2, task.CompressedModels);
         Assert.AreEqual(Path.Combine(_dir, "b.onnx"), task.CompressedModels[1].GetMetadata("SourceModel"));
+    }
+
+    [TestMethod]
+    [DataRow("m.onnx : error CMPR0401: broke MaxSizeKB", "Warning", "m.onnx : warning CMPR0401: broke MaxSizeKB")]
+    [DataRow("m.onnx : warning CMPR0401: broke MaxSizeKB", "Error", "m.onnx : error CMPR0401: broke MaxSizeKB")]
+    [DataRow("m.onnx : warning CMPR0401: broke MaxSizeKB", null, "m.onnx : error CMPR0401: broke MaxSizeKB")]
+    [DataRow("m.onnx : error CMPR0401: broke MaxSizeKB", "Error", "m.onnx : error CMPR0401: broke MaxSizeKB")]
+    [DataRow("m.onnx : warning CMPR0204: clamped", "Error", "m.onnx : warning CMPR0204: clamped")]
+    public void CachedBudgetVerdicts_GetThisBuildsSeverity(string line, string? severity, string expected) =>
+        Assert.AreEqual(expected, CompressModels.ApplyBudgetSeverity(line, severity));
+
+    [TestMethod]
+    public void CacheMaxMB_MustBeAWholeNumber()
+    {
+        (CompressModels task, FakeBuildEngine engine) = NewTask(Model("a.onnx", "obj/a.onnx"));
+        task.CacheDirectory = "/cache";
+        task.CacheMaxMB = "lots";
+        Assert.IsFalse(task.BuildArguments());
+        Assert.AreEqual(DiagnosticCodes.InvalidOption, engine.Errors.Single().Code);
+        StringAssert.Contains(engine.Errors[0].Message, "CompressModelCacheMaxMB");
     }
 
     [TestMethod]

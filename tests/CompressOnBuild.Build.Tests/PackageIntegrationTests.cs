@@ -50,6 +50,8 @@ public sealed partial class PackageIntegrationTests
         {
             ["NUGET_PACKAGES"] = Path.Combine(s_root, "packages"),
             ["DOTNET_HOST_PATH"] = null,
+            // The shared result cache of this run only (the default is under the user's profile).
+            ["COMPRESSONBUILD_CACHE"] = Path.Combine(s_root, "cache"),
         };
         WriteApp(version, feed, machinePackages);
 
@@ -100,6 +102,9 @@ public sealed partial class PackageIntegrationTests
         string shipped = Path.Combine(s_app, "bin", "Debug", "net10.0", "generated", "shapes.onnx");
         AssertCompressed(shipped);
         Assert.AreEqual(s_sourceHash, Hash(SourceModel), "the source model is never touched");
+        string summary = Path.Combine(s_app, "obj", "Debug", "net10.0", "CompressOnBuild", "summary.md");
+        Assert.IsTrue(File.Exists(summary), "the build writes the Markdown summary");
+        StringAssert.Contains(File.ReadAllText(summary), "shapes", File.ReadAllText(summary));
 
         ProcessResult run = DotNetProcess.Run(s_app, s_environment, Timeout, Path.Combine(s_app, "bin", "Debug", "net10.0", "app.dll"));
         Assert.AreEqual(0, run.ExitCode, run.Tail());
@@ -160,6 +165,48 @@ public sealed partial class PackageIntegrationTests
     }
 
     [TestMethod]
+    public void PublishForAnotherRuntime_ShipsTheCompressedModel()
+    {
+        // Cross-publish: no machine of that runtime needed (framework-dependent, no apphost to download).
+        string rid = System.Runtime.InteropServices.RuntimeInformation.OSArchitecture == System.Runtime.InteropServices.Architecture.Arm64
+            ? "linux-x64" : "linux-arm64";
+        string publish = Path.Combine(s_root, "publish-" + rid);
+        ProcessResult result = Build("publish", "publish-" + rid, "-c", "Release", "-r", rid, "--self-contained", "false",
+            "-p:UseAppHost=false", "-o", publish);
+        Assert.AreEqual(0, result.ExitCode, result.Tail());
+        AssertCompressed(Path.Combine(publish, "generated", "shapes.onnx"));
+    }
+
+    [TestMethod]
+    public void EmbeddedResourceModel_EmbedsTheCompressedBytes()
+    {
+        string app = Path.Combine(s_root, "embedded");
+        Directory.CreateDirectory(Path.Combine(app, "generated"));
+        File.Copy(SourceModel, Path.Combine(app, "generated", "shapes.onnx"));
+        File.WriteAllText(Path.Combine(app, "app.csproj"), Regex.Replace(
+            File.ReadAllText(Path.Combine(s_app, "app.csproj")),
+            "<CompressModel Include=\"generated/shapes.onnx\"[^>]*/>",
+            "<EmbeddedResource Include=\"generated/shapes.onnx\" LogicalName=\"shapes.onnx\" /><CompressModel Include=\"generated/shapes.onnx\" />"));
+        File.WriteAllText(Path.Combine(app, "Program.cs"), """
+            using Microsoft.ML.OnnxRuntime;
+
+            using Stream stream = typeof(Program).Assembly.GetManifestResourceStream("shapes.onnx")!;
+            using var memory = new MemoryStream();
+            stream.CopyTo(memory);
+            using var session = new InferenceSession(memory.ToArray());
+            Console.WriteLine($"EMBEDDED {memory.Length} {File.Exists(Path.Combine(AppContext.BaseDirectory, "generated", "shapes.onnx"))}");
+            """);
+        ProcessResult build = BuildIn(app, "build", "embedded");
+        Assert.AreEqual(0, build.ExitCode, build.Tail());
+        string compressed = Path.Combine(app, "obj", "Debug", "net10.0", "CompressOnBuild", "generated", "shapes.onnx");
+        AssertCompressed(compressed);
+
+        ProcessResult run = DotNetProcess.Run(app, s_environment, Timeout, Path.Combine(app, "bin", "Debug", "net10.0", "app.dll"));
+        Assert.AreEqual(0, run.ExitCode, run.Tail());
+        StringAssert.Contains(run.Output, $"EMBEDDED {new FileInfo(compressed).Length} False", "the assembly embeds the compressed model, ONNX Runtime loads it");
+    }
+
+    [TestMethod]
     public void Clean_RemovesTheCompressedModelAndItsFiles()
     {
         // Release without a runtime identifier: a configuration no other test uses.
@@ -210,11 +257,136 @@ public sealed partial class PackageIntegrationTests
         AssertCompressed(Path.Combine(lib, "bin", "Debug", "netstandard2.0", "models", "shapes.onnx"));
     }
 
-    private static ProcessResult Build(string verb, string name, params string[] arguments)
+    [TestMethod]
+    public void SolutionWithTwoProjectsSharingAModel_BuildsInParallel()
+    {
+        string solution = Path.Combine(s_root, "parallel");
+        string fallback = Regex.Match(File.ReadAllText(Path.Combine(s_app, "app.csproj")), "<RestoreAdditionalProjectFallbackFolders>([^<]+)<").Groups[1].Value;
+        string version = Regex.Match(File.ReadAllText(Path.Combine(s_app, "app.csproj")), "Include=\"CompressOnBuild\" Version=\"([^\"]+)\"").Groups[1].Value;
+        foreach (string name in new[] { "a", "b" })
+        {
+            Directory.CreateDirectory(Path.Combine(solution, name));
+            File.WriteAllText(Path.Combine(solution, name, name + ".csproj"), $"""
+                <Project Sdk="Microsoft.NET.Sdk">
+                  <PropertyGroup>
+                    <TargetFramework>net10.0</TargetFramework>
+                    <RestoreAdditionalProjectFallbackFolders>{fallback}</RestoreAdditionalProjectFallbackFolders>
+                    <NuGetAudit>false</NuGetAudit>
+                  </PropertyGroup>
+                  <ItemGroup>
+                    <PackageReference Include="CompressOnBuild" Version="{version}" />
+                    <CompressModel Include="../../app/generated/shapes.onnx" Link="models/shapes.onnx" Quantization="Int8" MinAgreement="0.5"
+                                   ValidationData="../../app/generated/val-images-idx3-ubyte" Labels="../../app/generated/val-labels-idx1-ubyte" />
+                  </ItemGroup>
+                </Project>
+                """);
+            File.WriteAllText(Path.Combine(solution, name, "Lib.cs"), $"namespace P{name} {{ public static class Lib {{ }} }}\n");
+        }
+        File.WriteAllText(Path.Combine(solution, "both.slnx"), """
+            <Solution>
+              <Project Path="a/a.csproj" />
+              <Project Path="b/b.csproj" />
+            </Solution>
+            """);
+        string binlog = Path.Combine(s_root, $"{++s_buildNumber:D2}-parallel.binlog");
+        ProcessResult result = DotNetProcess.Run(solution, s_environment, Timeout,
+            "build", Path.Combine(solution, "both.slnx"), "-nologo", "-nodeReuse:false", "-m:2", "-v:n", "-bl:" + binlog);
+        Assert.AreEqual(0, result.ExitCode, result.Tail());
+        Assert.HasCount(2, SummaryLines(result), result.Tail());
+        AssertCompressed(Path.Combine(solution, "a", "bin", "Debug", "net10.0", "models", "shapes.onnx"));
+        AssertCompressed(Path.Combine(solution, "b", "bin", "Debug", "net10.0", "models", "shapes.onnx"));
+    }
+
+    private static ProcessResult Build(string verb, string name, params string[] arguments) => BuildIn(s_app, verb, name, arguments);
+
+    private static ProcessResult BuildIn(string app, string verb, string name, params string[] arguments)
     {
         string binlog = Path.Combine(s_root, $"{++s_buildNumber:D2}-{name}.binlog");
-        string[] all = [verb, Path.Combine(s_app, "app.csproj"), "-nologo", "-nodeReuse:false", "-bl:" + binlog, .. arguments];
-        return DotNetProcess.Run(s_app, s_environment, Timeout, all);
+        string[] all = [verb, Path.Combine(app, "app.csproj"), "-nologo", "-nodeReuse:false", "-bl:" + binlog, .. arguments];
+        return DotNetProcess.Run(app, s_environment, Timeout, all);
+    }
+
+    private static string[] SummaryLines(ProcessResult result) =>
+        Regex.Matches(result.Output, "^\\s*CompressOnBuild: .*$", RegexOptions.Multiline).Select(m => m.Value.Trim()).ToArray();
+
+    [TestMethod]
+    public void SharedCache_ReusedByCleanBuildsAndOtherCheckouts_EachChangedInputRecompressesOnce()
+    {
+        Assert.AreEqual(0, s_firstBuild!.ExitCode, s_firstBuild.Tail());
+
+        // Another checkout of the same app (another branch, another CI agent) with the same model and options.
+        string app2 = Path.Combine(s_root, "app2");
+        string generated = Path.Combine(app2, "generated");
+        Directory.CreateDirectory(generated);
+        foreach (string file in new[] { "shapes.onnx", "val-images-idx3-ubyte", "val-labels-idx1-ubyte" })
+        {
+            File.Copy(Path.Combine(s_app, "generated", file), Path.Combine(generated, file));
+        }
+        File.Copy(Path.Combine(s_app, "Program.cs"), Path.Combine(app2, "Program.cs"));
+        string projectFile = Path.Combine(app2, "app.csproj");
+        File.WriteAllText(projectFile, File.ReadAllText(Path.Combine(s_app, "app.csproj")));
+
+        ProcessResult fresh = BuildIn(app2, "build", "cache-fresh-checkout", "-v:n");
+        Assert.AreEqual(0, fresh.ExitCode, fresh.Tail());
+        string[] lines = SummaryLines(fresh);
+        Assert.HasCount(1, lines, fresh.Tail());
+        StringAssert.EndsWith(lines[0], "(cached)", "a fresh checkout reuses the result: " + lines[0]);
+        AssertCompressed(Path.Combine(app2, "bin", "Debug", "net10.0", "generated", "shapes.onnx"));
+
+        ProcessResult clean = BuildIn(app2, "clean", "cache-clean");
+        Assert.AreEqual(0, clean.ExitCode, clean.Tail());
+        ProcessResult afterClean = BuildIn(app2, "build", "cache-after-clean", "--no-restore", "-v:n");
+        Assert.AreEqual(0, afterClean.ExitCode, afterClean.Tail());
+        lines = SummaryLines(afterClean);
+        Assert.HasCount(1, lines, afterClean.Tail());
+        StringAssert.EndsWith(lines[0], "(cached)", "a clean build reuses the result: " + lines[0]);
+
+        // A second trained model and data set to change the inputs with.
+        string other = Path.Combine(s_root, "generated-b");
+        ShapesDataset.Generate(new GeneratorOptions
+        {
+            OutputDirectory = other, TrainCount = 1200, ValidationCount = 300, Hidden = 64, Epochs = 4, Seed = 7,
+        });
+        var changes = new (string Name, Action Apply)[]
+        {
+            ("model", () => File.Copy(Path.Combine(other, "shapes.onnx"), Path.Combine(generated, "shapes.onnx"), overwrite: true)),
+            ("data", () =>
+            {
+                File.Copy(Path.Combine(other, "val-images-idx3-ubyte"), Path.Combine(generated, "val-images-idx3-ubyte"), overwrite: true);
+                File.Copy(Path.Combine(other, "val-labels-idx1-ubyte"), Path.Combine(generated, "val-labels-idx1-ubyte"), overwrite: true);
+            }),
+            ("option", () => File.WriteAllText(projectFile, File.ReadAllText(projectFile).Replace("MinAgreement=\"0.95\"", "MinAgreement=\"0.95\" ValidationSamples=\"250\"", StringComparison.Ordinal))),
+            ("budget", () => File.WriteAllText(projectFile, File.ReadAllText(projectFile).Replace("MaxAccuracyDrop=\"3.0\"", "MaxAccuracyDrop=\"4.0\"", StringComparison.Ordinal))),
+        };
+        foreach ((string name, Action apply) in changes)
+        {
+            string before = File.ReadAllText(projectFile);
+            apply();
+            Assert.IsTrue(name is "model" or "data" || before != File.ReadAllText(projectFile), "the edit of the " + name + " took effect");
+
+            ProcessResult changed = BuildIn(app2, "build", "cache-" + name, "--no-restore", "-v:n");
+            Assert.AreEqual(0, changed.ExitCode, changed.Tail());
+            lines = SummaryLines(changed);
+            Assert.HasCount(1, lines, name + ": " + changed.Tail());
+            Assert.IsFalse(lines[0].EndsWith("(cached)", StringComparison.Ordinal), "a changed " + name + " recompresses: " + lines[0]);
+
+            ProcessResult again = BuildIn(app2, "build", "cache-" + name + "-again", "--no-restore", "-v:d");
+            Assert.AreEqual(0, again.ExitCode, again.Tail());
+            StringAssert.Contains(again.Output, "Skipping target \"_CompressModelsCore\" because all output files are up-to-date", name);
+            Assert.IsEmpty(SummaryLines(again), "one recompression per change (" + name + ")");
+        }
+
+        // The default location, without the environment variable: under the user's local application data.
+        var noVariable = new Dictionary<string, string?>(s_environment) { ["COMPRESSONBUILD_CACHE"] = null };
+        ProcessResult property = DotNetProcess.Run(app2, noVariable, Timeout,
+            "msbuild", projectFile, "-nologo", "-nodeReuse:false", "-getProperty:CompressModelCacheDir");
+        Assert.AreEqual(0, property.ExitCode, property.Tail());
+        string expected = Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.LocalApplicationData), "CompressOnBuild", "cache");
+        Assert.AreEqual(expected, property.Output.Trim(), property.Tail());
+
+        ProcessResult wipe = BuildIn(app2, "build", "cache-wipe", "--no-restore", "-t:CleanCompressModelCache");
+        Assert.AreEqual(0, wipe.ExitCode, wipe.Tail());
+        StringAssert.Contains(wipe.Output, "CompressOnBuild: removed", wipe.Tail());
     }
 
     private static void AssertCompressed(string path)

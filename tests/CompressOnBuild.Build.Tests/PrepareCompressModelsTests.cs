@@ -109,6 +109,24 @@ public sealed class PrepareCompressModelsTests
     }
 
     [TestMethod]
+    public void ModelListedAsEmbeddedResource_IsSwappedKeepingItsResourceName_AndNotCopied()
+    {
+        TaskItem resource = Item("Models/a.onnx", ("LogicalName", "classifier"));
+        // The SDK's default None glob also lists the file, without copy metadata.
+        (PrepareCompressModels task, FakeBuildEngine engine) = NewTask([Item("Models/a.onnx")], none: [Item("Models/a.onnx")]);
+        task.EmbeddedResourceItems = [resource, Item("Other/b.onnx")];
+        Assert.IsTrue(task.Execute(), engine.Describe());
+
+        Assert.AreEqual("", task.NoneToAdd.Single().GetMetadata("CopyToOutputDirectory"), "an embedded model is not also copied to the output");
+        Assert.AreSame(resource, task.EmbeddedResourceToRemove.Single());
+        ITaskItem swapped = task.EmbeddedResourceToAdd.Single();
+        Assert.AreEqual(Intermediate(Path.Combine("Models", "a.onnx")), swapped.ItemSpec);
+        Assert.AreEqual("Models/a.onnx", swapped.GetMetadata("Link").Replace('\\', '/'), "the manifest name follows the original path");
+        Assert.AreEqual("classifier", swapped.GetMetadata("LogicalName"));
+        Assert.AreEqual("", swapped.GetMetadata("CopyToOutputDirectory"));
+    }
+
+    [TestMethod]
     public void Stamp_ChangesOnlyWhenOptionsModelOrDataChange()
     {
         TaskItem model = Item("Models/a.onnx", ("ValidationData", "Data/val"), ("MinAgreement", "0.99"));
