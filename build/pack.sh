@@ -3,12 +3,14 @@
 # Usage: build/pack.sh [version]   (default 0.1.0-dev.<UTC timestamp>, so a fresh pack never collides with a
 # stale copy in a NuGet cache). Prints the package path and size; the last line is the version.
 # Extra MSBuild properties may be passed with PACK_ARGS, e.g. PACK_ARGS=-p:ArtifactsPath=/tmp/art.
+# CHECK_DETERMINISTIC=1 packs a second time into a scratch folder and fails unless both packages are byte-identical.
+# FEED overrides the output folder; MAX_PACKAGE_KB (default 5120) fails the pack when the package grows above it.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1 DOTNET_SKIP_FIRST_TIME_EXPERIENCE=1
 version="${1:-0.1.0-dev.$(date -u +%Y%m%d%H%M%S)}"
-feed="$root/artifacts/feed"
+feed="${FEED:-$root/artifacts/feed}"
 mkdir -p "$feed"
 # Zip entry times from the last commit: the same commit packs to the same bytes.
 export SOURCE_DATE_EPOCH="${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || echo 315532800)}"
@@ -19,4 +21,22 @@ pkg="$feed/CompressOnBuild.$version.nupkg"
 [ -f "$pkg" ] || { echo "pack.sh: $pkg was not produced" >&2; exit 1; }
 size=$(stat -c %s "$pkg")
 echo "CompressOnBuild package: $pkg ($((size / 1024)) KiB)" >&2
+max_kb="${MAX_PACKAGE_KB:-5120}"
+if [ "$((size / 1024))" -gt "$max_kb" ]; then
+  echo "pack.sh: the package is $((size / 1024)) KiB, above the limit of $max_kb KiB (MAX_PACKAGE_KB)" >&2
+  exit 1
+fi
+if [ "${CHECK_DETERMINISTIC:-0}" = 1 ]; then
+  again="$(mktemp -d)"
+  # shellcheck disable=SC2086
+  dotnet pack src/CompressOnBuild.Tasks/CompressOnBuild.Tasks.csproj -c Release -nologo -v:m \
+    -p:Version="$version" -p:PackageOutputPath="$again/" ${PACK_ARGS:-} >&2
+  if cmp -s "$pkg" "$again/CompressOnBuild.$version.nupkg"; then
+    echo "pack.sh: deterministic (a second pack is byte-identical)" >&2
+    rm -rf "$again"
+  else
+    echo "pack.sh: NOT deterministic: $pkg differs from $again/CompressOnBuild.$version.nupkg" >&2
+    exit 1
+  fi
+fi
 echo "$version"
