@@ -335,10 +335,10 @@ public static class Int8DynamicQuantizer
                 {
                     Node = node,
                     Weight = weight,
-                    TransA = IntAttr(node, "transA", 0) != 0,
-                    TransB = IntAttr(node, "transB", 0) != 0,
-                    Alpha = FloatAttr(node, "alpha", 1f),
-                    Beta = FloatAttr(node, "beta", 1f),
+                    TransA = PassGraph.IntAttr(node, "transA", 0) != 0,
+                    TransB = PassGraph.IntAttr(node, "transB", 0) != 0,
+                    Alpha = PassGraph.FloatAttr(node, "alpha", 1f),
+                    Beta = PassGraph.FloatAttr(node, "beta", 1f),
                 });
             }
             return result;
@@ -484,23 +484,7 @@ public static class Int8DynamicQuantizer
             }
         }
 
-        private HashSet<string> OuterUses()
-        {
-            var result = new HashSet<string>(_graph.Output.Select(o => o.Name), StringComparer.Ordinal);
-            foreach ((GraphProto g, int depth) in ModelWalker.Graphs(model))
-            {
-                if (depth == 0)
-                {
-                    continue;
-                }
-                foreach (NodeProto n in g.Node)
-                {
-                    result.UnionWith(n.Input);
-                }
-                result.UnionWith(g.Output.Select(o => o.Name));
-            }
-            return result;
-        }
+        private HashSet<string> OuterUses() => PassGraph.OuterUses(model);
 
         private bool TryResolveConstant(string name, out ConstantValue? value, out string? why)
         {
@@ -545,7 +529,7 @@ public static class Int8DynamicQuantizer
                     why = $"weight '{name}' is reshaped with a non-int64 shape";
                     return false;
                 }
-                long[]? dims = ReshapeDims(data!.Dims, Int64s(shape.Tensor), IntAttr(producer, "allowzero", 0) != 0);
+                long[]? dims = ReshapeDims(data!.Dims, Int64s(shape.Tensor), PassGraph.IntAttr(producer, "allowzero", 0) != 0);
                 if (dims == null)
                 {
                     why = $"weight '{name}' comes from a Reshape whose shape does not fit its data";
@@ -1061,29 +1045,9 @@ public static class Int8DynamicQuantizer
             }
         }
 
-        private void RemoveValueInfo(string name)
-        {
-            for (int i = _graph.ValueInfo.Count - 1; i >= 0; i--)
-            {
-                if (_graph.ValueInfo[i].Name == name)
-                {
-                    _graph.ValueInfo.RemoveAt(i);
-                }
-            }
-        }
+        private void RemoveValueInfo(string name) => PassGraph.RemoveValueInfo(_graph, name);
 
-        private void EnsureOpset(string domain, long version)
-        {
-            OperatorSetIdProto? existing = model.OpsetImport.FirstOrDefault(o => ModelChecker.NormalizeDomain(o.Domain) == domain);
-            if (existing == null)
-            {
-                model.OpsetImport.Add(new OperatorSetIdProto { Domain = domain, Version = version });
-            }
-            else if (existing.Version < version)
-            {
-                existing.Version = version;
-            }
-        }
+        private void EnsureOpset(string domain, long version) => PassGraph.EnsureOpset(model, domain, version);
 
         private void AddInitializer(TensorProto t)
         {
@@ -1092,29 +1056,12 @@ public static class Int8DynamicQuantizer
             if (model.IrVersion < 4)
             {
                 // IR 3 wants every initializer declared as a graph input as well.
-                var shape = new TensorShapeProto();
-                foreach (long d in t.Dims)
-                {
-                    shape.Dim.Add(new TensorShapeProto.Types.Dimension { DimValue = d });
-                }
-                _graph.Input.Add(new ValueInfoProto
-                {
-                    Name = t.Name,
-                    Type = new TypeProto { TensorType = new TypeProto.Types.Tensor { ElemType = t.DataType, Shape = shape } },
-                });
+                _graph.Input.Add(PassGraph.ValueInfo(t.Name, t.DataType, t.Dims));
                 _graphInputs.Add(t.Name);
             }
         }
 
-        private string Unique(string name)
-        {
-            string candidate = name;
-            for (int i = 1; !_names.Add(candidate); i++)
-            {
-                candidate = name + "_" + i.ToString(CultureInfo.InvariantCulture);
-            }
-            return candidate;
-        }
+        private string Unique(string name) => PassGraph.Unique(_names, name);
 
         /// <summary>Tensor data, or CMPR0103 naming the model and tensor when it cannot be read (external data not loaded, wrong length).</summary>
         private float[] Floats(TensorProto t)
@@ -1140,11 +1087,5 @@ public static class Int8DynamicQuantizer
                 throw new CompressException(e, DiagnosticCodes.ModelInvalid, displayName, e.Message) { File = displayName };
             }
         }
-
-        private static long IntAttr(NodeProto node, string name, long fallback) =>
-            node.Attribute.FirstOrDefault(a => a.Name == name) is { } a ? a.I : fallback;
-
-        private static float FloatAttr(NodeProto node, string name, float fallback) =>
-            node.Attribute.FirstOrDefault(a => a.Name == name) is { } a ? a.F : fallback;
     }
 }

@@ -65,10 +65,13 @@ internal sealed class PassGraph
     public bool IsConstantInitializer(string name) =>
         Initializers.ContainsKey(name) && (!GraphInputs.Contains(name) || Model.IrVersion < 4);
 
-    public string Unique(string name)
+    public string Unique(string name) => Unique(_names, name);
+
+    /// <summary><paramref name="name"/>, or name_1, name_2, ... : the first not yet in <paramref name="names"/>, which it joins.</summary>
+    public static string Unique(HashSet<string> names, string name)
     {
         string candidate = name;
-        for (int i = 1; !_names.Add(candidate); i++)
+        for (int i = 1; !names.Add(candidate); i++)
         {
             candidate = name + "_" + i.ToString(CultureInfo.InvariantCulture);
         }
@@ -127,12 +130,15 @@ internal sealed class PassGraph
         };
     }
 
-    public void EnsureOpset(string domain, long version)
+    public void EnsureOpset(string domain, long version) => EnsureOpset(Model, domain, version);
+
+    /// <summary>Imports <paramref name="domain"/> at <paramref name="version"/> or raises an older import to it.</summary>
+    public static void EnsureOpset(ModelProto model, string domain, long version)
     {
-        OperatorSetIdProto? existing = Model.OpsetImport.FirstOrDefault(o => ModelChecker.NormalizeDomain(o.Domain) == domain);
+        OperatorSetIdProto? existing = model.OpsetImport.FirstOrDefault(o => ModelChecker.NormalizeDomain(o.Domain) == domain);
         if (existing == null)
         {
-            Model.OpsetImport.Add(new OperatorSetIdProto { Domain = domain, Version = version });
+            model.OpsetImport.Add(new OperatorSetIdProto { Domain = domain, Version = version });
         }
         else if (existing.Version < version)
         {
@@ -141,10 +147,13 @@ internal sealed class PassGraph
     }
 
     /// <summary>Names read by the main graph's outputs or by any nested graph (If/Loop/Scan bodies).</summary>
-    public HashSet<string> OuterUses()
+    public HashSet<string> OuterUses() => OuterUses(Model);
+
+    /// <summary>Names read by <paramref name="model"/>'s main graph outputs or by any nested graph (If/Loop/Scan bodies).</summary>
+    public static HashSet<string> OuterUses(ModelProto model)
     {
-        var result = new HashSet<string>(Graph.Output.Select(o => o.Name), StringComparer.Ordinal);
-        foreach ((GraphProto g, int depth) in ModelWalker.Graphs(Model))
+        var result = new HashSet<string>(model.Graph.Output.Select(o => o.Name), StringComparer.Ordinal);
+        foreach ((GraphProto g, int depth) in ModelWalker.Graphs(model))
         {
             if (depth == 0)
             {
@@ -170,13 +179,16 @@ internal sealed class PassGraph
         return used;
     }
 
-    public void RemoveValueInfo(string name)
+    public void RemoveValueInfo(string name) => RemoveValueInfo(Graph, name);
+
+    /// <summary>Removes every value_info entry of <paramref name="graph"/> named <paramref name="name"/>.</summary>
+    public static void RemoveValueInfo(GraphProto graph, string name)
     {
-        for (int i = Graph.ValueInfo.Count - 1; i >= 0; i--)
+        for (int i = graph.ValueInfo.Count - 1; i >= 0; i--)
         {
-            if (Graph.ValueInfo[i].Name == name)
+            if (graph.ValueInfo[i].Name == name)
             {
-                Graph.ValueInfo.RemoveAt(i);
+                graph.ValueInfo.RemoveAt(i);
             }
         }
     }
