@@ -433,20 +433,7 @@ public static class Int4WeightQuantizer
             {
                 return null;
             }
-            float[] data = PassGraph.Floats(cv, displayName);
-            float[] values = new float[n];
-            if (vector)
-            {
-                data.CopyTo(values, 0);
-            }
-            else
-            {
-                Array.Fill(values, data[0]);
-            }
-            if (beta != 1f)
-            {
-                TensorPrimitives.Multiply(values, beta, values);
-            }
+            float[] values = PassGraph.BiasValues(PassGraph.Floats(cv, displayName), vector, n, beta);
             string bias = g.Unique(cName + "_bias");
             g.AddInitializer(TensorUtil.FromFloats(bias, values, n));
             QuantizedWeightBytes += (long)n * 4;

@@ -670,15 +670,8 @@ public static class Int8DynamicQuantizer
                 FoldBiasAdd(node, q, n);
             }
 
-            _graph.Node.RemoveAt(index);
-            for (int i = 0; i < inserted.Count; i++)
-            {
-                _graph.Node.Insert(index + i, inserted[i]);
-            }
-            _touchedNodes.AddRange(c.Weight.Chain);
-            _touchedInitializers.Add(c.Weight.SourceName);
-            _touchedInitializers.UnionWith(c.Weight.ChainInputs);
-            _touchedInitializers.Add(weightName);
+            ReplaceNode(index, inserted);
+            Touch(weightName, c.Weight);
             Quantized.Add(new QuantizedNode(Label(node), node.OpType, weightName, k, n, maxError));
         }
 
@@ -914,22 +907,12 @@ public static class Int8DynamicQuantizer
                 add.Input.Add(biasName);
                 add.Output.Add(node.Output[0]);
                 inserted.Add(add);
-                _touchedInitializers.Add(node.Input[2]);
-                _touchedInitializers.Add(bias.SourceName);
-                _touchedInitializers.UnionWith(bias.ChainInputs);
-                _touchedNodes.AddRange(bias.Chain);
+                Touch(node.Input[2], bias);
             }
 
             int index = _graph.Node.IndexOf(node);
-            _graph.Node.RemoveAt(index);
-            for (int i = 0; i < inserted.Count; i++)
-            {
-                _graph.Node.Insert(index + i, inserted[i]);
-            }
-            _touchedNodes.AddRange(c.Weight.Chain);
-            _touchedInitializers.Add(c.Weight.SourceName);
-            _touchedInitializers.UnionWith(c.Weight.ChainInputs);
-            _touchedInitializers.Add(weightName);
+            ReplaceNode(index, inserted);
+            Touch(weightName, c.Weight);
             _convQuantized = true;
             Quantized.Add(new QuantizedNode(label, "Conv", weightName, perChannel, m, _convErrors[weightName]));
         }
@@ -955,28 +938,31 @@ public static class Int8DynamicQuantizer
             {
                 return false;
             }
-            float[] data = Floats(cv.Tensor);
-            float[] values = new float[n];
-            if (vector)
-            {
-                data.CopyTo(values, 0);
-            }
-            else
-            {
-                Array.Fill(values, data[0]);
-            }
-            if (beta != 1f)
-            {
-                TensorPrimitives.Multiply(values, beta, values);
-            }
+            float[] values = PassGraph.BiasValues(Floats(cv.Tensor), vector, n, beta);
             bias = Unique(cName + "_bias");
             AddInitializer(TensorUtil.FromFloats(bias, values, n));
             QuantizedWeightBytes += (long)n * 4;
-            _touchedInitializers.Add(cName);
-            _touchedInitializers.Add(cv.SourceName);
-            _touchedInitializers.UnionWith(cv.ChainInputs);
-            _touchedNodes.AddRange(cv.Chain);
+            Touch(cName, cv);
             return true;
+        }
+
+        /// <summary>Replaces the node at <paramref name="index"/> with <paramref name="inserted"/>, in order.</summary>
+        private void ReplaceNode(int index, List<NodeProto> inserted)
+        {
+            _graph.Node.RemoveAt(index);
+            for (int i = 0; i < inserted.Count; i++)
+            {
+                _graph.Node.Insert(index + i, inserted[i]);
+            }
+        }
+
+        /// <summary>Marks the constant read as <paramref name="name"/> and what computed it for removal once unused.</summary>
+        private void Touch(string name, ConstantValue value)
+        {
+            _touchedNodes.AddRange(value.Chain);
+            _touchedInitializers.Add(value.SourceName);
+            _touchedInitializers.UnionWith(value.ChainInputs);
+            _touchedInitializers.Add(name);
         }
 
         private static T[] Transpose<T>(T[] source, int rows, int cols)

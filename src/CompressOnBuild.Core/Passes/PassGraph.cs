@@ -1,4 +1,5 @@
 using System.Globalization;
+using System.Numerics.Tensors;
 using CompressOnBuild.Core.Onnx;
 using CompressOnBuild.Onnx;
 
@@ -315,6 +316,28 @@ internal sealed class PassGraph
 
     public static float FloatAttr(NodeProto node, string name, float fallback) =>
         node.Attribute.FirstOrDefault(a => a.Name == name) is { } a ? a.F : fallback;
+
+    /// <summary>
+    /// beta * C as [n] bias values: <paramref name="data"/> itself when <paramref name="vector"/> (n elements), else its
+    /// single element repeated.
+    /// </summary>
+    public static float[] BiasValues(float[] data, bool vector, int n, float beta)
+    {
+        float[] values = new float[n];
+        if (vector)
+        {
+            data.CopyTo(values, 0);
+        }
+        else
+        {
+            Array.Fill(values, data[0]);
+        }
+        if (beta != 1f)
+        {
+            TensorPrimitives.Multiply(values, beta, values);
+        }
+        return values;
+    }
 
     /// <summary>Tensor data as float, or CMPR0103 naming the model and tensor when it cannot be read.</summary>
     public static float[] Floats(TensorProto t, string displayName)
