@@ -22,6 +22,9 @@ internal sealed record Attempt(
     double ValidateSeconds)
 {
     public bool Passed => Budgets.All(b => b.Passed);
+
+    /// <summary>For static int8: the calibration method this attempt used.</summary>
+    public string? CalibrationMethod { get; init; }
 }
 
 /// <summary>Compresses and validates one item: load, check, pass, save beside the output, validate, check budgets, (tune), publish atomically.</summary>
@@ -311,7 +314,7 @@ internal sealed class AttemptContext(ItemSettings settings, ModelProto original,
     ModelRunnerOptions runnerOptions, string workDirectory, string fileName, long originalBytes)
 {
     private int _count;
-    private CalibrationResult? _calibration;
+    private readonly Dictionary<string, CalibrationResult> _calibrations = new(StringComparer.Ordinal);
 
     private Dataset? _calibrationData;
     private Dictionary<string, Activation>? _activations;
@@ -342,25 +345,32 @@ internal sealed class AttemptContext(ItemSettings settings, ModelProto original,
         };
     }
 
-    /// <summary>Activation ranges for static int8, measured once per item on the calibration data (the float model).</summary>
+    /// <summary>The calibration method in use: the item's, unless the tuner is trying another ("MinMax", "Percentile:99.9", "Mse").</summary>
+    public string CalibrationMethodText { get; set; } = settings.CalibrationMethod == "Percentile"
+        ? "Percentile:" + settings.CalibrationPercentile.ToString(System.Globalization.CultureInfo.InvariantCulture)
+        : settings.CalibrationMethod;
+
+    /// <summary>Activation ranges for static int8, measured once per item and method on the calibration data (the float model).</summary>
     public CalibrationResult Calibration()
     {
-        if (_calibration != null)
+        string text = CalibrationMethodText;
+        if (_calibrations.TryGetValue(text, out CalibrationResult? cached))
         {
-            return _calibration;
+            return cached;
         }
-        ItemSettings s = settings;
-        Dataset calibrationData = CalibrationData();
-        IReadOnlyList<string> tensors = Int8StaticQuantizer.TensorsToCalibrate(original, new Int8StaticOptions());
-        var method = s.CalibrationMethod switch
+        string[] parts = text.Split(':');
+        var method = parts[0] switch
         {
             "Percentile" => CalibrationMethod.Percentile,
             "Mse" => CalibrationMethod.Mse,
             _ => CalibrationMethod.MinMax,
         };
-        _calibration = Calibrator.Run(original, calibrationData, tensors,
-            new CalibrationOptions { Method = method, Percentile = s.CalibrationPercentile, MaxSamples = s.CalibrationSamples }, s.Model);
-        return _calibration;
+        double percentile = parts.Length > 1 ? double.Parse(parts[1], System.Globalization.CultureInfo.InvariantCulture) : 99.99;
+        IReadOnlyList<string> tensors = Int8StaticQuantizer.TensorsToCalibrate(original, new Int8StaticOptions());
+        CalibrationResult result = Calibrator.Run(original, CalibrationData(), tensors,
+            new CalibrationOptions { Method = method, Percentile = percentile, MaxSamples = settings.CalibrationSamples }, settings.Model);
+        _calibrations[text] = result;
+        return result;
     }
 
     public ItemSettings Settings => settings;
@@ -400,6 +410,9 @@ internal sealed class AttemptContext(ItemSettings settings, ModelProto original,
         bool measureLatency = settings.Budgets.Any(b => b.Name == "MaxLatencyRatio");
         ValidationResult validation = Validator.Compare(originalRunner, compressed, on ?? data, new ValidatorOptions { LatencyRuns = measureLatency ? 31 : 0 });
         List<BudgetOutcome> budgets = Budgets.Evaluate(settings, validation, originalBytes, bytes);
-        return new Attempt(path, excluded, summary, pruning, bytes, sha, validation, budgets, compressSeconds, watch.Elapsed.TotalSeconds);
+        return new Attempt(path, excluded, summary, pruning, bytes, sha, validation, budgets, compressSeconds, watch.Elapsed.TotalSeconds)
+        {
+            CalibrationMethod = settings.Quantization == QuantizationScheme.Int8Static ? CalibrationMethodText : null,
+        };
     }
 }

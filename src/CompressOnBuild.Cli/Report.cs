@@ -116,6 +116,7 @@ internal static class Report
         ["trials"] = new JsonArray(t.Trials.Select(a => (JsonNode)new JsonObject
         {
             ["excludedNodes"] = new JsonArray(a.ExcludedNodes.Select(n => (JsonNode)JsonValue.Create(n)!).ToArray()),
+            ["calibrationMethod"] = a.CalibrationMethod,
             ["compressedBytes"] = a.CompressedBytes,
             ["accuracy"] = a.Validation.CompressedAccuracy is { } acc ? Round(acc, 4) : null,
             ["accuracyDrop"] = a.Validation.AccuracyDrop is { } d ? Round(d, 4) : null,

@@ -16,7 +16,8 @@ internal sealed record TuningResult(
     bool TimedOut);
 
 /// <summary>
-/// Accuracy-aware back-off for a scheme that broke a budget: measure how much each quantized layer alone hurts
+/// Accuracy-aware back-off for a scheme that broke a budget. For static int8 the other calibration methods
+/// (Percentile 99.99 and 99.9, MSE, MinMax) are tried first. Then: measure how much each quantized layer alone hurts
 /// (only that layer quantized, on a subset of the validation data), then keep the most sensitive layers in float one
 /// by one, validating each configuration on the full data, until every budget holds. The first configuration that
 /// holds is the smallest one the search reaches, and is chosen; the search stops at the time budget and then keeps
@@ -26,6 +27,8 @@ internal static class Tuner
 {
     private const int SensitivitySampleLimit = 1000;
 
+    private static readonly string[] CalibrationMethods = ["Percentile:99.99", "Percentile:99.9", "Mse", "MinMax"];
+
     public static TuningResult Run(AttemptContext ctx, Attempt first)
     {
         var watch = Stopwatch.StartNew();
@@ -33,6 +36,34 @@ internal static class Tuner
         bool OutOfTime() => watch.Elapsed.TotalSeconds >= budget;
         var trials = new List<Attempt> { first };
         IReadOnlyList<string> userExcluded = ctx.Settings.NodesToExclude;
+
+        // Static int8: other calibration methods first; they cost one calibration pass each and keep every layer int8.
+        if (ctx.Settings.Quantization == QuantizationScheme.Int8Static)
+        {
+            string original = ctx.CalibrationMethodText;
+            Attempt bestCalibrated = first;
+            foreach (string method in CalibrationMethods.Where(m => m != original))
+            {
+                if (OutOfTime())
+                {
+                    break;
+                }
+                ctx.CalibrationMethodText = method;
+                Attempt trial = ctx.Make(userExcluded);
+                trials.Add(trial);
+                if (trial.Passed)
+                {
+                    return new TuningResult(budget, watch.Elapsed.TotalSeconds, 0, [], trials, trial, true, false);
+                }
+                if (Score(trial) > Score(bestCalibrated))
+                {
+                    bestCalibrated = trial;
+                }
+            }
+            // Layer back-off continues with the best calibration found.
+            ctx.CalibrationMethodText = bestCalibrated.CalibrationMethod ?? original;
+            first = bestCalibrated;
+        }
         List<string> candidates = first.Quantization?.Nodes.Select(q => q.Node).ToList() ?? [];
         if (candidates.Count == 0)
         {
@@ -59,6 +90,10 @@ internal static class Tuner
             .Concat(candidates.Where(c => sensitivity.All(x => x.Node != c))).ToList();
 
         Attempt best = first;
+        if (trials.Count > 1 && Score(trials[0]) > Score(best))
+        {
+            best = trials[0];
+        }
         for (int k = 1; k <= order.Count && !OutOfTime(); k++)
         {
             var exclude = userExcluded.Concat(order.Take(k)).ToList();

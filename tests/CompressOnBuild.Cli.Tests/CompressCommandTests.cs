@@ -461,4 +461,21 @@ public sealed class CompressCommandTests
         Assert.IsTrue(after <= 0.75 * before, $"parameters {before} -> {after}");
         Assert.IsTrue(p["reconstructed"]!.AsArray().Count > 0, "the consumers of pruned layers are refit from calibration activations");
     }
+
+    [TestMethod]
+    public void TuneTriesOtherCalibrationMethodsBeforeKeepingLayersFloat()
+    {
+        string images = Corpus.Dataset("mnist", "t10k-images-idx3-ubyte");
+        CliRun run = CliHarness.InProcess("compress", Corpus.Model("mnist-lenet5"), "--output", P("tc.onnx"), "--report", P("tc.json"),
+            "--calibration-data", images, "--validation-data", images, "--labels", Corpus.Dataset("mnist", "t10k-labels-idx1-ubyte"),
+            "--min-agreement", "1.0", "--tune", "true");
+        Assert.AreEqual(0, run.ExitCode, run.Output);
+        JsonArray trials = JsonNode.Parse(File.ReadAllText(P("tc.json")))!["tuning"]!["trials"]!.AsArray();
+        Assert.AreEqual("MinMax", trials[0]!["calibrationMethod"]!.GetValue<string>(), "the first trial is the item's own method");
+        var methods = trials.Select(t => t!["calibrationMethod"]!.GetValue<string>()).Distinct().ToList();
+        CollectionAssert.IsSubsetOf(new[] { "MinMax", "Percentile:99.99", "Percentile:99.9", "Mse" }, methods,
+            "every calibration method is tried (with all layers int8) before any layer is kept float");
+        int firstBackOff = trials.ToList().FindIndex(t => t!["excludedNodes"]!.AsArray().Count > 0);
+        Assert.IsTrue(firstBackOff < 0 || firstBackOff >= 4, "layer back-off starts only after the calibration methods");
+    }
 }
