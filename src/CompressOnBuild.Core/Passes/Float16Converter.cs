@@ -460,25 +460,11 @@ public static class Float16Converter
                     }
                     else if (wantsHalf)
                     {
-                        if (!toHalf.TryGetValue(v, out string? cast))
-                        {
-                            cast = g.Unique(v + "_fp16");
-                            nodes.Add(g.Cast(v, cast, DataType.Float16));
-                            Casts++;
-                            toHalf[v] = cast;
-                        }
-                        n.Input[i] = cast;
+                        n.Input[i] = CastOnce(toHalf, v, "_fp16", DataType.Float16);
                     }
                     else if (isHalf && halfName == v)
                     {
-                        if (!toFloat.TryGetValue(v, out string? cast))
-                        {
-                            cast = g.Unique(v + "_fp32");
-                            nodes.Add(g.Cast(v, cast, DataType.Float));
-                            Casts++;
-                            toFloat[v] = cast;
-                        }
-                        n.Input[i] = cast;
+                        n.Input[i] = CastOnce(toFloat, v, "_fp32", DataType.Float);
                     }
                     // isHalf with a renamed float16 value: the original name still carries float32 (cast below).
                 }
@@ -497,6 +483,19 @@ public static class Float16Converter
             }
             g.Graph.Node.Clear();
             g.Graph.Node.AddRange(nodes);
+
+            // One Cast per value and target type, emitted before its first use.
+            string CastOnce(Dictionary<string, string> casts, string v, string suffix, DataType to)
+            {
+                if (!casts.TryGetValue(v, out string? cast))
+                {
+                    cast = g.Unique(v + suffix);
+                    nodes.Add(g.Cast(v, cast, to));
+                    Casts++;
+                    casts[v] = cast;
+                }
+                return cast;
+            }
         }
 
         private void RetypeValueInfo()
