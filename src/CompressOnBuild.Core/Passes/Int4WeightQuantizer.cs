@@ -331,7 +331,7 @@ public static class Int4WeightQuantizer
             if (!_done.TryGetValue(key, out var stored))
             {
                 float[] data = PassGraph.Floats(c.Weight, displayName);
-                float[] channelMajor = c.TransB ? data : Transpose(data, rows, cols);
+                float[] channelMajor = c.TransB ? data : PassGraph.Transpose(data, rows, cols);
                 if (c.Alpha != 1f)
                 {
                     TensorPrimitives.Multiply(channelMajor, c.Alpha, channelMajor);
@@ -439,19 +439,6 @@ public static class Int4WeightQuantizer
             QuantizedWeightBytes += (long)n * 4;
             _replacedWeights.Add(cName);
             return bias;
-        }
-
-        private static float[] Transpose(float[] source, int rows, int cols)
-        {
-            var result = new float[source.Length];
-            for (int r = 0; r < rows; r++)
-            {
-                for (int c = 0; c < cols; c++)
-                {
-                    result[c * rows + r] = source[r * cols + c];
-                }
-            }
-            return result;
         }
     }
 }

@@ -752,7 +752,7 @@ public static class Int8DynamicQuantizer
         private ((string, string, string, int, int) Stored, float MaxError) QuantizeWeight(Candidate c, string weightName, int k, int n)
         {
             float[] data = Floats(c.Weight.Tensor);
-            float[] channelMajor = c.TransB ? data : Transpose(data, k, n);
+            float[] channelMajor = c.TransB ? data : PassGraph.Transpose(data, k, n);
             if (c.Alpha != 1f)
             {
                 TensorPrimitives.Multiply(channelMajor, c.Alpha, channelMajor);
@@ -784,7 +784,7 @@ public static class Int8DynamicQuantizer
                 }
                 maxError = MathF.Max(maxError, ErrorMetrics.MaxAbsDifference(row, roundTrip));
             }
-            byte[] kMajor = Transpose(quantized, n, k);
+            byte[] kMajor = PassGraph.Transpose(quantized, n, k);
             var zeros = new byte[n];
             Array.Fill(zeros, zero);
 
@@ -963,28 +963,6 @@ public static class Int8DynamicQuantizer
             _touchedInitializers.Add(value.SourceName);
             _touchedInitializers.UnionWith(value.ChainInputs);
             _touchedInitializers.Add(name);
-        }
-
-        private static T[] Transpose<T>(T[] source, int rows, int cols)
-        {
-            var result = new T[source.Length];
-            const int Block = 32;
-            for (int r0 = 0; r0 < rows; r0 += Block)
-            {
-                int r1 = Math.Min(rows, r0 + Block);
-                for (int c0 = 0; c0 < cols; c0 += Block)
-                {
-                    int c1 = Math.Min(cols, c0 + Block);
-                    for (int r = r0; r < r1; r++)
-                    {
-                        for (int col = c0; col < c1; col++)
-                        {
-                            result[col * rows + r] = source[r * cols + col];
-                        }
-                    }
-                }
-            }
-            return result;
         }
 
         /// <summary>Drops the float weights, Constant/Reshape nodes and value_info that nothing uses any more.</summary>

@@ -339,6 +339,29 @@ internal sealed class PassGraph
         return values;
     }
 
+    /// <summary>A row-major [rows, cols] matrix as row-major [cols, rows] (cache-blocked).</summary>
+    public static T[] Transpose<T>(T[] source, int rows, int cols)
+    {
+        var result = new T[source.Length];
+        const int Block = 32;
+        for (int r0 = 0; r0 < rows; r0 += Block)
+        {
+            int r1 = Math.Min(rows, r0 + Block);
+            for (int c0 = 0; c0 < cols; c0 += Block)
+            {
+                int c1 = Math.Min(cols, c0 + Block);
+                for (int r = r0; r < r1; r++)
+                {
+                    for (int col = c0; col < c1; col++)
+                    {
+                        result[col * rows + r] = source[r * cols + col];
+                    }
+                }
+            }
+        }
+        return result;
+    }
+
     /// <summary>Tensor data as float, or CMPR0103 naming the model and tensor when it cannot be read.</summary>
     public static float[] Floats(TensorProto t, string displayName)
     {
