@@ -24,7 +24,7 @@ internal sealed class CompressionCacheAdapter(CompressionCache cache, Action<Dia
         new[] { typeof(Program), typeof(ModelIO), typeof(Validator), typeof(Kernels.KernelSelector) }
             .Select(t => t.Assembly.ManifestModule.ModuleVersionId.ToString()));
 
-    public static string Key(ItemResult r, OrtInfo ort)
+    public static string Key(ItemResult r, OrtInfo ort, bool budgetFailureIsWarning)
     {
         ItemSettings s = r.Settings;
         var parts = new List<string>
@@ -34,6 +34,8 @@ internal sealed class CompressionCacheAdapter(CompressionCache cache, Action<Dia
             "ort:" + ort.Version + ":" + ort.Source,
             "model:" + r.OriginalSha256,
             "output-name:" + Path.GetFileName(s.Output),
+            // The verdict and whether a model that broke a budget ships depend on the severity.
+            "budget-severity:" + (budgetFailureIsWarning ? "warning" : "error"),
         };
         foreach ((string k, string v) in s.EffectiveOptions)
         {

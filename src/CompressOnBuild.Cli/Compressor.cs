@@ -53,7 +53,7 @@ internal static class Compressor
         result.OriginalSha256 = Convert.ToHexStringLower(SHA256.HashData(originalBytes));
 
         OrtInfo ort = ensureOrt();
-        string? key = cache == null ? null : CompressionCacheAdapter.Key(result, ort);
+        string? key = cache == null ? null : CompressionCacheAdapter.Key(result, ort, global.BudgetFailureIsWarning);
         result.CacheKey = key;
         if (key != null && cache!.TryRestore(key, result, outputFull))
         {

@@ -478,4 +478,22 @@ public sealed class CompressCommandTests
         int firstBackOff = trials.ToList().FindIndex(t => t!["excludedNodes"]!.AsArray().Count > 0);
         Assert.IsTrue(firstBackOff < 0 || firstBackOff >= 4, "layer back-off starts only after the calibration methods");
     }
+
+    [TestMethod]
+    public void CachedVerdictsFollowTheBudgetSeverityOfTheCurrentRun()
+    {
+        (string model, _, _) = MakeMlpWithData();
+        string cache = P("sev-cache");
+        string[] args = ["compress", model, "--output", P("sev/out.onnx"), "--max-size-kb", "1", "--cache-dir", cache];
+        Assert.AreEqual(1, CliHarness.InProcess(args).ExitCode, "an error-severity run fails and ships nothing");
+        Assert.IsFalse(File.Exists(P("sev/out.onnx")));
+        CliRun warning = CliHarness.InProcess([.. args, "--budget-severity", "Warning"]);
+        Assert.AreEqual(0, warning.ExitCode, warning.Output);
+        Assert.AreEqual(1, warning.Lines.Count(l => l.Contains(" : warning CMPR0401 : ", StringComparison.Ordinal)), warning.Output);
+        Assert.IsTrue(File.Exists(P("sev/out.onnx")), "a warning-severity run ships the model even after an error run cached its verdict");
+        CliRun warningAgain = CliHarness.InProcess([.. args, "--budget-severity", "Warning"]);
+        Assert.AreEqual(0, warningAgain.ExitCode, warningAgain.Output);
+        StringAssert.Contains(warningAgain.Output, "(cached)");
+        Assert.AreEqual(1, CliHarness.InProcess(args).ExitCode, "and the error run still fails from its own entry");
+    }
 }
