@@ -288,8 +288,12 @@ namespace CompressOnBuild.Tasks
                 Log.LogMessage(MessageImportance.High, singleLine);
                 return;
             }
-            // Canonical "origin : error CODE : text" lines become errors and warnings with their code.
-            base.LogEventsFromTextOutput(ApplyBudgetSeverity(singleLine, BudgetFailureSeverity), messageImportance);
+            // Canonical "origin : error CODE : text" lines become errors and warnings with their code and help link.
+            string line = ApplyBudgetSeverity(singleLine, BudgetFailureSeverity);
+            if (!Log.TryLogWorkerDiagnostic(line))
+            {
+                base.LogEventsFromTextOutput(line, messageImportance);
+            }
         }
 
         /// <summary>A broken budget is reported with the severity this build asks for. The worker's result cache

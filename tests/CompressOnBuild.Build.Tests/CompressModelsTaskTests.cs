@@ -194,6 +194,9 @@ public sealed class CompressModelsTaskTests
         Assert.AreEqual(model, error.File);
         StringAssert.Contains(error.Message, "MinAgreement");
         Assert.AreEqual("CMPR0203", engine.Warnings.Single().Code);
+        Assert.AreEqual("Model m.onnx broke the budget MinAgreement: measured 0.97, limit 0.99.", error.Message, "the text after the code, unchanged");
+        StringAssert.EndsWith(error.HelpLink, "docs/diagnostics.md#cmpr0401");
+        StringAssert.EndsWith(engine.Warnings[0].HelpLink, "docs/diagnostics.md#cmpr0203");
         BuildMessageEventArgs summary = engine.Messages.Single(m => m.Message!.StartsWith("CompressOnBuild: ", StringComparison.Ordinal));
         Assert.AreEqual(MessageImportance.High, summary.Importance);
         Assert.IsFalse(engine.Errors.Any(e => e.Code == DiagnosticCodes.WorkerFailed), "an error was reported, so no CMPR0002");
@@ -209,6 +212,7 @@ public sealed class CompressModelsTaskTests
         BuildErrorEventArgs error = engine.Errors.Single();
         Assert.AreEqual(DiagnosticCodes.WorkerFailed, error.Code);
         StringAssert.Contains(error.Message, "3");
+        StringAssert.EndsWith(error.HelpLink, "docs/diagnostics.md#cmpr0002");
     }
 
     [TestMethod]

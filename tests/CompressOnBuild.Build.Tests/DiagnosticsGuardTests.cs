@@ -63,6 +63,19 @@ public sealed partial class DiagnosticsGuardTests
     }
 
     [TestMethod]
+    public void EveryCode_HasTheAnchorItsHelpLinkPointsTo()
+    {
+        string doc = File.ReadAllText(Path.Combine(CompressOnBuild.Tests.Corpus.RepoRoot, "docs", "diagnostics.md"));
+        foreach (string code in typeof(DiagnosticCodes).GetFields(System.Reflection.BindingFlags.Public | System.Reflection.BindingFlags.Static)
+                     .Where(f => f.IsLiteral).Select(f => (string)f.GetRawConstantValue()!))
+        {
+            string link = CompressOnBuild.Tasks.TaskLogging.HelpLink(code);
+            string anchor = link[(link.IndexOf('#', StringComparison.Ordinal) + 1)..];
+            StringAssert.Contains(doc, $"<a id=\"{anchor}\"></a>", $"{code}: its help link {link} has no anchor in docs/diagnostics.md");
+        }
+    }
+
+    [TestMethod]
     public void TaskAssembly_EmbedsTheMessages()
     {
         // The task formats its own errors from the resx embedded into CompressOnBuild.Tasks.dll.
