@@ -18,7 +18,8 @@ internal static class Budgets
     {
         foreach (Budget b in s.Budgets)
         {
-            if (NeedData.Contains(b.Name) && s.ValidationData == null)
+            // Without ValidationData, agreement-type budgets are measured on the calibration inputs (the report says so).
+            if (NeedData.Contains(b.Name) && s.ValidationData == null && (s.CalibrationData == null || b.Name == "MaxAccuracyDrop"))
             {
                 throw new CompressException(DiagnosticCodes.NoValidationData, s.Model, b.Name) { File = s.Model };
             }
@@ -27,7 +28,7 @@ internal static class Budgets
                 throw new CompressException(DiagnosticCodes.LabelsRequired, s.Model, s.ValidationData) { File = s.Model };
             }
         }
-        if (s.Tune && s.ValidationData == null)
+        if (s.Tune && s.ValidationData == null && s.CalibrationData == null)
         {
             throw new CompressException(DiagnosticCodes.NoValidationData, s.Model, "Tune") { File = s.Model };
         }

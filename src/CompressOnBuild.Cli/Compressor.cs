@@ -209,6 +209,13 @@ internal static class Compressor
             source = s.ValidationData;
             return DatasetLoader.Load(s.ValidationData, s.Labels, inputs, pre, max);
         }
+        if (s.CalibrationData != null)
+        {
+            // Agreement-type budgets fall back to the calibration inputs (no labels): better than random inputs.
+            int max = maxSamplesOverride > 0 ? maxSamplesOverride : 0;
+            source = "calibration data (no ValidationData given): " + s.CalibrationData;
+            return DatasetLoader.Load(s.CalibrationData, null, inputs, Preprocessing.Parse(s.Preprocessing), max);
+        }
         source = "random inputs (no ValidationData given)";
         return RandomInputs.Create(inputs, samples: 16, seed: 20261123);
     }

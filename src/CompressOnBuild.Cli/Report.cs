@@ -216,7 +216,7 @@ internal static class Report
                 parts.Add(string.Format(ci, "top-1 {0:0.00}% -> {1:0.00}% (drop {2:0.00} points)", a, b, d));
             }
             parts.Add(string.Format(ci, "agreement {0:0.00}%, cosine {1:0.0000} on {2} {3}", v.Top1Agreement * 100, v.MeanCosineSimilarity, v.SampleCount,
-                r.Settings.ValidationData == null ? "random inputs" : "samples"));
+                r.Settings.ValidationData != null ? "samples" : r.Settings.CalibrationData != null ? "calibration samples" : "random inputs"));
             if (v.LatencyRuns > 0)
             {
                 parts.Add(string.Format(ci, "latency ratio {0:0.00}", v.LatencyRatio));

@@ -496,4 +496,23 @@ public sealed class CompressCommandTests
         StringAssert.Contains(warningAgain.Output, "(cached)");
         Assert.AreEqual(1, CliHarness.InProcess(args).ExitCode, "and the error run still fails from its own entry");
     }
+
+    [TestMethod]
+    public void WithoutValidationDataAgreementBudgetsAreMeasuredOnTheCalibrationInputs()
+    {
+        string images = Corpus.Dataset("mnist", "t10k-images-idx3-ubyte");
+        CliRun run = CliHarness.InProcess("compress", Corpus.Model("mnist-mlp-gemm"), "--output", P("cal.onnx"), "--report", P("cal.json"),
+            "--calibration-data", images, "--calibration-samples", "300", "--min-agreement", "0.98");
+        Assert.AreEqual(0, run.ExitCode, run.Output);
+        JsonNode v = JsonNode.Parse(File.ReadAllText(P("cal.json")))!["validation"]!;
+        StringAssert.StartsWith(v["data"]!.GetValue<string>(), "calibration data (no ValidationData given)");
+        Assert.AreEqual(10000, v["samples"]!.GetValue<int>(), "validation runs over the whole calibration set, not just the calibration subset");
+        Assert.IsFalse(v["hasLabels"]!.GetValue<bool>());
+        StringAssert.Contains(run.Output, "calibration samples");
+
+        CliRun drop = CliHarness.InProcess("compress", Corpus.Model("mnist-mlp-gemm"), "--output", P("cal2.onnx"),
+            "--calibration-data", images, "--max-accuracy-drop", "1");
+        Assert.AreEqual(2, drop.ExitCode, "an accuracy budget still needs labelled validation data");
+        Assert.AreEqual(1, drop.Errors("CMPR0407").Count(), drop.Output);
+    }
 }
