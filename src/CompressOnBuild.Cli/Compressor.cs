@@ -86,6 +86,10 @@ internal static class Compressor
 
             result.Quantization = chosen.Quantization;
             result.Pruning = chosen.Pruning;
+            if (chosen.Quantization is { Nodes.Count: > 0 } q)
+            {
+                result.WeightHistograms = WeightHistograms.Build(original, ModelIO.Load(chosen.Path), q.Nodes.Select(n => n.Weight));
+            }
             result.CompressedBytes = chosen.CompressedBytes;
             result.CompressedSha256 = chosen.CompressedSha256;
             result.Validation = chosen.Validation;

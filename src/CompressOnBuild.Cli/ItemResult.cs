@@ -18,6 +18,7 @@ internal sealed class ItemResult
     public string? CompressedSha256 { get; set; }
     public PassResult? Quantization { get; set; }
     public PruningSummary? Pruning { get; set; }
+    public System.Text.Json.Nodes.JsonObject? WeightHistograms { get; set; }
     public ValidationResult? Validation { get; set; }
     public string ValidationSource { get; set; } = "none";
     public List<BudgetOutcome> Budgets { get; } = [];

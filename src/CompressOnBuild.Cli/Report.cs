@@ -48,6 +48,7 @@ internal static class Report
             ["quantization"] = r.Quantization == null ? null : Quantization(r.Quantization),
             ["validation"] = r.Validation == null ? null : Validation(r.Validation, r.ValidationSource),
             ["pruning"] = r.Pruning == null ? null : Pruning(r.Pruning),
+            ["weightHistograms"] = r.WeightHistograms,
             ["tuning"] = r.Tuning == null ? null : Tuning(r.Tuning),
             ["budgets"] = new JsonArray(r.Budgets.Select(b => (JsonNode)new JsonObject
             {

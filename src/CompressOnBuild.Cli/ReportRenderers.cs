@@ -113,6 +113,18 @@ internal static class ReportRenderers
                 sb.AppendLine("</table>");
             }
         }
+        if (r["weightHistograms"] is JsonNode wh)
+        {
+            double nBefore = wh["before"]!.AsArray().Sum(x => D(x)), nAfter = wh["after"]!.AsArray().Sum(x => D(x));
+            sb.AppendLine(string.Create(Ci, $"<h2>Weight histograms</h2><p>Before (grey): the float weights of every quantized layer ({nBefore} values). After (blue): the weights the shipped model stores as DynamicQuantizeMatMul or DequantizeLinear initializers, dequantized ({nAfter} values; ConvInteger and MatMulNBits weights are not decoded). One shared range, log-scaled counts.</p>"));
+            sb.AppendLine(Histograms(wh));
+        }
+        if (r["pruning"] is JsonNode pr && pr["layers"]!.AsArray().Count > 0)
+        {
+            sb.AppendLine($"<h2>Per-layer sparsity ({H(pr["method"]?.ToString())})</h2><p>Fraction of each layer's weights that are zero after pruning; parameters {pr["parametersBefore"]} → {pr["parametersAfter"]}, zipped model {Kb(pr["zipBytesBefore"])} → {Kb(pr["zipBytesAfter"])} before quantization.</p>");
+            var bars = pr["layers"]!.AsArray().Select(n => (n!["node"]!.GetValue<string>(), D(n["sparsity"]))).ToList();
+            sb.AppendLine(BarChart(bars));
+        }
         sb.AppendLine("</body></html>");
         return sb.ToString();
     }
@@ -170,6 +182,33 @@ internal static class ReportRenderers
             sb.Append(Ci, $"<circle cx=\"{Sx(x):0.0}\" cy=\"{Sy(y):0.0}\" r=\"5\" fill=\"{color}\"><title>{H(label)}: {x:0.0} KB, {y:0.00}%</title></circle>");
             sb.Append(Ci, $"<text x=\"{Sx(x) + 7:0.0}\" y=\"{Sy(y) - 6:0.0}\">{H(label)}</text>");
         }
+        sb.Append("</svg>");
+        return sb.ToString();
+    }
+
+    private static string Histograms(JsonNode wh)
+    {
+        const int W = 640, Hh = 240, L = 50, B = 30, T = 10, R = 10;
+        double min = D(wh["min"]), max = D(wh["max"]);
+        double[] before = wh["before"]!.AsArray().Select(D).ToArray();
+        double[] after = wh["after"]!.AsArray().Select(D).ToArray();
+        double top = Math.Log10(1 + Math.Max(before.Max(), after.Max()));
+        int bins = before.Length;
+        double bw = (W - L - R) / (double)bins;
+        var sb = new StringBuilder();
+        sb.Append(Ci, $"<svg width=\"{W}\" height=\"{Hh}\" viewBox=\"0 0 {W} {Hh}\" xmlns=\"http://www.w3.org/2000/svg\" font-size=\"11\">");
+        sb.Append(Ci, $"<line x1=\"{L}\" y1=\"{Hh - B}\" x2=\"{W - R}\" y2=\"{Hh - B}\" stroke=\"#333\"/>");
+        void Bars(double[] counts, string color, double offset)
+        {
+            for (int i = 0; i < bins; i++)
+            {
+                double h = top > 0 ? Math.Log10(1 + counts[i]) / top * (Hh - T - B) : 0;
+                sb.Append(Ci, $"<rect x=\"{L + i * bw + offset:0.0}\" y=\"{Hh - B - h:0.0}\" width=\"{bw / 2:0.0}\" height=\"{h:0.0}\" fill=\"{color}\"/>");
+            }
+        }
+        Bars(before, "#999", 0);
+        Bars(after, "#4a78c2", bw / 2);
+        sb.Append(Ci, $"<text x=\"{L}\" y=\"{Hh - 10}\">{min:G3}</text><text x=\"{W - R}\" y=\"{Hh - 10}\" text-anchor=\"end\">{max:G3}</text>");
         sb.Append("</svg>");
         return sb.ToString();
     }

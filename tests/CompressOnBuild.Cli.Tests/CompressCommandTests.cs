@@ -80,6 +80,12 @@ public sealed class CompressCommandTests
         Assert.IsTrue((double)before / after >= 3.8, $"size ratio {(double)before / after}");
         Assert.AreEqual(2, report["budgets"]!.AsArray().Count);
         Assert.IsTrue(report["budgets"]!.AsArray().All(b => b!["passed"]!.GetValue<bool>()));
+        JsonNode hist = report["weightHistograms"]!;
+        long beforeCount = hist["before"]!.AsArray().Sum(x => x!.GetValue<long>());
+        long afterCount = hist["after"]!.AsArray().Sum(x => x!.GetValue<long>());
+        Assert.AreEqual(784 * 512 + 512 * 512 + 512 * 10, beforeCount, "every weight of the three Gemm layers");
+        Assert.AreEqual(beforeCount, afterCount, "every quantized weight is decoded back");
+        StringAssert.Contains(File.ReadAllText(P("out/mnist.report.html")), "Weight histograms");
         ModelProto output = ModelIO.Load(P("out/mnist.onnx"));
         Assert.IsTrue(output.Graph.Node.Any(n => n.OpType is "DynamicQuantizeMatMul" or "MatMulInteger"), "the output must hold integer ops");
     }
@@ -446,6 +452,7 @@ public sealed class CompressCommandTests
         }
         Assert.IsTrue(zipShipped < zipInt8Only, $"pruning must shrink the zipped int8 model further ({zipShipped} vs {zipInt8Only})");
         Assert.IsTrue((double)zipOriginal / zipShipped >= 3.5, $"zip ratio {(double)zipOriginal / zipShipped}");
+        StringAssert.Contains(File.ReadAllText(P("pm.html")), "Per-layer sparsity (Magnitude:0.5)");
     }
 
     [TestMethod]

@@ -1,0 +1,102 @@
+using System.Text.Json.Nodes;
+using CompressOnBuild.Core.Onnx;
+using CompressOnBuild.Onnx;
+
+namespace CompressOnBuild.Cli;
+
+/// <summary>
+/// Histograms of the quantized layers' weights before (float, from the original) and after (the values the shipped
+/// model computes with, dequantized from its integer initializers: DynamicQuantizeMatMul's B/scale/zero point and
+/// DequantizeLinear of a constant), over one shared range, for the HTML report.
+/// </summary>
+internal static class WeightHistograms
+{
+    public const int Bins = 64;
+
+    public static JsonObject? Build(ModelProto original, ModelProto compressed, IEnumerable<string> weightNames)
+    {
+        var originals = original.Graph.Initializer.ToDictionary(t => t.Name, StringComparer.Ordinal);
+        var before = new List<float>();
+        foreach (string name in weightNames.Distinct(StringComparer.Ordinal))
+        {
+            if (originals.TryGetValue(name, out TensorProto? t) && t.DataType == (int)TensorProto.Types.DataType.Float)
+            {
+                before.AddRange(TensorUtil.ToFloatArray(t));
+            }
+        }
+        List<float> after = Dequantized(compressed);
+        if (before.Count == 0 || after.Count == 0)
+        {
+            return null;
+        }
+        (float min, float max) = Kernels.TensorStats.MinMax(before.ToArray()) is var a && Kernels.TensorStats.MinMax(after.ToArray()) is var b
+            ? (Math.Min(a.Min, b.Min), Math.Max(a.Max, b.Max))
+            : (0f, 0f);
+        if (!(max > min) || !float.IsFinite(min) || !float.IsFinite(max))
+        {
+            return null;
+        }
+        return new JsonObject
+        {
+            ["min"] = min,
+            ["max"] = max,
+            ["before"] = Counts(before, min, max),
+            ["after"] = Counts(after, min, max),
+        };
+    }
+
+    private static JsonArray Counts(List<float> values, float min, float max)
+    {
+        var counts = new long[Bins];
+        Kernels.Histogram.Accumulate(values.ToArray(), min, max, counts);
+        return new JsonArray(counts.Select(c => (JsonNode)JsonValue.Create(c)!).ToArray());
+    }
+
+    private static List<float> Dequantized(ModelProto model)
+    {
+        var init = model.Graph.Initializer.ToDictionary(t => t.Name, StringComparer.Ordinal);
+        var result = new List<float>();
+        foreach (NodeProto n in model.Graph.Node)
+        {
+            string? q = null, scale = null, zp = null;
+            long axis = 1;
+            if (n.OpType == "DynamicQuantizeMatMul" && n.Input.Count >= 3)
+            {
+                (q, scale, zp) = (n.Input[1], n.Input[2], n.Input.Count > 3 ? n.Input[3] : null);
+                axis = 1; // B is [K, N]; scales per column N.
+            }
+            else if (n.OpType == "DequantizeLinear" && n.Input.Count >= 2 && init.ContainsKey(n.Input[0]))
+            {
+                (q, scale, zp) = (n.Input[0], n.Input[1], n.Input.Count > 2 ? n.Input[2] : null);
+                axis = n.Attribute.FirstOrDefault(a => a.Name == "axis")?.I ?? 1;
+            }
+            if (q == null || !init.TryGetValue(q, out TensorProto? qt) || !init.TryGetValue(scale!, out TensorProto? st))
+            {
+                continue;
+            }
+            if (qt.DataType is not ((int)TensorProto.Types.DataType.Int8 or (int)TensorProto.Types.DataType.Uint8) || qt.Dims.Count == 0)
+            {
+                continue;
+            }
+            long[] values = TensorUtil.ToInt64Array(qt);
+            float[] scales = TensorUtil.ToFloatArray(st);
+            long[] zeros = zp != null && init.TryGetValue(zp, out TensorProto? zt) ? TensorUtil.ToInt64Array(zt) : [0];
+            int rank = qt.Dims.Count;
+            long ax = axis < 0 ? axis + rank : axis;
+            long inner = 1;
+            for (long d = ax + 1; d < rank; d++)
+            {
+                inner *= qt.Dims[(int)d];
+            }
+            long channels = ax >= 0 && ax < rank ? qt.Dims[(int)ax] : 1;
+            for (long i = 0; i < values.Length; i++)
+            {
+                long c = scales.Length == 1 ? 0 : i / inner % channels;
+                float s = scales[scales.Length == 1 ? 0 : c];
+                long z = zeros[zeros.Length == 1 ? 0 : c];
+                result.Add((values[i] - z) * s);
+            }
+        }
+        return result;
+    }
+}
