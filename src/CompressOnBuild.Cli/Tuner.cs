@@ -64,7 +64,10 @@ internal static class Tuner
             ctx.CalibrationMethodText = bestCalibrated.CalibrationMethod ?? original;
             first = bestCalibrated;
         }
-        List<string> candidates = first.Quantization?.Nodes.Select(q => q.Node).ToList() ?? [];
+        // Layers the scheme changed: quantized and/or pruned. Backing a layer off keeps it float and dense.
+        List<string> candidates = (first.Quantization?.Nodes.Select(q => q.Node) ?? [])
+            .Concat(first.Pruning?.Pruned.Select(p => p.Node) ?? [])
+            .Distinct(StringComparer.Ordinal).ToList();
         if (candidates.Count == 0)
         {
             return new TuningResult(budget, watch.Elapsed.TotalSeconds, 0, [], trials, first, first.Passed, false);

@@ -522,4 +522,22 @@ public sealed class CompressCommandTests
         Assert.AreEqual(2, drop.ExitCode, "an accuracy budget still needs labelled validation data");
         Assert.AreEqual(1, drop.Errors("CMPR0407").Count(), drop.Output);
     }
+
+    [TestMethod]
+    public void TuneBacksOffPruningLayerByLayerToo()
+    {
+        string images = Corpus.Dataset("mnist", "t10k-images-idx3-ubyte");
+        string labels = Corpus.Dataset("mnist", "t10k-labels-idx1-ubyte");
+        string[] common = ["compress", Corpus.Model("mnist-mlp-gemm"), "--pruning", "Magnitude:0.8", "--quantization", "None",
+            "--validation-data", images, "--labels", labels, "--max-accuracy-drop", "3.0"];
+        CliRun plain = CliHarness.InProcess([.. common, "--output", P("pp.onnx")]);
+        Assert.AreEqual(1, plain.ExitCode, "80% magnitude pruning without calibration must break a 3-point budget for this test to mean anything: " + plain.Output);
+        CliRun tuned = CliHarness.InProcess([.. common, "--output", P("pt.onnx"), "--report", P("pt.json"), "--tune", "true"]);
+        Assert.AreEqual(0, tuned.ExitCode, tuned.Output);
+        JsonNode r = JsonNode.Parse(File.ReadAllText(P("pt.json")))!;
+        JsonNode chosen = r["tuning"]!["trials"]!.AsArray().Single(t => t!["chosen"]!.GetValue<bool>())!;
+        int keptDense = chosen["excludedNodes"]!.AsArray().Count;
+        Assert.IsTrue(keptDense >= 1);
+        Assert.IsTrue(r["pruning"]!["layers"]!.AsArray().Count >= 1, "the layers not backed off stay pruned");
+    }
 }
