@@ -29,14 +29,7 @@ public static class Int4WeightQuantizer
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(options);
         ArgumentNullException.ThrowIfNull(displayName);
-        if (options.BlockSize is not (16 or 32 or 64 or 128))
-        {
-            throw new CompressException(DiagnosticCodes.InvalidOption, displayName, "BlockSize", options.BlockSize, "it must be 16, 32, 64 or 128");
-        }
-        if (options.AccuracyLevel is < 0 or > 4)
-        {
-            throw new CompressException(DiagnosticCodes.InvalidOption, displayName, "AccuracyLevel", options.AccuracyLevel, "it must be 0 (unset) to 4");
-        }
+        ValidateOptions(options, displayName);
         if (model.Graph == null)
         {
             throw new CompressException(DiagnosticCodes.ModelInvalid, displayName, "it has no graph") { File = displayName };
@@ -69,6 +62,51 @@ public static class Int4WeightQuantizer
             FloatWeightBytes = rewriter.FloatWeightBytes,
             QuantizedWeightBytes = rewriter.QuantizedWeightBytes,
         };
+    }
+
+    /// <summary>CMPR0003 for a block size other than 16/32/64/128 or an accuracy level outside 0..4.</summary>
+    internal static void ValidateOptions(Int4Options options, string displayName)
+    {
+        if (options.BlockSize is not (16 or 32 or 64 or 128))
+        {
+            throw new CompressException(DiagnosticCodes.InvalidOption, displayName, "BlockSize", options.BlockSize, "it must be 16, 32, 64 or 128");
+        }
+        if (options.AccuracyLevel is < 0 or > 4)
+        {
+            throw new CompressException(DiagnosticCodes.InvalidOption, displayName, "AccuracyLevel", options.AccuracyLevel, "it must be 0 (unset) to 4");
+        }
+    }
+
+    /// <summary>Base name of the packed weight initializer ("_scales" and "_zero_points" are appended for the others).</summary>
+    internal static string QuantizedBaseName(string weightName) => weightName + "_q4";
+
+    /// <summary>Name of a MatMulNBits node replacing an unnamed node (before making it unique).</summary>
+    internal static string NodeBaseName(string label) => label + "_q4";
+
+    /// <summary>Dims of the packed weight: [N, K/block (rounded up), block/2].</summary>
+    internal static long[] PackedDims(int k, int n, int blockSize) => [n, (k + blockSize - 1) / blockSize, blockSize / 2];
+
+    /// <summary>
+    /// The MatMulNBits node: inputs A, B, scales and zero points ("" when symmetric; the caller drops a trailing
+    /// empty one or appends g_idx and bias), attributes K, N, bits, block_size and accuracy_level when set.
+    /// </summary>
+    internal static NodeProto MatMulNBitsNode(string name, string a, string b, string scales, string? zeroPoints, string output, int k, int n, Int4Options options)
+    {
+        var q = new NodeProto { OpType = QuantizedOpType, Domain = Int8DynamicQuantizer.MicrosoftDomain, Name = name };
+        q.Input.Add(a);
+        q.Input.Add(b);
+        q.Input.Add(scales);
+        q.Input.Add(zeroPoints ?? "");
+        q.Output.Add(output);
+        q.Attribute.Add(PassGraph.IntAttribute("K", k));
+        q.Attribute.Add(PassGraph.IntAttribute("N", n));
+        q.Attribute.Add(PassGraph.IntAttribute("bits", 4));
+        q.Attribute.Add(PassGraph.IntAttribute("block_size", options.BlockSize));
+        if (options.AccuracyLevel != 0)
+        {
+            q.Attribute.Add(PassGraph.IntAttribute("accuracy_level", options.AccuracyLevel));
+        }
+        return q;
     }
 
     /// <summary>
@@ -338,9 +376,9 @@ public static class Int4WeightQuantizer
                 }
                 (byte[] packed, float[] scales, byte[]? zeros, float error) = QuantizeBlocks(channelMajor, n, k, options.BlockSize, options.Symmetric);
                 int blocks = (k + options.BlockSize - 1) / options.BlockSize;
-                string baseName = c.WeightName + "_q4";
+                string baseName = QuantizedBaseName(c.WeightName);
                 stored = (g.Unique(baseName), g.Unique(baseName + "_scales"), zeros == null ? null : g.Unique(baseName + "_zero_points"), k, n, error);
-                g.AddInitializer(TensorUtil.FromUInt8(stored.B, packed, n, blocks, options.BlockSize / 2));
+                g.AddInitializer(TensorUtil.FromUInt8(stored.B, packed, PackedDims(k, n, options.BlockSize)));
                 g.AddInitializer(TensorUtil.FromFloats(stored.Scales, scales, (long)n * blocks));
                 if (zeros != null)
                 {
@@ -361,20 +399,8 @@ public static class Int4WeightQuantizer
                 inserted.Add(t);
                 a = transposed;
             }
-            var q = new NodeProto { OpType = QuantizedOpType, Domain = Int8DynamicQuantizer.MicrosoftDomain, Name = node.Name.Length > 0 ? node.Name : g.Unique(label + "_q4") };
-            q.Input.Add(a);
-            q.Input.Add(stored.B);
-            q.Input.Add(stored.Scales);
-            q.Input.Add(stored.ZeroPoints ?? "");
-            q.Output.Add(node.Output[0]);
-            q.Attribute.Add(PassGraph.IntAttribute("K", k));
-            q.Attribute.Add(PassGraph.IntAttribute("N", n));
-            q.Attribute.Add(PassGraph.IntAttribute("bits", 4));
-            q.Attribute.Add(PassGraph.IntAttribute("block_size", options.BlockSize));
-            if (options.AccuracyLevel != 0)
-            {
-                q.Attribute.Add(PassGraph.IntAttribute("accuracy_level", options.AccuracyLevel));
-            }
+            NodeProto q = MatMulNBitsNode(node.Name.Length > 0 ? node.Name : g.Unique(NodeBaseName(label)), a, stored.B, stored.Scales, stored.ZeroPoints,
+                node.Output[0], k, n, options);
             inserted.Add(q);
 
             if (node.OpType == "Gemm" && node.Input.Count > 2 && node.Input[2].Length > 0 && c.Beta != 0f)

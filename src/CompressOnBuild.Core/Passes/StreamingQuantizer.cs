@@ -54,7 +54,44 @@ public static class StreamingQuantizer
         ArgumentNullException.ThrowIfNull(displayName);
         LazyModel lazy = ModelIO.LoadLazy(modelPath);
         ModelChecker.Validate(lazy.Model, displayName);
-        return new Writer(lazy, options, displayName).Run(outputPath, beforeSave);
+        return new Writer(lazy, options, null, displayName).Run(outputPath, beforeSave);
+    }
+
+    /// <summary>
+    /// Weight-only 4-bit quantization (com.microsoft MatMulNBits) of <paramref name="modelPath"/> into
+    /// <paramref name="outputPath"/> (plus "&lt;output&gt;.data"), with the same weights, scales, zero points and
+    /// nodes as <see cref="Int4WeightQuantizer"/>. Only main-graph MatMul nodes whose weight is a float32 rank-2
+    /// initializer used by nothing else are quantized. Each weight is read in row chunks (whole K blocks, blocks run
+    /// along K); the packed result of one weight (N*K/2 bytes plus scales) is held, then appended to the data file
+    /// together with its scales and zero points. Same errors as <see cref="CompressInt8Dynamic"/>, plus CMPR0003
+    /// for bad options.
+    /// </summary>
+    public static Int4Summary CompressInt4Weights(string modelPath, string outputPath, Int4Options options, string displayName,
+        Action<ModelProto>? beforeSave = null)
+    {
+        ArgumentNullException.ThrowIfNull(modelPath);
+        ArgumentNullException.ThrowIfNull(outputPath);
+        ArgumentNullException.ThrowIfNull(options);
+        ArgumentNullException.ThrowIfNull(displayName);
+        Int4WeightQuantizer.ValidateOptions(options, displayName);
+        LazyModel lazy = ModelIO.LoadLazy(modelPath);
+        ModelChecker.Validate(lazy.Model, displayName);
+        var writer = new Writer(lazy, null, options, displayName);
+        QuantizationSummary s = writer.Run(outputPath, beforeSave);
+        return new Int4Summary
+        {
+            ModelDisplayName = displayName,
+            BlockSize = options.BlockSize,
+            Symmetric = options.Symmetric,
+            AlreadyQuantized = s.AlreadyQuantized,
+            AlreadyQuantizedReason = s.AlreadyQuantizedReason,
+            Quantized = s.Quantized,
+            Skipped = s.Skipped,
+            ModelBytesBefore = s.ModelBytesBefore,
+            ModelBytesAfter = s.ModelBytesAfter,
+            FloatWeightBytes = s.FloatWeightBytes,
+            QuantizedWeightBytes = writer.Int4QuantizedBytes,
+        };
     }
 
     private sealed class Weight
@@ -76,10 +113,16 @@ public static class StreamingQuantizer
         public float[] Scales { get; set; } = [];
 
         public float MaxError { get; set; }
+
+        public string? Int4ZeroPointName { get; set; }
     }
 
-    private sealed class Writer(LazyModel lazy, QuantizationOptions options, string displayName)
+    private sealed class Writer(LazyModel lazy, QuantizationOptions? int8, Int4Options? int4, string displayName)
     {
+        private readonly QuantizationOptions options = int8 ?? QuantizationOptions.Default;
+
+        public long Int4QuantizedBytes { get; private set; }
+
         private readonly ModelProto _model = lazy.Model;
         private readonly HashSet<string> _names = new(StringComparer.Ordinal);
         private readonly Dictionary<string, SafeFileHandle> _handles = new(StringComparer.Ordinal);
@@ -95,7 +138,10 @@ public static class StreamingQuantizer
 
         public QuantizationSummary Run(string outputPath, Action<ModelProto>? beforeSave)
         {
-            _ = Encoding;
+            if (int4 == null)
+            {
+                _ = Encoding;
+            }
             long before = lazy.ProtoBytes + lazy.ExternalBytes;
             string full = Path.GetFullPath(outputPath);
             string dataPath = full + ".data";
@@ -144,7 +190,7 @@ public static class StreamingQuantizer
             return new QuantizationSummary
             {
                 ModelDisplayName = displayName,
-                WeightEncoding = options.WeightEncoding,
+                WeightEncoding = int4 == null ? options.WeightEncoding : default,
                 AlreadyQuantized = already != null,
                 AlreadyQuantizedReason = already,
                 Quantized = weights.SelectMany(w => w.Users.Select(u => new QuantizedNode(Int8DynamicQuantizer.Label(u), "MatMul", w.Tensor.Name, w.K, w.N, w.MaxError))).ToList(),
@@ -173,7 +219,8 @@ public static class StreamingQuantizer
         private List<Weight> FindWeights(List<SkippedNode> skipped)
         {
             GraphProto graph = _model.Graph;
-            var excluded = new HashSet<string>(options.ExcludedNodes, StringComparer.Ordinal);
+            var excluded = new HashSet<string>(int4?.ExcludedNodes ?? options.ExcludedNodes, StringComparer.Ordinal);
+            long minimumElements = int4?.MinimumWeightElements ?? options.MinimumWeightElements;
             var initializers = new Dictionary<string, TensorProto>(StringComparer.Ordinal);
             foreach (TensorProto t in graph.Initializer)
             {
@@ -244,9 +291,19 @@ public static class StreamingQuantizer
                     continue;
                 }
                 long elements = t.Dims[0] * t.Dims[1];
-                if (elements < options.MinimumWeightElements || elements == 0)
+                if (elements < minimumElements || elements == 0)
                 {
-                    Skip($"weight '{b}' has {elements} elements, fewer than the minimum {options.MinimumWeightElements}");
+                    Skip($"weight '{b}' has {elements} elements, fewer than the minimum {minimumElements}");
+                    continue;
+                }
+                if (int4 != null && elements > int.MaxValue / 2)
+                {
+                    Skip($"weight '{b}' has {elements} elements, more than the int4 pass quantizes");
+                    continue;
+                }
+                if (int4 != null && t.Dims[1] * 4 * 2 * int4.BlockSize > 1L << 30)
+                {
+                    Skip($"weight '{b}' has rows too wide for the int4 streaming buffer (two K blocks of rows over 1 GiB)");
                     continue;
                 }
                 if (t.Dims[0] > int.MaxValue || t.Dims[1] > int.MaxValue / 4)
@@ -316,6 +373,15 @@ public static class StreamingQuantizer
                 t.ClearRawData();
             }
 
+            if (int4 != null)
+            {
+                foreach (Weight w in weights)
+                {
+                    WriteInt4(w, stream, ref position, Align, Point);
+                }
+                CopyOthers(stream, quantized, buffer, ref position, Align, Point);
+                return;
+            }
             // Check every weight is finite before writing any of it (one read pass each, chunked).
             foreach (Weight w in weights)
             {
@@ -333,13 +399,19 @@ public static class StreamingQuantizer
                 w.QuantizedName = q.Name;
                 _model.Graph.Initializer.Add(q);
             }
+            CopyOthers(stream, quantized, buffer, ref position, Align, Point);
+        }
+
+        /// <summary>Copies the external tensors that stay as they are, in chunks.</summary>
+        private void CopyOthers(Stream stream, HashSet<TensorProto> quantized, byte[] buffer, ref long position, Action align, Action<TensorProto, long, long> point)
+        {
             foreach ((TensorProto t, ExternalDataRef r) in lazy.ExternalTensors)
             {
                 if (quantized.Contains(t))
                 {
                     continue;
                 }
-                Align();
+                align();
                 long start = position;
                 SafeFileHandle h = Handle(r.FilePath);
                 for (long done = 0; done < r.Length;)
@@ -350,8 +422,82 @@ public static class StreamingQuantizer
                     done += n;
                 }
                 position += r.Length;
-                Point(t, start, r.Length);
+                point(t, start, r.Length);
             }
+        }
+
+        /// <summary>
+        /// Int4: reads the weight in chunks of whole K blocks (an even number of them, so packed zero points start on a
+        /// byte), quantizes each chunk's blocks with <see cref="Int4WeightQuantizer.QuantizeBlocks"/> into the weight's
+        /// packed [N, blocks, block/2] codes, scales and zero points, then appends those three tensors.
+        /// </summary>
+        private void WriteInt4(Weight w, Stream stream, ref long position, Action align, Action<TensorProto, long, long> point)
+        {
+            int bs = int4!.BlockSize;
+            int k = w.K, n = w.N;
+            int blocks = (k + bs - 1) / bs;
+            int half = bs / 2;
+            int zpBytes = (blocks + 1) / 2;
+            long rowBytes = (long)n * 4;
+            long unit = rowBytes * 2 * bs;
+            int rowsPerChunk = (int)Math.Min(k, Math.Max(1, ChunkBytes / unit) * 2 * bs);
+            byte[] buffer = new byte[Math.Max(Alignment, Math.Min((long)rowsPerChunk * rowBytes, (long)k * rowBytes))];
+            var packed = new byte[(long)n * blocks * half];
+            var scales = new float[(long)n * blocks];
+            byte[]? zeros = int4.Symmetric ? null : new byte[(long)n * zpBytes];
+            float maxError = 0;
+            long row0 = 0;
+            foreach ((int rows, _) in Chunks(w, buffer, rowsPerChunk))
+            {
+                float[] chunk = MemoryMarshal.Cast<byte, float>(buffer.AsSpan(0, (int)(rows * rowBytes))).ToArray();
+                if (!TensorStats.AllFinite(chunk))
+                {
+                    throw new CompressException(DiagnosticCodes.NonFiniteWeights, displayName, w.Tensor.Name) { File = displayName };
+                }
+                float[] channelMajor = PassGraph.Transpose(chunk, rows, n);
+                chunk = [];
+                (byte[] p, float[] s, byte[]? z, float error) = Int4WeightQuantizer.QuantizeBlocks(channelMajor, n, rows, bs, int4.Symmetric);
+                maxError = MathF.Max(maxError, error);
+                int b0 = (int)(row0 / bs);
+                int cb = (rows + bs - 1) / bs;
+                int czp = (cb + 1) / 2;
+                for (int j = 0; j < n; j++)
+                {
+                    p.AsSpan(j * cb * half, cb * half).CopyTo(packed.AsSpan((int)(((long)j * blocks + b0) * half)));
+                    s.AsSpan(j * cb, cb).CopyTo(scales.AsSpan((int)((long)j * blocks + b0)));
+                    if (zeros != null)
+                    {
+                        z!.AsSpan(j * czp, czp).CopyTo(zeros.AsSpan((int)((long)j * zpBytes + b0 / 2)));
+                    }
+                }
+                row0 += rows;
+            }
+            w.MaxError = maxError;
+
+            string baseName = Int4WeightQuantizer.QuantizedBaseName(w.Tensor.Name);
+            var parts = new List<(string Name, int Type, byte[] Data, long[] Dims)>
+            {
+                (Unique(baseName), (int)TensorProto.Types.DataType.Uint8, packed, Int4WeightQuantizer.PackedDims(k, n, bs)),
+                (Unique(baseName + "_scales"), (int)TensorProto.Types.DataType.Float, MemoryMarshal.AsBytes(scales.AsSpan()).ToArray(), [(long)n * blocks]),
+            };
+            if (zeros != null)
+            {
+                parts.Add((Unique(baseName + "_zero_points"), (int)TensorProto.Types.DataType.Uint8, zeros, [zeros.Length]));
+            }
+            foreach ((string name, int type, byte[] data, long[] dims) in parts)
+            {
+                align();
+                var t = new TensorProto { Name = name, DataType = type };
+                t.Dims.AddRange(dims);
+                point(t, position, data.Length);
+                stream.Write(data);
+                position += data.Length;
+                _model.Graph.Initializer.Add(t);
+            }
+            w.QuantizedName = parts[0].Name;
+            w.ScaleName = parts[1].Name;
+            w.Int4ZeroPointName = zeros == null ? null : parts[2].Name;
+            Int4QuantizedBytes += packed.Length + (long)scales.Length * 4 + (zeros?.Length ?? 0);
         }
 
         /// <summary>Pass 1: per-column max |w| (and the finite check), reading row chunks.</summary>
@@ -421,14 +567,14 @@ public static class StreamingQuantizer
         }
 
         /// <summary>Fills <paramref name="buffer"/> with successive whole rows of the weight's float data.</summary>
-        private IEnumerable<(int Rows, float[]? Unused)> Chunks(Weight w, byte[] buffer)
+        private IEnumerable<(int Rows, float[]? Unused)> Chunks(Weight w, byte[] buffer, int maxRows = int.MaxValue)
         {
             long rowBytes = (long)w.N * 4;
             if (rowBytes > buffer.Length)
             {
                 throw new CompressException(DiagnosticCodes.ModelInvalid, displayName, $"weight '{w.Tensor.Name}' has rows of {rowBytes} bytes, more than the streaming buffer") { File = displayName };
             }
-            int rowsPerChunk = (int)(buffer.Length / rowBytes);
+            int rowsPerChunk = (int)Math.Min(maxRows, buffer.Length / rowBytes);
             ExternalDataRef? r = lazy.Resolve(w.Tensor);
             byte[]? inline = null;
             if (r == null)
@@ -491,6 +637,11 @@ public static class StreamingQuantizer
                 return;
             }
             GraphProto graph = _model.Graph;
+            if (int4 != null)
+            {
+                RewriteInt4(weights);
+                return;
+            }
             (byte zero, _, _, bool unsigned, _) = Encoding;
             foreach (Weight w in weights)
             {
@@ -523,6 +674,46 @@ public static class StreamingQuantizer
                     int index = graph.Node.IndexOf(node);
                     graph.Node[index] = q;
                 }
+                RemoveFloatWeight(w);
+            }
+            EnsureMicrosoftOpset();
+        }
+
+        private void RewriteInt4(List<Weight> weights)
+        {
+            GraphProto graph = _model.Graph;
+            foreach (Weight w in weights)
+            {
+                if (_model.IrVersion < 4)
+                {
+                    foreach (string? name in new[] { w.QuantizedName, w.ScaleName, w.Int4ZeroPointName })
+                    {
+                        if (name != null)
+                        {
+                            AddInputDeclaration(graph.Initializer.First(t => t.Name == name));
+                        }
+                    }
+                }
+                foreach (NodeProto node in w.Users)
+                {
+                    string name = node.Name.Length > 0 ? node.Name : Unique(Int4WeightQuantizer.NodeBaseName(Int8DynamicQuantizer.Label(node)));
+                    NodeProto q = Int4WeightQuantizer.MatMulNBitsNode(name, node.Input[0], w.QuantizedName, w.ScaleName, w.Int4ZeroPointName,
+                        node.Output[0], w.K, w.N, int4!);
+                    if (w.Int4ZeroPointName == null)
+                    {
+                        q.Input.RemoveAt(3);
+                    }
+                    graph.Node[graph.Node.IndexOf(node)] = q;
+                }
+                RemoveFloatWeight(w);
+            }
+            EnsureMicrosoftOpset();
+        }
+
+        private void RemoveFloatWeight(Weight w)
+        {
+            GraphProto graph = _model.Graph;
+            {
                 graph.Initializer.Remove(w.Tensor);
                 for (int i = graph.Input.Count - 1; i >= 0; i--)
                 {
@@ -539,6 +730,10 @@ public static class StreamingQuantizer
                     }
                 }
             }
+        }
+
+        private void EnsureMicrosoftOpset()
+        {
             OperatorSetIdProto? ms = _model.OpsetImport.FirstOrDefault(o => o.Domain == Int8DynamicQuantizer.MicrosoftDomain);
             if (ms == null)
             {

@@ -96,6 +96,81 @@ public sealed class StreamingQuantizerTests
     }
 
     [TestMethod]
+    [DataRow(32, true)]
+    [DataRow(32, false)]
+    [DataRow(128, true)]
+    [DataRow(128, false)]
+    public void Int4StreamingGivesTheSameModelAsTheInMemoryPass(int blockSize, bool symmetric)
+    {
+        // K = 200: a partial last block for both block sizes, and an odd block count (7 for 32) for the packed zero points.
+        ModelProto model = SmallChain(k: 200);
+        string source = Path.Combine(_dir, "src", "m.onnx");
+        ModelIO.Save(model, source, new ModelSaveOptions { ForceExternalData = true, ExternalTensorMinBytes = 64 });
+        var options = new Int4Options { BlockSize = blockSize, Symmetric = symmetric, AccuracyLevel = 4 };
+
+        ModelProto inMemory = model.Clone();
+        Int4Summary expected = Int4WeightQuantizer.Apply(inMemory, options, "m");
+        string output = Path.Combine(_dir, "out", "m.onnx");
+        Int4Summary actual = StreamingQuantizer.CompressInt4Weights(source, output, options, "m");
+
+        Assert.AreEqual(2, actual.Quantized.Count);
+        CollectionAssert.AreEqual(expected.Quantized.ToList(), actual.Quantized.ToList());
+        Assert.AreEqual(expected.FloatWeightBytes, actual.FloatWeightBytes);
+        Assert.AreEqual(expected.QuantizedWeightBytes, actual.QuantizedWeightBytes);
+        ModelProto streamed = ModelIO.Load(output);
+        ModelChecker.Validate(streamed, output);
+        Assert.IsTrue(ModelProto.Parser.ParseFrom(File.ReadAllBytes(output)).Graph.Initializer.Any(TensorUtil.IsExternal));
+        // The whole graph is byte-identical once the external tensors are read back inline (initializer for initializer,
+        // node for node, opsets), except where the tensors' bytes live.
+        static byte[] Inline(TensorProto t)
+        {
+            TensorProto c = t.Clone();
+            c.ExternalData.Clear();
+            c.DataLocation = TensorProto.Types.DataLocation.Default;
+            return c.ToByteArray();
+        }
+        var expectedInits = inMemory.Graph.Initializer.OrderBy(t => t.Name, StringComparer.Ordinal).ToList();
+        var actualInits = streamed.Graph.Initializer.OrderBy(t => t.Name, StringComparer.Ordinal).ToList();
+        CollectionAssert.AreEqual(expectedInits.Select(t => t.Name).ToList(), actualInits.Select(t => t.Name).ToList());
+        for (int i = 0; i < expectedInits.Count; i++)
+        {
+            CollectionAssert.AreEqual(Inline(expectedInits[i]), Inline(actualInits[i]), $"{expectedInits[i].Name} must be byte-identical to the in-memory pass");
+        }
+        Assert.IsTrue(actualInits.Any(t => t.Name == "w0_q4_scales"));
+        Assert.AreEqual(!symmetric, actualInits.Any(t => t.Name == "w0_q4_zero_points"));
+        Assert.AreEqual(inMemory.Graph.Node.Count, streamed.Graph.Node.Count);
+        for (int i = 0; i < inMemory.Graph.Node.Count; i++)
+        {
+            CollectionAssert.AreEqual(inMemory.Graph.Node[i].ToByteArray(), streamed.Graph.Node[i].ToByteArray(), $"node {i}");
+        }
+        CollectionAssert.AreEqual(inMemory.OpsetImport.ToList(), streamed.OpsetImport.ToList());
+        CollectionAssert.AreEqual(inMemory.Graph.Input.ToList(), streamed.Graph.Input.ToList());
+
+        string inMemoryPath = Path.Combine(_dir, "mem", "m.onnx");
+        ModelIO.Save(inMemory, inMemoryPath);
+        float[] a1 = OrtHelper.RunRandom(inMemoryPath)["y"];
+        float[] b1 = OrtHelper.RunRandom(output)["y"];
+        CollectionAssert.AreEqual(a1, b1);
+    }
+
+    [TestMethod]
+    public void Int4NonFiniteWeightIsCMPR0202AndNothingIsWritten()
+    {
+        ModelProto model = SmallChain();
+        float[] w = TensorUtil.ToFloatArray(model.Graph.Initializer[1]);
+        w[7] = float.PositiveInfinity;
+        model.Graph.Initializer[1] = TensorUtil.FromFloats("w1", w, 48, 48);
+        string source = Path.Combine(_dir, "src", "m.onnx");
+        ModelIO.Save(model, source, new ModelSaveOptions { ForceExternalData = true, ExternalTensorMinBytes = 64 });
+        string outDir = Path.Combine(_dir, "out");
+        var e = Assert.ThrowsExactly<CompressException>(() => StreamingQuantizer.CompressInt4Weights(source, Path.Combine(outDir, "m.onnx"), Int4Options.Default, "m"));
+        Assert.AreEqual(DiagnosticCodes.NonFiniteWeights, e.Code);
+        Assert.IsTrue(!Directory.Exists(outDir) || Directory.GetFiles(outDir).Length == 0, "no output and no temporary file may remain");
+        var bad = Assert.ThrowsExactly<CompressException>(() => StreamingQuantizer.CompressInt4Weights(source, Path.Combine(outDir, "m.onnx"), new Int4Options { BlockSize = 48 }, "m"));
+        Assert.AreEqual(DiagnosticCodes.InvalidOption, bad.Code);
+    }
+
+    [TestMethod]
     public void NonFiniteWeightIsCMPR0202AndNothingIsWritten()
     {
         ModelProto model = SmallChain();
@@ -219,6 +294,60 @@ public sealed class StreamingQuantizerTests
         {
             Assert.IsTrue(peak - rssBefore < 512L << 20, "the streaming path must not grow the working set by more than 512 MiB: " + report);
         }
+
+        // The same generated model through the int4 (MatMulNBits) streaming path: block 32, symmetric (the defaults).
+        compressed.Clear();
+        lazy = null!;
+        GC.Collect();
+        bool resetPeak4 = ResetPeakWorkingSet();
+        long rssBefore4 = CurrentRss();
+        watch.Restart();
+        string output4 = Path.Combine(_dir, "out4", "big.onnx");
+        Int4Summary summary4 = StreamingQuantizer.CompressInt4Weights(source, output4, Int4Options.Default, "big.onnx");
+        double compress4Seconds = watch.Elapsed.TotalSeconds;
+        long peak4;
+        using (var self = Process.GetCurrentProcess())
+        {
+            self.Refresh();
+            peak4 = self.PeakWorkingSet64;
+        }
+        Assert.AreEqual(Layers, summary4.Quantized.Count);
+        long out4Bytes = new FileInfo(output4).Length + new FileInfo(output4 + ".data").Length;
+        Assert.IsTrue(out4Bytes < weightBytes / 6, $"int4 output {out4Bytes} bytes");
+
+        // Symmetric int4 rounds each weight by at most one step |s| (half a step, or a whole one where +8 clamps to
+        // +7), so |y4[j] - y[j]| <= sum_k |x_k| |s_{j, k/32}| plus float rounding; the activations stay float.
+        watch.Restart();
+        Dictionary<string, float[]> compressed4 = Run(output4, x);
+        double ort4Seconds = watch.Elapsed.TotalSeconds;
+        ModelProto loaded4 = ModelIO.Load(output4);
+        ModelChecker.Validate(loaded4, output4);
+        int block = Int4Options.Default.BlockSize;
+        int blocks = Dim / block;
+        double worst4 = 0;
+        for (int l = 0; l < Layers; l++)
+        {
+            float[] scales = TensorUtil.ToFloatArray(loaded4.Graph.Initializer.Single(t => t.Name == $"w{l}_q4_scales"));
+            float[] a = original[$"y{l}"];
+            float[] b = compressed4[$"y{l}"];
+            for (int j = 0; j < Dim; j++)
+            {
+                double sum = 0;
+                for (int k = 0; k < Dim; k++)
+                {
+                    sum += Math.Abs(x[k]) * Math.Abs(scales[j * blocks + k / block]);
+                }
+                double bound = sum * 1.01 + 1e-4;
+                double diff = Math.Abs(a[j] - b[j]);
+                worst4 = Math.Max(worst4, diff / bound);
+                Assert.IsTrue(diff <= bound, $"int4 y{l}[{j}]: {a[j]} vs {b[j]}, bound {bound}");
+            }
+        }
+        string report4 = $"SCALE int4 (block {block}, symmetric): stream-compress {compress4Seconds:F1} s, peak RSS during compression {peak4 >> 20} MiB " +
+            $"(reset: {resetPeak4}, before {rssBefore4 >> 20} MiB), output {out4Bytes / 1e6:F0} MB, ORT load+run {ort4Seconds:F1} s, worst |diff|/bound {worst4:F3}";
+        TestContext.WriteLine(report4);
+        Console.WriteLine(report4);
+        Assert.IsTrue(peak4 < largest + (1_536L << 20), report4);
     }
 
     private static Dictionary<string, float[]> Run(string path, float[] x)
