@@ -127,19 +127,19 @@ internal static class Compressor
     }
 
     /// <summary>
-    /// Models of 1.5 GB and more (external data): int8 dynamic one weight at a time, so memory stays near one weight
+    /// Models of 1.5 GB and more (external data): int8 dynamic or int4 weights, one weight at a time, so memory stays near one weight
     /// plus a bounded working set; validated in ORT like any other model. Not cached (hashing gigabytes on every build
     /// would cost more than the cache saves); other schemes, pruning and tuning are refused for such models.
     /// </summary>
     private static void RunStreaming(ItemResult result, GlobalOptions global, Func<OrtInfo> ensureOrt, string modelFull, string outputFull)
     {
         ItemSettings s = result.Settings;
-        string why = s.Quantization != QuantizationScheme.Int8Dynamic ? "Quantization=" + s.QuantizationText
+        string why = s.Quantization is not (QuantizationScheme.Int8Dynamic or QuantizationScheme.Int4Weights) ? "Quantization=" + s.QuantizationText
             : s.Pruning.Method != PruningMethod.None ? "Pruning=" + s.Pruning
             : s.Tune ? "Tune=true" : "";
         if (why.Length > 0)
         {
-            throw new CompressException(DiagnosticCodes.NotSupportedYet, s.Model, why + " (models over 1.5 GB are compressed by streaming, int8 dynamic only)", "true") { File = s.Model };
+            throw new CompressException(DiagnosticCodes.NotSupportedYet, s.Model, why + " (models over 1.5 GB are compressed by streaming: Int8Dynamic or Int4Weights only)", "true") { File = s.Model };
         }
         ensureOrt();
         result.OriginalBytes = ModelIO.TotalBytesWithExternalData(s.Model);
@@ -152,10 +152,13 @@ internal static class Compressor
             {
                 string candidate = Path.Combine(work, Path.GetFileName(outputFull));
                 var watch = Stopwatch.StartNew();
-                QuantizationSummary summary = StreamingQuantizer.CompressInt8Dynamic(s.Model, candidate,
-                    new QuantizationOptions { ExcludedNodes = s.NodesToExclude }, s.Model, m => AddProvenance(m, s, s.NodesToExclude));
+                result.Quantization = s.Quantization == QuantizationScheme.Int4Weights
+                    ? PassResult.From(StreamingQuantizer.CompressInt4Weights(s.Model, candidate,
+                        new Int4Options { ExcludedNodes = s.NodesToExclude, BlockSize = s.Int4BlockSize, Symmetric = s.Int4Symmetric },
+                        s.Model, m => AddProvenance(m, s, s.NodesToExclude)))
+                    : PassResult.From(StreamingQuantizer.CompressInt8Dynamic(s.Model, candidate,
+                        new QuantizationOptions { ExcludedNodes = s.NodesToExclude }, s.Model, m => AddProvenance(m, s, s.NodesToExclude)));
                 result.CompressSeconds = watch.Elapsed.TotalSeconds;
-                result.Quantization = PassResult.From(summary);
                 AddPassDiagnostics(result, result.Quantization);
                 result.CompressedBytes = FileBytesWithExternalData(candidate);
                 using (FileStream fs = File.OpenRead(candidate))

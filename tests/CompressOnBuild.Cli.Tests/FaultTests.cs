@@ -100,7 +100,9 @@ public sealed class FaultTests
 public sealed class StreamingPathTests
 {
     [TestMethod]
-    public void ModelsOverTheStreamingThresholdGoThroughTheStreamingPassAndAreValidated()
+    [DataRow("Int8Dynamic", "DynamicQuantizeMatMul")]
+    [DataRow("Int4Weights", "MatMulNBits")]
+    public void ModelsOverTheStreamingThresholdGoThroughTheStreamingPassAndAreValidated(string scheme, string op)
     {
         string dir = Path.Combine(Path.GetTempPath(), "cob-stream-" + Guid.NewGuid().ToString("N")[..8]);
         try
@@ -118,7 +120,7 @@ public sealed class StreamingPathTests
 
             var psi = new System.Diagnostics.ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, WorkingDirectory = dir };
             psi.Environment["COMPRESSONBUILD_STREAMING_THRESHOLD_BYTES"] = "1000";
-            foreach (string a in new[] { "exec", CliHarness.CliDll(), "compress", model, "--output", Path.Combine(dir, "out", "big.onnx"), "--report", Path.Combine(dir, "r.json"), "--min-cosine", "0.99", "--validation-data", WriteNpy(dir) })
+            foreach (string a in new[] { "exec", CliHarness.CliDll(), "compress", model, "--output", Path.Combine(dir, "out", "big.onnx"), "--report", Path.Combine(dir, "r.json"), "--min-cosine", "0.99", "--validation-data", WriteNpy(dir), "--quantization", scheme })
             {
                 psi.ArgumentList.Add(a);
             }
@@ -128,7 +130,7 @@ public sealed class StreamingPathTests
             Assert.AreEqual(0, p.ExitCode, output);
             Assert.IsTrue(File.Exists(Path.Combine(dir, "out", "big.onnx.data")), "the streaming pass writes its weights as external data");
             CompressOnBuild.Onnx.ModelProto q = ModelIO.Load(Path.Combine(dir, "out", "big.onnx"));
-            Assert.AreEqual(2, q.Graph.Node.Count(n => n.OpType == "DynamicQuantizeMatMul"), output);
+            Assert.AreEqual(2, q.Graph.Node.Count(n => n.OpType == op), output);
             var report = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(dir, "r.json")))!;
             Assert.IsTrue(report["validation"]!["meanCosineSimilarity"]!.GetValue<double>() >= 0.99);
             Assert.IsNull(report["cache"]!["key"], "the streaming path is not cached");
