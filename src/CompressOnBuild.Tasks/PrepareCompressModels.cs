@@ -192,17 +192,8 @@ namespace CompressOnBuild.Tasks
             List<ITaskItem> remove, List<ITaskItem> add, HashSet<ITaskItem> consumed, string projectDirectory, bool copyByDefault)
         {
             bool replaced = false;
-            foreach (ITaskItem candidate in candidates)
+            foreach ((ITaskItem candidate, TaskItem swapped) in Swaps(candidates, sourceFull, outputPath, remove, add, consumed, projectDirectory))
             {
-                if (consumed.Contains(candidate)
-                    || !string.Equals(PathUtil.Full(candidate.ItemSpec, projectDirectory), sourceFull, PathUtil.Comparison))
-                {
-                    continue;
-                }
-                consumed.Add(candidate);
-                remove.Add(candidate);
-                var swapped = new TaskItem(outputPath);
-                candidate.CopyMetadataTo(swapped);
                 string link = candidate.GetMetadata("TargetPath") is { Length: > 0 } targetPath ? targetPath
                     : candidate.GetMetadata("Link") is { Length: > 0 } existing ? existing
                     : relative;
@@ -216,22 +207,21 @@ namespace CompressOnBuild.Tasks
                         swapped.SetMetadata("CopyToPublishDirectory", "PreserveNewest");
                     }
                 }
-                swapped.SetMetadata("CompressOnBuildSource", sourceFull);
-                add.Add(swapped);
                 replaced = true;
             }
             return replaced;
         }
 
-        /// <summary>Swaps an EmbeddedResource of the model for the compressed file. The manifest resource name
-        /// comes from Link (else LogicalName/ManifestResourceName, which are kept), so Link is set to the original's
-        /// path in the project when absent; nothing is copied to the output for it.</summary>
-        private bool ReplaceResource(
-            string sourceFull, string outputPath, List<ITaskItem> remove, List<ITaskItem> add,
+        /// <summary>
+        /// The items among <paramref name="candidates"/> that name the model and are not yet claimed: each is claimed,
+        /// marked for removal, and replaced by a copy pointing at the compressed file (all metadata kept) that the
+        /// caller may adjust.
+        /// </summary>
+        private static IEnumerable<(ITaskItem Original, TaskItem Swapped)> Swaps(
+            IEnumerable<ITaskItem> candidates, string sourceFull, string outputPath, List<ITaskItem> remove, List<ITaskItem> add,
             HashSet<ITaskItem> consumed, string projectDirectory)
         {
-            bool replaced = false;
-            foreach (ITaskItem candidate in EmbeddedResourceItems)
+            foreach (ITaskItem candidate in candidates)
             {
                 if (consumed.Contains(candidate)
                     || !string.Equals(PathUtil.Full(candidate.ItemSpec, projectDirectory), sourceFull, PathUtil.Comparison))
@@ -242,12 +232,26 @@ namespace CompressOnBuild.Tasks
                 remove.Add(candidate);
                 var swapped = new TaskItem(outputPath);
                 candidate.CopyMetadataTo(swapped);
+                swapped.SetMetadata("CompressOnBuildSource", sourceFull);
+                add.Add(swapped);
+                yield return (candidate, swapped);
+            }
+        }
+
+        /// <summary>Swaps an EmbeddedResource of the model for the compressed file. The manifest resource name
+        /// comes from Link (else LogicalName/ManifestResourceName, which are kept), so Link is set to the original's
+        /// path in the project when absent; nothing is copied to the output for it.</summary>
+        private bool ReplaceResource(
+            string sourceFull, string outputPath, List<ITaskItem> remove, List<ITaskItem> add,
+            HashSet<ITaskItem> consumed, string projectDirectory)
+        {
+            bool replaced = false;
+            foreach ((ITaskItem candidate, TaskItem swapped) in Swaps(EmbeddedResourceItems, sourceFull, outputPath, remove, add, consumed, projectDirectory))
+            {
                 if (candidate.GetMetadata("Link").Length == 0)
                 {
                     swapped.SetMetadata("Link", PathUtil.RelativeInside(projectDirectory, sourceFull) ?? Path.GetFileName(sourceFull));
                 }
-                swapped.SetMetadata("CompressOnBuildSource", sourceFull);
-                add.Add(swapped);
                 replaced = true;
             }
             return replaced;
