@@ -10,26 +10,15 @@ namespace CompressOnBuild.Cli.Tests;
 [TestClass]
 public sealed class CompressCommandTests
 {
-    private string _dir = "";
+    private TempDirectory _temp = null!;
+
+    private string _dir => _temp.Path;
 
     [TestInitialize]
-    public void Init()
-    {
-        _dir = Path.Combine(Path.GetTempPath(), "cob-cli-" + Guid.NewGuid().ToString("N")[..8]);
-        Directory.CreateDirectory(_dir);
-    }
+    public void Init() => _temp = new TempDirectory("cob-cli");
 
     [TestCleanup]
-    public void Cleanup()
-    {
-        try
-        {
-            Directory.Delete(_dir, recursive: true);
-        }
-        catch (IOException)
-        {
-        }
-    }
+    public void Cleanup() => _temp.Delete();
 
     private string P(string name) => Path.Combine(_dir, name);
 

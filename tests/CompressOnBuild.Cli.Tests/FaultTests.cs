@@ -8,26 +8,15 @@ namespace CompressOnBuild.Cli.Tests;
 [TestClass]
 public sealed class FaultTests
 {
-    private string _dir = "";
+    private TempDirectory _temp = null!;
+
+    private string _dir => _temp.Path;
 
     [TestInitialize]
-    public void Init()
-    {
-        _dir = Path.Combine(Path.GetTempPath(), "cob-fault-" + Guid.NewGuid().ToString("N")[..8]);
-        Directory.CreateDirectory(_dir);
-    }
+    public void Init() => _temp = new TempDirectory("cob-fault");
 
     [TestCleanup]
-    public void Cleanup()
-    {
-        try
-        {
-            Directory.Delete(_dir, recursive: true);
-        }
-        catch (IOException)
-        {
-        }
-    }
+    public void Cleanup() => _temp.Delete();
 
     private string[] MnistArgs(string output, params string[] extra) =>
     [

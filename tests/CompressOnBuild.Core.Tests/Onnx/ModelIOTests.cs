@@ -9,28 +9,17 @@ namespace CompressOnBuild.Core.Tests.Onnx;
 [TestClass]
 public sealed class ModelIOTests
 {
-    private string _dir = "";
+    private TempDirectory _temp = null!;
 
     public TestContext TestContext { get; set; } = null!;
 
+    private string _dir => _temp.Path;
+
     [TestInitialize]
-    public void Init()
-    {
-        _dir = Path.Combine(Path.GetTempPath(), "cob-io-" + Guid.NewGuid().ToString("N")[..8]);
-        Directory.CreateDirectory(_dir);
-    }
+    public void Init() => _temp = new TempDirectory("cob-io");
 
     [TestCleanup]
-    public void Cleanup()
-    {
-        try
-        {
-            Directory.Delete(_dir, recursive: true);
-        }
-        catch (IOException)
-        {
-        }
-    }
+    public void Cleanup() => _temp.Delete();
 
     public static IEnumerable<object[]> CorpusModels()
     {

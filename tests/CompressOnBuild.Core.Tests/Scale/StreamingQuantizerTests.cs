@@ -14,28 +14,17 @@ namespace CompressOnBuild.Core.Tests.Scale;
 [TestClass]
 public sealed class StreamingQuantizerTests
 {
-    private string _dir = "";
+    private TempDirectory _temp = null!;
 
     public TestContext TestContext { get; set; } = null!;
 
+    private string _dir => _temp.Path;
+
     [TestInitialize]
-    public void Init()
-    {
-        _dir = Path.Combine(Path.GetTempPath(), "cob-scale-" + Guid.NewGuid().ToString("N")[..8]);
-        Directory.CreateDirectory(_dir);
-    }
+    public void Init() => _temp = new TempDirectory("cob-scale");
 
     [TestCleanup]
-    public void Cleanup()
-    {
-        try
-        {
-            Directory.Delete(_dir, recursive: true);
-        }
-        catch (IOException)
-        {
-        }
-    }
+    public void Cleanup() => _temp.Delete();
 
     /// <summary>x[1,K] -> MatMul(w0) -> Relu -> MatMul(w1) -> y, plus a small Add constant kept float.</summary>
     private static ModelProto SmallChain(int k = 64, int n = 48, int seed = 5)
