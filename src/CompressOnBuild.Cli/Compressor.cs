@@ -359,7 +359,7 @@ internal sealed class AttemptContext(ItemSettings settings, ModelProto original,
         };
     }
 
-    /// <summary>The calibration method in use: the item's, unless the tuner is trying another ("MinMax", "Percentile:99.9", "Mse").</summary>
+    /// <summary>The calibration method in use: the item's, unless the tuner is trying another ("MinMax", "Percentile:99.9", "Mse", "Entropy").</summary>
     public string CalibrationMethodText { get; set; } = settings.CalibrationMethod == "Percentile"
         ? "Percentile:" + settings.CalibrationPercentile.ToString(System.Globalization.CultureInfo.InvariantCulture)
         : settings.CalibrationMethod;
@@ -377,6 +377,7 @@ internal sealed class AttemptContext(ItemSettings settings, ModelProto original,
         {
             "Percentile" => CalibrationMethod.Percentile,
             "Mse" => CalibrationMethod.Mse,
+            "Entropy" => CalibrationMethod.Entropy,
             _ => CalibrationMethod.MinMax,
         };
         double percentile = parts.Length > 1 ? double.Parse(parts[1], System.Globalization.CultureInfo.InvariantCulture) : 99.99;

@@ -19,7 +19,7 @@ internal static class Help
                                             | Int8Static | Float16 | Int4Weights[:<block>][:sym|asym]
           --calibration-data <path>         [CalibrationData] representative inputs for static int8 activation ranges
           --calibration-samples <n>         [CalibrationSamples] default 256
-          --calibration-method <m>          [CalibrationMethod] MinMax (default) | Percentile[:99.99] | Mse
+          --calibration-method <m>          [CalibrationMethod] MinMax (default) | Percentile[:99.99] | Mse | Entropy
           --pruning <method>                [Pruning] None | Magnitude:<s> | Global:<s> | NofM:<n>:<m> | Channels:<f>
                                             (before quantization; ranked/refit with --calibration-data when given)
           --validation-data <path>          [ValidationData] test_data_set_* folders / input_*.pb, .npy/.npz, IDX, image folders

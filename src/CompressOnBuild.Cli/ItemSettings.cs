@@ -108,13 +108,13 @@ internal sealed class ItemSettings
         string[] cm = calibrationMethod.Split(':', StringSplitOptions.TrimEntries);
         bool methodOk = cm[0].ToUpperInvariant() switch
         {
-            "MINMAX" or "MSE" => cm.Length == 1,
+            "MINMAX" or "MSE" or "ENTROPY" => cm.Length == 1,
             "PERCENTILE" => cm.Length == 1 || (cm.Length == 2 && double.TryParse(cm[1], NumberStyles.Float, CultureInfo.InvariantCulture, out percentile) && percentile > 50 && percentile <= 100),
             _ => false,
         };
         if (!methodOk)
         {
-            throw Invalid("CalibrationMethod", calibrationMethod, "use MinMax, Percentile[:<50..100, default 99.99>] or Mse");
+            throw Invalid("CalibrationMethod", calibrationMethod, "use MinMax, Percentile[:<50..100, default 99.99>], Mse or Entropy");
         }
 
         string pruning = r.Get("Pruning") ?? "None";
@@ -204,7 +204,7 @@ internal sealed class ItemSettings
             CalibrationData = r.Get("CalibrationData"),
             Pruning = pruningOptions,
             CalibrationSamples = calibrationSamples,
-            CalibrationMethod = cm[0].ToUpperInvariant() switch { "PERCENTILE" => "Percentile", "MSE" => "Mse", _ => "MinMax" },
+            CalibrationMethod = cm[0].ToUpperInvariant() switch { "PERCENTILE" => "Percentile", "MSE" => "Mse", "ENTROPY" => "Entropy", _ => "MinMax" },
             CalibrationPercentile = percentile,
             Int4Symmetric = int4Symmetric,
             ValidationData = validation,

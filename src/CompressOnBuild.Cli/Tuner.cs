@@ -17,7 +17,7 @@ internal sealed record TuningResult(
 
 /// <summary>
 /// Accuracy-aware back-off for a scheme that broke a budget. For static int8 the other calibration methods
-/// (Percentile 99.99 and 99.9, MSE, MinMax) are tried first. Then: measure how much each quantized layer alone hurts
+/// (Percentile 99.99 and 99.9, Entropy, MSE, MinMax) are tried first. Then: measure how much each quantized layer alone hurts
 /// (only that layer quantized, on a subset of the validation data), then keep the most sensitive layers in float one
 /// by one, validating each configuration on the full data, until every budget holds. The first configuration that
 /// holds is the smallest one the search reaches, and is chosen; the search stops at the time budget and then keeps
@@ -27,7 +27,7 @@ internal static class Tuner
 {
     private const int SensitivitySampleLimit = 1000;
 
-    private static readonly string[] CalibrationMethods = ["Percentile:99.99", "Percentile:99.9", "Mse", "MinMax"];
+    private static readonly string[] CalibrationMethods = ["Percentile:99.99", "Percentile:99.9", "Entropy", "Mse", "MinMax"];
 
     public static TuningResult Run(AttemptContext ctx, Attempt first)
     {

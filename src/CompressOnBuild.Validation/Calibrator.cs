@@ -20,6 +20,14 @@ public enum CalibrationMethod
     /// quantization error over the histogram (clipping error outside, step^2/12 inside).
     /// </summary>
     Mse = 2,
+
+    /// <summary>
+    /// The range whose 255-level uint8 quantization loses the least information: the clipped range (shrunk toward
+    /// zero in 0.5% steps) minimizing the Kullback-Leibler divergence between the observed histogram, with the
+    /// clipped tails folded into the edge bins, and that histogram quantized to 255 levels (the entropy calibration
+    /// NVIDIA described for TensorRT, here over the asymmetric uint8 range the quantizer uses).
+    /// </summary>
+    Entropy = 3,
 }
 
 /// <summary>Settings for <see cref="Calibrator"/>.</summary>
@@ -33,10 +41,16 @@ public sealed class CalibrationOptions
     /// <summary>Samples used (an evenly spread subset); default 256, 0 = all.</summary>
     public int MaxSamples { get; init; } = 256;
 
-    /// <summary>Histogram bins per tensor for <see cref="CalibrationMethod.Percentile"/>. Default 2048.</summary>
+    /// <summary>
+    /// Histogram bins per tensor for <see cref="CalibrationMethod.Percentile"/> and <see cref="CalibrationMethod.Mse"/>.
+    /// Default 2048. <see cref="CalibrationMethod.Entropy"/> uses at least <see cref="EntropyBins"/>.
+    /// </summary>
     public int Bins { get; init; } = 2048;
 
     public int IntraOpThreads { get; init; } = 1;
+
+    /// <summary>Minimum histogram bins for <see cref="CalibrationMethod.Entropy"/>: 16 bins per uint8 level at the full range.</summary>
+    public const int EntropyBins = 16 * 255;
 }
 
 /// <summary>
@@ -115,12 +129,14 @@ public static class Calibrator
                     max[t] = MathF.Max(max[t], System.Numerics.Tensors.TensorPrimitives.Max(v));
                 }
             }
-            if (options.Method is CalibrationMethod.Percentile or CalibrationMethod.Mse)
+            if (options.Method is CalibrationMethod.Percentile or CalibrationMethod.Mse or CalibrationMethod.Entropy)
             {
+                int bins = options.Method == CalibrationMethod.Entropy ? Math.Max(options.Bins, CalibrationOptions.EntropyBins) : options.Bins;
                 var histograms = new long[names.Length][];
+                var zeros = new long[names.Length];
                 for (int t = 0; t < names.Length; t++)
                 {
-                    histograms[t] = new long[options.Bins];
+                    histograms[t] = new long[bins];
                 }
                 foreach (int index in indices)
                 {
@@ -128,13 +144,20 @@ public static class Calibrator
                     for (int t = 0; t < names.Length; t++)
                     {
                         Fill(histograms[t], outputs[t].Data, min[t], max[t]);
+                        if (options.Method == CalibrationMethod.Entropy)
+                        {
+                            zeros[t] += Kernels.Sparsity.CountZeros(outputs[t].Data);
+                        }
                     }
                 }
                 for (int t = 0; t < names.Length; t++)
                 {
-                    (min[t], max[t]) = options.Method == CalibrationMethod.Mse
-                        ? MseRange(histograms[t], min[t], max[t])
-                        : PercentileRange(histograms[t], min[t], max[t], options.Percentile);
+                    (min[t], max[t]) = options.Method switch
+                    {
+                        CalibrationMethod.Mse => MseRange(histograms[t], min[t], max[t]),
+                        CalibrationMethod.Entropy => EntropyRange(histograms[t], min[t], max[t], zeros[t]),
+                        _ => PercentileRange(histograms[t], min[t], max[t], options.Percentile),
+                    };
                 }
             }
             var ranges = new Dictionary<string, TensorRange>(StringComparer.Ordinal);
@@ -163,8 +186,127 @@ public static class Calibrator
     {
         CalibrationMethod.Percentile => "Percentile " + o.Percentile.ToString(CultureInfo.InvariantCulture),
         CalibrationMethod.Mse => "MSE",
+        CalibrationMethod.Entropy => "Entropy",
         _ => "MinMax",
     };
+
+    /// <summary>
+    /// The clipped range [f x min, f x max] (zero kept inside, as the quantizer widens to it) whose uint8
+    /// quantization best preserves the histogram's distribution: for each candidate f from 1 down in 0.5% steps, while
+    /// the range still spans at least <paramref name="levels"/> bins, the divergence between what the clipped
+    /// quantizer sees and what it can represent (see <see cref="ClippedKl"/>); the f with the smallest KL(P || Q)
+    /// wins (ties: the widest). <paramref name="exactZeros"/> values that were exactly 0 (ReLU outputs, padding)
+    /// are taken out of zero's bin first: the quantizer represents 0 exactly, and left in, that spike would make the
+    /// divergence favour ranges so narrow that zero's bin sits alone in its level. Returns (min, max) unchanged for
+    /// an empty or constant histogram, or when the histogram has too few bins for the levels.
+    /// </summary>
+    internal static (float Low, float High) EntropyRange(long[] histogram, float min, float max, long exactZeros = 0, int levels = 255)
+    {
+        int bins = histogram.Length;
+        if (max > min && exactZeros > 0 && min <= 0 && max >= 0)
+        {
+            histogram = (long[])histogram.Clone();
+            // The histogram kernel's binning, in float as it computes it: (x - min) x (bins / (max - min)).
+            int zeroBin = (int)MathF.Min(MathF.Max((0f - min) * (bins / (max - min)), 0f), bins - 1);
+            histogram[zeroBin] = Math.Max(0, histogram[zeroBin] - exactZeros);
+        }
+        long total = 0;
+        foreach (long c in histogram)
+        {
+            total += c;
+        }
+        if (max <= min || total == 0 || bins < levels || levels < 2)
+        {
+            return (min, max);
+        }
+        double width = (max - (double)min) / bins;
+        // Zero's position in bin units, clamped to the histogram: the range shrinks toward it from both sides.
+        double zero = Math.Clamp(-min / width, 0, bins);
+        var prefix = new long[bins + 1];
+        for (int b = 0; b < bins; b++)
+        {
+            prefix[b + 1] = prefix[b] + histogram[b];
+        }
+        var p = new double[bins];
+        double bestKl = double.PositiveInfinity;
+        (int Lo, int Hi) best = (0, bins);
+        for (int step = 0; step <= 199; step++)
+        {
+            double f = 1.0 - step * 0.005;
+            int lo = (int)Math.Round(zero - f * zero);
+            int hi = (int)Math.Round(zero + f * (bins - zero));
+            lo = Math.Clamp(lo, 0, bins);
+            hi = Math.Clamp(hi, lo, bins);
+            int k = hi - lo;
+            if (k < levels)
+            {
+                break;
+            }
+            double kl = ClippedKl(histogram, prefix, lo, hi, levels, p);
+            if (kl < bestKl - 1e-12)
+            {
+                bestKl = kl;
+                best = (lo, hi);
+            }
+        }
+        float low = (float)(min + best.Lo * width);
+        float high = (float)(min + best.Hi * width);
+        return (best.Lo == 0 ? min : low, best.Hi == bins ? max : high);
+    }
+
+    /// <summary>
+    /// KL(P || Q) for the bins [lo, hi) of the histogram. P: those bins with the mass outside added to the first and
+    /// last bin (what the clipped quantizer sees). Q: the same bins without the clipped mass, merged into
+    /// <paramref name="levels"/> equal groups and spread back evenly over the bins where P is nonzero, so Q misses
+    /// the clipped mass: clipping costs divergence at the edges, coarse levels cost it inside. Both are normalized;
+    /// a bin where P has mass and Q has none gets a small floor instead of an infinite term.
+    /// </summary>
+    private static double ClippedKl(long[] histogram, long[] prefix, int lo, int hi, int levels, double[] p)
+    {
+        int k = hi - lo;
+        for (int b = 0; b < k; b++)
+        {
+            p[b] = histogram[lo + b];
+        }
+        p[0] += prefix[lo];
+        p[k - 1] += prefix[^1] - prefix[hi];
+        double pTotal = prefix[^1];
+        double qTotal = prefix[hi] - prefix[lo];
+        if (qTotal <= 0)
+        {
+            return double.PositiveInfinity;
+        }
+        const double Floor = 1e-6;
+        double kl = 0;
+        for (int g = 0; g < levels; g++)
+        {
+            int start = (int)((long)g * k / levels);
+            int end = (int)((long)(g + 1) * k / levels);
+            long mass = prefix[lo + end] - prefix[lo + start];
+            int nonzero = 0;
+            for (int b = start; b < end; b++)
+            {
+                if (p[b] > 0)
+                {
+                    nonzero++;
+                }
+            }
+            if (nonzero == 0)
+            {
+                continue;
+            }
+            double q = Math.Max(mass / (double)nonzero / qTotal, Floor / k);
+            for (int b = start; b < end; b++)
+            {
+                if (p[b] > 0)
+                {
+                    double pb = p[b] / pTotal;
+                    kl += pb * Math.Log(pb / q);
+                }
+            }
+        }
+        return kl;
+    }
 
     /// <summary>
     /// [f*min, f*max] for the f in 0.01..1 that minimizes sum over bins of count x error, where error is the

@@ -158,7 +158,8 @@ public sealed class CompressCommandTests
     [TestMethod]
     [DataRow("--quantization", "Int9", "CMPR0003")]
     [DataRow("--quantization", "Int8Static", "CMPR0003")]
-    [DataRow("--calibration-method", "Entropy", "CMPR0003")]
+    [DataRow("--calibration-method", "Entropy:2", "CMPR0003")]
+    [DataRow("--calibration-method", "KL", "CMPR0003")]
     [DataRow("--calibration-samples", "-3", "CMPR0003")]
     [DataRow("--quantization", "Int4Weights:48", "CMPR0003")]
     [DataRow("--quantization", "Float16:64", "CMPR0003")]
@@ -469,10 +470,10 @@ public sealed class CompressCommandTests
         JsonArray trials = JsonNode.Parse(File.ReadAllText(P("tc.json")))!["tuning"]!["trials"]!.AsArray();
         Assert.AreEqual("MinMax", trials[0]!["calibrationMethod"]!.GetValue<string>(), "the first trial is the item's own method");
         var methods = trials.Select(t => t!["calibrationMethod"]!.GetValue<string>()).Distinct().ToList();
-        CollectionAssert.IsSubsetOf(new[] { "MinMax", "Percentile:99.99", "Percentile:99.9", "Mse" }, methods,
+        CollectionAssert.IsSubsetOf(new[] { "MinMax", "Percentile:99.99", "Percentile:99.9", "Entropy", "Mse" }, methods,
             "every calibration method is tried (with all layers int8) before any layer is kept float");
         int firstBackOff = trials.ToList().FindIndex(t => t!["excludedNodes"]!.AsArray().Count > 0);
-        Assert.IsTrue(firstBackOff < 0 || firstBackOff >= 4, "layer back-off starts only after the calibration methods");
+        Assert.IsTrue(firstBackOff < 0 || firstBackOff >= 5, "layer back-off starts only after the calibration methods");
     }
 
     [TestMethod]

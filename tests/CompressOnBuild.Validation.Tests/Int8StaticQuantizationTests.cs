@@ -139,6 +139,7 @@ public sealed class Int8StaticQuantizationTests
             }
         }
         Assert.IsLessThanOrEqualTo(0.5, baseline - results[$"{Int8StaticOptions.Default.WeightEncoding}/MinMax"]);
+        Assert.IsLessThanOrEqualTo(0.5, baseline - results[$"{Int8StaticOptions.Default.WeightEncoding}/Entropy"], "entropy calibration");
     }
 
     /// <summary>
@@ -315,6 +316,42 @@ public sealed class Int8StaticQuantizationTests
         TestContext.WriteLine($"uniform: {lo} .. {hi}");
         Assert.IsGreaterThanOrEqualTo(0.97f, hi, "a uniform distribution keeps (almost) its whole range");
         Assert.IsLessThanOrEqualTo(-0.97f, lo);
+    }
+
+    [TestMethod]
+    public void Entropy_range_clips_a_long_tail_and_keeps_compact_distributions()
+    {
+        // Post-ReLU-like activations: a million values spread over [0, 1) with density falling off linearly, plus a
+        // thin tail of 200 values spread over [1, 20]. MinMax would spend 95% of the 255 levels on the tail.
+        var rng = new Random(7);
+        var values = new List<float>();
+        for (int i = 0; i < 1_000_000; i++)
+        {
+            values.Add(1f - MathF.Sqrt((float)rng.NextDouble()));
+        }
+        for (int i = 0; i < 200; i++)
+        {
+            values.Add(1f + 19f * i / 199f);
+        }
+        var hist = new long[CalibrationOptions.EntropyBins];
+        Calibrator.Fill(hist, values.ToArray(), 0f, 20f);
+        (float lo, float hi) = Calibrator.EntropyRange(hist, 0f, 20f);
+        TestContext.WriteLine($"long tail: {lo} .. {hi}");
+        Assert.AreEqual(0f, lo, "the range starts at the minimum, zero");
+        Assert.IsLessThan(10f, hi, "the thin tail is clipped");
+        Assert.IsGreaterThan(0.9f, hi, "the dense part is kept");
+
+        // Values that fill their range evenly: clipping only loses information.
+        var uniform = new long[CalibrationOptions.EntropyBins];
+        Calibrator.Fill(uniform, Enumerable.Range(0, 400_000).Select(i => i / 400_000f * 2f - 1f).ToArray(), -1f, 1f);
+        (lo, hi) = Calibrator.EntropyRange(uniform, -1f, 1f);
+        TestContext.WriteLine($"uniform: {lo} .. {hi}");
+        Assert.IsGreaterThanOrEqualTo(0.95f, hi);
+        Assert.IsLessThanOrEqualTo(-0.95f, lo);
+
+        // Degenerate inputs come back unchanged.
+        Assert.AreEqual((2f, 2f), Calibrator.EntropyRange(new long[CalibrationOptions.EntropyBins], 2f, 2f));
+        Assert.AreEqual((-1f, 1f), Calibrator.EntropyRange(new long[100], -1f, 1f), "fewer bins than levels");
     }
 
     [TestMethod]
