@@ -359,6 +359,26 @@ internal sealed class AttemptContext(ItemSettings settings, ModelProto original,
         };
     }
 
+    private HarmMeasure? _harm;
+
+    /// <summary>
+    /// Sensitivity pruning's harm measure, built once per item: KL divergence vs the original's outputs on the
+    /// calibration inputs (CalibrationSamples of them), or without CalibrationData on an evenly spaced subset of
+    /// CalibrationSamples validation inputs.
+    /// </summary>
+    private HarmMeasure Harm()
+    {
+        if (_harm != null)
+        {
+            return _harm;
+        }
+        Dataset on = settings.CalibrationData != null ? CalibrationData()
+            : settings.ValidationData != null ? Compressor.LoadData(settings, originalRunner.Inputs, settings.CalibrationSamples, out _)
+            : throw new CompressException(DiagnosticCodes.InvalidOption, settings.Model, "Pruning", settings.Pruning.ToString(),
+                "Sensitivity measures each layer's harm on data: set CalibrationData (or ValidationData)") { File = settings.Model };
+        return _harm = SensitivityHarm.Create(originalRunner, on, runnerOptions, Path.GetDirectoryName(Path.GetFullPath(settings.Model)));
+    }
+
     /// <summary>The calibration method in use: the item's, unless the tuner is trying another ("MinMax", "Percentile:99.9", "Mse", "Entropy").</summary>
     public string CalibrationMethodText { get; set; } = settings.CalibrationMethod == "Percentile"
         ? "Percentile:" + settings.CalibrationPercentile.ToString(System.Globalization.CultureInfo.InvariantCulture)
@@ -401,7 +421,8 @@ internal sealed class AttemptContext(ItemSettings settings, ModelProto original,
         PruningSummary? pruning = null;
         if (settings.Pruning.Method != PruningMethod.None)
         {
-            pruning = Pruner.Apply(candidate, settings.Pruning with { ExcludedNodes = excluded }, settings.Model, Activations());
+            pruning = Pruner.Apply(candidate, settings.Pruning with { ExcludedNodes = excluded }, settings.Model, Activations(),
+                settings.Pruning.Method == PruningMethod.Sensitivity ? Harm() : null);
         }
         PassResult? summary = settings.Quantization switch
         {

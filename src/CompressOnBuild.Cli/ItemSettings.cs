@@ -119,6 +119,10 @@ internal sealed class ItemSettings
 
         string pruning = r.Get("Pruning") ?? "None";
         PruningOptions pruningOptions = PruningOptions.Parse(pruning, model);
+        if (pruningOptions.Method == PruningMethod.Sensitivity && !hasCalibration && r.Get("ValidationData") == null)
+        {
+            throw Invalid("Pruning", pruning, "Sensitivity measures each layer's harm on data: set CalibrationData (or ValidationData, whose inputs are then used)");
+        }
         if (r.Get("OpTypesToQuantize") is { } ops)
         {
             throw NotYet("OpTypesToQuantize", ops);

@@ -99,6 +99,36 @@ internal static class Report
             ["outputsAfter"] = l.OutputsAfter,
         }).ToArray()),
         ["skippedNodes"] = new JsonArray(p.Skipped.Select(n => (JsonNode)new JsonObject { ["node"] = n.Node, ["opType"] = n.OpType, ["reason"] = n.Reason }).ToArray()),
+        ["sensitivity"] = p.Sensitivity == null ? null : Sensitivity(p.Sensitivity),
+    };
+
+    private static JsonObject Sensitivity(CompressOnBuild.Core.Passes.SensitivityAnalysis a) => new()
+    {
+        ["measure"] = a.Measure,
+        ["samples"] = a.Samples,
+        ["targetSparsity"] = a.TargetSparsity,
+        ["elements"] = a.Elements,
+        ["targetZeros"] = a.TargetZeros,
+        ["chosenZeros"] = a.ChosenZeros,
+        ["predictedHarm"] = Round(a.PredictedHarm, 10),
+        ["uniformPredictedHarm"] = Round(a.UniformPredictedHarm, 10),
+        ["probes"] = a.Probes,
+        ["seconds"] = Round(a.Seconds, 3),
+        ["layers"] = new JsonArray(a.Layers.Select(l => (JsonNode)new JsonObject
+        {
+            ["node"] = l.Node,
+            ["weight"] = l.Weight,
+            ["elements"] = l.Elements,
+            ["chosenSparsity"] = Round(l.ChosenSparsity, 6),
+            ["chosenZeros"] = l.ChosenZeros,
+            ["predictedHarm"] = Round(l.PredictedHarm, 10),
+            ["curve"] = new JsonArray(l.Curve.Select(c => (JsonNode)new JsonObject
+            {
+                ["sparsity"] = c.Sparsity,
+                ["zeros"] = c.Zeros,
+                ["harm"] = Round(c.Harm, 10),
+            }).ToArray()),
+        }).ToArray()),
     };
 
     private static JsonObject Tuning(TuningResult t) => new()

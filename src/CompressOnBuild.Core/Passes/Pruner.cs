@@ -20,7 +20,8 @@ public delegate IReadOnlyDictionary<string, Activation> ActivationSource(ModelPr
 /// Weight pruning of the main graph's MatMul, Gemm and Conv layers whose weights are constant float32 tensors
 /// (initializers, Constants, or Reshapes of those). Biases are never pruned.
 /// <list type="bullet">
-/// <item>Magnitude:s, Global:s and NofM:n:m set weights to zero. The graph keeps its shape; ONNX Runtime still runs
+/// <item>Magnitude:s, Global:s, Sensitivity:s (per-layer sparsities chosen from measured harm, see
+/// <see cref="SensitivityPruner"/>) and NofM:n:m set weights to zero. The graph keeps its shape; ONNX Runtime still runs
 /// dense kernels, so the gain is in a compressed artifact (zip/apk/nupkg: runs of zeros deflate well) and, after
 /// int8 quantization (zero maps exactly to the zero point), in both. <see cref="PruningSummary"/> reports zip
 /// sizes before and after so this is measurable.</item>
@@ -42,12 +43,21 @@ public static class Pruner
     /// the removed weights to the layer's bias (bias correction, opt-in) when it has a constant bias; Channels refits the
     /// consumer by least squares. Null: plain |w| ranking, no refit.
     /// </param>
-    public static PruningSummary Apply(ModelProto model, PruningOptions options, string displayName, ActivationSource? activations = null)
+    /// <param name="harm">
+    /// Sensitivity only (required there, CMPR0003 without it): measures the harm of the model with one layer pruned;
+    /// called layers x grid points times on <paramref name="model"/> itself (the layer is restored after each call).
+    /// </param>
+    public static PruningSummary Apply(ModelProto model, PruningOptions options, string displayName, ActivationSource? activations = null, HarmMeasure? harm = null)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(options);
         ArgumentNullException.ThrowIfNull(displayName);
         options.Validate(displayName);
+        if (options.Method == PruningMethod.Sensitivity && harm == null)
+        {
+            throw new CompressException(DiagnosticCodes.InvalidOption, displayName, "Pruning", options.ToString(),
+                "Sensitivity pruning measures each layer's harm on data: give CalibrationData (or ValidationData, whose inputs are used)") { File = displayName };
+        }
         if (model.Graph == null)
         {
             throw new CompressException(DiagnosticCodes.ModelInvalid, displayName, "it has no graph") { File = displayName };
@@ -68,6 +78,7 @@ public static class Pruner
         var skipped = new List<SkippedNode>();
         var pruned = new List<PrunedLayer>();
         var reconstructed = new List<string>();
+        SensitivityAnalysis? sensitivity = null;
         var g = new PassGraph(model);
         List<PrunableLayer> layers = PrunableLayers.Find(g, options, displayName, skipped);
         if (options.Method == PruningMethod.Channels)
@@ -103,6 +114,9 @@ public static class Pruner
                     long total = layers.Sum(l => (long)l.Data.Length);
                     SparsityMasks.ZeroSmallest(layers.Select(l => l.Data).ToList(), stats.Count == layers.Count && layers.Count > 0 ? layers.Select(l => l.Scores!).ToList() : null, (long)Math.Round(options.Sparsity * total));
                     break;
+                case PruningMethod.Sensitivity:
+                    sensitivity = SensitivityPruner.Run(g, layers, options, harm!, displayName);
+                    break;
                 case PruningMethod.NofM:
                     foreach (PrunableLayer l in layers)
                     {
@@ -135,6 +149,7 @@ public static class Pruner
             Pruned = pruned,
             Skipped = skipped,
             Reconstructed = reconstructed,
+            Sensitivity = sensitivity,
             ParametersBefore = paramsBefore,
             ParametersAfter = paramsAfter,
             FlopsBefore = flopsBefore,

@@ -37,6 +37,16 @@ public enum PruningMethod
     /// input dimension shrinks to match. See <see cref="Pruner"/>.
     /// </summary>
     Channels = 4,
+
+    /// <summary>
+    /// Unstructured, sensitivity-guided: each prunable layer is pruned alone (magnitude masks) at every sparsity of
+    /// <see cref="PruningOptions.SensitivityGrid"/> and the harm to the model's output is measured on data (a
+    /// <see cref="HarmMeasure"/>, e.g. KL divergence vs the original outputs in ONNX Runtime); then per-layer
+    /// sparsities are chosen (Lagrangian allocation over the lower convex hull of each layer's harm curve) so that the
+    /// parameter-weighted sparsity of the pruned layers is <see cref="PruningOptions.Sparsity"/>, to the element,
+    /// with the least predicted harm. See <see cref="SensitivityPruner"/>.
+    /// </summary>
+    Sensitivity = 5,
 }
 
 /// <summary>Settings for <see cref="Pruner"/>; <see cref="Parse"/> reads the MSBuild/CLI syntax.</summary>
@@ -44,7 +54,7 @@ public sealed record PruningOptions
 {
     public PruningMethod Method { get; init; }
 
-    /// <summary>Fraction of weights set to zero for Magnitude and Global, in (0, 1).</summary>
+    /// <summary>Fraction of weights set to zero for Magnitude and Global, in (0, 1); for Sensitivity the overall target, in (0, max of <see cref="SensitivityGrid"/>].</summary>
     public double Sparsity { get; init; }
 
     /// <summary>NofM: nonzeros kept per group.</summary>
@@ -88,13 +98,19 @@ public sealed record PruningOptions
     /// <summary>Channels: ridge term of the least-squares refit, relative to the mean diagonal of X^T X. Default 1e-3.</summary>
     public double RidgeFactor { get; init; } = 1e-3;
 
+    /// <summary>
+    /// Sensitivity: the sparsities at which every layer is measured alone (ascending, each in (0, 1)); a layer's
+    /// chosen sparsity lies between 0 and the largest. Default 0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95.
+    /// </summary>
+    public IReadOnlyList<double> SensitivityGrid { get; init; } = [0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95];
+
     /// <summary>Node names (or, for unnamed nodes, their first output) that must not be pruned.</summary>
     public IReadOnlyCollection<string> ExcludedNodes { get; init; } = [];
 
     public static PruningOptions None { get; } = new();
 
     /// <summary>
-    /// Parses None | Magnitude:&lt;s&gt; | Global:&lt;s&gt; | NofM:&lt;n&gt;:&lt;m&gt; | Channels:&lt;f&gt; (case-insensitive method,
+    /// Parses None | Magnitude:&lt;s&gt; | Global:&lt;s&gt; | Sensitivity:&lt;s&gt; | NofM:&lt;n&gt;:&lt;m&gt; | Channels:&lt;f&gt; (case-insensitive method,
     /// invariant-culture numbers). Anything else is CMPR0003 naming <paramref name="displayName"/>.
     /// </summary>
     public static PruningOptions Parse(string text, string displayName)
@@ -115,6 +131,13 @@ public sealed record PruningOptions
                     throw Invalid("the sparsity must be a number strictly between 0 and 1, e.g. Magnitude:0.5");
                 }
                 return new PruningOptions { Method = parts[0].Equals("Global", StringComparison.OrdinalIgnoreCase) ? PruningMethod.Global : PruningMethod.Magnitude, Sparsity = s };
+            case "SENSITIVITY" when parts.Length == 2:
+                double max = new PruningOptions().SensitivityGrid[^1];
+                if (!Fraction(parts[1], out double target) || target > max)
+                {
+                    throw Invalid(string.Create(CultureInfo.InvariantCulture, $"the overall sparsity must be a number above 0 and at most {max} (the largest sparsity measured per layer), e.g. Sensitivity:0.5"));
+                }
+                return new PruningOptions { Method = PruningMethod.Sensitivity, Sparsity = target };
             case "NOFM" when parts.Length == 3:
                 if (!int.TryParse(parts[1], NumberStyles.None, CultureInfo.InvariantCulture, out int n)
                     || !int.TryParse(parts[2], NumberStyles.None, CultureInfo.InvariantCulture, out int m) || n < 1 || m > 64 || n >= m)
@@ -129,7 +152,7 @@ public sealed record PruningOptions
                 }
                 return new PruningOptions { Method = PruningMethod.Channels, ChannelFraction = f };
             default:
-                throw Invalid("use None, Magnitude:<sparsity>, Global:<sparsity>, NofM:<n>:<m> or Channels:<fraction>");
+                throw Invalid("use None, Magnitude:<sparsity>, Global:<sparsity>, Sensitivity:<sparsity>, NofM:<n>:<m> or Channels:<fraction>");
         }
     }
 
@@ -142,6 +165,9 @@ public sealed record PruningOptions
             PruningMethod.Magnitude or PruningMethod.Global => Sparsity is > 0 and < 1 ? null : "the sparsity must be strictly between 0 and 1",
             PruningMethod.NofM => N >= 1 && N < M && M <= 64 ? null : "NofM needs 1 <= n < m <= 64",
             PruningMethod.Channels => ChannelFraction is > 0 and < 1 ? null : "the channel fraction must be strictly between 0 and 1",
+            PruningMethod.Sensitivity => SensitivityGrid.Count == 0 || SensitivityGrid.Any(g => !(g is > 0 and < 1)) || SensitivityGrid.Zip(SensitivityGrid.Skip(1)).Any(p => p.First >= p.Second)
+                ? "the sensitivity grid must be ascending sparsities strictly between 0 and 1"
+                : Sparsity > 0 && Sparsity <= SensitivityGrid[^1] ? null : "the overall sparsity must be above 0 and at most the largest sparsity of the grid",
             _ => "unknown pruning method",
         };
         if (why == null && MinimumWeightElements < 1)
@@ -156,7 +182,7 @@ public sealed record PruningOptions
 
     public override string ToString() => Method switch
     {
-        PruningMethod.Magnitude or PruningMethod.Global => Method + ":" + Sparsity.ToString(CultureInfo.InvariantCulture),
+        PruningMethod.Magnitude or PruningMethod.Global or PruningMethod.Sensitivity => Method + ":" + Sparsity.ToString(CultureInfo.InvariantCulture),
         PruningMethod.NofM => "NofM:" + N.ToString(CultureInfo.InvariantCulture) + ":" + M.ToString(CultureInfo.InvariantCulture),
         PruningMethod.Channels => "Channels:" + ChannelFraction.ToString(CultureInfo.InvariantCulture),
         _ => Method.ToString(),

@@ -66,6 +66,9 @@ public sealed class PruningSummary
     /// <summary>With an activation source: layers whose bias was corrected (unstructured) or whose consumer was refit by least squares (Channels).</summary>
     public IReadOnlyList<string> Reconstructed { get; init; } = [];
 
+    /// <summary>Sensitivity: every layer's measured harm curve and chosen sparsity; null for other methods.</summary>
+    public SensitivityAnalysis? Sensitivity { get; init; }
+
     public double ZipRatio => ZipBytesBefore == 0 ? 1.0 : (double)ZipBytesAfter / ZipBytesBefore;
 
     /// <summary>Bytes of a zip archive (Deflate, <see cref="CompressionLevel.SmallestSize"/>) holding the serialized model.</summary>
