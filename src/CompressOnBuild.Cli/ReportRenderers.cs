@@ -124,6 +124,27 @@ internal static class ReportRenderers
             sb.AppendLine($"<h2>Per-layer sparsity ({H(pr["method"]?.ToString())})</h2><p>Fraction of each layer's weights that are zero after pruning; parameters {pr["parametersBefore"]} → {pr["parametersAfter"]}, zipped model {Kb(pr["zipBytesBefore"])} → {Kb(pr["zipBytesAfter"])} before quantization.</p>");
             var bars = pr["layers"]!.AsArray().Select(n => (n!["node"]!.GetValue<string>(), D(n["sparsity"]))).ToList();
             sb.AppendLine(BarChart(bars));
+            if (pr["sensitivity"] is JsonNode sn)
+            {
+                JsonArray grid = sn["layers"]!.AsArray().FirstOrDefault()?["curve"]?.AsArray() ?? [];
+                sb.AppendLine($"<h3>Sensitivity</h3><p>Harm ({H(sn["measure"]?.ToString())}, {sn["samples"]} samples) with only one layer pruned, per sparsity; chosen per-layer sparsities place {sn["chosenZeros"]} of {sn["elements"]} weights at zero. Predicted harm {Num(sn["predictedHarm"], "G4")} vs {Num(sn["uniformPredictedHarm"], "G4")} for uniform sparsity.</p>");
+                sb.Append("<table><tr><th>layer</th><th>weights</th><th>chosen</th>");
+                foreach (JsonNode? c in grid)
+                {
+                    sb.Append(string.Create(Ci, $"<th>{D(c!["sparsity"]) * 100:0}%</th>"));
+                }
+                sb.AppendLine("</tr>");
+                foreach (JsonNode? l in sn["layers"]!.AsArray())
+                {
+                    sb.Append(string.Create(Ci, $"<tr><td>{H(l!["node"]?.ToString())}</td><td>{l["elements"]}</td><td>{D(l["chosenSparsity"]) * 100:0.0}%</td>"));
+                    foreach (JsonNode? c in l["curve"]!.AsArray())
+                    {
+                        sb.Append($"<td>{Num(c!["harm"], "G3")}</td>");
+                    }
+                    sb.AppendLine("</tr>");
+                }
+                sb.AppendLine("</table>");
+            }
         }
         sb.AppendLine("</body></html>");
         return sb.ToString();

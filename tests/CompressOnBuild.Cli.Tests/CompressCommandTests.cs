@@ -165,6 +165,8 @@ public sealed class CompressCommandTests
     [DataRow("--quantization", "Float16:64", "CMPR0003")]
     [DataRow("--pruning", "Magnitude:1.5", "CMPR0003")]
     [DataRow("--pruning", "NofM:4:2", "CMPR0003")]
+    [DataRow("--pruning", "Sensitivity:0.5", "CMPR0003")]
+    [DataRow("--pruning", "Sensitivity:0.99", "CMPR0003")]
     [DataRow("--min-agreement", "1.5", "CMPR0003")]
     [DataRow("--max-accuracy-drop", "-1", "CMPR0003")]
     [DataRow("--max-size-kb", "lots", "CMPR0003")]
@@ -443,6 +445,44 @@ public sealed class CompressCommandTests
         Assert.IsTrue(zipShipped < zipInt8Only, $"pruning must shrink the zipped int8 model further ({zipShipped} vs {zipInt8Only})");
         Assert.IsTrue((double)zipOriginal / zipShipped >= 3.5, $"zip ratio {(double)zipOriginal / zipShipped}");
         StringAssert.Contains(File.ReadAllText(P("pm.html")), "Per-layer sparsity (Magnitude:0.5)");
+    }
+
+    [TestMethod]
+    public void SensitivityPruningWithoutDataNamesTheMissingData()
+    {
+        (string model, _, _) = MakeMlpWithData();
+        CliRun run = CliHarness.InProcess("compress", model, "--output", P("x.onnx"), "--pruning", "Sensitivity:0.5");
+        Assert.AreEqual(2, run.ExitCode, run.Output);
+        StringAssert.Contains(run.Errors("CMPR0003").Single(), "CalibrationData");
+        Assert.IsFalse(File.Exists(P("x.onnx")));
+    }
+
+    [TestMethod]
+    public void SensitivityPruningRecordsCurvesAndHitsTheOverallSparsityExactly()
+    {
+        string images = Corpus.Dataset("mnist", "t10k-images-idx3-ubyte");
+        CliRun run = CliHarness.InProcess("compress", Corpus.Model("mnist-lenet5"), "--output", P("s.onnx"), "--report", P("s.json"),
+            "--pruning", "Sensitivity:0.7", "--quantization", "None", "--calibration-data", images, "--calibration-samples", "128",
+            "--validation-data", images, "--labels", Corpus.Dataset("mnist", "t10k-labels-idx1-ubyte"), "--validation-samples", "2000");
+        Assert.AreEqual(0, run.ExitCode, run.Output);
+        JsonNode p = JsonNode.Parse(File.ReadAllText(P("s.json")))!["pruning"]!;
+        Assert.AreEqual("Sensitivity:0.7", p["method"]!.GetValue<string>());
+        JsonNode a = p["sensitivity"]!;
+        Assert.AreEqual(128, a["samples"]!.GetValue<int>());
+        StringAssert.Contains(a["measure"]!.GetValue<string>(), "KL");
+        long elements = a["elements"]!.GetValue<long>();
+        Assert.AreEqual((long)Math.Round(0.7 * elements), a["targetZeros"]!.GetValue<long>());
+        Assert.AreEqual(a["targetZeros"]!.GetValue<long>(), a["chosenZeros"]!.GetValue<long>());
+        JsonArray layers = p["layers"]!.AsArray(), chosen = a["layers"]!.AsArray();
+        Assert.AreEqual(layers.Count, chosen.Count);
+        Assert.AreEqual(elements, layers.Sum(l => l!["nonzerosBefore"]!.GetValue<long>()));
+        Assert.AreEqual(a["targetZeros"]!.GetValue<long>(), layers.Sum(l => l!["nonzerosBefore"]!.GetValue<long>() - l["nonzerosAfter"]!.GetValue<long>()));
+        Assert.IsTrue(chosen.Select(l => l!["chosenSparsity"]!.GetValue<double>()).Distinct().Count() > 1, "layers get different sparsities: " + a.ToJsonString());
+        foreach (JsonNode? l in chosen)
+        {
+            Assert.AreEqual(7, l!["curve"]!.AsArray().Count);
+        }
+        StringAssert.Contains(File.ReadAllText(P("s.html")), "<h3>Sensitivity</h3>");
     }
 
     [TestMethod]
