@@ -135,6 +135,7 @@ internal static class Compressor
     {
         ItemSettings s = result.Settings;
         string why = s.Quantization is not (QuantizationScheme.Int8Dynamic or QuantizationScheme.Int4Weights) ? "Quantization=" + s.QuantizationText
+            : s.Int4Method == Int4Method.Gptq ? "Quantization=" + s.QuantizationText + " (GPTQ needs every layer's activations in memory)"
             : s.Pruning.Method != PruningMethod.None ? "Pruning=" + s.Pruning
             : s.Tune ? "Tune=true" : "";
         if (why.Length > 0)
@@ -431,7 +432,8 @@ internal sealed class AttemptContext(ItemSettings settings, ModelProto original,
             QuantizationScheme.Int8Static => PassResult.From(Int8StaticQuantizer.Apply(candidate, Calibration(),
                 new Int8StaticOptions { ExcludedNodes = excluded }, settings.Model)),
             QuantizationScheme.Int4Weights => PassResult.From(Int4WeightQuantizer.Apply(candidate,
-                new Int4Options { ExcludedNodes = excluded, BlockSize = settings.Int4BlockSize, Symmetric = settings.Int4Symmetric }, settings.Model)),
+                new Int4Options { ExcludedNodes = excluded, BlockSize = settings.Int4BlockSize, Symmetric = settings.Int4Symmetric,
+                    Method = settings.Int4Method, Activations = settings.Int4Method == Int4Method.Gptq ? Activations() : null }, settings.Model)),
             _ => null,
         };
         Compressor.AddProvenance(candidate, settings, excluded);

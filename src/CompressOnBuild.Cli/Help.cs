@@ -16,7 +16,7 @@ internal static class Help
           --output <path>                   [computed by the build] where the compressed model goes (written atomically)
           --report <path>                   report.json with every metric and budget, plus .md and .html beside it
           --quantization <scheme>           [Quantization] None | Int8 (static with calibration data, else dynamic) | Int8Dynamic
-                                            | Int8Static | Float16 | Int4Weights[:<block>][:sym|asym]
+                                            | Int8Static | Float16 | Int4Weights[:<block>][:sym|asym][:rtn|gptq]
           --calibration-data <path>         [CalibrationData] representative inputs for static int8 activation ranges
           --calibration-samples <n>         [CalibrationSamples] default 256
           --calibration-method <m>          [CalibrationMethod] MinMax (default) | Percentile[:99.99] | Mse | Entropy

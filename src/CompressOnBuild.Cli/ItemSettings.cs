@@ -34,6 +34,8 @@ internal sealed class ItemSettings
     public string CalibrationMethod { get; init; } = "MinMax";
     public double CalibrationPercentile { get; init; } = 99.99;
     public bool Int4Symmetric { get; init; } = true;
+
+    public Int4Method Int4Method { get; init; } = Int4Method.Rtn;
     public string? ValidationData { get; init; }
     public string? Labels { get; init; }
     public string? Preprocessing { get; init; }
@@ -61,6 +63,7 @@ internal sealed class ItemSettings
         string[] qParts = qText.Split(':', StringSplitOptions.TrimEntries);
         int int4Block = 32;
         bool int4Symmetric = true;
+        Int4Method int4Method = Int4Method.Rtn;
         QuantizationScheme scheme = qParts[0].ToUpperInvariant() switch
         {
             "NONE" when qParts.Length == 1 => QuantizationScheme.None,
@@ -69,7 +72,7 @@ internal sealed class ItemSettings
             "INT8DYNAMIC" when qParts.Length == 1 => QuantizationScheme.Int8Dynamic,
             "FLOAT16" when qParts.Length == 1 => QuantizationScheme.Float16,
             "INT4WEIGHTS" => QuantizationScheme.Int4Weights,
-            _ => throw Invalid("Quantization", qText, "use None, Int8, Int8Dynamic, Int8Static, Float16 or Int4Weights[:<block size 16|32|64|128>][:sym|asym]"),
+            _ => throw Invalid("Quantization", qText, "use None, Int8, Int8Dynamic, Int8Static, Float16 or Int4Weights[:<block size 16|32|64|128>][:sym|asym][:rtn|gptq]"),
         };
         if (scheme == QuantizationScheme.Int4Weights)
         {
@@ -83,9 +86,13 @@ internal sealed class ItemSettings
                 {
                     int4Symmetric = part.Equals("sym", StringComparison.OrdinalIgnoreCase);
                 }
+                else if (part.Equals("gptq", StringComparison.OrdinalIgnoreCase) || part.Equals("rtn", StringComparison.OrdinalIgnoreCase))
+                {
+                    int4Method = part.Equals("gptq", StringComparison.OrdinalIgnoreCase) ? Int4Method.Gptq : Int4Method.Rtn;
+                }
                 else
                 {
-                    throw Invalid("Quantization", qText, "Int4Weights takes an optional block size (16, 32, 64 or 128) and sym or asym, e.g. Int4Weights:64:asym");
+                    throw Invalid("Quantization", qText, "Int4Weights takes an optional block size (16, 32, 64 or 128), sym or asym, and rtn or gptq, e.g. Int4Weights:64:asym:gptq");
                 }
             }
         }
@@ -93,9 +100,13 @@ internal sealed class ItemSettings
         {
             throw Invalid("Quantization", qText, "static int8 needs CalibrationData (representative inputs for the activation ranges)");
         }
-        if (hasCalibration && scheme != QuantizationScheme.Int8Static && (r.Get("Pruning") ?? "None").Equals("None", StringComparison.OrdinalIgnoreCase))
+        if (int4Method == Int4Method.Gptq && !hasCalibration)
         {
-            throw Invalid("CalibrationData", r.Get("CalibrationData")!, $"calibration data is used by Int8 / Int8Static and by pruning, not by {qText} alone");
+            throw Invalid("Quantization", qText, "GPTQ needs CalibrationData (representative inputs for the layers' input statistics)");
+        }
+        if (hasCalibration && scheme != QuantizationScheme.Int8Static && int4Method != Int4Method.Gptq && (r.Get("Pruning") ?? "None").Equals("None", StringComparison.OrdinalIgnoreCase))
+        {
+            throw Invalid("CalibrationData", r.Get("CalibrationData")!, $"calibration data is used by Int8 / Int8Static, Int4Weights:gptq and pruning, not by {qText} alone");
         }
         int calibrationSamples = 256;
         if (r.Get("CalibrationSamples") is { } cs &&
@@ -185,7 +196,7 @@ internal sealed class ItemSettings
 
         var effective = new SortedDictionary<string, string>(StringComparer.Ordinal)
         {
-            ["Quantization"] = scheme == QuantizationScheme.Int4Weights ? $"Int4Weights:{int4Block}:{(int4Symmetric ? "sym" : "asym")}" : scheme.ToString(),
+            ["Quantization"] = scheme == QuantizationScheme.Int4Weights ? $"Int4Weights:{int4Block}:{(int4Symmetric ? "sym" : "asym")}{(int4Method == Int4Method.Gptq ? ":gptq" : "")}" : scheme.ToString(),
             ["Pruning"] = pruningOptions.ToString(),
         };
         foreach ((string k, string v) in r.Values)
@@ -211,6 +222,7 @@ internal sealed class ItemSettings
             CalibrationMethod = cm[0].ToUpperInvariant() switch { "PERCENTILE" => "Percentile", "MSE" => "Mse", "ENTROPY" => "Entropy", _ => "MinMax" },
             CalibrationPercentile = percentile,
             Int4Symmetric = int4Symmetric,
+            Int4Method = int4Method,
             ValidationData = validation,
             Labels = labels,
             Preprocessing = r.Get("Preprocessing"),

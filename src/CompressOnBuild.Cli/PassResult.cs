@@ -37,6 +37,8 @@ internal sealed record PassResult(
         {
             ["blockSize"] = q.BlockSize,
             ["symmetric"] = q.Symmetric,
+            ["method"] = q.Method,
+            ["roundedToNearest"] = new JsonArray([.. q.RoundedToNearest.Select(n => (JsonNode)n)]),
             ["floatWeightBytes"] = q.FloatWeightBytes,
             ["quantizedWeightBytes"] = q.QuantizedWeightBytes,
         });

@@ -123,7 +123,7 @@ public static class Calibrator
                     }
                     if (!Kernels.TensorStats.AllFinite(v))
                     {
-                        throw new CompressException(DiagnosticCodes.NonFiniteOutputs, displayName, $"tensor '{names[t]}' on sample {data.GetSampleSource(index)}") { File = displayName };
+                        throw new CompressException(DiagnosticCodes.NonFiniteOutputs, displayName, names[t], data.GetSampleSource(index)) { File = displayName };
                     }
                     min[t] = MathF.Min(min[t], System.Numerics.Tensors.TensorPrimitives.Min(v));
                     max[t] = MathF.Max(max[t], System.Numerics.Tensors.TensorPrimitives.Max(v));

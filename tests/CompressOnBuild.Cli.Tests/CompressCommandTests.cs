@@ -162,6 +162,7 @@ public sealed class CompressCommandTests
     [DataRow("--calibration-method", "KL", "CMPR0003")]
     [DataRow("--calibration-samples", "-3", "CMPR0003")]
     [DataRow("--quantization", "Int4Weights:48", "CMPR0003")]
+    [DataRow("--quantization", "Int4Weights:gptq", "CMPR0003")]
     [DataRow("--quantization", "Float16:64", "CMPR0003")]
     [DataRow("--pruning", "Magnitude:1.5", "CMPR0003")]
     [DataRow("--pruning", "NofM:4:2", "CMPR0003")]
@@ -387,6 +388,30 @@ public sealed class CompressCommandTests
         JsonNode report = JsonNode.Parse(File.ReadAllText(P("s.json")))!;
         Assert.AreEqual(scheme.Split(':')[0], report["quantization"]!["scheme"]!.GetValue<string>());
         Assert.IsTrue(report["model"]!["compressionRatio"]!.GetValue<double>() >= minRatio);
+    }
+
+    /// <summary>
+    /// GPTQ (Int4Weights:...:gptq with CalibrationData) against round-to-nearest on fashion-mlp, block 128 where
+    /// rounding hurts most: same size, output closer to the float model on the full test set.
+    /// </summary>
+    [TestMethod]
+    public void Int4GptqAgreesWithTheFloatModelBetterThanRoundToNearest()
+    {
+        string images = Corpus.Dataset("fashion-mnist", "t10k-images-idx3-ubyte");
+        string[] common = ["--validation-data", images, "--labels", Corpus.Dataset("fashion-mnist", "t10k-labels-idx1-ubyte"),
+            "--preprocessing", "scale=0.003921569;mean=0.5;std=0.5", "--max-accuracy-drop", "1.5"];
+        CliRun rtn = CliHarness.InProcess(["compress", Corpus.Model("fashion-mlp"), "--output", P("r.onnx"), "--report", P("r.json"),
+            "--quantization", "Int4Weights:128", .. common]);
+        Assert.AreEqual(0, rtn.ExitCode, rtn.Output);
+        CliRun gptq = CliHarness.InProcess(["compress", Corpus.Model("fashion-mlp"), "--output", P("g.onnx"), "--report", P("g.json"),
+            "--quantization", "Int4Weights:128:gptq", "--calibration-data", images, "--calibration-samples", "256", .. common]);
+        Assert.AreEqual(0, gptq.ExitCode, gptq.Output);
+        JsonNode r = JsonNode.Parse(File.ReadAllText(P("r.json")))!, g = JsonNode.Parse(File.ReadAllText(P("g.json")))!;
+        Assert.AreEqual("GPTQ", g["quantization"]!["method"]!.GetValue<string>());
+        Assert.AreEqual(0, g["quantization"]!["roundedToNearest"]!.AsArray().Count);
+        Assert.AreEqual(new FileInfo(P("r.onnx")).Length, new FileInfo(P("g.onnx")).Length, "same format, same size");
+        double agreeR = r["validation"]!["top1Agreement"]!.GetValue<double>(), agreeG = g["validation"]!["top1Agreement"]!.GetValue<double>();
+        Assert.IsGreaterThan(agreeR, agreeG, $"GPTQ should keep more top-1 decisions of the float model: agreement RTN {agreeR}, GPTQ {agreeG}");
     }
 
     [TestMethod]

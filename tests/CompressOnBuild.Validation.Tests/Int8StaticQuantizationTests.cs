@@ -355,6 +355,25 @@ public sealed class Int8StaticQuantizationTests
     }
 
     [TestMethod]
+    public void Calibrator_names_the_tensor_and_sample_where_an_activation_is_not_finite()
+    {
+        // x -> Log -> MatMul: a negative input makes the Log output NaN.
+        var g = new GraphProto { Name = "g" };
+        g.Input.Add(TinyModels.FloatValue("x", 1, 4));
+        g.Output.Add(TinyModels.FloatValue("y", 1, 2));
+        g.Initializer.Add(TensorUtil.FromFloats("w", TinyModels.RandomFloats(8, 2), 4, 2));
+        g.Node.Add(TinyModels.Node("Log", ["x"], ["l"], "log"));
+        g.Node.Add(TinyModels.Node("MatMul", ["l", "w"], ["y"], "mm"));
+        ModelProto model = TinyModels.Model(g);
+        var samples = new List<TensorData[]> { new[] { new TensorData([1f, 2f, 3f, 4f], [1, 4]) }, new[] { new TensorData([1f, -2f, 3f, 4f], [1, 4]) } };
+        var data = new Dataset("tiny", ["x"], samples, ["first", "second"], null, null);
+        var e = Assert.ThrowsExactly<CompressException>(() => Calibrator.Run(model, data, ["l"], new CalibrationOptions { Method = CalibrationMethod.Entropy }, "tiny.onnx"));
+        Assert.AreEqual(DiagnosticCodes.NonFiniteOutputs, e.Code);
+        StringAssert.Contains(e.Message, "'l'");
+        StringAssert.Contains(e.Message, "second");
+    }
+
+    [TestMethod]
     public void Calibrator_rejects_bad_options_and_already_quantized_models_are_left_alone()
     {
         ModelProto model = ModelIO.Load(Corpus.Model("mnist-lenet5"));

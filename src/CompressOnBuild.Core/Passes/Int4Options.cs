@@ -1,5 +1,18 @@
 namespace CompressOnBuild.Core.Passes;
 
+/// <summary>How <see cref="Int4WeightQuantizer"/> picks the 4-bit codes.</summary>
+public enum Int4Method
+{
+    /// <summary>Round to nearest, block by block (no data needed).</summary>
+    Rtn = 0,
+
+    /// <summary>
+    /// Second-order error feedback from calibration activations (<see cref="Int4Gptq"/>): minimizes the layer's
+    /// output error on the calibration inputs instead of the weight error. Needs <see cref="Int4Options.Activations"/>.
+    /// </summary>
+    Gptq = 1,
+}
+
 /// <summary>Settings for <see cref="Int4WeightQuantizer"/>.</summary>
 public sealed class Int4Options
 {
@@ -25,6 +38,14 @@ public sealed class Int4Options
 
     /// <summary>Node names (or, for unnamed nodes, their first output) that must stay float.</summary>
     public IReadOnlyCollection<string> ExcludedNodes { get; init; } = [];
+
+    public Int4Method Method { get; init; } = Int4Method.Rtn;
+
+    /// <summary>Calibration activations of the layers' inputs, for <see cref="Int4Method.Gptq"/>.</summary>
+    public ActivationSource? Activations { get; init; }
+
+    /// <summary>GPTQ: dampening added to the Hessian's diagonal, as a fraction of its mean diagonal (default 0.01).</summary>
+    public double GptqDampening { get; init; } = 0.01;
 }
 
 /// <summary>What <see cref="Int4WeightQuantizer.Apply"/> did.</summary>
@@ -35,6 +56,12 @@ public sealed class Int4Summary
     public int BlockSize { get; init; }
 
     public bool Symmetric { get; init; }
+
+    /// <summary>"RTN" or "GPTQ" (the method asked for; <see cref="RoundedToNearest"/> lists layers GPTQ could not take).</summary>
+    public string Method { get; init; } = "RTN";
+
+    /// <summary>With GPTQ: labels of layers quantized round-to-nearest instead (transposed input, or a Hessian that would not factorize).</summary>
+    public IReadOnlyList<string> RoundedToNearest { get; init; } = [];
 
     /// <summary>The model already holds quantized operators; it was left unchanged (CMPR0201 in the CLI).</summary>
     public bool AlreadyQuantized { get; init; }

@@ -22,7 +22,8 @@ public static class Int4WeightQuantizer
     public const string QuantizedOpType = "MatMulNBits";
 
     /// <summary>Quantizes <paramref name="model"/> in place (the caller passes a copy) and reports what it did.</summary>
-    /// <exception cref="CompressException">CMPR0003 for a block size other than 16/32/64/128 or an accuracy level outside 0..4;
+    /// <exception cref="CompressException">CMPR0003 for a block size other than 16/32/64/128, an accuracy level outside 0..4 or GPTQ without activations;
+    /// CMPR0303 when a GPTQ activation does not fit its layer;
     /// CMPR0202 when a weight to quantize holds NaN or infinity; CMPR0103 for a model without a graph.</exception>
     public static Int4Summary Apply(ModelProto model, Int4Options options, string displayName)
     {
@@ -55,6 +56,8 @@ public static class Int4WeightQuantizer
             ModelDisplayName = displayName,
             BlockSize = options.BlockSize,
             Symmetric = options.Symmetric,
+            Method = options.Method == Int4Method.Gptq ? "GPTQ" : "RTN",
+            RoundedToNearest = rewriter.RoundedToNearest,
             Quantized = rewriter.Quantized,
             Skipped = rewriter.Skipped,
             ModelBytesBefore = before,
@@ -74,6 +77,14 @@ public static class Int4WeightQuantizer
         if (options.AccuracyLevel is < 0 or > 4)
         {
             throw new CompressException(DiagnosticCodes.InvalidOption, displayName, "AccuracyLevel", options.AccuracyLevel, "it must be 0 (unset) to 4");
+        }
+        if (options.Method == Int4Method.Gptq && options.Activations == null)
+        {
+            throw new CompressException(DiagnosticCodes.InvalidOption, displayName, "Quantization", "Int4Weights:gptq", "GPTQ needs CalibrationData (representative inputs)");
+        }
+        if (!(options.GptqDampening > 0 && options.GptqDampening < 1))
+        {
+            throw new CompressException(DiagnosticCodes.InvalidOption, displayName, "GptqDampening", options.GptqDampening, "it must be above 0 and below 1");
         }
     }
 
@@ -135,28 +146,7 @@ public static class Int4WeightQuantizer
                 int len = Math.Min(blockSize, k - start);
                 padded.AsSpan().Clear();
                 w.Slice(start, len).CopyTo(padded);
-                float scale;
-                byte zero;
-                if (symmetric)
-                {
-                    // The value of largest magnitude lands exactly on code 0 (level -8); the other side reaches
-                    // at most +8, clamped to 7.
-                    int at = TensorPrimitives.IndexOfMaxMagnitude(padded);
-                    float extreme = padded[at];
-                    scale = extreme / -8f;
-                    zero = 8;
-                }
-                else
-                {
-                    float min = MathF.Min(0f, TensorPrimitives.Min(padded));
-                    float max = MathF.Max(0f, TensorPrimitives.Max(padded));
-                    scale = (max - min) / 15f;
-                    zero = scale > 0f && float.IsFinite(scale) ? (byte)Math.Clamp(MathF.Round(-min / scale, MidpointRounding.ToEven), 0f, 15f) : (byte)0;
-                }
-                if (!(MathF.Abs(scale) >= 1e-30f) || !float.IsFinite(scale))
-                {
-                    scale = 1f; // an all-zero block: every code is the zero point
-                }
+                (float scale, byte zero) = BlockParameters(padded, symmetric);
                 Span<byte> blockCodes = codes.AsSpan(start, blockSize);
                 if (scale < 0f)
                 {
@@ -183,6 +173,36 @@ public static class Int4WeightQuantizer
             }
         }
         return (packed, scales, zeroPoints, maxError);
+    }
+
+    /// <summary>
+    /// A block's scale and zero point. Symmetric: the value of largest magnitude lands exactly on code 0 (level -8),
+    /// so the scale carries that value's sign; the other side reaches at most +8, clamped to 7; zero point 8.
+    /// Asymmetric: min..max (widened to include 0) over 15 steps, zero point rounded half to even. An all-zero
+    /// block gets scale 1 (every code is the zero point).
+    /// </summary>
+    internal static (float Scale, byte Zero) BlockParameters(ReadOnlySpan<float> block, bool symmetric)
+    {
+        float scale;
+        byte zero;
+        if (symmetric)
+        {
+            int at = TensorPrimitives.IndexOfMaxMagnitude(block);
+            scale = block[at] / -8f;
+            zero = 8;
+        }
+        else
+        {
+            float min = MathF.Min(0f, TensorPrimitives.Min(block));
+            float max = MathF.Max(0f, TensorPrimitives.Max(block));
+            scale = (max - min) / 15f;
+            zero = scale > 0f && float.IsFinite(scale) ? (byte)Math.Clamp(MathF.Round(-min / scale, MidpointRounding.ToEven), 0f, 15f) : (byte)0;
+        }
+        if (!(MathF.Abs(scale) >= 1e-30f) || !float.IsFinite(scale))
+        {
+            scale = 1f;
+        }
+        return (scale, zero);
     }
 
     private sealed class Candidate
@@ -215,6 +235,10 @@ public static class Int4WeightQuantizer
 
         public List<SkippedNode> Skipped { get; } = [];
 
+        public List<string> RoundedToNearest { get; } = [];
+
+        private IReadOnlyDictionary<string, Activation>? _activations;
+
         public long FloatWeightBytes { get; private set; }
 
         public long QuantizedWeightBytes { get; private set; }
@@ -229,6 +253,12 @@ public static class Int4WeightQuantizer
                 {
                     throw new CompressException(DiagnosticCodes.NonFiniteWeights, displayName, c.WeightName) { File = displayName };
                 }
+            }
+            if (options.Method == Int4Method.Gptq && candidates.Count > 0)
+            {
+                // One pass over the calibration data for every layer input GPTQ needs.
+                List<string> inputs = candidates.Where(c => !c.TransA).Select(c => c.Node.Input[0]).Distinct(StringComparer.Ordinal).ToList();
+                _activations = inputs.Count == 0 ? new Dictionary<string, Activation>() : options.Activations!(g.Model, inputs);
             }
             foreach (Candidate c in candidates)
             {
@@ -374,7 +404,12 @@ public static class Int4WeightQuantizer
                 {
                     TensorPrimitives.Multiply(channelMajor, c.Alpha, channelMajor);
                 }
-                (byte[] packed, float[] scales, byte[]? zeros, float error) = QuantizeBlocks(channelMajor, n, k, options.BlockSize, options.Symmetric);
+                (byte[] packed, float[] scales, byte[]? zeros, float error) =
+                    (c.TransA ? null : Gptq(c.Node.Input[0], channelMajor, n, k)) ?? QuantizeBlocks(channelMajor, n, k, options.BlockSize, options.Symmetric);
+                if (options.Method == Int4Method.Gptq && (c.TransA || _lastGptqFailed))
+                {
+                    RoundedToNearest.Add(Int8DynamicQuantizer.Label(node));
+                }
                 int blocks = (k + options.BlockSize - 1) / options.BlockSize;
                 string baseName = QuantizedBaseName(c.WeightName);
                 stored = (g.Unique(baseName), g.Unique(baseName + "_scales"), zeros == null ? null : g.Unique(baseName + "_zero_points"), k, n, error);
@@ -443,6 +478,31 @@ public static class Int4WeightQuantizer
                 _replacedConstants.Add(c.ConstantNode);
             }
             Quantized.Add(new QuantizedNode(label, node.OpType, c.WeightName, k, n, stored.Error));
+        }
+
+        private bool _lastGptqFailed;
+
+        /// <summary>GPTQ codes for one weight from its input's calibration activations; null for RTN (not asked, or H would not factorize).</summary>
+        private (byte[] Packed, float[] Scales, byte[]? ZeroPoints, float MaxError)? Gptq(string input, float[] channelMajor, int n, int k)
+        {
+            _lastGptqFailed = false;
+            if (options.Method != Int4Method.Gptq)
+            {
+                return null;
+            }
+            if (!_activations!.TryGetValue(input, out Activation? a) || a.Shape.Length < 1 || a.Shape[^1] != k || a.Data.Length == 0 || a.Data.Length % k != 0)
+            {
+                throw new CompressException(DiagnosticCodes.DataShape, "calibration activations", input,
+                    $"GPTQ needs this layer input as [..., {k}] values; got [{string.Join(",", a?.Shape ?? [])}]") { File = displayName };
+            }
+            if (!TensorStats.AllFinite(a.Data))
+            {
+                throw new CompressException(DiagnosticCodes.NonFiniteOutputs, displayName, input, "one of the calibration samples (GPTQ)") { File = displayName };
+            }
+            double[] h = Int4Gptq.Hessian(a.Data, a.Data.Length / k, k);
+            var result = Int4Gptq.Quantize(channelMajor, n, k, h, options.BlockSize, options.Symmetric, options.GptqDampening);
+            _lastGptqFailed = result == null;
+            return result;
         }
 
         /// <summary>beta * C as a float [N] initializer when C is a constant with N elements (or one); else null.</summary>

@@ -124,6 +124,92 @@ public sealed class Int4WeightQuantizerTests
         Assert.IsLessThan(0.2, vsFloat.RelativeL2);
     }
 
+    /// <summary>Inputs with strongly correlated features (x = z M, z ~ N(0, 1)), [m, k], plus one feature that is always zero.</summary>
+    private static float[] CorrelatedInputs(int m, int k, int seed, int deadFeature)
+    {
+        float[] mix = RandomFloats(k * k, seed, 1f);
+        float[] z = RandomFloats(m * k, seed + 1, 1f);
+        var x = new float[m * k];
+        Gemm.Multiply(z, mix, x, m, k, k);
+        for (int r = 0; r < m; r++)
+        {
+            x[r * k + deadFeature] = 0f;
+        }
+        return x;
+    }
+
+    private static ModelProto SingleMatMul(int k, int n, float[] weightKByN)
+    {
+        var g = new GraphProto { Name = "g" };
+        g.Input.Add(FloatValue("x", "batch", k));
+        g.Output.Add(FloatValue("y", "batch", n));
+        g.Initializer.Add(TensorUtil.FromFloats("w", weightKByN, k, n));
+        g.Node.Add(Node("MatMul", ["x", "w"], ["y"], "mm"));
+        return Model(g);
+    }
+
+    /// <summary>
+    /// GPTQ must beat round-to-nearest where it matters, the layer's output on inputs like the calibration data
+    /// (held-out samples here), in the real MatMulNBits kernel, at the same size; a dead input gets zero weights.
+    /// </summary>
+    [TestMethod]
+    [DataRow(true, 32)]
+    [DataRow(false, 32)]
+    [DataRow(true, 128)]
+    public void Gptq_lowers_the_output_error_against_round_to_nearest(bool symmetric, int block)
+    {
+        int k = 200, n = 24, dead = 17; // k: two full lazy batches' worth is not needed; 200 also leaves a partial block
+        float[] w = RandomFloats(k * n, 21, 0.5f);
+        ModelProto model = SingleMatMul(k, n, w);
+        float[] calibration = CorrelatedInputs(512, k, 30, dead);
+        float[] heldOut = CorrelatedInputs(256, k, 30, dead);
+        int sourceCalls = 0;
+        ActivationSource source = (original, names) =>
+        {
+            sourceCalls++;
+            CollectionAssert.AreEqual(new[] { "x" }, names.ToArray());
+            return new Dictionary<string, Activation> { ["x"] = new Activation(calibration, [512, k]) };
+        };
+        ModelProto rtn = model.Clone(), gptq = model.Clone();
+        Int4Summary sr = Int4WeightQuantizer.Apply(rtn, new Int4Options { BlockSize = block, Symmetric = symmetric }, "m");
+        Int4Summary sg = Int4WeightQuantizer.Apply(gptq, new Int4Options { BlockSize = block, Symmetric = symmetric, Method = Int4Method.Gptq, Activations = source }, "m");
+        Assert.AreEqual(1, sourceCalls);
+        Assert.AreEqual("GPTQ", sg.Method);
+        Assert.IsEmpty(sg.RoundedToNearest);
+        Assert.AreEqual(sr.ModelBytesAfter, sg.ModelBytesAfter, "same format, same size");
+        float[] reference, outRtn, outGptq;
+        using (var ort = new Ort(model)) { reference = ort.Run(heldOut, [256, k]); }
+        using (var ort = new Ort(rtn)) { outRtn = ort.Run(heldOut, [256, k]); }
+        using (var ort = new Ort(gptq)) { outGptq = ort.Run(heldOut, [256, k]); }
+        double eRtn = ErrorMetrics.Compare(reference, outRtn).RelativeL2, eGptq = ErrorMetrics.Compare(reference, outGptq).RelativeL2;
+        TestContext.WriteLine($"sym={symmetric} block={block}: output rel L2 RTN {eRtn:G4}, GPTQ {eGptq:G4} ({eGptq / eRtn:P0})");
+        Assert.IsLessThan(0.8 * eRtn, eGptq, "GPTQ should cut the held-out output error clearly below round-to-nearest");
+
+        // The dead input's weights decode to exactly zero (they never contribute, and GPTQ zeroes them).
+        TensorProto packed = gptq.Graph.Initializer.Single(t => t.Name == "w_q4");
+        TensorProto scales = gptq.Graph.Initializer.Single(t => t.Name == "w_q4_scales");
+        TensorProto? zeroPoints = gptq.Graph.Initializer.SingleOrDefault(t => t.Name == "w_q4_zero_points");
+        float[] back = Dequantize(packed.RawData.ToByteArray(), TensorUtil.ToFloatArray(scales), zeroPoints?.RawData.ToByteArray(), n, k, block);
+        for (int r = 0; r < n; r++)
+        {
+            Assert.AreEqual(0f, back[r * k + dead], $"channel {r}");
+        }
+    }
+
+    [TestMethod]
+    public void Gptq_needs_activations_that_fit_the_layer()
+    {
+        ModelProto model = SingleMatMul(64, 8, RandomFloats(64 * 8, 3));
+        var e = Assert.ThrowsExactly<CompressException>(() => Int4WeightQuantizer.Apply(model.Clone(), new Int4Options { Method = Int4Method.Gptq }, "m"));
+        Assert.AreEqual(DiagnosticCodes.InvalidOption, e.Code);
+        ActivationSource wrong = (_, _) => new Dictionary<string, Activation> { ["x"] = new Activation(new float[10 * 63], [10, 63]) };
+        e = Assert.ThrowsExactly<CompressException>(() => Int4WeightQuantizer.Apply(model.Clone(), new Int4Options { Method = Int4Method.Gptq, Activations = wrong }, "m"));
+        Assert.AreEqual(DiagnosticCodes.DataShape, e.Code);
+        ActivationSource nan = (_, _) => new Dictionary<string, Activation> { ["x"] = new Activation(Enumerable.Repeat(float.NaN, 640).ToArray(), [10, 64]) };
+        e = Assert.ThrowsExactly<CompressException>(() => Int4WeightQuantizer.Apply(model.Clone(), new Int4Options { Method = Int4Method.Gptq, Activations = nan }, "m"));
+        Assert.AreEqual(DiagnosticCodes.NonFiniteOutputs, e.Code);
+    }
+
     [TestMethod]
     public void Gemm_variants_transA_alpha_beta_and_non_vector_C()
     {

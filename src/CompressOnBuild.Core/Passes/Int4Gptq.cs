@@ -1,0 +1,286 @@
+using CompressOnBuild.Kernels;
+
+namespace CompressOnBuild.Core.Passes;
+
+/// <summary>
+/// Data-aware 4-bit weight quantization by second-order error feedback (the GPTQ method of Frantar et al., 2022):
+/// the input dimension K is quantized one position at a time, and the rounding error of each position is pushed
+/// onto the positions not yet quantized through the inverse of the layer's input Hessian H = 2/m X^T X, so the
+/// layer's output on the calibration inputs (not the weights) stays as close as the 4-bit grid allows. Output
+/// channels are independent and share H. The block layout, scales and zero points are exactly those of
+/// <see cref="Int4WeightQuantizer.QuantizeBlocks"/> (MatMulNBits); each block's scale and zero point are chosen from
+/// the error-corrected weights when the block is reached.
+/// </summary>
+/// <remarks>
+/// Cost per layer: O(K^3) for the Cholesky factorizations and O(N K^2) for the error feedback, the part past
+/// each 128-position batch done by <see cref="Gemm"/>. Inputs that are zero on every calibration sample get zero
+/// weights (they never contribute). If H is not positive definite even after raising the dampening, the caller
+/// falls back to round-to-nearest.
+/// </remarks>
+internal static class Int4Gptq
+{
+    /// <summary>Positions per lazy error-feedback batch (a multiple of every block size).</summary>
+    private const int Batch = 128;
+
+    /// <summary>H = 2/m X^T X for activations laid out [m, k] (row-major), in double.</summary>
+    public static double[] Hessian(ReadOnlySpan<float> x, int m, int k)
+    {
+        float[] xt = new float[(long)k * m];
+        for (int r = 0; r < m; r++)
+        {
+            ReadOnlySpan<float> row = x.Slice(r * k, k);
+            for (int c = 0; c < k; c++)
+            {
+                xt[(long)c * m + r] = row[c];
+            }
+        }
+        var product = new float[(long)k * k];
+        Gemm.Multiply(xt, x, product, k, k, m);
+        var h = new double[product.Length];
+        double scale = 2.0 / Math.Max(1, m);
+        for (int i = 0; i < h.Length; i++)
+        {
+            h[i] = product[i] * scale;
+        }
+        return h;
+    }
+
+    /// <summary>
+    /// Quantizes the channel-major [n, k] weights against the Hessian <paramref name="hessian"/> (k x k). Returns
+    /// null when the Hessian cannot be factorized; otherwise the same outputs as
+    /// <see cref="Int4WeightQuantizer.QuantizeBlocks"/>, MaxError measured against the original weights.
+    /// </summary>
+    public static (byte[] Packed, float[] Scales, byte[]? ZeroPoints, float MaxError)? Quantize(
+        ReadOnlySpan<float> channelMajor, int n, int k, double[] hessian, int blockSize, bool symmetric, double dampening = 0.01)
+    {
+        if (hessian.Length != (long)k * k || Batch % blockSize != 0)
+        {
+            throw new ArgumentException("Hessian size or block size does not fit.");
+        }
+        float[] w = channelMajor.ToArray();
+        var h = (double[])hessian.Clone();
+        double meanDiagonal = 0;
+        for (int i = 0; i < k; i++)
+        {
+            meanDiagonal += h[(long)i * k + i];
+        }
+        meanDiagonal /= k;
+        for (int i = 0; i < k; i++)
+        {
+            if (h[(long)i * k + i] <= 0)
+            {
+                // A dead input: its weights never matter. Zero them and decouple the position.
+                h[(long)i * k + i] = 1;
+                for (int r = 0; r < n; r++)
+                {
+                    w[(long)r * k + i] = 0f;
+                }
+            }
+        }
+        if (!(meanDiagonal > 0))
+        {
+            meanDiagonal = 1;
+        }
+        double[]? u = null;
+        for (int attempt = 0; attempt < 4 && u == null; attempt++)
+        {
+            u = UpperFactorOfInverse(h, k, dampening * Math.Pow(10, attempt) * meanDiagonal);
+        }
+        if (u == null)
+        {
+            return null;
+        }
+
+        int blocks = (k + blockSize - 1) / blockSize;
+        int zpBytesPerRow = (blocks + 1) / 2;
+        var codes = new byte[(long)n * blocks * blockSize];
+        var scales = new float[n * blocks];
+        var zeros = new byte[n * blocks];
+        var errors = new float[(long)n * Batch];
+        var padded = new float[blockSize];
+        for (int start = 0; start < k; start += Batch)
+        {
+            int end = Math.Min(k, start + Batch);
+            for (int i = start; i < end; i++)
+            {
+                if (i % blockSize == 0)
+                {
+                    int b = i / blockSize;
+                    int len = Math.Min(blockSize, k - i);
+                    for (int r = 0; r < n; r++)
+                    {
+                        padded.AsSpan().Clear();
+                        w.AsSpan((int)((long)r * k + i), len).CopyTo(padded);
+                        (scales[r * blocks + b], zeros[r * blocks + b]) = Int4WeightQuantizer.BlockParameters(padded, symmetric);
+                    }
+                }
+                int block = i / blockSize;
+                double d = u[(long)i * k + i];
+                for (int r = 0; r < n; r++)
+                {
+                    long at = (long)r * k + i;
+                    float scale = scales[r * blocks + block];
+                    byte zero = zeros[r * blocks + block];
+                    int code = (int)Math.Clamp(MathF.Round(w[at] / scale, MidpointRounding.ToEven) + zero, 0f, 15f);
+                    codes[((long)r * blocks + block) * blockSize + i % blockSize] = (byte)code;
+                    float q = (code - zero) * scale;
+                    float e = (float)((w[at] - q) / d);
+                    errors[(long)r * Batch + (i - start)] = e;
+                    // Feedback inside the batch right away; past it, once per batch below.
+                    for (int j = i + 1; j < end; j++)
+                    {
+                        w[(long)r * k + j] -= (float)(e * u[(long)i * k + j]);
+                    }
+                    w[at] = q;
+                }
+            }
+            int rest = k - end;
+            if (rest > 0)
+            {
+                // W[:, end:] -= E[:, 0:width] x U[start:end, end:], through a contiguous copy for the GEMM.
+                int width = end - start;
+                var negE = new float[(long)n * width];
+                for (int r = 0; r < n; r++)
+                {
+                    for (int c = 0; c < width; c++)
+                    {
+                        negE[(long)r * width + c] = -errors[(long)r * Batch + c];
+                    }
+                }
+                var uBlock = new float[(long)width * rest];
+                for (int c = 0; c < width; c++)
+                {
+                    for (int j = 0; j < rest; j++)
+                    {
+                        uBlock[(long)c * rest + j] = (float)u[(long)(start + c) * k + end + j];
+                    }
+                }
+                var tail = new float[(long)n * rest];
+                for (int r = 0; r < n; r++)
+                {
+                    w.AsSpan((int)((long)r * k + end), rest).CopyTo(tail.AsSpan((int)((long)r * rest), rest));
+                }
+                Gemm.Multiply(negE, uBlock, tail, n, rest, width, accumulate: true);
+                for (int r = 0; r < n; r++)
+                {
+                    tail.AsSpan((int)((long)r * rest), rest).CopyTo(w.AsSpan((int)((long)r * k + end), rest));
+                }
+            }
+        }
+
+        // Padding positions of a partial last block hold the zero point (value 0), as QuantizeBlocks writes them.
+        for (int r = 0; r < n; r++)
+        {
+            for (int i = k; i < blocks * blockSize; i++)
+            {
+                codes[((long)r * blocks + i / blockSize) * blockSize + i % blockSize] = zeros[r * blocks + i / blockSize];
+            }
+        }
+        var packed = new byte[(long)n * blocks * blockSize / 2];
+        Int4Kernels.Pack(codes, packed);
+        byte[]? zeroPoints = null;
+        if (!symmetric)
+        {
+            zeroPoints = new byte[n * zpBytesPerRow];
+            for (int r = 0; r < n; r++)
+            {
+                Int4Kernels.Pack(zeros.AsSpan(r * blocks, blocks), zeroPoints.AsSpan(r * zpBytesPerRow, zpBytesPerRow));
+            }
+        }
+        float maxError = 0f;
+        for (long i = 0; i < w.Length; i++)
+        {
+            maxError = MathF.Max(maxError, MathF.Abs(channelMajor[(int)i] - w[i]));
+        }
+        return (packed, scales, zeroPoints, maxError);
+    }
+
+    /// <summary>
+    /// U, upper triangular with U^T U = (H + damp I)^-1, or null if H + damp I is not positive definite. Computed as
+    /// H = L L^T, H^-1 = L^-T L^-1, then the lower Cholesky factor C of H^-1, U = C^T.
+    /// </summary>
+    private static double[]? UpperFactorOfInverse(double[] hessian, int k, double damp)
+    {
+        var a = (double[])hessian.Clone();
+        for (int i = 0; i < k; i++)
+        {
+            a[(long)i * k + i] += damp;
+        }
+        if (!CholeskyLower(a, k))
+        {
+            return null;
+        }
+        // Invert L in place (lower triangular), then H^-1 = L^-T L^-1.
+        var inv = new double[(long)k * k];
+        for (int i = 0; i < k; i++)
+        {
+            inv[(long)i * k + i] = 1.0 / a[(long)i * k + i];
+            for (int j = i + 1; j < k; j++)
+            {
+                double sum = 0;
+                for (int p = i; p < j; p++)
+                {
+                    sum -= a[(long)j * k + p] * inv[(long)p * k + i];
+                }
+                inv[(long)j * k + i] = sum / a[(long)j * k + j];
+            }
+        }
+        // H^-1[i, j] = sum_p Linv[p, i] Linv[p, j] for p >= max(i, j).
+        var hinv = new double[(long)k * k];
+        for (int i = 0; i < k; i++)
+        {
+            for (int j = 0; j <= i; j++)
+            {
+                double sum = 0;
+                for (int p = i; p < k; p++)
+                {
+                    sum += inv[(long)p * k + i] * inv[(long)p * k + j];
+                }
+                hinv[(long)i * k + j] = sum;
+                hinv[(long)j * k + i] = sum;
+            }
+        }
+        if (!CholeskyLower(hinv, k))
+        {
+            return null;
+        }
+        var upper = new double[(long)k * k];
+        for (int i = 0; i < k; i++)
+        {
+            for (int j = 0; j <= i; j++)
+            {
+                upper[(long)j * k + i] = hinv[(long)i * k + j];
+            }
+        }
+        return upper;
+    }
+
+    /// <summary>In-place lower Cholesky factor (the upper triangle is left as is); false if not positive definite.</summary>
+    private static bool CholeskyLower(double[] a, int k)
+    {
+        for (int j = 0; j < k; j++)
+        {
+            double diagonal = a[(long)j * k + j];
+            for (int p = 0; p < j; p++)
+            {
+                diagonal -= a[(long)j * k + p] * a[(long)j * k + p];
+            }
+            if (!(diagonal > 0) || !double.IsFinite(diagonal))
+            {
+                return false;
+            }
+            double root = Math.Sqrt(diagonal);
+            a[(long)j * k + j] = root;
+            for (int i = j + 1; i < k; i++)
+            {
+                double sum = a[(long)i * k + j];
+                for (int p = 0; p < j; p++)
+                {
+                    sum -= a[(long)i * k + p] * a[(long)j * k + p];
+                }
+                a[(long)i * k + j] = sum / root;
+            }
+        }
+        return true;
+    }
+}
