@@ -153,12 +153,14 @@ internal static class Compressor
             {
                 string candidate = Path.Combine(work, Path.GetFileName(outputFull));
                 var watch = Stopwatch.StartNew();
+                string[] notQuantized = s.OpTypesToQuantize == null ? [.. s.NodesToExclude]
+                    : [.. s.NodesToExclude.Union(s.OpTypeExclusions(ModelIO.LoadLazy(s.Model).Model), StringComparer.Ordinal)];
                 result.Quantization = s.Quantization == QuantizationScheme.Int4Weights
                     ? PassResult.From(StreamingQuantizer.CompressInt4Weights(s.Model, candidate,
-                        new Int4Options { ExcludedNodes = s.NodesToExclude, BlockSize = s.Int4BlockSize, Symmetric = s.Int4Symmetric },
+                        new Int4Options { ExcludedNodes = notQuantized, BlockSize = s.Int4BlockSize, Symmetric = s.Int4Symmetric },
                         s.Model, m => AddProvenance(m, s, s.NodesToExclude)))
                     : PassResult.From(StreamingQuantizer.CompressInt8Dynamic(s.Model, candidate,
-                        new QuantizationOptions { ExcludedNodes = s.NodesToExclude }, s.Model, m => AddProvenance(m, s, s.NodesToExclude)));
+                        new QuantizationOptions { ExcludedNodes = notQuantized }, s.Model, m => AddProvenance(m, s, s.NodesToExclude)));
                 result.CompressSeconds = watch.Elapsed.TotalSeconds;
                 AddPassDiagnostics(result, result.Quantization);
                 result.CompressedBytes = FileBytesWithExternalData(candidate);
@@ -425,14 +427,16 @@ internal sealed class AttemptContext(ItemSettings settings, ModelProto original,
             pruning = Pruner.Apply(candidate, settings.Pruning with { ExcludedNodes = excluded }, settings.Model, Activations(),
                 settings.Pruning.Method == PruningMethod.Sensitivity ? Harm() : null);
         }
+        // OpTypesToQuantize narrows the quantization pass only (pruning still sees every layer).
+        string[] notQuantized = [.. excluded.Union(settings.OpTypeExclusions(original), StringComparer.Ordinal)];
         PassResult? summary = settings.Quantization switch
         {
-            QuantizationScheme.Int8Dynamic => PassResult.From(Int8DynamicQuantizer.Apply(candidate, new QuantizationOptions { ExcludedNodes = excluded }, settings.Model)),
-            QuantizationScheme.Float16 => PassResult.From(Float16Converter.Apply(candidate, new Float16Options { ExcludedNodes = excluded }, settings.Model)),
+            QuantizationScheme.Int8Dynamic => PassResult.From(Int8DynamicQuantizer.Apply(candidate, new QuantizationOptions { ExcludedNodes = notQuantized }, settings.Model)),
+            QuantizationScheme.Float16 => PassResult.From(Float16Converter.Apply(candidate, new Float16Options { ExcludedNodes = notQuantized }, settings.Model)),
             QuantizationScheme.Int8Static => PassResult.From(Int8StaticQuantizer.Apply(candidate, Calibration(),
-                new Int8StaticOptions { ExcludedNodes = excluded }, settings.Model)),
+                new Int8StaticOptions { ExcludedNodes = notQuantized }, settings.Model)),
             QuantizationScheme.Int4Weights => PassResult.From(Int4WeightQuantizer.Apply(candidate,
-                new Int4Options { ExcludedNodes = excluded, BlockSize = settings.Int4BlockSize, Symmetric = settings.Int4Symmetric,
+                new Int4Options { ExcludedNodes = notQuantized, BlockSize = settings.Int4BlockSize, Symmetric = settings.Int4Symmetric,
                     Method = settings.Int4Method, Activations = settings.Int4Method == Int4Method.Gptq ? Activations() : null }, settings.Model)),
             _ => null,
         };

@@ -1,6 +1,7 @@
 using System.Globalization;
 using CompressOnBuild.Core;
 using CompressOnBuild.Core.Passes;
+using CompressOnBuild.Onnx;
 
 namespace CompressOnBuild.Cli;
 
@@ -36,6 +37,26 @@ internal sealed class ItemSettings
     public bool Int4Symmetric { get; init; } = true;
 
     public Int4Method Int4Method { get; init; } = Int4Method.Rtn;
+
+    /// <summary>Op types the quantization pass may change (OpTypesToQuantize); null = every type it handles.</summary>
+    public IReadOnlySet<string>? OpTypesToQuantize { get; init; }
+
+    /// <summary>
+    /// Labels (name, else first output) of the nodes, in every graph of <paramref name="model"/>, whose op type
+    /// <see cref="OpTypesToQuantize"/> leaves out: the quantization passes get them as excluded nodes. Empty without a filter.
+    /// </summary>
+    public IReadOnlyList<string> OpTypeExclusions(ModelProto model)
+    {
+        if (OpTypesToQuantize == null)
+        {
+            return [];
+        }
+        return [.. CompressOnBuild.Core.Onnx.ModelWalker.Graphs(model)
+            .SelectMany(g => g.Graph.Node)
+            .Where(n => !OpTypesToQuantize.Contains(n.OpType))
+            .Select(Int8DynamicQuantizer.Label)
+            .Distinct(StringComparer.Ordinal)];
+    }
     public string? ValidationData { get; init; }
     public string? Labels { get; init; }
     public string? Preprocessing { get; init; }
@@ -53,8 +74,6 @@ internal sealed class ItemSettings
         string model = r.Model;
         CompressException Invalid(string option, string value, string why) =>
             new(DiagnosticCodes.InvalidOption, model, option, value, why) { File = model };
-        CompressException NotYet(string option, string value) =>
-            new(DiagnosticCodes.NotSupportedYet, model, option, value) { File = model };
 
         string output = r.Get("Output") ?? throw CommandLine.Usage($"model '{model}' has no --output");
 
@@ -134,9 +153,28 @@ internal sealed class ItemSettings
         {
             throw Invalid("Pruning", pruning, "Sensitivity measures each layer's harm on data: set CalibrationData (or ValidationData, whose inputs are then used)");
         }
+        HashSet<string>? opTypes = null;
         if (r.Get("OpTypesToQuantize") is { } ops)
         {
-            throw NotYet("OpTypesToQuantize", ops);
+            opTypes = new HashSet<string>(ops.Split([';', ','], StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries), StringComparer.Ordinal);
+            if (opTypes.Count == 0 || opTypes.Any(o => !o.All(char.IsAsciiLetterOrDigit) || !char.IsAsciiLetterUpper(o[0])))
+            {
+                throw Invalid("OpTypesToQuantize", ops, "list ONNX op types separated by ';' (case-sensitive, e.g. Conv;MatMul)");
+            }
+            string[] weighted = scheme switch
+            {
+                QuantizationScheme.Int8Dynamic or QuantizationScheme.Int8Static => ["Conv", "MatMul", "Gemm"],
+                QuantizationScheme.Int4Weights => ["MatMul", "Gemm"],
+                _ => [],
+            };
+            if (scheme == QuantizationScheme.None)
+            {
+                throw Invalid("OpTypesToQuantize", ops, "it filters what a Quantization scheme changes, and Quantization is None");
+            }
+            if (weighted.Length > 0 && !opTypes.Overlaps(weighted))
+            {
+                throw Invalid("OpTypesToQuantize", ops, $"{scheme} quantizes only {string.Join(", ", weighted)}; none of them is listed");
+            }
         }
         bool tuneOn = false;
         if (r.Get("Tune") is { } tune && !bool.TryParse(tune, out tuneOn))
@@ -223,6 +261,7 @@ internal sealed class ItemSettings
             CalibrationPercentile = percentile,
             Int4Symmetric = int4Symmetric,
             Int4Method = int4Method,
+            OpTypesToQuantize = opTypes,
             ValidationData = validation,
             Labels = labels,
             Preprocessing = r.Get("Preprocessing"),

@@ -145,14 +145,49 @@ public sealed class CompressCommandTests
     }
 
     [TestMethod]
-    [DataRow("--op-types-to-quantize", "MatMul")]
-    public void OptionsOfLaterVersionsAreRejectedNotIgnored(string option, string value)
+    [DataRow("Int4Weights", "Conv")]
+    [DataRow("Int8Dynamic", "Relu")]
+    [DataRow("None", "MatMul")]
+    public void OpTypesToQuantizeMustListSomethingTheSchemeQuantizes(string scheme, string opTypes)
     {
         (string model, _, _) = MakeMlpWithData();
-        CliRun run = CliHarness.InProcess("compress", model, "--output", P("x.onnx"), option, value);
+        CliRun run = CliHarness.InProcess("compress", model, "--output", P("x.onnx"), "--quantization", scheme, "--op-types-to-quantize", opTypes);
         Assert.AreEqual(2, run.ExitCode, run.Output);
-        Assert.AreEqual(1, run.Errors("CMPR0004").Count(), run.Output);
-        Assert.IsFalse(File.Exists(P("x.onnx")));
+        Assert.AreEqual(1, run.Errors("CMPR0003").Count(), run.Output);
+        StringAssert.Contains(run.Output, "OpTypesToQuantize");
+    }
+
+    /// <summary>OpTypesToQuantize narrows the quantization pass to the listed op types on lenet5 (Conv + Gemm layers).</summary>
+    [TestMethod]
+    [DataRow("Int8Dynamic", "Gemm", "DynamicQuantizeMatMul", "ConvInteger")]
+    [DataRow("Int8Dynamic", "Conv", "ConvInteger", "DynamicQuantizeMatMul")]
+    [DataRow("Int8Dynamic", "Conv;Gemm", "ConvInteger", null)]
+    [DataRow("Float16", "Gemm", "Gemm", null)]
+    public void OpTypesToQuantizeLeavesOtherOpTypesFloat(string scheme, string opTypes, string present, string? absent)
+    {
+        CliRun run = CliHarness.InProcess("compress", Corpus.Model("mnist-lenet5"), "--output", P("o.onnx"), "--report", P("o.json"),
+            "--quantization", scheme, "--op-types-to-quantize", opTypes);
+        Assert.AreEqual(0, run.ExitCode, run.Output);
+        ModelProto m = ModelIO.Load(P("o.onnx"));
+        Assert.IsTrue(m.Graph.Node.Any(n => n.OpType == present), string.Join(" ", m.Graph.Node.Select(n => n.OpType)));
+        if (absent != null)
+        {
+            Assert.IsFalse(m.Graph.Node.Any(n => n.OpType == absent), string.Join(" ", m.Graph.Node.Select(n => n.OpType)));
+        }
+        JsonNode q = JsonNode.Parse(File.ReadAllText(P("o.json")))!["quantization"]!;
+        if (scheme == "Int8Dynamic")
+        {
+            var quantizedOps = q["quantizedNodes"]!.AsArray().Select(n => n!["opType"]!.GetValue<string>()).Distinct().Order().ToArray();
+            CollectionAssert.AreEqual(opTypes.Split(';').Order().ToArray(), quantizedOps);
+        }
+        else
+        {
+            // Float16: only the Gemm layers run in fp16; every Conv stays float32 (fed through Casts).
+            TensorProto[] convWeights = [.. m.Graph.Node.Where(n => n.OpType == "Conv").Select(n => m.Graph.Initializer.Single(t => t.Name == n.Input[1]))];
+            Assert.IsNotEmpty(convWeights);
+            Assert.IsTrue(convWeights.All(t => t.DataType == (int)TensorProto.Types.DataType.Float), "Conv weights stay float32");
+            Assert.IsTrue(m.Graph.Initializer.Any(t => t.DataType == (int)TensorProto.Types.DataType.Float16), "the Gemm weights are fp16");
+        }
     }
 
     [TestMethod]
@@ -163,6 +198,8 @@ public sealed class CompressCommandTests
     [DataRow("--calibration-samples", "-3", "CMPR0003")]
     [DataRow("--quantization", "Int4Weights:48", "CMPR0003")]
     [DataRow("--quantization", "Int4Weights:gptq", "CMPR0003")]
+    [DataRow("--op-types-to-quantize", "conv", "CMPR0003")]
+    [DataRow("--op-types-to-quantize", ";", "CMPR0003")]
     [DataRow("--quantization", "Float16:64", "CMPR0003")]
     [DataRow("--pruning", "Magnitude:1.5", "CMPR0003")]
     [DataRow("--pruning", "NofM:4:2", "CMPR0003")]

@@ -116,7 +116,7 @@ public static class Int8DynamicQuantizer
     private static bool IsQuantizedOp(string opType) =>
         QuantizedOps.Contains(opType) || opType.StartsWith("QLinear", StringComparison.Ordinal) || opType.StartsWith("QOrdered", StringComparison.Ordinal);
 
-    internal static string Label(NodeProto node) =>
+    public static string Label(NodeProto node) =>
         node.Name.Length > 0 ? node.Name : node.Output.Count > 0 ? node.Output[0] : node.OpType;
 
     /// <summary>A constant float matrix feeding a MatMul/Gemm, and the nodes that computed it from initializers.</summary>
