@@ -37,14 +37,47 @@ public sealed class Int8StaticQuantizationTests
         DatasetLoader.Load(Corpus.Dataset(DatasetId(id), "t10k-images-idx3-ubyte"), Corpus.Dataset(DatasetId(id), "t10k-labels-idx1-ubyte"),
             inputs, Validation.Preprocessing.Parse(Preprocessing(id)), maxSamples);
 
-    private static List<string> OptimizedOps(string modelPath)
+    private static List<string> OptimizedOps(string modelPath) => OptimizedModel(modelPath).Graph.Node.Select(n => n.OpType).ToList();
+
+    /// <summary>The graph ORT runs (level all, CPU, 1 thread) as ORT writes it out.</summary>
+    private static ModelProto OptimizedModel(string modelPath)
     {
         string optimized = modelPath + ".opt.onnx";
-        using (var so = new SessionOptions { GraphOptimizationLevel = GraphOptimizationLevel.ORT_ENABLE_ALL, OptimizedModelFilePath = optimized })
+        using (var so = new SessionOptions { GraphOptimizationLevel = GraphOptimizationLevel.ORT_ENABLE_ALL, OptimizedModelFilePath = optimized, IntraOpNumThreads = 1 })
         using (new InferenceSession(modelPath, so))
         {
         }
-        return ModelProto.Parser.ParseFrom(File.ReadAllBytes(optimized)).Graph.Node.Select(n => n.OpType).ToList();
+        return ModelProto.Parser.ParseFrom(File.ReadAllBytes(optimized));
+    }
+
+    /// <summary>
+    /// What keeps a QDQ model from running integer end to end in ORT: DequantizeLinear nodes ORT could not fuse into
+    /// an integer kernel (they feed float ops), and default-domain MaxPools reading a QuantizeLinear's uint8 NCHW
+    /// output (ORT's generic uint8 pooling, 10x the float MaxPool on lenet5). Empty when the graph is clean.
+    /// </summary>
+    private static List<string> IntegerPathProblems(ModelProto optimized)
+    {
+        var producers = new Dictionary<string, NodeProto>(StringComparer.Ordinal);
+        foreach (NodeProto n in optimized.Graph.Node)
+        {
+            foreach (string o in n.Output)
+            {
+                producers[o] = n;
+            }
+        }
+        var problems = new List<string>();
+        foreach (NodeProto n in optimized.Graph.Node)
+        {
+            if (n.OpType == "DequantizeLinear")
+            {
+                problems.Add($"DequantizeLinear -> {n.Output[0]}");
+            }
+            if (n.OpType == "MaxPool" && n.Domain.Length == 0 && producers.TryGetValue(n.Input[0], out NodeProto? p) && p.OpType == "QuantizeLinear")
+            {
+                problems.Add($"uint8 NCHW MaxPool on {n.Input[0]}");
+            }
+        }
+        return problems;
     }
 
     private static (ModelProto Quantized, Int8StaticSummary Summary, CalibrationResult Calibration) Quantize(string id, Int8StaticOptions options, CalibrationOptions? calibration = null)
@@ -84,7 +117,8 @@ public sealed class Int8StaticQuantizationTests
             long file = new FileInfo(Corpus.Model(id)).Length;
             long size = new FileInfo(path).Length;
             double ratio = (double)file / size;
-            List<string> ops = OptimizedOps(path);
+            ModelProto optimized = OptimizedModel(path);
+            List<string> ops = optimized.Graph.Node.Select(n => n.OpType).ToList();
             TestContext.WriteLine("initializers: " + string.Join(", ", q.Graph.Initializer.Select(t => $"{t.Name} {TensorUtil.DataTypeName(t.DataType)} [{string.Join(",", t.Dims)}] {t.CalculateSize()}")));
             TestContext.WriteLine($"{id} static int8 ({s.WeightEncoding}, per-channel {s.PerChannel}, {cal.Method} over {cal.Samples} samples, opset raised from {s.OpsetRaisedFrom?.ToString(CultureInfo.InvariantCulture) ?? "-"}): " +
                 $"top-1 {before:F2}% -> {after:F2}% (drop {before - after:F2}); size {file} -> {size} ({ratio:F2}x smaller); {s.QuantizedActivations} Q/DQ activations; " +
@@ -100,6 +134,10 @@ public sealed class Int8StaticQuantizationTests
             // Only the nodes the pass chose to keep float (the 1-channel 5x5 input Convs) may run float.
             Assert.AreEqual(s.Skipped.Count, ops.Count(FloatComputeOps.Contains), $"a quantized Conv/MatMul/Gemm runs in float: {string.Join(" ", ops)}");
             Assert.AreEqual(s.Quantized.Count, ops.Count(o => o is "QLinearConv" or "QLinearMatMul" or "QGemm" or "MatMulIntegerToFloat"), string.Join(" ", ops));
+            // Integer end to end: every DequantizeLinear fused away (mnist-8's MatMul + bias Add is one QGemm with a
+            // float output), and the MaxPool after the float input Conv pools float, not uint8 NCHW.
+            List<string> problems = IntegerPathProblems(optimized);
+            Assert.IsEmpty(problems, $"{id}: {string.Join("; ", problems)}; ORT optimized: {string.Join(" ", ops)}");
         }
         finally
         {
@@ -488,6 +526,106 @@ public sealed class Int8StaticQuantizationTests
             TestContext.WriteLine("ORT: " + string.Join(" ", ops));
             Assert.Contains("QLinearConv", ops);
             Assert.IsFalse(ops.Any(FloatComputeOps.Contains), string.Join(" ", ops));
+        }
+        finally
+        {
+            Directory.Delete(Path.GetDirectoryName(path)!, true);
+        }
+    }
+
+    [TestMethod]
+    public void Relu_then_MaxPool_after_a_float_conv_is_reordered_so_ort_pools_float()
+    {
+        // The 2-channel 3x3 Conv (reduction 18) stays float by default; the Gemm behind MaxPool -> Flatten is quantized.
+        ModelProto model = ConvNet(13, false);
+        IReadOnlyList<string> tensors = Int8StaticQuantizer.TensorsToCalibrate(model, Int8StaticOptions.Default);
+        CalibrationResult ranges = MeasureRanges(model, tensors);
+        ModelProto q = model.Clone();
+        Int8StaticSummary s = Int8StaticQuantizer.Apply(q, ranges, Int8StaticOptions.Default, "convnet");
+        ModelChecker.Validate(q, "convnet");
+        string[] order = q.Graph.Node.Select(n => n.OpType).ToArray();
+        TestContext.WriteLine(string.Join(" ", order));
+        Assert.AreEqual("fc", s.Quantized.Single().Node);
+        Assert.IsLessThan(Array.IndexOf(order, "Relu"), Array.IndexOf(order, "MaxPool"), "MaxPool now runs before the Relu");
+        NodeProto relu = q.Graph.Node.Single(n => n.OpType == "Relu");
+        Assert.AreEqual("pool", relu.Output[0], "the Relu produces the tensor the MaxPool used to, so the calibrated range still applies");
+        Assert.AreEqual(q.Graph.Node.Single(n => n.OpType == "MaxPool").Output[0], relu.Input[0]);
+        (float[] expected, float[] got) = RunBoth(model, q);
+        Kernels.ErrorMetricsResult m = Kernels.ErrorMetrics.Compare(expected, got);
+        TestContext.WriteLine($"relative L2 {m.RelativeL2:G3}");
+        Assert.IsLessThan(0.05, m.RelativeL2);
+        string path = Save(q, "convnet-pool");
+        try
+        {
+            ModelProto optimized = OptimizedModel(path);
+            TestContext.WriteLine("ORT: " + string.Join(" ", optimized.Graph.Node.Select(n => n.OpType)));
+            Assert.IsEmpty(IntegerPathProblems(optimized), string.Join("; ", IntegerPathProblems(optimized)));
+            Assert.Contains("QGemm", optimized.Graph.Node.Select(n => n.OpType).ToList());
+        }
+        finally
+        {
+            Directory.Delete(Path.GetDirectoryName(path)!, true);
+        }
+
+        // Without the reorder (a quantized Conv before the Relu, which ORT folds into QLinearConv), nothing moves.
+        ModelProto all = ConvNet(13, false);
+        var every = new Int8StaticOptions { MinimumConvReduction = 0 };
+        ModelProto qa = all.Clone();
+        Int8StaticQuantizer.Apply(qa, MeasureRanges(all, Int8StaticQuantizer.TensorsToCalibrate(all, every)), every, "convnet");
+        string[] allOrder = qa.Graph.Node.Select(n => n.OpType).ToArray();
+        Assert.IsGreaterThan(Array.IndexOf(allOrder, "Relu"), Array.IndexOf(allOrder, "MaxPool"), string.Join(" ", allOrder));
+    }
+
+    /// <summary>x[3,16] -> MatMul(Reshape(w[4,4,8] -> [16,8])) -> Add(b[8]) -> y: one Gemm, its reshaped weight quantized, ORT runs one QGemm.</summary>
+    [TestMethod]
+    public void MatMul_plus_bias_becomes_one_qgemm_and_a_reshaped_weight_is_quantized()
+    {
+        var g = new GraphProto { Name = "mm" };
+        g.Input.Add(FloatValue("x", 3, 16));
+        g.Output.Add(FloatValue("y", 3, 8));
+        g.Initializer.Add(TensorUtil.FromFloats("w", RandomFloats(128, 21, 0.5f), 4, 4, 8));
+        g.Initializer.Add(TensorUtil.FromInt64("shape", [16, 8], 2));
+        g.Initializer.Add(TensorUtil.FromFloats("b", RandomFloats(8, 22, 0.2f), 8));
+        g.Node.Add(Node("Reshape", ["w", "shape"], ["w2"], "reshape"));
+        g.Node.Add(Node("MatMul", ["x", "w2"], ["mm"], "matmul"));
+        g.Node.Add(Node("Add", ["mm", "b"], ["y"], "add"));
+        ModelProto model = Model(g, 13);
+        IReadOnlyList<string> tensors = Int8StaticQuantizer.TensorsToCalibrate(model, Int8StaticOptions.Default);
+        CollectionAssert.AreEquivalent(new[] { "x", "y" }, tensors.ToArray(), string.Join(",", tensors));
+        var inputs = Enumerable.Range(0, 10).Select(i => RandomFloats(48, 200 + i)).ToArray();
+        var ranges = new CalibrationResult
+        {
+            Ranges = new Dictionary<string, TensorRange> { ["x"] = new(inputs.Min(a => a.Min()), inputs.Max(a => a.Max())), ["y"] = new(-4f, 4f) },
+        };
+        ModelProto q = model.Clone();
+        Int8StaticSummary s = Int8StaticQuantizer.Apply(q, ranges, Int8StaticOptions.Default, "mm");
+        ModelChecker.Validate(q, "mm");
+        TestContext.WriteLine(string.Join(" ", q.Graph.Node.Select(n => n.OpType)) + " | " + string.Join(", ", q.Graph.Initializer.Select(t => t.Name)));
+        Assert.AreEqual("Gemm", s.Quantized.Single().OpType);
+        Assert.IsFalse(q.Graph.Node.Any(n => n.OpType is "Add" or "MatMul" or "Reshape"), "MatMul + Add became one Gemm; the weight's Reshape was folded into the quantized weight");
+        Assert.IsFalse(q.Graph.Initializer.Any(t => t.Name is "w" or "b" or "shape"), "no float weight, bias or shape constant is left");
+        Assert.AreEqual(1, q.Graph.Initializer.Count(t => t.DataType == (int)DataType.Int32 && t.Dims.SequenceEqual(new long[] { 8 })), "an int32 bias");
+        Assert.AreEqual(1, q.Graph.Initializer.Count(t => t.DataType == (int)DataType.Int8 && t.Dims.SequenceEqual(new long[] { 16, 8 })), "the int8 weight in the reshaped [16, 8] form");
+
+        using var a = new InferenceSession(model.ToByteArray());
+        using var b = new InferenceSession(q.ToByteArray());
+        foreach (float[] x in inputs)
+        {
+            using OrtValue v = OrtValue.CreateTensorValueFromMemory(x, [3, 16]);
+            using var ra = a.Run(new RunOptions(), ["x"], [v], ["y"]);
+            using var rb = b.Run(new RunOptions(), ["x"], [v], ["y"]);
+            Kernels.ErrorMetricsResult m = Kernels.ErrorMetrics.Compare(ra[0].GetTensorDataAsSpan<float>(), rb[0].GetTensorDataAsSpan<float>());
+            Assert.IsLessThan(0.05, m.RelativeL2);
+        }
+        string path = Save(q, "matmul-add");
+        try
+        {
+            ModelProto optimized = OptimizedModel(path);
+            List<string> ops = optimized.Graph.Node.Select(n => n.OpType).ToList();
+            TestContext.WriteLine("ORT: " + string.Join(" ", ops));
+            Assert.AreEqual(1, ops.Count(o => o == "QGemm"), string.Join(" ", ops));
+            Assert.IsEmpty(IntegerPathProblems(optimized), string.Join("; ", IntegerPathProblems(optimized)));
+            Assert.DoesNotContain("Add", ops);
         }
         finally
         {
