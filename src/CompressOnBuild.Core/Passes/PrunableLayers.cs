@@ -275,7 +275,7 @@ internal static class PrunableLayers
     /// Static shapes from the graph inputs (symbolic dims count as 1) through the ops small vision models use, for
     /// FLOP counts; value_info wins when it has a full static shape.
     /// </summary>
-    private static Dictionary<string, long[]> PropagateShapes(PassGraph g)
+    internal static Dictionary<string, long[]> PropagateShapes(PassGraph g)
     {
         var shapes = new Dictionary<string, long[]>(StringComparer.Ordinal);
         static long[]? Static(ValueInfoProto v) =>
