@@ -104,11 +104,11 @@ public sealed class ConvReconstructionTests
         ModelProto original = ConvReluConv(secondBias);
         float[] calibration = TinyModels.RandomFloats(300 * 192, 21);
         ActivationSource source = (m, names) => TestActivations.Run(m, names, calibration, 300, 100, b => [b, 3, 8, 8]);
-        var options = PruningOptions.Parse(method, "m") with { PruneConvChannels = true };
+        var options = PruningOptions.Parse(method, "m");
         int kept = method == "Channels:0.125" ? 7 : 6;
 
         ModelProto plain = original.Clone();
-        PruningSummary sp = Pruner.Apply(plain, options, "m");
+        PruningSummary sp = Pruner.Apply(plain, options with { Reconstruct = false }, "m", source);
         ModelProto refit = original.Clone();
         PruningSummary sr = Pruner.Apply(refit, options, "m", source);
         ModelChecker.Validate(plain, "m");
@@ -141,6 +141,69 @@ public sealed class ConvReconstructionTests
     }
 
     [TestMethod]
+    public void By_default_Conv_channels_are_pruned_with_calibration_activations_and_skipped_without()
+    {
+        Assert.IsTrue(PruningOptions.Parse("Channels:0.25", "m").PruneConvChannels);
+        float[] calibration = TinyModels.RandomFloats(100 * 192, 21);
+        ActivationSource source = (m, names) => TestActivations.Run(m, names, calibration, 100, 100, b => [b, 3, 8, 8]);
+
+        ModelProto without = ConvReluConv(true);
+        PruningSummary s0 = Pruner.Apply(without, PruningOptions.Parse("Channels:0.25", "m"), "m");
+        Assert.IsTrue(s0.NothingPruned);
+        StringAssert.Contains(s0.Skipped.Single(k => k.Node == "conv_a").Reason, "only with calibration activations");
+        CollectionAssert.AreEqual(new long[] { 8, 3, 3, 3 }, Dims(without, "wa"));
+
+        ModelProto with = ConvReluConv(true);
+        PruningSummary s1 = Pruner.Apply(with, PruningOptions.Parse("Channels:0.25", "m"), "m", source);
+        CollectionAssert.AreEqual(new long[] { 6, 3, 3, 3 }, Dims(with, "wa"));
+        CollectionAssert.AreEqual(new[] { "conv_b" }, s1.Reconstructed.ToArray());
+
+        ModelProto off = ConvReluConv(true);
+        Assert.IsTrue(Pruner.Apply(off, PruningOptions.Parse("Channels:0.25", "m") with { PruneConvChannels = false }, "m", source).NothingPruned);
+    }
+
+    [TestMethod]
+    public void BatchNormalization_between_Convs_is_sliced_with_the_channels()
+    {
+        var g = new GraphProto { Name = "bn" };
+        g.Input.Add(TinyModels.FloatValue("x", "N", 3, 8, 8));
+        g.Output.Add(TinyModels.FloatValue("y", "N", 4, 8, 8));
+        g.Initializer.Add(TensorUtil.FromFloats("wa", TinyModels.RandomFloats(8 * 27, 51), 8, 3, 3, 3));
+        g.Initializer.Add(TensorUtil.FromFloats("scale", TinyModels.RandomFloats(8, 52, 2f), 8));
+        g.Initializer.Add(TensorUtil.FromFloats("shift", TinyModels.RandomFloats(8, 53), 8));
+        g.Initializer.Add(TensorUtil.FromFloats("mean", TinyModels.RandomFloats(8, 54, 0.5f), 8));
+        g.Initializer.Add(TensorUtil.FromFloats("var", TinyModels.RandomFloats(8, 55).Select(v => 1f + Math.Abs(v)).ToArray(), 8));
+        g.Initializer.Add(TensorUtil.FromFloats("wb", TinyModels.RandomFloats(4 * 8 * 9, 56), 4, 8, 3, 3));
+        g.Node.Add(TinyModels.Node("Conv", ["x", "wa"], ["a"], "conv_a", TinyModels.IntsAttr("pads", 1, 1, 1, 1)));
+        g.Node.Add(TinyModels.Node("BatchNormalization", ["a", "scale", "shift", "mean", "var"], ["an"], "bn"));
+        g.Node.Add(TinyModels.Node("Relu", ["an"], ["ar"], "relu"));
+        g.Node.Add(TinyModels.Node("Conv", ["ar", "wb"], ["y"], "conv_b", TinyModels.IntsAttr("pads", 1, 1, 1, 1)));
+        ModelProto original = TinyModels.Model(g);
+        float[] calibration = TinyModels.RandomFloats(100 * 192, 57);
+        ActivationSource source = (m, names) => TestActivations.Run(m, names, calibration, 100, 50, b => [b, 3, 8, 8]);
+        ModelProto plain = original.Clone();
+        Pruner.Apply(plain, PruningOptions.Parse("Channels:0.25", "m") with { Reconstruct = false }, "m", source);
+        ModelProto refit = original.Clone();
+        Pruner.Apply(refit, PruningOptions.Parse("Channels:0.25", "m"), "m", source);
+        foreach (string name in new[] { "scale", "shift", "mean", "var" })
+        {
+            CollectionAssert.AreEqual(new long[] { 6 }, Dims(refit, name), name);
+        }
+        CollectionAssert.AreEqual(new long[] { 6, 3, 3, 3 }, Dims(refit, "wa"));
+        CollectionAssert.AreEqual(new long[] { 4, 6, 3, 3 }, Dims(refit, "wb"));
+        ModelChecker.Validate(refit, "m");
+        float[] x = TinyModels.RandomFloats(20 * 192, 58);
+        using var o = new Ort(original);
+        using var p = new Ort(plain);
+        using var r = new Ort(refit);
+        float[] y = o.Run(x, [20, 3, 8, 8]), yp = p.Run(x, [20, 3, 8, 8]), yr = r.Run(x, [20, 3, 8, 8]);
+        Assert.HasCount(y.Length, yr);
+        double errPlain = SquaredError(y, yp), errRefit = SquaredError(y, yr);
+        TestContext.WriteLine($"squared output error without refit {errPlain:G4}, with {errRefit:G4}");
+        Assert.IsLessThan(errPlain, errRefit);
+    }
+
+    [TestMethod]
     public void Conv_through_bias_Add_pool_and_Reshape_into_a_reshaped_MatMul_weight_is_pruned_and_refit()
     {
         // The mnist-8 (CNTK) pattern: Conv without bias, Add [C,1,1], Relu, MaxPool, Reshape [1, C*H*W], MatMul with Reshape(w[C,H,W,10]).
@@ -162,10 +225,10 @@ public sealed class ConvReconstructionTests
         ModelProto original = TinyModels.Model(g);
         float[] calibration = TinyModels.RandomFloats(200 * 128, 41);
         ActivationSource source = (m, names) => TestActivations.Run(m, names, calibration, 200, 1, b => [b, 2, 8, 8]);
-        var options = PruningOptions.Parse("Channels:0.3", "m") with { PruneConvChannels = true };
+        var options = PruningOptions.Parse("Channels:0.3", "m");
 
         ModelProto plain = original.Clone();
-        PruningSummary sp = Pruner.Apply(plain, options, "m");
+        PruningSummary sp = Pruner.Apply(plain, options with { Reconstruct = false }, "m", source);
         ModelProto refit = original.Clone();
         PruningSummary sr = Pruner.Apply(refit, options, "m", source);
         foreach (ModelProto m in new[] { plain, refit })
@@ -219,10 +282,10 @@ public sealed class ConvReconstructionTests
     {
         ModelProto original = ModelIO.Load(Corpus.Model(id));
         double baseline = CorpusEval.Accuracy(CorpusEval.Predict(original, id), id);
-        var options = PruningOptions.Parse("Channels:0.3", id) with { PruneConvChannels = true };
+        var options = PruningOptions.Parse("Channels:0.3", id);
 
         ModelProto plain = original.Clone();
-        PruningSummary sp = Pruner.Apply(plain, options, id);
+        PruningSummary sp = Pruner.Apply(plain, options with { Reconstruct = false }, id, EvenlySpaced(id, 256));
         ModelChecker.Validate(plain, id);
         double plainTop1 = CorpusEval.Accuracy(CorpusEval.Predict(plain, id), id);
 
