@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Regenerates the compression results table in docs/results.md: every labelled corpus model (../shared/corpus)
-# through every quantization scheme with the real worker, validated on the full test sets.
+# Regenerates the results sections of docs/results.md with the real worker, every labelled corpus model
+# (../shared/corpus) validated on its full test set:
+#   bash build/results.sh               both sections
+#   bash build/results.sh compression   every quantization scheme
+#   bash build/results.sh pruning       Magnitude (+ int8), Sensitivity vs uniform, Channels with/without refit
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
