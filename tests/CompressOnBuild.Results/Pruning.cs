@@ -101,7 +101,7 @@ internal static class Pruning
             foreach (Run r in new[] { channels, channelsCal })
             {
                 Target(targets, r, $"{r.Label}: >= 25 % fewer parameters, latency ratio <= 0.85, drop <= 1.0",
-                    x => x.Fewer >= 0.25 && x.Latency <= 0.85 && x.Drop <= 1.0, x => $"{x.Fewer:P1} fewer, latency {x.Latency:0.00}, drop {x.Drop:0.00}");
+                    x => x.Fewer >= 0.25 && x.Latency <= 0.85 && x.Drop <= 1.0, x => $"{x.Fewer:P1} fewer, latency {x.Latency:0.000}, drop {x.Drop:0.00}");
             }
 
             foreach (double s in SensitivitySparsities)
