@@ -115,7 +115,8 @@ public sealed record PruningOptions
     public static PruningOptions None { get; } = new();
 
     /// <summary>
-    /// Parses None | Magnitude:&lt;s&gt; | Global:&lt;s&gt; | Sensitivity:&lt;s&gt; | NofM:&lt;n&gt;:&lt;m&gt; | Channels:&lt;f&gt; (case-insensitive method,
+    /// Parses None | Magnitude:&lt;s&gt; | Global:&lt;s&gt; | Sensitivity:&lt;s&gt; | NofM:&lt;n&gt;:&lt;m&gt; | Channels:&lt;f&gt;[:norefit]
+    /// (norefit turns <see cref="Reconstruct"/> off; case-insensitive method,
     /// invariant-culture numbers). Anything else is CMPR0003 naming <paramref name="displayName"/>.
     /// </summary>
     public static PruningOptions Parse(string text, string displayName)
@@ -150,14 +151,14 @@ public sealed record PruningOptions
                     throw Invalid("use NofM:<n>:<m> with 1 <= n < m <= 64, e.g. NofM:2:4 (2 nonzeros in every 4 weights)");
                 }
                 return new PruningOptions { Method = PruningMethod.NofM, N = n, M = m };
-            case "CHANNELS" when parts.Length == 2:
+            case "CHANNELS" when parts.Length == 2 || (parts.Length == 3 && parts[2].Equals("norefit", StringComparison.OrdinalIgnoreCase)):
                 if (!Fraction(parts[1], out double f))
                 {
-                    throw Invalid("the channel fraction must be a number strictly between 0 and 1, e.g. Channels:0.3");
+                    throw Invalid("the channel fraction must be a number strictly between 0 and 1, e.g. Channels:0.3 (or Channels:0.3:norefit)");
                 }
-                return new PruningOptions { Method = PruningMethod.Channels, ChannelFraction = f };
+                return new PruningOptions { Method = PruningMethod.Channels, ChannelFraction = f, Reconstruct = parts.Length == 2 };
             default:
-                throw Invalid("use None, Magnitude:<sparsity>, Global:<sparsity>, Sensitivity:<sparsity>, NofM:<n>:<m> or Channels:<fraction>");
+                throw Invalid("use None, Magnitude:<sparsity>, Global:<sparsity>, Sensitivity:<sparsity>, NofM:<n>:<m> or Channels:<fraction>[:norefit]");
         }
     }
 
@@ -189,7 +190,7 @@ public sealed record PruningOptions
     {
         PruningMethod.Magnitude or PruningMethod.Global or PruningMethod.Sensitivity => Method + ":" + Sparsity.ToString(CultureInfo.InvariantCulture),
         PruningMethod.NofM => "NofM:" + N.ToString(CultureInfo.InvariantCulture) + ":" + M.ToString(CultureInfo.InvariantCulture),
-        PruningMethod.Channels => "Channels:" + ChannelFraction.ToString(CultureInfo.InvariantCulture),
+        PruningMethod.Channels => "Channels:" + ChannelFraction.ToString(CultureInfo.InvariantCulture) + (Reconstruct ? "" : ":norefit"),
         _ => Method.ToString(),
     };
 }

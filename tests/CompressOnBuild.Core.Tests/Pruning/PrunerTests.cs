@@ -82,6 +82,7 @@ public sealed class PrunerTests
     [DataRow("Global:0.25", PruningMethod.Global)]
     [DataRow("NofM:2:4", PruningMethod.NofM)]
     [DataRow("Channels:0.3", PruningMethod.Channels)]
+    [DataRow("Channels:0.3:NoRefit", PruningMethod.Channels)]
     public void Parse_accepts_the_documented_syntax(string text, PruningMethod method) =>
         Assert.AreEqual(method, PruningOptions.Parse(text, "m.onnx").Method);
 
@@ -94,6 +95,8 @@ public sealed class PrunerTests
     [DataRow("NofM:0:4")]
     [DataRow("NofM:2")]
     [DataRow("Channels:1")]
+    [DataRow("Channels:0.3:refit")]
+    [DataRow("Channels:0.3:norefit:x")]
     [DataRow("Random:0.5")]
     [DataRow("Magnitude:abc")]
     public void Parse_rejects_bad_values_with_CMPR0003(string text)
@@ -101,6 +104,17 @@ public sealed class PrunerTests
         var e = Assert.ThrowsExactly<CompressException>(() => PruningOptions.Parse(text, "m.onnx"));
         Assert.AreEqual(DiagnosticCodes.InvalidOption, e.Code);
         StringAssert.Contains(e.Message, text);
+    }
+
+    [TestMethod]
+    public void Channels_norefit_turns_the_refit_off_and_round_trips()
+    {
+        PruningOptions off = PruningOptions.Parse("channels:0.3:norefit", "m");
+        Assert.IsFalse(off.Reconstruct);
+        Assert.AreEqual("Channels:0.3:norefit", off.ToString());
+        PruningOptions on = PruningOptions.Parse("Channels:0.3", "m");
+        Assert.IsTrue(on.Reconstruct);
+        Assert.AreEqual("Channels:0.3", on.ToString());
     }
 
     [TestMethod]
