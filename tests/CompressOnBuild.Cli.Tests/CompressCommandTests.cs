@@ -520,6 +520,18 @@ public sealed class CompressCommandTests
     }
 
     [TestMethod]
+    public void SensitivityPruningWithoutCalibrationDataMeasuresOnTheValidationInputs()
+    {
+        (string model, string images, string labels) = MakeMlpWithData(samples: 40);
+        CliRun run = CliHarness.InProcess("compress", model, "--output", P("v.onnx"), "--report", P("v.json"),
+            "--pruning", "Sensitivity:0.6", "--quantization", "None", "--validation-data", images, "--labels", labels);
+        Assert.AreEqual(0, run.ExitCode, run.Output);
+        JsonNode a = JsonNode.Parse(File.ReadAllText(P("v.json")))!["pruning"]!["sensitivity"]!;
+        Assert.AreEqual(40, a["samples"]!.GetValue<int>(), "all 40 validation inputs (fewer than CalibrationSamples)");
+        Assert.AreEqual((long)Math.Round(0.6 * 784 * 64), a["chosenZeros"]!.GetValue<long>(), "fc1 only: the output layer stays dense");
+    }
+
+    [TestMethod]
     public void SensitivityPruningRecordsCurvesAndHitsTheOverallSparsityExactly()
     {
         string images = Corpus.Dataset("mnist", "t10k-images-idx3-ubyte");
