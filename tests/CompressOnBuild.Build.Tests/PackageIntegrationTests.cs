@@ -22,6 +22,8 @@ public sealed partial class PackageIntegrationTests
     private static string s_root = "";
     private static string s_app = "";
     private static string s_sourceHash = "";
+    private static string s_package = "";
+    private static bool s_packedFromThisCheckout;
     private static ProcessResult? s_firstBuild;
     private static Dictionary<string, string?> s_environment = [];
     private static bool s_anyFailure;
@@ -42,6 +44,7 @@ public sealed partial class PackageIntegrationTests
         Directory.CreateDirectory(feed);
 
         string version = ProvidePackage(feed);
+        s_package = Path.Combine(feed, $"CompressOnBuild.{version}.nupkg");
 
         string machinePackages = Environment.GetEnvironmentVariable("NUGET_PACKAGES") is { Length: > 0 } p
             ? p
@@ -260,6 +263,9 @@ public sealed partial class PackageIntegrationTests
             "the worker runs once for all target frameworks:\n" + result.Tail());
         AssertCompressed(Path.Combine(lib, "bin", "Debug", "net10.0", "models", "shapes.onnx"));
         AssertCompressed(Path.Combine(lib, "bin", "Debug", "netstandard2.0", "models", "shapes.onnx"));
+        // This project does not reference ONNX Runtime itself: the package's ORT dependency must bring it nothing.
+        string[] ort = Directory.GetFiles(Path.Combine(lib, "bin"), "*onnxruntime*", SearchOption.AllDirectories);
+        Assert.IsEmpty(ort, "ONNX Runtime assets flowed from the package into the project: " + string.Join(", ", ort));
     }
 
     [TestMethod]
@@ -419,7 +425,7 @@ public sealed partial class PackageIntegrationTests
         {
             Match m = Regex.Match(Path.GetFileName(given), @"^CompressOnBuild\.(.+)\.nupkg$", RegexOptions.IgnoreCase);
             Assert.IsTrue(File.Exists(given) && m.Success, $"COMPRESSONBUILD_TEST_PACKAGE='{given}' is not a CompressOnBuild .nupkg");
-            File.Copy(given, Path.Combine(feed, Path.GetFileName(given)));
+            File.Copy(given, Path.Combine(feed, $"CompressOnBuild.{m.Groups[1].Value}.nupkg"));
             return m.Groups[1].Value;
         }
 
@@ -439,6 +445,7 @@ public sealed partial class PackageIntegrationTests
             "-p:Version=" + version, "-p:PackageOutputPath=" + feed + Path.DirectorySeparatorChar, "-p:ArtifactsPath=" + artifactsPath);
         Assert.AreEqual(0, pack.ExitCode, "dotnet pack failed:\n" + pack.Tail());
         Assert.IsTrue(File.Exists(Path.Combine(feed, $"CompressOnBuild.{version}.nupkg")), pack.Tail());
+        s_packedFromThisCheckout = true;
         return version;
     }
 
