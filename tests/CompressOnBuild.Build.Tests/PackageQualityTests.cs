@@ -129,6 +129,77 @@ public sealed partial class PackageIntegrationTests
         }
     }
 
+    /// <summary>
+    /// Two clean packs (empty artifacts folder each time) as a CI server makes them, from this checkout with a GitHub
+    /// remote: the PDBs link to the remote at HEAD with source paths under /_/, and the two packages have the same
+    /// entries with the same bytes, and with SOURCE_DATE_EPOCH set (as build/pack.sh does) the same .nupkg bytes.
+    /// The remote comes from a global git config in a scratch XDG_CONFIG_HOME (this checkout may have none);
+    /// CI builds read only the repository's own git config, so these packs lift that for themselves
+    /// (GitRepositoryConfigurationScope empty). The first pack runs as GitHub Actions, the second as Azure Pipelines,
+    /// without CI=true: each must switch ContinuousIntegrationBuild on by itself.
+    /// </summary>
+    [TestMethod]
+    public void CleanCiPacks_AreIdentical_AndTheirPdbsSourceLinkToTheGitRemote()
+    {
+        string scratch = Path.Combine(s_root, "deterministic");
+        string gitConfig = Path.Combine(scratch, "xdg", "git");
+        Directory.CreateDirectory(gitConfig);
+        const string Remote = "https://github.com/example-org/compressonbuild-fork.git";
+        File.WriteAllText(Path.Combine(gitConfig, "config"), $"[remote \"sourcelinkcheck\"]\n\turl = {Remote}\n");
+        string head = Git("rev-parse", "HEAD");
+        string epoch = Git("log", "-1", "--format=%ct");
+        string artifacts = Path.Combine(scratch, "artifacts");
+
+        var packages = new List<string>();
+        foreach ((string ciVariable, string value) in new[] { ("GITHUB_ACTIONS", "true"), ("TF_BUILD", "True") })
+        {
+            if (Directory.Exists(artifacts))
+            {
+                Directory.Delete(artifacts, recursive: true);
+            }
+            string feed = Path.Combine(scratch, "feed-" + ciVariable);
+            var environment = new Dictionary<string, string?>
+            {
+                ["CI"] = null, ["GITHUB_ACTIONS"] = null, ["TF_BUILD"] = null, [ciVariable] = value,
+                ["XDG_CONFIG_HOME"] = Path.Combine(scratch, "xdg"),
+                ["SOURCE_DATE_EPOCH"] = epoch,
+            };
+            var watch = System.Diagnostics.Stopwatch.StartNew();
+            ProcessResult pack = DotNetProcess.Run(Corpus.RepoRoot, environment, Timeout,
+                "pack", Path.Combine(Corpus.RepoRoot, "src", "CompressOnBuild.Tasks", "CompressOnBuild.Tasks.csproj"),
+                "-c", "Release", "-nologo", "-nodeReuse:false", "-v:m", "-p:Version=0.1.0-deterministic",
+                "-p:ArtifactsPath=" + artifacts, "-p:PackageOutputPath=" + feed + Path.DirectorySeparatorChar,
+                "-p:GitRepositoryRemoteName=sourcelinkcheck", "-p:GitRepositoryConfigurationScope=");
+            TestContext.WriteLine($"clean pack as {ciVariable}={value}: {watch.Elapsed.TotalSeconds:F1} s");
+            Assert.AreEqual(0, pack.ExitCode, pack.Tail());
+            Assert.DoesNotContain(": warning", pack.Output, "a CI pack without warnings: " + pack.Tail());
+            string package = Path.Combine(feed, "CompressOnBuild.0.1.0-deterministic.nupkg");
+            packages.Add(package);
+
+            using ZipArchive zip = ZipFile.OpenRead(package);
+            foreach (string dll in zip.Entries.Select(e => e.FullName).Where(e => Regex.IsMatch(e, @"^tools/.*/CompressOnBuild\.[A-Za-z]+\.dll$")))
+            {
+                PdbFacts pdb = ReadPdb(ReadEntry(zip, dll), ReadEntry(zip, dll[..^4] + ".pdb"));
+                Assert.AreEqual(
+                    $$$"""{"documents":{"/_/*":"https://raw.githubusercontent.com/example-org/compressonbuild-fork/{{{head}}}/*"}}""",
+                    pdb.SourceLink, $"{dll} ({ciVariable}): source link to the remote at HEAD");
+                string[] unmapped = pdb.Documents.Where(d => d.Contains(Corpus.RepoRoot, StringComparison.Ordinal)).ToArray();
+                Assert.IsEmpty(unmapped, $"{dll} ({ciVariable}): CI builds map the checkout to /_/, found: {string.Join(", ", unmapped)}");
+                Assert.IsTrue(pdb.Documents.Any(d => d.StartsWith("/_/src/", StringComparison.Ordinal)), dll);
+            }
+        }
+
+        using ZipArchive first = ZipFile.OpenRead(packages[0]);
+        using ZipArchive second = ZipFile.OpenRead(packages[1]);
+        CollectionAssert.AreEqual(first.Entries.Select(e => e.FullName).ToArray(), second.Entries.Select(e => e.FullName).ToArray(),
+            "the same entries in the same order");
+        string[] different = first.Entries.Where(e => !ReadEntry(first, e.FullName).AsSpan().SequenceEqual(ReadEntry(second, e.FullName)))
+            .Select(e => e.FullName).ToArray();
+        Assert.IsEmpty(different, "entries whose bytes differ between two clean packs: " + string.Join(", ", different));
+        Assert.IsTrue(File.ReadAllBytes(packages[0]).AsSpan().SequenceEqual(File.ReadAllBytes(packages[1])),
+            "with SOURCE_DATE_EPOCH, the .nupkg files themselves are byte-identical (zip timestamps included)");
+    }
+
     private static XElement ReadNuspec(ZipArchive zip)
     {
         using Stream stream = zip.GetEntry("CompressOnBuild.nuspec")!.Open();
