@@ -186,6 +186,31 @@ public sealed partial class PackageIntegrationTests
     }
 
     [TestMethod]
+    public void PublishForWindowsAndMacOS_ShipsTheCompressedModel_WithPerRuntimeMetadata()
+    {
+        // Framework-dependent cross-publishes from this machine, with the apphost of each runtime (the
+        // Microsoft.NETCore.App.Host.<rid> pack is restored like any package). The app's project gives win-x64
+        // Quantization="Float16" through a Condition on $(RuntimeIdentifier); osx-arm64 keeps the default Int8.
+        string windows = Path.Combine(s_root, "publish-win-x64");
+        ProcessResult win = Build("publish", "publish-win-x64", "-c", "Release", "-r", "win-x64", "--self-contained", "false", "-o", windows);
+        Assert.AreEqual(0, win.ExitCode, win.Tail());
+        Assert.IsTrue(File.Exists(Path.Combine(windows, "app.exe")), "the Windows apphost is published");
+        Assert.IsTrue(File.Exists(Path.Combine(windows, "onnxruntime.dll")), "the app's own ONNX Runtime ships its Windows native library");
+        AssertFloat16(Path.Combine(windows, "generated", "shapes.onnx"));
+        string report = File.ReadAllText(Path.Combine(s_app, "obj", "Release", "net10.0", "win-x64", "CompressOnBuild", "generated", "shapes.onnx.report.json"));
+        StringAssert.Matches(report, new Regex("\"scheme\"\\s*:\\s*\"Float16\""), "the win-x64 report names the scheme its metadata chose");
+
+        string mac = Path.Combine(s_root, "publish-osx-arm64");
+        ProcessResult osx = Build("publish", "publish-osx-arm64", "-c", "Release", "-r", "osx-arm64", "--self-contained", "false", "-o", mac);
+        Assert.AreEqual(0, osx.ExitCode, osx.Tail());
+        Assert.IsTrue(File.Exists(Path.Combine(mac, "app")), "the macOS apphost is published");
+        Assert.IsTrue(File.Exists(Path.Combine(mac, "libonnxruntime.dylib")), "the app's own ONNX Runtime ships its macOS native library");
+        AssertCompressed(Path.Combine(mac, "generated", "shapes.onnx"));
+        Assert.AreNotEqual(Hash(Path.Combine(windows, "generated", "shapes.onnx")), Hash(Path.Combine(mac, "generated", "shapes.onnx")),
+            "each runtime ships the model its own metadata asked for");
+    }
+
+    [TestMethod]
     public void EmbeddedResourceModel_EmbedsTheCompressedBytes()
     {
         string app = Path.Combine(s_root, "embedded");
@@ -419,6 +444,21 @@ public sealed partial class PackageIntegrationTests
             "expected integer operators and int8/uint8 weights, found ops: " + string.Join(", ", model.Graph.Node.Select(n => n.OpType)));
     }
 
+    private static void AssertFloat16(string path)
+    {
+        Assert.IsTrue(File.Exists(path), $"{path} is missing");
+        Assert.AreNotEqual(s_sourceHash, Hash(path), "the original model was shipped");
+        long original = new FileInfo(SourceModel).Length;
+        long compressed = new FileInfo(path).Length;
+        Assert.IsLessThan(original * 6 / 10, compressed, $"float16: compressed {compressed} bytes vs original {original}");
+
+        ModelProto model = ModelProto.Parser.ParseFrom(File.ReadAllBytes(path));
+        TensorProto[] weights = model.Graph.Initializer.Where(t => t.Dims.Aggregate(1L, (a, d) => a * d) > 16).ToArray();
+        Assert.IsNotEmpty(weights);
+        Assert.IsTrue(weights.All(t => t.DataType == (int)TensorProto.Types.DataType.Float16),
+            "expected float16 weights, found: " + string.Join(", ", weights.Select(t => $"{t.Name}:{(TensorProto.Types.DataType)t.DataType}")));
+    }
+
     private static string ProvidePackage(string feed)
     {
         if (Environment.GetEnvironmentVariable("COMPRESSONBUILD_TEST_PACKAGE") is { Length: > 0 } given)
@@ -491,6 +531,8 @@ public sealed partial class PackageIntegrationTests
                                MaxAccuracyDrop="3.0"
                                MinAgreement="0.95"
                                MaxSizeKB="$(TestMaxSizeKB)" />
+                <!-- Per-runtime metadata (PublishForWindowsAndMacOS_...): Windows x64 ships float16. -->
+                <CompressModel Update="generated/shapes.onnx" Condition="'$(RuntimeIdentifier)' == 'win-x64'" Quantization="Float16" />
               </ItemGroup>
             </Project>
             """);
