@@ -106,8 +106,14 @@ public static class Float16Converter
         {
             return Unchanged($"default opset {graph.OnnxOpset} is older than 6, whose Cast this pass needs");
         }
+        int folded = graph.FoldConstantShapeOps(displayName);
         var converter = new Converter(graph, options, displayName);
         converter.Run();
+        bool changed = folded + converter.ConvertedNodes + converter.ConvertedTensors > 0;
+        if (changed)
+        {
+            PassGraph.DropInitializerInputs(model);
+        }
         return new Float16Summary
         {
             ModelDisplayName = displayName,
@@ -118,7 +124,7 @@ public static class Float16Converter
             ClampedValues = converter.Clamped,
             CastsInserted = converter.Casts,
             ModelBytesBefore = before,
-            ModelBytesAfter = converter.ConvertedNodes + converter.ConvertedTensors == 0 ? before : model.CalculateSize(),
+            ModelBytesAfter = changed ? model.CalculateSize() : before,
         };
     }
 

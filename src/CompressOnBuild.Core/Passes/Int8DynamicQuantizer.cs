@@ -66,9 +66,15 @@ public static class Int8DynamicQuantizer
             throw new CompressException(DiagnosticCodes.ModelInvalid, modelDisplayName, "it has no graph") { File = modelDisplayName };
         }
 
+        // Weights behind Reshape/Transpose/... of initializers become plain initializers first (see PassGraph).
+        int folded = new PassGraph(model).FoldConstantShapeOps(modelDisplayName);
         var rewriter = new Rewriter(model, options, modelDisplayName);
         rewriter.Run();
-        long after = rewriter.Quantized.Count == 0 ? before : model.CalculateSize();
+        if (rewriter.Quantized.Count > 0)
+        {
+            PassGraph.DropInitializerInputs(model);
+        }
+        long after = rewriter.Quantized.Count == 0 && folded == 0 ? before : model.CalculateSize();
         return new QuantizationSummary
         {
             ModelDisplayName = modelDisplayName,

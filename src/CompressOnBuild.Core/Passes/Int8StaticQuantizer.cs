@@ -214,6 +214,7 @@ public static class Int8StaticQuantizer
                 OpsetRaisedFrom = opset;
                 g.EnsureOpset("", target);
             }
+            PassGraph.DropInitializerInputs(g.Model);
         }
 
         private string? RaiseBlockedReason(long opset)
@@ -250,9 +251,10 @@ public static class Int8StaticQuantizer
         private List<NodeProto> Consumers(string name) => _consumers.GetValueOrDefault(name) ?? [];
 
         /// <summary>Conv (no bias or constant bias) whose only consumer is Add(constant with one value per channel): fold into the bias.</summary>
-        /// <summary>The structural rewrites (bias Adds into Conv/Gemm, MaxPool ahead of Relu), then the candidates.</summary>
+        /// <summary>The structural rewrites (constant shape ops folded, bias Adds into Conv/Gemm, MaxPool ahead of Relu), then the candidates.</summary>
         private List<Candidate> Prepare()
         {
+            g.FoldConstantShapeOps(displayName);
             FoldConvAdds();
             FuseMatMulAdds();
             List<Candidate> candidates = FindCandidates();
