@@ -128,9 +128,10 @@ public sealed class Int8StaticQuantizationTests
             // Each output channel costs an int32 bias, its float scale, a float weight scale and (Gemm) an int8 zero
             // point on top of the int8 weights, and the non-weight bytes stay: the best possible ratios are about
             // lenet5 3.69x (61,470 int8 weights + 2,876 other bytes + 236 channels), fashion-mlp 3.81x,
-            // mnist-mlp-gemm 3.95x; mnist-8 is mostly names. Measured: 3.55x, 3.79x, 3.92x, 2.33x; mnist-8 2.5x once
-            // its IR 3 initializer inputs were dropped (IR 4) and its MatMul + Add became one Gemm.
-            double target = id switch { "mnist-lenet5" => 3.5, "fashion-mlp" => 3.75, "mnist-mlp-gemm" => 3.8, _ => 2.5 };
+            // mnist-mlp-gemm 3.95x; mnist-8 is mostly names. Measured: 3.55x, 3.79x, 3.92x, 2.33x; then mnist-8 2.5x
+            // once its IR 3 initializer inputs were dropped (IR 4) and its MatMul + Add became one Gemm, and
+            // fashion-mlp 3.8x+ once the exporter's per-node stack traces (2.4 KB) were dropped.
+            double target = id switch { "mnist-lenet5" => 3.5, "fashion-mlp" => 3.8, "mnist-mlp-gemm" => 3.8, _ => 2.5 };
             Assert.IsGreaterThanOrEqualTo(target, ratio, $"{id}: only {ratio:F2}x smaller");
             // Only the nodes the pass chose to keep float (the 1-channel 5x5 input Convs) may run float.
             Assert.AreEqual(s.Skipped.Count, ops.Count(FloatComputeOps.Contains), $"a quantized Conv/MatMul/Gemm runs in float: {string.Join(" ", ops)}");

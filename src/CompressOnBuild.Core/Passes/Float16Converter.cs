@@ -113,6 +113,7 @@ public static class Float16Converter
         if (changed)
         {
             PassGraph.DropInitializerInputs(model);
+            PassGraph.StripDebugTraces(model);
         }
         return new Float16Summary
         {

@@ -73,6 +73,7 @@ public static class Int8DynamicQuantizer
         if (rewriter.Quantized.Count > 0)
         {
             PassGraph.DropInitializerInputs(model);
+            PassGraph.StripDebugTraces(model);
         }
         long after = rewriter.Quantized.Count == 0 && folded == 0 ? before : model.CalculateSize();
         return new QuantizationSummary

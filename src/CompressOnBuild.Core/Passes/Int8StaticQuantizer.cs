@@ -215,6 +215,7 @@ public static class Int8StaticQuantizer
                 g.EnsureOpset("", target);
             }
             PassGraph.DropInitializerInputs(g.Model);
+            PassGraph.StripDebugTraces(g.Model);
         }
 
         private string? RaiseBlockedReason(long opset)

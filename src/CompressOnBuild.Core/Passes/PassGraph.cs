@@ -317,6 +317,37 @@ internal sealed class PassGraph
         model.IrVersion = 4;
     }
 
+    /// <summary>Node metadata the PyTorch exporter writes for debugging: the Python stack trace of the line that made the
+    /// node (with the exporting machine's file paths) and the FX node text.</summary>
+    private static readonly HashSet<string> DebugTraceKeys = new(StringComparer.Ordinal) { "pkg.torch.onnx.stack_trace", "pkg.torch.onnx.fx_node" };
+
+    /// <summary>
+    /// Removes exporter debug traces from every node (<see cref="DebugTraceKeys"/>): nothing reads them at run time,
+    /// and on small models they are a visible share of the file (about 2.4 KB of fashion-mlp's 106 KB after static
+    /// int8). Structural hints (namespace, name scopes, class hierarchy) and graph/model metadata stay. Returns the
+    /// entries removed.
+    /// </summary>
+    public static int StripDebugTraces(ModelProto model)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        int removed = 0;
+        foreach ((GraphProto graph, _) in ModelWalker.Graphs(model))
+        {
+            foreach (NodeProto n in graph.Node)
+            {
+                for (int i = n.MetadataProps.Count - 1; i >= 0; i--)
+                {
+                    if (DebugTraceKeys.Contains(n.MetadataProps[i].Key))
+                    {
+                        n.MetadataProps.RemoveAt(i);
+                        removed++;
+                    }
+                }
+            }
+        }
+        return removed;
+    }
+
     /// <summary>
     /// Constant folding of shape-only operators on constants: a default-domain Reshape, Flatten, Squeeze, Unsqueeze,
     /// Identity or (float32) Transpose of the main graph whose inputs are all constant initializers becomes one

@@ -446,6 +446,29 @@ public sealed class Int8DynamicQuantizerTests
         }
     }
 
+    /// <summary>The PyTorch exporter's per-node stack traces and FX text go (every pass that rewrites a model); structural hints stay.</summary>
+    [TestMethod]
+    public void Exporter_stack_traces_are_dropped_and_structural_metadata_kept()
+    {
+        ModelProto model = MatMulModel(16, 8, RandomFloats(128, 6));
+        model.Graph.Node.Add(Node("Relu", ["y"], ["r"], "relu"));
+        model.Graph.Output[0] = FloatValue("r", "M", 8);
+        foreach (NodeProto n in model.Graph.Node)
+        {
+            n.MetadataProps.Add(new StringStringEntryProto { Key = "pkg.torch.onnx.stack_trace", Value = "File \"C:\\Users\\someone\\train.py\", line 42, in forward" });
+            n.MetadataProps.Add(new StringStringEntryProto { Key = "pkg.torch.onnx.fx_node", Value = "%linear : [num_users=1] = call_function[...]" });
+            n.MetadataProps.Add(new StringStringEntryProto { Key = "namespace", Value = ": __main__.Net/" + n.Name });
+        }
+        long before = model.CalculateSize();
+        QuantizationSummary summary = Int8DynamicQuantizer.Apply(model, QuantizationOptions.Default, "meta.onnx");
+        Assert.HasCount(1, summary.Quantized);
+        Assert.IsFalse(model.Graph.Node.SelectMany(n => n.MetadataProps).Any(p => p.Key.StartsWith("pkg.torch.onnx.", StringComparison.Ordinal)), "stack traces and FX text are gone");
+        Assert.AreEqual(": __main__.Net/relu", model.Graph.Node.Single(n => n.OpType == "Relu").MetadataProps.Single().Value, "structural hints stay");
+        Assert.AreEqual(model.CalculateSize(), summary.ModelBytesAfter);
+        Assert.IsLessThan(before, summary.ModelBytesAfter);
+        Assert.AreEqual(0, PassGraph.StripDebugTraces(model), "nothing left to strip");
+    }
+
     [TestMethod]
     public void Weights_from_Constant_and_Reshape_nodes_are_folded()
     {
