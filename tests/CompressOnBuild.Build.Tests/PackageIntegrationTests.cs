@@ -161,6 +161,16 @@ public sealed partial class PackageIntegrationTests
         Assert.AreEqual(0, warned.ExitCode, warned.Tail());
         StringAssert.Contains(warned.Output, "warning CMPR0401", warned.Tail());
         AssertCompressed(Path.Combine(s_app, "bin", "Debug", "net10.0", "generated", "shapes.onnx"));
+
+        // The usual MSBuild switches work on our codes (each build changes the budget, so the worker runs again).
+        ProcessResult elevated = Build("build", "budget-warning-as-error", "-p:Configuration=Debug", "--no-restore",
+            "-p:TestMaxSizeKB=2", "-p:CompressModelBudgetFailureSeverity=Warning", "-p:WarningsAsErrors=CMPR0401");
+        Assert.AreNotEqual(0, elevated.ExitCode, elevated.Tail());
+        StringAssert.Contains(elevated.Output, "error CMPR0401", elevated.Tail());
+        ProcessResult suppressed = Build("build", "budget-warning-suppressed", "-p:Configuration=Debug", "--no-restore",
+            "-p:TestMaxSizeKB=3", "-p:CompressModelBudgetFailureSeverity=Warning", "-p:NoWarn=CMPR0401");
+        Assert.AreEqual(0, suppressed.ExitCode, suppressed.Tail());
+        Assert.IsFalse(suppressed.Output.Contains("CMPR0401", StringComparison.Ordinal), suppressed.Tail());
     }
 
     [TestMethod]
