@@ -176,7 +176,7 @@ internal static class Compressor
                     Dataset data = LoadData(s, originalRunner.Inputs, 0, out string source);
                     result.ValidationSource = source;
                     bool latency = s.Budgets.Any(b => b.Name == "MaxLatencyRatio");
-                    result.Validation = Validator.Compare(originalRunner, compressed, data, new ValidatorOptions { LatencyRuns = latency ? 31 : 0 });
+                    result.Validation = Validator.Compare(originalRunner, compressed, data, new ValidatorOptions { LatencyRuns = latency ? 31 : 0, MinLatencyMilliseconds = 100 });
                 }
                 result.ValidateSeconds = watch.Elapsed.TotalSeconds;
                 result.Budgets.AddRange(Budgets.Evaluate(s, result.Validation, result.OriginalBytes, result.CompressedBytes));
@@ -450,7 +450,7 @@ internal sealed class AttemptContext(ItemSettings settings, ModelProto original,
         watch.Restart();
         using var compressed = new ModelRunner(path, runnerOptions);
         bool measureLatency = settings.Budgets.Any(b => b.Name == "MaxLatencyRatio");
-        ValidationResult validation = Validator.Compare(originalRunner, compressed, on ?? data, new ValidatorOptions { LatencyRuns = measureLatency ? 31 : 0 });
+        ValidationResult validation = Validator.Compare(originalRunner, compressed, on ?? data, new ValidatorOptions { LatencyRuns = measureLatency ? 31 : 0, MinLatencyMilliseconds = 100 });
         List<BudgetOutcome> budgets = Budgets.Evaluate(settings, validation, originalBytes, bytes);
         return new Attempt(path, excluded, summary, pruning, bytes, sha, validation, budgets, compressSeconds, watch.Elapsed.TotalSeconds)
         {

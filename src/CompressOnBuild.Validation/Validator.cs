@@ -15,6 +15,13 @@ public sealed class ValidatorOptions
 
     /// <summary>Untimed runs per model before timing. Default 3.</summary>
     public int WarmupRuns { get; init; } = 3;
+
+    /// <summary>
+    /// Latency runs continue past <see cref="LatencyRuns"/> (up to 100 times as many) until each model has been timed
+    /// for this long in total, so the medians of tiny models rest on more than a few milliseconds. Default 0 (exactly
+    /// <see cref="LatencyRuns"/> runs).
+    /// </summary>
+    public double MinLatencyMilliseconds { get; init; }
 }
 
 /// <summary>Compares a compressed model with its original on a data set (see <see cref="ValidationResult"/>).</summary>
@@ -98,7 +105,7 @@ public static class Validator
             MaxAbsError = maxAbs[o],
             MeanRelativeL2Error = relCount[o] == 0 ? 0 : relSum[o] / relCount[o],
         })];
-        (double latA, double latB) = options.LatencyRuns > 0 ? Latency(original, compressed, data, options) : (0, 0);
+        (double latA, double latB, int latRuns) = options.LatencyRuns > 0 ? Latency(original, compressed, data, options) : (0, 0, 0);
         double? accA = data.Labels == null ? null : 100.0 * correctA / n;
         double? accB = data.Labels == null ? null : 100.0 * correctB / n;
         return new ValidationResult
@@ -121,7 +128,7 @@ public static class Validator
             OriginalLatencyMs = latA,
             CompressedLatencyMs = latB,
             LatencyRatio = latA > 0 ? latB / latA : 0,
-            LatencyRuns = Math.Max(0, options.LatencyRuns),
+            LatencyRuns = latRuns,
             Threads = original.Options.IntraOpThreads,
         };
     }
@@ -236,41 +243,38 @@ public static class Validator
         return max;
     }
 
-    private static (double A, double B) Latency(ModelRunner a, ModelRunner b, Dataset data, ValidatorOptions options)
+    private static (double A, double B, int Runs) Latency(ModelRunner a, ModelRunner b, Dataset data, ValidatorOptions options)
     {
-        IReadOnlyList<TensorData> sampleA = a.SampleFor(data, 0);
-        IReadOnlyList<TensorData> sampleB = b.SampleFor(data, 0);
-        string[] oa = [PrimaryOutput(a, null)];
-        string[] ob = [PrimaryOutput(b, null)];
+        using ModelRunner.LatencyProbe pa = a.PrepareLatency(a.SampleFor(data, 0), [PrimaryOutput(a, null)]);
+        using ModelRunner.LatencyProbe pb = b.PrepareLatency(b.SampleFor(data, 0), [PrimaryOutput(b, null)]);
         for (int i = 0; i < Math.Max(0, options.WarmupRuns); i++)
         {
-            a.Run(sampleA, oa);
-            b.Run(sampleB, ob);
+            pa.Run();
+            pb.Run();
         }
-        double[] ta = new double[options.LatencyRuns];
-        double[] tb = new double[options.LatencyRuns];
-        for (int r = 0; r < options.LatencyRuns; r++)
+        // LatencyRuns at least; tiny models run on until each has been timed for MinLatencyMilliseconds (at most
+        // 100 x LatencyRuns), since a median of 31 runs of a 20 us model moves by 10% with the machine's load.
+        var ta = new List<double>();
+        var tb = new List<double>();
+        double sumA = 0, sumB = 0;
+        int cap = options.LatencyRuns * 100;
+        for (int r = 0; r < options.LatencyRuns || (Math.Min(sumA, sumB) < options.MinLatencyMilliseconds && r < cap); r++)
         {
             // Alternate which model goes first so neither always runs on a warmer cache.
             if (r % 2 == 0)
             {
-                ta[r] = Time(a, sampleA, oa);
-                tb[r] = Time(b, sampleB, ob);
+                ta.Add(pa.Run());
+                tb.Add(pb.Run());
             }
             else
             {
-                tb[r] = Time(b, sampleB, ob);
-                ta[r] = Time(a, sampleA, oa);
+                tb.Add(pb.Run());
+                ta.Add(pa.Run());
             }
+            sumA += ta[^1];
+            sumB += tb[^1];
         }
-        return (Median(ta), Median(tb));
-    }
-
-    private static double Time(ModelRunner model, IReadOnlyList<TensorData> sample, string[] outputs)
-    {
-        long start = Stopwatch.GetTimestamp();
-        model.Run(sample, outputs);
-        return Stopwatch.GetElapsedTime(start).TotalMilliseconds;
+        return (Median([.. ta]), Median([.. tb]), ta.Count);
     }
 
     internal static double Median(double[] values)
