@@ -625,7 +625,7 @@ public static class Int8DynamicQuantizer
             if (c.TransA)
             {
                 string transposed = Unique(a + "_transposed");
-                var t = new NodeProto { OpType = "Transpose", Name = Unique(Label(node) + "_transpose_a") };
+                var t = new NodeProto { OpType = "Transpose", Name = "" };
                 t.Input.Add(a);
                 t.Output.Add(transposed);
                 t.Attribute.Add(new AttributeProto { Name = "perm", Type = AttributeProto.Types.AttributeType.Ints, Ints = { 1, 0 } });
@@ -658,13 +658,13 @@ public static class Int8DynamicQuantizer
                         string betaName = Unique(Label(node) + "_beta");
                         AddInitializer(TensorUtil.FromFloats(betaName, [c.Beta]));
                         addend = Unique(cName + "_scaled");
-                        var mul = new NodeProto { OpType = "Mul", Name = Unique(Label(node) + "_scale_c") };
+                        var mul = new NodeProto { OpType = "Mul", Name = "" };
                         mul.Input.Add(cName);
                         mul.Input.Add(betaName);
                         mul.Output.Add(addend);
                         inserted.Add(mul);
                     }
-                    var add = new NodeProto { OpType = "Add", Name = Unique(Label(node) + "_add_c") };
+                    var add = new NodeProto { OpType = "Add", Name = "" };
                     add.Input.Add(product);
                     add.Input.Add(addend);
                     add.Output.Add(node.Output[0]);
@@ -858,12 +858,13 @@ public static class Int8DynamicQuantizer
                 _convErrors[weightName] = maxError;
             }
 
+            // The helper nodes stay unnamed (names are optional; on small models they were 3-4% of the file).
             var inserted = new List<NodeProto>();
             string x = node.Input[0];
             if (!_dynamicQuantized.TryGetValue(x, out var xq))
             {
                 xq = (Unique(x + "_quantized"), Unique(x + "_scale"), Unique(x + "_zero_point"));
-                var dql = new NodeProto { OpType = "DynamicQuantizeLinear", Name = Unique(label + "_quantize_input") };
+                var dql = new NodeProto { OpType = "DynamicQuantizeLinear", Name = "" };
                 dql.Input.Add(x);
                 dql.Output.Add(xq.Q);
                 dql.Output.Add(xq.Scale);
@@ -882,14 +883,14 @@ public static class Int8DynamicQuantizer
             inserted.Add(conv);
 
             string floatOut = Unique(label + "_float");
-            var cast = new NodeProto { OpType = "Cast", Name = Unique(label + "_cast") };
+            var cast = new NodeProto { OpType = "Cast", Name = "" };
             cast.Input.Add(integerOut);
             cast.Output.Add(floatOut);
             cast.Attribute.Add(new AttributeProto { Name = "to", Type = AttributeProto.Types.AttributeType.Int, I = (long)TensorProto.Types.DataType.Float });
             inserted.Add(cast);
 
             string combined = Unique(label + "_output_scale");
-            var scaleMul = new NodeProto { OpType = "Mul", Name = Unique(label + "_combine_scales") };
+            var scaleMul = new NodeProto { OpType = "Mul", Name = "" };
             scaleMul.Input.Add(xq.Scale);
             scaleMul.Input.Add(stored.Scale);
             scaleMul.Output.Add(combined);
@@ -897,7 +898,7 @@ public static class Int8DynamicQuantizer
 
             bool hasBias = node.Input.Count > 2 && node.Input[2].Length > 0;
             string scaledOut = hasBias ? Unique(label + "_scaled") : node.Output[0];
-            var rescale = new NodeProto { OpType = "Mul", Name = Unique(label + "_rescale") };
+            var rescale = new NodeProto { OpType = "Mul", Name = "" };
             rescale.Input.Add(floatOut);
             rescale.Input.Add(combined);
             rescale.Output.Add(scaledOut);
@@ -909,7 +910,7 @@ public static class Int8DynamicQuantizer
                 string biasName = Unique(node.Input[2] + "_channels");
                 AddInitializer(TensorUtil.FromFloats(biasName, Floats(bias!.Tensor), channelShape));
                 QuantizedWeightBytes += (long)m * 4;
-                var add = new NodeProto { OpType = "Add", Name = Unique(label + "_bias") };
+                var add = new NodeProto { OpType = "Add", Name = "" };
                 add.Input.Add(scaledOut);
                 add.Input.Add(biasName);
                 add.Output.Add(node.Output[0]);
