@@ -49,8 +49,16 @@ public static class Int4WeightQuantizer
                 ModelBytesAfter = before,
             };
         }
-        var rewriter = new Rewriter(new PassGraph(model), options, displayName);
+        // Weights behind Reshape/Transpose/... of initializers become plain initializers first (see PassGraph).
+        var graph = new PassGraph(model);
+        int folded = graph.FoldConstantShapeOps(displayName);
+        var rewriter = new Rewriter(graph, options, displayName);
         rewriter.Run();
+        if (rewriter.Quantized.Count > 0)
+        {
+            PassGraph.DropInitializerInputs(model);
+            PassGraph.StripDebugTraces(model);
+        }
         return new Int4Summary
         {
             ModelDisplayName = displayName,
@@ -61,7 +69,7 @@ public static class Int4WeightQuantizer
             Quantized = rewriter.Quantized,
             Skipped = rewriter.Skipped,
             ModelBytesBefore = before,
-            ModelBytesAfter = rewriter.Quantized.Count == 0 ? before : model.CalculateSize(),
+            ModelBytesAfter = rewriter.Quantized.Count == 0 && folded == 0 ? before : model.CalculateSize(),
             FloatWeightBytes = rewriter.FloatWeightBytes,
             QuantizedWeightBytes = rewriter.QuantizedWeightBytes,
         };

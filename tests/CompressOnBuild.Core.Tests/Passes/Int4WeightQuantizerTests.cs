@@ -210,6 +210,29 @@ public sealed class Int4WeightQuantizerTests
         Assert.AreEqual(DiagnosticCodes.NonFiniteOutputs, e.Code);
     }
 
+    /// <summary>mnist-8's MatMul weight reaches it through a Reshape of an initializer: folded first, then quantized.</summary>
+    [TestMethod]
+    public void A_weight_behind_a_constant_Reshape_is_folded_and_quantized()
+    {
+        ModelProto model = ModelIO.Load(Corpus.Model("mnist-8"));
+        Assert.IsTrue(model.Graph.Node.Any(n => n.OpType == "Reshape" && model.Graph.Initializer.Any(t => t.Name == n.Input[0])), "the corpus model has the pattern");
+        ModelProto q = model.Clone();
+        Int4Summary s = Int4WeightQuantizer.Apply(q, new Int4Options { BlockSize = 32 }, "mnist-8");
+        ModelChecker.Validate(q, "mnist-8");
+        Assert.HasCount(1, s.Quantized, string.Join("; ", s.Skipped.Select(k => k.Node + ": " + k.Reason)));
+        Assert.AreEqual(256, s.Quantized[0].Rows);
+        Assert.AreEqual(10, s.Quantized[0].Columns);
+        Assert.IsLessThan(s.ModelBytesBefore, s.ModelBytesAfter);
+        // The first MNIST test image (IDX: 16-byte header, then 28 x 28 bytes), scaled to 0..1 as the model card says.
+        byte[] idx = File.ReadAllBytes(Corpus.Dataset("mnist", "t10k-images-idx3-ubyte"));
+        float[] x = idx.AsSpan(16, 28 * 28).ToArray().Select(p => p / 255f).ToArray();
+        float[] expected, got;
+        using (var ort = new Ort(model)) { expected = ort.Run(x, [1, 1, 28, 28]); }
+        using (var ort = new Ort(q)) { got = ort.Run(x, [1, 1, 28, 28]); }
+        double rel = ErrorMetrics.Compare(expected, got).RelativeL2;
+        Assert.IsLessThan(0.05, rel, $"relative L2 {rel}: {string.Join(",", expected)} vs {string.Join(",", got)}");
+    }
+
     [TestMethod]
     public void Gemm_variants_transA_alpha_beta_and_non_vector_C()
     {
