@@ -242,6 +242,187 @@ public sealed class Int8StaticQuantizationTests
         }
     }
 
+    /// <summary>
+    /// Float Conv/MatMul/Gemm nodes in ORT's optimized graph that read a DequantizeLinear output: a quantized layer
+    /// ORT could not fuse into an integer kernel. (DequantizeLinear feeding other float ops, e.g. the Relu int8
+    /// activations keep, is not listed.)
+    /// </summary>
+    private static List<string> UnfusedLayers(ModelProto optimized)
+    {
+        var dqOutputs = optimized.Graph.Node.Where(n => n.OpType == "DequantizeLinear").Select(n => n.Output[0]).ToHashSet(StringComparer.Ordinal);
+        return [.. optimized.Graph.Node.Where(n => FloatComputeOps.Contains(n.OpType) && n.Input.Any(dqOutputs.Contains)).Select(n => $"{n.OpType} {n.Name}")];
+    }
+
+    /// <summary>The element type of a zero-point input in ORT's optimized graph ("uint8", "int8", or "-" when absent).</summary>
+    private static string ZeroPointType(ModelProto optimized, NodeProto node, int input)
+    {
+        if (node.Input.Count <= input || node.Input[input].Length == 0)
+        {
+            return "-";
+        }
+        TensorProto? t = optimized.Graph.Initializer.FirstOrDefault(i => i.Name == node.Input[input]);
+        return t == null ? "?" : TensorUtil.DataTypeName(t.DataType);
+    }
+
+    /// <summary>
+    /// ActivationType (UInt8 asymmetric / Int8 symmetric) x PerChannel on the two batched models, top-1 on the full
+    /// test set: every quantized layer still becomes an integer kernel in ORT's optimized graph, no quantized layer
+    /// runs float, the activation zero points have the asked type (int8 ones all 0), and per-tensor weights have one
+    /// scale each. What ORT made of the activations (uint8 or int8 kernel inputs) is printed.
+    /// </summary>
+    [TestMethod]
+    [DataRow("mnist-lenet5", ActivationType.Int8, true)]
+    [DataRow("mnist-8", ActivationType.Int8, true)]
+    [DataRow("mnist-lenet5", ActivationType.Int8, false)]
+    [DataRow("mnist-lenet5", ActivationType.UInt8, false)]
+    [DataRow("mnist-mlp-gemm", ActivationType.Int8, true)]
+    [DataRow("mnist-mlp-gemm", ActivationType.Int8, false)]
+    [DataRow("mnist-mlp-gemm", ActivationType.UInt8, false)]
+    public void Activation_type_and_per_tensor_weights_on_corpus(string id, ActivationType activations, bool perChannel)
+    {
+        var options = new Int8StaticOptions { ActivationType = activations, PerChannel = perChannel };
+        (ModelProto q, Int8StaticSummary s, _) = Quantize(id, options);
+        Assert.IsNotEmpty(s.Quantized, string.Join("; ", s.Skipped));
+        Assert.AreEqual(activations, s.ActivationType);
+        Assert.AreEqual(perChannel, s.PerChannel);
+
+        // Activation zero points: every QuantizeLinear's, in the type asked; int8 ones are 0 (symmetric).
+        var inits = q.Graph.Initializer.ToDictionary(t => t.Name, StringComparer.Ordinal);
+        List<NodeProto> quantizeNodes = [.. q.Graph.Node.Where(n => n.OpType == "QuantizeLinear")];
+        Assert.IsNotEmpty(quantizeNodes);
+        foreach (NodeProto qn in quantizeNodes)
+        {
+            TensorProto zp = inits[qn.Input[2]];
+            Assert.AreEqual((int)(activations == ActivationType.Int8 ? DataType.Int8 : DataType.Uint8), zp.DataType, qn.Input[2]);
+            if (activations == ActivationType.Int8)
+            {
+                Assert.AreEqual(0, (sbyte)zp.RawData[0], qn.Input[2]);
+            }
+        }
+        // Weight scales: the DequantizeLinear of each int8 weight has one scale (per tensor) or one per output channel.
+        foreach (NodeProto node in q.Graph.Node.Where(n => n.OpType is "Conv" or "MatMul" or "Gemm"))
+        {
+            NodeProto? dq = q.Graph.Node.FirstOrDefault(n => n.OpType == "DequantizeLinear" && n.Output[0] == node.Input[1]);
+            if (dq == null)
+            {
+                continue;
+            }
+            float[] scales = TensorUtil.ToFloatArray(inits[dq.Input[1]]);
+            long channels = s.Quantized.Single(k => k.Node == Int8DynamicQuantizer.Label(node)).Columns;
+            Assert.AreEqual(perChannel ? channels : 1, scales.Length, node.Name);
+            Assert.AreEqual(perChannel, dq.Attribute.Any(a => a.Name == "axis"), node.Name);
+        }
+
+        string path = Save(q, $"{id}-{activations}-{perChannel}");
+        try
+        {
+            double before, after;
+            using (var runner = new ModelRunner(Corpus.Model(id), new ModelRunnerOptions { BatchSize = 100 }))
+            {
+                before = Validator.Evaluate(runner, Load(id, runner.Inputs)).Accuracy!.Value;
+            }
+            using (var runner = new ModelRunner(path, new ModelRunnerOptions { BatchSize = 100 }))
+            {
+                after = Validator.Evaluate(runner, Load(id, runner.Inputs)).Accuracy!.Value;
+            }
+            ModelProto optimized = OptimizedModel(path);
+            List<string> ops = optimized.Graph.Node.Select(n => n.OpType).ToList();
+            string kernels = string.Join(", ", optimized.Graph.Node.Where(n => n.OpType is "QLinearConv" or "QGemm" or "QLinearMatMul")
+                .Select(n => $"{n.OpType}(x zp {ZeroPointType(optimized, n, 2)}, w zp {ZeroPointType(optimized, n, 5)})"));
+            TestContext.WriteLine($"{id} activations {activations}, per-channel {perChannel}: top-1 {before:F2}% -> {after:F2}% (drop {before - after:F2}); " +
+                $"{s.QuantizedActivations} Q/DQ activations; skipped: {string.Join("; ", s.Skipped.Select(k => k.Node + ": " + k.Reason))}");
+            TestContext.WriteLine($"  model: {string.Join(" ", q.Graph.Node.Select(n => n.OpType))}");
+            TestContext.WriteLine($"  ORT optimized: {string.Join(" ", ops)}");
+            TestContext.WriteLine($"  integer kernels: {kernels}; other DequantizeLinear: {string.Join("; ", IntegerPathProblems(optimized))}");
+            Assert.IsLessThanOrEqualTo(0.5, before - after, $"{id}: top-1 dropped {before - after:F2} points");
+            List<string> unfused = UnfusedLayers(optimized);
+            Assert.IsEmpty(unfused, $"{id}: {string.Join("; ", unfused)}; ORT optimized: {string.Join(" ", ops)}");
+            Assert.AreEqual(s.Skipped.Count, ops.Count(FloatComputeOps.Contains), $"a quantized Conv/MatMul/Gemm runs in float: {string.Join(" ", ops)}");
+            Assert.AreEqual(s.Quantized.Count, ops.Count(o => o is "QLinearConv" or "QLinearMatMul" or "QGemm"), string.Join(" ", ops));
+            Assert.IsFalse(optimized.Graph.Node.Any(n => n.OpType == "MaxPool" && n.Domain.Length == 0
+                && optimized.Graph.Node.Any(p => p.OpType == "QuantizeLinear" && p.Output[0] == n.Input[0])), $"{id}: a MaxPool reads a QuantizeLinear (integer NCHW pooling): {string.Join(" ", ops)}");
+        }
+        finally
+        {
+            Directory.Delete(Path.GetDirectoryName(path)!, true);
+        }
+    }
+
+    /// <summary>
+    /// ORT latency of Int8 (symmetric) vs UInt8 (asymmetric) activations, per-channel weights, batch 1, 1 thread: the
+    /// two sessions (and fp32 for reference) run interleaved, alternating which goes first, and each run is timed
+    /// alone; medians printed, not asserted (shared cores). Asserts only that both graphs run the same integer kernels.
+    /// </summary>
+    [TestMethod]
+    [DataRow("mnist-lenet5")]
+    [DataRow("mnist-mlp-gemm")]
+    public void Int8_vs_UInt8_activation_latency(string id)
+    {
+        var paths = new Dictionary<ActivationType, string>();
+        var kernels = new Dictionary<ActivationType, int>();
+        foreach (ActivationType a in new[] { ActivationType.UInt8, ActivationType.Int8 })
+        {
+            (ModelProto q, _, _) = Quantize(id, new Int8StaticOptions { ActivationType = a });
+            paths[a] = Save(q, $"{id}-latency-{a}");
+            List<string> ops = OptimizedOps(paths[a]);
+            kernels[a] = ops.Count(o => o is "QLinearConv" or "QGemm" or "QLinearMatMul");
+            TestContext.WriteLine($"{id} {a} ORT optimized ({ops.Count} nodes): {string.Join(" ", ops)}");
+        }
+        try
+        {
+            Assert.IsGreaterThan(0, kernels[ActivationType.UInt8]);
+            Assert.AreEqual(kernels[ActivationType.UInt8], kernels[ActivationType.Int8]);
+            using var so = new SessionOptions { IntraOpNumThreads = 1, InterOpNumThreads = 1, GraphOptimizationLevel = GraphOptimizationLevel.ORT_ENABLE_ALL };
+            using var fp32 = new InferenceSession(Corpus.Model(id), so);
+            using var u8 = new InferenceSession(paths[ActivationType.UInt8], so);
+            using var s8 = new InferenceSession(paths[ActivationType.Int8], so);
+            string input = fp32.InputNames[0];
+            long[] shape = [.. fp32.InputMetadata[input].Dimensions.Select(d => d < 1 ? 1L : d)];
+            float[] x = RandomFloats((int)shape.Aggregate(1L, (p, d) => p * d), 5).Select(MathF.Abs).ToArray();
+            using OrtValue value = OrtValue.CreateTensorValueFromMemory(x, shape);
+            using var runOptions = new RunOptions();
+            InferenceSession[] sessions = [fp32, u8, s8];
+            double Once(InferenceSession session)
+            {
+                long t0 = Stopwatch.GetTimestamp();
+                using var r = session.Run(runOptions, [input], [value], session.OutputNames);
+                return Stopwatch.GetElapsedTime(t0).TotalMicroseconds;
+            }
+            for (int i = 0; i < 300; i++)
+            {
+                foreach (InferenceSession session in sessions)
+                {
+                    Once(session);
+                }
+            }
+            const int runs = 4000;
+            var times = new List<double>[] { new(runs), new(runs), new(runs) };
+            for (int i = 0; i < runs; i++)
+            {
+                for (int k = 0; k < 3; k++)
+                {
+                    int j = (i + k) % 3;
+                    times[j].Add(Once(sessions[j]));
+                }
+            }
+            double Median(List<double> t)
+            {
+                var sorted = t.Order().ToList();
+                return sorted[sorted.Count / 2];
+            }
+            double f = Median(times[0]), u = Median(times[1]), s8m = Median(times[2]);
+            TestContext.WriteLine($"{id} batch 1, 1 thread, {runs} interleaved runs each, medians: fp32 {f:F1} us, UInt8 activations {u:F1} us, Int8 activations {s8m:F1} us; " +
+                $"Int8/UInt8 = {s8m / u:F3}, UInt8/fp32 = {u / f:F3}, Int8/fp32 = {s8m / f:F3}");
+        }
+        finally
+        {
+            foreach (string p in paths.Values)
+            {
+                Directory.Delete(Path.GetDirectoryName(p)!, true);
+            }
+        }
+    }
+
     [TestMethod]
     public void Tiny_mlp_gets_qdq_pairs_per_channel_weights_and_int32_bias()
     {
@@ -533,6 +714,89 @@ public sealed class Int8StaticQuantizationTests
         {
             Directory.Delete(Path.GetDirectoryName(path)!, true);
         }
+    }
+
+    /// <summary>
+    /// Int8 (symmetric) activations on the tiny conv net, every layer quantized: zero points int8 0, scale
+    /// max(|min|, |max|) / 127, the bias scale = input scale x weight scale, the Conv's own output quantized with the
+    /// Relu output's range (MaxPool moved ahead of the Relu, both passing the parameters on), and ORT still fuses
+    /// the Conv and the Gemm into integer kernels.
+    /// </summary>
+    [TestMethod]
+    public void Conv_net_with_int8_activations_keeps_zero_point_0_and_fuses_in_ort()
+    {
+        ModelProto model = ConvNet(13, false);
+        var options = new Int8StaticOptions { MinimumConvReduction = 0, ActivationType = ActivationType.Int8 };
+        IReadOnlyList<string> tensors = Int8StaticQuantizer.TensorsToCalibrate(model, options);
+        // "pool" is the MaxPool output in the float model; the quantized model has the Relu produce it after the pool.
+        CollectionAssert.AreEquivalent(new[] { "x", "pool", "flat", "y" }, tensors.ToArray(), string.Join(",", tensors));
+        CalibrationResult ranges = MeasureRanges(model, tensors);
+        ModelProto q = model.Clone();
+        Int8StaticSummary s = Int8StaticQuantizer.Apply(q, ranges, options, "convnet");
+        ModelChecker.Validate(q, "convnet");
+        string[] order = q.Graph.Node.Select(n => n.OpType).ToArray();
+        TestContext.WriteLine(string.Join(" ", order));
+        Assert.HasCount(2, s.Quantized);
+        Assert.AreEqual(ActivationType.Int8, s.ActivationType);
+        Assert.IsLessThan(Array.IndexOf(order, "Relu"), Array.IndexOf(order, "MaxPool"), "MaxPool runs before the Relu");
+
+        var inits = q.Graph.Initializer.ToDictionary(t => t.Name, StringComparer.Ordinal);
+        float Scale(string name) => TensorUtil.ToFloatArray(inits[name]).Single();
+        foreach (NodeProto qn in q.Graph.Node.Where(n => n.OpType is "QuantizeLinear"))
+        {
+            Assert.AreEqual((int)DataType.Int8, inits[qn.Input[2]].DataType);
+            Assert.AreEqual(0, (sbyte)inits[qn.Input[2]].RawData[0]);
+        }
+        NodeProto xq = q.Graph.Node.Single(n => n.OpType == "QuantizeLinear" && n.Input[0] == "x");
+        TensorRange xr = ranges.Ranges["x"];
+        float xScale = Scale(xq.Input[1]);
+        Assert.AreEqual(MathF.Max(MathF.Abs(xr.Min), MathF.Abs(xr.Max)) / 127f, xScale, 1e-9f);
+
+        NodeProto conv = q.Graph.Node.Single(n => n.OpType == "Conv");
+        NodeProto wDq = q.Graph.Node.Single(n => n.Output[0] == conv.Input[1]);
+        NodeProto bDq = q.Graph.Node.Single(n => n.Output[0] == conv.Input[2]);
+        float[] wScales = TensorUtil.ToFloatArray(inits[wDq.Input[1]]);
+        float[] bScales = TensorUtil.ToFloatArray(inits[bDq.Input[1]]);
+        Assert.HasCount(4, bScales);
+        for (int j = 0; j < 4; j++)
+        {
+            Assert.AreEqual(xScale * wScales[j], bScales[j], 1e-12f, "bias scale = input scale x weight scale");
+        }
+        // The Conv output's pair uses the Relu output's ("pool") range; MaxPool and Relu reuse its scale and zero point.
+        NodeProto convQ = q.Graph.Node.Single(n => n.OpType == "QuantizeLinear" && n.Input[0] == conv.Output[0]);
+        Assert.AreEqual(ranges.Ranges["pool"].Max / 127f, Scale(convQ.Input[1]), 1e-9f);
+        NodeProto reluQ = q.Graph.Node.Single(n => n.OpType == "QuantizeLinear" && n.Input[0] == "pool");
+        Assert.AreEqual(convQ.Input[1], reluQ.Input[1], "one scale across the pool and the Relu");
+        Assert.AreEqual(convQ.Input[2], reluQ.Input[2]);
+
+        (float[] expected, float[] got) = RunBoth(model, q);
+        Kernels.ErrorMetricsResult m = Kernels.ErrorMetrics.Compare(expected, got);
+        TestContext.WriteLine($"relative L2 {m.RelativeL2:G3}");
+        Assert.IsLessThan(0.05, m.RelativeL2);
+        string path = Save(q, "convnet-int8");
+        try
+        {
+            ModelProto optimized = OptimizedModel(path);
+            List<string> ops = optimized.Graph.Node.Select(n => n.OpType).ToList();
+            TestContext.WriteLine("ORT: " + string.Join(" ", ops));
+            Assert.Contains("QLinearConv", ops);
+            Assert.Contains("QGemm", ops);
+            Assert.IsEmpty(UnfusedLayers(optimized), string.Join(" ", ops));
+            Assert.IsFalse(ops.Any(FloatComputeOps.Contains), string.Join(" ", ops));
+        }
+        finally
+        {
+            Directory.Delete(Path.GetDirectoryName(path)!, true);
+        }
+    }
+
+    [TestMethod]
+    public void Symmetric_activation_scale_is_the_larger_magnitude_over_127()
+    {
+        Assert.AreEqual(6f / 127f, Int8StaticQuantizer.SymmetricActivationScale(new TensorRange(0f, 6f)), 1e-9f);
+        Assert.AreEqual(3f / 127f, Int8StaticQuantizer.SymmetricActivationScale(new TensorRange(-3f, 1f)), 1e-9f);
+        Assert.AreEqual(2f / 127f, Int8StaticQuantizer.SymmetricActivationScale(new TensorRange(-1.5f, 2f)), 1e-9f);
+        Assert.AreEqual(1f, Int8StaticQuantizer.SymmetricActivationScale(new TensorRange(0f, 0f)), "a constant-zero tensor");
     }
 
     [TestMethod]

@@ -15,6 +15,20 @@ public sealed class CalibrationResult
     public int Samples { get; init; }
 }
 
+/// <summary>How <see cref="Int8StaticQuantizer"/> stores activations.</summary>
+public enum ActivationType
+{
+    /// <summary>uint8, asymmetric: [min(0, lo), max(0, hi)] over 255 levels with a zero point in 0..255 (the default).</summary>
+    UInt8,
+
+    /// <summary>
+    /// int8, symmetric: zero point 0 and scale max(|lo|, |hi|) / 127, the [-127, 127] range ONNX Runtime's own
+    /// quantizer uses for symmetric int8 activations (ActivationSymmetric). A Relu cannot be folded into such a
+    /// QuantizeLinear (that needs the type's minimum as zero point), so it stays as an op on the dequantized values.
+    /// </summary>
+    Int8,
+}
+
 /// <summary>Settings for <see cref="Int8StaticQuantizer"/>.</summary>
 public sealed class Int8StaticOptions
 {
@@ -27,8 +41,14 @@ public sealed class Int8StaticOptions
     /// </summary>
     public WeightEncoding WeightEncoding { get; init; } = WeightEncoding.Int8ReducedRange;
 
-    /// <summary>One scale per output channel (needs default opset 13; older models are raised when safe). Default true.</summary>
+    /// <summary>
+    /// One scale per output channel (needs default opset 13; older models are raised when safe), else one per weight
+    /// tensor (opset 10 is enough, but the model is still raised to 13 when safe, for ORT's integer MaxPool). Default true.
+    /// </summary>
     public bool PerChannel { get; init; } = true;
+
+    /// <summary>Activation storage. Default <see cref="ActivationType.UInt8"/> (asymmetric).</summary>
+    public ActivationType ActivationType { get; init; } = ActivationType.UInt8;
 
     /// <summary>Weights with fewer elements than this stay float. Default 16.</summary>
     public long MinimumWeightElements { get; init; } = 16;
@@ -51,6 +71,8 @@ public sealed class Int8StaticSummary
 
     public WeightEncoding WeightEncoding { get; init; }
 
+    public ActivationType ActivationType { get; init; }
+
     /// <summary>Whether weights got one scale per output channel (false when the opset could not be raised to 13).</summary>
     public bool PerChannel { get; init; }
 
@@ -66,7 +88,7 @@ public sealed class Int8StaticSummary
     /// <summary>Activation tensors that got a QuantizeLinear/DequantizeLinear pair.</summary>
     public int QuantizedActivations { get; init; }
 
-    /// <summary>Default opset before the pass when it was raised (to 13 for per-channel weights), else null.</summary>
+    /// <summary>Default opset before the pass when it was raised (to 13, or to 10 for per-tensor weights when 13 is not safe), else null.</summary>
     public long? OpsetRaisedFrom { get; init; }
 
     public bool NothingToQuantize => !AlreadyQuantized && Quantized.Count == 0;

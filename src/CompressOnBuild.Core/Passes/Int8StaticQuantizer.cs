@@ -17,13 +17,21 @@ namespace CompressOnBuild.Core.Passes;
 /// a per-channel constant gets that constant folded into its bias first (CNTK-style exports), a 2-D MatMul plus a
 /// constant bias Add becomes one Gemm, and a Relu -> MaxPool after a layer that stays float is reordered to
 /// MaxPool -> Relu so ORT pools in float rather than in uint8 NCHW (see <c>MovePoolsAheadOfRelus</c>).
+/// With <see cref="ActivationType.Int8"/> activations are int8 with zero point 0 and scale max(|min|, |max|) / 127.
+/// ORT can fold a Relu into a QuantizeLinear only when the zero point is the type's minimum, so a Relu after a
+/// quantized node stays: the node's result gets the Q/DQ pair, with the Relu output's range (the negative side is
+/// clipped anyway), and the Relu, like MaxPool, passes those parameters on; a Relu -> MaxPool is then reordered after
+/// quantized nodes too, so the pool reads the integer kernel's output.
 /// </summary>
 public static class Int8StaticQuantizer
 {
-    private static readonly HashSet<string> Passthrough = new(StringComparer.Ordinal)
+    private static readonly HashSet<string> UInt8Passthrough = new(StringComparer.Ordinal)
     {
         "MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze",
     };
+
+    /// <summary>With zero point 0, Relu is max(q, 0) on the quantized values: it keeps its input's parameters too.</summary>
+    private static readonly HashSet<string> Int8Passthrough = new(UInt8Passthrough, StringComparer.Ordinal) { "Relu" };
 
     /// <summary>Default-domain ops whose meaning is unchanged from opset 7 to 13 (so a model can be raised to 13).</summary>
     private static readonly HashSet<string> SameMeaningUpToOpset13 = new(StringComparer.Ordinal)
@@ -65,7 +73,7 @@ public static class Int8StaticQuantizer
         {
             return new Int8StaticSummary
             {
-                ModelDisplayName = displayName, WeightEncoding = options.WeightEncoding, AlreadyQuantized = true,
+                ModelDisplayName = displayName, WeightEncoding = options.WeightEncoding, ActivationType = options.ActivationType, AlreadyQuantized = true,
                 AlreadyQuantizedReason = already, ModelBytesBefore = before, ModelBytesAfter = before,
             };
         }
@@ -75,6 +83,7 @@ public static class Int8StaticQuantizer
         {
             ModelDisplayName = displayName,
             WeightEncoding = options.WeightEncoding,
+            ActivationType = options.ActivationType,
             PerChannel = rewriter.PerChannel,
             Quantized = rewriter.Quantized,
             Skipped = rewriter.Skipped,
@@ -97,6 +106,17 @@ public static class Int8StaticQuantizer
         return (scale, (byte)Math.Clamp(MathF.Round(-min / scale, MidpointRounding.ToEven), 0f, 255f));
     }
 
+    /// <summary>
+    /// Symmetric int8 parameters: zero point 0, scale max(|min|, |max|) / 127, so the range maps onto [-127, 127]
+    /// (ONNX Runtime's quantizer: symmetric int8 range (-127, 127), scale = 2 absmax / 254).
+    /// </summary>
+    public static float SymmetricActivationScale(TensorRange r)
+    {
+        float absMax = MathF.Max(MathF.Abs(r.Min), MathF.Abs(r.Max));
+        float scale = absMax / 127f;
+        return scale > 1e-30f && float.IsFinite(scale) ? scale : 1f;
+    }
+
     private sealed class Candidate
     {
         public required NodeProto Node { get; init; }
@@ -116,11 +136,18 @@ public static class Int8StaticQuantizer
 
         public List<string> BiasSources { get; init; } = [];
 
-        /// <summary>The tensor to quantize after the node: its output, or the output of a single following Relu.</summary>
+        /// <summary>The tensor to quantize after the node: its output, or (uint8) the output of a single following Relu.</summary>
         public required string Result { get; init; }
+
+        /// <summary>
+        /// The calibrated tensor whose range sets <see cref="Result"/>'s parameters: <see cref="Result"/>, or (int8) the
+        /// output of the Relu that follows the node, directly or after a MaxPool.
+        /// </summary>
+        public required string RangeTensor { get; init; }
     }
 
-    private sealed record QParams(string Dq, string Scale, string ZeroPoint, float ScaleValue, byte ZeroValue);
+    /// <summary>A Q/DQ pair: the DequantizeLinear output, scale and zero-point initializers and their values (uint8 0..255 or int8 -128..127).</summary>
+    private sealed record QParams(string Dq, string Scale, string ZeroPoint, float ScaleValue, int ZeroValue);
 
     private sealed class Rewriter(PassGraph g, Int8StaticOptions options, string displayName, CalibrationResult? calibration)
     {
@@ -143,6 +170,20 @@ public static class Int8StaticQuantizer
 
         private float Levels => options.WeightEncoding == WeightEncoding.Int8ReducedRange ? 63f : 127f;
 
+        private bool Int8Activations => options.ActivationType == ActivationType.Int8;
+
+        private HashSet<string> Passthrough => Int8Activations ? Int8Passthrough : UInt8Passthrough;
+
+        private (float Scale, int ZeroPoint) Parameters(TensorRange r)
+        {
+            if (Int8Activations)
+            {
+                return (SymmetricActivationScale(r), 0);
+            }
+            (float scale, byte zero) = ActivationParameters(r);
+            return (scale, zero);
+        }
+
         /// <summary>Decides opset handling and candidates; returns the tensors needing ranges.</summary>
         public List<string> Plan()
         {
@@ -151,7 +192,7 @@ public static class Int8StaticQuantizer
             foreach (Candidate c in candidates)
             {
                 names.Add(c.Node.Input[0]);
-                names.Add(c.Result);
+                names.Add(c.RangeTensor);
             }
             return names.Distinct(StringComparer.Ordinal).ToList();
         }
@@ -161,6 +202,10 @@ public static class Int8StaticQuantizer
             if (options.WeightEncoding is not (WeightEncoding.Int8 or WeightEncoding.UInt8 or WeightEncoding.Int8ReducedRange))
             {
                 throw new CompressException(DiagnosticCodes.InvalidOption, displayName, "WeightEncoding", options.WeightEncoding, "unknown encoding");
+            }
+            if (options.ActivationType is not (ActivationType.UInt8 or ActivationType.Int8))
+            {
+                throw new CompressException(DiagnosticCodes.InvalidOption, displayName, "ActivationType", options.ActivationType, "use UInt8 or Int8");
             }
             long opset = g.OnnxOpset;
             string? raiseBlocked = RaiseBlockedReason(opset);
@@ -208,7 +253,9 @@ public static class Int8StaticQuantizer
                 }
             }
             g.RemoveUnusedInitializers(_removable);
-            long target = PerChannel ? 13 : 10;
+            // Per-tensor weights need only opset 10, but the model is raised to 13 too when that is safe: before
+            // opset 12 MaxPool has no uint8/int8 kernel, so ORT pools the dequantized floats between DQ and Q.
+            long target = PerChannel || raiseBlocked == null ? 13 : 10;
             if (opset < target)
             {
                 OpsetRaisedFrom = opset;
@@ -410,7 +457,7 @@ public static class Int8StaticQuantizer
                 string r = relu.Output[0];
                 if (outer.Contains(r) || Consumers(r) is not [{ OpType: "MaxPool" } pool] || ModelChecker.NormalizeDomain(pool.Domain).Length != 0
                     || pool.Input[0] != r || pool.Output.Count != 1 || PassGraph.IntAttr(pool, "ceil_mode", 0) != 0
-                    || (g.Producers.TryGetValue(relu.Input[0], out NodeProto? producer) && quantizedNodes.Contains(producer))
+                    || (!Int8Activations && g.Producers.TryGetValue(relu.Input[0], out NodeProto? producer) && quantizedNodes.Contains(producer))
                     || !FeedsQuantized(pool.Output[0], quantizedNodes))
                 {
                     continue;
@@ -514,14 +561,25 @@ public static class Int8StaticQuantizer
                     bias = b.Select(v => v * beta).ToArray();
                 }
                 string result2 = node.Output[0];
+                string rangeTensor = result2;
                 if (!outer.Contains(result2) && Consumers(result2) is [{ OpType: "Relu" } relu] && ModelChecker.NormalizeDomain(relu.Domain).Length == 0)
                 {
-                    result2 = relu.Output[0];
+                    // uint8: ORT folds the Relu into the QuantizeLinear (zero point 0). int8: the Relu stays, the
+                    // node's own output is quantized with the Relu output's range.
+                    rangeTensor = relu.Output[0];
+                    result2 = Int8Activations ? result2 : rangeTensor;
+                }
+                else if (Int8Activations && !outer.Contains(result2) && Consumers(result2) is [{ OpType: "MaxPool" } pool] && pool.Output.Count == 1
+                    && !outer.Contains(pool.Output[0]) && Consumers(pool.Output[0]) is [{ OpType: "Relu" } pooledRelu]
+                    && ModelChecker.NormalizeDomain(pool.Domain).Length == 0 && ModelChecker.NormalizeDomain(pooledRelu.Domain).Length == 0)
+                {
+                    // Relu -> MaxPool reordered by MovePoolsAheadOfRelus: the Relu output has the original pool output's name and range.
+                    rangeTensor = pooledRelu.Output[0];
                 }
                 result.Add(new Candidate
                 {
                     Node = node, Weight = w, Dims = dims, Chain = chain, Sources = sources, Axis = axis, Bias = bias,
-                    BiasSources = biasSources, Result = result2,
+                    BiasSources = biasSources, Result = result2, RangeTensor = rangeTensor,
                 });
             }
             return result;
@@ -575,7 +633,7 @@ public static class Int8StaticQuantizer
                 // MatMul results are always quantized (unless a graph output): without a QuantizeLinear after it ORT
                 // folds a following bias Add into a float Gemm; with it the MatMul becomes QLinearMatMul.
                 bool wanted = FeedsQuantized(c.Result, quantizedNodes) || (c.Node.OpType == "MatMul" && !graphOutputs.Contains(c.Result));
-                if (wanted && calibration!.Ranges.ContainsKey(c.Result))
+                if (wanted && calibration!.Ranges.ContainsKey(c.RangeTensor))
                 {
                     results[c.Result] = c;
                 }
@@ -597,7 +655,7 @@ public static class Int8StaticQuantizer
                     string x = n.Input[0];
                     if (!_quantized.Values.Any(q => q.Dq == x))
                     {
-                        QParams qp = AddQdq(x, ActivationParameters(calibration!.Ranges[x]), nodes);
+                        QParams qp = AddQdq(x, Parameters(calibration!.Ranges[x]), nodes);
                         n.Input[0] = qp.Dq;
                     }
                     QParams xq = _quantized.Values.First(q => q.Dq == n.Input[0]);
@@ -606,9 +664,9 @@ public static class Int8StaticQuantizer
                 nodes.Add(n);
                 foreach (string o in n.Output)
                 {
-                    if (results.ContainsKey(o))
+                    if (results.TryGetValue(o, out Candidate? producer))
                     {
-                        AddQdq(o, ActivationParameters(calibration!.Ranges[o]), nodes);
+                        AddQdq(o, Parameters(calibration!.Ranges[producer.RangeTensor]), nodes);
                     }
                     else if (Passthrough.Contains(n.OpType) && n.Input.Count > 0 && o == n.Output[0]
                         && _quantized.Values.FirstOrDefault(q => q.Dq == n.Input[0]) is { } inQ && FeedsQuantized(o, quantizedNodes))
@@ -621,14 +679,18 @@ public static class Int8StaticQuantizer
             g.Graph.Node.AddRange(nodes);
         }
 
-        private QParams AddQdq(string tensor, (float Scale, byte ZeroPoint) p, List<NodeProto> nodes, QParams? share = null)
+        private QParams AddQdq(string tensor, (float Scale, int ZeroPoint) p, List<NodeProto> nodes, QParams? share = null)
         {
             string scale = share?.Scale ?? g.Unique(tensor + "_s");
             string zero = share?.ZeroPoint ?? g.Unique(tensor + "_zp");
             if (share == null)
             {
                 g.AddInitializer(TensorUtil.FromFloats(scale, [p.Scale]));
-                g.AddInitializer(TensorUtil.FromUInt8(zero, [p.ZeroPoint]));
+                // The zero point is always written, also int8's 0: it sets the type, and ORT's x64 rewrite of int8
+                // Q/DQ pairs to uint8 (zero point + 128) only matches pairs that carry it.
+                g.AddInitializer(Int8Activations
+                    ? TensorUtil.FromRaw(zero, DataType.Int8, [unchecked((byte)(sbyte)p.ZeroPoint)])
+                    : TensorUtil.FromUInt8(zero, [(byte)p.ZeroPoint]));
             }
             string q = g.Unique(tensor + "_q");
             string dq = g.Unique(tensor + "_dq");
