@@ -48,6 +48,8 @@ internal static class CommandLine
         ["--max-latency-ratio"] = "MaxLatencyRatio",
         ["--nodes-to-exclude"] = "NodesToExclude",
         ["--op-types-to-quantize"] = "OpTypesToQuantize",
+        ["--activation-type"] = "ActivationType",
+        ["--per-channel"] = "PerChannel",
         ["--tune"] = "Tune",
         ["--tune-time-budget-seconds"] = "TuneTimeBudgetSeconds",
     };

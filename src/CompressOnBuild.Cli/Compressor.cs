@@ -404,12 +404,18 @@ internal sealed class AttemptContext(ItemSettings settings, ModelProto original,
             _ => CalibrationMethod.MinMax,
         };
         double percentile = parts.Length > 1 ? double.Parse(parts[1], System.Globalization.CultureInfo.InvariantCulture) : 99.99;
-        IReadOnlyList<string> tensors = Int8StaticQuantizer.TensorsToCalibrate(original, new Int8StaticOptions());
+        IReadOnlyList<string> tensors = Int8StaticQuantizer.TensorsToCalibrate(original, StaticOptions([]));
         CalibrationResult result = Calibrator.Run(original, CalibrationData(), tensors,
             new CalibrationOptions { Method = method, Percentile = percentile, MaxSamples = settings.CalibrationSamples }, settings.Model);
         _calibrations[text] = result;
         return result;
     }
+
+    /// <summary>The item's static int8 settings with <paramref name="excluded"/> kept float.</summary>
+    private Int8StaticOptions StaticOptions(IReadOnlyCollection<string> excluded) => new()
+    {
+        ExcludedNodes = excluded, ActivationType = settings.ActivationType, PerChannel = settings.PerChannel,
+    };
 
     public ItemSettings Settings => settings;
     public ModelRunner OriginalRunner => originalRunner;
@@ -434,7 +440,7 @@ internal sealed class AttemptContext(ItemSettings settings, ModelProto original,
             QuantizationScheme.Int8Dynamic => PassResult.From(Int8DynamicQuantizer.Apply(candidate, new QuantizationOptions { ExcludedNodes = notQuantized }, settings.Model)),
             QuantizationScheme.Float16 => PassResult.From(Float16Converter.Apply(candidate, new Float16Options { ExcludedNodes = notQuantized }, settings.Model)),
             QuantizationScheme.Int8Static => PassResult.From(Int8StaticQuantizer.Apply(candidate, Calibration(),
-                new Int8StaticOptions { ExcludedNodes = notQuantized }, settings.Model)),
+                StaticOptions(notQuantized), settings.Model)),
             QuantizationScheme.Int4Weights => PassResult.From(Int4WeightQuantizer.Apply(candidate,
                 new Int4Options { ExcludedNodes = notQuantized, BlockSize = settings.Int4BlockSize, Symmetric = settings.Int4Symmetric,
                     Method = settings.Int4Method, Activations = settings.Int4Method == Int4Method.Gptq ? Activations() : null }, settings.Model)),

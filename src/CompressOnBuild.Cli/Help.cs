@@ -20,6 +20,8 @@ internal static class Help
           --calibration-data <path>         [CalibrationData] representative inputs for static int8 activation ranges
           --calibration-samples <n>         [CalibrationSamples] default 256
           --calibration-method <m>          [CalibrationMethod] MinMax (default) | Percentile[:99.99] | Mse | Entropy
+          --activation-type UInt8|Int8      [ActivationType] static int8 activations: UInt8 asymmetric (default) | Int8 symmetric
+          --per-channel true|false          [PerChannel] static int8 weight scales per output channel (default true) or per tensor
           --pruning <method>                [Pruning] None | Magnitude:<s> | Global:<s> | NofM:<n>:<m> | Channels:<f>
                                             (before quantization; ranked/refit with --calibration-data when given)
           --validation-data <path>          [ValidationData] test_data_set_* folders / input_*.pb, .npy/.npz, IDX, image folders

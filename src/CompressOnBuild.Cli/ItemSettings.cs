@@ -38,6 +38,12 @@ internal sealed class ItemSettings
 
     public Int4Method Int4Method { get; init; } = Int4Method.Rtn;
 
+    /// <summary>Static int8 activations (ActivationType): UInt8 asymmetric (default) or Int8 symmetric.</summary>
+    public ActivationType ActivationType { get; init; } = ActivationType.UInt8;
+
+    /// <summary>Static int8 weights: one scale per output channel (PerChannel, default true) or per tensor.</summary>
+    public bool PerChannel { get; init; } = true;
+
     /// <summary>Op types the quantization pass may change (OpTypesToQuantize); null = every type it handles.</summary>
     public IReadOnlySet<string>? OpTypesToQuantize { get; init; }
 
@@ -176,6 +182,32 @@ internal sealed class ItemSettings
                 throw Invalid("OpTypesToQuantize", ops, $"{scheme} quantizes only {string.Join(", ", weighted)}; none of them is listed");
             }
         }
+        ActivationType activationType = ActivationType.UInt8;
+        if (r.Get("ActivationType") is { } at)
+        {
+            if (scheme != QuantizationScheme.Int8Static)
+            {
+                throw Invalid("ActivationType", at, $"it applies to static int8 (Int8Static, or Int8 with CalibrationData), not to {qText}");
+            }
+            activationType = at.ToUpperInvariant() switch
+            {
+                "UINT8" => ActivationType.UInt8,
+                "INT8" => ActivationType.Int8,
+                _ => throw Invalid("ActivationType", at, "use UInt8 (asymmetric) or Int8 (symmetric, zero point 0)"),
+            };
+        }
+        bool perChannel = true;
+        if (r.Get("PerChannel") is { } pc)
+        {
+            if (scheme != QuantizationScheme.Int8Static)
+            {
+                throw Invalid("PerChannel", pc, $"it applies to static int8 (Int8Static, or Int8 with CalibrationData), not to {qText}");
+            }
+            if (!bool.TryParse(pc, out perChannel))
+            {
+                throw Invalid("PerChannel", pc, "use true or false");
+            }
+        }
         bool tuneOn = false;
         if (r.Get("Tune") is { } tune && !bool.TryParse(tune, out tuneOn))
         {
@@ -239,11 +271,21 @@ internal sealed class ItemSettings
         };
         foreach ((string k, string v) in r.Values)
         {
-            if (k is "Output" or "Report" or "Quantization" or "Pruning" || string.IsNullOrWhiteSpace(v))
+            if (k is "Output" or "Report" or "Quantization" or "Pruning" or "ActivationType" or "PerChannel" || string.IsNullOrWhiteSpace(v))
             {
                 continue;
             }
             effective[k] = v.Trim();
+        }
+        // Canonical and only when not the default: "int8" and "Int8" key the same result, and so do an unset
+        // PerChannel and "true" (and earlier cache entries, made before these options existed, stay valid).
+        if (activationType != ActivationType.UInt8)
+        {
+            effective["ActivationType"] = activationType.ToString();
+        }
+        if (!perChannel)
+        {
+            effective["PerChannel"] = "false";
         }
 
         return new ItemSettings
@@ -261,6 +303,8 @@ internal sealed class ItemSettings
             CalibrationPercentile = percentile,
             Int4Symmetric = int4Symmetric,
             Int4Method = int4Method,
+            ActivationType = activationType,
+            PerChannel = perChannel,
             OpTypesToQuantize = opTypes,
             ValidationData = validation,
             Labels = labels,

@@ -27,6 +27,7 @@ internal sealed record PassResult(
         new JsonObject
         {
             ["weightEncoding"] = q.WeightEncoding.ToString(),
+            ["activationType"] = q.ActivationType.ToString(),
             ["perChannel"] = q.PerChannel,
             ["quantizedActivations"] = q.QuantizedActivations,
             ["opsetRaisedFrom"] = q.OpsetRaisedFrom,

@@ -147,6 +147,8 @@ namespace CompressOnBuild.Tasks
             new ModelOption("ValidationSamples", OptionKind.Count),
             new ModelOption("CalibrationSamples", OptionKind.Count),
             new ModelOption("CalibrationMethod", OptionKind.Text),
+            new ModelOption("ActivationType", OptionKind.Text),
+            new ModelOption("PerChannel", OptionKind.Boolean),
             new ModelOption("NodesToExclude", OptionKind.Text),
             new ModelOption("OpTypesToQuantize", OptionKind.Text),
             new ModelOption("Tune", OptionKind.Boolean),

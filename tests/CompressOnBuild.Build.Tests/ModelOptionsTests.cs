@@ -12,6 +12,8 @@ public sealed class ModelOptionsTests
     [DataRow("Labels", "labels")]
     [DataRow("MinCompressionRatio", "min-compression-ratio")]
     [DataRow("CalibrationMethod", "calibration-method")]
+    [DataRow("ActivationType", "activation-type")]
+    [DataRow("PerChannel", "per-channel")]
     public void KebabCase_FollowsTheContract(string metadata, string option) =>
         Assert.AreEqual(option, ModelOption.ToKebabCase(metadata));
 
@@ -20,7 +22,7 @@ public sealed class ModelOptionsTests
     {
         var names = ModelOptions.All.Select(o => o.OptionName).ToList();
         Assert.AreEqual(names.Count, names.Distinct(StringComparer.Ordinal).Count());
-        Assert.AreEqual(21, names.Count);
+        Assert.AreEqual(23, names.Count);
     }
 
     [TestMethod]
@@ -41,6 +43,9 @@ public sealed class ModelOptionsTests
     [DataRow("ValidationData", "#data", false)]
     [DataRow("ValidationData", " data", false)]
     [DataRow("Quantization", "Int8", true)]
+    [DataRow("PerChannel", "false", true)]
+    [DataRow("PerChannel", "per-tensor", false)]
+    [DataRow("ActivationType", "Int8", true)]
     public void Validate_AcceptsAndRejects(string metadata, string value, bool valid)
     {
         ModelOption option = ModelOptions.All.Single(o => o.MetadataName == metadata);

@@ -214,6 +214,8 @@ public sealed class CompressCommandTests
     [DataRow("--tune", "yes", "CMPR0003")]
     [DataRow("--tune-time-budget-seconds", "0", "CMPR0003")]
     [DataRow("--tune", "true", "CMPR0407")]
+    [DataRow("--activation-type", "Int8", "CMPR0003")]
+    [DataRow("--per-channel", "false", "CMPR0003")]
     public void BadOptionsAreCodedUsageErrors(string option, string value, string code)
     {
         (string model, _, _) = MakeMlpWithData();
@@ -469,6 +471,79 @@ public sealed class CompressCommandTests
         JsonNode o = JsonNode.Parse(opt.Output)!["optimized"]!;
         Assert.AreEqual(0, o["floatFallbacks"]!.AsArray().Count, opt.Output);
         Assert.IsTrue(o["operators"]!.AsObject().Any(kv => kv.Key.Contains("QLinearConv", StringComparison.Ordinal)), opt.Output);
+    }
+
+    /// <summary>ActivationType and PerChannel take only their values (with static int8; without calibration data, see BadOptionsAreCodedUsageErrors).</summary>
+    [TestMethod]
+    [DataRow("--activation-type", "UInt16", "ActivationType")]
+    [DataRow("--activation-type", "S8", "ActivationType")]
+    [DataRow("--per-channel", "per-tensor", "PerChannel")]
+    [DataRow("--per-channel", "1", "PerChannel")]
+    public void StaticInt8ActivationTypeAndPerChannelRejectBadValues(string option, string value, string metadata)
+    {
+        (string model, string images, _) = MakeMlpWithData();
+        CliRun run = CliHarness.InProcess("compress", model, "--output", P("x.onnx"), "--calibration-data", images, option, value);
+        Assert.AreEqual(2, run.ExitCode, run.Output);
+        Assert.AreEqual(1, run.Errors("CMPR0003").Count(), run.Output);
+        StringAssert.Contains(run.Output, metadata);
+        Assert.IsFalse(File.Exists(P("x.onnx")));
+    }
+
+    /// <summary>
+    /// --activation-type Int8 --per-channel false on lenet5 reach the pass (int8 zero points 0, one scale per weight,
+    /// report fields, integer kernels in ORT) and the cache key: UInt8 or per-channel is another result, while "int8"
+    /// spelled differently is the same one.
+    /// </summary>
+    [TestMethod]
+    public void StaticInt8ActivationTypeAndPerChannelReachThePassAndTheCacheKey()
+    {
+        string images = Corpus.Dataset("mnist", "t10k-images-idx3-ubyte");
+        string cache = P("cache");
+        string[] Args(string output, params string[] extra) =>
+            ["compress", Corpus.Model("mnist-lenet5"), "--output", P(output), "--report", P(output + ".json"), "--calibration-data", images,
+                "--calibration-samples", "64", "--cache-dir", cache, .. extra];
+
+        CliRun s8 = CliHarness.InProcess(Args("a/s8.onnx", "--activation-type", "Int8", "--per-channel", "false"));
+        Assert.AreEqual(0, s8.ExitCode, s8.Output);
+        JsonNode q = JsonNode.Parse(File.ReadAllText(P("a/s8.onnx.json")))!["quantization"]!;
+        Assert.AreEqual("Int8", q["activationType"]!.GetValue<string>());
+        Assert.IsFalse(q["perChannel"]!.GetValue<bool>());
+        ModelProto m = ModelIO.Load(P("a/s8.onnx"));
+        var inits = m.Graph.Initializer.ToDictionary(t => t.Name, StringComparer.Ordinal);
+        List<NodeProto> quantize = [.. m.Graph.Node.Where(n => n.OpType == "QuantizeLinear")];
+        Assert.IsNotEmpty(quantize);
+        Assert.IsTrue(quantize.All(n => inits[n.Input[2]].DataType == (int)TensorProto.Types.DataType.Int8 && inits[n.Input[2]].RawData[0] == 0),
+            "every activation zero point is int8 0");
+        List<NodeProto> weightDq = [.. m.Graph.Node.Where(n => n.OpType == "DequantizeLinear" && inits.TryGetValue(n.Input[0], out TensorProto? w)
+            && w.DataType == (int)TensorProto.Types.DataType.Int8 && w.Dims.Count >= 2)];
+        Assert.IsNotEmpty(weightDq);
+        Assert.IsTrue(weightDq.All(n => TensorUtil.ElementCount(inits[n.Input[1]]) == 1), "one scale per weight tensor");
+        CliRun opt = CliHarness.InProcess("inspect", P("a/s8.onnx"), "--optimized", "--json");
+        JsonNode o = JsonNode.Parse(opt.Output)!["optimized"]!;
+        Assert.AreEqual(0, o["floatFallbacks"]!.AsArray().Count, opt.Output);
+        Assert.IsTrue(o["operators"]!.AsObject().Any(kv => kv.Key.Contains("QLinearConv", StringComparison.Ordinal)), opt.Output);
+
+        CliRun same = CliHarness.InProcess(Args("b/s8.onnx", "--activation-type", "int8", "--per-channel", "False"));
+        Assert.AreEqual(0, same.ExitCode, same.Output);
+        StringAssert.Contains(same.Output, "(cached)");
+        CollectionAssert.AreEqual(File.ReadAllBytes(P("a/s8.onnx")), File.ReadAllBytes(P("b/s8.onnx")));
+
+        CliRun u8 = CliHarness.InProcess(Args("c/s8.onnx", "--activation-type", "UInt8", "--per-channel", "false"));
+        Assert.AreEqual(0, u8.ExitCode, u8.Output);
+        Assert.IsFalse(u8.Output.Contains("(cached)", StringComparison.Ordinal), u8.Output);
+        Assert.AreEqual("UInt8", JsonNode.Parse(File.ReadAllText(P("c/s8.onnx.json")))!["quantization"]!["activationType"]!.GetValue<string>());
+
+        CliRun perChannel = CliHarness.InProcess(Args("d/s8.onnx", "--activation-type", "Int8"));
+        Assert.AreEqual(0, perChannel.ExitCode, perChannel.Output);
+        Assert.IsFalse(perChannel.Output.Contains("(cached)", StringComparison.Ordinal), perChannel.Output);
+        Assert.IsTrue(JsonNode.Parse(File.ReadAllText(P("d/s8.onnx.json")))!["quantization"]!["perChannel"]!.GetValue<bool>());
+
+        // An explicit default is the default's key.
+        CliRun defaults = CliHarness.InProcess(Args("e/u8.onnx"));
+        Assert.AreEqual(0, defaults.ExitCode, defaults.Output);
+        CliRun explicitDefaults = CliHarness.InProcess(Args("f/u8.onnx", "--activation-type", "UInt8", "--per-channel", "true"));
+        Assert.AreEqual(0, explicitDefaults.ExitCode, explicitDefaults.Output);
+        StringAssert.Contains(explicitDefaults.Output, "(cached)");
     }
 
     [TestMethod]

@@ -253,7 +253,7 @@ public sealed class Int8StaticQuantizationTests
         return [.. optimized.Graph.Node.Where(n => FloatComputeOps.Contains(n.OpType) && n.Input.Any(dqOutputs.Contains)).Select(n => $"{n.OpType} {n.Name}")];
     }
 
-    /// <summary>The element type of a zero-point input in ORT's optimized graph ("uint8", "int8", or "-" when absent).</summary>
+    /// <summary>The element type and initializer name of a zero-point input in ORT's optimized graph ("-" when absent).</summary>
     private static string ZeroPointType(ModelProto optimized, NodeProto node, int input)
     {
         if (node.Input.Count <= input || node.Input[input].Length == 0)
@@ -261,7 +261,7 @@ public sealed class Int8StaticQuantizationTests
             return "-";
         }
         TensorProto? t = optimized.Graph.Initializer.FirstOrDefault(i => i.Name == node.Input[input]);
-        return t == null ? "?" : TensorUtil.DataTypeName(t.DataType);
+        return t == null ? "?" : $"{TensorUtil.DataTypeName(t.DataType)} '{t.Name}'";
     }
 
     /// <summary>
