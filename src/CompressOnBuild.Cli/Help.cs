@@ -22,7 +22,8 @@ internal static class Help
           --calibration-method <m>          [CalibrationMethod] MinMax (default) | Percentile[:99.99] | Mse | Entropy
           --activation-type UInt8|Int8      [ActivationType] static int8 activations: UInt8 asymmetric (default) | Int8 symmetric
           --per-channel true|false          [PerChannel] static int8 weight scales per output channel (default true) or per tensor
-          --pruning <method>                [Pruning] None | Magnitude:<s> | Global:<s> | NofM:<n>:<m> | Channels:<f>
+          --pruning <method>                [Pruning] None | Magnitude:<s> | Global:<s> | Sensitivity:<s> | NofM:<n>:<m>
+                                            | Channels:<f>[:norefit]
                                             (before quantization; ranked/refit with --calibration-data when given)
           --validation-data <path>          [ValidationData] test_data_set_* folders / input_*.pb, .npy/.npz, IDX, image folders
           --labels <path>                   [Labels] IDX labels for IDX images
@@ -39,7 +40,7 @@ internal static class Help
           --nodes-to-exclude <a;b>          [NodesToExclude] nodes that stay float
           --tune true|false                 [Tune] back off layer by layer (most harmful first) until the budgets hold
           --tune-time-budget-seconds <s>    [TuneTimeBudgetSeconds] default 60
-          --op-types-to-quantize: not yet
+          --op-types-to-quantize <a;b>      [OpTypesToQuantize] only these op types are quantized (e.g. Conv;Gemm)
 
         Global options:
           --cache-dir <dir>                 shared content-addressed result cache

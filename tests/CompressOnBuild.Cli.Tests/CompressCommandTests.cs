@@ -316,6 +316,23 @@ public sealed class CompressCommandTests
         Assert.IsFalse(File.Exists(Path.Combine(Path.GetDirectoryName(CliHarness.CliDll())!, "Microsoft.ML.OnnxRuntime.dll")), "ORT must not be copied next to the CLI");
     }
 
+    /// <summary>--help documents every option the parser takes, with its metadata name, and says nothing is "not yet" there.</summary>
+    [TestMethod]
+    public void HelpListsEveryOptionWithItsMetadataName()
+    {
+        string help = CliHarness.InProcess("--help").Output;
+        foreach ((string option, string metadata) in CommandLine.ItemOptions.Where(o => o.Key is not ("--output" or "--report")))
+        {
+            StringAssert.Contains(help, option + " ", $"{option} is missing from --help");
+            StringAssert.Contains(help, "[" + metadata + "]", $"{option}'s metadata name [{metadata}] is missing from --help");
+        }
+        foreach (string option in CommandLine.GlobalOptionNames)
+        {
+            StringAssert.Contains(help, option + " ", $"{option} is missing from --help");
+        }
+        Assert.IsFalse(help.Contains("not yet", StringComparison.OrdinalIgnoreCase), "an option --help calls unimplemented");
+    }
+
     [TestMethod]
     public void ExitCodesAreDocumentedValues()
     {
