@@ -38,6 +38,8 @@ var models = new (string Id, string Dataset, string? Preprocessing, double Basel
     ("Int8Dynamic", "Int8Dynamic", false, []),
     ("Int8Static", "Int8Static", true, []),
     ("Int8Static (Entropy)", "Int8Static", true, ["--calibration-method", "Entropy"]),
+    ("Int8Static (int8 activations)", "Int8Static", true, ["--activation-type", "Int8"]),
+    ("Int8Static (per-tensor weights)", "Int8Static", true, ["--per-channel", "false"]),
     ("Float16", "Float16", false, []),
     ("Int4Weights", "Int4Weights", false, []),
     ("Int4Weights:gptq", "Int4Weights:gptq", true, []),
