@@ -536,7 +536,7 @@ public static class Int8DynamicQuantizer
                     why = $"weight '{name}' is reshaped with a non-int64 shape";
                     return false;
                 }
-                long[]? dims = ReshapeDims(data!.Dims, Int64s(shape.Tensor), PassGraph.IntAttr(producer, "allowzero", 0) != 0);
+                long[]? dims = PassGraph.ReshapeDims(data!.Dims, Int64s(shape.Tensor), PassGraph.IntAttr(producer, "allowzero", 0) != 0);
                 if (dims == null)
                 {
                     why = $"weight '{name}' comes from a Reshape whose shape does not fit its data";
@@ -553,55 +553,6 @@ public static class Int8DynamicQuantizer
             }
             why ??= $"weight '{name}' is computed at run time by {producer.OpType} '{Label(producer)}'";
             return false;
-        }
-
-        private static long[]? ReshapeDims(long[] input, long[] shape, bool allowZero)
-        {
-            long total = 1;
-            foreach (long d in input)
-            {
-                total *= d;
-            }
-            var dims = new long[shape.Length];
-            int inferred = -1;
-            long known = 1;
-            for (int i = 0; i < shape.Length; i++)
-            {
-                long d = shape[i];
-                if (d == 0 && !allowZero)
-                {
-                    if (i >= input.Length)
-                    {
-                        return null;
-                    }
-                    d = input[i];
-                }
-                if (d == -1)
-                {
-                    if (inferred >= 0)
-                    {
-                        return null;
-                    }
-                    inferred = i;
-                    continue;
-                }
-                if (d < 0)
-                {
-                    return null;
-                }
-                dims[i] = d;
-                known *= d;
-            }
-            if (inferred >= 0)
-            {
-                if (known == 0 || total % known != 0)
-                {
-                    return null;
-                }
-                dims[inferred] = total / known;
-                known *= dims[inferred];
-            }
-            return known == total ? dims : null;
         }
 
         private void Rewrite(Candidate c)

@@ -409,32 +409,10 @@ internal sealed class PassGraph
                 {
                     return null;
                 }
-                bool allowZero = IntAttr(n, "allowzero", 0) != 0;
-                shape = new long[target.Length];
-                int inferred = -1;
-                long known = 1;
-                for (int i = 0; i < target.Length; i++)
+                shape = ReshapeDims(dims, target, IntAttr(n, "allowzero", 0) != 0);
+                if (shape == null)
                 {
-                    long d = target[i] == 0 && !allowZero ? (i < dims.Length ? dims[i] : -2) : target[i];
-                    if (d == -1 && inferred < 0)
-                    {
-                        inferred = i;
-                        continue;
-                    }
-                    if (d < 0)
-                    {
-                        return null;
-                    }
-                    shape[i] = d;
-                    known *= d;
-                }
-                if (inferred >= 0)
-                {
-                    if (known == 0 || count % known != 0)
-                    {
-                        return null;
-                    }
-                    shape[inferred] = count / known;
+                    return null;
                 }
                 break;
             case "Flatten":
@@ -509,6 +487,56 @@ internal sealed class PassGraph
         copy.Dims.AddRange(shape);
         copy.DocString = "";
         return copy;
+    }
+
+    /// <summary>
+    /// The output dims of ONNX Reshape for data of shape <paramref name="input"/> and target <paramref name="target"/>:
+    /// 0 copies the input dim (unless <paramref name="allowZero"/>), one -1 is inferred. Null when the target is
+    /// invalid or does not hold the same number of elements.
+    /// </summary>
+    public static long[]? ReshapeDims(long[] input, long[] target, bool allowZero)
+    {
+        long total = input.Aggregate(1L, (a, b) => a * b);
+        var dims = new long[target.Length];
+        int inferred = -1;
+        long known = 1;
+        for (int i = 0; i < target.Length; i++)
+        {
+            long d = target[i];
+            if (d == 0 && !allowZero)
+            {
+                if (i >= input.Length)
+                {
+                    return null;
+                }
+                d = input[i];
+            }
+            if (d == -1)
+            {
+                if (inferred >= 0)
+                {
+                    return null;
+                }
+                inferred = i;
+                continue;
+            }
+            if (d < 0)
+            {
+                return null;
+            }
+            dims[i] = d;
+            known *= d;
+        }
+        if (inferred >= 0)
+        {
+            if (known == 0 || total % known != 0)
+            {
+                return null;
+            }
+            dims[inferred] = total / known;
+            known *= dims[inferred];
+        }
+        return known == total ? dims : null;
     }
 
     /// <summary>Row-major <paramref name="data"/> of shape <paramref name="dims"/> with its axes permuted (output axis i = input axis perm[i]).</summary>
