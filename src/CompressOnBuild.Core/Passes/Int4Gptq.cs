@@ -1,3 +1,4 @@
+using System.Numerics.Tensors;
 using CompressOnBuild.Kernels;
 
 namespace CompressOnBuild.Core.Passes;
@@ -98,6 +99,7 @@ internal static class Int4Gptq
         var zeros = new byte[n * blocks];
         var errors = new float[(long)n * Batch];
         var padded = new float[blockSize];
+        var uBatchRow = new float[Batch];
         for (int start = 0; start < k; start += Batch)
         {
             int end = Math.Min(k, start + Batch);
@@ -116,6 +118,12 @@ internal static class Int4Gptq
                 }
                 int block = i / blockSize;
                 double d = u[(long)i * k + i];
+                // Row i of U past i inside this batch, in float for the vectorized update below.
+                Span<float> uRow = uBatchRow.AsSpan(0, end - i - 1);
+                for (int j = i + 1; j < end; j++)
+                {
+                    uRow[j - i - 1] = (float)u[(long)i * k + j];
+                }
                 for (int r = 0; r < n; r++)
                 {
                     long at = (long)r * k + i;
@@ -127,10 +135,8 @@ internal static class Int4Gptq
                     float e = (float)((w[at] - q) / d);
                     errors[(long)r * Batch + (i - start)] = e;
                     // Feedback inside the batch right away; past it, once per batch below.
-                    for (int j = i + 1; j < end; j++)
-                    {
-                        w[(long)r * k + j] -= (float)(e * u[(long)i * k + j]);
-                    }
+                    Span<float> later = w.AsSpan((int)(at + 1), end - i - 1);
+                    TensorPrimitives.MultiplyAdd(uRow, -e, later, later);
                     w[at] = q;
                 }
             }
@@ -197,7 +203,8 @@ internal static class Int4Gptq
 
     /// <summary>
     /// U, upper triangular with U^T U = (H + damp I)^-1, or null if H + damp I is not positive definite. Computed as
-    /// H = L L^T, H^-1 = L^-T L^-1, then the lower Cholesky factor C of H^-1, U = C^T.
+    /// H = L L^T, H^-1 = L^-T L^-1, then the lower Cholesky factor C of H^-1, U = C^T. Every O(k^3) loop is a dot
+    /// product over contiguous rows (TensorPrimitives, vectorized); L^-1 is kept transposed so its columns are rows.
     /// </summary>
     private static double[]? UpperFactorOfInverse(double[] hessian, int k, double damp)
     {
@@ -210,32 +217,27 @@ internal static class Int4Gptq
         {
             return null;
         }
-        // Invert L in place (lower triangular), then H^-1 = L^-T L^-1.
-        var inv = new double[(long)k * k];
+        // invT[i, p] = (L^-1)[p, i]: column i of L^-1 (nonzero for p >= i) as row i. Forward substitution per column:
+        // (L^-1)[j, i] = -(sum over p in [i, j) of L[j, p] (L^-1)[p, i]) / L[j, j].
+        var invT = new double[(long)k * k];
         for (int i = 0; i < k; i++)
         {
-            inv[(long)i * k + i] = 1.0 / a[(long)i * k + i];
+            Span<double> column = invT.AsSpan((int)((long)i * k), k);
+            column[i] = 1.0 / a[(long)i * k + i];
             for (int j = i + 1; j < k; j++)
             {
-                double sum = 0;
-                for (int p = i; p < j; p++)
-                {
-                    sum -= a[(long)j * k + p] * inv[(long)p * k + i];
-                }
-                inv[(long)j * k + i] = sum / a[(long)j * k + j];
+                double sum = TensorPrimitives.Dot<double>(a.AsSpan((int)((long)j * k + i), j - i), column.Slice(i, j - i));
+                column[j] = -sum / a[(long)j * k + j];
             }
         }
-        // H^-1[i, j] = sum_p Linv[p, i] Linv[p, j] for p >= max(i, j).
+        // H^-1[i, j] = sum over p >= max(i, j) of (L^-1)[p, i] (L^-1)[p, j] = rows i and j of invT from max(i, j) on.
         var hinv = new double[(long)k * k];
         for (int i = 0; i < k; i++)
         {
+            ReadOnlySpan<double> rowI = invT.AsSpan((int)((long)i * k + i), k - i);
             for (int j = 0; j <= i; j++)
             {
-                double sum = 0;
-                for (int p = i; p < k; p++)
-                {
-                    sum += inv[(long)p * k + i] * inv[(long)p * k + j];
-                }
+                double sum = TensorPrimitives.Dot<double>(rowI, invT.AsSpan((int)((long)j * k + i), k - i));
                 hinv[(long)i * k + j] = sum;
                 hinv[(long)j * k + i] = sum;
             }
@@ -260,11 +262,8 @@ internal static class Int4Gptq
     {
         for (int j = 0; j < k; j++)
         {
-            double diagonal = a[(long)j * k + j];
-            for (int p = 0; p < j; p++)
-            {
-                diagonal -= a[(long)j * k + p] * a[(long)j * k + p];
-            }
+            ReadOnlySpan<double> rowJ = a.AsSpan((int)((long)j * k), j);
+            double diagonal = a[(long)j * k + j] - TensorPrimitives.Dot<double>(rowJ, rowJ);
             if (!(diagonal > 0) || !double.IsFinite(diagonal))
             {
                 return false;
@@ -273,11 +272,7 @@ internal static class Int4Gptq
             a[(long)j * k + j] = root;
             for (int i = j + 1; i < k; i++)
             {
-                double sum = a[(long)i * k + j];
-                for (int p = 0; p < j; p++)
-                {
-                    sum -= a[(long)i * k + p] * a[(long)j * k + p];
-                }
+                double sum = a[(long)i * k + j] - TensorPrimitives.Dot<double>(a.AsSpan((int)((long)i * k), j), rowJ);
                 a[(long)i * k + j] = sum / root;
             }
         }
