@@ -899,6 +899,52 @@ public sealed class Int8StaticQuantizationTests
         }
     }
 
+    /// <summary>
+    /// Unnamed nodes are labelled by their first output, and the Conv + bias Add fold and the MatMul + Add fusion give
+    /// the layer the Add's output: the layer must keep its own label, or OpTypesToQuantize (which excludes the Add by
+    /// its label) leaves it float, and NodesToExclude naming it (as the tuner does) is ignored.
+    /// </summary>
+    [TestMethod]
+    public void Unnamed_layers_keep_their_label_through_the_bias_fold_and_the_gemm_fusion()
+    {
+        // x[3,16] -> MatMul(w) -> Add(b) -> y, both nodes unnamed.
+        var g = new GraphProto { Name = "mm" };
+        g.Input.Add(FloatValue("x", 3, 16));
+        g.Output.Add(FloatValue("y", 3, 8));
+        g.Initializer.Add(TensorUtil.FromFloats("w", RandomFloats(128, 21, 0.5f), 16, 8));
+        g.Initializer.Add(TensorUtil.FromFloats("b", RandomFloats(8, 22, 0.2f), 8));
+        g.Node.Add(Node("MatMul", ["x", "w"], ["mm"], ""));
+        g.Node.Add(Node("Add", ["mm", "b"], ["y"], ""));
+        ModelProto mlp = Model(g, 13);
+        var mlpRanges = new CalibrationResult { Ranges = new Dictionary<string, TensorRange> { ["x"] = new(-3f, 3f), ["y"] = new(-4f, 4f) } };
+        // OpTypesToQuantize=MatMul: the Add ("y") is excluded.
+        ModelProto q = mlp.Clone();
+        Int8StaticSummary s = Int8StaticQuantizer.Apply(q, mlpRanges, new Int8StaticOptions { ExcludedNodes = ["y"] }, "mm");
+        Assert.AreEqual("mm", s.Quantized.Single().Node, string.Join("; ", s.Skipped.Select(k => k.Node + ": " + k.Reason)));
+        // NodesToExclude=mm (the MatMul's label): it stays float.
+        q = mlp.Clone();
+        s = Int8StaticQuantizer.Apply(q, mlpRanges, new Int8StaticOptions { ExcludedNodes = ["mm"] }, "mm");
+        Assert.IsEmpty(s.Quantized);
+
+        // x -> Conv -> Add(c) -> Relu -> MaxPool -> Flatten -> Gemm, every node unnamed.
+        ModelProto conv = ConvNet(13, false);
+        foreach (NodeProto n in conv.Graph.Node)
+        {
+            n.Name = "";
+        }
+        var options = new Int8StaticOptions { MinimumConvReduction = 0 };
+        CalibrationResult ranges = MeasureRanges(conv, Int8StaticQuantizer.TensorsToCalibrate(conv, options));
+        // OpTypesToQuantize=Conv;Gemm: Add, Relu, MaxPool and Flatten are excluded by their outputs.
+        q = conv.Clone();
+        s = Int8StaticQuantizer.Apply(q, ranges, new Int8StaticOptions { MinimumConvReduction = 0, ExcludedNodes = ["biased", "relu", "pool", "flat"] }, "convnet");
+        ModelChecker.Validate(q, "convnet");
+        CollectionAssert.AreEquivalent(new[] { "conv", "y" }, s.Quantized.Select(k => k.Node).ToArray(), string.Join("; ", s.Skipped.Select(k => k.Node + ": " + k.Reason)));
+        // NodesToExclude=conv: the Conv stays float.
+        q = conv.Clone();
+        s = Int8StaticQuantizer.Apply(q, ranges, new Int8StaticOptions { MinimumConvReduction = 0, ExcludedNodes = ["conv"] }, "convnet");
+        CollectionAssert.AreEquivalent(new[] { "y" }, s.Quantized.Select(k => k.Node).ToArray());
+    }
+
     [TestMethod]
     public void Bad_weights_and_missing_ranges()
     {

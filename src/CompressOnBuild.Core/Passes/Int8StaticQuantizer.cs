@@ -365,6 +365,8 @@ public static class Int8StaticQuantizer
                     conv.Input.Add("");
                 }
                 conv.Input[2] = biasName;
+                // An unnamed node is labelled by its first output: keep the Conv's label (exclusions name it so).
+                conv.Name = Int8DynamicQuantizer.Label(conv);
                 conv.Output[0] = add.Output[0];
                 g.Producers[add.Output[0]] = conv;
                 g.RemoveValueInfo(y);
@@ -408,7 +410,9 @@ public static class Int8StaticQuantizer
                 {
                     continue;
                 }
-                var gemm = new NodeProto { OpType = "Gemm", Name = mm.Name, Domain = mm.Domain };
+                // The MatMul's label (its name, or for an unnamed one its output): the Gemm takes the Add's output,
+                // whose label OpTypesToQuantize excludes, and exclusions (NodesToExclude, the tuner's) name the MatMul.
+                var gemm = new NodeProto { OpType = "Gemm", Name = Int8DynamicQuantizer.Label(mm), Domain = mm.Domain };
                 gemm.Input.Add(mm.Input[0]);
                 gemm.Input.Add(mm.Input[1]);
                 gemm.Input.Add(other);
