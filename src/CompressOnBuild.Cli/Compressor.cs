@@ -339,12 +339,22 @@ internal sealed class AttemptContext(ItemSettings settings, ModelProto original,
     private Dataset CalibrationData() =>
         _calibrationData ??= DatasetLoader.Load(settings.CalibrationData!, null, originalRunner.Inputs, Preprocessing.Parse(settings.Preprocessing), settings.CalibrationSamples);
 
-    /// <summary>Calibration activations for pruning (ranking and reconstruction), collected once per item; null without CalibrationData.</summary>
-    private ActivationSource? Activations()
+    /// <summary>
+    /// Calibration activations, collected once per item and shared by the attempts (they come from models whose
+    /// activations are the original's: pruning reads them before it changes anything); null without CalibrationData.
+    /// <paramref name="shared"/> false: collected from the model asked about on every call, never through the shared
+    /// cache (GPTQ after pruning: a pruned model's layer inputs differ from the original's under the same names).
+    /// </summary>
+    private ActivationSource? Activations(bool shared = true)
     {
         if (settings.CalibrationData == null)
         {
             return null;
+        }
+        if (!shared)
+        {
+            return (model, names) => ActivationCollector.Collect(model, names, CalibrationData(), settings.CalibrationSamples,
+                runnerOptions, Path.GetDirectoryName(Path.GetFullPath(settings.Model)));
         }
         return (model, names) =>
         {
@@ -443,7 +453,7 @@ internal sealed class AttemptContext(ItemSettings settings, ModelProto original,
                 StaticOptions(notQuantized), settings.Model)),
             QuantizationScheme.Int4Weights => PassResult.From(Int4WeightQuantizer.Apply(candidate,
                 new Int4Options { ExcludedNodes = notQuantized, BlockSize = settings.Int4BlockSize, Symmetric = settings.Int4Symmetric,
-                    Method = settings.Int4Method, Activations = settings.Int4Method == Int4Method.Gptq ? Activations() : null }, settings.Model)),
+                    Method = settings.Int4Method, Activations = settings.Int4Method == Int4Method.Gptq ? Activations(shared: pruning == null) : null }, settings.Model)),
             _ => null,
         };
         Compressor.AddProvenance(candidate, settings, excluded);

@@ -470,6 +470,26 @@ public sealed class CompressCommandTests
         Assert.IsGreaterThan(agreeR, agreeG, $"GPTQ should keep more top-1 decisions of the float model: agreement RTN {agreeR}, GPTQ {agreeG}");
     }
 
+    /// <summary>
+    /// Channels pruning then GPTQ: the layers' inputs lose columns, so GPTQ needs the pruned model's activations, not
+    /// the ones pruning collected from the unpruned model under the same tensor names (they were reused: CMPR0303).
+    /// </summary>
+    [TestMethod]
+    public void ChannelsPruningThenInt4GptqUsesThePrunedModelsActivations()
+    {
+        string images = Corpus.Dataset("fashion-mnist", "t10k-images-idx3-ubyte");
+        CliRun run = CliHarness.InProcess("compress", Corpus.Model("fashion-mlp"), "--output", P("cg.onnx"), "--report", P("cg.json"),
+            "--pruning", "Channels:0.3", "--quantization", "Int4Weights:32:gptq", "--calibration-data", images, "--calibration-samples", "128",
+            "--validation-data", images, "--labels", Corpus.Dataset("fashion-mnist", "t10k-labels-idx1-ubyte"),
+            "--preprocessing", "scale=0.003921569;mean=0.5;std=0.5", "--max-accuracy-drop", "5");
+        Assert.AreEqual(0, run.ExitCode, run.Output);
+        JsonNode report = JsonNode.Parse(File.ReadAllText(P("cg.json")))!;
+        Assert.IsLessThan(report["pruning"]!["parametersBefore"]!.GetValue<double>(), report["pruning"]!["parametersAfter"]!.GetValue<double>());
+        Assert.AreEqual("GPTQ", report["quantization"]!["method"]!.GetValue<string>());
+        Assert.AreEqual(0, report["quantization"]!["roundedToNearest"]!.AsArray().Count);
+        Assert.IsNotEmpty(report["quantization"]!["quantizedNodes"]!.AsArray());
+    }
+
     [TestMethod]
     public void Int8WithCalibrationDataIsStaticQdqThatOrtRunsAsIntegerKernels()
     {
