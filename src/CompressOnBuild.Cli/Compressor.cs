@@ -354,7 +354,7 @@ internal sealed class AttemptContext(ItemSettings settings, ModelProto original,
         if (!shared)
         {
             return (model, names) => ActivationCollector.Collect(model, names, CalibrationData(), settings.CalibrationSamples,
-                runnerOptions, Path.GetDirectoryName(Path.GetFullPath(settings.Model)));
+                runnerOptions, workDirectory);
         }
         return (model, names) =>
         {
@@ -363,7 +363,7 @@ internal sealed class AttemptContext(ItemSettings settings, ModelProto original,
             if (missing.Length > 0)
             {
                 foreach ((string k, Activation v) in ActivationCollector.Collect(model, missing, CalibrationData(), settings.CalibrationSamples,
-                    runnerOptions, Path.GetDirectoryName(Path.GetFullPath(settings.Model))))
+                    runnerOptions, workDirectory))
                 {
                     _activations[k] = v;
                 }
@@ -389,7 +389,9 @@ internal sealed class AttemptContext(ItemSettings settings, ModelProto original,
             : settings.ValidationData != null ? Compressor.LoadData(settings, originalRunner.Inputs, settings.CalibrationSamples, out _)
             : throw new CompressException(DiagnosticCodes.InvalidOption, settings.Model, "Pruning", settings.Pruning.ToString(),
                 "Sensitivity measures each layer's harm on data: set CalibrationData (or ValidationData)") { File = settings.Model };
-        return _harm = SensitivityHarm.Create(originalRunner, on, runnerOptions, Path.GetDirectoryName(Path.GetFullPath(settings.Model)));
+        // Probe models go to the item's work folder (next to the output, removed afterwards), never to the source
+        // model's folder: ModelIO.Load inlined any external data, so no relative data path has to resolve.
+        return _harm = SensitivityHarm.Create(originalRunner, on, runnerOptions, workDirectory);
     }
 
     /// <summary>The calibration method in use: the item's, unless the tuner is trying another ("MinMax", "Percentile:99.9", "Mse", "Entropy").</summary>

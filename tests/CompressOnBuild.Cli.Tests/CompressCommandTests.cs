@@ -643,6 +643,35 @@ public sealed class CompressCommandTests
         Assert.AreEqual((long)Math.Round(0.6 * 784 * 64), a["chosenZeros"]!.GetValue<long>(), "fc1 only: the output layer stays dense");
     }
 
+    /// <summary>
+    /// Sensitivity probes and calibration activations run on temporary model files: they go to the work folder, never
+    /// into the source model's folder (read-only package folders, leftovers after a cancelled build picked up by globs).
+    /// </summary>
+    [TestMethod]
+    public void PruningWithDataWritesNothingIntoTheSourceModelsFolder()
+    {
+        string source = Path.Combine(_temp.Path, "src");
+        Directory.CreateDirectory(source);
+        string model = Path.Combine(source, "model.onnx");
+        File.Copy(Corpus.Model("mnist-mlp-gemm"), model);
+        string images = Corpus.Dataset("mnist", "t10k-images-idx3-ubyte");
+        var created = new System.Collections.Concurrent.ConcurrentBag<string>();
+        using (var watcher = new FileSystemWatcher(source) { IncludeSubdirectories = true })
+        {
+            watcher.Created += (_, e) => created.Add(e.Name ?? e.FullPath);
+            watcher.EnableRaisingEvents = true;
+            CliRun sensitivity = CliHarness.InProcess("compress", model, "--output", P("s.onnx"), "--pruning", "Sensitivity:0.5", "--quantization", "None",
+                "--calibration-data", images, "--calibration-samples", "16", "--preprocessing", "layout=FLAT");
+            Assert.AreEqual(0, sensitivity.ExitCode, sensitivity.Output);
+            CliRun gptq = CliHarness.InProcess("compress", model, "--output", P("g.onnx"), "--quantization", "Int4Weights:gptq",
+                "--calibration-data", images, "--calibration-samples", "16", "--preprocessing", "layout=FLAT");
+            Assert.AreEqual(0, gptq.ExitCode, gptq.Output);
+            Thread.Sleep(500); // inotify events arrive asynchronously
+        }
+        Assert.IsEmpty(created, "written into the source folder: " + string.Join(", ", created));
+        CollectionAssert.AreEquivalent(new[] { model }, Directory.GetFileSystemEntries(source));
+    }
+
     [TestMethod]
     public void SensitivityPruningRecordsCurvesAndHitsTheOverallSparsityExactly()
     {
