@@ -945,6 +945,57 @@ public sealed class Int8StaticQuantizationTests
         CollectionAssert.AreEquivalent(new[] { "y" }, s.Quantized.Select(k => k.Node).ToArray());
     }
 
+    /// <summary>
+    /// Opset 7/8 BatchNormalization carries <c>spatial</c>, which opset 9 removed: raising such a model to 13 must drop
+    /// spatial=1 (the only behaviour left), or ORT rejects the quantized model ("Unrecognized attribute: spatial"), and
+    /// spatial=0 (per-element statistics, gone since opset 9) must block the raise.
+    /// </summary>
+    [TestMethod]
+    [DataRow(true)]
+    [DataRow(false)]
+    public void Opset8_batch_normalization_spatial_survives_the_raise_to_13(bool perChannel)
+    {
+        ModelProto BnNet(long spatial)
+        {
+            var g = new GraphProto { Name = "bn" };
+            g.Input.Add(FloatValue("x", 1, 2, 8, 8));
+            g.Output.Add(FloatValue("y", 1, 5));
+            g.Initializer.Add(TensorUtil.FromFloats("w", RandomFloats(4 * 2 * 9, 11, 0.4f), 4, 2, 3, 3));
+            long[] statDims = spatial == 1 ? [4] : [4, 8, 8];
+            int statCount = spatial == 1 ? 4 : 256;
+            g.Initializer.Add(TensorUtil.FromFloats("s", RandomFloats(statCount, 3, 0.3f).Select(v => 1f + v).ToArray(), statDims));
+            g.Initializer.Add(TensorUtil.FromFloats("b", RandomFloats(statCount, 4, 0.3f), statDims));
+            g.Initializer.Add(TensorUtil.FromFloats("m", RandomFloats(statCount, 5, 0.3f), statDims));
+            g.Initializer.Add(TensorUtil.FromFloats("v", RandomFloats(statCount, 6, 0.3f).Select(v => 1f + MathF.Abs(v)).ToArray(), statDims));
+            g.Initializer.Add(TensorUtil.FromFloats("fw", RandomFloats(5 * 256, 12, 0.3f), 5, 256));
+            g.Initializer.Add(TensorUtil.FromFloats("fb", RandomFloats(5, 13, 0.1f), 5));
+            g.Node.Add(Node("Conv", ["x", "w"], ["conv"], "conv", IntsAttr("pads", 1, 1, 1, 1), IntsAttr("kernel_shape", 3, 3)));
+            g.Node.Add(Node("BatchNormalization", ["conv", "s", "b", "m", "v"], ["bn"], "bn", IntAttr("spatial", spatial)));
+            g.Node.Add(Node("Relu", ["bn"], ["relu"], "relu"));
+            g.Node.Add(Node("Flatten", ["relu"], ["flat"], "flatten"));
+            g.Node.Add(Node("Gemm", ["flat", "fw", "fb"], ["y"], "fc", IntAttr("transB", 1)));
+            return Model(g, 8, 3);
+        }
+        var options = new Int8StaticOptions { MinimumConvReduction = 0, PerChannel = perChannel };
+        ModelProto model = BnNet(1);
+        CalibrationResult ranges = MeasureRanges(model, Int8StaticQuantizer.TensorsToCalibrate(model, options));
+        ModelProto q = model.Clone();
+        Int8StaticSummary s = Int8StaticQuantizer.Apply(q, ranges, options, "bn");
+        Assert.AreEqual(8L, s.OpsetRaisedFrom);
+        Assert.HasCount(2, s.Quantized);
+        Assert.IsFalse(q.Graph.Node.Single(n => n.OpType == "BatchNormalization").Attribute.Any(a => a.Name == "spatial"));
+        (float[] expected, float[] got) = RunBoth(model, q);
+        Assert.IsLessThan(0.05, Kernels.ErrorMetrics.Compare(expected, got).RelativeL2);
+
+        ModelProto perElement = BnNet(0);
+        ModelProto q0 = perElement.Clone();
+        Int8StaticSummary s0 = Int8StaticQuantizer.Apply(q0, ranges, options, "bn");
+        Assert.IsNull(s0.OpsetRaisedFrom);
+        Assert.IsEmpty(s0.Quantized);
+        StringAssert.Contains(s0.Skipped[0].Reason, "spatial=0");
+        Assert.AreEqual(8L, q0.OpsetImport.Single(o => o.Domain.Length == 0).Version);
+    }
+
     [TestMethod]
     public void Bad_weights_and_missing_ranges()
     {

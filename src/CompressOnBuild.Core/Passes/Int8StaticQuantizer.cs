@@ -260,9 +260,32 @@ public static class Int8StaticQuantizer
             {
                 OpsetRaisedFrom = opset;
                 g.EnsureOpset("", target);
+                DropBatchNormalizationSpatial();
             }
             PassGraph.DropInitializerInputs(g.Model);
             PassGraph.StripDebugTraces(g.Model);
+        }
+
+        /// <summary>
+        /// BatchNormalization lost its <c>spatial</c> attribute in opset 9 (ORT rejects it from then on as an
+        /// unrecognized attribute); spatial=1, the only value a raise allows (see <see cref="RaiseBlockedReason"/>), is
+        /// what opset 9 and later always do, so the attribute is dropped when the model is raised.
+        /// </summary>
+        private void DropBatchNormalizationSpatial()
+        {
+            foreach ((GraphProto graph, _) in ModelWalker.Graphs(g.Model))
+            {
+                foreach (NodeProto n in graph.Node.Where(n => n.OpType == "BatchNormalization" && ModelChecker.NormalizeDomain(n.Domain).Length == 0))
+                {
+                    for (int i = n.Attribute.Count - 1; i >= 0; i--)
+                    {
+                        if (n.Attribute[i].Name == "spatial")
+                        {
+                            n.Attribute.RemoveAt(i);
+                        }
+                    }
+                }
+            }
         }
 
         private string? RaiseBlockedReason(long opset)
@@ -278,6 +301,10 @@ public static class Int8StaticQuantizer
                     if (ModelChecker.NormalizeDomain(n.Domain).Length == 0 && !SameMeaningUpToOpset13.Contains(n.OpType))
                     {
                         return $"per-channel QDQ needs default opset 13, the model has {opset}, and raising it could change what its {n.OpType} nodes mean";
+                    }
+                    if (n.OpType == "BatchNormalization" && ModelChecker.NormalizeDomain(n.Domain).Length == 0 && PassGraph.IntAttr(n, "spatial", 1) != 1)
+                    {
+                        return $"per-channel QDQ needs default opset 13, the model has {opset}, and its BatchNormalization '{Int8DynamicQuantizer.Label(n)}' uses spatial=0, which opset 9 removed";
                     }
                 }
             }
