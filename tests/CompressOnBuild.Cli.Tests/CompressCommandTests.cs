@@ -652,8 +652,13 @@ public sealed class CompressCommandTests
     {
         string source = Path.Combine(_temp.Path, "src");
         Directory.CreateDirectory(source);
+        // Weights in external data: the probes still run from the work folder (loading inlines external data).
         string model = Path.Combine(source, "model.onnx");
-        File.Copy(Corpus.Model("mnist-mlp-gemm"), model);
+        ModelProto mlp = TinyModels.Mlp(inF: 784, hidden: 64, classes: 10, seed: 3);
+        mlp.Graph.Input[0] = TinyModels.FloatValue("x", "N", 784);
+        ModelIO.Save(mlp, model, new ModelSaveOptions { ForceExternalData = true, ExternalTensorMinBytes = 64 });
+        string[] sourceFiles = Directory.GetFileSystemEntries(source);
+        Assert.HasCount(2, sourceFiles, "the model and its external data file");
         string images = Corpus.Dataset("mnist", "t10k-images-idx3-ubyte");
         var created = new System.Collections.Concurrent.ConcurrentBag<string>();
         using (var watcher = new FileSystemWatcher(source) { IncludeSubdirectories = true })
@@ -669,7 +674,7 @@ public sealed class CompressCommandTests
             Thread.Sleep(500); // inotify events arrive asynchronously
         }
         Assert.IsEmpty(created, "written into the source folder: " + string.Join(", ", created));
-        CollectionAssert.AreEquivalent(new[] { model }, Directory.GetFileSystemEntries(source));
+        CollectionAssert.AreEquivalent(sourceFiles, Directory.GetFileSystemEntries(source));
     }
 
     [TestMethod]
