@@ -7,7 +7,8 @@ namespace CompressOnBuild.Kernels;
 /// <summary>
 /// A reduction: every element goes through <c>Map</c>, the results are folded with <c>Combine</c>
 /// starting from <c>Identity</c>. Combine must be associative and commutative (bit for bit), so every
-/// vector width gives exactly the scalar answer.
+/// vector width gives exactly the scalar answer. The vector forms are written once over a width
+/// (<see cref="IVectorWidth{TF}"/>); the JIT specializes them per width struct.
 /// </summary>
 internal interface IReduceOp
 {
@@ -17,17 +18,13 @@ internal interface IReduceOp
 
     static abstract float Combine(float a, float b);
 
-    static abstract Vector128<float> Map(Vector128<float> x);
+    static abstract TF Map<TW, TF>(TF x)
+        where TW : struct, IVectorWidth<TF>
+        where TF : struct;
 
-    static abstract Vector128<float> Combine(Vector128<float> a, Vector128<float> b);
-
-    static abstract Vector256<float> Map(Vector256<float> x);
-
-    static abstract Vector256<float> Combine(Vector256<float> a, Vector256<float> b);
-
-    static abstract Vector512<float> Map(Vector512<float> x);
-
-    static abstract Vector512<float> Combine(Vector512<float> a, Vector512<float> b);
+    static abstract TF Combine<TW, TF>(TF a, TF b)
+        where TW : struct, IVectorWidth<TF>
+        where TF : struct;
 }
 
 /// <summary>max |x|; IEEE maximum, so a NaN anywhere gives NaN.</summary>
@@ -39,39 +36,15 @@ internal readonly struct MaxAbsOp : IReduceOp
 
     public static float Combine(float a, float b) => MathF.Max(a, b);
 
-    public static Vector128<float> Map(Vector128<float> x) => Vector128.Abs(x);
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static TF Map<TW, TF>(TF x)
+        where TW : struct, IVectorWidth<TF>
+        where TF : struct => TW.Abs(x);
 
-    public static Vector128<float> Combine(Vector128<float> a, Vector128<float> b) => Vector128.Max(a, b);
-
-    public static Vector256<float> Map(Vector256<float> x) => Vector256.Abs(x);
-
-    public static Vector256<float> Combine(Vector256<float> a, Vector256<float> b) => Vector256.Max(a, b);
-
-    public static Vector512<float> Map(Vector512<float> x) => Vector512.Abs(x);
-
-    public static Vector512<float> Combine(Vector512<float> a, Vector512<float> b) => Vector512.Max(a, b);
-}
-
-/// <summary>IEEE minimum (NaN propagates, -0 &lt; +0).</summary>
-internal readonly struct MinOp : IReduceOp
-{
-    public static float Identity => float.PositiveInfinity;
-
-    public static float Map(float x) => x;
-
-    public static float Combine(float a, float b) => MathF.Min(a, b);
-
-    public static Vector128<float> Map(Vector128<float> x) => x;
-
-    public static Vector128<float> Combine(Vector128<float> a, Vector128<float> b) => Vector128.Min(a, b);
-
-    public static Vector256<float> Map(Vector256<float> x) => x;
-
-    public static Vector256<float> Combine(Vector256<float> a, Vector256<float> b) => Vector256.Min(a, b);
-
-    public static Vector512<float> Map(Vector512<float> x) => x;
-
-    public static Vector512<float> Combine(Vector512<float> a, Vector512<float> b) => Vector512.Min(a, b);
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static TF Combine<TW, TF>(TF a, TF b)
+        where TW : struct, IVectorWidth<TF>
+        where TF : struct => TW.Max(a, b);
 }
 
 /// <summary>IEEE maximum (NaN propagates, -0 &lt; +0).</summary>
@@ -83,17 +56,15 @@ internal readonly struct MaxOp : IReduceOp
 
     public static float Combine(float a, float b) => MathF.Max(a, b);
 
-    public static Vector128<float> Map(Vector128<float> x) => x;
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static TF Map<TW, TF>(TF x)
+        where TW : struct, IVectorWidth<TF>
+        where TF : struct => x;
 
-    public static Vector128<float> Combine(Vector128<float> a, Vector128<float> b) => Vector128.Max(a, b);
-
-    public static Vector256<float> Map(Vector256<float> x) => x;
-
-    public static Vector256<float> Combine(Vector256<float> a, Vector256<float> b) => Vector256.Max(a, b);
-
-    public static Vector512<float> Map(Vector512<float> x) => x;
-
-    public static Vector512<float> Combine(Vector512<float> a, Vector512<float> b) => Vector512.Max(a, b);
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static TF Combine<TW, TF>(TF a, TF b)
+        where TW : struct, IVectorWidth<TF>
+        where TF : struct => TW.Max(a, b);
 }
 
 /// <summary>Sum of (x - x): 0 while every element is finite, NaN as soon as one is NaN or infinite.</summary>
@@ -105,17 +76,15 @@ internal readonly struct NonFiniteOp : IReduceOp
 
     public static float Combine(float a, float b) => a + b;
 
-    public static Vector128<float> Map(Vector128<float> x) => x - x;
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static TF Map<TW, TF>(TF x)
+        where TW : struct, IVectorWidth<TF>
+        where TF : struct => TW.Subtract(x, x);
 
-    public static Vector128<float> Combine(Vector128<float> a, Vector128<float> b) => a + b;
-
-    public static Vector256<float> Map(Vector256<float> x) => x - x;
-
-    public static Vector256<float> Combine(Vector256<float> a, Vector256<float> b) => a + b;
-
-    public static Vector512<float> Map(Vector512<float> x) => x - x;
-
-    public static Vector512<float> Combine(Vector512<float> a, Vector512<float> b) => a + b;
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static TF Combine<TW, TF>(TF a, TF b)
+        where TW : struct, IVectorWidth<TF>
+        where TF : struct => TW.Add(a, b);
 }
 
 internal static class ReduceDriver
@@ -142,69 +111,14 @@ internal static class ReduceDriver
         switch (implementation)
         {
             case KernelImplementation.Vector512 when length >= Vector512<float>.Count:
-            {
-                int w = Vector512<float>.Count;
-                Vector512<float> acc = Vector512.Create(TOp.Identity);
-                Vector512<float> acc1 = acc, acc2 = acc, acc3 = acc;
-                // four independent chains so the combine latency does not serialize the loop
-                for (; i <= length - 4 * w; i += 4 * w)
-                {
-                    acc = TOp.Combine(acc, TOp.Map(Vector512.LoadUnsafe(ref start, (nuint)i)));
-                    acc1 = TOp.Combine(acc1, TOp.Map(Vector512.LoadUnsafe(ref start, (nuint)(i + w))));
-                    acc2 = TOp.Combine(acc2, TOp.Map(Vector512.LoadUnsafe(ref start, (nuint)(i + 2 * w))));
-                    acc3 = TOp.Combine(acc3, TOp.Map(Vector512.LoadUnsafe(ref start, (nuint)(i + 3 * w))));
-                }
-                for (; i <= length - w; i += w)
-                {
-                    acc = TOp.Combine(acc, TOp.Map(Vector512.LoadUnsafe(ref start, (nuint)i)));
-                }
-                acc = TOp.Combine(TOp.Combine(acc, acc1), TOp.Combine(acc2, acc3));
-                Vector256<float> half = TOp.Combine(acc.GetLower(), acc.GetUpper());
-                result = Fold<TOp>(result, TOp.Combine(half.GetLower(), half.GetUpper()));
+                result = Vectorized<TOp, W512, Vector512<float>>(ref start, length, out i);
                 break;
-            }
             case KernelImplementation.Vector256 when length >= Vector256<float>.Count:
-            {
-                int w = Vector256<float>.Count;
-                Vector256<float> acc = Vector256.Create(TOp.Identity);
-                Vector256<float> acc1 = acc, acc2 = acc, acc3 = acc;
-                // four independent chains so the combine latency does not serialize the loop
-                for (; i <= length - 4 * w; i += 4 * w)
-                {
-                    acc = TOp.Combine(acc, TOp.Map(Vector256.LoadUnsafe(ref start, (nuint)i)));
-                    acc1 = TOp.Combine(acc1, TOp.Map(Vector256.LoadUnsafe(ref start, (nuint)(i + w))));
-                    acc2 = TOp.Combine(acc2, TOp.Map(Vector256.LoadUnsafe(ref start, (nuint)(i + 2 * w))));
-                    acc3 = TOp.Combine(acc3, TOp.Map(Vector256.LoadUnsafe(ref start, (nuint)(i + 3 * w))));
-                }
-                for (; i <= length - w; i += w)
-                {
-                    acc = TOp.Combine(acc, TOp.Map(Vector256.LoadUnsafe(ref start, (nuint)i)));
-                }
-                acc = TOp.Combine(TOp.Combine(acc, acc1), TOp.Combine(acc2, acc3));
-                result = Fold<TOp>(result, TOp.Combine(acc.GetLower(), acc.GetUpper()));
+                result = Vectorized<TOp, W256, Vector256<float>>(ref start, length, out i);
                 break;
-            }
             case KernelImplementation.Vector128 when length >= Vector128<float>.Count:
-            {
-                int w = Vector128<float>.Count;
-                Vector128<float> acc = Vector128.Create(TOp.Identity);
-                Vector128<float> acc1 = acc, acc2 = acc, acc3 = acc;
-                // four independent chains so the combine latency does not serialize the loop
-                for (; i <= length - 4 * w; i += 4 * w)
-                {
-                    acc = TOp.Combine(acc, TOp.Map(Vector128.LoadUnsafe(ref start, (nuint)i)));
-                    acc1 = TOp.Combine(acc1, TOp.Map(Vector128.LoadUnsafe(ref start, (nuint)(i + w))));
-                    acc2 = TOp.Combine(acc2, TOp.Map(Vector128.LoadUnsafe(ref start, (nuint)(i + 2 * w))));
-                    acc3 = TOp.Combine(acc3, TOp.Map(Vector128.LoadUnsafe(ref start, (nuint)(i + 3 * w))));
-                }
-                for (; i <= length - w; i += w)
-                {
-                    acc = TOp.Combine(acc, TOp.Map(Vector128.LoadUnsafe(ref start, (nuint)i)));
-                }
-                acc = TOp.Combine(TOp.Combine(acc, acc1), TOp.Combine(acc2, acc3));
-                result = Fold<TOp>(result, acc);
+                result = Vectorized<TOp, W128, Vector128<float>>(ref start, length, out i);
                 break;
-            }
             default:
                 break;
         }
@@ -215,14 +129,31 @@ internal static class ReduceDriver
         return result;
     }
 
+    /// <summary>Folds the whole vectors from index 0 (length &gt;= one vector); <paramref name="end"/> gets the first index not read.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static float Fold<TOp>(float result, Vector128<float> v)
+    private static float Vectorized<TOp, TW, TF>(ref float start, int length, out int end)
         where TOp : struct, IReduceOp
+        where TW : struct, IVectorWidth<TF>
+        where TF : struct
     {
-        for (int lane = 0; lane < Vector128<float>.Count; lane++)
+        int w = TW.Count;
+        int i = 0;
+        TF acc = TW.Create(TOp.Identity);
+        TF acc1 = acc, acc2 = acc, acc3 = acc;
+        // four independent chains so the combine latency does not serialize the loop
+        for (; i <= length - 4 * w; i += 4 * w)
         {
-            result = TOp.Combine(result, v.GetElement(lane));
+            acc = TOp.Combine<TW, TF>(acc, TOp.Map<TW, TF>(TW.Load(ref start, (nuint)i)));
+            acc1 = TOp.Combine<TW, TF>(acc1, TOp.Map<TW, TF>(TW.Load(ref start, (nuint)(i + w))));
+            acc2 = TOp.Combine<TW, TF>(acc2, TOp.Map<TW, TF>(TW.Load(ref start, (nuint)(i + 2 * w))));
+            acc3 = TOp.Combine<TW, TF>(acc3, TOp.Map<TW, TF>(TW.Load(ref start, (nuint)(i + 3 * w))));
         }
-        return result;
+        for (; i <= length - w; i += w)
+        {
+            acc = TOp.Combine<TW, TF>(acc, TOp.Map<TW, TF>(TW.Load(ref start, (nuint)i)));
+        }
+        end = i;
+        acc = TOp.Combine<TW, TF>(TOp.Combine<TW, TF>(acc, acc1), TOp.Combine<TW, TF>(acc2, acc3));
+        return TW.Fold<TOp>(TOp.Identity, acc);
     }
 }
