@@ -52,71 +52,14 @@ public static class TensorStats
         switch (implementation)
         {
             case KernelImplementation.Vector512 when n >= Vector512<float>.Count:
-            {
-                int w = Vector512<float>.Count;
-                Vector512<float> lo0 = Vector512.Create(float.PositiveInfinity), lo1 = lo0;
-                Vector512<float> hi0 = Vector512.Create(float.NegativeInfinity), hi1 = hi0;
-                for (; i <= n - 2 * w; i += 2 * w)
-                {
-                    Vector512<float> a = Vector512.LoadUnsafe(ref start, (nuint)i);
-                    Vector512<float> b = Vector512.LoadUnsafe(ref start, (nuint)(i + w));
-                    lo0 = Vector512.Min(lo0, a);
-                    hi0 = Vector512.Max(hi0, a);
-                    lo1 = Vector512.Min(lo1, b);
-                    hi1 = Vector512.Max(hi1, b);
-                }
-                Vector512<float> lo = Vector512.Min(lo0, lo1), hi = Vector512.Max(hi0, hi1);
-                for (int lane = 0; lane < w; lane++)
-                {
-                    min = MathF.Min(min, lo.GetElement(lane));
-                    max = MathF.Max(max, hi.GetElement(lane));
-                }
+                MinMaxVectorized<W512, Vector512<float>>(ref start, n, ref i, ref min, ref max);
                 break;
-            }
             case KernelImplementation.Vector256 when n >= Vector256<float>.Count:
-            {
-                int w = Vector256<float>.Count;
-                Vector256<float> lo0 = Vector256.Create(float.PositiveInfinity), lo1 = lo0;
-                Vector256<float> hi0 = Vector256.Create(float.NegativeInfinity), hi1 = hi0;
-                for (; i <= n - 2 * w; i += 2 * w)
-                {
-                    Vector256<float> a = Vector256.LoadUnsafe(ref start, (nuint)i);
-                    Vector256<float> b = Vector256.LoadUnsafe(ref start, (nuint)(i + w));
-                    lo0 = Vector256.Min(lo0, a);
-                    hi0 = Vector256.Max(hi0, a);
-                    lo1 = Vector256.Min(lo1, b);
-                    hi1 = Vector256.Max(hi1, b);
-                }
-                Vector256<float> lo = Vector256.Min(lo0, lo1), hi = Vector256.Max(hi0, hi1);
-                for (int lane = 0; lane < w; lane++)
-                {
-                    min = MathF.Min(min, lo.GetElement(lane));
-                    max = MathF.Max(max, hi.GetElement(lane));
-                }
+                MinMaxVectorized<W256, Vector256<float>>(ref start, n, ref i, ref min, ref max);
                 break;
-            }
             case KernelImplementation.Vector128 when n >= Vector128<float>.Count:
-            {
-                int w = Vector128<float>.Count;
-                Vector128<float> lo0 = Vector128.Create(float.PositiveInfinity), lo1 = lo0;
-                Vector128<float> hi0 = Vector128.Create(float.NegativeInfinity), hi1 = hi0;
-                for (; i <= n - 2 * w; i += 2 * w)
-                {
-                    Vector128<float> a = Vector128.LoadUnsafe(ref start, (nuint)i);
-                    Vector128<float> b = Vector128.LoadUnsafe(ref start, (nuint)(i + w));
-                    lo0 = Vector128.Min(lo0, a);
-                    hi0 = Vector128.Max(hi0, a);
-                    lo1 = Vector128.Min(lo1, b);
-                    hi1 = Vector128.Max(hi1, b);
-                }
-                Vector128<float> lo = Vector128.Min(lo0, lo1), hi = Vector128.Max(hi0, hi1);
-                for (int lane = 0; lane < w; lane++)
-                {
-                    min = MathF.Min(min, lo.GetElement(lane));
-                    max = MathF.Max(max, hi.GetElement(lane));
-                }
+                MinMaxVectorized<W128, Vector128<float>>(ref start, n, ref i, ref min, ref max);
                 break;
-            }
             default:
                 break;
         }
@@ -127,6 +70,37 @@ public static class TensorStats
             max = MathF.Max(max, v);
         }
         return new MinMaxResult(min, max);
+    }
+
+    /// <summary>The pairs of whole vectors from index 0, lanes folded into min/max; <paramref name="i"/> gets the first index not read.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void MinMaxVectorized<TW, TF>(ref float start, int n, ref int i, ref float min, ref float max)
+        where TW : struct, IVectorWidth<TF>
+        where TF : struct
+    {
+        int w = TW.Count;
+        int j = 0;
+        TF lo0 = TW.Create(float.PositiveInfinity), lo1 = lo0;
+        TF hi0 = TW.Create(float.NegativeInfinity), hi1 = hi0;
+        for (; j <= n - 2 * w; j += 2 * w)
+        {
+            TF a = TW.Load(ref start, (nuint)j);
+            TF b = TW.Load(ref start, (nuint)(j + w));
+            lo0 = TW.Min(lo0, a);
+            hi0 = TW.Max(hi0, a);
+            lo1 = TW.Min(lo1, b);
+            hi1 = TW.Max(hi1, b);
+        }
+        TF lo = TW.Min(lo0, lo1), hi = TW.Max(hi0, hi1);
+        float mn = min, mx = max;
+        for (int lane = 0; lane < w; lane++)
+        {
+            mn = MathF.Min(mn, TW.GetElement(lo, lane));
+            mx = MathF.Max(mx, TW.GetElement(hi, lane));
+        }
+        i = j;
+        min = mn;
+        max = mx;
     }
 
     internal static float MaxAbs(ReadOnlySpan<float> values, KernelImplementation implementation) =>
@@ -165,25 +139,13 @@ public static class TensorStats
         switch (implementation)
         {
             case KernelImplementation.Vector512:
-                for (; i <= n - Vector512<float>.Count; i += Vector512<float>.Count)
-                {
-                    Vector512.Max(Vector512.LoadUnsafe(ref a, (nuint)i), Vector512.Abs(Vector512.LoadUnsafe(ref xs, (nuint)i)))
-                        .StoreUnsafe(ref a, (nuint)i);
-                }
+                i = AccumulateMaxAbsVectorized<W512, Vector512<float>>(ref xs, ref a, n);
                 break;
             case KernelImplementation.Vector256:
-                for (; i <= n - Vector256<float>.Count; i += Vector256<float>.Count)
-                {
-                    Vector256.Max(Vector256.LoadUnsafe(ref a, (nuint)i), Vector256.Abs(Vector256.LoadUnsafe(ref xs, (nuint)i)))
-                        .StoreUnsafe(ref a, (nuint)i);
-                }
+                i = AccumulateMaxAbsVectorized<W256, Vector256<float>>(ref xs, ref a, n);
                 break;
             case KernelImplementation.Vector128:
-                for (; i <= n - Vector128<float>.Count; i += Vector128<float>.Count)
-                {
-                    Vector128.Max(Vector128.LoadUnsafe(ref a, (nuint)i), Vector128.Abs(Vector128.LoadUnsafe(ref xs, (nuint)i)))
-                        .StoreUnsafe(ref a, (nuint)i);
-                }
+                i = AccumulateMaxAbsVectorized<W128, Vector128<float>>(ref xs, ref a, n);
                 break;
             default:
                 break;
@@ -192,6 +154,20 @@ public static class TensorStats
         {
             Unsafe.Add(ref a, i) = MathF.Max(Unsafe.Add(ref a, i), MathF.Abs(Unsafe.Add(ref xs, i)));
         }
+    }
+
+    /// <summary>The whole vectors of <see cref="AccumulateMaxAbs"/>; returns the first index not done.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static int AccumulateMaxAbsVectorized<TW, TF>(ref float xs, ref float a, int n)
+        where TW : struct, IVectorWidth<TF>
+        where TF : struct
+    {
+        int i = 0;
+        for (; i <= n - TW.Count; i += TW.Count)
+        {
+            TW.Store(TW.Max(TW.Load(ref a, (nuint)i), TW.Abs(TW.Load(ref xs, (nuint)i))), ref a, (nuint)i);
+        }
+        return i;
     }
 
     internal static void CheckMatrix(int length, int rows, int cols, int destinationLength, int needed)
