@@ -63,80 +63,14 @@ public static class ErrorMetrics
         switch (implementation)
         {
             case KernelImplementation.Vector512 when n >= Vector512<float>.Count:
-            {
-                Vector512<double> vdot = default, vxx = default, vyy = default, vdd = default;
-                Vector512<float> vmax = default;
-                for (; i <= n - Vector512<float>.Count; i += Vector512<float>.Count)
-                {
-                    Vector512<float> x = Vector512.LoadUnsafe(ref xs, (nuint)i);
-                    Vector512<float> y = Vector512.LoadUnsafe(ref ys, (nuint)i);
-                    Vector512<float> diff = x - y;
-                    vmax = Vector512.Max(vmax, Vector512.Abs(diff));
-                    (Vector512<double> xl, Vector512<double> xu) = Vector512.Widen(x);
-                    (Vector512<double> yl, Vector512<double> yu) = Vector512.Widen(y);
-                    (Vector512<double> dl, Vector512<double> du) = Vector512.Widen(diff);
-                    vdot += xl * yl + xu * yu;
-                    vxx += xl * xl + xu * xu;
-                    vyy += yl * yl + yu * yu;
-                    vdd += dl * dl + du * du;
-                }
-                dot = Vector512.Sum(vdot);
-                xx = Vector512.Sum(vxx);
-                yy = Vector512.Sum(vyy);
-                dd = Vector512.Sum(vdd);
-                maxDiff = MaxLanes(vmax.GetLower().GetLower(), vmax.GetLower().GetUpper(), vmax.GetUpper().GetLower(), vmax.GetUpper().GetUpper());
+                i = Vectorized<W512, Vector512<float>, Vector512<double>, Vector512<int>>(ref xs, ref ys, n, out dot, out xx, out yy, out dd, out maxDiff);
                 break;
-            }
             case KernelImplementation.Vector256 when n >= Vector256<float>.Count:
-            {
-                Vector256<double> vdot = default, vxx = default, vyy = default, vdd = default;
-                Vector256<float> vmax = default;
-                for (; i <= n - Vector256<float>.Count; i += Vector256<float>.Count)
-                {
-                    Vector256<float> x = Vector256.LoadUnsafe(ref xs, (nuint)i);
-                    Vector256<float> y = Vector256.LoadUnsafe(ref ys, (nuint)i);
-                    Vector256<float> diff = x - y;
-                    vmax = Vector256.Max(vmax, Vector256.Abs(diff));
-                    (Vector256<double> xl, Vector256<double> xu) = Vector256.Widen(x);
-                    (Vector256<double> yl, Vector256<double> yu) = Vector256.Widen(y);
-                    (Vector256<double> dl, Vector256<double> du) = Vector256.Widen(diff);
-                    vdot += xl * yl + xu * yu;
-                    vxx += xl * xl + xu * xu;
-                    vyy += yl * yl + yu * yu;
-                    vdd += dl * dl + du * du;
-                }
-                dot = Vector256.Sum(vdot);
-                xx = Vector256.Sum(vxx);
-                yy = Vector256.Sum(vyy);
-                dd = Vector256.Sum(vdd);
-                maxDiff = MaxLanes(vmax.GetLower(), vmax.GetUpper(), Vector128<float>.Zero, Vector128<float>.Zero);
+                i = Vectorized<W256, Vector256<float>, Vector256<double>, Vector256<int>>(ref xs, ref ys, n, out dot, out xx, out yy, out dd, out maxDiff);
                 break;
-            }
             case KernelImplementation.Vector128 when n >= Vector128<float>.Count:
-            {
-                Vector128<double> vdot = default, vxx = default, vyy = default, vdd = default;
-                Vector128<float> vmax = default;
-                for (; i <= n - Vector128<float>.Count; i += Vector128<float>.Count)
-                {
-                    Vector128<float> x = Vector128.LoadUnsafe(ref xs, (nuint)i);
-                    Vector128<float> y = Vector128.LoadUnsafe(ref ys, (nuint)i);
-                    Vector128<float> diff = x - y;
-                    vmax = Vector128.Max(vmax, Vector128.Abs(diff));
-                    (Vector128<double> xl, Vector128<double> xu) = Vector128.Widen(x);
-                    (Vector128<double> yl, Vector128<double> yu) = Vector128.Widen(y);
-                    (Vector128<double> dl, Vector128<double> du) = Vector128.Widen(diff);
-                    vdot += xl * yl + xu * yu;
-                    vxx += xl * xl + xu * xu;
-                    vyy += yl * yl + yu * yu;
-                    vdd += dl * dl + du * du;
-                }
-                dot = Vector128.Sum(vdot);
-                xx = Vector128.Sum(vxx);
-                yy = Vector128.Sum(vyy);
-                dd = Vector128.Sum(vdd);
-                maxDiff = MaxLanes(vmax, Vector128<float>.Zero, Vector128<float>.Zero, Vector128<float>.Zero);
+                i = Vectorized<W128, Vector128<float>, Vector128<double>, Vector128<int>>(ref xs, ref ys, n, out dot, out xx, out yy, out dd, out maxDiff);
                 break;
-            }
             default:
                 break;
         }
@@ -154,10 +88,41 @@ public static class ErrorMetrics
         return new ErrorMetricsResult(n, dot, Math.Sqrt(xx), Math.Sqrt(yy), Math.Sqrt(dd), maxDiff);
     }
 
-    private static float MaxLanes(Vector128<float> a, Vector128<float> b, Vector128<float> c, Vector128<float> d)
+    /// <summary>
+    /// The whole vectors from index 0: sums per lane in double (each width's own Sum order), max |diff| folded
+    /// over the lanes (the same value in any order: the lanes are +0 or more, or NaN); returns the first index not read.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static int Vectorized<TW, TF, TD, TI>(ref float xs, ref float ys, int n,
+        out double dot, out double xx, out double yy, out double dd, out float maxDiff)
+        where TW : struct, IVectorWidth<TF, TD, TI>
+        where TF : struct
+        where TD : struct
+        where TI : struct
     {
-        Vector128<float> m = Vector128.Max(Vector128.Max(a, b), Vector128.Max(c, d));
-        return MathF.Max(MathF.Max(m.GetElement(0), m.GetElement(1)), MathF.Max(m.GetElement(2), m.GetElement(3)));
+        TD vdot = default, vxx = default, vyy = default, vdd = default;
+        TF vmax = default;
+        int i = 0;
+        for (; i <= n - TW.Count; i += TW.Count)
+        {
+            TF x = TW.Load(ref xs, (nuint)i);
+            TF y = TW.Load(ref ys, (nuint)i);
+            TF diff = TW.Subtract(x, y);
+            vmax = TW.Max(vmax, TW.Abs(diff));
+            (TD xl, TD xu) = TW.Widen(x);
+            (TD yl, TD yu) = TW.Widen(y);
+            (TD dl, TD du) = TW.Widen(diff);
+            vdot = TW.Add(vdot, TW.Add(TW.Multiply(xl, yl), TW.Multiply(xu, yu)));
+            vxx = TW.Add(vxx, TW.Add(TW.Multiply(xl, xl), TW.Multiply(xu, xu)));
+            vyy = TW.Add(vyy, TW.Add(TW.Multiply(yl, yl), TW.Multiply(yu, yu)));
+            vdd = TW.Add(vdd, TW.Add(TW.Multiply(dl, dl), TW.Multiply(du, du)));
+        }
+        dot = TW.Sum(vdot);
+        xx = TW.Sum(vxx);
+        yy = TW.Sum(vyy);
+        dd = TW.Sum(vdd);
+        maxDiff = TW.Fold<MaxOp>(0f, vmax);
+        return i;
     }
 }
 
