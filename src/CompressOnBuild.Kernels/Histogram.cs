@@ -107,72 +107,14 @@ public static class Histogram
         switch (implementation)
         {
             case KernelImplementation.Vector512:
-            {
-                var vmin = Vector512.Create(min);
-                var vscale = Vector512.Create(scale);
-                var vtop = Vector512.Create(top);
-                var vnan = Vector512.Create(bins);
-                Unsafe.SkipInit(out Vector512<int> idx);
-                ref int k = ref Unsafe.As<Vector512<int>, int>(ref idx);
-                for (; i <= n - Vector512<float>.Count; i += Vector512<float>.Count)
-                {
-                    Vector512<float> x = Vector512.LoadUnsafe(ref xs, (nuint)i);
-                    Vector512<float> f = Vector512.MinNative(Vector512.MaxNative((x - vmin) * vscale, Vector512<float>.Zero), vtop);
-                    idx = Vector512.ConditionalSelect(Vector512.Equals(x, x).AsInt32(), Vector512.ConvertToInt32Native(f), vnan);
-                    for (int j = 0; j < Vector512<int>.Count; j += 4)
-                    {
-                        Unsafe.Add(ref table, Unsafe.Add(ref k, j))++;
-                        Unsafe.Add(ref t1, Unsafe.Add(ref k, j + 1))++;
-                        Unsafe.Add(ref t2, Unsafe.Add(ref k, j + 2))++;
-                        Unsafe.Add(ref t3, Unsafe.Add(ref k, j + 3))++;
-                    }
-                }
+                i = ScatterVectorized<W512, Vector512<float>, Vector512<double>, Vector512<int>>(ref xs, n, min, scale, top, bins, ref table, stride);
                 break;
-            }
             case KernelImplementation.Vector256:
-            {
-                var vmin = Vector256.Create(min);
-                var vscale = Vector256.Create(scale);
-                var vtop = Vector256.Create(top);
-                var vnan = Vector256.Create(bins);
-                Unsafe.SkipInit(out Vector256<int> idx);
-                ref int k = ref Unsafe.As<Vector256<int>, int>(ref idx);
-                for (; i <= n - Vector256<float>.Count; i += Vector256<float>.Count)
-                {
-                    Vector256<float> x = Vector256.LoadUnsafe(ref xs, (nuint)i);
-                    Vector256<float> f = Vector256.MinNative(Vector256.MaxNative((x - vmin) * vscale, Vector256<float>.Zero), vtop);
-                    idx = Vector256.ConditionalSelect(Vector256.Equals(x, x).AsInt32(), Vector256.ConvertToInt32Native(f), vnan);
-                    Unsafe.Add(ref table, k)++;
-                    Unsafe.Add(ref t1, Unsafe.Add(ref k, 1))++;
-                    Unsafe.Add(ref t2, Unsafe.Add(ref k, 2))++;
-                    Unsafe.Add(ref t3, Unsafe.Add(ref k, 3))++;
-                    Unsafe.Add(ref table, Unsafe.Add(ref k, 4))++;
-                    Unsafe.Add(ref t1, Unsafe.Add(ref k, 5))++;
-                    Unsafe.Add(ref t2, Unsafe.Add(ref k, 6))++;
-                    Unsafe.Add(ref t3, Unsafe.Add(ref k, 7))++;
-                }
+                i = ScatterVectorized<W256, Vector256<float>, Vector256<double>, Vector256<int>>(ref xs, n, min, scale, top, bins, ref table, stride);
                 break;
-            }
             case KernelImplementation.Vector128:
-            {
-                var vmin = Vector128.Create(min);
-                var vscale = Vector128.Create(scale);
-                var vtop = Vector128.Create(top);
-                var vnan = Vector128.Create(bins);
-                Unsafe.SkipInit(out Vector128<int> idx);
-                ref int k = ref Unsafe.As<Vector128<int>, int>(ref idx);
-                for (; i <= n - Vector128<float>.Count; i += Vector128<float>.Count)
-                {
-                    Vector128<float> x = Vector128.LoadUnsafe(ref xs, (nuint)i);
-                    Vector128<float> f = Vector128.MinNative(Vector128.MaxNative((x - vmin) * vscale, Vector128<float>.Zero), vtop);
-                    idx = Vector128.ConditionalSelect(Vector128.Equals(x, x).AsInt32(), Vector128.ConvertToInt32Native(f), vnan);
-                    Unsafe.Add(ref table, k)++;
-                    Unsafe.Add(ref t1, Unsafe.Add(ref k, 1))++;
-                    Unsafe.Add(ref t2, Unsafe.Add(ref k, 2))++;
-                    Unsafe.Add(ref t3, Unsafe.Add(ref k, 3))++;
-                }
+                i = ScatterVectorized<W128, Vector128<float>, Vector128<double>, Vector128<int>>(ref xs, n, min, scale, top, bins, ref table, stride);
                 break;
-            }
             default:
                 break;
         }
@@ -187,6 +129,38 @@ public static class Histogram
             nan += (long)Unsafe.Add(ref t1, bins) + Unsafe.Add(ref t2, bins) + Unsafe.Add(ref t3, bins);
         }
         return nan;
+    }
+
+    /// <summary>The whole vectors of <see cref="Scatter"/> (lane j into table j % 4); returns the first index not done.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static int ScatterVectorized<TW, TF, TD, TI>(ref float xs, int n, float min, float scale, float top, int bins, ref int table, int stride)
+        where TW : struct, IVectorWidth<TF, TD, TI>
+        where TF : struct
+        where TD : struct
+        where TI : struct
+    {
+        ref int t1 = ref Unsafe.Add(ref table, stride);
+        ref int t2 = ref Unsafe.Add(ref table, 2 * stride);
+        ref int t3 = ref Unsafe.Add(ref table, 3 * stride);
+        TF vmin = TW.Create(min);
+        TF vscale = TW.Create(scale);
+        TF vtop = TW.Create(top);
+        TI vnan = TW.Create(bins);
+        Unsafe.SkipInit(out TI idx);
+        ref int k = ref Unsafe.As<TI, int>(ref idx);
+        int i = 0;
+        for (; i <= n - TW.Count; i += TW.Count)
+        {
+            idx = TW.HistogramBins(TW.Load(ref xs, (nuint)i), vmin, vscale, vtop, vnan);
+            for (int j = 0; j < TW.Count; j += 4)
+            {
+                Unsafe.Add(ref table, Unsafe.Add(ref k, j))++;
+                Unsafe.Add(ref t1, Unsafe.Add(ref k, j + 1))++;
+                Unsafe.Add(ref t2, Unsafe.Add(ref k, j + 2))++;
+                Unsafe.Add(ref t3, Unsafe.Add(ref k, j + 3))++;
+            }
+        }
+        return i;
     }
 }
 
