@@ -71,50 +71,14 @@ public static class Float16Kernels
         switch (implementation)
         {
             case KernelImplementation.Vector512:
-            {
-                var max = Vector512.Create(MaxHalf);
-                var inf = Vector512.Create(float.PositiveInfinity);
-                var sign = Vector512.Create(-0f);
-                for (; i <= n - Vector512<float>.Count; i += Vector512<float>.Count)
-                {
-                    Vector512<float> v = Vector512.LoadUnsafe(ref xs, (nuint)i);
-                    Vector512<float> abs = Vector512.Abs(v);
-                    Vector512<float> over = Vector512.GreaterThan(abs, max) & Vector512.LessThan(abs, inf);
-                    count += BitCount(over.ExtractMostSignificantBits());
-                    Vector512.ConditionalSelect(over, (v & sign) | max, v).StoreUnsafe(ref d, (nuint)i);
-                }
+                i = ClampVectorized<W512, Vector512<float>>(ref xs, ref d, n, ref count);
                 break;
-            }
             case KernelImplementation.Vector256:
-            {
-                var max = Vector256.Create(MaxHalf);
-                var inf = Vector256.Create(float.PositiveInfinity);
-                var sign = Vector256.Create(-0f);
-                for (; i <= n - Vector256<float>.Count; i += Vector256<float>.Count)
-                {
-                    Vector256<float> v = Vector256.LoadUnsafe(ref xs, (nuint)i);
-                    Vector256<float> abs = Vector256.Abs(v);
-                    Vector256<float> over = Vector256.GreaterThan(abs, max) & Vector256.LessThan(abs, inf);
-                    count += BitCount(over.ExtractMostSignificantBits());
-                    Vector256.ConditionalSelect(over, (v & sign) | max, v).StoreUnsafe(ref d, (nuint)i);
-                }
+                i = ClampVectorized<W256, Vector256<float>>(ref xs, ref d, n, ref count);
                 break;
-            }
             case KernelImplementation.Vector128:
-            {
-                var max = Vector128.Create(MaxHalf);
-                var inf = Vector128.Create(float.PositiveInfinity);
-                var sign = Vector128.Create(-0f);
-                for (; i <= n - Vector128<float>.Count; i += Vector128<float>.Count)
-                {
-                    Vector128<float> v = Vector128.LoadUnsafe(ref xs, (nuint)i);
-                    Vector128<float> abs = Vector128.Abs(v);
-                    Vector128<float> over = Vector128.GreaterThan(abs, max) & Vector128.LessThan(abs, inf);
-                    count += BitCount(over.ExtractMostSignificantBits());
-                    Vector128.ConditionalSelect(over, (v & sign) | max, v).StoreUnsafe(ref d, (nuint)i);
-                }
+                i = ClampVectorized<W128, Vector128<float>>(ref xs, ref d, n, ref count);
                 break;
-            }
             default:
                 break;
         }
@@ -126,6 +90,30 @@ public static class Float16Kernels
             Unsafe.Add(ref d, i) = over ? MathF.CopySign(MaxHalf, v) : v;
         }
         return count;
+    }
+
+    /// <summary>The whole vectors of <see cref="Clamp"/>; adds the clamped count to <paramref name="count"/>, returns the first index not done.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static int ClampVectorized<TW, TF>(ref float xs, ref float d, int n, ref int count)
+        where TW : struct, IVectorWidth<TF>
+        where TF : struct
+    {
+        TF max = TW.Create(MaxHalf);
+        TF inf = TW.Create(float.PositiveInfinity);
+        TF sign = TW.Create(-0f);
+        int i = 0;
+        int c = count;
+        for (; i <= n - TW.Count; i += TW.Count)
+        {
+            nuint at = (nuint)i;
+            TF v = TW.Load(ref xs, at);
+            TF abs = TW.Abs(v);
+            TF over = TW.BitwiseAnd(TW.GreaterThan(abs, max), TW.LessThan(abs, inf));
+            c += BitCount(TW.ExtractMostSignificantBits(over));
+            TW.Store(TW.ConditionalSelect(over, TW.BitwiseOr(TW.BitwiseAnd(v, sign), max), v), ref d, at);
+        }
+        count = c;
+        return i;
     }
 
     private static int BitCount(ulong bits) => System.Numerics.BitOperations.PopCount(bits);
