@@ -8,8 +8,8 @@ namespace CompressOnBuild.Validation;
 /// <summary>
 /// The label-free <see cref="HarmMeasure"/> behind sensitivity pruning: the original model's primary output (its first
 /// numeric output) is computed once on the data; a candidate is written to a temporary file, run in ONNX Runtime on the
-/// same samples, and its harm is the mean over samples of KL(softmax(original) || softmax(candidate)) over the output's
-/// last axis (natural log). Outputs with one value per sample use the mean squared difference divided by the mean
+/// same samples, and its harm is the mean over samples of KL(softmax(original) || softmax(candidate)), the softmax taken
+/// over all of one sample's output values (natural log; for a classifier that is its class axis). Outputs with one value per sample use the mean squared difference divided by the mean
 /// square of the original instead.
 /// </summary>
 public static class SensitivityHarm

@@ -10,7 +10,8 @@ namespace CompressOnBuild.Core.Passes;
 /// layer's output on the calibration inputs (not the weights) stays as close as the 4-bit grid allows. Output
 /// channels are independent and share H. The block layout, scales and zero points are exactly those of
 /// <see cref="Int4WeightQuantizer.QuantizeBlocks"/> (MatMulNBits); each block's scale and zero point are chosen from
-/// the error-corrected weights when the block is reached.
+/// the error-corrected weights when the block is reached. Weights that are exactly zero on input (pruned) stay
+/// exactly zero, so GPTQ after pruning keeps the sparsity pattern (unstructured or N:M) and corrects around it.
 /// </summary>
 /// <remarks>
 /// Cost per layer: O(K^3) for the Cholesky factorizations and O(N K^2) for the error feedback, the part past
@@ -129,7 +130,10 @@ internal static class Int4Gptq
                     long at = (long)r * k + i;
                     float scale = scales[r * blocks + block];
                     byte zero = zeros[r * blocks + block];
-                    int code = (int)Math.Clamp(MathF.Round(w[at] / scale, MidpointRounding.ToEven) + zero, 0f, 15f);
+                    // A weight that was exactly zero (pruned, or a dead input) stays exactly zero: the zero point.
+                    // Its corrected value still counts as error and is pushed onto the later positions.
+                    int code = channelMajor[(int)at] == 0f ? zero
+                        : (int)Math.Clamp(MathF.Round(w[at] / scale, MidpointRounding.ToEven) + zero, 0f, 15f);
                     codes[((long)r * blocks + block) * blockSize + i % blockSize] = (byte)code;
                     float q = (code - zero) * scale;
                     float e = (float)((w[at] - q) / d);

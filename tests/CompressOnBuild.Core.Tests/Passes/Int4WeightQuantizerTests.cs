@@ -196,6 +196,57 @@ public sealed class Int4WeightQuantizerTests
         }
     }
 
+    /// <summary>GPTQ after pruning: every weight that was zero stays exactly zero (the sparsity survives), and the output still beats RTN.</summary>
+    [TestMethod]
+    [DataRow(true)]
+    [DataRow(false)]
+    public void Gptq_keeps_pruned_zeros(bool symmetric)
+    {
+        int k = 160, n = 16, block = 32;
+        float[] w = RandomFloats(k * n, 41, 0.5f);
+        // 2:4 along K for every output channel (weights are [K, N] here, K = rows): zero the two smallest of each 4.
+        for (int c = 0; c < n; c++)
+        {
+            for (int g = 0; g < k; g += 4)
+            {
+                foreach (int i in Enumerable.Range(g, 4).OrderBy(i => MathF.Abs(w[i * n + c])).Take(2))
+                {
+                    w[i * n + c] = 0f;
+                }
+            }
+        }
+        ModelProto model = SingleMatMul(k, n, w);
+        float[] calibration = CorrelatedInputs(512, k, 50, 3);
+        float[] heldOut = CorrelatedInputs(256, k, 50, 3);
+        ActivationSource source = (_, _) => new Dictionary<string, Activation> { ["x"] = new Activation(calibration, [512, k]) };
+        ModelProto rtn = model.Clone(), gptq = model.Clone();
+        Int4WeightQuantizer.Apply(rtn, new Int4Options { BlockSize = block, Symmetric = symmetric }, "m");
+        Int4WeightQuantizer.Apply(gptq, new Int4Options { BlockSize = block, Symmetric = symmetric, Method = Int4Method.Gptq, Activations = source }, "m");
+        TensorProto packed = gptq.Graph.Initializer.Single(t => t.Name == "w_q4");
+        TensorProto scales = gptq.Graph.Initializer.Single(t => t.Name == "w_q4_scales");
+        TensorProto? zeroPoints = gptq.Graph.Initializer.SingleOrDefault(t => t.Name == "w_q4_zero_points");
+        float[] back = Dequantize(packed.RawData.ToByteArray(), TensorUtil.ToFloatArray(scales), zeroPoints?.RawData.ToByteArray(), n, k, block);
+        int kept = 0;
+        for (int c = 0; c < n; c++)
+        {
+            for (int i = 0; i < k; i++)
+            {
+                if (w[i * n + c] == 0f)
+                {
+                    Assert.AreEqual(0f, back[c * k + i], $"pruned weight ({i}, {c}) came back nonzero");
+                    kept++;
+                }
+            }
+        }
+        Assert.AreEqual(k * n / 2, kept);
+        float[] reference, outRtn, outGptq;
+        using (var ort = new Ort(model)) { reference = ort.Run(heldOut, [256, k]); }
+        using (var ort = new Ort(rtn)) { outRtn = ort.Run(heldOut, [256, k]); }
+        using (var ort = new Ort(gptq)) { outGptq = ort.Run(heldOut, [256, k]); }
+        double eRtn = ErrorMetrics.Compare(reference, outRtn).RelativeL2, eGptq = ErrorMetrics.Compare(reference, outGptq).RelativeL2;
+        Assert.IsLessThan(eRtn, eGptq, $"GPTQ {eGptq:G4} vs RTN {eRtn:G4} with the sparsity kept");
+    }
+
     [TestMethod]
     public void Gptq_needs_activations_that_fit_the_layer()
     {
