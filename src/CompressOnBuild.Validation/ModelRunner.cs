@@ -225,9 +225,21 @@ public sealed class ModelRunner : IDisposable
     private LatencyProbe PrepareLatencyCore(IReadOnlyList<TensorData> inputs, IReadOnlyList<string> outputNames)
     {
         var values = new List<OrtValue>(inputs.Count);
-        for (int i = 0; i < inputs.Count; i++)
+        try
         {
-            values.Add(ToOrtValue(inputs[i], Inputs[i].ElementType));
+            for (int i = 0; i < inputs.Count; i++)
+            {
+                values.Add(ToOrtValue(inputs[i], Inputs[i].ElementType));
+            }
+        }
+        catch
+        {
+            // A later input failed to convert: free the native tensors made so far.
+            foreach (OrtValue v in values)
+            {
+                v.Dispose();
+            }
+            throw;
         }
         return new LatencyProbe(this, [.. Inputs.Select(i => i.Name)], values, [.. outputNames]);
     }
