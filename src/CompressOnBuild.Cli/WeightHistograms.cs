@@ -5,9 +5,11 @@ using CompressOnBuild.Onnx;
 namespace CompressOnBuild.Cli;
 
 /// <summary>
-/// Histograms of the quantized layers' weights before (float, from the original) and after (the values the shipped
-/// model computes with, dequantized from its integer initializers: DynamicQuantizeMatMul's B/scale/zero point and
-/// DequantizeLinear of a constant), over one shared range, for the HTML report.
+/// Histograms of the quantized layers' weights before (float, from the original, after the same constant folding the
+/// passes do, so a weight behind a Reshape counts) and after (the values the shipped model computes with, dequantized
+/// from its integer initializers: DynamicQuantizeMatMul's B/scale/zero point, ConvInteger's weight with the weight
+/// scale of its output rescale, MatMulNBits' 4-bit blocks, and DequantizeLinear of a constant), over one shared
+/// range, for the HTML report.
 /// </summary>
 internal static class WeightHistograms
 {
@@ -15,7 +17,9 @@ internal static class WeightHistograms
 
     public static JsonObject? Build(ModelProto original, ModelProto compressed, IEnumerable<string> weightNames)
     {
-        var originals = original.Graph.Initializer.ToDictionary(t => t.Name, StringComparer.Ordinal);
+        ModelProto folded = original.Clone();
+        CompressOnBuild.Core.Passes.ConstantFolding.FoldShapeOps(folded, "original");
+        var originals = folded.Graph.Initializer.ToDictionary(t => t.Name, StringComparer.Ordinal);
         var before = new List<float>();
         foreach (string name in weightNames.Distinct(StringComparer.Ordinal))
         {
@@ -55,12 +59,38 @@ internal static class WeightHistograms
     private static List<float> Dequantized(ModelProto model)
     {
         var init = model.Graph.Initializer.ToDictionary(t => t.Name, StringComparer.Ordinal);
+        var producers = new Dictionary<string, NodeProto>(StringComparer.Ordinal);
+        foreach (NodeProto n in model.Graph.Node)
+        {
+            foreach (string o in n.Output)
+            {
+                producers[o] = n;
+            }
+        }
         var result = new List<float>();
         foreach (NodeProto n in model.Graph.Node)
         {
             string? q = null, scale = null, zp = null;
             long axis = 1;
-            if (n.OpType == "DynamicQuantizeMatMul" && n.Input.Count >= 3)
+            if (n.OpType == "MatMulNBits")
+            {
+                AddInt4(n, init, result);
+                continue;
+            }
+            if (n.OpType == "ConvInteger" && n.Input.Count >= 2 && init.ContainsKey(n.Input[1])
+                && producers.TryGetValue(n.Input[0], out NodeProto? dql) && dql.OpType == "DynamicQuantizeLinear" && dql.Output.Count > 1)
+            {
+                // The weight scale is the initializer multiplied with the activation scale to rescale the int32 output.
+                string activationScale = dql.Output[1];
+                NodeProto? mul = model.Graph.Node.FirstOrDefault(m => m.OpType == "Mul" && m.Input.Contains(activationScale)
+                    && m.Input.Any(i => i != activationScale && init.ContainsKey(i)));
+                if (mul != null)
+                {
+                    (q, scale, zp) = (n.Input[1], mul.Input.First(i => i != activationScale && init.ContainsKey(i)), n.Input.Count > 3 ? n.Input[3] : null);
+                    axis = 0; // [M, C/group, kH, kW]; scales per output channel M.
+                }
+            }
+            else if (n.OpType == "DynamicQuantizeMatMul" && n.Input.Count >= 3)
             {
                 (q, scale, zp) = (n.Input[1], n.Input[2], n.Input.Count > 3 ? n.Input[3] : null);
                 axis = 1; // B is [K, N]; scales per column N.
@@ -98,5 +128,38 @@ internal static class WeightHistograms
             }
         }
         return result;
+    }
+
+    /// <summary>MatMulNBits (bits = 4): B [N, blocks, block/2] two codes per byte, low nibble first; scales [N x blocks];
+    /// zero points packed the same way per row (absent: 8); K values per row, the rest of the last block is padding.</summary>
+    private static void AddInt4(NodeProto n, Dictionary<string, TensorProto> init, List<float> result)
+    {
+        long Attr(string name) => n.Attribute.FirstOrDefault(a => a.Name == name)?.I ?? 0;
+        long k = Attr("K"), rows = Attr("N"), block = Attr("block_size");
+        if (Attr("bits") != 4 || k <= 0 || rows <= 0 || block <= 0 || n.Input.Count < 3
+            || !init.TryGetValue(n.Input[1], out TensorProto? bt) || !init.TryGetValue(n.Input[2], out TensorProto? st))
+        {
+            return;
+        }
+        byte[] packed = bt.RawData.ToByteArray();
+        float[] scales = TensorUtil.ToFloatArray(st);
+        long blocks = (k + block - 1) / block;
+        byte[]? zeros = n.Input.Count > 3 && n.Input[3].Length > 0 && init.TryGetValue(n.Input[3], out TensorProto? zt) ? zt.RawData.ToByteArray() : null;
+        long zpRow = (blocks + 1) / 2;
+        if (packed.LongLength < rows * blocks * block / 2 || scales.LongLength < rows * blocks)
+        {
+            return;
+        }
+        for (long r = 0; r < rows; r++)
+        {
+            for (long i = 0; i < k; i++)
+            {
+                long b = i / block;
+                long flat = (r * blocks + b) * block + i % block;
+                int code = (packed[flat / 2] >> (int)(flat % 2 * 4)) & 0xF;
+                int zero = zeros == null ? 8 : (zeros[r * zpRow + b / 2] >> (int)(b % 2 * 4)) & 0xF;
+                result.Add((code - zero) * scales[r * blocks + b]);
+            }
+        }
     }
 }

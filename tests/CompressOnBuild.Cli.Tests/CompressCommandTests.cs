@@ -79,6 +79,25 @@ public sealed class CompressCommandTests
         Assert.IsTrue(output.Graph.Node.Any(n => n.OpType is "DynamicQuantizeMatMul" or "MatMulInteger"), "the output must hold integer ops");
     }
 
+    /// <summary>
+    /// The report's weight histograms cover the same weights before and after for every scheme: mnist-8's MatMul weight
+    /// sits behind a Reshape (folded on both sides), its Convs become ConvInteger (dynamic) or QDQ (static), and
+    /// Int4Weights stores 4-bit blocks.
+    /// </summary>
+    [TestMethod]
+    [DataRow("Int8Dynamic", 8 * 25 + 16 * 8 * 25 + 256 * 10)]
+    [DataRow("Int4Weights", 256 * 10)]
+    public void WeightHistogramsCountTheSameWeightsBeforeAndAfter(string scheme, int weights)
+    {
+        CliRun run = CliHarness.InProcess("compress", Corpus.Model("mnist-8"), "--output", P("h8.onnx"), "--report", P("h8.json"), "--quantization", scheme);
+        Assert.AreEqual(0, run.ExitCode, run.Output);
+        JsonNode hist = JsonNode.Parse(File.ReadAllText(P("h8.json")))!["weightHistograms"]!;
+        long before = hist["before"]!.AsArray().Sum(x => x!.GetValue<long>());
+        long after = hist["after"]!.AsArray().Sum(x => x!.GetValue<long>());
+        Assert.AreEqual(weights, before, "every quantized layer's float weights");
+        Assert.AreEqual(before, after, "every quantized weight decoded back");
+    }
+
     [TestMethod]
     public void ABrokenBudgetFailsWithCMPR0401NamingModelBudgetAndValueAndShipsNothing()
     {

@@ -5,6 +5,13 @@ using CompressOnBuild.Onnx;
 
 namespace CompressOnBuild.Core.Passes;
 
+/// <summary>Public entry to <see cref="PassGraph.FoldConstantShapeOps"/> for callers outside Core (e.g. reports that look at weights as the passes see them).</summary>
+public static class ConstantFolding
+{
+    /// <summary>Folds Reshape/Flatten/Squeeze/Unsqueeze/Identity/Transpose of constant initializers into initializers, in place; returns the folded nodes.</summary>
+    public static int FoldShapeOps(ModelProto model, string displayName) => new PassGraph(model).FoldConstantShapeOps(displayName);
+}
+
 /// <summary>
 /// Bookkeeping shared by the graph-rewriting passes (Float16Converter, Int4WeightQuantizer, Int8StaticQuantizer):
 /// unique names over the whole model, initializers (declared as inputs too for IR &lt; 4), opset imports, values
