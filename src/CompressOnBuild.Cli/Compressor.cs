@@ -400,10 +400,17 @@ internal sealed class AttemptContext(ItemSettings settings, ModelProto original,
         : settings.CalibrationMethod;
 
     /// <summary>Activation ranges for static int8, measured once per item and method on the calibration data (the float model).</summary>
-    public CalibrationResult Calibration()
+    /// <remarks>
+    /// With pruning, <paramref name="pruned"/> is the pruned float model and the ranges are measured on it (its
+    /// activations are what the int8 model will see), cached per method and per set of layers kept dense
+    /// (<paramref name="variant"/>).
+    /// </remarks>
+    public CalibrationResult Calibration(ModelProto? pruned = null, string variant = "")
     {
         string text = CalibrationMethodText;
-        if (_calibrations.TryGetValue(text, out CalibrationResult? cached))
+        string key = pruned == null ? text : text + "|pruned|" + variant;
+        ModelProto calibrated = pruned ?? original;
+        if (_calibrations.TryGetValue(key, out CalibrationResult? cached))
         {
             return cached;
         }
@@ -416,10 +423,10 @@ internal sealed class AttemptContext(ItemSettings settings, ModelProto original,
             _ => CalibrationMethod.MinMax,
         };
         double percentile = parts.Length > 1 ? double.Parse(parts[1], System.Globalization.CultureInfo.InvariantCulture) : 99.99;
-        IReadOnlyList<string> tensors = Int8StaticQuantizer.TensorsToCalibrate(original, StaticOptions([]));
-        CalibrationResult result = Calibrator.Run(original, CalibrationData(), tensors,
+        IReadOnlyList<string> tensors = Int8StaticQuantizer.TensorsToCalibrate(calibrated, StaticOptions([]));
+        CalibrationResult result = Calibrator.Run(calibrated, CalibrationData(), tensors,
             new CalibrationOptions { Method = method, Percentile = percentile, MaxSamples = settings.CalibrationSamples }, settings.Model);
-        _calibrations[text] = result;
+        _calibrations[key] = result;
         return result;
     }
 
@@ -451,7 +458,8 @@ internal sealed class AttemptContext(ItemSettings settings, ModelProto original,
         {
             QuantizationScheme.Int8Dynamic => PassResult.From(Int8DynamicQuantizer.Apply(candidate, new QuantizationOptions { ExcludedNodes = notQuantized }, settings.Model)),
             QuantizationScheme.Float16 => PassResult.From(Float16Converter.Apply(candidate, new Float16Options { ExcludedNodes = notQuantized }, settings.Model)),
-            QuantizationScheme.Int8Static => PassResult.From(Int8StaticQuantizer.Apply(candidate, Calibration(),
+            QuantizationScheme.Int8Static => PassResult.From(Int8StaticQuantizer.Apply(candidate,
+                Calibration(pruning == null ? null : candidate, string.Join(";", excluded)),
                 StaticOptions(notQuantized), settings.Model)),
             QuantizationScheme.Int4Weights => PassResult.From(Int4WeightQuantizer.Apply(candidate,
                 new Int4Options { ExcludedNodes = notQuantized, BlockSize = settings.Int4BlockSize, Symmetric = settings.Int4Symmetric,
