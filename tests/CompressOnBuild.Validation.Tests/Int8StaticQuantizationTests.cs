@@ -33,6 +33,13 @@ public sealed class Int8StaticQuantizationTests
         return path;
     }
 
+    /// <summary>Top-1 accuracy (%) of the model at <paramref name="path"/> on corpus model <paramref name="id"/>'s full labelled test set.</summary>
+    private static double TopOne(string path, string id)
+    {
+        using var runner = new ModelRunner(path, new ModelRunnerOptions { BatchSize = 100 });
+        return Validator.Evaluate(runner, Load(id, runner.Inputs)).Accuracy!.Value;
+    }
+
     private static Dataset Load(string id, ModelInputs inputs, int maxSamples = 0) =>
         DatasetLoader.Load(Corpus.Dataset(DatasetId(id), "t10k-images-idx3-ubyte"), Corpus.Dataset(DatasetId(id), "t10k-labels-idx1-ubyte"),
             inputs, Validation.Preprocessing.Parse(Preprocessing(id)), maxSamples);
@@ -105,15 +112,7 @@ public sealed class Int8StaticQuantizationTests
         string path = Save(q, id);
         try
         {
-            double before, after;
-            using (var runner = new ModelRunner(Corpus.Model(id), new ModelRunnerOptions { BatchSize = 100 }))
-            {
-                before = Validator.Evaluate(runner, Load(id, runner.Inputs)).Accuracy!.Value;
-            }
-            using (var runner = new ModelRunner(path, new ModelRunnerOptions { BatchSize = 100 }))
-            {
-                after = Validator.Evaluate(runner, Load(id, runner.Inputs)).Accuracy!.Value;
-            }
+            double before = TopOne(Corpus.Model(id), id), after = TopOne(path, id);
             long file = new FileInfo(Corpus.Model(id)).Length;
             long size = new FileInfo(path).Length;
             double ratio = (double)file / size;
@@ -153,11 +152,7 @@ public sealed class Int8StaticQuantizationTests
     [DataRow("mnist-mlp-gemm")]
     public void Encodings_and_calibration_methods_compared(string id)
     {
-        double baseline;
-        using (var runner = new ModelRunner(Corpus.Model(id), new ModelRunnerOptions { BatchSize = 100 }))
-        {
-            baseline = Validator.Evaluate(runner, Load(id, runner.Inputs)).Accuracy!.Value;
-        }
+        double baseline = TopOne(Corpus.Model(id), id);
         var results = new Dictionary<string, double>();
         foreach (WeightEncoding encoding in Enum.GetValues<WeightEncoding>())
         {
@@ -167,8 +162,7 @@ public sealed class Int8StaticQuantizationTests
                 string path = Save(q, id + encoding + method);
                 try
                 {
-                    using var runner = new ModelRunner(path, new ModelRunnerOptions { BatchSize = 100 });
-                    double acc = Validator.Evaluate(runner, Load(id, runner.Inputs)).Accuracy!.Value;
+                    double acc = TopOne(path, id);
                     results[$"{encoding}/{method}"] = acc;
                     TestContext.WriteLine($"{id} {encoding} {method}: top-1 {acc:F2}% (float {baseline:F2}%, drop {baseline - acc:F2})");
                 }
@@ -316,15 +310,7 @@ public sealed class Int8StaticQuantizationTests
         string path = Save(q, $"{id}-{activations}-{perChannel}");
         try
         {
-            double before, after;
-            using (var runner = new ModelRunner(Corpus.Model(id), new ModelRunnerOptions { BatchSize = 100 }))
-            {
-                before = Validator.Evaluate(runner, Load(id, runner.Inputs)).Accuracy!.Value;
-            }
-            using (var runner = new ModelRunner(path, new ModelRunnerOptions { BatchSize = 100 }))
-            {
-                after = Validator.Evaluate(runner, Load(id, runner.Inputs)).Accuracy!.Value;
-            }
+            double before = TopOne(Corpus.Model(id), id), after = TopOne(path, id);
             ModelProto optimized = OptimizedModel(path);
             List<string> ops = optimized.Graph.Node.Select(n => n.OpType).ToList();
             string kernels = string.Join(", ", optimized.Graph.Node.Where(n => n.OpType is "QLinearConv" or "QGemm" or "QLinearMatMul")
