@@ -177,66 +177,6 @@ public sealed class Int8StaticQuantizationTests
     }
 
     /// <summary>
-    /// ORT latency int8 / fp32 on the conv models, 1 thread, interleaved in one run, for every weight encoding; batch 1
-    /// and (lenet5, dynamic batch) batch 64. Printed with the optimized graph, not asserted.
-    /// </summary>
-    [TestMethod]
-    [DataRow("mnist-8")]
-    [DataRow("mnist-lenet5")]
-    public void Latency_ratio_on_conv_models(string id)
-    {
-        using var so = new SessionOptions { IntraOpNumThreads = 1, InterOpNumThreads = 1, GraphOptimizationLevel = GraphOptimizationLevel.ORT_ENABLE_ALL };
-        using var fp32 = new InferenceSession(Corpus.Model(id), so);
-        string input = fp32.InputNames[0];
-        foreach ((string variant, Int8StaticOptions variantOptions) in new[]
-        {
-            ("default (ReducedRange, small Convs float)", Int8StaticOptions.Default),
-            ("every Conv, ReducedRange", new Int8StaticOptions { MinimumConvReduction = 0 }),
-            ("every Conv, Int8", new Int8StaticOptions { MinimumConvReduction = 0, WeightEncoding = WeightEncoding.Int8 }),
-            ("every Conv, UInt8", new Int8StaticOptions { MinimumConvReduction = 0, WeightEncoding = WeightEncoding.UInt8 }),
-        })
-        {
-            string encoding = variant;
-            (ModelProto q, _, _) = Quantize(id, variantOptions);
-            string path = Save(q, id + "latency" + variant.GetHashCode(StringComparison.Ordinal));
-            try
-            {
-                List<string> ops = OptimizedOps(path);
-                using var int8 = new InferenceSession(path, so);
-                foreach (int batch in id == "mnist-lenet5" ? new[] { 1, 64 } : new[] { 1 })
-                {
-                    float[] x = RandomFloats(784 * batch, 1).Select(MathF.Abs).ToArray();
-                    using OrtValue value = OrtValue.CreateTensorValueFromMemory(x, [batch, 1, 28, 28]);
-                    int n = batch == 1 ? 400 : 20;
-                    double Time(InferenceSession s)
-                    {
-                        var w = Stopwatch.StartNew();
-                        for (int i = 0; i < n; i++)
-                        {
-                            using var r = s.Run(new RunOptions(), [input], [value], s.OutputNames);
-                        }
-                        return w.Elapsed.TotalMilliseconds / n;
-                    }
-                    Time(fp32);
-                    Time(int8);
-                    double a = 0, b = 0;
-                    for (int round = 0; round < 5; round++)
-                    {
-                        a += Time(fp32);
-                        b += Time(int8);
-                    }
-                    TestContext.WriteLine($"{id} {encoding} batch {batch}: fp32 {a / 5 * 1000:F1} us, int8 {b / 5 * 1000:F1} us per run (1 thread); int8/fp32 = {b / a:F2}");
-                }
-                TestContext.WriteLine($"{id} {encoding} ORT optimized: {string.Join(" ", ops)}");
-            }
-            finally
-            {
-                Directory.Delete(Path.GetDirectoryName(path)!, true);
-            }
-        }
-    }
-
-    /// <summary>
     /// Float Conv/MatMul/Gemm nodes in ORT's optimized graph that read a DequantizeLinear output: a quantized layer
     /// ORT could not fuse into an integer kernel. (DequantizeLinear feeding other float ops, e.g. the Relu int8
     /// activations keep, is not listed.)
