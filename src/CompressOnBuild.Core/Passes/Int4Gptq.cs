@@ -25,17 +25,9 @@ internal static class Int4Gptq
     private const int Batch = 128;
 
     /// <summary>H = 2/m X^T X for activations laid out [m, k] (row-major), in double.</summary>
-    public static double[] Hessian(ReadOnlySpan<float> x, int m, int k)
+    public static double[] Hessian(float[] x, int m, int k)
     {
-        float[] xt = new float[(long)k * m];
-        for (int r = 0; r < m; r++)
-        {
-            ReadOnlySpan<float> row = x.Slice(r * k, k);
-            for (int c = 0; c < k; c++)
-            {
-                xt[(long)c * m + r] = row[c];
-            }
-        }
+        float[] xt = PassGraph.Transpose(x, m, k);
         var product = new float[(long)k * k];
         Gemm.Multiply(xt, x, product, k, k, m);
         var h = new double[product.Length];

@@ -412,12 +412,12 @@ public static class Int4WeightQuantizer
                 {
                     TensorPrimitives.Multiply(channelMajor, c.Alpha, channelMajor);
                 }
-                (byte[] packed, float[] scales, byte[]? zeros, float error) =
-                    (c.TransA ? null : Gptq(c.Node.Input[0], channelMajor, n, k)) ?? QuantizeBlocks(channelMajor, n, k, options.BlockSize, options.Symmetric);
-                if (options.Method == Int4Method.Gptq && (c.TransA || _lastGptqFailed))
+                var gptq = options.Method == Int4Method.Gptq && !c.TransA ? Gptq(c.Node.Input[0], channelMajor, n, k) : null;
+                if (options.Method == Int4Method.Gptq && gptq == null)
                 {
-                    RoundedToNearest.Add(Int8DynamicQuantizer.Label(node));
+                    RoundedToNearest.Add(Int8DynamicQuantizer.Label(node)); // transposed input, or H would not factorize
                 }
+                (byte[] packed, float[] scales, byte[]? zeros, float error) = gptq ?? QuantizeBlocks(channelMajor, n, k, options.BlockSize, options.Symmetric);
                 int blocks = (k + options.BlockSize - 1) / options.BlockSize;
                 string baseName = QuantizedBaseName(c.WeightName);
                 stored = (g.Unique(baseName), g.Unique(baseName + "_scales"), zeros == null ? null : g.Unique(baseName + "_zero_points"), k, n, error);
@@ -488,16 +488,9 @@ public static class Int4WeightQuantizer
             Quantized.Add(new QuantizedNode(label, node.OpType, c.WeightName, k, n, stored.Error));
         }
 
-        private bool _lastGptqFailed;
-
-        /// <summary>GPTQ codes for one weight from its input's calibration activations; null for RTN (not asked, or H would not factorize).</summary>
+        /// <summary>GPTQ codes for one weight from its input's calibration activations; null when H would not factorize.</summary>
         private (byte[] Packed, float[] Scales, byte[]? ZeroPoints, float MaxError)? Gptq(string input, float[] channelMajor, int n, int k)
         {
-            _lastGptqFailed = false;
-            if (options.Method != Int4Method.Gptq)
-            {
-                return null;
-            }
             if (!_activations!.TryGetValue(input, out Activation? a) || a.Shape.Length < 1 || a.Shape[^1] != k || a.Data.Length == 0 || a.Data.Length % k != 0)
             {
                 throw new CompressException(DiagnosticCodes.DataShape, "calibration activations", input,
@@ -508,9 +501,7 @@ public static class Int4WeightQuantizer
                 throw new CompressException(DiagnosticCodes.NonFiniteOutputs, displayName, input, "one of the calibration samples (GPTQ)") { File = displayName };
             }
             double[] h = Int4Gptq.Hessian(a.Data, a.Data.Length / k, k);
-            var result = Int4Gptq.Quantize(channelMajor, n, k, h, options.BlockSize, options.Symmetric, options.GptqDampening);
-            _lastGptqFailed = result == null;
-            return result;
+            return Int4Gptq.Quantize(channelMajor, n, k, h, options.BlockSize, options.Symmetric, options.GptqDampening);
         }
 
         /// <summary>beta * C as a float [N] initializer when C is a constant with N elements (or one); else null.</summary>
