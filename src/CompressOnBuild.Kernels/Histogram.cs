@@ -50,6 +50,13 @@ public static class Histogram
     /// <summary>bins / (max - min) in float (0 if the width overflows: everything then lands in bin 0).</summary>
     internal static float Scale(float min, float max, int bins) => bins / (max - min);
 
+    /// <summary>The bin <see cref="Accumulate"/> puts the non-NaN value <paramref name="x"/> in (values outside the range land in the edge bins).</summary>
+    public static int BinOf(float x, float min, float max, int bins)
+    {
+        Check(min, max, bins);
+        return ScalarReference.HistogramBin(x, min, Scale(min, max, bins), bins - 1);
+    }
+
     internal static long Accumulate(ReadOnlySpan<float> values, float min, float max, Span<long> counts, KernelImplementation implementation)
     {
         int bins = counts.Length;

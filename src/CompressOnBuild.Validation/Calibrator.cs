@@ -125,8 +125,9 @@ public static class Calibrator
                     {
                         throw new CompressException(DiagnosticCodes.NonFiniteOutputs, displayName, names[t], data.GetSampleSource(index)) { File = displayName };
                     }
-                    min[t] = MathF.Min(min[t], System.Numerics.Tensors.TensorPrimitives.Min(v));
-                    max[t] = MathF.Max(max[t], System.Numerics.Tensors.TensorPrimitives.Max(v));
+                    Kernels.MinMaxResult range = Kernels.TensorStats.MinMax(v);
+                    min[t] = MathF.Min(min[t], range.Min);
+                    max[t] = MathF.Max(max[t], range.Max);
                 }
             }
             if (options.Method is CalibrationMethod.Percentile or CalibrationMethod.Mse or CalibrationMethod.Entropy)
@@ -206,8 +207,7 @@ public static class Calibrator
         if (max > min && exactZeros > 0 && min <= 0 && max >= 0)
         {
             histogram = (long[])histogram.Clone();
-            // The histogram kernel's binning, in float as it computes it: (x - min) x (bins / (max - min)).
-            int zeroBin = (int)MathF.Min(MathF.Max((0f - min) * (bins / (max - min)), 0f), bins - 1);
+            int zeroBin = Kernels.Histogram.BinOf(0f, min, max, bins);
             histogram[zeroBin] = Math.Max(0, histogram[zeroBin] - exactZeros);
         }
         long total = 0;

@@ -16,6 +16,21 @@ public sealed class HistogramAndSparsityTests
     }
 
     [TestMethod]
+    public void BinOf_names_the_bin_Accumulate_counts_a_value_in()
+    {
+        foreach ((float min, float max, int bins) in new[] { (-1f, 3f, 2048), (0f, 1f, 7), (-40f, 50f, 4080), (-1e-3f, 2e-3f, 255) })
+        {
+            foreach (float x in new[] { min, max, 0f, -0f, (min + max) / 2, min - 1, max + 1, MathF.BitDecrement(max), min + (max - min) / bins })
+            {
+                var counts = new long[bins];
+                Histogram.Accumulate([x], min, max, counts);
+                Assert.AreEqual(1, counts[Histogram.BinOf(x, min, max, bins)], $"x={x} in [{min}, {max}] over {bins} bins");
+            }
+        }
+        Assert.ThrowsExactly<ArgumentException>(() => Histogram.BinOf(0f, 1f, 1f, 16));
+    }
+
+    [TestMethod]
     public void Histogram_matches_the_reference_for_every_length_offset_and_implementation()
     {
         (float Min, float Max, int Bins)[] ranges = [(-10f, 10f, 2048), (-3f, 7f, 100), (0f, 1f, 1), (-1e-30f, 1e-30f, 2048), (-5f, 5f, 7)];
