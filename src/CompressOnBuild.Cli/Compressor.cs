@@ -395,9 +395,7 @@ internal sealed class AttemptContext(ItemSettings settings, ModelProto original,
     }
 
     /// <summary>The calibration method in use: the item's, unless the tuner is trying another ("MinMax", "Percentile:99.9", "Mse", "Entropy").</summary>
-    public string CalibrationMethodText { get; set; } = settings.CalibrationMethod == "Percentile"
-        ? "Percentile:" + settings.CalibrationPercentile.ToString(System.Globalization.CultureInfo.InvariantCulture)
-        : settings.CalibrationMethod;
+    public string CalibrationMethodText { get; set; } = settings.CalibrationMethod;
 
     /// <summary>Activation ranges for static int8, measured once per item and method on the calibration data (the float model).</summary>
     /// <remarks>
@@ -414,15 +412,10 @@ internal sealed class AttemptContext(ItemSettings settings, ModelProto original,
         {
             return cached;
         }
-        string[] parts = text.Split(':');
-        var method = parts[0] switch
+        if (!CalibrationOptions.TryParseMethod(text, out CalibrationMethod method, out double percentile, out _))
         {
-            "Percentile" => CalibrationMethod.Percentile,
-            "Mse" => CalibrationMethod.Mse,
-            "Entropy" => CalibrationMethod.Entropy,
-            _ => CalibrationMethod.MinMax,
-        };
-        double percentile = parts.Length > 1 ? double.Parse(parts[1], System.Globalization.CultureInfo.InvariantCulture) : 99.99;
+            throw new InvalidOperationException($"Calibration method '{text}' was not validated."); // ItemSettings and the Tuner only pass valid ones
+        }
         IReadOnlyList<string> tensors = Int8StaticQuantizer.TensorsToCalibrate(calibrated, StaticOptions([]));
         CalibrationResult result = Calibrator.Run(calibrated, CalibrationData(), tensors,
             new CalibrationOptions { Method = method, Percentile = percentile, MaxSamples = settings.CalibrationSamples }, settings.Model);

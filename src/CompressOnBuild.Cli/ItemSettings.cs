@@ -2,6 +2,7 @@ using System.Globalization;
 using CompressOnBuild.Core;
 using CompressOnBuild.Core.Passes;
 using CompressOnBuild.Onnx;
+using CompressOnBuild.Validation;
 
 namespace CompressOnBuild.Cli;
 
@@ -32,8 +33,8 @@ internal sealed class ItemSettings
     public string? CalibrationData { get; init; }
     public PruningOptions Pruning { get; init; } = PruningOptions.None;
     public int CalibrationSamples { get; init; } = 256;
+    /// <summary>The calibration method in its canonical spelling (see <see cref="CalibrationOptions.TryParseMethod"/>), e.g. "Percentile:99.99".</summary>
     public string CalibrationMethod { get; init; } = "MinMax";
-    public double CalibrationPercentile { get; init; } = 99.99;
     public bool Int4Symmetric { get; init; } = true;
 
     public Int4Method Int4Method { get; init; } = Int4Method.Rtn;
@@ -140,15 +141,7 @@ internal sealed class ItemSettings
             throw Invalid("CalibrationSamples", cs, "use a whole number of at least 1");
         }
         string calibrationMethod = r.Get("CalibrationMethod") ?? "MinMax";
-        double percentile = 99.99;
-        string[] cm = calibrationMethod.Split(':', StringSplitOptions.TrimEntries);
-        bool methodOk = cm[0].ToUpperInvariant() switch
-        {
-            "MINMAX" or "MSE" or "ENTROPY" => cm.Length == 1,
-            "PERCENTILE" => cm.Length == 1 || (cm.Length == 2 && double.TryParse(cm[1], NumberStyles.Float, CultureInfo.InvariantCulture, out percentile) && percentile > 50 && percentile <= 100),
-            _ => false,
-        };
-        if (!methodOk)
+        if (!CalibrationOptions.TryParseMethod(calibrationMethod, out _, out _, out string calibrationCanonical))
         {
             throw Invalid("CalibrationMethod", calibrationMethod, "use MinMax, Percentile[:<50..100, default 99.99>], Mse or Entropy");
         }
@@ -271,14 +264,19 @@ internal sealed class ItemSettings
         };
         foreach ((string k, string v) in r.Values)
         {
-            if (k is "Output" or "Report" or "Quantization" or "Pruning" or "ActivationType" or "PerChannel" || string.IsNullOrWhiteSpace(v))
+            if (k is "Output" or "Report" or "Quantization" or "Pruning" or "ActivationType" or "PerChannel" or "CalibrationMethod" || string.IsNullOrWhiteSpace(v))
             {
                 continue;
             }
             effective[k] = v.Trim();
         }
         // Canonical and only when not the default: "int8" and "Int8" key the same result, and so do an unset
-        // PerChannel and "true" (and earlier cache entries, made before these options existed, stay valid).
+        // PerChannel and "true", or "percentile" and "Percentile:99.99" (and earlier cache entries, made before these
+        // options existed, stay valid).
+        if (calibrationCanonical != "MinMax")
+        {
+            effective["CalibrationMethod"] = calibrationCanonical;
+        }
         if (activationType != ActivationType.UInt8)
         {
             effective["ActivationType"] = activationType.ToString();
@@ -299,8 +297,7 @@ internal sealed class ItemSettings
             CalibrationData = r.Get("CalibrationData"),
             Pruning = pruningOptions,
             CalibrationSamples = calibrationSamples,
-            CalibrationMethod = cm[0].ToUpperInvariant() switch { "PERCENTILE" => "Percentile", "MSE" => "Mse", "ENTROPY" => "Entropy", _ => "MinMax" },
-            CalibrationPercentile = percentile,
+            CalibrationMethod = calibrationCanonical,
             Int4Symmetric = int4Symmetric,
             Int4Method = int4Method,
             ActivationType = activationType,

@@ -51,6 +51,29 @@ public sealed class CalibrationOptions
 
     /// <summary>Minimum histogram bins for <see cref="CalibrationMethod.Entropy"/>: 16 bins per uint8 level at the full range.</summary>
     public const int EntropyBins = 16 * 255;
+
+    /// <summary>
+    /// Reads the option syntax <c>MinMax</c> | <c>Percentile[:&lt;p in (50, 100]&gt;]</c> | <c>Mse</c> | <c>Entropy</c>
+    /// (case-insensitive); <paramref name="canonical"/> is the one spelling of it (<c>Percentile:99.99</c> with the
+    /// default filled in), which the CLI reports, caches by and hands back here.
+    /// </summary>
+    public static bool TryParseMethod(string text, out CalibrationMethod method, out double percentile, out string canonical)
+    {
+        ArgumentNullException.ThrowIfNull(text);
+        percentile = 99.99;
+        string[] parts = text.Split(':', StringSplitOptions.TrimEntries);
+        (method, bool ok) = parts[0].ToUpperInvariant() switch
+        {
+            "MINMAX" => (CalibrationMethod.MinMax, parts.Length == 1),
+            "MSE" => (CalibrationMethod.Mse, parts.Length == 1),
+            "ENTROPY" => (CalibrationMethod.Entropy, parts.Length == 1),
+            "PERCENTILE" => (CalibrationMethod.Percentile, parts.Length == 1
+                || (parts.Length == 2 && double.TryParse(parts[1], NumberStyles.Float, CultureInfo.InvariantCulture, out percentile) && percentile > 50 && percentile <= 100)),
+            _ => (CalibrationMethod.MinMax, false),
+        };
+        canonical = method == CalibrationMethod.Percentile ? "Percentile:" + percentile.ToString(CultureInfo.InvariantCulture) : method.ToString();
+        return ok;
+    }
 }
 
 /// <summary>

@@ -550,6 +550,25 @@ public sealed class CompressCommandTests
     /// report fields, integer kernels in ORT) and the cache key: UInt8 or per-channel is another result, while "int8"
     /// spelled differently is the same one.
     /// </summary>
+    /// <summary>CalibrationMethod keys the cache by its canonical spelling: "percentile" is "Percentile:99.99", "minmax" is the default
+    /// (the same output file name in different folders, as the name is part of the key).</summary>
+    [TestMethod]
+    public void CalibrationMethodSpellingsOfOneMethodShareACacheEntry()
+    {
+        (string model, string images, _) = MakeMlpWithData();
+        string cache = P("cm-cache");
+        CliRun Run(string output, params string[] extra) => CliHarness.InProcess(
+            ["compress", model, "--output", P(output), "--report", P(output + ".json"), "--quantization", "Int8Static", "--calibration-data", images,
+                "--cache-dir", cache, .. extra]);
+        Assert.AreEqual(0, Run("a/m.onnx", "--calibration-method", "Percentile:99.99").ExitCode);
+        CliRun same = Run("b/m.onnx", "--calibration-method", "percentile");
+        StringAssert.Contains(same.Output, "(cached)");
+        Assert.AreEqual("Percentile:99.99", JsonNode.Parse(File.ReadAllText(P("b/m.onnx.json")))!["options"]!["CalibrationMethod"]!.GetValue<string>());
+        Assert.AreEqual(0, Run("c/m.onnx").ExitCode);
+        StringAssert.Contains(Run("d/m.onnx", "--calibration-method", "minmax").Output, "(cached)");
+        Assert.IsFalse(Run("e/m.onnx", "--calibration-method", "Entropy").Output.Contains("(cached)", StringComparison.Ordinal));
+    }
+
     [TestMethod]
     public void StaticInt8ActivationTypeAndPerChannelReachThePassAndTheCacheKey()
     {
