@@ -175,8 +175,7 @@ internal static class Compressor
                 {
                     Dataset data = LoadData(s, originalRunner.Inputs, 0, out string source);
                     result.ValidationSource = source;
-                    bool latency = s.Budgets.Any(b => b.Name == "MaxLatencyRatio");
-                    result.Validation = Validator.Compare(originalRunner, compressed, data, new ValidatorOptions { LatencyRuns = latency ? 31 : 0, MinLatencyMilliseconds = 100 });
+                    result.Validation = Validator.Compare(originalRunner, compressed, data, ValidationOptions(s));
                 }
                 result.ValidateSeconds = watch.Elapsed.TotalSeconds;
                 result.Budgets.AddRange(Budgets.Evaluate(s, result.Validation, result.OriginalBytes, result.CompressedBytes));
@@ -203,6 +202,13 @@ internal static class Compressor
             }
         }
     }
+
+    /// <summary>
+    /// How an item is validated: latency (31 interleaved runs, at least 100 ms per model so tiny models get enough
+    /// runs) only when a MaxLatencyRatio budget needs it.
+    /// </summary>
+    internal static ValidatorOptions ValidationOptions(ItemSettings s) =>
+        new() { LatencyRuns = s.Budgets.Any(b => b.Name == "MaxLatencyRatio") ? 31 : 0, MinLatencyMilliseconds = 100 };
 
     /// <summary>Size from which the streaming path is used; COMPRESSONBUILD_STREAMING_THRESHOLD_BYTES overrides it (tests).</summary>
     private static long StreamingThreshold() =>
@@ -468,8 +474,7 @@ internal sealed class AttemptContext(ItemSettings settings, ModelProto original,
 
         watch.Restart();
         using var compressed = new ModelRunner(path, runnerOptions);
-        bool measureLatency = settings.Budgets.Any(b => b.Name == "MaxLatencyRatio");
-        ValidationResult validation = Validator.Compare(originalRunner, compressed, on ?? data, new ValidatorOptions { LatencyRuns = measureLatency ? 31 : 0, MinLatencyMilliseconds = 100 });
+        ValidationResult validation = Validator.Compare(originalRunner, compressed, on ?? data, Compressor.ValidationOptions(settings));
         List<BudgetOutcome> budgets = Budgets.Evaluate(settings, validation, originalBytes, bytes);
         return new Attempt(path, excluded, summary, pruning, bytes, sha, validation, budgets, compressSeconds, watch.Elapsed.TotalSeconds)
         {
