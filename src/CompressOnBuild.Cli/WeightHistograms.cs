@@ -150,15 +150,24 @@ internal static class WeightHistograms
         {
             return;
         }
+        // The codes and zero points are unpacked by the same kernel the quantizer packs them with.
+        var codes = new byte[rows * blocks * block];
+        Kernels.Int4Kernels.Unpack(packed.AsSpan(0, (int)(rows * blocks * block / 2)), codes);
+        var rowZeros = new byte[blocks];
         for (long r = 0; r < rows; r++)
         {
+            if (zeros == null)
+            {
+                Array.Fill(rowZeros, (byte)8);
+            }
+            else
+            {
+                Kernels.Int4Kernels.Unpack(zeros.AsSpan((int)(r * zpRow), (int)zpRow), rowZeros);
+            }
             for (long i = 0; i < k; i++)
             {
                 long b = i / block;
-                long flat = (r * blocks + b) * block + i % block;
-                int code = (packed[flat / 2] >> (int)(flat % 2 * 4)) & 0xF;
-                int zero = zeros == null ? 8 : (zeros[r * zpRow + b / 2] >> (int)(b % 2 * 4)) & 0xF;
-                result.Add((code - zero) * scales[r * blocks + b]);
+                result.Add((codes[(r * blocks + b) * block + i % block] - rowZeros[b]) * scales[r * blocks + b]);
             }
         }
     }

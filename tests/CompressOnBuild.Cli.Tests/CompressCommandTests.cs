@@ -87,6 +87,7 @@ public sealed class CompressCommandTests
     [TestMethod]
     [DataRow("Int8Dynamic", 8 * 25 + 16 * 8 * 25 + 256 * 10)]
     [DataRow("Int4Weights", 256 * 10)]
+    [DataRow("Int4Weights:128:asym", 256 * 10)]
     public void WeightHistogramsCountTheSameWeightsBeforeAndAfter(string scheme, int weights)
     {
         CliRun run = CliHarness.InProcess("compress", Corpus.Model("mnist-8"), "--output", P("h8.onnx"), "--report", P("h8.json"), "--quantization", scheme);
