@@ -340,15 +340,7 @@ public static class StreamingQuantizer
             }
         }
 
-        private string Unique(string name)
-        {
-            string candidate = name;
-            for (int i = 1; !_names.Add(candidate); i++)
-            {
-                candidate = name + "_" + i.ToString(CultureInfo.InvariantCulture);
-            }
-            return candidate;
-        }
+        private string Unique(string name) => PassGraph.Unique(_names, name);
 
         private void WriteData(Stream stream, List<Weight> weights, HashSet<TensorProto> quantized, string dataName)
         {
@@ -713,33 +705,18 @@ public static class StreamingQuantizer
         private void RemoveFloatWeight(Weight w)
         {
             GraphProto graph = _model.Graph;
+            graph.Initializer.Remove(w.Tensor);
+            for (int i = graph.Input.Count - 1; i >= 0; i--)
             {
-                graph.Initializer.Remove(w.Tensor);
-                for (int i = graph.Input.Count - 1; i >= 0; i--)
+                if (graph.Input[i].Name == w.Tensor.Name)
                 {
-                    if (graph.Input[i].Name == w.Tensor.Name)
-                    {
-                        graph.Input.RemoveAt(i);
-                    }
-                }
-                for (int i = graph.ValueInfo.Count - 1; i >= 0; i--)
-                {
-                    if (graph.ValueInfo[i].Name == w.Tensor.Name)
-                    {
-                        graph.ValueInfo.RemoveAt(i);
-                    }
+                    graph.Input.RemoveAt(i);
                 }
             }
+            PassGraph.RemoveValueInfo(graph, w.Tensor.Name);
         }
 
-        private void EnsureMicrosoftOpset()
-        {
-            OperatorSetIdProto? ms = _model.OpsetImport.FirstOrDefault(o => o.Domain == Int8DynamicQuantizer.MicrosoftDomain);
-            if (ms == null)
-            {
-                _model.OpsetImport.Add(new OperatorSetIdProto { Domain = Int8DynamicQuantizer.MicrosoftDomain, Version = 1 });
-            }
-        }
+        private void EnsureMicrosoftOpset() => PassGraph.EnsureOpset(_model, Int8DynamicQuantizer.MicrosoftDomain, 1);
 
         private void AddInitializer(TensorProto t)
         {
@@ -750,19 +727,7 @@ public static class StreamingQuantizer
             }
         }
 
-        private void AddInputDeclaration(TensorProto t)
-        {
-            var shape = new TensorShapeProto();
-            foreach (long d in t.Dims)
-            {
-                shape.Dim.Add(new TensorShapeProto.Types.Dimension { DimValue = d });
-            }
-            _model.Graph.Input.Add(new ValueInfoProto
-            {
-                Name = t.Name,
-                Type = new TypeProto { TensorType = new TypeProto.Types.Tensor { ElemType = t.DataType, Shape = shape } },
-            });
-        }
+        private void AddInputDeclaration(TensorProto t) => _model.Graph.Input.Add(PassGraph.ValueInfo(t.Name, t.DataType, t.Dims));
 
         private static void DeleteStale(string path)
         {
