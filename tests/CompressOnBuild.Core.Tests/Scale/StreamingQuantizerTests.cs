@@ -42,6 +42,22 @@ public sealed class StreamingQuantizerTests
         return TinyModels.Model(g);
     }
 
+    /// <summary>Saves <paramref name="model"/> with every tensor of 64 bytes or more in "&lt;path&gt;.data".</summary>
+    private static void SaveExternal(ModelProto model, string path) =>
+        ModelIO.Save(model, path, new ModelSaveOptions { ForceExternalData = true, ExternalTensorMinBytes = 64 });
+
+    /// <summary><see cref="SmallChain"/> with w1[7] set to <paramref name="value"/>, saved with external data as src/m.onnx.</summary>
+    private string SaveChainWithW1Element7(float value)
+    {
+        ModelProto model = SmallChain();
+        float[] w = TensorUtil.ToFloatArray(model.Graph.Initializer[1]);
+        w[7] = value;
+        model.Graph.Initializer[1] = TensorUtil.FromFloats("w1", w, 48, 48);
+        string source = Path.Combine(_dir, "src", "m.onnx");
+        SaveExternal(model, source);
+        return source;
+    }
+
     [TestMethod]
     [DataRow(WeightEncoding.UInt8)]
     [DataRow(WeightEncoding.Int8)]
@@ -50,7 +66,7 @@ public sealed class StreamingQuantizerTests
     {
         ModelProto model = SmallChain();
         string source = Path.Combine(_dir, "src", "m.onnx");
-        ModelIO.Save(model, source, new ModelSaveOptions { ForceExternalData = true, ExternalTensorMinBytes = 64 });
+        SaveExternal(model, source);
         var options = new QuantizationOptions { WeightEncoding = encoding };
 
         ModelProto inMemory = model.Clone();
@@ -94,7 +110,7 @@ public sealed class StreamingQuantizerTests
         // K = 200: a partial last block for both block sizes, and an odd block count (7 for 32) for the packed zero points.
         ModelProto model = SmallChain(k: 200);
         string source = Path.Combine(_dir, "src", "m.onnx");
-        ModelIO.Save(model, source, new ModelSaveOptions { ForceExternalData = true, ExternalTensorMinBytes = 64 });
+        SaveExternal(model, source);
         var options = new Int4Options { BlockSize = blockSize, Symmetric = symmetric, AccuracyLevel = 4 };
 
         ModelProto inMemory = model.Clone();
@@ -145,12 +161,7 @@ public sealed class StreamingQuantizerTests
     [TestMethod]
     public void Int4NonFiniteWeightIsCMPR0202AndNothingIsWritten()
     {
-        ModelProto model = SmallChain();
-        float[] w = TensorUtil.ToFloatArray(model.Graph.Initializer[1]);
-        w[7] = float.PositiveInfinity;
-        model.Graph.Initializer[1] = TensorUtil.FromFloats("w1", w, 48, 48);
-        string source = Path.Combine(_dir, "src", "m.onnx");
-        ModelIO.Save(model, source, new ModelSaveOptions { ForceExternalData = true, ExternalTensorMinBytes = 64 });
+        string source = SaveChainWithW1Element7(float.PositiveInfinity);
         string outDir = Path.Combine(_dir, "out");
         var e = Assert.ThrowsExactly<CompressException>(() => StreamingQuantizer.CompressInt4Weights(source, Path.Combine(outDir, "m.onnx"), Int4Options.Default, "m"));
         Assert.AreEqual(DiagnosticCodes.NonFiniteWeights, e.Code);
@@ -162,12 +173,7 @@ public sealed class StreamingQuantizerTests
     [TestMethod]
     public void NonFiniteWeightIsCMPR0202AndNothingIsWritten()
     {
-        ModelProto model = SmallChain();
-        float[] w = TensorUtil.ToFloatArray(model.Graph.Initializer[1]);
-        w[7] = float.NaN;
-        model.Graph.Initializer[1] = TensorUtil.FromFloats("w1", w, 48, 48);
-        string source = Path.Combine(_dir, "src", "m.onnx");
-        ModelIO.Save(model, source, new ModelSaveOptions { ForceExternalData = true, ExternalTensorMinBytes = 64 });
+        string source = SaveChainWithW1Element7(float.NaN);
         string outDir = Path.Combine(_dir, "out");
         var e = Assert.ThrowsExactly<CompressException>(() => StreamingQuantizer.CompressInt8Dynamic(source, Path.Combine(outDir, "m.onnx"), QuantizationOptions.Default, "m"));
         Assert.AreEqual(DiagnosticCodes.NonFiniteWeights, e.Code);
@@ -178,7 +184,7 @@ public sealed class StreamingQuantizerTests
     public void OutputOverTheSourceIsRefused()
     {
         string source = Path.Combine(_dir, "m.onnx");
-        ModelIO.Save(SmallChain(), source, new ModelSaveOptions { ForceExternalData = true, ExternalTensorMinBytes = 64 });
+        SaveExternal(SmallChain(), source);
         byte[] data = File.ReadAllBytes(source + ".data");
         // Another model in the same folder whose data file would be "m.onnx.data" again.
         File.Copy(source, Path.Combine(_dir, "other.onnx"));
@@ -191,7 +197,7 @@ public sealed class StreamingQuantizerTests
     public void SizeProbeCountsExternalData()
     {
         string source = Path.Combine(_dir, "m.onnx");
-        ModelIO.Save(SmallChain(), source, new ModelSaveOptions { ForceExternalData = true, ExternalTensorMinBytes = 64 });
+        SaveExternal(SmallChain(), source);
         long total = ModelIO.TotalBytesWithExternalData(source);
         Assert.AreEqual(new FileInfo(source).Length + (64 * 48 + 48 * 48 + 48) * 4, total);
         Assert.IsFalse(StreamingQuantizer.ShouldStream(source));
