@@ -166,7 +166,7 @@ public static class StreamingQuantizer
                 {
                     DeleteStale(dataPath);
                 }
-                Rewrite(weights, dataName);
+                Rewrite(weights);
                 beforeSave?.Invoke(_model);
                 AtomicFile.Write(full, stream =>
                 {
@@ -439,7 +439,7 @@ public static class StreamingQuantizer
             byte[]? zeros = int4.Symmetric ? null : new byte[(long)n * zpBytes];
             float maxError = 0;
             long row0 = 0;
-            foreach ((int rows, _) in Chunks(w, buffer, rowsPerChunk))
+            foreach (int rows in Chunks(w, buffer, rowsPerChunk))
             {
                 float[] chunk = MemoryMarshal.Cast<byte, float>(buffer.AsSpan(0, (int)(rows * rowBytes))).ToArray();
                 if (!TensorStats.AllFinite(chunk))
@@ -497,7 +497,7 @@ public static class StreamingQuantizer
         {
             var maxAbs = new float[w.N];
             var chunkMax = new float[w.N];
-            foreach ((int rows, float[]? _) in Chunks(w, buffer))
+            foreach (int rows in Chunks(w, buffer))
             {
                 ReadOnlySpan<float> values = MemoryMarshal.Cast<byte, float>(buffer.AsSpan(0, rows * w.N * 4));
                 if (!TensorStats.AllFinite(values))
@@ -511,9 +511,10 @@ public static class StreamingQuantizer
                 }
             }
             var scales = new float[w.N];
+            float levels = Encoding.Levels;
             for (int j = 0; j < w.N; j++)
             {
-                float scale = maxAbs[j] / Encoding.Levels;
+                float scale = maxAbs[j] / levels;
                 scales[j] = scale >= 1e-30f && float.IsFinite(scale) ? scale : 1f;
             }
             return scales;
@@ -528,7 +529,7 @@ public static class StreamingQuantizer
             byte[] q = new byte[Math.Max(1, buffer.Length / 4)];
             long written = 0;
             float maxError = 0;
-            foreach ((int rows, _) in Chunks(w, buffer))
+            foreach (int rows in Chunks(w, buffer))
             {
                 int count = rows * w.N;
                 ReadOnlySpan<float> values = MemoryMarshal.Cast<byte, float>(buffer.AsSpan(0, count * 4));
@@ -559,7 +560,7 @@ public static class StreamingQuantizer
         }
 
         /// <summary>Fills <paramref name="buffer"/> with successive whole rows of the weight's float data.</summary>
-        private IEnumerable<(int Rows, float[]? Unused)> Chunks(Weight w, byte[] buffer, int maxRows = int.MaxValue)
+        private IEnumerable<int> Chunks(Weight w, byte[] buffer, int maxRows = int.MaxValue)
         {
             long rowBytes = (long)w.N * 4;
             if (rowBytes > buffer.Length)
@@ -585,7 +586,7 @@ public static class StreamingQuantizer
                 {
                     inline.AsSpan((int)(row * rowBytes), bytes).CopyTo(buffer);
                 }
-                yield return (rows, null);
+                yield return rows;
             }
         }
 
@@ -621,9 +622,8 @@ public static class StreamingQuantizer
             }
         }
 
-        private void Rewrite(List<Weight> weights, string dataName)
+        private void Rewrite(List<Weight> weights)
         {
-            _ = dataName;
             if (weights.Count == 0)
             {
                 return;
