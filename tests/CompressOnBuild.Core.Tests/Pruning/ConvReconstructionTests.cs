@@ -262,19 +262,6 @@ public sealed class ConvReconstructionTests
         Assert.IsLessThan(errPlain, errRefit);
     }
 
-    /// <summary>256 evenly spaced test images (indices floor(i x 10000 / 256)), as the CLI picks --calibration-samples 256.</summary>
-    private static ActivationSource EvenlySpaced(string id, int samples) => (model, names) =>
-    {
-        (float[] images, _) = CorpusEval.Data(id);
-        int count = images.Length / 784;
-        var picked = new float[samples * 784];
-        for (int i = 0; i < samples; i++)
-        {
-            images.AsSpan((int)((long)i * count / samples) * 784, 784).CopyTo(picked.AsSpan(i * 784));
-        }
-        return TestActivations.Run(model, names, picked, samples, Math.Min(CorpusEval.Spec(id).Batch, samples), CorpusEval.ShapeFor(id));
-    };
-
     [TestMethod]
     [DataRow("mnist-lenet5")]
     [DataRow("mnist-8")]
@@ -285,13 +272,13 @@ public sealed class ConvReconstructionTests
         var options = PruningOptions.Parse("Channels:0.3", id);
 
         ModelProto plain = original.Clone();
-        PruningSummary sp = Pruner.Apply(plain, options with { Reconstruct = false }, id, EvenlySpaced(id, 256));
+        PruningSummary sp = Pruner.Apply(plain, options with { Reconstruct = false }, id, TestActivations.EvenlySpaced(id, 256));
         ModelChecker.Validate(plain, id);
         double plainTop1 = CorpusEval.Accuracy(CorpusEval.Predict(plain, id), id);
 
         ModelProto refit = original.Clone();
         var watch = Stopwatch.StartNew();
-        PruningSummary s = Pruner.Apply(refit, options, id, EvenlySpaced(id, 256));
+        PruningSummary s = Pruner.Apply(refit, options, id, TestActivations.EvenlySpaced(id, 256));
         long applyMs = watch.ElapsedMilliseconds;
         ModelChecker.Validate(refit, id);
         double refitTop1 = CorpusEval.Accuracy(CorpusEval.Predict(refit, id), id);

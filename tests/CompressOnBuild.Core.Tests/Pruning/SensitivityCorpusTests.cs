@@ -18,26 +18,10 @@ public sealed class SensitivityCorpusTests
 
     public TestContext TestContext { get; set; } = null!;
 
-    /// <summary>The 256 evenly spaced calibration images (floor(i x 10000 / 256)), preprocessed.</summary>
-    private static float[] CalibrationImages(string id)
-    {
-        (float[] images, byte[] labels) = CorpusEval.Data(id);
-        var subset = new float[CalibrationSamples * 784];
-        for (int i = 0; i < CalibrationSamples; i++)
-        {
-            int index = (int)((long)i * labels.Length / CalibrationSamples);
-            images.AsSpan(index * 784, 784).CopyTo(subset.AsSpan(i * 784));
-        }
-        return subset;
-    }
-
-    private static ActivationSource Activations(string id) => (model, names) =>
-        TestActivations.Run(model, names, CalibrationImages(id), CalibrationSamples, Math.Min(CorpusEval.Spec(id).Batch, CalibrationSamples), CorpusEval.ShapeFor(id));
-
     /// <summary>Mean KL(softmax(original) || softmax(candidate)) on the calibration images, in ORT.</summary>
     private static HarmMeasure Kl(ModelProto original, string id)
     {
-        float[] x = CalibrationImages(id);
+        float[] x = TestActivations.EvenlySpacedImages(id, CalibrationSamples);
         int batch = Math.Min(CorpusEval.Spec(id).Batch, CalibrationSamples);
         float[] Logits(ModelProto m)
         {
@@ -95,9 +79,9 @@ public sealed class SensitivityCorpusTests
         string s = sparsity.ToString(System.Globalization.CultureInfo.InvariantCulture);
 
         ModelProto uniform = original.Clone();
-        PruningSummary u = Pruner.Apply(uniform, PruningOptions.Parse("Magnitude:" + s, id), id, Activations(id));
+        PruningSummary u = Pruner.Apply(uniform, PruningOptions.Parse("Magnitude:" + s, id), id, TestActivations.EvenlySpaced(id, CalibrationSamples));
         ModelProto guided = original.Clone();
-        PruningSummary g = Pruner.Apply(guided, PruningOptions.Parse("Sensitivity:" + s, id), id, Activations(id), Kl(original, id));
+        PruningSummary g = Pruner.Apply(guided, PruningOptions.Parse("Sensitivity:" + s, id), id, TestActivations.EvenlySpaced(id, CalibrationSamples), Kl(original, id));
         ModelChecker.Validate(guided, id);
 
         long elements = g.Pruned.Sum(p => p.ElementsBefore);

@@ -20,6 +20,26 @@ internal static class TestActivations
         return Run(model, names, images, samples, batch, CorpusEval.ShapeFor(id));
     };
 
+    /// <summary>
+    /// <paramref name="samples"/> evenly spaced test images of a corpus model (indices floor(i x count / samples)), as the
+    /// CLI picks --calibration-samples.
+    /// </summary>
+    public static float[] EvenlySpacedImages(string id, int samples)
+    {
+        (float[] images, _) = CorpusEval.Data(id);
+        int count = images.Length / 784;
+        var picked = new float[samples * 784];
+        for (int i = 0; i < samples; i++)
+        {
+            images.AsSpan((int)((long)i * count / samples) * 784, 784).CopyTo(picked.AsSpan(i * 784));
+        }
+        return picked;
+    }
+
+    /// <summary>Activations of the <see cref="EvenlySpacedImages"/>.</summary>
+    public static ActivationSource EvenlySpaced(string id, int samples) => (model, names) =>
+        Run(model, names, EvenlySpacedImages(id, samples), samples, Math.Min(CorpusEval.Spec(id).Batch, samples), CorpusEval.ShapeFor(id));
+
     public static Dictionary<string, Activation> Run(ModelProto model, IReadOnlyList<string> names, float[] inputs, int samples, int batch, Func<int, long[]> shapeFor)
     {
         ModelProto copy = model.Clone();
