@@ -6,6 +6,7 @@ using CompressOnBuild.Onnx;
 using CompressOnBuild.Tests;
 using Google.Protobuf;
 using Microsoft.ML.OnnxRuntime;
+using static CompressOnBuild.Core.Tests.Pruning.PruningTestHelpers;
 
 namespace CompressOnBuild.Core.Tests.Pruning;
 
@@ -13,11 +14,6 @@ namespace CompressOnBuild.Core.Tests.Pruning;
 public sealed class ChannelPruningTests
 {
     public TestContext TestContext { get; set; } = null!;
-
-    private static float[] Weight(ModelProto m, string name) =>
-        TensorUtil.ToFloatArray(m.Graph.Initializer.Single(t => t.Name == name));
-
-    private static long[] Dims(ModelProto m, string name) => [.. m.Graph.Initializer.Single(t => t.Name == name).Dims];
 
     [TestMethod]
     public void Removing_neurons_that_the_next_layer_ignores_keeps_the_output_exactly()

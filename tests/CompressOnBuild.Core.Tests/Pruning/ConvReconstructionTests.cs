@@ -5,6 +5,7 @@ using CompressOnBuild.Core.Tests.Passes;
 using CompressOnBuild.Onnx;
 using CompressOnBuild.Tests;
 using Microsoft.ML.OnnxRuntime;
+using static CompressOnBuild.Core.Tests.Pruning.PruningTestHelpers;
 
 namespace CompressOnBuild.Core.Tests.Pruning;
 
@@ -13,8 +14,6 @@ namespace CompressOnBuild.Core.Tests.Pruning;
 public sealed class ConvReconstructionTests
 {
     public TestContext TestContext { get; set; } = null!;
-
-    private static long[] Dims(ModelProto m, string name) => [.. m.Graph.Initializer.Single(t => t.Name == name).Dims];
 
     private static double SquaredError(float[] a, float[] b) => a.Select((v, i) => (double)(v - b[i]) * (v - b[i])).Sum();
 

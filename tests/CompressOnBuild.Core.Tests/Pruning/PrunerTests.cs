@@ -3,20 +3,13 @@ using CompressOnBuild.Core.Passes;
 using CompressOnBuild.Core.Tests.Passes;
 using CompressOnBuild.Onnx;
 using CompressOnBuild.Tests;
+using static CompressOnBuild.Core.Tests.Pruning.PruningTestHelpers;
 
 namespace CompressOnBuild.Core.Tests.Pruning;
 
 [TestClass]
 public sealed class PrunerTests
 {
-    private static float[] Weight(ModelProto m, string name) =>
-        TensorUtil.ToFloatArray(m.Graph.Initializer.Single(t => t.Name == name));
-
-    private static int Zeros(float[] w) => w.Count(v => v == 0f);
-
-    /// <summary>The parsed method with the output layer pruned as well (the tiny models have one or two layers).</summary>
-    private static PruningOptions All(string text) => PruningOptions.Parse(text, "m") with { KeepOutputLayers = false };
-
     [TestMethod]
     public void The_output_layer_stays_dense_by_default()
     {

@@ -4,6 +4,7 @@ using CompressOnBuild.Core.Tests.Passes;
 using CompressOnBuild.Onnx;
 using CompressOnBuild.Tests;
 using Google.Protobuf;
+using static CompressOnBuild.Core.Tests.Pruning.PruningTestHelpers;
 
 namespace CompressOnBuild.Core.Tests.Pruning;
 
@@ -11,11 +12,6 @@ namespace CompressOnBuild.Core.Tests.Pruning;
 [TestClass]
 public sealed class SensitivityPruningTests
 {
-    private static float[] Weight(ModelProto m, string name) =>
-        TensorUtil.ToFloatArray(m.Graph.Initializer.Single(t => t.Name == name));
-
-    private static int Zeros(float[] w) => w.Count(v => v == 0f);
-
     /// <summary>
     /// x[N,16] -> MatMul(wa[16,16]) -> Mul(10) --Add--> y[N,16]; x -> MatMul(wb[16,16]) -> Mul(0.1) --^.
     /// Both weights have the same size and the same distribution; the 100x larger scale on branch a makes it the
@@ -88,8 +84,6 @@ public sealed class SensitivityPruningTests
         }
         return result;
     }
-
-    private static PruningOptions All(string text) => PruningOptions.Parse(text, "m") with { KeepOutputLayers = false };
 
     [TestMethod]
     [DataRow(0.1)]
