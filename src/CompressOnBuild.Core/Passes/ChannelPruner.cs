@@ -63,17 +63,7 @@ internal static class ChannelPruner
     public static void Run(PassGraph g, List<PrunableLayer> layers, PruningOptions options, string displayName, ActivationSource? activations,
         List<PrunedLayer> pruned, List<SkippedNode> skipped, List<string> reconstructed)
     {
-        var consumers = new Dictionary<string, List<(NodeProto Node, int Index)>>(StringComparer.Ordinal);
-        foreach (NodeProto n in g.Graph.Node)
-        {
-            for (int i = 0; i < n.Input.Count; i++)
-            {
-                if (n.Input[i].Length > 0)
-                {
-                    (consumers.TryGetValue(n.Input[i], out var list) ? list : consumers[n.Input[i]] = []).Add((n, i));
-                }
-            }
-        }
+        Dictionary<string, List<(NodeProto Node, int Index)>> consumers = PrunableLayers.Uses(g);
         HashSet<string> outer = g.OuterUses();
         var byNode = new Dictionary<NodeProto, PrunableLayer>(ReferenceEqualityComparer.Instance);
         foreach (PrunableLayer l in layers)

@@ -61,14 +61,7 @@ internal static class PrunableLayers
                 skipped.Add(new SkippedNode(Int8DynamicQuantizer.Label(n), n.OpType, $"it is inside the subgraph '{sub.Name}'; only the main graph is pruned"));
             }
         }
-        var uses = new Dictionary<string, List<NodeProto>>(StringComparer.Ordinal);
-        foreach (NodeProto n in g.Graph.Node)
-        {
-            foreach (string i in n.Input.Where(i => i.Length > 0))
-            {
-                (uses.TryGetValue(i, out var list) ? list : uses[i] = []).Add(n);
-            }
-        }
+        Dictionary<string, List<(NodeProto Node, int Index)>> uses = Uses(g);
         HashSet<string> outer = g.OuterUses();
         foreach (NodeProto node in g.Graph.Node.Where(n => IsCandidateOp(n) && n.Input.Count >= 2))
         {
@@ -95,7 +88,7 @@ internal static class PrunableLayers
                 {
                     break;
                 }
-                foreach (NodeProto user in uses.GetValueOrDefault(name) ?? [])
+                foreach ((NodeProto user, _) in uses.GetValueOrDefault(name) ?? [])
                 {
                     bool ok = ReferenceEquals(user, node) ? name == w && node.Input.Count(i => i == w) == 1 : chain.Any(c => ReferenceEquals(c, user));
                     if (!ok)
@@ -152,14 +145,7 @@ internal static class PrunableLayers
     /// <summary>Layers from which no other layer of <paramref name="layers"/> can be reached through the main graph.</summary>
     public static List<PrunableLayer> OutputLayers(PassGraph g, List<PrunableLayer> layers)
     {
-        var consumers = new Dictionary<string, List<NodeProto>>(StringComparer.Ordinal);
-        foreach (NodeProto n in g.Graph.Node)
-        {
-            foreach (string i in n.Input.Where(i => i.Length > 0))
-            {
-                (consumers.TryGetValue(i, out var list) ? list : consumers[i] = []).Add(n);
-            }
-        }
+        Dictionary<string, List<(NodeProto Node, int Index)>> consumers = Uses(g);
         var layerNodes = new HashSet<NodeProto>(layers.Select(l => l.Node), ReferenceEqualityComparer.Instance);
         var result = new List<PrunableLayer>();
         foreach (PrunableLayer l in layers)
@@ -171,7 +157,7 @@ internal static class PrunableLayers
             {
                 foreach (string o in stack.Pop().Output)
                 {
-                    foreach (NodeProto c in consumers.GetValueOrDefault(o) ?? [])
+                    foreach ((NodeProto c, _) in consumers.GetValueOrDefault(o) ?? [])
                     {
                         if (layerNodes.Contains(c))
                         {
@@ -190,6 +176,23 @@ internal static class PrunableLayers
             }
         }
         return result;
+    }
+
+    /// <summary>The nodes of the main graph that read each tensor, with the input slot (a node reading a tensor twice is listed twice).</summary>
+    internal static Dictionary<string, List<(NodeProto Node, int Index)>> Uses(PassGraph g)
+    {
+        var uses = new Dictionary<string, List<(NodeProto Node, int Index)>>(StringComparer.Ordinal);
+        foreach (NodeProto n in g.Graph.Node)
+        {
+            for (int i = 0; i < n.Input.Count; i++)
+            {
+                if (n.Input[i].Length > 0)
+                {
+                    (uses.TryGetValue(n.Input[i], out var list) ? list : uses[n.Input[i]] = []).Add((n, i));
+                }
+            }
+        }
+        return uses;
     }
 
     private static bool IsCandidateOp(NodeProto n) =>
