@@ -44,7 +44,8 @@ internal static class ChannelPruner
     {
         public required PrunableLayer Producer { get; init; }
 
-        public required PrunableLayer Consumer { get; init; }
+        /// <summary>The producer itself until the chain to the consumer layer has been followed.</summary>
+        public required PrunableLayer Consumer { get; set; }
 
         /// <summary>Constant per-channel tensors to slice: initializer name and the axis (counted from the end) that holds the channels.</summary>
         public List<(string Name, int FromEnd)> Biases { get; } = [];
@@ -224,10 +225,8 @@ internal static class ChannelPruner
                 }
             }
             plan.Keep = Enumerable.Range(0, p.Outputs).OrderByDescending(o => norms[o]).ThenBy(o => o).Take(keep).Order().ToArray();
-            var final = new Plan { Producer = p, Consumer = consumer!, Keep = plan.Keep, Spatial = plan.Spatial, ReshapeShape = plan.ReshapeShape };
-            final.Biases.AddRange(plan.Biases);
-            final.Tensors.AddRange(plan.Tensors);
-            plans.Add(final);
+            plan.Consumer = consumer!;
+            plans.Add(plan);
         }
         if (plans.Count == 0)
         {
