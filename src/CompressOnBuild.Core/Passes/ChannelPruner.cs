@@ -488,31 +488,7 @@ internal static class ChannelPruner
         int channels = (int)a.Shape[1];
         long[] inDims = [.. a.Shape.Skip(2)];
         long[] kernel = [.. conv.Dims.Skip(2)];
-        long[] Ints(string name, long fill, int count) =>
-            n.Attribute.FirstOrDefault(x => x.Name == name) is { Ints.Count: > 0 } at ? [.. at.Ints] : Enumerable.Repeat(fill, count).ToArray();
-        long[] strides = Ints("strides", 1, sp), dil = Ints("dilations", 1, sp), pads = Ints("pads", 0, 2 * sp);
-        string autoPad = n.Attribute.FirstOrDefault(x => x.Name == "auto_pad")?.S.ToStringUtf8() ?? "NOTSET";
-        var begin = new long[sp];
-        var outDims = new long[sp];
-        for (int i = 0; i < sp; i++)
-        {
-            long span = dil[i] * (kernel[i] - 1) + 1;
-            if (autoPad is "SAME_UPPER" or "SAME_LOWER")
-            {
-                outDims[i] = (inDims[i] + strides[i] - 1) / strides[i];
-                long total = Math.Max(0, (outDims[i] - 1) * strides[i] + span - inDims[i]);
-                begin[i] = autoPad == "SAME_UPPER" ? total / 2 : total - total / 2;
-            }
-            else if (autoPad == "VALID")
-            {
-                outDims[i] = (inDims[i] - span) / strides[i] + 1;
-            }
-            else
-            {
-                begin[i] = pads[i];
-                outDims[i] = (inDims[i] + pads[i] + pads[i + sp] - span) / strides[i] + 1;
-            }
-        }
+        (long[] outDims, long[] begin, long[] strides, long[] dil) = PrunableLayers.SlidingWindow(n, inDims, kernel);
         long positions = outDims.Aggregate(1L, (x, y) => x * y);
         long inSize = inDims.Aggregate(1L, (x, y) => x * y);
         int samples = (int)(a.Data.Length / (channels * inSize));

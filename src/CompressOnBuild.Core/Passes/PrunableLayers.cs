@@ -275,6 +275,42 @@ internal static class PrunableLayers
     }
 
     /// <summary>
+    /// Output spatial dims of a Conv/MaxPool/AveragePool over input spatial dims <paramref name="inDims"/> with kernel
+    /// <paramref name="kernel"/>, the padding before each axis, and the strides and dilations (pads, auto_pad, strides,
+    /// dilations as in ONNX).
+    /// </summary>
+    internal static (long[] OutDims, long[] Begin, long[] Strides, long[] Dilations) SlidingWindow(NodeProto n, long[] inDims, long[] kernel)
+    {
+        int sp = inDims.Length;
+        long[] Ints(string name, long fill, int count) =>
+            n.Attribute.FirstOrDefault(a => a.Name == name) is { Ints.Count: > 0 } a ? [.. a.Ints] : Enumerable.Repeat(fill, count).ToArray();
+        long[] strides = Ints("strides", 1, sp), dil = Ints("dilations", 1, sp), pads = Ints("pads", 0, 2 * sp);
+        string autoPad = n.Attribute.FirstOrDefault(a => a.Name == "auto_pad")?.S.ToStringUtf8() ?? "NOTSET";
+        var begin = new long[sp];
+        var outDims = new long[sp];
+        for (int i = 0; i < sp; i++)
+        {
+            long span = dil[i] * (kernel[i] - 1) + 1;
+            if (autoPad is "SAME_UPPER" or "SAME_LOWER")
+            {
+                outDims[i] = (inDims[i] + strides[i] - 1) / strides[i];
+                long total = Math.Max(0, (outDims[i] - 1) * strides[i] + span - inDims[i]);
+                begin[i] = autoPad == "SAME_UPPER" ? total / 2 : total - total / 2;
+            }
+            else if (autoPad == "VALID")
+            {
+                outDims[i] = (inDims[i] - span) / strides[i] + 1;
+            }
+            else
+            {
+                begin[i] = pads[i];
+                outDims[i] = (inDims[i] + pads[i] + pads[i + sp] - span) / strides[i] + 1;
+            }
+        }
+        return (outDims, begin, strides, dil);
+    }
+
+    /// <summary>
     /// Static shapes from the graph inputs (symbolic dims count as 1) through the ops small vision models use, for
     /// FLOP counts; value_info wins when it has a full static shape.
     /// </summary>
@@ -330,23 +366,7 @@ internal static class PrunableLayers
                     {
                         continue;
                     }
-                    long[] Ints(string name, long fill, int count) =>
-                        n.Attribute.FirstOrDefault(a => a.Name == name) is { Ints.Count: > 0 } a ? [.. a.Ints] : Enumerable.Repeat(fill, count).ToArray();
-                    long[] strides = Ints("strides", 1, sp), dil = Ints("dilations", 1, sp), pads = Ints("pads", 0, 2 * sp);
-                    string autoPad = n.Attribute.FirstOrDefault(a => a.Name == "auto_pad")?.S.ToStringUtf8() ?? "NOTSET";
-                    var y = new long[x.Length];
-                    y[0] = x[0];
-                    y[1] = channels;
-                    for (int i = 0; i < sp; i++)
-                    {
-                        long inDim = x[i + 2];
-                        y[i + 2] = autoPad is "SAME_UPPER" or "SAME_LOWER"
-                            ? (inDim + strides[i] - 1) / strides[i]
-                            : autoPad == "VALID"
-                                ? (inDim - dil[i] * (kernel[i] - 1) - 1) / strides[i] + 1
-                                : (inDim + pads[i] + pads[i + sp] - dil[i] * (kernel[i] - 1) - 1) / strides[i] + 1;
-                    }
-                    shapes[n.Output[0]] = y;
+                    shapes[n.Output[0]] = [x[0], channels, .. SlidingWindow(n, x[2..], kernel).OutDims];
                     break;
             }
         }
