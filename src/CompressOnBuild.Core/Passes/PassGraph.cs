@@ -374,7 +374,7 @@ internal sealed class PassGraph
             {
                 if (ModelChecker.NormalizeDomain(n.Domain).Length != 0 || n.Output.Count != 1 || outer.Contains(n.Output[0])
                     || n.Input.Count == 0 || !n.Input.Where(i => i.Length > 0).All(IsConstantInitializer)
-                    || TensorUtil.IsExternal(Initializers[n.Input[0]]) || Uses(n.Input[0]) != 1 || TryFold(n, displayName) is not { } result)
+                    || TensorUtil.IsExternal(Initializers[n.Input[0]]) || Uses(n.Input[0], outer) != 1 || TryFold(n, displayName) is not { } result)
                 {
                     continue;
                 }
@@ -391,10 +391,11 @@ internal sealed class PassGraph
         return folded;
     }
 
-    /// <summary>How many main-graph node inputs, graph outputs and nested-graph references read <paramref name="name"/>
+    /// <summary>How many main-graph node inputs, graph outputs and nested-graph references (<paramref name="outer"/>, the
+    /// <see cref="OuterUses()"/> of this round: folding removes no graph output or nested graph) read <paramref name="name"/>
     /// (a constant read elsewhere too is not folded: that would store its data twice).</summary>
-    private int Uses(string name) =>
-        Graph.Node.Sum(n => n.Input.Count(i => i == name)) + (OuterUses().Contains(name) ? 1 : 0);
+    private int Uses(string name, HashSet<string> outer) =>
+        Graph.Node.Sum(n => n.Input.Count(i => i == name)) + (outer.Contains(name) ? 1 : 0);
 
     /// <summary>The constant result of <paramref name="n"/> (inputs known constant), or null when this fold does not handle it.</summary>
     private TensorProto? TryFold(NodeProto n, string displayName)
