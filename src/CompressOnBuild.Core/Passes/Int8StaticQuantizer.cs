@@ -152,6 +152,9 @@ public static class Int8StaticQuantizer
     private sealed class Rewriter(PassGraph g, Int8StaticOptions options, string displayName, CalibrationResult? calibration)
     {
         private readonly Dictionary<string, QParams> _quantized = new(StringComparer.Ordinal);
+
+        /// <summary>The values of <see cref="_quantized"/> by their DequantizeLinear output (unique names).</summary>
+        private readonly Dictionary<string, QParams> _byDq = new(StringComparer.Ordinal);
         private readonly List<string> _removable = [];
         private readonly List<NodeProto> _removableNodes = [];
         private Dictionary<string, List<NodeProto>> _consumers = new(StringComparer.Ordinal);
@@ -684,12 +687,11 @@ public static class Int8StaticQuantizer
                 if (byNode.TryGetValue(n, out Candidate? c))
                 {
                     string x = n.Input[0];
-                    if (!_quantized.Values.Any(q => q.Dq == x))
+                    if (!_byDq.TryGetValue(x, out QParams? xq))
                     {
-                        QParams qp = AddQdq(x, Parameters(calibration!.Ranges[x]), nodes);
-                        n.Input[0] = qp.Dq;
+                        xq = AddQdq(x, Parameters(calibration!.Ranges[x]), nodes);
+                        n.Input[0] = xq.Dq;
                     }
-                    QParams xq = _quantized.Values.First(q => q.Dq == n.Input[0]);
                     QuantizeWeightAndBias(c, xq, nodes);
                 }
                 nodes.Add(n);
@@ -700,7 +702,7 @@ public static class Int8StaticQuantizer
                         AddQdq(o, Parameters(calibration!.Ranges[producer.RangeTensor]), nodes);
                     }
                     else if (Passthrough.Contains(n.OpType) && n.Input.Count > 0 && o == n.Output[0]
-                        && _quantized.Values.FirstOrDefault(q => q.Dq == n.Input[0]) is { } inQ && FeedsQuantized(o, quantizedNodes))
+                        && _byDq.GetValueOrDefault(n.Input[0]) is { } inQ && FeedsQuantized(o, quantizedNodes))
                     {
                         AddQdq(o, (inQ.ScaleValue, inQ.ZeroValue), nodes, inQ);
                     }
@@ -728,7 +730,12 @@ public static class Int8StaticQuantizer
             nodes.Add(g.Node("QuantizeLinear", null, [tensor, scale, zero], [q]));
             nodes.Add(g.Node("DequantizeLinear", null, [q, scale, zero], [dq]));
             var result = new QParams(dq, scale, zero, p.Scale, p.ZeroPoint);
+            if (_quantized.TryGetValue(tensor, out QParams? replaced))
+            {
+                _byDq.Remove(replaced.Dq);
+            }
             _quantized[tensor] = result;
+            _byDq[dq] = result;
             Activations++;
             return result;
         }
