@@ -257,34 +257,8 @@ internal sealed class PassGraph
             && IsConstantInitializer(producer.Input[1]) && Initializers[producer.Input[1]].DataType == (int)TensorProto.Types.DataType.Int64)
         {
             long[] shape = TensorUtil.ToInt64Array(Initializers[producer.Input[1]]);
-            long known = 1;
-            int inferred = -1;
-            var result = new long[shape.Length];
-            for (int i = 0; i < shape.Length; i++)
-            {
-                long d = shape[i] == 0 && i < innerDims.Length ? innerDims[i] : shape[i];
-                if (d == -1 && inferred < 0)
-                {
-                    inferred = i;
-                    continue;
-                }
-                if (d <= 0)
-                {
-                    return false;
-                }
-                result[i] = d;
-                known *= d;
-            }
-            if (inferred >= 0)
-            {
-                if (known == 0 || inner.Length % known != 0)
-                {
-                    return false;
-                }
-                result[inferred] = inner.Length / known;
-                known *= result[inferred];
-            }
-            if (known != inner.Length)
+            // Only the inferred (-1) dim may come out 0 here: a 0 copied or given elsewhere is not taken.
+            if (ReshapeDims(innerDims, shape, allowZero: false) is not { } result || result.Where((_, i) => shape[i] != -1).Any(d => d <= 0))
             {
                 return false;
             }
