@@ -246,13 +246,19 @@ public static class Int8StaticQuantizer
             {
                 return;
             }
+            // What the graph reads changes only when a node goes: the set is rebuilt after a removal, not for every node.
+            HashSet<string> outer = g.OuterUses();
+            HashSet<string>? used = null;
             foreach (NodeProto n in _removableNodes)
             {
-                HashSet<string> used = g.NodeInputs();
-                used.UnionWith(g.OuterUses());
-                if (!n.Output.Any(used.Contains))
+                if (used == null)
                 {
-                    g.Graph.Node.Remove(n);
+                    used = g.NodeInputs();
+                    used.UnionWith(outer);
+                }
+                if (!n.Output.Any(used.Contains) && g.Graph.Node.Remove(n))
+                {
+                    used = null;
                 }
             }
             g.RemoveUnusedInitializers(_removable);
