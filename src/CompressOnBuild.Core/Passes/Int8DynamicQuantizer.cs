@@ -193,16 +193,9 @@ public static class Int8DynamicQuantizer
 
         public long QuantizedWeightBytes { get; private set; }
 
-        private (byte Zero, byte Min, byte Max, bool Unsigned) Levels => options.WeightEncoding switch
-        {
-            WeightEncoding.Int8 => (0, unchecked((byte)(sbyte)-127), 127, false),
-            WeightEncoding.UInt8 => (128, 1, 255, true),
-            WeightEncoding.Int8ReducedRange => (0, unchecked((byte)(sbyte)-63), 63, false),
-            _ => throw new CompressException(DiagnosticCodes.InvalidOption, displayName, "WeightEncoding", options.WeightEncoding,
-                "expected Int8, UInt8 or Int8ReducedRange") { File = displayName },
-        };
+        private EncodingLevels Levels => EncodingLevels.Of(options.WeightEncoding, displayName);
 
-        private float LevelsPerSide => options.WeightEncoding == WeightEncoding.Int8ReducedRange ? 63f : 127f;
+        private float LevelsPerSide => Levels.LevelsPerSide;
 
         public void Run()
         {
@@ -715,7 +708,7 @@ public static class Int8DynamicQuantizer
             {
                 TensorPrimitives.Multiply(channelMajor, c.Alpha, channelMajor);
             }
-            (byte zero, byte min, byte max, bool unsigned) = Levels;
+            (byte zero, byte min, byte max, bool unsigned, _) = Levels;
             var maxAbs = new float[n];
             TensorStats.RowMaxAbs(channelMajor, n, k, maxAbs);
             var scales = new float[n];

@@ -171,7 +171,7 @@ public static class Int8StaticQuantizer
 
         private bool _perTensorAllowed;
 
-        private float Levels => options.WeightEncoding == WeightEncoding.Int8ReducedRange ? 63f : 127f;
+        private float Levels => EncodingLevels.Of(options.WeightEncoding, displayName).LevelsPerSide;
 
         private bool Int8Activations => options.ActivationType == ActivationType.Int8;
 
@@ -202,10 +202,7 @@ public static class Int8StaticQuantizer
 
         public void Run()
         {
-            if (options.WeightEncoding is not (WeightEncoding.Int8 or WeightEncoding.UInt8 or WeightEncoding.Int8ReducedRange))
-            {
-                throw new CompressException(DiagnosticCodes.InvalidOption, displayName, "WeightEncoding", options.WeightEncoding, "unknown encoding");
-            }
+            _ = EncodingLevels.Of(options.WeightEncoding, displayName); // CMPR0003 for an unknown encoding, before anything changes
             if (options.ActivationType is not (ActivationType.UInt8 or ActivationType.Int8))
             {
                 throw new CompressException(DiagnosticCodes.InvalidOption, displayName, "ActivationType", options.ActivationType, "use UInt8 or Int8");

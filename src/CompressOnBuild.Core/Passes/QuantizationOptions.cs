@@ -19,6 +19,25 @@ public enum WeightEncoding
     Int8ReducedRange = 2,
 }
 
+/// <summary>How a <see cref="WeightEncoding"/> stores its symmetric levels (one table for every int8 pass).</summary>
+/// <param name="Zero">Stored code of 0.</param>
+/// <param name="Min">Smallest stored code (as a byte; reinterpret as sbyte when not <paramref name="Unsigned"/>).</param>
+/// <param name="Max">Largest stored code.</param>
+/// <param name="Unsigned">Stored as uint8 rather than int8.</param>
+/// <param name="LevelsPerSide">Levels on each side of zero: the weight scale is max |w| / this.</param>
+internal readonly record struct EncodingLevels(byte Zero, byte Min, byte Max, bool Unsigned, float LevelsPerSide)
+{
+    /// <exception cref="CompressException">CMPR0003 for a value that is not a known encoding.</exception>
+    public static EncodingLevels Of(WeightEncoding encoding, string displayName) => encoding switch
+    {
+        WeightEncoding.Int8 => new(0, unchecked((byte)(sbyte)-127), 127, false, 127f),
+        WeightEncoding.UInt8 => new(128, 1, 255, true, 127f),
+        WeightEncoding.Int8ReducedRange => new(0, unchecked((byte)(sbyte)-63), 63, false, 63f),
+        _ => throw new CompressException(DiagnosticCodes.InvalidOption, displayName, "WeightEncoding", encoding,
+            "expected Int8, UInt8 or Int8ReducedRange") { File = displayName },
+    };
+}
+
 /// <summary>Settings for <see cref="Int8DynamicQuantizer"/>.</summary>
 public sealed class QuantizationOptions
 {

@@ -127,14 +127,7 @@ public static class StreamingQuantizer
         private readonly HashSet<string> _names = new(StringComparer.Ordinal);
         private readonly Dictionary<string, SafeFileHandle> _handles = new(StringComparer.Ordinal);
 
-        private (byte Zero, byte Min, byte Max, bool Unsigned, float Levels) Encoding => options.WeightEncoding switch
-        {
-            WeightEncoding.Int8 => (0, unchecked((byte)(sbyte)-127), 127, false, 127f),
-            WeightEncoding.UInt8 => (128, 1, 255, true, 127f),
-            WeightEncoding.Int8ReducedRange => (0, unchecked((byte)(sbyte)-63), 63, false, 63f),
-            _ => throw new CompressException(DiagnosticCodes.InvalidOption, displayName, "WeightEncoding", options.WeightEncoding,
-                "expected Int8, UInt8 or Int8ReducedRange") { File = displayName },
-        };
+        private EncodingLevels Encoding => EncodingLevels.Of(options.WeightEncoding, displayName);
 
         public QuantizationSummary Run(string outputPath, Action<ModelProto>? beforeSave)
         {
@@ -511,7 +504,7 @@ public static class StreamingQuantizer
                 }
             }
             var scales = new float[w.N];
-            float levels = Encoding.Levels;
+            float levels = Encoding.LevelsPerSide;
             for (int j = 0; j < w.N; j++)
             {
                 float scale = maxAbs[j] / levels;
