@@ -90,7 +90,7 @@ public static class Int8StaticQuantizer
             QuantizedActivations = rewriter.Activations,
             OpsetRaisedFrom = rewriter.OpsetRaisedFrom,
             ModelBytesBefore = before,
-            ModelBytesAfter = rewriter.Quantized.Count == 0 ? before : model.CalculateSize(),
+            ModelBytesAfter = model.CalculateSize(), // also when nothing was quantized: constant folding may still have changed the model
         };
     }
 
