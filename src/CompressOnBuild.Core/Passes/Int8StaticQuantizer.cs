@@ -331,7 +331,6 @@ public static class Int8StaticQuantizer
 
         private List<NodeProto> Consumers(string name) => _consumers.GetValueOrDefault(name) ?? [];
 
-        /// <summary>Conv (no bias or constant bias) whose only consumer is Add(constant with one value per channel): fold into the bias.</summary>
         /// <summary>The structural rewrites (constant shape ops folded, bias Adds into Conv/Gemm, MaxPool ahead of Relu), then the candidates.</summary>
         private List<Candidate> Prepare()
         {
@@ -347,6 +346,7 @@ public static class Int8StaticQuantizer
             return candidates;
         }
 
+        /// <summary>Conv (no bias or constant bias) whose only consumer is Add(constant with one value per channel): fold into the bias.</summary>
         private void FoldConvAdds()
         {
             BuildConsumers();
