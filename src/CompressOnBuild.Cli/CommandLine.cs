@@ -38,6 +38,8 @@ internal static class CommandLine
         ["--validation-samples"] = "ValidationSamples",
         ["--labels"] = "Labels",
         ["--preprocessing"] = "Preprocessing",
+        ["--tokenizer"] = "Tokenizer",
+        ["--sequence-length"] = "SequenceLength",
         ["--max-accuracy-drop"] = "MaxAccuracyDrop",
         ["--min-agreement"] = "MinAgreement",
         ["--min-cosine"] = "MinCosine",

@@ -39,7 +39,7 @@ internal sealed class CompressionCacheAdapter(CompressionCache cache, Action<Dia
         };
         foreach ((string k, string v) in s.EffectiveOptions)
         {
-            if (k is "ValidationData" or "Labels" or "CalibrationData")
+            if (k is "ValidationData" or "Labels" or "CalibrationData" or "Tokenizer")
             {
                 continue;
             }
@@ -48,6 +48,11 @@ internal sealed class CompressionCacheAdapter(CompressionCache cache, Action<Dia
         parts.Add("validation-data:" + (s.ValidationData == null ? "-" : Fingerprint(s.ValidationData)));
         parts.Add("labels:" + (s.Labels == null ? "-" : Fingerprint(s.Labels)));
         parts.Add("calibration-data:" + (s.CalibrationData == null ? "-" : Fingerprint(s.CalibrationData)));
+        if (s.Text != null)
+        {
+            // Only items with text data add this part, so the keys of every other item stay as they were.
+            parts.Add("tokenizer:" + Fingerprint(s.Text.TokenizerPath));
+        }
         return CompressionCache.HashKey(parts);
     }
 

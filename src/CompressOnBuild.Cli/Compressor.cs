@@ -223,14 +223,14 @@ internal static class Compressor
             Preprocessing pre = Preprocessing.Parse(s.Preprocessing);
             int max = maxSamplesOverride > 0 ? (s.ValidationSamples > 0 ? Math.Min(s.ValidationSamples, maxSamplesOverride) : maxSamplesOverride) : s.ValidationSamples;
             source = s.ValidationData;
-            return DatasetLoader.Load(s.ValidationData, s.Labels, inputs, pre, max);
+            return DatasetLoader.Load(s.ValidationData, s.Labels, inputs, pre, max, text: s.Text);
         }
         if (s.CalibrationData != null)
         {
             // Agreement-type budgets fall back to the calibration inputs (no labels): better than random inputs.
             int max = maxSamplesOverride > 0 ? maxSamplesOverride : 0;
             source = "calibration data (no ValidationData given): " + s.CalibrationData;
-            return DatasetLoader.Load(s.CalibrationData, null, inputs, Preprocessing.Parse(s.Preprocessing), max);
+            return DatasetLoader.Load(s.CalibrationData, null, inputs, Preprocessing.Parse(s.Preprocessing), max, text: s.Text);
         }
         source = "random inputs (no ValidationData given)";
         return RandomInputs.Create(inputs, samples: 16, seed: 20261123);
@@ -343,7 +343,8 @@ internal sealed class AttemptContext(ItemSettings settings, ModelProto original,
     private Dictionary<string, Activation>? _activations;
 
     private Dataset CalibrationData() =>
-        _calibrationData ??= DatasetLoader.Load(settings.CalibrationData!, null, originalRunner.Inputs, Preprocessing.Parse(settings.Preprocessing), settings.CalibrationSamples);
+        _calibrationData ??= DatasetLoader.Load(settings.CalibrationData!, null, originalRunner.Inputs, Preprocessing.Parse(settings.Preprocessing),
+            settings.CalibrationSamples, text: settings.Text);
 
     /// <summary>
     /// Calibration activations, collected once per item and shared by the attempts (they come from models whose

@@ -28,6 +28,8 @@ internal static class Help
           --validation-data <path>          [ValidationData] test_data_set_* folders / input_*.pb, .npy/.npz, IDX, image folders
           --labels <path>                   [Labels] IDX labels for IDX images
           --preprocessing <spec>            [Preprocessing] "layout=NCHW;scale=0.003921569;mean=..;std=.."
+          --tokenizer <vocab.txt|tokenizer.json> [Tokenizer] WordPiece tokenizer for .txt data (one sentence per line)
+          --sequence-length <n>             [SequenceLength] tokens per text sample (default: the model's fixed length, else 128)
           --validation-samples <n>          [ValidationSamples] deterministic subset
           --max-accuracy-drop <points>      [MaxAccuracyDrop] top-1 points vs labels
           --min-agreement <0..1>            [MinAgreement] top-1 agreement with the original

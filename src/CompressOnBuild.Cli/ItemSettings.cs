@@ -67,6 +67,9 @@ internal sealed class ItemSettings
     public string? ValidationData { get; init; }
     public string? Labels { get; init; }
     public string? Preprocessing { get; init; }
+
+    /// <summary>Tokenizer (vocab.txt or WordPiece tokenizer.json) and sequence length for .txt data; null without Tokenizer.</summary>
+    public TextOptions? Text { get; init; }
     public int ValidationSamples { get; init; }
     public IReadOnlyList<string> NodesToExclude { get; init; } = [];
     public IReadOnlyList<Budget> Budgets { get; init; } = [];
@@ -255,6 +258,26 @@ internal sealed class ItemSettings
             throw Invalid("Labels", labels, "labels need ValidationData");
         }
 
+        TextOptions? text = null;
+        int sequenceLength = 0;
+        if (r.Get("SequenceLength") is { } sl &&
+            (!int.TryParse(sl, NumberStyles.None, CultureInfo.InvariantCulture, out sequenceLength) || sequenceLength < 2 || sequenceLength > 65536))
+        {
+            throw Invalid("SequenceLength", sl, "use a whole number of tokens from 2 to 65536");
+        }
+        if (r.Get("Tokenizer") is { } tokenizer)
+        {
+            if (validation == null && !hasCalibration)
+            {
+                throw Invalid("Tokenizer", tokenizer, "a tokenizer turns text ValidationData or CalibrationData (.txt, one sentence per line) into model inputs; neither is set");
+            }
+            text = new TextOptions(tokenizer, sequenceLength);
+        }
+        else if (sequenceLength > 0)
+        {
+            throw Invalid("SequenceLength", sequenceLength.ToString(CultureInfo.InvariantCulture), "it applies to text data, which needs a Tokenizer");
+        }
+
         string[] exclude = (r.Get("NodesToExclude") ?? "").Split([';', ','], StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
 
         var effective = new SortedDictionary<string, string>(StringComparer.Ordinal)
@@ -264,7 +287,7 @@ internal sealed class ItemSettings
         };
         foreach ((string k, string v) in r.Values)
         {
-            if (k is "Output" or "Report" or "Quantization" or "Pruning" or "ActivationType" or "PerChannel" or "CalibrationMethod" || string.IsNullOrWhiteSpace(v))
+            if (k is "Output" or "Report" or "Quantization" or "Pruning" or "ActivationType" or "PerChannel" or "CalibrationMethod" or "SequenceLength" || string.IsNullOrWhiteSpace(v))
             {
                 continue;
             }
@@ -284,6 +307,10 @@ internal sealed class ItemSettings
         if (!perChannel)
         {
             effective["PerChannel"] = "false";
+        }
+        if (sequenceLength > 0)
+        {
+            effective["SequenceLength"] = sequenceLength.ToString(CultureInfo.InvariantCulture);
         }
 
         return new ItemSettings
@@ -306,6 +333,7 @@ internal sealed class ItemSettings
             ValidationData = validation,
             Labels = labels,
             Preprocessing = r.Get("Preprocessing"),
+            Text = text,
             ValidationSamples = samples,
             NodesToExclude = exclude,
             Budgets = budgets,

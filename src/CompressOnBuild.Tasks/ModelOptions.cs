@@ -136,6 +136,8 @@ namespace CompressOnBuild.Tasks
             new ModelOption("ValidationData", OptionKind.Path),
             new ModelOption("Labels", OptionKind.Path),
             new ModelOption("Preprocessing", OptionKind.Text),
+            new ModelOption("Tokenizer", OptionKind.Path),
+            new ModelOption("SequenceLength", OptionKind.Count),
             new ModelOption("MaxAccuracyDrop", OptionKind.NonNegative),
             new ModelOption("MinAgreement", OptionKind.Fraction),
             new ModelOption("MinCosine", OptionKind.SignedFraction),
@@ -156,6 +158,6 @@ namespace CompressOnBuild.Tasks
         };
 
         /// <summary>Metadata that name data files; their fingerprints go into the options stamp.</summary>
-        public static IReadOnlyList<string> DataMetadata { get; } = new[] { "CalibrationData", "ValidationData", "Labels" };
+        public static IReadOnlyList<string> DataMetadata { get; } = new[] { "CalibrationData", "ValidationData", "Labels", "Tokenizer" };
     }
 }

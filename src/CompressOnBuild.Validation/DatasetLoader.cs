@@ -15,6 +15,8 @@ namespace CompressOnBuild.Validation;
 /// <item><c>.npy</c> (one input) or <c>.npz</c> (arrays named like the inputs, else by position; an array named
 /// "labels" holds labels): the leading dimension counts samples, the array rank equals the input rank;</item>
 /// <item>an IDX file (MNIST idx3 uint8 images; labels from an idx1 file);</item>
+/// <item>a <c>.txt</c> file, one sentence per line, with <see cref="TextOptions"/> (a WordPiece tokenizer): each
+/// non-blank line is one sample, its tokens fill the inputs by name (see <see cref="TextEncoder"/>);</item>
 /// <item>a folder of images (PNG, JPEG, BMP, GIF, TGA) with one subfolder per class (class index = ordinal order of
 /// the subfolder names), or images directly in the folder (no labels).</item>
 /// </list>
@@ -32,7 +34,7 @@ public static class DatasetLoader
     /// decoded again on each access (<see cref="Dataset.IsInMemory"/> is false).</summary>
     /// <exception cref="CompressException">DataNotFound, DataUnreadable, DataShape, LabelsMismatch, DataEmpty, PreprocessingInvalid.</exception>
     public static Dataset Load(string path, string? labelsPath, ModelInputs inputs, Preprocessing? preprocessing = null, int maxSamples = 0,
-        long memoryBudget = DefaultMemoryBudget)
+        long memoryBudget = DefaultMemoryBudget, TextOptions? text = null)
     {
         ArgumentNullException.ThrowIfNull(path);
         ArgumentNullException.ThrowIfNull(inputs);
@@ -65,7 +67,7 @@ public static class DatasetLoader
             throw new CompressException(DiagnosticCodes.DataNotFound, labelsPath) { File = labelsPath };
         }
 
-        Source source = Directory.Exists(path) ? OpenFolder(path, inputs, pre) : OpenFile(path, inputs, pre);
+        Source source = Directory.Exists(path) ? OpenFolder(path, inputs, pre) : OpenFile(path, inputs, pre, text);
         if (source.Count == 0)
         {
             throw new CompressException(DiagnosticCodes.DataEmpty, path) { File = path };
@@ -198,9 +200,17 @@ public static class DatasetLoader
         }
     }
 
-    private static Source OpenFile(string path, ModelInputs inputs, Preprocessing pre)
+    private static Source OpenFile(string path, ModelInputs inputs, Preprocessing pre, TextOptions? text)
     {
         string ext = Path.GetExtension(path).ToLowerInvariant();
+        if (ext == ".txt")
+        {
+            if (text == null)
+            {
+                throw Unreadable(path, "text data (one sentence per line) needs a Tokenizer (a WordPiece vocab.txt or tokenizer.json)");
+            }
+            return FromText(path, inputs, text);
+        }
         if (ext == ".npy")
         {
             NpyArray array = NpyReader.Read(ReadBytes(path), path);
@@ -230,6 +240,18 @@ public static class DatasetLoader
             return OpenIdxImages(path, bytes, inputs, pre);
         }
         throw Unreadable(path, "unknown data format (expected .npy, .npz, .pb, an image, an IDX image file, or a folder)");
+    }
+
+    private static Source FromText(string path, ModelInputs inputs, TextOptions text)
+    {
+        TextEncoder encoder = TextEncoder.Create(text, inputs, path);
+        List<(int Line, string Text)> lines = TextEncoder.ReadLines(path);
+        return new Source
+        {
+            Count = lines.Count,
+            Describe = i => $"{path} (line {lines[i].Line})",
+            Decode = i => encoder.Encode(lines[i].Text, inputs),
+        };
     }
 
     private static Source OpenIdxImages(string path, byte[] bytes, ModelInputs inputs, Preprocessing pre)

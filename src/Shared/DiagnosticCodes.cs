@@ -45,6 +45,7 @@ namespace CompressOnBuild
         public const string LabelsMismatch = "CMPR0304";
         public const string DataEmpty = "CMPR0305";
         public const string PreprocessingInvalid = "CMPR0306";
+        public const string TokenizerUnusable = "CMPR0313";
 
         // 04xx: validation in ONNX Runtime and budgets.
         public const string BudgetBroken = "CMPR0401";

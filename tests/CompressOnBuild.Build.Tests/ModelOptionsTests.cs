@@ -22,7 +22,7 @@ public sealed class ModelOptionsTests
     {
         var names = ModelOptions.All.Select(o => o.OptionName).ToList();
         Assert.AreEqual(names.Count, names.Distinct(StringComparer.Ordinal).Count());
-        Assert.AreEqual(23, names.Count);
+        Assert.AreEqual(25, names.Count);
     }
 
     [TestMethod]

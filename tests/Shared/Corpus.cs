@@ -38,6 +38,31 @@ internal static class Corpus
         return Directory.GetDirectories(dir).Select(Path.GetFileName).OfType<string>().Order(StringComparer.Ordinal);
     }
 
+    /// <summary>
+    /// A file of a large corpus model (not committed; restored by ../shared/corpus/large/fetch.sh, which build/test.sh
+    /// runs first): CORPUS_LARGE_DIR, else the fetch script's cache folder. Missing: inconclusive locally, a failure under CI.
+    /// </summary>
+    public static string Large(string model, string file)
+    {
+        RequireDirectory();
+        string dir = Environment.GetEnvironmentVariable("CORPUS_LARGE_DIR") is { Length: > 0 } env ? env
+            : Path.Combine(Environment.GetEnvironmentVariable("COMPRESSONBUILD_CORPUS_CACHE") is { Length: > 0 } cache ? cache
+                : Path.Combine(Environment.GetEnvironmentVariable("XDG_CACHE_HOME") is { Length: > 0 } xdg ? xdg
+                    : Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".cache"), "compressonbuild-corpus"),
+                "large", "models");
+        string path = Path.Combine(dir, model, file);
+        if (!File.Exists(path))
+        {
+            string message = $"The large corpus file '{path}' is missing: run 'bash ../shared/corpus/large/fetch.sh'.";
+            if (string.Equals(Environment.GetEnvironmentVariable("CI"), "true", StringComparison.OrdinalIgnoreCase))
+            {
+                Assert.Fail(message + " CI must have it (build/test.sh fetches it).");
+            }
+            Assert.Inconclusive(message);
+        }
+        return path;
+    }
+
     public static string Dataset(string id, string file) => Path.Combine(RequireDirectory(), "datasets", id, file);
 
     private static string FindRepoRoot()

@@ -74,4 +74,37 @@ internal static class TinyModels
         g.Node.Add(Node("Gemm", ["hr", "w2", "b2"], ["y"], "fc2", IntAttr("transB", 1)));
         return Model(g);
     }
+
+    /// <summary>
+    /// A BERT-shaped encoder: input_ids, attention_mask, token_type_ids int64 [N,S] -&gt; Gather(word embeddings) + Gather(type
+    /// embeddings) -&gt; MatMul W[dim,dim] -&gt; Tanh, times the attention mask -&gt; last_hidden_state float [N,S,dim] (per token).
+    /// </summary>
+    public static ModelProto Encoder(int vocab, int dim = 16, int seed = 5, object? sequence = null)
+    {
+        sequence ??= "S";
+        var g = new GraphProto { Name = "encoder" };
+        foreach (string name in new[] { "input_ids", "attention_mask", "token_type_ids" })
+        {
+            ValueInfoProto v = FloatValue(name, "N", sequence);
+            v.Type.TensorType.ElemType = (int)TensorProto.Types.DataType.Int64;
+            g.Input.Add(v);
+        }
+        g.Output.Add(FloatValue("last_hidden_state", "N", sequence, dim));
+        g.Initializer.Add(TensorUtil.FromFloats("word_embeddings", RandomFloats(vocab * dim, seed, 1f), vocab, dim));
+        g.Initializer.Add(TensorUtil.FromFloats("type_embeddings", RandomFloats(2 * dim, seed + 1, 0.1f), 2, dim));
+        g.Initializer.Add(TensorUtil.FromFloats("w", RandomFloats(dim * dim, seed + 2, 0.5f), dim, dim));
+        var axes = new TensorProto { Name = "axes", DataType = (int)TensorProto.Types.DataType.Int64 };
+        axes.Dims.Add(1);
+        axes.Int64Data.Add(2);
+        g.Initializer.Add(axes);
+        g.Node.Add(Node("Gather", ["word_embeddings", "input_ids"], ["we"], "word_gather"));
+        g.Node.Add(Node("Gather", ["type_embeddings", "token_type_ids"], ["te"], "type_gather"));
+        g.Node.Add(Node("Add", ["we", "te"], ["e"], "add"));
+        g.Node.Add(Node("MatMul", ["e", "w"], ["h"], "proj"));
+        g.Node.Add(Node("Tanh", ["h"], ["ht"], "tanh"));
+        g.Node.Add(Node("Cast", ["attention_mask"], ["maskf"], "cast", IntAttr("to", (long)TensorProto.Types.DataType.Float)));
+        g.Node.Add(Node("Unsqueeze", ["maskf", "axes"], ["mask3"], "unsqueeze"));
+        g.Node.Add(Node("Mul", ["ht", "mask3"], ["last_hidden_state"], "masked"));
+        return Model(g);
+    }
 }
