@@ -6,6 +6,8 @@ namespace CompressOnBuild.Core.Onnx;
 /// Structural checks run before any pass: IR and opset present, known data types, tensors whose data agrees with
 /// their dims, every node input produced by something (graph input, initializer, an earlier node, or an enclosing
 /// graph), every graph output produced, no value produced twice, and the shapes of the weights the passes touch.
+/// Nodes listed out of topological order are first sorted in place (<see cref="TopologicalSort"/>, stable), as ONNX
+/// Runtime accepts such models; only dangling names and cycles are refused.
 /// Throws CMPR0103 naming the model and the first problem found.
 /// </summary>
 public static class ModelChecker
@@ -46,6 +48,11 @@ public static class ModelChecker
                 throw Fail($"tensor '{t.Name}' {problem}");
             }
         }
+        if (model.Graph == null)
+        {
+            throw Fail("it has no graph");
+        }
+        TopologicalSort.Sort(model, displayName);
         CheckGraph(model.Graph, new HashSet<string>(StringComparer.Ordinal), Fail, isMain: true);
     }
 

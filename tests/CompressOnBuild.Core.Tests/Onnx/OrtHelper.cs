@@ -3,7 +3,7 @@ using Microsoft.ML.OnnxRuntime.Tensors;
 
 namespace CompressOnBuild.Core.Tests.Onnx;
 
-/// <summary>Runs a model in ONNX Runtime on deterministic random inputs (float32 or float16) and returns every output as float32.</summary>
+/// <summary>Runs a model in ONNX Runtime on deterministic random inputs (float32, float16 or bool) and returns every output as float32.</summary>
 internal static class OrtHelper
 {
     public static Dictionary<string, float[]> RunRandom(string modelPath, int seed = 7) =>
@@ -22,7 +22,16 @@ internal static class OrtHelper
             {
                 int[] dims = meta.Dimensions.Select(d => d <= 0 ? 1 : d).ToArray();
                 int count = dims.Aggregate(1, (a, b) => a * b);
-                if (meta.ElementType == typeof(Float16))
+                if (meta.ElementType == typeof(bool))
+                {
+                    var data = new bool[count];
+                    for (int i = 0; i < count; i++)
+                    {
+                        data[i] = rng.Next(2) == 1;
+                    }
+                    inputs.Add(NamedOnnxValue.CreateFromTensor(name, new DenseTensor<bool>(data, dims)));
+                }
+                else if (meta.ElementType == typeof(Float16))
                 {
                     var data = new Float16[count];
                     for (int i = 0; i < count; i++)
