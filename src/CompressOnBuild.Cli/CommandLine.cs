@@ -24,42 +24,16 @@ internal sealed class GlobalOptions
 /// </summary>
 internal static class CommandLine
 {
-    /// <summary>Option name (kebab-case) -> item metadata name. The CLI and the MSBuild item take the same options.</summary>
-    public static readonly IReadOnlyDictionary<string, string> ItemOptions = new Dictionary<string, string>(StringComparer.Ordinal)
-    {
-        ["--output"] = "Output",
-        ["--report"] = "Report",
-        ["--quantization"] = "Quantization",
-        ["--pruning"] = "Pruning",
-        ["--calibration-data"] = "CalibrationData",
-        ["--calibration-samples"] = "CalibrationSamples",
-        ["--calibration-method"] = "CalibrationMethod",
-        ["--validation-data"] = "ValidationData",
-        ["--validation-samples"] = "ValidationSamples",
-        ["--labels"] = "Labels",
-        ["--preprocessing"] = "Preprocessing",
-        ["--tokenizer"] = "Tokenizer",
-        ["--sequence-length"] = "SequenceLength",
-        ["--max-accuracy-drop"] = "MaxAccuracyDrop",
-        ["--min-agreement"] = "MinAgreement",
-        ["--min-cosine"] = "MinCosine",
-        ["--max-relative-error"] = "MaxRelativeError",
-        ["--max-absolute-error"] = "MaxAbsoluteError",
-        ["--min-compression-ratio"] = "MinCompressionRatio",
-        ["--max-size-kb"] = "MaxSizeKB",
-        ["--max-latency-ratio"] = "MaxLatencyRatio",
-        ["--nodes-to-exclude"] = "NodesToExclude",
-        ["--op-types-to-quantize"] = "OpTypesToQuantize",
-        ["--activation-type"] = "ActivationType",
-        ["--per-channel"] = "PerChannel",
-        ["--tune"] = "Tune",
-        ["--tune-time-budget-seconds"] = "TuneTimeBudgetSeconds",
-    };
+    /// <summary>Option name (kebab-case) -> item metadata name, from the option table: the CLI and the MSBuild item
+    /// take the same options.</summary>
+    public static readonly IReadOnlyDictionary<string, string> ItemOptions =
+        OptionTable.ItemOptions.ToDictionary(o => o.Cli, o => o.Name, StringComparer.Ordinal);
 
-    public static readonly IReadOnlySet<string> GlobalOptionNames = new HashSet<string>(StringComparer.Ordinal)
-    {
-        "--cache-dir", "--onnxruntime-assets", "--nuget-packages", "--budget-severity", "--max-parallelism", "--summary-markdown", "--cache-max-mb",
-    };
+    /// <summary>The options of a whole run (option table rows with a CLI spelling).</summary>
+    public static readonly IReadOnlyDictionary<string, OptionSpec> GlobalOptionSpecs =
+        OptionTable.GlobalOptions.Where(o => o.Cli.Length > 0).ToDictionary(o => o.Cli, StringComparer.Ordinal);
+
+    public static IEnumerable<string> GlobalOptionNames => GlobalOptionSpecs.Keys;
 
     /// <summary>Expands <c>@file</c> arguments (not recursively: a line starting with '@' inside a response file is an error).</summary>
     public static List<string> ExpandResponseFiles(IEnumerable<string> args)
@@ -131,37 +105,23 @@ internal static class CommandLine
                     }
                     return args[++i];
                 }
-                if (GlobalOptionNames.Contains(name))
+                if (GlobalOptionSpecs.TryGetValue(name, out OptionSpec? spec))
                 {
                     string v = Value();
+                    if (spec.Validate(v) is { } problem)
+                    {
+                        throw new CompressException(DiagnosticCodes.InvalidOption, "compress", name, v, problem);
+                    }
                     switch (name)
                     {
                         case "--cache-dir": global.CacheDir = v; break;
                         case "--onnxruntime-assets": global.OnnxRuntimeAssets = v; break;
                         case "--nuget-packages": global.NuGetPackages = v; break;
                         case "--summary-markdown": global.SummaryMarkdown = v; break;
-                        case "--cache-max-mb":
-                            if (!long.TryParse(v, NumberStyles.None, CultureInfo.InvariantCulture, out long mb) || mb < 1 || mb > 1L << 30)
-                            {
-                                throw new CompressException(DiagnosticCodes.InvalidOption, "compress", "--cache-max-mb", v, "use a whole number of MiB of at least 1");
-                            }
-                            global.CacheMaxBytes = mb << 20;
-                            break;
-                        case "--budget-severity":
-                            global.BudgetFailureIsWarning = v.ToUpperInvariant() switch
-                            {
-                                "ERROR" => false,
-                                "WARNING" => true,
-                                _ => throw new CompressException(DiagnosticCodes.InvalidOption, "compress", "--budget-severity", v, "use Error or Warning"),
-                            };
-                            break;
-                        case "--max-parallelism":
-                            if (!int.TryParse(v, NumberStyles.None, CultureInfo.InvariantCulture, out int p) || p < 1 || p > 64)
-                            {
-                                throw new CompressException(DiagnosticCodes.InvalidOption, "compress", "--max-parallelism", v, "use a whole number from 1 to 64");
-                            }
-                            global.MaxParallelism = p;
-                            break;
+                        case "--cache-max-mb": global.CacheMaxBytes = long.Parse(v, CultureInfo.InvariantCulture) << 20; break;
+                        case "--budget-severity": global.BudgetFailureIsWarning = v.Equals("Warning", StringComparison.OrdinalIgnoreCase); break;
+                        case "--max-parallelism": global.MaxParallelism = int.Parse(v, CultureInfo.InvariantCulture); break;
+                        default: throw new InvalidOperationException("global option " + name + " is in the option table but not applied");
                     }
                     continue;
                 }
@@ -179,7 +139,7 @@ internal static class CommandLine
                     current.Values[metadata] = v;
                     continue;
                 }
-                throw Usage($"unknown option '{name}'. Run 'compress --help' for the list.");
+                throw UnknownOption(name, current?.Model);
             }
             current = new ItemRequest(a);
             items.Add(current);
@@ -192,6 +152,14 @@ internal static class CommandLine
     }
 
     public static CompressException Usage(string message) => new(DiagnosticCodes.Usage, message);
+
+    /// <summary>CMPR0009 for an option the table does not know, with the closest known spelling when it looks like a typo.</summary>
+    public static CompressException UnknownOption(string name, string? model)
+    {
+        string? suggestion = OptionTable.Suggest(name, ItemOptions.Keys.Concat(GlobalOptionNames));
+        string hint = (suggestion != null ? $"Did you mean '{suggestion}'? " : "") + "Run 'compress --help' for the list.";
+        return new CompressException(DiagnosticCodes.UnknownOption, model ?? "compress", name, hint) { File = model };
+    }
 }
 
 /// <summary>One model as given on the command line: its path and raw option values keyed by item metadata name.</summary>

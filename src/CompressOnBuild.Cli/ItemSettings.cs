@@ -85,7 +85,18 @@ internal sealed class ItemSettings
         CompressException Invalid(string option, string value, string why) =>
             new(DiagnosticCodes.InvalidOption, model, option, value, why) { File = model };
 
-        string output = r.Get("Output") ?? throw CommandLine.Usage($"model '{model}' has no --output");
+        // The value of a table option, checked against the table's type and range (CMPR0003), or null when unset.
+        string? Checked(string name)
+        {
+            string? value = r.Get(name);
+            if (value != null && OptionTable.ItemByName(name)!.Validate(value) is { } problem)
+            {
+                throw Invalid(name, value, problem);
+            }
+            return value;
+        }
+
+        string output = r.Get("OutputPath") ?? throw CommandLine.Usage($"model '{model}' has no --output");
 
         string qText = r.Get("Quantization") ?? "Int8";
         bool hasCalibration = r.Get("CalibrationData") != null;
@@ -137,12 +148,7 @@ internal sealed class ItemSettings
         {
             throw Invalid("CalibrationData", r.Get("CalibrationData")!, $"calibration data is used by Int8 / Int8Static, Int4Weights:gptq and pruning, not by {qText} alone");
         }
-        int calibrationSamples = 256;
-        if (r.Get("CalibrationSamples") is { } cs &&
-            (!int.TryParse(cs, NumberStyles.None, CultureInfo.InvariantCulture, out calibrationSamples) || calibrationSamples < 1))
-        {
-            throw Invalid("CalibrationSamples", cs, "use a whole number of at least 1");
-        }
+        int calibrationSamples = Checked("CalibrationSamples") is { } cs ? int.Parse(cs, CultureInfo.InvariantCulture) : 256;
         string calibrationMethod = r.Get("CalibrationMethod") ?? "MinMax";
         if (!CalibrationOptions.TryParseMethod(calibrationMethod, out _, out _, out string calibrationCanonical))
         {
@@ -199,57 +205,27 @@ internal sealed class ItemSettings
             {
                 throw Invalid("PerChannel", pc, $"it applies to static int8 (Int8Static, or Int8 with CalibrationData), not to {qText}");
             }
-            if (!bool.TryParse(pc, out perChannel))
-            {
-                throw Invalid("PerChannel", pc, "use true or false");
-            }
+            perChannel = bool.Parse(Checked("PerChannel")!);
         }
-        bool tuneOn = false;
-        if (r.Get("Tune") is { } tune && !bool.TryParse(tune, out tuneOn))
-        {
-            throw Invalid("Tune", tune, "use true or false");
-        }
-        double tuneSeconds = 60;
-        if (r.Get("TuneTimeBudgetSeconds") is { } ttb &&
-            (!double.TryParse(ttb, NumberStyles.Float, CultureInfo.InvariantCulture, out tuneSeconds) || !(tuneSeconds > 0) || tuneSeconds > 86400))
-        {
-            throw Invalid("TuneTimeBudgetSeconds", ttb, "use a number of seconds above 0 (at most 86400)");
-        }
+        bool tuneOn = Checked("Tune") is { } tune && bool.Parse(tune);
+        double tuneSeconds = Checked("TuneTimeBudgetSeconds") is { } ttb ? double.Parse(ttb, NumberStyles.Float, CultureInfo.InvariantCulture) : 60;
         if (tuneOn && scheme == QuantizationScheme.None && pruningOptions.Method == PruningMethod.None)
         {
             throw Invalid("Tune", "true", "tuning needs a quantization scheme to back off from");
         }
 
-        int samples = 0;
-        if (r.Get("ValidationSamples") is { } vs)
-        {
-            if (!int.TryParse(vs, NumberStyles.None, CultureInfo.InvariantCulture, out samples) || samples < 1)
-            {
-                throw Invalid("ValidationSamples", vs, "use a whole number of at least 1");
-            }
-        }
+        int samples = Checked("ValidationSamples") is { } vs ? int.Parse(vs, CultureInfo.InvariantCulture) : 0;
 
         var budgets = new List<Budget>();
-        void AddBudget(string name, double min, double max, bool higherIsBetter, string unit, string range)
+        foreach (OptionSpec budget in OptionTable.Budgets)
         {
-            if (r.Get(name) is not { } text)
+            if (r.Get(budget.Name) is not { } text)
             {
-                return;
+                continue;
             }
-            if (!double.TryParse(text, NumberStyles.Float, CultureInfo.InvariantCulture, out double v) || double.IsNaN(v) || v < min || v > max)
-            {
-                throw Invalid(name, text, "use a number " + range);
-            }
-            budgets.Add(new Budget(name, v, higherIsBetter, unit));
+            Checked(budget.Name);
+            budgets.Add(new Budget(budget.Name, double.Parse(text, NumberStyles.Float, CultureInfo.InvariantCulture), budget.HigherIsBetter, budget.Unit));
         }
-        AddBudget("MaxAccuracyDrop", 0, 100, false, "points", "from 0 to 100 (top-1 percentage points)");
-        AddBudget("MinAgreement", 0, 1, true, "", "from 0 to 1");
-        AddBudget("MinCosine", -1, 1, true, "", "from -1 to 1");
-        AddBudget("MaxRelativeError", 0, double.MaxValue, false, "", "of at least 0");
-        AddBudget("MaxAbsoluteError", 0, double.MaxValue, false, "", "of at least 0");
-        AddBudget("MinCompressionRatio", 0, double.MaxValue, true, "x", "of at least 0");
-        AddBudget("MaxSizeKB", 0, double.MaxValue, false, "KB", "of at least 0");
-        AddBudget("MaxLatencyRatio", 0, double.MaxValue, false, "", "of at least 0");
 
         string? validation = r.Get("ValidationData");
         string? labels = r.Get("Labels");
@@ -259,12 +235,7 @@ internal sealed class ItemSettings
         }
 
         TextOptions? text = null;
-        int sequenceLength = 0;
-        if (r.Get("SequenceLength") is { } sl &&
-            (!int.TryParse(sl, NumberStyles.None, CultureInfo.InvariantCulture, out sequenceLength) || sequenceLength < 2 || sequenceLength > 65536))
-        {
-            throw Invalid("SequenceLength", sl, "use a whole number of tokens from 2 to 65536");
-        }
+        int sequenceLength = Checked("SequenceLength") is { } sl ? int.Parse(sl, CultureInfo.InvariantCulture) : 0;
         if (r.Get("Tokenizer") is { } tokenizer)
         {
             if (validation == null && !hasCalibration)
@@ -287,7 +258,7 @@ internal sealed class ItemSettings
         };
         foreach ((string k, string v) in r.Values)
         {
-            if (k is "Output" or "Report" or "Quantization" or "Pruning" or "ActivationType" or "PerChannel" or "CalibrationMethod" or "SequenceLength" || string.IsNullOrWhiteSpace(v))
+            if (OptionTable.ItemByName(k) is { Role: CacheKeyRole.None } || k is "Quantization" or "Pruning" or "ActivationType" or "PerChannel" or "CalibrationMethod" or "SequenceLength" || string.IsNullOrWhiteSpace(v))
             {
                 continue;
             }
@@ -317,7 +288,7 @@ internal sealed class ItemSettings
         {
             Model = model,
             Output = output,
-            Report = r.Get("Report"),
+            Report = r.Get("ReportPath"),
             QuantizationText = qText,
             Quantization = scheme,
             Int4BlockSize = int4Block,

@@ -2,6 +2,7 @@ using System;
 using System.Collections.Generic;
 using System.Globalization;
 using System.IO;
+using System.Linq;
 using System.Text;
 using Microsoft.Build.Framework;
 using Microsoft.Build.Utilities;
@@ -117,44 +118,11 @@ namespace CompressOnBuild.Tasks
             bool ok = true;
 
             AddGlobal("--cache-dir", string.IsNullOrEmpty(CacheDirectory) ? null : PathUtil.Full(CacheDirectory!, projectDirectory));
-            if (!string.IsNullOrEmpty(CacheMaxMB))
-            {
-                string? problem = new ModelOption("CacheMaxMB", OptionKind.Count).Validate(CacheMaxMB!);
-                if (problem != null)
-                {
-                    Log.LogCodedError(DiagnosticCodes.InvalidOption, null, "CompressModelCacheMaxMB", "CompressModelCacheMaxMB", CacheMaxMB, problem);
-                    ok = false;
-                }
-                else if (!string.IsNullOrEmpty(CacheDirectory))
-                {
-                    AddGlobal("--cache-max-mb", CacheMaxMB);
-                }
-            }
+            ok &= AddChecked("CompressModelCacheMaxMB", CacheMaxMB, add: !string.IsNullOrEmpty(CacheDirectory));
             AddGlobal("--onnxruntime-assets", OnnxRuntimeAssets);
             AddGlobal("--nuget-packages", NuGetPackageRoot);
-            if (!string.IsNullOrEmpty(BudgetFailureSeverity))
-            {
-                if (string.Equals(BudgetFailureSeverity, "Error", StringComparison.OrdinalIgnoreCase)
-                    || string.Equals(BudgetFailureSeverity, "Warning", StringComparison.OrdinalIgnoreCase))
-                {
-                    AddGlobal("--budget-severity", char.ToUpperInvariant(BudgetFailureSeverity![0]) + BudgetFailureSeverity.Substring(1).ToLowerInvariant());
-                }
-                else
-                {
-                    Log.LogCodedError(DiagnosticCodes.InvalidOption, null, "CompressModelBudgetFailureSeverity", "CompressModelBudgetFailureSeverity", BudgetFailureSeverity, "expected Error or Warning");
-                    ok = false;
-                }
-            }
-            if (!string.IsNullOrEmpty(MaxParallelism))
-            {
-                string? problem = new ModelOption("MaxParallelism", OptionKind.Count).Validate(MaxParallelism!);
-                if (problem != null)
-                {
-                    Log.LogCodedError(DiagnosticCodes.InvalidOption, null, "CompressModelMaxParallelism", "CompressModelMaxParallelism", MaxParallelism, problem);
-                    ok = false;
-                }
-                AddGlobal("--max-parallelism", MaxParallelism);
-            }
+            ok &= AddChecked("CompressModelBudgetFailureSeverity", BudgetFailureSeverity, add: true);
+            ok &= AddChecked("CompressModelMaxParallelism", MaxParallelism, add: true);
             AddGlobal("--summary-markdown", string.IsNullOrEmpty(SummaryMarkdownPath) ? null : PathUtil.Full(SummaryMarkdownPath!, projectDirectory));
 
             var outputs = new Dictionary<string, string>(PathUtil.Comparer);
@@ -186,9 +154,9 @@ namespace CompressOnBuild.Tasks
                     itemArguments.Add("--report");
                     itemArguments.Add(PathUtil.Full(report, projectDirectory));
                 }
-                foreach (ModelOption option in ModelOptions.All)
+                foreach (OptionSpec option in ModelOptions.All)
                 {
-                    string value = item.GetMetadata(option.MetadataName);
+                    string value = item.GetMetadata(option.Name);
                     if (value.Length == 0)
                     {
                         continue;
@@ -196,11 +164,11 @@ namespace CompressOnBuild.Tasks
                     string? problem = option.Validate(value);
                     if (problem != null)
                     {
-                        Log.LogCodedError(DiagnosticCodes.InvalidOption, sourceSpec, sourceSpec, option.MetadataName, value, problem);
+                        Log.LogCodedError(DiagnosticCodes.InvalidOption, sourceSpec, sourceSpec, option.Name, value, problem);
                         ok = false;
                         continue;
                     }
-                    itemArguments.Add(option.OptionName);
+                    itemArguments.Add(option.Cli);
                     itemArguments.Add(value);
                 }
                 _arguments.AddRange(itemArguments);
@@ -215,6 +183,30 @@ namespace CompressOnBuild.Tasks
             }
             CompressedModels = compressed.ToArray();
             return ok;
+
+            // A property of the global option table: checked, then passed as its CLI option (Choice values in the
+            // table's spelling).
+            bool AddChecked(string property, string? value, bool add)
+            {
+                if (string.IsNullOrEmpty(value))
+                {
+                    return true;
+                }
+                OptionSpec spec = OptionTable.GlobalByName(property);
+                string? problem = spec.Validate(value!);
+                if (problem != null)
+                {
+                    Log.LogCodedError(DiagnosticCodes.InvalidOption, null, property, property, value, problem);
+                    return false;
+                }
+                if (add)
+                {
+                    AddGlobal(spec.Cli, spec.Kind == OptionKind.Choice
+                        ? spec.Choices.First(c => string.Equals(c, value, StringComparison.OrdinalIgnoreCase))
+                        : value);
+                }
+                return true;
+            }
 
             void AddGlobal(string name, string? value)
             {

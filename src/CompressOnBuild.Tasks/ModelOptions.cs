@@ -1,163 +1,81 @@
 using System;
+using System.Collections;
 using System.Collections.Generic;
-using System.Globalization;
-using System.Text;
+using System.Linq;
+using Microsoft.Build.Framework;
+using Microsoft.Build.Utilities;
 
 namespace CompressOnBuild.Tasks
 {
-    /// <summary>How the task checks a metadata value before it reaches the worker.</summary>
-    internal enum OptionKind
-    {
-        /// <summary>Passed through verbatim; the worker validates it.</summary>
-        Text,
-
-        /// <summary>A file or folder; passed through verbatim (relative to the project directory).</summary>
-        Path,
-
-        /// <summary>A finite number &gt;= 0.</summary>
-        NonNegative,
-
-        /// <summary>A finite number &gt; 0.</summary>
-        Positive,
-
-        /// <summary>A number in [0, 1].</summary>
-        Fraction,
-
-        /// <summary>A number in [-1, 1].</summary>
-        SignedFraction,
-
-        /// <summary>A whole number &gt; 0.</summary>
-        Count,
-
-        /// <summary>true or false.</summary>
-        Boolean,
-    }
-
-    /// <summary>One <c>CompressModel</c> metadata name and the worker option it becomes.</summary>
-    internal sealed class ModelOption
-    {
-        public ModelOption(string metadataName, OptionKind kind)
-        {
-            MetadataName = metadataName;
-            Kind = kind;
-            OptionName = "--" + ToKebabCase(metadataName);
-        }
-
-        public string MetadataName { get; }
-
-        public string OptionName { get; }
-
-        public OptionKind Kind { get; }
-
-        /// <summary>MaxSizeKB -&gt; max-size-kb, OpTypesToQuantize -&gt; op-types-to-quantize.</summary>
-        internal static string ToKebabCase(string name)
-        {
-            var builder = new StringBuilder(name.Length + 8);
-            for (int i = 0; i < name.Length; i++)
-            {
-                char c = name[i];
-                if (char.IsUpper(c) && i > 0)
-                {
-                    char previous = name[i - 1];
-                    bool nextIsLower = i + 1 < name.Length && char.IsLower(name[i + 1]);
-                    if (char.IsLower(previous) || char.IsDigit(previous) || (char.IsUpper(previous) && nextIsLower))
-                    {
-                        builder.Append('-');
-                    }
-                }
-                builder.Append(char.ToLowerInvariant(c));
-            }
-            return builder.ToString();
-        }
-
-        /// <summary>Null when <paramref name="value"/> is acceptable, else why not.</summary>
-        public string? Validate(string value)
-        {
-            if (value.IndexOf('\n') >= 0 || value.IndexOf('\r') >= 0)
-            {
-                return "a value cannot span several lines";
-            }
-            if (value.Trim().Length != value.Length)
-            {
-                return "the value has leading or trailing white space";
-            }
-            switch (Kind)
-            {
-                case OptionKind.Text:
-                case OptionKind.Path:
-                    return value.StartsWith("#", StringComparison.Ordinal)
-                        ? "a value cannot start with '#'"
-                        : null;
-                case OptionKind.Boolean:
-                    return string.Equals(value, "true", StringComparison.OrdinalIgnoreCase)
-                        || string.Equals(value, "false", StringComparison.OrdinalIgnoreCase)
-                        ? null
-                        : "expected true or false";
-                case OptionKind.Count:
-                    return int.TryParse(value, NumberStyles.None, CultureInfo.InvariantCulture, out int count) && count > 0
-                        ? null
-                        : "expected a whole number greater than 0";
-                default:
-                    return ValidateNumber(value);
-            }
-        }
-
-        private string? ValidateNumber(string value)
-        {
-            if (!double.TryParse(value, NumberStyles.Float, CultureInfo.InvariantCulture, out double number)
-                || double.IsNaN(number) || double.IsInfinity(number))
-            {
-                return "expected a number such as 0.5 (with '.' as the decimal separator)";
-            }
-            switch (Kind)
-            {
-                case OptionKind.NonNegative:
-                    return number >= 0 ? null : "expected a number greater than or equal to 0";
-                case OptionKind.Positive:
-                    return number > 0 ? null : "expected a number greater than 0";
-                case OptionKind.Fraction:
-                    return number >= 0 && number <= 1 ? null : "expected a number between 0 and 1";
-                case OptionKind.SignedFraction:
-                    return number >= -1 && number <= 1 ? null : "expected a number between -1 and 1";
-                default:
-                    return null;
-            }
-        }
-    }
-
-    /// <summary>The item metadata the worker understands, in the order they are written to the response file.</summary>
+    /// <summary>The <c>CompressModel</c> metadata the task reads, from the one option table (<see cref="OptionTable"/>).</summary>
     internal static class ModelOptions
     {
-        public static IReadOnlyList<ModelOption> All { get; } = new[]
-        {
-            new ModelOption("Quantization", OptionKind.Text),
-            new ModelOption("Pruning", OptionKind.Text),
-            new ModelOption("CalibrationData", OptionKind.Path),
-            new ModelOption("ValidationData", OptionKind.Path),
-            new ModelOption("Labels", OptionKind.Path),
-            new ModelOption("Preprocessing", OptionKind.Text),
-            new ModelOption("Tokenizer", OptionKind.Path),
-            new ModelOption("SequenceLength", OptionKind.Count),
-            new ModelOption("MaxAccuracyDrop", OptionKind.NonNegative),
-            new ModelOption("MinAgreement", OptionKind.Fraction),
-            new ModelOption("MinCosine", OptionKind.SignedFraction),
-            new ModelOption("MaxRelativeError", OptionKind.NonNegative),
-            new ModelOption("MaxAbsoluteError", OptionKind.NonNegative),
-            new ModelOption("MinCompressionRatio", OptionKind.Positive),
-            new ModelOption("MaxSizeKB", OptionKind.Positive),
-            new ModelOption("MaxLatencyRatio", OptionKind.Positive),
-            new ModelOption("ValidationSamples", OptionKind.Count),
-            new ModelOption("CalibrationSamples", OptionKind.Count),
-            new ModelOption("CalibrationMethod", OptionKind.Text),
-            new ModelOption("ActivationType", OptionKind.Text),
-            new ModelOption("PerChannel", OptionKind.Boolean),
-            new ModelOption("NodesToExclude", OptionKind.Text),
-            new ModelOption("OpTypesToQuantize", OptionKind.Text),
-            new ModelOption("Tune", OptionKind.Boolean),
-            new ModelOption("TuneTimeBudgetSeconds", OptionKind.Positive),
-        };
+        /// <summary>The item metadata the worker understands, in the order they are written to the response file.</summary>
+        public static IReadOnlyList<OptionSpec> All { get; } = OptionTable.ItemOptions.Where(o => !o.ComputedByBuild).ToArray();
 
         /// <summary>Metadata that name data files; their fingerprints go into the options stamp.</summary>
-        public static IReadOnlyList<string> DataMetadata { get; } = new[] { "CalibrationData", "ValidationData", "Labels", "Tokenizer" };
+        public static IReadOnlyList<string> DataMetadata { get; } = All.Where(o => o.Kind == OptionKind.Path).Select(o => o.Name).ToArray();
+
+        /// <summary>
+        /// Item metadata that is not ours but legitimately found on a <c>CompressModel</c> item: the well-known
+        /// metadata MSBuild defines on every item, the common item metadata of the SDK (an item made from a None or
+        /// Content item keeps them) and NuGet's pack metadata. Compared case-insensitively, as MSBuild does.
+        /// </summary>
+        public static IReadOnlyCollection<string> ForeignMetadata { get; } = new HashSet<string>(StringComparer.OrdinalIgnoreCase)
+        {
+            // MSBuild's well-known item metadata.
+            "FullPath", "RootDir", "Filename", "Extension", "RelativeDir", "Directory", "RecursiveDir", "Identity",
+            "ModifiedTime", "CreatedTime", "AccessedTime", "DefiningProjectFullPath", "DefiningProjectDirectory",
+            "DefiningProjectName", "DefiningProjectExtension",
+            // Common item metadata (None, Content, EmbeddedResource, Compile) and what tasks add to items.
+            "Link", "LinkBase", "Visible", "CopyToOutputDirectory", "CopyToPublishDirectory", "DependentUpon", "Generator",
+            "LastGenOutput", "CustomToolNamespace", "SubType", "AutoGen", "DesignTime", "DesignTimeSharedInput", "TargetPath",
+            "ExcludeFromSingleFile", "IncludeInSingleFile", "PublishState", "IsAssembly", "Group", "InProject", "Private",
+            "LogicalName", "ManifestResourceName", "WithCulture", "Culture", "Type", "OriginalItemSpec",
+            "MSBuildSourceProjectFile", "MSBuildSourceTargetName", "BuildAction", "Condition", "KeepMetadata", "RemoveMetadata",
+            "KeepDuplicates", "MatchOnMetadata", "MatchOnMetadataOptions",
+            // NuGet pack metadata.
+            "Pack", "PackagePath", "PackageCopyToOutput", "PackageFlatten",
+        };
+
+        /// <summary>
+        /// Reports the metadata of <paramref name="model"/> that is neither an option, nor foreign metadata, nor listed
+        /// in <paramref name="allowed"/>: an error (CMPR0009) when it looks like a misspelled option (a misspelled budget
+        /// would silently remove a gate), else a warning (CMPR0010). Returns false when an error was logged.
+        /// </summary>
+        public static bool CheckUnknownMetadata(ITaskItem model, ICollection<string> allowed, TaskLoggingHelper log)
+        {
+            bool ok = true;
+            IEnumerable<string> knownNames = All.Select(o => o.Name).Concat(OptionTable.BuildOnlyMetadata);
+            foreach (DictionaryEntry entry in model.CloneCustomMetadata())
+            {
+                string name = (string)entry.Key;
+                if (OptionTable.ItemByName(name) is { ComputedByBuild: false } || ForeignMetadata.Contains(name)
+                    || OptionTable.BuildOnlyMetadata.Contains(name, StringComparer.OrdinalIgnoreCase) || allowed.Contains(name))
+                {
+                    continue;
+                }
+                string? suggestion = OptionTable.Suggest(name, knownNames);
+                if (suggestion != null)
+                {
+                    log.LogCodedError(DiagnosticCodes.UnknownOption, model.ItemSpec, model.ItemSpec, name,
+                        "Did you mean '" + suggestion + "'? (If '" + name + "' is metadata of your own, list it in the CompressModelAllowedMetadata property.)");
+                    ok = false;
+                }
+                else
+                {
+                    log.LogCodedWarning(DiagnosticCodes.UnknownMetadata, model.ItemSpec, model.ItemSpec, name);
+                }
+            }
+            return ok;
+        }
+
+        private static readonly char[] Separators = { ';', ',' };
+
+        /// <summary>The names in a ';'-separated property value (CompressModelAllowedMetadata).</summary>
+        public static HashSet<string> ParseNameList(string? list) =>
+            new HashSet<string>(
+                (list ?? string.Empty).Split(Separators, StringSplitOptions.RemoveEmptyEntries).Select(n => n.Trim()).Where(n => n.Length > 0),
+                StringComparer.OrdinalIgnoreCase);
     }
 }

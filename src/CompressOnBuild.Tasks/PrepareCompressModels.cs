@@ -32,6 +32,10 @@ namespace CompressOnBuild.Tasks
         [Required]
         public string ProjectDirectory { get; set; } = string.Empty;
 
+        /// <summary>$(CompressModelAllowedMetadata): ';'-separated metadata names of the team's own that are not
+        /// reported as unknown.</summary>
+        public string? AllowedMetadata { get; set; }
+
         /// <summary>Where compressed models, stamps and reports go (e.g. obj/Debug/net10.0/CompressOnBuild/).</summary>
         [Required]
         public string IntermediateDirectory { get; set; } = string.Empty;
@@ -79,12 +83,13 @@ namespace CompressOnBuild.Tasks
             var resourceRemove = new List<ITaskItem>();
             var resourceAdd = new List<ITaskItem>();
             var consumed = new HashSet<ITaskItem>();
+            HashSet<string> allowed = ModelOptions.ParseNameList(AllowedMetadata);
 
             foreach (ITaskItem model in Models)
             {
                 string spec = model.ItemSpec;
                 string sourceFull = PathUtil.Full(spec, projectDirectory);
-                if (!ValidateMetadata(model))
+                if (!ValidateMetadata(model, allowed))
                 {
                     continue;
                 }
@@ -167,12 +172,14 @@ namespace CompressOnBuild.Tasks
             }
         }
 
-        private bool ValidateMetadata(ITaskItem model)
+        /// <summary>Checks every option value (CMPR0003) and unknown metadata (CMPR0009/CMPR0010), and says when
+        /// nothing gates the model's accuracy (CMPR0011). False when an error was logged.</summary>
+        private bool ValidateMetadata(ITaskItem model, ICollection<string> allowed)
         {
-            bool ok = true;
-            foreach (ModelOption option in ModelOptions.All)
+            bool ok = ModelOptions.CheckUnknownMetadata(model, allowed, Log);
+            foreach (OptionSpec option in ModelOptions.All)
             {
-                string value = model.GetMetadata(option.MetadataName);
+                string value = model.GetMetadata(option.Name);
                 if (value.Length == 0)
                 {
                     continue;
@@ -180,9 +187,13 @@ namespace CompressOnBuild.Tasks
                 string? problem = option.Validate(value);
                 if (problem != null)
                 {
-                    Log.LogCodedError(DiagnosticCodes.InvalidOption, model.ItemSpec, model.ItemSpec, option.MetadataName, value, problem);
+                    Log.LogCodedError(DiagnosticCodes.InvalidOption, model.ItemSpec, model.ItemSpec, option.Name, value, problem);
                     ok = false;
                 }
+            }
+            if (ok && model.GetMetadata("ValidationData").Length == 0 && OptionTable.Budgets.All(b => model.GetMetadata(b.Name).Length == 0))
+            {
+                Log.LogCodedMessage(DiagnosticCodes.AccuracyNotGated, model.ItemSpec, model.ItemSpec);
             }
             return ok;
         }
@@ -263,9 +274,9 @@ namespace CompressOnBuild.Tasks
         {
             yield return "tool=" + ToolVersion;
             yield return "model=" + Fingerprint(sourceFull);
-            foreach (ModelOption option in ModelOptions.All)
+            foreach (OptionSpec option in ModelOptions.All)
             {
-                yield return option.MetadataName + "=" + model.GetMetadata(option.MetadataName);
+                yield return option.Name + "=" + model.GetMetadata(option.Name);
             }
             foreach (string name in ModelOptions.DataMetadata)
             {

@@ -1,4 +1,5 @@
 using System.Text.RegularExpressions;
+using Microsoft.Build.Framework;
 using Microsoft.Build.Utilities;
 
 namespace CompressOnBuild.Tasks
@@ -28,6 +29,18 @@ namespace CompressOnBuild.Tasks
                 endLineNumber: 0,
                 endColumnNumber: 0,
                 message: DiagnosticCodes.FormatWithoutCode(code, args));
+        }
+
+        /// <summary>Logs a coded warning whose text comes from Diagnostics.resx, with its help link.</summary>
+        public static void LogCodedWarning(this TaskLoggingHelper log, string code, string? file, params object?[] args)
+        {
+            log.LogWarning(null, code, null, HelpLink(code), file ?? string.Empty, 0, 0, 0, 0, "{0}", DiagnosticCodes.FormatWithoutCode(code, args));
+        }
+
+        /// <summary>Logs a coded informational message (shown at normal verbosity) whose text comes from Diagnostics.resx.</summary>
+        public static void LogCodedMessage(this TaskLoggingHelper log, string code, string? file, params object?[] args)
+        {
+            log.LogMessage(null, code, null, file ?? string.Empty, 0, 0, 0, 0, MessageImportance.High, "{0}", DiagnosticCodes.FormatWithoutCode(code, args));
         }
 
         /// <summary>

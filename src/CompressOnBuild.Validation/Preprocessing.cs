@@ -216,9 +216,18 @@ public sealed class Preprocessing
 
     private static float ParseFloat(string text, string key, string value)
     {
+        // A simple fraction ("1/255", "-3/4") is what people write for a scale: numerator / denominator, both decimals.
+        int slash = value.IndexOf('/', StringComparison.Ordinal);
+        if (slash > 0 && slash == value.LastIndexOf('/')
+            && double.TryParse(value[..slash], NumberStyles.Float, CultureInfo.InvariantCulture, out double numerator)
+            && double.TryParse(value[(slash + 1)..], NumberStyles.Float, CultureInfo.InvariantCulture, out double denominator)
+            && denominator != 0 && float.IsFinite((float)(numerator / denominator)))
+        {
+            return (float)(numerator / denominator);
+        }
         if (!float.TryParse(value, NumberStyles.Float, CultureInfo.InvariantCulture, out float f) || !float.IsFinite(f))
         {
-            throw Invalid(text, $"{key} '{value}' is not a number");
+            throw Invalid(text, $"{key} '{value}' is not a number (write a decimal such as 0.5, or a fraction such as 1/255)");
         }
         return f;
     }

@@ -22,6 +22,9 @@ namespace CompressOnBuild
         public const string OutputConflict = "CMPR0006";
         public const string ResponseFile = "CMPR0007";
         public const string DotNetHostNotFound = "CMPR0008";
+        public const string UnknownOption = "CMPR0009";
+        public const string UnknownMetadata = "CMPR0010";
+        public const string AccuracyNotGated = "CMPR0011";
 
         // 01xx: the model file.
         public const string ModelNotFound = "CMPR0101";

@@ -184,4 +184,70 @@ public sealed class PrepareCompressModelsTests
         Assert.IsFalse(task.Execute());
         Assert.AreEqual(DiagnosticCodes.OutputConflict, engine.Errors.Single().Code);
     }
+
+    [TestMethod]
+    public void MisspelledBudget_IsAnError_ThatSuggestsTheOption()
+    {
+        (PrepareCompressModels task, FakeBuildEngine engine) = NewTask(
+            [Item("Models/a.onnx", ("ValidationData", "Data/val"), ("MaxAcuracyDrop", "0.01"))]);
+        Assert.IsFalse(task.Execute(), "a typo that removes a gate must not build green");
+        BuildErrorEventArgs error = engine.Errors.Single();
+        Assert.AreEqual(DiagnosticCodes.UnknownOption, error.Code);
+        StringAssert.Contains(error.Message, "'MaxAcuracyDrop'");
+        StringAssert.Contains(error.Message, "Did you mean 'MaxAccuracyDrop'?");
+        StringAssert.Contains(error.Message, "CompressModelAllowedMetadata");
+        Assert.AreEqual("Models/a.onnx", error.File);
+        Assert.IsEmpty(task.PreparedModels, "the model is not compressed without its budget");
+    }
+
+    [TestMethod]
+    public void UnknownMetadataFarFromAnyOption_IsAWarning()
+    {
+        (PrepareCompressModels task, FakeBuildEngine engine) = NewTask([Item("Models/a.onnx", ("MinAgreement", "0.9"), ("Owner", "vision team"))]);
+        Assert.IsTrue(task.Execute(), engine.Describe());
+        Assert.IsEmpty(engine.Errors);
+        BuildWarningEventArgs warning = engine.Warnings.Single();
+        Assert.AreEqual(DiagnosticCodes.UnknownMetadata, warning.Code);
+        StringAssert.Contains(warning.Message, "'Owner'");
+        Assert.HasCount(1, task.PreparedModels);
+    }
+
+    [TestMethod]
+    public void AllowedMetadata_IsNotReported_CaseInsensitively()
+    {
+        (PrepareCompressModels task, FakeBuildEngine engine) = NewTask(
+            [Item("Models/a.onnx", ("MinAgreement", "0.9"), ("Owner", "vision team"), ("MaxAccuracyDropNote", "see wiki"), ("MinAgrement", "x"))]);
+        task.AllowedMetadata = " owner ; MaxAccuracyDropNote;minagrement";
+        Assert.IsTrue(task.Execute(), engine.Describe());
+        Assert.IsEmpty(engine.Errors, engine.Describe());
+        Assert.IsEmpty(engine.Warnings, engine.Describe());
+    }
+
+    [TestMethod]
+    public void WellKnownItemMetadata_IsNotReported()
+    {
+        (PrepareCompressModels task, FakeBuildEngine engine) = NewTask(
+            [Item("Models/a.onnx", ("MinAgreement", "0.9"), ("Link", "m/a.onnx"), ("Visible", "false"), ("CopyToOutputDirectory", "Always"),
+                ("CopyToPublishDirectory", "Never"), ("DependentUpon", "a.json"), ("Pack", "true"), ("PackagePath", "models"),
+                ("TargetPath", "m/a.onnx"), ("LogicalName", "a"), ("Generator", "x"), ("SubType", "Designer"))]);
+        Assert.IsTrue(task.Execute(), engine.Describe());
+        Assert.IsEmpty(engine.Errors, engine.Describe());
+        Assert.IsEmpty(engine.Warnings, engine.Describe());
+        // The well-known metadata MSBuild defines on every item (FullPath, Identity, ...) are not custom metadata at all.
+        Assert.IsNotEmpty(task.PreparedModels.Single().GetMetadata("FullPath"));
+    }
+
+    [TestMethod]
+    public void ModelWithoutValidationDataOrBudget_GetsOneInformationalLine()
+    {
+        (PrepareCompressModels task, FakeBuildEngine engine) = NewTask(
+            [Item("Models/a.onnx", ("Quantization", "Int8")), Item("b.onnx", ("MaxSizeKB", "100")), Item("c.onnx", ("ValidationData", "Data/val"))]);
+        Assert.IsTrue(task.Execute(), engine.Describe());
+        BuildMessageEventArgs[] notGated = engine.Messages.Where(m => m.Code == DiagnosticCodes.AccuracyNotGated).ToArray();
+        Assert.HasCount(1, notGated, "only the model with neither data nor budget");
+        Assert.AreEqual("Models/a.onnx", notGated[0].File);
+        Assert.AreEqual(MessageImportance.High, notGated[0].Importance);
+        StringAssert.Contains(notGated[0].Message, "does not gate");
+        Assert.IsEmpty(engine.Warnings, "informational, not a warning");
+    }
 }

@@ -230,7 +230,7 @@ public sealed class CompressCommandTests
     [DataRow("--max-size-kb", "lots", "CMPR0003")]
     [DataRow("--validation-samples", "0", "CMPR0003")]
     [DataRow("--min-agreement", "0.9", "CMPR0407")]
-    [DataRow("--frobnicate", "1", "CMPR0005")]
+    [DataRow("--frobnicate", "1", "CMPR0009")]
     [DataRow("--tune", "yes", "CMPR0003")]
     [DataRow("--tune-time-budget-seconds", "0", "CMPR0003")]
     [DataRow("--tune", "true", "CMPR0407")]
@@ -351,6 +351,41 @@ public sealed class CompressCommandTests
             StringAssert.Contains(help, option + " ", $"{option} is missing from --help");
         }
         Assert.IsFalse(help.Contains("not yet", StringComparison.OrdinalIgnoreCase), "an option --help calls unimplemented");
+    }
+
+    /// <summary>--help lists exactly the option table's CLI options, each once, and nothing else that looks like one.</summary>
+    [TestMethod]
+    public void HelpListsExactlyTheOptionTable()
+    {
+        string help = CliHarness.InProcess("--help").Output;
+        int start = help.IndexOf("Item options", StringComparison.Ordinal);
+        Assert.IsGreaterThanOrEqualTo(0, start, help);
+        string[] listed = help[start..].Split('\n')
+            .Select(l => System.Text.RegularExpressions.Regex.Match(l, @"^  (--[a-z0-9-]+)"))
+            .Where(m => m.Success).Select(m => m.Groups[1].Value).ToArray();
+        string[] table = OptionTable.ItemOptions.Concat(OptionTable.GlobalOptions).Where(o => o.Cli.Length > 0).Select(o => o.Cli).ToArray();
+        CollectionAssert.AreEquivalent(table, listed, string.Join(" ", listed));
+    }
+
+    [TestMethod]
+    public void MisspelledOption_IsCodedErrorWithSuggestion_AndNothingIsWritten()
+    {
+        (string model, string images, string labels) = MakeMlpWithData();
+        CliRun run = CliHarness.InProcess("compress", model, "--output", P("typo.onnx"), "--validation-data", images, "--labels", labels,
+            "--max-acuracy-drop", "0.01");
+        Assert.AreEqual(2, run.ExitCode, run.Output);
+        string error = run.Errors("CMPR0009").Single();
+        StringAssert.Contains(error, "'--max-acuracy-drop'");
+        StringAssert.Contains(error, "Did you mean '--max-accuracy-drop'?");
+        Assert.IsFalse(File.Exists(P("typo.onnx")), "a run whose budget was misspelled must not produce a model");
+
+        CliRun global = CliHarness.InProcess("compress", model, "--output", P("typo.onnx"), "--max-paralelism", "2");
+        Assert.AreEqual(2, global.ExitCode, global.Output);
+        StringAssert.Contains(global.Errors("CMPR0009").Single(), "Did you mean '--max-parallelism'?");
+
+        CliRun unrelated = CliHarness.InProcess("compress", model, "--output", P("typo.onnx"), "--colour", "red");
+        Assert.AreEqual(2, unrelated.ExitCode, unrelated.Output);
+        Assert.DoesNotContain("Did you mean", unrelated.Errors("CMPR0009").Single());
     }
 
     [TestMethod]

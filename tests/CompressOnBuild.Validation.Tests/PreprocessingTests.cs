@@ -51,6 +51,21 @@ public sealed class PreprocessingTests
     }
 
     [TestMethod]
+    public void Parse_AcceptsSimpleFractions_AsDocumented()
+    {
+        // docs/options.md writes the default as scale=1/255: the parser takes what the docs show.
+        Preprocessing p = Preprocessing.Parse("scale=1/255;mean=1/2,0.25,-3/4;std=2/1");
+        Assert.AreEqual(1f / 255f, p.Scale);
+        CollectionAssert.AreEqual(new[] { 0.5f, 0.25f, -0.75f }, p.Mean.ToArray());
+        CollectionAssert.AreEqual(new[] { 2f }, p.Std.ToArray());
+        Assert.AreEqual(Preprocessing.Default.Apply(128f, 0), p.Apply(128f, 0) * 2f + 0.5f, 1e-6f);
+    }
+
+    [TestMethod]
+    [DataRow("scale=1/0", DisplayName = "fraction over zero")]
+    [DataRow("scale=1/2/3", DisplayName = "two slashes")]
+    [DataRow("scale=/255", DisplayName = "no numerator")]
+    [DataRow("scale=1/", DisplayName = "no denominator")]
     [DataRow("layout=NCWH", DisplayName = "unknown layout")]
     [DataRow("scale=abc", DisplayName = "scale not a number")]
     [DataRow("std=0", DisplayName = "std zero")]
