@@ -154,6 +154,22 @@ public sealed partial class PackageIntegrationTests
     }
 
     [TestMethod]
+    public void MisspelledBudget_FailsTheBuildWithCMPR0009_UnlessAllowed()
+    {
+        ProcessResult typo = Build("build", "typo", "-p:Configuration=Debug", "--no-restore", "-p:TestTypo=true");
+        Assert.AreNotEqual(0, typo.ExitCode, typo.Tail());
+        StringAssert.Contains(typo.Output, "error CMPR0009", typo.Tail());
+        StringAssert.Contains(typo.Output, "Did you mean 'MinAgreement'?", typo.Tail());
+        Assert.AreEqual(s_sourceHash, Hash(SourceModel));
+
+        ProcessResult allowed = Build("build", "typo-allowed", "-p:Configuration=Debug", "--no-restore", "-p:TestTypo=true",
+            "-p:CompressModelAllowedMetadata=MinAgrement");
+        Assert.AreEqual(0, allowed.ExitCode, allowed.Tail());
+        Assert.DoesNotContain("CMPR0009", allowed.Output);
+        Assert.DoesNotContain("CMPR0010", allowed.Output);
+    }
+
+    [TestMethod]
     public void BrokenBudget_AsWarning_BuildsAndShips()
     {
         ProcessResult warned = Build("build", "budget-warning", "-p:Configuration=Debug", "--no-restore",
@@ -543,6 +559,8 @@ public sealed partial class PackageIntegrationTests
                                MaxSizeKB="$(TestMaxSizeKB)" />
                 <!-- Per-runtime metadata (PublishForWindowsAndMacOS_...): Windows x64 ships float16. -->
                 <CompressModel Update="generated/shapes.onnx" Condition="'$(RuntimeIdentifier)' == 'win-x64'" Quantization="Float16" />
+                <!-- MisspelledBudget_...: a typo in a budget name. -->
+                <CompressModel Update="generated/shapes.onnx" Condition="'$(TestTypo)' == 'true'" MinAgrement="0.999" />
               </ItemGroup>
             </Project>
             """);
