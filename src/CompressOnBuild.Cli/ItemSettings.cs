@@ -219,12 +219,10 @@ internal sealed class ItemSettings
         var budgets = new List<Budget>();
         foreach (OptionSpec budget in OptionTable.Budgets)
         {
-            if (r.Get(budget.Name) is not { } text)
+            if (Checked(budget.Name) is { } limit)
             {
-                continue;
+                budgets.Add(new Budget(budget.Name, double.Parse(limit, NumberStyles.Float, CultureInfo.InvariantCulture), budget.HigherIsBetter, budget.Unit));
             }
-            Checked(budget.Name);
-            budgets.Add(new Budget(budget.Name, double.Parse(text, NumberStyles.Float, CultureInfo.InvariantCulture), budget.HigherIsBetter, budget.Unit));
         }
 
         string? validation = r.Get("ValidationData");
