@@ -209,6 +209,8 @@ internal static class Report
         ["originalSamplesPerSecond"] = Round(v.OriginalImagesPerSecond, 1),
         ["compressedSamplesPerSecond"] = Round(v.CompressedImagesPerSecond, 1),
         ["batchSize"] = v.BatchSize,
+        ["batching"] = Batching(v),
+        ["parallelRuns"] = v.ParallelRuns,
         ["latency"] = v.LatencyRuns == 0 ? null : new JsonObject
         {
             ["originalMs"] = Round(v.OriginalLatencyMs, 4),
@@ -218,6 +220,9 @@ internal static class Report
             ["threads"] = v.Threads,
         },
     };
+
+    /// <summary>How the samples were run, in the words of the summary line ("batch 1").</summary>
+    internal static string Batching(ValidationResult v) => v.BatchSize == 1 ? "batch 1" : $"batched {v.BatchSize}";
 
     private static double Round(double v, int digits) => double.IsFinite(v) ? Math.Round(v, digits) : 0;
 
@@ -246,8 +251,8 @@ internal static class Report
             {
                 parts.Add(string.Format(ci, "top-1 {0:0.00}% -> {1:0.00}% (drop {2:0.00} points)", a, b, d));
             }
-            parts.Add(string.Format(ci, "agreement {0:0.00}%, cosine {1:0.0000} on {2} {3}", v.Top1Agreement * 100, v.MeanCosineSimilarity, v.SampleCount,
-                r.Settings.ValidationData != null ? "samples" : r.Settings.CalibrationData != null ? "calibration samples" : "random inputs"));
+            parts.Add(string.Format(ci, "agreement {0:0.00}%, cosine {1:0.0000} on {2} {3}, {4}", v.Top1Agreement * 100, v.MeanCosineSimilarity, v.SampleCount,
+                r.Settings.ValidationData != null ? "samples" : r.Settings.CalibrationData != null ? "calibration samples" : "random inputs", Batching(v)));
             if (v.LatencyRuns > 0)
             {
                 parts.Add(string.Format(ci, "latency ratio {0:0.00}", v.LatencyRatio));

@@ -28,18 +28,30 @@ public sealed class ModelRunnerOptions
     /// <summary>Graph optimization level. Default <see cref="GraphOptimization.All"/>.</summary>
     public GraphOptimization Optimization { get; init; } = GraphOptimization.All;
 
-    /// <summary>Samples per run when every model input has a dynamic batch dimension. Default 64.</summary>
+    /// <summary>
+    /// Samples per run of <see cref="ModelRunner.RunDataset"/> when every model input has a dynamic batch dimension
+    /// and the caller asks for no batch size of its own. Default 64. Batching is for statistics that do not depend on
+    /// it (calibration, activations): operators that span the batch axis and dynamic quantization give other outputs
+    /// in a batch than alone, so <see cref="Validator"/> always runs batch 1.
+    /// </summary>
     public int BatchSize { get; init; } = 64;
+
+    /// <summary>
+    /// Concurrent single-sample runs of one session in <see cref="ModelRunner.RunDataset"/> at batch 1 (each on its own
+    /// thread, <see cref="IntraOpThreads"/> threads per run). Default: the number of processors.
+    /// </summary>
+    public int Parallelism { get; init; } = Environment.ProcessorCount;
 }
 
 /// <summary>Outputs of a run over a data set: per sample, the requested outputs (batch dimension 1), and timing.</summary>
 public sealed class DatasetRun
 {
-    internal DatasetRun(List<TensorData[]> outputs, double seconds, int batchSize)
+    internal DatasetRun(List<TensorData[]> outputs, double seconds, int batchSize, int parallelism = 1)
     {
         Outputs = outputs;
         Seconds = seconds;
         BatchSize = batchSize;
+        Parallelism = parallelism;
     }
 
     /// <summary>Per sample, one tensor per requested output.</summary>
@@ -50,6 +62,9 @@ public sealed class DatasetRun
 
     /// <summary>Samples per run actually used (1 when the model's batch dimension is fixed).</summary>
     public int BatchSize { get; }
+
+    /// <summary>Runs that went on concurrently (batch 1 only; 1 for batched runs).</summary>
+    public int Parallelism { get; }
 
     /// <summary>Samples per second.</summary>
     public double SamplesPerSecond => Seconds > 0 ? Outputs.Count / Seconds : 0;
@@ -292,14 +307,19 @@ public sealed class ModelRunner : IDisposable
         }
     }
 
-    /// <summary>Runs every sample of <paramref name="data"/>; batches of <see cref="ModelRunnerOptions.BatchSize"/>
-    /// when <see cref="HasDynamicBatch"/> and the data can be stacked, else one sample per run. The first batch also runs
-    /// once untimed before the timed pass.</summary>
-    public DatasetRun RunDataset(Dataset data, IReadOnlyList<string>? outputNames = null)
+    /// <summary>Runs every sample of <paramref name="data"/>. <paramref name="batchSize"/> 1 (as an app runs a model):
+    /// one sample per run, <see cref="ModelRunnerOptions.Parallelism"/> runs at a time on the one session. Larger (default
+    /// <see cref="ModelRunnerOptions.BatchSize"/>): batches when <see cref="HasDynamicBatch"/> and the data can be
+    /// stacked, else one sample per run. The first sample or batch also runs once untimed before the timed pass.</summary>
+    public DatasetRun RunDataset(Dataset data, IReadOnlyList<string>? outputNames = null, int? batchSize = null)
     {
         ArgumentNullException.ThrowIfNull(data);
         int[]? order = InputOrder(data);
-        int batch = HasDynamicBatch && data.CanBatch ? Math.Max(1, Options.BatchSize) : 1;
+        int batch = HasDynamicBatch && data.CanBatch ? Math.Max(1, batchSize ?? Options.BatchSize) : 1;
+        if (batch == 1)
+        {
+            return RunOneByOne(data, outputNames, order);
+        }
         List<TensorData[]> outputs = new(data.Count);
         TensorData[] RunAt(int start, int n)
         {
@@ -353,6 +373,89 @@ public sealed class ModelRunner : IDisposable
         }
         watch.Stop();
         return new DatasetRun(outputs, watch.Elapsed.TotalSeconds, batch);
+    }
+
+    /// <summary>
+    /// Batch 1 over the data set on up to <see cref="ModelRunnerOptions.Parallelism"/> threads (ORT sessions take
+    /// concurrent runs). Samples are read one at a time under a lock (decoding data sets need not be thread-safe);
+    /// on failure, the error of the lowest failing sample is thrown, so messages do not depend on thread timing.
+    /// </summary>
+    private DatasetRun RunOneByOne(Dataset data, IReadOnlyList<string>? outputNames, int[]? order)
+    {
+        int n = data.Count;
+        var results = new TensorData[n][];
+        var gate = new object();
+        TensorData[] RunAt(int index)
+        {
+            IReadOnlyList<TensorData> sample;
+            lock (gate)
+            {
+                sample = Reorder(data.GetSample(index), order);
+            }
+            try
+            {
+                return Run(sample, outputNames);
+            }
+            catch (CompressException e) when (e.Code == DiagnosticCodes.OrtRunFailed)
+            {
+                throw new CompressException(e.InnerException ?? e, DiagnosticCodes.OrtRunFailed, ModelPath,
+                    $"on {data.GetSampleSource(index)}: {e.InnerException?.Message ?? e.Message}") { File = ModelPath };
+            }
+        }
+        if (n == 0)
+        {
+            return new DatasetRun([], 0, 1);
+        }
+        // One untimed run first, so one-time costs (allocations, first-run kernels) stay out of the throughput.
+        RunAt(0);
+        int workers = Math.Clamp(Options.Parallelism, 1, n);
+        int next = -1;
+        int firstFailed = int.MaxValue;
+        Exception? failure = null;
+        void Work()
+        {
+            while (true)
+            {
+                int i = Interlocked.Increment(ref next);
+                if (i >= n || i > Volatile.Read(ref firstFailed))
+                {
+                    return;
+                }
+                try
+                {
+                    results[i] = RunAt(i);
+                }
+                catch (Exception e)
+                {
+                    lock (gate)
+                    {
+                        if (i < firstFailed)
+                        {
+                            firstFailed = i;
+                            failure = e;
+                        }
+                    }
+                    return;
+                }
+            }
+        }
+        Stopwatch watch = Stopwatch.StartNew();
+        Thread[] threads = [.. Enumerable.Range(1, workers - 1).Select(_ => new Thread(Work) { IsBackground = true })];
+        foreach (Thread t in threads)
+        {
+            t.Start();
+        }
+        Work();
+        foreach (Thread t in threads)
+        {
+            t.Join();
+        }
+        watch.Stop();
+        if (failure != null)
+        {
+            System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(failure);
+        }
+        return new DatasetRun([.. results], watch.Elapsed.TotalSeconds, 1, workers);
     }
 
     /// <summary>Where each model input is in the data set's tensors: by name when the data set names them all (in another

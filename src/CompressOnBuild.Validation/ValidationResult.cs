@@ -65,8 +65,11 @@ public sealed class ValidationResult
     /// <summary>Samples (images) per second of the compressed model over the data set pass.</summary>
     public required double CompressedImagesPerSecond { get; init; }
 
-    /// <summary>Samples per run in the data set pass (1 when a model's batch dimension is fixed).</summary>
+    /// <summary>Samples per run in the data set pass: 1, as an app runs the model (batching can change outputs).</summary>
     public required int BatchSize { get; init; }
+
+    /// <summary>Single-sample runs that went on concurrently in the data set pass (throughput is measured so).</summary>
+    public int ParallelRuns { get; init; } = 1;
 
     /// <summary>Median single-sample latency of the original model, milliseconds (interleaved with the compressed model).</summary>
     public required double OriginalLatencyMs { get; init; }

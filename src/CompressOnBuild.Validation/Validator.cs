@@ -28,7 +28,7 @@ public sealed class ValidatorOptions
 public static class Validator
 {
     /// <summary>
-    /// Runs both models over <paramref name="data"/> and computes top-1 accuracy (when labelled), top-1 agreement,
+    /// Runs both models over <paramref name="data"/>, one sample per run (batch 1, several runs at a time), and computes top-1 accuracy (when labelled), top-1 agreement,
     /// output error metrics, throughput and interleaved single-sample latency.
     /// </summary>
     /// <exception cref="CompressException">NonFiniteOutputs (NaN/Inf in either model, with the sample index), OutputMismatch,
@@ -53,8 +53,11 @@ public static class Validator
             .Select(o => o.Name)];
         int p = Array.IndexOf(names, primary);
 
-        DatasetRun runA = original.RunDataset(data, names);
-        DatasetRun runB = compressed.RunDataset(data, names);
+        // Batch 1, as an app runs a model: in a batch, operators that span the batch axis (a reduction over all axes,
+        // BatchNormalization in training mode, Flatten over axis 0) and dynamic quantization (one scale per run) give
+        // other outputs than one sample alone does.
+        DatasetRun runA = original.RunDataset(data, names, batchSize: 1);
+        DatasetRun runB = compressed.RunDataset(data, names, batchSize: 1);
         CheckFinite(original.ModelPath, runA, names);
         CheckFinite(compressed.ModelPath, runB, names);
 
@@ -124,7 +127,8 @@ public static class Validator
             CompressedReferenceMaxAbsError = ReferenceError(compressed, data, runB, names),
             OriginalImagesPerSecond = runA.SamplesPerSecond,
             CompressedImagesPerSecond = runB.SamplesPerSecond,
-            BatchSize = Math.Min(runA.BatchSize, runB.BatchSize),
+            BatchSize = Math.Max(runA.BatchSize, runB.BatchSize),
+            ParallelRuns = Math.Min(runA.Parallelism, runB.Parallelism),
             OriginalLatencyMs = latA,
             CompressedLatencyMs = latB,
             LatencyRatio = latA > 0 ? latB / latA : 0,
@@ -146,7 +150,7 @@ public static class Validator
         string primary = PrimaryOutput(model, outputName);
         string[] names = [.. model.Outputs.Where(o => o.ElementType != TensorElementType.Other).Select(o => o.Name)];
         int p = Array.IndexOf(names, primary);
-        DatasetRun run = model.RunDataset(data, names);
+        DatasetRun run = model.RunDataset(data, names, batchSize: 1);
         CheckFinite(model.ModelPath, run, names);
         int[] top1 = [.. run.Outputs.Select(o => ArgMax(o[p].Data))];
         double? accuracy = data.Labels == null ? null : 100.0 * top1.Where((t, i) => t == data.Labels[i]).Count() / data.Count;

@@ -79,6 +79,96 @@ public sealed class RunnerAndValidatorTests
         Assert.IsNull(r.OriginalReferenceMaxAbsError);
     }
 
+    /// <summary>y = x - max over all of x (ReduceMax without axes spans the batch axis), plus <paramref name="shift"/>.</summary>
+    private static string SaveReduceMaxModel(TempDir dir, string file, float[] shift)
+    {
+        GraphProto g = new() { Name = "reducemax" };
+        g.Input.Add(TinyModels.FloatValue("x", "N", 4));
+        g.Output.Add(TinyModels.FloatValue("y", "N", 4));
+        g.Initializer.Add(TensorUtil.FromFloats("c", shift, 4));
+        g.Node.Add(TinyModels.Node("ReduceMax", ["x"], ["m"], "max_all", TinyModels.IntAttr("keepdims", 1)));
+        g.Node.Add(TinyModels.Node("Sub", ["x", "m"], ["d"]));
+        g.Node.Add(TinyModels.Node("Add", ["d", "c"], ["y"]));
+        string path = dir.File(file);
+        TestFiles.Save(TinyModels.Model(g), path);
+        return path;
+    }
+
+    /// <summary>Flatten(axis 0) puts the whole batch in one row; a Softmax over it, reshaped back to [N, 4], times <paramref name="scale"/>.</summary>
+    private static string SaveFlattenAxis0Model(TempDir dir, string file, float[] scale)
+    {
+        GraphProto g = new() { Name = "flatten0" };
+        g.Input.Add(TinyModels.FloatValue("x", "N", 4));
+        g.Output.Add(TinyModels.FloatValue("y", "N", 4));
+        g.Initializer.Add(TensorUtil.FromFloats("s", scale, 4));
+        g.Initializer.Add(TensorUtil.FromInt64("shape", [-1, 4], 2));
+        g.Node.Add(TinyModels.Node("Flatten", ["x"], ["f"], "flatten0", TinyModels.IntAttr("axis", 0)));
+        g.Node.Add(TinyModels.Node("Softmax", ["f"], ["p"], "softmax", TinyModels.IntAttr("axis", 1)));
+        g.Node.Add(TinyModels.Node("Reshape", ["p", "shape"], ["r"]));
+        g.Node.Add(TinyModels.Node("Mul", ["r", "s"], ["y"]));
+        string path = dir.File(file);
+        TestFiles.Save(TinyModels.Model(g), path);
+        return path;
+    }
+
+    /// <summary>The metrics the validator must report: each model run on one sample at a time, independently.</summary>
+    private static (double Agreement, double Cosine, float MaxAbs, double Accuracy) BatchOneReference(string a, string b, Dataset data)
+    {
+        using ModelRunner ra = new(a);
+        using ModelRunner rb = new(b);
+        int agree = 0, correct = 0;
+        double cos = 0;
+        float maxAbs = 0;
+        for (int i = 0; i < data.Count; i++)
+        {
+            float[] ya = ra.Run(data.GetSample(i))[0].Data;
+            float[] yb = rb.Run(data.GetSample(i))[0].Data;
+            Assert.HasCount(4, ya, "one sample in, one row out");
+            int ta = Validator.ArgMax(ya), tb = Validator.ArgMax(yb);
+            agree += ta == tb ? 1 : 0;
+            correct += tb == data.Labels![i] ? 1 : 0;
+            cos += Kernels.ErrorMetrics.CosineSimilarity(ya, yb);
+            maxAbs = Math.Max(maxAbs, Kernels.ErrorMetrics.MaxAbsDifference(ya, yb));
+        }
+        return ((double)agree / data.Count, cos / data.Count, maxAbs, 100.0 * correct / data.Count);
+    }
+
+    private static void AssertEqualsBatchOne(string a, string b, Dataset data)
+    {
+        (double agreement, double cosine, float maxAbs, double accuracy) = BatchOneReference(a, b, data);
+        using ModelRunner original = new(a);
+        using ModelRunner compressed = new(b);
+        ValidationResult r = Validator.Compare(original, compressed, data, new ValidatorOptions { LatencyRuns = 0 });
+        Assert.AreEqual(1, r.BatchSize);
+        Assert.AreEqual(agreement, r.Top1Agreement, 1e-12, "agreement");
+        Assert.AreEqual(cosine, r.MeanCosineSimilarity, 1e-9, "cosine");
+        Assert.AreEqual(maxAbs, r.MaxAbsError, 1e-6f, "max abs error");
+        Assert.AreEqual(accuracy, r.CompressedAccuracy!.Value, 1e-9, "accuracy");
+    }
+
+    [TestMethod]
+    public void Validator_ReduceMaxOverAllAxes_ReportsWhatBatchOneGives()
+    {
+        using TempDir dir = new();
+        string a = SaveReduceMaxModel(dir, "a.onnx", [0, 0, 0, 0]);
+        string b = SaveReduceMaxModel(dir, "b.onnx", [0, 0.5f, 0, 0]);
+        // Ten samples whose own maxima differ: in one batch every sample is shifted by the batch's maximum instead.
+        float[] values = TinyModels.RandomFloats(40, 17, 2f);
+        Dataset data = Npy(dir, 10, values, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1);
+        AssertEqualsBatchOne(a, b, data);
+    }
+
+    [TestMethod]
+    public void Validator_FlattenAxis0_ReportsWhatBatchOneGives()
+    {
+        using TempDir dir = new();
+        string a = SaveFlattenAxis0Model(dir, "a.onnx", [1, 1, 1, 1]);
+        string b = SaveFlattenAxis0Model(dir, "b.onnx", [1, 1.2f, 0.9f, 1]);
+        float[] values = TinyModels.RandomFloats(40, 23, 2f);
+        Dataset data = Npy(dir, 10, values, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1);
+        AssertEqualsBatchOne(a, b, data);
+    }
+
     [TestMethod]
     public void Validator_SelfComparison_IsExact()
     {
