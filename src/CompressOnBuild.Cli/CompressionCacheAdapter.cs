@@ -35,7 +35,7 @@ internal sealed class CompressionCacheAdapter(CompressionCache cache, Action<Dia
             "model:" + r.OriginalSha256,
             "output-name:" + Path.GetFileName(s.Output),
             // The verdict and whether a model that broke a budget ships depend on the severity.
-            "budget-severity:" + (budgetFailureIsWarning ? "warning" : "error"),
+            "budget-severity:" + (budgetFailureIsWarning ? Severity.Warning : Severity.Error).ToText(),
         };
         foreach ((string k, string v) in s.EffectiveOptions)
         {
@@ -83,7 +83,7 @@ internal sealed class CompressionCacheAdapter(CompressionCache cache, Action<Dia
         string? dir = cache.TryGet(key);
         if (cache.LastCorruptEntry != null)
         {
-            warn(new Diagnostic("warning", DiagnosticCodes.CacheEntryCorrupt, r.Settings.Model,
+            warn(new Diagnostic(Severity.Warning, DiagnosticCodes.CacheEntryCorrupt, r.Settings.Model,
                 DiagnosticCodes.FormatWithoutCode(DiagnosticCodes.CacheEntryCorrupt, cache.LastCorruptEntry)));
         }
         if (dir == null)
@@ -118,7 +118,7 @@ internal sealed class CompressionCacheAdapter(CompressionCache cache, Action<Dia
         r.CachedSummary = outcome["summary"]!.GetValue<string>();
         foreach (JsonNode? d in outcome["diagnostics"]!.AsArray())
         {
-            r.Diagnostics.Add(new Diagnostic(d!["severity"]!.GetValue<string>(), d["code"]!.GetValue<string>(), d["file"]!.GetValue<string>(), d["message"]!.GetValue<string>()));
+            r.Diagnostics.Add(new Diagnostic(SeverityText.Parse(d!["severity"]!.GetValue<string>()), d["code"]!.GetValue<string>(), d["file"]!.GetValue<string>(), d["message"]!.GetValue<string>()));
         }
         foreach (JsonNode? b in outcome["budgets"]!.AsArray())
         {
@@ -159,7 +159,7 @@ internal sealed class CompressionCacheAdapter(CompressionCache cache, Action<Dia
                 ["summary"] = Report.SummaryLine(r),
                 ["diagnostics"] = new JsonArray(r.Diagnostics.Select(d => (JsonNode)new JsonObject
                 {
-                    ["severity"] = d.Severity, ["code"] = d.Code, ["file"] = d.File, ["message"] = d.Message,
+                    ["severity"] = d.Severity.ToText(), ["code"] = d.Code, ["file"] = d.File, ["message"] = d.Message,
                 }).ToArray()),
                 ["budgets"] = new JsonArray(r.Budgets.Select(b => (JsonNode)new JsonObject
                 {

@@ -245,12 +245,12 @@ internal static class Compressor
         }
         if (summary.Unchanged)
         {
-            result.Diagnostics.Add(new Diagnostic("warning", DiagnosticCodes.AlreadyQuantized, s.Model,
+            result.Diagnostics.Add(new Diagnostic(Severity.Warning, DiagnosticCodes.AlreadyQuantized, s.Model,
                 DiagnosticCodes.FormatWithoutCode(DiagnosticCodes.AlreadyQuantized, s.Model, summary.UnchangedReason)));
         }
         if (summary.Details["clampedValues"] is { } clamped && clamped.GetValue<long>() > 0)
         {
-            result.Diagnostics.Add(new Diagnostic("warning", DiagnosticCodes.Float16Clamped, s.Model,
+            result.Diagnostics.Add(new Diagnostic(Severity.Warning, DiagnosticCodes.Float16Clamped, s.Model,
                 DiagnosticCodes.FormatWithoutCode(DiagnosticCodes.Float16Clamped, s.Model, clamped.GetValue<long>())));
         }
         if (summary.Unchanged)
@@ -258,7 +258,7 @@ internal static class Compressor
         }
         else if (summary.NothingDone && s.NodesToExclude.Count == 0)
         {
-            result.Diagnostics.Add(new Diagnostic("warning", DiagnosticCodes.NothingToQuantize, s.Model,
+            result.Diagnostics.Add(new Diagnostic(Severity.Warning, DiagnosticCodes.NothingToQuantize, s.Model,
                 DiagnosticCodes.FormatWithoutCode(DiagnosticCodes.NothingToQuantize, s.Model, s.QuantizationText)));
         }
     }

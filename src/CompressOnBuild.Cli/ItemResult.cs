@@ -5,7 +5,24 @@ namespace CompressOnBuild.Cli;
 
 internal sealed record BudgetOutcome(string Name, double Limit, double? Measured, bool Passed, string Unit, string? Note);
 
-internal sealed record Diagnostic(string Severity, string Code, string File, string Message);
+/// <summary>How a diagnostic is reported: an error fails the run (and the build), a warning does not.</summary>
+internal enum Severity
+{
+    Error,
+    Warning,
+}
+
+internal static class SeverityText
+{
+    /// <summary>The lower-case word of the canonical "file : error CMPRnnnn : text" line and of report.json.</summary>
+    public static string ToText(this Severity severity) => severity == Severity.Warning ? "warning" : "error";
+
+    /// <summary>The severity of a stored <see cref="ToText"/> word (cache entries).</summary>
+    public static Severity Parse(string text) =>
+        text.Equals("warning", StringComparison.OrdinalIgnoreCase) ? Severity.Warning : Severity.Error;
+}
+
+internal sealed record Diagnostic(Severity Severity, string Code, string File, string Message);
 
 /// <summary>Everything learned while compressing one item; serialized to report.json and summarized on stdout.</summary>
 internal sealed class ItemResult

@@ -55,14 +55,14 @@ public static class Program
         }
         catch (CompressException e)
         {
-            WriteDiagnostic(output, new Diagnostic("error", e.Code, e.File ?? "CompressOnBuild", StripCode(e)));
+            WriteDiagnostic(output, new Diagnostic(Severity.Error, e.Code, e.File ?? "CompressOnBuild", StripCode(e)));
             return e.ExitCode;
         }
 #pragma warning disable CA1031 // The worker must turn every crash into a coded error for the build.
         catch (Exception e)
 #pragma warning restore CA1031
         {
-            WriteDiagnostic(output, new Diagnostic("error", DiagnosticCodes.InternalError, "CompressOnBuild",
+            WriteDiagnostic(output, new Diagnostic(Severity.Error, DiagnosticCodes.InternalError, "CompressOnBuild",
                 DiagnosticCodes.FormatWithoutCode(DiagnosticCodes.InternalError, "(command line)", e.GetType().Name + ": " + e.Message)));
             return 3;
         }
@@ -92,7 +92,7 @@ public static class Program
             }
             catch (CompressException e)
             {
-                WriteDiagnostic(output, new Diagnostic("error", e.Code, e.File ?? req.Model, StripCode(e)));
+                WriteDiagnostic(output, new Diagnostic(Severity.Error, e.Code, e.File ?? req.Model, StripCode(e)));
                 exit = Worst(exit, e.ExitCode);
                 results.Add(null);
             }
@@ -157,7 +157,7 @@ public static class Program
                 {
                     foreach (BudgetOutcome b in r.Budgets.Where(b => !b.Passed))
                     {
-                        var d = new Diagnostic(global.BudgetFailureIsWarning ? "warning" : "error", DiagnosticCodes.BudgetBroken, s.Model,
+                        var d = new Diagnostic(global.BudgetFailureIsWarning ? Severity.Warning : Severity.Error, DiagnosticCodes.BudgetBroken, s.Model,
                             DiagnosticCodes.FormatWithoutCode(DiagnosticCodes.BudgetBroken, s.Model, b.Name,
                                 Budgets.FormatValue(b.Name, b.Measured ?? double.NaN), Budgets.FormatValue(b.Name, b.Limit)));
                         r.Diagnostics.Add(d);
@@ -191,7 +191,7 @@ public static class Program
         {
             lock (OutputGate)
             {
-                WriteDiagnostic(output, new Diagnostic("error", e.Code, e.File ?? s.Model, StripCode(e)));
+                WriteDiagnostic(output, new Diagnostic(Severity.Error, e.Code, e.File ?? s.Model, StripCode(e)));
             }
             return e.ExitCode;
         }
@@ -201,7 +201,7 @@ public static class Program
         {
             lock (OutputGate)
             {
-                WriteDiagnostic(output, new Diagnostic("error", DiagnosticCodes.InternalError, s.Model,
+                WriteDiagnostic(output, new Diagnostic(Severity.Error, DiagnosticCodes.InternalError, s.Model,
                     DiagnosticCodes.FormatWithoutCode(DiagnosticCodes.InternalError, s.Model, e.GetType().Name + ": " + e.Message)));
             }
             return 3;
@@ -254,7 +254,7 @@ public static class Program
         string text = d.Message.Replace('\r', ' ').Replace('\n', ' ');
         lock (OutputGate)
         {
-            output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{d.File} : {d.Severity} {d.Code} : {text}"));
+            output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{d.File} : {d.Severity.ToText()} {d.Code} : {text}"));
         }
     }
 }

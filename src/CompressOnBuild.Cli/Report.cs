@@ -60,7 +60,7 @@ internal static class Report
             ["verdict"] = r.BudgetsPassed ? "passed" : "failed",
             ["diagnostics"] = new JsonArray(r.Diagnostics.Select(d => (JsonNode)new JsonObject
             {
-                ["severity"] = d.Severity,
+                ["severity"] = d.Severity.ToText(),
                 ["code"] = d.Code,
                 ["message"] = d.Message,
             }).ToArray()),
