@@ -4,8 +4,13 @@
 #   bash build/results.sh               both sections
 #   bash build/results.sh compression   every quantization scheme
 #   bash build/results.sh pruning       Magnitude (+ int8), Sensitivity vs uniform, Channels with/without refit
+#   bash build/results.sh large         all-MiniLM-L6-v2 (2,000 sentences, text data) and ResNet18 (photos): size, quality,
+#                                       latency vs fp32, end-to-end time and peak RSS (restores the large models first)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1
+case " $* " in
+  *" large"*) bash ../shared/corpus/large/fetch.sh >/dev/null ;;
+esac
 dotnet run --project tests/CompressOnBuild.Results -c Release -- "$@"

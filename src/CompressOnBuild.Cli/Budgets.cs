@@ -10,8 +10,11 @@ internal static class Budgets
     /// <summary>Budgets that compare the two models' outputs and so need real validation data.</summary>
     private static readonly HashSet<string> NeedData = new(StringComparer.Ordinal)
     {
-        "MaxAccuracyDrop", "MinAgreement", "MinCosine", "MaxRelativeError", "MaxAbsoluteError",
+        "MaxAccuracyDrop", "MinAgreement", "MinCosine", "MaxRelativeError", "MaxAbsoluteError", "MinNeighborAgreement", "MinSimilarityCorrelation",
     };
+
+    /// <summary>Budgets measured on the embedding metrics (computed even when the output is judged as classification).</summary>
+    public static bool NeedsEmbeddingMetrics(ItemSettings s) => s.Budgets.Any(b => b.Name is "MinNeighborAgreement" or "MinSimilarityCorrelation");
 
     /// <summary>Throws for budgets that cannot be measured with the given data (CMPR0406/0407) before any work is done.</summary>
     public static void CheckMeasurable(ItemSettings s)
@@ -54,8 +57,17 @@ internal static class Budgets
                 "MinCompressionRatio" => compressedBytes > 0 ? (double)originalBytes / compressedBytes : 0,
                 "MaxSizeKB" => compressedBytes / 1024.0,
                 "MaxLatencyRatio" => v?.LatencyRatio,
+                "MinNeighborAgreement" => v?.Embedding?.NeighborAgreement,
+                "MinSimilarityCorrelation" => v?.Embedding?.SimilarityCorrelation,
                 _ => null,
             };
+            if (measured == null && v?.Embedding is { } e && b.Name is "MinNeighborAgreement" or "MinSimilarityCorrelation")
+            {
+                throw new CompressException(DiagnosticCodes.EmbeddingBudgetUnmeasurable, settings.Model, b.Name, e.PairwiseSamples < 3
+                    ? $"it compares samples with each other and the data has {e.PairwiseSamples}"
+                    : $"no sample's nearest neighbour is clear in the original model (cosine margin >= {EmbeddingMetrics.ClearMargin} over the second nearest) among {e.PairwiseSamples}")
+                { File = settings.Model };
+            }
             if (measured == null)
             {
                 if (b.Name == "MaxAccuracyDrop")
@@ -75,7 +87,7 @@ internal static class Budgets
 
     public static string FormatValue(string name, double value) => name switch
     {
-        "MinAgreement" => value.ToString("0.####", CultureInfo.InvariantCulture),
+        "MinAgreement" or "MinNeighborAgreement" => value.ToString("0.####", CultureInfo.InvariantCulture),
         "MaxAccuracyDrop" => value.ToString("0.###", CultureInfo.InvariantCulture) + " points",
         "MaxSizeKB" => value.ToString("0.#", CultureInfo.InvariantCulture) + " KB",
         "MinCompressionRatio" => value.ToString("0.##", CultureInfo.InvariantCulture) + "x",

@@ -30,7 +30,7 @@ internal sealed record Attempt(
 /// <summary>Compresses and validates one item: load, check, pass, save beside the output, validate, check budgets, (tune), publish atomically.</summary>
 internal static class Compressor
 {
-    public static void Run(ItemResult result, GlobalOptions global, Func<OrtInfo> ensureOrt, CompressionCacheAdapter? cache)
+    public static void Run(ItemResult result, GlobalOptions global, Func<OrtInfo> ensureOrt, CompressionCacheAdapter? cache, ProgressReporter? progress = null)
     {
         ItemSettings s = result.Settings;
         string modelFull = Path.GetFullPath(s.Model);
@@ -42,10 +42,11 @@ internal static class Compressor
 
         if (File.Exists(s.Model) && StreamingQuantizer.ShouldStream(s.Model, StreamingThreshold()))
         {
-            RunStreaming(result, global, ensureOrt, modelFull, outputFull);
+            RunStreaming(result, global, ensureOrt, modelFull, outputFull, progress);
             return;
         }
 
+        progress?.Phase("loading the model");
         ModelProto original = ModelIO.Load(s.Model);
         ModelChecker.Validate(original, s.Model);
         byte[] originalBytes = SerializeForHash(original);
@@ -72,9 +73,13 @@ internal static class Compressor
         {
             var runnerOptions = new ModelRunnerOptions { IntraOpThreads = 1 };
             using var originalRunner = new ModelRunner(modelFull, runnerOptions);
+            progress?.Phase("reading the validation data");
             Dataset data = LoadData(s, originalRunner.Inputs, 0, out string source);
             result.ValidationSource = source;
-            var context = new AttemptContext(s, original, originalRunner, data, runnerOptions, work, Path.GetFileName(outputFull), result.OriginalBytes);
+            var context = new AttemptContext(s, original, originalRunner, data, runnerOptions, work, Path.GetFileName(outputFull), result.OriginalBytes)
+            {
+                Progress = progress,
+            };
 
             Attempt chosen = context.Make(s.NodesToExclude);
             AddPassDiagnostics(result, chosen.Quantization);
@@ -131,7 +136,8 @@ internal static class Compressor
     /// plus a bounded working set; validated in ORT like any other model. Not cached (hashing gigabytes on every build
     /// would cost more than the cache saves); other schemes, pruning and tuning are refused for such models.
     /// </summary>
-    private static void RunStreaming(ItemResult result, GlobalOptions global, Func<OrtInfo> ensureOrt, string modelFull, string outputFull)
+    private static void RunStreaming(ItemResult result, GlobalOptions global, Func<OrtInfo> ensureOrt, string modelFull, string outputFull,
+        ProgressReporter? progress)
     {
         ItemSettings s = result.Settings;
         string why = s.Quantization is not (QuantizationScheme.Int8Dynamic or QuantizationScheme.Int4Weights) ? "Quantization=" + s.QuantizationText
@@ -153,6 +159,7 @@ internal static class Compressor
             {
                 string candidate = Path.Combine(work, Path.GetFileName(outputFull));
                 var watch = Stopwatch.StartNew();
+                progress?.Phase("quantizing (streaming)");
                 string[] notQuantized = s.OpTypesToQuantize == null ? [.. s.NodesToExclude]
                     : [.. s.NodesToExclude.Union(s.OpTypeExclusions(ModelIO.LoadLazy(s.Model).Model), StringComparer.Ordinal)];
                 result.Quantization = s.Quantization == QuantizationScheme.Int4Weights
@@ -175,7 +182,7 @@ internal static class Compressor
                 {
                     Dataset data = LoadData(s, originalRunner.Inputs, 0, out string source);
                     result.ValidationSource = source;
-                    result.Validation = Validator.Compare(originalRunner, compressed, data, ValidationOptions(s));
+                    result.Validation = Validator.Compare(originalRunner, compressed, data, ValidationOptions(s, progress));
                 }
                 result.ValidateSeconds = watch.Elapsed.TotalSeconds;
                 result.Budgets.AddRange(Budgets.Evaluate(s, result.Validation, result.OriginalBytes, result.CompressedBytes));
@@ -207,8 +214,13 @@ internal static class Compressor
     /// How an item is validated: latency (31 interleaved runs, at least 100 ms per model so tiny models get enough
     /// runs) only when a MaxLatencyRatio budget needs it.
     /// </summary>
-    internal static ValidatorOptions ValidationOptions(ItemSettings s) =>
-        new() { LatencyRuns = s.Budgets.Any(b => b.Name == "MaxLatencyRatio") ? 31 : 0, MinLatencyMilliseconds = 100 };
+    internal static ValidatorOptions ValidationOptions(ItemSettings s, ProgressReporter? progress = null) =>
+        new()
+        {
+            Progress = progress,
+            LatencyRuns = s.Budgets.Any(b => b.Name == "MaxLatencyRatio") ? 31 : 0, MinLatencyMilliseconds = 100,
+            Metric = s.Metric, EmbeddingMetrics = Budgets.NeedsEmbeddingMetrics(s),
+        };
 
     /// <summary>Size from which the streaming path is used; COMPRESSONBUILD_STREAMING_THRESHOLD_BYTES overrides it (tests).</summary>
     private static long StreamingThreshold() =>
@@ -340,6 +352,9 @@ internal sealed class AttemptContext(ItemSettings settings, ModelProto original,
     private readonly Dictionary<string, CalibrationResult> _calibrations = new(StringComparer.Ordinal);
 
     private Dataset? _calibrationData;
+
+    /// <summary>Progress lines for the item's long phases; null: none.</summary>
+    public ProgressReporter? Progress { get; init; }
     private Dictionary<string, Activation>? _activations;
 
     private Dataset CalibrationData() =>
@@ -423,6 +438,7 @@ internal sealed class AttemptContext(ItemSettings settings, ModelProto original,
         {
             throw new InvalidOperationException($"Calibration method '{text}' was not validated."); // ItemSettings and the Tuner only pass valid ones
         }
+        Progress?.Phase("calibrating (" + text + ")");
         IReadOnlyList<string> tensors = Int8StaticQuantizer.TensorsToCalibrate(calibrated, StaticOptions([]));
         CalibrationResult result = Calibrator.Run(calibrated, CalibrationData(), tensors,
             new CalibrationOptions { Method = method, Percentile = percentile, MaxSamples = settings.CalibrationSamples }, settings.Model);
@@ -445,6 +461,7 @@ internal sealed class AttemptContext(ItemSettings settings, ModelProto original,
     public Attempt Make(IReadOnlyList<string> excluded, Dataset? on = null)
     {
         var watch = Stopwatch.StartNew();
+        Progress?.Phase("compressing (" + settings.QuantizationText + (settings.Pruning.Method == PruningMethod.None ? "" : ", " + settings.Pruning) + ")");
         ModelProto candidate = original.Clone();
         PruningSummary? pruning = null;
         if (settings.Pruning.Method != PruningMethod.None)
@@ -467,6 +484,7 @@ internal sealed class AttemptContext(ItemSettings settings, ModelProto original,
             _ => null,
         };
         Compressor.AddProvenance(candidate, settings, excluded);
+        Progress?.Phase("saving the compressed model");
         string path = Path.Combine(workDirectory, (++_count).ToString(System.Globalization.CultureInfo.InvariantCulture), fileName);
         ModelIO.Save(candidate, path);
         double compressSeconds = watch.Elapsed.TotalSeconds;
@@ -475,7 +493,7 @@ internal sealed class AttemptContext(ItemSettings settings, ModelProto original,
 
         watch.Restart();
         using var compressed = new ModelRunner(path, runnerOptions);
-        ValidationResult validation = Validator.Compare(originalRunner, compressed, on ?? data, Compressor.ValidationOptions(settings));
+        ValidationResult validation = Validator.Compare(originalRunner, compressed, on ?? data, Compressor.ValidationOptions(settings, Progress));
         List<BudgetOutcome> budgets = Budgets.Evaluate(settings, validation, originalBytes, bytes);
         return new Attempt(path, excluded, summary, pruning, bytes, sha, validation, budgets, compressSeconds, watch.Elapsed.TotalSeconds)
         {

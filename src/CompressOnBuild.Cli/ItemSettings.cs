@@ -71,6 +71,9 @@ internal sealed class ItemSettings
     /// <summary>Tokenizer (vocab.txt or WordPiece tokenizer.json) and sequence length for .txt data; null without Tokenizer.</summary>
     public TextOptions? Text { get; init; }
     public int ValidationSamples { get; init; }
+
+    /// <summary>How the primary output is judged (Metric): Auto (from its shape), Classification or Embedding.</summary>
+    public OutputKind Metric { get; init; }
     public IReadOnlyList<string> NodesToExclude { get; init; } = [];
     public IReadOnlyList<Budget> Budgets { get; init; } = [];
     public bool Tune { get; init; }
@@ -224,6 +227,7 @@ internal sealed class ItemSettings
                 budgets.Add(new Budget(budget.Name, double.Parse(limit, NumberStyles.Float, CultureInfo.InvariantCulture), budget.HigherIsBetter, budget.Unit));
             }
         }
+        OutputKind metric = Checked("Metric") is { } metricText ? Enum.Parse<OutputKind>(metricText, ignoreCase: true) : OutputKind.Auto;
 
         string? validation = r.Get("ValidationData");
         string? labels = r.Get("Labels");
@@ -256,7 +260,7 @@ internal sealed class ItemSettings
         };
         foreach ((string k, string v) in r.Values)
         {
-            if (OptionTable.ItemByName(k) is { Role: CacheKeyRole.None } || k is "Quantization" or "Pruning" or "ActivationType" or "PerChannel" or "CalibrationMethod" or "SequenceLength" || string.IsNullOrWhiteSpace(v))
+            if (OptionTable.ItemByName(k) is { Role: CacheKeyRole.None } || k is "Quantization" or "Pruning" or "ActivationType" or "PerChannel" or "CalibrationMethod" or "SequenceLength" or "Metric" || string.IsNullOrWhiteSpace(v))
             {
                 continue;
             }
@@ -276,6 +280,10 @@ internal sealed class ItemSettings
         if (!perChannel)
         {
             effective["PerChannel"] = "false";
+        }
+        if (metric != OutputKind.Auto)
+        {
+            effective["Metric"] = metric.ToString();
         }
         if (sequenceLength > 0)
         {
@@ -304,6 +312,7 @@ internal sealed class ItemSettings
             Preprocessing = r.Get("Preprocessing"),
             Text = text,
             ValidationSamples = samples,
+            Metric = metric,
             NodesToExclude = exclude,
             Budgets = budgets,
             Tune = tuneOn,

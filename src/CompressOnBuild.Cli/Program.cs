@@ -145,7 +145,16 @@ public static class Program
         ItemSettings s = r.Settings;
         try
         {
-            Compressor.Run(r, global, ensureOrt, cache);
+            using (var progress = new ProgressReporter(s.Model, line =>
+            {
+                lock (OutputGate)
+                {
+                    output.WriteLine(line);
+                }
+            }))
+            {
+                Compressor.Run(r, global, ensureOrt, cache, progress);
+            }
             int code = 0;
             lock (OutputGate)
             {

@@ -68,6 +68,8 @@ internal static class Report
             {
                 ["compressSeconds"] = Round(r.CompressSeconds, 3),
                 ["validateSeconds"] = Round(r.ValidateSeconds, 3),
+                // The worker process's peak resident memory so far (all items of the run up to this one).
+                ["workerPeakRssBytes"] = PeakRss(),
             },
             ["cache"] = new JsonObject { ["key"] = r.CacheKey, ["hit"] = r.FromCache },
         };
@@ -196,8 +198,22 @@ internal static class Report
         ["originalAccuracy"] = v.OriginalAccuracy is { } a ? Round(a, 4) : null,
         ["compressedAccuracy"] = v.CompressedAccuracy is { } b ? Round(b, 4) : null,
         ["accuracyDrop"] = v.AccuracyDrop is { } d ? Round(d, 4) : null,
+        ["metric"] = v.Metric == OutputKind.Embedding ? "embedding" : "classification",
+        ["metricReason"] = v.MetricReason,
         ["top1Agreement"] = Round(v.Top1Agreement, 6),
         ["meanCosineSimilarity"] = Round(v.MeanCosineSimilarity, 6),
+        ["embedding"] = v.Embedding is not { } e ? null : new JsonObject
+        {
+            ["pooling"] = e.Pooling,
+            ["meanCosine"] = Round(e.MeanCosine, 6),
+            ["minCosine"] = Round(e.MinCosine, 6),
+            ["pairwiseSamples"] = e.PairwiseSamples,
+            ["clearNeighborMargin"] = EmbeddingMetrics.ClearMargin,
+            ["clearNeighborSamples"] = e.ClearNeighborSamples,
+            ["neighborAgreement"] = e.NeighborAgreement is { } na ? Round(na, 6) : null,
+            ["neighborAgreementAllSamples"] = e.NeighborAgreementAll is { } nall ? Round(nall, 6) : null,
+            ["similarityCorrelation"] = e.SimilarityCorrelation is { } sc ? Round(sc, 6) : null,
+        },
         ["maxAbsError"] = Finite(v.MaxAbsError),
         ["outputs"] = new JsonArray(v.Outputs.Select(o => (JsonNode)new JsonObject
         {
@@ -235,6 +251,12 @@ internal static class Report
     public static void Write(string path, JsonObject report) =>
         Core.Onnx.AtomicFile.WriteAllBytes(path, JsonSerializer.SerializeToUtf8Bytes(report, Indented));
 
+    private static long PeakRss()
+    {
+        using var self = System.Diagnostics.Process.GetCurrentProcess();
+        return self.PeakWorkingSet64;
+    }
+
     public static string SummaryLine(ItemResult r)
     {
         var ci = CultureInfo.InvariantCulture;
@@ -251,8 +273,18 @@ internal static class Report
             {
                 parts.Add(string.Format(ci, "top-1 {0:0.00}% -> {1:0.00}% (drop {2:0.00} points)", a, b, d));
             }
-            parts.Add(string.Format(ci, "agreement {0:0.00}%, cosine {1:0.0000} on {2} {3}, {4}", v.Top1Agreement * 100, v.MeanCosineSimilarity, v.SampleCount,
-                r.Settings.ValidationData != null ? "samples" : r.Settings.CalibrationData != null ? "calibration samples" : "random inputs", Batching(v)));
+            string on = r.Settings.ValidationData != null ? "samples" : r.Settings.CalibrationData != null ? "calibration samples" : "random inputs";
+            if (v.Metric == OutputKind.Embedding && v.Embedding is { } e)
+            {
+                parts.Add(string.Format(ci, "embedding cosine {0:0.0000} (min {1:0.0000}){2}{3} on {4} {5}, {6}", e.MeanCosine, e.MinCosine,
+                    e.NeighborAgreement is { } na ? string.Format(ci, ", clear-neighbour agreement {0:0.00}% ({1} samples)", na * 100, e.ClearNeighborSamples) : "",
+                    e.SimilarityCorrelation is { } sc ? string.Format(ci, ", similarity rank correlation {0:0.0000}", sc) : "",
+                    v.SampleCount, on, Batching(v)));
+            }
+            else
+            {
+                parts.Add(string.Format(ci, "agreement {0:0.00}%, cosine {1:0.0000} on {2} {3}, {4}", v.Top1Agreement * 100, v.MeanCosineSimilarity, v.SampleCount, on, Batching(v)));
+            }
             if (v.LatencyRuns > 0)
             {
                 parts.Add(string.Format(ci, "latency ratio {0:0.00}", v.LatencyRatio));

@@ -20,7 +20,9 @@ internal static class ReportRenderers
         string accuracy = v?["originalAccuracy"] is { } a && v["compressedAccuracy"] is { } b
             ? $"{Num(a, "0.00")}% → {Num(b, "0.00")}%"
             : "-";
-        string agreement = v == null ? "-" : Num(D(v["top1Agreement"]) * 100, "0.00") + "%";
+        string agreement = v == null ? "-"
+            : v["metric"]?.GetValue<string>() == "embedding" && v["embedding"]?["neighborAgreement"] is { } na ? "neighbours " + Num(D(na) * 100, "0.00") + "%"
+            : Num(D(v["top1Agreement"]) * 100, "0.00") + "%";
         JsonArray budgets = r["budgets"]!.AsArray();
         string budgetText = budgets.Count == 0 ? "-" : string.Join("<br>", budgets.Select(bd =>
             $"{(bd!["passed"]!.GetValue<bool>() ? "✅" : "❌")} {bd["name"]} {Num(bd["measured"], "G4")} (limit {Num(bd["limit"], "G4")})"));
@@ -70,6 +72,14 @@ internal static class ReportRenderers
             if (v["originalAccuracy"] != null)
             {
                 Row(sb, "top-1 accuracy", $"{Num(v["originalAccuracy"], "0.00")}% → {Num(v["compressedAccuracy"], "0.00")}% (drop {Num(v["accuracyDrop"], "0.00")} points)");
+            }
+            Row(sb, "judged as", $"{v["metric"]} ({v["metricReason"]})");
+            if (v["embedding"] is JsonNode e)
+            {
+                Row(sb, "embedding cosine (pooling)", $"mean {Num(e["meanCosine"], "0.000000")}, min {Num(e["minCosine"], "0.000000")} ({e["pooling"]})");
+                Row(sb, "nearest-neighbour agreement", e["neighborAgreement"] == null ? "-"
+                    : $"{Num(D(e["neighborAgreement"]) * 100, "0.00")}% of {e["clearNeighborSamples"]} samples with a clear neighbour (all {e["pairwiseSamples"]}: {Num(D(e["neighborAgreementAllSamples"]) * 100, "0.00")}%)");
+                Row(sb, "similarity rank correlation", e["similarityCorrelation"] == null ? "-" : Num(e["similarityCorrelation"], "0.000000"));
             }
             Row(sb, "top-1 agreement", Num(D(v["top1Agreement"]) * 100, "0.00") + "%");
             Row(sb, "mean cosine / max abs error", $"{Num(v["meanCosineSimilarity"], "0.000000")} / {Num(v["maxAbsError"], "G4")}");

@@ -19,6 +19,9 @@ namespace CompressOnBuild.Tasks
     {
         internal const string SummaryPrefix = "CompressOnBuild: ";
 
+        /// <summary>The worker's progress lines for long phases (about every 5 s): shown at normal verbosity, never parsed as diagnostics.</summary>
+        internal const string ProgressPrefix = "CompressOnBuild progress: ";
+
         private string? _resolvedHost;
         private readonly List<string> _arguments = new List<string>();
 
@@ -278,6 +281,11 @@ namespace CompressOnBuild.Tasks
             if (singleLine.StartsWith(SummaryPrefix, StringComparison.Ordinal))
             {
                 Log.LogMessage(MessageImportance.High, singleLine);
+                return;
+            }
+            if (singleLine.StartsWith(ProgressPrefix, StringComparison.Ordinal))
+            {
+                Log.LogMessage(MessageImportance.Normal, singleLine);
                 return;
             }
             // Canonical "origin : error CODE : text" lines become errors and warnings with their code and help link.

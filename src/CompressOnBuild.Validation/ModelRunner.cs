@@ -310,15 +310,16 @@ public sealed class ModelRunner : IDisposable
     /// <summary>Runs every sample of <paramref name="data"/>. <paramref name="batchSize"/> 1 (as an app runs a model):
     /// one sample per run, <see cref="ModelRunnerOptions.Parallelism"/> runs at a time on the one session. Larger (default
     /// <see cref="ModelRunnerOptions.BatchSize"/>): batches when <see cref="HasDynamicBatch"/> and the data can be
-    /// stacked, else one sample per run. The first sample or batch also runs once untimed before the timed pass.</summary>
-    public DatasetRun RunDataset(Dataset data, IReadOnlyList<string>? outputNames = null, int? batchSize = null)
+    /// stacked, else one sample per run. The first sample or batch also runs once untimed before the timed pass.
+    /// <paramref name="progress"/> counts the samples run.</summary>
+    public DatasetRun RunDataset(Dataset data, IReadOnlyList<string>? outputNames = null, int? batchSize = null, ProgressReporter? progress = null)
     {
         ArgumentNullException.ThrowIfNull(data);
         int[]? order = InputOrder(data);
         int batch = HasDynamicBatch && data.CanBatch ? Math.Max(1, batchSize ?? Options.BatchSize) : 1;
         if (batch == 1)
         {
-            return RunOneByOne(data, outputNames, order);
+            return RunOneByOne(data, outputNames, order, progress);
         }
         List<TensorData[]> outputs = new(data.Count);
         TensorData[] RunAt(int start, int n)
@@ -344,6 +345,7 @@ public sealed class ModelRunner : IDisposable
         {
             int n = Math.Min(batch, data.Count - start);
             TensorData[] result = RunAt(start, n);
+            progress?.Advance(n);
             if (n == 1)
             {
                 outputs.Add(result);
@@ -380,7 +382,7 @@ public sealed class ModelRunner : IDisposable
     /// concurrent runs). Samples are read one at a time under a lock (decoding data sets need not be thread-safe);
     /// on failure, the error of the lowest failing sample is thrown, so messages do not depend on thread timing.
     /// </summary>
-    private DatasetRun RunOneByOne(Dataset data, IReadOnlyList<string>? outputNames, int[]? order)
+    private DatasetRun RunOneByOne(Dataset data, IReadOnlyList<string>? outputNames, int[]? order, ProgressReporter? progress)
     {
         int n = data.Count;
         var results = new TensorData[n][];
@@ -424,6 +426,7 @@ public sealed class ModelRunner : IDisposable
                 try
                 {
                     results[i] = RunAt(i);
+                    progress?.Advance();
                 }
                 catch (Exception e)
                 {

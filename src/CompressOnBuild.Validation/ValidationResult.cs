@@ -44,8 +44,18 @@ public sealed class ValidationResult
     /// <summary>Fraction of samples where both models have the same top-1 class (0..1).</summary>
     public required double Top1Agreement { get; init; }
 
-    /// <summary>Mean cosine similarity of <see cref="OutputName"/> over samples.</summary>
+    /// <summary>Mean cosine similarity of <see cref="OutputName"/> over samples (for embeddings: of the pooled
+    /// embeddings, <see cref="EmbeddingMetrics.MeanCosine"/>).</summary>
     public required double MeanCosineSimilarity { get; init; }
+
+    /// <summary>How <see cref="OutputName"/> was judged: classification (top-1) or embedding.</summary>
+    public OutputKind Metric { get; init; } = OutputKind.Classification;
+
+    /// <summary>Why that kind was chosen (shape, name, labels, or the user's Metric option).</summary>
+    public string MetricReason { get; init; } = "";
+
+    /// <summary>Embedding metrics of <see cref="OutputName"/>; null when it is judged as classification and no embedding budget asked for them.</summary>
+    public EmbeddingMetrics? Embedding { get; init; }
 
     /// <summary>Largest |original - compressed| over all compared outputs.</summary>
     public required float MaxAbsError { get; init; }

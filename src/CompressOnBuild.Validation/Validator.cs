@@ -22,6 +22,15 @@ public sealed class ValidatorOptions
     /// <see cref="LatencyRuns"/> runs).
     /// </summary>
     public double MinLatencyMilliseconds { get; init; }
+
+    /// <summary>How the primary output is judged; <see cref="OutputKind.Auto"/> (default) chooses from its shape (see <see cref="EmbeddingMetrics.Choose"/>).</summary>
+    public OutputKind Metric { get; init; }
+
+    /// <summary>Progress lines for long validations (phase "validating", samples of both models); null: none.</summary>
+    public ProgressReporter? Progress { get; init; }
+
+    /// <summary>Measure the embedding metrics even when the output is judged as classification (an embedding budget asks for them).</summary>
+    public bool EmbeddingMetrics { get; init; }
 }
 
 /// <summary>Compares a compressed model with its original on a data set (see <see cref="ValidationResult"/>).</summary>
@@ -56,8 +65,9 @@ public static class Validator
         // Batch 1, as an app runs a model: in a batch, operators that span the batch axis (a reduction over all axes,
         // BatchNormalization in training mode, Flatten over axis 0) and dynamic quantization (one scale per run) give
         // other outputs than one sample alone does.
-        DatasetRun runA = original.RunDataset(data, names, batchSize: 1);
-        DatasetRun runB = compressed.RunDataset(data, names, batchSize: 1);
+        options.Progress?.Phase("validating (original and compressed model)", 2 * data.Count);
+        DatasetRun runA = original.RunDataset(data, names, batchSize: 1, progress: options.Progress);
+        DatasetRun runB = compressed.RunDataset(data, names, batchSize: 1, progress: options.Progress);
         CheckFinite(original.ModelPath, runA, names);
         CheckFinite(compressed.ModelPath, runB, names);
 
@@ -108,6 +118,11 @@ public static class Validator
             MaxAbsError = maxAbs[o],
             MeanRelativeL2Error = relCount[o] == 0 ? 0 : relSum[o] / relCount[o],
         })];
+        (OutputKind kind, string kindReason) = EmbeddingMetrics.Choose(options.Metric, primary, runA.Outputs[0][p].Shape, data.Labels != null,
+            runA.Outputs.Take(16).All(o => EmbeddingMetrics.IsProbabilities(o[p].Data)));
+        options.Progress?.Phase("comparing outputs");
+        EmbeddingMetrics? embedding = kind == OutputKind.Embedding || options.EmbeddingMetrics ? Embeddings(runA, runB, p, data) : null;
+        options.Progress?.Phase("measuring latency");
         (double latA, double latB, int latRuns) = options.LatencyRuns > 0 ? Latency(original, compressed, data, options) : (0, 0, 0);
         double? accA = data.Labels == null ? null : 100.0 * correctA / n;
         double? accB = data.Labels == null ? null : 100.0 * correctB / n;
@@ -120,7 +135,10 @@ public static class Validator
             CompressedAccuracy = accB,
             AccuracyDrop = accA - accB,
             Top1Agreement = (double)agree / n,
-            MeanCosineSimilarity = outputs[p].MeanCosineSimilarity,
+            MeanCosineSimilarity = kind == OutputKind.Embedding ? embedding!.MeanCosine : outputs[p].MeanCosineSimilarity,
+            Metric = kind,
+            MetricReason = kindReason,
+            Embedding = embedding,
             MaxAbsError = outputs.Max(o => o.MaxAbsError),
             Outputs = outputs,
             OriginalReferenceMaxAbsError = ReferenceError(original, data, runA, names),
@@ -135,6 +153,43 @@ public static class Validator
             LatencyRuns = latRuns,
             Threads = original.Options.IntraOpThreads,
         };
+    }
+
+    /// <summary>Embedding metrics of output <paramref name="p"/>: per-token outputs averaged over the tokens the data's
+    /// attention mask (an input named like "mask", [1, tokens]) marks, else over all tokens.</summary>
+    private static EmbeddingMetrics Embeddings(DatasetRun runA, DatasetRun runB, int p, Dataset data)
+    {
+        int maskInput = -1;
+        for (int i = 0; i < data.InputNames.Count; i++)
+        {
+            if (data.InputNames[i].Contains("mask", StringComparison.OrdinalIgnoreCase))
+            {
+                maskInput = i;
+                break;
+            }
+        }
+        var a = new float[data.Count][];
+        var b = new float[data.Count][];
+        bool perToken = false, masked = false;
+        for (int s = 0; s < data.Count; s++)
+        {
+            TensorData oa = runA.Outputs[s][p];
+            float[]? mask = null;
+            if (oa.Shape.Length == 3 && oa.Shape[1] > 1)
+            {
+                perToken = true;
+                if (maskInput >= 0 && data.GetSample(s)[maskInput] is { Shape.Length: 2 } m && m.Shape[1] == oa.Shape[1])
+                {
+                    mask = m.Data;
+                    masked = true;
+                }
+            }
+            a[s] = EmbeddingMetrics.Pool(oa, mask);
+            b[s] = EmbeddingMetrics.Pool(runB.Outputs[s][p], mask);
+        }
+        string pooling = !perToken ? "none (one vector per sample)"
+            : masked ? $"mean over the tokens of input '{data.InputNames[maskInput]}'" : "mean over all tokens";
+        return EmbeddingMetrics.Compare(a, b, pooling);
     }
 
     /// <summary>Runs one model over <paramref name="data"/>: top-1 per sample, accuracy when labelled, reference error.</summary>

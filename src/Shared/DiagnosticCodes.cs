@@ -58,6 +58,7 @@ namespace CompressOnBuild
         public const string OutputMismatch = "CMPR0405";
         public const string LabelsRequired = "CMPR0406";
         public const string NoValidationData = "CMPR0407";
+        public const string EmbeddingBudgetUnmeasurable = "CMPR0425";
 
         // 05xx: internal.
         public const string InternalError = "CMPR0501";

@@ -231,6 +231,14 @@ namespace CompressOnBuild
             Budget("MinCompressionRatio", 0, double.PositiveInfinity, true, true, "x", "<x>", "original bytes / compressed bytes"),
             Budget("MaxSizeKB", 0, double.PositiveInfinity, true, false, "KB", "<n>", "compressed size in KiB"),
             Budget("MaxLatencyRatio", 0, double.PositiveInfinity, true, false, "", "<x>", "compressed / original median latency, same run"),
+            Budget("MinNeighborAgreement", 0, 1, false, true, "", "<0..1>", "embeddings: same nearest other sample, over samples with a clear neighbour"),
+            Budget("MinSimilarityCorrelation", -1, 1, false, true, "", "<-1..1>", "embeddings: Spearman rank correlation of all pairwise similarities"),
+            new OptionSpec
+            {
+                Name = "Metric", Cli = "--metric", Kind = OptionKind.Choice, Choices = new[] { "Auto", "Classification", "Embedding" },
+                ValueHint = "Auto|Classification|Embedding", Default = "Auto",
+                Help = "how the output is judged: top-1 (classification) or embedding metrics; Auto: from its shape",
+            },
             new OptionSpec
             {
                 Name = "ValidationSamples", Cli = "--validation-samples", Kind = OptionKind.Count, Min = 1, Max = int.MaxValue,

@@ -185,6 +185,7 @@ public sealed class CompressModelsTaskTests
             $"echo '{model} : warning CMPR0203 : nothing to quantize in a part'",
             $"echo '{model} : error CMPR0401 : Model m.onnx broke the budget MinAgreement: measured 0.97, limit 0.99.'",
             "echo 'some progress text'",
+            $"echo 'CompressOnBuild progress: {model}: validating 812/4000 samples, 21 s'",
             "exit 1");
 
         Assert.IsFalse(task.Execute());
@@ -199,6 +200,8 @@ public sealed class CompressModelsTaskTests
         StringAssert.EndsWith(engine.Warnings[0].HelpLink, "docs/diagnostics.md#cmpr0203");
         BuildMessageEventArgs summary = engine.Messages.Single(m => m.Message!.StartsWith("CompressOnBuild: ", StringComparison.Ordinal));
         Assert.AreEqual(MessageImportance.High, summary.Importance);
+        BuildMessageEventArgs progress = engine.Messages.Single(m => m.Message!.StartsWith("CompressOnBuild progress: ", StringComparison.Ordinal));
+        Assert.AreEqual(MessageImportance.Normal, progress.Importance, "progress shows at normal verbosity, not at minimal");
         Assert.IsFalse(engine.Errors.Any(e => e.Code == DiagnosticCodes.WorkerFailed), "an error was reported, so no CMPR0002");
     }
 

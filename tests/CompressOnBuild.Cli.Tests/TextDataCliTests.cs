@@ -83,4 +83,44 @@ public sealed class TextDataCliTests
         Assert.AreEqual(2, bpe.ExitCode, bpe.Output);
         Assert.AreEqual(1, bpe.Errors("CMPR0313").Count(), bpe.Output);
     }
+
+    [TestMethod]
+    public void PerTokenOutput_IsJudgedAsAMaskPooledEmbedding_WithItsBudgets()
+    {
+        (string model, string vocab, string text) = Setup(sentences: 40);
+        CliRun run = CliHarness.InProcess("compress", model, "--output", P("out/e.onnx"), "--report", P("out/e.json"), "--quantization", "Int8Dynamic",
+            "--validation-data", text, "--tokenizer", vocab, "--sequence-length", "12",
+            "--min-neighbor-agreement", "0.5", "--min-similarity-correlation", "0.5", "--min-cosine", "0.9");
+        Assert.AreEqual(0, run.ExitCode, run.Output);
+        StringAssert.Contains(run.Lines.Single(l => l.StartsWith("CompressOnBuild: ", StringComparison.Ordinal)), "clear-neighbour agreement");
+        JsonNode v = JsonNode.Parse(File.ReadAllText(P("out/e.json")))!["validation"]!;
+        Assert.AreEqual("embedding", v["metric"]!.GetValue<string>());
+        StringAssert.Contains(v["metricReason"]!.GetValue<string>(), "per token");
+        JsonNode e = v["embedding"]!;
+        StringAssert.Contains(e["pooling"]!.GetValue<string>(), "attention_mask");
+        Assert.AreEqual(40, e["pairwiseSamples"]!.GetValue<int>());
+        Assert.AreEqual(e["meanCosine"]!.GetValue<double>(), v["meanCosineSimilarity"]!.GetValue<double>());
+        Assert.IsTrue(e["similarityCorrelation"]!.GetValue<double>() > 0.5);
+
+        // A correlation budget of 1 cannot hold after int8: the budget is really checked.
+        CliRun strict = CliHarness.InProcess("compress", model, "--output", P("out/s.onnx"), "--quantization", "Int8Dynamic",
+            "--validation-data", text, "--tokenizer", vocab, "--min-similarity-correlation", "1");
+        Assert.AreEqual(1, strict.ExitCode, strict.Output);
+        Assert.AreEqual(1, strict.Errors("CMPR0401").Count(), strict.Output);
+
+        CliRun forced = CliHarness.InProcess("compress", model, "--output", P("out/f.onnx"), "--report", P("out/f.json"),
+            "--validation-data", text, "--tokenizer", vocab, "--metric", "Classification");
+        Assert.AreEqual(0, forced.ExitCode, forced.Output);
+        Assert.AreEqual("classification", JsonNode.Parse(File.ReadAllText(P("out/f.json")))!["validation"]!["metric"]!.GetValue<string>());
+    }
+
+    [TestMethod]
+    public void NeighbourBudgetOnTwoSamples_IsCMPR0425()
+    {
+        (string model, string vocab, string text) = Setup(sentences: 2);
+        CliRun run = CliHarness.InProcess("compress", model, "--output", P("out/two.onnx"),
+            "--validation-data", text, "--tokenizer", vocab, "--min-neighbor-agreement", "0.9");
+        Assert.AreEqual(2, run.ExitCode, run.Output);
+        Assert.AreEqual(1, run.Errors("CMPR0425").Count(), run.Output);
+    }
 }

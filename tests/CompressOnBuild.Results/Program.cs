@@ -6,10 +6,13 @@ using System.Text.Json.Nodes;
 // Runs every labelled corpus model through the real worker and rewrites sections of docs/results.md:
 //   compression: every quantization scheme (between <!-- compression:begin --> and <!-- compression:end -->)
 //   pruning:     pruning methods, alone and with int8 (between <!-- pruning:begin --> and <!-- pruning:end -->)
-// Arguments: the section names to regenerate (default: both), e.g. `bash build/results.sh pruning`.
+//   large:       all-MiniLM-L6-v2 and ResNet18 (issue 18), only when asked for (between <!-- large:begin --> and <!-- large:end -->);
+//                `large:<n>` uses n evenly spaced sentences instead of all 2,000
+// Arguments: the section names to regenerate (default: compression and pruning), e.g. `bash build/results.sh pruning`.
 var ci = CultureInfo.InvariantCulture;
-string[] known = ["compression", "pruning"];
-string[] sections = args.Length == 0 ? known : args;
+string[] known = ["compression", "pruning", "large"];
+int largeSentences = args.FirstOrDefault(a => a.StartsWith("large:", StringComparison.Ordinal)) is { } ls ? int.Parse(ls[6..], ci) : 0;
+string[] sections = args.Length == 0 ? ["compression", "pruning"] : [.. args.Select(a => a.StartsWith("large:", StringComparison.Ordinal) ? "large" : a)];
 if (sections.FirstOrDefault(a => !known.Contains(a)) is { } unknown)
 {
     Console.Error.WriteLine($"results: unknown section '{unknown}'; use {string.Join(" and/or ", known)} (default: all)");
@@ -52,6 +55,10 @@ if (sections.Contains("compression"))
 if (sections.Contains("pruning"))
 {
     WriteSection(doc, "pruning", Pruning.Section(corpus, work, models));
+}
+if (sections.Contains("large"))
+{
+    WriteSection(doc, "large", Large.Section(corpus, repo, work, largeSentences));
 }
 Directory.Delete(work, recursive: true);
 return 0;
