@@ -91,6 +91,14 @@ internal static class Compressor
 
             result.Quantization = chosen.Quantization;
             result.Pruning = chosen.Pruning;
+            if (chosen.Pruning is { SparsityDiffers: true } ps)
+            {
+                var ci = System.Globalization.CultureInfo.InvariantCulture;
+                result.Diagnostics.Add(new Diagnostic("warning", DiagnosticCodes.SparsityDiffers, s.Model,
+                    DiagnosticCodes.FormatWithoutCode(DiagnosticCodes.SparsityDiffers, s.Model, ps.Method, ps.RequestedSparsity!.Value.ToString("P0", ci),
+                        ps.PrunableWeights, ps.AchievedSparsity.ToString("P1", ci),
+                        ps.SparsityNotes.Count == 0 ? "the pruned layers could not reach it" : string.Join("; ", ps.SparsityNotes))));
+            }
             if (chosen.Quantization is { Nodes.Count: > 0 } q)
             {
                 result.WeightHistograms = WeightHistograms.Build(original, ModelIO.Load(chosen.Path), q.Nodes.Select(n => n.Weight));

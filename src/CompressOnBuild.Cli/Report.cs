@@ -79,6 +79,12 @@ internal static class Report
     private static JsonObject Pruning(CompressOnBuild.Core.Passes.PruningSummary p) => new()
     {
         ["method"] = p.Method,
+        ["requestedSparsity"] = p.RequestedSparsity is double r ? Round(r, 4) : null,
+        ["achievedSparsity"] = Round(p.AchievedSparsity, 4),
+        ["layerSparsity"] = p.LayerSparsity is double ls ? Round(ls, 4) : null,
+        ["prunableWeights"] = p.PrunableWeights,
+        ["prunableNonzerosAfter"] = p.PrunableNonzerosAfter,
+        ["sparsityNotes"] = new JsonArray(p.SparsityNotes.Select(n => (JsonNode)JsonValue.Create(n)!).ToArray()),
         ["parametersBefore"] = p.ParametersBefore,
         ["parametersAfter"] = p.ParametersAfter,
         ["flopsBefore"] = p.FlopsBefore,
@@ -292,6 +298,8 @@ internal static class Report
         }
         if (r.Pruning is { } pr && pr.ZipBytesBefore > 0)
         {
+            parts.Add(string.Format(ci, "sparsity {0:0.0}% of {1} prunable weights{2}", pr.AchievedSparsity * 100, pr.PrunableWeights,
+                pr.RequestedSparsity is double req ? string.Format(ci, " (requested {0:0.0}%)", req * 100) : ""));
             parts.Add(string.Format(ci, "zip {0:0.0} KB -> {1:0.0} KB, parameters {2} -> {3}", pr.ZipBytesBefore / 1024.0, ZipOfOutput(r) / 1024.0, pr.ParametersBefore, pr.ParametersAfter));
         }
         if (r.Tuning is { } t)

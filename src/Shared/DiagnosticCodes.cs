@@ -40,6 +40,7 @@ namespace CompressOnBuild
         public const string NonFiniteWeights = "CMPR0202";
         public const string NothingToQuantize = "CMPR0203";
         public const string Float16Clamped = "CMPR0204";
+        public const string SparsityDiffers = "CMPR0220";
 
         // 03xx: calibration and validation data.
         public const string DataNotFound = "CMPR0301";

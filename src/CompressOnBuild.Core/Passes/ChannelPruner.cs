@@ -481,7 +481,13 @@ internal static class ChannelPruner
     /// values the Conv multiplies with its weight at that output position (pads, auto_pad, strides and dilations as in
     /// the ONNX Conv; zero outside the input).
     /// </summary>
-    internal static (float[] Patches, int Rows) Im2Col(Activation a, PrunableLayer conv, int maxRows)
+    internal static (float[] Patches, int Rows) Im2Col(Activation a, PrunableLayer conv, int maxRows) => Im2Col(a, conv, maxRows, 0, int.MaxValue);
+
+    /// <summary>
+    /// Rows [<paramref name="first"/>, first + <paramref name="count"/>) of <see cref="Im2Col(Activation, PrunableLayer, int)"/>'s
+    /// selection (for building X^T X chunk by chunk); Rows is the number returned.
+    /// </summary>
+    internal static (float[] Patches, int Rows) Im2Col(Activation a, PrunableLayer conv, int maxRows, int first, int count)
     {
         NodeProto n = conv.Node;
         int sp = conv.Dims.Length - 2;
@@ -493,7 +499,8 @@ internal static class ChannelPruner
         long inSize = inDims.Aggregate(1L, (x, y) => x * y);
         int samples = (int)(a.Data.Length / (channels * inSize));
         long total2 = samples * positions;
-        int rows = (int)Math.Min(total2, maxRows);
+        int selected = (int)Math.Min(total2, maxRows);
+        int rows = Math.Max(0, (int)Math.Min((long)selected - first, count));
         int k = conv.KernelSize;
         int features = channels * k;
         var result = new float[(long)rows * features];
@@ -501,7 +508,7 @@ internal static class ChannelPruner
         var kAt = new long[sp];
         for (int r = 0; r < rows; r++)
         {
-            long pick = total2 == rows ? r : r * total2 / rows;
+            long pick = total2 == selected ? first + r : (first + r) * total2 / selected;
             int sample = (int)(pick / positions);
             long pos = pick % positions;
             for (int i = sp - 1; i >= 0; i--)

@@ -202,7 +202,7 @@ internal static class Int4Gptq
     /// H = L L^T, H^-1 = L^-T L^-1, then the lower Cholesky factor C of H^-1, U = C^T. Every O(k^3) loop is a dot
     /// product over contiguous rows (TensorPrimitives, vectorized); L^-1 is kept transposed so its columns are rows.
     /// </summary>
-    private static double[]? UpperFactorOfInverse(double[] hessian, int k, double damp)
+    internal static double[]? UpperFactorOfInverse(double[] hessian, int k, double damp)
     {
         var a = (double[])hessian.Clone();
         for (int i = 0; i < k; i++)

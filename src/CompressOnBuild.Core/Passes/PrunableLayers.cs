@@ -46,7 +46,11 @@ internal sealed class PrunableLayer
 /// </summary>
 internal static class PrunableLayers
 {
-    public static List<PrunableLayer> Find(PassGraph g, PruningOptions options, string displayName, List<SkippedNode> skipped)
+    /// <param name="everyLayer">
+    /// True: every layer pruning could touch (the model's prunable weights), ignoring exclusions and the minimum
+    /// size and not checking the weights for NaN/infinity; used to count, never to prune.
+    /// </param>
+    public static List<PrunableLayer> Find(PassGraph g, PruningOptions options, string displayName, List<SkippedNode> skipped, bool everyLayer = false)
     {
         var result = new List<PrunableLayer>();
         var excluded = new HashSet<string>(options.ExcludedNodes, StringComparer.Ordinal);
@@ -67,7 +71,7 @@ internal static class PrunableLayers
         {
             string label = Int8DynamicQuantizer.Label(node);
             void Skip(string why) => skipped.Add(new SkippedNode(label, node.OpType, why));
-            if (excluded.Contains(label))
+            if (!everyLayer && excluded.Contains(label))
             {
                 Skip("excluded by the options");
                 continue;
@@ -103,12 +107,12 @@ internal static class PrunableLayers
                 Skip(conflict);
                 continue;
             }
-            if (data.Length < options.MinimumWeightElements)
+            if (!everyLayer && data.Length < options.MinimumWeightElements)
             {
                 Skip($"weight '{w}' has {data.Length} elements, fewer than the minimum {options.MinimumWeightElements}");
                 continue;
             }
-            if (!TensorStats.AllFinite(data))
+            if (!everyLayer && !TensorStats.AllFinite(data))
             {
                 throw new CompressException(DiagnosticCodes.NonFiniteWeights, displayName, w) { File = displayName };
             }

@@ -1,3 +1,4 @@
+using System.Globalization;
 using CompressOnBuild.Onnx;
 using Google.Protobuf;
 
@@ -58,6 +59,11 @@ public static class Pruner
             throw new CompressException(DiagnosticCodes.InvalidOption, displayName, "Pruning", options.ToString(),
                 "Sensitivity pruning measures each layer's harm on data: give CalibrationData (or ValidationData, whose inputs are used)") { File = displayName };
         }
+        if (options.Method == PruningMethod.SparseGpt && activations == null)
+        {
+            throw new CompressException(DiagnosticCodes.InvalidOption, displayName, "Pruning", options.ToString(),
+                "SparseGPT updates the surviving weights from the layers' inputs on data: give CalibrationData (Magnitude needs no data)") { File = displayName };
+        }
         if (model.Graph == null)
         {
             throw new CompressException(DiagnosticCodes.ModelInvalid, displayName, "it has no graph") { File = displayName };
@@ -78,9 +84,17 @@ public static class Pruner
         var skipped = new List<SkippedNode>();
         var pruned = new List<PrunedLayer>();
         var reconstructed = new List<string>();
+        var notes = new List<string>();
         SensitivityAnalysis? sensitivity = null;
+        double? layerSparsity = null;
         var g = new PassGraph(model);
+        // The model's prunable weights: every layer pruning could touch, including those it will keep dense. The
+        // requested sparsity is a fraction of these, and the output-layer rule looks at all of them (not at the
+        // layers left after NodesToExclude).
+        List<PrunableLayer> every = PrunableLayers.Find(g, options, displayName, [], everyLayer: true);
+        long prunableWeights = every.Sum(l => (long)l.Data.Length);
         List<PrunableLayer> layers = PrunableLayers.Find(g, options, displayName, skipped);
+        var excludedLabels = new HashSet<string>(options.ExcludedNodes, StringComparer.Ordinal);
         if (options.Method == PruningMethod.Channels)
         {
             ChannelPruner.Run(g, layers, options, displayName, activations, pruned, skipped, reconstructed);
@@ -89,14 +103,55 @@ public static class Pruner
         {
             if (options.KeepOutputLayers)
             {
-                foreach (PrunableLayer last in PrunableLayers.OutputLayers(g, layers))
+                var outputNodes = new HashSet<NodeProto>(PrunableLayers.OutputLayers(g, every).Select(l => l.Node), ReferenceEqualityComparer.Instance);
+                foreach (PrunableLayer last in layers.Where(l => outputNodes.Contains(l.Node)).ToList())
                 {
                     layers.Remove(last);
                     skipped.Add(new SkippedNode(last.Label, last.Node.OpType, "no other prunable layer follows it (output layer); kept dense because KeepOutputLayers is on"));
                 }
+                List<PrunableLayer> kept = every.Where(l => outputNodes.Contains(l.Node) && !excludedLabels.Contains(l.Label) && l.Data.Length >= options.MinimumWeightElements).ToList();
+                if (kept.Count > 0)
+                {
+                    notes.Add(Note($"output layer(s) {Labels(kept)} kept dense (KeepOutputLayers)", kept, prunableWeights));
+                }
+            }
+            List<PrunableLayer> excludedLayers = every.Where(l => excludedLabels.Contains(l.Label)).ToList();
+            if (excludedLayers.Count > 0)
+            {
+                notes.Add(Note($"layer(s) {Labels(excludedLayers)} excluded (NodesToExclude)", excludedLayers, prunableWeights));
+            }
+            List<PrunableLayer> small = every.Where(l => !excludedLabels.Contains(l.Label) && l.Data.Length < options.MinimumWeightElements).ToList();
+            if (small.Count > 0)
+            {
+                notes.Add(Note($"layer(s) {Labels(small)} smaller than MinimumWeightElements ({options.MinimumWeightElements})", small, prunableWeights));
+            }
+            PruningOptions effective = options;
+            if (!options.IsNofM && options.RequestedSparsity is double requested && layers.Count > 0)
+            {
+                // The layers the tool keeps dense on its own (output layers, tiny layers) are made up for by the others,
+                // up to a cap; the layers the user (or Tune) excluded are not.
+                long prunedElements = layers.Sum(l => (long)l.Data.Length);
+                long excludedElements = excludedLayers.Sum(l => (long)l.Data.Length);
+                double cap = Math.Max(requested, Math.Min(0.95, (1 + requested) / 2));
+                if (options.Method == PruningMethod.Sensitivity)
+                {
+                    cap = Math.Min(cap, options.SensitivityGrid[^1]);
+                }
+                double wanted = requested * (prunableWeights - excludedElements) / prunedElements;
+                double chosen = Math.Max(requested, Math.Min(cap, wanted));
+                if (wanted > cap + 1e-9)
+                {
+                    notes.Add(string.Create(CultureInfo.InvariantCulture, $"making that up would need {wanted:P1} of the pruned layers; they were capped at {cap:P0}"));
+                }
+                layerSparsity = chosen;
+                effective = options with { Sparsity = chosen };
+            }
+            else if (options.IsNofM)
+            {
+                layerSparsity = options.RequestedSparsity;
             }
             long[] before = layers.Select(l => PrunableLayers.CountNonzeros(l.Data)).ToArray();
-            Dictionary<PrunableLayer, FeatureStats> stats = activations == null ? [] : FeatureStats.Collect(g, layers, activations, displayName);
+            Dictionary<PrunableLayer, FeatureStats> stats = activations == null || options.Method == PruningMethod.SparseGpt ? [] : FeatureStats.Collect(g, layers, activations, displayName);
             float[][] originals = layers.Select(l => (float[])l.Data.Clone()).ToArray();
             foreach ((PrunableLayer l, FeatureStats st) in stats)
             {
@@ -107,15 +162,15 @@ public static class Pruner
                 case PruningMethod.Magnitude:
                     foreach (PrunableLayer l in layers)
                     {
-                        SparsityMasks.ZeroSmallest([l.Data], l.Scores == null ? null : [l.Scores], (long)Math.Round(options.Sparsity * l.Data.Length));
+                        SparsityMasks.ZeroSmallest([l.Data], l.Scores == null ? null : [l.Scores], (long)Math.Round(effective.Sparsity * l.Data.Length));
                     }
                     break;
                 case PruningMethod.Global:
                     long total = layers.Sum(l => (long)l.Data.Length);
-                    SparsityMasks.ZeroSmallest(layers.Select(l => l.Data).ToList(), stats.Count == layers.Count && layers.Count > 0 ? layers.Select(l => l.Scores!).ToList() : null, (long)Math.Round(options.Sparsity * total));
+                    SparsityMasks.ZeroSmallest(layers.Select(l => l.Data).ToList(), stats.Count == layers.Count && layers.Count > 0 ? layers.Select(l => l.Scores!).ToList() : null, (long)Math.Round(effective.Sparsity * total));
                     break;
                 case PruningMethod.Sensitivity:
-                    sensitivity = SensitivityPruner.Run(g, layers, options, harm!, displayName);
+                    sensitivity = SensitivityPruner.Run(g, layers, effective, harm!, displayName);
                     break;
                 case PruningMethod.NofM:
                     foreach (PrunableLayer l in layers)
@@ -123,12 +178,15 @@ public static class Pruner
                         SparsityMasks.KeepNofM(l, options.N, options.M);
                     }
                     break;
+                case PruningMethod.SparseGpt:
+                    SparseGpt.Run(g, layers, effective, activations!, displayName, notes);
+                    break;
             }
             for (int i = 0; i < layers.Count; i++)
             {
                 PrunableLayer l = layers[i];
                 long after = PrunableLayers.CountNonzeros(l.Data);
-                if (after != before[i])
+                if (after != before[i] || options.Method == PruningMethod.SparseGpt)
                 {
                     PrunableLayers.SetConstant(g, l.WeightName, l.Data);
                     if (options.BiasCorrection && stats.TryGetValue(l, out FeatureStats? st) && st.CorrectBias(g, l, originals[i], displayName))
@@ -136,9 +194,14 @@ public static class Pruner
                         reconstructed.Add(l.Label);
                     }
                 }
+                if (options.Method == PruningMethod.SparseGpt)
+                {
+                    reconstructed.Add(l.Label);
+                }
                 pruned.Add(new PrunedLayer(l.Label, l.Node.OpType, l.WeightName, l.Data.Length, before[i], l.Data.Length, after, l.Outputs, l.Outputs));
             }
         }
+        long nonzerosAfter = PrunableLayers.Find(new PassGraph(model), options, displayName, [], everyLayer: true).Sum(l => PrunableLayers.CountNonzeros(l.Data));
 
         byte[] afterBytes = model.ToByteArray();
         (long paramsAfter, long flopsAfter, bool exactAfter) = PrunableLayers.Measure(model, displayName);
@@ -150,6 +213,11 @@ public static class Pruner
             Skipped = skipped,
             Reconstructed = reconstructed,
             Sensitivity = sensitivity,
+            RequestedSparsity = options.RequestedSparsity,
+            LayerSparsity = layerSparsity,
+            PrunableWeights = prunableWeights,
+            PrunableNonzerosAfter = nonzerosAfter,
+            SparsityNotes = notes,
             ParametersBefore = paramsBefore,
             ParametersAfter = paramsAfter,
             FlopsBefore = flopsBefore,
@@ -160,5 +228,14 @@ public static class Pruner
             ZipBytesBefore = PruningSummary.ZipBytes(beforeBytes),
             ZipBytesAfter = PruningSummary.ZipBytes(afterBytes),
         };
+    }
+
+    private static string Labels(List<PrunableLayer> layers) =>
+        layers.Count <= 4 ? string.Join(", ", layers.Select(l => "'" + l.Label + "'")) : string.Join(", ", layers.Take(3).Select(l => "'" + l.Label + "'")) + $" and {layers.Count - 3} more";
+
+    private static string Note(string what, List<PrunableLayer> layers, long prunableWeights)
+    {
+        long elements = layers.Sum(l => (long)l.Data.Length);
+        return string.Create(CultureInfo.InvariantCulture, $"{what}: {elements} weights, {(prunableWeights == 0 ? 0 : (double)elements / prunableWeights):P1} of the model's prunable weights");
     }
 }

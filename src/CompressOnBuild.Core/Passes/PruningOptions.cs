@@ -47,6 +47,17 @@ public enum PruningMethod
     /// with the least predicted harm. See <see cref="SensitivityPruner"/>.
     /// </summary>
     Sensitivity = 5,
+
+    /// <summary>
+    /// One-shot reconstruction pruning (the SparseGPT / Optimal Brain Compression family), needs calibration
+    /// activations: per layer, the Hessian H = 2/m X^T X of the layer's input on the calibration data; the reduction
+    /// positions are visited in order, and in every block of positions the weights with the smallest w^2 / [H^-1]_jj
+    /// (the output error their removal costs) are set to zero while the surviving later weights absorb the error
+    /// through H^-1, so the layer's output on the calibration inputs stays as close as the mask allows. Unstructured
+    /// with <see cref="PruningOptions.Sparsity"/> (SparseGPT:0.5), or N:M with <see cref="PruningOptions.N"/> and
+    /// <see cref="PruningOptions.M"/> (SparseGPT:2:4, groups as in <see cref="NofM"/>). See <see cref="SparseGpt"/>.
+    /// </summary>
+    SparseGpt = 6,
 }
 
 /// <summary>Settings for <see cref="Pruner"/>; <see cref="Parse"/> reads the MSBuild/CLI syntax.</summary>
@@ -114,6 +125,23 @@ public sealed record PruningOptions
 
     public static PruningOptions None { get; } = new();
 
+    /// <summary>NofM, or SparseGPT with an N:M pattern (M set).</summary>
+    public bool IsNofM => Method == PruningMethod.NofM || (Method == PruningMethod.SparseGpt && M > 0);
+
+    /// <summary>SparseGPT: dampening added to the Hessian's diagonal, relative to its mean diagonal. Default 0.01.</summary>
+    public double Dampening { get; init; } = 0.01;
+
+    /// <summary>
+    /// The fraction of weights the options ask to remove: the sparsity of the unstructured methods, (M - N) / M for N:M
+    /// patterns; null for Channels (it asks for a fraction of channels, not of weights) and None.
+    /// </summary>
+    public double? RequestedSparsity => Method switch
+    {
+        PruningMethod.Channels or PruningMethod.None => null,
+        _ when IsNofM => (double)(M - N) / M,
+        _ => Sparsity,
+    };
+
     /// <summary>
     /// Parses None | Magnitude:&lt;s&gt; | Global:&lt;s&gt; | Sensitivity:&lt;s&gt; | NofM:&lt;n&gt;:&lt;m&gt; | Channels:&lt;f&gt;[:norefit]
     /// (norefit turns <see cref="Reconstruct"/> off; case-insensitive method,
@@ -151,6 +179,19 @@ public sealed record PruningOptions
                     throw Invalid("use NofM:<n>:<m> with 1 <= n < m <= 64, e.g. NofM:2:4 (2 nonzeros in every 4 weights)");
                 }
                 return new PruningOptions { Method = PruningMethod.NofM, N = n, M = m };
+            case "SPARSEGPT" when parts.Length == 2:
+                if (!Fraction(parts[1], out double sg))
+                {
+                    throw Invalid("the sparsity must be a number strictly between 0 and 1, e.g. SparseGPT:0.5 (or SparseGPT:2:4 for N:M)");
+                }
+                return new PruningOptions { Method = PruningMethod.SparseGpt, Sparsity = sg };
+            case "SPARSEGPT" when parts.Length == 3:
+                if (!int.TryParse(parts[1], NumberStyles.None, CultureInfo.InvariantCulture, out int sn)
+                    || !int.TryParse(parts[2], NumberStyles.None, CultureInfo.InvariantCulture, out int sm) || sn < 1 || sm > 64 || sn >= sm)
+                {
+                    throw Invalid("use SparseGPT:<n>:<m> with 1 <= n < m <= 64, e.g. SparseGPT:2:4 (2 nonzeros in every 4 weights)");
+                }
+                return new PruningOptions { Method = PruningMethod.SparseGpt, N = sn, M = sm };
             case "CHANNELS" when parts.Length == 2 || (parts.Length == 3 && parts[2].Equals("norefit", StringComparison.OrdinalIgnoreCase)):
                 if (!Fraction(parts[1], out double f))
                 {
@@ -158,7 +199,7 @@ public sealed record PruningOptions
                 }
                 return new PruningOptions { Method = PruningMethod.Channels, ChannelFraction = f, Reconstruct = parts.Length == 2 };
             default:
-                throw Invalid("use None, Magnitude:<sparsity>, Global:<sparsity>, Sensitivity:<sparsity>, NofM:<n>:<m> or Channels:<fraction>[:norefit]");
+                throw Invalid("use None, Magnitude:<sparsity>, Global:<sparsity>, Sensitivity:<sparsity>, NofM:<n>:<m>, SparseGPT:<sparsity>, SparseGPT:<n>:<m> or Channels:<fraction>[:norefit]");
         }
     }
 
@@ -170,6 +211,8 @@ public sealed record PruningOptions
             PruningMethod.None => null,
             PruningMethod.Magnitude or PruningMethod.Global => Sparsity is > 0 and < 1 ? null : "the sparsity must be strictly between 0 and 1",
             PruningMethod.NofM => N >= 1 && N < M && M <= 64 ? null : "NofM needs 1 <= n < m <= 64",
+            PruningMethod.SparseGpt => IsNofM ? (N >= 1 && N < M && M <= 64 ? null : "SparseGPT:<n>:<m> needs 1 <= n < m <= 64")
+                : Sparsity is > 0 and < 1 ? null : "the sparsity must be strictly between 0 and 1",
             PruningMethod.Channels => ChannelFraction is > 0 and < 1 ? null : "the channel fraction must be strictly between 0 and 1",
             PruningMethod.Sensitivity => SensitivityGrid.Count == 0 || SensitivityGrid.Any(g => !(g is > 0 and < 1)) || SensitivityGrid.Zip(SensitivityGrid.Skip(1)).Any(p => p.First >= p.Second)
                 ? "the sensitivity grid must be ascending sparsities strictly between 0 and 1"
@@ -190,6 +233,7 @@ public sealed record PruningOptions
     {
         PruningMethod.Magnitude or PruningMethod.Global or PruningMethod.Sensitivity => Method + ":" + Sparsity.ToString(CultureInfo.InvariantCulture),
         PruningMethod.NofM => "NofM:" + N.ToString(CultureInfo.InvariantCulture) + ":" + M.ToString(CultureInfo.InvariantCulture),
+        PruningMethod.SparseGpt => "SparseGPT:" + (IsNofM ? N.ToString(CultureInfo.InvariantCulture) + ":" + M.ToString(CultureInfo.InvariantCulture) : Sparsity.ToString(CultureInfo.InvariantCulture)),
         PruningMethod.Channels => "Channels:" + ChannelFraction.ToString(CultureInfo.InvariantCulture) + (Reconstruct ? "" : ":norefit"),
         _ => Method.ToString(),
     };

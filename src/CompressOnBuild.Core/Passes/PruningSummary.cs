@@ -31,6 +31,35 @@ public sealed class PruningSummary
 
     public IReadOnlyList<SkippedNode> Skipped { get; init; } = [];
 
+    /// <summary>
+    /// The fraction of the model's prunable weights the options asked to remove (<see cref="PruningOptions.RequestedSparsity"/>);
+    /// null for Channels and None.
+    /// </summary>
+    public double? RequestedSparsity { get; init; }
+
+    /// <summary>
+    /// Weights of every MatMul/Gemm/Conv whose weight pruning could touch (constant float, main graph, not shared),
+    /// before pruning, including the layers kept dense (output layers, excluded, too small): the denominator of
+    /// <see cref="AchievedSparsity"/>.
+    /// </summary>
+    public long PrunableWeights { get; init; }
+
+    /// <summary>Nonzero weights of those layers after pruning (Channels: of what is left of them).</summary>
+    public long PrunableNonzerosAfter { get; init; }
+
+    /// <summary>Fraction of <see cref="PrunableWeights"/> that is zero or gone after pruning: the sparsity of the whole model.</summary>
+    public double AchievedSparsity => PrunableWeights == 0 ? 0 : 1.0 - (double)PrunableNonzerosAfter / PrunableWeights;
+
+    /// <summary>The sparsity each pruned layer was asked for (unstructured methods: the requested sparsity raised so that the
+    /// layers kept dense by the tool are made up for, capped; see <see cref="Pruner"/>); null when not applicable.</summary>
+    public double? LayerSparsity { get; init; }
+
+    /// <summary>Why the achieved sparsity differs from the requested one (layers kept dense and their weights, caps).</summary>
+    public IReadOnlyList<string> SparsityNotes { get; init; } = [];
+
+    /// <summary>Requested and achieved sparsity differ by more than 10 points (the CLI warns, CMPR0220).</summary>
+    public bool SparsityDiffers => RequestedSparsity is double r && Math.Abs(r - AchievedSparsity) > 0.10;
+
     /// <summary>Nothing was pruned (no prunable layer; the CLI may warn).</summary>
     public bool NothingPruned => Pruned.Count == 0;
 
