@@ -95,8 +95,8 @@ internal static class Compressor
             {
                 var ci = System.Globalization.CultureInfo.InvariantCulture;
                 result.Diagnostics.Add(new Diagnostic("warning", DiagnosticCodes.SparsityDiffers, s.Model,
-                    DiagnosticCodes.FormatWithoutCode(DiagnosticCodes.SparsityDiffers, s.Model, ps.Method, ps.RequestedSparsity!.Value.ToString("P0", ci),
-                        ps.PrunableWeights, ps.AchievedSparsity.ToString("P1", ci),
+                    DiagnosticCodes.FormatWithoutCode(DiagnosticCodes.SparsityDiffers, s.Model, ps.Method,
+                        string.Format(ci, "a sparsity of {0:0.0}% over the model's {1} prunable weights (requested {2:0.0}%)", ps.AchievedSparsity * 100, ps.PrunableWeights, ps.RequestedSparsity!.Value * 100),
                         ps.SparsityNotes.Count == 0 ? "the pruned layers could not reach it" : string.Join("; ", ps.SparsityNotes))));
             }
             if (chosen.Quantization is { Nodes.Count: > 0 } q)

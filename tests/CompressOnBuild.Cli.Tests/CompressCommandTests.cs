@@ -705,7 +705,7 @@ public sealed class CompressCommandTests
         Assert.AreEqual(0, run.ExitCode, run.Output);
         string warning = run.Lines.Single(l => l.Contains(" : warning CMPR0220 : ", StringComparison.Ordinal));
         StringAssert.Contains(warning, "output layer(s) 'fc2' kept dense");
-        StringAssert.Contains(warning, "1728 prunable weights");
+        StringAssert.Contains(warning, "a sparsity of 5.6% over the model's 1728 prunable weights (requested 50.0%)");
         JsonNode p = JsonNode.Parse(File.ReadAllText(P("head.json")))!["pruning"]!;
         Assert.AreEqual(0.5, p["requestedSparsity"]!.GetValue<double>());
         Assert.AreEqual(Math.Round(96 / 1728.0, 4), p["achievedSparsity"]!.GetValue<double>());
