@@ -94,7 +94,7 @@ internal static class Compressor
             if (chosen.Pruning is { SparsityDiffers: true } ps)
             {
                 var ci = System.Globalization.CultureInfo.InvariantCulture;
-                result.Diagnostics.Add(new Diagnostic("warning", DiagnosticCodes.SparsityDiffers, s.Model,
+                result.Diagnostics.Add(new Diagnostic(Severity.Warning, DiagnosticCodes.SparsityDiffers, s.Model,
                     DiagnosticCodes.FormatWithoutCode(DiagnosticCodes.SparsityDiffers, s.Model, ps.Method,
                         string.Format(ci, "a sparsity of {0:0.0}% over the model's {1} prunable weights (requested {2:0.0}%)", ps.AchievedSparsity * 100, ps.PrunableWeights, ps.RequestedSparsity!.Value * 100),
                         ps.SparsityNotes.Count == 0 ? "the pruned layers could not reach it" : string.Join("; ", ps.SparsityNotes))));
