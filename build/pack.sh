@@ -23,6 +23,8 @@ pkg="$feed/CompressOnBuild.$version.nupkg"
 [ -f "$pkg" ] || { echo "pack.sh: $pkg was not produced" >&2; exit 1; }
 size=$(stat -c %s "$pkg")
 echo "CompressOnBuild package: $pkg ($((size / 1024)) KiB)" >&2
+echo "Package source for an app (README quick start): $feed" >&2
+echo "PackageReference: <PackageReference Include=\"CompressOnBuild\" Version=\"$version\" PrivateAssets=\"all\" />" >&2
 max_kb="${MAX_PACKAGE_KB:-2048}"
 if [ "$((size / 1024))" -gt "$max_kb" ]; then
   echo "pack.sh: the package is $((size / 1024)) KiB, above the limit of $max_kb KiB (MAX_PACKAGE_KB)" >&2
