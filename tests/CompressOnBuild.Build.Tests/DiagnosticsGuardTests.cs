@@ -62,6 +62,22 @@ public sealed partial class DiagnosticsGuardTests
         CollectionAssert.AreEquivalent(Codes, documented, "docs/diagnostics.md needs one '## CMPRnnnn' section per code");
     }
 
+    /// <summary>A code cited in README.md or docs/*.md is one the code base defines (no stale or mistyped number).</summary>
+    [TestMethod]
+    public void EveryCodeCitedInTheDocs_Exists()
+    {
+        IEnumerable<string> files = Directory.GetFiles(Path.Combine(Corpus.RepoRoot, "docs"), "*.md")
+            .Append(Path.Combine(Corpus.RepoRoot, "README.md"))
+            .Append(Path.Combine(Corpus.RepoRoot, "src", "CompressOnBuild.Tasks", "README.md"));
+        foreach (string file in files)
+        {
+            foreach (Match m in Regex.Matches(File.ReadAllText(file), @"CMPR\d{4}"))
+            {
+                CollectionAssert.Contains(Codes, m.Value, $"{Path.GetFileName(file)} cites {m.Value}, which DiagnosticCodes does not define");
+            }
+        }
+    }
+
     [TestMethod]
     public void EveryCode_HasTheAnchorItsHelpLinkPointsTo()
     {
