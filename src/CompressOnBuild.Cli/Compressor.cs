@@ -16,7 +16,7 @@ internal sealed record Attempt(
     PruningSummary? Pruning,
     long CompressedBytes,
     string CompressedSha256,
-    ValidationResult Validation,
+    ValidationResult? Validation,
     List<BudgetOutcome> Budgets,
     double CompressSeconds,
     double ValidateSeconds)
@@ -72,9 +72,9 @@ internal static class Compressor
         try
         {
             var runnerOptions = new ModelRunnerOptions { IntraOpThreads = 1 };
-            using var originalRunner = new ModelRunner(modelFull, runnerOptions);
+            using ModelRunner originalRunner = OpenOriginal(s, modelFull, runnerOptions);
             progress?.Phase("reading the validation data");
-            Dataset data = LoadData(s, originalRunner.Inputs, 0, out string source);
+            Dataset? data = LoadData(result, original, originalRunner, out string source);
             result.ValidationSource = source;
             var context = new AttemptContext(s, original, originalRunner, data, runnerOptions, work, Path.GetFileName(outputFull), result.OriginalBytes)
             {
@@ -185,12 +185,12 @@ internal static class Compressor
                 }
                 watch.Restart();
                 var runnerOptions = new ModelRunnerOptions { IntraOpThreads = 1 };
-                using (var originalRunner = new ModelRunner(modelFull, runnerOptions))
+                using (ModelRunner originalRunner = OpenOriginal(s, modelFull, runnerOptions))
                 using (var compressed = new ModelRunner(candidate, runnerOptions))
                 {
-                    Dataset data = LoadData(s, originalRunner.Inputs, 0, out string source);
+                    Dataset? data = LoadData(result, ModelIO.LoadLazy(s.Model).Model, originalRunner, out string source);
                     result.ValidationSource = source;
-                    result.Validation = Validator.Compare(originalRunner, compressed, data, ValidationOptions(s, progress));
+                    result.Validation = data == null ? null : Validator.Compare(originalRunner, compressed, data, ValidationOptions(s, progress));
                 }
                 result.ValidateSeconds = watch.Elapsed.TotalSeconds;
                 result.Budgets.AddRange(Budgets.Evaluate(s, result.Validation, result.OriginalBytes, result.CompressedBytes));
@@ -234,6 +234,56 @@ internal static class Compressor
     private static long StreamingThreshold() =>
         long.TryParse(Environment.GetEnvironmentVariable("COMPRESSONBUILD_STREAMING_THRESHOLD_BYTES"), System.Globalization.NumberStyles.None,
             System.Globalization.CultureInfo.InvariantCulture, out long t) && t > 0 ? t : StreamingQuantizer.DefaultStreamingThresholdBytes;
+
+    /// <summary>
+    /// The original model in ONNX Runtime. A model ONNX Runtime refuses to load is the user's input, not our bug:
+    /// CMPR0103 (exit 2) with ONNX Runtime's reason.
+    /// </summary>
+    private static ModelRunner OpenOriginal(ItemSettings s, string modelFull, ModelRunnerOptions options)
+    {
+        try
+        {
+            return new ModelRunner(modelFull, options);
+        }
+        catch (CompressException e) when (e.Code == DiagnosticCodes.OrtRunFailed)
+        {
+            throw new CompressException(e, DiagnosticCodes.ModelInvalid, s.Model,
+                "ONNX Runtime cannot load it: " + (e.InnerException?.Message ?? e.Message)) { File = s.Model };
+        }
+    }
+
+    /// <summary>Budgets that need both models run on inputs (everything but the size budgets).</summary>
+    internal static bool NeedsMeasurement(Budget b) => b.Name is not ("MinCompressionRatio" or "MaxSizeKB");
+
+    /// <summary>
+    /// The item's data (ValidationData, else CalibrationData), else synthetic inputs the original model runs on
+    /// (<see cref="SyntheticInputs"/>). Null when no synthetic inputs ran the original: then a budget that needs the
+    /// measurement is CMPR0411 (exit 2), otherwise CMPR0410 is a warning and the model is compressed unvalidated.
+    /// </summary>
+    internal static Dataset? LoadData(ItemResult result, ModelProto graph, ModelRunner originalRunner, out string source)
+    {
+        ItemSettings s = result.Settings;
+        if (s.ValidationData != null || s.CalibrationData != null)
+        {
+            return LoadData(s, originalRunner.Inputs, 0, out source);
+        }
+        SyntheticOutcome synthetic = SyntheticInputs.Create(graph, originalRunner, s.Inputs, samples: 16, seed: 20261123, s.Model);
+        source = "random inputs (no ValidationData given" + (synthetic.Shapes.Length > 0 ? "; shapes " + synthetic.Shapes : "") + ")";
+        if (synthetic.Data != null)
+        {
+            return synthetic.Data;
+        }
+        string tried = synthetic.Failures.Count == 0 ? "none"
+            : $"{synthetic.Failures.Count} configuration(s); the last: {synthetic.Failures[^1]}";
+        if (s.Budgets.FirstOrDefault(NeedsMeasurement) is { } budget)
+        {
+            throw new CompressException(DiagnosticCodes.SyntheticInputsNeeded, s.Model, tried, budget.Name) { File = s.Model };
+        }
+        result.Diagnostics.Add(new Diagnostic("warning", DiagnosticCodes.SyntheticInputsFailed, s.Model,
+            DiagnosticCodes.FormatWithoutCode(DiagnosticCodes.SyntheticInputsFailed, s.Model, tried)));
+        source = "none: the original model ran on no synthetic inputs tried";
+        return null;
+    }
 
     /// <summary>The validation data, or deterministic random inputs when the item has none.</summary>
     internal static Dataset LoadData(ItemSettings s, ModelInputs inputs, int maxSamplesOverride, out string source)
@@ -353,7 +403,7 @@ internal static class Compressor
 }
 
 /// <summary>What every attempt of one item shares: the original model and its runner, the data, the work folder.</summary>
-internal sealed class AttemptContext(ItemSettings settings, ModelProto original, ModelRunner originalRunner, Dataset data,
+internal sealed class AttemptContext(ItemSettings settings, ModelProto original, ModelRunner originalRunner, Dataset? data,
     ModelRunnerOptions runnerOptions, string workDirectory, string fileName, long originalBytes)
 {
     private int _count;
@@ -462,7 +512,8 @@ internal sealed class AttemptContext(ItemSettings settings, ModelProto original,
 
     public ItemSettings Settings => settings;
     public ModelRunner OriginalRunner => originalRunner;
-    public Dataset Data => data;
+    /// <summary>The inputs both models are compared on; null when the original ran on no synthetic inputs (CMPR0410).</summary>
+    public Dataset Data => data ?? throw new InvalidOperationException("no data to tune on"); // tuning requires data (CheckMeasurable)
     public ModelRunnerOptions RunnerOptions => runnerOptions;
 
     /// <summary>Compresses the original with <paramref name="excluded"/> kept float, saves, validates and measures the budgets.</summary>
@@ -501,7 +552,8 @@ internal sealed class AttemptContext(ItemSettings settings, ModelProto original,
 
         watch.Restart();
         using var compressed = new ModelRunner(path, runnerOptions);
-        ValidationResult validation = Validator.Compare(originalRunner, compressed, on ?? data, Compressor.ValidationOptions(settings, Progress));
+        Dataset? inputs = on ?? data;
+        ValidationResult? validation = inputs == null ? null : Validator.Compare(originalRunner, compressed, inputs, Compressor.ValidationOptions(settings, Progress));
         List<BudgetOutcome> budgets = Budgets.Evaluate(settings, validation, originalBytes, bytes);
         return new Attempt(path, excluded, summary, pruning, bytes, sha, validation, budgets, compressSeconds, watch.Elapsed.TotalSeconds)
         {

@@ -74,6 +74,9 @@ internal sealed class ItemSettings
 
     /// <summary>How the primary output is judged (Metric): Auto (from its shape), Classification or Embedding.</summary>
     public OutputKind Metric { get; init; }
+
+    /// <summary>InputShapes / InputValues: how synthetic inputs are made when the item has no data.</summary>
+    public InputOverrides Inputs { get; init; } = InputOverrides.None;
     public IReadOnlyList<string> NodesToExclude { get; init; } = [];
     public IReadOnlyList<Budget> Budgets { get; init; } = [];
     public bool Tune { get; init; }
@@ -251,6 +254,25 @@ internal sealed class ItemSettings
             throw Invalid("SequenceLength", sequenceLength.ToString(CultureInfo.InvariantCulture), "it applies to text data, which needs a Tokenizer");
         }
 
+        var shapes = new Dictionary<string, long[]>(StringComparer.Ordinal);
+        var values = new Dictionary<string, double>(StringComparer.Ordinal);
+        foreach ((string option, bool isShapes) in new[] { ("InputShapes", true), ("InputValues", false) })
+        {
+            if (r.Get(option) is not { } spec)
+            {
+                continue;
+            }
+            if (validation != null || hasCalibration)
+            {
+                throw Invalid(option, spec, $"it describes the synthetic inputs used without data; the item has {(validation != null ? "ValidationData" : "CalibrationData")}, whose inputs are used");
+            }
+            string? why = isShapes ? InputOverrides.TryParseShapes(spec, out shapes) : InputOverrides.TryParseValues(spec, out values);
+            if (why != null)
+            {
+                throw Invalid(option, spec, why);
+            }
+        }
+
         string[] exclude = (r.Get("NodesToExclude") ?? "").Split([';', ','], StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
 
         var effective = new SortedDictionary<string, string>(StringComparer.Ordinal)
@@ -260,7 +282,8 @@ internal sealed class ItemSettings
         };
         foreach ((string k, string v) in r.Values)
         {
-            if (OptionTable.ItemByName(k) is { Role: CacheKeyRole.None } || k is "Quantization" or "Pruning" or "ActivationType" or "PerChannel" or "CalibrationMethod" or "SequenceLength" or "Metric" || string.IsNullOrWhiteSpace(v))
+            if (OptionTable.ItemByName(k) is { Role: CacheKeyRole.None } || k is "Quantization" or "Pruning" or "ActivationType" or "PerChannel" or "CalibrationMethod" or "SequenceLength" or "Metric"
+                or "InputShapes" or "InputValues" || string.IsNullOrWhiteSpace(v))
             {
                 continue;
             }
@@ -289,6 +312,14 @@ internal sealed class ItemSettings
         {
             effective["SequenceLength"] = sequenceLength.ToString(CultureInfo.InvariantCulture);
         }
+        if (shapes.Count > 0)
+        {
+            effective["InputShapes"] = InputOverrides.FormatShapes(shapes);
+        }
+        if (values.Count > 0)
+        {
+            effective["InputValues"] = string.Join(";", values.OrderBy(p => p.Key, StringComparer.Ordinal).Select(p => p.Key + "=" + p.Value.ToString("R", CultureInfo.InvariantCulture)));
+        }
 
         return new ItemSettings
         {
@@ -304,6 +335,7 @@ internal sealed class ItemSettings
             CalibrationMethod = calibrationCanonical,
             Int4Symmetric = int4Symmetric,
             Int4Method = int4Method,
+            Inputs = shapes.Count > 0 || values.Count > 0 ? new InputOverrides(shapes, values) : InputOverrides.None,
             ActivationType = activationType,
             PerChannel = perChannel,
             OpTypesToQuantize = opTypes,

@@ -86,7 +86,7 @@ internal static class Tuner
             // Quantize only this node: everything else (and the user's exclusions) stays float.
             var exclude = candidates.Where(c => c != node).Concat(userExcluded).ToList();
             Attempt only = ctx.Make(exclude, subset);
-            sensitivity.Add(new NodeSensitivity(node, only.Validation.Top1Agreement, only.Validation.MeanCosineSimilarity));
+            sensitivity.Add(new NodeSensitivity(node, only.Validation!.Top1Agreement, only.Validation.MeanCosineSimilarity));
         }
         // Most harmful first: lowest agreement, then lowest cosine. Unmeasured nodes (time ran out) go last.
         List<string> order = sensitivity.OrderBy(x => x.Agreement).ThenBy(x => x.Cosine).Select(x => x.Node)
@@ -115,5 +115,5 @@ internal static class Tuner
     }
 
     /// <summary>More budgets met is better; then higher agreement.</summary>
-    private static double Score(Attempt a) => a.Budgets.Count(b => b.Passed) * 10 + a.Validation.Top1Agreement;
+    private static double Score(Attempt a) => a.Budgets.Count(b => b.Passed) * 10 + (a.Validation?.Top1Agreement ?? 0);
 }

@@ -7,7 +7,7 @@ namespace CompressOnBuild.Validation;
 [System.Diagnostics.CodeAnalysis.SuppressMessage("Naming", "CA1720:Identifier contains type name", Justification = "The ONNX element type names.")]
 public enum TensorElementType
 {
-    /// <summary>Anything else (string, bool, sequences, maps, ...).</summary>
+    /// <summary>Anything else (sequences, maps, optionals, 4-bit and 8-bit float types, ...).</summary>
     Other = 0,
     /// <summary>float32.</summary>
     Float = 1,
@@ -15,14 +15,28 @@ public enum TensorElementType
     UInt8 = 2,
     /// <summary>int8.</summary>
     Int8 = 3,
+    /// <summary>uint16.</summary>
+    UInt16 = 4,
+    /// <summary>int16.</summary>
+    Int16 = 5,
     /// <summary>int32.</summary>
     Int32 = 6,
     /// <summary>int64.</summary>
     Int64 = 7,
+    /// <summary>string (model inputs only; values are fed as their invariant number text).</summary>
+    String = 8,
+    /// <summary>bool (0 = false, anything else = true).</summary>
+    Bool = 9,
     /// <summary>float16.</summary>
     Float16 = 10,
     /// <summary>float64.</summary>
     Double = 11,
+    /// <summary>uint32.</summary>
+    UInt32 = 12,
+    /// <summary>uint64.</summary>
+    UInt64 = 13,
+    /// <summary>bfloat16.</summary>
+    BFloat16 = 16,
 }
 
 /// <summary>A model input or output: name, element type and shape (-1 for a dynamic or unknown dimension).</summary>
@@ -36,15 +50,13 @@ public sealed record TensorInfo(string Name, TensorElementType ElementType, IRea
 
     internal static TensorElementType MapOnnxType(int onnxType) => onnxType switch
     {
-        1 => TensorElementType.Float,
-        2 => TensorElementType.UInt8,
-        3 => TensorElementType.Int8,
-        6 => TensorElementType.Int32,
-        7 => TensorElementType.Int64,
-        10 => TensorElementType.Float16,
-        11 => TensorElementType.Double,
+        >= 1 and <= 13 and not 8 or 16 => (TensorElementType)onnxType,
         _ => TensorElementType.Other,
     };
+
+    /// <summary>True for the integer element types (bool excluded).</summary>
+    public bool IsInteger => ElementType is TensorElementType.UInt8 or TensorElementType.Int8 or TensorElementType.UInt16 or TensorElementType.Int16
+        or TensorElementType.Int32 or TensorElementType.Int64 or TensorElementType.UInt32 or TensorElementType.UInt64;
 }
 
 /// <summary>The graph inputs of a model that the data must feed (initializers excluded).</summary>

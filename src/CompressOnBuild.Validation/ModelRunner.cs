@@ -94,7 +94,9 @@ public sealed class ModelRunner : IDisposable
         {
             session = Open(modelPath, Options);
             Inputs = new ModelInputs(session.InputNames.Select(n => Describe(n, session.InputMetadata[n])));
-            Outputs = [.. session.OutputNames.Select(n => Describe(n, session.OutputMetadata[n]))];
+            // String outputs are not compared (every other tensor output is read back as float).
+            Outputs = [.. session.OutputNames.Select(n => Describe(n, session.OutputMetadata[n]))
+                .Select(o => o.ElementType == TensorElementType.String ? o with { ElementType = TensorElementType.Other } : o)];
         }
         catch (OnnxRuntimeException e)
         {
@@ -514,6 +516,13 @@ public sealed class ModelRunner : IDisposable
             OrtElementType.Int8 => TensorElementType.Int8,
             OrtElementType.Int32 => TensorElementType.Int32,
             OrtElementType.Int64 => TensorElementType.Int64,
+            OrtElementType.UInt16 => TensorElementType.UInt16,
+            OrtElementType.Int16 => TensorElementType.Int16,
+            OrtElementType.UInt32 => TensorElementType.UInt32,
+            OrtElementType.UInt64 => TensorElementType.UInt64,
+            OrtElementType.Bool => TensorElementType.Bool,
+            OrtElementType.BFloat16 => TensorElementType.BFloat16,
+            OrtElementType.String => TensorElementType.String,
             _ => TensorElementType.Other,
         };
         return new TensorInfo(name, type, [.. meta.Dimensions.Select(d => (long)d)]);
@@ -541,9 +550,36 @@ public sealed class ModelRunner : IDisposable
                 return OrtValue.CreateTensorValueFromMemory(src.Select(v => (int)MathF.Round(v)).ToArray(), t.Shape);
             case TensorElementType.Int64:
                 return OrtValue.CreateTensorValueFromMemory(src.Select(v => (long)MathF.Round(v)).ToArray(), t.Shape);
+            case TensorElementType.Int16:
+                return OrtValue.CreateTensorValueFromMemory(src.Select(v => (short)Math.Clamp(MathF.Round(v), short.MinValue, short.MaxValue)).ToArray(), t.Shape);
+            case TensorElementType.UInt16:
+                return OrtValue.CreateTensorValueFromMemory(src.Select(v => (ushort)Math.Clamp(MathF.Round(v), 0f, ushort.MaxValue)).ToArray(), t.Shape);
+            case TensorElementType.UInt32:
+                return OrtValue.CreateTensorValueFromMemory(src.Select(v => (uint)Math.Clamp(MathF.Round(v), 0f, uint.MaxValue)).ToArray(), t.Shape);
+            case TensorElementType.UInt64:
+                return OrtValue.CreateTensorValueFromMemory(src.Select(v => (ulong)Math.Max(MathF.Round(v), 0f)).ToArray(), t.Shape);
+            case TensorElementType.Bool:
+                return OrtValue.CreateTensorValueFromMemory(src.Select(v => v != 0).ToArray(), t.Shape);
+            case TensorElementType.BFloat16:
+                return OrtValue.CreateTensorValueFromMemory(src.Select(v => new BFloat16(ToBFloat16Bits(v))).ToArray(), t.Shape);
+            case TensorElementType.String:
+                return OrtValue.CreateFromStringTensor(new Microsoft.ML.OnnxRuntime.Tensors.DenseTensor<string>(
+                    src.Select(v => v.ToString(System.Globalization.CultureInfo.InvariantCulture)).ToArray(), [.. t.Shape.Select(d => checked((int)d))]));
             default:
                 return OrtValue.CreateTensorValueFromMemory(src, t.Shape);
         }
+    }
+
+    /// <summary>float -> bfloat16 bits, rounded to nearest even (NaN kept a quiet NaN).</summary>
+    internal static ushort ToBFloat16Bits(float v)
+    {
+        uint bits = BitConverter.SingleToUInt32Bits(v);
+        if (float.IsNaN(v))
+        {
+            return (ushort)((bits >> 16) | 0x40);
+        }
+        uint rounding = 0x7FFF + ((bits >> 16) & 1);
+        return (ushort)((bits + rounding) >> 16);
     }
 
     private TensorData FromOrtValue(OrtValue value, string name)
@@ -582,6 +618,24 @@ public sealed class ModelRunner : IDisposable
                 break;
             case OrtElementType.Int8:
                 data = [.. value.GetTensorDataAsSpan<sbyte>().ToArray().Select(v => (float)v)];
+                break;
+            case OrtElementType.Int16:
+                data = [.. value.GetTensorDataAsSpan<short>().ToArray().Select(v => (float)v)];
+                break;
+            case OrtElementType.UInt16:
+                data = [.. value.GetTensorDataAsSpan<ushort>().ToArray().Select(v => (float)v)];
+                break;
+            case OrtElementType.UInt32:
+                data = [.. value.GetTensorDataAsSpan<uint>().ToArray().Select(v => (float)v)];
+                break;
+            case OrtElementType.UInt64:
+                data = [.. value.GetTensorDataAsSpan<ulong>().ToArray().Select(v => (float)v)];
+                break;
+            case OrtElementType.Bool:
+                data = [.. value.GetTensorDataAsSpan<bool>().ToArray().Select(v => v ? 1f : 0f)];
+                break;
+            case OrtElementType.BFloat16:
+                data = [.. value.GetTensorDataAsSpan<BFloat16>().ToArray().Select(v => BitConverter.Int32BitsToSingle(v.value << 16))];
                 break;
             default:
                 throw new CompressException(DiagnosticCodes.OutputMismatch, ModelPath, name, info.ElementDataType.ToString(), "compare") { File = ModelPath };

@@ -34,6 +34,8 @@ namespace CompressOnBuild
         public const string ExternalDataUnreadable = "CMPR0105";
         public const string OutputWriteFailed = "CMPR0106";
         public const string OutputIsSource = "CMPR0107";
+        public const string UnknownInputName = "CMPR0108";
+        public const string InputShapeMismatch = "CMPR0109";
 
         // 02xx: compression passes.
         public const string AlreadyQuantized = "CMPR0201";
@@ -59,6 +61,8 @@ namespace CompressOnBuild
         public const string OutputMismatch = "CMPR0405";
         public const string LabelsRequired = "CMPR0406";
         public const string NoValidationData = "CMPR0407";
+        public const string SyntheticInputsFailed = "CMPR0410";
+        public const string SyntheticInputsNeeded = "CMPR0411";
         public const string EmbeddingBudgetUnmeasurable = "CMPR0425";
 
         // 05xx: internal.

@@ -244,6 +244,9 @@ namespace CompressOnBuild
                 Name = "ValidationSamples", Cli = "--validation-samples", Kind = OptionKind.Count, Min = 1, Max = int.MaxValue,
                 ValueHint = "<n>", Default = "all", Help = "deterministic, evenly spaced subset",
             },
+            Item("InputShapes", OptionKind.Text, "<name:dims;..>",
+                "without data: shapes of the synthetic inputs, e.g. input:1x3x640x640;samples:16000", "from the model, else probed"),
+            Item("InputValues", OptionKind.Text, "<name=v;..>", "without data: one value for a whole input, e.g. sr=16000", "by consumer"),
             new OptionSpec
             {
                 Name = "CalibrationSamples", Cli = "--calibration-samples", Kind = OptionKind.Count, Min = 1, Max = int.MaxValue,

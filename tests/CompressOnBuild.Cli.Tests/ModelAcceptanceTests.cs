@@ -1,3 +1,4 @@
+using System.Text.Json.Nodes;
 using CompressOnBuild.Core.Onnx;
 using CompressOnBuild.Onnx;
 using CompressOnBuild.Tests;
@@ -50,5 +51,237 @@ public sealed class ModelAcceptanceTests
         using var runOptions = new RunOptions();
         using IDisposableReadOnlyCollection<OrtValue> y = session.Run(runOptions, ["x"], [x], ["y"]);
         Assert.AreEqual(4, y[0].GetTensorDataAsSpan<float>().Length);
+    }
+    private static ValueInfoProto Value(string name, TensorProto.Types.DataType type, params object[] dims)
+    {
+        ValueInfoProto v = TinyModels.FloatValue(name, dims);
+        v.Type.TensorType.ElemType = (int)type;
+        return v;
+    }
+
+    private string Save(ModelProto m, string name)
+    {
+        string path = P(name);
+        ModelIO.Save(m, path);
+        using (new InferenceSession(path))
+        {
+            // ONNX Runtime loads it: a model the tool must accept.
+        }
+        return path;
+    }
+
+    private static TensorProto Weights(string name, int seed, params long[] dims) =>
+        TensorUtil.FromFloats(name, TinyModels.RandomFloats((int)dims.Aggregate(1L, (a, d) => a * d), seed, 0.5f), dims);
+
+    /// <summary>Runs compress with a report and returns the run and the report (null when none was written).</summary>
+    private (CliRun Run, JsonNode? Report) Compress(string model, params string[] extra)
+    {
+        string output = Path.Combine(_dir, "out", Path.GetFileName(model));
+        string report = output + ".report.json";
+        CliRun run = CliHarness.InProcess(["compress", model, "--output", output, "--report", report, .. extra]);
+        return (run, File.Exists(report) ? JsonNode.Parse(File.ReadAllText(report)) : null);
+    }
+
+    private static void AssertValidatedOn(JsonNode? report, int samples)
+    {
+        Assert.IsNotNull(report);
+        Assert.AreEqual(samples, report["validation"]!["samples"]!.GetValue<int>(), report.ToJsonString());
+    }
+
+    [TestMethod]
+    public void InputsOfEveryElementTypeOrtTakesAreFedInTheirOwnType()
+    {
+        // One input per element type, each Cast to float and summed, then a MatMul for the quantizer.
+        var types = new (string Name, TensorProto.Types.DataType Type)[]
+        {
+            ("b", TensorProto.Types.DataType.Bool), ("i8", TensorProto.Types.DataType.Int8), ("u8", TensorProto.Types.DataType.Uint8),
+            ("i16", TensorProto.Types.DataType.Int16), ("u16", TensorProto.Types.DataType.Uint16), ("i32", TensorProto.Types.DataType.Int32),
+            ("i64", TensorProto.Types.DataType.Int64), ("u32", TensorProto.Types.DataType.Uint32), ("u64", TensorProto.Types.DataType.Uint64),
+            ("f16", TensorProto.Types.DataType.Float16), ("bf16", TensorProto.Types.DataType.Bfloat16), ("f64", TensorProto.Types.DataType.Double),
+        };
+        var g = new GraphProto { Name = "types" };
+        var sum = TinyModels.Node("Sum", [], ["s"], "sum");
+        foreach ((string name, TensorProto.Types.DataType type) in types)
+        {
+            g.Input.Add(Value(name, type, "N", 32));
+            g.Node.Add(TinyModels.Node("Cast", [name], [name + "_f"], "cast_" + name, TinyModels.IntAttr("to", (long)TensorProto.Types.DataType.Float)));
+            sum.Input.Add(name + "_f");
+        }
+        g.Node.Add(sum);
+        g.Initializer.Add(Weights("w", 3, 32, 16));
+        g.Node.Add(TinyModels.Node("MatMul", ["s", "w"], ["y"], "mm"));
+        g.Output.Add(TinyModels.FloatValue("y", "N", 16));
+        string model = Save(TinyModels.Model(g), "types.onnx");
+
+        (CliRun run, JsonNode? report) = Compress(model);
+
+        Assert.AreEqual(0, run.ExitCode, run.Output);
+        AssertValidatedOn(report, 16);
+    }
+
+    [TestMethod]
+    public void TokenIdsStayBelowTheVocabularyAndTypeIdsBelowAOneRowTable()
+    {
+        // RoBERTa-like: token_type_ids index a table of ONE row, so any id other than 0 fails in ONNX Runtime.
+        var g = new GraphProto { Name = "embed" };
+        g.Input.Add(Value("input_ids", TensorProto.Types.DataType.Int64, "batch", "sequence"));
+        g.Input.Add(Value("token_type_ids", TensorProto.Types.DataType.Int64, "batch", "sequence"));
+        g.Input.Add(Value("attention_mask", TensorProto.Types.DataType.Int64, "batch", "sequence"));
+        g.Initializer.Add(Weights("words", 1, 50, 16));
+        g.Initializer.Add(Weights("types", 2, 1, 16));
+        g.Initializer.Add(Weights("w", 3, 16, 16));
+        g.Node.Add(TinyModels.Node("Gather", ["words", "input_ids"], ["e1"], "word_embeddings"));
+        g.Node.Add(TinyModels.Node("Gather", ["types", "token_type_ids"], ["e2"], "type_embeddings"));
+        g.Node.Add(TinyModels.Node("Add", ["e1", "e2"], ["e"], "add"));
+        g.Node.Add(TinyModels.Node("Cast", ["attention_mask"], ["m"], "cast", TinyModels.IntAttr("to", (long)TensorProto.Types.DataType.Float)));
+        g.Node.Add(TinyModels.Node("Unsqueeze", ["m", "axis2"], ["m3"], "unsq"));
+        g.Initializer.Add(TensorUtil.FromInt64("axis2", [2], 1));
+        g.Node.Add(TinyModels.Node("Mul", ["e", "m3"], ["em"], "mask"));
+        g.Node.Add(TinyModels.Node("MatMul", ["em", "w"], ["y"], "mm"));
+        g.Output.Add(TinyModels.FloatValue("y", "batch", "sequence", 16));
+        string model = Save(TinyModels.Model(g), "embed.onnx");
+
+        (CliRun run, JsonNode? report) = Compress(model);
+
+        Assert.AreEqual(0, run.ExitCode, run.Output);
+        AssertValidatedOn(report, 16);
+    }
+
+    /// <summary>x[1,1,L] -> Pad(reflect, 2 each side) -> Conv(k=3): reflect padding needs L &gt;= 3.</summary>
+    [TestMethod]
+    public void ReflectPaddingGetsASignalLongEnough()
+    {
+        var g = new GraphProto { Name = "pad" };
+        g.Input.Add(TinyModels.FloatValue("audio", 1, 1, "L"));
+        g.Initializer.Add(TensorUtil.FromInt64("pads", [0, 0, 2, 0, 0, 2], 6));
+        g.Initializer.Add(Weights("k", 4, 8, 1, 3));
+        g.Node.Add(TinyModels.Node("Pad", ["audio", "pads"], ["padded"], "pad", new AttributeProto { Name = "mode", Type = AttributeProto.Types.AttributeType.String, S = Google.Protobuf.ByteString.CopyFromUtf8("reflect") }));
+        g.Node.Add(TinyModels.Node("Conv", ["padded", "k"], ["y"], "conv"));
+        g.Output.Add(TinyModels.FloatValue("y", 1, 8, "L2"));
+        string model = Save(TinyModels.Model(g), "pad.onnx");
+
+        (CliRun run, JsonNode? report) = Compress(model);
+
+        Assert.AreEqual(0, run.ExitCode, run.Output);
+        AssertValidatedOn(report, 16);
+        StringAssert.Contains(report!["validation"]!["data"]!.GetValue<string>(), "audio:1x1x16");
+    }
+
+    [TestMethod]
+    public void AConvOverASignalGetsAtLeastTheKernelsLength()
+    {
+        var g = new GraphProto { Name = "conv" };
+        g.Input.Add(TinyModels.FloatValue("x", "N", 2, "T"));
+        g.Initializer.Add(Weights("k", 5, 8, 2, 5));
+        g.Node.Add(TinyModels.Node("Conv", ["x", "k"], ["y"], "conv", TinyModels.IntsAttr("dilations", 2)));
+        g.Output.Add(TinyModels.FloatValue("y", "N", 8, "T2"));
+        string model = Save(TinyModels.Model(g), "conv.onnx");
+
+        (CliRun run, JsonNode? report) = Compress(model);
+
+        Assert.AreEqual(0, run.ExitCode, run.Output);
+        AssertValidatedOn(report, 16);
+        StringAssert.Contains(report!["validation"]!["data"]!.GetValue<string>(), "x:1x2x9", "the kernel's extent with dilation 2 is 9");
+    }
+
+    /// <summary>
+    /// samples[N] and a scalar int64 sample rate: frames of sr/100 samples feed a MatMul with 160 rows, so only
+    /// sr=16000 (and N a multiple of 160) runs, which no generic guess finds.
+    /// </summary>
+    private string SampleRateModel()
+    {
+        var g = new GraphProto { Name = "sr" };
+        g.Input.Add(TinyModels.FloatValue("samples", "N"));
+        g.Input.Add(Value("sr", TensorProto.Types.DataType.Int64));
+        g.Initializer.Add(TensorUtil.FromInt64("hundred", [100]));
+        g.Initializer.Add(TensorUtil.FromInt64("minus1", [-1], 1));
+        g.Initializer.Add(TensorUtil.FromInt64("axis0", [0], 1));
+        g.Initializer.Add(Weights("w", 6, 160, 32));
+        g.Node.Add(TinyModels.Node("Div", ["sr", "hundred"], ["frame"], "div"));
+        g.Node.Add(TinyModels.Node("Unsqueeze", ["frame", "axis0"], ["frame1"], "unsq"));
+        g.Node.Add(TinyModels.Node("Concat", ["minus1", "frame1"], ["shape"], "concat", TinyModels.IntAttr("axis", 0)));
+        g.Node.Add(TinyModels.Node("Reshape", ["samples", "shape"], ["frames"], "reshape"));
+        g.Node.Add(TinyModels.Node("MatMul", ["frames", "w"], ["y"], "mm"));
+        g.Output.Add(TinyModels.FloatValue("y", "F", 32));
+        return Save(TinyModels.Model(g), "sr.onnx");
+    }
+
+    [TestMethod]
+    public void AScalarSampleRateTheModelNeedsComesFromInputValues()
+    {
+        string model = SampleRateModel();
+
+        (CliRun run, JsonNode? report) = Compress(model, "--input-values", "sr=16000", "--input-shapes", "samples:16000");
+
+        Assert.AreEqual(0, run.ExitCode, run.Output);
+        AssertValidatedOn(report, 16);
+        StringAssert.Contains(report!["validation"]!["data"]!.GetValue<string>(), "samples:16000");
+    }
+
+    [TestMethod]
+    public void WhenNoSyntheticInputsRunTheOriginalItIsACodedWarningAndTheModelIsStillWritten()
+    {
+        string model = SampleRateModel();
+
+        (CliRun run, JsonNode? report) = Compress(model);
+
+        Assert.AreEqual(0, run.ExitCode, run.Output);
+        string warning = run.Lines.Single(l => l.Contains(" : warning CMPR0410 : ", StringComparison.Ordinal));
+        StringAssert.Contains(warning, "ValidationData");
+        StringAssert.Contains(warning, "InputShapes");
+        Assert.IsTrue(File.Exists(P("out/sr.onnx")), run.Output);
+        Assert.IsNotNull(report);
+        Assert.IsNull(report["validation"], "nothing was measured, so no verdict numbers");
+    }
+
+    [TestMethod]
+    public void WhenABudgetNeedsTheMeasurementItIsACodedErrorWithExit2()
+    {
+        string model = SampleRateModel();
+
+        (CliRun run, _) = Compress(model, "--max-latency-ratio", "2");
+
+        Assert.AreEqual(2, run.ExitCode, run.Output);
+        string error = run.Errors("CMPR0411").Single();
+        StringAssert.Contains(error, "MaxLatencyRatio");
+        StringAssert.Contains(error, "InputShapes");
+        Assert.IsFalse(File.Exists(P("out/sr.onnx")));
+    }
+
+    [TestMethod]
+    public void BadInputShapesAndValuesAreCodedErrors()
+    {
+        string model = SampleRateModel();
+
+        CliRun syntax = Compress(model, "--input-shapes", "samples:16000x").Run;
+        Assert.AreEqual(2, syntax.ExitCode, syntax.Output);
+        Assert.AreEqual(1, syntax.Errors("CMPR0003").Count(), syntax.Output);
+
+        CliRun values = Compress(model, "--input-values", "sr=fast").Run;
+        Assert.AreEqual(2, values.ExitCode, values.Output);
+        Assert.AreEqual(1, values.Errors("CMPR0003").Count(), values.Output);
+
+        CliRun unknown = Compress(model, "--input-values", "rate=16000").Run;
+        Assert.AreEqual(2, unknown.ExitCode, unknown.Output);
+        StringAssert.Contains(unknown.Errors("CMPR0108").Single(), "'rate'");
+
+        CliRun rank = Compress(model, "--input-shapes", "samples:1x16000").Run;
+        Assert.AreEqual(2, rank.ExitCode, rank.Output);
+        StringAssert.Contains(rank.Errors("CMPR0109").Single(), "1x16000");
+    }
+
+    [TestMethod]
+    public void InputShapesAndValuesAreInTheCacheKey()
+    {
+        string model = SampleRateModel();
+        string cache = P("cache");
+        CliRun first = Compress(model, "--cache-dir", cache, "--input-values", "sr=16000", "--input-shapes", "samples:16000").Run;
+        CliRun same = Compress(model, "--cache-dir", cache, "--input-values", "sr=16000.0", "--input-shapes", "samples:16000").Run;
+        CliRun other = Compress(model, "--cache-dir", cache, "--input-values", "sr=16000", "--input-shapes", "samples:32000").Run;
+
+        Assert.AreEqual(0, first.ExitCode, first.Output);
+        StringAssert.Contains(same.Output, "(cached)");
+        Assert.AreEqual(0, other.ExitCode, other.Output);
+        Assert.IsFalse(other.Output.Contains("(cached)", StringComparison.Ordinal), other.Output);
     }
 }
