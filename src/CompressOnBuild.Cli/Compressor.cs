@@ -279,7 +279,7 @@ internal static class Compressor
         {
             throw new CompressException(DiagnosticCodes.SyntheticInputsNeeded, s.Model, tried, budget.Name) { File = s.Model };
         }
-        result.Diagnostics.Add(new Diagnostic("warning", DiagnosticCodes.SyntheticInputsFailed, s.Model,
+        result.Diagnostics.Add(new Diagnostic(Severity.Warning, DiagnosticCodes.SyntheticInputsFailed, s.Model,
             DiagnosticCodes.FormatWithoutCode(DiagnosticCodes.SyntheticInputsFailed, s.Model, tried)));
         source = "none: the original model ran on no synthetic inputs tried";
         return null;
