@@ -109,6 +109,7 @@ internal static class Compressor
             result.Budgets.AddRange(chosen.Budgets);
             result.CompressSeconds = chosen.CompressSeconds;
             result.ValidateSeconds = chosen.ValidateSeconds;
+            Verdict.AddWarnings(result, chosen.Path);
 
             if (result.BudgetsPassed || global.BudgetFailureIsWarning)
             {
@@ -194,6 +195,8 @@ internal static class Compressor
                 }
                 result.ValidateSeconds = watch.Elapsed.TotalSeconds;
                 result.Budgets.AddRange(Budgets.Evaluate(s, result.Validation, result.OriginalBytes, result.CompressedBytes));
+                // No optimized-graph check here: ORT would write a second copy of a model this large.
+                Verdict.AddWarnings(result, candidatePath: null);
                 if (result.BudgetsPassed || global.BudgetFailureIsWarning)
                 {
                     Publish(candidate, outputFull);
@@ -219,16 +222,19 @@ internal static class Compressor
     }
 
     /// <summary>
-    /// How an item is validated: latency (31 interleaved runs, at least 100 ms per model so tiny models get enough
-    /// runs) only when a MaxLatencyRatio budget needs it.
+    /// How an item is validated. Latency: 31 interleaved runs (at least 100 ms per model so tiny models get enough runs)
+    /// when a MaxLatencyRatio budget needs it, else a cheap 15 (at least 20 ms) for the slower-model warning CMPR0416.
     /// </summary>
-    internal static ValidatorOptions ValidationOptions(ItemSettings s, ProgressReporter? progress = null) =>
-        new()
+    internal static ValidatorOptions ValidationOptions(ItemSettings s, ProgressReporter? progress = null)
+    {
+        bool latencyBudget = s.Budgets.Any(b => b.Name == "MaxLatencyRatio");
+        return new()
         {
             Progress = progress,
-            LatencyRuns = s.Budgets.Any(b => b.Name == "MaxLatencyRatio") ? 31 : 0, MinLatencyMilliseconds = 100,
+            LatencyRuns = latencyBudget ? 31 : 15, WarmupRuns = latencyBudget ? 3 : 2, MinLatencyMilliseconds = latencyBudget ? 100 : 20,
             Metric = s.Metric, EmbeddingMetrics = Budgets.NeedsEmbeddingMetrics(s),
         };
+    }
 
     /// <summary>Size from which the streaming path is used; COMPRESSONBUILD_STREAMING_THRESHOLD_BYTES overrides it (tests).</summary>
     private static long StreamingThreshold() =>
@@ -326,10 +332,12 @@ internal static class Compressor
         if (summary.Unchanged)
         {
         }
-        else if (summary.NothingDone && s.NodesToExclude.Count == 0)
+        else if (summary.NothingDone)
         {
+            // The passes' own per-layer reasons (also in the report's skippedNodes), not a guess.
             result.Diagnostics.Add(new Diagnostic(Severity.Warning, DiagnosticCodes.NothingToQuantize, s.Model,
-                DiagnosticCodes.FormatWithoutCode(DiagnosticCodes.NothingToQuantize, s.Model, s.QuantizationText)));
+                DiagnosticCodes.FormatWithoutCode(DiagnosticCodes.NothingToQuantize, s.Model, s.QuantizationText,
+                    Verdict.Reasons(summary.Skipped) ?? "the model has no MatMul, Gemm or Conv with a constant float weight")));
         }
     }
 

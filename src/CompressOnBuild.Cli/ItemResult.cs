@@ -37,6 +37,9 @@ internal sealed class ItemResult
     public PruningSummary? Pruning { get; set; }
     public System.Text.Json.Nodes.JsonObject? WeightHistograms { get; set; }
     public ValidationResult? Validation { get; set; }
+
+    /// <summary>Layers ONNX Runtime runs in float after its optimizer although they were quantized (null: not checked).</summary>
+    public IReadOnlyList<string>? FloatFallbacks { get; set; }
     public string ValidationSource { get; set; } = "none";
     public List<BudgetOutcome> Budgets { get; } = [];
     public TuningResult? Tuning { get; set; }

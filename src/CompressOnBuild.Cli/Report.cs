@@ -45,8 +45,8 @@ internal static class Report
                 ["compressionRatio"] = Round(r.CompressionRatio, 4),
             },
             ["options"] = options,
-            ["quantization"] = r.Quantization == null ? null : Quantization(r.Quantization),
-            ["validation"] = r.Validation == null ? null : Validation(r.Validation, r.ValidationSource),
+            ["quantization"] = r.Quantization == null ? null : Quantization(r.Quantization, r.FloatFallbacks),
+            ["validation"] = r.Validation == null ? null : Validation(r.Validation, r.ValidationSource, Verdict.OnSyntheticInputs(s)),
             ["pruning"] = r.Pruning == null ? null : Pruning(r.Pruning),
             ["weightHistograms"] = r.WeightHistograms,
             ["tuning"] = r.Tuning == null ? null : Tuning(r.Tuning),
@@ -165,7 +165,7 @@ internal static class Report
         }).ToArray()),
     };
 
-    private static JsonObject Quantization(PassResult q)
+    private static JsonObject Quantization(PassResult q, IReadOnlyList<string>? floatFallbacks)
     {
         var o = new JsonObject
         {
@@ -192,12 +192,15 @@ internal static class Report
             ["opType"] = n.OpType,
             ["reason"] = n.Reason,
         }).ToArray());
+        o["floatFallbacks"] = floatFallbacks == null ? null : new JsonArray([.. floatFallbacks.Select(n => (JsonNode)n)]);
         return o;
     }
 
-    private static JsonObject Validation(ValidationResult v, string source) => new()
+    private static JsonObject Validation(ValidationResult v, string source, bool synthetic) => new()
     {
         ["data"] = source,
+        ["syntheticInputs"] = synthetic,
+        ["note"] = synthetic ? Verdict.SyntheticNote(v.SampleCount) : null,
         ["samples"] = v.SampleCount,
         ["output"] = v.OutputName,
         ["hasLabels"] = v.HasLabels,
@@ -239,6 +242,7 @@ internal static class Report
             ["compressedMs"] = Round(v.CompressedLatencyMs, 4),
             ["ratio"] = Round(v.LatencyRatio, 4),
             ["runs"] = v.LatencyRuns,
+            ["compressedSlowerShare"] = Round(v.CompressedSlowerFraction, 4),
             ["threads"] = v.Threads,
         },
     };
@@ -279,19 +283,20 @@ internal static class Report
             {
                 parts.Add(string.Format(ci, "top-1 {0:0.00}% -> {1:0.00}% (drop {2:0.00} points)", a, b, d));
             }
-            string on = r.Settings.ValidationData != null ? "samples" : r.Settings.CalibrationData != null ? "calibration samples" : "random inputs";
+            string on = Verdict.OnSyntheticInputs(r.Settings) ? Verdict.SyntheticNote(v.SampleCount)
+                : string.Format(ci, "on {0} {1}", v.SampleCount, r.Settings.ValidationData != null ? "samples" : "calibration samples");
             if (v.Metric == OutputKind.Embedding && v.Embedding is { } e)
             {
-                parts.Add(string.Format(ci, "embedding cosine {0:0.0000} (min {1:0.0000}){2}{3} on {4} {5}, {6}", e.MeanCosine, e.MinCosine,
+                parts.Add(string.Format(ci, "embedding cosine {0:0.0000} (min {1:0.0000}){2}{3} {4} ({5})", e.MeanCosine, e.MinCosine,
                     e.NeighborAgreement is { } na ? string.Format(ci, ", clear-neighbour agreement {0:0.00}% ({1} samples)", na * 100, e.ClearNeighborSamples) : "",
                     e.SimilarityCorrelation is { } sc ? string.Format(ci, ", similarity rank correlation {0:0.0000}", sc) : "",
-                    v.SampleCount, on, Batching(v)));
+                    on, Batching(v)));
             }
             else
             {
-                parts.Add(string.Format(ci, "agreement {0:0.00}%, cosine {1:0.0000} on {2} {3}, {4}", v.Top1Agreement * 100, v.MeanCosineSimilarity, v.SampleCount, on, Batching(v)));
+                parts.Add(string.Format(ci, "agreement {0:0.00}%, cosine {1:0.0000} {2} ({3})", v.Top1Agreement * 100, v.MeanCosineSimilarity, on, Batching(v)));
             }
-            if (v.LatencyRuns > 0)
+            if (v.LatencyRuns > 0 && (Verdict.ClearlySlower(v) || r.Settings.Budgets.Any(b => b.Name == "MaxLatencyRatio")))
             {
                 parts.Add(string.Format(ci, "latency ratio {0:0.00}", v.LatencyRatio));
             }

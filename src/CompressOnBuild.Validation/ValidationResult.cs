@@ -93,6 +93,10 @@ public sealed class ValidationResult
     /// <summary>Timed runs per model behind the latency medians.</summary>
     public required int LatencyRuns { get; init; }
 
+    /// <summary>Fraction of the interleaved run pairs (original, compressed back to back) in which the compressed model
+    /// took longer; 0 without latency runs. Near 0.5 when the two are equally fast, whatever the machine's load.</summary>
+    public double CompressedSlowerFraction { get; init; }
+
     /// <summary>Intra-op threads of both sessions.</summary>
     public required int Threads { get; init; }
 }

@@ -123,7 +123,7 @@ public static class Validator
         options.Progress?.Phase("comparing outputs");
         EmbeddingMetrics? embedding = kind == OutputKind.Embedding || options.EmbeddingMetrics ? Embeddings(runA, runB, p, data) : null;
         options.Progress?.Phase("measuring latency");
-        (double latA, double latB, int latRuns) = options.LatencyRuns > 0 ? Latency(original, compressed, data, options) : (0, 0, 0);
+        (double latA, double latB, int latRuns, double slower) = options.LatencyRuns > 0 ? Latency(original, compressed, data, options) : (0, 0, 0, 0);
         double? accA = data.Labels == null ? null : 100.0 * correctA / n;
         double? accB = data.Labels == null ? null : 100.0 * correctB / n;
         return new ValidationResult
@@ -151,6 +151,7 @@ public static class Validator
             CompressedLatencyMs = latB,
             LatencyRatio = latA > 0 ? latB / latA : 0,
             LatencyRuns = latRuns,
+            CompressedSlowerFraction = slower,
             Threads = original.Options.IntraOpThreads,
         };
     }
@@ -302,7 +303,7 @@ public static class Validator
         return max;
     }
 
-    private static (double A, double B, int Runs) Latency(ModelRunner a, ModelRunner b, Dataset data, ValidatorOptions options)
+    private static (double A, double B, int Runs, double SlowerFraction) Latency(ModelRunner a, ModelRunner b, Dataset data, ValidatorOptions options)
     {
         using ModelRunner.LatencyProbe pa = a.PrepareLatency(a.SampleFor(data, 0), [PrimaryOutput(a, null)]);
         using ModelRunner.LatencyProbe pb = b.PrepareLatency(b.SampleFor(data, 0), [PrimaryOutput(b, null)]);
@@ -333,7 +334,9 @@ public static class Validator
             sumA += ta[^1];
             sumB += tb[^1];
         }
-        return (Median([.. ta]), Median([.. tb]), ta.Count);
+        // Each pair ran back to back, so load that slows both cancels out of the pair's comparison.
+        double slower = (double)ta.Zip(tb).Count(p => p.Second > p.First) / ta.Count;
+        return (Median([.. ta]), Median([.. tb]), ta.Count, slower);
     }
 
     internal static double Median(double[] values)

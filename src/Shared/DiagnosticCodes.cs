@@ -43,6 +43,9 @@ namespace CompressOnBuild
         public const string NothingToQuantize = "CMPR0203";
         public const string Float16Clamped = "CMPR0204";
         public const string SparsityDiffers = "CMPR0220";
+        public const string NothingPruned = "CMPR0205";
+        public const string NotSmaller = "CMPR0206";
+        public const string FloatFallback = "CMPR0207";
 
         // 03xx: calibration and validation data.
         public const string DataNotFound = "CMPR0301";
@@ -63,6 +66,8 @@ namespace CompressOnBuild
         public const string NoValidationData = "CMPR0407";
         public const string SyntheticInputsFailed = "CMPR0410";
         public const string SyntheticInputsNeeded = "CMPR0411";
+        public const string SyntheticValidation = "CMPR0415";
+        public const string Slower = "CMPR0416";
         public const string EmbeddingBudgetUnmeasurable = "CMPR0425";
 
         // 05xx: internal.
