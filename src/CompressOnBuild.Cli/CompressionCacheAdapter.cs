@@ -56,27 +56,8 @@ internal sealed class CompressionCacheAdapter(CompressionCache cache, Action<Dia
         return CompressionCache.HashKey(parts);
     }
 
-    /// <summary>Hash of a file, or of every file under a folder (relative names and contents, in ordinal order).</summary>
-    public static string Fingerprint(string path)
-    {
-        if (File.Exists(path))
-        {
-            using FileStream fs = File.OpenRead(path);
-            return Convert.ToHexStringLower(SHA256.HashData(fs));
-        }
-        if (Directory.Exists(path))
-        {
-            var parts = new List<string>();
-            foreach (string f in Directory.EnumerateFiles(path, "*", SearchOption.AllDirectories).Order(StringComparer.Ordinal))
-            {
-                using FileStream fs = File.OpenRead(f);
-                parts.Add(Path.GetRelativePath(path, f).Replace('\\', '/') + ":" + Convert.ToHexStringLower(SHA256.HashData(fs)));
-            }
-            return CompressionCache.HashKey(parts);
-        }
-        // Missing data is reported by the loader with its own code; the key just has to differ.
-        return "missing:" + Path.GetFullPath(path);
-    }
+    /// <summary>Hash of a file, or of every file under a folder (see <see cref="DataFingerprint"/>).</summary>
+    public static string Fingerprint(string path) => DataFingerprint.Of(path);
 
     public bool TryRestore(string key, ItemResult r, string outputFull)
     {

@@ -39,6 +39,9 @@ internal static class Compressor
         {
             throw new CompressException(DiagnosticCodes.OutputIsSource, s.Output) { File = s.Model };
         }
+        // Never replace a device, FIFO or folder at the output path (as root, a rename would replace /dev/full).
+        AtomicFile.CheckReplaceable(outputFull);
+        AtomicFile.CheckReplaceable(outputFull + ".data");
 
         if (File.Exists(s.Model) && StreamingQuantizer.ShouldStream(s.Model, StreamingThreshold()))
         {
@@ -66,13 +69,12 @@ internal static class Compressor
         // Candidates are written into a private work folder beside the output (same file name, so external data
         // references stay valid), validated there, and only the chosen one is moved into place.
         string outDir = Path.GetDirectoryName(outputFull)!;
-        WorkFolders.CleanStale(outDir);
         string work = Path.Combine(outDir, ".cob-" + Guid.NewGuid().ToString("N")[..12]);
-        FileStream workLock = WorkFolders.Create(work);
+        FileStream workLock = CreateWorkFolder(outDir, work, s.Output);
         try
         {
             var runnerOptions = new ModelRunnerOptions { IntraOpThreads = 1 };
-            using ModelRunner originalRunner = OpenOriginal(s, modelFull, runnerOptions);
+            using ModelRunner originalRunner = OpenOriginal(s, modelFull, new ModelRunnerOptions { IntraOpThreads = 1, SourceModel = true });
             progress?.Phase("reading the validation data");
             Dataset? data = LoadData(result, original, originalRunner, out string source);
             result.ValidationSource = source;
@@ -160,9 +162,8 @@ internal static class Compressor
         ensureOrt();
         result.OriginalBytes = ModelIO.TotalBytesWithExternalData(s.Model);
         string outDir = Path.GetDirectoryName(outputFull)!;
-        WorkFolders.CleanStale(outDir);
         string work = Path.Combine(outDir, ".cob-" + Guid.NewGuid().ToString("N")[..12]);
-        using (WorkFolders.Create(work))
+        using (CreateWorkFolder(outDir, work, s.Output))
         {
             try
             {
@@ -186,7 +187,7 @@ internal static class Compressor
                 }
                 watch.Restart();
                 var runnerOptions = new ModelRunnerOptions { IntraOpThreads = 1 };
-                using (ModelRunner originalRunner = OpenOriginal(s, modelFull, runnerOptions))
+                using (ModelRunner originalRunner = OpenOriginal(s, modelFull, new ModelRunnerOptions { IntraOpThreads = 1, SourceModel = true }))
                 using (var compressed = new ModelRunner(candidate, runnerOptions))
                 {
                     Dataset? data = LoadData(result, ModelIO.LoadLazy(s.Model).Model, originalRunner, out string source);
@@ -251,7 +252,7 @@ internal static class Compressor
         {
             return new ModelRunner(modelFull, options);
         }
-        catch (CompressException e) when (e.Code == DiagnosticCodes.OrtRunFailed)
+        catch (CompressException e) when (e.Code is DiagnosticCodes.OrtRunFailed or DiagnosticCodes.SourceRejectedByOrt)
         {
             throw new CompressException(e, DiagnosticCodes.ModelInvalid, s.Model,
                 "ONNX Runtime cannot load it: " + (e.InnerException?.Message ?? e.Message)) { File = s.Model };
@@ -341,7 +342,33 @@ internal static class Compressor
         }
     }
 
+    /// <summary>The private work folder beside the output; a folder that cannot be written is CMPR0106 (exit 2).</summary>
+    private static FileStream CreateWorkFolder(string outDir, string work, string output)
+    {
+        try
+        {
+            WorkFolders.CleanStale(outDir);
+            return WorkFolders.Create(work);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new CompressException(e, DiagnosticCodes.OutputWriteFailed, output, e.Message) { File = output };
+        }
+    }
+
     private static void Publish(string candidatePath, string outputFull)
+    {
+        try
+        {
+            PublishCore(candidatePath, outputFull);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new CompressException(e, DiagnosticCodes.OutputWriteFailed, outputFull, e.Message) { File = outputFull };
+        }
+    }
+
+    private static void PublishCore(string candidatePath, string outputFull)
     {
         string data = candidatePath + ".data";
         if (File.Exists(data))

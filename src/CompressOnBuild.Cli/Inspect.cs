@@ -58,6 +58,8 @@ internal static class Inspect
             .GroupBy(t => t.ExternalData.FirstOrDefault(kv => kv.Key == "location")?.Value ?? "?")
             .ToDictionary(g => g.Key, g => g.Count(), StringComparer.Ordinal);
         ModelProto model = ModelIO.Load(path);
+        // The same checks as compress: a negative or overflowing dimension is CMPR0103 here too, not a crash while counting bytes.
+        ModelChecker.Validate(model, path);
 
         JsonObject info = Describe(model, path, external);
         if (optimized)

@@ -17,6 +17,7 @@ public static class Program
 
     public static int Main(string[] args)
     {
+        Core.IO.FileSizeLimit.ReportInsteadOfDying();
         var stdout = Console.Out;
         return Run(args, stdout);
     }

@@ -2,6 +2,7 @@ using System.Buffers.Binary;
 using System.Globalization;
 using System.IO.Compression;
 using CompressOnBuild.Core;
+using CompressOnBuild.Core.IO;
 using StbImageSharp;
 
 namespace CompressOnBuild.Validation;
@@ -185,20 +186,16 @@ public static class DatasetLoader
     private static CompressException Unreadable(string file, string why) =>
         new(DiagnosticCodes.DataUnreadable, file, why) { File = file };
 
+    /// <summary>CMPR0302 for <paramref name="file"/>, from a reason and the I/O error behind it (if any).</summary>
+    private static Func<string, Exception?, CompressException> Fail(string file) =>
+        (why, inner) => inner == null ? Unreadable(file, why) : new CompressException(inner, DiagnosticCodes.DataUnreadable, file, why) { File = file };
+
     private static CompressException Shape(string file, string input, string why) =>
         new(DiagnosticCodes.DataShape, file, input, why) { File = file };
 
-    private static byte[] ReadBytes(string file)
-    {
-        try
-        {
-            return File.ReadAllBytes(file);
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-        {
-            throw new CompressException(e, DiagnosticCodes.DataUnreadable, file, e.Message) { File = file };
-        }
-    }
+    /// <summary>A whole data file: regular files only (never /dev/zero, a FIFO or a socket), at most what one array holds.</summary>
+    private static byte[] ReadBytes(string file) =>
+        InputFiles.ReadAll(file, Array.MaxLength, Fail(file));
 
     private static Source OpenFile(string path, ModelInputs inputs, Preprocessing pre, TextOptions? text)
     {
@@ -213,7 +210,11 @@ public static class DatasetLoader
         }
         if (ext == ".npy")
         {
-            NpyArray array = NpyReader.Read(ReadBytes(path), path);
+            NpyArray array;
+            using (FileStream fs = InputFiles.OpenRead(path, Fail(path)))
+            {
+                array = NpyReader.Read(fs, fs.Length, path);
+            }
             if (inputs.Count != 1)
             {
                 throw Shape(path, inputs[0].Name, $"a .npy file feeds one input but the model has {inputs.Count}; use .npz");
@@ -270,7 +271,12 @@ public static class DatasetLoader
             {
                 throw Unreadable(path, "negative IDX dimension");
             }
-            total *= dims[i];
+            // Every product is checked: the dimensions of a hostile header overflow even 64 bits.
+            total = total <= (long)Array.MaxLength ? total * dims[i] : long.MaxValue;
+        }
+        if (rank < 3 || dims[1] == 0 || dims[2] == 0 || (rank == 4 && dims[3] == 0))
+        {
+            throw Unreadable(path, $"IDX images must be N x H x W (x C) with non-zero sizes, not {string.Join("x", dims)}");
         }
         int header = 4 + 4 * rank;
         if (bytes.Length - header != total)
@@ -282,11 +288,11 @@ public static class DatasetLoader
             throw Shape(path, inputs[0].Name, $"IDX images feed one input but the model has {inputs.Count}");
         }
         int n = dims[0], h = dims[1], w = dims[2], c = rank == 4 ? dims[3] : 1;
-        int per = h * w * c;
+        int per = (int)(total / Math.Max(1, n)); // total equals the file's data length, so it and one image's size fit an int
         return new Source
         {
             Count = n,
-            Decode = i => [ImagePipeline.ToTensor(bytes.AsSpan(header + i * per, per), h, w, c, inputs[0], pre, path) with { Name = inputs[0].Name }],
+            Decode = i => [ImagePipeline.ToTensor(bytes.AsSpan(header + (int)((long)i * per), per), h, w, c, inputs[0], pre, path) with { Name = inputs[0].Name }],
             Describe = i => $"{path} (image {i})",
         };
     }
@@ -296,17 +302,30 @@ public static class DatasetLoader
         List<(string Name, NpyArray Array)> arrays = [];
         try
         {
-            using ZipArchive zip = ZipFile.OpenRead(path);
-            foreach (ZipArchiveEntry entry in zip.Entries)
+            using FileStream file = InputFiles.OpenRead(path, Fail(path));
+            using var zip = new ZipArchive(file, ZipArchiveMode.Read);
+            ZipArchiveEntry[] entries = [.. zip.Entries.Where(e => e.FullName.EndsWith(".npy", StringComparison.OrdinalIgnoreCase))];
+            // Decode only what the model can use: the arrays named like its inputs (plus "labels"), else exactly one
+            // array per input. The archive's other members are never decompressed.
+            bool byName = inputs.All(i => entries.Any(e => e.FullName[..^4] == i.Name));
+            ZipArchiveEntry[] wanted = byName
+                ? [.. entries.Where(e => e.FullName[..^4] == "labels" || inputs.Any(i => i.Name == e.FullName[..^4]))]
+                : entries;
+            if (!byName && wanted.Count(e => e.FullName[..^4] != "labels") != inputs.Count)
             {
-                if (!entry.FullName.EndsWith(".npy", StringComparison.OrdinalIgnoreCase))
+                throw Shape(path, string.Join(",", inputs.Select(i => i.Name)),
+                    $"the archive holds arrays [{string.Join(",", entries.Select(a => a.FullName[..^4]))}]; name them like the model inputs");
+            }
+            foreach (ZipArchiveEntry entry in wanted)
+            {
+                // A zip bomb (a megabyte that inflates to gigabytes of one repeated byte) is refused before inflating:
+                // real arrays do not compress 200:1.
+                if (entry.Length > MinBombBytes && entry.Length / Math.Max(1, entry.CompressedLength) > MaxInflateRatio)
                 {
-                    continue;
+                    throw Unreadable(path, $"member '{entry.FullName}' inflates {entry.CompressedLength} bytes to {entry.Length} (over {MaxInflateRatio}:1); refused as a decompression bomb");
                 }
                 using Stream s = entry.Open();
-                using MemoryStream ms = new();
-                s.CopyTo(ms);
-                arrays.Add((entry.FullName[..^4], NpyReader.Read(ms.ToArray(), path + ":" + entry.FullName)));
+                arrays.Add((entry.FullName[..^4], NpyReader.Read(s, entry.Length, path + ":" + entry.FullName)));
             }
         }
         catch (Exception e) when (e is InvalidDataException or IOException or UnauthorizedAccessException)
@@ -342,6 +361,11 @@ public static class DatasetLoader
         }
         return FromArrays(path, ordered, inputs, pre, labels);
     }
+
+    /// <summary>.npz members that inflate more than this ratio (and past <see cref="MinBombBytes"/>) are refused.</summary>
+    public const long MaxInflateRatio = 200;
+
+    private const long MinBombBytes = 64L << 20;
 
     private static Source FromArrays(string path, NpyArray[] arrays, ModelInputs inputs, Preprocessing pre, int[]? labels)
     {
@@ -457,6 +481,7 @@ public static class DatasetLoader
                 ImageResult image;
                 try
                 {
+                    CheckImageSize(file, bytes);
                     image = ImageResult.FromMemory(bytes, ColorComponents.Default);
                 }
                 catch (Exception e) when (e is InvalidOperationException or ArgumentException or IndexOutOfRangeException or NotSupportedException or InvalidDataException or OverflowException || e.GetType() == typeof(Exception))
@@ -470,6 +495,20 @@ public static class DatasetLoader
                 return [ImagePipeline.ToTensor(image.Data, image.Height, image.Width, (int)image.Comp, inputs[0], pre, file) with { Name = inputs[0].Name }];
             },
         };
+    }
+
+    /// <summary>Largest image decoded: 2^27 pixels (134 megapixels, 512 MiB as RGBA), far above any camera photo.</summary>
+    public const long MaxImagePixels = 1L << 27;
+
+    /// <summary>Reads the size from the image header before decoding, so a small file that declares a huge image is refused.</summary>
+    private static void CheckImageSize(string file, byte[] bytes)
+    {
+        using var ms = new MemoryStream(bytes, writable: false);
+        ImageInfo? info = ImageInfo.FromStream(ms);
+        if (info is { } i && (i.Width <= 0 || i.Height <= 0 || (long)i.Width * i.Height > MaxImagePixels))
+        {
+            throw Unreadable(file, $"the image header declares {i.Width}x{i.Height} pixels; images of 1 to {MaxImagePixels} pixels are decoded");
+        }
     }
 
     private static Source FromTestSets(string[] sets, ModelInputs inputs)

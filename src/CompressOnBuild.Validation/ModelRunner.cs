@@ -41,6 +41,12 @@ public sealed class ModelRunnerOptions
     /// thread, <see cref="IntraOpThreads"/> threads per run). Default: the number of processors.
     /// </summary>
     public int Parallelism { get; init; } = Environment.ProcessorCount;
+
+    /// <summary>
+    /// The user's source model: ONNX Runtime refusing to load or run it is bad input (CMPR0110, exit 2), where the
+    /// same failure on a model we wrote is our bug (CMPR0402, exit 3).
+    /// </summary>
+    public bool SourceModel { get; init; }
 }
 
 /// <summary>Outputs of a run over a data set: per sample, the requested outputs (batch dimension 1), and timing.</summary>
@@ -101,7 +107,7 @@ public sealed class ModelRunner : IDisposable
         catch (OnnxRuntimeException e)
         {
             DisposeSession();
-            throw new CompressException(e, DiagnosticCodes.OrtRunFailed, modelPath, e.Message) { File = modelPath };
+            throw new CompressException(e, RunFailedCode, modelPath, e.Message) { File = modelPath };
         }
         catch (Exception e) when (IsLoadFailure(e))
         {
@@ -109,6 +115,9 @@ public sealed class ModelRunner : IDisposable
             throw new CompressException(e, DiagnosticCodes.OrtNotLoadable, modelPath, LoadFailureText(e)) { File = modelPath };
         }
     }
+
+    /// <summary>The code for an ONNX Runtime failure on this model (see <see cref="ModelRunnerOptions.SourceModel"/>).</summary>
+    private string RunFailedCode => Options.SourceModel ? DiagnosticCodes.SourceRejectedByOrt : DiagnosticCodes.OrtRunFailed;
 
     [MethodImpl(MethodImplOptions.NoInlining)]
     private void DisposeSession()
@@ -204,7 +213,7 @@ public sealed class ModelRunner : IDisposable
         }
         catch (OnnxRuntimeException e)
         {
-            throw new CompressException(e, DiagnosticCodes.OrtRunFailed, ModelPath, e.Message) { File = ModelPath };
+            throw new CompressException(e, RunFailedCode, ModelPath, e.Message) { File = ModelPath };
         }
         finally
         {
@@ -286,7 +295,7 @@ public sealed class ModelRunner : IDisposable
             }
             catch (OnnxRuntimeException e)
             {
-                throw new CompressException(e, DiagnosticCodes.OrtRunFailed, _runner.ModelPath, e.Message) { File = _runner.ModelPath };
+                throw new CompressException(e, _runner.RunFailedCode, _runner.ModelPath, e.Message) { File = _runner.ModelPath };
             }
         }
 
@@ -330,9 +339,9 @@ public sealed class ModelRunner : IDisposable
             {
                 return Run(Reorder(data.GetBatch(start, n), order), outputNames);
             }
-            catch (CompressException e) when (e.Code == DiagnosticCodes.OrtRunFailed)
+            catch (CompressException e) when (e.Code == RunFailedCode)
             {
-                throw new CompressException(e.InnerException ?? e, DiagnosticCodes.OrtRunFailed, ModelPath,
+                throw new CompressException(e.InnerException ?? e, RunFailedCode, ModelPath,
                     $"on {data.GetSampleSource(start)}{(n > 1 ? $" (batch of {n})" : "")}: {e.InnerException?.Message ?? e.Message}") { File = ModelPath };
             }
         }

@@ -67,6 +67,7 @@ public static class Validator
         // other outputs than one sample alone does.
         options.Progress?.Phase("validating (original and compressed model)", 2 * data.Count);
         DatasetRun runA = original.RunDataset(data, names, batchSize: 1, progress: options.Progress);
+        CheckLabelRange(data, runA, p, primary);
         DatasetRun runB = compressed.RunDataset(data, names, batchSize: 1, progress: options.Progress);
         CheckFinite(original.ModelPath, runA, names);
         CheckFinite(compressed.ModelPath, runB, names);
@@ -207,6 +208,7 @@ public static class Validator
         string[] names = [.. model.Outputs.Where(o => o.ElementType != TensorElementType.Other).Select(o => o.Name)];
         int p = Array.IndexOf(names, primary);
         DatasetRun run = model.RunDataset(data, names, batchSize: 1);
+        CheckLabelRange(data, run, p, primary);
         CheckFinite(model.ModelPath, run, names);
         int[] top1 = [.. run.Outputs.Select(o => ArgMax(o[p].Data))];
         double? accuracy = data.Labels == null ? null : 100.0 * top1.Where((t, i) => t == data.Labels[i]).Count() / data.Count;
@@ -222,6 +224,26 @@ public static class Validator
     }
 
     /// <summary>Index of the largest value (first on ties); NaN never wins.</summary>
+    /// <summary>
+    /// Every label must name one of the primary output's classes: a label past the last class can never match, so
+    /// both models would score 0% and every accuracy budget would pass unnoticed (CMPR0307).
+    /// </summary>
+    private static void CheckLabelRange(Dataset data, DatasetRun run, int primary, string outputName)
+    {
+        if (data.Labels == null)
+        {
+            return;
+        }
+        for (int s = 0; s < data.Labels.Count && s < run.Outputs.Count; s++)
+        {
+            int classes = run.Outputs[s][primary].Data.Length;
+            if (data.Labels[s] < 0 || data.Labels[s] >= classes)
+            {
+                throw new CompressException(DiagnosticCodes.LabelOutOfRange, data.Source, s, data.Labels[s], outputName, classes, classes - 1) { File = data.Source };
+            }
+        }
+    }
+
     internal static int ArgMax(ReadOnlySpan<float> values)
     {
         int best = 0;

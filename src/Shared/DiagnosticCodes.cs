@@ -36,6 +36,7 @@ namespace CompressOnBuild
         public const string OutputIsSource = "CMPR0107";
         public const string UnknownInputName = "CMPR0108";
         public const string InputShapeMismatch = "CMPR0109";
+        public const string SourceRejectedByOrt = "CMPR0110";
 
         // 02xx: compression passes.
         public const string AlreadyQuantized = "CMPR0201";
@@ -54,6 +55,7 @@ namespace CompressOnBuild
         public const string LabelsMismatch = "CMPR0304";
         public const string DataEmpty = "CMPR0305";
         public const string PreprocessingInvalid = "CMPR0306";
+        public const string LabelOutOfRange = "CMPR0307";
         public const string TokenizerUnusable = "CMPR0313";
 
         // 04xx: validation in ONNX Runtime and budgets.
