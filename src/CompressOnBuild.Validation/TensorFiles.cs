@@ -13,7 +13,8 @@ internal static class TensorFiles
         TensorProto proto;
         try
         {
-            proto = TensorProto.Parser.ParseFrom(File.ReadAllBytes(file));
+            proto = TensorProto.Parser.ParseFrom(Core.IO.InputFiles.ReadAll(file, Array.MaxLength,
+                (why, inner) => new CompressException(inner ?? new IOException(why), DiagnosticCodes.DataUnreadable, file, why) { File = file }));
         }
         catch (Exception e) when (e is InvalidProtocolBufferException or IOException or UnauthorizedAccessException)
         {

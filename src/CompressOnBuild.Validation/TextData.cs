@@ -73,6 +73,10 @@ public sealed class TextEncoder
     public static BertTokenizer LoadTokenizer(string path)
     {
         ArgumentNullException.ThrowIfNull(path);
+        if (Core.IO.InputFiles.NotReadableReason(path) is { } notRegular)
+        {
+            throw Unusable(path, notRegular);
+        }
         try
         {
             if (Path.GetExtension(path).Equals(".json", StringComparison.OrdinalIgnoreCase))
@@ -104,7 +108,7 @@ public sealed class TextEncoder
     /// </summary>
     private static BertTokenizer FromTokenizerJson(string path)
     {
-        using FileStream fs = File.OpenRead(path);
+        using FileStream fs = Core.IO.InputFiles.OpenRead(path, (why, inner) => new CompressException(inner ?? new IOException(why), DiagnosticCodes.TokenizerUnusable, path, why) { File = path });
         using JsonDocument doc = JsonDocument.Parse(fs);
         JsonElement root = doc.RootElement;
         if (root.ValueKind != JsonValueKind.Object || !root.TryGetProperty("model", out JsonElement model) || model.ValueKind != JsonValueKind.Object)
@@ -260,7 +264,9 @@ public sealed class TextEncoder
         string text;
         try
         {
-            text = new UTF8Encoding(false, true).GetString(File.ReadAllBytes(path));
+            // Regular files only: /dev/zero or a FIFO as text data would read forever or block.
+            text = new UTF8Encoding(false, true).GetString(Core.IO.InputFiles.ReadAll(path, int.MaxValue / 2,
+                (why, inner) => new CompressException(inner ?? new IOException(why), DiagnosticCodes.DataUnreadable, path, why) { File = path }));
         }
         catch (DecoderFallbackException e)
         {

@@ -239,7 +239,8 @@ public static class Validator
             int classes = run.Outputs[s][primary].Data.Length;
             if (data.Labels[s] < 0 || data.Labels[s] >= classes)
             {
-                throw new CompressException(DiagnosticCodes.LabelOutOfRange, data.Source, s, data.Labels[s], outputName, classes, classes - 1) { File = data.Source };
+                throw new CompressException(DiagnosticCodes.LabelOutOfRange, data.Source, s, data.Labels[s],
+                    $"output '{outputName}' has {classes} classes (labels 0 to {classes - 1})") { File = data.Source };
             }
         }
     }
