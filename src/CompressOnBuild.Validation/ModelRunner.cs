@@ -409,9 +409,9 @@ public sealed class ModelRunner : IDisposable
             {
                 return Run(sample, outputNames);
             }
-            catch (CompressException e) when (e.Code == DiagnosticCodes.OrtRunFailed)
+            catch (CompressException e) when (e.Code == RunFailedCode)
             {
-                throw new CompressException(e.InnerException ?? e, DiagnosticCodes.OrtRunFailed, ModelPath,
+                throw new CompressException(e.InnerException ?? e, RunFailedCode, ModelPath,
                     $"on {data.GetSampleSource(index)}: {e.InnerException?.Message ?? e.Message}") { File = ModelPath };
             }
         }
