@@ -180,7 +180,7 @@ public static class SyntheticInputs
                 original.Run(data.GetSample(0));
                 return new SyntheticOutcome(data, text, failures);
             }
-            catch (CompressException e) when (e.Code == DiagnosticCodes.OrtRunFailed)
+            catch (CompressException e) when (e.Code is DiagnosticCodes.OrtRunFailed or DiagnosticCodes.SourceRejectedByOrt)
             {
                 failures.Add($"{text}: {e.InnerException?.Message ?? e.Message}");
             }
