@@ -8,11 +8,13 @@ namespace CompressOnBuild.Validation;
 /// <summary>How a text data file (one sentence per line) becomes model inputs.</summary>
 /// <param name="TokenizerPath">A WordPiece <c>vocab.txt</c> (one token per line, id = line number) or a Hugging Face
 /// <c>tokenizer.json</c> whose model is WordPiece.</param>
-/// <param name="SequenceLength">Tokens per sample (padded or truncated); 0 = the model's fixed sequence dimension, else 128.</param>
+/// <param name="SequenceLength">Tokens per sample (padded or cut to exactly this many); 0 = the model's fixed sequence
+/// dimension, or for a dynamic one each sentence at its own length (cut at <see cref="MaxUnpaddedLength"/>), as an app
+/// runs one sentence at a time.</param>
 public sealed record TextOptions(string TokenizerPath, int SequenceLength = 0)
 {
-    /// <summary>Sequence length used when neither the option nor the model fixes one.</summary>
-    public const int DefaultSequenceLength = 128;
+    /// <summary>Without SequenceLength and with a dynamic sequence dimension, longer sentences are cut here (BERT's limit).</summary>
+    public const int MaxUnpaddedLength = 512;
 }
 
 /// <summary>
@@ -44,7 +46,7 @@ public sealed class TextEncoder
         SequenceLength = sequenceLength;
     }
 
-    /// <summary>Tokens per sample.</summary>
+    /// <summary>Tokens per sample; 0: each sample at its own length (at most <see cref="TextOptions.MaxUnpaddedLength"/>).</summary>
     public int SequenceLength { get; }
 
     /// <summary>The role of each model input, in model order.</summary>
@@ -208,30 +210,31 @@ public sealed class TextEncoder
             throw new CompressException(DiagnosticCodes.DataShape, dataPath, inputs[0].Name,
                 $"SequenceLength {requested} does not match the model's fixed sequence length {fixedDim}") { File = dataPath };
         }
-        return requested > 0 ? requested : fixedDim > 0 ? (int)fixedDim : TextOptions.DefaultSequenceLength;
+        return requested > 0 ? requested : fixedDim > 0 ? (int)fixedDim : 0;
     }
 
-    /// <summary>Tokenizes one line into the model's inputs ([1, SequenceLength] each, as float values).</summary>
+    /// <summary>Tokenizes one line into the model's inputs ([1, SequenceLength] each, or [1, tokens] without a fixed length; as float values).</summary>
     public TensorData[] Encode(string text, ModelInputs inputs)
     {
         ArgumentNullException.ThrowIfNull(text);
         ArgumentNullException.ThrowIfNull(inputs);
         IReadOnlyList<int> ids = tokenizer.EncodeToIds(text, addSpecialTokens: true);
+        int length = SequenceLength > 0 ? SequenceLength : Math.Min(ids.Count, TextOptions.MaxUnpaddedLength);
         int n = ids.Count;
-        if (n > SequenceLength)
+        if (n > length)
         {
             Truncated++;
-            n = SequenceLength;
+            n = length;
         }
         var result = new TensorData[roles.Length];
-        long[] shape = [1, SequenceLength];
+        long[] shape = [1, length];
         for (int i = 0; i < roles.Length; i++)
         {
-            float[] data = new float[SequenceLength];
+            float[] data = new float[length];
             switch (roles[i])
             {
                 case InputRole.TokenIds:
-                    for (int k = 0; k < SequenceLength; k++)
+                    for (int k = 0; k < length; k++)
                     {
                         data[k] = k < n ? ids[k] : tokenizer.PaddingTokenId;
                     }
@@ -244,7 +247,7 @@ public sealed class TextEncoder
                     data.AsSpan(0, n).Fill(1f);
                     break;
                 case InputRole.PositionIds:
-                    for (int k = 0; k < SequenceLength; k++)
+                    for (int k = 0; k < length; k++)
                     {
                         data[k] = k;
                     }

@@ -221,7 +221,7 @@ namespace CompressOnBuild
             new OptionSpec
             {
                 Name = "SequenceLength", Cli = "--sequence-length", Kind = OptionKind.Count, Min = 2, Max = 65536, ValueHint = "<n>",
-                Default = "model's fixed length, else 128", Help = "tokens per text sample",
+                Default = "model's fixed length, else each sentence's own", Help = "tokens per text sample (padded or cut to this)",
             },
             Budget("MaxAccuracyDrop", 0, 100, false, false, "points", "<points>", "top-1 percentage points lost vs labels"),
             Budget("MinAgreement", 0, 1, false, true, "", "<0..1>", "top-1 agreement with the original"),

@@ -49,13 +49,16 @@ public sealed class TextDataTests
     }
 
     [TestMethod]
-    public void SequenceLength_DefaultsToTheModelsFixedDimension_Else128_AndCutsKeepSep()
+    public void SequenceLength_DefaultsToTheModelsFixedDimension_ElseNoPadding_AndCutsKeepSep()
     {
         using TempDir dir = new();
         string vocab = WriteVocab(dir);
         string text = dir.File("s.txt");
         File.WriteAllText(text, "the cat sat on the mat\n");
-        Assert.AreEqual(128, DatasetLoader.Load(text, null, BertInputs(), text: new TextOptions(vocab)).GetSample(0)[0].Data.Length);
+        Dataset unpadded = DatasetLoader.Load(text, null, BertInputs(), text: new TextOptions(vocab));
+        CollectionAssert.AreEqual(new float[] { 2, 5, 6, 7, 8, 5, 9, 3 }, unpadded.GetSample(0)[0].Data, "a dynamic sequence dimension: the sentence at its own length, no padding");
+        CollectionAssert.AreEqual(new long[] { 1, 8 }, unpadded.GetSample(0)[1].Shape);
+        Assert.AreEqual(128, DatasetLoader.Load(text, null, BertInputs(), text: new TextOptions(vocab, 128)).GetSample(0)[0].Data.Length, "SequenceLength pads");
         Dataset fixedLength = DatasetLoader.Load(text, null, BertInputs(5, TensorElementType.Int32), text: new TextOptions(vocab));
         CollectionAssert.AreEqual(new float[] { 2, 5, 6, 7, 3 }, fixedLength.GetSample(0)[0].Data, "cut to 5 with [SEP] last");
         CollectionAssert.AreEqual(new float[] { 1, 1, 1, 1, 1 }, fixedLength.GetSample(0)[1].Data);
