@@ -347,7 +347,8 @@ namespace CompressOnBuild
 
         /// <summary>
         /// The candidate closest to <paramref name="name"/> when it looks like a misspelling of it (case-insensitive
-        /// edit distance with transpositions, at most a third of the longer name and at least 2), else null.
+        /// edit distance with transpositions: 1 for names of up to 5 letters, else a quarter of the longer name and
+        /// at least 2), else null. Short names get 1 so that a team's own "Name" is not taken for "Tune".
         /// </summary>
         public static string? Suggest(string name, IEnumerable<string> candidates)
         {
@@ -356,7 +357,8 @@ namespace CompressOnBuild
             foreach (string candidate in candidates)
             {
                 int distance = EditDistance(name.ToUpperInvariant(), candidate.ToUpperInvariant());
-                int allowed = Math.Max(2, Math.Max(name.Length, candidate.Length) / 3);
+                int longer = Math.Max(name.Length, candidate.Length);
+                int allowed = longer <= 5 ? 1 : Math.Max(2, longer / 4);
                 if (distance <= allowed && distance < bestDistance)
                 {
                     best = candidate;
