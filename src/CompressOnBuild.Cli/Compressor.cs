@@ -30,7 +30,36 @@ internal sealed record Attempt(
 /// <summary>Compresses and validates one item: load, check, pass, save beside the output, validate, check budgets, (tune), publish atomically.</summary>
 internal static class Compressor
 {
+    /// <summary>
+    /// Compresses one item. Its diagnostics (errors thrown, warnings collected) name the user's files: paths inside the
+    /// private work folder are mapped back to the item's Output or Model (<see cref="WorkFolders.UserPaths(string, string, string)"/>).
+    /// </summary>
     public static void Run(ItemResult result, GlobalOptions global, Func<OrtInfo> ensureOrt, CompressionCacheAdapter? cache, ProgressReporter? progress = null)
+    {
+        ItemSettings s = result.Settings;
+        try
+        {
+            RunItem(result, global, ensureOrt, cache, progress);
+        }
+        catch (CompressException e)
+        {
+            throw WorkFolders.UserPaths(e, s.Model, s.Output);
+        }
+        finally
+        {
+            for (int i = 0; i < result.Diagnostics.Count; i++)
+            {
+                Diagnostic d = result.Diagnostics[i];
+                result.Diagnostics[i] = d with
+                {
+                    File = WorkFolders.UserPaths(d.File, s.Model, s.Output),
+                    Message = WorkFolders.UserPaths(d.Message, s.Model, s.Output),
+                };
+            }
+        }
+    }
+
+    private static void RunItem(ItemResult result, GlobalOptions global, Func<OrtInfo> ensureOrt, CompressionCacheAdapter? cache, ProgressReporter? progress)
     {
         ItemSettings s = result.Settings;
         string modelFull = Path.GetFullPath(s.Model);

@@ -212,7 +212,7 @@ public static class Program
             lock (OutputGate)
             {
                 WriteDiagnostic(output, new Diagnostic(Severity.Error, DiagnosticCodes.InternalError, s.Model,
-                    DiagnosticCodes.FormatWithoutCode(DiagnosticCodes.InternalError, s.Model, e.GetType().Name + ": " + e.Message)));
+                    DiagnosticCodes.FormatWithoutCode(DiagnosticCodes.InternalError, s.Model, e.GetType().Name + ": " + WorkFolders.UserPaths(e.Message, s.Model, s.Output))));
             }
             return 3;
         }

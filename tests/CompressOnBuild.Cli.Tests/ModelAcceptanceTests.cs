@@ -284,4 +284,43 @@ public sealed class ModelAcceptanceTests
         Assert.AreEqual(0, other.ExitCode, other.Output);
         Assert.IsFalse(other.Output.Contains("(cached)", StringComparison.Ordinal), other.Output);
     }
+    [TestMethod]
+    public void AnErrorAboutTheCompressedModelNamesTheOutputNotTheWorkFolder()
+    {
+        // x[N,64] -> MatMul(all-ones W[64,64]) gives sum(x), about 32 per column -> Sqrt(. - 20) -> MatMul(W2) -> y.
+        // Magnitude pruning zeroes half of W (all weights tie), so the pruned model takes the root of about 16 - 20: NaN.
+        var g = new GraphProto { Name = "nan" };
+        g.Input.Add(TinyModels.FloatValue("x", "N", 64));
+        g.Initializer.Add(TensorUtil.FromFloats("w", Enumerable.Repeat(1f, 64 * 64).ToArray(), 64, 64));
+        g.Initializer.Add(TensorUtil.FromFloats("twenty", [20f], 1));
+        g.Initializer.Add(Weights("w2", 7, 64, 4));
+        g.Node.Add(TinyModels.Node("MatMul", ["x", "w"], ["s"], "sum"));
+        g.Node.Add(TinyModels.Node("Sub", ["s", "twenty"], ["d"], "sub"));
+        g.Node.Add(TinyModels.Node("Sqrt", ["d"], ["r"], "sqrt"));
+        g.Node.Add(TinyModels.Node("MatMul", ["r", "w2"], ["y"], "out"));
+        g.Output.Add(TinyModels.FloatValue("y", "N", 4));
+        string model = Save(TinyModels.Model(g), "nan.onnx");
+        string output = Path.Combine(_dir, "out", "nan.pruned+v2.onnx");
+
+        CliRun run = CliHarness.InProcess("compress", model, "--output", output, "--quantization", "None", "--pruning", "Magnitude:0.5");
+
+        Assert.AreEqual(2, run.ExitCode, run.Output);
+        string error = run.Errors("CMPR0404").Single();
+        Assert.IsFalse(run.Output.Contains(".cob-", StringComparison.Ordinal), run.Output);
+        Assert.IsTrue(error.StartsWith(output + " : error CMPR0404 : ", StringComparison.Ordinal), error);
+        StringAssert.Contains(error, "'" + output + "'");
+    }
+
+    [TestMethod]
+    public void WorkFolderPathsAreMappedToTheUsersFiles()
+    {
+        string output = Path.Combine(_dir, "obj", "m.onnx");
+        string work = Path.Combine(_dir, "obj", ".cob-0123456789ab");
+        string text = $"model '{Path.Combine(work, "3", "m.onnx")}' and '{Path.Combine(work, "m.onnx")}.data', probe {Path.Combine(work, "probe", "p.onnx")}: {work}";
+
+        string mapped = WorkFolders.UserPaths(text, "Models/m.onnx", output);
+
+        Assert.AreEqual($"model '{output}' and '{output}.data', probe Models/m.onnx: Models/m.onnx", mapped);
+        Assert.AreEqual("no work path", WorkFolders.UserPaths("no work path", "a", output));
+    }
 }
