@@ -22,6 +22,8 @@ public static class Program
         return Run(args, stdout);
     }
 
+    private static readonly string[] Commands = ["compress", "inspect", "cache"];
+
     public static int Run(string[] args, TextWriter output)
     {
         ArgumentNullException.ThrowIfNull(args);
@@ -51,7 +53,9 @@ public static class Program
                 "compress" => Compress(rest, output),
                 "inspect" => Inspect.Run(rest, output),
                 "cache" => CacheCommand(rest, output),
-                _ => throw CommandLine.Usage($"unknown command '{command}'; use 'compress' or 'inspect' (see --help)"),
+                _ => throw CommandLine.Usage($"unknown command '{command}'; "
+                    + (OptionTable.Suggest(command, Commands) is { } near ? $"did you mean '{near}'? " : "")
+                    + "use 'compress', 'inspect' or 'cache' (see --help)"),
             };
         }
         catch (CompressException e)

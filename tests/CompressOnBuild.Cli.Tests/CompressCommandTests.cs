@@ -396,6 +396,10 @@ public sealed class CompressCommandTests
         CliRun unknown = CliHarness.InProcess("shrink", "x.onnx");
         Assert.AreEqual(2, unknown.ExitCode);
         Assert.AreEqual(1, unknown.Errors("CMPR0005").Count());
+        Assert.DoesNotContain("did you mean", unknown.Output);
+        CliRun typo = CliHarness.InProcess("compres", "x.onnx");
+        Assert.AreEqual(2, typo.ExitCode);
+        StringAssert.Contains(typo.Errors("CMPR0005").Single(), "did you mean 'compress'?");
         CliRun badRsp = CliHarness.InProcess("compress", "@" + P("absent.rsp"));
         Assert.AreEqual(2, badRsp.ExitCode);
         Assert.AreEqual(1, badRsp.Errors("CMPR0007").Count());
