@@ -156,6 +156,26 @@ public static partial class InputFiles
         return bytes;
     }
 
+    /// <summary>
+    /// Bytes the file really occupies on disk (Linux: statx blocks x 512), or null when unknown. A sparse file (a
+    /// 1 TiB "weights" file made of holes) declares far more bytes than it stores.
+    /// </summary>
+    public static long? StoredBytes(string path)
+    {
+        ArgumentNullException.ThrowIfNull(path);
+        if (!OperatingSystem.IsLinux())
+        {
+            return null;
+        }
+        byte[] buffer = new byte[256];
+        if (Statx(AtFdCwd, path, 0, StatxType | StatxBlocks, buffer) != 0 || (BitConverter.ToUInt32(buffer, 0) & StatxBlocks) == 0)
+        {
+            return null;
+        }
+        ulong blocks = BitConverter.ToUInt64(buffer, 48);
+        return blocks > long.MaxValue / 512 ? long.MaxValue : (long)blocks * 512;
+    }
+
     private static bool IsDanglingLink(string path)
     {
         try
@@ -168,9 +188,11 @@ public static partial class InputFiles
         }
     }
 
-    // struct statx is the same on every Linux architecture: stx_mode is the u16 at byte 28 of a 256-byte record.
+    // struct statx is the same on every Linux architecture: stx_mask is the u32 at byte 0, stx_mode the u16 at byte
+    // 28, stx_blocks the u64 at byte 48 of a 256-byte record.
     private const int AtFdCwd = -100;
     private const uint StatxType = 0x1;
+    private const uint StatxBlocks = 0x400;
 
     private static int StatMode(string path, out int errno)
     {

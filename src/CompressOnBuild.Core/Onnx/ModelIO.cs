@@ -212,6 +212,9 @@ public static class ModelIO
             return buffer;
         }
 
+        /// <summary>External files at least this large must store at least 1/8 of their declared bytes (not be sparse).</summary>
+        private const long SparseCheckMinBytes = 256L << 20;
+
         public ExternalDataRef Resolve(TensorProto t)
         {
             string? location = null;
@@ -243,6 +246,13 @@ public static class ModelIO
                         throw new FileNotFoundException(Directory.Exists(file) ? "it is a folder, not a file" : "the file does not exist");
                     }
                     fileLength = info.Length;
+                    // A sparse file (holes instead of bytes) would be streamed as gigabytes of zeros: a 624-byte model
+                    // pointing at a 1 TiB sparse file must not take hours. Real weights are stored, not holes.
+                    if (fileLength >= SparseCheckMinBytes && IO.InputFiles.StoredBytes(file) is { } stored && stored < fileLength / 8)
+                    {
+                        throw new CompressException(DiagnosticCodes.ExternalDataUnreadable, displayName, t.Name, location,
+                            $"the file declares {fileLength} bytes but only {stored} are stored on disk (a sparse file); weights are never holes") { File = displayName };
+                    }
                 }
                 catch (Exception e) when (e is IOException or UnauthorizedAccessException)
                 {

@@ -404,4 +404,39 @@ public sealed class HostileInputTests
         Assert.IsFalse(run.Errors("CMPR0501").Any(), run.Output);
         Assert.AreEqual(2, run.ExitCode, run.Output);
     }
+
+    [TestMethod]
+    public void AModelPointingAtASparseTebibyteOfWeightsIsRefusedBeforeStreaming()
+    {
+        // 624 bytes of model, [2^19, 2^19] floats in a sparse 1 TiB file: it passes every offset/length check, and
+        // streaming it would read a terabyte of holes and write 256 GiB.
+        var g = new GraphProto { Name = "g" };
+        g.Input.Add(TinyModels.FloatValue("x", 1, 1 << 19));
+        g.Output.Add(TinyModels.FloatValue("y", 1, 1 << 19));
+        var w = new TensorProto { Name = "w", DataType = (int)TensorProto.Types.DataType.Float, DataLocation = TensorProto.Types.DataLocation.External };
+        w.Dims.Add(1 << 19);
+        w.Dims.Add(1 << 19);
+        w.ExternalData.Add(new StringStringEntryProto { Key = "location", Value = "w.data" });
+        w.ExternalData.Add(new StringStringEntryProto { Key = "offset", Value = "0" });
+        w.ExternalData.Add(new StringStringEntryProto { Key = "length", Value = (1L << 40).ToString(System.Globalization.CultureInfo.InvariantCulture) });
+        g.Initializer.Add(w);
+        g.Node.Add(TinyModels.Node("MatMul", ["x", "w"], ["y"], "mm"));
+        string model = P("sparse.onnx");
+        File.WriteAllBytes(model, Google.Protobuf.MessageExtensions.ToByteArray(TinyModels.Model(g)));
+        try
+        {
+            using (var fs = new FileStream(P("w.data"), FileMode.CreateNew))
+            {
+                fs.SetLength(1L << 40);
+            }
+        }
+        catch (IOException e)
+        {
+            Assert.Inconclusive("this file system cannot hold a sparse 1 TiB file: " + e.Message);
+        }
+        CliRun run = Guarded("compress", model, "--output", P("out/sparse.onnx"), "--quantization", "Int8Dynamic");
+        AssertCoded(run, "CMPR0105", "sparse 1 TiB external data");
+        StringAssert.Contains(run.Output, "sparse");
+        AssertCoded(Guarded("inspect", model), "CMPR0105", "inspect on the sparse model");
+    }
 }
