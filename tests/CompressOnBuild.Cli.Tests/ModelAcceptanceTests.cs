@@ -120,6 +120,26 @@ public sealed class ModelAcceptanceTests
     }
 
     [TestMethod]
+    public void AStringInputIsFedStrings()
+    {
+        // A string input ONNX Runtime parses as numbers (Cast string -> float), added to a float input before a MatMul.
+        var g = new GraphProto { Name = "strings" };
+        g.Input.Add(TinyModels.FloatValue("x", "N", 32));
+        g.Input.Add(Value("text", TensorProto.Types.DataType.String, "N", 32));
+        g.Initializer.Add(Weights("w", 8, 32, 8));
+        g.Node.Add(TinyModels.Node("Cast", ["text"], ["parsed"], "parse", TinyModels.IntAttr("to", (long)TensorProto.Types.DataType.Float)));
+        g.Node.Add(TinyModels.Node("Add", ["x", "parsed"], ["sum"], "add"));
+        g.Node.Add(TinyModels.Node("MatMul", ["sum", "w"], ["y"], "mm"));
+        g.Output.Add(TinyModels.FloatValue("y", "N", 8));
+        string model = Save(TinyModels.Model(g), "strings.onnx");
+
+        (CliRun run, JsonNode? report) = Compress(model);
+
+        Assert.AreEqual(0, run.ExitCode, run.Output);
+        AssertValidatedOn(report, 16);
+    }
+
+    [TestMethod]
     public void TokenIdsStayBelowTheVocabularyAndTypeIdsBelowAOneRowTable()
     {
         // RoBERTa-like: token_type_ids index a table of ONE row, so any id other than 0 fails in ONNX Runtime.
