@@ -1,5 +1,6 @@
 using System.Globalization;
 using CompressOnBuild.Core;
+using CompressOnBuild.Core.Graph;
 using CompressOnBuild.Core.Passes;
 using CompressOnBuild.Onnx;
 using CompressOnBuild.Validation;
@@ -61,7 +62,7 @@ internal sealed class ItemSettings
         return [.. CompressOnBuild.Core.Onnx.ModelWalker.Graphs(model)
             .SelectMany(g => g.Graph.Node)
             .Where(n => !OpTypesToQuantize.Contains(n.OpType))
-            .Select(Int8DynamicQuantizer.Label)
+            .Select(OnnxNames.Label)
             .Distinct(StringComparer.Ordinal)];
     }
     public string? ValidationData { get; init; }

@@ -18,7 +18,7 @@ internal static class WeightHistograms
     public static JsonObject? Build(ModelProto original, ModelProto compressed, IEnumerable<string> weightNames)
     {
         ModelProto folded = original.Clone();
-        CompressOnBuild.Core.Passes.ConstantFolding.FoldShapeOps(folded, "original");
+        CompressOnBuild.Core.Graph.ConstantFolding.FoldShapeOps(folded, "original");
         var originals = folded.Graph.Initializer.ToDictionary(t => t.Name, StringComparer.Ordinal);
         var before = new List<float>();
         foreach (string name in weightNames.Distinct(StringComparer.Ordinal))

@@ -10,12 +10,17 @@ namespace CompressOnBuild.Benchmarks;
 
 /// <summary>
 /// Runs the kernel and GEMM benchmarks (in process, a short job) and rewrites the Kernels section of the results
-/// file with throughput ratios against memcpy. Usage: CompressOnBuild.Benchmarks [--results PATH] [--quick].
+/// file with throughput ratios against memcpy. Usage: CompressOnBuild.Benchmarks [--results PATH] [--quick];
+/// CompressOnBuild.Benchmarks --graph-scaling [LAYERS...] times the passes on MatMul chains instead (see <see cref="GraphScaling"/>).
 /// </summary>
 public static class Program
 {
     public static int Main(string[] args)
     {
+        if (args.Length > 0 && args[0] == "--graph-scaling")
+        {
+            return GraphScaling.Run(args[1..]);
+        }
         string? results = null;
         bool quick = false;
         for (int i = 0; i < args.Length; i++)

@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Globalization;
 using CompressOnBuild.Core;
 using CompressOnBuild.Core.Onnx;
+using CompressOnBuild.Core.Graph;
 using CompressOnBuild.Core.Passes;
 using CompressOnBuild.Onnx;
 using CompressOnBuild.Tests;
@@ -242,7 +243,7 @@ public sealed class Int8StaticQuantizationTests
                 continue;
             }
             float[] scales = TensorUtil.ToFloatArray(inits[dq.Input[1]]);
-            long channels = s.Quantized.Single(k => k.Node == Int8DynamicQuantizer.Label(node)).Columns;
+            long channels = s.Quantized.Single(k => k.Node == OnnxNames.Label(node)).Columns;
             Assert.AreEqual(perChannel ? channels : 1, scales.Length, node.Name);
             Assert.AreEqual(perChannel, dq.Attribute.Any(a => a.Name == "axis"), node.Name);
         }

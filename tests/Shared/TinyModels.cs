@@ -59,6 +59,37 @@ internal static class TinyModels
         return v;
     }
 
+    /// <summary>
+    /// A deep chain of <paramref name="layers"/> Linear layers as exporters write them, x -> MatMul(w_i [width, width])
+    /// -> Add(b_i) -> ... -> y, with a value_info entry for every intermediate value: the shape of a large graph
+    /// (10^4-10^5 nodes) for scaling tests and benchmarks.
+    /// </summary>
+    public static ModelProto MatMulChain(int layers, int width = 4)
+    {
+        var g = new GraphProto { Name = "chain" };
+        g.Input.Add(FloatValue("x", "N", width));
+        string previous = "x";
+        float[] w = RandomFloats(width * width, 1, 0.5f);
+        float[] b = RandomFloats(width, 2, 0.1f);
+        for (int i = 0; i < layers; i++)
+        {
+            string mm = "mm" + i.ToString(System.Globalization.CultureInfo.InvariantCulture);
+            string y = i == layers - 1 ? "y" : "h" + i.ToString(System.Globalization.CultureInfo.InvariantCulture);
+            g.Initializer.Add(TensorUtil.FromFloats("w" + mm, w, width, width));
+            g.Initializer.Add(TensorUtil.FromFloats("b" + mm, b, width));
+            g.Node.Add(Node("MatMul", [previous, "w" + mm], [mm + "_out"], mm));
+            g.Node.Add(Node("Add", [mm + "_out", "b" + mm], [y], mm + "_add"));
+            g.ValueInfo.Add(FloatValue(mm + "_out", "N", width));
+            if (y != "y")
+            {
+                g.ValueInfo.Add(FloatValue(y, "N", width));
+            }
+            previous = y;
+        }
+        g.Output.Add(FloatValue("y", "N", width));
+        return Model(g);
+    }
+
     /// <summary>x[batch,inF] -> Gemm(W[outF,inF], transB=1, bias) -> Relu -> Gemm(W2[classes,outF]) -> y[batch,classes].</summary>
     public static ModelProto Mlp(int inF = 16, int hidden = 8, int classes = 4, int seed = 1)
     {

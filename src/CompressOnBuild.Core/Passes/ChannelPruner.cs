@@ -192,7 +192,7 @@ internal static class ChannelPruner
                     }
                     if (flatWhy != null)
                     {
-                        why = $"its output reaches {u.OpType} '{Int8DynamicQuantizer.Label(u)}', and {flatWhy}";
+                        why = $"its output reaches {u.OpType} '{OnnxNames.Label(u)}', and {flatWhy}";
                         break;
                     }
                     flat = true;
@@ -201,7 +201,7 @@ internal static class ChannelPruner
                     t = u.Output[0];
                     continue;
                 }
-                why = $"its output reaches {u.OpType} '{Int8DynamicQuantizer.Label(u)}', which this pass cannot follow to a consumer layer";
+                why = $"its output reaches {u.OpType} '{OnnxNames.Label(u)}', which this pass cannot follow to a consumer layer";
             }
             if (why != null)
             {

@@ -311,7 +311,7 @@ public static class Float16Converter
             var excluded = new HashSet<string>(options.ExcludedNodes, StringComparer.Ordinal);
             foreach (NodeProto n in g.Graph.Node)
             {
-                string label = Int8DynamicQuantizer.Label(n);
+                string label = OnnxNames.Label(n);
                 bool floatNode = n.Input.Concat(n.Output).Any(v => TypeOf(v) == (int)DataType.Float);
                 void Keep(string reason)
                 {
@@ -371,6 +371,13 @@ public static class Float16Converter
                     (converted && IsT(ops!.Inputs, i) ? wanted : readAsOther).Add(n.Input[i]);
                 }
             }
+            // Positions and IR 3 input declarations looked up once (an IndexOf per weight is quadratic on large graphs).
+            var position = new Dictionary<TensorProto, int>(ReferenceEqualityComparer.Instance);
+            for (int i = 0; i < g.Graph.Initializer.Count; i++)
+            {
+                position.TryAdd(g.Graph.Initializer[i], i);
+            }
+            ILookup<string, ValueInfoProto> declarations = g.Graph.Input.ToLookup(v => v.Name, StringComparer.Ordinal);
             foreach (string name in wanted)
             {
                 // A constant read by float32 consumers as well would need a Cast back (exact) - fine; one that the
@@ -383,12 +390,13 @@ public static class Float16Converter
                 {
                     TensorProto t = g.Initializers[name];
                     TensorProto half = ToHalf(t);
-                    int index = g.Graph.Initializer.IndexOf(t);
+                    int index = position[t];
                     g.Graph.Initializer[index] = half;
+                    position[half] = index;
                     g.Initializers[name] = half;
                     if (g.Model.IrVersion < 4)
                     {
-                        foreach (ValueInfoProto v in g.Graph.Input.Where(v => v.Name == name))
+                        foreach (ValueInfoProto v in declarations[name])
                         {
                             v.Type.TensorType.ElemType = (int)DataType.Float16;
                         }

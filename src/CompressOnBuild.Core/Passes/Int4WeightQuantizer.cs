@@ -111,7 +111,7 @@ public static class Int4WeightQuantizer
     /// </summary>
     internal static NodeProto MatMulNBitsNode(string name, string a, string b, string scales, string? zeroPoints, string output, int k, int n, Int4Options options)
     {
-        var q = new NodeProto { OpType = QuantizedOpType, Domain = Int8DynamicQuantizer.MicrosoftDomain, Name = name };
+        var q = new NodeProto { OpType = QuantizedOpType, Domain = OnnxNames.MicrosoftDomain, Name = name };
         q.Input.Add(a);
         q.Input.Add(b);
         q.Input.Add(scales);
@@ -272,23 +272,24 @@ public static class Int4WeightQuantizer
             {
                 Rewrite(c);
             }
+            g.Commit();
             if (Quantized.Count == 0)
             {
                 return;
             }
-            foreach (NodeProto constant in _replacedConstants)
+            HashSet<string> used = g.NodeInputs();
+            used.UnionWith(g.OuterUses());
+            foreach (NodeProto constant in _replacedConstants.Distinct().Where(c => !used.Overlaps(c.Output)))
             {
-                if (!g.NodeInputs().Overlaps(constant.Output) && !g.OuterUses().Overlaps(constant.Output))
+                g.RemoveNode(constant);
+                foreach (string o in constant.Output)
                 {
-                    g.Graph.Node.Remove(constant);
-                    foreach (string o in constant.Output)
-                    {
-                        g.RemoveValueInfo(o);
-                    }
+                    g.DropValueInfo(o);
                 }
             }
+            g.Commit();
             g.RemoveUnusedInitializers(_replacedWeights);
-            g.EnsureOpset(Int8DynamicQuantizer.MicrosoftDomain, 1);
+            g.EnsureOpset(OnnxNames.MicrosoftDomain, 1);
         }
 
         private List<Candidate> FindCandidates()
@@ -301,7 +302,7 @@ public static class Int4WeightQuantizer
                 {
                     continue;
                 }
-                string label = Int8DynamicQuantizer.Label(node);
+                string label = OnnxNames.Label(node);
                 void Skip(string reason) => Skipped.Add(new SkippedNode(label, node.OpType, reason));
                 if (excluded.Contains(label))
                 {
@@ -374,13 +375,13 @@ public static class Int4WeightQuantizer
             foreach (IGrouping<string, Candidate> group in candidates.GroupBy(c => c.WeightName, StringComparer.Ordinal))
             {
                 string? conflict = outer.Contains(group.Key) ? $"weight '{group.Key}' is also a graph output or used inside a subgraph" : null;
-                foreach (NodeProto user in g.Graph.Node)
+                foreach (NodeProto user in g.Consumers(group.Key))
                 {
                     for (int i = 0; i < user.Input.Count && conflict == null; i++)
                     {
                         if (user.Input[i] == group.Key && !(i == 1 && group.Any(c => ReferenceEquals(c.Node, user))))
                         {
-                            conflict = $"weight '{group.Key}' is shared with {user.OpType} '{Int8DynamicQuantizer.Label(user)}', which stays float";
+                            conflict = $"weight '{group.Key}' is shared with {user.OpType} '{OnnxNames.Label(user)}', which stays float";
                         }
                     }
                 }
@@ -389,7 +390,7 @@ public static class Int4WeightQuantizer
                     foreach (Candidate c in group)
                     {
                         rejected.Add(c);
-                        Skipped.Add(new SkippedNode(Int8DynamicQuantizer.Label(c.Node), c.Node.OpType, conflict));
+                        Skipped.Add(new SkippedNode(OnnxNames.Label(c.Node), c.Node.OpType, conflict));
                     }
                 }
             }
@@ -399,7 +400,7 @@ public static class Int4WeightQuantizer
         private void Rewrite(Candidate c)
         {
             NodeProto node = c.Node;
-            string label = Int8DynamicQuantizer.Label(node);
+            string label = OnnxNames.Label(node);
             int rows = (int)c.Weight.Dims[0], cols = (int)c.Weight.Dims[1];
             int k = c.TransB ? cols : rows;
             int n = c.TransB ? rows : cols;
@@ -415,7 +416,7 @@ public static class Int4WeightQuantizer
                 var gptq = options.Method == Int4Method.Gptq && !c.TransA ? Gptq(c.Node.Input[0], channelMajor, n, k) : null;
                 if (options.Method == Int4Method.Gptq && gptq == null)
                 {
-                    RoundedToNearest.Add(Int8DynamicQuantizer.Label(node)); // transposed input, or H would not factorize
+                    RoundedToNearest.Add(OnnxNames.Label(node)); // transposed input, or H would not factorize
                 }
                 (byte[] packed, float[] scales, byte[]? zeros, float error) = gptq ?? QuantizeBlocks(channelMajor, n, k, options.BlockSize, options.Symmetric);
                 int blocks = (k + options.BlockSize - 1) / options.BlockSize;
@@ -474,12 +475,7 @@ public static class Int4WeightQuantizer
                 q.Input.RemoveAt(3);
             }
 
-            int index = g.Graph.Node.IndexOf(node);
-            g.Graph.Node.RemoveAt(index);
-            for (int i = 0; i < inserted.Count; i++)
-            {
-                g.Graph.Node.Insert(index + i, inserted[i]);
-            }
+            g.Replace(node, inserted);
             _replacedWeights.Add(c.WeightName);
             if (c.ConstantNode != null)
             {

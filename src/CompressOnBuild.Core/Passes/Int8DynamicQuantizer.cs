@@ -28,8 +28,6 @@ namespace CompressOnBuild.Core.Passes;
 /// </summary>
 public static class Int8DynamicQuantizer
 {
-    public const string MicrosoftDomain = "com.microsoft";
-
     public const string QuantizedOpType = "DynamicQuantizeMatMul";
 
     private static readonly HashSet<string> QuantizedOps = new(StringComparer.Ordinal)
@@ -67,8 +65,9 @@ public static class Int8DynamicQuantizer
         }
 
         // Weights behind Reshape/Transpose/... of initializers become plain initializers first (see PassGraph).
-        int folded = new PassGraph(model).FoldConstantShapeOps(modelDisplayName);
-        var rewriter = new Rewriter(model, options, modelDisplayName);
+        var graph = new PassGraph(model);
+        int folded = graph.FoldConstantShapeOps(modelDisplayName);
+        var rewriter = new Rewriter(graph, options, modelDisplayName);
         rewriter.Run();
         if (rewriter.Quantized.Count > 0)
         {
@@ -123,29 +122,11 @@ public static class Int8DynamicQuantizer
     private static bool IsQuantizedOp(string opType) =>
         QuantizedOps.Contains(opType) || opType.StartsWith("QLinear", StringComparison.Ordinal) || opType.StartsWith("QOrdered", StringComparison.Ordinal);
 
-    public static string Label(NodeProto node) =>
-        node.Name.Length > 0 ? node.Name : node.Output.Count > 0 ? node.Output[0] : node.OpType;
-
-    /// <summary>A constant float matrix feeding a MatMul/Gemm, and the nodes that computed it from initializers.</summary>
-    private sealed class ConstantValue
-    {
-        public required TensorProto Tensor { get; init; }
-
-        public required long[] Dims { get; init; }
-
-        /// <summary>Initializer or Constant node the data came from.</summary>
-        public required string SourceName { get; init; }
-
-        public List<NodeProto> Chain { get; } = [];
-
-        public List<string> ChainInputs { get; } = [];
-    }
-
     private sealed class Candidate
     {
         public required NodeProto Node { get; init; }
 
-        public required ConstantValue Weight { get; init; }
+        public required ResolvedConstant Weight { get; init; }
 
         public bool TransA { get; init; }
 
@@ -158,26 +139,10 @@ public static class Int8DynamicQuantizer
         public bool IsConv { get; init; }
     }
 
-    /// <summary>
-    /// Default-domain operators whose schema from opset 7 to 11 only gained optional inputs/attributes, negative axes
-    /// or types, so a model using them may have its opset raised to 11 for DynamicQuantizeLinear. Ops that changed
-    /// meaning in that span (Slice, Pad, Clip, Upsample/Resize, TopK, Dropout, Scan, ...) are deliberately absent.
-    /// </summary>
-    private static readonly HashSet<string> SameMeaningUpToOpset11 = new(StringComparer.Ordinal)
+    private sealed class Rewriter(PassGraph g, QuantizationOptions options, string displayName)
     {
-        "Conv", "Relu", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Add", "Sub", "Mul", "Div",
-        "Reshape", "Flatten", "Gemm", "MatMul", "Transpose", "Concat", "Softmax", "LogSoftmax", "Sigmoid", "Tanh",
-        "LeakyRelu", "Identity", "Constant", "Squeeze", "Unsqueeze", "Sum", "Exp", "Log", "Sqrt", "Abs", "Neg",
-        "Shape", "Gather", "Cast", "BatchNormalization", "Max", "Min", "Floor", "Ceil", "Elu", "Selu", "PRelu",
-    };
-
-    private sealed class Rewriter(ModelProto model, QuantizationOptions options, string displayName)
-    {
-        private readonly GraphProto _graph = model.Graph;
-        private readonly Dictionary<string, TensorProto> _initializers = new(StringComparer.Ordinal);
-        private readonly HashSet<string> _graphInputs = new(StringComparer.Ordinal);
-        private readonly Dictionary<string, NodeProto> _producers = new(StringComparer.Ordinal);
-        private readonly HashSet<string> _names = new(StringComparer.Ordinal);
+        private readonly ModelProto model = g.Model;
+        private readonly GraphProto _graph = g.Graph;
         private readonly HashSet<string> _touchedInitializers = new(StringComparer.Ordinal);
         private readonly List<NodeProto> _touchedNodes = [];
         private readonly Dictionary<string, (string Quantized, string Scale, string ZeroPoint, int K, int N)> _done = new(StringComparer.Ordinal);
@@ -200,33 +165,6 @@ public static class Int8DynamicQuantizer
         public void Run()
         {
             _ = Levels; // reject an unknown encoding before touching anything
-            foreach (TensorProto t in _graph.Initializer)
-            {
-                _initializers[t.Name] = t;
-                _names.Add(t.Name);
-            }
-            foreach (ValueInfoProto v in _graph.Input)
-            {
-                _graphInputs.Add(v.Name);
-                _names.Add(v.Name);
-            }
-            foreach (NodeProto n in _graph.Node)
-            {
-                foreach (string o in n.Output)
-                {
-                    _producers[o] = n;
-                    _names.Add(o);
-                }
-                _names.Add(n.Name);
-            }
-            foreach ((GraphProto g, _) in ModelWalker.Graphs(model))
-            {
-                foreach (NodeProto n in g.Node)
-                {
-                    _names.UnionWith(n.Output);
-                }
-            }
-
             _convBlocked = options.QuantizeConv ? ConvBlockedReason() : null;
             List<Candidate> candidates = FindCandidates();
             RejectSharedWeights(candidates);
@@ -246,13 +184,14 @@ public static class Int8DynamicQuantizer
                     Rewrite(c);
                 }
             }
+            g.Commit();
             if (Quantized.Count > 0)
             {
                 RemoveUnused();
             }
             if (Quantized.Any(q => q.OpType != "Conv"))
             {
-                EnsureOpset(MicrosoftDomain, 1);
+                EnsureOpset(OnnxNames.MicrosoftDomain, 1);
             }
             if (_convQuantized)
             {
@@ -264,15 +203,15 @@ public static class Int8DynamicQuantizer
         {
             var result = new List<Candidate>();
             var excluded = new HashSet<string>(options.ExcludedNodes, StringComparer.Ordinal);
-            foreach ((GraphProto g, int depth) in ModelWalker.Graphs(model))
+            foreach ((GraphProto sub, int depth) in ModelWalker.Graphs(model))
             {
                 if (depth == 0)
                 {
                     continue;
                 }
-                foreach (NodeProto n in g.Node.Where(n => n.OpType is "MatMul" or "Gemm" or "Conv" && ModelChecker.NormalizeDomain(n.Domain).Length == 0))
+                foreach (NodeProto n in sub.Node.Where(n => n.OpType is "MatMul" or "Gemm" or "Conv" && OnnxNames.IsDefaultDomain(n)))
                 {
-                    Skipped.Add(new SkippedNode(Label(n), n.OpType, $"it is inside the subgraph '{g.Name}'; only the main graph is quantized"));
+                    Skipped.Add(new SkippedNode(Label(n), n.OpType, $"it is inside the subgraph '{sub.Name}'; only the main graph is quantized"));
                 }
             }
             foreach (NodeProto node in _graph.Node)
@@ -300,7 +239,7 @@ public static class Int8DynamicQuantizer
                     }
                     continue;
                 }
-                if (!TryResolveConstant(node.Input[1], out ConstantValue? weight, out string? why))
+                if (!TryResolveConstant(node.Input[1], out ResolvedConstant? weight, out string? why))
                 {
                     Skip(why!);
                     continue;
@@ -351,7 +290,7 @@ public static class Int8DynamicQuantizer
                 skip("Conv quantization is turned off in the options");
                 return null;
             }
-            if (!TryResolveConstant(node.Input[1], out ConstantValue? weight, out string? why))
+            if (!TryResolveConstant(node.Input[1], out ResolvedConstant? weight, out string? why))
             {
                 skip(why!);
                 return null;
@@ -379,7 +318,7 @@ public static class Int8DynamicQuantizer
             }
             if (node.Input.Count > 2 && node.Input[2].Length > 0)
             {
-                if (!TryResolveConstant(node.Input[2], out ConstantValue? bias, out _)
+                if (!TryResolveConstant(node.Input[2], out ResolvedConstant? bias, out _)
                     || bias!.Tensor.DataType != (int)TensorProto.Types.DataType.Float
                     || bias.Dims.Aggregate(1L, (a, b) => a * b) != weight.Dims[0])
                 {
@@ -391,52 +330,17 @@ public static class Int8DynamicQuantizer
         }
 
         /// <summary>Null when Conv can use opset-11 DynamicQuantizeLinear; otherwise why not.</summary>
-        private string? ConvBlockedReason()
-        {
-            OperatorSetIdProto? onnx = model.OpsetImport.FirstOrDefault(o => ModelChecker.NormalizeDomain(o.Domain).Length == 0);
-            long version = onnx?.Version ?? 0;
-            if (version >= 11)
-            {
-                return null;
-            }
-            foreach ((GraphProto g, _) in ModelWalker.Graphs(model))
-            {
-                foreach (NodeProto n in g.Node)
-                {
-                    if (ModelChecker.NormalizeDomain(n.Domain).Length == 0
-                        && (!SameMeaningUpToOpset11.Contains(n.OpType) || (n.OpType == "BatchNormalization" && version < 9)))
-                    {
-                        return $"Conv needs default opset 11 (DynamicQuantizeLinear), the model has {version}, and raising it could change what its {n.OpType} nodes mean";
-                    }
-                }
-            }
-            if (model.Functions.Count > 0)
-            {
-                return $"Conv needs default opset 11 (DynamicQuantizeLinear), the model has {version}, and it defines functions whose operators would change version too";
-            }
-            return null;
-        }
+        private string? ConvBlockedReason() => OpsetChanges.BlockingReason(model, 11, "Conv needs default opset 11 (DynamicQuantizeLinear)");
 
         /// <summary>A weight shared with anything that stays float would be stored twice; keep those nodes float.</summary>
         private void RejectSharedWeights(List<Candidate> candidates)
         {
             var quantizable = candidates.ToLookup(c => c.Node.Input[1], StringComparer.Ordinal);
-            var mainUses = new Dictionary<string, List<(NodeProto Node, int Index)>>(StringComparer.Ordinal);
-            foreach (NodeProto n in _graph.Node)
-            {
-                for (int i = 0; i < n.Input.Count; i++)
-                {
-                    if (n.Input[i].Length > 0)
-                    {
-                        (mainUses.TryGetValue(n.Input[i], out var list) ? list : mainUses[n.Input[i]] = []).Add((n, i));
-                    }
-                }
-            }
-            HashSet<string> outerUses = OuterUses();
+            HashSet<string> outerUses = g.Outer;
             var rejected = new HashSet<Candidate>();
             foreach (IGrouping<string, Candidate> group in quantizable)
             {
-                ConstantValue w = group.First().Weight;
+                ResolvedConstant w = group.First().Weight;
                 var checkedNames = new List<string> { group.Key };
                 checkedNames.AddRange(w.ChainInputs);
                 checkedNames.Add(w.SourceName);
@@ -448,7 +352,7 @@ public static class Int8DynamicQuantizer
                         conflict = $"weight '{name}' is also a graph output or used inside a subgraph";
                         break;
                     }
-                    foreach ((NodeProto user, int index) in mainUses.GetValueOrDefault(name) ?? [])
+                    foreach ((NodeProto user, int index) in g.Consumers(name).SelectMany(u => u.Input.Select((input, i) => (u, input, i))).Where(x => x.input == name).Select(x => (x.u, x.i)))
                     {
                         bool ok = name == group.Key
                             ? index == 1 && group.Any(c => ReferenceEquals(c.Node, user))
@@ -476,7 +380,7 @@ public static class Int8DynamicQuantizer
             candidates.RemoveAll(rejected.Contains);
         }
 
-        private void ThrowIfNotFinite(ConstantValue w)
+        private void ThrowIfNotFinite(ResolvedConstant w)
         {
             if (!TensorStats.AllFinite(Floats(w.Tensor)))
             {
@@ -484,69 +388,7 @@ public static class Int8DynamicQuantizer
             }
         }
 
-        private HashSet<string> OuterUses() => PassGraph.OuterUses(model);
-
-        private bool TryResolveConstant(string name, out ConstantValue? value, out string? why)
-        {
-            value = null;
-            why = null;
-            if (_initializers.TryGetValue(name, out TensorProto? init))
-            {
-                // Before IR 4 every initializer had to be listed as a graph input too, so there that listing does
-                // not make it a run-time input; from IR 4 on it does (the initializer is only a default).
-                if (_graphInputs.Contains(name) && model.IrVersion >= 4)
-                {
-                    why = $"weight '{name}' is also a graph input, so callers can replace it at run time";
-                    return false;
-                }
-                value = new ConstantValue { Tensor = init, Dims = [.. init.Dims], SourceName = name };
-                return true;
-            }
-            if (!_producers.TryGetValue(name, out NodeProto? producer))
-            {
-                why = $"weight '{name}' is not a constant";
-                return false;
-            }
-            string domain = ModelChecker.NormalizeDomain(producer.Domain);
-            if (domain.Length == 0 && producer.OpType == "Constant")
-            {
-                AttributeProto? attr = producer.Attribute.FirstOrDefault(a => a.Name == "value" && a.T != null);
-                if (attr == null)
-                {
-                    why = $"weight '{name}' comes from a Constant without a tensor value";
-                    return false;
-                }
-                value = new ConstantValue { Tensor = attr.T, Dims = [.. attr.T.Dims], SourceName = name };
-                value.Chain.Add(producer);
-                return true;
-            }
-            if (domain.Length == 0 && producer.OpType == "Reshape" && producer.Input.Count == 2
-                && TryResolveConstant(producer.Input[0], out ConstantValue? data, out why)
-                && TryResolveConstant(producer.Input[1], out ConstantValue? shape, out why))
-            {
-                if (shape!.Tensor.DataType != (int)TensorProto.Types.DataType.Int64)
-                {
-                    why = $"weight '{name}' is reshaped with a non-int64 shape";
-                    return false;
-                }
-                long[]? dims = PassGraph.ReshapeDims(data!.Dims, Int64s(shape.Tensor), PassGraph.IntAttr(producer, "allowzero", 0) != 0);
-                if (dims == null)
-                {
-                    why = $"weight '{name}' comes from a Reshape whose shape does not fit its data";
-                    return false;
-                }
-                value = new ConstantValue { Tensor = data.Tensor, Dims = dims, SourceName = data.SourceName };
-                value.Chain.AddRange(data.Chain);
-                value.Chain.AddRange(shape.Chain);
-                value.Chain.Add(producer);
-                value.ChainInputs.AddRange(data.ChainInputs);
-                value.ChainInputs.AddRange(shape.ChainInputs);
-                value.ChainInputs.AddRange(producer.Input);
-                return true;
-            }
-            why ??= $"weight '{name}' is computed at run time by {producer.OpType} '{Label(producer)}'";
-            return false;
-        }
+        private bool TryResolveConstant(string name, out ResolvedConstant? value, out string? why) => g.TryResolveConstant(name, displayName, out value, out why);
 
         private void Rewrite(Candidate c)
         {
@@ -563,7 +405,6 @@ public static class Int8DynamicQuantizer
             }
             float maxError = _weightErrors[key];
 
-            int index = _graph.Node.IndexOf(node);
             var inserted = new List<NodeProto>();
             string a = node.Input[0];
             if (c.TransA)
@@ -577,7 +418,7 @@ public static class Int8DynamicQuantizer
                 a = transposed;
             }
 
-            var q = new NodeProto { OpType = QuantizedOpType, Domain = MicrosoftDomain, Name = node.Name.Length > 0 ? node.Name : Unique(Label(node) + "_quant") };
+            var q = new NodeProto { OpType = QuantizedOpType, Domain = OnnxNames.MicrosoftDomain, Name = node.Name.Length > 0 ? node.Name : Unique(Label(node) + "_quant") };
             q.Input.Add(a);
             q.Input.Add(stored.Quantized);
             q.Input.Add(stored.Scale);
@@ -621,7 +462,7 @@ public static class Int8DynamicQuantizer
                 FoldBiasAdd(node, q, n);
             }
 
-            ReplaceNode(index, inserted);
+            g.Replace(node, inserted);
             Touch(weightName, c.Weight);
             Quantized.Add(new QuantizedNode(Label(node), node.OpType, weightName, k, n, maxError));
         }
@@ -635,11 +476,11 @@ public static class Int8DynamicQuantizer
         private void FoldBiasAdd(NodeProto matmul, NodeProto quantized, int n)
         {
             string y = matmul.Output[0];
-            if (OuterUses().Contains(y))
+            if (g.Outer.Contains(y))
             {
                 return;
             }
-            List<NodeProto> users = _graph.Node.Where(x => x.Input.Contains(y)).ToList();
+            IReadOnlyList<NodeProto> users = g.Consumers(y);
             if (users.Count != 1)
             {
                 return;
@@ -650,7 +491,7 @@ public static class Int8DynamicQuantizer
                 return;
             }
             string other = add.Input[0] == y ? add.Input[1] : add.Input[0];
-            if (!TryResolveConstant(other, out ConstantValue? cv, out _) || cv!.Tensor.DataType != (int)TensorProto.Types.DataType.Float)
+            if (!TryResolveConstant(other, out ResolvedConstant? cv, out _) || cv!.Tensor.DataType != (int)TensorProto.Types.DataType.Float)
             {
                 return;
             }
@@ -666,8 +507,8 @@ public static class Int8DynamicQuantizer
             QuantizedWeightBytes += (long)n * 4;
             quantized.Input.Add(bias);
             quantized.Output[0] = add.Output[0];
-            _graph.Node.Remove(add);
-            RemoveValueInfo(y);
+            g.RemoveNode(add);
+            g.DropValueInfo(y);
             _touchedInitializers.Add(other);
             _touchedInitializers.Add(cv.SourceName);
             _touchedInitializers.UnionWith(cv.ChainInputs);
@@ -677,18 +518,18 @@ public static class Int8DynamicQuantizer
         /// <summary>The rank of a value when the graph states it (input/value_info shape, Reshape to a constant shape, Flatten); else -1.</summary>
         private int KnownRank(string name)
         {
-            ValueInfoProto? info = _graph.Input.Concat(_graph.ValueInfo).FirstOrDefault(v => v.Name == name);
+            ValueInfoProto? info = g.ValueInfoOf(name);
             if (info?.Type?.TensorType?.Shape is { } shape)
             {
                 return shape.Dim.Count;
             }
-            if (_producers.TryGetValue(name, out NodeProto? producer) && ModelChecker.NormalizeDomain(producer.Domain).Length == 0)
+            if (g.Producers.TryGetValue(name, out NodeProto? producer) && OnnxNames.IsDefaultDomain(producer))
             {
                 if (producer.OpType == "Flatten")
                 {
                     return 2;
                 }
-                if (producer.OpType == "Reshape" && producer.Input.Count == 2 && TryResolveConstant(producer.Input[1], out ConstantValue? s, out _))
+                if (producer.OpType == "Reshape" && producer.Input.Count == 2 && TryResolveConstant(producer.Input[1], out ResolvedConstant? s, out _))
                 {
                     return (int)s!.Dims.Aggregate(1L, (a, b) => a * b);
                 }
@@ -850,7 +691,7 @@ public static class Int8DynamicQuantizer
 
             if (hasBias)
             {
-                TryResolveConstant(node.Input[2], out ConstantValue? bias, out _);
+                TryResolveConstant(node.Input[2], out ResolvedConstant? bias, out _);
                 string biasName = Unique(node.Input[2] + "_channels");
                 AddInitializer(TensorUtil.FromFloats(biasName, Floats(bias!.Tensor), channelShape));
                 QuantizedWeightBytes += (long)m * 4;
@@ -862,8 +703,7 @@ public static class Int8DynamicQuantizer
                 Touch(node.Input[2], bias);
             }
 
-            int index = _graph.Node.IndexOf(node);
-            ReplaceNode(index, inserted);
+            g.Replace(node, inserted);
             Touch(weightName, c.Weight);
             _convQuantized = true;
             Quantized.Add(new QuantizedNode(label, "Conv", weightName, perChannel, m, _convErrors[weightName]));
@@ -876,7 +716,7 @@ public static class Int8DynamicQuantizer
         private bool TryBias(string cName, float beta, int n, out string? bias)
         {
             bias = null;
-            if (!TryResolveConstant(cName, out ConstantValue? cv, out _) || cv!.Tensor.DataType != (int)TensorProto.Types.DataType.Float)
+            if (!TryResolveConstant(cName, out ResolvedConstant? cv, out _) || cv!.Tensor.DataType != (int)TensorProto.Types.DataType.Float)
             {
                 return false;
             }
@@ -898,18 +738,8 @@ public static class Int8DynamicQuantizer
             return true;
         }
 
-        /// <summary>Replaces the node at <paramref name="index"/> with <paramref name="inserted"/>, in order.</summary>
-        private void ReplaceNode(int index, List<NodeProto> inserted)
-        {
-            _graph.Node.RemoveAt(index);
-            for (int i = 0; i < inserted.Count; i++)
-            {
-                _graph.Node.Insert(index + i, inserted[i]);
-            }
-        }
-
         /// <summary>Marks the constant read as <paramref name="name"/> and what computed it for removal once unused.</summary>
-        private void Touch(string name, ConstantValue value)
+        private void Touch(string name, ResolvedConstant value)
         {
             _touchedNodes.AddRange(value.Chain);
             _touchedInitializers.Add(value.SourceName);
@@ -917,91 +747,44 @@ public static class Int8DynamicQuantizer
             _touchedInitializers.Add(name);
         }
 
-        /// <summary>Drops the float weights, Constant/Reshape nodes and value_info that nothing uses any more.</summary>
+        /// <summary>Drops the float weights, Constant/Reshape nodes and value_info that nothing uses any more (one pass over the graph per level of the chains that computed them).</summary>
         private void RemoveUnused()
         {
+            var pending = new HashSet<NodeProto>(_touchedNodes, ReferenceEqualityComparer.Instance);
             bool changed = true;
             while (changed)
             {
                 changed = false;
-                HashSet<string> used = OuterUses();
-                foreach (NodeProto n in _graph.Node)
+                HashSet<string> used = g.OuterUses();
+                used.UnionWith(g.NodeInputs());
+                foreach (NodeProto n in pending.Where(n => !n.Output.Any(used.Contains)).ToList())
                 {
-                    used.UnionWith(n.Input);
-                }
-                foreach (NodeProto n in _touchedNodes.ToList())
-                {
-                    if (_graph.Node.Contains(n) && !n.Output.Any(used.Contains))
+                    pending.Remove(n);
+                    if (g.Producers.TryGetValue(n.Output[0], out NodeProto? p) && ReferenceEquals(p, n))
                     {
-                        _graph.Node.Remove(n);
+                        g.RemoveNode(n);
                         foreach (string o in n.Output)
                         {
-                            RemoveValueInfo(o);
+                            g.DropValueInfo(o);
                         }
                         changed = true;
                     }
                 }
-                for (int i = _graph.Initializer.Count - 1; i >= 0; i--)
-                {
-                    string name = _graph.Initializer[i].Name;
-                    if (_touchedInitializers.Contains(name) && !used.Contains(name) && (!_graphInputs.Contains(name) || model.IrVersion < 4))
-                    {
-                        _graph.Initializer.RemoveAt(i);
-                        RemoveValueInfo(name);
-                        for (int j = _graph.Input.Count - 1; j >= 0; j--)
-                        {
-                            if (_graph.Input[j].Name == name)
-                            {
-                                _graph.Input.RemoveAt(j);
-                            }
-                        }
-                        changed = true;
-                    }
-                }
+                g.Commit();
+                var unused = _touchedInitializers.Where(name => g.Initializers.ContainsKey(name) && !used.Contains(name) && g.IsConstantInitializer(name)).ToHashSet(StringComparer.Ordinal);
+                g.RemoveInitializers(unused);
+                changed |= unused.Count > 0;
             }
         }
 
-        private void RemoveValueInfo(string name) => PassGraph.RemoveValueInfo(_graph, name);
+        private void EnsureOpset(string domain, long version) => g.EnsureOpset(domain, version);
 
-        private void EnsureOpset(string domain, long version) => PassGraph.EnsureOpset(model, domain, version);
+        private void AddInitializer(TensorProto t) => g.AddInitializer(t);
 
-        private void AddInitializer(TensorProto t)
-        {
-            _graph.Initializer.Add(t);
-            _initializers[t.Name] = t;
-            if (model.IrVersion < 4)
-            {
-                // IR 3 wants every initializer declared as a graph input as well.
-                _graph.Input.Add(PassGraph.ValueInfo(t.Name, t.DataType, t.Dims));
-                _graphInputs.Add(t.Name);
-            }
-        }
+        private string Unique(string name) => g.Unique(name);
 
-        private string Unique(string name) => PassGraph.Unique(_names, name);
+        private float[] Floats(TensorProto t) => PassGraph.Floats(t, displayName);
 
-        /// <summary>Tensor data, or CMPR0103 naming the model and tensor when it cannot be read (external data not loaded, wrong length).</summary>
-        private float[] Floats(TensorProto t)
-        {
-            try
-            {
-                return TensorUtil.ToFloatArray(t);
-            }
-            catch (Exception e) when (e is InvalidDataException or InvalidOperationException)
-            {
-                throw new CompressException(e, DiagnosticCodes.ModelInvalid, displayName, e.Message) { File = displayName };
-            }
-        }
-
-        private long[] Int64s(TensorProto t)
-        {
-            try
-            {
-                return TensorUtil.ToInt64Array(t);
-            }
-            catch (Exception e) when (e is InvalidDataException or InvalidOperationException)
-            {
-                throw new CompressException(e, DiagnosticCodes.ModelInvalid, displayName, e.Message) { File = displayName };
-            }
-        }
+        private static string Label(NodeProto node) => OnnxNames.Label(node);
     }
 }

@@ -33,15 +33,6 @@ public static class Int8StaticQuantizer
     /// <summary>With zero point 0, Relu is max(q, 0) on the quantized values: it keeps its input's parameters too.</summary>
     private static readonly HashSet<string> Int8Passthrough = new(UInt8Passthrough, StringComparer.Ordinal) { "Relu" };
 
-    /// <summary>Default-domain ops whose meaning is unchanged from opset 7 to 13 (so a model can be raised to 13).</summary>
-    private static readonly HashSet<string> SameMeaningUpToOpset13 = new(StringComparer.Ordinal)
-    {
-        "Conv", "Relu", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Add", "Sub", "Mul", "Div",
-        "Reshape", "Flatten", "Gemm", "MatMul", "Transpose", "Concat", "Sigmoid", "Tanh", "LeakyRelu", "Identity",
-        "Constant", "Sum", "Exp", "Log", "Sqrt", "Abs", "Neg", "Shape", "Gather", "Cast", "Max", "Min", "Floor", "Ceil",
-        "Elu", "Selu", "PRelu", "BatchNormalization",
-    };
-
     /// <summary>The tensors whose ranges <see cref="Apply"/> needs: activation inputs and results of the nodes it would quantize.</summary>
     public static IReadOnlyList<string> TensorsToCalibrate(ModelProto model, Int8StaticOptions options)
     {
@@ -208,14 +199,14 @@ public static class Int8StaticQuantizer
                 throw new CompressException(DiagnosticCodes.InvalidOption, displayName, "ActivationType", options.ActivationType, "use UInt8 or Int8");
             }
             long opset = g.OnnxOpset;
-            string? raiseBlocked = RaiseBlockedReason(opset);
+            string? raiseBlocked = RaiseBlockedReason();
             PerChannel = options.PerChannel && (opset >= 13 || raiseBlocked == null);
             _perTensorAllowed = opset >= 10 || raiseBlocked == null;
             if (!_perTensorAllowed)
             {
                 foreach (NodeProto n in g.Graph.Node.Where(n => n.OpType is "Conv" or "MatMul" or "Gemm"))
                 {
-                    Skipped.Add(new SkippedNode(Int8DynamicQuantizer.Label(n), n.OpType, raiseBlocked!));
+                    Skipped.Add(new SkippedNode(OnnxNames.Label(n), n.OpType, raiseBlocked!));
                 }
                 return;
             }
@@ -294,28 +285,7 @@ public static class Int8StaticQuantizer
             }
         }
 
-        private string? RaiseBlockedReason(long opset)
-        {
-            if (opset >= 13)
-            {
-                return null;
-            }
-            foreach ((GraphProto graph, _) in ModelWalker.Graphs(g.Model))
-            {
-                foreach (NodeProto n in graph.Node)
-                {
-                    if (ModelChecker.NormalizeDomain(n.Domain).Length == 0 && !SameMeaningUpToOpset13.Contains(n.OpType))
-                    {
-                        return $"per-channel QDQ needs default opset 13, the model has {opset}, and raising it could change what its {n.OpType} nodes mean";
-                    }
-                    if (n.OpType == "BatchNormalization" && ModelChecker.NormalizeDomain(n.Domain).Length == 0 && PassGraph.IntAttr(n, "spatial", 1) != 1)
-                    {
-                        return $"per-channel QDQ needs default opset 13, the model has {opset}, and its BatchNormalization '{Int8DynamicQuantizer.Label(n)}' uses spatial=0, which opset 9 removed";
-                    }
-                }
-            }
-            return g.Model.Functions.Count > 0 ? $"the model has opset {opset} and defines functions whose operators would change version too" : null;
-        }
+        private string? RaiseBlockedReason() => OpsetChanges.BlockingReason(g.Model, 13, "per-channel QDQ needs default opset 13");
 
         private void BuildConsumers()
         {
@@ -391,7 +361,7 @@ public static class Int8StaticQuantizer
                 {
                     bias[i] += addend[i];
                 }
-                string biasName = g.Unique(Int8DynamicQuantizer.Label(conv) + "_folded_bias");
+                string biasName = g.Unique(OnnxNames.Label(conv) + "_folded_bias");
                 g.AddInitializer(TensorUtil.FromFloats(biasName, bias, m));
                 while (conv.Input.Count < 3)
                 {
@@ -399,7 +369,7 @@ public static class Int8StaticQuantizer
                 }
                 conv.Input[2] = biasName;
                 // An unnamed node is labelled by its first output: keep the Conv's label (exclusions name it so).
-                conv.Name = Int8DynamicQuantizer.Label(conv);
+                conv.Name = OnnxNames.Label(conv);
                 conv.Output[0] = add.Output[0];
                 g.Producers[add.Output[0]] = conv;
                 g.RemoveValueInfo(y);
@@ -430,7 +400,7 @@ public static class Int8StaticQuantizer
             foreach (NodeProto mm in g.Graph.Node.Where(n => n.OpType == "MatMul" && ModelChecker.NormalizeDomain(n.Domain).Length == 0 && n.Input.Count == 2).ToList())
             {
                 string y = mm.Output[0];
-                if (excluded.Contains(Int8DynamicQuantizer.Label(mm)) || outer.Contains(y)
+                if (excluded.Contains(OnnxNames.Label(mm)) || outer.Contains(y)
                     || Consumers(y) is not [{ OpType: "Add" } add] || ModelChecker.NormalizeDomain(add.Domain).Length != 0 || add.Input.Count != 2 || add.Input[0] == add.Input[1]
                     || !g.TryConstantFloat(mm.Input[1], displayName, out float[] w, out long[] wDims, out _, out _) || wDims.Length != 2 || w.Length < options.MinimumWeightElements
                     || !IsMatrix(mm.Input[0]))
@@ -445,7 +415,7 @@ public static class Int8StaticQuantizer
                 }
                 // The MatMul's label (its name, or for an unnamed one its output): the Gemm takes the Add's output,
                 // whose label OpTypesToQuantize excludes, and exclusions (NodesToExclude, the tuner's) name the MatMul.
-                var gemm = new NodeProto { OpType = "Gemm", Name = Int8DynamicQuantizer.Label(mm), Domain = mm.Domain };
+                var gemm = new NodeProto { OpType = "Gemm", Name = OnnxNames.Label(mm), Domain = mm.Domain };
                 gemm.Input.Add(mm.Input[0]);
                 gemm.Input.Add(mm.Input[1]);
                 gemm.Input.Add(other);
@@ -531,7 +501,7 @@ public static class Int8StaticQuantizer
                 {
                     continue;
                 }
-                string label = Int8DynamicQuantizer.Label(node);
+                string label = OnnxNames.Label(node);
                 void Skip(string reason) => Skipped.Add(new SkippedNode(label, node.OpType, reason));
                 if (excluded.Contains(label))
                 {
@@ -652,7 +622,7 @@ public static class Int8StaticQuantizer
             {
                 if (!calibration!.Ranges.ContainsKey(c.Node.Input[0]))
                 {
-                    Skipped.Add(new SkippedNode(Int8DynamicQuantizer.Label(c.Node), c.Node.OpType, $"no calibration range for its input '{c.Node.Input[0]}'"));
+                    Skipped.Add(new SkippedNode(OnnxNames.Label(c.Node), c.Node.OpType, $"no calibration range for its input '{c.Node.Input[0]}'"));
                     continue;
                 }
                 candidates.Add(c);
@@ -746,7 +716,7 @@ public static class Int8StaticQuantizer
         private void QuantizeWeightAndBias(Candidate c, QParams x, List<NodeProto> nodes)
         {
             NodeProto node = c.Node;
-            string label = Int8DynamicQuantizer.Label(node);
+            string label = OnnxNames.Label(node);
             long[] dims = c.Dims;
             int channels = (int)dims[c.Axis];
             int inner = 1;

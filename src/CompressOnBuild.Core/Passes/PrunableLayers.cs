@@ -62,14 +62,14 @@ internal static class PrunableLayers
             }
             foreach (NodeProto n in sub.Node.Where(IsCandidateOp))
             {
-                skipped.Add(new SkippedNode(Int8DynamicQuantizer.Label(n), n.OpType, $"it is inside the subgraph '{sub.Name}'; only the main graph is pruned"));
+                skipped.Add(new SkippedNode(OnnxNames.Label(n), n.OpType, $"it is inside the subgraph '{sub.Name}'; only the main graph is pruned"));
             }
         }
         Dictionary<string, List<(NodeProto Node, int Index)>> uses = Uses(g);
         HashSet<string> outer = g.OuterUses();
         foreach (NodeProto node in g.Graph.Node.Where(n => IsCandidateOp(n) && n.Input.Count >= 2))
         {
-            string label = Int8DynamicQuantizer.Label(node);
+            string label = OnnxNames.Label(node);
             void Skip(string why) => skipped.Add(new SkippedNode(label, node.OpType, why));
             if (!everyLayer && excluded.Contains(label))
             {
@@ -97,7 +97,7 @@ internal static class PrunableLayers
                     bool ok = ReferenceEquals(user, node) ? name == w && node.Input.Count(i => i == w) == 1 : chain.Any(c => ReferenceEquals(c, user));
                     if (!ok)
                     {
-                        conflict = $"weight '{name}' is shared with {user.OpType} '{Int8DynamicQuantizer.Label(user)}'; shared weights are not pruned";
+                        conflict = $"weight '{name}' is shared with {user.OpType} '{OnnxNames.Label(user)}'; shared weights are not pruned";
                         break;
                     }
                 }

@@ -186,7 +186,7 @@ public static class StreamingQuantizer
                 WeightEncoding = int4 == null ? options.WeightEncoding : default,
                 AlreadyQuantized = already != null,
                 AlreadyQuantizedReason = already,
-                Quantized = weights.SelectMany(w => w.Users.Select(u => new QuantizedNode(Int8DynamicQuantizer.Label(u), "MatMul", w.Tensor.Name, w.K, w.N, w.MaxError))).ToList(),
+                Quantized = weights.SelectMany(w => w.Users.Select(u => new QuantizedNode(OnnxNames.Label(u), "MatMul", w.Tensor.Name, w.K, w.N, w.MaxError))).ToList(),
                 Skipped = skipped,
                 ModelBytesBefore = before,
                 ModelBytesAfter = after,
@@ -228,7 +228,7 @@ public static class StreamingQuantizer
                 {
                     for (int i = 0; i < n.Input.Count; i++)
                     {
-                        bool mainMatMulB = depth == 0 && i == 1 && n.OpType == "MatMul" && ModelChecker.NormalizeDomain(n.Domain).Length == 0 && !excluded.Contains(Int8DynamicQuantizer.Label(n));
+                        bool mainMatMulB = depth == 0 && i == 1 && n.OpType == "MatMul" && ModelChecker.NormalizeDomain(n.Domain).Length == 0 && !excluded.Contains(OnnxNames.Label(n));
                         if (!mainMatMulB)
                         {
                             otherUses.Add(n.Input[i]);
@@ -236,7 +236,7 @@ public static class StreamingQuantizer
                     }
                     if (depth > 0 && n.OpType is "MatMul" or "Gemm" or "Conv")
                     {
-                        skipped.Add(new SkippedNode(Int8DynamicQuantizer.Label(n), n.OpType, $"it is inside the subgraph '{g.Name}'; only the main graph is quantized"));
+                        skipped.Add(new SkippedNode(OnnxNames.Label(n), n.OpType, $"it is inside the subgraph '{g.Name}'; only the main graph is quantized"));
                     }
                 }
                 if (depth > 0)
@@ -251,7 +251,7 @@ public static class StreamingQuantizer
                 {
                     continue;
                 }
-                string label = Int8DynamicQuantizer.Label(node);
+                string label = OnnxNames.Label(node);
                 void Skip(string reason) => skipped.Add(new SkippedNode(label, node.OpType, reason));
                 if (node.OpType != "MatMul")
                 {
@@ -647,8 +647,8 @@ public static class StreamingQuantizer
                     var q = new NodeProto
                     {
                         OpType = Int8DynamicQuantizer.QuantizedOpType,
-                        Domain = Int8DynamicQuantizer.MicrosoftDomain,
-                        Name = node.Name.Length > 0 ? node.Name : Unique(Int8DynamicQuantizer.Label(node) + "_quant"),
+                        Domain = OnnxNames.MicrosoftDomain,
+                        Name = node.Name.Length > 0 ? node.Name : Unique(OnnxNames.Label(node) + "_quant"),
                         DocString = node.DocString,
                     };
                     q.Input.Add(node.Input[0]);
@@ -681,7 +681,7 @@ public static class StreamingQuantizer
                 }
                 foreach (NodeProto node in w.Users)
                 {
-                    string name = node.Name.Length > 0 ? node.Name : Unique(Int4WeightQuantizer.NodeBaseName(Int8DynamicQuantizer.Label(node)));
+                    string name = node.Name.Length > 0 ? node.Name : Unique(Int4WeightQuantizer.NodeBaseName(OnnxNames.Label(node)));
                     NodeProto q = Int4WeightQuantizer.MatMulNBitsNode(name, node.Input[0], w.QuantizedName, w.ScaleName, w.Int4ZeroPointName,
                         node.Output[0], w.K, w.N, int4!);
                     if (w.Int4ZeroPointName == null)
@@ -709,7 +709,7 @@ public static class StreamingQuantizer
             PassGraph.RemoveValueInfo(graph, w.Tensor.Name);
         }
 
-        private void EnsureMicrosoftOpset() => PassGraph.EnsureOpset(_model, Int8DynamicQuantizer.MicrosoftDomain, 1);
+        private void EnsureMicrosoftOpset() => PassGraph.EnsureOpset(_model, OnnxNames.MicrosoftDomain, 1);
 
         private void AddInitializer(TensorProto t)
         {
