@@ -40,7 +40,19 @@ internal static class ReportRenderers
         JsonNode? v = r["validation"];
         if (v != null)
         {
-            sb.AppendLine(string.Create(Ci, $"Validated on {v["samples"]} samples of `{Escape(v["data"]!.GetValue<string>())}` with ONNX Runtime {r["onnxRuntime"]?["version"]} ({r["onnxRuntime"]?["source"]}); mean cosine {Num(v["meanCosineSimilarity"], "0.00000")}, max abs error {Num(v["maxAbsError"], "G4")}."));
+            sb.AppendLine(string.Create(Ci, $"Validated on {v["samples"]} samples of `{Escape(v["data"]!.GetValue<string>())}` ({v["batching"]}) with ONNX Runtime {r["onnxRuntime"]?["version"]} ({r["onnxRuntime"]?["source"]}); mean cosine {Num(v["meanCosineSimilarity"], "0.00000")}, max abs error {Num(v["maxAbsError"], "G4")}."));
+            if (v["note"] is JsonNode note)
+            {
+                sb.AppendLine().AppendLine($"**Measured {Escape(note.GetValue<string>())}.**");
+            }
+        }
+        if (r["diagnostics"] is JsonArray { Count: > 0 } diagnostics)
+        {
+            sb.AppendLine();
+            foreach (JsonNode? d in diagnostics)
+            {
+                sb.AppendLine($"- {d!["severity"]} {d["code"]}: {Escape(d["message"]!.GetValue<string>())}");
+            }
         }
         if (r["tuning"] is JsonNode t)
         {
@@ -68,7 +80,7 @@ internal static class ReportRenderers
         Row(sb, "size", $"{Kb(m["sourceBytes"])} → {Kb(m["compressedBytes"])} ({Num(m["compressionRatio"], "0.00")}x smaller)");
         if (r["validation"] is JsonNode v)
         {
-            Row(sb, "validation data", $"{v["data"]} ({v["samples"]} samples)");
+            Row(sb, "validation data", $"{v["data"]} ({v["samples"]} samples, {v["batching"]}){(v["note"] is JsonNode note ? ": " + note.GetValue<string>() : "")}");
             if (v["originalAccuracy"] != null)
             {
                 Row(sb, "top-1 accuracy", $"{Num(v["originalAccuracy"], "0.00")}% → {Num(v["compressedAccuracy"], "0.00")}% (drop {Num(v["accuracyDrop"], "0.00")} points)");
@@ -90,6 +102,15 @@ internal static class ReportRenderers
             }
         }
         sb.AppendLine("</table>");
+        if (r["diagnostics"] is JsonArray { Count: > 0 } diagnostics)
+        {
+            sb.AppendLine("<h2>Diagnostics</h2><ul>");
+            foreach (JsonNode? d in diagnostics)
+            {
+                sb.AppendLine($"<li>{H(d!["severity"]?.ToString())} {H(d["code"]?.ToString())}: {H(d["message"]?.ToString())}</li>");
+            }
+            sb.AppendLine("</ul>");
+        }
 
         sb.AppendLine("<h2>Budgets</h2><table><tr><th>budget</th><th>limit</th><th>measured</th><th>result</th></tr>");
         foreach (JsonNode? b in r["budgets"]!.AsArray())

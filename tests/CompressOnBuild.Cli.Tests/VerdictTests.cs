@@ -47,10 +47,17 @@ public sealed class VerdictTests
         Assert.AreEqual("on 16 synthetic inputs: not representative of real data", v["note"]!.GetValue<string>());
         string[] w = [.. Warnings(run, "CMPR0415")];
         Assert.HasCount(warns ? 1 : 0, w, run.Output);
+        // The Markdown and HTML reports beside report.json (CI job summaries) say it too.
+        string md = File.ReadAllText(P("out.md"));
+        string html = File.ReadAllText(P("out.html"));
+        StringAssert.Contains(md, "on 16 synthetic inputs: not representative of real data");
+        StringAssert.Contains(html, "on 16 synthetic inputs: not representative of real data");
         if (warns)
         {
             StringAssert.Contains(w[0], "Pruning=" + pruning);
             StringAssert.Contains(w[0], "ValidationData");
+            StringAssert.Contains(md, "warning CMPR0415:");
+            StringAssert.Contains(html, "warning CMPR0415:");
         }
     }
 
