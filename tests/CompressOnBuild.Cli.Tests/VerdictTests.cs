@@ -120,6 +120,26 @@ public sealed class VerdictTests
     }
 
     [TestMethod]
+    public void NothingPruned_WarnsWithThePassReasons()
+    {
+        // One Gemm: it is the output layer, which pruning keeps dense, so the pass changes nothing.
+        var g = new GraphProto { Name = "one" };
+        g.Input.Add(TinyModels.FloatValue("x", "N", 32));
+        g.Output.Add(TinyModels.FloatValue("y", "N", 8));
+        g.Initializer.Add(TensorUtil.FromFloats("w", TinyModels.RandomFloats(8 * 32, 3), 8, 32));
+        g.Node.Add(TinyModels.Node("Gemm", ["x", "w"], ["y"], "only", TinyModels.IntAttr("transB", 1)));
+        string model = P("one.onnx");
+        ModelIO.Save(TinyModels.Model(g), model);
+        CliRun run = CliHarness.InProcess("compress", model, "--output", P("out.onnx"), "--report", P("out.json"),
+            "--quantization", "None", "--pruning", "Magnitude:0.5");
+        Assert.AreEqual(0, run.ExitCode, run.Output);
+        string w = Warnings(run, "CMPR0205").Single();
+        StringAssert.Contains(w, "only: no other prunable layer follows it (output layer)");
+        JsonArray skipped = JsonNode.Parse(File.ReadAllText(P("out.json")))!["pruning"]!["skippedNodes"]!.AsArray();
+        Assert.HasCount(1, skipped);
+    }
+
+    [TestMethod]
     public void Reasons_GroupLayersByReason_AndCountTheRest()
     {
         SkippedNode[] skipped =
