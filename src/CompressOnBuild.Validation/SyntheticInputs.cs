@@ -174,11 +174,11 @@ public static class SyntheticInputs
                 failures.Add($"{text}: more than {MaxElements} elements in one input, not tried");
                 continue;
             }
-            Dataset data = Build(plans, shapes, level, samples, seed);
             try
             {
-                original.Run(data.GetSample(0));
-                return new SyntheticOutcome(data, text, failures);
+                // The probe is the first sample alone (the same values the full set starts with).
+                original.Run(Build(plans, shapes, level, 1, seed).GetSample(0));
+                return new SyntheticOutcome(Build(plans, shapes, level, samples, seed), text, failures);
             }
             catch (CompressException e) when (e.Code is DiagnosticCodes.OrtRunFailed or DiagnosticCodes.SourceRejectedByOrt)
             {

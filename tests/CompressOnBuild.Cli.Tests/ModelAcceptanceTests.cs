@@ -168,6 +168,28 @@ public sealed class ModelAcceptanceTests
     }
 
     /// <summary>x[1,1,L] -> Pad(reflect, 2 each side) -> Conv(k=3): reflect padding needs L &gt;= 3.</summary>
+    /// <summary>a[1,C] feeds a MatMul with 8 rows (so C is 8); b[1,C] only a Concat with a, which needs the same C.</summary>
+    [TestMethod]
+    public void ANamedDimTheGraphFixesForOneInputHoldsForEveryInputThatNamesIt()
+    {
+        var g = new GraphProto { Name = "shared" };
+        g.Input.Add(TinyModels.FloatValue("a", 1, "C"));
+        g.Input.Add(TinyModels.FloatValue("b", 1, "C"));
+        g.Initializer.Add(Weights("w", 9, 8, 4));
+        g.Node.Add(TinyModels.Node("MatMul", ["a", "w"], ["ya"], "mm"));
+        g.Node.Add(TinyModels.Node("Concat", ["a", "b"], ["ab"], "concat", TinyModels.IntAttr("axis", 0)));
+        g.Node.Add(TinyModels.Node("MatMul", ["ab", "w"], ["yab"], "mm2"));
+        g.Output.Add(TinyModels.FloatValue("ya", 1, 4));
+        g.Output.Add(TinyModels.FloatValue("yab", 2, 4));
+        string model = Save(TinyModels.Model(g), "shared.onnx");
+
+        (CliRun run, JsonNode? report) = Compress(model);
+
+        Assert.AreEqual(0, run.ExitCode, run.Output);
+        AssertValidatedOn(report, 16);
+        StringAssert.Contains(report!["validation"]!["data"]!.GetValue<string>(), "a:1x8;b:1x8");
+    }
+
     [TestMethod]
     public void ReflectPaddingGetsASignalLongEnough()
     {
