@@ -589,7 +589,10 @@ internal sealed class AttemptContext(ItemSettings settings, ModelProto original,
         PruningSummary? pruning = null;
         if (settings.Pruning.Method != PruningMethod.None)
         {
-            pruning = Pruner.Apply(candidate, settings.Pruning with { ExcludedNodes = excluded }, settings.Model, Activations(),
+            // SparseGPT asks for one layer input at a time on the model it is pruning (sequential, and only one
+            // activation in memory): never through the shared cache of the original's activations.
+            pruning = Pruner.Apply(candidate, settings.Pruning with { ExcludedNodes = excluded }, settings.Model,
+                Activations(shared: settings.Pruning.Method != PruningMethod.SparseGpt),
                 settings.Pruning.Method == PruningMethod.Sensitivity ? Harm() : null);
         }
         // OpTypesToQuantize narrows the quantization pass only (pruning still sees every layer).

@@ -13,7 +13,7 @@ internal static class Large
 {
     private static readonly CultureInfo Ci = CultureInfo.InvariantCulture;
 
-    private const string ResNetPreprocessing = "layout=NCHW;channels=BGR;scale=1;mean=103.0626,115.9029,123.1516;std=1;resize=224;crop=224x224";
+    internal const string ResNetPreprocessing = "layout=NCHW;channels=BGR;scale=1;mean=103.0626,115.9029,123.1516;std=1;resize=224;crop=224x224";
 
     public static string Section(string corpus, string repo, string work, int sentences)
     {
@@ -81,9 +81,9 @@ internal static class Large
         return sb.ToString();
     }
 
-    private sealed record Run(JsonNode? Report, string? Output, string Text, double WallSeconds, long PeakRss, long SourceBytes, int Samples);
+    internal sealed record Run(JsonNode? Report, string? Output, string Text, double WallSeconds, long PeakRss, long SourceBytes, int Samples);
 
-    private static Run Worker(string cli, string work, string model, string name, string[] args, bool latency = true)
+    internal static Run Worker(string cli, string work, string model, string name, string[] args, bool latency = true)
     {
         string output = Path.Combine(work, name + ".onnx");
         string report = Path.Combine(work, name + ".json");
@@ -160,7 +160,7 @@ internal static class Large
     }
 
     /// <summary>256 evenly spaced crops for calibration, the rest for evaluation (symbolic links in two folders).</summary>
-    private static (string Calibration, string Evaluation, Dictionary<string, string> PhotoOf) SplitPhotos(string corpus, string work)
+    internal static (string Calibration, string Evaluation, Dictionary<string, string> PhotoOf) SplitPhotos(string corpus, string work)
     {
         string dir = Path.Combine(corpus, "datasets", "photos-224");
         string[] files = [.. Directory.GetFiles(dir, "*.jpg").Order(StringComparer.Ordinal)];
@@ -177,7 +177,7 @@ internal static class Large
         return (calibration, evaluation, photoOf);
     }
 
-    private static string LargeDir(string corpus)
+    internal static string LargeDir(string corpus)
     {
         if (Environment.GetEnvironmentVariable("CORPUS_LARGE_DIR") is { Length: > 0 } env)
         {
@@ -209,7 +209,7 @@ internal static class Large
         }
     }
 
-    private static string Cpu()
+    internal static string Cpu()
     {
         try
         {
@@ -221,5 +221,5 @@ internal static class Large
         }
     }
 
-    private static double D(JsonNode? n) => n == null ? double.NaN : double.Parse(n.ToJsonString(), NumberStyles.Float, Ci);
+    internal static double D(JsonNode? n) => n == null ? double.NaN : double.Parse(n.ToJsonString(), NumberStyles.Float, Ci);
 }

@@ -8,9 +8,10 @@ using System.Text.Json.Nodes;
 //   pruning:     pruning methods, alone and with int8 (between <!-- pruning:begin --> and <!-- pruning:end -->)
 //   large:       all-MiniLM-L6-v2 and ResNet18 (issue 18), only when asked for (between <!-- large:begin --> and <!-- large:end -->);
 //                `large:<n>` uses n evenly spaced sentences instead of all 2,000
+//   pruning-large: Magnitude vs SparseGPT (and Channels) on ResNet18 and MiniLM (issue 15), only when asked for
 // Arguments: the section names to regenerate (default: compression and pruning), e.g. `bash build/results.sh pruning`.
 var ci = CultureInfo.InvariantCulture;
-string[] known = ["compression", "pruning", "large"];
+string[] known = ["compression", "pruning", "large", "pruning-large"];
 int largeSentences = args.FirstOrDefault(a => a.StartsWith("large:", StringComparison.Ordinal)) is { } ls ? int.Parse(ls[6..], ci) : 0;
 string[] sections = args.Length == 0 ? ["compression", "pruning"] : [.. args.Select(a => a.StartsWith("large:", StringComparison.Ordinal) ? "large" : a)];
 if (sections.FirstOrDefault(a => !known.Contains(a)) is { } unknown)
@@ -59,6 +60,10 @@ if (sections.Contains("pruning"))
 if (sections.Contains("large"))
 {
     WriteSection(doc, "large", Large.Section(corpus, repo, work, largeSentences));
+}
+if (sections.Contains("pruning-large"))
+{
+    WriteSection(doc, "pruning-large", PruningLarge.Section(corpus, repo, work));
 }
 Directory.Delete(work, recursive: true);
 return 0;

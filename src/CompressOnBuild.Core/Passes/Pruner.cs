@@ -179,24 +179,20 @@ public static class Pruner
                     }
                     break;
                 case PruningMethod.SparseGpt:
-                    SparseGpt.Run(g, layers, effective, activations!, displayName, notes);
+                    SparseGpt.Run(g, layers, effective, activations!, displayName, notes, reconstructed);
                     break;
             }
             for (int i = 0; i < layers.Count; i++)
             {
                 PrunableLayer l = layers[i];
                 long after = PrunableLayers.CountNonzeros(l.Data);
-                if (after != before[i] || options.Method == PruningMethod.SparseGpt)
+                if (after != before[i])
                 {
                     PrunableLayers.SetConstant(g, l.WeightName, l.Data);
                     if (options.BiasCorrection && stats.TryGetValue(l, out FeatureStats? st) && st.CorrectBias(g, l, originals[i], displayName))
                     {
                         reconstructed.Add(l.Label);
                     }
-                }
-                if (options.Method == PruningMethod.SparseGpt)
-                {
-                    reconstructed.Add(l.Label);
                 }
                 pruned.Add(new PrunedLayer(l.Label, l.Node.OpType, l.WeightName, l.Data.Length, before[i], l.Data.Length, after, l.Outputs, l.Outputs));
             }

@@ -15,8 +15,10 @@ namespace CompressOnBuild.Core.Passes;
 /// H and are independent. Weights that are zero on input stay zero.
 /// </summary>
 /// <remarks>
-/// Each layer is solved against the original model's activations (independent per layer, as in Optimal Brain
-/// Compression), so the layers can be done in any order. Cost per layer: O(K^3) for the factorization, O(N K^2) for the
+/// Layers are solved in graph order, each on its input in the model whose earlier layers are already pruned (the
+/// activation source is asked for one tensor at a time, on the model being pruned), as SparseGPT does: later layers
+/// see and absorb the earlier layers' error. A shared (cached) activation source of the original model also works
+/// (then every layer is solved independently, as in Optimal Brain Compression). Cost per layer: O(K^3) for the factorization, O(N K^2) for the
 /// error feedback, O(m K^2) for H. Conv positions are visited kernel position by kernel position, channel by channel,
 /// so N:M groups run along the input channels at each kernel position, as <see cref="SparsityMasks.KeepNofM"/> does.
 /// </remarks>
@@ -28,11 +30,8 @@ internal static class SparseGpt
     /// <summary>At most this many im2col rows (evenly spaced over samples x positions) go into a Conv's H.</summary>
     private const int MaxConvRows = 65_536;
 
-    /// <summary>Layer inputs asked from the activation source at a time (bounds memory on large CNNs).</summary>
-    private const int NamesPerRequest = 4;
-
-    /// <summary>Prunes every layer of <paramref name="layers"/> in <see cref="PrunableLayer.Data"/>; the caller writes them back.</summary>
-    public static void Run(PassGraph g, List<PrunableLayer> layers, PruningOptions options, ActivationSource source, string displayName, List<string> notes)
+    /// <summary>Prunes every layer of <paramref name="layers"/> (<see cref="PrunableLayer.Data"/>, written back to the graph as it goes).</summary>
+    public static void Run(PassGraph g, List<PrunableLayer> layers, PruningOptions options, ActivationSource source, string displayName, List<string> notes, List<string> reconstructed)
     {
         var fallback = layers.Where(l => (l.Node.OpType == "Gemm" && PassGraph.IntAttr(l.Node, "transA", 0) != 0) || (l.Node.OpType == "Conv" && GroupCount(l) > 1)).ToList();
         foreach (PrunableLayer l in fallback)
@@ -49,35 +48,37 @@ internal static class SparseGpt
             }
             notes.Add($"'{l.Label}' ({(l.Node.OpType == "Conv" ? "grouped Conv" : "Gemm with transA")}) was pruned by magnitude, without reconstruction");
         }
-        List<PrunableLayer> usable = layers.Except(fallback).ToList();
-        List<string> names = usable.Select(l => l.Node.Input[0]).Distinct(StringComparer.Ordinal).ToList();
-        for (int start = 0; start < names.Count; start += NamesPerRequest)
+        // Graph order: each layer is solved on the inputs of the model with every earlier layer already pruned (as
+        // SparseGPT does), one input tensor at a time, so only one layer input is in memory.
+        var position = new Dictionary<NodeProto, int>(ReferenceEqualityComparer.Instance);
+        for (int i = 0; i < g.Graph.Node.Count; i++)
         {
-            List<string> part = names.Skip(start).Take(NamesPerRequest).ToList();
-            IReadOnlyDictionary<string, Activation> values = source(g.Model, part);
-            var hessians = new Dictionary<string, double[]>(StringComparer.Ordinal);
-            foreach (PrunableLayer l in usable.Where(l => part.Contains(l.Node.Input[0])))
+            position[g.Graph.Node[i]] = i;
+        }
+        List<PrunableLayer> usable = layers.Except(fallback).OrderBy(l => position[l.Node]).ToList();
+        List<string> names = usable.Select(l => l.Node.Input[0]).Distinct(StringComparer.Ordinal).ToList();
+        foreach (string name in names)
+        {
+            IReadOnlyDictionary<string, Activation> values = source(g.Model, [name]);
+            if (!values.TryGetValue(name, out Activation? a))
             {
-                string name = l.Node.Input[0];
-                if (!values.TryGetValue(name, out Activation? a))
+                throw new CompressException(DiagnosticCodes.DataShape, "calibration activations", name, "the activation source returned no values for it") { File = displayName };
+            }
+            double[]? shared = null;
+            foreach (PrunableLayer l in usable.Where(l => l.Node.Input[0] == name))
+            {
+                // Layers reading the same input (attention Q/K/V) share H.
+                double[] h = l.Node.OpType == "Conv" ? ConvHessian(l, a, name, displayName) : shared ??= MatMulHessian(l, a, name, displayName);
+                if (PruneLayer(l, h, options))
                 {
-                    throw new CompressException(DiagnosticCodes.DataShape, "calibration activations", name, "the activation source returned no values for it") { File = displayName };
+                    reconstructed.Add(l.Label);
                 }
-                double[] h;
-                if (l.Node.OpType == "Conv")
-                {
-                    h = ConvHessian(l, a, name, displayName);
-                }
-                else if (!hessians.TryGetValue(name, out h!))
-                {
-                    // Layers reading the same input (attention Q/K/V) share H.
-                    hessians[name] = h = MatMulHessian(l, a, name, displayName);
-                }
-                if (!PruneLayer(l, h, options))
+                else
                 {
                     SparsityMasks.ZeroSmallest([l.Data], (long)Math.Round(options.Sparsity * l.Data.Length));
                     notes.Add($"'{l.Label}': the input Hessian could not be factorized; pruned by magnitude, without reconstruction");
                 }
+                PrunableLayers.SetConstant(g, l.WeightName, l.Data);
             }
         }
     }

@@ -153,6 +153,24 @@ public sealed class SparseGptTests
     }
 
     [TestMethod]
+    public void Each_layer_is_solved_on_the_inputs_of_the_model_whose_earlier_layers_are_already_pruned()
+    {
+        ModelProto model = TinyModels.Mlp(inF: 32, hidden: 16, classes: 8);
+        float[] x = Correlated(128, 32, 4);
+        var asked = new List<(string Name, int ZerosOfW1)>();
+        ActivationSource source = (m, names) =>
+        {
+            asked.AddRange(names.Select(n => (n, Zeros(Weight(m, "w1")))));
+            return TestActivations.Run(m, names, x, 128, 128, b => [b, 32]);
+        };
+        PruningSummary s = Pruner.Apply(model, All("SparseGPT:0.5"), "m", source);
+        CollectionAssert.AreEqual(new[] { "x", "hr" }, asked.Select(a => a.Name).ToArray(), "one input at a time, in graph order");
+        Assert.AreEqual(0, asked[0].ZerosOfW1);
+        Assert.AreEqual(256, asked[1].ZerosOfW1, "fc2's input comes from the model with fc1 already pruned");
+        CollectionAssert.AreEqual(new[] { "fc1", "fc2" }, s.Reconstructed.ToArray());
+    }
+
+    [TestMethod]
     public void Without_calibration_data_it_is_CMPR0003_and_nothing_changes()
     {
         ModelProto model = MatMulModel();
