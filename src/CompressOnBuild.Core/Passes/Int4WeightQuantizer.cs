@@ -1,6 +1,7 @@
 using System.Globalization;
 using System.Numerics.Tensors;
 using CompressOnBuild.Core.Onnx;
+using CompressOnBuild.Core.Quantization;
 using CompressOnBuild.Kernels;
 using CompressOnBuild.Onnx;
 using DataType = CompressOnBuild.Onnx.TensorProto.Types.DataType;
@@ -213,31 +214,10 @@ public static class Int4WeightQuantizer
         return (scale, zero);
     }
 
-    private sealed class Candidate
-    {
-        public required NodeProto Node { get; init; }
-
-        public required TensorProto Weight { get; init; }
-
-        public required string WeightName { get; init; }
-
-        /// <summary>Constant node that produced the weight, if any.</summary>
-        public NodeProto? ConstantNode { get; init; }
-
-        public bool TransA { get; init; }
-
-        public bool TransB { get; init; }
-
-        public float Alpha { get; init; } = 1f;
-
-        public float Beta { get; init; } = 1f;
-    }
-
     private sealed class Rewriter(PassGraph g, Int4Options options, string displayName)
     {
         private readonly Dictionary<string, (string B, string Scales, string? ZeroPoints, int K, int N, float Error)> _done = new(StringComparer.Ordinal);
-        private readonly List<string> _replacedWeights = [];
-        private readonly List<NodeProto> _replacedConstants = [];
+        private readonly ReplacedConstants _replaced = new();
 
         public List<QuantizedNode> Quantized { get; } = [];
 
@@ -253,11 +233,10 @@ public static class Int4WeightQuantizer
 
         public void Run()
         {
-            List<Candidate> candidates = FindCandidates();
-            RejectSharedWeights(candidates);
-            foreach (Candidate c in candidates)
+            List<WeightSite> candidates = WeightSites.Find(g, displayName, OpTypes, options.ExcludedNodes, options.MinimumWeightElements, Skipped);
+            foreach (WeightSite c in candidates)
             {
-                if (!TensorStats.AllFinite(PassGraph.Floats(c.Weight, displayName)))
+                if (!TensorStats.AllFinite(PassGraph.Floats(c.Weight.Tensor, displayName)))
                 {
                     throw new CompressException(DiagnosticCodes.NonFiniteWeights, displayName, c.WeightName) { File = displayName };
                 }
@@ -268,7 +247,7 @@ public static class Int4WeightQuantizer
                 List<string> inputs = candidates.Where(c => !c.TransA).Select(c => c.Node.Input[0]).Distinct(StringComparer.Ordinal).ToList();
                 _activations = inputs.Count == 0 ? new Dictionary<string, Activation>() : options.Activations!(g.Model, inputs);
             }
-            foreach (Candidate c in candidates)
+            foreach (WeightSite c in candidates)
             {
                 Rewrite(c);
             }
@@ -277,127 +256,13 @@ public static class Int4WeightQuantizer
             {
                 return;
             }
-            HashSet<string> used = g.NodeInputs();
-            used.UnionWith(g.OuterUses());
-            foreach (NodeProto constant in _replacedConstants.Distinct().Where(c => !used.Overlaps(c.Output)))
-            {
-                g.RemoveNode(constant);
-                foreach (string o in constant.Output)
-                {
-                    g.DropValueInfo(o);
-                }
-            }
-            g.Commit();
-            g.RemoveUnusedInitializers(_replacedWeights);
+            _replaced.RemoveUnused(g);
             g.EnsureOpset(OnnxNames.MicrosoftDomain, 1);
         }
 
-        private List<Candidate> FindCandidates()
-        {
-            var result = new List<Candidate>();
-            var excluded = new HashSet<string>(options.ExcludedNodes, StringComparer.Ordinal);
-            foreach (NodeProto node in g.Graph.Node)
-            {
-                if (ModelChecker.NormalizeDomain(node.Domain).Length != 0 || node.OpType is not ("MatMul" or "Gemm") || node.Input.Count < 2)
-                {
-                    continue;
-                }
-                string label = OnnxNames.Label(node);
-                void Skip(string reason) => Skipped.Add(new SkippedNode(label, node.OpType, reason));
-                if (excluded.Contains(label))
-                {
-                    Skip("excluded by the options");
-                    continue;
-                }
-                string wName = node.Input[1];
-                TensorProto? weight = null;
-                NodeProto? constantNode = null;
-                if (g.IsConstantInitializer(wName))
-                {
-                    weight = g.Initializers[wName];
-                }
-                else if (g.Producers.TryGetValue(wName, out NodeProto? producer) && producer.OpType == "Constant"
-                    && ModelChecker.NormalizeDomain(producer.Domain).Length == 0
-                    && producer.Attribute.FirstOrDefault(a => a.Name == "value")?.T is { } t)
-                {
-                    weight = t;
-                    constantNode = producer;
-                }
-                if (weight == null)
-                {
-                    Skip(g.GraphInputs.Contains(wName) ? $"weight '{wName}' is a graph input, so callers can replace it at run time" : $"weight '{wName}' is not a constant");
-                    continue;
-                }
-                if (weight.DataType != (int)DataType.Float)
-                {
-                    Skip($"weight '{wName}' is {TensorUtil.DataTypeName(weight.DataType)}, not float32");
-                    continue;
-                }
-                if (weight.Dims.Count != 2)
-                {
-                    Skip($"weight '{wName}' has rank {weight.Dims.Count}; only 2-D weights are quantized");
-                    continue;
-                }
-                long elements = weight.Dims[0] * weight.Dims[1];
-                if (elements < options.MinimumWeightElements || elements == 0 || elements > int.MaxValue / 2)
-                {
-                    Skip($"weight '{wName}' has {elements} elements, outside the range this pass quantizes (minimum {options.MinimumWeightElements})");
-                    continue;
-                }
-                bool transA = false, transB = false;
-                float alpha = 1f, beta = 1f;
-                if (node.OpType == "Gemm")
-                {
-                    transA = PassGraph.IntAttr(node, "transA", 0) != 0;
-                    transB = PassGraph.IntAttr(node, "transB", 0) != 0;
-                    alpha = PassGraph.FloatAttr(node, "alpha", 1f);
-                    beta = PassGraph.FloatAttr(node, "beta", 1f);
-                    if (!float.IsFinite(alpha) || !float.IsFinite(beta))
-                    {
-                        Skip("alpha or beta is not finite");
-                        continue;
-                    }
-                }
-                result.Add(new Candidate
-                {
-                    Node = node, Weight = weight, WeightName = wName, ConstantNode = constantNode,
-                    TransA = transA, TransB = transB, Alpha = alpha, Beta = beta,
-                });
-            }
-            return result;
-        }
+        private static readonly IReadOnlySet<string> OpTypes = new HashSet<string>(StringComparer.Ordinal) { "MatMul", "Gemm" };
 
-        /// <summary>A weight also read by something that stays float would be stored twice: keep those nodes float.</summary>
-        private void RejectSharedWeights(List<Candidate> candidates)
-        {
-            HashSet<string> outer = g.OuterUses();
-            var rejected = new HashSet<Candidate>();
-            foreach (IGrouping<string, Candidate> group in candidates.GroupBy(c => c.WeightName, StringComparer.Ordinal))
-            {
-                string? conflict = outer.Contains(group.Key) ? $"weight '{group.Key}' is also a graph output or used inside a subgraph" : null;
-                foreach (NodeProto user in g.Consumers(group.Key))
-                {
-                    for (int i = 0; i < user.Input.Count && conflict == null; i++)
-                    {
-                        if (user.Input[i] == group.Key && !(i == 1 && group.Any(c => ReferenceEquals(c.Node, user))))
-                        {
-                            conflict = $"weight '{group.Key}' is shared with {user.OpType} '{OnnxNames.Label(user)}', which stays float";
-                        }
-                    }
-                }
-                if (conflict != null)
-                {
-                    foreach (Candidate c in group)
-                    {
-                        rejected.Add(c);
-                        Skipped.Add(new SkippedNode(OnnxNames.Label(c.Node), c.Node.OpType, conflict));
-                    }
-                }
-            }
-            candidates.RemoveAll(rejected.Contains);
-        }
-
-        private void Rewrite(Candidate c)
+        private void Rewrite(WeightSite c)
         {
             NodeProto node = c.Node;
             string label = OnnxNames.Label(node);
@@ -407,7 +272,7 @@ public static class Int4WeightQuantizer
             string key = c.WeightName + (c.TransB ? "|T" : "") + "|a" + c.Alpha.ToString("R", CultureInfo.InvariantCulture);
             if (!_done.TryGetValue(key, out var stored))
             {
-                float[] data = PassGraph.Floats(c.Weight, displayName);
+                float[] data = PassGraph.Floats(c.Weight.Tensor, displayName);
                 float[] channelMajor = c.TransB ? data : PassGraph.Transpose(data, rows, cols);
                 if (c.Alpha != 1f)
                 {
@@ -476,11 +341,7 @@ public static class Int4WeightQuantizer
             }
 
             g.Replace(node, inserted);
-            _replacedWeights.Add(c.WeightName);
-            if (c.ConstantNode != null)
-            {
-                _replacedConstants.Add(c.ConstantNode);
-            }
+            _replaced.Add(c.WeightName, c.Weight);
             Quantized.Add(new QuantizedNode(label, node.OpType, c.WeightName, k, n, stored.Error));
         }
 
@@ -518,7 +379,7 @@ public static class Int4WeightQuantizer
             string bias = g.Unique(cName + "_bias");
             g.AddInitializer(TensorUtil.FromFloats(bias, values, n));
             QuantizedWeightBytes += (long)n * 4;
-            _replacedWeights.Add(cName);
+            _replaced.Add(cName);
             return bias;
         }
     }

@@ -1,6 +1,7 @@
 using System.Globalization;
 using System.Numerics.Tensors;
 using CompressOnBuild.Core.Onnx;
+using CompressOnBuild.Core.Quantization;
 using CompressOnBuild.Kernels;
 using CompressOnBuild.Onnx;
 
@@ -122,29 +123,11 @@ public static class Int8DynamicQuantizer
     private static bool IsQuantizedOp(string opType) =>
         QuantizedOps.Contains(opType) || opType.StartsWith("QLinear", StringComparison.Ordinal) || opType.StartsWith("QOrdered", StringComparison.Ordinal);
 
-    private sealed class Candidate
-    {
-        public required NodeProto Node { get; init; }
-
-        public required ResolvedConstant Weight { get; init; }
-
-        public bool TransA { get; init; }
-
-        public bool TransB { get; init; }
-
-        public float Alpha { get; init; } = 1f;
-
-        public float Beta { get; init; } = 1f;
-
-        public bool IsConv { get; init; }
-    }
-
     private sealed class Rewriter(PassGraph g, QuantizationOptions options, string displayName)
     {
         private readonly ModelProto model = g.Model;
         private readonly GraphProto _graph = g.Graph;
-        private readonly HashSet<string> _touchedInitializers = new(StringComparer.Ordinal);
-        private readonly List<NodeProto> _touchedNodes = [];
+        private readonly ReplacedConstants _replaced = new();
         private readonly Dictionary<string, (string Quantized, string Scale, string ZeroPoint, int K, int N)> _done = new(StringComparer.Ordinal);
         private readonly Dictionary<string, (string Q, string Scale, string ZeroPoint)> _dynamicQuantized = new(StringComparer.Ordinal);
         private string? _convBlocked;
@@ -166,14 +149,14 @@ public static class Int8DynamicQuantizer
         {
             _ = Levels; // reject an unknown encoding before touching anything
             _convBlocked = options.QuantizeConv ? ConvBlockedReason() : null;
-            List<Candidate> candidates = FindCandidates();
-            RejectSharedWeights(candidates);
-            foreach (Candidate c in candidates)
+            List<WeightSite> candidates = WeightSites.Find(g, displayName, OpTypes, options.ExcludedNodes,
+                options.MinimumWeightElements, Skipped, ConvWeightSite);
+            foreach (WeightSite c in candidates)
             {
                 // Every weight is checked before the graph changes, so a bad one leaves the model untouched.
                 ThrowIfNotFinite(c.Weight);
             }
-            foreach (Candidate c in candidates)
+            foreach (WeightSite c in candidates)
             {
                 if (c.IsConv)
                 {
@@ -187,7 +170,7 @@ public static class Int8DynamicQuantizer
             g.Commit();
             if (Quantized.Count > 0)
             {
-                RemoveUnused();
+                _replaced.RemoveUnused(g);
             }
             if (Quantized.Any(q => q.OpType != "Conv"))
             {
@@ -199,91 +182,9 @@ public static class Int8DynamicQuantizer
             }
         }
 
-        private List<Candidate> FindCandidates()
-        {
-            var result = new List<Candidate>();
-            var excluded = new HashSet<string>(options.ExcludedNodes, StringComparer.Ordinal);
-            foreach ((GraphProto sub, int depth) in ModelWalker.Graphs(model))
-            {
-                if (depth == 0)
-                {
-                    continue;
-                }
-                foreach (NodeProto n in sub.Node.Where(n => n.OpType is "MatMul" or "Gemm" or "Conv" && OnnxNames.IsDefaultDomain(n)))
-                {
-                    Skipped.Add(new SkippedNode(Label(n), n.OpType, $"it is inside the subgraph '{sub.Name}'; only the main graph is quantized"));
-                }
-            }
-            foreach (NodeProto node in _graph.Node)
-            {
-                if (ModelChecker.NormalizeDomain(node.Domain).Length != 0)
-                {
-                    continue;
-                }
-                if (node.OpType is not ("MatMul" or "Gemm" or "Conv") || node.Input.Count < 2)
-                {
-                    continue;
-                }
-                string label = Label(node);
-                void Skip(string reason) => Skipped.Add(new SkippedNode(label, node.OpType, reason));
-                if (excluded.Contains(label))
-                {
-                    Skip("excluded by the options");
-                    continue;
-                }
-                if (node.OpType == "Conv")
-                {
-                    if (ConvCandidate(node, Skip) is { } conv)
-                    {
-                        result.Add(conv);
-                    }
-                    continue;
-                }
-                if (!TryResolveConstant(node.Input[1], out ResolvedConstant? weight, out string? why))
-                {
-                    Skip(why!);
-                    continue;
-                }
-                if (weight!.Tensor.DataType != (int)TensorProto.Types.DataType.Float)
-                {
-                    Skip($"weight '{node.Input[1]}' is {TensorUtil.DataTypeName(weight.Tensor.DataType)}, not float32");
-                    continue;
-                }
-                if (weight.Dims.Length != 2)
-                {
-                    Skip($"weight '{node.Input[1]}' has rank {weight.Dims.Length}; only 2-D weights are quantized");
-                    continue;
-                }
-                long elements = weight.Dims[0] * weight.Dims[1];
-                if (elements < options.MinimumWeightElements || elements == 0)
-                {
-                    Skip($"weight '{node.Input[1]}' has {elements} elements, fewer than the minimum {options.MinimumWeightElements}");
-                    continue;
-                }
-                if (elements > int.MaxValue / 2)
-                {
-                    Skip($"weight '{node.Input[1]}' has {elements} elements, too many for one tensor here");
-                    continue;
-                }
-                if (node.OpType == "MatMul")
-                {
-                    result.Add(new Candidate { Node = node, Weight = weight });
-                    continue;
-                }
-                result.Add(new Candidate
-                {
-                    Node = node,
-                    Weight = weight,
-                    TransA = PassGraph.IntAttr(node, "transA", 0) != 0,
-                    TransB = PassGraph.IntAttr(node, "transB", 0) != 0,
-                    Alpha = PassGraph.FloatAttr(node, "alpha", 1f),
-                    Beta = PassGraph.FloatAttr(node, "beta", 1f),
-                });
-            }
-            return result;
-        }
+        private static readonly IReadOnlySet<string> OpTypes = new HashSet<string>(StringComparer.Ordinal) { "MatMul", "Gemm", "Conv" };
 
-        private Candidate? ConvCandidate(NodeProto node, Action<string> skip)
+        private WeightSite? ConvWeightSite(NodeProto node, Action<string> skip)
         {
             if (!options.QuantizeConv)
             {
@@ -326,59 +227,11 @@ public static class Int8DynamicQuantizer
                     return null;
                 }
             }
-            return new Candidate { Node = node, Weight = weight, IsConv = true };
+            return new WeightSite { Node = node, Weight = weight, IsConv = true };
         }
 
         /// <summary>Null when Conv can use opset-11 DynamicQuantizeLinear; otherwise why not.</summary>
         private string? ConvBlockedReason() => OpsetChanges.BlockingReason(model, 11, "Conv needs default opset 11 (DynamicQuantizeLinear)");
-
-        /// <summary>A weight shared with anything that stays float would be stored twice; keep those nodes float.</summary>
-        private void RejectSharedWeights(List<Candidate> candidates)
-        {
-            var quantizable = candidates.ToLookup(c => c.Node.Input[1], StringComparer.Ordinal);
-            HashSet<string> outerUses = g.Outer;
-            var rejected = new HashSet<Candidate>();
-            foreach (IGrouping<string, Candidate> group in quantizable)
-            {
-                ResolvedConstant w = group.First().Weight;
-                var checkedNames = new List<string> { group.Key };
-                checkedNames.AddRange(w.ChainInputs);
-                checkedNames.Add(w.SourceName);
-                string? conflict = null;
-                foreach (string name in checkedNames.Distinct(StringComparer.Ordinal))
-                {
-                    if (outerUses.Contains(name))
-                    {
-                        conflict = $"weight '{name}' is also a graph output or used inside a subgraph";
-                        break;
-                    }
-                    foreach ((NodeProto user, int index) in g.Consumers(name).SelectMany(u => u.Input.Select((input, i) => (u, input, i))).Where(x => x.input == name).Select(x => (x.u, x.i)))
-                    {
-                        bool ok = name == group.Key
-                            ? index == 1 && group.Any(c => ReferenceEquals(c.Node, user))
-                            : w.Chain.Any(c => ReferenceEquals(c, user));
-                        if (!ok)
-                        {
-                            conflict = $"weight '{name}' is shared with {user.OpType} '{Label(user)}', which stays float";
-                            break;
-                        }
-                    }
-                    if (conflict != null)
-                    {
-                        break;
-                    }
-                }
-                if (conflict != null)
-                {
-                    foreach (Candidate c in group)
-                    {
-                        rejected.Add(c);
-                        Skipped.Add(new SkippedNode(Label(c.Node), c.Node.OpType, conflict));
-                    }
-                }
-            }
-            candidates.RemoveAll(rejected.Contains);
-        }
 
         private void ThrowIfNotFinite(ResolvedConstant w)
         {
@@ -390,7 +243,7 @@ public static class Int8DynamicQuantizer
 
         private bool TryResolveConstant(string name, out ResolvedConstant? value, out string? why) => g.TryResolveConstant(name, displayName, out value, out why);
 
-        private void Rewrite(Candidate c)
+        private void Rewrite(WeightSite c)
         {
             NodeProto node = c.Node;
             string weightName = node.Input[1];
@@ -509,10 +362,7 @@ public static class Int8DynamicQuantizer
             quantized.Output[0] = add.Output[0];
             g.RemoveNode(add);
             g.DropValueInfo(y);
-            _touchedInitializers.Add(other);
-            _touchedInitializers.Add(cv.SourceName);
-            _touchedInitializers.UnionWith(cv.ChainInputs);
-            _touchedNodes.AddRange(cv.Chain);
+            Touch(other, cv);
         }
 
         /// <summary>The rank of a value when the graph states it (input/value_info shape, Reshape to a constant shape, Flatten); else -1.</summary>
@@ -541,7 +391,7 @@ public static class Int8DynamicQuantizer
         /// Quantizes one weight in channel-major order (row j of the [N, K] view is output channel j): per-channel
         /// max-abs, quantize, dequantize to measure the error; then stores it as [K, N] for DynamicQuantizeMatMul.
         /// </summary>
-        private ((string, string, string, int, int) Stored, float MaxError) QuantizeWeight(Candidate c, string weightName, int k, int n)
+        private ((string, string, string, int, int) Stored, float MaxError) QuantizeWeight(WeightSite c, string weightName, int k, int n)
         {
             float[] data = Floats(c.Weight.Tensor);
             float[] channelMajor = c.TransB ? data : PassGraph.Transpose(data, k, n);
@@ -604,7 +454,7 @@ public static class Int8DynamicQuantizer
         /// Conv -> DynamicQuantizeLinear(X) -> ConvInteger(uint8 x uint8, weight zero point 128) -> Cast(float)
         /// -> Mul(x_scale * w_scale[M, 1, ...]) [-> Add(bias[M, 1, ...])].
         /// </summary>
-        private void RewriteConv(Candidate c)
+        private void RewriteConv(WeightSite c)
         {
             NodeProto node = c.Node;
             string label = Label(node);
@@ -739,43 +589,7 @@ public static class Int8DynamicQuantizer
         }
 
         /// <summary>Marks the constant read as <paramref name="name"/> and what computed it for removal once unused.</summary>
-        private void Touch(string name, ResolvedConstant value)
-        {
-            _touchedNodes.AddRange(value.Chain);
-            _touchedInitializers.Add(value.SourceName);
-            _touchedInitializers.UnionWith(value.ChainInputs);
-            _touchedInitializers.Add(name);
-        }
-
-        /// <summary>Drops the float weights, Constant/Reshape nodes and value_info that nothing uses any more (one pass over the graph per level of the chains that computed them).</summary>
-        private void RemoveUnused()
-        {
-            var pending = new HashSet<NodeProto>(_touchedNodes, ReferenceEqualityComparer.Instance);
-            bool changed = true;
-            while (changed)
-            {
-                changed = false;
-                HashSet<string> used = g.OuterUses();
-                used.UnionWith(g.NodeInputs());
-                foreach (NodeProto n in pending.Where(n => !n.Output.Any(used.Contains)).ToList())
-                {
-                    pending.Remove(n);
-                    if (g.Producers.TryGetValue(n.Output[0], out NodeProto? p) && ReferenceEquals(p, n))
-                    {
-                        g.RemoveNode(n);
-                        foreach (string o in n.Output)
-                        {
-                            g.DropValueInfo(o);
-                        }
-                        changed = true;
-                    }
-                }
-                g.Commit();
-                var unused = _touchedInitializers.Where(name => g.Initializers.ContainsKey(name) && !used.Contains(name) && g.IsConstantInitializer(name)).ToHashSet(StringComparer.Ordinal);
-                g.RemoveInitializers(unused);
-                changed |= unused.Count > 0;
-            }
-        }
+        private void Touch(string name, ResolvedConstant value) => _replaced.Add(name, value);
 
         private void EnsureOpset(string domain, long version) => g.EnsureOpset(domain, version);
 
