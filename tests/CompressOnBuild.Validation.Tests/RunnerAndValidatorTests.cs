@@ -139,11 +139,11 @@ public sealed class RunnerAndValidatorTests
         using ModelRunner original = new(a);
         using ModelRunner compressed = new(b);
         ValidationResult r = Validator.Compare(original, compressed, data, new ValidatorOptions { LatencyRuns = 0 });
-        Assert.AreEqual(1, r.BatchSize);
-        Assert.AreEqual(agreement, r.Top1Agreement, 1e-12, "agreement");
         Assert.AreEqual(cosine, r.MeanCosineSimilarity, 1e-9, "cosine");
         Assert.AreEqual(maxAbs, r.MaxAbsError, 1e-6f, "max abs error");
+        Assert.AreEqual(agreement, r.Top1Agreement, 1e-12, "agreement");
         Assert.AreEqual(accuracy, r.CompressedAccuracy!.Value, 1e-9, "accuracy");
+        Assert.AreEqual(1, r.BatchSize);
     }
 
     [TestMethod]
@@ -166,6 +166,27 @@ public sealed class RunnerAndValidatorTests
         string b = SaveFlattenAxis0Model(dir, "b.onnx", [1, 1.2f, 0.9f, 1]);
         float[] values = TinyModels.RandomFloats(40, 23, 2f);
         Dataset data = Npy(dir, 10, values, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1);
+        AssertEqualsBatchOne(a, b, data);
+    }
+
+    [TestMethod]
+    public void Validator_DynamicInt8_ReportsWhatBatchOneGives()
+    {
+        // DynamicQuantizeLinear takes one scale per run: in a batch, every sample is quantized with the batch's range.
+        using TempDir dir = new();
+        ModelProto model = TinyModels.Mlp(inF: 16, hidden: 32, classes: 4, seed: 11);
+        string a = dir.File("float.onnx");
+        TestFiles.Save(model, a);
+        Core.Passes.Int8DynamicQuantizer.Apply(model, Core.Passes.QuantizationOptions.Default, "mlp");
+        string b = dir.File("int8.onnx");
+        TestFiles.Save(model, b);
+        // Samples of very different magnitudes, so a batch's range is far from most samples' own.
+        float[] values = TinyModels.RandomFloats(12 * 16, 29, 1f);
+        for (int i = 0; i < values.Length; i++)
+        {
+            values[i] *= 1 + 20 * (i / 16 % 3);
+        }
+        Dataset data = Npy(dir, 12, values, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3);
         AssertEqualsBatchOne(a, b, data);
     }
 
