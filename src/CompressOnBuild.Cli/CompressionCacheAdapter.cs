@@ -71,20 +71,33 @@ internal sealed class CompressionCacheAdapter(CompressionCache cache, Action<Dia
         {
             return false;
         }
-        JsonNode? outcome = JsonNode.Parse(File.ReadAllBytes(Path.Combine(dir, OutcomeFile)));
-        if (outcome == null)
+        // A verified entry whose outcome or report does not parse (written by another version, or damaged in a
+        // way its hashes cannot show) is discarded and the model compressed again, never an internal error.
+        JsonNode? outcome;
+        JsonNode? cachedReport;
+        try
         {
+            outcome = JsonNode.Parse(File.ReadAllBytes(Path.Combine(dir, OutcomeFile)));
+            cachedReport = JsonNode.Parse(File.ReadAllBytes(Path.Combine(dir, ReportFile)));
+            _ = outcome!["shipped"]!.GetValue<bool>();
+        }
+        catch (Exception e) when (e is JsonException or IOException or NullReferenceException or InvalidOperationException or FormatException)
+        {
+            outcome = null;
+            cachedReport = null;
+        }
+        if (outcome == null || cachedReport == null)
+        {
+            cache.Discard(dir);
+            warn(new Diagnostic(Severity.Warning, DiagnosticCodes.CacheEntryCorrupt, r.Settings.Model,
+                DiagnosticCodes.FormatWithoutCode(DiagnosticCodes.CacheEntryCorrupt, dir)));
             return false;
         }
         bool shipped = outcome["shipped"]!.GetValue<bool>();
         if (shipped)
         {
-            AtomicFile.Copy(Path.Combine(dir, ModelFile), outputFull);
-            string data = Path.Combine(dir, ModelFile + ".data");
-            if (File.Exists(data))
-            {
-                AtomicFile.Copy(data, outputFull + ".data");
-            }
+            // The .onnx and its data files land as one step: data under content-unique names first, the .onnx last.
+            ModelPair.Publish(Path.Combine(dir, ModelFile), outputFull, copy: true);
         }
         else
         {
@@ -92,6 +105,7 @@ internal sealed class CompressionCacheAdapter(CompressionCache cache, Action<Dia
             {
                 File.Delete(outputFull);
             }
+            ModelPair.RemoveStaleData(outputFull);
         }
         r.OriginalBytes = outcome["originalBytes"]!.GetValue<long>();
         r.CompressedBytes = outcome["compressedBytes"]!.GetValue<long>();
@@ -106,7 +120,7 @@ internal sealed class CompressionCacheAdapter(CompressionCache cache, Action<Dia
             r.Budgets.Add(new BudgetOutcome(b!["name"]!.GetValue<string>(), b["limit"]!.GetValue<double>(), b["measured"]?.GetValue<double>(),
                 b["passed"]!.GetValue<bool>(), b["unit"]!.GetValue<string>(), null));
         }
-        JsonNode report = JsonNode.Parse(File.ReadAllBytes(Path.Combine(dir, ReportFile)))!;
+        JsonNode report = cachedReport;
         report["cache"] = new JsonObject { ["key"] = key, ["hit"] = true };
         report["model"]!["source"] = r.Settings.Model;
         report["model"]!["output"] = r.Settings.Output;
@@ -126,9 +140,10 @@ internal sealed class CompressionCacheAdapter(CompressionCache cache, Action<Dia
             if (shippedOutput != null)
             {
                 File.Copy(shippedOutput, Path.Combine(dir, ModelFile));
-                if (File.Exists(shippedOutput + ".data"))
+                // Data files keep their content-unique names (the key covers the output name they derive from).
+                foreach (string data in ModelPair.DataFiles(shippedOutput))
                 {
-                    File.Copy(shippedOutput + ".data", Path.Combine(dir, ModelFile + ".data"));
+                    File.Copy(data, Path.Combine(dir, Path.GetFileName(data)));
                 }
             }
             var outcome = new JsonObject

@@ -144,14 +144,17 @@ internal static class Compressor
 
             if (result.BudgetsPassed || global.BudgetFailureIsWarning)
             {
-                Publish(chosen.Path, outputFull);
+                if (Publish(chosen.Path, outputFull))
+                {
+                    result.CompressedSha256 = Convert.ToHexStringLower(SHA256.HashData(File.ReadAllBytes(outputFull)));
+                }
                 result.Shipped = true;
             }
             else
             {
                 // A model that broke its budget must not ship, not even a stale earlier output.
                 DeleteIfExists(outputFull);
-                DeleteIfExists(outputFull + ".data");
+                ModelPair.RemoveStaleData(outputFull);
             }
         }
         finally
@@ -229,13 +232,16 @@ internal static class Compressor
                 Verdict.AddWarnings(result, candidatePath: null);
                 if (result.BudgetsPassed || global.BudgetFailureIsWarning)
                 {
-                    Publish(candidate, outputFull);
+                    if (Publish(candidate, outputFull))
+                    {
+                        result.CompressedSha256 = Convert.ToHexStringLower(SHA256.HashData(File.ReadAllBytes(outputFull)));
+                    }
                     result.Shipped = true;
                 }
                 else
                 {
                     DeleteIfExists(outputFull);
-                    DeleteIfExists(outputFull + ".data");
+                    ModelPair.RemoveStaleData(outputFull);
                 }
             }
             finally
@@ -385,11 +391,12 @@ internal static class Compressor
         }
     }
 
-    private static void Publish(string candidatePath, string outputFull)
+    /// <summary>Publishes the candidate; true when the shipped .onnx was rewritten to content-unique data names (new hash).</summary>
+    private static bool Publish(string candidatePath, string outputFull)
     {
         try
         {
-            PublishCore(candidatePath, outputFull);
+            return PublishCore(candidatePath, outputFull);
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
@@ -397,19 +404,9 @@ internal static class Compressor
         }
     }
 
-    private static void PublishCore(string candidatePath, string outputFull)
-    {
-        string data = candidatePath + ".data";
-        if (File.Exists(data))
-        {
-            File.Move(data, outputFull + ".data", overwrite: true);
-        }
-        else
-        {
-            DeleteIfExists(outputFull + ".data");
-        }
-        File.Move(candidatePath, outputFull, overwrite: true);
-    }
+    /// <summary>The .onnx and its data files as one atomic step (see <see cref="ModelPair"/>).</summary>
+    private static bool PublishCore(string candidatePath, string outputFull) =>
+        ModelPair.Publish(candidatePath, outputFull, copy: false);
 
     internal static void AddProvenance(ModelProto model, ItemSettings s, IReadOnlyList<string> excluded)
     {

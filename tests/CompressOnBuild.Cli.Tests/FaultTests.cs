@@ -85,6 +85,96 @@ public sealed class FaultTests
     }
 }
 
+/// <summary>
+/// The .onnx/.data pair under kill -9 at each moment of publishing (COMPRESSONBUILD_FAULT makes the worker kill itself
+/// there, deterministically): the output is always a complete old pair or a complete new pair.
+/// </summary>
+[TestClass]
+public sealed class PublishKillTests
+{
+    [TestMethod]
+    public void AKillAtAnyMomentOfPublishingLeavesTheOldPairOrTheNewPair()
+    {
+        string dir = Path.Combine(Path.GetTempPath(), "cob-pair-" + Guid.NewGuid().ToString("N")[..8]);
+        try
+        {
+            string modelA = SaveChain(dir, "a", 1);
+            string modelB = SaveChain(dir, "b", 2);
+            string data = StreamingPathTests.WriteNpy(dir);
+            string output = Path.Combine(dir, "out", "m.onnx");
+            Assert.AreEqual(0, Run(dir, modelA, output, data, null), "clean run A");
+            string pairA = Weights(output);
+            Assert.AreEqual(0, Run(dir, modelB, Path.Combine(dir, "ref", "m.onnx"), data, null), "clean run B");
+            string pairB = Weights(Path.Combine(dir, "ref", "m.onnx"));
+            Assert.AreNotEqual(pairA, pairB);
+
+            foreach ((string point, bool expectNew) in new[] { ("publish-data-placed", false), ("publish-committed", true) })
+            {
+                Assert.AreEqual(0, Run(dir, modelA, output, data, null), "back to pair A");
+                int code = Run(dir, modelB, output, data, point);
+                Assert.AreEqual(137, code, point + ": the worker must have been killed at the fault point");
+                Assert.AreEqual(expectNew ? pairB : pairA, Weights(output), point + ": the .onnx must read the data it was written with");
+            }
+            Assert.AreEqual(0, Run(dir, modelB, output, data, null), "a clean run after the kills");
+            Assert.AreEqual(pairB, Weights(output));
+            string[] left = Directory.GetFiles(Path.Combine(dir, "out"), "m.onnx*");
+            Assert.AreEqual(2, left.Length, "the .onnx and one data file; stale data files are removed: " + string.Join(", ", left));
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+
+    private static string SaveChain(string dir, string name, int seed)
+    {
+        var g = new CompressOnBuild.Onnx.GraphProto { Name = "chain" };
+        g.Input.Add(TinyModels.FloatValue("x", "N", 256));
+        g.Output.Add(TinyModels.FloatValue("y", "N", 64));
+        g.Initializer.Add(TensorUtil.FromFloats("w1", TinyModels.RandomFloats(256 * 128, seed, 0.1f), 256, 128));
+        g.Initializer.Add(TensorUtil.FromFloats("w2", TinyModels.RandomFloats(128 * 64, seed + 10, 0.1f), 128, 64));
+        g.Node.Add(TinyModels.Node("MatMul", ["x", "w1"], ["h"], "mm1"));
+        g.Node.Add(TinyModels.Node("MatMul", ["h", "w2"], ["y"], "mm2"));
+        string model = Path.Combine(dir, name, "m.onnx");
+        ModelIO.Save(TinyModels.Model(g), model, new ModelSaveOptions { ForceExternalData = true });
+        return model;
+    }
+
+    /// <summary>Every initializer's name and bytes as the .onnx resolves them (external data read through its locations).</summary>
+    private static string Weights(string model)
+    {
+        var sb = new System.Text.StringBuilder();
+        foreach (CompressOnBuild.Onnx.TensorProto t in ModelIO.Load(model).Graph.Initializer)
+        {
+            sb.Append(t.Name).Append(':').Append(Convert.ToHexString(System.Security.Cryptography.SHA256.HashData(TensorUtil.ToRawBytes(t)))).Append(';');
+        }
+        return sb.ToString();
+    }
+
+    private static int Run(string dir, string model, string output, string data, string? fault)
+    {
+        var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, WorkingDirectory = dir };
+        psi.Environment["COMPRESSONBUILD_STREAMING_THRESHOLD_BYTES"] = "1000";
+        if (fault != null)
+        {
+            psi.Environment["COMPRESSONBUILD_FAULT"] = fault;
+        }
+        foreach (string a in new[] { "exec", CliHarness.CliDll(), "compress", model, "--output", output, "--validation-data", data, "--min-cosine", "0.9" })
+        {
+            psi.ArgumentList.Add(a);
+        }
+        using Process p = Process.Start(psi)!;
+        Task<string> err = p.StandardError.ReadToEndAsync();
+        string text = p.StandardOutput.ReadToEnd();
+        Assert.IsTrue(p.WaitForExit(TimeSpan.FromMinutes(2)), "hang");
+        if (fault == null && p.ExitCode != 0)
+        {
+            Assert.Fail(text + err.Result);
+        }
+        return p.ExitCode;
+    }
+}
+
 [TestClass]
 public sealed class StreamingPathTests
 {
@@ -117,7 +207,10 @@ public sealed class StreamingPathTests
             string output = p.StandardOutput.ReadToEnd() + p.StandardError.ReadToEnd();
             p.WaitForExit();
             Assert.AreEqual(0, p.ExitCode, output);
-            Assert.IsTrue(File.Exists(Path.Combine(dir, "out", "big.onnx.data")), "the streaming pass writes its weights as external data");
+            IReadOnlyList<string> dataFiles = ModelPair.DataFiles(Path.Combine(dir, "out", "big.onnx"));
+            Assert.AreEqual(1, dataFiles.Count, "the streaming pass writes its weights as external data");
+            StringAssert.Matches(Path.GetFileName(dataFiles[0]), new System.Text.RegularExpressions.Regex(@"^big\.onnx\.[0-9a-f]{16}\.data$"));
+            Assert.IsTrue(File.Exists(dataFiles[0]));
             CompressOnBuild.Onnx.ModelProto q = ModelIO.Load(Path.Combine(dir, "out", "big.onnx"));
             Assert.AreEqual(2, q.Graph.Node.Count(n => n.OpType == op), output);
             var report = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(dir, "r.json")))!;
@@ -131,7 +224,7 @@ public sealed class StreamingPathTests
     }
 
     /// <summary>32 samples of 256 floats as a .npy file.</summary>
-    private static string WriteNpy(string dir)
+    internal static string WriteNpy(string dir)
     {
         string path = Path.Combine(dir, "val.npy");
         string header = "{'descr': '<f4', 'fortran_order': False, 'shape': (32, 256), }";

@@ -45,18 +45,29 @@ public sealed class CompressionCache
         return Path.Combine(Root, key[..2], key);
     }
 
-    /// <summary>The folder of a verified entry, or null (absent or corrupt: corrupt entries are removed).</summary>
+    /// <summary>
+    /// The folder of a verified entry, or null (absent or corrupt: corrupt entries are removed). Verified means: the
+    /// manifest exists, is not empty, names only plain file names, lists every file of the entry (and nothing is
+    /// missing), and each file's SHA-256 matches. An entry folder without a manifest is corrupt too (entries are
+    /// renamed into place complete, so a missing manifest is damage, not a write in progress): it is removed, so
+    /// the next store can put a complete entry there.
+    /// </summary>
     public string? TryGet(string key)
     {
         LastCorruptEntry = null;
         string dir = EntryDir(key);
-        string manifest = Path.Combine(dir, ManifestName);
-        if (!File.Exists(manifest))
+        if (!Directory.Exists(dir))
         {
             return null;
         }
+        string manifest = Path.Combine(dir, ManifestName);
         try
         {
+            if (!File.Exists(manifest))
+            {
+                throw new InvalidDataException("the manifest is missing");
+            }
+            var listed = new HashSet<string>(StringComparer.Ordinal);
             foreach (string line in File.ReadAllLines(manifest))
             {
                 int space = line.IndexOf(' ', StringComparison.Ordinal);
@@ -65,9 +76,13 @@ public sealed class CompressionCache
                     throw new InvalidDataException("malformed manifest line");
                 }
                 string name = line[(space + 1)..];
-                if (name.Contains('/', StringComparison.Ordinal) || name.Contains('\\', StringComparison.Ordinal) || name == "..")
+                if (name.Length == 0 || name.Contains('/', StringComparison.Ordinal) || name.Contains('\\', StringComparison.Ordinal) || name is "." or ".." or ManifestName)
                 {
                     throw new InvalidDataException("manifest names a path outside the entry");
+                }
+                if (!listed.Add(name))
+                {
+                    throw new InvalidDataException($"manifest lists '{name}' twice");
                 }
                 string file = Path.Combine(dir, name);
                 using FileStream fs = File.OpenRead(file);
@@ -77,15 +92,29 @@ public sealed class CompressionCache
                     throw new InvalidDataException($"'{name}' does not match its hash");
                 }
             }
+            if (listed.Count == 0)
+            {
+                throw new InvalidDataException("the manifest lists no files");
+            }
+            if (Directory.EnumerateFileSystemEntries(dir).Select(Path.GetFileName).Any(n => n != ManifestName && !listed.Contains(n!)))
+            {
+                throw new InvalidDataException("the entry holds a file its manifest does not list");
+            }
             Touch(dir);
             return dir;
         }
         catch (Exception e) when (e is IOException or InvalidDataException or UnauthorizedAccessException)
         {
-            LastCorruptEntry = dir;
-            TryDelete(dir);
+            Discard(dir);
             return null;
         }
+    }
+
+    /// <summary>Removes an entry found unusable after <see cref="TryGet"/> verified it (e.g. its content does not parse).</summary>
+    public void Discard(string entryDirectory)
+    {
+        LastCorruptEntry = entryDirectory;
+        TryDelete(entryDirectory);
     }
 
     /// <summary>Creates the entry for <paramref name="key"/>: <paramref name="fill"/> writes files into a fresh folder, which is then renamed into place.</summary>
@@ -102,10 +131,18 @@ public sealed class CompressionCache
             var lines = new List<string>();
             foreach (string file in Directory.GetFiles(temp).Order(StringComparer.Ordinal))
             {
-                using FileStream fs = File.OpenRead(file);
+                // Each file reaches the disk before the entry is published: power loss after the rename below must
+                // not leave an entry of zero-byte files behind a valid name.
+                using var fs = new FileStream(file, FileMode.Open, FileAccess.ReadWrite, FileShare.Read);
                 lines.Add(Convert.ToHexStringLower(SHA256.HashData(fs)) + " " + Path.GetFileName(file));
+                fs.Flush(flushToDisk: true);
             }
-            File.WriteAllLines(Path.Combine(temp, ManifestName), lines);
+            using (var manifestStream = new FileStream(Path.Combine(temp, ManifestName), FileMode.CreateNew, FileAccess.Write))
+            {
+                manifestStream.Write(System.Text.Encoding.UTF8.GetBytes(string.Join("\n", lines) + "\n"));
+                manifestStream.Flush(flushToDisk: true);
+            }
+            FaultPoint.Hit("cache-put-before-publish");
             if (Directory.Exists(dir) && TryGet(key) != null)
             {
                 return;

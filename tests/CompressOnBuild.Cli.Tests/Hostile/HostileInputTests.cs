@@ -439,4 +439,51 @@ public sealed class HostileInputTests
         StringAssert.Contains(run.Output, "sparse");
         AssertCoded(Guarded("inspect", model), "CMPR0105", "inspect on the sparse model");
     }
+
+    [TestMethod]
+    [DataRow("truncate-all")]
+    [DataRow("empty-manifest-flipped-model")]
+    [DataRow("delete-manifest")]
+    [DataRow("garbage-outcome")]
+    public void ADamagedCacheEntryIsDiscardedAndRecomputedNeverServedOrFatal(string damage)
+    {
+        string cache = P("cache");
+        string[] args = ["compress", Model(), "--output", P("out/m.onnx"), "--validation-data", GoodNpy(), "--min-cosine", "0.5", "--cache-dir", cache];
+        CliRun first = Guarded(args);
+        Assert.AreEqual(0, first.ExitCode, first.Output);
+        byte[] good = File.ReadAllBytes(P("out/m.onnx"));
+        string entry = Path.GetDirectoryName(Directory.GetFiles(cache, "manifest.sha256", SearchOption.AllDirectories).Single())!;
+        switch (damage)
+        {
+            case "truncate-all":
+                foreach (string f in Directory.GetFiles(entry))
+                {
+                    File.WriteAllBytes(f, []);
+                }
+                break;
+            case "empty-manifest-flipped-model":
+                File.WriteAllBytes(Path.Combine(entry, "manifest.sha256"), []);
+                byte[] m = File.ReadAllBytes(Path.Combine(entry, "model.onnx"));
+                m[m.Length / 2] ^= 0x10;
+                File.WriteAllBytes(Path.Combine(entry, "model.onnx"), m);
+                break;
+            case "delete-manifest":
+                File.Delete(Path.Combine(entry, "manifest.sha256"));
+                break;
+            default:
+                // Damage the hashes cannot show: a consistent manifest over an outcome that is not JSON.
+                File.WriteAllText(Path.Combine(entry, "outcome.json"), "{not json");
+                File.WriteAllLines(Path.Combine(entry, "manifest.sha256"), Directory.GetFiles(entry).Where(f => !f.EndsWith("manifest.sha256", StringComparison.Ordinal))
+                    .Order(StringComparer.Ordinal).Select(f => Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(File.ReadAllBytes(f))) + " " + Path.GetFileName(f)));
+                break;
+        }
+        File.Delete(P("out/m.onnx"));
+        CliRun second = Guarded(args);
+        Assert.AreEqual(0, second.ExitCode, second.Output);
+        Assert.IsFalse(second.Output.Contains("(cached)", StringComparison.Ordinal), "a damaged entry must not be served: " + second.Output);
+        Assert.IsTrue(second.Lines.Any(l => l.Contains("warning CMPR0502", StringComparison.Ordinal)), second.Output);
+        CollectionAssert.AreEqual(good, File.ReadAllBytes(P("out/m.onnx")), "recomputed, the same model");
+        CliRun third = Guarded(args);
+        StringAssert.Contains(third.Output, "(cached)", "the entry was stored again (a deleted manifest is repaired)");
+    }
 }

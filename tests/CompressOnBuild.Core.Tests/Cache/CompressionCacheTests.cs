@@ -53,6 +53,61 @@ public sealed class CompressionCacheTests
     }
 
     [TestMethod]
+    public void EveryFileTruncatedToZeroBytesAsPowerLossLeavesItIsDroppedAndStoredAgain()
+    {
+        var cache = new CompressionCache(_dir);
+        cache.Put(Key("a"), d => { Fill(d, 100); File.WriteAllText(Path.Combine(d, "outcome.json"), "{}"); });
+        string entry = cache.TryGet(Key("a"))!;
+        foreach (string f in Directory.GetFiles(entry))
+        {
+            File.WriteAllBytes(f, []);
+        }
+        Assert.IsNull(cache.TryGet(Key("a")), "an empty manifest verifies nothing");
+        Assert.AreEqual(entry, cache.LastCorruptEntry);
+        Assert.IsFalse(Directory.Exists(entry));
+        cache.Put(Key("a"), d => Fill(d, 100));
+        Assert.IsNotNull(cache.TryGet(Key("a")), "the entry is stored again");
+    }
+
+    [TestMethod]
+    public void AnEmptyManifestWithAFlippedModelByteIsNeverServed()
+    {
+        var cache = new CompressionCache(_dir);
+        cache.Put(Key("a"), d => Fill(d, 100));
+        string entry = cache.TryGet(Key("a"))!;
+        File.WriteAllBytes(Path.Combine(entry, "manifest.sha256"), []);
+        byte[] model = File.ReadAllBytes(Path.Combine(entry, "model.onnx"));
+        model[7] ^= 0x40;
+        File.WriteAllBytes(Path.Combine(entry, "model.onnx"), model);
+        Assert.IsNull(cache.TryGet(Key("a")));
+        Assert.AreEqual(entry, cache.LastCorruptEntry);
+    }
+
+    [TestMethod]
+    public void AFileTheManifestDoesNotListMakesTheEntryCorrupt()
+    {
+        var cache = new CompressionCache(_dir);
+        cache.Put(Key("a"), d => Fill(d, 100));
+        string entry = cache.TryGet(Key("a"))!;
+        File.WriteAllBytes(Path.Combine(entry, "model.onnx.data"), [1, 2, 3]);
+        Assert.IsNull(cache.TryGet(Key("a")));
+    }
+
+    [TestMethod]
+    public void ADeletedManifestIsRepairedByTheNextStore()
+    {
+        var cache = new CompressionCache(_dir);
+        cache.Put(Key("a"), d => Fill(d, 100));
+        string entry = cache.TryGet(Key("a"))!;
+        File.Delete(Path.Combine(entry, "manifest.sha256"));
+        Assert.IsNull(cache.TryGet(Key("a")));
+        Assert.AreEqual(entry, cache.LastCorruptEntry, "an entry folder without a manifest is damage, not a write in progress");
+        cache.Put(Key("a"), d => Fill(d, 100));
+        Assert.IsNotNull(cache.TryGet(Key("a")));
+        Assert.IsTrue(File.Exists(Path.Combine(entry, "manifest.sha256")));
+    }
+
+    [TestMethod]
     public void AManifestNamingAPathOutsideTheEntryIsTreatedAsCorrupt()
     {
         var cache = new CompressionCache(_dir);
