@@ -1,6 +1,7 @@
 using System.Globalization;
 using System.Runtime.InteropServices;
 using CompressOnBuild.Core.Onnx;
+using CompressOnBuild.Core.Quantization;
 using CompressOnBuild.Kernels;
 using CompressOnBuild.Onnx;
 using DataType = CompressOnBuild.Onnx.TensorProto.Types.DataType;
@@ -92,7 +93,7 @@ public static class Float16Converter
             ModelBytesAfter = before,
         };
 
-        if (Int8DynamicQuantizer.DescribeQuantizedOps(model) is { } quantizedOps)
+        if (QuantizedOperators.Describe(model) is { } quantizedOps)
         {
             return Unchanged(quantizedOps, quantized: true);
         }

@@ -37,7 +37,7 @@ public static class Int4WeightQuantizer
             throw new CompressException(DiagnosticCodes.ModelInvalid, displayName, "it has no graph") { File = displayName };
         }
         long before = model.CalculateSize();
-        if (Int8DynamicQuantizer.DescribeQuantizedOps(model) is { } already)
+        if (QuantizedOperators.Describe(model) is { } already)
         {
             return new Int4Summary
             {

@@ -31,13 +31,6 @@ public static class Int8DynamicQuantizer
 {
     public const string QuantizedOpType = "DynamicQuantizeMatMul";
 
-    private static readonly HashSet<string> QuantizedOps = new(StringComparer.Ordinal)
-    {
-        "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger",
-        "MatMulNBits", "MatMulBnb4", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QGemm", "QAttention",
-        "DynamicQuantizeLSTM", "QEmbedLayerNormalization", "GatherBlockQuantized", "QuantizeBFP", "DequantizeBFP",
-    };
-
     /// <summary>Quantizes <paramref name="model"/> in place (the caller passes a copy) and reports what it did.</summary>
     /// <exception cref="CompressException">CMPR0202 when a weight to quantize holds NaN or infinity.</exception>
     public static QuantizationSummary Apply(ModelProto model, QuantizationOptions options, string modelDisplayName)
@@ -47,7 +40,7 @@ public static class Int8DynamicQuantizer
         ArgumentNullException.ThrowIfNull(modelDisplayName);
         long before = model.CalculateSize();
 
-        string? already = DescribeQuantizedOps(model);
+        string? already = QuantizedOperators.Describe(model);
         if (already != null)
         {
             return new QuantizationSummary
@@ -88,40 +81,6 @@ public static class Int8DynamicQuantizer
             QuantizedWeightBytes = rewriter.QuantizedWeightBytes,
         };
     }
-
-    /// <summary>"2 QuantizeLinear, 2 DequantizeLinear nodes" when the model already runs quantized operators, else null.</summary>
-    public static string? DescribeQuantizedOps(ModelProto model)
-    {
-        ArgumentNullException.ThrowIfNull(model);
-        var counts = new SortedDictionary<string, int>(StringComparer.Ordinal);
-        void Visit(NodeProto n)
-        {
-            if (IsQuantizedOp(n.OpType))
-            {
-                counts[n.OpType] = counts.GetValueOrDefault(n.OpType) + 1;
-            }
-        }
-        foreach ((GraphProto graph, _) in ModelWalker.Graphs(model))
-        {
-            foreach (NodeProto n in graph.Node)
-            {
-                Visit(n);
-            }
-        }
-        foreach (FunctionProto f in model.Functions)
-        {
-            foreach (NodeProto n in f.Node)
-            {
-                Visit(n);
-            }
-        }
-        return counts.Count == 0
-            ? null
-            : string.Join(", ", counts.Select(kv => kv.Value.ToString(CultureInfo.InvariantCulture) + " " + kv.Key)) + (counts.Values.Sum() == 1 ? " node" : " nodes");
-    }
-
-    private static bool IsQuantizedOp(string opType) =>
-        QuantizedOps.Contains(opType) || opType.StartsWith("QLinear", StringComparison.Ordinal) || opType.StartsWith("QOrdered", StringComparison.Ordinal);
 
     private sealed class Rewriter(PassGraph g, QuantizationOptions options, string displayName)
     {

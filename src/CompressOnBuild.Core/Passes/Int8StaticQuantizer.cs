@@ -1,4 +1,5 @@
 using CompressOnBuild.Core.Onnx;
+using CompressOnBuild.Core.Quantization;
 using CompressOnBuild.Kernels;
 using CompressOnBuild.Onnx;
 using DataType = CompressOnBuild.Onnx.TensorProto.Types.DataType;
@@ -38,7 +39,7 @@ public static class Int8StaticQuantizer
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(options);
-        if (model.Graph == null || Int8DynamicQuantizer.DescribeQuantizedOps(model) != null)
+        if (model.Graph == null || QuantizedOperators.Describe(model) != null)
         {
             return [];
         }
@@ -60,7 +61,7 @@ public static class Int8StaticQuantizer
             throw new CompressException(DiagnosticCodes.ModelInvalid, displayName, "it has no graph") { File = displayName };
         }
         long before = model.CalculateSize();
-        if (Int8DynamicQuantizer.DescribeQuantizedOps(model) is { } already)
+        if (QuantizedOperators.Describe(model) is { } already)
         {
             return new Int8StaticSummary
             {

@@ -1,6 +1,7 @@
 using System.Globalization;
 using System.Runtime.InteropServices;
 using CompressOnBuild.Core.Onnx;
+using CompressOnBuild.Core.Quantization;
 using CompressOnBuild.Kernels;
 using CompressOnBuild.Onnx;
 using Google.Protobuf;
@@ -142,7 +143,7 @@ public static class StreamingQuantizer
             CheckOutputIsNotAnInput(full, dataPath, outputPath);
 
             var skipped = new List<SkippedNode>();
-            string? already = Int8DynamicQuantizer.DescribeQuantizedOps(_model);
+            string? already = QuantizedOperators.Describe(_model);
             List<Weight> weights = already == null ? FindWeights(skipped) : [];
             CollectNames();
             try
