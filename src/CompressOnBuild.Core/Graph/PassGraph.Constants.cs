@@ -394,17 +394,4 @@ internal sealed partial class PassGraph
         }
         return result;
     }
-
-    /// <summary>Tensor data as int64, or CMPR0103 naming the model and tensor when it cannot be read.</summary>
-    public static long[] Int64s(TensorProto t, string displayName)
-    {
-        try
-        {
-            return TensorUtil.ToInt64Array(t);
-        }
-        catch (Exception e) when (e is InvalidDataException or InvalidOperationException or OverflowException)
-        {
-            throw new CompressException(e, DiagnosticCodes.ModelInvalid, displayName, e.Message) { File = displayName };
-        }
-    }
 }

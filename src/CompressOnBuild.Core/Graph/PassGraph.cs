@@ -507,11 +507,16 @@ internal sealed partial class PassGraph
     }
 
     /// <summary>Tensor data as float, or CMPR0103 naming the model and tensor when it cannot be read.</summary>
-    public static float[] Floats(TensorProto t, string displayName)
+    public static float[] Floats(TensorProto t, string displayName) => Read(TensorUtil.ToFloatArray, t, displayName);
+
+    /// <summary>Tensor data as int64, or CMPR0103 naming the model and tensor when it cannot be read.</summary>
+    public static long[] Int64s(TensorProto t, string displayName) => Read(TensorUtil.ToInt64Array, t, displayName);
+
+    private static T[] Read<T>(Func<TensorProto, T[]> read, TensorProto t, string displayName)
     {
         try
         {
-            return TensorUtil.ToFloatArray(t);
+            return read(t);
         }
         catch (Exception e) when (e is InvalidDataException or InvalidOperationException or OverflowException)
         {
