@@ -261,6 +261,17 @@ namespace CompressOnBuild.Tasks
                 return -1;
             }
             Log.LogMessage(MessageImportance.Low, "Response file '{0}':\n{1}", rsp, ResponseFileText());
+            // The runtime's debugger pipes and diagnostic socket (clr-debug-pipe-*, dotnet-diagnostic-*) would stay in
+            // TMPDIR whenever the worker is killed (a cancelled build); the worker needs neither. A user's setting wins.
+            if (Environment.GetEnvironmentVariable("DOTNET_EnableDiagnostics") == null)
+            {
+                var environment = new List<string>(EnvironmentVariables ?? Array.Empty<string>());
+                if (!environment.Exists(e => e.StartsWith("DOTNET_EnableDiagnostics=", StringComparison.Ordinal)))
+                {
+                    environment.Add("DOTNET_EnableDiagnostics=0");
+                    EnvironmentVariables = environment.ToArray();
+                }
+            }
             int exitCode = base.ExecuteTool(pathToTool, responseFileCommands, commandLineCommands);
             if (exitCode == 0 && !Log.HasLoggedErrors)
             {

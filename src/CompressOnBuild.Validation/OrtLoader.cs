@@ -3,6 +3,7 @@ using System.Runtime.InteropServices;
 using System.Runtime.Loader;
 using System.Text.Json;
 using CompressOnBuild.Core;
+using CompressOnBuild.Core.IO;
 
 namespace CompressOnBuild.Validation;
 
@@ -95,6 +96,7 @@ public static class OrtLoader
                 return loaded;
             }
             OrtInfo info = Resolve(options);
+            DisableTelemetry();
             try
             {
                 AssemblyLoadContext.Default.Resolving += OnResolving;
@@ -123,6 +125,14 @@ public static class OrtLoader
             return loaded;
         }
     }
+
+    /// <summary>
+    /// ONNX Runtime (1.29 and later on Linux and macOS) writes a telemetry database and device id under
+    /// ~/.cache/Microsoft/DeveloperTools/.onnxruntime and a .ses file in TMPDIR when its environment is created, and
+    /// uploads events. ORT_DISABLE_TELEMETRY=1 in the process environment (before that moment) stops all of it; the
+    /// API switch (DisableTelemetryEvents) comes too late, after the files are written. A user's own setting wins.
+    /// </summary>
+    private static void DisableTelemetry() => NativeEnvironment.SetIfUnset("ORT_DISABLE_TELEMETRY", "1");
 
     /// <summary>Computes which ORT files would be loaded, without loading anything.</summary>
     /// <exception cref="CompressException">OrtNotLoadable when the assets file is unreadable or the files are missing.</exception>

@@ -486,4 +486,34 @@ public sealed class HostileInputTests
         CliRun third = Guarded(args);
         StringAssert.Contains(third.Output, "(cached)", "the entry was stored again (a deleted manifest is repaired)");
     }
+
+    [TestMethod]
+    public void AWorkerRunLeavesNothingInHomeOrTmpdir()
+    {
+        // ONNX Runtime 1.31 writes ~/.cache/Microsoft/DeveloperTools/.onnxruntime/{deviceid,onnxruntime.db} and
+        // $TMPDIR/.ses unless ORT_DISABLE_TELEMETRY is in the process environment before it starts.
+        string home = P("home");
+        string tmp = P("tmp");
+        Directory.CreateDirectory(home);
+        Directory.CreateDirectory(tmp);
+        string packages = Environment.GetEnvironmentVariable("NUGET_PACKAGES")
+            ?? Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".nuget", "packages");
+        var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, WorkingDirectory = _dir };
+        psi.Environment["HOME"] = home;
+        psi.Environment["TMPDIR"] = tmp;
+        psi.Environment["NUGET_PACKAGES"] = packages;
+        psi.Environment.Remove("ORT_DISABLE_TELEMETRY");
+        psi.Environment["DOTNET_EnableDiagnostics"] = "0"; // what the MSBuild task sets for the worker
+        foreach (string a in new[] { "exec", CliHarness.CliDll(), "compress", Model(), "--output", P("out/m.onnx"), "--validation-data", GoodNpy(), "--min-cosine", "0.5" })
+        {
+            psi.ArgumentList.Add(a);
+        }
+        using Process p = Process.Start(psi)!;
+        Task<string> err = p.StandardError.ReadToEndAsync();
+        string output = p.StandardOutput.ReadToEnd();
+        Assert.IsTrue(p.WaitForExit(TimeSpan.FromSeconds(120)), "hang");
+        Assert.AreEqual(0, p.ExitCode, output + err.Result);
+        string[] left = [.. Directory.EnumerateFileSystemEntries(home, "*", SearchOption.AllDirectories), .. Directory.EnumerateFileSystemEntries(tmp, "*", SearchOption.AllDirectories)];
+        Assert.AreEqual(0, left.Length, "left behind: " + string.Join(", ", left));
+    }
 }
