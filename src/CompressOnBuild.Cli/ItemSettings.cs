@@ -178,8 +178,9 @@ internal sealed class ItemSettings
             }
             string[] weighted = scheme switch
             {
-                QuantizationScheme.Int8Dynamic or QuantizationScheme.Int8Static => ["Conv", "MatMul", "Gemm"],
-                QuantizationScheme.Int4Weights => ["MatMul", "Gemm"],
+                QuantizationScheme.Int8Dynamic => ["Conv", "MatMul", "Gemm", "Gather"],
+                QuantizationScheme.Int8Static => ["Conv", "MatMul", "Gemm"],
+                QuantizationScheme.Int4Weights => ["MatMul", "Gemm", "Gather"],
                 _ => [],
             };
             if (scheme == QuantizationScheme.None)

@@ -55,6 +55,7 @@ public static class Int4WeightQuantizer
         int folded = graph.FoldConstantShapeOps(displayName);
         var rewriter = new Rewriter(graph, options, displayName);
         rewriter.Run();
+        GatherLowering.Bytes tables = GatherLowering.Apply(model, GatherLowering.Scheme.Int4(options.BlockSize, options.Symmetric), options.ExcludedNodes, options.MinimumWeightElements, rewriter.Quantized, rewriter.Skipped, displayName);
         if (rewriter.Quantized.Count > 0)
         {
             PassGraph.DropInitializerInputs(model);
@@ -71,8 +72,8 @@ public static class Int4WeightQuantizer
             Skipped = rewriter.Skipped,
             ModelBytesBefore = before,
             ModelBytesAfter = rewriter.Quantized.Count == 0 && folded == 0 ? before : model.CalculateSize(),
-            FloatWeightBytes = rewriter.FloatWeightBytes,
-            QuantizedWeightBytes = rewriter.QuantizedWeightBytes,
+            FloatWeightBytes = rewriter.FloatWeightBytes + tables.Float,
+            QuantizedWeightBytes = rewriter.QuantizedWeightBytes + tables.Quantized,
         };
     }
 

@@ -63,6 +63,7 @@ public static class Int8DynamicQuantizer
         int folded = graph.FoldConstantShapeOps(modelDisplayName);
         var rewriter = new Rewriter(graph, options, modelDisplayName);
         rewriter.Run();
+        GatherLowering.Bytes tables = GatherLowering.Apply(model, GatherLowering.Scheme.Int8PerRow, options.ExcludedNodes, options.MinimumWeightElements, rewriter.Quantized, rewriter.Skipped, modelDisplayName);
         if (rewriter.Quantized.Count > 0)
         {
             PassGraph.DropInitializerInputs(model);
@@ -77,8 +78,8 @@ public static class Int8DynamicQuantizer
             Skipped = rewriter.Skipped,
             ModelBytesBefore = before,
             ModelBytesAfter = after,
-            FloatWeightBytes = rewriter.FloatWeightBytes,
-            QuantizedWeightBytes = rewriter.QuantizedWeightBytes,
+            FloatWeightBytes = rewriter.FloatWeightBytes + tables.Float,
+            QuantizedWeightBytes = rewriter.QuantizedWeightBytes + tables.Quantized,
         };
     }
 
