@@ -1,4 +1,5 @@
 using System.Numerics;
+using CompressOnBuild.Core.Graph;
 using CompressOnBuild.Core.Onnx;
 using CompressOnBuild.Kernels;
 using CompressOnBuild.Onnx;
@@ -42,20 +43,12 @@ internal static class GatherLowering
     /// and <paramref name="skipped"/> (Gathers over a constant float table that stay float, with the reason).
     /// </summary>
     /// <exception cref="CompressException">CMPR0202 when a table to quantize holds NaN or infinity (nothing is changed then).</exception>
-    public static Bytes Apply(ModelProto model, Scheme scheme, IReadOnlyCollection<string> excluded, long minimumElements,
+    public static Bytes Apply(PassGraph graph, Scheme scheme, IReadOnlyCollection<string> excluded, long minimumElements,
         List<QuantizedNode> quantized, List<SkippedNode> skipped, string displayName)
     {
-        var graph = new PassGraph(model);
+        graph.Commit(); // the caller's edits are in Graph.Node before it is read here
         var excludedSet = new HashSet<string>(excluded, StringComparer.Ordinal);
         HashSet<string> outerUses = graph.OuterUses();
-        var users = new Dictionary<string, List<(NodeProto Node, int Index)>>(StringComparer.Ordinal);
-        foreach (NodeProto n in graph.Graph.Node)
-        {
-            for (int i = 0; i < n.Input.Count; i++)
-            {
-                (users.TryGetValue(n.Input[i], out var list) ? list : users[n.Input[i]] = []).Add((n, i));
-            }
-        }
 
         var tables = new Dictionary<string, Table>(StringComparer.Ordinal);
         var rejected = new HashSet<string>(StringComparer.Ordinal);
@@ -66,7 +59,7 @@ internal static class GatherLowering
                 continue;
             }
             string dataName = node.Input[0];
-            string label = Int8DynamicQuantizer.Label(node);
+            string label = OnnxNames.Label(node);
             void Skip(string reason) => skipped.Add(new SkippedNode(label, node.OpType, reason));
             if (rejected.Contains(dataName))
             {
@@ -83,7 +76,7 @@ internal static class GatherLowering
                     Skip("excluded by the options");
                     foreach (NodeProto other in known.Gathers)
                     {
-                        skipped.Add(new SkippedNode(Int8DynamicQuantizer.Label(other), other.OpType, $"table '{dataName}' is shared with Gather '{label}', which is excluded"));
+                        skipped.Add(new SkippedNode(OnnxNames.Label(other), other.OpType, $"table '{dataName}' is shared with Gather '{label}', which is excluded"));
                     }
                 }
                 else
@@ -138,12 +131,14 @@ internal static class GatherLowering
                     conflict = $"table '{name}' is also a graph output or used inside a subgraph";
                     break;
                 }
-                foreach ((NodeProto user, int index) in users.GetValueOrDefault(name) ?? [])
+                foreach (NodeProto user in graph.Consumers(name))
                 {
-                    bool ok = name == t.Name ? index == 0 && t.Gathers.Contains(user) : chainNodes.Contains(user);
+                    bool ok = name == t.Name
+                        ? t.Gathers.Contains(user) && user.Input.Skip(1).All(i => i != name)
+                        : chainNodes.Contains(user);
                     if (!ok)
                     {
-                        conflict = $"table '{name}' is shared with {user.OpType} '{Int8DynamicQuantizer.Label(user)}', which stays float";
+                        conflict = $"table '{name}' is shared with {user.OpType} '{OnnxNames.Label(user)}', which stays float";
                         break;
                     }
                 }
@@ -157,7 +152,7 @@ internal static class GatherLowering
                 tables.Remove(t.Name);
                 foreach (NodeProto g in t.Gathers)
                 {
-                    skipped.Add(new SkippedNode(Int8DynamicQuantizer.Label(g), g.OpType, conflict));
+                    skipped.Add(new SkippedNode(OnnxNames.Label(g), g.OpType, conflict));
                 }
             }
         }
@@ -188,35 +183,29 @@ internal static class GatherLowering
             }
             foreach (NodeProto g in t.Gathers)
             {
-                string indices = g.Input[1];
-                g.OpType = QuantizedOpType;
-                g.Domain = Int8DynamicQuantizer.MicrosoftDomain;
-                g.Input.Clear();
-                g.Input.Add(baseName);
-                g.Input.Add(indices);
-                g.Input.Add(scaleName);
-                if (zeroName != null)
-                {
-                    g.Input.Add(zeroName);
-                }
-                g.Attribute.Clear();
-                g.Attribute.Add(PassGraph.IntAttribute("gather_axis", 0));
-                g.Attribute.Add(PassGraph.IntAttribute("quantize_axis", 1));
-                g.Attribute.Add(PassGraph.IntAttribute("block_size", blockSize));
-                g.Attribute.Add(PassGraph.IntAttribute("bits", scheme.Bits));
-                quantized.Add(new QuantizedNode(Int8DynamicQuantizer.Label(g), "Gather", t.Name, t.Rows, t.Cols, maxError));
+                string[] inputs = zeroName == null ? [baseName, g.Input[1], scaleName] : [baseName, g.Input[1], scaleName, zeroName];
+                var q = new NodeProto { OpType = QuantizedOpType, Domain = OnnxNames.MicrosoftDomain, Name = g.Name }; // same name: labels stay
+                q.Input.AddRange(inputs);
+                q.Output.AddRange(g.Output);
+                q.Attribute.Add(PassGraph.IntAttribute("gather_axis", 0));
+                q.Attribute.Add(PassGraph.IntAttribute("quantize_axis", 1));
+                q.Attribute.Add(PassGraph.IntAttribute("block_size", blockSize));
+                q.Attribute.Add(PassGraph.IntAttribute("bits", scheme.Bits));
+                graph.Replace(g, [q]);
+                quantized.Add(new QuantizedNode(OnnxNames.Label(g), "Gather", t.Name, t.Rows, t.Cols, maxError));
             }
-            for (int i = t.Chain.Count - 1; i >= 0; i--)
+            foreach (NodeProto c in t.Chain)
             {
-                graph.Graph.Node.Remove(t.Chain[i]);
+                graph.RemoveNode(c);
             }
-            graph.RemoveUnusedInitializers(t.Sources);
             floatBytes += (long)t.Rows * t.Cols * sizeof(float);
             quantizedBytes += codes.LongLength + scales.LongLength * sizeof(float) + (zeroPoints?.LongLength ?? 0);
         }
         if (tables.Count > 0)
         {
-            graph.EnsureOpset(Int8DynamicQuantizer.MicrosoftDomain, 1);
+            graph.Commit();
+            graph.RemoveUnusedInitializers(tables.Values.SelectMany(t => t.Sources));
+            graph.EnsureOpset(OnnxNames.MicrosoftDomain, 1);
         }
         return new Bytes(floatBytes, quantizedBytes);
     }

@@ -55,7 +55,7 @@ public static class Int4WeightQuantizer
         int folded = graph.FoldConstantShapeOps(displayName);
         var rewriter = new Rewriter(graph, options, displayName);
         rewriter.Run();
-        GatherLowering.Bytes tables = GatherLowering.Apply(model, GatherLowering.Scheme.Int4(options.BlockSize, options.Symmetric), options.ExcludedNodes, options.MinimumWeightElements, rewriter.Quantized, rewriter.Skipped, displayName);
+        GatherLowering.Bytes tables = GatherLowering.Apply(graph, GatherLowering.Scheme.Int4(options.BlockSize, options.Symmetric), options.ExcludedNodes, options.MinimumWeightElements, rewriter.Quantized, rewriter.Skipped, displayName);
         if (rewriter.Quantized.Count > 0)
         {
             PassGraph.DropInitializerInputs(model);

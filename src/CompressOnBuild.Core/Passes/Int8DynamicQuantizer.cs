@@ -63,7 +63,7 @@ public static class Int8DynamicQuantizer
         int folded = graph.FoldConstantShapeOps(modelDisplayName);
         var rewriter = new Rewriter(graph, options, modelDisplayName);
         rewriter.Run();
-        GatherLowering.Bytes tables = GatherLowering.Apply(model, GatherLowering.Scheme.Int8PerRow, options.ExcludedNodes, options.MinimumWeightElements, rewriter.Quantized, rewriter.Skipped, modelDisplayName);
+        GatherLowering.Bytes tables = GatherLowering.Apply(graph, GatherLowering.Scheme.Int8PerRow, options.ExcludedNodes, options.MinimumWeightElements, rewriter.Quantized, rewriter.Skipped, modelDisplayName);
         if (rewriter.Quantized.Count > 0)
         {
             PassGraph.DropInitializerInputs(model);

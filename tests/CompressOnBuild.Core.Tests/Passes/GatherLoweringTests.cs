@@ -17,7 +17,7 @@ public sealed class GatherLoweringTests
     public TestContext TestContext { get; set; } = null!;
 
     /// <summary>ids int64 [N] (or int32) -> Gather(table [Rows, Cols]) -> y [N, Cols]; optionally the table also feeds a MatMul.</summary>
-    private static ModelProto Embedding(bool int32Ids = false, bool tiedMatMul = false)
+    private static ModelProto Embedding(bool int32Ids = false, bool tiedMatMul = false, bool constantNode = false)
     {
         var g = new GraphProto { Name = "embedding" };
         ValueInfoProto ids = FloatValue("ids", "N");
@@ -30,7 +30,15 @@ public sealed class GatherLoweringTests
             table[c] += 3f * MathF.Sin(c); // rows 0 and Rows-1 differ clearly from their neighbours
             table[(Rows - 1) * Cols + c] -= 2f * MathF.Cos(c);
         }
-        g.Initializer.Add(TensorUtil.FromFloats("table", table, Rows, Cols));
+        if (constantNode)
+        {
+            g.Node.Add(Node("Constant", [], ["table"], "table_constant"));
+            g.Node[0].Attribute.Add(new AttributeProto { Name = "value", Type = AttributeProto.Types.AttributeType.Tensor, T = TensorUtil.FromFloats("", table, Rows, Cols) });
+        }
+        else
+        {
+            g.Initializer.Add(TensorUtil.FromFloats("table", table, Rows, Cols));
+        }
         g.Node.Add(Node("Gather", ["table", "ids"], ["y"], "embed"));
         if (tiedMatMul)
         {
@@ -125,6 +133,19 @@ public sealed class GatherLoweringTests
                 Assert.IsLessThanOrEqualTo(layer.MaxAbsWeightError + 1e-5f, MathF.Abs(e[c] - a[c]), $"id {Ids[i]} column {c}");
             }
         }
+    }
+
+    [TestMethod]
+    public void Table_in_a_Constant_node_is_quantized_and_the_Constant_removed()
+    {
+        ModelProto original = Embedding(constantNode: true);
+        ModelProto quantized = original.Clone();
+        (List<QuantizedNode> done, _) = Quantize(quantized, 8);
+        Assert.AreEqual("Gather", done.Single().OpType);
+        Assert.AreEqual(GatherLowering.QuantizedOpType, quantized.Graph.Node.Single().OpType);
+        float[] expected = Run(original), actual = Run(quantized);
+        Assert.IsGreaterThanOrEqualTo(0.9999, Cosine(expected, actual));
+        Assert.IsLessThan(original.CalculateSize() * 0.3, quantized.CalculateSize());
     }
 
     private const string GatherBlockQuantizedName = GatherLowering.QuantizedOpType;
