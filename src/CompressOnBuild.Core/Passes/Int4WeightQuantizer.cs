@@ -2,6 +2,7 @@ using System.Globalization;
 using System.Numerics.Tensors;
 using CompressOnBuild.Core.Onnx;
 using CompressOnBuild.Core.Quantization;
+using CompressOnBuild.Core.Quantization.Ops;
 using CompressOnBuild.Kernels;
 using CompressOnBuild.Onnx;
 using DataType = CompressOnBuild.Onnx.TensorProto.Types.DataType;

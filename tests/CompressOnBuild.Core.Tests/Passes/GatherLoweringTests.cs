@@ -1,5 +1,6 @@
 using CompressOnBuild.Core.Onnx;
 using CompressOnBuild.Core.Passes;
+using CompressOnBuild.Core.Quantization.Ops;
 using CompressOnBuild.Onnx;
 using CompressOnBuild.Tests;
 using Google.Protobuf;

@@ -1,10 +1,11 @@
 using System.Numerics;
 using CompressOnBuild.Core.Graph;
 using CompressOnBuild.Core.Onnx;
+using CompressOnBuild.Core.Passes;
 using CompressOnBuild.Kernels;
 using CompressOnBuild.Onnx;
 
-namespace CompressOnBuild.Core.Passes;
+namespace CompressOnBuild.Core.Quantization.Ops;
 
 /// <summary>
 /// Embedding tables: a main-graph Gather (axis 0) whose data is a constant float32 [rows, cols] table and whose
