@@ -41,13 +41,16 @@ internal static class Budgets
     private static bool LabelsCanComeFromData(string path) =>
         Directory.Exists(path) || path.EndsWith(".npz", StringComparison.OrdinalIgnoreCase);
 
-    /// <summary>Measures every budget of the item; a measured value equal to its limit passes.</summary>
-    public static List<BudgetOutcome> Evaluate(ItemSettings settings, ValidationResult? v, long originalBytes, long compressedBytes)
+    /// <summary>Every budget name (the option table's budget rows).</summary>
+    public static readonly string[] Names = [.. OptionTable.Budgets.Select(o => o.Name)];
+
+    /// <summary>What each budget measures on one compressed model (null: not measured, e.g. accuracy without labels).</summary>
+    public static Dictionary<string, double?> Measure(ValidationResult? v, long originalBytes, long compressedBytes)
     {
-        var outcomes = new List<BudgetOutcome>();
-        foreach (Budget b in settings.Budgets)
+        var measured = new Dictionary<string, double?>(StringComparer.Ordinal);
+        foreach (string name in Names)
         {
-            double? measured = b.Name switch
+            measured[name] = name switch
             {
                 "MaxAccuracyDrop" => v?.AccuracyDrop,
                 "MinAgreement" => v?.Top1Agreement,
@@ -61,18 +64,47 @@ internal static class Budgets
                 "MinSimilarityCorrelation" => v?.Embedding?.SimilarityCorrelation,
                 _ => null,
             };
-            if (measured == null && v?.Embedding is { } e && b.Name is "MinNeighborAgreement" or "MinSimilarityCorrelation")
+        }
+        return measured;
+    }
+
+    /// <summary>Measures every budget of the item; a measured value equal to its limit passes.</summary>
+    public static List<BudgetOutcome> Evaluate(ItemSettings settings, ValidationResult? v, long originalBytes, long compressedBytes)
+    {
+        Dictionary<string, double?> measured = Measure(v, originalBytes, compressedBytes);
+        foreach (Budget b in settings.Budgets)
+        {
+            if (measured.GetValueOrDefault(b.Name) == null && v?.Embedding is { } e && b.Name is "MinNeighborAgreement" or "MinSimilarityCorrelation")
             {
                 throw new CompressException(DiagnosticCodes.EmbeddingBudgetUnmeasurable, settings.Model, b.Name, e.PairwiseSamples < 3
                     ? $"it compares samples with each other and the data has {e.PairwiseSamples}"
                     : $"no sample's nearest neighbour is clear in the original model (cosine margin >= {EmbeddingMetrics.ClearMargin} over the second nearest) among {e.PairwiseSamples}")
                 { File = settings.Model };
             }
+        }
+        return Evaluate(settings, measured);
+    }
+
+    /// <summary>
+    /// Checks the item's budgets against measurements (fresh, or replayed from the cache: a budget-only change
+    /// re-checks the cached measurements instead of compressing again).
+    /// </summary>
+    public static List<BudgetOutcome> Evaluate(ItemSettings settings, IReadOnlyDictionary<string, double?> measurements)
+    {
+        var outcomes = new List<BudgetOutcome>();
+        foreach (Budget b in settings.Budgets)
+        {
+            double? measured = measurements.TryGetValue(b.Name, out double? m0) ? m0 : null;
             if (measured == null)
             {
                 if (b.Name == "MaxAccuracyDrop")
                 {
                     throw new CompressException(DiagnosticCodes.LabelsRequired, settings.Model, settings.ValidationData) { File = settings.Model };
+                }
+                if (b.Name is "MinNeighborAgreement" or "MinSimilarityCorrelation")
+                {
+                    throw new CompressException(DiagnosticCodes.EmbeddingBudgetUnmeasurable, settings.Model, b.Name,
+                        "the validation run had too few samples, or none whose nearest neighbour is clear in the original model") { File = settings.Model };
                 }
                 throw new CompressException(DiagnosticCodes.NoValidationData, settings.Model, b.Name) { File = settings.Model };
             }

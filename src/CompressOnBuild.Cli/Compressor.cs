@@ -25,6 +25,9 @@ internal sealed record Attempt(
 
     /// <summary>For static int8: the calibration method this attempt used.</summary>
     public string? CalibrationMethod { get; init; }
+
+    /// <summary>Layers kept dense by pruning (the same as <see cref="ExcludedNodes"/> unless the tuner backs off pruning alone).</summary>
+    public IReadOnlyList<string> DenseNodes { get; init; } = [];
 }
 
 /// <summary>Compresses and validates one item: load, check, pass, save beside the output, validate, check budgets, (tune), publish atomically.</summary>
@@ -86,12 +89,11 @@ internal static class Compressor
         result.OriginalSha256 = Convert.ToHexStringLower(SHA256.HashData(originalBytes));
 
         OrtInfo ort = ensureOrt();
-        string? key = cache == null ? null : CompressionCacheAdapter.Key(result, ort, global.BudgetFailureIsWarning);
+        string? key = cache == null ? null : CompressionCacheAdapter.Key(result, ort);
         result.CacheKey = key;
-        if (key != null && cache!.TryRestore(key, result, outputFull))
+        if (key != null && cache!.TryRestore(key, result, outputFull, global.BudgetFailureIsWarning))
         {
             result.FromCache = true;
-            result.Shipped = File.Exists(outputFull);
             return;
         }
 
@@ -116,8 +118,10 @@ internal static class Compressor
             AddPassDiagnostics(result, chosen.Quantization);
             if (!chosen.Passed && s.Tune)
             {
+                Attempt untuned = chosen;
                 result.Tuning = Tuner.Run(context, chosen);
                 chosen = result.Tuning.Chosen;
+                result.Diagnostics.AddRange(Tuner.Diagnostics(result, untuned));
             }
 
             result.Quantization = chosen.Quantization;
@@ -130,6 +134,10 @@ internal static class Compressor
                         string.Format(ci, "a sparsity of {0:0.0}% over the model's {1} prunable weights (requested {2:0.0}%)", ps.AchievedSparsity * 100, ps.PrunableWeights, ps.RequestedSparsity!.Value * 100),
                         ps.SparsityNotes.Count == 0 ? "the pruned layers could not reach it" : string.Join("; ", ps.SparsityNotes))));
             }
+            if (chosen.Pruning is { ZipBytesBefore: > 0 })
+            {
+                result.CompressedZipBytes = PruningSummary.ZipBytes(File.ReadAllBytes(chosen.Path));
+            }
             if (chosen.Quantization is { Nodes.Count: > 0 } q)
             {
                 result.WeightHistograms = WeightHistograms.Build(original, ModelIO.Load(chosen.Path), q.Nodes.Select(n => n.Weight));
@@ -141,6 +149,11 @@ internal static class Compressor
             result.CompressSeconds = chosen.CompressSeconds;
             result.ValidateSeconds = chosen.ValidateSeconds;
             Verdict.AddWarnings(result, chosen.Path);
+            if (key != null)
+            {
+                // Cached whatever the verdict: a later build with other budgets re-checks these measurements.
+                cache!.Store(key, result, chosen.Path, Budgets.Measure(chosen.Validation, result.OriginalBytes, chosen.CompressedBytes), Report.Build(result, ort));
+            }
 
             if (result.BudgetsPassed || global.BudgetFailureIsWarning)
             {
@@ -327,6 +340,16 @@ internal static class Compressor
         return null;
     }
 
+    /// <summary>True when CalibrationData and ValidationData are the same file or folder, or hold the same bytes.</summary>
+    internal static bool CalibratesOnValidationData(ItemSettings s) =>
+        s.CalibrationData != null && s.ValidationData != null
+        && (SamePath(Path.GetFullPath(s.CalibrationData), Path.GetFullPath(s.ValidationData))
+            || CompressionCacheAdapter.Fingerprint(s.CalibrationData) == CompressionCacheAdapter.Fingerprint(s.ValidationData));
+
+    /// <summary>What the item is validated on, as the report and summary name it.</summary>
+    internal static string DataSource(ItemSettings s) =>
+        s.ValidationData ?? (s.CalibrationData != null ? "calibration data (no ValidationData given): " + s.CalibrationData : "random inputs (no ValidationData given)");
+
     /// <summary>The validation data, or deterministic random inputs when the item has none.</summary>
     internal static Dataset LoadData(ItemSettings s, ModelInputs inputs, int maxSamplesOverride, out string source)
     {
@@ -341,10 +364,10 @@ internal static class Compressor
         {
             // Agreement-type budgets fall back to the calibration inputs (no labels): better than random inputs.
             int max = maxSamplesOverride > 0 ? maxSamplesOverride : 0;
-            source = "calibration data (no ValidationData given): " + s.CalibrationData;
+            source = DataSource(s);
             return DatasetLoader.Load(s.CalibrationData, null, inputs, Preprocessing.Parse(s.Preprocessing), max, text: s.Text);
         }
-        source = "random inputs (no ValidationData given)";
+        source = DataSource(s);
         return RandomInputs.Create(inputs, samples: 16, seed: 20261123);
     }
 
@@ -577,29 +600,35 @@ internal sealed class AttemptContext(ItemSettings settings, ModelProto original,
     public Dataset Data => data ?? throw new InvalidOperationException("no data to tune on"); // tuning requires data (CheckMeasurable)
     public ModelRunnerOptions RunnerOptions => runnerOptions;
 
-    /// <summary>Compresses the original with <paramref name="excluded"/> kept float, saves, validates and measures the budgets.</summary>
-    public Attempt Make(IReadOnlyList<string> excluded, Dataset? on = null)
+    /// <summary>
+    /// Compresses the original with <paramref name="excluded"/> kept float (and dense), saves, validates and measures
+    /// the budgets. <paramref name="pruningExcluded"/> (default: <paramref name="excluded"/>) are the layers kept dense;
+    /// <paramref name="prune"/> or <paramref name="quantize"/> false leaves that pass out (the tuner's diagnosis of
+    /// which pass does the harm).
+    /// </summary>
+    public Attempt Make(IReadOnlyList<string> excluded, Dataset? on = null, IReadOnlyList<string>? pruningExcluded = null, bool prune = true, bool quantize = true)
     {
         var watch = Stopwatch.StartNew();
         Progress?.Phase("compressing (" + settings.QuantizationText + (settings.Pruning.Method == PruningMethod.None ? "" : ", " + settings.Pruning) + ")");
         ModelProto candidate = original.Clone();
         PruningSummary? pruning = null;
-        if (settings.Pruning.Method != PruningMethod.None)
+        IReadOnlyList<string> dense = pruningExcluded ?? excluded;
+        if (prune && settings.Pruning.Method != PruningMethod.None)
         {
             // SparseGPT asks for one layer input at a time on the model it is pruning (sequential, and only one
             // activation in memory): never through the shared cache of the original's activations.
-            pruning = Pruner.Apply(candidate, settings.Pruning with { ExcludedNodes = excluded }, settings.Model,
+            pruning = Pruner.Apply(candidate, settings.Pruning with { ExcludedNodes = dense }, settings.Model,
                 Activations(shared: settings.Pruning.Method != PruningMethod.SparseGpt),
                 settings.Pruning.Method == PruningMethod.Sensitivity ? Harm() : null);
         }
         // OpTypesToQuantize narrows the quantization pass only (pruning still sees every layer).
         string[] notQuantized = [.. excluded.Union(settings.OpTypeExclusions(original), StringComparer.Ordinal)];
-        PassResult? summary = settings.Quantization switch
+        PassResult? summary = !quantize ? null : settings.Quantization switch
         {
             QuantizationScheme.Int8Dynamic => PassResult.From(Int8DynamicQuantizer.Apply(candidate, new QuantizationOptions { ExcludedNodes = notQuantized }, settings.Model)),
             QuantizationScheme.Float16 => PassResult.From(Float16Converter.Apply(candidate, new Float16Options { ExcludedNodes = notQuantized }, settings.Model)),
             QuantizationScheme.Int8Static => PassResult.From(Int8StaticQuantizer.Apply(candidate,
-                Calibration(pruning == null ? null : candidate, string.Join(";", excluded)),
+                Calibration(pruning == null ? null : candidate, string.Join(";", dense)),
                 StaticOptions(notQuantized), settings.Model)),
             QuantizationScheme.Int4Weights => PassResult.From(Int4WeightQuantizer.Apply(candidate,
                 new Int4Options { ExcludedNodes = notQuantized, BlockSize = settings.Int4BlockSize, Symmetric = settings.Int4Symmetric,
@@ -621,7 +650,8 @@ internal sealed class AttemptContext(ItemSettings settings, ModelProto original,
         List<BudgetOutcome> budgets = Budgets.Evaluate(settings, validation, originalBytes, bytes);
         return new Attempt(path, excluded, summary, pruning, bytes, sha, validation, budgets, compressSeconds, watch.Elapsed.TotalSeconds)
         {
-            CalibrationMethod = settings.Quantization == QuantizationScheme.Int8Static ? CalibrationMethodText : null,
+            CalibrationMethod = settings.Quantization == QuantizationScheme.Int8Static && quantize ? CalibrationMethodText : null,
+            DenseNodes = dense,
         };
     }
 }

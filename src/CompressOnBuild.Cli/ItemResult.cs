@@ -35,6 +35,9 @@ internal sealed class ItemResult
     public string? CompressedSha256 { get; set; }
     public PassResult? Quantization { get; set; }
     public PruningSummary? Pruning { get; set; }
+
+    /// <summary>Deflate size of the chosen compressed model (set with pruning, whose summary compares zip sizes).</summary>
+    public long? CompressedZipBytes { get; set; }
     public System.Text.Json.Nodes.JsonObject? WeightHistograms { get; set; }
     public ValidationResult? Validation { get; set; }
 
@@ -47,7 +50,11 @@ internal sealed class ItemResult
     public double CompressSeconds { get; set; }
     public double ValidateSeconds { get; set; }
     public bool FromCache { get; set; }
-    public string? CachedSummary { get; set; }
+    /// <summary>On a cache hit: the measured parts of the summary line (<see cref="Report.SummaryParts"/>) of the build that filled the entry.</summary>
+    public IReadOnlyList<string>? CachedSummaryParts { get; set; }
+
+    /// <summary>On a cache hit: the cached report.json, replayed for this build by <see cref="Report.Replay"/>.</summary>
+    public System.Text.Json.Nodes.JsonObject? CachedReport { get; set; }
     public bool Shipped { get; set; }
     public string? CacheKey { get; set; }
     public int ExitCode { get; set; }

@@ -83,6 +83,9 @@ internal sealed class ItemSettings
     public bool Tune { get; init; }
     public double TuneTimeBudgetSeconds { get; init; } = 60;
 
+    /// <summary>False when TuneTimeBudgetSeconds was left at its default (the tuner then scales it with the cost of one trial).</summary>
+    public bool TuneTimeBudgetGiven { get; init; }
+
     /// <summary>Canonical text of every option that changes the result (for the cache key and the report).</summary>
     public required SortedDictionary<string, string> EffectiveOptions { get; init; }
 
@@ -351,6 +354,7 @@ internal sealed class ItemSettings
             Budgets = budgets,
             Tune = tuneOn,
             TuneTimeBudgetSeconds = tuneSeconds,
+            TuneTimeBudgetGiven = r.Get("TuneTimeBudgetSeconds") != null,
             EffectiveOptions = effective,
         };
     }

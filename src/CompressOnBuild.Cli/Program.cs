@@ -17,6 +17,8 @@ public static class Program
 
     public static int Main(string[] args)
     {
+        // Before anything can load ONNX Runtime: a build step leaves no telemetry files behind.
+        OrtTelemetry.DisableForThisProcess();
         Core.IO.FileSizeLimit.ReportInsteadOfDying();
         var stdout = Console.Out;
         return Run(args, stdout);
@@ -150,15 +152,11 @@ public static class Program
         ItemSettings s = r.Settings;
         try
         {
-            using (var progress = new ProgressReporter(s.Model, line =>
+            Compressor.Run(r, global, ensureOrt, cache);
+            if (Compressor.CalibratesOnValidationData(s))
             {
-                lock (OutputGate)
-                {
-                    output.WriteLine(line);
-                }
-            }))
-            {
-                Compressor.Run(r, global, ensureOrt, cache, progress);
+                r.Diagnostics.Insert(0, new Diagnostic(Severity.Warning, DiagnosticCodes.CalibrationIsValidationData, s.Model,
+                    DiagnosticCodes.FormatWithoutCode(DiagnosticCodes.CalibrationIsValidationData, s.Model, s.ValidationData)));
             }
             int code = 0;
             lock (OutputGate)
@@ -167,37 +165,28 @@ public static class Program
                 {
                     WriteDiagnostic(output, d);
                 }
-                if (!r.FromCache)
+                // Also on a cache hit: the budgets were re-checked against the cached measurements with this build's limits.
+                foreach (BudgetOutcome b in r.Budgets.Where(b => !b.Passed))
                 {
-                    foreach (BudgetOutcome b in r.Budgets.Where(b => !b.Passed))
-                    {
-                        var d = new Diagnostic(global.BudgetFailureIsWarning ? Severity.Warning : Severity.Error, DiagnosticCodes.BudgetBroken, s.Model,
-                            DiagnosticCodes.FormatWithoutCode(DiagnosticCodes.BudgetBroken, s.Model, b.Name,
-                                Budgets.FormatValue(b.Name, b.Measured ?? double.NaN), Budgets.FormatValue(b.Name, b.Limit)));
-                        r.Diagnostics.Add(d);
-                        WriteDiagnostic(output, d);
-                    }
+                    var d = new Diagnostic(global.BudgetFailureIsWarning ? Severity.Warning : Severity.Error, DiagnosticCodes.BudgetBroken, s.Model,
+                        DiagnosticCodes.FormatWithoutCode(DiagnosticCodes.BudgetBroken, s.Model, b.Name,
+                            Budgets.FormatValue(b.Name, b.Measured ?? double.NaN), Budgets.FormatValue(b.Name, b.Limit)));
+                    r.Diagnostics.Add(d);
+                    WriteDiagnostic(output, d);
                 }
                 if (!r.BudgetsPassed && !global.BudgetFailureIsWarning)
                 {
                     code = 1;
                 }
-                string summary = r.FromCache ? r.CachedSummary + " (cached)" : Report.SummaryLine(r);
+                string summary = Report.SummaryLine(r) + (r.FromCache ? " (cached)" : "");
                 output.WriteLine("CompressOnBuild: " + summary);
             }
-            if (!r.FromCache)
+            JsonObject report = r.FromCache ? Report.Replay(r.CachedReport!, r, r.CacheKey!) : Report.Build(r, currentOrt());
+            r.ReportJson = report;
+            if (s.Report != null)
             {
-                JsonObject report = Report.Build(r, currentOrt());
-                r.ReportJson = report;
-                if (s.Report != null)
-                {
-                    Report.Write(s.Report, report);
-                    ReportRenderers.WriteBeside(s.Report, report);
-                }
-                if (cache != null && r.CacheKey != null)
-                {
-                    cache.Store(r.CacheKey, r, r.Shipped ? Path.GetFullPath(s.Output) : null, report);
-                }
+                Report.Write(s.Report, report);
+                ReportRenderers.WriteBeside(s.Report, report);
             }
             return code;
         }

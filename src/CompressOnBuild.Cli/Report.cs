@@ -45,25 +45,14 @@ internal static class Report
                 ["compressionRatio"] = Round(r.CompressionRatio, 4),
             },
             ["options"] = options,
-            ["quantization"] = r.Quantization == null ? null : Quantization(r.Quantization, r.FloatFallbacks),
+            ["quantization"] = r.Quantization == null ? null : Quantization(r.Quantization, r.FloatFallbacks, r.Tuning?.KeptByTune ?? []),
             ["validation"] = r.Validation == null ? null : Validation(r.Validation, r.ValidationSource, Verdict.OnSyntheticInputs(s)),
             ["pruning"] = r.Pruning == null ? null : Pruning(r.Pruning),
-            ["weightHistograms"] = r.WeightHistograms,
+            ["weightHistograms"] = r.WeightHistograms?.DeepClone(),
             ["tuning"] = r.Tuning == null ? null : Tuning(r.Tuning),
-            ["budgets"] = new JsonArray(r.Budgets.Select(b => (JsonNode)new JsonObject
-            {
-                ["name"] = b.Name,
-                ["limit"] = b.Limit,
-                ["measured"] = b.Measured is { } m ? Round(m, 6) : null,
-                ["passed"] = b.Passed,
-            }).ToArray()),
+            ["budgets"] = BudgetsJson(r),
             ["verdict"] = r.BudgetsPassed ? "passed" : "failed",
-            ["diagnostics"] = new JsonArray(r.Diagnostics.Select(d => (JsonNode)new JsonObject
-            {
-                ["severity"] = d.Severity.ToText(),
-                ["code"] = d.Code,
-                ["message"] = d.Message,
-            }).ToArray()),
+            ["diagnostics"] = DiagnosticsJson(r),
             ["timing"] = new JsonObject
             {
                 ["compressSeconds"] = Round(r.CompressSeconds, 3),
@@ -75,6 +64,21 @@ internal static class Report
         };
         return report;
     }
+
+    private static JsonArray BudgetsJson(ItemResult r) => new(r.Budgets.Select(b => (JsonNode)new JsonObject
+    {
+        ["name"] = b.Name,
+        ["limit"] = b.Limit,
+        ["measured"] = b.Measured is { } m ? Round(m, 6) : null,
+        ["passed"] = b.Passed,
+    }).ToArray());
+
+    private static JsonArray DiagnosticsJson(ItemResult r) => new(r.Diagnostics.Select(d => (JsonNode)new JsonObject
+    {
+        ["severity"] = d.Severity.ToText(),
+        ["code"] = d.Code,
+        ["message"] = d.Message,
+    }).ToArray());
 
     private static JsonObject Pruning(CompressOnBuild.Core.Passes.PruningSummary p) => new()
     {
@@ -142,9 +146,19 @@ internal static class Report
     private static JsonObject Tuning(TuningResult t) => new()
     {
         ["timeBudgetSeconds"] = t.TimeBudgetSeconds,
+        ["timeBudgetSource"] = t.TimeBudgetSource,
         ["elapsedSeconds"] = Round(t.ElapsedSeconds, 3),
         ["met"] = t.Met,
         ["timedOut"] = t.TimedOut,
+        ["harm"] = t.Harm,
+        ["diagnosis"] = new JsonArray(t.Diagnosis.Select(a => (JsonNode)new JsonObject
+        {
+            ["passes"] = a.Pruning != null ? "pruning only" : "quantization only",
+            ["accuracyDrop"] = a.Validation?.AccuracyDrop is { } d ? Round(d, 4) : null,
+            ["top1Agreement"] = a.Validation is { } v ? Round(v.Top1Agreement, 6) : null,
+            ["budgetsPassed"] = a.Passed,
+        }).ToArray()),
+        ["keptByTune"] = new JsonArray(t.KeptByTune.Select(n => (JsonNode)JsonValue.Create(n)!).ToArray()),
         ["sensitivitySamples"] = t.SensitivitySamples,
         ["sensitivity"] = new JsonArray(t.Sensitivity.Select(x => (JsonNode)new JsonObject
         {
@@ -155,6 +169,7 @@ internal static class Report
         ["trials"] = new JsonArray(t.Trials.Select(a => (JsonNode)new JsonObject
         {
             ["excludedNodes"] = new JsonArray(a.ExcludedNodes.Select(n => (JsonNode)JsonValue.Create(n)!).ToArray()),
+            ["denseNodes"] = new JsonArray(a.DenseNodes.Select(n => (JsonNode)JsonValue.Create(n)!).ToArray()),
             ["calibrationMethod"] = a.CalibrationMethod,
             ["compressedBytes"] = a.CompressedBytes,
             ["accuracy"] = a.Validation?.CompressedAccuracy is { } acc ? Round(acc, 4) : null,
@@ -165,7 +180,7 @@ internal static class Report
         }).ToArray()),
     };
 
-    private static JsonObject Quantization(PassResult q, IReadOnlyList<string>? floatFallbacks)
+    private static JsonObject Quantization(PassResult q, IReadOnlyList<string>? floatFallbacks, IReadOnlyList<string> keptByTune)
     {
         var o = new JsonObject
         {
@@ -190,7 +205,9 @@ internal static class Report
         {
             ["node"] = n.Node,
             ["opType"] = n.OpType,
-            ["reason"] = n.Reason,
+            // The pass sees Tune's back-off as an exclusion like the user's; the report says who kept the layer float.
+            ["reason"] = keptByTune.Contains(n.Node, StringComparer.Ordinal) ? "kept float by Tune (it broke a budget when quantized)" : n.Reason,
+            ["keptByTune"] = keptByTune.Contains(n.Node, StringComparer.Ordinal),
         }).ToArray());
         o["floatFallbacks"] = floatFallbacks == null ? null : new JsonArray([.. floatFallbacks.Select(n => (JsonNode)n)]);
         return o;
@@ -255,8 +272,7 @@ internal static class Report
     private static double? Finite(float v) => float.IsFinite(v) ? v : null;
 
     /// <summary>Deflate size of the shipped (pruned and quantized) model, the figure that matters for .zip/.apk artifacts.</summary>
-    private static long ZipOfOutput(ItemResult r) =>
-        File.Exists(r.Settings.Output) ? Core.Passes.PruningSummary.ZipBytes(File.ReadAllBytes(r.Settings.Output)) : r.Pruning?.ZipBytesAfter ?? 0;
+    private static long ZipOfOutput(ItemResult r) => r.CompressedZipBytes ?? r.Pruning?.ZipBytesAfter ?? 0;
 
     public static void Write(string path, JsonObject report) =>
         Core.Onnx.AtomicFile.WriteAllBytes(path, JsonSerializer.SerializeToUtf8Bytes(report, Indented));
@@ -267,7 +283,32 @@ internal static class Report
         return self.PeakWorkingSet64;
     }
 
+    /// <summary>
+    /// The summary line: "model -> output: " (this build's paths), what was measured, the budgets' verdict, and
+    /// where the readable report is. On a cache hit the measured parts come from the cache
+    /// (<see cref="ItemResult.CachedSummaryParts"/>) and everything else is rendered for this build.
+    /// </summary>
     public static string SummaryLine(ItemResult r)
+    {
+        var parts = new List<string>(r.CachedSummaryParts ?? SummaryParts(r));
+        if (r.Budgets.Count > 0)
+        {
+            int broken = r.Budgets.Count(b => !b.Passed);
+            parts.Add(broken == 0 ? $"{r.Budgets.Count} budget(s) met" : $"{broken} of {r.Budgets.Count} budget(s) BROKEN");
+        }
+        if (HtmlPath(r.Settings) is { } html)
+        {
+            parts.Add("report " + html);
+        }
+        return $"{r.Settings.Model} -> {r.Settings.Output}: " + string.Join("; ", parts);
+    }
+
+    /// <summary>The HTML report written beside report.json, or null without --report.</summary>
+    public static string? HtmlPath(ItemSettings s) =>
+        s.Report == null ? null : (s.Report.EndsWith(".json", StringComparison.OrdinalIgnoreCase) ? s.Report[..^5] : s.Report) + ".html";
+
+    /// <summary>The measured parts of the summary line: no paths and no budget verdict, so a cache hit can replay them.</summary>
+    public static List<string> SummaryParts(ItemResult r)
     {
         var ci = CultureInfo.InvariantCulture;
         var parts = new List<string>
@@ -309,14 +350,38 @@ internal static class Report
         }
         if (r.Tuning is { } t)
         {
-            int kept = t.Chosen.ExcludedNodes.Count - r.Settings.NodesToExclude.Count;
-            parts.Add(string.Format(ci, "tuned in {0:0.0}s over {1} trials: {2} layer(s) kept float{3}", t.ElapsedSeconds, t.Trials.Count, kept, t.Met ? "" : ", budgets NOT met"));
+            parts.Add(string.Format(ci, "tuned in {0:0.0}s of {1:0} s over {2} trials{3}: {4} layer(s) kept {5}{6}", t.ElapsedSeconds, t.TimeBudgetSeconds, t.Trials.Count,
+                t.Harm is { } h ? ", harm from " + h : "", t.KeptByTune.Count, t.Harm == "pruning" ? "dense" : "float",
+                t.Met ? "" : t.TimedOut ? ", TIMED OUT, budgets NOT met" : ", budgets NOT met"));
         }
-        if (r.Budgets.Count > 0)
+        return parts;
+    }
+
+    /// <summary>
+    /// A cached report made for this build: the paths, options, budgets, verdict and diagnostics are this build's;
+    /// the measurements are the cached ones.
+    /// </summary>
+    public static JsonObject Replay(JsonObject cached, ItemResult r, string key)
+    {
+        JsonObject report = cached.DeepClone().AsObject();
+        ItemSettings s = r.Settings;
+        report["model"]!["source"] = s.Model;
+        report["model"]!["output"] = s.Output;
+        var options = new JsonObject();
+        foreach ((string k, string v) in s.EffectiveOptions)
         {
-            int broken = r.Budgets.Count(b => !b.Passed);
-            parts.Add(broken == 0 ? $"{r.Budgets.Count} budget(s) met" : $"{broken} of {r.Budgets.Count} budget(s) BROKEN");
+            options[k] = v;
         }
-        return $"{r.Settings.Model} -> {r.Settings.Output}: " + string.Join("; ", parts);
+        report["options"] = options;
+        if (report["validation"] is JsonObject validation && (s.ValidationData != null || s.CalibrationData != null))
+        {
+            // A data path is this build's (the same bytes may sit elsewhere); synthetic inputs keep the cached description.
+            validation["data"] = r.ValidationSource;
+        }
+        report["budgets"] = BudgetsJson(r);
+        report["verdict"] = r.BudgetsPassed ? "passed" : "failed";
+        report["diagnostics"] = DiagnosticsJson(r);
+        report["cache"] = new JsonObject { ["key"] = key, ["hit"] = true };
+        return report;
     }
 }

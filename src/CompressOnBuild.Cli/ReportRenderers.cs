@@ -120,9 +120,34 @@ internal static class ReportRenderers
         }
         sb.AppendLine("</table>");
 
+        if (r["tuning"] is JsonNode tuning)
+        {
+            bool met = tuning["met"]!.GetValue<bool>(), timedOut = tuning["timedOut"]?.GetValue<bool>() == true;
+            JsonArray kept = tuning["keptByTune"]?.AsArray() ?? [];
+            string head = string.Create(Ci, $"<h2>Tuning</h2><p>{tuning["trials"]!.AsArray().Count} configurations in {Num(tuning["elapsedSeconds"], "0.0")} s of a {Num(tuning["timeBudgetSeconds"], "0")} s time budget ({H(tuning["timeBudgetSource"]?.ToString() ?? "TuneTimeBudgetSeconds")}); budgets <span class=\"{(met ? "pass" : "fail")}\">{(met ? "met" : timedOut ? "NOT met: timed out" : "NOT met")}</span>.");
+            sb.AppendLine(head
+                + (tuning["harm"] is JsonNode harm ? $" Measured with each pass alone, the harm came from: {H(harm.ToString())}." : "")
+                + (kept.Count > 0 ? $" Kept float (or dense) by Tune: {H(string.Join(", ", kept.Select(k => k!.ToString())))}." : "") + "</p>");
+        }
+
         sb.AppendLine("<h2>Accuracy vs size</h2>");
         sb.AppendLine(AccuracyVsSize(r));
 
+        if (r["diagnostics"] is JsonArray diagnostics && diagnostics.Count > 0)
+        {
+            sb.AppendLine("<h2>Diagnostics</h2><table><tr><th>severity</th><th>code</th><th>message</th></tr>");
+            foreach (JsonNode? d in diagnostics)
+            {
+                sb.AppendLine($"<tr><td>{H(d!["severity"]?.ToString())}</td><td>{H(d["code"]?.ToString())}</td><td>{H(d["message"]?.ToString())}</td></tr>");
+            }
+            sb.AppendLine("</table>");
+        }
+
+        if (r["quantization"] is JsonNode q0 && q0["quantizedNodes"]!.AsArray().Count == 0 && q0["skippedNodes"]!.AsArray().Count > 0)
+        {
+            sb.AppendLine("<h2>Kept in float</h2><p>No layer is quantized.</p>");
+            SkippedTable(sb, q0);
+        }
         if (r["quantization"] is JsonNode q && q["quantizedNodes"]!.AsArray().Count > 0)
         {
             sb.AppendLine("<h2>Per-layer weight error</h2><p>Largest |w − dequantized(w)| of each quantized layer (at most half a quantization step).</p>");
@@ -136,12 +161,8 @@ internal static class ReportRenderers
             sb.AppendLine("</table>");
             if (q["skippedNodes"]!.AsArray().Count > 0)
             {
-                sb.AppendLine("<h3>Kept in float</h3><table><tr><th>layer</th><th>op</th><th>reason</th></tr>");
-                foreach (JsonNode? n in q["skippedNodes"]!.AsArray())
-                {
-                    sb.AppendLine($"<tr><td>{H(n!["node"]?.ToString())}</td><td>{H(n["opType"]?.ToString())}</td><td>{H(n["reason"]?.ToString())}</td></tr>");
-                }
-                sb.AppendLine("</table>");
+                sb.AppendLine("<h3>Kept in float</h3>");
+                SkippedTable(sb, q);
             }
         }
         if (r["weightHistograms"] is JsonNode wh)
@@ -181,8 +202,12 @@ internal static class ReportRenderers
         return sb.ToString();
     }
 
-    /// <summary>Scatter of accuracy (or agreement without labels) against size: the original, every tuning trial, the shipped model.</summary>
-    private static string AccuracyVsSize(JsonNode r)
+    /// <summary>
+    /// Scatter of accuracy (or agreement without labels) against size: the original, every tuning trial, the shipped
+    /// model, with the budgets as dashed lines (accuracy floor, agreement floor, size ceiling). Axis ticks are round
+    /// values (1, 2 or 5 times a power of ten); point labels that would overlap are moved apart.
+    /// </summary>
+    internal static string AccuracyVsSize(JsonNode r)
     {
         JsonNode? v = r["validation"];
         if (v == null)
@@ -190,9 +215,10 @@ internal static class ReportRenderers
             return "<p>No validation data.</p>";
         }
         bool labels = v["originalAccuracy"] != null;
+        double sourceKb = D(r["model"]!["sourceBytes"]) / 1024;
         var points = new List<(double X, double Y, string Label, string Color)>
         {
-            (D(r["model"]!["sourceBytes"]) / 1024, labels ? D(v["originalAccuracy"]) : 100, "original", "#555"),
+            (sourceKb, labels ? D(v["originalAccuracy"]) : 100, "original", "#555"),
         };
         if (r["tuning"] is JsonNode t)
         {
@@ -210,32 +236,111 @@ internal static class ReportRenderers
             points.Add((D(r["model"]!["compressedBytes"]) / 1024,
                 labels ? D(v["compressedAccuracy"]) : D(v["top1Agreement"]) * 100, "compressed", "#1a7f37"));
         }
+
+        // Budget lines in the chart's units.
+        var hLines = new List<(double Y, string Label)>();
+        var vLines = new List<(double X, string Label)>();
+        foreach (JsonNode? b in r["budgets"]?.AsArray() ?? [])
+        {
+            string name = b!["name"]!.GetValue<string>();
+            double limit = D(b["limit"]);
+            if (name == "MaxAccuracyDrop" && labels)
+            {
+                hLines.Add((D(v["originalAccuracy"]) - limit, "MaxAccuracyDrop " + limit.ToString("G4", Ci)));
+            }
+            else if (name == "MinAgreement" && !labels)
+            {
+                hLines.Add((limit * 100, "MinAgreement " + limit.ToString("G4", Ci)));
+            }
+            else if (name == "MaxSizeKB")
+            {
+                vLines.Add((limit, "MaxSizeKB " + limit.ToString("G4", Ci)));
+            }
+            else if (name == "MinCompressionRatio" && limit > 0)
+            {
+                vLines.Add((sourceKb / limit, "MinCompressionRatio " + limit.ToString("G4", Ci) + "x"));
+            }
+        }
+
         const int W = 640, Hh = 320, L = 70, B = 40, T = 20, R = 20;
-        double x0 = 0, x1 = points.Max(p => p.X) * 1.1;
-        double y0 = points.Min(p => p.Y), y1 = points.Max(p => p.Y);
-        double pad = Math.Max(0.05, (y1 - y0) * 0.2);
-        y0 -= pad;
-        y1 += pad;
+        double[] xTicks = NiceTicks(0, Math.Max(points.Max(p => p.X), vLines.Count == 0 ? 0 : vLines.Max(l => l.X)) * 1.05, 5);
+        double yMin = Math.Min(points.Min(p => p.Y), hLines.Count == 0 ? double.MaxValue : hLines.Min(l => l.Y));
+        double yMax = Math.Max(points.Max(p => p.Y), hLines.Count == 0 ? double.MinValue : hLines.Max(l => l.Y));
+        double pad = Math.Max(0.05, (yMax - yMin) * 0.1);
+        double[] yTicks = NiceTicks(yMin - pad, yMax + pad, 5);
+        double x0 = xTicks[0], x1 = xTicks[^1], y0 = yTicks[0], y1 = yTicks[^1];
         double Sx(double x) => L + (x - x0) / (x1 - x0) * (W - L - R);
         double Sy(double y) => T + (1 - (y - y0) / (y1 - y0)) * (Hh - T - B);
+        string yFormat = TickFormat(yTicks), xFormat = TickFormat(xTicks);
+
         var sb = new StringBuilder();
         sb.Append(Ci, $"<svg width=\"{W}\" height=\"{Hh}\" viewBox=\"0 0 {W} {Hh}\" xmlns=\"http://www.w3.org/2000/svg\" font-size=\"11\">");
         sb.Append(Ci, $"<line x1=\"{L}\" y1=\"{Hh - B}\" x2=\"{W - R}\" y2=\"{Hh - B}\" stroke=\"#333\"/><line x1=\"{L}\" y1=\"{T}\" x2=\"{L}\" y2=\"{Hh - B}\" stroke=\"#333\"/>");
         sb.Append(Ci, $"<text x=\"{(L + W - R) / 2}\" y=\"{Hh - 8}\" text-anchor=\"middle\">size (KB)</text>");
         sb.Append(Ci, $"<text x=\"14\" y=\"{(T + Hh - B) / 2}\" transform=\"rotate(-90 14 {(T + Hh - B) / 2})\" text-anchor=\"middle\">{(labels ? "top-1 accuracy (%)" : "top-1 agreement (%)")}</text>");
-        for (int k = 0; k <= 4; k++)
+        foreach (double yv in yTicks)
         {
-            double yv = y0 + (y1 - y0) * k / 4, xv = x0 + (x1 - x0) * k / 4;
-            sb.Append(Ci, $"<text x=\"{L - 6}\" y=\"{Sy(yv) + 4:0.0}\" text-anchor=\"end\">{yv:0.00}</text>");
-            sb.Append(Ci, $"<text x=\"{Sx(xv):0.0}\" y=\"{Hh - B + 14}\" text-anchor=\"middle\">{xv:0}</text>");
+            sb.Append(Ci, $"<line x1=\"{L - 4}\" y1=\"{Sy(yv):0.0}\" x2=\"{L}\" y2=\"{Sy(yv):0.0}\" stroke=\"#333\"/><text class=\"tick\" x=\"{L - 6}\" y=\"{Sy(yv) + 4:0.0}\" text-anchor=\"end\">{yv.ToString(yFormat, Ci)}</text>");
         }
-        foreach ((double x, double y, string label, string color) in points)
+        foreach (double xv in xTicks)
+        {
+            sb.Append(Ci, $"<line x1=\"{Sx(xv):0.0}\" y1=\"{Hh - B}\" x2=\"{Sx(xv):0.0}\" y2=\"{Hh - B + 4}\" stroke=\"#333\"/><text class=\"tick\" x=\"{Sx(xv):0.0}\" y=\"{Hh - B + 15}\" text-anchor=\"middle\">{xv.ToString(xFormat, Ci)}</text>");
+        }
+        foreach ((double y, string label) in hLines)
+        {
+            sb.Append(Ci, $"<line class=\"budget\" x1=\"{L}\" y1=\"{Sy(y):0.0}\" x2=\"{W - R}\" y2=\"{Sy(y):0.0}\" stroke=\"#c62828\" stroke-dasharray=\"5 4\"/><text x=\"{W - R - 4}\" y=\"{Sy(y) + 13:0.0}\" text-anchor=\"end\" fill=\"#c62828\">{H(label)}</text>");
+        }
+        foreach ((double x, string label) in vLines)
+        {
+            sb.Append(Ci, $"<line class=\"budget\" x1=\"{Sx(x):0.0}\" y1=\"{T}\" x2=\"{Sx(x):0.0}\" y2=\"{Hh - B}\" stroke=\"#c62828\" stroke-dasharray=\"5 4\"/><text x=\"{Sx(x) + 4:0.0}\" y=\"{T + 10}\" fill=\"#c62828\">{H(label)}</text>");
+        }
+        // Labels: the named points first, then the trials; a label that would overlap one already placed moves down (or is left to its tooltip).
+        var placed = new List<(double X, double Y, double W)>();
+        foreach ((double x, double y, string label, string color) in points.OrderBy(p => p.Label.StartsWith("trial", StringComparison.Ordinal)))
         {
             sb.Append(Ci, $"<circle cx=\"{Sx(x):0.0}\" cy=\"{Sy(y):0.0}\" r=\"5\" fill=\"{color}\"><title>{H(label)}: {x:0.0} KB, {y:0.00}%</title></circle>");
-            sb.Append(Ci, $"<text x=\"{Sx(x) + 7:0.0}\" y=\"{Sy(y) - 6:0.0}\">{H(label)}</text>");
+            double lw = label.Length * 6.2, lx = Sx(x) + 7, ly = Sy(y) - 6;
+            if (lx + lw > W - R)
+            {
+                lx = Sx(x) - 7 - lw;
+            }
+            int tries = 0;
+            while (placed.Any(q => lx < q.X + q.W && q.X < lx + lw && Math.Abs(q.Y - ly) < 12) && tries++ < 6)
+            {
+                ly += 12;
+            }
+            if (tries > 6)
+            {
+                continue;
+            }
+            placed.Add((lx, ly, lw));
+            sb.Append(Ci, $"<text class=\"point-label\" x=\"{lx:0.0}\" y=\"{ly:0.0}\">{H(label)}</text>");
         }
         sb.Append("</svg>");
         return sb.ToString();
+    }
+
+    /// <summary>Round tick values (1, 2 or 5 times a power of ten) covering [<paramref name="min"/>, <paramref name="max"/>], about <paramref name="count"/> intervals.</summary>
+    internal static double[] NiceTicks(double min, double max, int count)
+    {
+        if (!(max > min))
+        {
+            max = min + 1;
+        }
+        double raw = (max - min) / count;
+        double magnitude = Math.Pow(10, Math.Floor(Math.Log10(raw)));
+        double step = new[] { 1.0, 2, 5, 10 }.Select(f => f * magnitude).First(s => s >= raw * (1 - 1e-9));
+        double start = Math.Floor(min / step + 1e-9) * step, end = Math.Ceiling(max / step - 1e-9) * step;
+        int n = (int)Math.Round((end - start) / step);
+        return Enumerable.Range(0, n + 1).Select(i => Math.Round(start + i * step, 10)).ToArray();
+    }
+
+    /// <summary>As many decimals as the tick step needs (0 for 10, 1 for 0.5, 2 for 0.02).</summary>
+    private static string TickFormat(double[] ticks)
+    {
+        double step = ticks.Length > 1 ? ticks[1] - ticks[0] : 1;
+        int decimals = Math.Max(0, (int)Math.Ceiling(-Math.Log10(step) - 1e-9));
+        return decimals == 0 ? "0" : "0." + new string('0', decimals);
     }
 
     private static string Histograms(JsonNode wh)
@@ -283,6 +388,16 @@ internal static class ReportRenderers
         }
         sb.Append("</svg>");
         return sb.ToString();
+    }
+
+    private static void SkippedTable(StringBuilder sb, JsonNode q)
+    {
+        sb.AppendLine("<table><tr><th>layer</th><th>op</th><th>reason</th></tr>");
+        foreach (JsonNode? n in q["skippedNodes"]!.AsArray())
+        {
+            sb.AppendLine($"<tr><td>{H(n!["node"]?.ToString())}</td><td>{H(n["opType"]?.ToString())}</td><td>{H(n["reason"]?.ToString())}</td></tr>");
+        }
+        sb.AppendLine("</table>");
     }
 
     private static void Row(StringBuilder sb, string name, object? value) =>

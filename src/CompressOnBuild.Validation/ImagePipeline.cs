@@ -53,10 +53,15 @@ internal static class ImagePipeline
         {
             targetC = channels >= 3 ? 3 : 1;
         }
-        ChannelOrder order = p.Channels != ChannelOrder.Auto ? p.Channels : targetC == 1 ? ChannelOrder.Gray : ChannelOrder.Rgb;
-        if ((order == ChannelOrder.Gray) != (targetC == 1) || targetC is not (1 or 3))
+        if (targetC is not (1 or 3))
         {
-            throw Shape(file, input, $"{targetC} channels cannot be filled as {order}");
+            throw Shape(file, input, ChannelMismatch(input, layout, p.Layout != DataLayout.Auto, targetC));
+        }
+        ChannelOrder order = p.Channels != ChannelOrder.Auto ? p.Channels : targetC == 1 ? ChannelOrder.Gray : ChannelOrder.Rgb;
+        if ((order == ChannelOrder.Gray) != (targetC == 1))
+        {
+            throw Shape(file, input, $"the input {input.Describe()} ({layout}) expects {targetC} channel(s), but channels={order.ToString().ToUpperInvariant()} "
+                + $"would produce {(order == ChannelOrder.Gray ? 1 : 3)}; use {(targetC == 1 ? "channels=GRAY" : "channels=RGB or BGR")} or leave channels out");
         }
         if (p.Mean.Count > 1 && p.Mean.Count != targetC)
         {
@@ -102,6 +107,15 @@ internal static class ImagePipeline
             DataLayout.Nhwc => shape[2],
             _ => -1,
         };
+        if (((modelH > 0 && modelH != h) || (modelW > 0 && modelW != w)) && (p.Size != null || p.Crop != null || p.ResizeShorter != null))
+        {
+            // The user's own resizing would be resized again to the model's fixed size: say so instead of guessing.
+            string step = p.Crop != null ? $"crop={p.Crop.Value.Height}x{p.Crop.Value.Width}"
+                : p.ResizeShorter != null ? $"resize={p.ResizeShorter}" : $"size={p.Size!.Value.Height}x{p.Size.Value.Width}";
+            throw Shape(file, input, $"the input {input.Describe()} ({layout}) expects {(modelH > 0 ? modelH.ToString(System.Globalization.CultureInfo.InvariantCulture) : "any")}x"
+                + $"{(modelW > 0 ? modelW.ToString(System.Globalization.CultureInfo.InvariantCulture) : "any")} images, but the preprocessing ({step}) would produce {h}x{w}; "
+                + $"set it to the model's size or leave it out (images are then resized to {(modelH > 0 ? modelH : h)}x{(modelW > 0 ? modelW : w)})");
+        }
         if ((modelH > 0 && modelH != h) || (modelW > 0 && modelW != w))
         {
             int th = modelH > 0 ? (int)modelH : h;
@@ -141,6 +155,28 @@ internal static class ImagePipeline
         };
         return new TensorData(data, outShape);
     }
+
+    /// <summary>Why a rank-4 input's channel dimension under <paramref name="layout"/> cannot take an image, and what would.</summary>
+    private static string ChannelMismatch(TensorInfo input, DataLayout layout, bool layoutGiven, int channels)
+    {
+        string text = $"the input {input.Describe()} read as {layout} has {channels} channel(s) (dimension {(layout == DataLayout.Nhwc ? 3 : 1)}); an image gives 1 (gray) or 3 (color)";
+        IReadOnlyList<long> shape = input.Shape;
+        if (shape.Count == 4)
+        {
+            DataLayout other = layout == DataLayout.Nhwc ? DataLayout.Nchw : DataLayout.Nhwc;
+            long otherC = other == DataLayout.Nchw ? shape[1] : shape[3];
+            long otherH = other == DataLayout.Nchw ? shape[2] : shape[1];
+            long otherW = other == DataLayout.Nchw ? shape[3] : shape[2];
+            if (otherC is 1 or 3)
+            {
+                return text + $"; as {other} it expects {otherC} channel(s) of {Dim(otherH)}x{Dim(otherW)}: "
+                    + (layoutGiven ? $"the model's layout is {other}, use layout={other.ToString().ToUpperInvariant()} (or leave layout out)" : $"set layout={other.ToString().ToUpperInvariant()}");
+            }
+        }
+        return text;
+    }
+
+    private static string Dim(long d) => d > 0 ? d.ToString(System.Globalization.CultureInfo.InvariantCulture) : "any";
 
     private static bool IsNhwc(IReadOnlyList<long> shape) =>
         shape[3] is 1 or 3 && shape[1] is not (1 or 3);

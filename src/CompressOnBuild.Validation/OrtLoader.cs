@@ -83,6 +83,7 @@ public static class OrtLoader
             {
                 return loaded;
             }
+            OrtTelemetry.DisableForThisProcess();
             string? hostPath = HostManagedPath();
             if (hostPath != null)
             {

@@ -70,6 +70,9 @@ namespace CompressOnBuild
         public const string SyntheticInputsNeeded = "CMPR0411";
         public const string SyntheticValidation = "CMPR0415";
         public const string Slower = "CMPR0416";
+        public const string CalibrationIsValidationData = "CMPR0420";
+        public const string TuneTimedOut = "CMPR0421";
+        public const string TunedResultBelowGoal = "CMPR0422";
         public const string EmbeddingBudgetUnmeasurable = "CMPR0425";
 
         // 05xx: internal.

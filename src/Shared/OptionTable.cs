@@ -299,7 +299,7 @@ namespace CompressOnBuild
             new OptionSpec
             {
                 Name = "CompressModelBudgetFailureSeverity", Cli = "--budget-severity", Kind = OptionKind.Choice,
-                Choices = new[] { "Error", "Warning" }, ValueHint = "Error|Warning", Default = "Error", Role = CacheKeyRole.Result,
+                Choices = new[] { "Error", "Warning" }, ValueHint = "Error|Warning", Default = "Error", Role = CacheKeyRole.None,
                 Help = "broken budgets fail the build, or warn and ship the model",
             },
             new OptionSpec

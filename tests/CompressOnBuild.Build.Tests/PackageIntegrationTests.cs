@@ -140,12 +140,19 @@ public sealed partial class PackageIntegrationTests
     [TestMethod]
     public void BrokenBudget_FailsTheBuildWithCMPR0401NamingTheModel()
     {
+        // An earlier configuration that passed has put its compressed model into bin/.
+        ProcessResult passing = Build("build", "budget-before", "-p:Configuration=Debug", "--no-restore");
+        Assert.AreEqual(0, passing.ExitCode, passing.Tail());
+        string shipped = Path.Combine(s_app, "bin", "Debug", "net10.0", "generated", "shapes.onnx");
+        Assert.IsTrue(File.Exists(shipped));
+
         ProcessResult broken = Build("build", "budget", "-p:Configuration=Debug", "--no-restore", "-p:TestMaxSizeKB=1");
         Assert.AreNotEqual(0, broken.ExitCode, broken.Tail());
         Match error = ErrorLine().Match(broken.Output);
         Assert.IsTrue(error.Success, "expected 'error CMPR0401' in:\n" + broken.Tail());
         StringAssert.Contains(error.Value, "shapes.onnx", "the error names the model");
         Assert.AreEqual(s_sourceHash, Hash(SourceModel));
+        Assert.IsFalse(File.Exists(shipped), "after a budget failure bin/ must not keep the model of an earlier configuration");
 
         // Relaxing the budget in the project makes the same build pass and ship the compressed model.
         ProcessResult relaxed = Build("build", "budget-relaxed", "-p:Configuration=Debug", "--no-restore", "-p:TestMaxSizeKB=100000");
@@ -187,6 +194,24 @@ public sealed partial class PackageIntegrationTests
             "-p:TestMaxSizeKB=3", "-p:CompressModelBudgetFailureSeverity=Warning", "-p:NoWarn=CMPR0401");
         Assert.AreEqual(0, suppressed.ExitCode, suppressed.Tail());
         Assert.IsFalse(suppressed.Output.Contains("CMPR0401", StringComparison.Ordinal), suppressed.Tail());
+    }
+
+    [TestMethod]
+    public void MissingModel_FailsWithACodedError_AndLeavesNoOptionsStamp()
+    {
+        string app = Path.Combine(s_root, "missing-model");
+        Directory.CreateDirectory(app);
+        File.Copy(Path.Combine(s_app, "Program.cs"), Path.Combine(app, "Program.cs"));
+        File.WriteAllText(Path.Combine(app, "app.csproj"), Regex.Replace(
+            File.ReadAllText(Path.Combine(s_app, "app.csproj")),
+            "<CompressModel Include=\"generated/shapes.onnx\"[^>]*/>",
+            "<CompressModel Include=\"generated/absent.onnx\" />"));
+        ProcessResult build = BuildIn(app, "build", "missing-model");
+        Assert.AreNotEqual(0, build.ExitCode, build.Tail());
+        StringAssert.Matches(build.Output, new Regex("absent\\.onnx.*error CMPR\\d{4}"), build.Tail());
+        string intermediate = Path.Combine(app, "obj", "Debug", "net10.0", "CompressOnBuild");
+        string[] stamps = Directory.Exists(intermediate) ? Directory.GetFiles(intermediate, "*.options", SearchOption.AllDirectories) : [];
+        Assert.IsEmpty(stamps, "a failed model leaves no options stamp: " + string.Join(", ", stamps));
     }
 
     [TestMethod]
@@ -420,6 +445,7 @@ public sealed partial class PackageIntegrationTests
             ("option", () => File.WriteAllText(projectFile, File.ReadAllText(projectFile).Replace("MinAgreement=\"0.95\"", "MinAgreement=\"0.95\" ValidationSamples=\"250\"", StringComparison.Ordinal))),
             ("budget", () => File.WriteAllText(projectFile, File.ReadAllText(projectFile).Replace("MaxAccuracyDrop=\"3.0\"", "MaxAccuracyDrop=\"4.0\"", StringComparison.Ordinal))),
         };
+        string previous = lines[0];
         foreach ((string name, Action apply) in changes)
         {
             string before = File.ReadAllText(projectFile);
@@ -430,7 +456,17 @@ public sealed partial class PackageIntegrationTests
             Assert.AreEqual(0, changed.ExitCode, changed.Tail());
             lines = SummaryLines(changed);
             Assert.HasCount(1, lines, name + ": " + changed.Tail());
-            Assert.IsFalse(lines[0].EndsWith("(cached)", StringComparison.Ordinal), "a changed " + name + " recompresses: " + lines[0]);
+            if (name == "budget")
+            {
+                // A budget is checked against the cached measurements: nothing is compressed again, the numbers are the same.
+                StringAssert.EndsWith(lines[0], "(cached)", "a budget-only change reuses the compressed model: " + lines[0]);
+                Assert.AreEqual(Measured(previous), Measured(lines[0]), "the same measurements are printed");
+            }
+            else
+            {
+                Assert.IsFalse(lines[0].EndsWith("(cached)", StringComparison.Ordinal), "a changed " + name + " recompresses: " + lines[0]);
+            }
+            previous = lines[0];
 
             ProcessResult again = BuildIn(app2, "build", "cache-" + name + "-again", "--no-restore", "-v:d");
             Assert.AreEqual(0, again.ExitCode, again.Tail());
@@ -450,6 +486,11 @@ public sealed partial class PackageIntegrationTests
         Assert.AreEqual(0, wipe.ExitCode, wipe.Tail());
         StringAssert.Contains(wipe.Output, "CompressOnBuild: removed", wipe.Tail());
     }
+
+    /// <summary>The measured parts of a summary line: after "model -> output: ", without the budget verdict, report path and "(cached)".</summary>
+    private static string Measured(string summary) => string.Join("; ", summary[(summary.IndexOf(".onnx: ", StringComparison.Ordinal) + 7)..]
+        .Replace(" (cached)", "", StringComparison.Ordinal).Split("; ")
+        .Where(p => !p.Contains("budget(s)", StringComparison.Ordinal) && !p.StartsWith("report ", StringComparison.Ordinal)));
 
     private static void AssertCompressed(string path)
     {

@@ -35,9 +35,23 @@ internal static class CliHarness
         return dll;
     }
 
-    public static CliRun OutOfProcess(string workingDirectory, params string[] args)
+    public static CliRun OutOfProcess(string workingDirectory, params string[] args) => OutOfProcess(workingDirectory, new Dictionary<string, string?>(), args);
+
+    /// <summary>The CLI in its own process, with <paramref name="environment"/> changes (null removes a variable).</summary>
+    public static CliRun OutOfProcess(string workingDirectory, IReadOnlyDictionary<string, string?> environment, params string[] args)
     {
         var psi = new ProcessStartInfo("dotnet") { WorkingDirectory = workingDirectory, RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach ((string name, string? value) in environment)
+        {
+            if (value == null)
+            {
+                psi.Environment.Remove(name);
+            }
+            else
+            {
+                psi.Environment[name] = value;
+            }
+        }
         psi.ArgumentList.Add("exec");
         psi.ArgumentList.Add(CliDll());
         foreach (string a in args)

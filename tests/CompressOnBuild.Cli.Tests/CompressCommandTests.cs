@@ -323,6 +323,112 @@ public sealed class CompressCommandTests
         Assert.IsFalse(File.Exists(P("c/fail.onnx")));
     }
 
+    /// <summary>The summary line without this run's "(cached)" marker, and its measured part (after "model -> output: ").</summary>
+    private static string Measured(CliRun run)
+    {
+        string line = run.Lines.Single(l => l.StartsWith("CompressOnBuild: ", StringComparison.Ordinal));
+        line = line.Replace(" (cached)", "", StringComparison.Ordinal);
+        return line[(line.IndexOf(": ", "CompressOnBuild: ".Length, StringComparison.Ordinal) + 2)..];
+    }
+
+    private static string Body(string measured) => string.Join("; ", measured.Split("; ").Where(p => !p.Contains("budget(s)", StringComparison.Ordinal) && !p.StartsWith("report ", StringComparison.Ordinal)));
+
+    [TestMethod]
+    public void ABudgetOnlyChangeReChecksTheCachedMeasurementsInsteadOfCompressingAgain()
+    {
+        (string model, string images, string labels) = MakeMlpWithData();
+        string cache = P("budget-cache");
+        string[] common = ["compress", model, "--output", P("b/out.onnx"), "--report", P("b/out.report.json"), "--validation-data", images, "--labels", labels, "--cache-dir", cache];
+        CliRun first = CliHarness.InProcess([.. common, "--max-accuracy-drop", "50"]);
+        Assert.AreEqual(0, first.ExitCode, first.Output);
+        Assert.IsFalse(first.Output.Contains("(cached)", StringComparison.Ordinal), first.Output);
+        byte[] shipped = File.ReadAllBytes(P("b/out.onnx"));
+
+        // Only the budget changes: the cached model and measurements are reused and the new limit is checked.
+        CliRun looser = CliHarness.InProcess([.. common, "--max-accuracy-drop", "60"]);
+        Assert.AreEqual(0, looser.ExitCode, looser.Output);
+        StringAssert.Contains(looser.Output, "(cached)");
+        Assert.AreEqual(Body(Measured(first)), Body(Measured(looser)), "the same measurements are printed");
+        JsonNode report = JsonNode.Parse(File.ReadAllText(P("b/out.report.json")))!;
+        Assert.IsTrue(report["cache"]!["hit"]!.GetValue<bool>());
+        Assert.AreEqual(60, report["budgets"]![0]!["limit"]!.GetValue<double>(), "the report shows this run's limit");
+        Assert.AreEqual("60", report["options"]!["MaxAccuracyDrop"]!.GetValue<string>());
+        CollectionAssert.AreEqual(shipped, File.ReadAllBytes(P("b/out.onnx")));
+
+        // A budget the cached measurements break fails from the cache, and the output is removed.
+        CliRun tight = CliHarness.InProcess([.. common, "--max-accuracy-drop", "60", "--max-size-kb", "1"]);
+        Assert.AreEqual(1, tight.ExitCode, tight.Output);
+        StringAssert.Contains(tight.Output, "(cached)");
+        Assert.AreEqual(1, tight.Errors("CMPR0401").Count(), tight.Output);
+        StringAssert.Contains(tight.Errors("CMPR0401").Single(), "MaxSizeKB");
+        Assert.IsFalse(File.Exists(P("b/out.onnx")), "a model that breaks this build's budget does not ship");
+        Assert.AreEqual("failed", JsonNode.Parse(File.ReadAllText(P("b/out.report.json")))!["verdict"]!.GetValue<string>());
+
+        // Loosened again: the cached model (stored whatever its verdict) ships without compressing.
+        CliRun again = CliHarness.InProcess([.. common, "--max-size-kb", "100000"]);
+        Assert.AreEqual(0, again.ExitCode, again.Output);
+        StringAssert.Contains(again.Output, "(cached)");
+        CollectionAssert.AreEqual(shipped, File.ReadAllBytes(P("b/out.onnx")));
+    }
+
+    [TestMethod]
+    public void ACacheHitNamesThisBuildsPathsNotThoseOfTheBuildThatFilledIt()
+    {
+        (string model, string images, string labels) = MakeMlpWithData();
+        string cache = P("shared-cache");
+        foreach (string app in new[] { "appA", "appB" })
+        {
+            Directory.CreateDirectory(P(app));
+            File.Copy(model, P(app + "/mlp.onnx"));
+        }
+        CliRun Build(string app, string config) => CliHarness.InProcess("compress", P(app + "/mlp.onnx"), "--output", P($"{app}/obj/{config}/mlp.onnx"),
+            "--report", P($"{app}/obj/{config}/mlp.onnx.report.json"), "--validation-data", images, "--labels", labels, "--min-agreement", "0.5",
+            "--max-size-kb", "1", "--cache-dir", cache);
+
+        CliRun a = Build("appA", "Debug");
+        Assert.AreEqual(1, a.ExitCode, a.Output);
+        Assert.IsFalse(a.Output.Contains("(cached)", StringComparison.Ordinal), a.Output);
+        CliRun b = Build("appB", "Release");
+        Assert.AreEqual(1, b.ExitCode, b.Output);
+        StringAssert.Contains(b.Output, "(cached)");
+        Assert.IsFalse(b.Output.Contains("appA", StringComparison.Ordinal), "nothing printed names the other build's files:\n" + b.Output);
+        Assert.IsFalse(b.Output.Contains("Debug", StringComparison.Ordinal), b.Output);
+        string summary = b.Lines.Single(l => l.StartsWith("CompressOnBuild: ", StringComparison.Ordinal));
+        StringAssert.StartsWith(summary, "CompressOnBuild: " + P("appB/mlp.onnx") + " -> " + P("appB/obj/Release/mlp.onnx") + ": ");
+        StringAssert.Contains(summary, "report " + P("appB/obj/Release/mlp.onnx.report.html"));
+        StringAssert.StartsWith(b.Errors("CMPR0401").Single(), P("appB/mlp.onnx") + " : error CMPR0401 : ");
+        JsonNode report = JsonNode.Parse(File.ReadAllText(P("appB/obj/Release/mlp.onnx.report.json")))!;
+        Assert.AreEqual(P("appB/mlp.onnx"), report["model"]!["source"]!.GetValue<string>());
+        Assert.AreEqual(P("appB/obj/Release/mlp.onnx"), report["model"]!["output"]!.GetValue<string>());
+        Assert.IsFalse(File.ReadAllText(P("appB/obj/Release/mlp.onnx.report.html")).Contains("appA", StringComparison.Ordinal));
+        Assert.IsFalse(File.ReadAllText(P("appB/obj/Release/mlp.onnx.report.json")).Contains("appA", StringComparison.Ordinal));
+    }
+
+    [TestMethod]
+    public void TheWorkerLeavesNoOnnxRuntimeTelemetryFilesInHomeOrTemp()
+    {
+        (string model, string images, string labels) = MakeMlpWithData();
+        string home = P("home"), temp = P("tmp"), work = P("work");
+        foreach (string d in new[] { home, temp, work })
+        {
+            Directory.CreateDirectory(d);
+        }
+        string packages = Environment.GetEnvironmentVariable("NUGET_PACKAGES") is { Length: > 0 } np
+            ? np : Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".nuget", "packages");
+        var environment = new Dictionary<string, string?>
+        {
+            ["HOME"] = home, ["USERPROFILE"] = home, ["TMPDIR"] = temp, ["TMP"] = temp, ["TEMP"] = temp,
+            ["XDG_CACHE_HOME"] = null, ["LOCALAPPDATA"] = null, ["ORT_DISABLE_TELEMETRY"] = null, ["NUGET_PACKAGES"] = packages,
+            ["DOTNET_CLI_TELEMETRY_OPTOUT"] = "1",
+        };
+        CliRun run = CliHarness.OutOfProcess(work, environment, "compress", model, "--output", Path.Combine(work, "out.onnx"),
+            "--validation-data", images, "--labels", labels, "--min-agreement", "0.5");
+        Assert.AreEqual(0, run.ExitCode, run.Output);
+        string[] left = Directory.GetFileSystemEntries(home, "*", SearchOption.AllDirectories)
+            .Concat(Directory.GetFileSystemEntries(temp, "*", SearchOption.AllDirectories)).ToArray();
+        Assert.IsEmpty(left, "the worker left files in the user's home or TMPDIR: " + string.Join(", ", left));
+    }
+
     [TestMethod]
     public void SeparateProcessLoadsOnnxRuntimeFromTheNuGetFolderAndReportsIt()
     {
@@ -430,6 +536,17 @@ public sealed class CompressCommandTests
         Assert.IsTrue(trials.Take(chosenIndex).All(x => !x!["budgetsPassed"]!.GetValue<bool>()));
         Assert.AreEqual(chosen["compressedBytes"]!.GetValue<long>(), new FileInfo(P("tuned.onnx")).Length);
         StringAssert.Contains(tuned.Output, "tuned in");
+        // The layers Tune kept float are labelled as Tune's choice, not as the user's exclusion.
+        JsonNode report = JsonNode.Parse(File.ReadAllText(P("tuned.json")))!;
+        var keptByTune = report["quantization"]!["skippedNodes"]!.AsArray().Where(n => n!["keptByTune"]!.GetValue<bool>()).ToList();
+        Assert.AreEqual(chosen["excludedNodes"]!.AsArray().Count, keptByTune.Count, report["quantization"]!.ToJsonString());
+        Assert.IsTrue(keptByTune.All(n => n!["reason"]!.GetValue<string>().StartsWith("kept float by Tune", StringComparison.Ordinal)));
+        StringAssert.Contains(File.ReadAllText(P("tuned.html")), "kept float by Tune");
+        if (keptByTune.Count * 2 > 3)
+        {
+            // Most of the compression given back, and no size or latency goal stated: the build says so.
+            Assert.AreEqual(1, tuned.Lines.Count(l => l.Contains(" : warning CMPR0422 : ", StringComparison.Ordinal)), tuned.Output);
+        }
     }
 
     [TestMethod]
@@ -445,6 +562,134 @@ public sealed class CompressCommandTests
         Assert.IsTrue(t["timedOut"]!.GetValue<bool>());
         Assert.IsFalse(t["met"]!.GetValue<bool>());
         Assert.IsFalse(File.Exists(P("t.onnx")));
+        // The build output says it timed out and how to raise the limit.
+        string warning = run.Lines.Single(l => l.Contains(" : warning CMPR0421 : ", StringComparison.Ordinal));
+        StringAssert.Contains(warning, "timed out");
+        StringAssert.Contains(warning, "TuneTimeBudgetSeconds=");
+        StringAssert.Contains(run.Lines.Single(l => l.StartsWith("CompressOnBuild: ", StringComparison.Ordinal)), "TIMED OUT");
+    }
+
+    [TestMethod]
+    public void TuneWithoutAGivenTimeBudgetScalesItWithTheCostOfATrial()
+    {
+        (string model, string images, string labels) = MakeMlpWithData();
+        CliRun run = CliHarness.InProcess("compress", model, "--output", P("sc.onnx"), "--report", P("sc.json"),
+            "--validation-data", images, "--labels", labels, "--max-size-kb", "1", "--tune", "true");
+        Assert.AreEqual(1, run.ExitCode, run.Output);
+        JsonNode t = JsonNode.Parse(File.ReadAllText(P("sc.json")))!["tuning"]!;
+        StringAssert.StartsWith(t["timeBudgetSource"]!.GetValue<string>(), "default");
+        StringAssert.Contains(run.Lines.Single(l => l.StartsWith("CompressOnBuild: ", StringComparison.Ordinal)), " s over ", "the summary line states the time budget");
+
+        // The rule itself: 20 trials like the first one, never below the 60 s default, at most an hour.
+        Assert.AreEqual((60.0, "default"), Tuner.TimeBudget(null, 60, 0.4));
+        (double seconds, string source) = Tuner.TimeBudget(null, 60, 14.2);
+        Assert.AreEqual(290, seconds);
+        StringAssert.Contains(source, "20 trials of 14.2 s");
+        Assert.AreEqual(3600, Tuner.TimeBudget(null, 60, 1000).Seconds);
+        Assert.AreEqual((5.0, "TuneTimeBudgetSeconds"), Tuner.TimeBudget(5, 60, 1000));
+        CliRun given = CliHarness.InProcess("compress", model, "--output", P("sc2.onnx"), "--report", P("sc2.json"),
+            "--validation-data", images, "--labels", labels, "--max-size-kb", "1", "--tune", "true", "--tune-time-budget-seconds", "30");
+        Assert.AreEqual("TuneTimeBudgetSeconds", JsonNode.Parse(File.ReadAllText(P("sc2.json")))!["tuning"]!["timeBudgetSource"]!.GetValue<string>(), given.Output);
+    }
+
+    [TestMethod]
+    public void TuneMeasuresWhichPassDoesTheHarmAndBacksOffOnlyThatOne()
+    {
+        string images = Corpus.Dataset("mnist", "t10k-images-idx3-ubyte");
+        string labels = Corpus.Dataset("mnist", "t10k-labels-idx1-ubyte");
+        CliRun run = CliHarness.InProcess("compress", Corpus.Model("mnist-mlp-gemm"), "--pruning", "Magnitude:0.8", "--quantization", "Int8Dynamic",
+            "--validation-data", images, "--labels", labels, "--max-accuracy-drop", "3.0", "--output", P("ph.onnx"), "--report", P("ph.json"), "--tune", "true");
+        JsonNode t = JsonNode.Parse(File.ReadAllText(P("ph.json")))!["tuning"]!;
+        Assert.AreEqual("pruning", t["harm"]!.GetValue<string>(), t.ToJsonString());
+        JsonArray diagnosis = t["diagnosis"]!.AsArray();
+        Assert.HasCount(2, diagnosis);
+        Assert.IsTrue(diagnosis.Single(d => d!["passes"]!.GetValue<string>() == "quantization only")!["budgetsPassed"]!.GetValue<bool>());
+        Assert.IsFalse(diagnosis.Single(d => d!["passes"]!.GetValue<string>() == "pruning only")!["budgetsPassed"]!.GetValue<bool>());
+        // Only pruning is backed off: every later trial keeps every layer quantized and some layers dense.
+        foreach (JsonNode? trial in t["trials"]!.AsArray().Skip(1))
+        {
+            Assert.IsEmpty(trial!["excludedNodes"]!.AsArray(), trial.ToJsonString());
+            Assert.IsNotEmpty(trial["denseNodes"]!.AsArray(), trial.ToJsonString());
+        }
+        Assert.AreEqual(0, run.ExitCode, run.Output);
+        StringAssert.Contains(run.Output, "harm from pruning");
+    }
+
+    [TestMethod]
+    public void ATunedResultThatGaveMostOfTheCompressionBackSaysSo()
+    {
+        (string model, string images, string labels) = MakeMlpWithData();
+        string[] common = ["compress", model, "--pruning", "Magnitude:0.95", "--quantization", "None", "--validation-data", images, "--labels", labels,
+            "--min-agreement", "1.0", "--tune", "true"];
+        CliRun run = CliHarness.InProcess([.. common, "--output", P("g.onnx")]);
+        Assert.AreEqual(0, run.ExitCode, run.Output);
+        string warning = run.Lines.Single(l => l.Contains(" : warning CMPR0422 : ", StringComparison.Ordinal));
+        StringAssert.Contains(warning, "1 of 1 compressed layer(s) float");
+        StringAssert.Contains(warning, "MinCompressionRatio");
+
+        // Stated as a budget, the goal makes the build fail instead.
+        CliRun goal = CliHarness.InProcess([.. common, "--output", P("g2.onnx"), "--min-compression-ratio", "1.5"]);
+        Assert.AreEqual(1, goal.ExitCode, goal.Output);
+        Assert.IsFalse(goal.Output.Contains("CMPR0422", StringComparison.Ordinal), goal.Output);
+        StringAssert.Contains(goal.Errors("CMPR0401").Single(), "MinCompressionRatio");
+    }
+
+    [TestMethod]
+    public void CalibratingOnTheValidationDataWarns()
+    {
+        (string model, string images, string labels) = MakeMlpWithData();
+        string cache = P("cv-cache");
+        string[] args = ["compress", model, "--output", P("cv.onnx"), "--calibration-data", images, "--validation-data", images, "--labels", labels,
+            "--min-agreement", "0.5", "--cache-dir", cache];
+        foreach (CliRun run in new[] { CliHarness.InProcess(args), CliHarness.InProcess(args) })
+        {
+            Assert.AreEqual(0, run.ExitCode, run.Output);
+            Assert.AreEqual(1, run.Lines.Count(l => l.Contains(" : warning CMPR0420 : ", StringComparison.Ordinal)), "once, also on a cache hit:\n" + run.Output);
+        }
+        // A copy of the same file is the same data.
+        File.Copy(images, P("copy-idx3-ubyte"));
+        CliRun copy = CliHarness.InProcess("compress", model, "--output", P("cv2.onnx"), "--calibration-data", P("copy-idx3-ubyte"), "--validation-data", images,
+            "--labels", labels, "--min-agreement", "0.5");
+        Assert.AreEqual(1, copy.Lines.Count(l => l.Contains(" : warning CMPR0420 : ", StringComparison.Ordinal)), copy.Output);
+    }
+
+    [TestMethod]
+    public void HtmlChartsHaveRoundTicksBudgetLinesAndNoOverlappingLabels()
+    {
+        CollectionAssert.AreEqual(new[] { 0.0, 1000, 2000, 3000 }, ReportRenderers.NiceTicks(0, 2700, 5));
+        CollectionAssert.AreEqual(new[] { 0.0, 0.2, 0.4, 0.6, 0.8, 1.0 }, ReportRenderers.NiceTicks(0, 0.93, 5));
+        CollectionAssert.AreEqual(new[] { 94.0, 94.5, 95, 95.5, 96, 96.5 }, ReportRenderers.NiceTicks(94.37, 96.12, 5));
+
+        var trials = new JsonArray();
+        for (int i = 0; i < 8; i++)
+        {
+            trials.Add(new JsonObject { ["compressedBytes"] = 100_000 + i * 100, ["accuracy"] = 95.0, ["top1Agreement"] = 0.99, ["chosen"] = i == 7, ["excludedNodes"] = new JsonArray() });
+        }
+        var report = new JsonObject
+        {
+            ["model"] = new JsonObject { ["sourceBytes"] = 400_000, ["compressedBytes"] = 100_700 },
+            ["validation"] = new JsonObject { ["originalAccuracy"] = 96.1, ["compressedAccuracy"] = 95.0, ["top1Agreement"] = 0.99 },
+            ["tuning"] = new JsonObject { ["trials"] = trials },
+            ["budgets"] = new JsonArray(new JsonObject { ["name"] = "MaxAccuracyDrop", ["limit"] = 0.5, ["passed"] = false },
+                new JsonObject { ["name"] = "MaxSizeKB", ["limit"] = 200, ["passed"] = true }),
+        };
+        string svg = ReportRenderers.AccuracyVsSize(report);
+        Assert.AreEqual(2, System.Text.RegularExpressions.Regex.Count(svg, "class=\"budget\""), svg);
+        StringAssert.Contains(svg, "MaxAccuracyDrop 0.5");
+        var ticks = System.Text.RegularExpressions.Regex.Matches(svg, "class=\"tick\"[^>]*>([^<]+)<").Select(m => m.Groups[1].Value).ToList();
+        Assert.IsTrue(ticks.All(v => double.Parse(v, CultureInfo.InvariantCulture) * 10 % 5 == 0), string.Join(" ", ticks));
+        var labels = System.Text.RegularExpressions.Regex.Matches(svg, "class=\"point-label\" x=\"([0-9.]+)\" y=\"([0-9.]+)\">([^<]+)<")
+            .Select(m => (X: double.Parse(m.Groups[1].Value, CultureInfo.InvariantCulture), Y: double.Parse(m.Groups[2].Value, CultureInfo.InvariantCulture), W: m.Groups[3].Value.Length * 6.2))
+            .ToList();
+        Assert.IsTrue(labels.Count >= 2, svg);
+        for (int i = 0; i < labels.Count; i++)
+        {
+            for (int j = i + 1; j < labels.Count; j++)
+            {
+                bool overlap = labels[i].X < labels[j].X + labels[j].W && labels[j].X < labels[i].X + labels[i].W && Math.Abs(labels[i].Y - labels[j].Y) < 12;
+                Assert.IsFalse(overlap, $"labels {i} and {j} overlap:\n{svg}");
+            }
+        }
     }
 
     [TestMethod]

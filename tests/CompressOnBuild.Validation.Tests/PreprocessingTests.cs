@@ -145,6 +145,43 @@ public sealed class ImagePipelineTests
     }
 
     [TestMethod]
+    public void ToTensor_WrongLayoutSaysWhatTheInputExpects()
+    {
+        byte[] px = new byte[28 * 28];
+        TensorInfo nchw = new("x", TensorElementType.Float, [-1, 1, 28, 28]);
+        CompressException e = Assert.ThrowsExactly<CompressException>(() =>
+            ImagePipeline.ToTensor(px, 28, 28, 1, nchw, Preprocessing.Parse("layout=NHWC"), "img"));
+        Assert.AreEqual(DiagnosticCodes.DataShape, e.Code);
+        StringAssert.Contains(e.Message, "[-1,1,28,28]");
+        StringAssert.Contains(e.Message, "28 channel(s)");
+        StringAssert.Contains(e.Message, "as Nchw it expects 1 channel(s) of 28x28");
+        StringAssert.Contains(e.Message, "use layout=NCHW");
+        Assert.IsFalse(e.Message.Contains("cannot be filled", StringComparison.Ordinal), e.Message);
+
+        // A gray model asked for colour: the message names both channel counts.
+        e = Assert.ThrowsExactly<CompressException>(() => ImagePipeline.ToTensor(px, 28, 28, 1, nchw, Preprocessing.Parse("channels=RGB"), "img"));
+        StringAssert.Contains(e.Message, "expects 1 channel(s), but channels=RGB would produce 3");
+    }
+
+    [TestMethod]
+    public void ToTensor_ASizeThatDiffersFromTheModelsFixedSizeIsAnErrorNotASecondResize()
+    {
+        byte[] px = new byte[28 * 28];
+        TensorInfo fixed28 = new("x", TensorElementType.Float, [-1, 1, 28, 28]);
+        CompressException e = Assert.ThrowsExactly<CompressException>(() =>
+            ImagePipeline.ToTensor(px, 28, 28, 1, fixed28, Preprocessing.Parse("size=32x32"), "img"));
+        Assert.AreEqual(DiagnosticCodes.DataShape, e.Code);
+        StringAssert.Contains(e.Message, "expects 28x28 images, but the preprocessing (size=32x32) would produce 32x32");
+
+        // Without size= the images are resized to the model's fixed size, as documented.
+        TensorData t = ImagePipeline.ToTensor(new byte[32 * 32], 32, 32, 1, fixed28, Preprocessing.Default, "img");
+        CollectionAssert.AreEqual(new long[] { 1, 1, 28, 28 }, t.Shape);
+        // A matching size is fine.
+        t = ImagePipeline.ToTensor(new byte[32 * 32], 32, 32, 1, fixed28, Preprocessing.Parse("size=28x28"), "img");
+        CollectionAssert.AreEqual(new long[] { 1, 1, 28, 28 }, t.Shape);
+    }
+
+    [TestMethod]
     public void ToTensor_PerChannelMeanCountMustMatch()
     {
         TensorInfo input = new("x", TensorElementType.Float, [-1, 1, 1, 1]);
