@@ -133,16 +133,6 @@ internal static class ReportRenderers
         sb.AppendLine("<h2>Accuracy vs size</h2>");
         sb.AppendLine(AccuracyVsSize(r));
 
-        if (r["diagnostics"] is JsonArray diagnostics && diagnostics.Count > 0)
-        {
-            sb.AppendLine("<h2>Diagnostics</h2><table><tr><th>severity</th><th>code</th><th>message</th></tr>");
-            foreach (JsonNode? d in diagnostics)
-            {
-                sb.AppendLine($"<tr><td>{H(d!["severity"]?.ToString())}</td><td>{H(d["code"]?.ToString())}</td><td>{H(d["message"]?.ToString())}</td></tr>");
-            }
-            sb.AppendLine("</table>");
-        }
-
         if (r["quantization"] is JsonNode q0 && q0["quantizedNodes"]!.AsArray().Count == 0 && q0["skippedNodes"]!.AsArray().Count > 0)
         {
             sb.AppendLine("<h2>Kept in float</h2><p>No layer is quantized.</p>");
