@@ -26,6 +26,21 @@ public static partial class ModelPair
         string sourceDir = Path.GetDirectoryName(Path.GetFullPath(candidate))!;
         string outDir = Path.GetDirectoryName(outputFull)!;
         string outName = Path.GetFileName(outputFull);
+        if (!Directory.EnumerateFiles(sourceDir, "*.data").Any())
+        {
+            // No external data beside the candidate (every model under 1.8 GB): one rename, without parsing the model.
+            Directory.CreateDirectory(outDir);
+            if (copy)
+            {
+                AtomicFile.Copy(candidate, outputFull);
+            }
+            else
+            {
+                File.Move(candidate, outputFull, overwrite: true);
+            }
+            RemoveStaleData(outputFull);
+            return false;
+        }
         ModelProto model = ModelIO.Parse(File.ReadAllBytes(candidate), candidate);
         List<TensorProto> external = [.. ModelWalker.Tensors(model).Where(TensorUtil.IsExternal)];
         var renames = new Dictionary<string, string>(StringComparer.Ordinal);
@@ -81,6 +96,11 @@ public static partial class ModelPair
     /// <summary>The external data files (full paths) <paramref name="onnxPath"/> refers to.</summary>
     public static IReadOnlyList<string> DataFiles(string onnxPath)
     {
+        ArgumentNullException.ThrowIfNull(onnxPath);
+        if (!Directory.EnumerateFiles(Path.GetDirectoryName(Path.GetFullPath(onnxPath))!, "*.data").Any())
+        {
+            return [];
+        }
         ModelProto model = ModelIO.Parse(File.ReadAllBytes(onnxPath), onnxPath);
         string dir = Path.GetDirectoryName(Path.GetFullPath(onnxPath))!;
         return [.. ModelWalker.Tensors(model).Where(TensorUtil.IsExternal).Select(Location).Distinct(StringComparer.Ordinal).Select(l => Path.Combine(dir, l))];
