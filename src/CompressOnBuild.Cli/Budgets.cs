@@ -117,12 +117,43 @@ internal static class Budgets
         return outcomes;
     }
 
-    public static string FormatValue(string name, double value) => name switch
+    public static string FormatValue(string name, double value) => WithUnit(name, value.ToString(name switch
     {
-        "MinAgreement" or "MinNeighborAgreement" => value.ToString("0.####", CultureInfo.InvariantCulture),
-        "MaxAccuracyDrop" => value.ToString("0.###", CultureInfo.InvariantCulture) + " points",
-        "MaxSizeKB" => value.ToString("0.#", CultureInfo.InvariantCulture) + " KB",
-        "MinCompressionRatio" => value.ToString("0.##", CultureInfo.InvariantCulture) + "x",
-        _ => value.ToString("G4", CultureInfo.InvariantCulture),
+        "MinAgreement" or "MinNeighborAgreement" => "0.####",
+        "MaxAccuracyDrop" => "0.###",
+        "MaxSizeKB" => "0.#",
+        "MinCompressionRatio" => "0.##",
+        _ => "G4",
+    }, CultureInfo.InvariantCulture));
+
+    /// <summary>
+    /// The measured value and the limit of a broken budget as CMPR0401 prints them: the limit exactly as the user
+    /// wrote it (shortest round-trip text, never rounded: 0.99999 must not read as 1), the measurement rounded as
+    /// usual unless that rounding would make it read like the limit or like a pass, then with all its digits.
+    /// </summary>
+    public static (string Measured, string Limit) FormatBroken(string name, double measured, double limit)
+    {
+        string limitText = WithUnit(name, limit.ToString("R", CultureInfo.InvariantCulture));
+        string measuredText = FormatValue(name, measured);
+        if (!double.IsNaN(measured) && measured != limit)
+        {
+            string rounded = measuredText.Split(' ')[0].TrimEnd('x');
+            double shown = double.Parse(rounded, CultureInfo.InvariantCulture);
+            bool higherIsBetter = OptionTable.ItemByName(name)?.HigherIsBetter ?? name.StartsWith("Min", StringComparison.Ordinal);
+            bool looksPassing = higherIsBetter ? shown >= limit : shown <= limit;
+            if (looksPassing)
+            {
+                measuredText = WithUnit(name, measured.ToString("R", CultureInfo.InvariantCulture));
+            }
+        }
+        return (measuredText, limitText);
+    }
+
+    private static string WithUnit(string name, string number) => name switch
+    {
+        "MaxAccuracyDrop" => number + " points",
+        "MaxSizeKB" => number + " KB",
+        "MinCompressionRatio" => number + "x",
+        _ => number,
     };
 }

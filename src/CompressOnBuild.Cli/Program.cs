@@ -168,9 +168,9 @@ public static class Program
                 // Also on a cache hit: the budgets were re-checked against the cached measurements with this build's limits.
                 foreach (BudgetOutcome b in r.Budgets.Where(b => !b.Passed))
                 {
+                    (string measured, string limit) = Budgets.FormatBroken(b.Name, b.Measured ?? double.NaN, b.Limit);
                     var d = new Diagnostic(global.BudgetFailureIsWarning ? Severity.Warning : Severity.Error, DiagnosticCodes.BudgetBroken, s.Model,
-                        DiagnosticCodes.FormatWithoutCode(DiagnosticCodes.BudgetBroken, s.Model, b.Name,
-                            Budgets.FormatValue(b.Name, b.Measured ?? double.NaN), Budgets.FormatValue(b.Name, b.Limit)));
+                        DiagnosticCodes.FormatWithoutCode(DiagnosticCodes.BudgetBroken, s.Model, b.Name, measured, limit));
                     r.Diagnostics.Add(d);
                     WriteDiagnostic(output, d);
                 }
