@@ -224,16 +224,9 @@ public sealed class EmbeddingMetrics
         }
     }
 
-    /// <summary>Cosine of two vectors; 1 when both are zero, 0 when only one is.</summary>
-    internal static double Cosine(float[] x, float[] y)
-    {
-        double nx = TensorPrimitives.Norm(x), ny = TensorPrimitives.Norm(y);
-        if (nx == 0 || ny == 0)
-        {
-            return nx == ny ? 1 : 0;
-        }
-        return Math.Clamp(TensorPrimitives.Dot(x, y) / (nx * ny), -1, 1);
-    }
+    /// <summary>Cosine of two vectors (the shared kernel, sums in double); 1 when both are zero, 0 when only one is.</summary>
+    internal static double Cosine(float[] x, float[] y) =>
+        Math.Clamp(Kernels.ErrorMetrics.CosineSimilarity(x, y), -1, 1);
 
     private static float[] Normalized(float[] v)
     {
