@@ -223,7 +223,6 @@ public static class Validator
         };
     }
 
-    /// <summary>Index of the largest value (first on ties); NaN never wins.</summary>
     /// <summary>
     /// Every label must name one of the primary output's classes: a label past the last class can never match, so
     /// both models would score 0% and every accuracy budget would pass unnoticed (CMPR0307).
@@ -245,6 +244,7 @@ public static class Validator
         }
     }
 
+    /// <summary>Index of the largest value (first on ties); NaN never wins.</summary>
     internal static int ArgMax(ReadOnlySpan<float> values)
     {
         int best = 0;
