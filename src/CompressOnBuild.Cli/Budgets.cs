@@ -149,11 +149,11 @@ internal static class Budgets
         return (measuredText, limitText);
     }
 
-    private static string WithUnit(string name, string number) => name switch
+    /// <summary>The number with the budget's unit from the option table ("0.5 points", "812 KB", "3.9x").</summary>
+    private static string WithUnit(string name, string number) => OptionTable.ItemByName(name)?.Unit switch
     {
-        "MaxAccuracyDrop" => number + " points",
-        "MaxSizeKB" => number + " KB",
-        "MinCompressionRatio" => number + "x",
-        _ => number,
+        null or "" => number,
+        "x" => number + "x",
+        string unit => number + " " + unit,
     };
 }
