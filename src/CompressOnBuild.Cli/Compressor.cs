@@ -419,17 +419,14 @@ internal static class Compressor
     {
         try
         {
-            return PublishCore(candidatePath, outputFull);
+            // The .onnx and its data files as one atomic step (see ModelPair).
+            return ModelPair.Publish(candidatePath, outputFull, copy: false);
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
             throw new CompressException(e, DiagnosticCodes.OutputWriteFailed, outputFull, e.Message) { File = outputFull };
         }
     }
-
-    /// <summary>The .onnx and its data files as one atomic step (see <see cref="ModelPair"/>).</summary>
-    private static bool PublishCore(string candidatePath, string outputFull) =>
-        ModelPair.Publish(candidatePath, outputFull, copy: false);
 
     internal static void AddProvenance(ModelProto model, ItemSettings s, IReadOnlyList<string> excluded)
     {
