@@ -82,6 +82,15 @@ public sealed class ModelAcceptanceTests
         return (run, File.Exists(report) ? JsonNode.Parse(File.ReadAllText(report)) : null);
     }
 
+    /// <summary>The model compresses (exit 0) and is validated on the 16 synthetic inputs the CLI makes without data; returns the report.</summary>
+    private JsonNode AssertCompressedAndValidatedOnSyntheticInputs(string model, params string[] extra)
+    {
+        (CliRun run, JsonNode? report) = Compress(model, extra);
+        Assert.AreEqual(0, run.ExitCode, run.Output);
+        AssertValidatedOn(report, 16);
+        return report!;
+    }
+
     private static void AssertValidatedOn(JsonNode? report, int samples)
     {
         Assert.IsNotNull(report);
@@ -113,10 +122,7 @@ public sealed class ModelAcceptanceTests
         g.Output.Add(TinyModels.FloatValue("y", "N", 16));
         string model = Save(TinyModels.Model(g), "types.onnx");
 
-        (CliRun run, JsonNode? report) = Compress(model);
-
-        Assert.AreEqual(0, run.ExitCode, run.Output);
-        AssertValidatedOn(report, 16);
+        AssertCompressedAndValidatedOnSyntheticInputs(model);
     }
 
     [TestMethod]
@@ -133,10 +139,7 @@ public sealed class ModelAcceptanceTests
         g.Output.Add(TinyModels.FloatValue("y", "N", 8));
         string model = Save(TinyModels.Model(g), "strings.onnx");
 
-        (CliRun run, JsonNode? report) = Compress(model);
-
-        Assert.AreEqual(0, run.ExitCode, run.Output);
-        AssertValidatedOn(report, 16);
+        AssertCompressedAndValidatedOnSyntheticInputs(model);
     }
 
     [TestMethod]
@@ -161,10 +164,7 @@ public sealed class ModelAcceptanceTests
         g.Output.Add(TinyModels.FloatValue("y", "batch", "sequence", 16));
         string model = Save(TinyModels.Model(g), "embed.onnx");
 
-        (CliRun run, JsonNode? report) = Compress(model);
-
-        Assert.AreEqual(0, run.ExitCode, run.Output);
-        AssertValidatedOn(report, 16);
+        AssertCompressedAndValidatedOnSyntheticInputs(model);
     }
 
     /// <summary>x[1,1,L] -> Pad(reflect, 2 each side) -> Conv(k=3): reflect padding needs L &gt;= 3.</summary>
@@ -183,10 +183,7 @@ public sealed class ModelAcceptanceTests
         g.Output.Add(TinyModels.FloatValue("yab", 2, 4));
         string model = Save(TinyModels.Model(g), "shared.onnx");
 
-        (CliRun run, JsonNode? report) = Compress(model);
-
-        Assert.AreEqual(0, run.ExitCode, run.Output);
-        AssertValidatedOn(report, 16);
+        JsonNode report = AssertCompressedAndValidatedOnSyntheticInputs(model);
         StringAssert.Contains(report!["validation"]!["data"]!.GetValue<string>(), "a:1x8;b:1x8");
     }
 
@@ -202,10 +199,7 @@ public sealed class ModelAcceptanceTests
         g.Output.Add(TinyModels.FloatValue("y", 1, 8, "L2"));
         string model = Save(TinyModels.Model(g), "pad.onnx");
 
-        (CliRun run, JsonNode? report) = Compress(model);
-
-        Assert.AreEqual(0, run.ExitCode, run.Output);
-        AssertValidatedOn(report, 16);
+        JsonNode report = AssertCompressedAndValidatedOnSyntheticInputs(model);
         StringAssert.Contains(report!["validation"]!["data"]!.GetValue<string>(), "audio:1x1x16");
     }
 
@@ -219,10 +213,7 @@ public sealed class ModelAcceptanceTests
         g.Output.Add(TinyModels.FloatValue("y", "N", 8, "T2"));
         string model = Save(TinyModels.Model(g), "conv.onnx");
 
-        (CliRun run, JsonNode? report) = Compress(model);
-
-        Assert.AreEqual(0, run.ExitCode, run.Output);
-        AssertValidatedOn(report, 16);
+        JsonNode report = AssertCompressedAndValidatedOnSyntheticInputs(model);
         StringAssert.Contains(report!["validation"]!["data"]!.GetValue<string>(), "x:1x2x9", "the kernel's extent with dilation 2 is 9");
     }
 
@@ -253,10 +244,7 @@ public sealed class ModelAcceptanceTests
     {
         string model = SampleRateModel();
 
-        (CliRun run, JsonNode? report) = Compress(model, "--input-values", "sr=16000", "--input-shapes", "samples:16000");
-
-        Assert.AreEqual(0, run.ExitCode, run.Output);
-        AssertValidatedOn(report, 16);
+        JsonNode report = AssertCompressedAndValidatedOnSyntheticInputs(model, "--input-values", "sr=16000", "--input-shapes", "samples:16000");
         StringAssert.Contains(report!["validation"]!["data"]!.GetValue<string>(), "samples:16000");
     }
 
