@@ -86,6 +86,10 @@ public sealed class ModelRunner : IDisposable
     private readonly InferenceSession session;
     private readonly RunOptions runOptions = new();
 
+    // Built once: every batch-1 run needs them, and they never change.
+    private readonly string[] inputNames;
+    private readonly string[] tensorOutputNames;
+
     /// <summary>Opens <paramref name="modelPath"/> (external data resolved next to it).</summary>
     public ModelRunner(string modelPath, ModelRunnerOptions? options = null)
     {
@@ -103,6 +107,8 @@ public sealed class ModelRunner : IDisposable
             // String outputs are not compared (every other tensor output is read back as float).
             Outputs = [.. session.OutputNames.Select(n => Describe(n, session.OutputMetadata[n]))
                 .Select(o => o.ElementType == TensorElementType.String ? o with { ElementType = TensorElementType.Other } : o)];
+            inputNames = [.. Inputs.Select(i => i.Name)];
+            tensorOutputNames = [.. Outputs.Where(o => o.ElementType != TensorElementType.Other).Select(o => o.Name)];
         }
         catch (OnnxRuntimeException e)
         {
@@ -193,7 +199,7 @@ public sealed class ModelRunner : IDisposable
         {
             throw new ArgumentException($"{inputs.Count} inputs given, the model has {Inputs.Count}.", nameof(inputs));
         }
-        string[] names = outputNames is { Count: > 0 } ? [.. outputNames] : [.. Outputs.Where(o => o.ElementType != TensorElementType.Other).Select(o => o.Name)];
+        IReadOnlyList<string> names = outputNames is { Count: > 0 } ? outputNames : tensorOutputNames;
         List<OrtValue> values = new(inputs.Count);
         try
         {
@@ -201,8 +207,8 @@ public sealed class ModelRunner : IDisposable
             {
                 values.Add(ToOrtValue(inputs[i], Inputs[i].ElementType));
             }
-            using IDisposableReadOnlyCollection<OrtValue> results = session.Run(runOptions, [.. Inputs.Select(i => i.Name)], values, names);
-            TensorData[] outputs = new TensorData[names.Length];
+            using IDisposableReadOnlyCollection<OrtValue> results = session.Run(runOptions, inputNames, values, names);
+            TensorData[] outputs = new TensorData[names.Count];
             int k = 0;
             foreach (OrtValue value in results)
             {
