@@ -114,16 +114,9 @@ public static class ModelChecker
                     throw fail($"node {label} uses '{input}', which no graph input, initializer or earlier node produces");
                 }
             }
-            foreach (AttributeProto a in node.Attribute)
+            foreach (GraphProto g in ModelWalker.Subgraphs(node))
             {
-                if (a.G != null)
-                {
-                    CheckGraph(a.G, known, fail, isMain: false);
-                }
-                foreach (GraphProto g in a.Graphs)
-                {
-                    CheckGraph(g, known, fail, isMain: false);
-                }
+                CheckGraph(g, known, fail, isMain: false);
             }
             CheckWeightShapes(node, initializers, fail);
             foreach (string output in node.Output)

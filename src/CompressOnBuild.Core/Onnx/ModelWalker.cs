@@ -103,15 +103,24 @@ public static class ModelWalker
 
     private static void AddNodeSubgraphs(NodeProto n, int depth, List<(GraphProto, int)> result)
     {
-        foreach (AttributeProto a in n.Attribute)
+        foreach (GraphProto sub in Subgraphs(n))
+        {
+            AddGraph(sub, depth, result);
+        }
+    }
+
+    /// <summary>The graphs held directly in the attributes of <paramref name="node"/> (If branches, Loop/Scan bodies).</summary>
+    public static IEnumerable<GraphProto> Subgraphs(NodeProto node)
+    {
+        foreach (AttributeProto a in node.Attribute)
         {
             if (a.G != null)
             {
-                AddGraph(a.G, depth, result);
+                yield return a.G;
             }
-            foreach (GraphProto sub in a.Graphs)
+            foreach (GraphProto g in a.Graphs)
             {
-                AddGraph(sub, depth, result);
+                yield return g;
             }
         }
     }

@@ -128,7 +128,7 @@ public static class TopologicalSort
         visible.UnionWith(producer.Keys);
         foreach (NodeProto node in graph.Node)
         {
-            foreach (GraphProto sub in Subgraphs(node))
+            foreach (GraphProto sub in ModelWalker.Subgraphs(node))
             {
                 moved |= SortGraph(sub, visible, fail);
             }
@@ -146,7 +146,7 @@ public static class TopologicalSort
                 yield return input;
             }
         }
-        foreach (GraphProto sub in Subgraphs(node))
+        foreach (GraphProto sub in ModelWalker.Subgraphs(node))
         {
             foreach (string name in OuterReads(sub))
             {
@@ -185,20 +185,5 @@ public static class TopologicalSort
             }
         }
         return reads;
-    }
-
-    private static IEnumerable<GraphProto> Subgraphs(NodeProto node)
-    {
-        foreach (AttributeProto a in node.Attribute)
-        {
-            if (a.G != null)
-            {
-                yield return a.G;
-            }
-            foreach (GraphProto g in a.Graphs)
-            {
-                yield return g;
-            }
-        }
     }
 }
