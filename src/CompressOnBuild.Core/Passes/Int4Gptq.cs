@@ -75,11 +75,7 @@ internal static class Int4Gptq
         {
             meanDiagonal = 1;
         }
-        double[]? u = null;
-        for (int attempt = 0; attempt < 4 && u == null; attempt++)
-        {
-            u = UpperFactorOfInverse(h, k, dampening * Math.Pow(10, attempt) * meanDiagonal);
-        }
+        double[]? u = DampedUpperFactorOfInverse(h, k, dampening, meanDiagonal);
         if (u == null)
         {
             return null;
@@ -136,38 +132,7 @@ internal static class Int4Gptq
                     w[at] = q;
                 }
             }
-            int rest = k - end;
-            if (rest > 0)
-            {
-                // W[:, end:] -= E[:, 0:width] x U[start:end, end:], through a contiguous copy for the GEMM.
-                int width = end - start;
-                var negE = new float[(long)n * width];
-                for (int r = 0; r < n; r++)
-                {
-                    for (int c = 0; c < width; c++)
-                    {
-                        negE[(long)r * width + c] = -errors[(long)r * Batch + c];
-                    }
-                }
-                var uBlock = new float[(long)width * rest];
-                for (int c = 0; c < width; c++)
-                {
-                    for (int j = 0; j < rest; j++)
-                    {
-                        uBlock[(long)c * rest + j] = (float)u[(long)(start + c) * k + end + j];
-                    }
-                }
-                var tail = new float[(long)n * rest];
-                for (int r = 0; r < n; r++)
-                {
-                    w.AsSpan((int)((long)r * k + end), rest).CopyTo(tail.AsSpan((int)((long)r * rest), rest));
-                }
-                Gemm.Multiply(negE, uBlock, tail, n, rest, width, accumulate: true);
-                for (int r = 0; r < n; r++)
-                {
-                    tail.AsSpan((int)((long)r * rest), rest).CopyTo(w.AsSpan((int)((long)r * k + end), rest));
-                }
-            }
+            PropagateBlockError(w, n, k, errors, Batch, u, start, end);
         }
 
         // Padding positions of a partial last block hold the zero point (value 0), as QuantizeBlocks writes them.
@@ -195,6 +160,61 @@ internal static class Int4Gptq
             maxError = MathF.Max(maxError, MathF.Abs(channelMajor[(int)i] - w[i]));
         }
         return (packed, scales, zeroPoints, maxError);
+    }
+
+    /// <summary>
+    /// <see cref="UpperFactorOfInverse"/> with dampening <paramref name="dampening"/> x <paramref name="meanDiagonal"/>,
+    /// retried with 10x, 100x and 1000x that when H is not positive definite; null if all fail.
+    /// </summary>
+    internal static double[]? DampedUpperFactorOfInverse(double[] hessian, int k, double dampening, double meanDiagonal)
+    {
+        double[]? u = null;
+        for (int attempt = 0; attempt < 4 && u == null; attempt++)
+        {
+            u = UpperFactorOfInverse(hessian, k, dampening * Math.Pow(10, attempt) * meanDiagonal);
+        }
+        return u;
+    }
+
+    /// <summary>
+    /// The lazy batch update of the channel-major [n, k] weights <paramref name="w"/>: W[:, end:] -= E x U[start:end, end:],
+    /// where E[r, c] = <paramref name="errors"/>[r * <paramref name="errorStride"/> + c] for c &lt; end - start, through
+    /// contiguous copies for the GEMM.
+    /// </summary>
+    internal static void PropagateBlockError(float[] w, int n, int k, float[] errors, int errorStride, double[] u, int start, int end)
+    {
+        int rest = k - end;
+        if (rest <= 0)
+        {
+            return;
+        }
+        int width = end - start;
+        var negE = new float[(long)n * width];
+        for (int r = 0; r < n; r++)
+        {
+            for (int c = 0; c < width; c++)
+            {
+                negE[(long)r * width + c] = -errors[(long)r * errorStride + c];
+            }
+        }
+        var uBlock = new float[(long)width * rest];
+        for (int c = 0; c < width; c++)
+        {
+            for (int j = 0; j < rest; j++)
+            {
+                uBlock[(long)c * rest + j] = (float)u[(long)(start + c) * k + end + j];
+            }
+        }
+        var tail = new float[(long)n * rest];
+        for (int r = 0; r < n; r++)
+        {
+            w.AsSpan((int)((long)r * k + end), rest).CopyTo(tail.AsSpan((int)((long)r * rest), rest));
+        }
+        Gemm.Multiply(negE, uBlock, tail, n, rest, width, accumulate: true);
+        for (int r = 0; r < n; r++)
+        {
+            tail.AsSpan((int)((long)r * rest), rest).CopyTo(w.AsSpan((int)((long)r * k + end), rest));
+        }
     }
 
     /// <summary>

@@ -196,11 +196,7 @@ internal static class SparseGpt
                 }
             }
         }
-        double[]? u = null;
-        for (int attempt = 0; attempt < 4 && u == null; attempt++)
-        {
-            u = Int4Gptq.UpperFactorOfInverse(h, k, options.Dampening * Math.Pow(10, attempt) * meanDiagonal);
-        }
+        double[]? u = Int4Gptq.DampedUpperFactorOfInverse(h, k, options.Dampening, meanDiagonal);
         if (u == null)
         {
             return false;
@@ -253,34 +249,8 @@ internal static class SparseGpt
                     errors[(long)r * width + (j - i1)] = e;
                 }
             }
-            int rest = k - i2;
-            if (rest > 0)
-            {
-                // W[:, i2:] -= E x U[i1:i2, i2:].
-                var negE = new float[(long)n * width];
-                for (long i = 0; i < negE.Length; i++)
-                {
-                    negE[i] = -errors[i];
-                }
-                var uBlock = new float[(long)width * rest];
-                for (int c = 0; c < width; c++)
-                {
-                    for (int j = 0; j < rest; j++)
-                    {
-                        uBlock[(long)c * rest + j] = (float)u[(long)(i1 + c) * k + i2 + j];
-                    }
-                }
-                var tail = new float[(long)n * rest];
-                for (int r = 0; r < n; r++)
-                {
-                    w.AsSpan((int)((long)r * k + i2), rest).CopyTo(tail.AsSpan((int)((long)r * rest), rest));
-                }
-                Gemm.Multiply(negE, uBlock, tail, n, rest, width, accumulate: true);
-                for (int r = 0; r < n; r++)
-                {
-                    tail.AsSpan((int)((long)r * rest), rest).CopyTo(w.AsSpan((int)((long)r * k + i2), rest));
-                }
-            }
+            // W[:, i2:] -= E x U[i1:i2, i2:].
+            Int4Gptq.PropagateBlockError(w, n, k, errors, width, u, i1, i2);
             i1 = i2;
         }
         if (!TensorStats.AllFinite(w))
