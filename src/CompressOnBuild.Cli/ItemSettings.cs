@@ -25,6 +25,16 @@ internal sealed record Budget(string Name, double Limit, bool HigherIsBetter, st
 /// </summary>
 internal sealed class ItemSettings
 {
+    /// <summary>The op types whose constant weights <paramref name="scheme"/> quantizes (what OpTypesToQuantize is
+    /// checked against, and what CMPR0203 names when a model has none of them); empty for None and Float16.</summary>
+    public static string[] WeightOpTypes(QuantizationScheme scheme) => scheme switch
+    {
+        QuantizationScheme.Int8Dynamic => ["Conv", "MatMul", "Gemm", "Gather"],
+        QuantizationScheme.Int8Static => ["Conv", "MatMul", "Gemm"],
+        QuantizationScheme.Int4Weights => ["MatMul", "Gemm", "Gather"],
+        _ => [],
+    };
+
     public required string Model { get; init; }
     public required string Output { get; init; }
     public string? Report { get; init; }
@@ -179,13 +189,7 @@ internal sealed class ItemSettings
             {
                 throw Invalid("OpTypesToQuantize", ops, "list ONNX op types separated by ';' (case-sensitive, e.g. Conv;MatMul)");
             }
-            string[] weighted = scheme switch
-            {
-                QuantizationScheme.Int8Dynamic => ["Conv", "MatMul", "Gemm", "Gather"],
-                QuantizationScheme.Int8Static => ["Conv", "MatMul", "Gemm"],
-                QuantizationScheme.Int4Weights => ["MatMul", "Gemm", "Gather"],
-                _ => [],
-            };
+            string[] weighted = WeightOpTypes(scheme);
             if (scheme == QuantizationScheme.None)
             {
                 throw Invalid("OpTypesToQuantize", ops, "it filters what a Quantization scheme changes, and Quantization is None");
