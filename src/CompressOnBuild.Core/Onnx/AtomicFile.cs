@@ -77,10 +77,10 @@ public static class AtomicFile
         }
     }
 
-    public static void WriteAllBytes(string path, ReadOnlySpan<byte> bytes)
+    public static void WriteAllBytes(string path, byte[] bytes)
     {
-        byte[] copy = bytes.ToArray();
-        Write(path, s => s.Write(copy));
+        ArgumentNullException.ThrowIfNull(bytes);
+        Write(path, s => s.Write(bytes));
     }
 
     public static void Copy(string source, string destination) =>
