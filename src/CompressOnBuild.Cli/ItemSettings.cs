@@ -29,7 +29,7 @@ internal sealed class ItemSettings
     /// checked against, and what CMPR0203 names when a model has none of them); empty for None and Float16.</summary>
     public static string[] WeightOpTypes(QuantizationScheme scheme) => scheme switch
     {
-        QuantizationScheme.Int8Dynamic => ["Conv", "MatMul", "Gemm", "Gather"],
+        QuantizationScheme.Int8Dynamic => ["Conv", "MatMul", "Gemm", "Gather", "LSTM"],
         QuantizationScheme.Int8Static => ["Conv", "MatMul", "Gemm"],
         QuantizationScheme.Int4Weights => ["MatMul", "Gemm", "Gather"],
         _ => [],

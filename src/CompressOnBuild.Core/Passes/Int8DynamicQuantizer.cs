@@ -27,6 +27,7 @@ namespace CompressOnBuild.Core.Passes;
 /// Gemm: alpha is folded into the weight before quantizing, transB is applied to the stored weight, transA
 /// becomes a Transpose node, and beta*C becomes the bias input when C is a constant of N elements (or one);
 /// any other C is added by an Add node (after a Mul when beta != 1).
+/// Gather tables and LSTM weights are lowered afterwards by <see cref="GatherLowering"/> and <see cref="LstmLowering"/>.
 /// </summary>
 public static class Int8DynamicQuantizer
 {
@@ -65,6 +66,7 @@ public static class Int8DynamicQuantizer
         var rewriter = new Rewriter(graph, options, modelDisplayName);
         rewriter.Run();
         GatherLowering.Bytes tables = GatherLowering.Apply(graph, GatherLowering.Scheme.Int8PerRow, options.ExcludedNodes, options.MinimumWeightElements, rewriter.Quantized, rewriter.Skipped, modelDisplayName);
+        LstmLowering.Bytes recurrent = LstmLowering.Apply(graph, EncodingLevels.Of(options.WeightEncoding, modelDisplayName), options.ExcludedNodes, options.MinimumWeightElements, rewriter.Quantized, rewriter.Skipped, modelDisplayName);
         if (rewriter.Quantized.Count > 0)
         {
             PassGraph.DropInitializerInputs(model);
@@ -79,8 +81,8 @@ public static class Int8DynamicQuantizer
             Skipped = rewriter.Skipped,
             ModelBytesBefore = before,
             ModelBytesAfter = after,
-            FloatWeightBytes = rewriter.FloatWeightBytes + tables.Float,
-            QuantizedWeightBytes = rewriter.QuantizedWeightBytes + tables.Quantized,
+            FloatWeightBytes = rewriter.FloatWeightBytes + tables.Float + recurrent.Float,
+            QuantizedWeightBytes = rewriter.QuantizedWeightBytes + tables.Quantized + recurrent.Quantized,
         };
     }
 
