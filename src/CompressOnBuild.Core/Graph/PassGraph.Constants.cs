@@ -17,14 +17,23 @@ internal sealed class ResolvedConstant
     public List<NodeProto> Chain { get; } = [];
 
     public List<string> ChainInputs { get; } = [];
+
+    /// <summary>
+    /// True when a Transpose or a Cast in the chain computed <see cref="Tensor"/> (in memory, not in the graph); false
+    /// when it is the stored tensor itself, possibly under new <see cref="Dims"/>.
+    /// </summary>
+    public bool Materialized { get; init; }
 }
 
 /// <summary>Constant resolution (initializers and Constant nodes alike) and folding of shape-only operators on constants.</summary>
 internal sealed partial class PassGraph
 {
     /// <summary>
-    /// The constant behind <paramref name="name"/>: a non-overridable initializer, a Constant node's tensor, or a
-    /// Reshape of those by a constant int64 shape (any element type); else false and why not, for skip reasons.
+    /// The constant behind <paramref name="name"/>, as the node reading it sees it: a non-overridable initializer or a
+    /// Constant node's tensor, seen through any chain of default-domain Reshape, Flatten, Squeeze, Unsqueeze and
+    /// Identity (same data, new dims), Transpose and Cast to float32 (new data, computed here and kept in memory) whose
+    /// other inputs are constants too. Exporters write weights that way: tf2onnx a Transpose or a Cast of an
+    /// initializer, PyTorch Constant nodes. Else false and why not, for skip reasons.
     /// </summary>
     public bool TryResolveConstant(string name, string displayName, out ResolvedConstant? value, out string? why)
     {
@@ -34,7 +43,7 @@ internal sealed partial class PassGraph
         {
             // Before IR 4 every initializer had to be listed as a graph input too, so there that listing does
             // not make it a run-time input; from IR 4 on it does (the initializer is only a default).
-            if (GraphInputs.Contains(name) && Model.IrVersion >= 4)
+            if (!IsConstantInitializer(name))
             {
                 why = $"weight '{name}' is also a graph input, so callers can replace it at run time";
                 return false;
@@ -60,90 +69,232 @@ internal sealed partial class PassGraph
             value.Chain.Add(producer);
             return true;
         }
-        if (onnx && producer.OpType == "Reshape" && producer.Input.Count == 2
-            && TryResolveConstant(producer.Input[0], displayName, out ResolvedConstant? data, out why)
-            && TryResolveConstant(producer.Input[1], displayName, out ResolvedConstant? shape, out why))
+        if (!onnx || producer.OpType is not ("Reshape" or "Flatten" or "Squeeze" or "Unsqueeze" or "Identity" or "Transpose" or "Cast")
+            || producer.Input.Count == 0 || producer.Output.Count != 1)
         {
-            if (shape!.Tensor.DataType != (int)TensorProto.Types.DataType.Int64)
+            why = $"weight '{name}' is computed at run time by {producer.OpType} '{OnnxNames.Label(producer)}'";
+            return false;
+        }
+        if (!TryResolveConstant(producer.Input[0], displayName, out ResolvedConstant? data, out why))
+        {
+            return false;
+        }
+        // The second input of Reshape (shape) and of opset-13 Squeeze/Unsqueeze (axes): a constant int64 vector.
+        ResolvedConstant? ints = null;
+        if (producer.Input.Count > 1 && producer.Input[1].Length > 0)
+        {
+            if (producer.OpType is not ("Reshape" or "Squeeze" or "Unsqueeze"))
+            {
+                why = $"weight '{name}' comes from a {producer.OpType} with unexpected inputs";
+                return false;
+            }
+            if (!TryResolveConstant(producer.Input[1], displayName, out ints, out why))
+            {
+                return false;
+            }
+            if (ints!.Tensor.DataType != (int)TensorProto.Types.DataType.Int64 || ints.Materialized)
             {
                 why = $"weight '{name}' is reshaped with a non-int64 shape";
                 return false;
             }
-            long[]? dims = ReshapeDims(data!.Dims, Int64s(shape.Tensor, displayName), IntAttr(producer, "allowzero", 0) != 0);
-            if (dims == null)
-            {
-                why = $"weight '{name}' comes from a Reshape whose shape does not fit its data";
-                return false;
-            }
-            value = new ResolvedConstant { Tensor = data.Tensor, Dims = dims, SourceName = data.SourceName };
-            value.Chain.AddRange(data.Chain);
-            value.Chain.AddRange(shape.Chain);
-            value.Chain.Add(producer);
-            value.ChainInputs.AddRange(data.ChainInputs);
-            value.ChainInputs.AddRange(shape.ChainInputs);
-            value.ChainInputs.AddRange(producer.Input);
-            return true;
         }
-        why ??= $"weight '{name}' is computed at run time by {producer.OpType} '{OnnxNames.Label(producer)}'";
-        return false;
+        TensorProto tensor = data!.Tensor;
+        long[] dims;
+        bool materialized = data.Materialized;
+        switch (producer.OpType)
+        {
+            case "Transpose":
+                if (TransposeConstant(producer, data, displayName) is not { } transposed)
+                {
+                    why = $"weight '{name}' comes from a Transpose this pass cannot apply to its {TensorUtil.DataTypeName(data.Tensor.DataType)} data";
+                    return false;
+                }
+                tensor = transposed;
+                dims = [.. transposed.Dims];
+                materialized = true;
+                break;
+            case "Cast":
+                long to = IntAttr(producer, "to", 0);
+                int from = data.Tensor.DataType;
+                if (to != (long)TensorProto.Types.DataType.Float
+                    || from is not ((int)TensorProto.Types.DataType.Float or (int)TensorProto.Types.DataType.Float16
+                        or (int)TensorProto.Types.DataType.Bfloat16 or (int)TensorProto.Types.DataType.Double))
+                {
+                    why = $"weight '{name}' comes from a Cast of {TensorUtil.DataTypeName(from)} to {TensorUtil.DataTypeName((int)to)}; only casts of float types to float32 are read";
+                    return false;
+                }
+                dims = data.Dims;
+                if (from != (int)TensorProto.Types.DataType.Float)
+                {
+                    // The same conversion ONNX Cast does: float16/bfloat16 exactly, double rounded to nearest.
+                    tensor = Materialize(producer, () => TensorUtil.FromFloats(producer.Output[0], Floats(data.Tensor, displayName), dims));
+                    materialized = true;
+                }
+                break;
+            default:
+                long[]? shape = ShapeOpDims(producer, data.Dims, ints == null ? null : Int64s(ints.Tensor, displayName));
+                if (shape == null)
+                {
+                    why = $"weight '{name}' comes from a {producer.OpType} whose shape does not fit its data";
+                    return false;
+                }
+                dims = shape;
+                break;
+        }
+        value = new ResolvedConstant { Tensor = tensor, Dims = dims, SourceName = data.SourceName, Materialized = materialized };
+        value.Chain.AddRange(data.Chain);
+        value.ChainInputs.AddRange(data.ChainInputs);
+        if (ints != null)
+        {
+            value.Chain.AddRange(ints.Chain);
+            value.ChainInputs.AddRange(ints.ChainInputs);
+        }
+        value.Chain.Add(producer);
+        value.ChainInputs.AddRange(producer.Input.Where(i => i.Length > 0));
+        return true;
+    }
+
+    /// <summary>Tensors computed by Transpose/Cast nodes during resolution, by node (a weight is resolved several times per pass).</summary>
+    private readonly Dictionary<NodeProto, TensorProto> _materialized = new(ReferenceEqualityComparer.Instance);
+
+    private TensorProto Materialize(NodeProto producer, Func<TensorProto> compute)
+    {
+        if (!_materialized.TryGetValue(producer, out TensorProto? t))
+        {
+            _materialized[producer] = t = compute();
+        }
+        return t;
+    }
+
+    /// <summary><paramref name="data"/> permuted by the Transpose <paramref name="producer"/>; null for a bad perm or an element size not handled.</summary>
+    private TensorProto? TransposeConstant(NodeProto producer, ResolvedConstant data, string displayName)
+    {
+        long[] dims = data.Dims;
+        long[] perm = producer.Attribute.FirstOrDefault(a => a.Name == "perm") is { } p
+            ? [.. p.Ints] : [.. Enumerable.Range(0, dims.Length).Reverse().Select(i => (long)i)];
+        if (perm.Length != dims.Length || perm.Order().Where((v, i) => v != i).Any())
+        {
+            return null;
+        }
+        long count = dims.Aggregate(1L, (a, b) => a * b);
+        if (count <= 0 || count > int.MaxValue / 2 || TensorUtil.ElementCount(data.Tensor) != count)
+        {
+            return null;
+        }
+        long[] outDims = [.. perm.Select(i => dims[i])];
+        var type = (TensorProto.Types.DataType)data.Tensor.DataType;
+        if (type == TensorProto.Types.DataType.Float)
+        {
+            return Materialize(producer, () => TensorUtil.FromFloats(producer.Output[0], TransposeAxes(Floats(data.Tensor, displayName), dims, perm), outDims));
+        }
+        long size = TensorUtil.ExpectedRawByteLength(data.Tensor) / count;
+        if (size is not (1 or 2 or 4 or 8))
+        {
+            return null;
+        }
+        return Materialize(producer, () =>
+        {
+            byte[] raw = Read(TensorUtil.ToRawBytes, data.Tensor, displayName);
+            byte[] result = size switch
+            {
+                1 => TransposeAxes(raw, dims, perm),
+                2 => System.Runtime.InteropServices.MemoryMarshal.AsBytes<ushort>(TransposeAxes(System.Runtime.InteropServices.MemoryMarshal.Cast<byte, ushort>(raw).ToArray(), dims, perm)).ToArray(),
+                4 => System.Runtime.InteropServices.MemoryMarshal.AsBytes<uint>(TransposeAxes(System.Runtime.InteropServices.MemoryMarshal.Cast<byte, uint>(raw).ToArray(), dims, perm)).ToArray(),
+                _ => System.Runtime.InteropServices.MemoryMarshal.AsBytes<ulong>(TransposeAxes(System.Runtime.InteropServices.MemoryMarshal.Cast<byte, ulong>(raw).ToArray(), dims, perm)).ToArray(),
+            };
+            return TensorUtil.FromRaw(producer.Output[0], type, result, outDims);
+        });
     }
 
     /// <summary>
-    /// A constant float32 tensor behind <paramref name="name"/>: a non-overridable initializer, a Constant node, or a
-    /// Reshape of those by a constant int64 shape. <paramref name="chain"/> lists the nodes that computed it and
-    /// <paramref name="sources"/> the initializers/values they read (for cleanup once nothing else uses them).
+    /// A constant float32 tensor behind <paramref name="name"/> (see <see cref="TryResolveConstant"/>) with at least
+    /// one element. <paramref name="chain"/> lists the nodes that computed it and <paramref name="sources"/> the name
+    /// itself and the initializers/values the chain read (for cleanup once nothing else uses them).
+    /// <paramref name="storedOrder"/> takes only chains that keep the stored elements in order (no Transpose or Cast),
+    /// for callers that write changed data back into the stored tensor.
     /// </summary>
-    public bool TryConstantFloat(string name, string displayName, out float[] data, out long[] dims, out List<NodeProto> chain, out List<string> sources)
+    public bool TryConstantFloat(string name, string displayName, out float[] data, out long[] dims, out List<NodeProto> chain, out List<string> sources,
+        bool storedOrder = false)
     {
         data = [];
         dims = [];
         chain = [];
         sources = [name];
-        if (IsConstantInitializer(name))
-        {
-            TensorProto t = Initializers[name];
-            if (t.DataType != (int)TensorProto.Types.DataType.Float)
-            {
-                return false;
-            }
-            data = Floats(t, displayName);
-            dims = [.. t.Dims];
-            return true;
-        }
-        if (!Producers.TryGetValue(name, out NodeProto? producer) || !OnnxNames.IsDefaultDomain(producer))
+        if (!TryResolveConstant(name, displayName, out ResolvedConstant? value, out _)
+            || value!.Tensor.DataType != (int)TensorProto.Types.DataType.Float
+            || (storedOrder && value.Materialized)
+            || value.Dims.Aggregate(1L, (a, b) => a * b) <= 0)
         {
             return false;
         }
-        if (producer.OpType == "Constant")
+        data = Floats(value.Tensor, displayName);
+        dims = value.Dims;
+        chain.AddRange(value.Chain);
+        sources.Add(value.SourceName);
+        sources.AddRange(value.ChainInputs);
+        return true;
+    }
+
+    /// <summary>
+    /// The output dims of a shape-only operator (Reshape, Flatten, Squeeze, Unsqueeze, Identity) on data of shape
+    /// <paramref name="dims"/>; <paramref name="ints"/> is its constant second input (shape or axes) if it has one.
+    /// Null when the operator's arguments do not fit the data.
+    /// </summary>
+    private static long[]? ShapeOpDims(NodeProto n, long[] dims, long[]? ints)
+    {
+        long[]? AttrInts(string name) => n.Attribute.FirstOrDefault(a => a.Name == name) is { } a ? [.. a.Ints] : null;
+        long[]? shape;
+        switch (n.OpType)
         {
-            if (producer.Attribute.FirstOrDefault(a => a.Name == "value")?.T is not { DataType: (int)TensorProto.Types.DataType.Float } t)
-            {
-                return false;
-            }
-            data = Floats(t, displayName);
-            dims = [.. t.Dims];
-            chain.Add(producer);
-            return true;
+            case "Identity":
+                return dims;
+            case "Reshape":
+                return ints == null ? null : ReshapeDims(dims, ints, IntAttr(n, "allowzero", 0) != 0);
+            case "Flatten":
+                long axis = IntAttr(n, "axis", 1);
+                axis = axis < 0 ? axis + dims.Length : axis;
+                if (axis < 0 || axis > dims.Length)
+                {
+                    return null;
+                }
+                return [dims.Take((int)axis).Aggregate(1L, (a, b) => a * b), dims.Skip((int)axis).Aggregate(1L, (a, b) => a * b)];
+            case "Squeeze":
+            case "Unsqueeze":
+                long[]? axes = n.Input.Count > 1 && n.Input[1].Length > 0 ? ints : AttrInts("axes");
+                if (n.OpType == "Squeeze")
+                {
+                    var drop = (axes ?? [.. Enumerable.Range(0, dims.Length).Where(i => dims[i] == 1).Select(i => (long)i)])
+                        .Select(a => a < 0 ? a + dims.Length : a).ToHashSet();
+                    if (drop.Any(a => a < 0 || a >= dims.Length || dims[a] != 1))
+                    {
+                        return null;
+                    }
+                    shape = [.. dims.Where((_, i) => !drop.Contains(i))];
+                }
+                else
+                {
+                    if (axes == null)
+                    {
+                        return null;
+                    }
+                    int rank = dims.Length + axes.Length;
+                    var add = axes.Select(a => a < 0 ? a + rank : a).ToHashSet();
+                    if (add.Count != axes.Length || add.Any(a => a < 0 || a >= rank))
+                    {
+                        return null;
+                    }
+                    var result = new List<long>();
+                    int k = 0;
+                    for (int i = 0; i < rank; i++)
+                    {
+                        result.Add(add.Contains(i) ? 1 : dims[k++]);
+                    }
+                    shape = [.. result];
+                }
+                return shape;
+            default:
+                return null;
         }
-        if (producer.OpType == "Reshape" && producer.Input.Count == 2 && IntAttr(producer, "allowzero", 0) == 0
-            && TryConstantFloat(producer.Input[0], displayName, out float[] inner, out long[] innerDims, out List<NodeProto> innerChain, out List<string> innerSources)
-            && IsConstantInitializer(producer.Input[1]) && Initializers[producer.Input[1]].DataType == (int)TensorProto.Types.DataType.Int64)
-        {
-            long[] shape = TensorUtil.ToInt64Array(Initializers[producer.Input[1]]);
-            // Only the inferred (-1) dim may come out 0 here: a 0 copied or given elsewhere is not taken.
-            if (ReshapeDims(innerDims, shape, allowZero: false) is not { } result || result.Where((_, i) => shape[i] != -1).Any(d => d <= 0))
-            {
-                return false;
-            }
-            data = inner;
-            dims = result;
-            chain.AddRange(innerChain);
-            chain.Add(producer);
-            sources.AddRange(innerSources);
-            sources.Add(producer.Input[1]);
-            return true;
-        }
-        return false;
     }
 
     /// <summary>
@@ -195,88 +346,33 @@ internal sealed partial class PassGraph
         TensorProto x = Initializers[n.Input[0]];
         long[] dims = [.. x.Dims];
         long count = dims.Aggregate(1L, (a, b) => a * b);
-        long[]? Ints(int input) => n.Input.Count > input && n.Input[input].Length > 0 && Initializers[n.Input[input]].DataType == (int)TensorProto.Types.DataType.Int64
-            ? TensorUtil.ToInt64Array(Initializers[n.Input[input]]) : null;
-        long[]? AttrInts(string name) => n.Attribute.FirstOrDefault(a => a.Name == name) is { } a ? [.. a.Ints] : null;
-        long[]? shape;
-        switch (n.OpType)
+        if (n.OpType == "Transpose")
         {
-            case "Identity":
-                shape = dims;
-                break;
-            case "Reshape":
-                if (Ints(1) is not { } target)
-                {
-                    return null;
-                }
-                shape = ReshapeDims(dims, target, IntAttr(n, "allowzero", 0) != 0);
-                if (shape == null)
-                {
-                    return null;
-                }
-                break;
-            case "Flatten":
-                long axis = IntAttr(n, "axis", 1);
-                axis = axis < 0 ? axis + dims.Length : axis;
-                if (axis < 0 || axis > dims.Length)
-                {
-                    return null;
-                }
-                shape = [dims.Take((int)axis).Aggregate(1L, (a, b) => a * b), dims.Skip((int)axis).Aggregate(1L, (a, b) => a * b)];
-                break;
-            case "Squeeze":
-            case "Unsqueeze":
-                long[]? axes = n.Input.Count > 1 ? Ints(1) : AttrInts("axes");
-                if (n.Input.Count > 1 && axes == null)
-                {
-                    return null;
-                }
-                if (n.OpType == "Squeeze")
-                {
-                    var drop = (axes ?? [.. Enumerable.Range(0, dims.Length).Where(i => dims[i] == 1).Select(i => (long)i)])
-                        .Select(a => a < 0 ? a + dims.Length : a).ToHashSet();
-                    if (drop.Any(a => a < 0 || a >= dims.Length || dims[a] != 1))
-                    {
-                        return null;
-                    }
-                    shape = [.. dims.Where((_, i) => !drop.Contains(i))];
-                }
-                else
-                {
-                    if (axes == null)
-                    {
-                        return null;
-                    }
-                    int rank = dims.Length + axes.Length;
-                    var add = axes.Select(a => a < 0 ? a + rank : a).ToHashSet();
-                    if (add.Count != axes.Length || add.Any(a => a < 0 || a >= rank))
-                    {
-                        return null;
-                    }
-                    var result = new List<long>();
-                    int k = 0;
-                    for (int i = 0; i < rank; i++)
-                    {
-                        result.Add(add.Contains(i) ? 1 : dims[k++]);
-                    }
-                    shape = [.. result];
-                }
-                break;
-            case "Transpose":
-                if (x.DataType != (int)TensorProto.Types.DataType.Float || n.Input.Count != 1)
-                {
-                    return null;
-                }
-                long[] perm = AttrInts("perm") ?? [.. Enumerable.Range(0, dims.Length).Reverse().Select(i => (long)i)];
-                if (perm.Length != dims.Length || perm.Order().Where((p, i) => p != i).Any())
-                {
-                    return null;
-                }
-                return TensorUtil.FromFloats(n.Output[0], TransposeAxes(Floats(x, displayName), dims, perm), [.. perm.Select(p => dims[p])]);
-            default:
+            if (x.DataType != (int)TensorProto.Types.DataType.Float || n.Input.Count != 1)
+            {
                 return null;
+            }
+            long[] perm = n.Attribute.FirstOrDefault(a => a.Name == "perm") is { } p ? [.. p.Ints] : [.. Enumerable.Range(0, dims.Length).Reverse().Select(i => (long)i)];
+            if (perm.Length != dims.Length || perm.Order().Where((v, i) => v != i).Any())
+            {
+                return null;
+            }
+            return TensorUtil.FromFloats(n.Output[0], TransposeAxes(Floats(x, displayName), dims, perm), [.. perm.Select(i => dims[i])]);
         }
-        if (shape.Aggregate(1L, (a, b) => a * b) != count)
+        if (n.OpType is not ("Identity" or "Reshape" or "Flatten" or "Squeeze" or "Unsqueeze"))
+        {
+            return null;
+        }
+        long[]? ints = null;
+        if (n.Input.Count > 1 && n.Input[1].Length > 0)
+        {
+            if (n.OpType == "Flatten" || Initializers[n.Input[1]].DataType != (int)TensorProto.Types.DataType.Int64)
+            {
+                return null;
+            }
+            ints = TensorUtil.ToInt64Array(Initializers[n.Input[1]]);
+        }
+        if (ShapeOpDims(n, dims, ints) is not { } shape || shape.Aggregate(1L, (a, b) => a * b) != count)
         {
             return null;
         }
@@ -340,10 +436,10 @@ internal sealed partial class PassGraph
     }
 
     /// <summary>Row-major <paramref name="data"/> of shape <paramref name="dims"/> with its axes permuted (output axis i = input axis perm[i]).</summary>
-    public static float[] TransposeAxes(float[] data, long[] dims, long[] perm)
+    public static T[] TransposeAxes<T>(T[] data, long[] dims, long[] perm)
     {
         int rank = dims.Length;
-        var result = new float[data.Length];
+        var result = new T[data.Length];
         var inStrides = new long[rank];
         for (int i = rank - 1, s = 1; i >= 0; i--)
         {

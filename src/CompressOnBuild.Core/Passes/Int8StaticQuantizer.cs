@@ -238,7 +238,8 @@ public static class Int8StaticQuantizer
             // What the graph reads changes only when a node goes: the set is rebuilt after a removal, not for every node.
             HashSet<string> outer = g.OuterUses();
             HashSet<string>? used = null;
-            foreach (NodeProto n in _removableNodes)
+            // A chain lists each node after the ones it reads: walked backwards, a node's reader has gone first.
+            foreach (NodeProto n in Enumerable.Reverse(_removableNodes))
             {
                 if (used == null)
                 {

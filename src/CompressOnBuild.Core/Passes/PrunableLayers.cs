@@ -77,7 +77,7 @@ internal static class PrunableLayers
                 continue;
             }
             string w = node.Input[1];
-            if (!g.TryConstantFloat(w, displayName, out float[] data, out long[] dims, out List<NodeProto> chain, out List<string> sources))
+            if (!g.TryConstantFloat(w, displayName, out float[] data, out long[] dims, out List<NodeProto> chain, out List<string> sources, storedOrder: true))
             {
                 Skip($"weight '{w}' is not a constant float32 tensor (or can be replaced at run time)");
                 continue;
