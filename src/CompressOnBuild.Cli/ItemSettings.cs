@@ -30,7 +30,7 @@ internal sealed class ItemSettings
     public static string[] WeightOpTypes(QuantizationScheme scheme) => scheme switch
     {
         QuantizationScheme.Int8Dynamic => ["Conv", "MatMul", "Gemm", "Gather", "LSTM"],
-        QuantizationScheme.Int8Static => ["Conv", "MatMul", "Gemm"],
+        QuantizationScheme.Int8Static => ["Conv", "MatMul", "Gemm", "LSTM"],
         QuantizationScheme.Int4Weights => ["MatMul", "Gemm", "Gather"],
         _ => [],
     };

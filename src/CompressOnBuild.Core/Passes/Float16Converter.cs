@@ -61,6 +61,16 @@ public static class Float16Converter
         return t;
     }
 
+    /// <summary>
+    /// Recurrent operators and their weight inputs (W, R, B and LSTM's P). ONNX Runtime's CPU LSTM/GRU/RNN kernels are
+    /// float32-only, so these nodes keep computing in float32, but their constant weights are stored as float16 with a
+    /// Cast back in front (ORT folds it at load): the file still halves.
+    /// </summary>
+    private static readonly Dictionary<string, int[]> RecurrentWeightInputs = new(StringComparer.Ordinal)
+    {
+        ["LSTM"] = [1, 2, 3, 7], ["GRU"] = [1, 2, 3], ["RNN"] = [1, 2, 3],
+    };
+
     /// <summary>Operators whose output type is fixed whatever their inputs are.</summary>
     private static readonly Dictionary<string, int> FixedOutputTypes = new(StringComparer.Ordinal)
     {
@@ -159,6 +169,9 @@ public static class Float16Converter
         /// <summary>Renamed float16 outputs mapped back to the original (float32) name.</summary>
         private readonly Dictionary<string, string> _renamed = new(StringComparer.Ordinal);
 
+        /// <summary>Recurrent nodes that stay float32 but whose constant weights are stored as float16 (a Cast feeds them).</summary>
+        private readonly HashSet<NodeProto> _halfWeightsOnly = new(ReferenceEqualityComparer.Instance);
+
         public int ConvertedNodes => _converted.Count;
 
         public List<SkippedNode> Kept { get; } = [];
@@ -175,7 +188,7 @@ public static class Float16Converter
         {
             InferTypes();
             ChooseNodes();
-            if (_converted.Count == 0)
+            if (_converted.Count == 0 && _halfWeightsOnly.Count == 0)
             {
                 return;
             }
@@ -326,6 +339,12 @@ public static class Float16Converter
                     Keep($"operator domain '{n.Domain}' is not converted");
                     continue;
                 }
+                if (RecurrentWeightInputs.ContainsKey(n.OpType) && floatNode && !options.BlockedOps.Contains(n.OpType) && !excluded.Contains(label))
+                {
+                    Keep("computes in float32 (ONNX Runtime's CPU kernel has no float16 form); its constant weights are stored as float16 and cast to float32 when the model loads");
+                    _halfWeightsOnly.Add(n);
+                    continue;
+                }
                 if (!KnownOps.TryGetValue(n.OpType, out OpTypes? ops))
                 {
                     Keep("no float16 form known to this pass");
@@ -363,13 +382,15 @@ public static class Float16Converter
             {
                 bool converted = _converted.Contains(n);
                 OpTypes? ops = converted ? KnownOps[n.OpType] : null;
+                int[]? halfWeights = _halfWeightsOnly.Contains(n) ? RecurrentWeightInputs[n.OpType] : null;
                 for (int i = 0; i < n.Input.Count; i++)
                 {
                     if (n.Input[i].Length == 0)
                     {
                         continue;
                     }
-                    (converted && IsT(ops!.Inputs, i) ? wanted : readAsOther).Add(n.Input[i]);
+                    bool half = converted ? IsT(ops!.Inputs, i) : halfWeights != null && Array.IndexOf(halfWeights, i) >= 0;
+                    (half ? wanted : readAsOther).Add(n.Input[i]);
                 }
             }
             // Positions and IR 3 input declarations looked up once (an IndexOf per weight is quadratic on large graphs).

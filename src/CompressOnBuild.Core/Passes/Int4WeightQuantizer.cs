@@ -57,6 +57,7 @@ public static class Int4WeightQuantizer
         var rewriter = new Rewriter(graph, options, displayName);
         rewriter.Run();
         GatherLowering.Bytes tables = GatherLowering.Apply(graph, GatherLowering.Scheme.Int4(options.BlockSize, options.Symmetric), options.ExcludedNodes, options.MinimumWeightElements, rewriter.Quantized, rewriter.Skipped, displayName);
+        LstmLowering.ReportFloat(graph, op => $"ONNX Runtime has no 4-bit {op} kernel; its weights stay float32" + (op == "LSTM" ? " (Int8Dynamic quantizes LSTM weights)" : ""), rewriter.Skipped, displayName);
         if (rewriter.Quantized.Count > 0)
         {
             PassGraph.DropInitializerInputs(model);

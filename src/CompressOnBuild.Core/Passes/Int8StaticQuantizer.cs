@@ -1,5 +1,6 @@
 using CompressOnBuild.Core.Onnx;
 using CompressOnBuild.Core.Quantization;
+using CompressOnBuild.Core.Quantization.Ops;
 using CompressOnBuild.Kernels;
 using CompressOnBuild.Onnx;
 using DataType = CompressOnBuild.Onnx.TensorProto.Types.DataType;
@@ -71,6 +72,10 @@ public static class Int8StaticQuantizer
         }
         var rewriter = new Rewriter(new PassGraph(model), options, displayName, calibration);
         rewriter.Run();
+        // ONNX Runtime has no QDQ LSTM kernel: LSTM weights go int8 through DynamicQuantizeLSTM (activations quantized
+        // per step at run time), on a fresh index of the rewritten graph.
+        LstmLowering.Apply(new PassGraph(model), EncodingLevels.Of(options.WeightEncoding, displayName), options.ExcludedNodes,
+            options.MinimumWeightElements, rewriter.Quantized, rewriter.Skipped, displayName);
         return new Int8StaticSummary
         {
             ModelDisplayName = displayName,

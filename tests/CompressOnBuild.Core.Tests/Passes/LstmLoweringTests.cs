@@ -190,6 +190,64 @@ public sealed class LstmLoweringTests
     }
 
     [TestMethod]
+    [DataRow("LSTM", "bidirectional")]
+    [DataRow("GRU", "forward")]
+    [DataRow("RNN", "reverse")]
+    public void Float16_stores_recurrent_weights_as_float16_and_the_node_computes_in_float32(string op, string direction)
+    {
+        var shape = new Shape(direction, Bias: true, SequenceLens: false, InitialStates: true, Peepholes: op == "LSTM");
+        ModelProto original = Lstm(shape, op);
+        ModelProto half = original.Clone();
+        Float16Summary s = Float16Converter.Apply(half, new Float16Options(), "rnn.onnx");
+
+        SkippedNode kept = s.KeptFloat32.Single();
+        Assert.AreEqual(("rnn", op), (kept.Node, kept.OpType));
+        StringAssert.Contains(kept.Reason, "stored as float16");
+        int weights = op == "LSTM" ? 4 : 3;
+        Assert.AreEqual(weights, s.ConvertedTensors);
+        Assert.IsTrue(half.Graph.Initializer.All(t => t.DataType == (int)TensorProto.Types.DataType.Float16));
+        NodeProto node = half.Graph.Node.Single(n => n.OpType == op);
+        Assert.AreEqual("x", node.Input[0], "the activation input is not cast");
+        Assert.AreEqual(weights, half.Graph.Node.Count(n => n.OpType == "Cast"), "one Cast back to float32 per weight");
+        long before = original.CalculateSize(), after = half.CalculateSize();
+        Assert.IsLessThan(before * 0.55, after, $"{before} -> {after} bytes");
+
+        (float[] y, float[] yh) = Run(original, shape);
+        (float[] hy, float[] hyh) = Run(half, shape);
+        float maxDiff = Math.Max(MaxAbsDifference(y, hy), MaxAbsDifference(yh, hyh));
+        TestContext.WriteLine($"{op} {direction} Float16: {before} -> {after} bytes, max |diff| {maxDiff:G4}");
+        Assert.IsLessThan(0.01f, maxDiff);
+    }
+
+    [TestMethod]
+    public void Int4_lists_the_lstm_as_float_with_the_reason()
+    {
+        ModelProto model = Lstm(new Shape("forward", Bias: true, SequenceLens: false, InitialStates: false));
+        Int4Summary s = Int4WeightQuantizer.Apply(model, new Int4Options(), "lstm.onnx");
+        Assert.IsTrue(s.NothingToQuantize);
+        SkippedNode skip = s.Skipped.Single();
+        Assert.AreEqual(("rnn", "LSTM"), (skip.Node, skip.OpType));
+        StringAssert.Contains(skip.Reason, "no 4-bit LSTM kernel");
+        Assert.AreEqual("LSTM", model.Graph.Node.Single().OpType);
+    }
+
+    [TestMethod]
+    public void Int8Static_quantizes_lstm_weights_with_DynamicQuantizeLSTM()
+    {
+        var shape = new Shape("bidirectional", Bias: true, SequenceLens: false, InitialStates: true);
+        ModelProto original = Lstm(shape);
+        ModelProto quantized = original.Clone();
+        Int8StaticSummary s = Int8StaticQuantizer.Apply(quantized, new CalibrationResult { Ranges = new Dictionary<string, TensorRange>() }, new Int8StaticOptions(), "lstm.onnx");
+        Assert.AreEqual("LSTM", s.Quantized.Single().OpType);
+        Assert.AreEqual(LstmLowering.QuantizedOpType, quantized.Graph.Node.Single().OpType);
+        Assert.IsLessThan(original.CalculateSize() * 0.35, s.ModelBytesAfter);
+        (float[] y, _) = Run(original, shape);
+        (float[] qy, _) = Run(quantized, shape);
+        Assert.IsGreaterThanOrEqualTo(0.998, Cosine(y, qy));
+        Assert.IsLessThan(0.05f, MaxAbsDifference(y, qy));
+    }
+
+    [TestMethod]
     public void Excluded_lstm_and_batch_major_layout_stay_float()
     {
         var shape = new Shape("forward", Bias: true, SequenceLens: false, InitialStates: false);

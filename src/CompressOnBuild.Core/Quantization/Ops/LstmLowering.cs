@@ -20,7 +20,8 @@ namespace CompressOnBuild.Core.Quantization.Ops;
 /// reason (<see cref="ReportFloat"/>); LSTM with layout=1 (batch-major, opset 14) stays float too, because
 /// DynamicQuantizeLSTM has no layout attribute.
 /// </para>
-/// Used by Int8DynamicQuantizer after its own rewrites (op type "LSTM" for NodesToExclude / OpTypesToQuantize).
+/// Used by Int8DynamicQuantizer and Int8StaticQuantizer (ORT has no QDQ LSTM kernel) after their own rewrites (op type
+/// "LSTM" for NodesToExclude / OpTypesToQuantize); Int4WeightQuantizer lists recurrent layers as float.
 /// </summary>
 internal static class LstmLowering
 {
@@ -142,14 +143,15 @@ internal static class LstmLowering
     /// Adds a skip entry for every main-graph LSTM/GRU/RNN with constant float32 weights: for passes that have no
     /// recurrent lowering (<paramref name="reason"/> says why), so the report lists the layers left float.
     /// </summary>
-    public static void ReportFloat(PassGraph graph, string reason, List<SkippedNode> skipped, string displayName)
+    public static void ReportFloat(PassGraph graph, Func<string, string> reason, List<SkippedNode> skipped, string displayName)
     {
+        graph.Commit();
         foreach (NodeProto node in graph.Graph.Node)
         {
             if (OnnxNames.IsDefaultDomain(node) && RecurrentOps.Contains(node.OpType) && node.Input.Count >= 3
                 && TryWeight(graph, node.Input[1], displayName, out _, out _))
             {
-                skipped.Add(new SkippedNode(OnnxNames.Label(node), node.OpType, reason));
+                skipped.Add(new SkippedNode(OnnxNames.Label(node), node.OpType, reason(node.OpType)));
             }
         }
     }
