@@ -165,9 +165,9 @@ internal static class LstmLowering
             why = null;
             return true;
         }
-        why = graph.TryResolveConstant(name, displayName, out ResolvedConstant? c, out string? notConstant)
-            ? $"weight '{name}' is {TensorUtil.DataTypeName(c!.Tensor.DataType)}, not float32"
-            : notConstant;
+        why = !graph.TryResolveConstant(name, displayName, out ResolvedConstant? c, out string? notConstant) ? notConstant
+            : c!.Tensor.DataType == (int)TensorProto.Types.DataType.Float ? $"weight '{name}' is empty"
+            : $"weight '{name}' is {TensorUtil.DataTypeName(c.Tensor.DataType)}, not float32";
         return false;
     }
 
