@@ -53,7 +53,9 @@ internal sealed partial class PassGraph
         }
         if (!Producers.TryGetValue(name, out NodeProto? producer))
         {
-            why = $"weight '{name}' is not a constant";
+            why = IsMain || GraphInputs.Contains(name)
+                ? $"weight '{name}' is not a constant"
+                : $"weight '{name}' comes from the enclosing graph, where more than this body reads it";
             return false;
         }
         bool onnx = OnnxNames.IsDefaultDomain(producer);

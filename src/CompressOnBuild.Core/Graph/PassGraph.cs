@@ -35,9 +35,19 @@ internal sealed partial class PassGraph
     private HashSet<string>? _outer;
 
     public PassGraph(ModelProto model)
+        : this(model, model.Graph, null)
+    {
+    }
+
+    /// <summary>The index of <paramref name="graph"/> (the main graph or a nested one); <paramref name="names"/> is shared between the scopes of one model.</summary>
+    private PassGraph(ModelProto model, GraphProto graph, HashSet<string>? names)
     {
         Model = model;
-        Graph = model.Graph;
+        Graph = graph;
+        if (names != null)
+        {
+            _names = names;
+        }
         foreach (TensorProto t in Graph.Initializer)
         {
             Initializers[t.Name] = t;
@@ -48,16 +58,20 @@ internal sealed partial class PassGraph
             GraphInputs.Add(v.Name);
             _names.Add(v.Name);
         }
-        foreach ((GraphProto g, _) in ModelWalker.Graphs(model))
+        if (names == null)
         {
-            foreach (NodeProto n in g.Node)
+            foreach ((GraphProto g, _) in ModelWalker.Graphs(model))
             {
-                _names.UnionWith(n.Output);
-                _names.Add(n.Name);
-            }
-            foreach (TensorProto t in g.Initializer)
-            {
-                _names.Add(t.Name);
+                foreach (NodeProto n in g.Node)
+                {
+                    _names.UnionWith(n.Output);
+                    _names.Add(n.Name);
+                }
+                foreach (TensorProto t in g.Initializer)
+                {
+                    _names.Add(t.Name);
+                }
+                _names.UnionWith(g.Input.Select(v => v.Name));
             }
         }
         foreach (NodeProto n in Graph.Node)
@@ -68,6 +82,9 @@ internal sealed partial class PassGraph
             }
         }
     }
+
+    /// <summary>True for the model's main graph, false for an If/Loop/Scan body.</summary>
+    public bool IsMain => ReferenceEquals(Graph, Model.Graph);
 
     public ModelProto Model { get; }
 
@@ -279,9 +296,10 @@ internal sealed partial class PassGraph
         Graph.Initializer.Add(t);
         Initializers[t.Name] = t;
         _names.Add(t.Name);
-        if (Model.IrVersion < 4)
+        if (Model.IrVersion < 4 && IsMain)
         {
-            // IR 3 wants every initializer declared as a graph input as well.
+            // IR 3 wants every initializer of the main graph declared as a graph input as well (a body's inputs are
+            // fixed by its If/Loop/Scan node).
             ValueInfoProto declaration = ValueInfo(t.Name, t.DataType, t.Dims);
             Graph.Input.Add(declaration);
             GraphInputs.Add(t.Name);
@@ -322,8 +340,163 @@ internal sealed partial class PassGraph
         }
     }
 
-    /// <summary>Names read by the main graph's outputs or by any nested graph (If/Loop/Scan bodies).</summary>
-    public HashSet<string> OuterUses() => OuterUses(Model);
+    /// <summary>Names read from outside this graph's nodes: its outputs and any graph nested in it (If/Loop/Scan bodies).</summary>
+    public HashSet<string> OuterUses()
+    {
+        if (IsMain)
+        {
+            return OuterUses(Model);
+        }
+        var result = new HashSet<string>(Graph.Output.Select(o => o.Name), StringComparer.Ordinal);
+        foreach (NodeProto n in Graph.Node)
+        {
+            foreach (GraphProto sub in ModelWalker.Subgraphs(n))
+            {
+                AddReads(sub, result);
+            }
+        }
+        return result;
+    }
+
+    /// <summary>Every name the nodes and outputs of <paramref name="graph"/> and of the graphs nested in it read.</summary>
+    private static void AddReads(GraphProto graph, HashSet<string> into)
+    {
+        into.UnionWith(graph.Output.Select(o => o.Name));
+        foreach (NodeProto n in graph.Node)
+        {
+            into.UnionWith(n.Input);
+            foreach (GraphProto sub in ModelWalker.Subgraphs(n))
+            {
+                AddReads(sub, into);
+            }
+        }
+    }
+
+    /// <summary>
+    /// This graph's index and one for every If/Loop/Scan body nested in it (outermost first), sharing one set of
+    /// names so that names made in any of them stay unique in the model. Call <see cref="LocalizeSubgraphConstants"/>
+    /// first so that each body holds the weights only it reads. A body's index sees its own initializers and nodes;
+    /// values from enclosing graphs are run-time inputs to it.
+    /// </summary>
+    public List<PassGraph> WithSubgraphs()
+    {
+        var result = new List<PassGraph> { this };
+        for (int i = 0; i < result.Count; i++)
+        {
+            foreach (NodeProto n in result[i].Graph.Node)
+            {
+                foreach (GraphProto sub in ModelWalker.Subgraphs(n))
+                {
+                    result.Add(new PassGraph(Model, sub, _names));
+                }
+            }
+        }
+        return result;
+    }
+
+    /// <summary>
+    /// Moves every constant of this graph (non-overridable initializer, or Constant node) that only one nested body
+    /// reads - not this graph's nodes or outputs, not a second body - into that body (initializers into its
+    /// initializers, Constant nodes to the front of its nodes), then does the same inside each body. Values keep their
+    /// names and meaning (ONNX bodies may hold initializers; names are unique across the model), so a weight that
+    /// exporters keep in the outer graph (tf2onnx Loop bodies, If branches) becomes a constant of the body that uses
+    /// it, where a pass can quantize it. Returns the constants moved.
+    /// </summary>
+    public int LocalizeSubgraphConstants()
+    {
+        Commit();
+        var bodies = new List<GraphProto>();
+        foreach (NodeProto n in Graph.Node)
+        {
+            bodies.AddRange(ModelWalker.Subgraphs(n));
+        }
+        if (bodies.Count == 0)
+        {
+            return 0;
+        }
+        // Where each name is read: by this graph itself (null) or by one body; read by two places = shared (stays).
+        var readers = new Dictionary<string, GraphProto?>(StringComparer.Ordinal);
+        var shared = new HashSet<string>(StringComparer.Ordinal);
+        void Note(string name, GraphProto? by)
+        {
+            if (name.Length == 0 || shared.Contains(name))
+            {
+                return;
+            }
+            if (readers.TryGetValue(name, out GraphProto? first) && !ReferenceEquals(first, by))
+            {
+                shared.Add(name);
+                readers.Remove(name);
+                return;
+            }
+            readers[name] = by;
+        }
+        foreach (NodeProto n in Graph.Node)
+        {
+            foreach (string i in n.Input)
+            {
+                Note(i, null);
+            }
+        }
+        foreach (ValueInfoProto o in Graph.Output)
+        {
+            Note(o.Name, null);
+        }
+        foreach (GraphProto body in bodies)
+        {
+            var reads = new HashSet<string>(StringComparer.Ordinal);
+            AddReads(body, reads);
+            foreach (string name in reads)
+            {
+                Note(name, body);
+            }
+        }
+        var movedInitializers = new HashSet<string>(StringComparer.Ordinal);
+        foreach (TensorProto t in Graph.Initializer)
+        {
+            if (IsConstantInitializer(t.Name) && readers.TryGetValue(t.Name, out GraphProto? body) && body != null)
+            {
+                body.Initializer.Add(t);
+                movedInitializers.Add(t.Name);
+            }
+        }
+        var movedNodes = new List<NodeProto>();
+        foreach (NodeProto n in Graph.Node)
+        {
+            if (n.OpType == "Constant" && OnnxNames.IsDefaultDomain(n) && n.Output.Count == 1
+                && readers.TryGetValue(n.Output[0], out GraphProto? body) && body != null)
+            {
+                body.Node.Insert(0, n);
+                movedNodes.Add(n);
+            }
+        }
+        if (movedInitializers.Count > 0)
+        {
+            RemoveAll(Graph.Initializer, t => movedInitializers.Contains(t.Name));
+            if (IsMain && Model.IrVersion < 4)
+            {
+                RemoveAll(Graph.Input, v => movedInitializers.Contains(v.Name));
+                GraphInputs.ExceptWith(movedInitializers);
+            }
+            foreach (string name in movedInitializers)
+            {
+                Initializers.Remove(name);
+            }
+        }
+        foreach (NodeProto n in movedNodes)
+        {
+            RemoveNode(n);
+        }
+        var movedValues = movedInitializers.Concat(movedNodes.Select(n => n.Output[0])).ToHashSet(StringComparer.Ordinal);
+        RemoveAll(Graph.ValueInfo, v => movedValues.Contains(v.Name));
+        Commit();
+        int moved = movedValues.Count;
+        foreach (GraphProto body in bodies)
+        {
+            moved += new PassGraph(Model, body, _names).LocalizeSubgraphConstants();
+        }
+        return moved;
+    }
 
     /// <summary>Names read by <paramref name="model"/>'s main graph outputs or by any nested graph (If/Loop/Scan bodies).</summary>
     public static HashSet<string> OuterUses(ModelProto model)
@@ -390,7 +563,7 @@ internal sealed partial class PassGraph
             return;
         }
         RemoveAll(Graph.Initializer, t => names.Contains(t.Name));
-        if (Model.IrVersion < 4)
+        if (Model.IrVersion < 4 && IsMain)
         {
             RemoveAll(Graph.Input, v => names.Contains(v.Name));
             GraphInputs.ExceptWith(names);

@@ -15,7 +15,7 @@ namespace CompressOnBuild.Core.Passes;
 /// +-65504 clamped and counted. Graph inputs and outputs stay float32: Cast nodes convert at the edges. Nodes that
 /// stay float32 - blocked operators (<see cref="Float16Options.BlockedOps"/>), excluded nodes, operators not in
 /// the table, nodes holding subgraphs, other domains - get Casts back to float32 on the inputs that became
-/// float16. value_info entries of converted values are retyped. Casts are shared per value.
+/// float16. If/Loop/Scan bodies are converted the same way, each keeping float32 inputs and outputs. value_info entries of converted values are retyped. Casts are shared per value.
 /// </summary>
 public static class Float16Converter
 {
@@ -117,10 +117,25 @@ public static class Float16Converter
         {
             return Unchanged($"default opset {graph.OnnxOpset} is older than 6, whose Cast this pass needs");
         }
-        int folded = graph.FoldConstantShapeOps(displayName);
-        var converter = new Converter(graph, options, displayName);
-        converter.Run();
-        bool changed = folded + converter.ConvertedNodes + converter.ConvertedTensors > 0;
+        // If/Loop/Scan bodies are converted like the main graph, each with float32 at its edges; the weights only a
+        // body reads move into it first.
+        int moved = graph.LocalizeSubgraphConstants();
+        int folded = 0, nodes = 0, tensors = 0, casts = 0;
+        long elements = 0, clamped = 0;
+        var kept = new List<SkippedNode>();
+        foreach (PassGraph scope in graph.WithSubgraphs())
+        {
+            folded += scope.FoldConstantShapeOps(displayName);
+            var converter = new Converter(scope, options, displayName);
+            converter.Run();
+            nodes += converter.ConvertedNodes;
+            tensors += converter.ConvertedTensors;
+            elements += converter.ConvertedElements;
+            clamped += converter.Clamped;
+            casts += converter.Casts;
+            kept.AddRange(converter.Kept);
+        }
+        bool changed = moved + folded + nodes + tensors > 0;
         if (changed)
         {
             PassGraph.DropInitializerInputs(model);
@@ -129,12 +144,12 @@ public static class Float16Converter
         return new Float16Summary
         {
             ModelDisplayName = displayName,
-            ConvertedNodes = converter.ConvertedNodes,
-            KeptFloat32 = converter.Kept,
-            ConvertedTensors = converter.ConvertedTensors,
-            ConvertedElements = converter.ConvertedElements,
-            ClampedValues = converter.Clamped,
-            CastsInserted = converter.Casts,
+            ConvertedNodes = nodes,
+            KeptFloat32 = kept,
+            ConvertedTensors = tensors,
+            ConvertedElements = elements,
+            ClampedValues = clamped,
+            CastsInserted = casts,
             ModelBytesBefore = before,
             ModelBytesAfter = changed ? model.CalculateSize() : before,
         };
@@ -366,7 +381,7 @@ public static class Float16Converter
                 }
                 if (n.Attribute.Any(a => a.G != null || a.Graphs.Count > 0))
                 {
-                    Keep("holds a subgraph");
+                    Keep("holds a subgraph (the node stays float32; its bodies are converted on their own)");
                     continue;
                 }
                 _converted.Add(n);
