@@ -502,6 +502,14 @@ public static class Int8StaticQuantizer
             var result = new List<Candidate>();
             var excluded = new HashSet<string>(options.ExcludedNodes, StringComparer.Ordinal);
             HashSet<string> outer = g.OuterUses();
+            foreach (PassGraph body in g.WithSubgraphs().Skip(1))
+            {
+                foreach (NodeProto n in body.Graph.Node.Where(n => OnnxNames.IsDefaultDomain(n) && n.OpType is "Conv" or "MatMul" or "Gemm"))
+                {
+                    Skipped.Add(new SkippedNode(OnnxNames.Label(n), n.OpType,
+                        $"it is inside the subgraph '{body.Graph.Name}'; calibration sees only main-graph values, so Int8 static quantizes the main graph (Int8 dynamic, Int4 and Float16 quantize bodies)"));
+                }
+            }
             foreach (NodeProto node in g.Graph.Node)
             {
                 if (ModelChecker.NormalizeDomain(node.Domain).Length != 0 || node.OpType is not ("Conv" or "MatMul" or "Gemm") || node.Input.Count < 2)

@@ -186,4 +186,14 @@ public sealed class SubgraphWeightTests
             CollectionAssert.AreEqual(a.Run(x, InputShape), b.Run(x, InputShape), "moving constants changes no value");
         }
     }
+
+    [TestMethod]
+    public void Int8_static_lists_body_layers_with_the_reason()
+    {
+        ModelProto model = LoopModel();
+        var ranges = Int8StaticQuantizer.TensorsToCalibrate(model, Int8StaticOptions.Default).ToDictionary(t => t, _ => new TensorRange(-1f, 1f));
+        Int8StaticSummary s = Int8StaticQuantizer.Apply(model, new CalibrationResult { Ranges = ranges }, Int8StaticOptions.Default, "loop");
+        Assert.IsEmpty(s.Quantized);
+        Assert.Contains("calibration sees only main-graph values", s.Skipped.Single(k => k.Node == "loop_matmul").Reason);
+    }
 }
