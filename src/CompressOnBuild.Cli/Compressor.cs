@@ -396,14 +396,9 @@ internal static class Compressor
             // The passes' own per-layer reasons (also in the report's skippedNodes), not a guess.
             result.Diagnostics.Add(new Diagnostic(Severity.Warning, DiagnosticCodes.NothingToQuantize, s.Model,
                 DiagnosticCodes.FormatWithoutCode(DiagnosticCodes.NothingToQuantize, s.Model, s.QuantizationText,
-                    Verdict.Reasons(summary.Skipped) ?? NoWeightsReason(s.Quantization))));
+                    Verdict.Reasons(summary.Skipped) ?? OpRegistry.NoWeightsReason(s.Quantization))));
         }
     }
-
-    private static string NoWeightsReason(QuantizationScheme scheme) =>
-        ItemSettings.WeightOpTypes(scheme) is { Length: > 0 } ops
-            ? $"the model has no {string.Join(", ", ops)} with a constant float weight"
-            : "the model has no constant float weight this scheme converts";
 
     /// <summary>The private work folder beside the output; a folder that cannot be written is CMPR0106 (exit 2).</summary>
     private static FileStream CreateWorkFolder(string outDir, string work, string output)

@@ -7,15 +7,6 @@ using CompressOnBuild.Validation;
 
 namespace CompressOnBuild.Cli;
 
-internal enum QuantizationScheme
-{
-    None,
-    Int8Dynamic,
-    Float16,
-    Int4Weights,
-    Int8Static,
-}
-
 /// <summary>A budget as set by the user: its metadata name, the limit, and whether larger measured values are better.</summary>
 internal sealed record Budget(string Name, double Limit, bool HigherIsBetter, string Unit);
 
@@ -25,16 +16,6 @@ internal sealed record Budget(string Name, double Limit, bool HigherIsBetter, st
 /// </summary>
 internal sealed class ItemSettings
 {
-    /// <summary>The op types whose constant weights <paramref name="scheme"/> quantizes (what OpTypesToQuantize is
-    /// checked against, and what CMPR0203 names when a model has none of them); empty for None and Float16.</summary>
-    public static string[] WeightOpTypes(QuantizationScheme scheme) => scheme switch
-    {
-        QuantizationScheme.Int8Dynamic => ["Conv", "MatMul", "Gemm", "Gather", "LSTM"],
-        QuantizationScheme.Int8Static => ["Conv", "MatMul", "Gemm", "LSTM"],
-        QuantizationScheme.Int4Weights => ["MatMul", "Gemm", "Gather"],
-        _ => [],
-    };
-
     public required string Model { get; init; }
     public required string Output { get; init; }
     public string? Report { get; init; }
@@ -189,14 +170,9 @@ internal sealed class ItemSettings
             {
                 throw Invalid("OpTypesToQuantize", ops, "list ONNX op types separated by ';' (case-sensitive, e.g. Conv;MatMul)");
             }
-            string[] weighted = WeightOpTypes(scheme);
-            if (scheme == QuantizationScheme.None)
+            if (OpRegistry.OpTypesProblem(scheme, opTypes) is { } problem)
             {
-                throw Invalid("OpTypesToQuantize", ops, "it filters what a Quantization scheme changes, and Quantization is None");
-            }
-            if (weighted.Length > 0 && !opTypes.Overlaps(weighted))
-            {
-                throw Invalid("OpTypesToQuantize", ops, $"{scheme} quantizes only {string.Join(", ", weighted)}; none of them is listed");
+                throw Invalid("OpTypesToQuantize", ops, problem);
             }
         }
         ActivationType activationType = ActivationType.UInt8;

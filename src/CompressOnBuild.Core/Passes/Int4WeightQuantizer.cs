@@ -1,11 +1,10 @@
-using System.Globalization;
 using System.Numerics.Tensors;
 using CompressOnBuild.Core.Onnx;
 using CompressOnBuild.Core.Quantization;
 using CompressOnBuild.Core.Quantization.Ops;
+using CompressOnBuild.Core.Quantization.Schemes;
 using CompressOnBuild.Kernels;
 using CompressOnBuild.Onnx;
-using DataType = CompressOnBuild.Onnx.TensorProto.Types.DataType;
 
 namespace CompressOnBuild.Core.Passes;
 
@@ -51,14 +50,10 @@ public static class Int4WeightQuantizer
                 ModelBytesAfter = before,
             };
         }
-        // Weights behind Reshape/Transpose/... of initializers become plain initializers first (see PassGraph).
-        var graph = new PassGraph(model);
-        int folded = graph.FoldConstantShapeOps(displayName);
-        var rewriter = new Rewriter(graph, options, displayName);
-        rewriter.Run();
-        GatherLowering.Bytes tables = GatherLowering.Apply(graph, GatherLowering.Scheme.Int4(options.BlockSize, options.Symmetric), options.ExcludedNodes, options.MinimumWeightElements, rewriter.Quantized, rewriter.Skipped, displayName);
-        LstmLowering.ReportFloat(graph, op => $"ONNX Runtime has no 4-bit {op} kernel; its weights stay float32" + (op == "LSTM" ? " (Int8Dynamic quantizes LSTM weights)" : ""), rewriter.Skipped, displayName);
-        if (rewriter.Quantized.Count > 0)
+        var context = new Int4Context(new PassGraph(model), options, displayName);
+        int folded = QuantizationDriver.Run(context, OpRegistry.For(QuantizationScheme.Int4Weights));
+        LstmLowering.ReportFloat(context.Graph, op => $"ONNX Runtime has no 4-bit {op} kernel; its weights stay float32" + (op == "LSTM" ? " (Int8Dynamic quantizes LSTM weights)" : ""), context.Skipped, displayName);
+        if (context.Quantized.Count > 0)
         {
             PassGraph.DropInitializerInputs(model);
             PassGraph.StripDebugTraces(model);
@@ -69,13 +64,13 @@ public static class Int4WeightQuantizer
             BlockSize = options.BlockSize,
             Symmetric = options.Symmetric,
             Method = options.Method == Int4Method.Gptq ? "GPTQ" : "RTN",
-            RoundedToNearest = rewriter.RoundedToNearest,
-            Quantized = rewriter.Quantized,
-            Skipped = rewriter.Skipped,
+            RoundedToNearest = context.RoundedToNearest,
+            Quantized = context.Quantized,
+            Skipped = context.Skipped,
             ModelBytesBefore = before,
-            ModelBytesAfter = rewriter.Quantized.Count == 0 && folded == 0 ? before : model.CalculateSize(),
-            FloatWeightBytes = rewriter.FloatWeightBytes + tables.Float,
-            QuantizedWeightBytes = rewriter.QuantizedWeightBytes + tables.Quantized,
+            ModelBytesAfter = context.Quantized.Count == 0 && folded == 0 ? before : model.CalculateSize(),
+            FloatWeightBytes = context.FloatWeightBytes,
+            QuantizedWeightBytes = context.QuantizedWeightBytes,
         };
     }
 
@@ -215,175 +210,5 @@ public static class Int4WeightQuantizer
             scale = 1f;
         }
         return (scale, zero);
-    }
-
-    private sealed class Rewriter(PassGraph g, Int4Options options, string displayName)
-    {
-        private readonly Dictionary<string, (string B, string Scales, string? ZeroPoints, int K, int N, float Error)> _done = new(StringComparer.Ordinal);
-        private readonly ReplacedConstants _replaced = new();
-
-        public List<QuantizedNode> Quantized { get; } = [];
-
-        public List<SkippedNode> Skipped { get; } = [];
-
-        public List<string> RoundedToNearest { get; } = [];
-
-        private IReadOnlyDictionary<string, Activation>? _activations;
-
-        public long FloatWeightBytes { get; private set; }
-
-        public long QuantizedWeightBytes { get; private set; }
-
-        public void Run()
-        {
-            List<WeightSite> candidates = WeightSites.Find(g, displayName, OpTypes, options.ExcludedNodes, options.MinimumWeightElements, Skipped);
-            foreach (WeightSite c in candidates)
-            {
-                if (!TensorStats.AllFinite(PassGraph.Floats(c.Weight.Tensor, displayName)))
-                {
-                    throw new CompressException(DiagnosticCodes.NonFiniteWeights, displayName, c.WeightName) { File = displayName };
-                }
-            }
-            if (options.Method == Int4Method.Gptq && candidates.Count > 0)
-            {
-                // One pass over the calibration data for every layer input GPTQ needs.
-                List<string> inputs = candidates.Where(c => !c.TransA).Select(c => c.Node.Input[0]).Distinct(StringComparer.Ordinal).ToList();
-                _activations = inputs.Count == 0 ? new Dictionary<string, Activation>() : options.Activations!(g.Model, inputs);
-            }
-            foreach (WeightSite c in candidates)
-            {
-                Rewrite(c);
-            }
-            g.Commit();
-            if (Quantized.Count == 0)
-            {
-                return;
-            }
-            _replaced.RemoveUnused(g);
-            g.EnsureOpset(OnnxNames.MicrosoftDomain, 1);
-        }
-
-        private static readonly IReadOnlySet<string> OpTypes = new HashSet<string>(StringComparer.Ordinal) { "MatMul", "Gemm" };
-
-        private void Rewrite(WeightSite c)
-        {
-            NodeProto node = c.Node;
-            string label = OnnxNames.Label(node);
-            int rows = (int)c.Weight.Dims[0], cols = (int)c.Weight.Dims[1];
-            int k = c.TransB ? cols : rows;
-            int n = c.TransB ? rows : cols;
-            string key = c.WeightName + (c.TransB ? "|T" : "") + "|a" + c.Alpha.ToString("R", CultureInfo.InvariantCulture);
-            if (!_done.TryGetValue(key, out var stored))
-            {
-                float[] data = PassGraph.Floats(c.Weight.Tensor, displayName);
-                float[] channelMajor = c.TransB ? data : PassGraph.Transpose(data, rows, cols);
-                if (c.Alpha != 1f)
-                {
-                    TensorPrimitives.Multiply(channelMajor, c.Alpha, channelMajor);
-                }
-                var gptq = options.Method == Int4Method.Gptq && !c.TransA ? Gptq(c.Node.Input[0], channelMajor, n, k) : null;
-                if (options.Method == Int4Method.Gptq && gptq == null)
-                {
-                    RoundedToNearest.Add(OnnxNames.Label(node)); // transposed input, or H would not factorize
-                }
-                (byte[] packed, float[] scales, byte[]? zeros, float error) = gptq ?? QuantizeBlocks(channelMajor, n, k, options.BlockSize, options.Symmetric);
-                int blocks = (k + options.BlockSize - 1) / options.BlockSize;
-                string baseName = QuantizedBaseName(c.WeightName);
-                stored = (g.Unique(baseName), g.Unique(baseName + "_scales"), zeros == null ? null : g.Unique(baseName + "_zero_points"), k, n, error);
-                g.AddInitializer(TensorUtil.FromUInt8(stored.B, packed, PackedDims(k, n, options.BlockSize)));
-                g.AddInitializer(TensorUtil.FromFloats(stored.Scales, scales, (long)n * blocks));
-                if (zeros != null)
-                {
-                    g.AddInitializer(TensorUtil.FromUInt8(stored.ZeroPoints!, zeros, zeros.Length));
-                }
-                FloatWeightBytes += (long)data.Length * 4;
-                QuantizedWeightBytes += packed.Length + (long)scales.Length * 4 + (zeros?.Length ?? 0);
-                _done[key] = stored;
-            }
-
-            var inserted = new List<NodeProto>();
-            string a = node.Input[0];
-            if (c.TransA)
-            {
-                string transposed = g.Unique(a + "_transposed");
-                NodeProto t = g.Node("Transpose", label + "_transpose_a", [a], [transposed]);
-                t.Attribute.Add(new AttributeProto { Name = "perm", Type = AttributeProto.Types.AttributeType.Ints, Ints = { 1, 0 } });
-                inserted.Add(t);
-                a = transposed;
-            }
-            NodeProto q = MatMulNBitsNode(node.Name.Length > 0 ? node.Name : g.Unique(NodeBaseName(label)), a, stored.B, stored.Scales, stored.ZeroPoints,
-                node.Output[0], k, n, options);
-            inserted.Add(q);
-
-            if (node.OpType == "Gemm" && node.Input.Count > 2 && node.Input[2].Length > 0 && c.Beta != 0f)
-            {
-                string cName = node.Input[2];
-                if (TryBias(cName, c.Beta, n) is { } bias)
-                {
-                    q.Input.Add(""); // g_idx
-                    q.Input.Add(bias);
-                }
-                else
-                {
-                    string product = g.Unique(label + "_matmul");
-                    q.Output[0] = product;
-                    string addend = cName;
-                    if (c.Beta != 1f)
-                    {
-                        string betaName = g.Unique(label + "_beta");
-                        g.AddInitializer(TensorUtil.FromFloats(betaName, [c.Beta]));
-                        addend = g.Unique(cName + "_scaled");
-                        inserted.Add(g.Node("Mul", label + "_scale_c", [cName, betaName], [addend]));
-                    }
-                    inserted.Add(g.Node("Add", label + "_add_c", [product, addend], [node.Output[0]]));
-                }
-            }
-            if (stored.ZeroPoints == null && q.Input.Count == 4)
-            {
-                q.Input.RemoveAt(3);
-            }
-
-            g.Replace(node, inserted);
-            _replaced.Add(c.WeightName, c.Weight);
-            Quantized.Add(new QuantizedNode(label, node.OpType, c.WeightName, k, n, stored.Error));
-        }
-
-        /// <summary>GPTQ codes for one weight from its input's calibration activations; null when H would not factorize.</summary>
-        private (byte[] Packed, float[] Scales, byte[]? ZeroPoints, float MaxError)? Gptq(string input, float[] channelMajor, int n, int k)
-        {
-            if (!_activations!.TryGetValue(input, out Activation? a) || a.Shape.Length < 1 || a.Shape[^1] != k || a.Data.Length == 0 || a.Data.Length % k != 0)
-            {
-                throw new CompressException(DiagnosticCodes.DataShape, "calibration activations", input,
-                    $"GPTQ needs this layer input as [..., {k}] values; got [{string.Join(",", a?.Shape ?? [])}]") { File = displayName };
-            }
-            if (!TensorStats.AllFinite(a.Data))
-            {
-                throw new CompressException(DiagnosticCodes.NonFiniteOutputs, displayName, input, "one of the calibration samples (GPTQ)") { File = displayName };
-            }
-            double[] h = Int4Gptq.Hessian(a.Data, a.Data.Length / k, k);
-            return Int4Gptq.Quantize(channelMajor, n, k, h, options.BlockSize, options.Symmetric, options.GptqDampening);
-        }
-
-        /// <summary>beta * C as a float [N] initializer when C is a constant with N elements (or one); else null.</summary>
-        private string? TryBias(string cName, float beta, int n)
-        {
-            if (!g.IsConstantInitializer(cName) || g.Initializers[cName].DataType != (int)DataType.Float)
-            {
-                return null;
-            }
-            TensorProto cv = g.Initializers[cName];
-            long count = TensorUtil.ElementCount(cv);
-            bool vector = count == n && (cv.Dims.Count == 1 || (cv.Dims.Count == 2 && cv.Dims[0] == 1));
-            if (!vector && count != 1)
-            {
-                return null;
-            }
-            float[] values = PassGraph.BiasValues(PassGraph.Floats(cv, displayName), vector, n, beta);
-            string bias = g.Unique(cName + "_bias");
-            g.AddInitializer(TensorUtil.FromFloats(bias, values, n));
-            QuantizedWeightBytes += (long)n * 4;
-            _replaced.Add(cName);
-            return bias;
-        }
     }
 }

@@ -11,8 +11,14 @@ internal sealed class WeightSite
 
     public required ResolvedConstant Weight { get; init; }
 
-    /// <summary>The node's weight input (input 1).</summary>
-    public string WeightName => Node.Input[1];
+    /// <summary>Which input of <see cref="Node"/> is the weight (1 for MatMul/Gemm/Conv, 0 for Gather).</summary>
+    public int WeightInput { get; init; } = 1;
+
+    /// <summary>The node's weight input.</summary>
+    public string WeightName => Node.Input[WeightInput];
+
+    /// <summary>The lowering that found the site and lowers it (set by <see cref="WeightSites.Find"/>).</summary>
+    public IOperatorLowering Lowering { get; set; } = null!;
 
     public bool TransA { get; init; }
 
@@ -21,72 +27,84 @@ internal sealed class WeightSite
     public float Alpha { get; init; } = 1f;
 
     public float Beta { get; init; } = 1f;
-
-    public bool IsConv { get; init; }
 }
 
 /// <summary>
-/// The one weight-site finder of the quantization passes: main-graph MatMul/Gemm nodes whose weight B is a constant
-/// float32 matrix (initializer, Constant node, or Reshape of those), with Gemm's transposes, alpha and beta; the skip
-/// reason of every other one (excluded, in a subgraph, not constant, not float32, wrong rank or size, alpha/beta not
-/// finite, weight shared with something that stays float). Passes add their own operators through <c>other</c>.
+/// The one weight-site finder of the quantization passes: every main-graph node one of the scheme's lowerings
+/// handles becomes a site or a skip reason (excluded by the options, inside a subgraph, or the lowering's own reason:
+/// not constant, not float32, wrong rank or size, ...), then weights shared with anything that stays float are
+/// rejected. <see cref="MatrixSite"/> is the MatMul/Gemm site rule the matrix lowerings share.
 /// </summary>
 internal static class WeightSites
 {
-    /// <summary>
-    /// The sites of <paramref name="opTypes"/> in graph order. MatMul and Gemm are resolved here; any other operator
-    /// in <paramref name="opTypes"/> goes to <paramref name="other"/> (which reports its own skips and may return null).
-    /// </summary>
-    public static List<WeightSite> Find(PassGraph g, string displayName, IReadOnlySet<string> opTypes, IReadOnlyCollection<string> excludedNodes,
-        long minimumElements, List<SkippedNode> skipped, Func<NodeProto, Action<string>, WeightSite?>? other = null)
+    /// <summary>The sites of <paramref name="lowerings"/> in graph order; skips go to <see cref="LoweringContext.Skipped"/>.</summary>
+    public static List<WeightSite> Find(LoweringContext context, IReadOnlyCollection<IOperatorLowering> lowerings)
     {
-        var result = new List<WeightSite>();
-        var excluded = new HashSet<string>(excludedNodes, StringComparer.Ordinal);
+        PassGraph g = context.Graph;
+        var byOp = new Dictionary<(string, string), IOperatorLowering>();
+        foreach (IOperatorLowering l in lowerings)
+        {
+            byOp[(l.Domain, l.OpType)] = l;
+        }
+        IOperatorLowering? LoweringOf(NodeProto n) => byOp.GetValueOrDefault((ModelChecker.NormalizeDomain(n.Domain), n.OpType));
+
         foreach ((GraphProto sub, int depth) in ModelWalker.Graphs(g.Model))
         {
             if (depth == 0)
             {
                 continue;
             }
-            foreach (NodeProto n in sub.Node.Where(n => opTypes.Contains(n.OpType) && OnnxNames.IsDefaultDomain(n)))
+            foreach (NodeProto n in sub.Node.Where(n => LoweringOf(n) is { AlwaysALayer: true }))
             {
-                skipped.Add(new SkippedNode(OnnxNames.Label(n), n.OpType, $"it is inside the subgraph '{sub.Name}'; only the main graph is quantized"));
+                context.Skipped.Add(new SkippedNode(OnnxNames.Label(n), n.OpType, $"it is inside the subgraph '{sub.Name}'; only the main graph is quantized"));
             }
         }
+        var result = new List<WeightSite>();
         foreach (NodeProto node in g.Graph.Node)
         {
-            if (!OnnxNames.IsDefaultDomain(node) || !opTypes.Contains(node.OpType) || node.Input.Count < 2)
+            if (LoweringOf(node) is not { } lowering)
             {
                 continue;
             }
             string label = OnnxNames.Label(node);
-            void Skip(string reason) => skipped.Add(new SkippedNode(label, node.OpType, reason));
-            if (excluded.Contains(label))
+            void Skip(string reason) => context.Skipped.Add(new SkippedNode(label, node.OpType, reason));
+            if (context.Excluded.Contains(label))
             {
-                Skip("excluded by the options");
-                continue;
-            }
-            if (node.OpType is not ("MatMul" or "Gemm"))
-            {
-                if (other?.Invoke(node, Skip) is { } site)
+                // A node that is not a layer (an index Gather) is not reported even when its op type is excluded.
+                bool layer = lowering.AlwaysALayer;
+                if (!layer)
                 {
-                    result.Add(site);
+                    layer = lowering.FindSite(context, node, _ => layer = true) != null;
+                }
+                if (layer)
+                {
+                    Skip("excluded by the options");
                 }
                 continue;
             }
-            if (MatrixSite(g, displayName, node, minimumElements, Skip) is { } matrix)
+            if (lowering.FindSite(context, node, Skip) is { } site)
             {
-                result.Add(matrix);
+                site.Lowering = lowering;
+                result.Add(site);
             }
         }
-        RejectSharedWeights(g, result, skipped);
+        RejectSharedWeights(g, result, context.Skipped);
         return result;
     }
 
-    private static WeightSite? MatrixSite(PassGraph g, string displayName, NodeProto node, long minimumElements, Action<string> skip)
+    /// <summary>
+    /// MatMul/Gemm: weight B (input 1) a constant float32 matrix of at least the minimum size, with Gemm's
+    /// transposes, alpha and beta (finite); else null after <paramref name="skip"/>.
+    /// </summary>
+    public static WeightSite? MatrixSite(LoweringContext context, NodeProto node, Action<string> skip)
     {
+        if (node.Input.Count < 2)
+        {
+            return null;
+        }
         string w = node.Input[1];
-        if (!g.TryResolveConstant(w, displayName, out ResolvedConstant? weight, out string? why))
+        long minimumElements = context.MinimumWeightElements;
+        if (!context.TryResolveConstant(w, out ResolvedConstant? weight, out string? why))
         {
             skip(why!);
             return null;
@@ -133,7 +151,10 @@ internal static class WeightSites
         };
     }
 
-    /// <summary>A weight (or a value its chain reads) shared with anything that stays float would be stored twice: those nodes stay float.</summary>
+    /// <summary>
+    /// A weight (or a value its chain reads) read by anything but the sites' weight inputs (a node that stays float,
+    /// another input of a site, a graph output, a subgraph) would be stored twice: those sites stay float.
+    /// </summary>
     private static void RejectSharedWeights(PassGraph g, List<WeightSite> sites, List<SkippedNode> skipped)
     {
         HashSet<string> outer = g.Outer;
@@ -141,7 +162,11 @@ internal static class WeightSites
         foreach (IGrouping<string, WeightSite> group in sites.GroupBy(c => c.WeightName, StringComparer.Ordinal))
         {
             ResolvedConstant w = group.First().Weight;
-            var quantizedNodes = new HashSet<NodeProto>(group.Select(c => c.Node), ReferenceEqualityComparer.Instance);
+            var siteInputs = new Dictionary<NodeProto, int>(ReferenceEqualityComparer.Instance);
+            foreach (WeightSite c in group)
+            {
+                siteInputs[c.Node] = c.WeightInput;
+            }
             var chain = new HashSet<NodeProto>(w.Chain, ReferenceEqualityComparer.Instance);
             string? conflict = null;
             foreach (string name in w.ChainInputs.Prepend(group.Key).Append(w.SourceName).Distinct(StringComparer.Ordinal))
@@ -155,7 +180,8 @@ internal static class WeightSites
                 {
                     for (int i = 0; i < user.Input.Count && conflict == null; i++)
                     {
-                        bool ok = user.Input[i] != name || (name == group.Key ? i == 1 && quantizedNodes.Contains(user) : chain.Contains(user));
+                        bool ok = user.Input[i] != name
+                            || (name == group.Key ? siteInputs.TryGetValue(user, out int at) && at == i : chain.Contains(user));
                         if (!ok)
                         {
                             conflict = $"weight '{name}' is shared with {user.OpType} '{OnnxNames.Label(user)}', which stays float";

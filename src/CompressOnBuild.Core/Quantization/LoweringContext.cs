@@ -1,0 +1,87 @@
+using CompressOnBuild.Core.Passes;
+using CompressOnBuild.Onnx;
+
+namespace CompressOnBuild.Core.Quantization;
+
+/// <summary>
+/// What the lowerings of one pass run share: the graph index, the options every scheme has (excluded nodes,
+/// minimum weight size), the results (quantized and skipped layers, weight bytes), the float constants to remove at
+/// the end, the opsets the rewrites need, and a per-weight memo so a weight read by several nodes is encoded once.
+/// Each scheme derives its own context with its options and weight encoding.
+/// </summary>
+internal abstract class LoweringContext
+{
+    private readonly Dictionary<string, object> _encoded = new(StringComparer.Ordinal);
+    private readonly List<(string Domain, long Version)> _opsets = [];
+
+    protected LoweringContext(PassGraph graph, string displayName, IReadOnlyCollection<string> excludedNodes, long minimumWeightElements)
+    {
+        Graph = graph;
+        DisplayName = displayName;
+        Excluded = new HashSet<string>(excludedNodes, StringComparer.Ordinal);
+        MinimumWeightElements = minimumWeightElements;
+    }
+
+    public PassGraph Graph { get; }
+
+    /// <summary>The model's name in messages and CMPR codes.</summary>
+    public string DisplayName { get; }
+
+    /// <summary>Labels (name, else first output) of nodes that stay float (NodesToExclude, OpTypesToQuantize, the tuner).</summary>
+    public IReadOnlySet<string> Excluded { get; }
+
+    /// <summary>Weights with fewer elements stay float.</summary>
+    public long MinimumWeightElements { get; }
+
+    public List<QuantizedNode> Quantized { get; } = [];
+
+    public List<SkippedNode> Skipped { get; } = [];
+
+    /// <summary>Bytes of the float weights replaced.</summary>
+    public long FloatWeightBytes { get; set; }
+
+    /// <summary>Bytes of the codes, scales, zero points and biases that replaced them.</summary>
+    public long QuantizedWeightBytes { get; set; }
+
+    /// <summary>Float constants no longer read by the lowered nodes; removed at the end when nothing else reads them.</summary>
+    public ReplacedConstants Replaced { get; } = new();
+
+    /// <summary>
+    /// The encoding stored under <paramref name="key"/>, made by <paramref name="encode"/> the first time (a weight
+    /// shared by nodes whose lowerings agree on the key is stored once). Keys are per scheme; prefix them with the
+    /// operator family ("matrix|", "conv|", "table|") when layouts differ.
+    /// </summary>
+    public T Encoded<T>(string key, Func<T> encode) where T : notnull
+    {
+        if (_encoded.TryGetValue(key, out object? done))
+        {
+            return (T)done;
+        }
+        T value = encode();
+        _encoded[key] = value;
+        return value;
+    }
+
+    /// <summary>Asks for <paramref name="domain"/> at <paramref name="version"/> or later, applied when the pass has quantized something.</summary>
+    public void RequireOpset(string domain, long version) => _opsets.Add((domain, version));
+
+    /// <summary>Float data of a tensor, or CMPR0103 when it cannot be read.</summary>
+    public float[] Floats(TensorProto t) => PassGraph.Floats(t, DisplayName);
+
+    /// <summary>See <see cref="PassGraph.TryResolveConstant"/>.</summary>
+    public bool TryResolveConstant(string name, out ResolvedConstant? value, out string? why) => Graph.TryResolveConstant(name, DisplayName, out value, out why);
+
+    /// <summary>Called once with every site after all are found and checked, before the first <see cref="IOperatorLowering.Lower"/>.</summary>
+    public virtual void Prepare(IReadOnlyList<WeightSite> sites)
+    {
+    }
+
+    /// <summary>Writes the requested opsets (in the order first asked).</summary>
+    internal void ApplyOpsets()
+    {
+        foreach ((string domain, long version) in _opsets)
+        {
+            Graph.EnsureOpset(domain, version);
+        }
+    }
+}

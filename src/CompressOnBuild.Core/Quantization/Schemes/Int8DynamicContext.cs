@@ -1,0 +1,172 @@
+using System.Globalization;
+using System.Numerics.Tensors;
+using System.Runtime.InteropServices;
+using CompressOnBuild.Core.Onnx;
+using CompressOnBuild.Core.Passes;
+using CompressOnBuild.Core.Quantization.Ops;
+using CompressOnBuild.Kernels;
+using CompressOnBuild.Onnx;
+
+namespace CompressOnBuild.Core.Quantization.Schemes;
+
+/// <summary>A quantized [K, N] weight as DynamicQuantizeMatMul reads it: codes, per-column scales and zero points.</summary>
+internal sealed record Int8Matrix(string Quantized, string Scale, string ZeroPoint, int K, int N, float MaxError);
+
+/// <summary>A quantized Conv weight as ConvInteger reads it: uint8 codes, [M, 1, ...] scales, one zero point 128.</summary>
+internal sealed record Int8ConvWeight(string Quantized, string Scale, string ZeroPoint, int PerChannel, int M, float MaxError);
+
+/// <summary>
+/// The Int8Dynamic scheme's context: its options, the stored levels of <see cref="QuantizationOptions.WeightEncoding"/>,
+/// and the weight encodings (symmetric per output channel), each stored once per weight.
+/// </summary>
+internal sealed class Int8DynamicContext : LoweringContext, ITableEncoding
+{
+    public Int8DynamicContext(PassGraph graph, QuantizationOptions options, string displayName)
+        : base(graph, displayName, options.ExcludedNodes, options.MinimumWeightElements)
+    {
+        Options = options;
+        Levels = EncodingLevels.Of(options.WeightEncoding, displayName); // an unknown encoding fails before anything changes
+        ConvBlocked = options.QuantizeConv
+            ? OpsetChanges.BlockingReason(graph.Model, 11, "Conv needs default opset 11 (DynamicQuantizeLinear)")
+            : null;
+    }
+
+    public QuantizationOptions Options { get; }
+
+    public EncodingLevels Levels { get; }
+
+    /// <summary>Null when Conv can use opset-11 DynamicQuantizeLinear (the model is at 11 or can be raised); else why not.</summary>
+    public string? ConvBlocked { get; }
+
+    /// <summary>Activations already quantized by a DynamicQuantizeLinear (Conv inputs read by several Convs are quantized once).</summary>
+    public Dictionary<string, (string Q, string Scale, string ZeroPoint)> QuantizedActivations { get; } = new(StringComparer.Ordinal);
+
+    public GatherLowering.Scheme TableScheme => GatherLowering.Scheme.Int8PerRow;
+
+    /// <summary>
+    /// The weight of a MatMul/Gemm site (alpha folded in, transB applied) quantized in channel-major order (row j of
+    /// the [N, K] view is output channel j: max-abs scale, quantize, dequantize to measure the error) and stored as
+    /// [K, N] for DynamicQuantizeMatMul; once per weight, transB and alpha.
+    /// </summary>
+    public Int8Matrix EncodeMatrix(WeightSite c)
+    {
+        string weightName = c.WeightName;
+        int k = (int)(c.TransB ? c.Weight.Dims[1] : c.Weight.Dims[0]);
+        int n = (int)(c.TransB ? c.Weight.Dims[0] : c.Weight.Dims[1]);
+        string key = "matrix|" + weightName + (c.TransB ? "|T" : "") + (c.Alpha != 1f ? "|a" + c.Alpha.ToString("R", CultureInfo.InvariantCulture) : "");
+        return Encoded(key, () =>
+        {
+            float[] data = Floats(c.Weight.Tensor);
+            float[] channelMajor = c.TransB ? data : PassGraph.Transpose(data, k, n);
+            if (c.Alpha != 1f)
+            {
+                TensorPrimitives.Multiply(channelMajor, c.Alpha, channelMajor);
+            }
+            (byte zero, byte min, byte max, bool unsigned, float levelsPerSide) = Levels;
+            var maxAbs = new float[n];
+            TensorStats.RowMaxAbs(channelMajor, n, k, maxAbs);
+            var scales = new float[n];
+            var quantized = new byte[(long)n * k];
+            var roundTrip = new float[k];
+            float maxError = 0f;
+            for (int j = 0; j < n; j++)
+            {
+                float scale = maxAbs[j] / levelsPerSide;
+                // An all-zero (or all-denormal) channel: any positive scale maps it to the zero point.
+                scales[j] = scale >= 1e-30f && float.IsFinite(scale) ? scale : 1f;
+                ReadOnlySpan<float> row = channelMajor.AsSpan(j * k, k);
+                Span<byte> qRow = quantized.AsSpan(j * k, k);
+                if (unsigned)
+                {
+                    QuantizationKernels.Quantize(row, scales[j], zero, qRow, min, max);
+                    QuantizationKernels.Dequantize(qRow, scales[j], zero, roundTrip);
+                }
+                else
+                {
+                    Span<sbyte> sRow = MemoryMarshal.Cast<byte, sbyte>(qRow);
+                    QuantizationKernels.Quantize(row, scales[j], (sbyte)zero, sRow, (sbyte)min, (sbyte)max);
+                    QuantizationKernels.Dequantize(sRow, scales[j], (sbyte)zero, roundTrip);
+                }
+                maxError = MathF.Max(maxError, ErrorMetrics.MaxAbsDifference(row, roundTrip));
+            }
+            byte[] kMajor = PassGraph.Transpose(quantized, n, k);
+            var zeros = new byte[n];
+            Array.Fill(zeros, zero);
+
+            string baseName = weightName + (c.TransB ? "_t" : "");
+            var stored = new Int8Matrix(Graph.Unique(baseName + "_quantized"), Graph.Unique(baseName + "_scale"), Graph.Unique(baseName + "_zero_point"), k, n, maxError);
+            if (unsigned)
+            {
+                Graph.AddInitializer(TensorUtil.FromUInt8(stored.Quantized, kMajor, k, n));
+                Graph.AddInitializer(TensorUtil.FromUInt8(stored.ZeroPoint, zeros, n));
+            }
+            else
+            {
+                Graph.AddInitializer(TensorUtil.FromInt8(stored.Quantized, MemoryMarshal.Cast<byte, sbyte>(kMajor), k, n));
+                Graph.AddInitializer(TensorUtil.FromInt8(stored.ZeroPoint, MemoryMarshal.Cast<byte, sbyte>(zeros.AsSpan()), n));
+            }
+            Graph.AddInitializer(TensorUtil.FromFloats(stored.Scale, scales, n));
+            FloatWeightBytes += (long)data.Length * 4;
+            QuantizedWeightBytes += kMajor.Length + zeros.Length + (long)scales.Length * 4;
+            return stored;
+        });
+    }
+
+    /// <summary>
+    /// A Conv weight [M, C/group, k...] quantized per output channel as uint8 with zero point 128 (ORT's CPU
+    /// ConvInteger takes only uint8 weights with one zero point), whatever the weight encoding; once per weight.
+    /// </summary>
+    public Int8ConvWeight EncodeConv(WeightSite c)
+    {
+        string weightName = c.WeightName;
+        return Encoded("conv|" + weightName, () =>
+        {
+            long[] dims = c.Weight.Dims;
+            int m = (int)dims[0];
+            int perChannel = (int)(dims.Aggregate(1L, (a, b) => a * b) / m);
+            long[] channelShape = [m, .. Enumerable.Repeat(1L, dims.Length - 2)];
+            float[] data = Floats(c.Weight.Tensor);
+            var maxAbs = new float[m];
+            TensorStats.RowMaxAbs(data, m, perChannel, maxAbs);
+            var scales = new float[m];
+            var q = new byte[data.Length];
+            var roundTrip = new float[perChannel];
+            float maxError = 0f;
+            for (int j = 0; j < m; j++)
+            {
+                float scale = maxAbs[j] / 127f;
+                scales[j] = scale >= 1e-30f && float.IsFinite(scale) ? scale : 1f;
+                ReadOnlySpan<float> row = data.AsSpan(j * perChannel, perChannel);
+                Span<byte> qRow = q.AsSpan(j * perChannel, perChannel);
+                QuantizationKernels.Quantize(row, scales[j], (byte)128, qRow, 1, 255);
+                QuantizationKernels.Dequantize(qRow, scales[j], (byte)128, roundTrip);
+                maxError = MathF.Max(maxError, ErrorMetrics.MaxAbsDifference(row, roundTrip));
+            }
+            var stored = new Int8ConvWeight(Graph.Unique(weightName + "_quantized"), Graph.Unique(weightName + "_scale"), Graph.Unique(weightName + "_zero_point"), perChannel, m, maxError);
+            Graph.AddInitializer(TensorUtil.FromUInt8(stored.Quantized, q, dims));
+            Graph.AddInitializer(TensorUtil.FromFloats(stored.Scale, scales, channelShape));
+            Graph.AddInitializer(TensorUtil.FromUInt8(stored.ZeroPoint, [128]));
+            FloatWeightBytes += (long)data.Length * 4;
+            QuantizedWeightBytes += q.Length + 1 + (long)m * 4;
+            return stored;
+        });
+    }
+
+    /// <summary>The com.microsoft DynamicQuantizeMatMul node reading <paramref name="a"/> and <paramref name="stored"/>.</summary>
+    public NodeProto DynamicQuantizeMatMul(NodeProto replaced, string a, Int8Matrix stored)
+    {
+        var q = new NodeProto
+        {
+            OpType = Int8DynamicQuantizer.QuantizedOpType,
+            Domain = OnnxNames.MicrosoftDomain,
+            Name = replaced.Name.Length > 0 ? replaced.Name : Graph.Unique(OnnxNames.Label(replaced) + "_quant"),
+        };
+        q.Input.Add(a);
+        q.Input.Add(stored.Quantized);
+        q.Input.Add(stored.Scale);
+        q.Input.Add(stored.ZeroPoint);
+        q.Output.Add(replaced.Output[0]);
+        RequireOpset(OnnxNames.MicrosoftDomain, 1);
+        return q;
+    }
+}
