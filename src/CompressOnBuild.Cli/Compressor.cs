@@ -380,8 +380,8 @@ internal static class Compressor
         }
         if (summary.Unchanged)
         {
-            result.Diagnostics.Add(new Diagnostic(Severity.Warning, DiagnosticCodes.AlreadyQuantized, s.Model,
-                DiagnosticCodes.FormatWithoutCode(DiagnosticCodes.AlreadyQuantized, s.Model, summary.UnchangedReason)));
+            string code = summary.AlreadyFloat16 ? DiagnosticCodes.AlreadyFloat16 : DiagnosticCodes.AlreadyQuantized;
+            result.Diagnostics.Add(new Diagnostic(Severity.Warning, code, s.Model, DiagnosticCodes.FormatWithoutCode(code, s.Model, summary.UnchangedReason)));
         }
         if (summary.Details["clampedValues"] is { } clamped && clamped.GetValue<long>() > 0)
         {

@@ -15,12 +15,16 @@ internal sealed record PassResult(
     /// <summary>The pass found nothing it could compress (and the model was not already compressed).</summary>
     public bool NothingDone => !Unchanged && Nodes.Count == 0 && Details["convertedNodes"] is null;
 
+    /// <summary>Float16 met a model whose weights are float16 already (CMPR0240 rather than CMPR0201).</summary>
+    public bool AlreadyFloat16 { get; init; }
+
     public static PassResult From(QuantizationSummary q) => new("Int8Dynamic", q.AlreadyQuantized, q.AlreadyQuantizedReason, q.Quantized, q.Skipped,
         new JsonObject
         {
             ["weightEncoding"] = q.WeightEncoding.ToString(),
             ["floatWeightBytes"] = q.FloatWeightBytes,
             ["quantizedWeightBytes"] = q.QuantizedWeightBytes,
+            ["float16Weights"] = q.Float16Weights,
         });
 
     public static PassResult From(Int8StaticSummary q) => new("Int8Static", q.AlreadyQuantized, q.AlreadyQuantizedReason, q.Quantized, q.Skipped,
@@ -31,6 +35,7 @@ internal sealed record PassResult(
             ["perChannel"] = q.PerChannel,
             ["quantizedActivations"] = q.QuantizedActivations,
             ["opsetRaisedFrom"] = q.OpsetRaisedFrom,
+            ["float16Weights"] = q.Float16Weights,
         });
 
     public static PassResult From(Int4Summary q) => new("Int4Weights", q.AlreadyQuantized, q.AlreadyQuantizedReason, q.Quantized, q.Skipped,
@@ -42,6 +47,7 @@ internal sealed record PassResult(
             ["roundedToNearest"] = new JsonArray([.. q.RoundedToNearest.Select(n => (JsonNode)n)]),
             ["floatWeightBytes"] = q.FloatWeightBytes,
             ["quantizedWeightBytes"] = q.QuantizedWeightBytes,
+            ["float16Weights"] = q.Float16Weights,
         });
 
     public static PassResult From(Float16Summary f)
@@ -58,6 +64,6 @@ internal sealed record PassResult(
         {
             details["convertedNodes"] = f.ConvertedNodes;
         }
-        return new PassResult("Float16", unchanged, f.UnchangedReason, [], f.KeptFloat32, details);
+        return new PassResult("Float16", unchanged, f.UnchangedReason, [], f.KeptFloat32, details) { AlreadyFloat16 = f.AlreadyFloat16 };
     }
 }

@@ -47,6 +47,7 @@ namespace CompressOnBuild
         public const string NothingPruned = "CMPR0205";
         public const string NotSmaller = "CMPR0206";
         public const string FloatFallback = "CMPR0207";
+        public const string AlreadyFloat16 = "CMPR0240";
 
         // 03xx: calibration and validation data.
         public const string DataNotFound = "CMPR0301";

@@ -125,6 +125,50 @@ public sealed class ModelAcceptanceTests
         AssertCompressedAndValidatedOnSyntheticInputs(model);
     }
 
+    /// <summary>x [N, 64] float16 -> MatMul(w [64, 48] float16) -> Add(b [48] float16) -> y [N, 48] float16.</summary>
+    private string Float16Mlp()
+    {
+        var g = new GraphProto { Name = "fp16" };
+        g.Input.Add(Value("x", TensorProto.Types.DataType.Float16, "N", 64));
+        Half[] w = TinyModels.RandomFloats(64 * 48, 3, 0.5f).Select(v => (Half)v).ToArray();
+        Half[] b = TinyModels.RandomFloats(48, 4, 0.5f).Select(v => (Half)v).ToArray();
+        g.Initializer.Add(TensorUtil.FromRaw("w", TensorProto.Types.DataType.Float16, System.Runtime.InteropServices.MemoryMarshal.AsBytes(w.AsSpan()), 64, 48));
+        g.Initializer.Add(TensorUtil.FromRaw("b", TensorProto.Types.DataType.Float16, System.Runtime.InteropServices.MemoryMarshal.AsBytes(b.AsSpan()), 48));
+        g.Node.Add(TinyModels.Node("MatMul", ["x", "w"], ["m"], "mm"));
+        g.Node.Add(TinyModels.Node("Add", ["m", "b"], ["y"], "bias"));
+        g.Output.Add(Value("y", TensorProto.Types.DataType.Float16, "N", 48));
+        return Save(TinyModels.Model(g), "fp16.onnx");
+    }
+
+    [TestMethod]
+    [DataRow("Int8")]
+    [DataRow("Int4Weights:16")]
+    public void AFloat16ModelIsQuantizedFromItsFloat16Weights(string scheme)
+    {
+        string model = Float16Mlp();
+        (CliRun run, JsonNode? report) = Compress(model, "--quantization", scheme);
+        Assert.AreEqual(0, run.ExitCode, run.Output);
+        Assert.IsNotNull(report, run.Output);
+        StringAssert.Contains(report["quantization"]!["float16Weights"]!.GetValue<string>(), "float16", report.ToJsonString());
+        ModelProto output = ModelIO.Load(Path.Combine(_dir, "out", "fp16.onnx"));
+        Assert.AreEqual((int)TensorProto.Types.DataType.Float16, output.Graph.Input[0].Type.TensorType.ElemType, "the app still feeds float16");
+        Assert.AreEqual((int)TensorProto.Types.DataType.Float16, output.Graph.Output[0].Type.TensorType.ElemType);
+        Assert.IsLessThan(new FileInfo(model).Length * 7 / 10, new FileInfo(Path.Combine(_dir, "out", "fp16.onnx")).Length);
+        Assert.AreEqual(16, report["validation"]!["samples"]!.GetValue<int>(), report.ToJsonString());
+    }
+
+    [TestMethod]
+    public void Float16OnAFloat16ModelCopiesItWithCMPR0240()
+    {
+        string model = Float16Mlp();
+        (CliRun run, _) = Compress(model, "--quantization", "Float16");
+        Assert.AreEqual(0, run.ExitCode, run.Output);
+        Assert.AreEqual(1, run.Lines.Count(l => l.Contains(" : warning CMPR0240 : ", StringComparison.Ordinal)), run.Output);
+        Assert.IsFalse(run.Output.Contains("CMPR0201", StringComparison.Ordinal), run.Output);
+        CollectionAssert.AreEqual(ModelIO.Load(model).Graph.Initializer.Select(t => t.DataType).ToArray(),
+            ModelIO.Load(Path.Combine(_dir, "out", "fp16.onnx")).Graph.Initializer.Select(t => t.DataType).ToArray());
+    }
+
     [TestMethod]
     public void AStringInputIsFedStrings()
     {

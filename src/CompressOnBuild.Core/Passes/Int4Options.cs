@@ -66,6 +66,9 @@ public sealed class Int4Summary
     /// <summary>The model already holds quantized operators; it was left unchanged (CMPR0201 in the CLI).</summary>
     public bool AlreadyQuantized { get; init; }
 
+    /// <summary>For a model with float16 weights: how the pass handled them (see Float16Lift); null otherwise.</summary>
+    public string? Float16Weights { get; init; }
+
     public string? AlreadyQuantizedReason { get; init; }
 
     /// <summary>Rewritten nodes; Rows = K, Columns = N, MaxAbsWeightError = largest |w - dequantized(w)|.</summary>

@@ -50,9 +50,12 @@ public static class Int4WeightQuantizer
                 ModelBytesAfter = before,
             };
         }
+        // A float16 model is quantized from its float16 weights, in float32 compute (see Float16Lift).
+        Float16Lift? lift = Float16Lift.Apply(model, displayName);
         var context = new Int4Context(new PassGraph(model), options, displayName);
         int folded = QuantizationDriver.Run(context, OpRegistry.For(QuantizationScheme.Int4Weights));
         LstmLowering.ReportFloat(context.Graph, op => $"ONNX Runtime has no 4-bit {op} kernel; its weights stay float32" + (op == "LSTM" ? " (Int8Dynamic quantizes LSTM weights)" : ""), context.Skipped, displayName);
+        int restored = lift?.Finish(model, context.Quantized.Count > 0) ?? 0;
         if (context.Quantized.Count > 0)
         {
             PassGraph.DropInitializerInputs(model);
@@ -68,7 +71,8 @@ public static class Int4WeightQuantizer
             Quantized = context.Quantized,
             Skipped = context.Skipped,
             ModelBytesBefore = before,
-            ModelBytesAfter = context.Quantized.Count == 0 && folded == 0 ? before : model.CalculateSize(),
+            ModelBytesAfter = context.Quantized.Count == 0 && (folded == 0 || lift != null) ? before : model.CalculateSize(),
+            Float16Weights = lift == null || context.Quantized.Count == 0 ? null : Float16Lift.Describe(lift.LiftedTensors, restored),
             FloatWeightBytes = context.FloatWeightBytes,
             QuantizedWeightBytes = context.QuantizedWeightBytes,
         };

@@ -58,15 +58,18 @@ public static class Int8DynamicQuantizer
             throw new CompressException(DiagnosticCodes.ModelInvalid, modelDisplayName, "it has no graph") { File = modelDisplayName };
         }
 
+        // A float16 model is quantized from its float16 weights, in float32 compute (see Float16Lift).
+        Float16Lift? lift = Float16Lift.Apply(model, modelDisplayName);
         var context = new Int8DynamicContext(new PassGraph(model), options, modelDisplayName);
         int folded = QuantizationDriver.Run(context, OpRegistry.For(QuantizationScheme.Int8Dynamic));
         LstmLowering.Bytes recurrent = LstmLowering.Apply(context.Graph, context.Levels, options.ExcludedNodes, options.MinimumWeightElements, context.Quantized, context.Skipped, modelDisplayName);
+        int restored = lift?.Finish(model, context.Quantized.Count > 0) ?? 0;
         if (context.Quantized.Count > 0)
         {
             PassGraph.DropInitializerInputs(model);
             PassGraph.StripDebugTraces(model);
         }
-        long after = context.Quantized.Count == 0 && folded == 0 ? before : model.CalculateSize();
+        long after = context.Quantized.Count == 0 && (folded == 0 || lift != null) ? before : model.CalculateSize();
         return new QuantizationSummary
         {
             ModelDisplayName = modelDisplayName,
@@ -77,6 +80,7 @@ public static class Int8DynamicQuantizer
             ModelBytesAfter = after,
             FloatWeightBytes = context.FloatWeightBytes + recurrent.Float,
             QuantizedWeightBytes = context.QuantizedWeightBytes + recurrent.Quantized,
+            Float16Weights = lift == null || context.Quantized.Count == 0 ? null : Float16Lift.Describe(lift.LiftedTensors, restored),
         };
     }
 }

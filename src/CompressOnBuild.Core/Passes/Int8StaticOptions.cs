@@ -78,6 +78,9 @@ public sealed class Int8StaticSummary
 
     public bool AlreadyQuantized { get; init; }
 
+    /// <summary>For a model with float16 weights: how the pass handled them (see Float16Lift); null otherwise.</summary>
+    public string? Float16Weights { get; init; }
+
     public string? AlreadyQuantizedReason { get; init; }
 
     /// <summary>Quantized Conv/MatMul/Gemm nodes (Rows = reduction size, Columns = output channels).</summary>

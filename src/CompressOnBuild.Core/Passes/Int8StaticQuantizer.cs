@@ -45,8 +45,10 @@ public static class Int8StaticQuantizer
             return [];
         }
         var work = model.Clone();
+        Float16Lift? lift = Float16Lift.Apply(work, "calibration");
         var rewriter = new Rewriter(new PassGraph(work), options, "calibration", null);
-        return rewriter.Plan();
+        // The calibrator runs the original model: a float16 model's edge Casts map back to the original names.
+        return [.. rewriter.Plan().Select(t => lift != null && lift.OriginalNames.TryGetValue(t, out string? original) ? original : t).Distinct(StringComparer.Ordinal)];
     }
 
     /// <summary>Quantizes <paramref name="model"/> in place (the caller passes a copy) with the calibrated ranges.</summary>
@@ -70,12 +72,15 @@ public static class Int8StaticQuantizer
                 AlreadyQuantizedReason = already, ModelBytesBefore = before, ModelBytesAfter = before,
             };
         }
-        var rewriter = new Rewriter(new PassGraph(model), options, displayName, calibration);
+        // A float16 model is quantized from its float16 weights, in float32 compute (see Float16Lift).
+        Float16Lift? lift = Float16Lift.Apply(model, displayName);
+        var rewriter = new Rewriter(new PassGraph(model), options, displayName, lift?.Alias(calibration) ?? calibration);
         rewriter.Run();
         // ONNX Runtime has no QDQ LSTM kernel: LSTM weights go int8 through DynamicQuantizeLSTM (activations quantized
         // per step at run time), on a fresh index of the rewritten graph.
         LstmLowering.Apply(new PassGraph(model), EncodingLevels.Of(options.WeightEncoding, displayName), options.ExcludedNodes,
             options.MinimumWeightElements, rewriter.Quantized, rewriter.Skipped, displayName);
+        int restored = lift?.Finish(model, rewriter.Quantized.Count > 0) ?? 0;
         return new Int8StaticSummary
         {
             ModelDisplayName = displayName,
@@ -88,6 +93,7 @@ public static class Int8StaticQuantizer
             OpsetRaisedFrom = rewriter.OpsetRaisedFrom,
             ModelBytesBefore = before,
             ModelBytesAfter = model.CalculateSize(), // also when nothing was quantized: constant folding may still have changed the model
+            Float16Weights = lift == null || rewriter.Quantized.Count == 0 ? null : Float16Lift.Describe(lift.LiftedTensors, restored),
         };
     }
 

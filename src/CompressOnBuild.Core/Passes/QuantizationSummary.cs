@@ -44,6 +44,9 @@ public sealed class QuantizationSummary
     /// <summary>Bytes of the integer weights, scales, zero points and biases that replaced them.</summary>
     public long QuantizedWeightBytes { get; init; }
 
+    /// <summary>For a model with float16 weights: how the pass handled them (see Float16Lift); null otherwise.</summary>
+    public string? Float16Weights { get; init; }
+
     /// <summary>ModelBytesAfter / ModelBytesBefore.</summary>
     public double SizeRatio => ModelBytesBefore == 0 ? 1.0 : (double)ModelBytesAfter / ModelBytesBefore;
 }
