@@ -491,7 +491,8 @@ public static class StreamingQuantizer
         {
             var maxAbs = new float[w.N];
             var chunkMax = new float[w.N];
-            foreach (int rows in Chunks(w, buffer))
+            var maxPair = new float[w.N];
+            foreach (int rows in Chunks(w, buffer, pairs: Encoding.PairBounded))
             {
                 ReadOnlySpan<float> values = MemoryMarshal.Cast<byte, float>(buffer.AsSpan(0, rows * w.N * 4));
                 if (!TensorStats.AllFinite(values))
@@ -502,13 +503,18 @@ public static class StreamingQuantizer
                 for (int j = 0; j < w.N; j++)
                 {
                     maxAbs[j] = MathF.Max(maxAbs[j], chunkMax[j]);
+                    if (Encoding.PairBounded)
+                    {
+                        // Chunks hold an even number of rows, so K pairs (rows 2i, 2i + 1) never straddle two chunks.
+                        maxPair[j] = MathF.Max(maxPair[j], AdjacentPairBound.MaxSameSignPair(values, j, rows, w.N));
+                    }
                 }
             }
             var scales = new float[w.N];
             float levels = Encoding.LevelsPerSide;
             for (int j = 0; j < w.N; j++)
             {
-                float scale = maxAbs[j] / levels;
+                float scale = Encoding.PairBounded ? AdjacentPairBound.Scale(maxAbs[j], maxPair[j]) : maxAbs[j] / levels;
                 scales[j] = scale >= 1e-30f && float.IsFinite(scale) ? scale : 1f;
             }
             return scales;
@@ -523,7 +529,7 @@ public static class StreamingQuantizer
             byte[] q = new byte[Math.Max(1, buffer.Length / 4)];
             long written = 0;
             float maxError = 0;
-            foreach (int rows in Chunks(w, buffer))
+            foreach (int rows in Chunks(w, buffer, pairs: Encoding.PairBounded))
             {
                 int count = rows * w.N;
                 ReadOnlySpan<float> values = MemoryMarshal.Cast<byte, float>(buffer.AsSpan(0, count * 4));
@@ -536,6 +542,13 @@ public static class StreamingQuantizer
                 {
                     QuantizationKernels.QuantizePerColumn(values, rows, w.N, w.Scales, MemoryMarshal.Cast<byte, sbyte>(zeros.AsSpan()),
                         MemoryMarshal.Cast<byte, sbyte>(dest), (sbyte)min, (sbyte)max);
+                    if (Encoding.PairBounded)
+                    {
+                        for (int j = 0; j < w.N; j++)
+                        {
+                            AdjacentPairBound.Enforce(values, w.Scales[j], MemoryMarshal.Cast<byte, sbyte>(dest), j, rows, w.N);
+                        }
+                    }
                 }
                 for (int r = 0; r < rows; r++)
                 {
@@ -554,7 +567,8 @@ public static class StreamingQuantizer
         }
 
         /// <summary>Fills <paramref name="buffer"/> with successive whole rows of the weight's float data.</summary>
-        private IEnumerable<int> Chunks(Weight w, byte[] buffer, int maxRows = int.MaxValue)
+        /// <param name="pairs">Chunks of an even number of rows (but the last), so that K pairs stay in one chunk.</param>
+        private IEnumerable<int> Chunks(Weight w, byte[] buffer, int maxRows = int.MaxValue, bool pairs = false)
         {
             long rowBytes = (long)w.N * 4;
             if (rowBytes > buffer.Length)
@@ -562,6 +576,14 @@ public static class StreamingQuantizer
                 throw new CompressException(DiagnosticCodes.ModelInvalid, displayName, $"weight '{w.Tensor.Name}' has rows of {rowBytes} bytes, more than the streaming buffer") { File = displayName };
             }
             int rowsPerChunk = (int)Math.Min(maxRows, buffer.Length / rowBytes);
+            if (pairs && rowsPerChunk % 2 == 1)
+            {
+                rowsPerChunk--;
+                if (rowsPerChunk == 0)
+                {
+                    throw new CompressException(DiagnosticCodes.ModelInvalid, displayName, $"weight '{w.Tensor.Name}' has rows of {rowBytes} bytes; the pair-bounded int8 encoding streams two rows at a time, more than the streaming buffer") { File = displayName };
+                }
+            }
             ExternalDataRef? r = lazy.Resolve(w.Tensor);
             byte[]? inline = null;
             if (r == null)
@@ -632,13 +654,15 @@ public static class StreamingQuantizer
             foreach (Weight w in weights)
             {
                 w.ScaleName = Unique(w.Tensor.Name + "_scale");
-                w.ZeroPointName = Unique(w.Tensor.Name + "_zero_point");
                 AddInitializer(TensorUtil.FromFloats(w.ScaleName, w.Scales, w.N));
-                var zeros = new byte[w.N];
-                Array.Fill(zeros, zero);
-                AddInitializer(unsigned
-                    ? TensorUtil.FromUInt8(w.ZeroPointName, zeros, w.N)
-                    : TensorUtil.FromInt8(w.ZeroPointName, MemoryMarshal.Cast<byte, sbyte>(zeros.AsSpan()), w.N));
+                if (unsigned)
+                {
+                    // Signed codes use DynamicQuantizeMatMul's default zero point 0, like the in-memory pass.
+                    w.ZeroPointName = Unique(w.Tensor.Name + "_zero_point");
+                    var zeros = new byte[w.N];
+                    Array.Fill(zeros, zero);
+                    AddInitializer(TensorUtil.FromUInt8(w.ZeroPointName, zeros, w.N));
+                }
                 if (_model.IrVersion < 4)
                 {
                     AddInputDeclaration(graph.Initializer.First(t => t.Name == w.QuantizedName));
@@ -655,7 +679,10 @@ public static class StreamingQuantizer
                     q.Input.Add(node.Input[0]);
                     q.Input.Add(w.QuantizedName);
                     q.Input.Add(w.ScaleName);
-                    q.Input.Add(w.ZeroPointName);
+                    if (w.ZeroPointName.Length > 0)
+                    {
+                        q.Input.Add(w.ZeroPointName);
+                    }
                     q.Output.Add(node.Output[0]);
                     int index = graph.Node.IndexOf(node);
                     graph.Node[index] = q;

@@ -18,7 +18,8 @@ public sealed class Int8DynamicQuantizerTests
     /// and the weights per column with step sw_j = max|W[:, j]| / L (error ≤ sw_j/2), so
     /// |Δy_ij| ≤ Σ_k (|x_ik|·sw_j/2 + |W_kj|·sa/2 + sa·sw_j/4), plus float rounding.
     /// </summary>
-    private static float[] Tolerance(float[] x, int m, int k, float[] w, int n, float levels)
+    /// <param name="scales">The stored channel scales when they are not max|w| / levels (the pair-bounded encoding).</param>
+    private static float[] Tolerance(float[] x, int m, int k, float[] w, int n, float levels, float[]? scales = null)
     {
         float xmax = MathF.Max(0, x.Max()), xmin = MathF.Min(0, x.Min());
         float sa = (xmax - xmin) / 255f;
@@ -30,7 +31,7 @@ public sealed class Int8DynamicQuantizerTests
             {
                 mw = MathF.Max(mw, MathF.Abs(w[kk * n + j]));
             }
-            float sw = mw / levels;
+            float sw = scales?[j] ?? mw / levels;
             for (int i = 0; i < m; i++)
             {
                 double t = 0, mag = 0;
@@ -78,6 +79,7 @@ public sealed class Int8DynamicQuantizerTests
     [TestMethod]
     [DataRow(WeightEncoding.UInt8, 127f)]
     [DataRow(WeightEncoding.Int8ReducedRange, 63f)]
+    [DataRow(WeightEncoding.Int8PairBounded, 127f)]
     public void MatMul_becomes_DynamicQuantizeMatMul_and_stays_within_the_derived_bound(WeightEncoding encoding, float levels)
     {
         const int K = 40, N = 24;
@@ -92,11 +94,15 @@ public sealed class Int8DynamicQuantizerTests
 
         Assert.HasCount(1, summary.Quantized);
         Assert.AreEqual(new QuantizedNode("mm", "MatMul", "w", K, N, summary.Quantized[0].MaxAbsWeightError), summary.Quantized[0]);
-        Assert.IsLessThanOrEqualTo(0.8f / levels / 2 * 1.001f, summary.Quantized[0].MaxAbsWeightError);
+        if (encoding != WeightEncoding.Int8PairBounded)
+        {
+            Assert.IsLessThanOrEqualTo(0.8f / levels / 2 * 1.001f, summary.Quantized[0].MaxAbsWeightError);
+        }
         Assert.IsGreaterThan(0f, summary.Quantized[0].MaxAbsWeightError);
         Assert.IsFalse(summary.NothingToQuantize);
         Assert.AreEqual(K * N * 4L, summary.FloatWeightBytes);
-        Assert.AreEqual(K * N + N + N * 4L, summary.QuantizedWeightBytes);
+        bool unsigned = encoding == WeightEncoding.UInt8;
+        Assert.AreEqual(K * N + (unsigned ? N : 0) + N * 4L, summary.QuantizedWeightBytes, "signed codes store no zero point");
         Assert.IsLessThan(summary.ModelBytesBefore, summary.ModelBytesAfter);
 
         NodeProto q = quantized.Graph.Node.Single();
@@ -107,26 +113,100 @@ public sealed class Int8DynamicQuantizerTests
         TensorProto qw = quantized.Graph.Initializer.Single(t => t.Name == q.Input[1]);
         CollectionAssert.AreEqual(new long[] { K, N }, qw.Dims.ToArray());
         long[] values = TensorUtil.ToInt64Array(qw);
-        long[] zeroPoints = TensorUtil.ToInt64Array(quantized.Graph.Initializer.Single(t => t.Name == q.Input[3]));
+        Assert.HasCount(unsigned ? 4 : 3, q.Input, "a zero point input only for uint8 codes");
+        long[] zeroPoints = unsigned ? TensorUtil.ToInt64Array(quantized.Graph.Initializer.Single(t => t.Name == q.Input[3])) : new long[N];
         float[] scales = TensorUtil.ToFloatArray(quantized.Graph.Initializer.Single(t => t.Name == q.Input[2]));
         long zero = encoding == WeightEncoding.UInt8 ? 128 : 0;
         Assert.AreEqual(encoding == WeightEncoding.UInt8 ? (int)TensorProto.Types.DataType.Uint8 : (int)TensorProto.Types.DataType.Int8, qw.DataType);
         Assert.IsTrue(zeroPoints.All(z => z == zero));
         Assert.IsTrue(values.All(v => Math.Abs(v - zero) <= levels), "levels are symmetric");
-        Assert.AreEqual((long)levels, values.Max(v => Math.Abs(v - zero)), "the largest weight maps to the last level");
+        if (encoding == WeightEncoding.Int8PairBounded)
+        {
+            Assert.IsLessThanOrEqualTo((long)levels, values.Max(v => Math.Abs(v)));
+            AssertPairsBounded(values, K, N);
+            Assert.IsLessThanOrEqualTo(scales.Max() / 2 * 1.001f, summary.Quantized[0].MaxAbsWeightError, "half a level of the largest stored scale");
+        }
+        else
+        {
+            Assert.AreEqual((long)levels, values.Max(v => Math.Abs(v - zero)), "the largest weight maps to the last level");
+        }
         Assert.AreEqual(1f, scales[5], "an all-zero channel gets scale 1");
         Assert.IsTrue(Enumerable.Range(0, K).All(kk => values[kk * N + 5] == zero));
         ModelChecker.Validate(quantized, "tiny.onnx");
 
         float[] x = RandomFloats(Batch * K, 5, 2f);
         (float[] expected, float[] actual) = RunBoth(original, quantized, x, [Batch, K]);
-        AssertClose(expected, actual, Tolerance(x, Batch, K, w, N, levels), encoding.ToString());
+        AssertClose(expected, actual, Tolerance(x, Batch, K, w, N, levels, encoding == WeightEncoding.Int8PairBounded ? scales : null), encoding.ToString());
+    }
+
+    /// <summary>Every same-sign pair of adjacent K codes (rows 2i, 2i + 1 of the stored [K, N] weight) sums to at most 128 levels.</summary>
+    private static void AssertPairsBounded(long[] kMajor, int k, int n)
+    {
+        for (int j = 0; j < n; j++)
+        {
+            for (int i = 0; i + 1 < k; i += 2)
+            {
+                long a = kMajor[i * n + j], b = kMajor[(i + 1) * n + j];
+                if (Math.Sign(a) == Math.Sign(b))
+                {
+                    Assert.IsLessThanOrEqualTo(128L, Math.Abs(a) + Math.Abs(b), $"pair ({i}, {i + 1}) of column {j}");
+                }
+            }
+        }
     }
 
     /// <summary>
-    /// The reason <see cref="QuantizationOptions.DefaultWeightEncoding"/> is uint8: with full-range int8 weights ORT's
-    /// u8s8 GEMM on x64 without VNNI (vpmaddubsw) saturates int16 pair sums, and the result leaves the bound the
-    /// scales allow. With VNNI (or on other CPUs) the same model must stay within the bound.
+    /// The default encoding: weights whose adjacent pairs are large together (the case that saturates ORT's AVX2
+    /// u8s8 kernel with plain int8, see the test below) stay within the error bound of their stored scales on every
+    /// CPU, the pair bound holds, and only the channels that needed it got a larger scale than max|w| / 127.
+    /// </summary>
+    [TestMethod]
+    public void Pair_bounded_int8_stays_within_its_bound_on_every_CPU()
+    {
+        const int K = 40, N = 24;
+        float[] w = RandomFloats(K * N, 11, 0.8f);
+        for (int j = 0; j < N; j += 2)
+        {
+            // Even channels: a same-sign pair of two near-maximal weights (needs 2 x 127 levels unbounded).
+            w[6 * N + j] = 0.8f;
+            w[7 * N + j] = 0.79f;
+        }
+        ModelProto original = MatMulModel(K, N, w);
+        ModelProto quantized = original.Clone();
+        Assert.AreEqual(WeightEncoding.Int8PairBounded, QuantizationOptions.Default.WeightEncoding);
+        Int8DynamicQuantizer.Apply(quantized, QuantizationOptions.Default, "tiny.onnx");
+        NodeProto q = quantized.Graph.Node.Single();
+        TensorProto qw = quantized.Graph.Initializer.Single(t => t.Name == q.Input[1]);
+        Assert.AreEqual((int)TensorProto.Types.DataType.Int8, qw.DataType);
+        long[] values = TensorUtil.ToInt64Array(qw);
+        float[] scales = TensorUtil.ToFloatArray(quantized.Graph.Initializer.Single(t => t.Name == q.Input[2]));
+        AssertPairsBounded(values, K, N);
+        for (int j = 0; j < N; j++)
+        {
+            float maxAbs = Enumerable.Range(0, K).Max(kk => MathF.Abs(w[kk * N + j]));
+            float maxPair = Enumerable.Range(0, K / 2).Select(i => (a: w[2 * i * N + j], b: w[(2 * i + 1) * N + j]))
+                .Where(p => Math.Sign(p.a) == Math.Sign(p.b)).Select(p => MathF.Abs(p.a) + MathF.Abs(p.b)).DefaultIfEmpty(0f).Max();
+            Assert.AreEqual(MathF.Max(maxAbs / 127f, maxPair / 128f), scales[j], 1e-7f, $"channel {j}");
+            if (j % 2 == 0)
+            {
+                Assert.IsGreaterThan(maxAbs / 127f * 1.9f, scales[j], $"channel {j} needed the pair bound");
+            }
+        }
+
+        float[] x = RandomFloats(Batch * K, 5, 2f);
+        for (int i = 0; i < Batch; i++)
+        {
+            x[i * K + 6] = 2f; // the activation maximum (code 255) meets the large pair
+            x[i * K + 7] = 2f;
+        }
+        (float[] expected, float[] actual) = RunBoth(original, quantized, x, [Batch, K]);
+        AssertClose(expected, actual, Tolerance(x, Batch, K, w, N, 127f, scales), "pair-bounded int8");
+    }
+
+    /// <summary>
+    /// The reason <see cref="QuantizationOptions.DefaultWeightEncoding"/> bounds adjacent pairs: with unbounded int8
+    /// weights ORT's u8s8 GEMM on x64 without VNNI (vpmaddubsw) saturates int16 pair sums, and the result leaves the
+    /// bound the scales allow. With VNNI (or on other CPUs) the same model must stay within the bound.
     /// </summary>
     [TestMethod]
     public void Int8_weights_saturate_in_ORTs_u8s8_kernel_only_without_VNNI()
@@ -227,7 +307,7 @@ public sealed class Int8DynamicQuantizerTests
         Assert.IsFalse(quantized.Graph.Node.Any(nd => nd.OpType == "Gemm"));
         bool biasFolded = c != null && !cAsInput && (cDims!.Aggregate(1L, (a, b) => a * b) is 1 or N);
         NodeProto dq = quantized.Graph.Node.Single(nd => nd.OpType == "DynamicQuantizeMatMul");
-        Assert.AreEqual(biasFolded ? 5 : 4, dq.Input.Count, "bias input");
+        Assert.AreEqual(biasFolded ? 5 : 3, dq.Input.Count, "bias input (after an empty zero point: int8 codes use the default 0)");
         if (biasFolded)
         {
             Assert.IsFalse(quantized.Graph.Initializer.Any(t => t.Name == "c"), "the folded C is removed");
@@ -318,7 +398,7 @@ public sealed class Int8DynamicQuantizerTests
         ModelProto model = Model(g);
         QuantizationSummary summary = Int8DynamicQuantizer.Apply(model, QuantizationOptions.Default, "shared2.onnx");
         Assert.HasCount(2, summary.Quantized);
-        Assert.AreEqual(3, model.Graph.Initializer.Count, "one quantized weight, one scale, one zero point");
+        Assert.AreEqual(2, model.Graph.Initializer.Count, "one quantized weight and one scale (int8 codes: default zero point)");
         Assert.AreEqual(model.Graph.Node[0].Input[1], model.Graph.Node[1].Input[1]);
         Assert.AreEqual(summary.Quantized[0].MaxAbsWeightError, summary.Quantized[1].MaxAbsWeightError);
         Assert.IsGreaterThan(0f, summary.Quantized[1].MaxAbsWeightError);
@@ -528,7 +608,7 @@ public sealed class Int8DynamicQuantizerTests
         ModelChecker.Validate(model, "linear.onnx");
         NodeProto dq = model.Graph.Node.Single(n => n.OpType == "DynamicQuantizeMatMul");
         Assert.AreEqual(folds, !model.Graph.Node.Any(n => n.OpType == "Add"));
-        Assert.AreEqual(folds ? 5 : 4, dq.Input.Count);
+        Assert.AreEqual(folds ? 5 : 3, dq.Input.Count);
         Assert.AreEqual(folds, !model.Graph.Initializer.Any(t => t.Name == "b"));
         float[] x = RandomFloats(Batch * K, 42);
         (float[] e, float[] q) = RunBoth(original, model, x, [Batch, K]);

@@ -62,6 +62,7 @@ public sealed class StreamingQuantizerTests
     [DataRow(WeightEncoding.UInt8)]
     [DataRow(WeightEncoding.Int8)]
     [DataRow(WeightEncoding.Int8ReducedRange)]
+    [DataRow(WeightEncoding.Int8PairBounded)]
     public void StreamingGivesTheSameWeightsAsTheInMemoryPass(WeightEncoding encoding)
     {
         ModelProto model = SmallChain();
@@ -77,7 +78,11 @@ public sealed class StreamingQuantizerTests
         CollectionAssert.AreEqual(expected.Quantized.Select(q => q.Node).ToList(), actual.Quantized.Select(q => q.Node).ToList());
         ModelProto streamed = ModelIO.Load(output);
         ModelChecker.Validate(streamed, output);
-        foreach (string name in new[] { "w0_quantized", "w1_quantized", "w0_scale", "w1_scale", "w0_zero_point", "w1_zero_point" })
+        string[] names = encoding == WeightEncoding.UInt8
+            ? ["w0_quantized", "w1_quantized", "w0_scale", "w1_scale", "w0_zero_point", "w1_zero_point"]
+            : ["w0_quantized", "w1_quantized", "w0_scale", "w1_scale"]; // signed codes: default zero point 0, none stored
+        Assert.AreEqual(encoding == WeightEncoding.UInt8, streamed.Graph.Initializer.Any(t => t.Name.EndsWith("_zero_point", StringComparison.Ordinal)));
+        foreach (string name in names)
         {
             TensorProto a = inMemory.Graph.Initializer.Single(t => t.Name == name);
             TensorProto b = streamed.Graph.Initializer.Single(t => t.Name == name);

@@ -20,6 +20,7 @@ internal sealed class Int8MatMulLowering : OperatorLowering<Int8DynamicContext>
         Int8Matrix stored = context.EncodeMatrix(c);
         NodeProto q = context.DynamicQuantizeMatMul(c.Node, c.Node.Input[0], stored);
         FoldBiasAdd(context, c.Node, q, stored.N);
+        Int8DynamicContext.TrimOptionalInputs(q);
         context.Graph.Replace(c.Node, [q]);
         context.Replaced.Add(c.WeightName, c.Weight);
         context.Quantized.Add(new QuantizedNode(OnnxNames.Label(c.Node), c.Node.OpType, c.WeightName, stored.K, stored.N, stored.MaxError));
@@ -112,6 +113,7 @@ internal sealed class Int8GemmLowering : OperatorLowering<Int8DynamicContext>
         NodeProto q = context.DynamicQuantizeMatMul(c.Node, a, stored);
         inserted.Add(q);
         MatrixParts.AddGemmC(context, c, stored.N, q, inserted, q.Input.Add);
+        Int8DynamicContext.TrimOptionalInputs(q);
         context.Graph.Replace(c.Node, inserted);
         context.Replaced.Add(c.WeightName, c.Weight);
         context.Quantized.Add(new QuantizedNode(OnnxNames.Label(c.Node), c.Node.OpType, c.WeightName, stored.K, stored.N, stored.MaxError));

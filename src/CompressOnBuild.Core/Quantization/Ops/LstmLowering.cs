@@ -248,14 +248,9 @@ internal static class LstmLowering
     {
         int d = (int)w.Dims[0], rows = (int)w.Dims[1], k = (int)w.Dims[2];
         int channels = d * rows;
-        (byte zero, byte min, byte max, bool unsigned, float levelsPerSide) = levels;
+        (byte zero, byte min, byte max, bool unsigned, _) = levels;
         var scales = new float[channels];
-        TensorStats.RowMaxAbs(w.Data, channels, k, scales);
-        for (int c = 0; c < channels; c++)
-        {
-            float scale = scales[c] / levelsPerSide;
-            scales[c] = scale >= 1e-30f && float.IsFinite(scale) ? scale : 1f;
-        }
+        AdjacentPairBound.RowScales(w.Data, channels, k, levels, scales);
         var zeros = new byte[channels];
         Array.Fill(zeros, zero);
         var codes = new byte[w.Data.LongLength];
@@ -267,6 +262,13 @@ internal static class LstmLowering
         {
             QuantizationKernels.QuantizePerRow(w.Data, channels, k, scales, MemoryMarshal.Cast<byte, sbyte>(zeros.AsSpan()),
                 MemoryMarshal.Cast<byte, sbyte>(codes.AsSpan()), (sbyte)min, (sbyte)max);
+            if (levels.PairBounded)
+            {
+                for (int c = 0; c < channels; c++)
+                {
+                    AdjacentPairBound.Enforce(w.Data, scales[c], MemoryMarshal.Cast<byte, sbyte>(codes.AsSpan()), c * k, k, 1);
+                }
+            }
         }
         var back = new float[k];
         float maxError = 0f;

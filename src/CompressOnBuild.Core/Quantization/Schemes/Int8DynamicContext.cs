@@ -9,7 +9,7 @@ using CompressOnBuild.Onnx;
 
 namespace CompressOnBuild.Core.Quantization.Schemes;
 
-/// <summary>A quantized [K, N] weight as DynamicQuantizeMatMul reads it: codes, per-column scales and zero points.</summary>
+/// <summary>A quantized [K, N] weight as DynamicQuantizeMatMul reads it: codes, per-column scales and zero points ("" for signed codes: default 0).</summary>
 internal sealed record Int8Matrix(string Quantized, string Scale, string ZeroPoint, int K, int N, float MaxError);
 
 /// <summary>A quantized Conv weight as ConvInteger reads it: uint8 codes, [M, 1, ...] scales, one zero point 128.</summary>
@@ -62,18 +62,14 @@ internal sealed class Int8DynamicContext : LoweringContext, ITableEncoding
             {
                 TensorPrimitives.Multiply(channelMajor, c.Alpha, channelMajor);
             }
-            (byte zero, byte min, byte max, bool unsigned, float levelsPerSide) = Levels;
-            var maxAbs = new float[n];
-            TensorStats.RowMaxAbs(channelMajor, n, k, maxAbs);
+            (byte zero, byte min, byte max, bool unsigned, _) = Levels;
             var scales = new float[n];
+            AdjacentPairBound.RowScales(channelMajor, n, k, Levels, scales);
             var quantized = new byte[(long)n * k];
             var roundTrip = new float[k];
             float maxError = 0f;
             for (int j = 0; j < n; j++)
             {
-                float scale = maxAbs[j] / levelsPerSide;
-                // An all-zero (or all-denormal) channel: any positive scale maps it to the zero point.
-                scales[j] = scale >= 1e-30f && float.IsFinite(scale) ? scale : 1f;
                 ReadOnlySpan<float> row = channelMajor.AsSpan(j * k, k);
                 Span<byte> qRow = quantized.AsSpan(j * k, k);
                 if (unsigned)
@@ -85,29 +81,35 @@ internal sealed class Int8DynamicContext : LoweringContext, ITableEncoding
                 {
                     Span<sbyte> sRow = MemoryMarshal.Cast<byte, sbyte>(qRow);
                     QuantizationKernels.Quantize(row, scales[j], (sbyte)zero, sRow, (sbyte)min, (sbyte)max);
+                    if (Levels.PairBounded)
+                    {
+                        AdjacentPairBound.Enforce(row, scales[j], sRow, 0, k, 1);
+                    }
                     QuantizationKernels.Dequantize(sRow, scales[j], (sbyte)zero, roundTrip);
                 }
                 maxError = MathF.Max(maxError, ErrorMetrics.MaxAbsDifference(row, roundTrip));
             }
             byte[] kMajor = PassGraph.Transpose(quantized, n, k);
-            var zeros = new byte[n];
-            Array.Fill(zeros, zero);
 
+            // Signed codes are symmetric around 0, DynamicQuantizeMatMul's default zero point: none is stored ("").
             string baseName = weightName + (c.TransB ? "_t" : "");
-            var stored = new Int8Matrix(Graph.Unique(baseName + "_quantized"), Graph.Unique(baseName + "_scale"), Graph.Unique(baseName + "_zero_point"), k, n, maxError);
+            var stored = new Int8Matrix(Graph.Unique(baseName + "_quantized"), Graph.Unique(baseName + "_scale"), unsigned ? Graph.Unique(baseName + "_zero_point") : "", k, n, maxError);
+            long zeroBytes = 0;
             if (unsigned)
             {
+                var zeros = new byte[n];
+                Array.Fill(zeros, zero);
                 Graph.AddInitializer(TensorUtil.FromUInt8(stored.Quantized, kMajor, k, n));
                 Graph.AddInitializer(TensorUtil.FromUInt8(stored.ZeroPoint, zeros, n));
+                zeroBytes = n;
             }
             else
             {
                 Graph.AddInitializer(TensorUtil.FromInt8(stored.Quantized, MemoryMarshal.Cast<byte, sbyte>(kMajor), k, n));
-                Graph.AddInitializer(TensorUtil.FromInt8(stored.ZeroPoint, MemoryMarshal.Cast<byte, sbyte>(zeros.AsSpan()), n));
             }
             Graph.AddInitializer(TensorUtil.FromFloats(stored.Scale, scales, n));
             FloatWeightBytes += (long)data.Length * 4;
-            QuantizedWeightBytes += kMajor.Length + zeros.Length + (long)scales.Length * 4;
+            QuantizedWeightBytes += kMajor.Length + zeroBytes + (long)scales.Length * 4;
             return stored;
         });
     }
@@ -168,5 +170,14 @@ internal sealed class Int8DynamicContext : LoweringContext, ITableEncoding
         q.Output.Add(replaced.Output[0]);
         RequireOpset(OnnxNames.MicrosoftDomain, 1);
         return q;
+    }
+
+    /// <summary>Drops empty optional inputs at the end of <paramref name="q"/> (no zero point and no bias after it).</summary>
+    public static void TrimOptionalInputs(NodeProto q)
+    {
+        while (q.Input.Count > 0 && q.Input[^1].Length == 0)
+        {
+            q.Input.RemoveAt(q.Input.Count - 1);
+        }
     }
 }
