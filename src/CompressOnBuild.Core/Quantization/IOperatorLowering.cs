@@ -5,7 +5,8 @@ namespace CompressOnBuild.Core.Quantization;
 /// <summary>
 /// How one scheme quantizes one operator: which nodes are its weight sites (and why the others stay float), and
 /// the rewrite of one site. Registered once in <see cref="OpRegistry"/>; <see cref="QuantizationDriver"/> calls
-/// <see cref="FindSite"/> for every main-graph node of <see cref="OpType"/>/<see cref="Domain"/>, rejects weights
+/// <see cref="FindSite"/> for every node of <see cref="OpType"/>/<see cref="Domain"/> in the main graph and in each
+/// If/Loop/Scan body (<see cref="LoweringContext.Graph"/> is the graph the node is in), rejects weights
 /// shared with anything that stays float, checks every weight, then calls <see cref="Lower"/> per site in graph order.
 /// docs/architecture.md walks through adding one.
 /// </summary>
@@ -18,15 +19,15 @@ internal interface IOperatorLowering
     string Domain { get; }
 
     /// <summary>
-    /// True when every node of this type is a weight layer (MatMul, Gemm, Conv): nodes excluded by the options or
-    /// inside subgraphs are reported as skipped without asking <see cref="FindSite"/>. False when only some are
+    /// True when every node of this type is a weight layer (MatMul, Gemm, Conv): nodes excluded by the options are
+    /// reported as skipped without asking <see cref="FindSite"/>. False when only some are
     /// (a Gather is a layer only over a constant float table): those are reported only when <see cref="FindSite"/>
     /// returns a site or a reason.
     /// </summary>
     bool AlwaysALayer { get; }
 
     /// <summary>
-    /// The weight site of a main-graph <paramref name="node"/>, or null: after calling <paramref name="skip"/> with the
+    /// The weight site of <paramref name="node"/> (in <see cref="LoweringContext.Graph"/>), or null: after calling <paramref name="skip"/> with the
     /// reason when the layer stays float, or without it when the node is not a weight layer at all. Must not change
     /// the graph (every site is found and checked before anything is lowered).
     /// </summary>

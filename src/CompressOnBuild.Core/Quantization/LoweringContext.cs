@@ -22,7 +22,8 @@ internal abstract class LoweringContext
         MinimumWeightElements = minimumWeightElements;
     }
 
-    public PassGraph Graph { get; }
+    /// <summary>The graph being quantized: the main graph, or an If/Loop/Scan body while the driver lowers its sites.</summary>
+    public PassGraph Graph { get; private set; }
 
     /// <summary>The model's name in messages and CMPR codes.</summary>
     public string DisplayName { get; }
@@ -44,7 +45,19 @@ internal abstract class LoweringContext
     public long QuantizedWeightBytes { get; set; }
 
     /// <summary>Float constants no longer read by the lowered nodes; removed at the end when nothing else reads them.</summary>
-    public ReplacedConstants Replaced { get; } = new();
+    public ReplacedConstants Replaced { get; private set; } = new();
+
+    /// <summary>
+    /// Makes <paramref name="scope"/> (the main graph or a body, see <see cref="PassGraph.WithSubgraphs"/>) the graph
+    /// the lowerings work on. Encodings and replaced constants are per graph: what one graph stores is not visible in a
+    /// sibling body.
+    /// </summary>
+    public virtual void UseScope(PassGraph scope)
+    {
+        Graph = scope;
+        Replaced = new ReplacedConstants();
+        _encoded.Clear();
+    }
 
     /// <summary>
     /// The encoding stored under <paramref name="key"/>, made by <paramref name="encode"/> the first time (a weight

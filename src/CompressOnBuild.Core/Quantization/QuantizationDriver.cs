@@ -3,40 +3,61 @@ using CompressOnBuild.Kernels;
 namespace CompressOnBuild.Core.Quantization;
 
 /// <summary>
-/// The steps every weight-quantizing pass runs, in order: fold constant shape operators, find the sites of the
-/// scheme's lowerings (<see cref="WeightSites.Find"/>), check every weight before anything changes, let the scheme
-/// prepare (GPTQ collects activations), lower each site in graph order, then remove the float constants nothing reads
-/// any more and import the opsets the rewrites asked for.
+/// The steps every weight-quantizing pass runs, in order: move the constants only one If/Loop/Scan body reads into
+/// it; then in the main graph and every body, rewrite dense Einsums as MatMul and fold constant shape operators, and
+/// find the sites of the scheme's lowerings (<see cref="WeightSites.Find"/>); check every weight before anything is
+/// lowered, let the scheme prepare (GPTQ collects the main graph's activations), lower each graph's sites in graph
+/// order, remove the float constants nothing reads any more, and import the opsets the rewrites asked for.
 /// </summary>
 internal static class QuantizationDriver
 {
-    /// <summary>Runs the steps on <paramref name="context"/>'s graph; returns how many shape operators were folded.</summary>
-    /// <exception cref="CompressException">CMPR0202 when a weight to quantize holds NaN or infinity (nothing is changed then but the folding).</exception>
+    /// <summary>
+    /// Runs the steps on <paramref name="context"/>'s graph and its bodies (the context is left on the main graph);
+    /// returns how many graph rewrites came before the lowering (constants moved, Einsums and shape operators folded).
+    /// </summary>
+    /// <exception cref="CompressException">CMPR0202 when a weight to quantize holds NaN or infinity (nothing is lowered then).</exception>
     public static int Run(LoweringContext context, IReadOnlyCollection<IOperatorLowering> lowerings)
     {
-        PassGraph g = context.Graph;
-        // Weights behind Reshape/Transpose/... of initializers become plain initializers first (see PassGraph).
-        int folded = g.FoldConstantShapeOps(context.DisplayName);
-        List<WeightSite> sites = WeightSites.Find(context, lowerings);
+        PassGraph main = context.Graph;
+        int rewritten = main.LocalizeSubgraphConstants();
+        var scopes = new List<(PassGraph Graph, List<WeightSite> Sites)>();
+        foreach (PassGraph scope in main.WithSubgraphs())
+        {
+            context.UseScope(scope);
+            rewritten += DenseEinsum.Rewrite(scope, context.DisplayName);
+            // Weights behind Reshape/Transpose/... of initializers become plain initializers first (see PassGraph).
+            rewritten += scope.FoldConstantShapeOps(context.DisplayName);
+            scopes.Add((scope, WeightSites.Find(context, lowerings)));
+        }
         var checkedSources = new HashSet<string>(StringComparer.Ordinal);
-        foreach (WeightSite site in sites)
+        foreach (WeightSite site in scopes.SelectMany(s => s.Sites))
         {
             if (checkedSources.Add(site.Weight.SourceName) && !TensorStats.AllFinite(context.Floats(site.Weight.Tensor)))
             {
+                context.UseScope(main);
                 throw new CompressException(DiagnosticCodes.NonFiniteWeights, context.DisplayName, site.Weight.SourceName) { File = context.DisplayName };
             }
         }
-        context.Prepare(sites);
-        foreach (WeightSite site in sites)
+        context.UseScope(main);
+        context.Prepare(scopes[0].Sites);
+        foreach ((PassGraph scope, List<WeightSite> sites) in scopes)
         {
-            site.Lowering.Lower(context, site);
+            context.UseScope(scope);
+            foreach (WeightSite site in sites)
+            {
+                site.Lowering.Lower(context, site);
+            }
+            scope.Commit();
+            if (sites.Count > 0)
+            {
+                context.Replaced.RemoveUnused(scope);
+            }
         }
-        g.Commit();
+        context.UseScope(main);
         if (context.Quantized.Count > 0)
         {
-            context.Replaced.RemoveUnused(g);
             context.ApplyOpsets();
         }
-        return folded;
+        return rewritten;
     }
 }

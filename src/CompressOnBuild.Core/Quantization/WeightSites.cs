@@ -30,8 +30,9 @@ internal sealed class WeightSite
 }
 
 /// <summary>
-/// The one weight-site finder of the quantization passes: every main-graph node one of the scheme's lowerings
-/// handles becomes a site or a skip reason (excluded by the options, inside a subgraph, or the lowering's own reason:
+/// The one weight-site finder of the quantization passes: every node of the graph being quantized (the main graph or
+/// an If/Loop/Scan body, one call each) that one of the scheme's lowerings handles becomes a site or a skip reason
+/// (excluded by the options, or the lowering's own reason:
 /// not constant, not float32, wrong rank or size, ...), then weights shared with anything that stays float are
 /// rejected. <see cref="MatrixSite"/> is the MatMul/Gemm site rule the matrix lowerings share.
 /// </summary>
@@ -48,17 +49,6 @@ internal static class WeightSites
         }
         IOperatorLowering? LoweringOf(NodeProto n) => byOp.GetValueOrDefault((ModelChecker.NormalizeDomain(n.Domain), n.OpType));
 
-        foreach ((GraphProto sub, int depth) in ModelWalker.Graphs(g.Model))
-        {
-            if (depth == 0)
-            {
-                continue;
-            }
-            foreach (NodeProto n in sub.Node.Where(n => LoweringOf(n) is { AlwaysALayer: true }))
-            {
-                context.Skipped.Add(new SkippedNode(OnnxNames.Label(n), n.OpType, $"it is inside the subgraph '{sub.Name}'; only the main graph is quantized"));
-            }
-        }
         var result = new List<WeightSite>();
         foreach (NodeProto node in g.Graph.Node)
         {

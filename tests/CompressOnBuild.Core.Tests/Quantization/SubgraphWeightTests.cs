@@ -196,4 +196,46 @@ public sealed class SubgraphWeightTests
         Assert.IsEmpty(s.Quantized);
         Assert.Contains("calibration sees only main-graph values", s.Skipped.Single(k => k.Node == "loop_matmul").Reason);
     }
+
+    [TestMethod]
+    [DynamicData(nameof(Models))]
+    public void Int8_dynamic_quantizes_weights_inside_bodies(string name, Func<ModelProto> build, string[] nodes)
+    {
+        ModelProto original = build();
+        ModelProto model = original.Clone();
+        QuantizationSummary s = Int8DynamicQuantizer.Apply(model, QuantizationOptions.Default, name);
+        ModelChecker.Validate(model, name);
+        CollectionAssert.AreEquivalent(nodes, s.Quantized.Select(q => q.Node).ToArray(), string.Join("; ", s.Skipped.Select(k => k.Node + ": " + k.Reason)));
+        AssertNoFloatWeight(model, name);
+        Assert.IsLessThan(original.CalculateSize() * 4 / 10, model.CalculateSize());
+        AssertClose(original, model, 0.03f, name);
+    }
+
+    [TestMethod]
+    [DynamicData(nameof(Models))]
+    public void Int4_quantizes_weights_inside_bodies(string name, Func<ModelProto> build, string[] nodes)
+    {
+        ModelProto original = build();
+        ModelProto model = original.Clone();
+        Int4Summary s = Int4WeightQuantizer.Apply(model, Int4Options.Default, name);
+        ModelChecker.Validate(model, name);
+        CollectionAssert.AreEquivalent(nodes, s.Quantized.Select(q => q.Node).ToArray(), string.Join("; ", s.Skipped.Select(k => k.Node + ": " + k.Reason)));
+        AssertNoFloatWeight(model, name);
+        Assert.IsLessThan(original.CalculateSize() * 3 / 10, model.CalculateSize());
+        AssertClose(original, model, 0.2f, name);
+    }
+
+    [TestMethod]
+    public void Weight_read_by_both_branches_stays_float_with_a_reason_in_the_body()
+    {
+        ModelProto model = IfModel();
+        GraphProto elseBody = model.Graph.Node.Single(n => n.OpType == "If").Attribute[1].G;
+        elseBody.Node.Clear();
+        elseBody.Initializer.Clear();
+        elseBody.Node.Add(Node("Gemm", ["x", "w_then", "b_then"], ["y_else"], "gemm_else", IntAttr("transB", 1), FloatAttr("alpha", 2f)));
+        QuantizationSummary s = Int8DynamicQuantizer.Apply(model, QuantizationOptions.Default, "if");
+        Assert.IsEmpty(s.Quantized);
+        Assert.Contains("w_then", s.Skipped.Single(k => k.Node == "gemm_else").Reason);
+        Assert.IsTrue(model.Graph.Initializer.Any(t => t.Name == "w_then"));
+    }
 }

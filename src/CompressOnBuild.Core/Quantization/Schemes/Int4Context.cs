@@ -22,7 +22,7 @@ internal sealed class Int4Context(PassGraph graph, Int4Options options, string d
 
     public Int4Options Options { get; } = options;
 
-    /// <summary>Layers GPTQ left to round-to-nearest (transposed input, or H would not factorize).</summary>
+    /// <summary>Layers GPTQ left to round-to-nearest (transposed input, inside an If/Loop/Scan body, or H would not factorize).</summary>
     public List<string> RoundedToNearest { get; } = [];
 
     public GatherLowering.Scheme TableScheme => GatherLowering.Scheme.Int4(Options.BlockSize, Options.Symmetric);
@@ -52,10 +52,11 @@ internal sealed class Int4Context(PassGraph graph, Int4Options options, string d
             {
                 TensorPrimitives.Multiply(channelMajor, c.Alpha, channelMajor);
             }
-            var gptq = Options.Method == Int4Method.Gptq && !c.TransA ? Gptq(c.Node.Input[0], channelMajor, n, k) : null;
+            // Calibration sees main-graph values only: a layer inside an If/Loop/Scan body is rounded to nearest.
+            var gptq = Options.Method == Int4Method.Gptq && !c.TransA && Graph.IsMain ? Gptq(c.Node.Input[0], channelMajor, n, k) : null;
             if (Options.Method == Int4Method.Gptq && gptq == null)
             {
-                RoundedToNearest.Add(OnnxNames.Label(c.Node)); // transposed input, or H would not factorize
+                RoundedToNearest.Add(OnnxNames.Label(c.Node)); // transposed input, inside a body, or H would not factorize
             }
             (byte[] packed, float[] scales, byte[]? zeros, float error) = gptq ?? Int4WeightQuantizer.QuantizeBlocks(channelMajor, n, k, Options.BlockSize, Options.Symmetric);
             int blocks = (k + Options.BlockSize - 1) / Options.BlockSize;

@@ -41,6 +41,13 @@ internal sealed class Int8DynamicContext : LoweringContext, ITableEncoding
     /// <summary>Activations already quantized by a DynamicQuantizeLinear (Conv inputs read by several Convs are quantized once).</summary>
     public Dictionary<string, (string Q, string Scale, string ZeroPoint)> QuantizedActivations { get; } = new(StringComparer.Ordinal);
 
+    /// <inheritdoc/>
+    public override void UseScope(PassGraph scope)
+    {
+        base.UseScope(scope);
+        QuantizedActivations.Clear();
+    }
+
     public GatherLowering.Scheme TableScheme => GatherLowering.Scheme.Int8PerRow;
 
     /// <summary>
