@@ -36,6 +36,9 @@ internal sealed record PassResult(
             ["quantizedActivations"] = q.QuantizedActivations,
             ["opsetRaisedFrom"] = q.OpsetRaisedFrom,
             ["float16Weights"] = q.Float16Weights,
+            ["opsetRaisedTo"] = q.OpsetRaisedTo,
+            ["opsetNote"] = q.OpsetNote,
+            ["foldedBatchNormalizations"] = q.FoldedBatchNormalizations,
         });
 
     public static PassResult From(Int4Summary q) => new("Int4Weights", q.AlreadyQuantized, q.AlreadyQuantizedReason, q.Quantized, q.Skipped,

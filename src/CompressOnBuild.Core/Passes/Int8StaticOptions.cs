@@ -73,7 +73,7 @@ public sealed class Int8StaticSummary
 
     public ActivationType ActivationType { get; init; }
 
-    /// <summary>Whether weights got one scale per output channel (false when the opset could not be raised to 13).</summary>
+    /// <summary>Whether weights got one scale per output channel (false when asked so, or when the opset could not be raised to 13).</summary>
     public bool PerChannel { get; init; }
 
     public bool AlreadyQuantized { get; init; }
@@ -91,8 +91,17 @@ public sealed class Int8StaticSummary
     /// <summary>Activation tensors that got a QuantizeLinear/DequantizeLinear pair.</summary>
     public int QuantizedActivations { get; init; }
 
-    /// <summary>Default opset before the pass when it was raised (to 13, or to 10 for per-tensor weights when 13 is not safe), else null.</summary>
+    /// <summary>Default opset before the pass when it was raised (to 13, or to the highest of 12..10 with per-tensor weights when 13 cannot be reached), else null.</summary>
     public long? OpsetRaisedFrom { get; init; }
+
+    /// <summary>Default opset after the pass when it was raised, else null.</summary>
+    public long? OpsetRaisedTo { get; init; }
+
+    /// <summary>What the pass did about an opset below 13 and why (raised, rewritten operators, per-tensor fallback), else null.</summary>
+    public string? OpsetNote { get; init; }
+
+    /// <summary>BatchNormalization nodes folded into the Conv before them (weights and bias).</summary>
+    public int FoldedBatchNormalizations { get; init; }
 
     public bool NothingToQuantize => !AlreadyQuantized && Quantized.Count == 0;
 

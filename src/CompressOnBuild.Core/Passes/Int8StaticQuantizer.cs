@@ -91,6 +91,9 @@ public static class Int8StaticQuantizer
             Skipped = rewriter.Skipped,
             QuantizedActivations = rewriter.Activations,
             OpsetRaisedFrom = rewriter.OpsetRaisedFrom,
+            OpsetRaisedTo = rewriter.OpsetRaisedTo,
+            OpsetNote = rewriter.OpsetNote,
+            FoldedBatchNormalizations = rewriter.FoldedBatchNormalizations,
             ModelBytesBefore = before,
             ModelBytesAfter = model.CalculateSize(), // also when nothing was quantized: constant folding may still have changed the model
             Float16Weights = lift == null || rewriter.Quantized.Count == 0 ? null : Float16Lift.Describe(lift.LiftedTensors, restored),
@@ -147,6 +150,12 @@ public static class Int8StaticQuantizer
         /// output of the Relu that follows the node, directly or after a MaxPool.
         /// </summary>
         public required string RangeTensor { get; init; }
+
+        /// <summary>The [min, max] of a Clip after the node whose output is <see cref="RangeTensor"/>, else null.</summary>
+        public (float Low, float High)? ClipBounds { get; init; }
+
+        /// <summary>The tensor that gets the pair after the node: <see cref="Result"/>, or the node's own output when ORT could not fold the Clip.</summary>
+        public string Quantize { get; set; } = "";
     }
 
     /// <summary>A Q/DQ pair: the DequantizeLinear output, scale and zero-point initializers and their values (uint8 0..255 or int8 -128..127).</summary>
@@ -172,7 +181,17 @@ public static class Int8StaticQuantizer
 
         public long? OpsetRaisedFrom { get; private set; }
 
-        private bool _perTensorAllowed;
+        /// <summary>BatchNormalization nodes folded into the Conv before them.</summary>
+        public int FoldedBatchNormalizations { get; private set; }
+
+        /// <summary>Default opset the model ends at (set by Run; null when no opset with QDQ can be reached).</summary>
+        private long? _targetOpset;
+
+        /// <summary>Raised from (null: not raised) and to.</summary>
+        public long? OpsetRaisedTo { get; private set; }
+
+        /// <summary>What was done about the opset and why, for the report; null when the model already had 13 or more.</summary>
+        public string? OpsetNote { get; private set; }
 
         private float Levels => EncodingLevels.Of(options.WeightEncoding, displayName).LevelsPerSide;
 
@@ -211,16 +230,26 @@ public static class Int8StaticQuantizer
                 throw new CompressException(DiagnosticCodes.InvalidOption, displayName, "ActivationType", options.ActivationType, "use UInt8 or Int8");
             }
             long opset = g.OnnxOpset;
-            string? raiseBlocked = RaiseBlockedReason();
-            PerChannel = options.PerChannel && (opset >= 13 || raiseBlocked == null);
-            _perTensorAllowed = opset >= 10 || raiseBlocked == null;
-            if (!_perTensorAllowed)
+            // QuantizeLinear/DequantizeLinear need default opset 10, their per-channel axis 13, and MaxPool has uint8/int8
+            // kernels from 12. The model is raised as far as its nodes allow (rewritten to their new form where their
+            // meaning changed, see OpsetRaise): to 13 with per-channel weights when possible, else to the highest
+            // of 12..10 with per-tensor weights, else (below 10 and nothing can be raised) nothing is quantized.
+            string? blocked13 = OpsetRaise.BlockingReason(g.Model, 13, "per-channel QDQ needs default opset 13");
+            _targetOpset = blocked13 == null ? Math.Max(opset, 13) : OpsetRaise.Highest(g.Model, [12, 11, 10]);
+            PerChannel = options.PerChannel && _targetOpset >= 13;
+            if (_targetOpset == null)
             {
-                foreach (NodeProto n in g.Graph.Node.Where(n => n.OpType is "Conv" or "MatMul" or "Gemm"))
+                string reason = OpsetRaise.BlockingReason(g.Model, 10, "QDQ needs default opset 10")!;
+                OpsetNote = reason;
+                foreach (NodeProto n in g.Graph.Node.Where(n => n.OpType is "Conv" or "MatMul" or "Gemm" && OnnxNames.IsDefaultDomain(n)))
                 {
-                    Skipped.Add(new SkippedNode(OnnxNames.Label(n), n.OpType, raiseBlocked!));
+                    Skipped.Add(new SkippedNode(OnnxNames.Label(n), n.OpType, reason));
                 }
                 return;
+            }
+            if (blocked13 != null && options.PerChannel)
+            {
+                OpsetNote = $"per-tensor weights at default opset {_targetOpset}: {blocked13}";
             }
             // Every weight is checked before the graph changes, so a bad one leaves the model untouched.
             foreach (NodeProto n in g.Graph.Node.Where(n => n.OpType is "Conv" or "MatMul" or "Gemm" && ModelChecker.NormalizeDomain(n.Domain).Length == 0))
@@ -265,40 +294,20 @@ public static class Int8StaticQuantizer
             g.RemoveUnusedInitializers(_removable);
             // Per-tensor weights need only opset 10, but the model is raised to 13 too when that is safe: before
             // opset 12 MaxPool has no uint8/int8 kernel, so ORT pools the dequantized floats between DQ and Q.
-            long target = PerChannel || raiseBlocked == null ? 13 : 10;
+            long target = _targetOpset!.Value;
             if (opset < target)
             {
                 OpsetRaisedFrom = opset;
-                g.EnsureOpset("", target);
-                DropBatchNormalizationSpatial();
+                OpsetRaisedTo = target;
+                IReadOnlyList<string> rewritten = OpsetRaise.Raise(g.Model, target);
+                string how = rewritten.Count == 0 ? "" : $"; rewritten to their opset-{target} form: {string.Join(", ", rewritten)}";
+                OpsetNote = OpsetNote == null
+                    ? $"default opset {opset} raised to {target}{(PerChannel ? " for per-channel weights" : "")}{how}"
+                    : $"{OpsetNote}; raised from {opset}{how}";
             }
             PassGraph.DropInitializerInputs(g.Model);
             PassGraph.StripDebugTraces(g.Model);
         }
-
-        /// <summary>
-        /// BatchNormalization lost its <c>spatial</c> attribute in opset 9 (ORT rejects it from then on as an
-        /// unrecognized attribute); spatial=1, the only value a raise allows (see <see cref="RaiseBlockedReason"/>), is
-        /// what opset 9 and later always do, so the attribute is dropped when the model is raised.
-        /// </summary>
-        private void DropBatchNormalizationSpatial()
-        {
-            foreach ((GraphProto graph, _) in ModelWalker.Graphs(g.Model))
-            {
-                foreach (NodeProto n in graph.Node.Where(n => n.OpType == "BatchNormalization" && ModelChecker.NormalizeDomain(n.Domain).Length == 0))
-                {
-                    for (int i = n.Attribute.Count - 1; i >= 0; i--)
-                    {
-                        if (n.Attribute[i].Name == "spatial")
-                        {
-                            n.Attribute.RemoveAt(i);
-                        }
-                    }
-                }
-            }
-        }
-
-        private string? RaiseBlockedReason() => OpsetChanges.BlockingReason(g.Model, 13, "per-channel QDQ needs default opset 13");
 
         private void BuildConsumers()
         {
@@ -318,6 +327,7 @@ public static class Int8StaticQuantizer
         private List<Candidate> Prepare()
         {
             g.FoldConstantShapeOps(displayName);
+            FoldBatchNormalizations();
             FoldConvAdds();
             FuseMatMulAdds();
             List<Candidate> candidates = FindCandidates();
@@ -327,6 +337,92 @@ public static class Int8StaticQuantizer
                 candidates = FindCandidates();
             }
             return candidates;
+        }
+
+        /// <summary>
+        /// Conv (constant weight, no bias or a constant one) whose only consumer is an inference BatchNormalization with
+        /// constant parameters: the normalization goes into the weight and bias (W' = W s, b' = (b - mean) s + B with
+        /// s = scale / sqrt(var + epsilon) per output channel), and the Conv takes over the BatchNormalization's output
+        /// name (its calibrated range). ORT does this fold itself only for float weights: with a DequantizeLinear on the
+        /// weight it leaves Conv -> BatchNormalization, the Conv has no QuantizeLinear after it and runs in float.
+        /// </summary>
+        private void FoldBatchNormalizations()
+        {
+            BuildConsumers();
+            HashSet<string> outer = g.OuterUses();
+            var removed = new List<NodeProto>();
+            foreach (NodeProto conv in g.Graph.Node.Where(n => OnnxNames.Is(n, "Conv") && n.Input.Count >= 2).ToList())
+            {
+                string y = conv.Output[0];
+                if (outer.Contains(y) || Consumers(y) is not [{ OpType: "BatchNormalization" } bn] || !OnnxNames.IsDefaultDomain(bn)
+                    || bn.Input.Count != 5 || bn.Input[0] != y || bn.Output.Skip(1).Any(o => o.Length > 0)
+                    || PassGraph.IntAttr(bn, "spatial", 1) != 1 || PassGraph.IntAttr(bn, "training_mode", 0) != 0
+                    || !g.TryConstantFloat(conv.Input[1], displayName, out float[] w, out long[] wDims, out _, out List<string> wSources)
+                    || wDims.Length < 3 || wDims[0] <= 0)
+                {
+                    continue;
+                }
+                long m = wDims[0];
+                var parameters = new float[4][];
+                var sources = new List<string>(wSources);
+                bool ok = true;
+                for (int i = 0; i < 4 && ok; i++)
+                {
+                    ok = g.TryConstantFloat(bn.Input[i + 1], displayName, out parameters[i], out _, out _, out List<string> s) && parameters[i].Length == m;
+                    sources.AddRange(s);
+                }
+                float[] bias = new float[m];
+                if (ok && conv.Input.Count > 2 && conv.Input[2].Length > 0)
+                {
+                    ok = g.TryConstantFloat(conv.Input[2], displayName, out float[] old, out _, out _, out List<string> bSources) && old.Length == m;
+                    if (ok)
+                    {
+                        old.CopyTo(bias, 0);
+                        sources.AddRange(bSources);
+                    }
+                }
+                double epsilon = PassGraph.FloatAttr(bn, "epsilon", 1e-5f);
+                if (!ok || parameters.Any(p => !TensorStats.AllFinite(p)) || parameters[3].Any(v => !(v + epsilon > 0)))
+                {
+                    continue;
+                }
+                (float[] gamma, float[] beta, float[] mean, float[] variance) = (parameters[0], parameters[1], parameters[2], parameters[3]);
+                var folded = new float[w.Length];
+                long perChannel = w.Length / m;
+                for (long c = 0; c < m; c++)
+                {
+                    double s = gamma[c] / Math.Sqrt(variance[c] + epsilon);
+                    for (long i = c * perChannel; i < (c + 1) * perChannel; i++)
+                    {
+                        folded[i] = (float)(w[i] * s);
+                    }
+                    bias[c] = (float)((bias[c] - (double)mean[c]) * s + beta[c]);
+                }
+                string label = OnnxNames.Label(conv);
+                string weightName = g.Unique(label + "_bn_weight");
+                string biasName = g.Unique(label + "_bn_bias");
+                g.AddInitializer(TensorUtil.FromFloats(weightName, folded, wDims));
+                g.AddInitializer(TensorUtil.FromFloats(biasName, bias, m));
+                while (conv.Input.Count < 3)
+                {
+                    conv.Input.Add("");
+                }
+                conv.Input[1] = weightName;
+                conv.Input[2] = biasName;
+                // An unnamed node is labelled by its first output: keep the Conv's label (exclusions name it so).
+                conv.Name = label;
+                conv.Output[0] = bn.Output[0];
+                g.Producers[bn.Output[0]] = conv;
+                g.RemoveValueInfo(y);
+                removed.Add(bn);
+                _removable.AddRange(sources);
+                FoldedBatchNormalizations++;
+            }
+            foreach (NodeProto bn in removed)
+            {
+                g.Graph.Node.Remove(bn);
+            }
+            BuildConsumers();
         }
 
         /// <summary>Conv (no bias or constant bias) whose only consumer is Add(constant with one value per channel): fold into the bias.</summary>
@@ -590,11 +686,19 @@ public static class Int8StaticQuantizer
                 }
                 string result2 = node.Output[0];
                 string rangeTensor = result2;
-                if (!outer.Contains(result2) && Consumers(result2) is [{ OpType: "Relu" } relu] && ModelChecker.NormalizeDomain(relu.Domain).Length == 0)
+                (float Low, float High)? clip = null;
+                NodeProto? act = !outer.Contains(result2) && Consumers(result2) is [{ } only] && only.Input.Count > 0 && only.Input[0] == result2 ? only : null;
+                if (act != null && OnnxNames.Is(act, "Clip"))
                 {
-                    // uint8: ORT folds the Relu into the QuantizeLinear (zero point 0). int8: the Relu stays, the
-                    // node's own output is quantized with the Relu output's range.
-                    rangeTensor = relu.Output[0];
+                    // Only a Clip whose range holds 0 (Relu6 and the like): the pair's range always does.
+                    clip = ClipBounds(act) is { } bounds && bounds.Low <= 0 && bounds.High >= 0 ? bounds : null;
+                }
+                if (act != null && (OnnxNames.Is(act, "Relu") || clip != null))
+                {
+                    // uint8: the pair goes after the Relu or Clip, which ORT then folds into the QuantizeLinear (Relu:
+                    // zero point 0; Clip: the quantized range inside [min, max], see Rewrite). int8: the activation
+                    // stays, the node's own output is quantized with the activation output's range.
+                    rangeTensor = act.Output[0];
                     result2 = Int8Activations ? result2 : rangeTensor;
                 }
                 else if (Int8Activations && !outer.Contains(result2) && Consumers(result2) is [{ OpType: "MaxPool" } pool] && pool.Output.Count == 1
@@ -607,10 +711,29 @@ public static class Int8StaticQuantizer
                 result.Add(new Candidate
                 {
                     Node = node, Weight = w, Dims = dims, Chain = chain, Sources = sources, Axis = axis, Bias = bias,
-                    BiasSources = biasSources, Result = result2, RangeTensor = rangeTensor,
+                    BiasSources = biasSources, Result = result2, RangeTensor = rangeTensor, ClipBounds = clip,
                 });
             }
             return result;
+        }
+
+        /// <summary>A Clip's constant [min, max] (attributes before opset 11, inputs from then on; a missing bound is unbounded), else null.</summary>
+        private (float Low, float High)? ClipBounds(NodeProto clip)
+        {
+            if (g.OnnxOpset < 11)
+            {
+                return (PassGraph.FloatAttr(clip, "min", float.MinValue), PassGraph.FloatAttr(clip, "max", float.MaxValue));
+            }
+            float Bound(int index, float unbounded)
+            {
+                if (clip.Input.Count <= index || clip.Input[index].Length == 0)
+                {
+                    return unbounded;
+                }
+                return g.TryConstantFloat(clip.Input[index], displayName, out float[] v, out _, out _, out _) && v.Length == 1 ? v[0] : float.NaN;
+            }
+            float low = Bound(1, float.MinValue), high = Bound(2, float.MaxValue);
+            return float.IsNaN(low) || float.IsNaN(high) ? null : (low, high);
         }
 
         /// <summary>True when a quantized node reads <paramref name="tensor"/>, directly or through passthrough ops.</summary>
@@ -658,12 +781,27 @@ public static class Int8StaticQuantizer
             HashSet<string> graphOutputs = g.Graph.Output.Select(o => o.Name).ToHashSet(StringComparer.Ordinal);
             foreach (Candidate c in candidates)
             {
-                // MatMul results are always quantized (unless a graph output): without a QuantizeLinear after it ORT
-                // folds a following bias Add into a float Gemm; with it the MatMul becomes QLinearMatMul.
-                bool wanted = FeedsQuantized(c.Result, quantizedNodes) || (c.Node.OpType == "MatMul" && !graphOutputs.Contains(c.Result));
-                if (wanted && calibration!.Ranges.ContainsKey(c.RangeTensor))
+                c.Quantize = c.Result;
+                if (!calibration!.Ranges.TryGetValue(c.RangeTensor, out TensorRange range))
                 {
-                    results[c.Result] = c;
+                    continue;
+                }
+                if (c.Quantize != c.Node.Output[0] && c.ClipBounds is { } clip && ClipFoldedParameters(range, clip) == null)
+                {
+                    // ORT folds a Clip into the QuantizeLinear after it only when the quantized range lies inside
+                    // [min, max]; where it would not, the pair goes on the node's own output (same values: the range
+                    // is the Clip output's, inside [min, max]) and the Clip runs on the dequantized values.
+                    c.Quantize = c.Node.Output[0];
+                }
+                // Conv and MatMul results are always quantized: ORT builds QLinearConv / QLinearMatMul only with a
+                // QuantizeLinear after the node. Without one a Conv runs in float on dequantized inputs (also when
+                // an activation other than Relu/Clip, an Add or a Mul follows it, which then read the dequantized
+                // result), and a MatMul has a following bias Add folded into a float Gemm. A Gemm without the pair
+                // still becomes QGemm with a float output, so it gets one only when a quantized node reads it.
+                bool wanted = c.Node.OpType is "Conv" or "MatMul" || FeedsQuantized(c.Quantize, quantizedNodes);
+                if (wanted)
+                {
+                    results[c.Quantize] = c;
                 }
             }
 
@@ -693,7 +831,21 @@ public static class Int8StaticQuantizer
                 {
                     if (results.TryGetValue(o, out Candidate? producer))
                     {
-                        AddQdq(o, Parameters(calibration!.Ranges[producer.RangeTensor]), nodes);
+                        TensorRange range = calibration!.Ranges[producer.RangeTensor];
+                        (float Scale, int ZeroPoint) p = producer.Quantize != producer.Node.Output[0] && producer.ClipBounds is { } clip
+                            ? ClipFoldedParameters(range, clip)!.Value
+                            : Parameters(range);
+                        if (graphOutputs.Contains(o))
+                        {
+                            // A graph output keeps its name: the node writes a new tensor, the DequantizeLinear the output.
+                            string renamed = g.Unique(o + "_quantized");
+                            n.Output[n.Output.IndexOf(o)] = renamed;
+                            AddQdq(renamed, p, nodes, dqName: o);
+                        }
+                        else
+                        {
+                            AddQdq(o, p, nodes);
+                        }
                     }
                     else if (Passthrough.Contains(n.OpType) && n.Input.Count > 0 && o == n.Output[0]
                         && _byDq.GetValueOrDefault(n.Input[0]) is { } inQ && FeedsQuantized(o, quantizedNodes))
@@ -706,7 +858,31 @@ public static class Int8StaticQuantizer
             g.Graph.Node.AddRange(nodes);
         }
 
-        private QParams AddQdq(string tensor, (float Scale, int ZeroPoint) p, List<NodeProto> nodes, QParams? share = null)
+        /// <summary>
+        /// uint8 parameters for a pair after a Clip(min, max) that ORT folds into the QuantizeLinear: its
+        /// ClipQuantFusion needs scale x (0 - zero point) >= min and scale x (255 - zero point) <= max (float
+        /// arithmetic, epsilon slack); the scale is nudged down by a few ulps where rounding alone breaks that.
+        /// Null when it cannot hold (int8 activations, or a zero point that puts the lower end below min).
+        /// </summary>
+        private (float Scale, int ZeroPoint)? ClipFoldedParameters(TensorRange range, (float Low, float High) clip)
+        {
+            if (Int8Activations)
+            {
+                return null;
+            }
+            (float scale, int zero) = Parameters(new TensorRange(MathF.Max(range.Min, clip.Low), MathF.Min(range.Max, clip.High)));
+            for (int i = 0; i < 8; i++)
+            {
+                if (scale * (0 - zero) >= clip.Low && scale * (255 - zero) <= clip.High)
+                {
+                    return (scale, zero);
+                }
+                scale = MathF.BitDecrement(scale);
+            }
+            return null;
+        }
+
+        private QParams AddQdq(string tensor, (float Scale, int ZeroPoint) p, List<NodeProto> nodes, QParams? share = null, string? dqName = null)
         {
             string scale = share?.Scale ?? g.Unique(tensor + "_s");
             string zero = share?.ZeroPoint ?? g.Unique(tensor + "_zp");
@@ -720,7 +896,7 @@ public static class Int8StaticQuantizer
                     : TensorUtil.FromUInt8(zero, [(byte)p.ZeroPoint]));
             }
             string q = g.Unique(tensor + "_q");
-            string dq = g.Unique(tensor + "_dq");
+            string dq = dqName ?? g.Unique(tensor + "_dq");
             nodes.Add(g.Node("QuantizeLinear", null, [tensor, scale, zero], [q]));
             nodes.Add(g.Node("DequantizeLinear", null, [q, scale, zero], [dq]));
             var result = new QParams(dq, scale, zero, p.Scale, p.ZeroPoint);

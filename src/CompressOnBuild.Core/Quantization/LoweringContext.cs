@@ -89,12 +89,22 @@ internal abstract class LoweringContext
     {
     }
 
-    /// <summary>Writes the requested opsets (in the order first asked).</summary>
+    /// <summary>
+    /// Writes the requested opsets (in the order first asked). A raise of the default domain rewrites the nodes whose
+    /// meaning changed on the way (<see cref="OpsetRaise"/>; a lowering asks only after checking <see cref="OpsetRaise.BlockingReason"/>).
+    /// </summary>
     internal void ApplyOpsets()
     {
         foreach ((string domain, long version) in _opsets)
         {
-            Graph.EnsureOpset(domain, version);
+            if (domain.Length == 0)
+            {
+                OpsetRaise.Raise(Graph.Model, version);
+            }
+            else
+            {
+                Graph.EnsureOpset(domain, version);
+            }
         }
     }
 }

@@ -27,7 +27,7 @@ internal sealed class Int8DynamicContext : LoweringContext, ITableEncoding
         Options = options;
         Levels = EncodingLevels.Of(options.WeightEncoding, displayName); // an unknown encoding fails before anything changes
         ConvBlocked = options.QuantizeConv
-            ? OpsetChanges.BlockingReason(graph.Model, 11, "Conv needs default opset 11 (DynamicQuantizeLinear)")
+            ? OpsetRaise.BlockingReason(graph.Model, 11, "Conv needs default opset 11 (DynamicQuantizeLinear)")
             : null;
     }
 
