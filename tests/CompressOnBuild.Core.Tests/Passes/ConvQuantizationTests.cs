@@ -80,15 +80,38 @@ public sealed class ConvQuantizationTests
         Assert.IsTrue(expected.Zip(actual).Any(p => p.First != p.Second));
     }
 
+    /// <summary>A Slice with opset-9 attributes is rewritten to its opset-10 inputs, so the model is raised to 11 and the Conv quantized.</summary>
     [TestMethod]
-    public void Old_opset_with_an_operator_that_changed_meaning_keeps_Conv_float()
+    public void Old_opset_with_a_rewritable_operator_is_raised_and_the_Conv_quantized()
     {
         var slice = Node("Slice", ["conv_out"], ["y"], "slice", IntsAttr("starts", 0), IntsAttr("ends", 1), IntsAttr("axes", 0));
-        ModelProto model = ConvModel(3, 4, 3, 1, true, 9, extra: slice);
+        ModelProto original = ConvModel(3, 4, 3, 1, true, 9, extra: slice);
+        ModelProto model = original.Clone();
+        QuantizationSummary summary = Int8DynamicQuantizer.Apply(model, QuantizationOptions.Default, "old.onnx");
+        Assert.AreEqual("Conv", summary.Quantized.Single().OpType);
+        Assert.AreEqual(11, model.OpsetImport.Single(o => o.Domain.Length == 0).Version);
+        NodeProto rewritten = model.Graph.Node.Single(n => n.OpType == "Slice");
+        Assert.IsEmpty(rewritten.Attribute, "starts/ends/axes became inputs");
+        Assert.HasCount(4, rewritten.Input);
+        float[] x = RandomFloats(2 * 3 * 9 * 9, 5);
+        using var a = new Ort(original);
+        using var b = new Ort(model);
+        float[] expected = a.Run(x, [2, 3, 9, 9]), actual = b.Run(x, [2, 3, 9, 9]);
+        Assert.HasCount(expected.Length, actual);
+        Assert.IsLessThan(0.05, CompressOnBuild.Kernels.ErrorMetrics.Compare(expected, actual).RelativeL2);
+    }
+
+    /// <summary>Upsample was replaced by Resize at opset 10 and is not rewritten: the Conv stays float and says why.</summary>
+    [TestMethod]
+    public void Old_opset_with_an_operator_that_cannot_be_raised_keeps_Conv_float()
+    {
+        var up = Node("Upsample", ["conv_out", "scales"], ["y"], "up");
+        ModelProto model = ConvModel(3, 4, 3, 1, true, 9, extra: up);
+        model.Graph.Initializer.Add(TensorUtil.FromFloats("scales", [1f, 1f, 2f, 2f], 4));
         QuantizationSummary summary = Int8DynamicQuantizer.Apply(model, QuantizationOptions.Default, "old.onnx");
         Assert.IsTrue(summary.NothingToQuantize);
         StringAssert.Contains(summary.Skipped.Single().Reason, "opset 11");
-        StringAssert.Contains(summary.Skipped.Single().Reason, "Slice");
+        StringAssert.Contains(summary.Skipped.Single().Reason, "Upsample");
         Assert.AreEqual(9, model.OpsetImport.Single().Version, "the opset is not raised");
     }
 
