@@ -75,6 +75,12 @@ internal static class Verdict
             Warn(DiagnosticCodes.NothingPruned, s.Pruning.ToString(),
                 Reasons(p.Skipped) ?? "it found no Conv, Gemm or MatMul with a constant float weight");
         }
+        else if (r.Pruning is { ChannelsShortfall: true } c)
+        {
+            Warn(DiagnosticCodes.ChannelsShortfall, c.Method,
+                string.Format(System.Globalization.CultureInfo.InvariantCulture, "{0} of the {1} output channels of its prunable layers ({2:0.0}%)", c.ChannelsRemoved, c.ChannelsBefore, c.ChannelFractionRemoved * 100),
+                Reasons(c.Skipped) ?? "every group was pruned as far as the rounding allows");
+        }
         if (r.Validation is { } v && OnSyntheticInputs(s) && WeightChangingScheme(s) is { } scheme)
         {
             Warn(DiagnosticCodes.SyntheticValidation, scheme, v.SampleCount);

@@ -44,6 +44,7 @@ namespace CompressOnBuild
         public const string NothingToQuantize = "CMPR0203";
         public const string Float16Clamped = "CMPR0204";
         public const string SparsityDiffers = "CMPR0220";
+        public const string ChannelsShortfall = "CMPR0226";
         public const string NothingPruned = "CMPR0205";
         public const string NotSmaller = "CMPR0206";
         public const string FloatFallback = "CMPR0207";

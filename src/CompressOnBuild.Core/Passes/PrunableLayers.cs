@@ -345,8 +345,12 @@ internal static class PrunableLayers
             }
             switch (n.OpType)
             {
-                case "Relu" or "Sigmoid" or "Tanh" or "LeakyRelu" or "Clip" or "BatchNormalization" or "Dropout" or "Identity" or "Add" or "Mul" or "Sub" or "Div" or "LRN":
+                case "Relu" or "Sigmoid" or "Tanh" or "LeakyRelu" or "Clip" or "BatchNormalization" or "Dropout" or "Identity" or "Add" or "Mul" or "Sub" or "Div" or "LRN"
+                    or "HardSigmoid" or "HardSwish" or "PRelu" or "Elu" or "Selu" or "Softplus" or "InstanceNormalization":
                     shapes[n.Output[0]] = x;
+                    break;
+                case "GlobalAveragePool" or "GlobalMaxPool" or "GlobalLpPool" when x.Length >= 3:
+                    shapes[n.Output[0]] = [x[0], x[1], .. Enumerable.Repeat(1L, x.Length - 2)];
                     break;
                 case "Conv" or "MaxPool" or "AveragePool" when x.Length >= 3:
                     long[] kernel;

@@ -60,6 +60,21 @@ public sealed class PruningSummary
     /// <summary>Requested and achieved sparsity differ by more than 10 points (the CLI warns, CMPR0220).</summary>
     public bool SparsityDiffers => RequestedSparsity is double r && Math.Abs(r - AchievedSparsity) > 0.10;
 
+    /// <summary>Channels: the fraction of output channels/neurons asked to go from every layer; null for the other methods.</summary>
+    public double? RequestedChannelFraction { get; init; }
+
+    /// <summary>Channels: output channels/neurons of every MatMul/Gemm/Conv with a constant float weight (the layers left whole included), before.</summary>
+    public long ChannelsBefore { get; init; }
+
+    /// <summary>Channels: how many of those were removed.</summary>
+    public long ChannelsRemoved { get; init; }
+
+    /// <summary>Fraction of <see cref="ChannelsBefore"/> that was removed.</summary>
+    public double ChannelFractionRemoved => ChannelsBefore == 0 ? 0 : (double)ChannelsRemoved / ChannelsBefore;
+
+    /// <summary>Channels removed far fewer channels than asked (more than 10 points short over the whole model; the CLI warns, CMPR0226).</summary>
+    public bool ChannelsShortfall => RequestedChannelFraction is double r && r - ChannelFractionRemoved > 0.10;
+
     /// <summary>Nothing was pruned (no prunable layer; the CLI may warn).</summary>
     public bool NothingPruned => Pruned.Count == 0;
 
