@@ -54,7 +54,7 @@ public static class Int4WeightQuantizer
         Float16Lift? lift = Float16Lift.Apply(model, displayName);
         var context = new Int4Context(new PassGraph(model), options, displayName);
         int folded = QuantizationDriver.Run(context, OpRegistry.For(QuantizationScheme.Int4Weights));
-        LstmLowering.ReportFloat(context.Graph, op => $"ONNX Runtime has no 4-bit {op} kernel; its weights stay float32" + (op == "LSTM" ? " (Int8Dynamic quantizes LSTM weights)" : ""), context.Skipped, displayName);
+        LstmLowering.ReportFloat(context.Graph, LstmLowering.RecurrentOps, op => $"ONNX Runtime has no 4-bit {op} kernel; its weights stay float32" + (op == "LSTM" ? " (Int8Dynamic quantizes LSTM weights)" : ""), context.Skipped, displayName);
         int restored = lift?.Finish(model, context.Quantized.Count > 0) ?? 0;
         if (context.Quantized.Count > 0)
         {

@@ -31,6 +31,9 @@ public static class Int8DynamicQuantizer
 {
     public const string QuantizedOpType = "DynamicQuantizeMatMul";
 
+    /// <summary>Recurrent operators ONNX Runtime has no int8 kernel for (listed as float with that reason).</summary>
+    internal static readonly IReadOnlySet<string> NoInt8Kernel = new HashSet<string>(StringComparer.Ordinal) { "GRU", "RNN" };
+
     /// <summary>Quantizes <paramref name="model"/> in place (the caller passes a copy) and reports what it did.</summary>
     /// <exception cref="CompressException">CMPR0202 when a weight to quantize holds NaN or infinity.</exception>
     public static QuantizationSummary Apply(ModelProto model, QuantizationOptions options, string modelDisplayName)
@@ -62,7 +65,7 @@ public static class Int8DynamicQuantizer
         Float16Lift? lift = Float16Lift.Apply(model, modelDisplayName);
         var context = new Int8DynamicContext(new PassGraph(model), options, modelDisplayName);
         int folded = QuantizationDriver.Run(context, OpRegistry.For(QuantizationScheme.Int8Dynamic));
-        LstmLowering.Bytes recurrent = LstmLowering.Apply(context.Graph, context.Levels, options.ExcludedNodes, options.MinimumWeightElements, context.Quantized, context.Skipped, modelDisplayName);
+        LstmLowering.ReportFloat(context.Graph, NoInt8Kernel, op => $"ONNX Runtime has no quantized {op} kernel (only DynamicQuantizeLSTM); its weights stay float32", context.Skipped, modelDisplayName);
         int restored = lift?.Finish(model, context.Quantized.Count > 0) ?? 0;
         if (context.Quantized.Count > 0)
         {
@@ -78,8 +81,8 @@ public static class Int8DynamicQuantizer
             Skipped = context.Skipped,
             ModelBytesBefore = before,
             ModelBytesAfter = after,
-            FloatWeightBytes = context.FloatWeightBytes + recurrent.Float,
-            QuantizedWeightBytes = context.QuantizedWeightBytes + recurrent.Quantized,
+            FloatWeightBytes = context.FloatWeightBytes,
+            QuantizedWeightBytes = context.QuantizedWeightBytes,
             Float16Weights = lift == null || context.Quantized.Count == 0 ? null : Float16Lift.Describe(lift.LiftedTensors, restored),
         };
     }

@@ -78,8 +78,12 @@ public static class Int8StaticQuantizer
         rewriter.Run();
         // ONNX Runtime has no QDQ LSTM kernel: LSTM weights go int8 through DynamicQuantizeLSTM (activations quantized
         // per step at run time), on a fresh index of the rewritten graph.
-        LstmLowering.Apply(new PassGraph(model), EncodingLevels.Of(options.WeightEncoding, displayName), options.ExcludedNodes,
-            options.MinimumWeightElements, rewriter.Quantized, rewriter.Skipped, displayName);
+        var recurrent = new RecurrentContext(new PassGraph(model), EncodingLevels.Of(options.WeightEncoding, displayName), displayName,
+            options.ExcludedNodes, options.MinimumWeightElements);
+        QuantizationDriver.Run(recurrent, OpRegistry.For(QuantizationScheme.Int8Static));
+        LstmLowering.ReportFloat(recurrent.Graph, Int8DynamicQuantizer.NoInt8Kernel, op => $"ONNX Runtime has no quantized {op} kernel (only DynamicQuantizeLSTM); its weights stay float32", recurrent.Skipped, displayName);
+        rewriter.Quantized.AddRange(recurrent.Quantized);
+        rewriter.Skipped.AddRange(recurrent.Skipped);
         int restored = lift?.Finish(model, rewriter.Quantized.Count > 0) ?? 0;
         return new Int8StaticSummary
         {

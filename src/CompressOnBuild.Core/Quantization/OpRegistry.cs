@@ -20,31 +20,31 @@ public enum QuantizationScheme
 /// </summary>
 public static class OpRegistry
 {
-    /// <summary>Every (scheme, lowering) pair, in the order <see cref="OpTypes"/> lists them.</summary>
+    /// <summary>Every (scheme, lowering) pair, in the order <see cref="OpTypes"/> lists them (after a scheme's pass-owned operators).</summary>
     private static readonly (QuantizationScheme Scheme, IOperatorLowering Lowering)[] Entries =
     [
         (QuantizationScheme.Int8Dynamic, new Int8ConvLowering()),
         (QuantizationScheme.Int8Dynamic, new Int8MatMulLowering()),
         (QuantizationScheme.Int8Dynamic, new Int8GemmLowering()),
         (QuantizationScheme.Int8Dynamic, new GatherLowering()),
+        (QuantizationScheme.Int8Dynamic, new LstmLowering()),
         (QuantizationScheme.Int4Weights, new Int4MatMulLowering()),
         (QuantizationScheme.Int4Weights, new Int4GemmLowering()),
         (QuantizationScheme.Int4Weights, new GatherLowering()),
+        (QuantizationScheme.Int8Static, new LstmLowering()),
     ];
 
     /// <summary>
     /// Operators a pass still lowers with its own code rather than through a registered lowering, listed here so
     /// that <see cref="OpTypes"/> is complete: Int8Static places Q/DQ around Conv/MatMul/Gemm itself
-    /// (Int8StaticQuantizer), and LSTM goes through <see cref="LstmLowering.Apply"/> after the driver. An entry moves
-    /// to <see cref="Entries"/> when its operator becomes an <see cref="IOperatorLowering"/>.
+    /// (Int8StaticQuantizer; its LSTMs go through the driver with <see cref="For"/>). An entry moves to
+    /// <see cref="Entries"/> when its operator becomes an <see cref="IOperatorLowering"/>.
     /// </summary>
     private static readonly (QuantizationScheme Scheme, string OpType)[] PassOwned =
     [
-        (QuantizationScheme.Int8Dynamic, "LSTM"),
         (QuantizationScheme.Int8Static, "Conv"),
         (QuantizationScheme.Int8Static, "MatMul"),
         (QuantizationScheme.Int8Static, "Gemm"),
-        (QuantizationScheme.Int8Static, "LSTM"),
     ];
 
     /// <summary>The lowerings of <paramref name="scheme"/> (empty for schemes that are not per operator).</summary>
@@ -57,7 +57,7 @@ public static class OpRegistry
     /// every float tensor, not per operator).
     /// </summary>
     public static IReadOnlyList<string> OpTypes(QuantizationScheme scheme) =>
-        [.. For(scheme).Select(l => l.OpType).Concat(PassOwned.Where(e => e.Scheme == scheme).Select(e => e.OpType)).Distinct(StringComparer.Ordinal)];
+        [.. PassOwned.Where(e => e.Scheme == scheme).Select(e => e.OpType).Concat(For(scheme).Select(l => l.OpType)).Distinct(StringComparer.Ordinal)];
 
     /// <summary>
     /// Why <paramref name="opTypes"/> (OpTypesToQuantize) cannot apply to <paramref name="scheme"/>, or null when it can:

@@ -128,6 +128,7 @@ public sealed class LstmLoweringTests
     public static IEnumerable<object[]> Shapes =>
     [
         [new Shape("forward", Bias: true, SequenceLens: false, InitialStates: false), WeightEncoding.UInt8],
+        [new Shape("bidirectional", Bias: true, SequenceLens: true, InitialStates: true), WeightEncoding.Int8PairBounded],
         [new Shape("forward", Bias: false, SequenceLens: false, InitialStates: false), WeightEncoding.Int8],
         [new Shape("reverse", Bias: true, SequenceLens: true, InitialStates: true), WeightEncoding.UInt8],
         [new Shape("bidirectional", Bias: true, SequenceLens: true, InitialStates: true, Peepholes: true), WeightEncoding.UInt8],

@@ -19,7 +19,7 @@ internal sealed record Int8ConvWeight(string Quantized, string Scale, string Zer
 /// The Int8Dynamic scheme's context: its options, the stored levels of <see cref="QuantizationOptions.WeightEncoding"/>,
 /// and the weight encodings (symmetric per output channel), each stored once per weight.
 /// </summary>
-internal sealed class Int8DynamicContext : LoweringContext, ITableEncoding
+internal sealed class Int8DynamicContext : LoweringContext, ITableEncoding, IWeightLevels
 {
     public Int8DynamicContext(PassGraph graph, QuantizationOptions options, string displayName)
         : base(graph, displayName, options.ExcludedNodes, options.MinimumWeightElements)
