@@ -5,8 +5,9 @@ using CompressOnBuild.Onnx;
 namespace CompressOnBuild.Cli;
 
 /// <summary>
-/// Histograms of the quantized layers' weights before (float, from the original, after the same constant folding the
-/// passes do, so a weight behind a Reshape counts) and after (the values the shipped model computes with, dequantized
+/// Histograms of the quantized layers' weights before (float, from the original, resolved the way the passes resolve
+/// them, so a weight behind a Reshape, Transpose or Cast, in a Constant node or inside an If/Loop/Scan body counts)
+/// and after (the values the shipped model computes with, dequantized
 /// from its integer initializers: DynamicQuantizeMatMul's B/scale/zero point, ConvInteger's weight with the weight
 /// scale of its output rescale, MatMulNBits' 4-bit blocks, and DequantizeLinear of a constant), over one shared
 /// range, for the HTML report.
@@ -17,16 +18,10 @@ internal static class WeightHistograms
 
     public static JsonObject? Build(ModelProto original, ModelProto compressed, IEnumerable<string> weightNames)
     {
-        ModelProto folded = original.Clone();
-        CompressOnBuild.Core.Graph.ConstantFolding.FoldShapeOps(folded, "original");
-        var originals = folded.Graph.Initializer.ToDictionary(t => t.Name, StringComparer.Ordinal);
         var before = new List<float>();
-        foreach (string name in weightNames.Distinct(StringComparer.Ordinal))
+        foreach (float[] values in CompressOnBuild.Core.Graph.ConstantFolding.ConstantValues(original, weightNames, "original").Values)
         {
-            if (originals.TryGetValue(name, out TensorProto? t) && t.DataType == (int)TensorProto.Types.DataType.Float)
-            {
-                before.AddRange(TensorUtil.ToFloatArray(t));
-            }
+            before.AddRange(values);
         }
         List<float> after = Dequantized(compressed);
         if (before.Count == 0 || after.Count == 0)
@@ -58,17 +53,27 @@ internal static class WeightHistograms
 
     private static List<float> Dequantized(ModelProto model)
     {
-        var init = model.Graph.Initializer.ToDictionary(t => t.Name, StringComparer.Ordinal);
+        // The main graph and every If/Loop/Scan body (names are unique across the model).
+        var init = new Dictionary<string, TensorProto>(StringComparer.Ordinal);
         var producers = new Dictionary<string, NodeProto>(StringComparer.Ordinal);
-        foreach (NodeProto n in model.Graph.Node)
+        var nodes = new List<NodeProto>();
+        foreach ((GraphProto g, _) in ModelWalker.Graphs(model))
         {
-            foreach (string o in n.Output)
+            foreach (TensorProto t in g.Initializer)
             {
-                producers[o] = n;
+                init.TryAdd(t.Name, t);
+            }
+            foreach (NodeProto n in g.Node)
+            {
+                nodes.Add(n);
+                foreach (string o in n.Output)
+                {
+                    producers[o] = n;
+                }
             }
         }
         var result = new List<float>();
-        foreach (NodeProto n in model.Graph.Node)
+        foreach (NodeProto n in nodes)
         {
             string? q = null, scale = null, zp = null;
             long axis = 1;
@@ -82,7 +87,7 @@ internal static class WeightHistograms
             {
                 // The weight scale is the initializer multiplied with the activation scale to rescale the int32 output.
                 string activationScale = dql.Output[1];
-                NodeProto? mul = model.Graph.Node.FirstOrDefault(m => m.OpType == "Mul" && m.Input.Contains(activationScale)
+                NodeProto? mul = nodes.FirstOrDefault(m => m.OpType == "Mul" && m.Input.Contains(activationScale)
                     && m.Input.Any(i => i != activationScale && init.ContainsKey(i)));
                 if (mul != null)
                 {

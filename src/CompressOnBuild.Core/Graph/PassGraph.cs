@@ -10,6 +10,31 @@ public static class ConstantFolding
 {
     /// <summary>Folds Reshape/Flatten/Squeeze/Unsqueeze/Identity/Transpose of constant initializers into initializers, in place; returns the folded nodes.</summary>
     public static int FoldShapeOps(ModelProto model, string displayName) => new PassGraph(model).FoldConstantShapeOps(displayName);
+
+    /// <summary>
+    /// The float32 values a node reading each of <paramref name="names"/> sees, for those that are constants the way
+    /// the passes resolve them (initializers and Constant nodes, through Reshape/Transpose/Cast/... chains) in the main
+    /// graph or any If/Loop/Scan body. Reads only; the model is not changed.
+    /// </summary>
+    public static Dictionary<string, float[]> ConstantValues(ModelProto model, IEnumerable<string> names, string displayName)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        ArgumentNullException.ThrowIfNull(names);
+        var result = new Dictionary<string, float[]>(StringComparer.Ordinal);
+        List<PassGraph> scopes = new PassGraph(model).WithSubgraphs();
+        foreach (string name in names.Distinct(StringComparer.Ordinal))
+        {
+            foreach (PassGraph scope in scopes)
+            {
+                if (scope.TryConstantFloat(name, displayName, out float[] data, out _, out _, out _))
+                {
+                    result[name] = data;
+                    break;
+                }
+            }
+        }
+        return result;
+    }
 }
 
 /// <summary>

@@ -238,4 +238,16 @@ public sealed class SubgraphWeightTests
         Assert.Contains("w_then", s.Skipped.Single(k => k.Node == "gemm_else").Reason);
         Assert.IsTrue(model.Graph.Initializer.Any(t => t.Name == "w_then"));
     }
+
+    [TestMethod]
+    public void ConstantValues_reads_weights_inside_bodies_without_changing_the_model()
+    {
+        ModelProto model = IfModel();
+        byte[] bytes = model.ToByteArray();
+        Dictionary<string, float[]> values = ConstantFolding.ConstantValues(model, ["w_else", "w_then", "x", "missing", "w_else"], "if");
+        CollectionAssert.AreEquivalent(new[] { "w_else", "w_then" }, values.Keys.ToArray());
+        CollectionAssert.AreEqual(RandomFloats(K * N, 22), values["w_else"]);
+        CollectionAssert.AreEqual(RandomFloats(N * K, 20), values["w_then"]);
+        CollectionAssert.AreEqual(bytes, model.ToByteArray());
+    }
 }
