@@ -20,11 +20,13 @@ internal static class QuantizationDriver
     {
         PassGraph main = context.Graph;
         int rewritten = main.LocalizeSubgraphConstants();
+        // Dense Einsums become MatMuls only for a scheme that quantizes MatMul through the registry.
+        bool einsumAsMatMul = lowerings.Any(l => l.OpType == "MatMul" && l.Domain.Length == 0);
         var scopes = new List<(PassGraph Graph, List<WeightSite> Sites)>();
         foreach (PassGraph scope in main.WithSubgraphs())
         {
             context.UseScope(scope);
-            rewritten += DenseEinsum.Rewrite(scope, context.DisplayName);
+            rewritten += einsumAsMatMul ? DenseEinsum.Rewrite(scope, context.DisplayName) : 0;
             // Weights behind Reshape/Transpose/... of initializers become plain initializers first (see PassGraph).
             rewritten += scope.FoldConstantShapeOps(context.DisplayName);
             scopes.Add((scope, WeightSites.Find(context, lowerings)));
