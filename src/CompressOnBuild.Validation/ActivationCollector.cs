@@ -25,6 +25,13 @@ public static class ActivationCollector
         return (model, names) => Collect(model, names, calibration, maxSamples, options, workDirectory);
     }
 
+    /// <remarks>
+    /// The temporary model computes only what the requested tensors need: its outputs are those tensors, and nodes
+    /// that do not lead to them are left out (unless a node holds a subgraph, whose outer-scope references are not
+    /// followed: then every node stays; also when a graph input is asked for). Each tensor's values go into one array sized from the first batch. On data
+    /// with an attention mask (an input named like "mask", [batch, tokens]), tensors laid out [batch, tokens, ...] get
+    /// the mask as <see cref="Activation.RowMask"/>.
+    /// </remarks>
     public static Dictionary<string, Activation> Collect(ModelProto model, IReadOnlyList<string> tensorNames, Dataset data, int maxSamples = 512,
         ModelRunnerOptions? options = null, string? workDirectory = null)
     {
@@ -36,6 +43,7 @@ public static class ActivationCollector
             throw new CompressException(DiagnosticCodes.DataEmpty, data.Source);
         }
         ModelProto copy = model.Clone();
+        KeepOnlyWhatLeadsTo(copy.Graph, tensorNames);
         foreach (string name in tensorNames.Where(n => copy.Graph.Output.All(o => o.Name != n)))
         {
             // Element type only; ORT infers the shape.
@@ -51,33 +59,140 @@ public static class ActivationCollector
         {
             using var runner = new ModelRunner(path, options);
             int[] order = [.. runner.Inputs.Select(i => IndexOf(data.InputNames, i.Name, data.Source))];
+            int maskInput = MaskInput(data.InputNames);
             int samples = maxSamples > 0 ? Math.Min(maxSamples, data.Count) : data.Count;
             int batch = runner.HasDynamicBatch && data.CanBatch ? Math.Max(1, runner.Options.BatchSize) : 1;
-            var values = tensorNames.ToDictionary(n => n, _ => new List<float>(), StringComparer.Ordinal);
-            var shapes = new Dictionary<string, long[]>(StringComparer.Ordinal);
+            var values = new float[tensorNames.Count][];
+            var masks = new float[]?[tensorNames.Count];
+            var shapes = new long[tensorNames.Count][];
+            var filled = new long[tensorNames.Count];
+            var maskFilled = new long[tensorNames.Count];
             for (int start = 0; start < samples; start += batch)
             {
                 int n = Math.Min(batch, samples - start);
                 IReadOnlyList<TensorData> inputs = n == 1 ? data.GetSample(start) : data.GetBatch(start, n);
                 TensorData[] outputs = runner.Run([.. order.Select(i => inputs[i])], tensorNames);
+                TensorData? mask = maskInput >= 0 && inputs[maskInput] is { Shape.Length: 2 } m ? m : null;
                 for (int i = 0; i < tensorNames.Count; i++)
                 {
-                    string name = tensorNames[i];
                     TensorData t = outputs[i];
-                    values[name].AddRange(t.Data);
                     if (t.Shape.Length == 0)
                     {
-                        throw new CompressException(DiagnosticCodes.DataShape, data.Source, name, "the activation is a scalar; per-feature statistics need a batch axis");
+                        throw new CompressException(DiagnosticCodes.DataShape, data.Source, tensorNames[i], "the activation is a scalar; per-feature statistics need a batch axis");
                     }
-                    shapes[name] = shapes.TryGetValue(name, out long[]? s) ? [s[0] + t.Shape[0], .. t.Shape[1..]] : t.Shape;
+                    if (values[i] == null)
+                    {
+                        // Every batch gives the same values per sample (same per-sample shape): size the array once.
+                        long perRow = t.Data.Length / Math.Max(1, t.Shape[0]);
+                        values[i] = new float[(int)Math.Min(Array.MaxLength, perRow * Math.Max(1, t.Shape[0]) * samples / Math.Max(1, n))];
+                        if (mask != null && t.Shape.Length >= 3 && t.Shape[0] == mask.Shape[0] && t.Shape[1] == mask.Shape[1])
+                        {
+                            masks[i] = new float[values[i].Length / (t.Data.Length / mask.Data.Length)];
+                        }
+                    }
+                    if (filled[i] + t.Data.Length > values[i].Length)
+                    {
+                        Array.Resize(ref values[i], (int)Math.Min(Array.MaxLength, Math.Max(filled[i] + t.Data.Length, 2L * values[i].Length)));
+                    }
+                    Array.Copy(t.Data, 0, values[i], filled[i], t.Data.Length);
+                    filled[i] += t.Data.Length;
+                    if (masks[i] != null)
+                    {
+                        if (mask == null || t.Shape.Length < 3 || t.Shape[0] != mask.Shape[0] || t.Shape[1] != mask.Shape[1])
+                        {
+                            masks[i] = null;
+                        }
+                        else
+                        {
+                            if (maskFilled[i] + mask.Data.Length > masks[i]!.Length)
+                            {
+                                Array.Resize(ref masks[i], (int)Math.Max(maskFilled[i] + mask.Data.Length, 2L * masks[i]!.Length));
+                            }
+                            Array.Copy(mask.Data, 0, masks[i]!, maskFilled[i], mask.Data.Length);
+                            maskFilled[i] += mask.Data.Length;
+                        }
+                    }
+                    shapes[i] = shapes[i] is { } s ? [s[0] + t.Shape[0], .. t.Shape[1..]] : t.Shape;
                 }
             }
-            return tensorNames.ToDictionary(n => n, n => new Activation([.. values[n]], shapes[n]), StringComparer.Ordinal);
+            var result = new Dictionary<string, Activation>(StringComparer.Ordinal);
+            for (int i = 0; i < tensorNames.Count; i++)
+            {
+                float[] v = filled[i] == values[i].Length ? values[i] : values[i][..(int)filled[i]];
+                float[]? rowMask = masks[i] is { } m && maskFilled[i] == shapes[i][0] * shapes[i][1] ? (maskFilled[i] == m.Length ? m : m[..(int)maskFilled[i]]) : null;
+                result[tensorNames[i]] = new Activation(v, shapes[i]) { RowMask = rowMask };
+            }
+            return result;
         }
         finally
         {
             File.Delete(path);
         }
+    }
+
+    /// <summary>
+    /// The input holding the data's attention mask: the first whose name contains "mask" (case-insensitive), as the
+    /// exporters name it (attention_mask) and as the validation's mean pooling reads it; -1 when none.
+    /// </summary>
+    internal static int MaskInput(IReadOnlyList<string> inputNames)
+    {
+        for (int i = 0; i < inputNames.Count; i++)
+        {
+            if (inputNames[i].Contains("mask", StringComparison.OrdinalIgnoreCase))
+            {
+                return i;
+            }
+        }
+        return -1;
+    }
+
+    /// <summary>
+    /// Makes <paramref name="tensors"/> the graph's only outputs and removes the nodes they do not depend on; leaves the
+    /// graph alone when a node holds a subgraph (its outer-scope references are not traced) or a tensor asked for is
+    /// a graph input (a graph of no nodes is not run).
+    /// </summary>
+    private static void KeepOnlyWhatLeadsTo(GraphProto graph, IReadOnlyList<string> tensors)
+    {
+        if (graph.Node.Any(n => n.Attribute.Any(a => a.G != null || a.Graphs.Count > 0)) || graph.Input.Any(i => tensors.Contains(i.Name)))
+        {
+            return;
+        }
+        var producer = new Dictionary<string, NodeProto>(StringComparer.Ordinal);
+        foreach (NodeProto n in graph.Node)
+        {
+            foreach (string o in n.Output.Where(o => o.Length > 0))
+            {
+                producer[o] = n;
+            }
+        }
+        var needed = new HashSet<NodeProto>(ReferenceEqualityComparer.Instance);
+        var pending = new Stack<string>(tensors);
+        while (pending.Count > 0)
+        {
+            if (producer.TryGetValue(pending.Pop(), out NodeProto? n) && needed.Add(n))
+            {
+                foreach (string i in n.Input.Where(i => i.Length > 0))
+                {
+                    pending.Push(i);
+                }
+            }
+        }
+        var kept = graph.Node.Where(needed.Contains).ToList();
+        graph.Node.Clear();
+        graph.Node.AddRange(kept);
+        // Initializers no kept node reads go too (ONNX Runtime rejects an initializer it made no value for), with their
+        // graph-input entries (IR < 4); the real inputs stay so the same feeds fit.
+        var read = new HashSet<string>(kept.SelectMany(n => n.Input), StringComparer.Ordinal);
+        var unused = new HashSet<string>(graph.Initializer.Select(t => t.Name).Where(name => !read.Contains(name)), StringComparer.Ordinal);
+        var initializers = graph.Initializer.Where(t => !unused.Contains(t.Name)).ToList();
+        graph.Initializer.Clear();
+        graph.Initializer.AddRange(initializers);
+        var inputs = graph.Input.Where(i => !unused.Contains(i.Name)).ToList();
+        graph.Input.Clear();
+        graph.Input.AddRange(inputs);
+        var outputs = graph.Output.Where(o => tensors.Contains(o.Name)).ToList();
+        graph.Output.Clear();
+        graph.Output.AddRange(outputs);
     }
 
     private static int IndexOf(IReadOnlyList<string> names, string name, string source)

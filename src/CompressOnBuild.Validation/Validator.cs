@@ -161,15 +161,7 @@ public static class Validator
     /// attention mask (an input named like "mask", [1, tokens]) marks, else over all tokens.</summary>
     private static EmbeddingMetrics Embeddings(DatasetRun runA, DatasetRun runB, int p, Dataset data)
     {
-        int maskInput = -1;
-        for (int i = 0; i < data.InputNames.Count; i++)
-        {
-            if (data.InputNames[i].Contains("mask", StringComparison.OrdinalIgnoreCase))
-            {
-                maskInput = i;
-                break;
-            }
-        }
+        int maskInput = ActivationCollector.MaskInput(data.InputNames);
         var a = new float[data.Count][];
         var b = new float[data.Count][];
         bool perToken = false, masked = false;

@@ -36,6 +36,9 @@ public sealed class VerdictTests
     [TestMethod]
     [DataRow("Int8Dynamic", "None", false)]
     [DataRow("None", "Magnitude:0.5", true)]
+    [DataRow("None", "Global:0.5", true)]
+    [DataRow("None", "NofM:2:4", true)]
+    [DataRow("Int8Dynamic", "Channels:0.3", true)]
     public void WithoutData_TheVerdictSaysSyntheticInputs_AndWeightChangingSchemesWarn(string quantization, string pruning, bool warns)
     {
         CliRun run = CliHarness.InProcess("compress", SaveMlp(), "--output", P("out.onnx"), "--report", P("out.json"),

@@ -45,4 +45,54 @@ public sealed class ActivationCollectorTests
             File.Delete(outPath);
         }
     }
+    [TestMethod]
+    public void Only_what_the_tensor_needs_is_run_and_token_rows_carry_the_attention_mask()
+    {
+        // x[N,3,4] -> MatMul(w) -> Relu -> h -> MatMul(w2) -> y; the mask feeds only its own output m2 and x a Log z:
+        // collecting h leaves those nodes and their constants out, and the then unused mask input is still accepted.
+        var g = new GraphProto { Name = "tokens" };
+        g.Input.Add(TinyModels.FloatValue("x", "N", 3, 4));
+        g.Input.Add(TinyModels.FloatValue("attention_mask", "N", 3));
+        g.Output.Add(TinyModels.FloatValue("y", "N", 3, 2));
+        g.Output.Add(TinyModels.FloatValue("m2", "N", 3));
+        g.Output.Add(TinyModels.FloatValue("z", "N", 3, 4));
+        float[] w = TinyModels.RandomFloats(16, 3);
+        g.Initializer.Add(TensorUtil.FromFloats("w", w, 4, 4));
+        g.Initializer.Add(TensorUtil.FromFloats("w2", TinyModels.RandomFloats(8, 4), 4, 2));
+        g.Initializer.Add(TensorUtil.FromFloats("two", [2f]));
+        g.Node.Add(TinyModels.Node("MatMul", ["x", "w"], ["a"], "mm1"));
+        g.Node.Add(TinyModels.Node("Relu", ["a"], ["h"], "relu"));
+        g.Node.Add(TinyModels.Node("MatMul", ["h", "w2"], ["y"], "mm2"));
+        g.Node.Add(TinyModels.Node("Mul", ["attention_mask", "two"], ["m2"], "mul"));
+        g.Node.Add(TinyModels.Node("Log", ["x"], ["z"], "log"));
+        ModelProto model = TinyModels.Model(g);
+        float[] x = TinyModels.RandomFloats(2 * 3 * 4, 5);
+        var samples = new List<TensorData[]>
+        {
+            new[] { new TensorData(x[..12], [1, 3, 4]), new TensorData([1f, 1f, 0f], [1, 3]) },
+            new[] { new TensorData(x[12..], [1, 3, 4]), new TensorData([1f, 0f, 0f], [1, 3]) },
+        };
+        var data = new Dataset("tiny", ["x", "attention_mask"], samples, ["first", "second"], null, null);
+        foreach (int batch in new[] { 1, 2 })
+        {
+            var options = new ModelRunnerOptions { BatchSize = batch };
+            Activation h = ActivationCollector.Collect(model, ["h"], data, options: options)["h"];
+            CollectionAssert.AreEqual(new long[] { 2, 3, 4 }, h.Shape);
+            for (int r = 0; r < 6; r++)
+            {
+                for (int c = 0; c < 4; c++)
+                {
+                    float want = Math.Max(0f, Enumerable.Range(0, 4).Sum(i => x[r * 4 + i] * w[i * 4 + c]));
+                    Assert.AreEqual(want, h.Data[r * 4 + c], 1e-5f, $"batch {batch}, row {r}, column {c}");
+                }
+            }
+            CollectionAssert.AreEqual(new[] { 1f, 1f, 0f, 1f, 0f, 0f }, h.RowMask, $"batch {batch}");
+            // A graph input asked for (the whole graph is kept then).
+            Activation input = ActivationCollector.Collect(model, ["x"], data, options: options)["x"];
+            CollectionAssert.AreEqual(x, input.Data);
+            CollectionAssert.AreEqual(new[] { 1f, 1f, 0f, 1f, 0f, 0f }, input.RowMask);
+        }
+        // Not laid out [batch, tokens, ...]: no row mask.
+        Assert.IsNull(ActivationCollector.Collect(model, ["m2"], data)["m2"].RowMask);
+    }
 }

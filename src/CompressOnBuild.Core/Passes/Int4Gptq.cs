@@ -14,7 +14,7 @@ namespace CompressOnBuild.Core.Passes;
 /// exactly zero, so GPTQ after pruning keeps the sparsity pattern (unstructured or N:M) and corrects around it.
 /// </summary>
 /// <remarks>
-/// Cost per layer: O(K^3) for the Cholesky factorizations and O(N K^2) for the error feedback, the part past
+/// Cost per layer: O(K^3) for the Cholesky factorization and triangular inversion and O(N K^2) for the error feedback, the part past
 /// each 128-position batch done by <see cref="Gemm"/>. Inputs that are zero on every calibration sample get zero
 /// weights (they never contribute). If H is not positive definite even after raising the dampening, the caller
 /// falls back to round-to-nearest.
@@ -24,20 +24,12 @@ internal static class Int4Gptq
     /// <summary>Positions per lazy error-feedback batch (a multiple of every block size).</summary>
     private const int Batch = 128;
 
-    /// <summary>H = 2/m X^T X for activations laid out [m, k] (row-major), in double.</summary>
-    public static double[] Hessian(float[] x, int m, int k)
-    {
-        float[] xt = PassGraph.Transpose(x, m, k);
-        var product = new float[(long)k * k];
-        Gemm.Multiply(xt, x, product, k, k, m);
-        var h = new double[product.Length];
-        double scale = 2.0 / Math.Max(1, m);
-        for (int i = 0; i < h.Length; i++)
-        {
-            h[i] = product[i] * scale;
-        }
-        return h;
-    }
+    /// <summary>
+    /// H = 2/m X^T X for activations laid out [m, k] (row-major), in double; with <paramref name="rowMask"/> (one value
+    /// per row), over the rows whose mask is not zero (see <see cref="Activation.RowMask"/>).
+    /// </summary>
+    public static double[] Hessian(float[] x, int m, int k, float[]? rowMask = null) =>
+        HessianAccumulator.Of(x.Length == (long)m * k ? x : x[..(m * k)], k, rowMask);
 
     /// <summary>
     /// Quantizes the channel-major [n, k] weights against the Hessian <paramref name="hessian"/> (k x k). Returns
@@ -217,81 +209,135 @@ internal static class Int4Gptq
         }
     }
 
+    /// <summary>Rows (or columns) handled together by the blocked factorization loops: their data stays in cache while the others stream past.</summary>
+    private const int FactorBlock = 32;
+
     /// <summary>
-    /// U, upper triangular with U^T U = (H + damp I)^-1, or null if H + damp I is not positive definite. Computed as
-    /// H = L L^T, H^-1 = L^-T L^-1, then the lower Cholesky factor C of H^-1, U = C^T. Every O(k^3) loop is a dot
-    /// product over contiguous rows (TensorPrimitives, vectorized); L^-1 is kept transposed so its columns are rows.
+    /// U, upper triangular with U^T U = (H + damp I)^-1, or null if H + damp I is not positive definite. With J the
+    /// order reversal, J (H + damp I) J = L L^T (lower Cholesky), so H + damp I = R R^T with R = J L J upper, and
+    /// (H + damp I)^-1 = R^-T R^-1: U = R^-1 = J L^-1 J, the (unique) upper Cholesky factor of the inverse, from one
+    /// factorization and one triangular inversion (2/3 k^3 flops) instead of inverting H and factorizing again. Both
+    /// steps are blocked so that <see cref="FactorBlock"/> rows are reused from cache while the long rows stream past,
+    /// every inner loop a contiguous dot product (TensorPrimitives, vectorized), rows split over the processors.
     /// </summary>
     internal static double[]? UpperFactorOfInverse(double[] hessian, int k, double damp)
     {
-        var a = (double[])hessian.Clone();
+        var a = new double[(long)k * k];
         for (int i = 0; i < k; i++)
         {
+            for (int j = 0; j <= i; j++)
+            {
+                a[(long)i * k + j] = hessian[(long)(k - 1 - i) * k + (k - 1 - j)];
+            }
             a[(long)i * k + i] += damp;
         }
         if (!CholeskyLower(a, k))
         {
             return null;
         }
-        // invT[i, p] = (L^-1)[p, i]: column i of L^-1 (nonzero for p >= i) as row i. Forward substitution per column:
-        // (L^-1)[j, i] = -(sum over p in [i, j) of L[j, p] (L^-1)[p, i]) / L[j, j].
-        var invT = new double[(long)k * k];
-        for (int i = 0; i < k; i++)
-        {
-            Span<double> column = invT.AsSpan((int)((long)i * k), k);
-            column[i] = 1.0 / a[(long)i * k + i];
-            for (int j = i + 1; j < k; j++)
-            {
-                double sum = TensorPrimitives.Dot<double>(a.AsSpan((int)((long)j * k + i), j - i), column.Slice(i, j - i));
-                column[j] = -sum / a[(long)j * k + j];
-            }
-        }
-        // H^-1[i, j] = sum over p >= max(i, j) of (L^-1)[p, i] (L^-1)[p, j] = rows i and j of invT from max(i, j) on.
-        var hinv = new double[(long)k * k];
-        for (int i = 0; i < k; i++)
-        {
-            ReadOnlySpan<double> rowI = invT.AsSpan((int)((long)i * k + i), k - i);
-            for (int j = 0; j <= i; j++)
-            {
-                double sum = TensorPrimitives.Dot<double>(rowI, invT.AsSpan((int)((long)j * k + i), k - i));
-                hinv[(long)i * k + j] = sum;
-                hinv[(long)j * k + i] = sum;
-            }
-        }
-        if (!CholeskyLower(hinv, k))
-        {
-            return null;
-        }
+        double[] invT = LowerInverseTransposed(a, k);
+        // U[p, q] = (L^-1)[k-1-p, k-1-q] = invT[k-1-q, k-1-p].
         var upper = new double[(long)k * k];
-        for (int i = 0; i < k; i++)
+        for (int p = 0; p < k; p++)
         {
-            for (int j = 0; j <= i; j++)
+            for (int q = p; q < k; q++)
             {
-                upper[(long)j * k + i] = hinv[(long)i * k + j];
+                upper[(long)p * k + q] = invT[(long)(k - 1 - q) * k + (k - 1 - p)];
             }
         }
         return upper;
     }
 
-    /// <summary>In-place lower Cholesky factor (the upper triangle is left as is); false if not positive definite.</summary>
-    private static bool CholeskyLower(double[] a, int k)
+    /// <summary>
+    /// In-place lower Cholesky factor (the upper triangle is not read; it is left as is); false if not positive
+    /// definite. Left-looking by blocks of <see cref="FactorBlock"/> columns: first every row below takes the block
+    /// columns' update from all earlier columns (one long dot product per entry, the block's rows reused from cache,
+    /// rows in parallel), then the block is finished with the short updates from inside the block.
+    /// </summary>
+    internal static bool CholeskyLower(double[] a, int k)
     {
-        for (int j = 0; j < k; j++)
+        for (int start = 0; start < k; start += FactorBlock)
         {
-            ReadOnlySpan<double> rowJ = a.AsSpan((int)((long)j * k), j);
-            double diagonal = a[(long)j * k + j] - TensorPrimitives.Dot<double>(rowJ, rowJ);
-            if (!(diagonal > 0) || !double.IsFinite(diagonal))
+            int end = Math.Min(k, start + FactorBlock);
+            if (start > 0)
             {
-                return false;
+                Parallel.For(0, Chunks(k - start), chunk =>
+                {
+                    (int from, int to) = Chunk(start, k, chunk);
+                    for (int i = from; i < to; i++)
+                    {
+                        ReadOnlySpan<double> rowI = a.AsSpan((int)((long)i * k), start);
+                        for (int j = start; j < Math.Min(end, i + 1); j++)
+                        {
+                            a[(long)i * k + j] -= TensorPrimitives.Dot<double>(rowI, a.AsSpan((int)((long)j * k), start));
+                        }
+                    }
+                });
             }
-            double root = Math.Sqrt(diagonal);
-            a[(long)j * k + j] = root;
-            for (int i = j + 1; i < k; i++)
+            // The diagonal block, then the rows below it (in parallel), each from the finished block rows.
+            for (int j = start; j < end; j++)
             {
-                double sum = a[(long)i * k + j] - TensorPrimitives.Dot<double>(a.AsSpan((int)((long)i * k), j), rowJ);
-                a[(long)i * k + j] = sum / root;
+                ReadOnlySpan<double> rowJ = a.AsSpan((int)((long)j * k + start), j - start);
+                double diagonal = a[(long)j * k + j] - TensorPrimitives.Dot<double>(rowJ, rowJ);
+                if (!(diagonal > 0) || !double.IsFinite(diagonal))
+                {
+                    return false;
+                }
+                double root = Math.Sqrt(diagonal);
+                a[(long)j * k + j] = root;
+                for (int i = j + 1; i < end; i++)
+                {
+                    a[(long)i * k + j] = (a[(long)i * k + j] - TensorPrimitives.Dot<double>(a.AsSpan((int)((long)i * k + start), j - start), rowJ)) / root;
+                }
+            }
+            if (end < k)
+            {
+                Parallel.For(0, Chunks(k - end), chunk =>
+                {
+                    (int from, int to) = Chunk(end, k, chunk);
+                    for (int i = from; i < to; i++)
+                    {
+                        for (int j = start; j < end; j++)
+                        {
+                            double dot = TensorPrimitives.Dot<double>(a.AsSpan((int)((long)i * k + start), j - start), a.AsSpan((int)((long)j * k + start), j - start));
+                            a[(long)i * k + j] = (a[(long)i * k + j] - dot) / a[(long)j * k + j];
+                        }
+                    }
+                });
             }
         }
         return true;
     }
+
+    /// <summary>
+    /// The inverse of the lower triangular <paramref name="l"/> (its lower triangle with the diagonal), transposed:
+    /// row i holds column i of L^-1 (nonzero from position i on). Forward substitution,
+    /// (L^-1)[j, i] = -(sum over p in [i, j) of L[j, p] (L^-1)[p, i]) / L[j, j], for <see cref="FactorBlock"/> columns
+    /// at once so each row of L is read once per block; blocks are independent and run in parallel.
+    /// </summary>
+    internal static double[] LowerInverseTransposed(double[] l, int k)
+    {
+        var invT = new double[(long)k * k];
+        Parallel.For(0, (k + FactorBlock - 1) / FactorBlock, block =>
+        {
+            int first = block * FactorBlock, last = Math.Min(k, first + FactorBlock);
+            for (int j = first; j < k; j++)
+            {
+                ReadOnlySpan<double> rowJ = l.AsSpan((int)((long)j * k + first), j - first);
+                double diagonal = l[(long)j * k + j];
+                for (int i = first; i < Math.Min(last, j + 1); i++)
+                {
+                    Span<double> column = invT.AsSpan((int)((long)i * k), k);
+                    // column[first..i) is zero, so the dot product may start at 'first' for every column of the block.
+                    column[j] = i == j ? 1.0 / diagonal : -TensorPrimitives.Dot<double>(rowJ, column.Slice(first, j - first)) / diagonal;
+                }
+            }
+        });
+        return invT;
+    }
+
+    /// <summary>Row ranges of about 64 rows for <see cref="Parallel.For(int, int, Action{int})"/> over [start, k).</summary>
+    private static int Chunks(int rows) => (rows + 63) / 64;
+
+    private static (int From, int To) Chunk(int start, int k, int chunk) => (start + chunk * 64, Math.Min(k, start + (chunk + 1) * 64));
 }

@@ -8,7 +8,15 @@ namespace CompressOnBuild.Core.Passes;
 /// Values of one intermediate float tensor over all calibration samples, concatenated along the first (batch) axis:
 /// <paramref name="Shape"/>[0] counts the rows of every run together; the rest is the tensor's own shape.
 /// </summary>
-public sealed record Activation(float[] Data, long[] Shape);
+public sealed record Activation(float[] Data, long[] Shape)
+{
+    /// <summary>
+    /// For an activation laid out [batch, tokens, ...] on data with an attention mask of [batch, tokens]: one value per
+    /// (sample, token) row, the mask (0 at padding positions), so a layer's statistics can leave the padding out; null
+    /// otherwise.
+    /// </summary>
+    public float[]? RowMask { get; init; }
+}
 
 /// <summary>
 /// Supplies calibration activations: given the unchanged model and the names of intermediate float tensors (inputs

@@ -12,7 +12,9 @@ namespace CompressOnBuild.Core.Passes;
 /// the weights whose removal costs the least output error, w^2 / U_jj^2, are chosen for removal; each removed weight's
 /// error (w / U_jj) is pushed onto the later positions of the same output through row j of U, so the weights that
 /// survive absorb it and the layer's output on the calibration inputs stays close to the original. Output channels share
-/// H and are independent. Weights that are zero on input stay zero.
+/// H and are independent. Weights that are zero on input stay zero. Rows of an activation with a
+/// <see cref="Activation.RowMask"/> (token rows of text data) count only where the mask is not zero: padding positions
+/// do not shape H. H is built by <see cref="HessianAccumulator"/>.
 /// </summary>
 /// <remarks>
 /// Layers are solved in graph order, each on its input in the model whose earlier layers are already pruned (the
@@ -100,7 +102,8 @@ internal static class SparseGpt
                 $"SparseGPT needs this layer input as [..., {k}] values; got [{string.Join(",", a.Shape)}]") { File = displayName };
         }
         CheckFinite(a, name, displayName);
-        return Int4Gptq.Hessian(a.Data, a.Data.Length / k, k);
+        // Token rows of padding positions (attention mask 0) are left out: the output error that counts is on real tokens.
+        return HessianAccumulator.Of(a.Data, k, a.RowMask is { } mask && mask.Length == a.Data.Length / k ? mask : null);
     }
 
     /// <summary>H = 2/m P^T P over the im2col patches P (reduction order c x KernelSize + s), built in chunks.</summary>
@@ -113,10 +116,8 @@ internal static class SparseGpt
                 $"shape [{string.Join(",", a.Shape)}] does not fit Conv '{l.Label}' with weight [{string.Join(",", l.Dims)}]") { File = displayName };
         }
         CheckFinite(a, name, displayName);
-        int k = l.Reduction;
-        int chunk = Math.Max(1, (1 << 22) / k);
-        var product = new float[(long)k * k];
-        int total = 0;
+        int chunk = HessianAccumulator.ChunkRows(l.Reduction);
+        var accumulator = new HessianAccumulator(l.Reduction);
         for (int first = 0; ; first += chunk)
         {
             (float[] x, int rows) = ChannelPruner.Im2Col(a, l, MaxConvRows, first, chunk);
@@ -124,17 +125,9 @@ internal static class SparseGpt
             {
                 break;
             }
-            float[] xt = PassGraph.Transpose(x, rows, k);
-            Gemm.Multiply(xt, x, product, k, k, rows, accumulate: true);
-            total += rows;
+            accumulator.Add(x, rows);
         }
-        var h = new double[product.Length];
-        double scale = 2.0 / Math.Max(1, total);
-        for (int i = 0; i < h.Length; i++)
-        {
-            h[i] = product[i] * scale;
-        }
-        return h;
+        return accumulator.Hessian();
     }
 
     private static int GroupCount(PrunableLayer l) => (int)Math.Max(1, PassGraph.IntAttr(l.Node, "group", 1));

@@ -171,6 +171,129 @@ public sealed class SparseGptTests
     }
 
     [TestMethod]
+    public void Padding_rows_left_out_by_the_row_mask_do_not_change_the_result()
+    {
+        // The same real rows, once alone and once among padding rows (large values, mask 0): the pruned weights agree.
+        const int real = 96, padding = 160;
+        float[] x = Correlated(real, 64, 7);
+        float[] junk = TinyModels.RandomFloats(padding * 64, 8, 50f);
+        var mixed = new float[(real + padding) * 64];
+        var mask = new float[real + padding];
+        for (int r = 0, at = 0, j = 0; r < real + padding; r++)
+        {
+            bool isReal = r % 8 < 3 && at < real || j >= padding;
+            Array.Copy(isReal ? x : junk, (isReal ? at++ : j++) * 64, mixed, r * 64, 64);
+            mask[r] = isReal ? 1f : 0f;
+        }
+        ModelProto alone = MatMulModel(), amongPadding = MatMulModel(), unmasked = MatMulModel();
+        Pruner.Apply(alone, All("SparseGPT:0.5"), "m", (m, names) => new Dictionary<string, Activation> { ["x"] = new(x, [1, real, 64]) });
+        Pruner.Apply(amongPadding, All("SparseGPT:0.5"), "m", (m, names) => new Dictionary<string, Activation> { ["x"] = new(mixed, [1, real + padding, 64]) { RowMask = mask } });
+        Pruner.Apply(unmasked, All("SparseGPT:0.5"), "m", (m, names) => new Dictionary<string, Activation> { ["x"] = new(mixed, [1, real + padding, 64]) });
+        float[] a = Weight(alone, "w"), b = Weight(amongPadding, "w"), c = Weight(unmasked, "w");
+        for (int i = 0; i < a.Length; i++)
+        {
+            Assert.AreEqual(a[i], b[i], 1e-4f * (1 + Math.Abs(a[i])), $"weight {i}");
+        }
+        Assert.IsTrue(a.Where((v, i) => (v == 0f) != (c[i] == 0f)).Any(), "without the mask the padding rows change the masks");
+    }
+
+    [TestMethod]
+    [DataRow(300, 1000)]
+    [DataRow(5, 3)]
+    public void Hessian_blocks_in_chunks_equal_the_full_product_over_the_rows_the_mask_keeps(int k, int rows)
+    {
+        float[] x = TinyModels.RandomFloats(rows * k, 11);
+        var mask = new float[rows];
+        for (int r = 0; r < rows; r++)
+        {
+            mask[r] = r % 3 == 1 ? 0f : 1f;
+        }
+        double[] Naive(bool masked)
+        {
+            var h = new double[k * k];
+            int m = 0;
+            for (int r = 0; r < rows; r++)
+            {
+                if (masked && mask[r] == 0f)
+                {
+                    continue;
+                }
+                m++;
+                for (int i = 0; i < k; i++)
+                {
+                    for (int j = 0; j < k; j++)
+                    {
+                        h[i * k + j] += (double)x[r * k + i] * x[r * k + j];
+                    }
+                }
+            }
+            return [.. h.Select(v => 2 * v / m)];
+        }
+        foreach ((double[] got, double[] want) in new[] { (HessianAccumulator.Of(x, k), Naive(false)), (HessianAccumulator.Of(x, k, mask), Naive(true)) })
+        {
+            double scale = want.Max(Math.Abs);
+            for (int i = 0; i < want.Length; i++)
+            {
+                Assert.AreEqual(want[i], got[i], 1e-5 * scale, $"entry {i / k},{i % k}");
+            }
+        }
+        // Added in two uneven chunks: the same sums.
+        var acc = new HessianAccumulator(k);
+        int first = rows / 3;
+        acc.Add(x[..(first * k)], first);
+        acc.Add(x[(first * k)..], rows - first);
+        Assert.AreEqual(rows, acc.Rows);
+        double[] full = Naive(false), chunked = acc.Hessian();
+        for (int i = 0; i < full.Length; i++)
+        {
+            Assert.AreEqual(full[i], chunked[i], 1e-5 * full.Max(Math.Abs));
+        }
+        // A mask that keeps no row is ignored (an all-zero H would zero every weight).
+        CollectionAssert.AreEqual(HessianAccumulator.Of(x, k), HessianAccumulator.Of(x, k, new float[rows]));
+    }
+
+    [TestMethod]
+    [DataRow(7)]
+    [DataRow(100)]
+    public void Upper_factor_of_the_inverse_is_upper_with_positive_diagonal_and_UtU_inverts_the_dampened_Hessian(int k)
+    {
+        double[] h = HessianAccumulator.Of(Correlated(4 * k, k, 3), k);
+        const double damp = 0.01;
+        double[] u = Int4Gptq.UpperFactorOfInverse(h, k, damp)!;
+        Assert.IsNotNull(u);
+        for (int i = 0; i < k; i++)
+        {
+            Assert.IsGreaterThan(0.0, u[i * k + i]);
+            for (int j = 0; j < i; j++)
+            {
+                Assert.AreEqual(0.0, u[i * k + j], $"below the diagonal at {i},{j}");
+            }
+        }
+        // (U^T U)(H + damp I) = I.
+        for (int i = 0; i < k; i++)
+        {
+            for (int j = 0; j < k; j++)
+            {
+                double sum = 0;
+                for (int p = 0; p < k; p++)
+                {
+                    double uh = 0;
+                    for (int q = p; q < k; q++)
+                    {
+                        uh += u[p * k + q] * (h[q * k + j] + (q == j ? damp : 0));
+                    }
+                    sum += u[p * k + i] * uh;
+                }
+                Assert.AreEqual(i == j ? 1.0 : 0.0, sum, 1e-8, $"entry {i},{j}");
+            }
+        }
+        // Not positive definite: null.
+        double[] indefinite = (double[])h.Clone();
+        indefinite[(k / 2) * k + k / 2] = -1e6;
+        Assert.IsNull(Int4Gptq.UpperFactorOfInverse(indefinite, k, damp));
+    }
+
+    [TestMethod]
     public void Without_calibration_data_it_is_CMPR0003_and_nothing_changes()
     {
         ModelProto model = MatMulModel();
