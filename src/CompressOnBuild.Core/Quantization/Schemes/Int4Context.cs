@@ -103,7 +103,7 @@ internal sealed class Int4Context(PassGraph graph, Int4Options options, string d
         {
             throw new CompressException(DiagnosticCodes.NonFiniteOutputs, DisplayName, input, "one of the calibration samples (GPTQ)") { File = DisplayName };
         }
-        double[] h = Int4Gptq.Hessian(a.Data, a.Data.Length / k, k);
+        double[] h = Int4Gptq.Hessian(a.Data, a.Data.Length / k, k, a.RowMask is { } mask && mask.Length == a.Data.Length / k ? mask : null);
         return Int4Gptq.Quantize(channelMajor, n, k, h, Options.BlockSize, Options.Symmetric, Options.GptqDampening);
     }
 }
