@@ -197,7 +197,7 @@ internal static class Large
         return line["CORPUS_LARGE_DIR=".Length..].Trim().Trim('"', '\'');
     }
 
-    private static string LoadAverage()
+    internal static string LoadAverage()
     {
         try
         {
