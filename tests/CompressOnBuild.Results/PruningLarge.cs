@@ -95,7 +95,8 @@ internal static class PruningLarge
         _ => null,
     };
 
-    private static double RelativeError(JsonNode r) => Large.D(r["validation"]!["meanRelativeL2Error"]);
+    /// <summary>The first output's mean relative L2 error (report.json lists it per output).</summary>
+    private static double RelativeError(JsonNode r) => Large.D(r["validation"]!["outputs"]![0]!["meanRelativeL2Error"]);
 
     private static string Row(string model, string pruning, string quantization, Large.Run run, Large.Run? baseline)
     {
