@@ -629,45 +629,31 @@ public static class Int8StaticQuantizer
                     Skip("excluded by the options");
                     continue;
                 }
-                if (!g.TryConstantFloat(node.Input[1], displayName, out float[] w, out long[] dims, out List<NodeProto> chain, out List<string> sources))
+                WeightSite? site = node.OpType == "Conv"
+                    ? WeightSites.ConvSite(g, displayName, options.MinimumWeightElements, node, Skip)
+                    : WeightSites.MatrixSite(g, displayName, options.MinimumWeightElements, node, Skip);
+                if (site == null)
                 {
-                    Skip($"weight '{node.Input[1]}' is not a constant float32 tensor");
                     continue;
                 }
-                if (w.Length < options.MinimumWeightElements)
-                {
-                    Skip($"weight '{node.Input[1]}' has {w.Length} elements, fewer than the minimum {options.MinimumWeightElements}");
-                    continue;
-                }
-                int axis;
+                float[] w = PassGraph.Floats(site.Weight.Tensor, displayName);
+                long[] dims = site.Weight.Dims;
+                List<NodeProto> chain = site.Weight.Chain;
+                List<string> sources = [node.Input[1], site.Weight.SourceName, .. site.Weight.ChainInputs];
+                int axis = site.Axis;
                 if (node.OpType == "Conv")
                 {
-                    if (dims.Length < 3)
-                    {
-                        Skip($"Conv weight '{node.Input[1]}' has rank {dims.Length}");
-                        continue;
-                    }
                     long reduction = w.Length / dims[0];
                     if (reduction < options.MinimumConvReduction)
                     {
                         Skip($"its reduction per output value is {reduction} (input channels per group x kernel), below {options.MinimumConvReduction}: ORT's QLinearConv is slower than the float Conv there");
                         continue;
                     }
-                    axis = 0;
                 }
-                else
+                else if (site.TransA || site.Alpha != 1f)
                 {
-                    if (dims.Length != 2)
-                    {
-                        Skip($"weight '{node.Input[1]}' has rank {dims.Length}; only 2-D weights are quantized");
-                        continue;
-                    }
-                    if (node.OpType == "Gemm" && (PassGraph.IntAttr(node, "transA", 0) != 0 || PassGraph.FloatAttr(node, "alpha", 1f) != 1f))
-                    {
-                        Skip("Gemm with transA or alpha != 1 is not quantized statically");
-                        continue;
-                    }
-                    axis = node.OpType == "Gemm" && PassGraph.IntAttr(node, "transB", 0) != 0 ? 0 : 1;
+                    Skip("Gemm with transA or alpha != 1 is not quantized statically");
+                    continue;
                 }
                 if (Consumers(node.Input[1]).Any(u => !ReferenceEquals(u, node)) || outer.Contains(node.Input[1]))
                 {

@@ -20,6 +20,12 @@ internal sealed class WeightSite
     /// <summary>The lowering that found the site and lowers it (set by <see cref="WeightSites.Find"/>).</summary>
     public IOperatorLowering Lowering { get; set; } = null!;
 
+    /// <summary>The axis of the stored weight that indexes output channels (Conv 0, MatMul 1, Gemm 0 with transB, else 1).</summary>
+    public int Axis { get; init; }
+
+    /// <summary>Conv's bias (input 2), resolved and checked to be a float32 vector of M elements; null without one.</summary>
+    public ResolvedConstant? Bias { get; init; }
+
     public bool TransA { get; init; }
 
     public bool TransB { get; init; }
@@ -86,43 +92,29 @@ internal static class WeightSites
     /// MatMul/Gemm: weight B (input 1) a constant float32 matrix of at least the minimum size, with Gemm's
     /// transposes, alpha and beta (finite); else null after <paramref name="skip"/>.
     /// </summary>
-    public static WeightSite? MatrixSite(LoweringContext context, NodeProto node, Action<string> skip)
+    public static WeightSite? MatrixSite(LoweringContext context, NodeProto node, Action<string> skip) =>
+        MatrixSite(context.Graph, context.DisplayName, context.MinimumWeightElements, node, skip);
+
+    /// <inheritdoc cref="MatrixSite(LoweringContext, NodeProto, Action{string})"/>
+    public static WeightSite? MatrixSite(PassGraph g, string displayName, long minimumElements, NodeProto node, Action<string> skip)
     {
-        if (node.Input.Count < 2)
+        if (node.Input.Count < 2 || FloatWeight(g, displayName, node.Input[1], skip) is not { } weight)
         {
             return null;
         }
         string w = node.Input[1];
-        long minimumElements = context.MinimumWeightElements;
-        if (!context.TryResolveConstant(w, out ResolvedConstant? weight, out string? why))
-        {
-            skip(why!);
-            return null;
-        }
-        if (weight!.Tensor.DataType != (int)TensorProto.Types.DataType.Float)
-        {
-            skip($"weight '{w}' is {TensorUtil.DataTypeName(weight.Tensor.DataType)}, not float32");
-            return null;
-        }
         if (weight.Dims.Length != 2)
         {
             skip($"weight '{w}' has rank {weight.Dims.Length}; only 2-D weights are quantized");
             return null;
         }
-        long elements = weight.Dims[0] * weight.Dims[1];
-        if (elements < minimumElements || elements == 0)
+        if (!SizeFits(weight, w, minimumElements, skip))
         {
-            skip($"weight '{w}' has {elements} elements, fewer than the minimum {minimumElements}");
-            return null;
-        }
-        if (elements > int.MaxValue / 2)
-        {
-            skip($"weight '{w}' has {elements} elements, too many for one tensor here");
             return null;
         }
         if (node.OpType == "MatMul")
         {
-            return new WeightSite { Node = node, Weight = weight };
+            return new WeightSite { Node = node, Weight = weight, Axis = 1 };
         }
         float alpha = PassGraph.FloatAttr(node, "alpha", 1f), beta = PassGraph.FloatAttr(node, "beta", 1f);
         if (!float.IsFinite(alpha) || !float.IsFinite(beta))
@@ -130,15 +122,88 @@ internal static class WeightSites
             skip("alpha or beta is not finite");
             return null;
         }
+        bool transB = PassGraph.IntAttr(node, "transB", 0) != 0;
         return new WeightSite
         {
             Node = node,
             Weight = weight,
+            Axis = transB ? 0 : 1,
             TransA = PassGraph.IntAttr(node, "transA", 0) != 0,
-            TransB = PassGraph.IntAttr(node, "transB", 0) != 0,
+            TransB = transB,
             Alpha = alpha,
             Beta = beta,
         };
+    }
+
+    /// <summary>
+    /// Conv: weight (input 1) a constant float32 [M, C/group, k...] tensor of at least the minimum size, and a bias
+    /// (input 2), if any, a constant float32 vector of M elements; else null after <paramref name="skip"/>.
+    /// </summary>
+    public static WeightSite? ConvSite(LoweringContext context, NodeProto node, Action<string> skip) =>
+        ConvSite(context.Graph, context.DisplayName, context.MinimumWeightElements, node, skip);
+
+    /// <inheritdoc cref="ConvSite(LoweringContext, NodeProto, Action{string})"/>
+    public static WeightSite? ConvSite(PassGraph g, string displayName, long minimumElements, NodeProto node, Action<string> skip)
+    {
+        if (node.Input.Count < 2 || FloatWeight(g, displayName, node.Input[1], skip) is not { } weight)
+        {
+            return null;
+        }
+        string w = node.Input[1];
+        if (weight.Dims.Length < 3 || weight.Dims[0] <= 0)
+        {
+            skip($"weight '{w}' has rank {weight.Dims.Length}; Conv weights are [M, C/group, k...]");
+            return null;
+        }
+        if (!SizeFits(weight, w, minimumElements, skip))
+        {
+            return null;
+        }
+        ResolvedConstant? bias = null;
+        if (node.Input.Count > 2 && node.Input[2].Length > 0)
+        {
+            if (!g.TryResolveConstant(node.Input[2], displayName, out bias, out _)
+                || bias!.Tensor.DataType != (int)TensorProto.Types.DataType.Float
+                || bias.Dims.Aggregate(1L, (a, b) => a * b) != weight.Dims[0])
+            {
+                skip($"Conv bias '{node.Input[2]}' is not a constant float32 vector of {weight.Dims[0]} elements");
+                return null;
+            }
+        }
+        return new WeightSite { Node = node, Weight = weight, Axis = 0, Bias = bias };
+    }
+
+    /// <summary>The constant float32 tensor behind <paramref name="name"/>; else null after <paramref name="skip"/>.</summary>
+    private static ResolvedConstant? FloatWeight(PassGraph g, string displayName, string name, Action<string> skip)
+    {
+        if (!g.TryResolveConstant(name, displayName, out ResolvedConstant? weight, out string? why))
+        {
+            skip(why!);
+            return null;
+        }
+        if (weight!.Tensor.DataType != (int)TensorProto.Types.DataType.Float)
+        {
+            skip($"weight '{name}' is {TensorUtil.DataTypeName(weight.Tensor.DataType)}, not float32");
+            return null;
+        }
+        return weight;
+    }
+
+    /// <summary>At least the minimum number of elements (and at least one), and few enough for one int-indexed array.</summary>
+    private static bool SizeFits(ResolvedConstant weight, string name, long minimumElements, Action<string> skip)
+    {
+        long elements = weight.Dims.Aggregate(1L, (a, b) => a * b);
+        if (elements < minimumElements || elements == 0)
+        {
+            skip($"weight '{name}' has {elements} elements, fewer than the minimum {minimumElements}");
+            return false;
+        }
+        if (elements > int.MaxValue / 2)
+        {
+            skip($"weight '{name}' has {elements} elements, too many for one tensor here");
+            return false;
+        }
+        return true;
     }
 
     /// <summary>

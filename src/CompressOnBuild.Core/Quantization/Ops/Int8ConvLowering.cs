@@ -25,15 +25,8 @@ internal sealed class Int8ConvLowering : OperatorLowering<Int8DynamicContext>
             skip("Conv quantization is turned off in the options");
             return null;
         }
-        string w = node.Input[1];
-        if (!context.TryResolveConstant(w, out ResolvedConstant? weight, out string? why))
+        if (WeightSites.ConvSite(context, node, skip) is not { } site)
         {
-            skip(why!);
-            return null;
-        }
-        if (weight!.Tensor.DataType != (int)TensorProto.Types.DataType.Float)
-        {
-            skip($"weight '{w}' is {TensorUtil.DataTypeName(weight.Tensor.DataType)}, not float32");
             return null;
         }
         if (context.ConvBlocked != null)
@@ -41,29 +34,7 @@ internal sealed class Int8ConvLowering : OperatorLowering<Int8DynamicContext>
             skip(context.ConvBlocked);
             return null;
         }
-        long elements = weight.Dims.Aggregate(1L, (a, b) => a * b);
-        if (weight.Dims.Length < 3 || weight.Dims[0] <= 0)
-        {
-            skip($"weight '{w}' has rank {weight.Dims.Length}; Conv weights are [M, C/group, k...]");
-            return null;
-        }
-        long minimum = context.MinimumWeightElements;
-        if (elements < minimum || elements > int.MaxValue / 2)
-        {
-            skip($"weight '{w}' has {elements} elements, outside the range this pass quantizes (minimum {minimum})");
-            return null;
-        }
-        if (node.Input.Count > 2 && node.Input[2].Length > 0)
-        {
-            if (!context.TryResolveConstant(node.Input[2], out ResolvedConstant? bias, out _)
-                || bias!.Tensor.DataType != (int)TensorProto.Types.DataType.Float
-                || bias.Dims.Aggregate(1L, (a, b) => a * b) != weight.Dims[0])
-            {
-                skip($"Conv bias '{node.Input[2]}' is not a constant float32 vector of {weight.Dims[0]} elements");
-                return null;
-            }
-        }
-        return new WeightSite { Node = node, Weight = weight };
+        return site;
     }
 
     protected override void Lower(Int8DynamicContext context, WeightSite c)
@@ -96,15 +67,15 @@ internal sealed class Int8ConvLowering : OperatorLowering<Int8DynamicContext>
         string combined = g.Unique(label + "_output_scale");
         inserted.Add(g.Node("Mul", null, [xq.Scale, stored.Scale], [combined]));
 
-        bool hasBias = node.Input.Count > 2 && node.Input[2].Length > 0;
+        bool hasBias = c.Bias != null;
         string scaledOut = hasBias ? g.Unique(label + "_scaled") : node.Output[0];
         inserted.Add(g.Node("Mul", null, [floatOut, combined], [scaledOut]));
 
         if (hasBias)
         {
-            context.TryResolveConstant(node.Input[2], out ResolvedConstant? bias, out _);
+            ResolvedConstant bias = c.Bias!;
             string biasName = g.Unique(node.Input[2] + "_channels");
-            g.AddInitializer(TensorUtil.FromFloats(biasName, context.Floats(bias!.Tensor), channelShape));
+            g.AddInitializer(TensorUtil.FromFloats(biasName, context.Floats(bias.Tensor), channelShape));
             context.QuantizedWeightBytes += (long)stored.M * 4;
             inserted.Add(g.Node("Add", null, [scaledOut, biasName], [node.Output[0]]));
             context.Replaced.Add(node.Input[2], bias);
