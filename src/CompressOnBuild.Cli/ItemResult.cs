@@ -57,7 +57,6 @@ internal sealed class ItemResult
     public System.Text.Json.Nodes.JsonObject? CachedReport { get; set; }
     public bool Shipped { get; set; }
     public string? CacheKey { get; set; }
-    public int ExitCode { get; set; }
 
     public double CompressionRatio => CompressedBytes > 0 ? (double)OriginalBytes / CompressedBytes : 0;
 

@@ -17,6 +17,8 @@ namespace CompressOnBuild.Core.Passes;
 /// Gemm: alpha is folded into the weight, transB decides the stored layout, transA becomes a Transpose node, and
 /// beta*C becomes the bias input when C is a constant of N elements (or one); any other C is added by an Add
 /// node (after a Mul when beta != 1). The activations stay float; ORT dequantizes blocks inside its GEMM.
+/// The operators and their lowerings are the Int4Weights entries of <see cref="OpRegistry"/> (MatMul, Gemm, Gather),
+/// run by <see cref="QuantizationDriver"/>; this class keeps the block math the lowerings and streaming share.
 /// </summary>
 public static class Int4WeightQuantizer
 {

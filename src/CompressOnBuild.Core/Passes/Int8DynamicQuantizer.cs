@@ -25,7 +25,8 @@ namespace CompressOnBuild.Core.Passes;
 /// Gemm: alpha is folded into the weight before quantizing, transB is applied to the stored weight, transA
 /// becomes a Transpose node, and beta*C becomes the bias input when C is a constant of N elements (or one);
 /// any other C is added by an Add node (after a Mul when beta != 1).
-/// Gather tables and LSTM weights are lowered afterwards by <see cref="GatherLowering"/> and <see cref="LstmLowering"/>.
+/// The operators and their lowerings are the Int8Dynamic entries of <see cref="OpRegistry"/> (MatMul, Gemm, Conv,
+/// Gather), run by <see cref="QuantizationDriver"/>; LSTM weights are lowered afterwards by <see cref="LstmLowering"/>.
 /// </summary>
 public static class Int8DynamicQuantizer
 {
