@@ -579,7 +579,7 @@ internal sealed class AttemptContext(ItemSettings settings, ModelProto original,
         }
         Progress?.Phase("calibrating (" + text + ")");
         IReadOnlyList<string> tensors = Int8StaticQuantizer.TensorsToCalibrate(calibrated, StaticOptions([]));
-        CalibrationResult result = Calibrator.Run(calibrated, CalibrationData(), tensors,
+        CalibrationResult result = Calibrator.Run(Int8StaticQuantizer.CalibrationModel(calibrated), CalibrationData(), tensors,
             new CalibrationOptions { Method = method, Percentile = percentile, MaxSamples = settings.CalibrationSamples }, settings.Model);
         _calibrations[key] = result;
         return result;

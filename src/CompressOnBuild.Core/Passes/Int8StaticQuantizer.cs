@@ -45,10 +45,26 @@ public static class Int8StaticQuantizer
             return [];
         }
         var work = model.Clone();
-        Float16Lift? lift = Float16Lift.Apply(work, "calibration");
+        Float16Lift.Apply(work, "calibration");
         var rewriter = new Rewriter(new PassGraph(work), options, "calibration", null);
-        // The calibrator runs the original model: a float16 model's edge Casts map back to the original names.
-        return [.. rewriter.Plan().Select(t => lift != null && lift.OriginalNames.TryGetValue(t, out string? original) ? original : t).Distinct(StringComparer.Ordinal)];
+        return rewriter.Plan();
+    }
+
+    /// <summary>
+    /// The model to collect <see cref="TensorsToCalibrate"/> on: <paramref name="model"/> itself, or for a model with
+    /// float16 weights a float32-compute copy of it (<see cref="Float16Lift"/>, the same names <see cref="Apply"/> sees),
+    /// whose tensors are all float32 as the calibrator reads them.
+    /// </summary>
+    public static ModelProto CalibrationModel(ModelProto model)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        if (model.Graph == null || QuantizedOperators.Describe(model) != null || !Float16Lift.HasFloat16Weights(model))
+        {
+            return model;
+        }
+        ModelProto work = model.Clone();
+        Float16Lift.Apply(work, "calibration");
+        return work;
     }
 
     /// <summary>Quantizes <paramref name="model"/> in place (the caller passes a copy) with the calibrated ranges.</summary>

@@ -12,6 +12,7 @@ public static class QuantizedOperators
         "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger",
         "MatMulNBits", "MatMulBnb4", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QGemm", "QAttention",
         "DynamicQuantizeLSTM", "QEmbedLayerNormalization", "GatherBlockQuantized", "QuantizeBFP", "DequantizeBFP",
+        "MatMulInteger16", "MatMulFpQ4", "QMoE", "QuantizeWithOrder", "DequantizeWithOrder",
     };
 
     /// <summary>"2 QuantizeLinear, 2 DequantizeLinear nodes" when the model already runs quantized operators, else null.</summary>

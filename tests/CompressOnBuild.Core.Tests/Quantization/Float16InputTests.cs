@@ -73,13 +73,13 @@ public sealed class Float16InputTests
     private static readonly float[] X = RandomFloats(Batch * In, 21, 1f);
     private static readonly long[] Ids = [0, 7, 99, 42, 7];
 
-    /// <summary>Runs the model; returns y as float32 and, when asked, the listed tensors (added as float16 outputs) as float32.</summary>
-    private static Dictionary<string, float[]> Run(ModelProto model, string? optimizedPath = null, params string[] extra)
+    /// <summary>Runs the model; returns y as float32 and, when asked, the listed tensors (added as float16, or <paramref name="floatOutputs"/> float32, outputs) as float32.</summary>
+    private static Dictionary<string, float[]> Run(ModelProto model, string? optimizedPath = null, bool floatOutputs = false, params string[] extra)
     {
         ModelProto m = model.Clone();
         foreach (string t in extra.Where(t => m.Graph.Output.All(o => o.Name != t)))
         {
-            ValueInfoProto v = Value(t, DataType.Float16);
+            ValueInfoProto v = Value(t, floatOutputs ? DataType.Float : DataType.Float16);
             v.Type.TensorType.Shape = null; // shape left to ORT
             m.Graph.Output.Add(v);
         }
@@ -172,13 +172,16 @@ public sealed class Float16InputTests
     private static (IReadOnlyList<QuantizedNode>, IReadOnlyList<SkippedNode>, string?, string[]) Summarize(Int8StaticSummary s) =>
         (s.Quantized, s.Skipped, s.Float16Weights, ["QLinearMatMul", "QGemm", "MatMulIntegerToFloat"]);
 
-    /// <summary>Min/max of every tensor the static pass asks for, measured on the float16 original.</summary>
+    /// <summary>Min/max of every tensor the static pass asks for, measured on its calibration model (as the CLI's calibrator does).</summary>
     private static CalibrationResult Calibrate(ModelProto original)
     {
         IReadOnlyList<string> tensors = Int8StaticQuantizer.TensorsToCalibrate(original, Int8StaticOptions.Default);
         Assert.IsNotEmpty(tensors, "a float16 model has tensors to calibrate");
+        ModelProto calibration = Int8StaticQuantizer.CalibrationModel(original);
+        Assert.AreNotSame(original, calibration);
+        Assert.IsFalse(calibration.Graph.Initializer.Any(t => t.DataType == (int)DataType.Float16), "the calibration model computes in float32");
         var inputs = new HashSet<string>(original.Graph.Input.Select(i => i.Name));
-        Dictionary<string, float[]> values = Run(original, null, [.. tensors.Where(t => !inputs.Contains(t))]);
+        Dictionary<string, float[]> values = Run(calibration, null, floatOutputs: true, [.. tensors.Where(t => !inputs.Contains(t))]);
         var ranges = new Dictionary<string, TensorRange>(StringComparer.Ordinal);
         foreach (string t in tensors)
         {
