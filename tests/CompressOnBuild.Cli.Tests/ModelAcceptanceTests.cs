@@ -158,6 +158,28 @@ public sealed class ModelAcceptanceTests
     }
 
     [TestMethod]
+    public void Int8StaticCalibratesAFloat16Model()
+    {
+        string model = Float16Mlp();
+        string data = P("calibration.npy");
+        string header = "{'descr': '<f4', 'fortran_order': False, 'shape': (24, 64), }";
+        header += new string(' ', (64 - (10 + header.Length + 1) % 64) % 64) + "\n";
+        using (FileStream fs = File.Create(data))
+        {
+            fs.Write([0x93, (byte)'N', (byte)'U', (byte)'M', (byte)'P', (byte)'Y', 1, 0]);
+            fs.Write(BitConverter.GetBytes((ushort)header.Length));
+            fs.Write(System.Text.Encoding.ASCII.GetBytes(header));
+            fs.Write(System.Runtime.InteropServices.MemoryMarshal.AsBytes(TinyModels.RandomFloats(24 * 64, 5, 1f).AsSpan()));
+        }
+        (CliRun run, JsonNode? report) = Compress(model, "--quantization", "Int8Static", "--calibration-data", data, "--min-cosine", "0.99");
+        Assert.AreEqual(0, run.ExitCode, run.Output);
+        Assert.IsNotNull(report, run.Output);
+        Assert.AreEqual("MatMul", report["quantization"]!["quantizedNodes"]![0]!["opType"]!.GetValue<string>(), report.ToJsonString());
+        StringAssert.Contains(report["quantization"]!["float16Weights"]!.GetValue<string>(), "float16", report.ToJsonString());
+        Assert.AreEqual((int)TensorProto.Types.DataType.Float16, ModelIO.Load(Path.Combine(_dir, "out", "fp16.onnx")).Graph.Input[0].Type.TensorType.ElemType);
+    }
+
+    [TestMethod]
     public void Float16OnAFloat16ModelCopiesItWithCMPR0240()
     {
         string model = Float16Mlp();
