@@ -100,12 +100,59 @@ public sealed class SubgraphWeightTests
         return Model(g);
     }
 
+    /// <summary>
+    /// A Loop body holding an If (nested two deep): h = Tanh(MatMul(h, w_a)) on even steps, Tanh(MatMul(h, w_b)) on
+    /// odd ones; both weights live in the main graph and move down two levels.
+    /// </summary>
+    public static ModelProto NestedModel()
+    {
+        GraphProto Branch(string name, string weight)
+        {
+            var b = new GraphProto { Name = name };
+            b.Output.Add(FloatValue(name + "_out", Batch, K));
+            b.Node.Add(Node("MatMul", ["h_in", weight], [name + "_mm"], name + "_matmul"));
+            b.Node.Add(Node("Tanh", [name + "_mm"], [name + "_out"], name + "_tanh"));
+            return b;
+        }
+        var body = new GraphProto { Name = "nested_body" };
+        body.Input.Add(Typed("i", DataType.Int64));
+        body.Input.Add(Typed("c_in", DataType.Bool));
+        body.Input.Add(FloatValue("h_in", Batch, K));
+        body.Output.Add(Typed("c_out", DataType.Bool));
+        body.Output.Add(FloatValue("h_out", Batch, K));
+        body.Node.Add(Node("Identity", ["c_in"], ["c_out"], "keep_going"));
+        body.Node.Add(Node("Mod", ["i", "two"], ["parity"], "parity"));
+        body.Node.Add(Node("Equal", ["parity", "zero_i"], ["even"], "even"));
+        body.Node.Add(Node("If", ["even"], ["h_out"], "choose", GraphAttr("then_branch", Branch("branch_a", "w_a")), GraphAttr("else_branch", Branch("branch_b", "w_b"))));
+        var g = new GraphProto { Name = "nested_model" };
+        g.Input.Add(FloatValue("x", Batch, K));
+        g.Output.Add(FloatValue("y", Batch, K));
+        g.Initializer.Add(TensorUtil.FromFloats("w_a", RandomFloats(K * K, 60, 0.2f), K, K));
+        g.Initializer.Add(TensorUtil.FromFloats("w_b", RandomFloats(K * K, 61, 0.2f), K, K));
+        g.Initializer.Add(TensorUtil.FromInt64("two", [2]));
+        g.Initializer.Add(TensorUtil.FromInt64("zero_i", [0]));
+        g.Initializer.Add(TensorUtil.FromInt64("trips", [Steps]));
+        var yes = new TensorProto { Name = "yes", DataType = (int)DataType.Bool };
+        yes.Int32Data.Add(1);
+        g.Initializer.Add(yes);
+        g.Node.Add(Node("Loop", ["trips", "yes", "x"], ["y"], "loop", GraphAttr("body", body)));
+        return Model(g);
+    }
+
     public static IEnumerable<object[]> Models() =>
     [
         ["if", (Func<ModelProto>)IfModel, new[] { "gemm_then", "gemm_else" }],
         ["loop", (Func<ModelProto>)LoopModel, new[] { "loop_matmul" }],
         ["scan", (Func<ModelProto>)ScanModel, new[] { "scan_matmul" }],
+        ["nested", (Func<ModelProto>)NestedModel, new[] { "branch_a_matmul", "branch_b_matmul" }],
     ];
+
+    /// <summary>Every initializer and node output name occurs once across all graphs of the model.</summary>
+    private static void AssertNamesUnique(ModelProto model, string what)
+    {
+        List<string> names = ModelWalker.Graphs(model).SelectMany(g => g.Graph.Initializer.Select(t => t.Name).Concat(g.Graph.Node.SelectMany(n => n.Output))).ToList();
+        CollectionAssert.AllItemsAreUnique(names, what);
+    }
 
     private static long[] InputShape => [Batch, K];
 
@@ -140,6 +187,7 @@ public sealed class SubgraphWeightTests
         ModelProto model = original.Clone();
         Float16Summary s = Float16Converter.Apply(model, Float16Options.Default, name);
         ModelChecker.Validate(model, name);
+        AssertNamesUnique(model, name);
         Assert.IsGreaterThanOrEqualTo(nodes.Length, s.ConvertedNodes);
         foreach (string node in nodes)
         {
@@ -205,6 +253,7 @@ public sealed class SubgraphWeightTests
         ModelProto model = original.Clone();
         QuantizationSummary s = Int8DynamicQuantizer.Apply(model, QuantizationOptions.Default, name);
         ModelChecker.Validate(model, name);
+        AssertNamesUnique(model, name);
         CollectionAssert.AreEquivalent(nodes, s.Quantized.Select(q => q.Node).ToArray(), string.Join("; ", s.Skipped.Select(k => k.Node + ": " + k.Reason)));
         AssertNoFloatWeight(model, name);
         Assert.IsLessThan(original.CalculateSize() * 4 / 10, model.CalculateSize());
@@ -219,6 +268,7 @@ public sealed class SubgraphWeightTests
         ModelProto model = original.Clone();
         Int4Summary s = Int4WeightQuantizer.Apply(model, Int4Options.Default, name);
         ModelChecker.Validate(model, name);
+        AssertNamesUnique(model, name);
         CollectionAssert.AreEquivalent(nodes, s.Quantized.Select(q => q.Node).ToArray(), string.Join("; ", s.Skipped.Select(k => k.Node + ": " + k.Reason)));
         AssertNoFloatWeight(model, name);
         Assert.IsLessThan(original.CalculateSize() * 3 / 10, model.CalculateSize());
