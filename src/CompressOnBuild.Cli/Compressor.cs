@@ -612,10 +612,10 @@ internal sealed class AttemptContext(ItemSettings settings, ModelProto original,
         IReadOnlyList<string> dense = pruningExcluded ?? excluded;
         if (prune && settings.Pruning.Method != PruningMethod.None)
         {
-            // SparseGPT asks for one layer input at a time on the model it is pruning (sequential, and only one
-            // activation in memory): never through the shared cache of the original's activations.
+            // SparseGPT and Channels ask for layer inputs on the model they are pruning (sequential, and only a few
+            // activations in memory at a time): never through the shared cache of the original's activations.
             pruning = Pruner.Apply(candidate, settings.Pruning with { ExcludedNodes = dense }, settings.Model,
-                Activations(shared: settings.Pruning.Method != PruningMethod.SparseGpt),
+                Activations(shared: settings.Pruning.Method is not (PruningMethod.SparseGpt or PruningMethod.Channels)),
                 settings.Pruning.Method == PruningMethod.Sensitivity ? Harm() : null);
         }
         // OpTypesToQuantize narrows the quantization pass only (pruning still sees every layer).

@@ -29,16 +29,19 @@ namespace CompressOnBuild.Core.Passes;
 /// not know, a grouped Conv, a shared constant, a layer left alone) is kept whole, and its producers are listed as
 /// skipped with the reason; a Concat whose output cannot be pruned keeps its inputs whole too.
 /// <para>
-/// With an activation source, each consumer is refit by least squares on the original model's calibration
-/// activations of its input: W'_kept = W_kept + D, bias += d, where [D; d] minimises
-/// || [X_kept 1] [D; d] - X_removed W_removed ||^2 + ridge ||D||^2, i.e. the kept inputs and the bias absorb what
-/// the removed ones contributed to the consumer's pre-activation output. For MatMul/Gemm the rows of X are the input
-/// rows (the bias part only when the consumer is a Gemm with a constant per-output C). For a Conv consumer the rows
-/// are im2col patches of its input (pads/auto_pad, strides, dilations; up to 32,768 patches evenly spaced over
-/// samples x output positions) and the unknowns, per output channel, are the kept input channels x kernel positions
-/// plus the bias; a Conv without a bias input gets one. X^T X is accumulated in chunks with the Kernels' fp32 GEMM,
-/// the solve (Cholesky) in double; consumers with more than 4,608 inputs per output (channels x kernel) are pruned
-/// without refit, listed as skipped with that reason. Activations are collected in batches of at most 2^26 floats.
+/// With an activation source, each consumer is refit by least squares, in graph order (reconstruction as in channel
+/// pruning by He et al. 2017): on its input in the model as pruned so far (X', kept inputs only, the earlier
+/// consumers already refit) to what it computed on the unchanged model (X W): W'_kept = W_kept + D, bias += d, where
+/// [D; d] minimises || [X' 1] [D; d] - (X W - X' W_kept) ||^2 + ridge ||D||^2, so the error of the layers before it
+/// is absorbed too. For MatMul/Gemm the rows of X are the input rows (the bias part only when the consumer is a Gemm
+/// with a constant per-output C). For a Conv consumer the rows are im2col patches of its input (pads/auto_pad,
+/// strides, dilations; up to 32,768 patches evenly spaced over samples x output positions, the same ones in both
+/// models) and the unknowns, per output channel, are the kept input channels x kernel positions plus the bias; a Conv
+/// without a bias input gets one. The normal equations are accumulated in chunks with the Kernels' fp32 GEMM, the
+/// solve (Cholesky) in double; consumers with more than 4,608 inputs per output (channels x kernel) are pruned
+/// without refit, listed as skipped with that reason. Consumers whose inputs do not depend on each other share one
+/// collection of each model's activations, so the calibration data runs through both models about once per
+/// dependency level (ResNet18: 17 times).
 /// </para>
 /// </summary>
 internal static class ChannelPruner
@@ -579,44 +582,7 @@ internal static class ChannelPruner
             }
         }
 
-        // Least-squares corrections of the consumers, from the unchanged model's activations (before anything is sliced).
-        var corrections = new Dictionary<PrunableLayer, (float[] Delta, float[]? Bias)>();
-        if (activations != null && options.Reconstruct)
-        {
-            var wanted = new List<PrunableLayer>();
-            foreach (PrunableLayer l in keepIn.Keys)
-            {
-                if (l.Reduction > MaxRefitFeatures)
-                {
-                    skipped.Add(new SkippedNode(l.Label, l.Node.OpType, $"no least-squares refit: {l.Reduction} inputs per output (channels x kernel) is more than the {MaxRefitFeatures} the refit solves"));
-                    continue;
-                }
-                wanted.Add(l);
-            }
-            foreach (List<PrunableLayer> batch in ActivationBatches(g, wanted, activations, out IReadOnlyDictionary<string, Activation>? first))
-            {
-                var values = new Dictionary<string, Activation>(StringComparer.Ordinal);
-                foreach ((string name, Activation a) in first ?? new Dictionary<string, Activation>())
-                {
-                    values[name] = a;
-                }
-                first = null;
-                List<string> missing = [.. batch.Select(l => l.Node.Input[0]).Distinct(StringComparer.Ordinal).Where(n => !values.ContainsKey(n))];
-                if (missing.Count > 0)
-                {
-                    foreach ((string name, Activation a) in activations(g.Model, missing))
-                    {
-                        values[name] = a;
-                    }
-                }
-                foreach (PrunableLayer l in batch)
-                {
-                    Activation a = CheckedActivation(l, values, displayName);
-                    int[] outs = keepOut.GetValueOrDefault(l) ?? Enumerable.Range(0, l.Outputs).ToArray();
-                    corrections[l] = Refit(g, l, keepIn[l], outs, a, options.RidgeFactor, displayName);
-                }
-            }
-        }
+        ModelProto? unchanged = activations != null && options.Reconstruct ? g.Model.Clone() : null;
 
         foreach (Group grp in cut)
         {
@@ -651,65 +617,166 @@ internal static class ChannelPruner
                 ReplaceInitializer(g, TensorUtil.FromInt64(u.ReshapeShape!, shape, [.. g.Initializers[u.ReshapeShape!].Dims]));
             }
         }
-        foreach (PrunableLayer l in layers.Where(l => keepOut.ContainsKey(l) || keepIn.ContainsKey(l)))
+        List<PrunableLayer> touched = [.. layers.Where(l => keepOut.ContainsKey(l) || keepIn.ContainsKey(l))];
+        var written = new Dictionary<PrunableLayer, float[]>();
+        foreach (PrunableLayer l in touched)
         {
-            int[] outs = keepOut.GetValueOrDefault(l) ?? Enumerable.Range(0, l.Outputs).ToArray();
-            int[] ins = keepIn.GetValueOrDefault(l) ?? Enumerable.Range(0, l.Reduction / l.KernelSize).ToArray();
-            long before = l.Data.Length, nonzeroBefore = PrunableLayers.CountNonzeros(l.Data);
-            float[]? delta = null, biasDelta = null;
-            int k = l.KernelSize;
-            if (corrections.TryGetValue(l, out var correction))
+            written[l] = WriteLayer(g, l, keepOut.GetValueOrDefault(l), keepIn.GetValueOrDefault(l), null, null, displayName);
+        }
+
+        // Sequential least-squares refit of the consumers (as in channel pruning by reconstruction): each consumer, in
+        // graph order, is fit on its input in the model as pruned so far (the earlier consumers already refit) to what
+        // it computed on the unchanged model; consumers whose inputs do not depend on each other share one collection.
+        if (unchanged != null)
+        {
+            var wanted = new List<PrunableLayer>();
+            foreach (PrunableLayer l in touched.Where(keepIn.ContainsKey))
             {
-                (delta, biasDelta) = correction;
-                reconstructed.Add(l.Label);
+                if (l.Reduction > MaxRefitFeatures)
+                {
+                    skipped.Add(new SkippedNode(l.Label, l.Node.OpType, $"no least-squares refit: {l.Reduction} inputs per output (channels x kernel) is more than the {MaxRefitFeatures} the refit solves"));
+                    continue;
+                }
+                wanted.Add(l);
             }
-            var data = new float[outs.Length * ins.Length * k];
-            bool conv = l.Node.OpType == "Conv";
-            bool transB = l.Node.OpType == "Gemm" && PassGraph.IntAttr(l.Node, "transB", 0) != 0;
+            foreach (List<PrunableLayer> batch in SequentialBatches(g, wanted))
+            {
+                List<string> names = [.. batch.Select(l => l.Node.Input[0]).Distinct(StringComparer.Ordinal)];
+                Dictionary<string, Activation> before = new(activations!(unchanged, names), StringComparer.Ordinal);
+                Dictionary<string, Activation> now = new(activations!(g.Model, names), StringComparer.Ordinal);
+                foreach (PrunableLayer l in batch)
+                {
+                    int[] ins = keepIn[l];
+                    int[] outs = keepOut.GetValueOrDefault(l) ?? Enumerable.Range(0, l.Outputs).ToArray();
+                    Activation a = CheckedActivation(l, l.Reduction / l.KernelSize, before, displayName);
+                    Activation a2 = CheckedActivation(l, ins.Length, now, displayName);
+                    (float[] delta, float[]? bias) = Refit(g, l, ins, outs, a, a2, options.RidgeFactor, displayName);
+                    written[l] = WriteLayer(g, l, keepOut.GetValueOrDefault(l), ins, delta, bias, displayName);
+                    reconstructed.Add(l.Label);
+                }
+                // Each batch's activations (hundreds of MB for a ResNet stage at 256 samples) are garbage now: return
+                // them before the next collection rather than let both models' copies pile up (a ResNet18 run without
+                // this reached 7 GB and was OOM-killed on a shared 24 GB machine).
+                before.Clear();
+                now.Clear();
+                GC.Collect(GC.MaxGeneration, GCCollectionMode.Aggressive, blocking: true, compacting: true);
+            }
+        }
+        foreach (PrunableLayer l in touched)
+        {
+            int outs = keepOut.TryGetValue(l, out int[]? o) ? o.Length : l.Outputs;
+            pruned.Add(new PrunedLayer(l.Label, l.Node.OpType, l.WeightName, l.Data.Length, PrunableLayers.CountNonzeros(l.Data), written[l].Length, PrunableLayers.CountNonzeros(written[l]), l.Outputs, outs));
+        }
+    }
+
+    /// <summary>
+    /// Writes a layer's weight with outputs <paramref name="keepOut"/> and input units <paramref name="keepIn"/> (null:
+    /// all) from its original values, plus <paramref name="delta"/> ([kept reduction, outs]) when given, and adds
+    /// <paramref name="biasDelta"/> to its bias (a Conv without bias gets one). Returns the weight written.
+    /// </summary>
+    private static float[] WriteLayer(PassGraph g, PrunableLayer l, int[]? keepOut, int[]? keepIn, float[]? delta, float[]? biasDelta, string displayName)
+    {
+        int[] outs = keepOut ?? Enumerable.Range(0, l.Outputs).ToArray();
+        int[] ins = keepIn ?? Enumerable.Range(0, l.Reduction / l.KernelSize).ToArray();
+        int k = l.KernelSize;
+        var data = new float[outs.Length * ins.Length * k];
+        bool conv = l.Node.OpType == "Conv";
+        bool transB = l.Node.OpType == "Gemm" && PassGraph.IntAttr(l.Node, "transB", 0) != 0;
+        for (int oi = 0; oi < outs.Length; oi++)
+        {
+            for (int ii = 0; ii < ins.Length; ii++)
+            {
+                for (int s = 0; s < k; s++)
+                {
+                    float v = l.Data[l.Index(outs[oi], ins[ii] * k + s)];
+                    if (delta != null)
+                    {
+                        v += delta[(ii * k + s) * outs.Length + oi];
+                    }
+                    int at = conv || transB ? (oi * ins.Length + ii) * k + s : ii * outs.Length + oi;
+                    data[at] = v;
+                }
+            }
+        }
+        long[] dims = conv ? [outs.Length, ins.Length, .. l.Dims.Skip(2)] : transB ? [outs.Length, ins.Length] : [ins.Length, outs.Length];
+        SetWeight(g, l.WeightName, data, dims);
+        if (biasDelta != null)
+        {
+            if (l.Node.Input.Count < 3 || l.Node.Input[2].Length == 0)
+            {
+                // A Conv without bias gets one, so the refit can absorb the removed channels' mean contribution.
+                string name = g.Unique(l.WeightName + "_bias");
+                g.AddInitializer(TensorUtil.FromFloats(name, new float[outs.Length], outs.Length));
+                if (l.Node.Input.Count < 3)
+                {
+                    l.Node.Input.Add(name);
+                }
+                else
+                {
+                    l.Node.Input[2] = name;
+                }
+            }
+            string b = l.Node.Input[2];
+            float[] bias = PassGraph.Floats(g.Initializers[b], displayName);
             for (int oi = 0; oi < outs.Length; oi++)
             {
-                for (int ii = 0; ii < ins.Length; ii++)
-                {
-                    for (int s = 0; s < k; s++)
-                    {
-                        float v = l.Data[l.Index(outs[oi], ins[ii] * k + s)];
-                        if (delta != null)
-                        {
-                            v += delta[(ii * k + s) * outs.Length + oi];
-                        }
-                        int at = conv || transB ? (oi * ins.Length + ii) * k + s : ii * outs.Length + oi;
-                        data[at] = v;
-                    }
-                }
+                bias[oi] += biasDelta[oi];
             }
-            long[] dims = conv ? [outs.Length, ins.Length, .. l.Dims.Skip(2)] : transB ? [outs.Length, ins.Length] : [ins.Length, outs.Length];
-            SetWeight(g, l.WeightName, data, dims);
-            if (biasDelta != null)
-            {
-                if (l.Node.Input.Count < 3 || l.Node.Input[2].Length == 0)
-                {
-                    // A Conv without bias gets one, so the refit can absorb the removed channels' mean contribution.
-                    string name = g.Unique(l.WeightName + "_bias");
-                    g.AddInitializer(TensorUtil.FromFloats(name, new float[outs.Length], outs.Length));
-                    if (l.Node.Input.Count < 3)
-                    {
-                        l.Node.Input.Add(name);
-                    }
-                    else
-                    {
-                        l.Node.Input[2] = name;
-                    }
-                }
-                string b = l.Node.Input[2];
-                float[] bias = PassGraph.Floats(g.Initializers[b], displayName);
-                for (int oi = 0; oi < outs.Length; oi++)
-                {
-                    bias[oi] += biasDelta[oi];
-                }
-                PrunableLayers.SetConstant(g, b, bias);
-            }
-            pruned.Add(new PrunedLayer(l.Label, l.Node.OpType, l.WeightName, before, nonzeroBefore, data.Length, PrunableLayers.CountNonzeros(data), l.Outputs, outs.Length));
+            PrunableLayers.SetConstant(g, b, bias);
         }
+        return data;
+    }
+
+    /// <summary>
+    /// The consumers in graph order, cut into batches whose members' inputs do not depend on another member (so one
+    /// collection of the model as pruned so far serves the whole batch), each batch at most
+    /// <see cref="ActivationBudget"/> floats of activations when the shapes are known.
+    /// </summary>
+    private static List<List<PrunableLayer>> SequentialBatches(PassGraph g, List<PrunableLayer> wanted)
+    {
+        var order = new Dictionary<NodeProto, int>(ReferenceEqualityComparer.Instance);
+        for (int i = 0; i < g.Graph.Node.Count; i++)
+        {
+            order[g.Graph.Node[i]] = i;
+        }
+        Dictionary<string, long[]> shapes = PrunableLayers.PropagateShapes(g);
+        HashSet<NodeProto> Ancestors(string tensor)
+        {
+            var seen = new HashSet<NodeProto>(ReferenceEqualityComparer.Instance);
+            var stack = new Stack<string>([tensor]);
+            while (stack.Count > 0)
+            {
+                if (g.Producers.TryGetValue(stack.Pop(), out NodeProto? p) && seen.Add(p))
+                {
+                    foreach (string i in p.Input.Where(i => i.Length > 0))
+                    {
+                        stack.Push(i);
+                    }
+                }
+            }
+            return seen;
+        }
+        var batches = new List<List<PrunableLayer>>();
+        var current = new List<PrunableLayer>();
+        long floats = 0;
+        foreach (PrunableLayer l in wanted.OrderBy(l => order.GetValueOrDefault(l.Node, int.MaxValue)))
+        {
+            HashSet<NodeProto> ancestors = Ancestors(l.Node.Input[0]);
+            long size = shapes.TryGetValue(l.Node.Input[0], out long[]? sh) ? sh.Aggregate(1L, (x, y) => x * y) : 0;
+            if (current.Count > 0 && (current.Any(c => ancestors.Contains(c.Node)) || floats + size > ActivationBudget / 512))
+            {
+                batches.Add(current);
+                current = [];
+                floats = 0;
+            }
+            current.Add(l);
+            floats += size;
+        }
+        if (current.Count > 0)
+        {
+            batches.Add(current);
+        }
+        return batches;
     }
 
     /// <summary>A Conv with one output per input channel (group = channels = outputs, weight [C, 1, k...]) whose weight is a constant initializer.</summary>
@@ -829,85 +896,40 @@ internal static class ChannelPruner
         return null;
     }
 
-    /// <summary>
-    /// Splits the consumers to refit into batches whose input activations hold at most <see cref="ActivationBudget"/>
-    /// floats together (sizes from the static shapes and the sample count of a first collection, returned in
-    /// <paramref name="first"/> for the first batch).
-    /// </summary>
-    private static List<List<PrunableLayer>> ActivationBatches(PassGraph g, List<PrunableLayer> wanted, ActivationSource activations,
-        out IReadOnlyDictionary<string, Activation>? first)
-    {
-        first = null;
-        var batches = new List<List<PrunableLayer>>();
-        if (wanted.Count == 0)
-        {
-            return batches;
-        }
-        Dictionary<string, long[]> shapes = PrunableLayers.PropagateShapes(g);
-        List<string> names = [.. wanted.Select(l => l.Node.Input[0]).Distinct(StringComparer.Ordinal)];
-        bool allKnown = names.All(shapes.ContainsKey);
-        if (!allKnown)
-        {
-            batches.Add(wanted);
-            return batches;
-        }
-        // One collection of the first input tells how many rows (samples) there are.
-        IReadOnlyDictionary<string, Activation> one = activations(g.Model, [names[0]]);
-        long samples = one.TryGetValue(names[0], out Activation? a0) && shapes[names[0]].Length > 0 ? Math.Max(1, a0.Shape[0] / Math.Max(1, shapes[names[0]][0])) : 1;
-        var current = new List<PrunableLayer>();
-        long floats = 0;
-        foreach (string name in names)
-        {
-            long size = samples * shapes[name].Aggregate(1L, (a, b) => a * b);
-            if (current.Count > 0 && floats + size > ActivationBudget)
-            {
-                batches.Add(current);
-                current = [];
-                floats = 0;
-            }
-            current.AddRange(wanted.Where(l => l.Node.Input[0] == name));
-            floats += size;
-        }
-        batches.Add(current);
-        first = one;
-        return batches;
-    }
-
-    private static Activation CheckedActivation(PrunableLayer l, Dictionary<string, Activation> values, string displayName)
+    private static Activation CheckedActivation(PrunableLayer l, int units, Dictionary<string, Activation> values, string displayName)
     {
         string name = l.Node.Input[0];
         bool conv = l.Node.OpType == "Conv";
-        int channels = l.Reduction / l.KernelSize;
         if (!values.TryGetValue(name, out Activation? a) || TensorUtil.ElementCount(a.Shape) != a.Data.Length || a.Data.Length == 0
-            || (conv ? a.Shape.Length != l.Dims.Length || a.Shape[1] != channels : a.Shape.Length < 2 || a.Shape[^1] != l.Reduction))
+            || (conv ? a.Shape.Length != l.Dims.Length || a.Shape[1] != units : a.Shape.Length < 2 || a.Shape[^1] != units))
         {
             throw new CompressException(DiagnosticCodes.DataShape, "calibration activations", name,
-                conv ? $"expected [samples, {channels}, spatial...] values" : $"expected [rows, {l.Reduction}] values") { File = displayName };
+                conv ? $"expected [samples, {units}, spatial...] values" : $"expected [rows, {units}] values") { File = displayName };
         }
         return a;
     }
 
     /// <summary>
     /// Least-squares correction of a consumer that keeps input units <paramref name="ins"/> (MatMul/Gemm rows; Conv
-    /// input channels, each with its KernelSize kernel positions) and outputs <paramref name="outs"/>, from its input
-    /// activations <paramref name="a"/> of the unchanged model (MatMul/Gemm: input rows; Conv: im2col patches, index
-    /// c x KernelSize + s; at most <see cref="MaxRefitRows"/> rows, evenly spaced). X^T X of all inputs plus a column
-    /// of ones is accumulated in chunks; the kept block is the normal matrix, the kept x removed block times W_removed
-    /// the right-hand side. Returns D ([kept reduction, outs], row-major) and the bias change per kept output: null
-    /// unless the consumer is a Gemm with a constant per-output C of its own, or a Conv whose bias is a constant of its
-    /// own or absent (the caller then adds one).
+    /// input channels, each with its KernelSize kernel positions) and outputs <paramref name="outs"/>:
+    /// <paramref name="before"/> is its input on the unchanged model (all units), <paramref name="now"/> its input on
+    /// the model as pruned so far (the kept units only). With X the rows of before (MatMul/Gemm: input rows; Conv:
+    /// im2col patches, index c x KernelSize + s; at most <see cref="MaxRefitRows"/>, evenly spaced, the same rows of
+    /// both), X' those of now and Z = [X' 1], it solves (Z^T Z + ridge) [D; d] = Z^T (X W - X' W_kept), accumulated in
+    /// chunks: the kept weights plus D and the bias plus d give on X' what the unchanged layer gave on X. Returns D
+    /// ([kept reduction, outs], row-major) and d: null unless the consumer is a Gemm with a constant per-output C of its
+    /// own, or a Conv whose bias is a constant of its own or absent (the caller then adds one).
     /// </summary>
-    private static (float[] Delta, float[]? Bias) Refit(PassGraph g, PrunableLayer l, int[] ins, int[] outs, Activation a, double ridgeFactor, string displayName)
+    private static (float[] Delta, float[]? Bias) Refit(PassGraph g, PrunableLayer l, int[] ins, int[] outs, Activation before, Activation now, double ridgeFactor, string displayName)
     {
         int features = l.Reduction;
         int k = l.KernelSize;
         int[] kept = ins.SelectMany(c => Enumerable.Range(c * k, k)).ToArray();
-        int[] removed = Enumerable.Range(0, features).Except(kept).ToArray();
         bool intercept = false;
         double biasScale = 1;
         NodeProto n = l.Node;
         bool ownConstantBias = n.Input.Count > 2 && n.Input[2].Length > 0 && g.IsConstantInitializer(n.Input[2])
-            && TensorUtil.ElementCount(g.Initializers[n.Input[2]]) == l.Outputs && g.Graph.Node.Sum(m => m.Input.Count(i => i == n.Input[2])) == 1
+            && TensorUtil.ElementCount(g.Initializers[n.Input[2]]) == outs.Length && g.Graph.Node.Sum(m => m.Input.Count(i => i == n.Input[2])) == 1
             && !g.OuterUses().Contains(n.Input[2]);
         if (n.OpType == "Gemm" && ownConstantBias && PassGraph.FloatAttr(n, "beta", 1f) != 0f)
         {
@@ -919,87 +941,94 @@ internal static class ChannelPruner
             intercept = true;
         }
         bool conv = n.OpType == "Conv";
-        // Full Gram matrix of [X 1] (size f1 x f1), accumulated chunk by chunk.
-        int f1 = features + 1;
-        var gram = new float[(long)f1 * f1];
-        int totalRows = conv ? int.MaxValue : (int)(a.Data.Length / features);
-        int chunk = Math.Max(1, (1 << 22) / f1);
-        int used = 0;
-        for (int start = 0; ; start += chunk)
+        int f2 = kept.Length;
+        int p = f2 + (intercept ? 1 : 0);
+        int m = outs.Length;
+        // The layer's weights over all inputs and over the kept ones, [features, outs] and [f2, outs].
+        var wAll = new float[(long)features * m];
+        var wKept = new float[(long)f2 * m];
+        for (int r = 0; r < features; r++)
         {
-            float[] x;
-            int rows;
+            for (int oi = 0; oi < m; oi++)
+            {
+                wAll[(long)r * m + oi] = l.Data[l.Index(outs[oi], r)];
+            }
+        }
+        for (int j = 0; j < f2; j++)
+        {
+            for (int oi = 0; oi < m; oi++)
+            {
+                wKept[(long)j * m + oi] = l.Data[l.Index(outs[oi], kept[j])];
+            }
+        }
+        var gramF = new float[(long)p * p];
+        var rhsF = new float[(long)p * m];
+        int totalRows = conv ? int.MaxValue : (int)(before.Data.Length / features);
+        int chunk = Math.Max(1, (1 << 22) / Math.Max(features, m));
+        int used = 0;
+        (float[] X, int Rows) Rows(Activation a, int width, int start)
+        {
             if (conv)
             {
-                (x, rows) = Im2Col(a, l, MaxRefitRows, start, chunk);
+                return Im2Col(a, l, MaxRefitRows, start, chunk);
             }
-            else
+            int selected = Math.Min(totalRows, MaxRefitRows);
+            int rows = Math.Max(0, Math.Min(selected - start, chunk));
+            var x = new float[(long)rows * width];
+            for (int r = 0; r < rows; r++)
             {
-                int selected = Math.Min(totalRows, MaxRefitRows);
-                rows = Math.Max(0, Math.Min(selected - start, chunk));
-                x = new float[(long)rows * features];
-                for (int r = 0; r < rows; r++)
-                {
-                    long pick = totalRows == selected ? start + r : (long)(start + r) * totalRows / selected;
-                    a.Data.AsSpan((int)(pick * features), features).CopyTo(x.AsSpan(r * features, features));
-                }
+                long pick = totalRows == selected ? start + r : (long)(start + r) * totalRows / selected;
+                a.Data.AsSpan((int)(pick * width), width).CopyTo(x.AsSpan(r * width, width));
             }
+            return (x, rows);
+        }
+        for (int start = 0; ; start += chunk)
+        {
+            (float[] x, int rows) = Rows(before, features, start);
             if (rows == 0)
             {
                 break;
             }
-            var z = new float[(long)rows * f1];
+            (float[] x2, int rows2) = Rows(now, f2, start);
+            if (rows2 != rows)
+            {
+                throw new CompressException(DiagnosticCodes.DataShape, "calibration activations", n.Input[0],
+                    "the pruned model's input to this layer does not line up with the original's") { File = displayName };
+            }
+            // Target: X W - X' W_kept.
+            var target = new float[(long)rows * m];
+            var current = new float[(long)rows * m];
+            Gemm.Multiply(x, wAll, target, rows, m, features);
+            Gemm.Multiply(x2, wKept, current, rows, m, f2);
+            TensorPrimitives.Subtract(target, current, target);
+            var z = new float[(long)rows * p];
             for (int r = 0; r < rows; r++)
             {
-                x.AsSpan(r * features, features).CopyTo(z.AsSpan(r * f1, features));
-                z[(long)r * f1 + features] = 1f;
+                x2.AsSpan(r * f2, f2).CopyTo(z.AsSpan(r * p, f2));
+                if (intercept)
+                {
+                    z[(long)r * p + f2] = 1f;
+                }
             }
-            float[] zt = PassGraph.Transpose(z, rows, f1);
-            Gemm.Multiply(zt, z, gram, f1, f1, rows, accumulate: true);
+            float[] zt = PassGraph.Transpose(z, rows, p);
+            Gemm.Multiply(zt, z, gramF, p, p, rows, accumulate: true);
+            Gemm.Multiply(zt, target, rhsF, p, m, rows, accumulate: true);
             used += rows;
         }
-        int[] unknowns = intercept ? [.. kept, features] : kept;
-        int p = unknowns.Length;
-        // Normal matrix G_kk (double) and right-hand side G_kr W_r ([p, outs]).
-        var normal = new double[(long)p * p];
-        for (int i = 0; i < p; i++)
-        {
-            for (int j = 0; j < p; j++)
-            {
-                normal[(long)i * p + j] = gram[(long)unknowns[i] * f1 + unknowns[j]];
-            }
-        }
-        var cross = new float[(long)p * removed.Length];
-        for (int i = 0; i < p; i++)
-        {
-            for (int j = 0; j < removed.Length; j++)
-            {
-                cross[(long)i * removed.Length + j] = gram[(long)unknowns[i] * f1 + removed[j]];
-            }
-        }
-        var wr = new float[(long)removed.Length * outs.Length];
-        for (int j = 0; j < removed.Length; j++)
-        {
-            for (int oi = 0; oi < outs.Length; oi++)
-            {
-                wr[(long)j * outs.Length + oi] = l.Data[l.Index(outs[oi], removed[j])];
-            }
-        }
-        var rhsF = new float[(long)p * outs.Length];
-        Gemm.Multiply(cross, wr, rhsF, p, outs.Length, removed.Length);
+        double[] normal = [.. gramF.Select(v => (double)v)];
         double[] rhs = [.. rhsF.Select(v => (double)v)];
         double meanDiag = 0;
-        for (int i = 0; i < kept.Length; i++)
+        for (int i = 0; i < f2; i++)
         {
             meanDiag += normal[(long)i * p + i];
         }
-        double ridge = Math.Max(ridgeFactor * meanDiag / Math.Max(1, kept.Length), 1e-8);
+        double ridge = Math.Max(ridgeFactor * meanDiag / Math.Max(1, f2), 1e-8);
         for (int i = 0; i < p; i++)
         {
-            normal[(long)i * p + i] += i < kept.Length ? ridge : 1e-8 * Math.Max(1, used);
+            normal[(long)i * p + i] += i < f2 ? ridge : 1e-8 * Math.Max(1, used);
         }
-        double[] solution = CholeskySolve(normal, rhs, p, outs.Length, displayName);
-        var delta = new float[kept.Length * outs.Length];
+        double[] solution = CholeskySolve(normal, rhs, p, m, displayName);
+        var delta = new float[f2 * m];
         for (int i = 0; i < delta.Length; i++)
         {
             delta[i] = (float)solution[i];
@@ -1007,10 +1036,10 @@ internal static class ChannelPruner
         float[]? bias = null;
         if (intercept)
         {
-            bias = new float[outs.Length];
-            for (int oi = 0; oi < outs.Length; oi++)
+            bias = new float[m];
+            for (int oi = 0; oi < m; oi++)
             {
-                bias[oi] = (float)(solution[kept.Length * outs.Length + oi] * biasScale);
+                bias[oi] = (float)(solution[(long)f2 * m + oi] * biasScale);
             }
         }
         return (delta, bias);
