@@ -7,11 +7,12 @@
 #   bash build/results.sh pruning-large Magnitude vs SparseGPT (and Channels) on ResNet18 and MiniLM (build the CLI first)
 #   bash build/results.sh large         all-MiniLM-L6-v2 (2,000 sentences, text data) and ResNet18 (photos): size, quality,
 #                                       latency vs fp32, end-to-end time and peak RSS (restores the large models first)
+#   bash build/results.sh large-resnet  only the ResNet18 rows of that section (replaced in place; build the CLI first)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1
 case " $* " in
-  *" large"*) bash ../shared/corpus/large/fetch.sh >/dev/null ;;
+  *" large"*|*" large-resnet"*) bash ../shared/corpus/large/fetch.sh >/dev/null ;;
 esac
 dotnet run --project tests/CompressOnBuild.Results -c Release -- "$@"

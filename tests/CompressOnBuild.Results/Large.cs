@@ -49,17 +49,7 @@ internal static class Large
         Run e2e = Worker(cli, work, minilm, "minilm-e2e", ["--quantization", "Int8Dynamic", "--validation-data", text, "--tokenizer", vocab], latency: false);
         notes.Add(e2e.Report == null ? "MiniLM Int8 end to end: failed: " + e2e.Text.Replace('\n', ' ') : string.Create(Ci,
             $"MiniLM Int8 end to end as a build runs it (`Quantization=\"Int8\" ValidationData=sentences.txt Tokenizer=vocab.txt`, no SequenceLength: each sentence at its own length; one worker process: start, load, quantize, validate both models on {e2e.Samples} sentences, report): {e2e.WallSeconds:0.0} s wall (target <= 60 s; compress {D(e2e.Report["timing"]!["compressSeconds"]):0.0} s, validate {D(e2e.Report["timing"]!["validateSeconds"]):0.0} s), worker peak RSS {e2e.PeakRss / 1048576.0:0} MiB = {e2e.PeakRss / (double)e2e.SourceBytes:0.0}x the model (target <= 3x); quality on unpadded sentences: cosine {D(e2e.Report["validation"]!["embedding"]!["meanCosine"]):0.0000} (min {D(e2e.Report["validation"]!["embedding"]!["minCosine"]):0.0000}), clear-neighbour agreement {D(e2e.Report["validation"]!["embedding"]!["neighborAgreement"]) * 100:0.0}%, rank correlation {D(e2e.Report["validation"]!["embedding"]!["similarityCorrelation"]):0.0000}. Load average during the run: {LoadAverage()}."));
-        string[] imageArgs = ["--preprocessing", ResNetPreprocessing, "--validation-data", evaluation];
-        foreach ((string scheme, string q, string[] extra) in new[]
-        {
-            ("Int8 (static, 256 photos)", "Int8Static", new[] { "--calibration-data", calibration, "--calibration-samples", "256" }),
-            ("Float16", "Float16", Array.Empty<string>()),
-        })
-        {
-            Run run = Worker(cli, work, resnet, $"resnet-{q}", ["--quantization", q, .. imageArgs, .. extra]);
-            string? retrieval = run.Output == null ? null : Retrieval(resnet, run.Output, evaluation, photoOf);
-            rows.Add(Row("ResNet18", scheme, run, retrieval));
-        }
+        rows.AddRange(ResNetRows(resnet, calibration, evaluation, photoOf, cli, work));
 
         var sb = new StringBuilder();
         sb.AppendLine("<!-- large:begin -->");
@@ -79,6 +69,41 @@ internal static class Large
         sb.AppendLine("Issue 18 targets: MiniLM Int8 <= 23.0 MB, cosine mean >= 0.995 / min >= 0.98, clear-neighbour agreement >= 98%, rank correlation >= 0.995, latency <= 0.45x; Int4Weights <= 16 MB, cosine >= 0.98, latency <= 1.0x; Float16 >= 1.99x smaller, cosine >= 0.9999; ResNet18 Int8 >= 3.95x, cosine >= 0.995, clear-neighbour >= 99%, retrieval within 1 point of fp32, latency <= 0.5x; Float16 >= 1.99x, cosine >= 0.9999.");
         sb.AppendLine("<!-- large:end -->");
         return sb.ToString();
+    }
+
+    /// <summary>The start of the line <c>large-resnet</c> adds under the table.</summary>
+    internal const string ResNetNotePrefix = "ResNet18 rows regenerated";
+
+    internal static string ResNetNote() => string.Create(Ci,
+        $"{ResNetNotePrefix} {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC by `bash build/results.sh large-resnet` (same machine and protocol as the table; load average at the start {LoadAverage()}); the MiniLM rows are from the run above.");
+
+    /// <summary>The ResNet18 rows alone (Int8 static on 256 calibration photos, Float16), for <c>large-resnet</c>.</summary>
+    public static List<string> ResNetRows(string corpus, string repo, string work)
+    {
+        string cli = Path.Combine(repo, "artifacts", "bin", "CompressOnBuild.Cli", "release", "CompressOnBuild.Cli.dll");
+        if (!File.Exists(cli))
+        {
+            throw new FileNotFoundException("build the CLI first (dotnet build src/CompressOnBuild.Cli -c Release)", cli);
+        }
+        (string calibration, string evaluation, Dictionary<string, string> photoOf) = SplitPhotos(corpus, work);
+        return ResNetRows(Path.Combine(LargeDir(corpus), "resnet18-featurizer", "model.onnx"), calibration, evaluation, photoOf, cli, work);
+    }
+
+    private static List<string> ResNetRows(string resnet, string calibration, string evaluation, Dictionary<string, string> photoOf, string cli, string work)
+    {
+        var rows = new List<string>();
+        string[] imageArgs = ["--preprocessing", ResNetPreprocessing, "--validation-data", evaluation];
+        foreach ((string scheme, string q, string[] extra) in new[]
+        {
+            ("Int8 (static, 256 photos)", "Int8Static", new[] { "--calibration-data", calibration, "--calibration-samples", "256" }),
+            ("Float16", "Float16", Array.Empty<string>()),
+        })
+        {
+            Run run = Worker(cli, work, resnet, $"resnet-{q}", ["--quantization", q, .. imageArgs, .. extra]);
+            string? retrieval = run.Output == null ? null : Retrieval(resnet, run.Output, evaluation, photoOf);
+            rows.Add(Row("ResNet18", scheme, run, retrieval));
+        }
+        return rows;
     }
 
     internal sealed record Run(JsonNode? Report, string? Output, string Text, double WallSeconds, long PeakRss, long SourceBytes, int Samples);

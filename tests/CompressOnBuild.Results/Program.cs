@@ -8,10 +8,11 @@ using System.Text.Json.Nodes;
 //   pruning:     pruning methods, alone and with int8 (between <!-- pruning:begin --> and <!-- pruning:end -->)
 //   large:       all-MiniLM-L6-v2 and ResNet18 (issue 18), only when asked for (between <!-- large:begin --> and <!-- large:end -->);
 //                `large:<n>` uses n evenly spaced sentences instead of all 2,000
+//   large-resnet: only the ResNet18 rows of the large section (replaced in place; the MiniLM rows stay as they are)
 //   pruning-large: Magnitude vs SparseGPT (and Channels) on ResNet18 and MiniLM (issue 15), only when asked for
 // Arguments: the section names to regenerate (default: compression and pruning), e.g. `bash build/results.sh pruning`.
 var ci = CultureInfo.InvariantCulture;
-string[] known = ["compression", "pruning", "large", "pruning-large"];
+string[] known = ["compression", "pruning", "large", "large-resnet", "pruning-large"];
 int largeSentences = args.FirstOrDefault(a => a.StartsWith("large:", StringComparison.Ordinal)) is { } ls ? int.Parse(ls[6..], ci) : 0;
 string[] sections = args.Length == 0 ? ["compression", "pruning"] : [.. args.Select(a => a.StartsWith("large:", StringComparison.Ordinal) ? "large" : a)];
 if (sections.FirstOrDefault(a => !known.Contains(a)) is { } unknown)
@@ -60,6 +61,25 @@ if (sections.Contains("pruning"))
 if (sections.Contains("large"))
 {
     WriteSection(doc, "large", Large.Section(corpus, repo, work, largeSentences));
+}
+if (sections.Contains("large-resnet"))
+{
+    // Only the ResNet18 rows of the large section, replaced where they are, with a dated line saying so.
+    string text = File.ReadAllText(doc);
+    int b = text.IndexOf("<!-- large:begin -->", StringComparison.Ordinal), e = text.IndexOf("<!-- large:end -->", StringComparison.Ordinal);
+    if (b < 0 || e < b)
+    {
+        throw new InvalidOperationException("docs/results.md has no large section to update: run 'large' first");
+    }
+    string note = Large.ResNetNote();
+    List<string> rows = Large.ResNetRows(corpus, repo, work);
+    var lines = text[b..e].Split('\n').Where(l => !l.StartsWith("| ResNet18 |", StringComparison.Ordinal) && !l.StartsWith(Large.ResNetNotePrefix, StringComparison.Ordinal)).ToList();
+    int lastRow = lines.FindLastIndex(l => l.StartsWith("| ", StringComparison.Ordinal));
+    lines.InsertRange(lastRow + 1, rows);
+    int targets = lines.FindIndex(l => l.StartsWith("Issue 18 targets", StringComparison.Ordinal));
+    lines.Insert(targets < 0 ? lines.Count : targets, note + "\n");
+    File.WriteAllText(doc, text[..b] + string.Join('\n', lines) + text[e..]);
+    Console.WriteLine(string.Join('\n', rows));
 }
 if (sections.Contains("pruning-large"))
 {

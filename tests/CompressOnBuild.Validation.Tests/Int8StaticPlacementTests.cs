@@ -188,6 +188,66 @@ public sealed class Int8StaticPlacementTests
         }
     }
 
+    /// <summary>
+    /// The default pair-bounded int8 weights: in the K order QLinearConv reads ([kernel position, input channel],
+    /// channel fastest) and within each kernel position, no same-sign pair holds more than 128 levels (what keeps
+    /// ORT's vpmaddubsw kernels from saturating on CPUs without VNNI), at least one channel uses codes beyond the old
+    /// 7-bit range, and the outputs are closer to float than with 7-bit (Int8ReducedRange) weights.
+    /// </summary>
+    [TestMethod]
+    public void Pair_bounded_conv_weights_keep_every_kernel_pair_within_128_levels_and_beat_7_bit()
+    {
+        // 3 input channels (odd): the GEMM K pairs cross kernel positions and differ from the per-position channel pairs.
+        const int inputs = 3;
+        var g = new GraphProto { Name = "pairs" };
+        g.Input.Add(FloatValue("x", 1, inputs, Side, Side));
+        g.Output.Add(FloatValue("y", 1, Channels, Side, Side));
+        float[] w = RandomFloats(Channels * inputs * 9, 41, 0.5f);
+        g.Initializer.Add(TensorUtil.FromFloats("w", w, Channels, inputs, 3, 3));
+        g.Node.Add(Node("Conv", ["x", "w"], ["a"], "conv", IntsAttr("pads", 1, 1, 1, 1), IntsAttr("kernel_shape", 3, 3)));
+        g.Node.Add(Node("Relu", ["a"], ["y"], "relu"));
+        ModelProto model = Model(g, 13);
+        long[] shape = [1, inputs, Side, Side];
+        float[] Input3(int seed) => RandomFloats(inputs * Side * Side, seed);
+        double Quantized(WeightEncoding encoding, out sbyte[] codes)
+        {
+            var options = new Int8StaticOptions { MinimumConvReduction = 0, WeightEncoding = encoding };
+            CalibrationResult ranges = MeasureRanges(model, Int8StaticQuantizer.TensorsToCalibrate(model, options), Input3, shape);
+            ModelProto q = model.Clone();
+            Int8StaticQuantizer.Apply(q, ranges, options, "pairs");
+            NodeProto conv = q.Graph.Node.Single(n => n.OpType == "Conv");
+            NodeProto dq = q.Graph.Node.Single(n => n.Output[0] == conv.Input[1]);
+            codes = [.. TensorUtil.ToRawBytes(q.Graph.Initializer.Single(t => t.Name == dq.Input[0])).Select(b => (sbyte)b)];
+            return RelativeError(model, q, Input3, shape);
+        }
+        double pairError = Quantized(WeightEncoding.Int8PairBounded, out sbyte[] codes);
+        Assert.AreEqual(WeightEncoding.Int8PairBounded, Int8StaticOptions.Default.WeightEncoding, "the default");
+        int k = inputs * 9;
+        for (int oc = 0; oc < Channels; oc++)
+        {
+            int At(int r) => oc * k + r % inputs * 9 + r / inputs; // K index r = kernel position x inputs + input channel
+            void Check(int a, int b)
+            {
+                if (Math.Sign(codes[a]) == Math.Sign(codes[b]) && codes[a] != 0)
+                {
+                    Assert.IsLessThanOrEqualTo(128, Math.Abs(codes[a]) + Math.Abs(codes[b]), $"channel {oc}: codes {codes[a]} and {codes[b]}");
+                }
+            }
+            for (int r = 0; r + 1 < k; r += 2)
+            {
+                Check(At(r), At(r + 1));
+            }
+            for (int p = 0; p < 9; p++)
+            {
+                Check(oc * k + p, oc * k + 9 + p); // input channels 0 and 1 at one kernel position
+            }
+        }
+        Assert.IsTrue(codes.Any(c => Math.Abs((int)c) > 63), "codes use more than the 7-bit range");
+        double sevenBitError = Quantized(WeightEncoding.Int8ReducedRange, out _);
+        TestContext.WriteLine($"relative L2: pair-bounded {pairError:G3}, 7-bit {sevenBitError:G3}");
+        Assert.IsLessThan(sevenBitError, pairError);
+    }
+
     [TestMethod]
     public void A_relu6_clip_is_folded_into_the_quantize_after_it()
     {

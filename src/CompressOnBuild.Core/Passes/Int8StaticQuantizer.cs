@@ -916,6 +916,68 @@ public static class Int8StaticQuantizer
             return result;
         }
 
+        /// <summary>
+        /// The index pairs (into the stored weight, first &lt; second) that ONNX Runtime's u8s8 kernels add as one
+        /// int16 on CPUs without VNNI (<see cref="AdjacentPairBound"/>): K elements 2i and 2i + 1 of one output channel
+        /// in the order the kernel reads K. MatMul/Gemm: K is the weight's non-channel axis. Conv: QLinearConv reorders
+        /// [M, C/group, kernel] to K = (kernel position, input channel), input channel fastest; its indirect
+        /// (ConvSym) kernels pair adjacent input channels of one kernel position, so those pairs are included too
+        /// (the same pairs when C/group is even).
+        /// </summary>
+        private static List<(int A, int B)> KPairs(Candidate c)
+        {
+            var pairs = new List<(int, int)>();
+            long[] d = c.Dims;
+            if (c.Node.OpType == "Conv")
+            {
+                int m = (int)d[0], cg = (int)d[1], k = c.Weight.Length / m, kernel = k / cg;
+                for (int oc = 0; oc < m; oc++)
+                {
+                    int baseIndex = oc * k;
+                    int At(int r) => baseIndex + r % cg * kernel + r / cg;
+                    for (int r = 0; r + 1 < k; r += 2)
+                    {
+                        pairs.Add((At(r), At(r + 1)));
+                    }
+                    if (cg % 2 != 0)
+                    {
+                        for (int p = 0; p < kernel; p++)
+                        {
+                            for (int ic = 0; ic + 1 < cg; ic += 2)
+                            {
+                                pairs.Add((baseIndex + ic * kernel + p, baseIndex + (ic + 1) * kernel + p));
+                            }
+                        }
+                    }
+                }
+                return [.. pairs.Select(p => p.Item1 < p.Item2 ? p : (p.Item2, p.Item1))];
+            }
+            int rows = (int)d[0], cols = (int)d[1];
+            if (c.Axis == 0)
+            {
+                // [N, K] (Gemm transB): K along each row.
+                for (int n = 0; n < rows; n++)
+                {
+                    for (int i = 0; i + 1 < cols; i += 2)
+                    {
+                        pairs.Add((n * cols + i, n * cols + i + 1));
+                    }
+                }
+            }
+            else
+            {
+                // [K, N]: K down each column.
+                for (int i = 0; i + 1 < rows; i += 2)
+                {
+                    for (int n = 0; n < cols; n++)
+                    {
+                        pairs.Add((i * cols + n, (i + 1) * cols + n));
+                    }
+                }
+            }
+            return pairs;
+        }
+
         private void QuantizeWeightAndBias(Candidate c, QParams x, List<NodeProto> nodes)
         {
             NodeProto node = c.Node;
@@ -936,6 +998,21 @@ public static class Int8StaticQuantizer
                 int ch = PerChannel ? i / inner % channels : 0;
                 maxAbs[ch] = MathF.Max(maxAbs[ch], MathF.Abs(c.Weight[i]));
             }
+            bool pairBounded = EncodingLevels.Of(options.WeightEncoding, displayName).PairBounded;
+            List<(int A, int B)> pairs = pairBounded ? KPairs(c) : [];
+            if (pairBounded)
+            {
+                // The pair bound raises a channel's scale where max|w| / 127 would let a same-sign pair exceed 128 levels.
+                foreach ((int a, int b) in pairs)
+                {
+                    float wa = c.Weight[a], wb = c.Weight[b];
+                    if ((wa > 0f && wb > 0f) || (wa < 0f && wb < 0f))
+                    {
+                        int ch = PerChannel ? a / inner % channels : 0;
+                        maxAbs[ch] = MathF.Max(maxAbs[ch], (MathF.Abs(wa) + MathF.Abs(wb)) * Levels / AdjacentPairBound.MaxPairLevels);
+                    }
+                }
+            }
             float[] scales = maxAbs.Select(m => m / Levels is var s && s >= 1e-30f && float.IsFinite(s) ? s : 1f).ToArray();
             bool unsigned = options.WeightEncoding == WeightEncoding.UInt8;
             float zero = unsigned ? 128f : 0f;
@@ -948,6 +1025,18 @@ public static class Int8StaticQuantizer
                 v = Math.Clamp(v, -Levels, Levels);
                 q[i] = unchecked((byte)(int)(v + zero));
                 maxError = MathF.Max(maxError, MathF.Abs(v * s - c.Weight[i]));
+            }
+            if (pairBounded)
+            {
+                Span<sbyte> codes = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, sbyte>(q.AsSpan());
+                foreach ((int a, int b) in pairs)
+                {
+                    float s = scales[PerChannel ? a / inner % channels : 0];
+                    if (AdjacentPairBound.Enforce(c.Weight, s, codes, a, 2, b - a) > 0)
+                    {
+                        maxError = MathF.Max(maxError, MathF.Max(MathF.Abs(codes[a] * s - c.Weight[a]), MathF.Abs(codes[b] * s - c.Weight[b])));
+                    }
+                }
             }
             string wName = g.Unique(node.Input[1] + "_q");
             string sName = g.Unique(node.Input[1] + "_s");
