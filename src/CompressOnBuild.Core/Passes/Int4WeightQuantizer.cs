@@ -34,49 +34,26 @@ public static class Int4WeightQuantizer
         ArgumentNullException.ThrowIfNull(options);
         ArgumentNullException.ThrowIfNull(displayName);
         ValidateOptions(options, displayName);
-        if (model.Graph == null)
-        {
-            throw new CompressException(DiagnosticCodes.ModelInvalid, displayName, "it has no graph") { File = displayName };
-        }
-        long before = model.CalculateSize();
-        if (QuantizedOperators.Describe(model) is { } already)
-        {
-            return new Int4Summary
-            {
-                ModelDisplayName = displayName,
-                BlockSize = options.BlockSize,
-                Symmetric = options.Symmetric,
-                AlreadyQuantized = true,
-                AlreadyQuantizedReason = already,
-                ModelBytesBefore = before,
-                ModelBytesAfter = before,
-            };
-        }
-        // A float16 model is quantized from its float16 weights, in float32 compute (see Float16Lift).
-        Float16Lift? lift = Float16Lift.Apply(model, displayName);
-        var context = new Int4Context(new PassGraph(model), options, displayName);
-        int folded = QuantizationDriver.Run(context, OpRegistry.For(QuantizationScheme.Int4Weights));
-        LstmLowering.ReportFloat(context.Graph, LstmLowering.RecurrentOps, op => $"ONNX Runtime has no 4-bit {op} kernel; its weights stay float32" + (op == "LSTM" ? " (Int8Dynamic quantizes LSTM weights)" : ""), context.Skipped, displayName);
-        int restored = lift?.Finish(model, context.Quantized.Count > 0) ?? 0;
-        if (context.Quantized.Count > 0)
-        {
-            PassGraph.DropInitializerInputs(model);
-            PassGraph.StripDebugTraces(model);
-        }
+        PassRun run = QuantizationDriver.Quantize(model, displayName, QuantizationScheme.Int4Weights,
+            g => new Int4Context(g, options, displayName),
+            c => LstmLowering.ReportFloat(c.Graph, LstmLowering.RecurrentOps, op => $"ONNX Runtime has no 4-bit {op} kernel; its weights stay float32" + (op == "LSTM" ? " (Int8Dynamic quantizes LSTM weights)" : ""), c.Skipped, displayName));
+        var context = (Int4Context?)run.Context;
         return new Int4Summary
         {
             ModelDisplayName = displayName,
             BlockSize = options.BlockSize,
             Symmetric = options.Symmetric,
             Method = options.Method == Int4Method.Gptq ? "GPTQ" : "RTN",
-            RoundedToNearest = context.RoundedToNearest,
-            Quantized = context.Quantized,
-            Skipped = context.Skipped,
-            ModelBytesBefore = before,
-            ModelBytesAfter = context.Quantized.Count == 0 && (folded == 0 || lift != null) ? before : model.CalculateSize(),
-            Float16Weights = lift == null || context.Quantized.Count == 0 ? null : Float16Lift.Describe(lift.LiftedTensors, restored),
-            FloatWeightBytes = context.FloatWeightBytes,
-            QuantizedWeightBytes = context.QuantizedWeightBytes,
+            AlreadyQuantized = run.AlreadyQuantized != null,
+            AlreadyQuantizedReason = run.AlreadyQuantized,
+            RoundedToNearest = context?.RoundedToNearest ?? [],
+            Quantized = context?.Quantized ?? [],
+            Skipped = context?.Skipped ?? [],
+            ModelBytesBefore = run.BytesBefore,
+            ModelBytesAfter = run.BytesAfter,
+            Float16Weights = run.Float16Weights,
+            FloatWeightBytes = context?.FloatWeightBytes ?? 0,
+            QuantizedWeightBytes = context?.QuantizedWeightBytes ?? 0,
         };
     }
 

@@ -42,49 +42,22 @@ public static class Int8DynamicQuantizer
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(options);
         ArgumentNullException.ThrowIfNull(modelDisplayName);
-        long before = model.CalculateSize();
-
-        string? already = QuantizedOperators.Describe(model);
-        if (already != null)
-        {
-            return new QuantizationSummary
-            {
-                ModelDisplayName = modelDisplayName,
-                WeightEncoding = options.WeightEncoding,
-                AlreadyQuantized = true,
-                AlreadyQuantizedReason = already,
-                ModelBytesBefore = before,
-                ModelBytesAfter = before,
-            };
-        }
-        if (model.Graph == null)
-        {
-            throw new CompressException(DiagnosticCodes.ModelInvalid, modelDisplayName, "it has no graph") { File = modelDisplayName };
-        }
-
-        // A float16 model is quantized from its float16 weights, in float32 compute (see Float16Lift).
-        Float16Lift? lift = Float16Lift.Apply(model, modelDisplayName);
-        var context = new Int8DynamicContext(new PassGraph(model), options, modelDisplayName);
-        int folded = QuantizationDriver.Run(context, OpRegistry.For(QuantizationScheme.Int8Dynamic));
-        LstmLowering.ReportFloat(context.Graph, NoInt8Kernel, op => $"ONNX Runtime has no quantized {op} kernel (only DynamicQuantizeLSTM); its weights stay float32", context.Skipped, modelDisplayName);
-        int restored = lift?.Finish(model, context.Quantized.Count > 0) ?? 0;
-        if (context.Quantized.Count > 0)
-        {
-            PassGraph.DropInitializerInputs(model);
-            PassGraph.StripDebugTraces(model);
-        }
-        long after = context.Quantized.Count == 0 && (folded == 0 || lift != null) ? before : model.CalculateSize();
+        PassRun run = QuantizationDriver.Quantize(model, modelDisplayName, QuantizationScheme.Int8Dynamic,
+            g => new Int8DynamicContext(g, options, modelDisplayName),
+            c => LstmLowering.ReportFloat(c.Graph, NoInt8Kernel, op => $"ONNX Runtime has no quantized {op} kernel (only DynamicQuantizeLSTM); its weights stay float32", c.Skipped, modelDisplayName));
         return new QuantizationSummary
         {
             ModelDisplayName = modelDisplayName,
             WeightEncoding = options.WeightEncoding,
-            Quantized = context.Quantized,
-            Skipped = context.Skipped,
-            ModelBytesBefore = before,
-            ModelBytesAfter = after,
-            FloatWeightBytes = context.FloatWeightBytes,
-            QuantizedWeightBytes = context.QuantizedWeightBytes,
-            Float16Weights = lift == null || context.Quantized.Count == 0 ? null : Float16Lift.Describe(lift.LiftedTensors, restored),
+            AlreadyQuantized = run.AlreadyQuantized != null,
+            AlreadyQuantizedReason = run.AlreadyQuantized,
+            Quantized = run.Context?.Quantized ?? [],
+            Skipped = run.Context?.Skipped ?? [],
+            ModelBytesBefore = run.BytesBefore,
+            ModelBytesAfter = run.BytesAfter,
+            FloatWeightBytes = run.Context?.FloatWeightBytes ?? 0,
+            QuantizedWeightBytes = run.Context?.QuantizedWeightBytes ?? 0,
+            Float16Weights = run.Float16Weights,
         };
     }
 }

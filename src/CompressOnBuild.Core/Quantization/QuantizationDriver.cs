@@ -1,3 +1,4 @@
+using CompressOnBuild.Onnx;
 using CompressOnBuild.Kernels;
 
 namespace CompressOnBuild.Core.Quantization;
@@ -62,4 +63,48 @@ internal static class QuantizationDriver
         }
         return rewritten;
     }
+
+    /// <summary>
+    /// A whole weight-quantizing pass over <paramref name="model"/> (in place): a model that already runs quantized
+    /// operators is left as it is; a float16 model is lifted to float32 compute (<see cref="Float16Lift"/>); then
+    /// <see cref="Run"/> over <paramref name="scheme"/>'s registry entries, <paramref name="afterLowering"/> (operators
+    /// the pass still lowers itself), the float16 weights left float put back, and the model tidied when something changed.
+    /// </summary>
+    /// <exception cref="CompressException">CMPR0103 for a model without a graph; CMPR0202 (see <see cref="Run"/>).</exception>
+    public static PassRun Quantize(ModelProto model, string displayName, QuantizationScheme scheme,
+        Func<PassGraph, LoweringContext> makeContext, Action<LoweringContext>? afterLowering = null)
+    {
+        if (model.Graph == null)
+        {
+            throw new CompressException(DiagnosticCodes.ModelInvalid, displayName, "it has no graph") { File = displayName };
+        }
+        long before = model.CalculateSize();
+        if (QuantizedOperators.Describe(model) is { } already)
+        {
+            return new PassRun(before, before, already, null, null);
+        }
+        // A float16 model is quantized from its float16 weights, in float32 compute (see Float16Lift).
+        Float16Lift? lift = Float16Lift.Apply(model, displayName);
+        LoweringContext context = makeContext(new PassGraph(model));
+        int rewritten = Run(context, OpRegistry.For(scheme));
+        afterLowering?.Invoke(context);
+        bool changed = context.Quantized.Count > 0;
+        int restored = lift?.Finish(model, changed) ?? 0;
+        if (changed)
+        {
+            PassGraph.DropInitializerInputs(model);
+            PassGraph.StripDebugTraces(model);
+        }
+        long after = !changed && (rewritten == 0 || lift != null) ? before : model.CalculateSize();
+        string? float16 = lift == null || !changed ? null : Float16Lift.Describe(lift.LiftedTensors, restored);
+        return new PassRun(before, after, null, context, float16);
+    }
 }
+
+/// <summary>What <see cref="QuantizationDriver.Quantize"/> did, for the pass's summary.</summary>
+/// <param name="BytesBefore">Serialized size before.</param>
+/// <param name="BytesAfter">Serialized size after (equal to before when nothing changed).</param>
+/// <param name="AlreadyQuantized">Why the model counts as already quantized (then nothing ran), else null.</param>
+/// <param name="Context">The context the lowerings filled (null when already quantized).</param>
+/// <param name="Float16Weights">The float16 lift's description when a float16 model was quantized, else null.</param>
+internal sealed record PassRun(long BytesBefore, long BytesAfter, string? AlreadyQuantized, LoweringContext? Context, string? Float16Weights);
