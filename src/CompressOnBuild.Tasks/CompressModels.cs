@@ -309,14 +309,16 @@ namespace CompressOnBuild.Tasks
 
         /// <summary>A broken budget is reported with the severity this build asks for. The worker's result cache
         /// replays a cached verdict with the severity of the run that stored it, so the task applies the policy.</summary>
-        internal static string ApplyBudgetSeverity(string line, string? severity)
+        internal static string ApplyBudgetSeverity(string line, string? severity) => ApplyBudgetSeverity(line, TaskLogging.ParseSeverity(severity));
+
+        internal static string ApplyBudgetSeverity(string line, WorkerSeverity severity)
         {
-            bool warning = string.Equals(severity, "Warning", StringComparison.OrdinalIgnoreCase);
-            string from = (warning ? " error " : " warning ") + DiagnosticCodes.BudgetBroken;
+            WorkerSeverity other = severity == WorkerSeverity.Warning ? WorkerSeverity.Error : WorkerSeverity.Warning;
+            string from = " " + TaskLogging.Spelling(other) + " " + DiagnosticCodes.BudgetBroken;
             int at = line.IndexOf(from, StringComparison.Ordinal);
             return at < 0
                 ? line
-                : line.Substring(0, at) + (warning ? " warning " : " error ") + DiagnosticCodes.BudgetBroken + line.Substring(at + from.Length);
+                : line.Substring(0, at) + " " + TaskLogging.Spelling(severity) + " " + DiagnosticCodes.BudgetBroken + line.Substring(at + from.Length);
         }
 
         protected override bool HandleTaskExecutionErrors()

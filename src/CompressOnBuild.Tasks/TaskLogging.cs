@@ -4,6 +4,13 @@ using Microsoft.Build.Utilities;
 
 namespace CompressOnBuild.Tasks
 {
+    /// <summary>The severity of a worker diagnostic line, and of CompressModelBudgetFailureSeverity.</summary>
+    internal enum WorkerSeverity
+    {
+        Error,
+        Warning,
+    }
+
     internal static class TaskLogging
     {
         /// <summary>Where every code is documented; each code has an anchor of its own (lower case, e.g. #cmpr0401).</summary>
@@ -11,6 +18,13 @@ namespace CompressOnBuild.Tasks
 
         private static readonly Regex CanonicalWorkerLine = new Regex(
             @"^(?<file>.*?) ?: (?<severity>error|warning) (?<code>CMPR\d{4}) ?: ?(?<text>.*)$", RegexOptions.CultureInvariant);
+
+        /// <summary>"Warning" (any case) is <see cref="WorkerSeverity.Warning"/>; anything else, unset included, is an error.</summary>
+        public static WorkerSeverity ParseSeverity(string? text) =>
+            string.Equals(text, "Warning", System.StringComparison.OrdinalIgnoreCase) ? WorkerSeverity.Warning : WorkerSeverity.Error;
+
+        /// <summary>The worker's spelling of a severity in a canonical line ("error", "warning").</summary>
+        public static string Spelling(WorkerSeverity severity) => severity == WorkerSeverity.Warning ? "warning" : "error";
 
         /// <summary>The help link of a code: its section in docs/diagnostics.md.</summary>
         public static string HelpLink(string code) => DiagnosticsDocument + "#" + code.ToLowerInvariant();
@@ -57,7 +71,7 @@ namespace CompressOnBuild.Tasks
             string code = m.Groups["code"].Value;
             string file = m.Groups["file"].Value;
             string text = m.Groups["text"].Value;
-            if (m.Groups["severity"].Value == "error")
+            if (ParseSeverity(m.Groups["severity"].Value) == WorkerSeverity.Error)
             {
                 log.LogError(null, code, null, HelpLink(code), file, 0, 0, 0, 0, "{0}", text);
             }
