@@ -75,6 +75,17 @@ internal abstract class LoweringContext
         return value;
     }
 
+    /// <summary>
+    /// The usual end of <see cref="IOperatorLowering.Lower"/>: <paramref name="site"/>'s node replaced by
+    /// <paramref name="nodes"/>, its weight marked for removal once unused, and the layer reported as quantized.
+    /// </summary>
+    public void ReplaceSite(WeightSite site, IReadOnlyList<NodeProto> nodes, int rows, int columns, float maxError)
+    {
+        Graph.Replace(site.Node, nodes);
+        Replaced.Add(site.WeightName, site.Weight);
+        Quantized.Add(new QuantizedNode(OnnxNames.Label(site.Node), site.Node.OpType, site.WeightName, rows, columns, maxError));
+    }
+
     /// <summary>Asks for <paramref name="domain"/> at <paramref name="version"/> or later, applied when the pass has quantized something.</summary>
     public void RequireOpset(string domain, long version) => _opsets.Add((domain, version));
 

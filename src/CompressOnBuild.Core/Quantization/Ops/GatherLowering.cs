@@ -103,10 +103,8 @@ internal sealed class GatherLowering : IOperatorLowering
         q.Attribute.Add(PassGraph.IntAttribute("quantize_axis", 1));
         q.Attribute.Add(PassGraph.IntAttribute("block_size", t.BlockSize));
         q.Attribute.Add(PassGraph.IntAttribute("bits", scheme.Bits));
-        graph.Replace(g, [q]);
-        context.Replaced.Add(site.WeightName, site.Weight);
         context.RequireOpset(OnnxNames.MicrosoftDomain, 1);
-        context.Quantized.Add(new QuantizedNode(OnnxNames.Label(g), "Gather", site.WeightName, t.Rows, t.Cols, t.MaxError));
+        context.ReplaceSite(site, [q], t.Rows, t.Cols, t.MaxError);
     }
 
     /// <summary>Encodes the table once and adds its initializers.</summary>

@@ -16,9 +16,7 @@ internal sealed class Int4MatMulLowering : OperatorLowering<Int4Context>
         Int4Matrix stored = context.EncodeMatrix(c);
         NodeProto q = context.MatMulNBits(c.Node, c.Node.Input[0], stored);
         Int4Context.Finish(q, stored);
-        context.Graph.Replace(c.Node, [q]);
-        context.Replaced.Add(c.WeightName, c.Weight);
-        context.Quantized.Add(new QuantizedNode(OnnxNames.Label(c.Node), c.Node.OpType, c.WeightName, stored.K, stored.N, stored.MaxError));
+        context.ReplaceSite(c, [q], stored.K, stored.N, stored.MaxError);
     }
 }
 
@@ -45,8 +43,6 @@ internal sealed class Int4GemmLowering : OperatorLowering<Int4Context>
             q.Input.Add(bias);
         });
         Int4Context.Finish(q, stored);
-        context.Graph.Replace(c.Node, inserted);
-        context.Replaced.Add(c.WeightName, c.Weight);
-        context.Quantized.Add(new QuantizedNode(OnnxNames.Label(c.Node), c.Node.OpType, c.WeightName, stored.K, stored.N, stored.MaxError));
+        context.ReplaceSite(c, inserted, stored.K, stored.N, stored.MaxError);
     }
 }

@@ -81,9 +81,7 @@ internal sealed class Int8ConvLowering : OperatorLowering<Int8DynamicContext>
             context.Replaced.Add(node.Input[2], bias);
         }
 
-        g.Replace(node, inserted);
-        context.Replaced.Add(c.WeightName, c.Weight);
         context.RequireOpset("", 11);
-        context.Quantized.Add(new QuantizedNode(label, "Conv", c.WeightName, stored.PerChannel, stored.M, stored.MaxError));
+        context.ReplaceSite(c, inserted, stored.PerChannel, stored.M, stored.MaxError);
     }
 }

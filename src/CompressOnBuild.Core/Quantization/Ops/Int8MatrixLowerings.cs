@@ -21,9 +21,7 @@ internal sealed class Int8MatMulLowering : OperatorLowering<Int8DynamicContext>
         NodeProto q = context.DynamicQuantizeMatMul(c.Node, c.Node.Input[0], stored);
         FoldBiasAdd(context, c.Node, q, stored.N);
         Int8DynamicContext.TrimOptionalInputs(q);
-        context.Graph.Replace(c.Node, [q]);
-        context.Replaced.Add(c.WeightName, c.Weight);
-        context.Quantized.Add(new QuantizedNode(OnnxNames.Label(c.Node), c.Node.OpType, c.WeightName, stored.K, stored.N, stored.MaxError));
+        context.ReplaceSite(c, [q], stored.K, stored.N, stored.MaxError);
     }
 
     /// <summary>
@@ -114,8 +112,6 @@ internal sealed class Int8GemmLowering : OperatorLowering<Int8DynamicContext>
         inserted.Add(q);
         MatrixParts.AddGemmC(context, c, stored.N, q, inserted, q.Input.Add);
         Int8DynamicContext.TrimOptionalInputs(q);
-        context.Graph.Replace(c.Node, inserted);
-        context.Replaced.Add(c.WeightName, c.Weight);
-        context.Quantized.Add(new QuantizedNode(OnnxNames.Label(c.Node), c.Node.OpType, c.WeightName, stored.K, stored.N, stored.MaxError));
+        context.ReplaceSite(c, inserted, stored.K, stored.N, stored.MaxError);
     }
 }
