@@ -192,6 +192,53 @@ public sealed class Float16InputTests
     }
 
     [TestMethod]
+    public void Float16_weights_inside_If_branches_are_quantized_and_the_branches_stay_type_correct()
+    {
+        var g = new GraphProto { Name = "fp16-if" };
+        g.Input.Add(Value("x", DataType.Float16, "N", In));
+        g.Input.Add(Value("cond", DataType.Bool));
+        GraphProto Branch(string name, int seed)
+        {
+            var b = new GraphProto { Name = name };
+            b.Initializer.Add(Half("W_" + name, RandomFloats(In * Out, seed, 0.3f), In, Out));
+            b.Node.Add(Node("MatMul", ["x", "W_" + name], ["y_" + name], "mm_" + name));
+            ValueInfoProto o = Value("y_" + name, DataType.Float16);
+            o.Type.TensorType.Shape = null;
+            b.Output.Add(o);
+            return b;
+        }
+        NodeProto iff = Node("If", ["cond"], ["y"], "branch");
+        iff.Attribute.Add(new AttributeProto { Name = "then_branch", Type = AttributeProto.Types.AttributeType.Graph, G = Branch("then", 31) });
+        iff.Attribute.Add(new AttributeProto { Name = "else_branch", Type = AttributeProto.Types.AttributeType.Graph, G = Branch("else", 32) });
+        g.Node.Add(iff);
+        g.Output.Add(Value("y", DataType.Float16, "N", Out));
+        ModelProto original = Model(g, opset: 13);
+        ModelProto model = original.Clone();
+        QuantizationSummary s = Int8DynamicQuantizer.Apply(model, QuantizationOptions.Default, "fp16-if.onnx");
+        Assert.HasCount(2, s.Quantized, string.Join("; ", s.Skipped.Select(k => $"{k.Node}: {k.Reason}")));
+        StringAssert.Contains(s.Float16Weights, "float16");
+        ModelChecker.Validate(model, "fp16-if.onnx");
+        Assert.IsLessThan(original.CalculateSize() * 0.75, model.CalculateSize());
+        foreach (bool branch in new[] { true, false })
+        {
+            float[] expected = RunIf(original, branch), actual = RunIf(model, branch);
+            double cosine = Cosine(expected, actual);
+            TestContext.WriteLine($"If {branch}: cosine {cosine:F6}");
+            Assert.IsGreaterThanOrEqualTo(0.999, cosine, $"branch {branch}");
+        }
+    }
+
+    private static float[] RunIf(ModelProto model, bool branch)
+    {
+        using var session = new InferenceSession(model.ToByteArray());
+        using OrtValue x = OrtValue.CreateTensorValueFromMemory(X.Select(v => (Float16)v).ToArray(), [Batch, In]);
+        using OrtValue cond = OrtValue.CreateTensorValueFromMemory(new[] { branch }, []);
+        using var run = new RunOptions();
+        using IDisposableReadOnlyCollection<OrtValue> outputs = session.Run(run, ["x", "cond"], [x, cond], ["y"]);
+        return outputs[0].GetTensorDataAsSpan<Float16>().ToArray().Select(v => (float)v).ToArray();
+    }
+
+    [TestMethod]
     public void Float16_on_a_float16_model_copies_it_and_says_so()
     {
         ModelProto model = Model16(halfIo: true);
