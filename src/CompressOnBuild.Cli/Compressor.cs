@@ -1,6 +1,8 @@
 using System.Diagnostics;
 using System.Security.Cryptography;
+using System.Text.Json.Nodes;
 using CompressOnBuild.Core;
+using CompressOnBuild.Core.IO;
 using CompressOnBuild.Core.Onnx;
 using CompressOnBuild.Core.Passes;
 using CompressOnBuild.Onnx;
@@ -28,6 +30,9 @@ internal sealed record Attempt(
 
     /// <summary>Layers kept dense by pruning (the same as <see cref="ExcludedNodes"/> unless the tuner backs off pruning alone).</summary>
     public IReadOnlyList<string> DenseNodes { get; init; } = [];
+
+    /// <summary>Histograms of the quantized weights before and after, for the HTML report; null when nothing was quantized.</summary>
+    public System.Text.Json.Nodes.JsonObject? WeightHistograms { get; init; }
 }
 
 /// <summary>Compresses and validates one item: load, check, pass, save beside the output, validate, check budgets, (tune), publish atomically.</summary>
@@ -62,6 +67,9 @@ internal static class Compressor
         }
     }
 
+    // Optimized from the first call: tier-0 code reports every local (and spilled temporary) as live to the end of the
+    // method, which would keep the parsed original model reachable through validation after the context dropped it.
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
     private static void RunItem(ItemResult result, GlobalOptions global, Func<OrtInfo> ensureOrt, CompressionCacheAdapter? cache, ProgressReporter? progress)
     {
         ItemSettings s = result.Settings;
@@ -80,13 +88,15 @@ internal static class Compressor
             RunStreaming(result, global, ensureOrt, modelFull, outputFull, progress);
             return;
         }
+        ReleaseMemory(); // the size probe parsed the protobuf of a small model
 
         progress?.Phase("loading the model");
+        MemoryTrace.Mark(s.Model, "start");
         ModelProto original = ModelIO.Load(s.Model);
+        MemoryTrace.Mark(s.Model, "loaded");
         ModelChecker.Validate(original, s.Model);
-        byte[] originalBytes = SerializeForHash(original);
-        result.OriginalBytes = originalBytes.LongLength;
-        result.OriginalSha256 = Convert.ToHexStringLower(SHA256.HashData(originalBytes));
+        (result.OriginalBytes, result.OriginalSha256) = HashModel(original);
+        MemoryTrace.Mark(s.Model, "hashed");
 
         OrtInfo ort = ensureOrt();
         string? key = cache == null ? null : CompressionCacheAdapter.Key(result, ort);
@@ -102,19 +112,33 @@ internal static class Compressor
         string outDir = Path.GetDirectoryName(outputFull)!;
         string work = Path.Combine(outDir, ".cob-" + Guid.NewGuid().ToString("N")[..12]);
         FileStream workLock = CreateWorkFolder(outDir, work, s.Output);
+        AttemptContext? context = null;
         try
         {
             var runnerOptions = new ModelRunnerOptions { IntraOpThreads = 1 };
-            using ModelRunner originalRunner = OpenOriginal(s, modelFull, new ModelRunnerOptions { IntraOpThreads = 1, SourceModel = true });
-            progress?.Phase("reading the validation data");
-            Dataset? data = LoadData(result, original, originalRunner, out string source);
-            result.ValidationSource = source;
-            var context = new AttemptContext(s, original, originalRunner, data, runnerOptions, work, Path.GetFileName(outputFull), result.OriginalBytes)
+            // One attempt (no tuning): ONNX Runtime loads the model while the parsed original is dropped (loading takes
+            // about twice the model's size for a moment); the synthetic-input hints need only the graph and the dims.
+            ModelProto hints = s.Tune ? original : WithoutTensorData(original);
+            ModelProto? kept = s.Tune ? original : null;
+            original = null!;
+            ReleaseMemory();
+            ModelRunner originalRunner = OpenOriginal(s, modelFull, new ModelRunnerOptions { IntraOpThreads = 1, SourceModel = true });
+            MemoryTrace.Mark(s.Model, "original opened in ONNX Runtime");
+            // Owned by the context from here on (it closes and reopens the session, and reloads the original, to keep the peak down).
+            context = new AttemptContext(s, kept, originalRunner,
+                () => OpenOriginal(s, modelFull, new ModelRunnerOptions { IntraOpThreads = 1, SourceModel = true }),
+                runnerOptions, work, Path.GetFileName(outputFull), result.OriginalBytes)
             {
                 Progress = progress,
             };
+            kept = null;
+            progress?.Phase("reading the validation data");
+            context.Data = LoadData(result, hints, context.OriginalRunner, out string source);
+            hints = null!;
+            result.ValidationSource = source;
 
             Attempt chosen = context.Make(s.NodesToExclude);
+            MemoryTrace.Mark(s.Model, "validated");
             AddPassDiagnostics(result, chosen.Quantization);
             if (!chosen.Passed && s.Tune)
             {
@@ -124,6 +148,8 @@ internal static class Compressor
                 result.Diagnostics.AddRange(Tuner.Diagnostics(result, untuned));
             }
 
+            // Nothing below runs either model: free the sessions (and the original) before the cache copy and publish.
+            context.Dispose();
             result.Quantization = chosen.Quantization;
             result.Pruning = chosen.Pruning;
             if (chosen.Pruning is { SparsityDiffers: true } ps)
@@ -138,10 +164,7 @@ internal static class Compressor
             {
                 result.CompressedZipBytes = PruningSummary.ZipBytes(File.ReadAllBytes(chosen.Path));
             }
-            if (chosen.Quantization is { Nodes.Count: > 0 } q)
-            {
-                result.WeightHistograms = WeightHistograms.Build(original, ModelIO.Load(chosen.Path), q.Nodes.Select(n => n.Weight));
-            }
+            result.WeightHistograms = chosen.WeightHistograms;
             result.CompressedBytes = chosen.CompressedBytes;
             result.CompressedSha256 = chosen.CompressedSha256;
             result.Validation = chosen.Validation;
@@ -155,11 +178,12 @@ internal static class Compressor
                 cache!.Store(key, result, chosen.Path, Budgets.Measure(chosen.Validation, result.OriginalBytes, chosen.CompressedBytes), Report.Build(result, ort));
             }
 
+            MemoryTrace.Mark(s.Model, "cached");
             if (result.BudgetsPassed || global.BudgetFailureIsWarning)
             {
                 if (Publish(chosen.Path, outputFull))
                 {
-                    result.CompressedSha256 = Convert.ToHexStringLower(SHA256.HashData(File.ReadAllBytes(outputFull)));
+                    result.CompressedSha256 = HashFile(outputFull);
                 }
                 result.Shipped = true;
             }
@@ -172,6 +196,7 @@ internal static class Compressor
         }
         finally
         {
+            context?.Dispose();
             workLock.Dispose();
             try
             {
@@ -224,12 +249,10 @@ internal static class Compressor
                     : PassResult.From(StreamingQuantizer.CompressInt8Dynamic(s.Model, candidate,
                         new QuantizationOptions { ExcludedNodes = notQuantized }, s.Model, m => AddProvenance(m, s, s.NodesToExclude)));
                 result.CompressSeconds = watch.Elapsed.TotalSeconds;
+                MemoryTrace.Mark(s.Model, "compressed (streaming)");
                 AddPassDiagnostics(result, result.Quantization);
                 result.CompressedBytes = FileBytesWithExternalData(candidate);
-                using (FileStream fs = File.OpenRead(candidate))
-                {
-                    result.CompressedSha256 = Convert.ToHexStringLower(SHA256.HashData(fs));
-                }
+                result.CompressedSha256 = HashFile(candidate);
                 watch.Restart();
                 var runnerOptions = new ModelRunnerOptions { IntraOpThreads = 1 };
                 using (ModelRunner originalRunner = OpenOriginal(s, modelFull, new ModelRunnerOptions { IntraOpThreads = 1, SourceModel = true }))
@@ -240,6 +263,7 @@ internal static class Compressor
                     result.Validation = data == null ? null : Validator.Compare(originalRunner, compressed, data, ValidationOptions(s, progress));
                 }
                 result.ValidateSeconds = watch.Elapsed.TotalSeconds;
+                MemoryTrace.Mark(s.Model, "validated");
                 result.Budgets.AddRange(Budgets.Evaluate(s, result.Validation, result.OriginalBytes, result.CompressedBytes));
                 // No optimized-graph check here: ORT would write a second copy of a model this large.
                 Verdict.AddWarnings(result, candidatePath: null);
@@ -247,7 +271,7 @@ internal static class Compressor
                 {
                     if (Publish(candidate, outputFull))
                     {
-                        result.CompressedSha256 = Convert.ToHexStringLower(SHA256.HashData(File.ReadAllBytes(outputFull)));
+                        result.CompressedSha256 = HashFile(outputFull);
                     }
                     result.Shipped = true;
                 }
@@ -451,15 +475,46 @@ internal static class Compressor
         Set("compressonbuild.options", options);
     }
 
-    internal static byte[] SerializeForHash(ModelProto model)
+    /// <summary>
+    /// Size and SHA-256 of the model's serialized bytes, hashed as they are serialized (no second copy of the model
+    /// in memory).
+    /// </summary>
+    internal static (long Bytes, string Sha256) HashModel(ModelProto model)
     {
-        using var ms = new MemoryStream();
-        using (var output = new Google.Protobuf.CodedOutputStream(ms, leaveOpen: true))
+        using var hash = new HashingStream();
+        using (var output = new Google.Protobuf.CodedOutputStream(hash, leaveOpen: true))
         {
             model.WriteTo(output);
         }
-        return ms.ToArray();
+        return (hash.Length, hash.HexDigest());
     }
+
+    /// <summary>A copy of <paramref name="model"/> whose tensors keep their names, types and dims but no values.</summary>
+    private static ModelProto WithoutTensorData(ModelProto model)
+    {
+        ModelProto copy = model.Clone(); // raw_data bytes are shared with the original, not copied
+        foreach (TensorProto t in ModelWalker.Tensors(copy))
+        {
+            t.ClearRawData();
+            t.FloatData.Clear();
+            t.Int32Data.Clear();
+            t.Int64Data.Clear();
+            t.DoubleData.Clear();
+            t.Uint64Data.Clear();
+            t.StringData.Clear();
+        }
+        return copy;
+    }
+
+    /// <summary>SHA-256 (lower-case hex) of a file, read in chunks.</summary>
+    internal static string HashFile(string path)
+    {
+        using FileStream fs = new(path, FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 16, FileOptions.SequentialScan);
+        return Convert.ToHexStringLower(SHA256.HashData(fs));
+    }
+
+/// <summary>See <see cref="ProcessMemory.Release"/>.</summary>
+    internal static void ReleaseMemory() => ProcessMemory.Release();
 
     public static long FileBytesWithExternalData(string path)
     {
@@ -483,11 +538,57 @@ internal static class Compressor
     }
 }
 
-/// <summary>What every attempt of one item shares: the original model and its runner, the data, the work folder.</summary>
-internal sealed class AttemptContext(ItemSettings settings, ModelProto original, ModelRunner originalRunner, Dataset? data,
-    ModelRunnerOptions runnerOptions, string workDirectory, string fileName, long originalBytes)
+/// <summary>
+/// What every attempt of one item shares: the original model and its runner, the data, the work folder.
+/// <para>
+/// Memory: the original model is held three ways (parsed here, as an ONNX Runtime session, and as the candidate's
+/// tensors that are still float), and each is about the model's size. Without tuning (one attempt) the session is
+/// closed while the candidate is compressed, and the parsed original is dropped before the two sessions are opened
+/// for validation, so no two of them are alive at once; <see cref="Original"/> and <see cref="OriginalRunner"/>
+/// reload on demand. With tuning both stay, since every attempt needs them.
+/// </para>
+/// </summary>
+internal sealed class AttemptContext(ItemSettings settings, ModelProto? original, ModelRunner originalRunner, Func<ModelRunner> reopenOriginal,
+    ModelRunnerOptions runnerOptions, string workDirectory, string fileName, long originalBytes) : IDisposable
 {
     private int _count;
+    private ModelProto? _original = original;
+    private ModelRunner? _originalRunner = originalRunner;
+    private ModelInputs? _inputs;
+
+    /// <summary>The original model, parsed (reloaded from the item's Model, which was checked when first loaded, if it was dropped).</summary>
+    public ModelProto Original => _original ??= ModelIO.Load(settings.Model);
+
+    /// <summary>The original model's ONNX Runtime session (reopened if an attempt closed it).</summary>
+    public ModelRunner OriginalRunner => _originalRunner ??= reopenOriginal();
+
+    /// <summary>The original model's inputs as ONNX Runtime reports them (kept when the session is closed).</summary>
+    private ModelInputs Inputs => _inputs ??= OriginalRunner.Inputs;
+
+    /// <summary>The inputs both models are compared on, set once by the caller; null when the original ran on no synthetic inputs (CMPR0410).</summary>
+    public Dataset? Data { get; set; }
+
+    /// <summary>One attempt only (no tuning): the original's session and parsed model are released between phases.</summary>
+    private bool SingleAttempt => !settings.Tune;
+
+    /// <summary>Closes the original's session (kept are its inputs); the next use of <see cref="OriginalRunner"/> reopens it.</summary>
+    private void CloseOriginalRunner()
+    {
+        if (_originalRunner != null)
+        {
+            _inputs ??= _originalRunner.Inputs;
+            _originalRunner.Dispose();
+            _originalRunner = null;
+        }
+    }
+
+    /// <summary>Closes the original's session and drops the parsed original.</summary>
+    public void Dispose()
+    {
+        CloseOriginalRunner();
+        _original = null;
+        Compressor.ReleaseMemory();
+    }
     private readonly Dictionary<string, CalibrationResult> _calibrations = new(StringComparer.Ordinal);
 
     private Dataset? _calibrationData;
@@ -497,7 +598,7 @@ internal sealed class AttemptContext(ItemSettings settings, ModelProto original,
     private Dictionary<string, Activation>? _activations;
 
     private Dataset CalibrationData() =>
-        _calibrationData ??= DatasetLoader.Load(settings.CalibrationData!, null, originalRunner.Inputs, Preprocessing.Parse(settings.Preprocessing),
+        _calibrationData ??= DatasetLoader.Load(settings.CalibrationData!, null, Inputs, Preprocessing.Parse(settings.Preprocessing),
             settings.CalibrationSamples, text: settings.Text);
 
     /// <summary>
@@ -547,12 +648,12 @@ internal sealed class AttemptContext(ItemSettings settings, ModelProto original,
             return _harm;
         }
         Dataset on = settings.CalibrationData != null ? CalibrationData()
-            : settings.ValidationData != null ? Compressor.LoadData(settings, originalRunner.Inputs, settings.CalibrationSamples, out _)
+            : settings.ValidationData != null ? Compressor.LoadData(settings, Inputs, settings.CalibrationSamples, out _)
             : throw new CompressException(DiagnosticCodes.InvalidOption, settings.Model, "Pruning", settings.Pruning.ToString(),
                 "Sensitivity measures each layer's harm on data: set CalibrationData (or ValidationData)") { File = settings.Model };
         // Probe models go to the item's work folder (next to the output, removed afterwards), never to the source
         // model's folder: ModelIO.Load inlined any external data, so no relative data path has to resolve.
-        return _harm = SensitivityHarm.Create(originalRunner, on, runnerOptions, workDirectory);
+        return _harm = SensitivityHarm.Create(OriginalRunner, on, runnerOptions, workDirectory);
     }
 
     /// <summary>The calibration method in use: the item's, unless the tuner is trying another ("MinMax", "Percentile:99.9", "Mse", "Entropy").</summary>
@@ -568,7 +669,7 @@ internal sealed class AttemptContext(ItemSettings settings, ModelProto original,
     {
         string text = CalibrationMethodText;
         string key = pruned == null ? text : text + "|pruned|" + variant;
-        ModelProto calibrated = pruned ?? original;
+        ModelProto calibrated = pruned ?? Original;
         if (_calibrations.TryGetValue(key, out CalibrationResult? cached))
         {
             return cached;
@@ -581,6 +682,8 @@ internal sealed class AttemptContext(ItemSettings settings, ModelProto original,
         IReadOnlyList<string> tensors = Int8StaticQuantizer.TensorsToCalibrate(calibrated, StaticOptions([]));
         CalibrationResult result = Calibrator.Run(Int8StaticQuantizer.CalibrationModel(calibrated), CalibrationData(), tensors,
             new CalibrationOptions { Method = method, Percentile = percentile, MaxSamples = settings.CalibrationSamples }, settings.Model);
+        Compressor.ReleaseMemory(); // the calibration session is closed: its native memory goes back before the pass allocates
+        MemoryTrace.Mark(settings.Model, "calibrated");
         _calibrations[key] = result;
         return result;
     }
@@ -592,9 +695,8 @@ internal sealed class AttemptContext(ItemSettings settings, ModelProto original,
     };
 
     public ItemSettings Settings => settings;
-    public ModelRunner OriginalRunner => originalRunner;
-    /// <summary>The inputs both models are compared on; null when the original ran on no synthetic inputs (CMPR0410).</summary>
-    public Dataset Data => data ?? throw new InvalidOperationException("no data to tune on"); // tuning requires data (CheckMeasurable)
+    /// <summary>The inputs tuning compares on (tuning requires data: CheckMeasurable).</summary>
+    public Dataset TuningData => Data ?? throw new InvalidOperationException("no data to tune on");
     public ModelRunnerOptions RunnerOptions => runnerOptions;
 
     /// <summary>
@@ -603,10 +705,21 @@ internal sealed class AttemptContext(ItemSettings settings, ModelProto original,
     /// <paramref name="prune"/> or <paramref name="quantize"/> false leaves that pass out (the tuner's diagnosis of
     /// which pass does the harm).
     /// </summary>
+    // Optimized from the first call (see RunItem): the original and the candidate must not stay reachable from this
+    // frame while the sessions validate.
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
     public Attempt Make(IReadOnlyList<string> excluded, Dataset? on = null, IReadOnlyList<string>? pruningExcluded = null, bool prune = true, bool quantize = true)
     {
         var watch = Stopwatch.StartNew();
         Progress?.Phase("compressing (" + settings.QuantizationText + (settings.Pruning.Method == PruningMethod.None ? "" : ", " + settings.Pruning) + ")");
+        if (SingleAttempt && !(prune && settings.Pruning.Method == PruningMethod.Sensitivity))
+        {
+            // Nothing runs the original while compressing (calibration and GPTQ open their own sessions).
+            CloseOriginalRunner();
+            Compressor.ReleaseMemory();
+            MemoryTrace.Mark(settings.Model, "original session closed");
+        }
+        ModelProto original = Original;
         ModelProto candidate = original.Clone();
         PruningSummary? pruning = null;
         IReadOnlyList<string> dense = pruningExcluded ?? excluded;
@@ -633,22 +746,39 @@ internal sealed class AttemptContext(ItemSettings settings, ModelProto original,
             _ => null,
         };
         Compressor.AddProvenance(candidate, settings, excluded);
+        MemoryTrace.Mark(settings.Model, "compressed");
+        // While the original and the candidate are both in memory (the shipped model is the candidate, saved as is).
+        JsonObject? histograms = summary is { Nodes.Count: > 0 } q ? WeightHistograms.Build(original, candidate, q.Nodes.Select(n => n.Weight)) : null;
         Progress?.Phase("saving the compressed model");
         string path = Path.Combine(workDirectory, (++_count).ToString(System.Globalization.CultureInfo.InvariantCulture), fileName);
         ModelIO.Save(candidate, path);
         double compressSeconds = watch.Elapsed.TotalSeconds;
         long bytes = Compressor.FileBytesWithExternalData(path);
-        string sha = Convert.ToHexStringLower(SHA256.HashData(File.ReadAllBytes(path)));
+        string sha = Compressor.HashFile(path);
+        MemoryTrace.Mark(settings.Model, "saved");
+        candidate = null!;
+        original = null!;
+        if (SingleAttempt)
+        {
+            _original = null;
+            Compressor.ReleaseMemory();
+            MemoryTrace.Mark(settings.Model, "original released");
+        }
 
         watch.Restart();
+        ModelRunner originalRunner = OriginalRunner;
+        MemoryTrace.Mark(settings.Model, "original opened in ONNX Runtime");
+        ProcessMemory.Release(); // what ONNX Runtime freed after loading (the parsed file) before the next session loads
         using var compressed = new ModelRunner(path, runnerOptions);
-        Dataset? inputs = on ?? data;
+        MemoryTrace.Mark(settings.Model, "compressed opened in ONNX Runtime");
+        Dataset? inputs = on ?? Data;
         ValidationResult? validation = inputs == null ? null : Validator.Compare(originalRunner, compressed, inputs, Compressor.ValidationOptions(settings, Progress));
         List<BudgetOutcome> budgets = Budgets.Evaluate(settings, validation, originalBytes, bytes);
         return new Attempt(path, excluded, summary, pruning, bytes, sha, validation, budgets, compressSeconds, watch.Elapsed.TotalSeconds)
         {
             CalibrationMethod = settings.Quantization == QuantizationScheme.Int8Static && quantize ? CalibrationMethodText : null,
             DenseNodes = dense,
+            WeightHistograms = histograms,
         };
     }
 }

@@ -160,9 +160,9 @@ internal static class Tuner
             return pruningOnly ? ctx.Make(userExcluded, on, pruningExcluded: off) : ctx.Make(off, on);
         }
 
-        Dataset subset = ctx.Data.Count > SensitivitySampleLimit
+        Dataset subset = ctx.TuningData.Count > SensitivitySampleLimit
             ? Compressor.LoadData(ctx.Settings, ctx.OriginalRunner.Inputs, SensitivitySampleLimit, out _)
-            : ctx.Data;
+            : ctx.TuningData;
         var sensitivity = new List<NodeSensitivity>();
         foreach (string node in candidates)
         {

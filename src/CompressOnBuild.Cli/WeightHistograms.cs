@@ -18,19 +18,18 @@ internal static class WeightHistograms
 
     public static JsonObject? Build(ModelProto original, ModelProto compressed, IEnumerable<string> weightNames)
     {
-        var before = new List<float>();
-        foreach (float[] values in CompressOnBuild.Core.Graph.ConstantFolding.ConstantValues(original, weightNames, "original").Values)
-        {
-            before.AddRange(values);
-        }
-        List<float> after = Dequantized(compressed);
-        if (before.Count == 0 || after.Count == 0)
+        // The weights as the passes resolve them; then one tensor's values at a time, twice (range, then counts),
+        // never all of them concatenated into one list.
+        IReadOnlyCollection<float[]> originals = CompressOnBuild.Core.Graph.ConstantFolding.ConstantValues(original, weightNames, "original").Values;
+        IEnumerable<float[]> Before() => originals;
+        IEnumerable<float[]> After() => Dequantized(compressed);
+        (float min, float max, long countBefore) = Range(Before());
+        (float minAfter, float maxAfter, long countAfter) = Range(After());
+        if (countBefore == 0 || countAfter == 0)
         {
             return null;
         }
-        (float min, float max) = Kernels.TensorStats.MinMax(before.ToArray()) is var a && Kernels.TensorStats.MinMax(after.ToArray()) is var b
-            ? (Math.Min(a.Min, b.Min), Math.Max(a.Max, b.Max))
-            : (0f, 0f);
+        (min, max) = (Math.Min(min, minAfter), Math.Max(max, maxAfter));
         if (!(max > min) || !float.IsFinite(min) || !float.IsFinite(max))
         {
             return null;
@@ -39,19 +38,40 @@ internal static class WeightHistograms
         {
             ["min"] = min,
             ["max"] = max,
-            ["before"] = Counts(before, min, max),
-            ["after"] = Counts(after, min, max),
+            ["before"] = Counts(Before(), min, max),
+            ["after"] = Counts(After(), min, max),
         };
     }
 
-    private static JsonArray Counts(List<float> values, float min, float max)
+    private static (float Min, float Max, long Count) Range(IEnumerable<float[]> tensors)
+    {
+        float min = float.PositiveInfinity, max = float.NegativeInfinity;
+        long count = 0;
+        foreach (float[] values in tensors)
+        {
+            if (values.Length == 0)
+            {
+                continue;
+            }
+            (float a, float b) = Kernels.TensorStats.MinMax(values);
+            (min, max) = (Math.Min(min, a), Math.Max(max, b));
+            count += values.Length;
+        }
+        return (min, max, count);
+    }
+
+    private static JsonArray Counts(IEnumerable<float[]> tensors, float min, float max)
     {
         var counts = new long[Bins];
-        Kernels.Histogram.Accumulate(values.ToArray(), min, max, counts);
+        foreach (float[] values in tensors)
+        {
+            Kernels.Histogram.Accumulate(values, min, max, counts);
+        }
         return new JsonArray(counts.Select(c => (JsonNode)JsonValue.Create(c)!).ToArray());
     }
 
-    private static List<float> Dequantized(ModelProto model)
+    /// <summary>The dequantized weights of <paramref name="model"/>, one array per quantized tensor, computed as enumerated.</summary>
+    private static IEnumerable<float[]> Dequantized(ModelProto model)
     {
         // The main graph and every If/Loop/Scan body (names are unique across the model).
         var init = new Dictionary<string, TensorProto>(StringComparer.Ordinal);
@@ -72,14 +92,16 @@ internal static class WeightHistograms
                 }
             }
         }
-        var result = new List<float>();
         foreach (NodeProto n in nodes)
         {
             string? q = null, scale = null, zp = null;
             long axis = 1;
             if (n.OpType == "MatMulNBits")
             {
-                AddInt4(n, init, result);
+                if (Int4(n, init) is { } int4)
+                {
+                    yield return int4;
+                }
                 continue;
             }
             if (n.OpType == "ConvInteger" && n.Input.Count >= 2 && init.ContainsKey(n.Input[1])
@@ -124,27 +146,28 @@ internal static class WeightHistograms
                 inner *= qt.Dims[(int)d];
             }
             long channels = ax >= 0 && ax < rank ? qt.Dims[(int)ax] : 1;
+            var result = new float[values.Length];
             for (long i = 0; i < values.Length; i++)
             {
                 long c = scales.Length == 1 ? 0 : i / inner % channels;
                 float s = scales[scales.Length == 1 ? 0 : c];
                 long z = zeros[zeros.Length == 1 ? 0 : c];
-                result.Add((values[i] - z) * s);
+                result[i] = (values[i] - z) * s;
             }
+            yield return result;
         }
-        return result;
     }
 
     /// <summary>MatMulNBits (bits = 4): B [N, blocks, block/2] two codes per byte, low nibble first; scales [N x blocks];
     /// zero points packed the same way per row (absent: 8); K values per row, the rest of the last block is padding.</summary>
-    private static void AddInt4(NodeProto n, Dictionary<string, TensorProto> init, List<float> result)
+    private static float[]? Int4(NodeProto n, Dictionary<string, TensorProto> init)
     {
         long Attr(string name) => n.Attribute.FirstOrDefault(a => a.Name == name)?.I ?? 0;
         long k = Attr("K"), rows = Attr("N"), block = Attr("block_size");
         if (Attr("bits") != 4 || k <= 0 || rows <= 0 || block <= 0 || n.Input.Count < 3
             || !init.TryGetValue(n.Input[1], out TensorProto? bt) || !init.TryGetValue(n.Input[2], out TensorProto? st))
         {
-            return;
+            return null;
         }
         byte[] packed = bt.RawData.ToByteArray();
         float[] scales = TensorUtil.ToFloatArray(st);
@@ -153,12 +176,13 @@ internal static class WeightHistograms
         long zpRow = (blocks + 1) / 2;
         if (packed.LongLength < rows * blocks * block / 2 || scales.LongLength < rows * blocks)
         {
-            return;
+            return null;
         }
         // The codes and zero points are unpacked by the same kernel the quantizer packs them with.
         var codes = new byte[rows * blocks * block];
         Kernels.Int4Kernels.Unpack(packed.AsSpan(0, (int)(rows * blocks * block / 2)), codes);
         var rowZeros = new byte[blocks];
+        var result = new float[rows * k];
         for (long r = 0; r < rows; r++)
         {
             if (zeros == null)
@@ -172,8 +196,9 @@ internal static class WeightHistograms
             for (long i = 0; i < k; i++)
             {
                 long b = i / block;
-                result.Add((codes[(r * blocks + b) * block + i % block] - rowZeros[b]) * scales[r * blocks + b]);
+                result[r * k + i] = (codes[(r * blocks + b) * block + i % block] - rowZeros[b]) * scales[r * blocks + b];
             }
         }
+        return result;
     }
 }

@@ -54,7 +54,10 @@ public static class ActivationCollector
             });
         }
         string path = Path.Combine(workDirectory ?? Path.GetTempPath(), $"cob-activations-{Environment.ProcessId}-{Guid.NewGuid():N}.onnx");
-        File.WriteAllBytes(path, copy.ToByteArray());
+        using (var file = new FileStream(path, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 16))
+        {
+            copy.WriteTo(file); // streamed: no second in-memory copy of the model
+        }
         try
         {
             using var runner = new ModelRunner(path, options);

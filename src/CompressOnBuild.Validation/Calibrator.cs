@@ -126,7 +126,10 @@ public static class Calibrator
         string path = Path.Combine(dir, "model.onnx");
         try
         {
-            File.WriteAllBytes(path, augmented.ToByteArray());
+            using (var file = new FileStream(path, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 16))
+            {
+                augmented.WriteTo(file); // streamed: no second in-memory copy of the model
+            }
             using var runner = new ModelRunner(path, new ModelRunnerOptions { IntraOpThreads = options.IntraOpThreads, Optimization = GraphOptimization.Disabled });
             int[] order = InputOrder(runner.Inputs, data);
             int[] indices = DatasetLoader.SubsetIndices(data.Count, options.MaxSamples);

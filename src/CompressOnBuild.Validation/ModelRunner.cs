@@ -149,6 +149,9 @@ public sealed class ModelRunner : IDisposable
                 _ => GraphOptimizationLevel.ORT_ENABLE_ALL,
             },
         };
+        // Initializers in buffers of their own size, not in the arena (which grows in doubling chunks and would hold
+        // up to twice the weights): the session's resident memory stays near the model's size.
+        so.AddSessionConfigEntry("session.use_device_allocator_for_initializers", "1");
         return new InferenceSession(modelPath, so);
     }
 

@@ -11,7 +11,8 @@ namespace CompressOnBuild.Benchmarks;
 /// <summary>
 /// Runs the kernel and GEMM benchmarks (in process, a short job) and rewrites the Kernels section of the results
 /// file with throughput ratios against memcpy. Usage: CompressOnBuild.Benchmarks [--results PATH] [--quick];
-/// CompressOnBuild.Benchmarks --graph-scaling [LAYERS...] times the passes on MatMul chains instead (see <see cref="GraphScaling"/>).
+/// CompressOnBuild.Benchmarks --graph-scaling [LAYERS...] times the passes on MatMul chains instead (see <see cref="GraphScaling"/>);
+/// --memory CLI.dll [SIZE_MB...] measures the worker's peak memory and throughput (see <see cref="MemoryScaling"/>).
 /// </summary>
 public static class Program
 {
@@ -20,6 +21,10 @@ public static class Program
         if (args.Length > 0 && args[0] == "--graph-scaling")
         {
             return GraphScaling.Run(args[1..]);
+        }
+        if (args.Length > 0 && args[0] == "--memory")
+        {
+            return MemoryScaling.Run(args[1..]);
         }
         string? results = null;
         bool quick = false;

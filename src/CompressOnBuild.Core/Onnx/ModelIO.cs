@@ -34,16 +34,7 @@ public static class ModelIO
         {
             throw new CompressException(DiagnosticCodes.ModelNotFound, path) { File = path };
         }
-        byte[] bytes;
-        try
-        {
-            bytes = File.ReadAllBytes(full);
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-        {
-            throw new CompressException(e, DiagnosticCodes.ModelNotOnnx, path, e.Message) { File = path };
-        }
-        ModelProto model = Parse(bytes, path);
+        ModelProto model = ParseFile(full, path, out _);
         LoadExternalData(model, Path.GetDirectoryName(full)!, path);
         return model;
     }
@@ -72,10 +63,56 @@ public static class ModelIO
         return model;
     }
 
+    /// <summary>
+    /// Parses the model file from a stream: the model's bytes are held once (in the parsed tensors), never as a
+    /// whole-file buffer besides. Same errors as <see cref="Parse"/>; CMPR0102 when the file cannot be read.
+    /// </summary>
+    private static ModelProto ParseFile(string full, string displayName, out long length)
+    {
+        try
+        {
+            using var fs = new FileStream(full, FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 16, FileOptions.SequentialScan);
+            length = fs.Length;
+            if (length >= int.MaxValue)
+            {
+                throw new CompressException(DiagnosticCodes.ModelNotOnnx, displayName,
+                    "the .onnx file is 2 GiB or larger, which protobuf cannot hold (large weights belong in external data)") { File = displayName };
+            }
+            ModelProto model;
+            try
+            {
+                model = ParseLimited(fs, (int)length);
+            }
+            catch (InvalidProtocolBufferException e)
+            {
+                throw new CompressException(e, DiagnosticCodes.ModelNotOnnx, displayName, Describe(e)) { File = displayName };
+            }
+            catch (Exception e) when (e is InvalidOperationException or ArgumentException or OverflowException or InvalidDataException)
+            {
+                throw new CompressException(e, DiagnosticCodes.ModelNotOnnx, displayName, e.Message) { File = displayName };
+            }
+            if (model.IrVersion <= 0 || model.Graph == null)
+            {
+                string why = length == 0 ? "the file is empty" : model.IrVersion <= 0 ? "it has no ir_version" : "it has no graph";
+                throw new CompressException(DiagnosticCodes.ModelNotOnnx, displayName, why) { File = displayName };
+            }
+            return model;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new CompressException(e, DiagnosticCodes.ModelNotOnnx, displayName, e.Message) { File = displayName };
+        }
+    }
+
     private static ModelProto ParseLimited(byte[] bytes)
     {
         using var stream = new MemoryStream(bytes, writable: false);
-        var input = CodedInputStream.CreateWithLimits(stream, bytes.Length + 1, RecursionLimit);
+        return ParseLimited(stream, bytes.Length);
+    }
+
+    private static ModelProto ParseLimited(Stream stream, int length)
+    {
+        var input = CodedInputStream.CreateWithLimits(stream, length + 1, RecursionLimit);
         var model = new ModelProto();
         model.MergeFrom(input);
         if (!input.IsAtEnd)
@@ -135,16 +172,7 @@ public static class ModelIO
         {
             throw new CompressException(DiagnosticCodes.ModelNotFound, path) { File = path };
         }
-        byte[] bytes;
-        try
-        {
-            bytes = File.ReadAllBytes(full);
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-        {
-            throw new CompressException(e, DiagnosticCodes.ModelNotOnnx, path, e.Message) { File = path };
-        }
-        ModelProto model = Parse(bytes, path);
+        ModelProto model = ParseFile(full, path, out long length);
         string dir = Path.GetDirectoryName(full)!;
         var refs = new Dictionary<TensorProto, ExternalDataRef>(ReferenceEqualityComparer.Instance);
         using (var files = new ExternalFiles(dir, path))
@@ -157,7 +185,7 @@ public static class ModelIO
                 }
             }
         }
-        return new LazyModel(model, full, path, bytes.LongLength, refs);
+        return new LazyModel(model, full, path, length, refs);
     }
 
     /// <summary>
