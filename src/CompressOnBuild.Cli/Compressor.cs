@@ -556,8 +556,16 @@ internal sealed class AttemptContext(ItemSettings settings, ModelProto? original
     private ModelRunner? _originalRunner = originalRunner;
     private ModelInputs? _inputs;
 
-    /// <summary>The original model, parsed (reloaded from the item's Model, which was checked when first loaded, if it was dropped).</summary>
-    public ModelProto Original => _original ??= ModelIO.Load(settings.Model);
+    /// <summary>The original model, parsed and checked (reloaded from the item's Model if it was dropped).</summary>
+    public ModelProto Original => _original ??= Reload();
+
+    /// <summary>The item's model parsed again, and checked (the checker also sorts an unsorted graph) as when first loaded.</summary>
+    private ModelProto Reload()
+    {
+        ModelProto model = ModelIO.Load(settings.Model);
+        ModelChecker.Validate(model, settings.Model);
+        return model;
+    }
 
     /// <summary>The original model's ONNX Runtime session (reopened if an attempt closed it).</summary>
     public ModelRunner OriginalRunner => _originalRunner ??= reopenOriginal();
@@ -570,6 +578,14 @@ internal sealed class AttemptContext(ItemSettings settings, ModelProto? original
 
     /// <summary>One attempt only (no tuning): the original's session and parsed model are released between phases.</summary>
     private bool SingleAttempt => !settings.Tune;
+
+    /// <summary>The parsed original, which the context then no longer holds (the next use of <see cref="Original"/> reloads it).</summary>
+    private ModelProto TakeOriginal()
+    {
+        ModelProto model = Original;
+        _original = null;
+        return model;
+    }
 
     /// <summary>Closes the original's session (kept are its inputs); the next use of <see cref="OriginalRunner"/> reopens it.</summary>
     private void CloseOriginalRunner()
@@ -665,15 +681,17 @@ internal sealed class AttemptContext(ItemSettings settings, ModelProto? original
     /// activations are what the int8 model will see), cached per method and per set of layers kept dense
     /// (<paramref name="variant"/>).
     /// </remarks>
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)] // see Make
     public CalibrationResult Calibration(ModelProto? pruned = null, string variant = "")
     {
         string text = CalibrationMethodText;
         string key = pruned == null ? text : text + "|pruned|" + variant;
-        ModelProto calibrated = pruned ?? Original;
         if (_calibrations.TryGetValue(key, out CalibrationResult? cached))
         {
             return cached;
         }
+        // One attempt: calibration's own session runs while nothing else holds the parsed original (the pass reloads it).
+        ModelProto calibrated = pruned ?? (SingleAttempt ? TakeOriginal() : Original);
         if (!CalibrationOptions.TryParseMethod(text, out CalibrationMethod method, out double percentile, out _))
         {
             throw new InvalidOperationException($"Calibration method '{text}' was not validated."); // ItemSettings and the Tuner only pass valid ones
@@ -718,6 +736,11 @@ internal sealed class AttemptContext(ItemSettings settings, ModelProto? original
             CloseOriginalRunner();
             Compressor.ReleaseMemory();
             MemoryTrace.Mark(settings.Model, "original session closed");
+        }
+        if (quantize && settings.Quantization == QuantizationScheme.Int8Static && !(prune && settings.Pruning.Method != PruningMethod.None))
+        {
+            // Calibrated on the float original before the pass parses it (cached: the pass below finds this result).
+            _ = Calibration();
         }
         ModelProto original = Original;
         ModelProto candidate = original.Clone();
