@@ -2,10 +2,25 @@
 # Runs the kernel benchmarks (tests/CompressOnBuild.Benchmarks, BenchmarkDotNet, short in-process job; ~5 min on
 # 2 cores) and rewrites the Kernels section of docs/results.md (between the kernels:begin/end markers).
 # Usage: build/bench.sh [--quick]     ARTIFACTS_PATH=/some/dir to build outside ./artifacts
+#        build/bench.sh memory [SIZE_MB...] [--schemes Int8Dynamic,Int8Static,Int4Weights,Float16]
+#            the worker's peak RSS / weight bytes and compress MB/s vs a plain copy of the same file, per scheme, on
+#            generated MatMul chains (default 100, 1000 and 2500 MB; generated in a temp folder, deleted after; needs
+#            about 2.5x the largest size free in TMPDIR), then the pass times on 10,000- and 100,000-layer chains
+#            (--graph-scaling). Prints Markdown tables; docs/reliability.md holds the last run.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1 DOTNET_SKIP_FIRST_TIME_EXPERIENCE=1
 artifacts="${ARTIFACTS_PATH:-$root/artifacts}"
 dotnet build tests/CompressOnBuild.Benchmarks -c Release -v:q -nologo "-p:ArtifactsPath=$artifacts"
-dotnet "$artifacts/bin/CompressOnBuild.Benchmarks/release/CompressOnBuild.Benchmarks.dll" --results "$root/docs/results.md" "$@"
+bench="$artifacts/bin/CompressOnBuild.Benchmarks/release/CompressOnBuild.Benchmarks.dll"
+if [ "${1:-}" = "memory" ]; then
+  shift
+  dotnet build src/CompressOnBuild.Cli -c Release -v:q -nologo "-p:ArtifactsPath=$artifacts"
+  uptime
+  df -h "${TMPDIR:-/tmp}"
+  dotnet "$bench" --memory "$artifacts/bin/CompressOnBuild.Cli/release/CompressOnBuild.Cli.dll" "$@"
+  dotnet "$bench" --graph-scaling 10000 100000
+  exit 0
+fi
+dotnet "$bench" --results "$root/docs/results.md" "$@"

@@ -244,10 +244,10 @@ internal static class MemoryScaling
         var watch = Stopwatch.StartNew();
         using Process p = Process.Start(psi)!;
         Task<string> err = p.StandardError.ReadToEndAsync();
-        _ = p.StandardOutput.ReadToEnd();
+        string stdout = p.StandardOutput.ReadToEnd();
         p.WaitForExit();
         double wall = watch.Elapsed.TotalSeconds;
-        string stderr = err.Result;
+        string stderr = stdout + "\n" + err.Result;
         long peak = 0;
         foreach (string line in stderr.Split('\n'))
         {
@@ -259,8 +259,13 @@ internal static class MemoryScaling
         return (p.ExitCode, peak, wall, stderr);
     }
 
-    private static string FirstLine(string s) =>
-        s.Split('\n').FirstOrDefault(l => l.Contains("CMPR", StringComparison.Ordinal) || l.Contains("error", StringComparison.OrdinalIgnoreCase))?.Trim() ?? "";
+    private static string FirstLine(string s)
+    {
+        string line = s.Split('\n').FirstOrDefault(l => l.Contains("CMPR", StringComparison.Ordinal))?.Trim() ?? "";
+        int code = line.IndexOf("CMPR", StringComparison.Ordinal);
+        line = code >= 0 ? line[code..] : line;
+        return line.Length > 140 ? line[..140] + "..." : line;
+    }
 
     internal static string LoadAverage() => File.Exists("/proc/loadavg") ? string.Join(" ", File.ReadAllText("/proc/loadavg").Split(' ').Take(3)) : "n/a";
 
