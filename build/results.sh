@@ -5,6 +5,7 @@
 #   bash build/results.sh compression   every quantization scheme
 #   bash build/results.sh pruning       Magnitude (+ int8), Sensitivity vs uniform, Channels with/without refit
 #   bash build/results.sh pruning-large Magnitude vs SparseGPT (and Channels) on ResNet18 and MiniLM (build the CLI first)
+#   bash build/results.sh large-minilm  the MiniLM Int8 row and end-to-end line of "large" only (other rows kept)
 #   bash build/results.sh large         all-MiniLM-L6-v2 (2,000 sentences, text data) and ResNet18 (photos): size, quality,
 #                                       latency vs fp32, end-to-end time and peak RSS (restores the large models first)
 #   bash build/results.sh large-resnet  only the ResNet18 rows of that section (replaced in place; build the CLI first)

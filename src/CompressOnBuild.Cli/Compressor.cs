@@ -650,6 +650,25 @@ internal sealed class AttemptContext(ItemSettings settings, ModelProto? original
         };
     }
 
+    private Dataset? _smoothingData;
+
+    /// <summary>
+    /// Int8Dynamic's activation smoothing reads the layer inputs of <see cref="QuantizationOptions.SmoothingSamples"/>
+    /// samples (at most CalibrationSamples): of CalibrationData, else evenly spaced validation inputs; null without
+    /// data (no smoothing).
+    /// </summary>
+    private ActivationSource? SmoothingActivations()
+    {
+        if (settings.CalibrationData == null && settings.ValidationData == null)
+        {
+            return null;
+        }
+        int samples = Math.Min(settings.CalibrationSamples, QuantizationOptions.SmoothingSamples);
+        Dataset on = settings.CalibrationData != null ? CalibrationData()
+            : _smoothingData ??= Compressor.LoadData(settings, originalRunner.Inputs, samples, out _);
+        return (model, names) => ActivationCollector.Collect(model, names, on, samples, runnerOptions, workDirectory);
+    }
+
     private HarmMeasure? _harm;
 
     /// <summary>
@@ -758,7 +777,8 @@ internal sealed class AttemptContext(ItemSettings settings, ModelProto? original
         string[] notQuantized = [.. excluded.Union(settings.OpTypeExclusions(original), StringComparer.Ordinal)];
         PassResult? summary = !quantize ? null : settings.Quantization switch
         {
-            QuantizationScheme.Int8Dynamic => PassResult.From(Int8DynamicQuantizer.Apply(candidate, new QuantizationOptions { ExcludedNodes = notQuantized }, settings.Model)),
+            QuantizationScheme.Int8Dynamic => PassResult.From(Int8DynamicQuantizer.Apply(candidate,
+                new QuantizationOptions { ExcludedNodes = notQuantized, Activations = SmoothingActivations() }, settings.Model)),
             QuantizationScheme.Float16 => PassResult.From(Float16Converter.Apply(candidate, new Float16Options { ExcludedNodes = notQuantized }, settings.Model)),
             QuantizationScheme.Int8Static => PassResult.From(Int8StaticQuantizer.Apply(candidate,
                 Calibration(pruning == null ? null : candidate, string.Join(";", dense)),

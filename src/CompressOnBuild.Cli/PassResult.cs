@@ -25,6 +25,8 @@ internal sealed record PassResult(
             ["floatWeightBytes"] = q.FloatWeightBytes,
             ["quantizedWeightBytes"] = q.QuantizedWeightBytes,
             ["float16Weights"] = q.Float16Weights,
+            ["smoothedInputs"] = q.Smoothing.Count(s => s.Alpha > 0),
+            ["smoothingMeasured"] = q.Smoothing.Count,
         });
 
     public static PassResult From(Int8StaticSummary q) => new("Int8Static", q.AlreadyQuantized, q.AlreadyQuantizedReason, q.Quantized, q.Skipped,

@@ -15,7 +15,8 @@ internal static class Large
 
     internal const string ResNetPreprocessing = "layout=NCHW;channels=BGR;scale=1;mean=103.0626,115.9029,123.1516;std=1;resize=224;crop=224x224";
 
-    public static string Section(string corpus, string repo, string work, int sentences)
+    /// <param name="keepFrom">The current docs/results.md: only the MiniLM Int8 row and the end-to-end run are measured; the other rows are kept.</param>
+    public static string Section(string corpus, string repo, string work, int sentences, string? keepFrom = null)
     {
         string large = LargeDir(corpus);
         string cli = Path.Combine(repo, "artifacts", "bin", "CompressOnBuild.Cli", "release", "CompressOnBuild.Cli.dll");
@@ -34,13 +35,19 @@ internal static class Large
             text = Path.Combine(work, "sentences.txt");
             File.WriteAllLines(text, DatasetLoader.SubsetIndices(all.Length, sentences).Select(i => all[i]));
         }
-        (string calibration, string evaluation, Dictionary<string, string> photoOf) = SplitPhotos(corpus, work);
+        (string calibration, string evaluation, Dictionary<string, string> photoOf) = keepFrom == null ? SplitPhotos(corpus, work) : ("", "", []);
 
         var rows = new List<string>();
         var notes = new List<string>();
         string[] textArgs = ["--validation-data", text, "--tokenizer", vocab, "--sequence-length", "128"];
         foreach ((string scheme, string q) in new[] { ("Int8 (dynamic)", "Int8Dynamic"), ("Int4Weights", "Int4Weights"), ("Float16", "Float16") })
         {
+            string label = $"| MiniLM | {scheme} |";
+            if (keepFrom != null && q != "Int8Dynamic" && keepFrom.Split('\n').FirstOrDefault(l => l.StartsWith(label, StringComparison.Ordinal)) is { } kept)
+            {
+                rows.Add(kept.TrimEnd('\r')); // large-minilm reruns the Int8 row only
+                continue;
+            }
             Run run = Worker(cli, work, minilm, $"minilm-{q}", ["--quantization", q, .. textArgs]);
             rows.Add(Row("MiniLM", scheme, run, null));
         }
@@ -49,7 +56,18 @@ internal static class Large
         Run e2e = Worker(cli, work, minilm, "minilm-e2e", ["--quantization", "Int8Dynamic", "--validation-data", text, "--tokenizer", vocab], latency: false);
         notes.Add(e2e.Report == null ? "MiniLM Int8 end to end: failed: " + e2e.Text.Replace('\n', ' ') : string.Create(Ci,
             $"MiniLM Int8 end to end as a build runs it (`Quantization=\"Int8\" ValidationData=sentences.txt Tokenizer=vocab.txt`, no SequenceLength: each sentence at its own length; one worker process: start, load, quantize, validate both models on {e2e.Samples} sentences, report): {e2e.WallSeconds:0.0} s wall (target <= 60 s; compress {D(e2e.Report["timing"]!["compressSeconds"]):0.0} s, validate {D(e2e.Report["timing"]!["validateSeconds"]):0.0} s), worker peak RSS {e2e.PeakRss / 1048576.0:0} MiB = {e2e.PeakRss / (double)e2e.SourceBytes:0.0}x the model (target <= 3x); quality on unpadded sentences: cosine {D(e2e.Report["validation"]!["embedding"]!["meanCosine"]):0.0000} (min {D(e2e.Report["validation"]!["embedding"]!["minCosine"]):0.0000}), clear-neighbour agreement {D(e2e.Report["validation"]!["embedding"]!["neighborAgreement"]) * 100:0.0}%, rank correlation {D(e2e.Report["validation"]!["embedding"]!["similarityCorrelation"]):0.0000}. Load average during the run: {LoadAverage()}."));
-        rows.AddRange(ResNetRows(resnet, calibration, evaluation, photoOf, cli, work));
+        if (keepFrom != null)
+        {
+            string[] kept = keepFrom.Split('\n').Select(l => l.TrimEnd('\r')).ToArray();
+            rows.AddRange(kept.Where(l => l.StartsWith("| ResNet18 |", StringComparison.Ordinal)));
+            notes.AddRange(kept.Where(l => l.StartsWith(ResNetNotePrefix, StringComparison.Ordinal)));
+            string? earlier = kept.FirstOrDefault(l => l.StartsWith("Generated ", StringComparison.Ordinal))?.Split(" UTC", 2)[0]["Generated ".Length..];
+            notes.Add($"The MiniLM Int4Weights and Float16 rows are carried over from the run of {earlier ?? "an earlier run"} UTC (`bash build/results.sh large-minilm` reruns the MiniLM Int8 row and the end-to-end line only; `large-resnet` the ResNet18 rows).");
+        }
+        else
+        {
+            rows.AddRange(ResNetRows(resnet, calibration, evaluation, photoOf, cli, work));
+        }
 
         var sb = new StringBuilder();
         sb.AppendLine("<!-- large:begin -->");

@@ -8,11 +8,12 @@ using System.Text.Json.Nodes;
 //   pruning:     pruning methods, alone and with int8 (between <!-- pruning:begin --> and <!-- pruning:end -->)
 //   large:       all-MiniLM-L6-v2 and ResNet18 (issue 18), only when asked for (between <!-- large:begin --> and <!-- large:end -->);
 //                `large:<n>` uses n evenly spaced sentences instead of all 2,000
+//   large-minilm: the MiniLM Int8 row and end-to-end line of the large section only (other rows kept as they are)
 //   large-resnet: only the ResNet18 rows of the large section (replaced in place; the MiniLM rows stay as they are)
 //   pruning-large: Magnitude vs SparseGPT (and Channels) on ResNet18 and MiniLM (issue 15), only when asked for
 // Arguments: the section names to regenerate (default: compression and pruning), e.g. `bash build/results.sh pruning`.
 var ci = CultureInfo.InvariantCulture;
-string[] known = ["compression", "pruning", "large", "large-resnet", "pruning-large"];
+string[] known = ["compression", "pruning", "large", "large-minilm", "large-resnet", "pruning-large"];
 int largeSentences = args.FirstOrDefault(a => a.StartsWith("large:", StringComparison.Ordinal)) is { } ls ? int.Parse(ls[6..], ci) : 0;
 string[] sections = args.Length == 0 ? ["compression", "pruning"] : [.. args.Select(a => a.StartsWith("large:", StringComparison.Ordinal) ? "large" : a)];
 if (sections.FirstOrDefault(a => !known.Contains(a)) is { } unknown)
@@ -80,6 +81,11 @@ if (sections.Contains("large-resnet"))
     lines.Insert(targets < 0 ? lines.Count : targets, note + "\n");
     File.WriteAllText(doc, text[..b] + string.Join('\n', lines) + text[e..]);
     Console.WriteLine(string.Join('\n', rows));
+}
+if (sections.Contains("large-minilm") && !sections.Contains("large"))
+{
+    // Only the MiniLM Int8 row and the end-to-end note; the other rows are carried over from the current section.
+    WriteSection(doc, "large", Large.Section(corpus, repo, work, largeSentences, keepFrom: File.ReadAllText(doc)));
 }
 if (sections.Contains("pruning-large"))
 {

@@ -53,6 +53,9 @@ public static class Int8DynamicQuantizer
             AlreadyQuantizedReason = run.AlreadyQuantized,
             Quantized = run.Context?.Quantized ?? [],
             Skipped = run.Context?.Skipped ?? [],
+            Smoothing = run.Context is Int8DynamicContext c
+                ? [.. c.SmoothingDecisions.Select(d => new SmoothingOutcome(d.Input, d.Decision.Alpha, d.Decision.ErrorWithout, d.Decision.ErrorWith))]
+                : [],
             ModelBytesBefore = run.BytesBefore,
             ModelBytesAfter = run.BytesAfter,
             FloatWeightBytes = run.Context?.FloatWeightBytes ?? 0,

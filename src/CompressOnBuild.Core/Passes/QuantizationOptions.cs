@@ -77,6 +77,19 @@ public sealed class QuantizationOptions
     /// </summary>
     public bool QuantizeConv { get; init; } = true;
 
+    /// <summary>
+    /// Calibration activations (the item's data). When set, MatMul/Gemm inputs whose measured int8 error drops by
+    /// smoothing get SmoothQuant scaling (<see cref="Quantization.SmoothQuant"/>: one Mul before the layers, the
+    /// weights' input rows scaled); null (default): no smoothing.
+    /// </summary>
+    public ActivationSource? Activations { get; init; }
+
+    /// <summary>
+    /// Samples the worker collects <see cref="Activations"/> from (their layer inputs are held in memory together:
+    /// 32 padded 128-token sentences of a 6-layer 384-wide encoder are about 270 MB).
+    /// </summary>
+    public const int SmoothingSamples = 32;
+
     /// <summary>Node names (or, for unnamed nodes, their first output) that must stay float.</summary>
     public IReadOnlyCollection<string> ExcludedNodes { get; init; } = [];
 }

@@ -12,6 +12,9 @@ public sealed record QuantizedNode(string Node, string OpType, string Weight, in
 /// <summary>One candidate node the pass left in float, and why.</summary>
 public sealed record SkippedNode(string Node, string OpType, string Reason);
 
+/// <summary>One measured smoothing decision: the input, the alpha chosen (0: none), summed squared output errors.</summary>
+public sealed record SmoothingOutcome(string Input, float Alpha, double ErrorWithout, double ErrorWith);
+
 /// <summary>What <see cref="Int8DynamicQuantizer.Apply"/> did.</summary>
 public sealed class QuantizationSummary
 {
@@ -46,6 +49,12 @@ public sealed class QuantizationSummary
 
     /// <summary>For a model with float16 weights: how the pass handled them (see Float16Lift); null otherwise.</summary>
     public string? Float16Weights { get; init; }
+
+    /// <summary>
+    /// Layer inputs whose activation smoothing was measured (Int8Dynamic with calibration activations), each with
+    /// the alpha chosen (0: left unsmoothed) and the simulated output error without and with it.
+    /// </summary>
+    public IReadOnlyList<SmoothingOutcome> Smoothing { get; init; } = [];
 
     /// <summary>ModelBytesAfter / ModelBytesBefore.</summary>
     public double SizeRatio => ModelBytesBefore == 0 ? 1.0 : (double)ModelBytesAfter / ModelBytesBefore;

@@ -18,10 +18,12 @@ internal sealed class Int8MatMulLowering : OperatorLowering<Int8DynamicContext>
     protected override void Lower(Int8DynamicContext context, WeightSite c)
     {
         Int8Matrix stored = context.EncodeMatrix(c);
-        NodeProto q = context.DynamicQuantizeMatMul(c.Node, c.Node.Input[0], stored);
+        var inserted = new List<NodeProto>();
+        NodeProto q = context.DynamicQuantizeMatMul(c.Node, context.ActivationInput(c, inserted), stored);
+        inserted.Add(q);
         FoldBiasAdd(context, c.Node, q, stored.N);
         Int8DynamicContext.TrimOptionalInputs(q);
-        context.ReplaceSite(c, [q], stored.K, stored.N, stored.MaxError);
+        context.ReplaceSite(c, inserted, stored.K, stored.N, stored.MaxError);
     }
 
     /// <summary>
@@ -107,7 +109,7 @@ internal sealed class Int8GemmLowering : OperatorLowering<Int8DynamicContext>
     {
         Int8Matrix stored = context.EncodeMatrix(c);
         var inserted = new List<NodeProto>();
-        string a = MatrixParts.InputA(context, c, inserted);
+        string a = c.TransA ? MatrixParts.InputA(context, c, inserted) : context.ActivationInput(c, inserted);
         NodeProto q = context.DynamicQuantizeMatMul(c.Node, a, stored);
         inserted.Add(q);
         MatrixParts.AddGemmC(context, c, stored.N, q, inserted, q.Input.Add);

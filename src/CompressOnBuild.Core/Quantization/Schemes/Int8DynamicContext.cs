@@ -60,7 +60,8 @@ internal sealed class Int8DynamicContext : LoweringContext, ITableEncoding, IWei
         string weightName = c.WeightName;
         int k = (int)(c.TransB ? c.Weight.Dims[1] : c.Weight.Dims[0]);
         int n = (int)(c.TransB ? c.Weight.Dims[0] : c.Weight.Dims[1]);
-        string key = "matrix|" + weightName + (c.TransB ? "|T" : "") + (c.Alpha != 1f ? "|a" + c.Alpha.ToString("R", CultureInfo.InvariantCulture) : "");
+        string key = "matrix|" + weightName + (c.TransB ? "|T" : "") + (c.Alpha != 1f ? "|a" + c.Alpha.ToString("R", CultureInfo.InvariantCulture) : "")
+            + (Smoothing(c) != null ? "|smoothed by " + c.Node.Input[0] : "");
         return Encoded(key, () =>
         {
             float[] data = Floats(c.Weight.Tensor);
@@ -69,33 +70,12 @@ internal sealed class Int8DynamicContext : LoweringContext, ITableEncoding, IWei
             {
                 TensorPrimitives.Multiply(channelMajor, c.Alpha, channelMajor);
             }
-            (byte zero, byte min, byte max, bool unsigned, _) = Levels;
-            var scales = new float[n];
-            AdjacentPairBound.RowScales(channelMajor, n, k, Levels, scales);
-            var quantized = new byte[(long)n * k];
-            var roundTrip = new float[k];
-            float maxError = 0f;
-            for (int j = 0; j < n; j++)
+            (byte zero, _, _, bool unsigned, _) = Levels;
+            if (Smoothing(c) is { } smoothing)
             {
-                ReadOnlySpan<float> row = channelMajor.AsSpan(j * k, k);
-                Span<byte> qRow = quantized.AsSpan(j * k, k);
-                if (unsigned)
-                {
-                    QuantizationKernels.Quantize(row, scales[j], zero, qRow, min, max);
-                    QuantizationKernels.Dequantize(qRow, scales[j], zero, roundTrip);
-                }
-                else
-                {
-                    Span<sbyte> sRow = MemoryMarshal.Cast<byte, sbyte>(qRow);
-                    QuantizationKernels.Quantize(row, scales[j], (sbyte)zero, sRow, (sbyte)min, (sbyte)max);
-                    if (Levels.PairBounded)
-                    {
-                        AdjacentPairBound.Enforce(row, scales[j], sRow, 0, k, 1);
-                    }
-                    QuantizationKernels.Dequantize(sRow, scales[j], (sbyte)zero, roundTrip);
-                }
-                maxError = MathF.Max(maxError, ErrorMetrics.MaxAbsDifference(row, roundTrip));
+                SmoothQuant.ScaleInputChannels(channelMajor, n, k, smoothing.Factors);
             }
+            (byte[] quantized, float[] scales, float maxError) = Int8Weights.Quantize(channelMajor, n, k, Levels);
             byte[] kMajor = PassGraph.Transpose(quantized, n, k);
 
             // Signed codes are symmetric around 0, DynamicQuantizeMatMul's default zero point: none is stored ("").
@@ -159,6 +139,95 @@ internal sealed class Int8DynamicContext : LoweringContext, ITableEncoding, IWei
             QuantizedWeightBytes += q.Length + 1 + (long)m * 4;
             return stored;
         });
+    }
+
+    private readonly Dictionary<string, SmoothedInput> _smoothed = new(StringComparer.Ordinal);
+
+    /// <summary>One smoothed layer input: its factors, the decision measured, and the Mul's output once inserted.</summary>
+    internal sealed class SmoothedInput(string input, SmoothQuant.Decision decision)
+    {
+        public string Input { get; } = input;
+
+        public SmoothQuant.Decision Decision { get; } = decision;
+
+        public float[] Factors => Decision.Factors!;
+
+        public string? Scaled { get; set; }
+    }
+
+    /// <summary>Every layer input the smoothing measured, in graph order (smoothed or not), for the report.</summary>
+    public List<(string Input, SmoothQuant.Decision Decision)> SmoothingDecisions { get; } = [];
+
+    /// <summary>
+    /// With calibration activations (<see cref="QuantizationOptions.Activations"/>), measures for every input of the
+    /// MatMul/Gemm sites (not transA) whether and how strongly to smooth it (<see cref="SmoothQuant.Decide"/>).
+    /// </summary>
+    public override void Prepare(IReadOnlyList<WeightSite> sites)
+    {
+        if (Options.Activations == null)
+        {
+            return;
+        }
+        var byInput = sites.Where(c => c.Lowering is Int8MatMulLowering or Int8GemmLowering && !c.TransA)
+            .GroupBy(c => c.Node.Input[0], StringComparer.Ordinal).ToList();
+        if (byInput.Count == 0)
+        {
+            return;
+        }
+        IReadOnlyDictionary<string, Activation> activations = Options.Activations(Graph.Model, [.. byInput.Select(g => g.Key)]);
+        foreach (IGrouping<string, WeightSite> group in byInput)
+        {
+            (int k, _) = MatrixParts.Shape(group.First());
+            Activation act = activations[group.Key];
+            if (act.Data.Length == 0 || act.Data.Length % k != 0 || act.Shape.Length == 0 || act.Shape[^1] != k)
+            {
+                continue; // not a [.., K] activation: left as it is
+            }
+            var consumers = group.Select(c => new SmoothQuant.Consumer(ChannelMajor(c), MatrixParts.Shape(c).N)).ToList();
+            SmoothQuant.Decision d = SmoothQuant.Decide(act.Data, act.Data.Length / k, k, consumers, Levels);
+            SmoothingDecisions.Add((group.Key, d));
+            if (d.Factors != null)
+            {
+                _smoothed[group.Key] = new SmoothedInput(group.Key, d);
+            }
+        }
+    }
+
+    /// <summary>The smoothing of <paramref name="c"/>'s input, or null.</summary>
+    public SmoothedInput? Smoothing(WeightSite c) => !c.TransA && _smoothed.TryGetValue(c.Node.Input[0], out SmoothedInput? s) ? s : null;
+
+    /// <summary>
+    /// The activation a MatMul/Gemm site's quantized node reads: its input, or for a smoothed input the output of one
+    /// Mul(input, 1 / s) shared by every site that reads it (added to <paramref name="inserted"/> at the first).
+    /// </summary>
+    public string ActivationInput(WeightSite c, List<NodeProto> inserted)
+    {
+        if (Smoothing(c) is not { } s)
+        {
+            return c.Node.Input[0];
+        }
+        if (s.Scaled == null)
+        {
+            string inverse = Graph.Unique(s.Input + "_smooth_inverse");
+            Graph.AddInitializer(TensorUtil.FromFloats(inverse, s.Factors.Select(f => 1f / f).ToArray(), s.Factors.Length));
+            QuantizedWeightBytes += (long)s.Factors.Length * 4;
+            s.Scaled = Graph.Unique(s.Input + "_smoothed");
+            inserted.Add(Graph.Node("Mul", null, [s.Input, inverse], [s.Scaled]));
+        }
+        return s.Scaled;
+    }
+
+    /// <summary>The site's weight as channel-major [N, K] floats (alpha and transB applied).</summary>
+    private float[] ChannelMajor(WeightSite c)
+    {
+        (int k, int n) = MatrixParts.Shape(c);
+        float[] data = Floats(c.Weight.Tensor);
+        float[] channelMajor = c.TransB ? data : PassGraph.Transpose(data, k, n);
+        if (c.Alpha != 1f)
+        {
+            TensorPrimitives.Multiply(channelMajor, c.Alpha, channelMajor);
+        }
+        return channelMajor;
     }
 
     /// <summary>The com.microsoft DynamicQuantizeMatMul node reading <paramref name="a"/> and <paramref name="stored"/>.</summary>
