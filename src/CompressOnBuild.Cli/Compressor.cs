@@ -665,7 +665,7 @@ internal sealed class AttemptContext(ItemSettings settings, ModelProto? original
         }
         int samples = Math.Min(settings.CalibrationSamples, QuantizationOptions.SmoothingSamples);
         Dataset on = settings.CalibrationData != null ? CalibrationData()
-            : _smoothingData ??= Compressor.LoadData(settings, originalRunner.Inputs, samples, out _);
+            : _smoothingData ??= Compressor.LoadData(settings, OriginalRunner.Inputs, samples, out _);
         return (model, names) => ActivationCollector.Collect(model, names, on, samples, runnerOptions, workDirectory);
     }
 
