@@ -302,7 +302,10 @@ public sealed class PrunerTests
         Assert.HasCount(2, q.Quantized);
         NodeProto fc1 = model.Graph.Node.First(n => n.OpType == Int8DynamicQuantizer.QuantizedOpType);
         TensorProto qw = model.Graph.Initializer.Single(t => t.Name == fc1.Input[1]);
-        byte zeroPoint = TensorUtil.ToRawBytes(model.Graph.Initializer.Single(t => t.Name == fc1.Input[3]))[0];
+        // Signed int8 weights (the default) store no zero point: ORT's default 0 applies, so a pruned weight must be code 0.
+        byte zeroPoint = fc1.Input.Count > 3 && fc1.Input[3].Length > 0
+            ? TensorUtil.ToRawBytes(model.Graph.Initializer.Single(t => t.Name == fc1.Input[3]))[0]
+            : (byte)0;
         byte[] stored = TensorUtil.ToRawBytes(qw); // [K=64, N=32]
         CollectionAssert.AreEqual(new long[] { 64, 32 }, qw.Dims.ToArray());
         int zeros = 0;
