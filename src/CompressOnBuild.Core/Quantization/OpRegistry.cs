@@ -28,6 +28,7 @@ public static class OpRegistry
         (QuantizationScheme.Int8Dynamic, new Int8GemmLowering()),
         (QuantizationScheme.Int8Dynamic, new GatherLowering()),
         (QuantizationScheme.Int8Dynamic, new LstmLowering()),
+        (QuantizationScheme.Int8Dynamic, new Int8AttentionLowering()),
         (QuantizationScheme.Int4Weights, new Int4MatMulLowering()),
         (QuantizationScheme.Int4Weights, new Int4GemmLowering()),
         (QuantizationScheme.Int4Weights, new GatherLowering()),

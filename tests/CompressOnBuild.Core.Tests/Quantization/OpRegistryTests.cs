@@ -10,7 +10,7 @@ namespace CompressOnBuild.Core.Tests.Quantization;
 public sealed class OpRegistryTests
 {
     [TestMethod]
-    [DataRow(QuantizationScheme.Int8Dynamic, "Conv,MatMul,Gemm,Gather,LSTM")]
+    [DataRow(QuantizationScheme.Int8Dynamic, "Conv,MatMul,Gemm,Gather,LSTM,Attention")]
     [DataRow(QuantizationScheme.Int4Weights, "MatMul,Gemm,Gather")]
     [DataRow(QuantizationScheme.Int8Static, "Conv,MatMul,Gemm,LSTM")]
     [DataRow(QuantizationScheme.Float16, "")]
