@@ -29,6 +29,13 @@ internal sealed class ResolvedConstant
 internal sealed partial class PassGraph
 {
     /// <summary>
+    /// True when the graph's tensors may be file references (a lazily loaded model): <see cref="TryResolveConstant"/> then
+    /// resolves plain initializers only (their dims and type are in the protobuf) and gives a reason for Constant nodes
+    /// and Reshape/Transpose/Cast/... chains, whose resolution would read or compute the data.
+    /// </summary>
+    public bool InitializerWeightsOnly { get; init; }
+
+    /// <summary>
     /// The constant behind <paramref name="name"/>, as the node reading it sees it: a non-overridable initializer or a
     /// Constant node's tensor, seen through any chain of default-domain Reshape, Flatten, Squeeze, Unsqueeze and
     /// Identity (same data, new dims), Transpose and Cast to float32 (new data, computed here and kept in memory) whose
@@ -59,6 +66,11 @@ internal sealed partial class PassGraph
             return false;
         }
         bool onnx = OnnxNames.IsDefaultDomain(producer);
+        if (InitializerWeightsOnly && onnx && producer.OpType is "Constant" or "Reshape" or "Flatten" or "Squeeze" or "Unsqueeze" or "Identity" or "Transpose" or "Cast")
+        {
+            why = $"weight '{name}' is not an initializer (it comes from {producer.OpType} '{OnnxNames.Label(producer)}'); the streaming path for big models reads initializer weights only";
+            return false;
+        }
         if (onnx && producer.OpType == "Constant")
         {
             AttributeProto? attr = producer.Attribute.FirstOrDefault(a => a.Name == "value" && a.T != null);

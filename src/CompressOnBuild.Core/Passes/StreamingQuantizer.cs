@@ -2,6 +2,7 @@ using System.Globalization;
 using System.Runtime.InteropServices;
 using CompressOnBuild.Core.Onnx;
 using CompressOnBuild.Core.Quantization;
+using CompressOnBuild.Core.Quantization.Schemes;
 using CompressOnBuild.Kernels;
 using CompressOnBuild.Onnx;
 using Google.Protobuf;
@@ -118,6 +119,24 @@ public static class StreamingQuantizer
         public string? Int4ZeroPointName { get; set; }
     }
 
+    /// <summary>A layer operator the scheme quantizes in memory but the streaming path does not: reported, never lowered.</summary>
+    private sealed class NotStreamed(string opType, string domain) : IOperatorLowering
+    {
+        public string OpType => opType;
+
+        public string Domain => domain;
+
+        public bool AlwaysALayer => true;
+
+        public WeightSite? FindSite(LoweringContext context, NodeProto node, Action<string> skip)
+        {
+            skip("the streaming path for big models quantizes MatMul only");
+            return null;
+        }
+
+        public void Lower(LoweringContext context, WeightSite site) => throw new InvalidOperationException("FindSite returns no site");
+    }
+
     private sealed class Writer(LazyModel lazy, QuantizationOptions? int8, Int4Options? int4, string displayName)
     {
         private readonly QuantizationOptions options = int8 ?? QuantizationOptions.Default;
@@ -210,91 +229,39 @@ public static class StreamingQuantizer
             }
         }
 
+        /// <summary>
+        /// The MatMul weights to quantize, decided by the in-memory passes' site rules: the scheme's registered MatMul
+        /// lowering's FindSite (<see cref="WeightSites.MatrixSite(LoweringContext, NodeProto, Action{string})"/>) and
+        /// <see cref="WeightSites.Find"/>'s exclusion and shared-weight rules, on a graph index that resolves plain
+        /// initializers only (dims and type from the protobuf; no weight data is read here). The scheme's other layer
+        /// operators, body layers and weights too big for the chunk buffers stay float with a streaming reason.
+        /// </summary>
         private List<Weight> FindWeights(List<SkippedNode> skipped)
         {
-            GraphProto graph = _model.Graph;
-            var excluded = new HashSet<string>(int4?.ExcludedNodes ?? options.ExcludedNodes, StringComparer.Ordinal);
-            long minimumElements = int4?.MinimumWeightElements ?? options.MinimumWeightElements;
-            var initializers = new Dictionary<string, TensorProto>(StringComparer.Ordinal);
-            foreach (TensorProto t in graph.Initializer)
+            var graph = new PassGraph(_model) { InitializerWeightsOnly = true };
+            LoweringContext context = int4 != null
+                ? new Int4Context(graph, int4, displayName)
+                : new Int8DynamicContext(graph, options, displayName) { MaximumWeightElements = long.MaxValue }; // int8 never holds a weight whole
+            var lowerings = new List<IOperatorLowering>();
+            foreach (IOperatorLowering l in OpRegistry.For(int4 != null ? QuantizationScheme.Int4Weights : QuantizationScheme.Int8Dynamic))
             {
-                initializers[t.Name] = t;
-            }
-            var graphInputs = new HashSet<string>(graph.Input.Select(i => i.Name), StringComparer.Ordinal);
-            // Every use of every name outside "input 1 of a main-graph MatMul": such a weight must stay float.
-            var otherUses = new HashSet<string>(graph.Output.Select(o => o.Name), StringComparer.Ordinal);
-            foreach ((GraphProto g, int depth) in ModelWalker.Graphs(_model))
-            {
-                foreach (NodeProto n in g.Node)
+                if (l.OpType == "MatMul" && l.Domain.Length == 0)
                 {
-                    for (int i = 0; i < n.Input.Count; i++)
-                    {
-                        bool mainMatMulB = depth == 0 && i == 1 && n.OpType == "MatMul" && ModelChecker.NormalizeDomain(n.Domain).Length == 0 && !excluded.Contains(OnnxNames.Label(n));
-                        if (!mainMatMulB)
-                        {
-                            otherUses.Add(n.Input[i]);
-                        }
-                    }
-                    if (depth > 0 && n.OpType is "MatMul" or "Gemm" or "Conv")
-                    {
-                        skipped.Add(new SkippedNode(OnnxNames.Label(n), n.OpType, $"it is inside the subgraph '{g.Name}'; only the main graph is quantized"));
-                    }
+                    lowerings.Add(l);
                 }
-                if (depth > 0)
+                else if (l.AlwaysALayer)
                 {
-                    otherUses.UnionWith(g.Output.Select(o => o.Name));
+                    lowerings.Add(new NotStreamed(l.OpType, l.Domain));
                 }
             }
+            List<WeightSite> sites = WeightSites.Find(context, lowerings);
+            skipped.AddRange(context.Skipped);
             var weights = new Dictionary<string, Weight>(StringComparer.Ordinal);
-            foreach (NodeProto node in graph.Node)
+            foreach (WeightSite site in sites)
             {
-                if (ModelChecker.NormalizeDomain(node.Domain).Length != 0 || node.OpType is not ("MatMul" or "Gemm" or "Conv"))
-                {
-                    continue;
-                }
-                string label = OnnxNames.Label(node);
-                void Skip(string reason) => skipped.Add(new SkippedNode(label, node.OpType, reason));
-                if (node.OpType != "MatMul")
-                {
-                    Skip("the streaming path for big models quantizes MatMul only");
-                    continue;
-                }
-                if (excluded.Contains(label))
-                {
-                    Skip("excluded by the options");
-                    continue;
-                }
-                if (node.Input.Count < 2)
-                {
-                    continue;
-                }
-                string b = node.Input[1];
-                if (!initializers.TryGetValue(b, out TensorProto? t))
-                {
-                    Skip($"weight '{b}' is not an initializer");
-                    continue;
-                }
-                if (graphInputs.Contains(b) && _model.IrVersion >= 4)
-                {
-                    Skip($"weight '{b}' is also a graph input, so callers can replace it at run time");
-                    continue;
-                }
-                if (t.DataType != (int)TensorProto.Types.DataType.Float || t.Dims.Count != 2)
-                {
-                    Skip($"weight '{b}' is not a float32 matrix");
-                    continue;
-                }
-                long elements = t.Dims[0] * t.Dims[1];
-                if (elements < minimumElements || elements == 0)
-                {
-                    Skip($"weight '{b}' has {elements} elements, fewer than the minimum {minimumElements}");
-                    continue;
-                }
-                if (int4 != null && elements > int.MaxValue / 2)
-                {
-                    Skip($"weight '{b}' has {elements} elements, more than the int4 pass quantizes");
-                    continue;
-                }
+                TensorProto t = site.Weight.Tensor;
+                string b = site.WeightName;
+                void Skip(string reason) => skipped.Add(new SkippedNode(OnnxNames.Label(site.Node), site.Node.OpType, reason));
                 if (int4 != null && t.Dims[1] * 4 * 2 * int4.BlockSize > 1L << 30)
                 {
                     Skip($"weight '{b}' has rows too wide for the int4 streaming buffer (two K blocks of rows over 1 GiB)");
@@ -305,17 +272,22 @@ public static class StreamingQuantizer
                     Skip($"weight '{b}' has dimensions too large for this pass");
                     continue;
                 }
-                if (otherUses.Contains(b))
-                {
-                    Skip($"weight '{b}' is also used by something that stays float");
-                    continue;
-                }
                 if (!weights.TryGetValue(b, out Weight? w))
                 {
                     w = new Weight { Tensor = t, K = (int)t.Dims[0], N = (int)t.Dims[1] };
                     weights[b] = w;
                 }
-                w.Users.Add(node);
+                w.Users.Add(site.Node);
+            }
+            foreach ((GraphProto g, int depth) in ModelWalker.Graphs(_model))
+            {
+                foreach (NodeProto n in g.Node)
+                {
+                    if (depth > 0 && n.OpType is "MatMul" or "Gemm" or "Conv")
+                    {
+                        skipped.Add(new SkippedNode(OnnxNames.Label(n), n.OpType, $"it is inside the subgraph '{g.Name}'; only the main graph is quantized"));
+                    }
+                }
             }
             return [.. weights.Values];
         }

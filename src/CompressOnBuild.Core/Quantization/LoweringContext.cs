@@ -34,6 +34,15 @@ internal abstract class LoweringContext
     /// <summary>Weights with fewer elements stay float.</summary>
     public long MinimumWeightElements { get; }
 
+    /// <summary>The largest weight the in-memory lowerings encode (one int-indexed float array, with room for a copy).</summary>
+    public const long InMemoryMaximumWeightElements = int.MaxValue / 2;
+
+    /// <summary>
+    /// Weights with more elements stay float (<see cref="WeightSites.MatrixSite(LoweringContext, NodeProto, Action{string})"/>):
+    /// <see cref="InMemoryMaximumWeightElements"/> unless the weights are never held whole (the streaming int8 path reads them in chunks).
+    /// </summary>
+    public long MaximumWeightElements { get; init; } = InMemoryMaximumWeightElements;
+
     public List<QuantizedNode> Quantized { get; } = [];
 
     public List<SkippedNode> Skipped { get; } = [];

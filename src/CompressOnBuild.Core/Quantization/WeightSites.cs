@@ -93,10 +93,11 @@ internal static class WeightSites
     /// transposes, alpha and beta (finite); else null after <paramref name="skip"/>.
     /// </summary>
     public static WeightSite? MatrixSite(LoweringContext context, NodeProto node, Action<string> skip) =>
-        MatrixSite(context.Graph, context.DisplayName, context.MinimumWeightElements, node, skip);
+        MatrixSite(context.Graph, context.DisplayName, context.MinimumWeightElements, node, skip, context.MaximumWeightElements);
 
     /// <inheritdoc cref="MatrixSite(LoweringContext, NodeProto, Action{string})"/>
-    public static WeightSite? MatrixSite(PassGraph g, string displayName, long minimumElements, NodeProto node, Action<string> skip)
+    public static WeightSite? MatrixSite(PassGraph g, string displayName, long minimumElements, NodeProto node, Action<string> skip,
+        long maximumElements = LoweringContext.InMemoryMaximumWeightElements)
     {
         if (node.Input.Count < 2 || FloatWeight(g, displayName, node.Input[1], skip) is not { } weight)
         {
@@ -108,7 +109,7 @@ internal static class WeightSites
             skip($"weight '{w}' has rank {weight.Dims.Length}; only 2-D weights are quantized");
             return null;
         }
-        if (!SizeFits(weight, w, minimumElements, skip))
+        if (!SizeFits(weight, w, minimumElements, maximumElements, skip))
         {
             return null;
         }
@@ -155,7 +156,7 @@ internal static class WeightSites
             skip($"weight '{w}' has rank {weight.Dims.Length}; Conv weights are [M, C/group, k...]");
             return null;
         }
-        if (!SizeFits(weight, w, minimumElements, skip))
+        if (!SizeFits(weight, w, minimumElements, LoweringContext.InMemoryMaximumWeightElements, skip))
         {
             return null;
         }
@@ -189,8 +190,8 @@ internal static class WeightSites
         return weight;
     }
 
-    /// <summary>At least the minimum number of elements (and at least one), and few enough for one int-indexed array.</summary>
-    private static bool SizeFits(ResolvedConstant weight, string name, long minimumElements, Action<string> skip)
+    /// <summary>At least the minimum number of elements (and at least one), and at most the maximum (one int-indexed array in memory).</summary>
+    private static bool SizeFits(ResolvedConstant weight, string name, long minimumElements, long maximumElements, Action<string> skip)
     {
         long elements = weight.Dims.Aggregate(1L, (a, b) => a * b);
         if (elements < minimumElements || elements == 0)
@@ -198,7 +199,7 @@ internal static class WeightSites
             skip($"weight '{name}' has {elements} elements, fewer than the minimum {minimumElements}");
             return false;
         }
-        if (elements > int.MaxValue / 2)
+        if (elements > maximumElements)
         {
             skip($"weight '{name}' has {elements} elements, too many for one tensor here");
             return false;

@@ -163,6 +163,87 @@ public sealed class StreamingQuantizerTests
         CollectionAssert.AreEqual(a1, b1);
     }
 
+    /// <summary>
+    /// x[1,64] -> mm_ok(w_ok) -> mm_excl(w_ex, excluded) -> mm_small(w_small, 512 elements) and mm_shared(w_sh, also
+    /// read by an Add); mm_dyn's weight is Relu(z) of a graph input: one eligible MatMul, four that stay float.
+    /// </summary>
+    private static ModelProto MixedMatMuls()
+    {
+        var g = new GraphProto { Name = "mixed" };
+        g.Input.Add(TinyModels.FloatValue("x", 1, 64));
+        g.Input.Add(TinyModels.FloatValue("z", 64, 16));
+        g.Output.Add(TinyModels.FloatValue("s", 1, 8));
+        g.Output.Add(TinyModels.FloatValue("y2", 64, 64));
+        g.Output.Add(TinyModels.FloatValue("d", 1, 16));
+        g.Initializer.Add(TensorUtil.FromFloats("w_ok", TinyModels.RandomFloats(64 * 64, 11, 0.3f), 64, 64));
+        g.Initializer.Add(TensorUtil.FromFloats("w_ex", TinyModels.RandomFloats(64 * 64, 12, 0.3f), 64, 64));
+        g.Initializer.Add(TensorUtil.FromFloats("w_small", TinyModels.RandomFloats(64 * 8, 13, 0.3f), 64, 8));
+        g.Initializer.Add(TensorUtil.FromFloats("w_sh", TinyModels.RandomFloats(64 * 64, 14, 0.3f), 64, 64));
+        g.Node.Add(TinyModels.Node("MatMul", ["x", "w_ok"], ["h0"], "mm_ok"));
+        g.Node.Add(TinyModels.Node("MatMul", ["h0", "w_ex"], ["h1"], "mm_excl"));
+        g.Node.Add(TinyModels.Node("MatMul", ["h1", "w_small"], ["s"], "mm_small"));
+        g.Node.Add(TinyModels.Node("MatMul", ["h1", "w_sh"], ["h2"], "mm_shared"));
+        g.Node.Add(TinyModels.Node("Add", ["h2", "w_sh"], ["y2"], "add_sh"));
+        g.Node.Add(TinyModels.Node("Relu", ["z"], ["zr"], "relu_z"));
+        g.Node.Add(TinyModels.Node("MatMul", ["h0", "zr"], ["d"], "mm_dyn"));
+        return TinyModels.Model(g);
+    }
+
+    [TestMethod]
+    [DataRow(false)]
+    [DataRow(true)]
+    public void StreamingAndInMemoryGiveTheSameSkipReasons(bool int4)
+    {
+        ModelProto model = MixedMatMuls();
+        string source = Path.Combine(_dir, "src", "m.onnx");
+        SaveExternal(model, source);
+        string output = Path.Combine(_dir, "out", "m.onnx");
+        IReadOnlyCollection<string> excluded = ["mm_excl"];
+        List<SkippedNode> expected, actual;
+        List<string> expectedQuantized, actualQuantized;
+        if (int4)
+        {
+            var options = new Int4Options { MinimumWeightElements = 1024, ExcludedNodes = excluded };
+            Int4Summary a = Int4WeightQuantizer.Apply(model.Clone(), options, "m");
+            Int4Summary b = StreamingQuantizer.CompressInt4Weights(source, output, options, "m");
+            (expected, actual) = ([.. a.Skipped], [.. b.Skipped]);
+            (expectedQuantized, actualQuantized) = ([.. a.Quantized.Select(q => q.Node)], [.. b.Quantized.Select(q => q.Node)]);
+        }
+        else
+        {
+            var options = new QuantizationOptions { MinimumWeightElements = 1024, ExcludedNodes = excluded };
+            QuantizationSummary a = Int8DynamicQuantizer.Apply(model.Clone(), options, "m");
+            QuantizationSummary b = StreamingQuantizer.CompressInt8Dynamic(source, output, options, "m");
+            (expected, actual) = ([.. a.Skipped], [.. b.Skipped]);
+            (expectedQuantized, actualQuantized) = ([.. a.Quantized.Select(q => q.Node)], [.. b.Quantized.Select(q => q.Node)]);
+        }
+        CollectionAssert.AreEqual(new[] { "mm_ok" }, actualQuantized);
+        CollectionAssert.AreEqual(expectedQuantized, actualQuantized);
+        CollectionAssert.AreEquivalent(new[] { "mm_excl", "mm_small", "mm_shared", "mm_dyn" }, actual.Select(k => k.Node).ToList());
+        CollectionAssert.AreEqual(expected, actual, "streaming: " + string.Join(" | ", actual) + "\nin memory: " + string.Join(" | ", expected));
+        StringAssert.Contains(actual.Single(k => k.Node == "mm_shared").Reason, "shared with Add 'add_sh'");
+        ModelChecker.Validate(ModelIO.Load(output), output);
+    }
+
+    [TestMethod]
+    public void StreamingReportsAWeightChainWithoutReadingIt()
+    {
+        // w_t = Transpose(w): the in-memory pass computes the transposed weight; the streaming path names the reason.
+        var g = new GraphProto { Name = "chain" };
+        g.Input.Add(TinyModels.FloatValue("x", 1, 64));
+        g.Output.Add(TinyModels.FloatValue("y", 1, 32));
+        g.Initializer.Add(TensorUtil.FromFloats("w", TinyModels.RandomFloats(32 * 64, 21, 0.3f), 32, 64));
+        g.Node.Add(TinyModels.Node("Transpose", ["w"], ["w_t"], "tr"));
+        g.Node.Add(TinyModels.Node("MatMul", ["x", "w_t"], ["y"], "mm"));
+        string source = Path.Combine(_dir, "src", "m.onnx");
+        SaveExternal(TinyModels.Model(g), source);
+        QuantizationSummary s = StreamingQuantizer.CompressInt8Dynamic(source, Path.Combine(_dir, "out", "m.onnx"), QuantizationOptions.Default, "m");
+        Assert.AreEqual(0, s.Quantized.Count);
+        SkippedNode skip = s.Skipped.Single();
+        Assert.AreEqual("mm", skip.Node);
+        StringAssert.Contains(skip.Reason, "weight 'w_t' is not an initializer (it comes from Transpose 'tr')");
+    }
+
     [TestMethod]
     public void Int4NonFiniteWeightIsCMPR0202AndNothingIsWritten()
     {
