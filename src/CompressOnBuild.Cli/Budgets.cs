@@ -24,16 +24,16 @@ internal static class Budgets
             // Without ValidationData, agreement-type budgets are measured on the calibration inputs (the report says so).
             if (NeedData.Contains(b.Name) && s.ValidationData == null && (s.CalibrationData == null || b.Name == "MaxAccuracyDrop"))
             {
-                throw new CompressException(DiagnosticCodes.NoValidationData, s.Model, b.Name) { File = s.Model };
+                throw CompressException.ForFile(s.Model, DiagnosticCodes.NoValidationData, s.Model, b.Name);
             }
             if (b.Name == "MaxAccuracyDrop" && s.Labels == null && !LabelsCanComeFromData(s.ValidationData!))
             {
-                throw new CompressException(DiagnosticCodes.LabelsRequired, s.Model, s.ValidationData) { File = s.Model };
+                throw CompressException.ForFile(s.Model, DiagnosticCodes.LabelsRequired, s.Model, s.ValidationData);
             }
         }
         if (s.Tune && s.ValidationData == null && s.CalibrationData == null)
         {
-            throw new CompressException(DiagnosticCodes.NoValidationData, s.Model, "Tune") { File = s.Model };
+            throw CompressException.ForFile(s.Model, DiagnosticCodes.NoValidationData, s.Model, "Tune");
         }
     }
 
@@ -76,10 +76,9 @@ internal static class Budgets
         {
             if (measured.GetValueOrDefault(b.Name) == null && v?.Embedding is { } e && b.Name is "MinNeighborAgreement" or "MinSimilarityCorrelation")
             {
-                throw new CompressException(DiagnosticCodes.EmbeddingBudgetUnmeasurable, settings.Model, b.Name, e.PairwiseSamples < 3
+                throw CompressException.ForFile(settings.Model, DiagnosticCodes.EmbeddingBudgetUnmeasurable, settings.Model, b.Name, e.PairwiseSamples < 3
                     ? $"it compares samples with each other and the data has {e.PairwiseSamples}"
-                    : $"no sample's nearest neighbour is clear in the original model (cosine margin >= {EmbeddingMetrics.ClearMargin} over the second nearest) among {e.PairwiseSamples}")
-                { File = settings.Model };
+                    : $"no sample's nearest neighbour is clear in the original model (cosine margin >= {EmbeddingMetrics.ClearMargin} over the second nearest) among {e.PairwiseSamples}");
             }
         }
         return Evaluate(settings, measured);
@@ -99,14 +98,14 @@ internal static class Budgets
             {
                 if (b.Name == "MaxAccuracyDrop")
                 {
-                    throw new CompressException(DiagnosticCodes.LabelsRequired, settings.Model, settings.ValidationData) { File = settings.Model };
+                    throw CompressException.ForFile(settings.Model, DiagnosticCodes.LabelsRequired, settings.Model, settings.ValidationData);
                 }
                 if (b.Name is "MinNeighborAgreement" or "MinSimilarityCorrelation")
                 {
-                    throw new CompressException(DiagnosticCodes.EmbeddingBudgetUnmeasurable, settings.Model, b.Name,
-                        "the validation run had too few samples, or none whose nearest neighbour is clear in the original model") { File = settings.Model };
+                    throw CompressException.ForFile(settings.Model, DiagnosticCodes.EmbeddingBudgetUnmeasurable, settings.Model, b.Name,
+                        "the validation run had too few samples, or none whose nearest neighbour is clear in the original model");
                 }
-                throw new CompressException(DiagnosticCodes.NoValidationData, settings.Model, b.Name) { File = settings.Model };
+                throw CompressException.ForFile(settings.Model, DiagnosticCodes.NoValidationData, settings.Model, b.Name);
             }
             double m = measured.Value;
             // Tolerate float noise at the boundary (a drop computed as 0.50000000001 from integer counts is 0.5).

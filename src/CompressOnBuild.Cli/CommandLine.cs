@@ -51,7 +51,7 @@ internal static class CommandLine
                 }
                 catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException or NotSupportedException)
                 {
-                    throw new CompressException(e, DiagnosticCodes.ResponseFile, path, e.Message) { File = path };
+                    throw CompressException.ForFile(path, e, DiagnosticCodes.ResponseFile, path, e.Message);
                 }
                 foreach (string raw in lines)
                 {
@@ -62,7 +62,7 @@ internal static class CommandLine
                     }
                     if (line[0] == '@')
                     {
-                        throw new CompressException(DiagnosticCodes.ResponseFile, path, "nested response files are not supported") { File = path };
+                        throw CompressException.ForFile(path, DiagnosticCodes.ResponseFile, path, "nested response files are not supported");
                     }
                     result.Add(line);
                 }
@@ -158,7 +158,7 @@ internal static class CommandLine
     {
         string? suggestion = OptionTable.Suggest(name, ItemOptions.Keys.Concat(GlobalOptionNames));
         string hint = (suggestion != null ? $"Did you mean '{suggestion}'? " : "") + "Run 'compress --help' for the list.";
-        return new CompressException(DiagnosticCodes.UnknownOption, model ?? "compress", name, hint) { File = model };
+        return CompressException.ForFile(model, DiagnosticCodes.UnknownOption, model ?? "compress", name, hint);
     }
 }
 

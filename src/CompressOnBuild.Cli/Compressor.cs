@@ -77,7 +77,7 @@ internal static class Compressor
         string outputFull = Path.GetFullPath(s.Output);
         if (SamePath(modelFull, outputFull))
         {
-            throw new CompressException(DiagnosticCodes.OutputIsSource, s.Output) { File = s.Model };
+            throw CompressException.ForFile(s.Model, DiagnosticCodes.OutputIsSource, s.Output);
         }
         // Never replace a device, FIFO or folder at the output path (as root, a rename would replace /dev/full).
         AtomicFile.CheckReplaceable(outputFull);
@@ -227,7 +227,7 @@ internal static class Compressor
             : s.Tune ? "Tune=true" : "";
         if (why.Length > 0)
         {
-            throw new CompressException(DiagnosticCodes.NotSupportedYet, s.Model, why + " (models over 1.5 GB are compressed by streaming: Int8Dynamic or Int4Weights only)", "true") { File = s.Model };
+            throw CompressException.ForFile(s.Model, DiagnosticCodes.NotSupportedYet, s.Model, why + " (models over 1.5 GB are compressed by streaming: Int8Dynamic or Int4Weights only)", "true");
         }
         ensureOrt();
         result.OriginalBytes = ModelIO.TotalBytesWithExternalData(s.Model);
@@ -326,8 +326,8 @@ internal static class Compressor
         }
         catch (CompressException e) when (e.Code is DiagnosticCodes.OrtRunFailed or DiagnosticCodes.SourceRejectedByOrt)
         {
-            throw new CompressException(e, DiagnosticCodes.ModelInvalid, s.Model,
-                "ONNX Runtime cannot load it: " + (e.InnerException?.Message ?? e.Message)) { File = s.Model };
+            throw CompressException.ForFile(s.Model, e, DiagnosticCodes.ModelInvalid, s.Model,
+                "ONNX Runtime cannot load it: " + (e.InnerException?.Message ?? e.Message));
         }
     }
 
@@ -356,7 +356,7 @@ internal static class Compressor
             : $"{synthetic.Failures.Count} configuration(s); the last: {synthetic.Failures[^1]}";
         if (s.Budgets.FirstOrDefault(NeedsMeasurement) is { } budget)
         {
-            throw new CompressException(DiagnosticCodes.SyntheticInputsNeeded, s.Model, tried, budget.Name) { File = s.Model };
+            throw CompressException.ForFile(s.Model, DiagnosticCodes.SyntheticInputsNeeded, s.Model, tried, budget.Name);
         }
         result.Diagnostics.Add(new Diagnostic(Severity.Warning, DiagnosticCodes.SyntheticInputsFailed, s.Model,
             DiagnosticCodes.FormatWithoutCode(DiagnosticCodes.SyntheticInputsFailed, s.Model, tried)));
@@ -434,7 +434,7 @@ internal static class Compressor
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
-            throw new CompressException(e, DiagnosticCodes.OutputWriteFailed, output, e.Message) { File = output };
+            throw CompressException.ForFile(output, e, DiagnosticCodes.OutputWriteFailed, output, e.Message);
         }
     }
 
@@ -448,7 +448,7 @@ internal static class Compressor
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
-            throw new CompressException(e, DiagnosticCodes.OutputWriteFailed, outputFull, e.Message) { File = outputFull };
+            throw CompressException.ForFile(outputFull, e, DiagnosticCodes.OutputWriteFailed, outputFull, e.Message);
         }
     }
 
@@ -684,8 +684,8 @@ internal sealed class AttemptContext(ItemSettings settings, ModelProto? original
         }
         Dataset on = settings.CalibrationData != null ? CalibrationData()
             : settings.ValidationData != null ? Compressor.LoadData(settings, Inputs, settings.CalibrationSamples, out _)
-            : throw new CompressException(DiagnosticCodes.InvalidOption, settings.Model, "Pruning", settings.Pruning.ToString(),
-                "Sensitivity measures each layer's harm on data: set CalibrationData (or ValidationData)") { File = settings.Model };
+            : throw CompressException.ForFile(settings.Model, DiagnosticCodes.InvalidOption, settings.Model, "Pruning", settings.Pruning.ToString(),
+                "Sensitivity measures each layer's harm on data: set CalibrationData (or ValidationData)");
         // Probe models go to the item's work folder (next to the output, removed afterwards), never to the source
         // model's folder: ModelIO.Load inlined any external data, so no relative data path has to resolve.
         return _harm = SensitivityHarm.Create(OriginalRunner, on, runnerOptions, workDirectory);

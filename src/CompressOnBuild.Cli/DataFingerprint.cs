@@ -40,7 +40,7 @@ internal static class DataFingerprint
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
-            throw new CompressException(e, DiagnosticCodes.DataUnreadable, dir, e.Message) { File = dir };
+            throw CompressException.ForFile(dir, e, DiagnosticCodes.DataUnreadable, dir, e.Message);
         }
         if (!onTheWay.Add(real))
         {
@@ -54,7 +54,7 @@ internal static class DataFingerprint
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
-            throw new CompressException(e, DiagnosticCodes.DataUnreadable, dir, e.Message) { File = dir };
+            throw CompressException.ForFile(dir, e, DiagnosticCodes.DataUnreadable, dir, e.Message);
         }
         foreach (string entry in entries)
         {
@@ -87,7 +87,7 @@ internal static class DataFingerprint
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
-            throw new CompressException(e, DiagnosticCodes.DataUnreadable, file, e.Message) { File = file };
+            throw CompressException.ForFile(file, e, DiagnosticCodes.DataUnreadable, file, e.Message);
         }
     }
 }

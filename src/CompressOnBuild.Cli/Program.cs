@@ -92,7 +92,7 @@ public static class Program
                 string outFull = Path.GetFullPath(settings.Output);
                 if (seenOutputs.TryGetValue(outFull, out string? other))
                 {
-                    throw new CompressException(DiagnosticCodes.OutputConflict, other, settings.Model, settings.Output) { File = settings.Model };
+                    throw CompressException.ForFile(settings.Model, DiagnosticCodes.OutputConflict, other, settings.Model, settings.Output);
                 }
                 seenOutputs[outFull] = settings.Model;
                 results.Add(new ItemResult { Settings = settings });

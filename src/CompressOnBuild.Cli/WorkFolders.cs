@@ -49,7 +49,7 @@ internal static class WorkFolders
         {
             return e;
         }
-        return new CompressException(e, e.Code, args) { File = file };
+        return CompressException.ForFile(file, e, e.Code, args);
     }
 
     public static FileStream Create(string work)

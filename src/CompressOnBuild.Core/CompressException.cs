@@ -20,6 +20,17 @@ public sealed class CompressException : Exception
         Arguments = args;
     }
 
+    /// <summary>
+    /// The exception for <paramref name="code"/> with <see cref="File"/> set to <paramref name="file"/>: the same
+    /// code, message and exit code as the constructor, in one call instead of a constructor plus initialiser.
+    /// </summary>
+    public static CompressException ForFile(string? file, string code, params object?[] args) =>
+        new(code, args) { File = file };
+
+    /// <summary>As <see cref="ForFile(string?, string, object?[])"/>, wrapping the exception that caused it.</summary>
+    public static CompressException ForFile(string? file, Exception inner, string code, params object?[] args) =>
+        new(inner, code, args) { File = file };
+
     public string Code { get; }
 
     public IReadOnlyList<object?> Arguments { get; }

@@ -103,7 +103,7 @@ public static class Calibrator
         }
         if (data.Count == 0)
         {
-            throw new CompressException(DiagnosticCodes.DataEmpty, data.Source) { File = data.Source };
+            throw CompressException.ForFile(data.Source, DiagnosticCodes.DataEmpty, data.Source);
         }
         string[] names = tensors.Distinct(StringComparer.Ordinal).ToArray();
         if (names.Length == 0)
@@ -149,7 +149,7 @@ public static class Calibrator
                     }
                     if (!Kernels.TensorStats.AllFinite(v))
                     {
-                        throw new CompressException(DiagnosticCodes.NonFiniteOutputs, displayName, names[t], data.GetSampleSource(index)) { File = displayName };
+                        throw CompressException.ForFile(displayName, DiagnosticCodes.NonFiniteOutputs, displayName, names[t], data.GetSampleSource(index));
                     }
                     Kernels.MinMaxResult range = Kernels.TensorStats.MinMax(v);
                     min[t] = MathF.Min(min[t], range.Min);
@@ -390,7 +390,7 @@ public static class Calibrator
             }
             if (order[i] < 0)
             {
-                throw new CompressException(DiagnosticCodes.DataShape, data.Source, inputs[i].Name, "the data set has no tensor for this input") { File = data.Source };
+                throw CompressException.ForFile(data.Source, DiagnosticCodes.DataShape, data.Source, inputs[i].Name, "the data set has no tensor for this input");
             }
         }
         return order;

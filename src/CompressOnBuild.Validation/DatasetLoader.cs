@@ -47,7 +47,7 @@ public static class DatasetLoader
         }
         if (inputs.Count == 0)
         {
-            throw new CompressException(DiagnosticCodes.DataShape, path, "(none)", "the model has no inputs to feed") { File = path };
+            throw CompressException.ForFile(path, DiagnosticCodes.DataShape, path, "(none)", "the model has no inputs to feed");
         }
         if (pre.ElementType is { } wanted)
         {
@@ -61,17 +61,17 @@ public static class DatasetLoader
         }
         if (!File.Exists(path) && !Directory.Exists(path))
         {
-            throw new CompressException(DiagnosticCodes.DataNotFound, path) { File = path };
+            throw CompressException.ForFile(path, DiagnosticCodes.DataNotFound, path);
         }
         if (labelsPath != null && !File.Exists(labelsPath))
         {
-            throw new CompressException(DiagnosticCodes.DataNotFound, labelsPath) { File = labelsPath };
+            throw CompressException.ForFile(labelsPath, DiagnosticCodes.DataNotFound, labelsPath);
         }
 
         Source source = Directory.Exists(path) ? OpenFolder(path, inputs, pre) : OpenFile(path, inputs, pre, text);
         if (source.Count == 0)
         {
-            throw new CompressException(DiagnosticCodes.DataEmpty, path) { File = path };
+            throw CompressException.ForFile(path, DiagnosticCodes.DataEmpty, path);
         }
         int[]? labels = source.Labels;
         if (labelsPath != null)
@@ -79,12 +79,12 @@ public static class DatasetLoader
             labels = ReadLabels(labelsPath);
             if (labels.Length != source.Count)
             {
-                throw new CompressException(DiagnosticCodes.LabelsMismatch, labelsPath, labels.Length, path, source.Count) { File = labelsPath };
+                throw CompressException.ForFile(labelsPath, DiagnosticCodes.LabelsMismatch, labelsPath, labels.Length, path, source.Count);
             }
         }
         else if (labels != null && labels.Length != source.Count)
         {
-            throw new CompressException(DiagnosticCodes.LabelsMismatch, path, labels.Length, path, source.Count) { File = path };
+            throw CompressException.ForFile(path, DiagnosticCodes.LabelsMismatch, path, labels.Length, path, source.Count);
         }
 
         int[] indices = SubsetIndices(source.Count, maxSamples);
@@ -156,7 +156,7 @@ public static class DatasetLoader
     {
         if (tensor.ElementCount != tensor.Data.Length)
         {
-            throw new CompressException(DiagnosticCodes.DataUnreadable, file, $"shape {tensor.ShapeText} does not match its {tensor.Data.Length} values") { File = file };
+            throw CompressException.ForFile(file, DiagnosticCodes.DataUnreadable, file, $"shape {tensor.ShapeText} does not match its {tensor.Data.Length} values");
         }
         if (input.Shape.Count == 0)
         {
@@ -169,8 +169,8 @@ public static class DatasetLoader
         }
         if (!ok)
         {
-            throw new CompressException(DiagnosticCodes.DataShape, file, input.Name,
-                $"sample shape {tensor.ShapeText} does not match the input's {input.Describe()}") { File = file };
+            throw CompressException.ForFile(file, DiagnosticCodes.DataShape, file, input.Name,
+                $"sample shape {tensor.ShapeText} does not match the input's {input.Describe()}");
         }
     }
 
@@ -188,7 +188,7 @@ public static class DatasetLoader
 
     /// <summary>CMPR0302 for <paramref name="file"/>, from a reason and the I/O error behind it (if any).</summary>
     private static Func<string, Exception?, CompressException> Fail(string file) =>
-        (why, inner) => inner == null ? Unreadable(file, why) : new CompressException(inner, DiagnosticCodes.DataUnreadable, file, why) { File = file };
+        (why, inner) => inner == null ? Unreadable(file, why) : CompressException.ForFile(file, inner, DiagnosticCodes.DataUnreadable, file, why);
 
     private static CompressException Shape(string file, string input, string why) =>
         new(DiagnosticCodes.DataShape, file, input, why) { File = file };
@@ -330,7 +330,7 @@ public static class DatasetLoader
         }
         catch (Exception e) when (e is InvalidDataException or IOException or UnauthorizedAccessException)
         {
-            throw new CompressException(e, DiagnosticCodes.DataUnreadable, path, e.Message) { File = path };
+            throw CompressException.ForFile(path, e, DiagnosticCodes.DataUnreadable, path, e.Message);
         }
         int[]? labels = null;
         int labelIndex = arrays.FindIndex(a => a.Name == "labels");
@@ -486,7 +486,7 @@ public static class DatasetLoader
                 }
                 catch (Exception e) when (e is InvalidOperationException or ArgumentException or IndexOutOfRangeException or NotSupportedException or InvalidDataException or OverflowException || e.GetType() == typeof(Exception))
                 {
-                    throw new CompressException(e, DiagnosticCodes.DataUnreadable, file, "not a decodable image: " + e.Message) { File = file };
+                    throw CompressException.ForFile(file, e, DiagnosticCodes.DataUnreadable, file, "not a decodable image: " + e.Message);
                 }
                 if (image?.Data == null || image.Width <= 0 || image.Height <= 0)
                 {
@@ -521,7 +521,7 @@ public static class DatasetLoader
             string[] outputFiles = NumberedFiles(set, "output_");
             if (inputFiles.Length == 0)
             {
-                throw new CompressException(DiagnosticCodes.DataEmpty, set) { File = set };
+                throw CompressException.ForFile(set, DiagnosticCodes.DataEmpty, set);
             }
             TensorData[] tensors = [.. inputFiles.Select(TensorFiles.Read)];
             samples.Add(MapTensors(tensors, inputFiles, inputs, set));
@@ -585,7 +585,7 @@ public static class DatasetLoader
         }
         catch (System.Text.DecoderFallbackException e)
         {
-            throw new CompressException(e, DiagnosticCodes.DataUnreadable, file, "labels are neither IDX, .npy nor text") { File = file };
+            throw CompressException.ForFile(file, e, DiagnosticCodes.DataUnreadable, file, "labels are neither IDX, .npy nor text");
         }
         List<int> labels = [];
         string[] lines = text.Split('\n');

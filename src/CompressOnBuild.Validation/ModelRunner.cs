@@ -98,7 +98,7 @@ public sealed class ModelRunner : IDisposable
         Options = options ?? new ModelRunnerOptions();
         if (!File.Exists(modelPath))
         {
-            throw new CompressException(DiagnosticCodes.ModelNotFound, modelPath) { File = modelPath };
+            throw CompressException.ForFile(modelPath, DiagnosticCodes.ModelNotFound, modelPath);
         }
         try
         {
@@ -113,12 +113,12 @@ public sealed class ModelRunner : IDisposable
         catch (OnnxRuntimeException e)
         {
             DisposeSession();
-            throw new CompressException(e, RunFailedCode, modelPath, e.Message) { File = modelPath };
+            throw CompressException.ForFile(modelPath, e, RunFailedCode, modelPath, e.Message);
         }
         catch (Exception e) when (IsLoadFailure(e))
         {
             DisposeSession();
-            throw new CompressException(e, DiagnosticCodes.OrtNotLoadable, modelPath, LoadFailureText(e)) { File = modelPath };
+            throw CompressException.ForFile(modelPath, e, DiagnosticCodes.OrtNotLoadable, modelPath, LoadFailureText(e));
         }
     }
 
@@ -190,7 +190,7 @@ public sealed class ModelRunner : IDisposable
         }
         catch (Exception e) when (IsLoadFailure(e))
         {
-            throw new CompressException(e, DiagnosticCodes.OrtNotLoadable, ModelPath, LoadFailureText(e)) { File = ModelPath };
+            throw CompressException.ForFile(ModelPath, e, DiagnosticCodes.OrtNotLoadable, ModelPath, LoadFailureText(e));
         }
     }
 
@@ -222,7 +222,7 @@ public sealed class ModelRunner : IDisposable
         }
         catch (OnnxRuntimeException e)
         {
-            throw new CompressException(e, RunFailedCode, ModelPath, e.Message) { File = ModelPath };
+            throw CompressException.ForFile(ModelPath, e, RunFailedCode, ModelPath, e.Message);
         }
         finally
         {
@@ -252,7 +252,7 @@ public sealed class ModelRunner : IDisposable
         }
         catch (Exception e) when (IsLoadFailure(e))
         {
-            throw new CompressException(e, DiagnosticCodes.OrtNotLoadable, ModelPath, LoadFailureText(e)) { File = ModelPath };
+            throw CompressException.ForFile(ModelPath, e, DiagnosticCodes.OrtNotLoadable, ModelPath, LoadFailureText(e));
         }
     }
 
@@ -304,7 +304,7 @@ public sealed class ModelRunner : IDisposable
             }
             catch (OnnxRuntimeException e)
             {
-                throw new CompressException(e, _runner.RunFailedCode, _runner.ModelPath, e.Message) { File = _runner.ModelPath };
+                throw CompressException.ForFile(_runner.ModelPath, e, _runner.RunFailedCode, _runner.ModelPath, e.Message);
             }
         }
 
@@ -350,8 +350,8 @@ public sealed class ModelRunner : IDisposable
             }
             catch (CompressException e) when (e.Code == RunFailedCode)
             {
-                throw new CompressException(e.InnerException ?? e, RunFailedCode, ModelPath,
-                    $"on {data.GetSampleSource(start)}{(n > 1 ? $" (batch of {n})" : "")}: {e.InnerException?.Message ?? e.Message}") { File = ModelPath };
+                throw CompressException.ForFile(ModelPath, e.InnerException ?? e, RunFailedCode, ModelPath,
+                    $"on {data.GetSampleSource(start)}{(n > 1 ? $" (batch of {n})" : "")}: {e.InnerException?.Message ?? e.Message}");
             }
         }
 
@@ -420,8 +420,8 @@ public sealed class ModelRunner : IDisposable
             }
             catch (CompressException e) when (e.Code == RunFailedCode)
             {
-                throw new CompressException(e.InnerException ?? e, RunFailedCode, ModelPath,
-                    $"on {data.GetSampleSource(index)}: {e.InnerException?.Message ?? e.Message}") { File = ModelPath };
+                throw CompressException.ForFile(ModelPath, e.InnerException ?? e, RunFailedCode, ModelPath,
+                    $"on {data.GetSampleSource(index)}: {e.InnerException?.Message ?? e.Message}");
             }
         }
         if (n == 0)
@@ -487,8 +487,8 @@ public sealed class ModelRunner : IDisposable
     {
         if (data.InputNames.Count != Inputs.Count)
         {
-            throw new CompressException(DiagnosticCodes.DataShape, data.Source, string.Join(",", Inputs.Select(i => i.Name)),
-                $"the data set feeds {data.InputNames.Count} inputs but model '{ModelPath}' has {Inputs.Count}") { File = data.Source };
+            throw CompressException.ForFile(data.Source, DiagnosticCodes.DataShape, data.Source, string.Join(",", Inputs.Select(i => i.Name)),
+                $"the data set feeds {data.InputNames.Count} inputs but model '{ModelPath}' has {Inputs.Count}");
         }
         int[] order = [.. Inputs.Select(i => IndexOf(data.InputNames, i.Name))];
         return order.Any(k => k < 0) || order.Select((k, i) => k == i).All(same => same) ? null : order;
@@ -604,7 +604,7 @@ public sealed class ModelRunner : IDisposable
     {
         if (!value.IsTensor)
         {
-            throw new CompressException(DiagnosticCodes.OutputMismatch, ModelPath, name, "not a tensor", "compare") { File = ModelPath };
+            throw CompressException.ForFile(ModelPath, DiagnosticCodes.OutputMismatch, ModelPath, name, "not a tensor", "compare");
         }
         OrtTensorTypeAndShapeInfo info = value.GetTensorTypeAndShape();
         long[] shape = info.Shape;
@@ -656,7 +656,7 @@ public sealed class ModelRunner : IDisposable
                 data = [.. value.GetTensorDataAsSpan<BFloat16>().ToArray().Select(v => BitConverter.Int32BitsToSingle(v.value << 16))];
                 break;
             default:
-                throw new CompressException(DiagnosticCodes.OutputMismatch, ModelPath, name, info.ElementDataType.ToString(), "compare") { File = ModelPath };
+                throw CompressException.ForFile(ModelPath, DiagnosticCodes.OutputMismatch, ModelPath, name, info.ElementDataType.ToString(), "compare");
         }
         return new TensorData(data, shape) { Name = name };
     }

@@ -174,7 +174,7 @@ internal static partial class NpyReader
         }
         catch (Exception e) when (e is IOException or InvalidDataException or UnauthorizedAccessException)
         {
-            throw new CompressException(e, DiagnosticCodes.DataUnreadable, file, e.Message) { File = file };
+            throw CompressException.ForFile(file, e, DiagnosticCodes.DataUnreadable, file, e.Message);
         }
     }
 

@@ -25,15 +25,15 @@ public static class SensitivityHarm
         ArgumentNullException.ThrowIfNull(data);
         if (data.Count == 0)
         {
-            throw new CompressException(DiagnosticCodes.DataEmpty, data.Source) { File = data.Source };
+            throw CompressException.ForFile(data.Source, DiagnosticCodes.DataEmpty, data.Source);
         }
         string output = original.Outputs.FirstOrDefault(o => o.ElementType != TensorElementType.Other)?.Name
-            ?? throw new CompressException(DiagnosticCodes.OutputMismatch, original.ModelPath, "(first output)", "not a numeric tensor", "sensitivity") { File = original.ModelPath };
+            ?? throw CompressException.ForFile(original.ModelPath, DiagnosticCodes.OutputMismatch, original.ModelPath, "(first output)", "not a numeric tensor", "sensitivity");
         float[][] reference = [.. original.RunDataset(data, [output]).Outputs.Select(o => o[0].Data)];
         int bad = Array.FindIndex(reference, r => r.Any(v => !float.IsFinite(v)));
         if (bad >= 0)
         {
-            throw new CompressException(DiagnosticCodes.NonFiniteOutputs, original.ModelPath, output, data.GetSampleSource(bad)) { File = original.ModelPath };
+            throw CompressException.ForFile(original.ModelPath, DiagnosticCodes.NonFiniteOutputs, original.ModelPath, output, data.GetSampleSource(bad));
         }
         bool kl = reference.All(r => r.Length > 1);
         double meanSquare = kl ? 0 : reference.Average(r => r.Average(v => (double)v * v));
@@ -54,7 +54,7 @@ public static class SensitivityHarm
                     float[] a = reference[s], b = outputs[s][0].Data;
                     if (a.Length != b.Length)
                     {
-                        throw new CompressException(DiagnosticCodes.OutputMismatch, path, output, $"{b.Length} values where the original has {a.Length}", "sensitivity") { File = path };
+                        throw CompressException.ForFile(path, DiagnosticCodes.OutputMismatch, path, output, $"{b.Length} values where the original has {a.Length}", "sensitivity");
                     }
                     sum += kl ? KlDivergence(a, b) : SquaredDifference(a, b) / Math.Max(meanSquare * a.Length, 1e-30);
                 }

@@ -150,7 +150,7 @@ public static class SyntheticInputs
         {
             if (inputs.Find(name) == null)
             {
-                throw new CompressException(DiagnosticCodes.UnknownInputName, displayName, name, string.Join(", ", inputs.Select(i => i.Name))) { File = displayName };
+                throw CompressException.ForFile(displayName, DiagnosticCodes.UnknownInputName, displayName, name, string.Join(", ", inputs.Select(i => i.Name)));
             }
         }
         var hints = new GraphHints(model);
@@ -240,8 +240,8 @@ public static class SyntheticInputs
             if (rankKnown && given.Length != rank
                 || Enumerable.Range(0, Math.Min(rank, given.Length)).Any(d => fixedDims[d] > 0 && fixedDims[d] != given[d]))
             {
-                throw new CompressException(DiagnosticCodes.InputShapeMismatch, displayName, info.Name, string.Join("x", given),
-                    rankKnown ? info.Describe() : "an unknown rank") { File = displayName };
+                throw CompressException.ForFile(displayName, DiagnosticCodes.InputShapeMismatch, displayName, info.Name, string.Join("x", given),
+                    rankKnown ? info.Describe() : "an unknown rank");
             }
             return new InputPlan(info)
             {

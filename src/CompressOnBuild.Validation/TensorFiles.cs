@@ -14,11 +14,11 @@ internal static class TensorFiles
         try
         {
             proto = TensorProto.Parser.ParseFrom(Core.IO.InputFiles.ReadAll(file, Array.MaxLength,
-                (why, inner) => new CompressException(inner ?? new IOException(why), DiagnosticCodes.DataUnreadable, file, why) { File = file }));
+                (why, inner) => CompressException.ForFile(file, inner ?? new IOException(why), DiagnosticCodes.DataUnreadable, file, why)));
         }
         catch (Exception e) when (e is InvalidProtocolBufferException or IOException or UnauthorizedAccessException)
         {
-            throw new CompressException(e, DiagnosticCodes.DataUnreadable, file, e.Message) { File = file };
+            throw CompressException.ForFile(file, e, DiagnosticCodes.DataUnreadable, file, e.Message);
         }
         try
         {
@@ -26,7 +26,7 @@ internal static class TensorFiles
         }
         catch (NotSupportedException e)
         {
-            throw new CompressException(e, DiagnosticCodes.DataUnreadable, file, e.Message) { File = file };
+            throw CompressException.ForFile(file, e, DiagnosticCodes.DataUnreadable, file, e.Message);
         }
     }
 

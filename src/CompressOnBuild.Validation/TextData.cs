@@ -63,7 +63,7 @@ public sealed class TextEncoder
         ArgumentNullException.ThrowIfNull(inputs);
         if (!File.Exists(options.TokenizerPath))
         {
-            throw new CompressException(DiagnosticCodes.DataNotFound, options.TokenizerPath) { File = options.TokenizerPath };
+            throw CompressException.ForFile(options.TokenizerPath, DiagnosticCodes.DataNotFound, options.TokenizerPath);
         }
         InputRole[] roles = MapInputs(inputs, dataPath);
         int length = SequenceLengthFor(options.SequenceLength, inputs, dataPath);
@@ -96,7 +96,7 @@ public sealed class TextEncoder
         catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException or InvalidOperationException
             or FormatException or JsonException or KeyNotFoundException or DecoderFallbackException)
         {
-            throw new CompressException(e, DiagnosticCodes.TokenizerUnusable, path, e.Message) { File = path };
+            throw CompressException.ForFile(path, e, DiagnosticCodes.TokenizerUnusable, path, e.Message);
         }
     }
 
@@ -110,7 +110,7 @@ public sealed class TextEncoder
     /// </summary>
     private static BertTokenizer FromTokenizerJson(string path)
     {
-        using FileStream fs = Core.IO.InputFiles.OpenRead(path, (why, inner) => new CompressException(inner ?? new IOException(why), DiagnosticCodes.TokenizerUnusable, path, why) { File = path });
+        using FileStream fs = Core.IO.InputFiles.OpenRead(path, (why, inner) => CompressException.ForFile(path, inner ?? new IOException(why), DiagnosticCodes.TokenizerUnusable, path, why));
         using JsonDocument doc = JsonDocument.Parse(fs);
         JsonElement root = doc.RootElement;
         if (root.ValueKind != JsonValueKind.Object || !root.TryGetProperty("model", out JsonElement model) || model.ValueKind != JsonValueKind.Object)
@@ -182,8 +182,8 @@ public sealed class TextEncoder
             TensorInfo input = inputs[i];
             if (input.Shape.Count is not (0 or 2))
             {
-                throw new CompressException(DiagnosticCodes.DataShape, dataPath, input.Name,
-                    $"text data feeds [batch, sequence] inputs, and this input is {input.Describe()}") { File = dataPath };
+                throw CompressException.ForFile(dataPath, DiagnosticCodes.DataShape, dataPath, input.Name,
+                    $"text data feeds [batch, sequence] inputs, and this input is {input.Describe()}");
             }
             string name = input.Name.ToLowerInvariant();
             roles[i] = name.Contains("mask", StringComparison.Ordinal) ? InputRole.AttentionMask
@@ -194,10 +194,9 @@ public sealed class TextEncoder
         }
         if (ids != 1)
         {
-            throw new CompressException(DiagnosticCodes.DataShape, dataPath, string.Join(",", inputs.Select(i => i.Name)),
+            throw CompressException.ForFile(dataPath, DiagnosticCodes.DataShape, dataPath, string.Join(",", inputs.Select(i => i.Name)),
                 ids == 0 ? "no input takes the token ids (inputs named like masks, token types or positions only)"
-                    : "more than one input could take the token ids; text data fills input_ids, attention_mask, token_type_ids and position_ids by name")
-            { File = dataPath };
+                    : "more than one input could take the token ids; text data fills input_ids, attention_mask, token_type_ids and position_ids by name");
         }
         return roles;
     }
@@ -207,8 +206,8 @@ public sealed class TextEncoder
         long fixedDim = inputs.Select(i => i.Shape.Count == 2 ? i.Shape[1] : -1).FirstOrDefault(d => d > 0, -1);
         if (requested > 0 && fixedDim > 0 && requested != fixedDim)
         {
-            throw new CompressException(DiagnosticCodes.DataShape, dataPath, inputs[0].Name,
-                $"SequenceLength {requested} does not match the model's fixed sequence length {fixedDim}") { File = dataPath };
+            throw CompressException.ForFile(dataPath, DiagnosticCodes.DataShape, dataPath, inputs[0].Name,
+                $"SequenceLength {requested} does not match the model's fixed sequence length {fixedDim}");
         }
         return requested > 0 ? requested : fixedDim > 0 ? (int)fixedDim : 0;
     }
@@ -269,19 +268,19 @@ public sealed class TextEncoder
         {
             // Regular files only: /dev/zero or a FIFO as text data would read forever or block.
             text = new UTF8Encoding(false, true).GetString(Core.IO.InputFiles.ReadAll(path, int.MaxValue / 2,
-                (why, inner) => new CompressException(inner ?? new IOException(why), DiagnosticCodes.DataUnreadable, path, why) { File = path }));
+                (why, inner) => CompressException.ForFile(path, inner ?? new IOException(why), DiagnosticCodes.DataUnreadable, path, why)));
         }
         catch (DecoderFallbackException e)
         {
-            throw new CompressException(e, DiagnosticCodes.DataUnreadable, path, "not UTF-8 text (expected one sentence per line)") { File = path };
+            throw CompressException.ForFile(path, e, DiagnosticCodes.DataUnreadable, path, "not UTF-8 text (expected one sentence per line)");
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
-            throw new CompressException(e, DiagnosticCodes.DataUnreadable, path, e.Message) { File = path };
+            throw CompressException.ForFile(path, e, DiagnosticCodes.DataUnreadable, path, e.Message);
         }
         if (text.Contains('\0', StringComparison.Ordinal))
         {
-            throw new CompressException(DiagnosticCodes.DataUnreadable, path, "binary content (NUL characters); expected one sentence per line") { File = path };
+            throw CompressException.ForFile(path, DiagnosticCodes.DataUnreadable, path, "binary content (NUL characters); expected one sentence per line");
         }
         var lines = new List<(int, string)>();
         string[] raw = text.TrimStart('\uFEFF').Split('\n');

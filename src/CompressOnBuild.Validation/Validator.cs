@@ -50,12 +50,12 @@ public static class Validator
         options ??= new ValidatorOptions();
         if (data.Count == 0)
         {
-            throw new CompressException(DiagnosticCodes.DataEmpty, data.Source) { File = data.Source };
+            throw CompressException.ForFile(data.Source, DiagnosticCodes.DataEmpty, data.Source);
         }
         string primary = PrimaryOutput(original, options.OutputName);
         if (!compressed.Outputs.Any(o => o.Name == primary))
         {
-            throw new CompressException(DiagnosticCodes.OutputMismatch, compressed.ModelPath, primary, "missing", "top-1") { File = compressed.ModelPath };
+            throw CompressException.ForFile(compressed.ModelPath, DiagnosticCodes.OutputMismatch, compressed.ModelPath, primary, "missing", "top-1");
         }
         string[] names = [.. original.Outputs
             .Where(o => o.ElementType != TensorElementType.Other && compressed.Outputs.Any(c => c.Name == o.Name && c.ElementType != TensorElementType.Other))
@@ -86,8 +86,8 @@ public static class Validator
                 TensorData b = runB.Outputs[s][o];
                 if (a.Data.Length != b.Data.Length)
                 {
-                    throw new CompressException(DiagnosticCodes.OutputMismatch, compressed.ModelPath, names[o],
-                        $"shaped {b.ShapeText} where the original's is {a.ShapeText}", "compare") { File = compressed.ModelPath };
+                    throw CompressException.ForFile(compressed.ModelPath, DiagnosticCodes.OutputMismatch, compressed.ModelPath, names[o],
+                        $"shaped {b.ShapeText} where the original's is {a.ShapeText}", "compare");
                 }
                 ErrorMetricsResult m = ErrorMetrics.Compare(a.Data, b.Data);
                 cosSum[o] += m.CosineSimilarity;
@@ -194,7 +194,7 @@ public static class Validator
         ArgumentNullException.ThrowIfNull(data);
         if (data.Count == 0)
         {
-            throw new CompressException(DiagnosticCodes.DataEmpty, data.Source) { File = data.Source };
+            throw CompressException.ForFile(data.Source, DiagnosticCodes.DataEmpty, data.Source);
         }
         string primary = PrimaryOutput(model, outputName);
         string[] names = [.. model.Outputs.Where(o => o.ElementType != TensorElementType.Other).Select(o => o.Name)];
@@ -230,8 +230,8 @@ public static class Validator
             int classes = run.Outputs[s][primary].Data.Length;
             if (data.Labels[s] < 0 || data.Labels[s] >= classes)
             {
-                throw new CompressException(DiagnosticCodes.LabelOutOfRange, data.Source, s, data.Labels[s],
-                    $"output '{outputName}' has {classes} classes (labels 0 to {classes - 1})") { File = data.Source };
+                throw CompressException.ForFile(data.Source, DiagnosticCodes.LabelOutOfRange, data.Source, s, data.Labels[s],
+                    $"output '{outputName}' has {classes} classes (labels 0 to {classes - 1})");
             }
         }
     }
@@ -257,14 +257,13 @@ public static class Validator
             TensorInfo? found = model.Outputs.FirstOrDefault(o => o.Name == requested);
             if (found == null || found.ElementType == TensorElementType.Other)
             {
-                throw new CompressException(DiagnosticCodes.OutputMismatch, model.ModelPath, requested,
-                    found == null ? "missing (outputs: " + string.Join(", ", model.Outputs.Select(o => o.Name)) + ")" : "not a numeric tensor", "top-1")
-                { File = model.ModelPath };
+                throw CompressException.ForFile(model.ModelPath, DiagnosticCodes.OutputMismatch, model.ModelPath, requested,
+                    found == null ? "missing (outputs: " + string.Join(", ", model.Outputs.Select(o => o.Name)) + ")" : "not a numeric tensor", "top-1");
             }
             return requested;
         }
         return model.Outputs.FirstOrDefault(o => o.ElementType != TensorElementType.Other)?.Name
-            ?? throw new CompressException(DiagnosticCodes.OutputMismatch, model.ModelPath, "(first output)", "not a numeric tensor", "top-1") { File = model.ModelPath };
+            ?? throw CompressException.ForFile(model.ModelPath, DiagnosticCodes.OutputMismatch, model.ModelPath, "(first output)", "not a numeric tensor", "top-1");
     }
 
     private static void CheckFinite(string modelPath, DatasetRun run, string[] names)
@@ -275,7 +274,7 @@ public static class Validator
             {
                 if (!TensorStats.AllFinite(run.Outputs[s][o].Data))
                 {
-                    throw new CompressException(DiagnosticCodes.NonFiniteOutputs, modelPath, names[o], s) { File = modelPath };
+                    throw CompressException.ForFile(modelPath, DiagnosticCodes.NonFiniteOutputs, modelPath, names[o], s);
                 }
             }
         }
@@ -308,8 +307,8 @@ public static class Validator
                 TensorData actual = run.Outputs[s][o];
                 if (actual.Data.Length != refs[k].Data.Length)
                 {
-                    throw new CompressException(DiagnosticCodes.OutputMismatch, model.ModelPath, name,
-                        $"shaped {actual.ShapeText} where the reference output is {refs[k].ShapeText}", "reference") { File = model.ModelPath };
+                    throw CompressException.ForFile(model.ModelPath, DiagnosticCodes.OutputMismatch, model.ModelPath, name,
+                        $"shaped {actual.ShapeText} where the reference output is {refs[k].ShapeText}", "reference");
                 }
                 float e = ErrorMetrics.MaxAbsDifference(refs[k].Data, actual.Data);
                 max = Math.Max(max ?? 0f, e);

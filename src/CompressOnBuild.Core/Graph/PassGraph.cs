@@ -718,7 +718,7 @@ internal sealed partial class PassGraph
         }
         catch (Exception e) when (e is InvalidDataException or InvalidOperationException or OverflowException)
         {
-            throw new CompressException(e, DiagnosticCodes.ModelInvalid, displayName, e.Message) { File = displayName };
+            throw CompressException.ForFile(displayName, e, DiagnosticCodes.ModelInvalid, displayName, e.Message);
         }
     }
 }

@@ -21,7 +21,7 @@ public static class AtomicFile
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException || IsFileTooLarge(e))
         {
-            throw new CompressException(e, DiagnosticCodes.OutputWriteFailed, path, e.Message) { File = path };
+            throw CompressException.ForFile(path, e, DiagnosticCodes.OutputWriteFailed, path, e.Message);
         }
     }
 
@@ -42,9 +42,9 @@ public static class AtomicFile
         FileKind kind = InputFiles.Kind(path);
         if (kind is FileKind.Special or FileKind.Directory or FileKind.Unresolvable)
         {
-            throw new CompressException(DiagnosticCodes.OutputWriteFailed, path,
+            throw CompressException.ForFile(path, DiagnosticCodes.OutputWriteFailed, path,
                 kind == FileKind.Directory ? "it is a folder" : kind == FileKind.Special
-                    ? "it is a device, FIFO or socket; only regular files are replaced" : "its links cannot be followed") { File = path };
+                    ? "it is a device, FIFO or socket; only regular files are replaced" : "its links cannot be followed");
         }
     }
 

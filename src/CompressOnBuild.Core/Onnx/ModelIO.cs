@@ -32,7 +32,7 @@ public static class ModelIO
         string full = Path.GetFullPath(path);
         if (!File.Exists(full))
         {
-            throw new CompressException(DiagnosticCodes.ModelNotFound, path) { File = path };
+            throw CompressException.ForFile(path, DiagnosticCodes.ModelNotFound, path);
         }
         ModelProto model = ParseFile(full, path, out _);
         LoadExternalData(model, Path.GetDirectoryName(full)!, path);
@@ -49,16 +49,16 @@ public static class ModelIO
         }
         catch (InvalidProtocolBufferException e)
         {
-            throw new CompressException(e, DiagnosticCodes.ModelNotOnnx, displayName, Describe(e)) { File = displayName };
+            throw CompressException.ForFile(displayName, e, DiagnosticCodes.ModelNotOnnx, displayName, Describe(e));
         }
         catch (Exception e) when (e is InvalidOperationException or ArgumentException or OverflowException or InvalidDataException)
         {
-            throw new CompressException(e, DiagnosticCodes.ModelNotOnnx, displayName, e.Message) { File = displayName };
+            throw CompressException.ForFile(displayName, e, DiagnosticCodes.ModelNotOnnx, displayName, e.Message);
         }
         if (model.IrVersion <= 0 || model.Graph == null)
         {
             string why = bytes.Length == 0 ? "the file is empty" : model.IrVersion <= 0 ? "it has no ir_version" : "it has no graph";
-            throw new CompressException(DiagnosticCodes.ModelNotOnnx, displayName, why) { File = displayName };
+            throw CompressException.ForFile(displayName, DiagnosticCodes.ModelNotOnnx, displayName, why);
         }
         return model;
     }
@@ -75,8 +75,8 @@ public static class ModelIO
             length = fs.Length;
             if (length >= int.MaxValue)
             {
-                throw new CompressException(DiagnosticCodes.ModelNotOnnx, displayName,
-                    "the .onnx file is 2 GiB or larger, which protobuf cannot hold (large weights belong in external data)") { File = displayName };
+                throw CompressException.ForFile(displayName, DiagnosticCodes.ModelNotOnnx, displayName,
+                    "the .onnx file is 2 GiB or larger, which protobuf cannot hold (large weights belong in external data)");
             }
             ModelProto model;
             try
@@ -85,22 +85,22 @@ public static class ModelIO
             }
             catch (InvalidProtocolBufferException e)
             {
-                throw new CompressException(e, DiagnosticCodes.ModelNotOnnx, displayName, Describe(e)) { File = displayName };
+                throw CompressException.ForFile(displayName, e, DiagnosticCodes.ModelNotOnnx, displayName, Describe(e));
             }
             catch (Exception e) when (e is InvalidOperationException or ArgumentException or OverflowException or InvalidDataException)
             {
-                throw new CompressException(e, DiagnosticCodes.ModelNotOnnx, displayName, e.Message) { File = displayName };
+                throw CompressException.ForFile(displayName, e, DiagnosticCodes.ModelNotOnnx, displayName, e.Message);
             }
             if (model.IrVersion <= 0 || model.Graph == null)
             {
                 string why = length == 0 ? "the file is empty" : model.IrVersion <= 0 ? "it has no ir_version" : "it has no graph";
-                throw new CompressException(DiagnosticCodes.ModelNotOnnx, displayName, why) { File = displayName };
+                throw CompressException.ForFile(displayName, DiagnosticCodes.ModelNotOnnx, displayName, why);
             }
             return model;
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
-            throw new CompressException(e, DiagnosticCodes.ModelNotOnnx, displayName, e.Message) { File = displayName };
+            throw CompressException.ForFile(displayName, e, DiagnosticCodes.ModelNotOnnx, displayName, e.Message);
         }
     }
 
@@ -149,8 +149,8 @@ public static class ModelIO
             ExternalDataRef r = files.Resolve(t);
             if (r.Length > Array.MaxLength)
             {
-                throw new CompressException(DiagnosticCodes.ExternalDataUnreadable, displayName, t.Name, r.Location,
-                    $"a single tensor of {r.Length} bytes is larger than this version can hold in memory") { File = displayName };
+                throw CompressException.ForFile(displayName, DiagnosticCodes.ExternalDataUnreadable, displayName, t.Name, r.Location,
+                    $"a single tensor of {r.Length} bytes is larger than this version can hold in memory");
             }
             byte[] buffer = files.Read(r, t.Name);
             t.RawData = UnsafeByteOperations.UnsafeWrap(buffer);
@@ -170,7 +170,7 @@ public static class ModelIO
         string full = Path.GetFullPath(path);
         if (!File.Exists(full))
         {
-            throw new CompressException(DiagnosticCodes.ModelNotFound, path) { File = path };
+            throw CompressException.ForFile(path, DiagnosticCodes.ModelNotFound, path);
         }
         ModelProto model = ParseFile(full, path, out long length);
         string dir = Path.GetDirectoryName(full)!;
@@ -199,7 +199,7 @@ public static class ModelIO
         var info = new FileInfo(full);
         if (!info.Exists)
         {
-            throw new CompressException(DiagnosticCodes.ModelNotFound, modelPath) { File = modelPath };
+            throw CompressException.ForFile(modelPath, DiagnosticCodes.ModelNotFound, modelPath);
         }
         if (info.Length >= 256L << 20)
         {
@@ -235,7 +235,7 @@ public static class ModelIO
             }
             catch (Exception e) when (e is IOException or UnauthorizedAccessException)
             {
-                throw new CompressException(e, DiagnosticCodes.ExternalDataUnreadable, displayName, tensorName, r.Location, e.Message) { File = displayName };
+                throw CompressException.ForFile(displayName, e, DiagnosticCodes.ExternalDataUnreadable, displayName, tensorName, r.Location, e.Message);
             }
             return buffer;
         }
@@ -259,7 +259,7 @@ public static class ModelIO
             }
             if (string.IsNullOrEmpty(location))
             {
-                throw new CompressException(DiagnosticCodes.ExternalDataUnreadable, displayName, t.Name, "", "no 'location' key") { File = displayName };
+                throw CompressException.ForFile(displayName, DiagnosticCodes.ExternalDataUnreadable, displayName, t.Name, "", "no 'location' key");
             }
             string file = SafePath.ResolveInside(modelDirectory, location, displayName, t.Name);
             if (!_lengths.TryGetValue(file, out long fileLength))
@@ -278,13 +278,13 @@ public static class ModelIO
                     // pointing at a 1 TiB sparse file must not take hours. Real weights are stored, not holes.
                     if (fileLength >= SparseCheckMinBytes && IO.InputFiles.StoredBytes(file) is { } stored && stored < fileLength / 8)
                     {
-                        throw new CompressException(DiagnosticCodes.ExternalDataUnreadable, displayName, t.Name, location,
-                            $"the file declares {fileLength} bytes but only {stored} are stored on disk (a sparse file); weights are never holes") { File = displayName };
+                        throw CompressException.ForFile(displayName, DiagnosticCodes.ExternalDataUnreadable, displayName, t.Name, location,
+                            $"the file declares {fileLength} bytes but only {stored} are stored on disk (a sparse file); weights are never holes");
                     }
                 }
                 catch (Exception e) when (e is IOException or UnauthorizedAccessException)
                 {
-                    throw new CompressException(e, DiagnosticCodes.ExternalDataUnreadable, displayName, t.Name, location, e.Message) { File = displayName };
+                    throw CompressException.ForFile(displayName, e, DiagnosticCodes.ExternalDataUnreadable, displayName, t.Name, location, e.Message);
                 }
                 _lengths[file] = fileLength;
             }
@@ -295,7 +295,7 @@ public static class ModelIO
             }
             catch (Exception e) when (e is OverflowException or InvalidDataException)
             {
-                throw new CompressException(DiagnosticCodes.ModelInvalid, displayName, $"tensor '{t.Name}': {e.Message}") { File = displayName };
+                throw CompressException.ForFile(displayName, DiagnosticCodes.ModelInvalid, displayName, $"tensor '{t.Name}': {e.Message}");
             }
             if (length < 0)
             {
@@ -303,13 +303,13 @@ public static class ModelIO
             }
             if (expected >= 0 && length != expected)
             {
-                throw new CompressException(DiagnosticCodes.ExternalDataUnreadable, displayName, t.Name, location,
-                    $"length {length} does not match the {expected} bytes its dims and type need") { File = displayName };
+                throw CompressException.ForFile(displayName, DiagnosticCodes.ExternalDataUnreadable, displayName, t.Name, location,
+                    $"length {length} does not match the {expected} bytes its dims and type need");
             }
             if (offset < 0 || length < 0 || offset > fileLength || length > fileLength - offset)
             {
-                throw new CompressException(DiagnosticCodes.ExternalDataUnreadable, displayName, t.Name, location,
-                    $"offset {offset} + length {length} lies past the end of the {fileLength}-byte file") { File = displayName };
+                throw CompressException.ForFile(displayName, DiagnosticCodes.ExternalDataUnreadable, displayName, t.Name, location,
+                    $"offset {offset} + length {length} lies past the end of the {fileLength}-byte file");
             }
             return new ExternalDataRef(file, location, offset, length);
         }
@@ -328,7 +328,7 @@ public static class ModelIO
     {
         if (!long.TryParse(value, NumberStyles.None, CultureInfo.InvariantCulture, out long v))
         {
-            throw new CompressException(DiagnosticCodes.ExternalDataUnreadable, displayName, t.Name, key, $"'{value}' is not a valid {key}") { File = displayName };
+            throw CompressException.ForFile(displayName, DiagnosticCodes.ExternalDataUnreadable, displayName, t.Name, key, $"'{value}' is not a valid {key}");
         }
         return v;
     }
@@ -363,7 +363,7 @@ public static class ModelIO
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
-            throw new CompressException(e, DiagnosticCodes.OutputWriteFailed, path, e.Message) { File = path };
+            throw CompressException.ForFile(path, e, DiagnosticCodes.OutputWriteFailed, path, e.Message);
         }
     }
 

@@ -48,7 +48,7 @@ public static class SafePath
         catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException or NotSupportedException)
         {
             // A link loop, an over-long name or a component we may not read: the path cannot be shown to stay inside.
-            throw new CompressException(e, DiagnosticCodes.ExternalDataPath, modelDisplayName, tensorName, location) { File = modelDisplayName };
+            throw CompressException.ForFile(modelDisplayName, e, DiagnosticCodes.ExternalDataPath, modelDisplayName, tensorName, location);
         }
     }
 

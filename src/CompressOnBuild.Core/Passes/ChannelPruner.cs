@@ -903,8 +903,8 @@ internal static class ChannelPruner
         if (!values.TryGetValue(name, out Activation? a) || TensorUtil.ElementCount(a.Shape) != a.Data.Length || a.Data.Length == 0
             || (conv ? a.Shape.Length != l.Dims.Length || a.Shape[1] != units : a.Shape.Length < 2 || a.Shape[^1] != units))
         {
-            throw new CompressException(DiagnosticCodes.DataShape, "calibration activations", name,
-                conv ? $"expected [samples, {units}, spatial...] values" : $"expected [rows, {units}] values") { File = displayName };
+            throw CompressException.ForFile(displayName, DiagnosticCodes.DataShape, "calibration activations", name,
+                conv ? $"expected [samples, {units}, spatial...] values" : $"expected [rows, {units}] values");
         }
         return a;
     }
@@ -992,8 +992,8 @@ internal static class ChannelPruner
             (float[] x2, int rows2) = Rows(now, f2, start);
             if (rows2 != rows)
             {
-                throw new CompressException(DiagnosticCodes.DataShape, "calibration activations", n.Input[0],
-                    "the pruned model's input to this layer does not line up with the original's") { File = displayName };
+                throw CompressException.ForFile(displayName, DiagnosticCodes.DataShape, "calibration activations", n.Input[0],
+                    "the pruned model's input to this layer does not line up with the original's");
             }
             // Target: X W - X' W_kept.
             var target = new float[(long)rows * m];
@@ -1059,8 +1059,8 @@ internal static class ChannelPruner
                 {
                     if (!(sum > 0))
                     {
-                        throw new CompressException(DiagnosticCodes.DataShape, "calibration activations", "least-squares refit",
-                            "the activations are degenerate (not positive definite even with the ridge term)") { File = displayName };
+                        throw CompressException.ForFile(displayName, DiagnosticCodes.DataShape, "calibration activations", "least-squares refit",
+                            "the activations are degenerate (not positive definite even with the ridge term)");
                     }
                     lower[(long)i * n + i] = Math.Sqrt(sum);
                 }

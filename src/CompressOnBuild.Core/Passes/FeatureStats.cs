@@ -30,15 +30,15 @@ internal sealed class FeatureStats(double[] rms, double[] mean)
             string name = l.Node.Input[0];
             if (!values.TryGetValue(name, out Activation? a))
             {
-                throw new CompressException(DiagnosticCodes.DataShape, "calibration activations", name, "the activation source returned no values for it") { File = displayName };
+                throw CompressException.ForFile(displayName, DiagnosticCodes.DataShape, "calibration activations", name, "the activation source returned no values for it");
             }
             bool conv = l.Node.OpType == "Conv";
             int axis = conv ? 1 : a.Shape.Length - 1;
             int features = l.Reduction / l.KernelSize;
             if (a.Shape.Length < 2 || axis < 0 || a.Shape[axis] != features || TensorUtil.ElementCount(a.Shape) != a.Data.Length || a.Data.Length == 0)
             {
-                throw new CompressException(DiagnosticCodes.DataShape, "calibration activations", name,
-                    $"shape [{string.Join(",", a.Shape)}] with {a.Data.Length} values does not give {features} features on axis {axis}") { File = displayName };
+                throw CompressException.ForFile(displayName, DiagnosticCodes.DataShape, "calibration activations", name,
+                    $"shape [{string.Join(",", a.Shape)}] with {a.Data.Length} values does not give {features} features on axis {axis}");
             }
             if (!cache.TryGetValue((name, axis), out FeatureStats? st))
             {

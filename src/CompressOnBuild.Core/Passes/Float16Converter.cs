@@ -90,7 +90,7 @@ public static class Float16Converter
         ArgumentNullException.ThrowIfNull(displayName);
         if (model.Graph == null)
         {
-            throw new CompressException(DiagnosticCodes.ModelInvalid, displayName, "it has no graph") { File = displayName };
+            throw CompressException.ForFile(displayName, DiagnosticCodes.ModelInvalid, displayName, "it has no graph");
         }
         long before = model.CalculateSize();
         Float16Summary Unchanged(string reason, bool fp16 = false, bool quantized = false) => new()

@@ -77,7 +77,7 @@ public static class Int8StaticQuantizer
         ArgumentNullException.ThrowIfNull(displayName);
         if (model.Graph == null)
         {
-            throw new CompressException(DiagnosticCodes.ModelInvalid, displayName, "it has no graph") { File = displayName };
+            throw CompressException.ForFile(displayName, DiagnosticCodes.ModelInvalid, displayName, "it has no graph");
         }
         long before = model.CalculateSize();
         if (QuantizedOperators.Describe(model) is { } already)
@@ -278,7 +278,7 @@ public static class Int8StaticQuantizer
                 {
                     if (g.TryConstantFloat(input, displayName, out float[] values, out _, out _, out _) && !TensorStats.AllFinite(values))
                     {
-                        throw new CompressException(DiagnosticCodes.NonFiniteWeights, displayName, input) { File = displayName };
+                        throw CompressException.ForFile(displayName, DiagnosticCodes.NonFiniteWeights, displayName, input);
                     }
                 }
             }
@@ -287,7 +287,7 @@ public static class Int8StaticQuantizer
             {
                 if (!TensorStats.AllFinite(c.Weight) || (c.Bias != null && !TensorStats.AllFinite(c.Bias)))
                 {
-                    throw new CompressException(DiagnosticCodes.NonFiniteWeights, displayName, c.Node.Input[1]) { File = displayName };
+                    throw CompressException.ForFile(displayName, DiagnosticCodes.NonFiniteWeights, displayName, c.Node.Input[1]);
                 }
             }
             Rewrite(candidates);

@@ -114,7 +114,7 @@ internal static class PrunableLayers
             }
             if (!everyLayer && !TensorStats.AllFinite(data))
             {
-                throw new CompressException(DiagnosticCodes.NonFiniteWeights, displayName, w) { File = displayName };
+                throw CompressException.ForFile(displayName, DiagnosticCodes.NonFiniteWeights, displayName, w);
             }
             if (node.OpType == "Conv")
             {

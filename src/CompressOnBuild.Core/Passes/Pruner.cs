@@ -64,17 +64,17 @@ public static class Pruner
         options.Validate(displayName);
         if (options.Method == PruningMethod.Sensitivity && harm == null)
         {
-            throw new CompressException(DiagnosticCodes.InvalidOption, displayName, "Pruning", options.ToString(),
-                "Sensitivity pruning measures each layer's harm on data: give CalibrationData (or ValidationData, whose inputs are used)") { File = displayName };
+            throw CompressException.ForFile(displayName, DiagnosticCodes.InvalidOption, displayName, "Pruning", options.ToString(),
+                "Sensitivity pruning measures each layer's harm on data: give CalibrationData (or ValidationData, whose inputs are used)");
         }
         if (options.Method == PruningMethod.SparseGpt && activations == null)
         {
-            throw new CompressException(DiagnosticCodes.InvalidOption, displayName, "Pruning", options.ToString(),
-                "SparseGPT updates the surviving weights from the layers' inputs on data: give CalibrationData (Magnitude needs no data)") { File = displayName };
+            throw CompressException.ForFile(displayName, DiagnosticCodes.InvalidOption, displayName, "Pruning", options.ToString(),
+                "SparseGPT updates the surviving weights from the layers' inputs on data: give CalibrationData (Magnitude needs no data)");
         }
         if (model.Graph == null)
         {
-            throw new CompressException(DiagnosticCodes.ModelInvalid, displayName, "it has no graph") { File = displayName };
+            throw CompressException.ForFile(displayName, DiagnosticCodes.ModelInvalid, displayName, "it has no graph");
         }
         byte[] beforeBytes = model.ToByteArray();
         (long paramsBefore, long flopsBefore, bool exactBefore) = PrunableLayers.Measure(model, displayName);

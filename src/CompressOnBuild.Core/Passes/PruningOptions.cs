@@ -225,7 +225,7 @@ public sealed record PruningOptions
         }
         if (why != null)
         {
-            throw new CompressException(DiagnosticCodes.InvalidOption, displayName, "Pruning", ToString(), why) { File = displayName };
+            throw CompressException.ForFile(displayName, DiagnosticCodes.InvalidOption, displayName, "Pruning", ToString(), why);
         }
     }
 

@@ -45,8 +45,8 @@ internal readonly record struct EncodingLevels(byte Zero, byte Min, byte Max, bo
         WeightEncoding.UInt8 => new(128, 1, 255, true, 127f),
         WeightEncoding.Int8ReducedRange => new(0, unchecked((byte)(sbyte)-63), 63, false, 63f),
         WeightEncoding.Int8PairBounded => new(0, unchecked((byte)(sbyte)-127), 127, false, 127f) { PairBounded = true },
-        _ => throw new CompressException(DiagnosticCodes.InvalidOption, displayName, "WeightEncoding", encoding,
-            "expected Int8, UInt8, Int8ReducedRange or Int8PairBounded") { File = displayName },
+        _ => throw CompressException.ForFile(displayName, DiagnosticCodes.InvalidOption, displayName, "WeightEncoding", encoding,
+            "expected Int8, UInt8, Int8ReducedRange or Int8PairBounded"),
     };
 }
 

@@ -64,7 +64,7 @@ internal static class SparseGpt
             IReadOnlyDictionary<string, Activation> values = source(g.Model, [name]);
             if (!values.TryGetValue(name, out Activation? a))
             {
-                throw new CompressException(DiagnosticCodes.DataShape, "calibration activations", name, "the activation source returned no values for it") { File = displayName };
+                throw CompressException.ForFile(displayName, DiagnosticCodes.DataShape, "calibration activations", name, "the activation source returned no values for it");
             }
             double[]? shared = null;
             foreach (PrunableLayer l in usable.Where(l => l.Node.Input[0] == name))
@@ -89,7 +89,7 @@ internal static class SparseGpt
     {
         if (!TensorStats.AllFinite(a.Data))
         {
-            throw new CompressException(DiagnosticCodes.NonFiniteOutputs, displayName, name, "one of the calibration samples (SparseGPT)") { File = displayName };
+            throw CompressException.ForFile(displayName, DiagnosticCodes.NonFiniteOutputs, displayName, name, "one of the calibration samples (SparseGPT)");
         }
     }
 
@@ -98,8 +98,8 @@ internal static class SparseGpt
         int k = l.Reduction;
         if (a.Shape.Length < 2 || a.Shape[^1] != k || a.Data.Length == 0 || a.Data.Length % k != 0)
         {
-            throw new CompressException(DiagnosticCodes.DataShape, "calibration activations", name,
-                $"SparseGPT needs this layer input as [..., {k}] values; got [{string.Join(",", a.Shape)}]") { File = displayName };
+            throw CompressException.ForFile(displayName, DiagnosticCodes.DataShape, "calibration activations", name,
+                $"SparseGPT needs this layer input as [..., {k}] values; got [{string.Join(",", a.Shape)}]");
         }
         CheckFinite(a, name, displayName);
         // Token rows of padding positions (attention mask 0) are left out: the output error that counts is on real tokens.
@@ -112,8 +112,8 @@ internal static class SparseGpt
         int channels = l.Reduction / l.KernelSize;
         if (a.Shape.Length != l.Dims.Length || a.Shape[1] != channels || a.Data.Length == 0)
         {
-            throw new CompressException(DiagnosticCodes.DataShape, "calibration activations", name,
-                $"shape [{string.Join(",", a.Shape)}] does not fit Conv '{l.Label}' with weight [{string.Join(",", l.Dims)}]") { File = displayName };
+            throw CompressException.ForFile(displayName, DiagnosticCodes.DataShape, "calibration activations", name,
+                $"shape [{string.Join(",", a.Shape)}] does not fit Conv '{l.Label}' with weight [{string.Join(",", l.Dims)}]");
         }
         CheckFinite(a, name, displayName);
         int chunk = HessianAccumulator.ChunkRows(l.Reduction);
