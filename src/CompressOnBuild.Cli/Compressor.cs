@@ -631,8 +631,8 @@ internal sealed class AttemptContext(ItemSettings settings, ModelProto? original
         }
         if (!shared)
         {
-            return (model, names) => ActivationCollector.Collect(model, names, CalibrationData(), settings.CalibrationSamples,
-                runnerOptions, workDirectory);
+            return (model, names) => BlameTheSource(() => ActivationCollector.Collect(model, names, CalibrationData(), settings.CalibrationSamples,
+                runnerOptions, workDirectory), CalibrationData());
         }
         return (model, names) =>
         {
@@ -640,8 +640,8 @@ internal sealed class AttemptContext(ItemSettings settings, ModelProto? original
             string[] missing = names.Where(n => !_activations.ContainsKey(n)).ToArray();
             if (missing.Length > 0)
             {
-                foreach ((string k, Activation v) in ActivationCollector.Collect(model, missing, CalibrationData(), settings.CalibrationSamples,
-                    runnerOptions, workDirectory))
+                foreach ((string k, Activation v) in BlameTheSource(() => ActivationCollector.Collect(model, missing, CalibrationData(),
+                    settings.CalibrationSamples, runnerOptions, workDirectory), CalibrationData()))
                 {
                     _activations[k] = v;
                 }
@@ -666,7 +666,25 @@ internal sealed class AttemptContext(ItemSettings settings, ModelProto? original
         int samples = Math.Min(settings.CalibrationSamples, QuantizationOptions.SmoothingSamples);
         Dataset on = settings.CalibrationData != null ? CalibrationData()
             : _smoothingData ??= Compressor.LoadData(settings, OriginalRunner.Inputs, samples, out _);
-        return (model, names) => ActivationCollector.Collect(model, names, on, samples, runnerOptions, workDirectory);
+        return (model, names) => BlameTheSource(() => ActivationCollector.Collect(model, names, on, samples, runnerOptions, workDirectory), on);
+    }
+
+    /// <summary>
+    /// Runs a collection over the user's model copied with extra outputs. ONNX Runtime failing there is CMPR0402 (our
+    /// bug, exit 3) only if the original runs on the same data; when the original fails too, its own CMPR0110 (bad
+    /// input, exit 2) is what surfaces.
+    /// </summary>
+    private T BlameTheSource<T>(Func<T> collect, Dataset on)
+    {
+        try
+        {
+            return collect();
+        }
+        catch (CompressException e) when (e.Code == DiagnosticCodes.OrtRunFailed)
+        {
+            OriginalRunner.RunDataset(on);
+            throw;
+        }
     }
 
     private HarmMeasure? _harm;
