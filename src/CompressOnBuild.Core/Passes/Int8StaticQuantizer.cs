@@ -27,6 +27,9 @@ namespace CompressOnBuild.Core.Passes;
 /// </summary>
 public static class Int8StaticQuantizer
 {
+    /// <summary>The operators this pass places Q/DQ around itself: the registry's pass-owned list for Int8Static.</summary>
+    private static readonly IReadOnlySet<string> OwnOpTypes = OpRegistry.PassOwnedOpTypes(QuantizationScheme.Int8Static);
+
     private static readonly HashSet<string> UInt8Passthrough = new(StringComparer.Ordinal)
     {
         "MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze",
@@ -261,7 +264,7 @@ public static class Int8StaticQuantizer
             {
                 string reason = OpsetRaise.BlockingReason(g.Model, 10, "QDQ needs default opset 10")!;
                 OpsetNote = reason;
-                foreach (NodeProto n in g.Graph.Node.Where(n => n.OpType is "Conv" or "MatMul" or "Gemm" && OnnxNames.IsDefaultDomain(n)))
+                foreach (NodeProto n in g.Graph.Node.Where(n => OwnOpTypes.Contains(n.OpType) && OnnxNames.IsDefaultDomain(n)))
                 {
                     Skipped.Add(new SkippedNode(OnnxNames.Label(n), n.OpType, reason));
                 }
@@ -272,7 +275,7 @@ public static class Int8StaticQuantizer
                 OpsetNote = $"per-tensor weights at default opset {_targetOpset}: {blocked13}";
             }
             // Every weight is checked before the graph changes, so a bad one leaves the model untouched.
-            foreach (NodeProto n in g.Graph.Node.Where(n => n.OpType is "Conv" or "MatMul" or "Gemm" && ModelChecker.NormalizeDomain(n.Domain).Length == 0))
+            foreach (NodeProto n in g.Graph.Node.Where(n => OwnOpTypes.Contains(n.OpType) && ModelChecker.NormalizeDomain(n.Domain).Length == 0))
             {
                 foreach (string input in n.Input.Skip(1).Where(i => i.Length > 0))
                 {
@@ -626,7 +629,7 @@ public static class Int8StaticQuantizer
             HashSet<string> outer = g.OuterUses();
             foreach (PassGraph body in g.WithSubgraphs().Skip(1))
             {
-                foreach (NodeProto n in body.Graph.Node.Where(n => OnnxNames.IsDefaultDomain(n) && n.OpType is "Conv" or "MatMul" or "Gemm"))
+                foreach (NodeProto n in body.Graph.Node.Where(n => OnnxNames.IsDefaultDomain(n) && OwnOpTypes.Contains(n.OpType)))
                 {
                     Skipped.Add(new SkippedNode(OnnxNames.Label(n), n.OpType,
                         $"it is inside the subgraph '{body.Graph.Name}'; calibration sees only main-graph values, so Int8 static quantizes the main graph (Int8 dynamic, Int4 and Float16 quantize bodies)"));

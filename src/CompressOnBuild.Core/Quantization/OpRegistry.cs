@@ -48,6 +48,10 @@ public static class OpRegistry
         (QuantizationScheme.Int8Static, "Gemm"),
     ];
 
+    /// <summary>The operators <paramref name="scheme"/>'s pass lowers with its own code (see <see cref="PassOwned"/>).</summary>
+    internal static IReadOnlySet<string> PassOwnedOpTypes(QuantizationScheme scheme) =>
+        PassOwned.Where(e => e.Scheme == scheme).Select(e => e.OpType).ToHashSet(StringComparer.Ordinal);
+
     /// <summary>The lowerings of <paramref name="scheme"/> (empty for schemes that are not per operator).</summary>
     internal static IReadOnlyList<IOperatorLowering> For(QuantizationScheme scheme) =>
         [.. Entries.Where(e => e.Scheme == scheme).Select(e => e.Lowering)];
