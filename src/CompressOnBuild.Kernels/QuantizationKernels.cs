@@ -80,6 +80,118 @@ public static class QuantizationKernels
         QuantizePerColumnCore(matrix, rows, cols, scales, zp, min, max, destination, KernelSelector.Current);
     }
 
+    /// <summary>
+    /// The largest round-trip error of a per-column quantized row-major [rows, cols] matrix:
+    /// max |matrix[r, c] - (codes[r, c] - zeroPoint) * scales[c]| (codes read as uint8 when <paramref name="unsigned"/>,
+    /// else int8; 0 for an empty matrix). Bit-identical to the scalar loop for finite inputs.
+    /// </summary>
+    public static float MaxAbsErrorPerColumn(ReadOnlySpan<float> matrix, int rows, int cols, ReadOnlySpan<float> scales,
+        ReadOnlySpan<byte> codes, bool unsigned, float zeroPoint) =>
+        MaxAbsErrorPerColumnCore(matrix, rows, cols, scales, codes, unsigned, zeroPoint, KernelSelector.Current);
+
+    /// <summary>
+    /// True when some position j has int8 codes a[j], b[j] of the same sign with |a[j]| + |b[j]| over <paramref name="limit"/>
+    /// (0..254); used to find the rare adjacent pairs a pair-bounded encoding must give a level back.
+    /// </summary>
+    public static bool AnySameSignPairOver(ReadOnlySpan<sbyte> a, ReadOnlySpan<sbyte> b, int limit) =>
+        AnySameSignPairOverCore(a, b, limit, KernelSelector.Current);
+
+    internal static bool AnySameSignPairOverCore(ReadOnlySpan<sbyte> a, ReadOnlySpan<sbyte> b, int limit, KernelImplementation implementation)
+    {
+        if (b.Length < a.Length)
+        {
+            throw new ArgumentException($"The second row holds {b.Length} codes; {a.Length} are needed.");
+        }
+        ArgumentOutOfRangeException.ThrowIfNegative(limit);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(limit, 254);
+        ref sbyte xa = ref MemoryMarshal.GetReference(a);
+        ref sbyte xb = ref MemoryMarshal.GetReference(b);
+        int n = a.Length;
+        int i = 0;
+        // In 16-bit lanes |a| + |b| cannot overflow; both codes widen exactly.
+        switch (implementation)
+        {
+            case KernelImplementation.Vector512:
+            {
+                var lim = Vector512.Create((short)limit);
+                for (; i <= n - Vector512<sbyte>.Count; i += Vector512<sbyte>.Count)
+                {
+                    (Vector512<short> al, Vector512<short> au) = Vector512.Widen(Vector512.LoadUnsafe(ref xa, (nuint)i));
+                    (Vector512<short> bl, Vector512<short> bu) = Vector512.Widen(Vector512.LoadUnsafe(ref xb, (nuint)i));
+                    if (Over512(al, bl, lim) || Over512(au, bu, lim))
+                    {
+                        return true;
+                    }
+                }
+                break;
+            }
+            case KernelImplementation.Vector256:
+            {
+                var lim = Vector256.Create((short)limit);
+                for (; i <= n - Vector256<sbyte>.Count; i += Vector256<sbyte>.Count)
+                {
+                    (Vector256<short> al, Vector256<short> au) = Vector256.Widen(Vector256.LoadUnsafe(ref xa, (nuint)i));
+                    (Vector256<short> bl, Vector256<short> bu) = Vector256.Widen(Vector256.LoadUnsafe(ref xb, (nuint)i));
+                    if (Over256(al, bl, lim) || Over256(au, bu, lim))
+                    {
+                        return true;
+                    }
+                }
+                break;
+            }
+            case KernelImplementation.Vector128:
+            {
+                var lim = Vector128.Create((short)limit);
+                for (; i <= n - Vector128<sbyte>.Count; i += Vector128<sbyte>.Count)
+                {
+                    (Vector128<short> al, Vector128<short> au) = Vector128.Widen(Vector128.LoadUnsafe(ref xa, (nuint)i));
+                    (Vector128<short> bl, Vector128<short> bu) = Vector128.Widen(Vector128.LoadUnsafe(ref xb, (nuint)i));
+                    if (Over128(al, bl, lim) || Over128(au, bu, lim))
+                    {
+                        return true;
+                    }
+                }
+                break;
+            }
+            default:
+                break;
+        }
+        for (; i < n; i++)
+        {
+            if (ScalarReference.SameSignPairOver(Unsafe.Add(ref xa, i), Unsafe.Add(ref xb, i), limit))
+            {
+                return true;
+            }
+        }
+        return false;
+    }
+
+    // (a, b) same sign (both > 0 or both < 0, so a * b > 0 without overflow in 16 bits) and |a| + |b| > limit.
+    private static bool Over512(Vector512<short> a, Vector512<short> b, Vector512<short> limit) =>
+        (Vector512.GreaterThan(a * b, Vector512<short>.Zero) & Vector512.GreaterThan(Vector512.Abs(a) + Vector512.Abs(b), limit)) != Vector512<short>.Zero;
+
+    private static bool Over256(Vector256<short> a, Vector256<short> b, Vector256<short> limit) =>
+        (Vector256.GreaterThan(a * b, Vector256<short>.Zero) & Vector256.GreaterThan(Vector256.Abs(a) + Vector256.Abs(b), limit)) != Vector256<short>.Zero;
+
+    private static bool Over128(Vector128<short> a, Vector128<short> b, Vector128<short> limit) =>
+        (Vector128.GreaterThan(a * b, Vector128<short>.Zero) & Vector128.GreaterThan(Vector128.Abs(a) + Vector128.Abs(b), limit)) != Vector128<short>.Zero;
+
+    internal static float MaxAbsErrorPerColumnCore(ReadOnlySpan<float> matrix, int rows, int cols, ReadOnlySpan<float> scales,
+        ReadOnlySpan<byte> codes, bool unsigned, float zeroPoint, KernelImplementation implementation)
+    {
+        TensorStats.CheckMatrix(matrix.Length, rows, cols, codes.Length, matrix.Length);
+        if (scales.Length < cols)
+        {
+            throw new ArgumentException($"{cols} scales are needed; got {scales.Length}.");
+        }
+        float max = 0f;
+        for (int r = 0; r < rows; r++)
+        {
+            max = MathF.Max(max, ErrorDriver.Run(matrix.Slice(r * cols, cols), codes.Slice(r * cols, cols), scales[..cols], unsigned, zeroPoint, implementation));
+        }
+        return max;
+    }
+
     /// <summary>int8 -> float: (q - zeroPoint) * scale.</summary>
     public static void Dequantize(ReadOnlySpan<sbyte> values, float scale, sbyte zeroPoint, Span<float> destination) =>
         DequantizeCore(MemoryMarshal.AsBytes(values), unsigned: false, scale, zeroPoint, destination, KernelSelector.Current);
@@ -381,6 +493,104 @@ internal static class DequantizeDriver
     }
 }
 
+internal static class ErrorDriver
+{
+    // Dequantizes like DequantizeDriver (uint8 through the int8 path with the zero point shifted by 128: exact) with a
+    // per-element scale, then folds |x - dequantized| into a running maximum; max is associative and commutative on
+    // finite values, so the lane order does not change the result.
+    public static float Run(ReadOnlySpan<float> x, ReadOnlySpan<byte> q, ReadOnlySpan<float> scales, bool unsigned, float zeroPoint,
+        KernelImplementation implementation)
+    {
+        ref float xs = ref MemoryMarshal.GetReference(x);
+        ref byte qs = ref MemoryMarshal.GetReference(q);
+        ref float ss = ref MemoryMarshal.GetReference(scales);
+        int n = x.Length;
+        int i = 0;
+        float zp = unsigned ? zeroPoint - 128f : zeroPoint;
+        byte flip = unsigned ? (byte)0x80 : (byte)0;
+        float max = 0f;
+        switch (implementation)
+        {
+            case KernelImplementation.Vector512:
+            {
+                var z = Vector512.Create(zp);
+                var f = Vector512.Create(flip);
+                Vector512<float> m = Vector512<float>.Zero;
+                int w = Vector512<float>.Count;
+                for (; i <= n - 4 * w; i += 4 * w)
+                {
+                    Vector512<sbyte> v = (Vector512.LoadUnsafe(ref qs, (nuint)i) ^ f).AsSByte();
+                    (Vector512<short> l, Vector512<short> u) = Vector512.Widen(v);
+                    (Vector512<int> a, Vector512<int> b) = Vector512.Widen(l);
+                    (Vector512<int> c, Vector512<int> e) = Vector512.Widen(u);
+                    m = Vector512.Max(m, Vector512.Abs(Vector512.LoadUnsafe(ref xs, (nuint)i) - (Vector512.ConvertToSingle(a) - z) * Vector512.LoadUnsafe(ref ss, (nuint)i)));
+                    m = Vector512.Max(m, Vector512.Abs(Vector512.LoadUnsafe(ref xs, (nuint)(i + w)) - (Vector512.ConvertToSingle(b) - z) * Vector512.LoadUnsafe(ref ss, (nuint)(i + w))));
+                    m = Vector512.Max(m, Vector512.Abs(Vector512.LoadUnsafe(ref xs, (nuint)(i + 2 * w)) - (Vector512.ConvertToSingle(c) - z) * Vector512.LoadUnsafe(ref ss, (nuint)(i + 2 * w))));
+                    m = Vector512.Max(m, Vector512.Abs(Vector512.LoadUnsafe(ref xs, (nuint)(i + 3 * w)) - (Vector512.ConvertToSingle(e) - z) * Vector512.LoadUnsafe(ref ss, (nuint)(i + 3 * w))));
+                }
+                for (int k = 0; k < w; k++)
+                {
+                    max = MathF.Max(max, m.GetElement(k));
+                }
+                break;
+            }
+            case KernelImplementation.Vector256:
+            {
+                var z = Vector256.Create(zp);
+                var f = Vector256.Create(flip);
+                Vector256<float> m = Vector256<float>.Zero;
+                int w = Vector256<float>.Count;
+                for (; i <= n - 4 * w; i += 4 * w)
+                {
+                    Vector256<sbyte> v = (Vector256.LoadUnsafe(ref qs, (nuint)i) ^ f).AsSByte();
+                    (Vector256<short> l, Vector256<short> u) = Vector256.Widen(v);
+                    (Vector256<int> a, Vector256<int> b) = Vector256.Widen(l);
+                    (Vector256<int> c, Vector256<int> e) = Vector256.Widen(u);
+                    m = Vector256.Max(m, Vector256.Abs(Vector256.LoadUnsafe(ref xs, (nuint)i) - (Vector256.ConvertToSingle(a) - z) * Vector256.LoadUnsafe(ref ss, (nuint)i)));
+                    m = Vector256.Max(m, Vector256.Abs(Vector256.LoadUnsafe(ref xs, (nuint)(i + w)) - (Vector256.ConvertToSingle(b) - z) * Vector256.LoadUnsafe(ref ss, (nuint)(i + w))));
+                    m = Vector256.Max(m, Vector256.Abs(Vector256.LoadUnsafe(ref xs, (nuint)(i + 2 * w)) - (Vector256.ConvertToSingle(c) - z) * Vector256.LoadUnsafe(ref ss, (nuint)(i + 2 * w))));
+                    m = Vector256.Max(m, Vector256.Abs(Vector256.LoadUnsafe(ref xs, (nuint)(i + 3 * w)) - (Vector256.ConvertToSingle(e) - z) * Vector256.LoadUnsafe(ref ss, (nuint)(i + 3 * w))));
+                }
+                for (int k = 0; k < w; k++)
+                {
+                    max = MathF.Max(max, m.GetElement(k));
+                }
+                break;
+            }
+            case KernelImplementation.Vector128:
+            {
+                var z = Vector128.Create(zp);
+                var f = Vector128.Create(flip);
+                Vector128<float> m = Vector128<float>.Zero;
+                int w = Vector128<float>.Count;
+                for (; i <= n - 4 * w; i += 4 * w)
+                {
+                    Vector128<sbyte> v = (Vector128.LoadUnsafe(ref qs, (nuint)i) ^ f).AsSByte();
+                    (Vector128<short> l, Vector128<short> u) = Vector128.Widen(v);
+                    (Vector128<int> a, Vector128<int> b) = Vector128.Widen(l);
+                    (Vector128<int> c, Vector128<int> e) = Vector128.Widen(u);
+                    m = Vector128.Max(m, Vector128.Abs(Vector128.LoadUnsafe(ref xs, (nuint)i) - (Vector128.ConvertToSingle(a) - z) * Vector128.LoadUnsafe(ref ss, (nuint)i)));
+                    m = Vector128.Max(m, Vector128.Abs(Vector128.LoadUnsafe(ref xs, (nuint)(i + w)) - (Vector128.ConvertToSingle(b) - z) * Vector128.LoadUnsafe(ref ss, (nuint)(i + w))));
+                    m = Vector128.Max(m, Vector128.Abs(Vector128.LoadUnsafe(ref xs, (nuint)(i + 2 * w)) - (Vector128.ConvertToSingle(c) - z) * Vector128.LoadUnsafe(ref ss, (nuint)(i + 2 * w))));
+                    m = Vector128.Max(m, Vector128.Abs(Vector128.LoadUnsafe(ref xs, (nuint)(i + 3 * w)) - (Vector128.ConvertToSingle(e) - z) * Vector128.LoadUnsafe(ref ss, (nuint)(i + 3 * w))));
+                }
+                for (int k = 0; k < w; k++)
+                {
+                    max = MathF.Max(max, m.GetElement(k));
+                }
+                break;
+            }
+            default:
+                break;
+        }
+        for (; i < n; i++)
+        {
+            max = MathF.Max(max, MathF.Abs(Unsafe.Add(ref xs, i) - ScalarReference.DequantizeOne(Unsafe.Add(ref qs, i), unsigned, Unsafe.Add(ref ss, i), zeroPoint)));
+        }
+        return max;
+    }
+}
+
 internal static partial class ScalarReference
 {
     /// <summary>One element of QuantizeLinear; the byte is the int8 or uint8 bit pattern.</summary>
@@ -414,6 +624,23 @@ internal static partial class ScalarReference
                 destination[r * cols + c] = QuantizeOne(matrix[r * cols + c], scales[c], zeroPoints[c], min, max);
             }
         }
+    }
+
+    public static bool SameSignPairOver(sbyte a, sbyte b, int limit) =>
+        ((a > 0 && b > 0) || (a < 0 && b < 0)) && Math.Abs(a) + Math.Abs(b) > limit;
+
+    public static float MaxAbsErrorPerColumn(ReadOnlySpan<float> matrix, int rows, int cols, ReadOnlySpan<float> scales,
+        ReadOnlySpan<byte> codes, bool unsigned, float zeroPoint)
+    {
+        float max = 0f;
+        for (int r = 0; r < rows; r++)
+        {
+            for (int c = 0; c < cols; c++)
+            {
+                max = MathF.Max(max, MathF.Abs(matrix[r * cols + c] - DequantizeOne(codes[r * cols + c], unsigned, scales[c], zeroPoint)));
+            }
+        }
+        return max;
     }
 
     public static void Dequantize(ReadOnlySpan<byte> q, bool unsigned, float scale, float zeroPoint, Span<float> destination)

@@ -37,6 +37,55 @@ public static class TensorStats
     public static void ColumnMaxAbs(ReadOnlySpan<float> matrix, int rows, int cols, Span<float> destination) =>
         ColumnMaxAbs(matrix, rows, cols, destination, KernelSelector.Current);
 
+    /// <summary>
+    /// For two rows a, b of equal length (rows 2i and 2i + 1 of a row-major matrix): acc[j] = max(acc[j], |a[j]| + |b[j]|)
+    /// where a[j] and b[j] are both positive or both negative (a zero pairs with nothing). acc must start at 0 or above.
+    /// </summary>
+    public static void AccumulateSameSignPairMax(ReadOnlySpan<float> a, ReadOnlySpan<float> b, Span<float> acc) =>
+        AccumulateSameSignPairMax(a, b, acc, KernelSelector.Current);
+
+    internal static void AccumulateSameSignPairMax(ReadOnlySpan<float> a, ReadOnlySpan<float> b, Span<float> acc, KernelImplementation implementation)
+    {
+        if (b.Length < a.Length || acc.Length < a.Length)
+        {
+            throw new ArgumentException($"Rows of {a.Length} elements need a second row and an accumulator as long; got {b.Length} and {acc.Length}.");
+        }
+        ref float xa = ref MemoryMarshal.GetReference(a);
+        ref float xb = ref MemoryMarshal.GetReference(b);
+        ref float m = ref MemoryMarshal.GetReference(acc);
+        int n = a.Length;
+        int i = implementation switch
+        {
+            KernelImplementation.Vector512 => SameSignPairVectorized<W512, Vector512<float>>(ref xa, ref xb, ref m, n),
+            KernelImplementation.Vector256 => SameSignPairVectorized<W256, Vector256<float>>(ref xa, ref xb, ref m, n),
+            KernelImplementation.Vector128 => SameSignPairVectorized<W128, Vector128<float>>(ref xa, ref xb, ref m, n),
+            _ => 0,
+        };
+        for (; i < n; i++)
+        {
+            Unsafe.Add(ref m, i) = ScalarReference.SameSignPairMax(Unsafe.Add(ref m, i), Unsafe.Add(ref xa, i), Unsafe.Add(ref xb, i));
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static int SameSignPairVectorized<TW, TF>(ref float xa, ref float xb, ref float m, int n)
+        where TW : struct, IVectorWidth<TF>
+        where TF : struct
+    {
+        TF zero = TW.Create(0f);
+        int i = 0;
+        for (; i <= n - TW.Count; i += TW.Count)
+        {
+            TF va = TW.Load(ref xa, (nuint)i);
+            TF vb = TW.Load(ref xb, (nuint)i);
+            TF same = TW.BitwiseOr(TW.BitwiseAnd(TW.GreaterThan(va, zero), TW.GreaterThan(vb, zero)),
+                TW.BitwiseAnd(TW.LessThan(va, zero), TW.LessThan(vb, zero)));
+            TF sum = TW.ConditionalSelect(same, TW.Add(TW.Abs(va), TW.Abs(vb)), zero);
+            TW.Store(TW.Max(TW.Load(ref m, (nuint)i), sum), ref m, (nuint)i);
+        }
+        return i;
+    }
+
     internal static MinMaxResult MinMax(ReadOnlySpan<float> values, KernelImplementation implementation)
     {
         if (values.IsEmpty)
@@ -188,6 +237,18 @@ public static class TensorStats
 /// <summary>Plain scalar twins of the vector kernels: the behaviour every implementation must reproduce.</summary>
 internal static partial class ScalarReference
 {
+    /// <summary>One element of <see cref="TensorStats.AccumulateSameSignPairMax(ReadOnlySpan{float}, ReadOnlySpan{float}, Span{float})"/>.</summary>
+    public static float SameSignPairMax(float acc, float a, float b) =>
+        (a > 0f && b > 0f) || (a < 0f && b < 0f) ? MathF.Max(acc, MathF.Abs(a) + MathF.Abs(b)) : acc;
+
+    public static void AccumulateSameSignPairMax(ReadOnlySpan<float> a, ReadOnlySpan<float> b, Span<float> acc)
+    {
+        for (int j = 0; j < a.Length; j++)
+        {
+            acc[j] = SameSignPairMax(acc[j], a[j], b[j]);
+        }
+    }
+
     public static MinMaxResult MinMax(ReadOnlySpan<float> values)
     {
         if (values.IsEmpty)

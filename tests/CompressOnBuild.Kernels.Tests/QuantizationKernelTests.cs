@@ -107,6 +107,85 @@ public sealed class QuantizationKernelTests
     }
 
     [TestMethod]
+    public void Max_abs_error_per_column_matches_the_reference_for_every_implementation()
+    {
+        (int Rows, int Cols)[] shapes = [(1, 1), (3, 5), (4, 16), (5, 63), (2, 64), (9, 65), (7, 128), (17, 257), (3, 1000)];
+        foreach ((int rows, int cols) in shapes)
+        {
+            float[] m = TestData.Random(rows * cols, rows * 31 + cols, 3f);
+            float[] scales = TestData.Random(cols, cols + 1).Select(s => MathF.Abs(s) / 100f + 1e-3f).ToArray();
+            foreach (bool unsigned in new[] { false, true })
+            {
+                float zp = unsigned ? 128 : 0;
+                var codes = new byte[m.Length];
+                QuantizationKernels.QuantizePerColumnCore(m, rows, cols, scales, Enumerable.Repeat(zp, cols).ToArray(),
+                    unsigned ? 0 : -128, unsigned ? 255 : 127, codes, KernelImplementation.Scalar);
+                float expected = ScalarReference.MaxAbsErrorPerColumn(m, rows, cols, scales, codes, unsigned, zp);
+                // Independent check of the formula on the first element, and that clamping shows up as error.
+                float first = MathF.Abs(m[0] - ((unsigned ? codes[0] : (sbyte)codes[0]) - zp) * scales[0]);
+                Assert.IsTrue(expected >= first, $"{rows}x{cols}: the maximum covers element 0");
+                Assert.IsTrue(expected > 0f, $"{rows}x{cols}: clamped values give a positive error");
+                foreach (KernelImplementation impl in TestData.All)
+                {
+                    float got = QuantizationKernels.MaxAbsErrorPerColumnCore(TestData.Unaligned(m, 1), rows, cols, scales, codes, unsigned, zp, impl);
+                    Assert.AreEqual(expected, got, $"{impl} {rows}x{cols} unsigned={unsigned}");
+                }
+                Assert.AreEqual(expected, QuantizationKernels.MaxAbsErrorPerColumn(m, rows, cols, scales, codes, unsigned, zp));
+            }
+        }
+        Assert.AreEqual(0f, QuantizationKernels.MaxAbsErrorPerColumn([], 0, 4, [1f, 1f, 1f, 1f], [], unsigned: false, 0f));
+    }
+
+    [TestMethod]
+    public void Same_sign_pair_checks_match_the_reference_for_every_implementation()
+    {
+        var rng = new Random(17);
+        foreach (int n in TestData.Lengths().Where(l => l < 5000))
+        {
+            float[] a = TestData.Awkward(n, n + 3).Select(v => v == float.MaxValue || v == float.MinValue || v == 1e30f ? 0.5f : v).ToArray();
+            float[] b = TestData.Random(n, n + 4, 2f);
+            float[] seed = TestData.Random(n, n + 5, 1f).Select(MathF.Abs).ToArray();
+            var expected = (float[])seed.Clone();
+            ScalarReference.AccumulateSameSignPairMax(a, b, expected);
+            foreach (KernelImplementation impl in TestData.All)
+            {
+                var got = (float[])seed.Clone();
+                TensorStats.AccumulateSameSignPairMax(a, b, got, impl);
+                CollectionAssert.AreEqual(expected, got, $"{impl} n={n}");
+            }
+
+            // Codes in [-127, 127]; at most one over-limit pair, placed at a random position (or none).
+            var qa = new sbyte[n];
+            var qb = new sbyte[n];
+            for (int i = 0; i < n; i++)
+            {
+                qa[i] = (sbyte)rng.Next(-127, 128);
+                qb[i] = (sbyte)Math.Clamp(Math.Sign(qa[i]) * (128 - Math.Abs(qa[i])) - Math.Sign(qa[i]) * rng.Next(0, 3), -127, 127);
+            }
+            foreach (int limit in new[] { 128, 200, 0 })
+            {
+                bool want = Enumerable.Range(0, n).Any(i => ScalarReference.SameSignPairOver(qa[i], qb[i], limit));
+                foreach (KernelImplementation impl in TestData.All)
+                {
+                    Assert.AreEqual(want, QuantizationKernels.AnySameSignPairOverCore(qa, qb, limit, impl), $"{impl} n={n} limit={limit}");
+                }
+            }
+            if (n > 0)
+            {
+                int at = rng.Next(n);
+                (qa[at], qb[at]) = ((sbyte)-70, (sbyte)-59); // 129 levels, same sign
+                foreach (KernelImplementation impl in TestData.All)
+                {
+                    Assert.IsTrue(QuantizationKernels.AnySameSignPairOverCore(qa, qb, 128, impl), $"{impl} n={n} at={at}");
+                }
+                (qa[at], qb[at]) = ((sbyte)-127, (sbyte)127); // opposite signs never count
+                bool rest = Enumerable.Range(0, n).Any(i => ScalarReference.SameSignPairOver(qa[i], qb[i], 128));
+                Assert.AreEqual(rest, QuantizationKernels.AnySameSignPairOver(qa, qb, 128));
+            }
+        }
+    }
+
+    [TestMethod]
     public void Dequantize_matches_the_formula_for_every_byte_and_implementation()
     {
         foreach (int n in TestData.Lengths().Where(l => l < 2000))
