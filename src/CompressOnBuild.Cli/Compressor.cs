@@ -213,7 +213,7 @@ internal static class Compressor
     }
 
     /// <summary>
-    /// Models of 1.5 GB and more (external data): int8 dynamic or int4 weights, one weight at a time, so memory stays near one weight
+    /// Models of 1.5 GB and more (external data): int8 dynamic, int4 weights or float16, one weight at a time, so memory stays near one weight
     /// plus a bounded working set; validated in ORT like any other model. Not cached (hashing gigabytes on every build
     /// would cost more than the cache saves); other schemes, pruning and tuning are refused for such models.
     /// </summary>
@@ -221,13 +221,16 @@ internal static class Compressor
         ProgressReporter? progress)
     {
         ItemSettings s = result.Settings;
-        string why = s.Quantization is not (QuantizationScheme.Int8Dynamic or QuantizationScheme.Int4Weights) ? "Quantization=" + s.QuantizationText
+        string why = s.Quantization == QuantizationScheme.Int8Static
+                ? "Quantization=" + s.QuantizationText + " (calibration runs the whole float model in ONNX Runtime with every layer input as an extra output,"
+                    + " about 3.6 times the model in memory; use Int8Dynamic, which streams)"
+            : s.Quantization is not (QuantizationScheme.Int8Dynamic or QuantizationScheme.Int4Weights or QuantizationScheme.Float16) ? "Quantization=" + s.QuantizationText
             : s.Int4Method == Int4Method.Gptq ? "Quantization=" + s.QuantizationText + " (GPTQ needs every layer's activations in memory)"
             : s.Pruning.Method != PruningMethod.None ? "Pruning=" + s.Pruning
             : s.Tune ? "Tune=true" : "";
         if (why.Length > 0)
         {
-            throw CompressException.ForFile(s.Model, DiagnosticCodes.NotSupportedYet, s.Model, why + " (models over 1.5 GB are compressed by streaming: Int8Dynamic or Int4Weights only)", "true");
+            throw CompressException.ForFile(s.Model, DiagnosticCodes.NotSupportedYet, s.Model, why + " (models over 1.5 GB are compressed by streaming: Int8Dynamic, Int4Weights or Float16)", "true");
         }
         ensureOrt();
         result.OriginalBytes = ModelIO.TotalBytesWithExternalData(s.Model);
@@ -242,12 +245,16 @@ internal static class Compressor
                 progress?.Phase("quantizing (streaming)");
                 string[] notQuantized = s.OpTypesToQuantize == null ? [.. s.NodesToExclude]
                     : [.. s.NodesToExclude.Union(s.OpTypeExclusions(ModelIO.LoadLazy(s.Model).Model), StringComparer.Ordinal)];
-                result.Quantization = s.Quantization == QuantizationScheme.Int4Weights
-                    ? PassResult.From(StreamingQuantizer.CompressInt4Weights(s.Model, candidate,
+                result.Quantization = s.Quantization switch
+                {
+                    QuantizationScheme.Int4Weights => PassResult.From(StreamingQuantizer.CompressInt4Weights(s.Model, candidate,
                         new Int4Options { ExcludedNodes = notQuantized, BlockSize = s.Int4BlockSize, Symmetric = s.Int4Symmetric },
-                        s.Model, m => AddProvenance(m, s, s.NodesToExclude)))
-                    : PassResult.From(StreamingQuantizer.CompressInt8Dynamic(s.Model, candidate,
-                        new QuantizationOptions { ExcludedNodes = notQuantized }, s.Model, m => AddProvenance(m, s, s.NodesToExclude)));
+                        s.Model, m => AddProvenance(m, s, s.NodesToExclude))),
+                    QuantizationScheme.Float16 => PassResult.From(StreamingQuantizer.CompressFloat16(s.Model, candidate,
+                        new Float16Options { ExcludedNodes = notQuantized }, s.Model, m => AddProvenance(m, s, s.NodesToExclude))),
+                    _ => PassResult.From(StreamingQuantizer.CompressInt8Dynamic(s.Model, candidate,
+                        new QuantizationOptions { ExcludedNodes = notQuantized }, s.Model, m => AddProvenance(m, s, s.NodesToExclude))),
+                };
                 result.CompressSeconds = watch.Elapsed.TotalSeconds;
                 MemoryTrace.Mark(s.Model, "compressed (streaming)");
                 AddPassDiagnostics(result, result.Quantization);

@@ -116,17 +116,17 @@ internal static class MemoryScaling
     /// x[1, 1024] -> MatMul W0 -> ... -> MatMul W(n-1) -> y. Weights uniform in +-sqrt(3/1024) (unit gain per layer).
     /// Inline when the model stays under 1.8 GB, else an external "model.onnx.data" written one layer at a time.
     /// </summary>
-    private static bool Generate(string path, int layers)
+    internal static bool Generate(string path, int layers, bool forceExternal = false, int width = Width)
     {
-        long layerBytes = 4L * Width * Width;
-        bool external = layerBytes * layers >= 1_800_000_000;
+        long layerBytes = 4L * width * width;
+        bool external = forceExternal || layerBytes * layers >= 1_800_000_000;
         var graph = new GraphProto { Name = "chain" };
         graph.Input.Add(Value("x"));
         graph.Output.Add(Value("y"));
         var rng = new Xorshift(12345);
-        float a = MathF.Sqrt(3f / Width);
+        float a = MathF.Sqrt(3f / width);
         FileStream? data = external ? new FileStream(path + ".data", FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20) : null;
-        var buffer = new float[Width * Width];
+        var buffer = new float[width * width];
         try
         {
             for (int i = 0; i < layers; i++)
@@ -136,8 +136,8 @@ internal static class MemoryScaling
                     buffer[k] = (rng.NextFloat() * 2 - 1) * a;
                 }
                 var t = new TensorProto { Name = "w" + i.ToString(CultureInfo.InvariantCulture), DataType = (int)TensorProto.Types.DataType.Float };
-                t.Dims.Add(Width);
-                t.Dims.Add(Width);
+                t.Dims.Add(width);
+                t.Dims.Add(width);
                 byte[] bytes = MemoryMarshal.AsBytes(buffer.AsSpan()).ToArray();
                 if (data != null)
                 {
@@ -174,11 +174,11 @@ internal static class MemoryScaling
         }
         return external;
 
-        static ValueInfoProto Value(string name)
+        ValueInfoProto Value(string name)
         {
             var shape = new TensorShapeProto();
             shape.Dim.Add(new TensorShapeProto.Types.Dimension { DimValue = 1 });
-            shape.Dim.Add(new TensorShapeProto.Types.Dimension { DimValue = Width });
+            shape.Dim.Add(new TensorShapeProto.Types.Dimension { DimValue = width });
             return new ValueInfoProto
             {
                 Name = name,

@@ -12,7 +12,8 @@ namespace CompressOnBuild.Benchmarks;
 /// Runs the kernel and GEMM benchmarks (in process, a short job) and rewrites the Kernels section of the results
 /// file with throughput ratios against memcpy. Usage: CompressOnBuild.Benchmarks [--results PATH] [--quick];
 /// CompressOnBuild.Benchmarks --graph-scaling [LAYERS...] times the passes on MatMul chains instead (see <see cref="GraphScaling"/>);
-/// --memory CLI.dll [SIZE_MB...] measures the worker's peak memory and throughput (see <see cref="MemoryScaling"/>).
+/// --memory CLI.dll [SIZE_MB...] measures the worker's peak memory and throughput (see <see cref="MemoryScaling"/>);
+/// --streaming [SIZE_MB] times the streaming path in process next to a plain copy (see <see cref="StreamingThroughput"/>).
 /// </summary>
 public static class Program
 {
@@ -21,6 +22,10 @@ public static class Program
         if (args.Length > 0 && args[0] == "--graph-scaling")
         {
             return GraphScaling.Run(args[1..]);
+        }
+        if (args.Length > 0 && args[0] == "--streaming")
+        {
+            return StreamingThroughput.Run(args[1..]);
         }
         if (args.Length > 0 && args[0] == "--memory")
         {

@@ -181,6 +181,7 @@ public sealed class StreamingPathTests
     [TestMethod]
     [DataRow("Int8Dynamic", "DynamicQuantizeMatMul")]
     [DataRow("Int4Weights", "MatMulNBits")]
+    [DataRow("Float16", "MatMul")]
     public void ModelsOverTheStreamingThresholdGoThroughTheStreamingPassAndAreValidated(string scheme, string op)
     {
         string dir = Path.Combine(Path.GetTempPath(), "cob-stream-" + Guid.NewGuid().ToString("N")[..8]);
@@ -213,9 +214,46 @@ public sealed class StreamingPathTests
             Assert.IsTrue(File.Exists(dataFiles[0]));
             CompressOnBuild.Onnx.ModelProto q = ModelIO.Load(Path.Combine(dir, "out", "big.onnx"));
             Assert.AreEqual(2, q.Graph.Node.Count(n => n.OpType == op), output);
+            if (scheme == "Float16")
+            {
+                Assert.IsTrue(q.Graph.Initializer.Where(t => t.Name is "w1" or "w2").All(t => t.DataType == (int)CompressOnBuild.Onnx.TensorProto.Types.DataType.Float16), output);
+            }
             var report = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(dir, "r.json")))!;
             Assert.IsTrue(report["validation"]!["meanCosineSimilarity"]!.GetValue<double>() >= 0.99);
             Assert.IsNull(report["cache"]!["key"], "the streaming path is not cached");
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+
+    [TestMethod]
+    public void Int8StaticOverTheStreamingThresholdIsRefusedWithTheReason()
+    {
+        string dir = Path.Combine(Path.GetTempPath(), "cob-stream-" + Guid.NewGuid().ToString("N")[..8]);
+        try
+        {
+            var g = new CompressOnBuild.Onnx.GraphProto { Name = "chain" };
+            g.Input.Add(TinyModels.FloatValue("x", "N", 256));
+            g.Output.Add(TinyModels.FloatValue("y", "N", 64));
+            g.Initializer.Add(TensorUtil.FromFloats("w1", TinyModels.RandomFloats(256 * 64, 1, 0.1f), 256, 64));
+            g.Node.Add(TinyModels.Node("MatMul", ["x", "w1"], ["y"], "mm1"));
+            string model = Path.Combine(dir, "big.onnx");
+            ModelIO.Save(TinyModels.Model(g), model, new ModelSaveOptions { ForceExternalData = true });
+            var psi = new System.Diagnostics.ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, WorkingDirectory = dir };
+            psi.Environment["COMPRESSONBUILD_STREAMING_THRESHOLD_BYTES"] = "1000";
+            foreach (string a in new[] { "exec", CliHarness.CliDll(), "compress", model, "--output", Path.Combine(dir, "out", "big.onnx"), "--calibration-data", WriteNpy(dir), "--quantization", "Int8Static" })
+            {
+                psi.ArgumentList.Add(a);
+            }
+            using var p = System.Diagnostics.Process.Start(psi)!;
+            string output = p.StandardOutput.ReadToEnd() + p.StandardError.ReadToEnd();
+            p.WaitForExit();
+            Assert.AreEqual(2, p.ExitCode, output);
+            StringAssert.Contains(output, "CMPR0004");
+            StringAssert.Contains(output, "calibration");
+            Assert.IsFalse(File.Exists(Path.Combine(dir, "out", "big.onnx")), output);
         }
         finally
         {

@@ -83,7 +83,14 @@ public static class Float16Converter
 
     /// <summary>Converts <paramref name="model"/> in place (the caller passes a copy) and reports what it did.</summary>
     /// <exception cref="CompressException">CMPR0103 when the model has no graph or a weight cannot be read.</exception>
-    public static Float16Summary Apply(ModelProto model, Float16Options options, string displayName)
+    public static Float16Summary Apply(ModelProto model, Float16Options options, string displayName) => Apply(model, options, displayName, null);
+
+    /// <summary>
+    /// <see cref="Apply(ModelProto, Float16Options, string)"/>, where <paramref name="deferTensor"/> may take over a
+    /// float32 weight's conversion: it returns the float16 tensor that replaces it (its data written later, e.g. by
+    /// the streaming path, which also counts that tensor's clamped values), or null to convert it here.
+    /// </summary>
+    internal static Float16Summary Apply(ModelProto model, Float16Options options, string displayName, Func<TensorProto, TensorProto?>? deferTensor)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(options);
@@ -126,7 +133,7 @@ public static class Float16Converter
         foreach (PassGraph scope in graph.WithSubgraphs())
         {
             folded += scope.FoldConstantShapeOps(displayName);
-            var converter = new Converter(scope, options, displayName);
+            var converter = new Converter(scope, options, displayName, deferTensor);
             converter.Run();
             nodes += converter.ConvertedNodes;
             tensors += converter.ConvertedTensors;
@@ -173,7 +180,7 @@ public static class Float16Converter
         return (fp32, fp16);
     }
 
-    private sealed class Converter(PassGraph g, Float16Options options, string displayName)
+    private sealed class Converter(PassGraph g, Float16Options options, string displayName, Func<TensorProto, TensorProto?>? deferTensor)
     {
         private readonly Dictionary<string, int> _types = new(StringComparer.Ordinal);
         private readonly HashSet<NodeProto> _converted = new(ReferenceEqualityComparer.Instance);
@@ -477,6 +484,12 @@ public static class Float16Converter
 
         private TensorProto ToHalf(TensorProto t)
         {
+            if (deferTensor?.Invoke(t) is { } deferred)
+            {
+                ConvertedTensors++;
+                ConvertedElements += t.Dims.Aggregate(1L, (a, d) => a * d);
+                return deferred;
+            }
             float[] data = PassGraph.Floats(t, displayName);
             var half = new Half[data.Length];
             Clamped += Float16Kernels.ConvertSaturating(data, half);

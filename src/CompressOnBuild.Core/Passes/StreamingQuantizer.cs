@@ -29,6 +29,19 @@ public static class StreamingQuantizer
     /// <summary>Bytes of float weight rows read per chunk (the working set per weight, besides the protobuf).</summary>
     public const int ChunkBytes = 32 << 20;
 
+    /// <summary>
+    /// Int8 weights of at most this many float bytes are read once, whole, and quantized from memory; while one is
+    /// quantized and written, a reader thread reads the next (so at most two such buffers, 1 GiB, are held). Larger
+    /// weights are read in <see cref="ChunkBytes"/> row chunks twice (column statistics, then quantize).
+    /// </summary>
+    public const long WholeWeightBytes = 512L << 20;
+
+    /// <summary>The limit the int8 path uses (<see cref="WholeWeightBytes"/>; tests lower it to run the chunked path on small weights).</summary>
+    internal static long WholeWeightLimit { get; set; } = WholeWeightBytes;
+
+    /// <summary>Rows of a whole weight are checked, measured and quantized in blocks of about this many bytes (cache sized).</summary>
+    private const int BlockBytes = 256 << 10;
+
     private const int Alignment = 4096;
 
     /// <summary>
@@ -48,7 +61,7 @@ public static class StreamingQuantizer
     /// CMPR0107 when the output would overwrite the model or one of its data files. Nothing is written on failure.
     /// </summary>
     public static QuantizationSummary CompressInt8Dynamic(string modelPath, string outputPath, QuantizationOptions options, string displayName,
-        Action<ModelProto>? beforeSave = null)
+        Action<ModelProto>? beforeSave = null, StreamingProfile? profile = null)
     {
         ArgumentNullException.ThrowIfNull(modelPath);
         ArgumentNullException.ThrowIfNull(outputPath);
@@ -56,7 +69,7 @@ public static class StreamingQuantizer
         ArgumentNullException.ThrowIfNull(displayName);
         LazyModel lazy = ModelIO.LoadLazy(modelPath);
         ModelChecker.Validate(lazy.Model, displayName);
-        return new Writer(lazy, options, null, displayName).Run(outputPath, beforeSave);
+        return new Writer(lazy, options, null, displayName, profile).Run(outputPath, beforeSave);
     }
 
     /// <summary>
@@ -69,7 +82,7 @@ public static class StreamingQuantizer
     /// for bad options.
     /// </summary>
     public static Int4Summary CompressInt4Weights(string modelPath, string outputPath, Int4Options options, string displayName,
-        Action<ModelProto>? beforeSave = null)
+        Action<ModelProto>? beforeSave = null, StreamingProfile? profile = null)
     {
         ArgumentNullException.ThrowIfNull(modelPath);
         ArgumentNullException.ThrowIfNull(outputPath);
@@ -78,7 +91,7 @@ public static class StreamingQuantizer
         Int4WeightQuantizer.ValidateOptions(options, displayName);
         LazyModel lazy = ModelIO.LoadLazy(modelPath);
         ModelChecker.Validate(lazy.Model, displayName);
-        var writer = new Writer(lazy, null, options, displayName);
+        var writer = new Writer(lazy, null, options, displayName, profile);
         QuantizationSummary s = writer.Run(outputPath, beforeSave);
         return new Int4Summary
         {
@@ -94,6 +107,25 @@ public static class StreamingQuantizer
             FloatWeightBytes = s.FloatWeightBytes,
             QuantizedWeightBytes = writer.Int4QuantizedBytes,
         };
+    }
+
+    /// <summary>
+    /// float32 -> float16 (<see cref="Float16Converter"/>'s graph rules: the same nodes converted, Casts, kept nodes
+    /// and reasons) of a model too big for memory: the converter runs on the lazily loaded graph, and each external
+    /// float32 weight it converts is read in <see cref="ChunkBytes"/> chunks, converted with the same saturating kernel
+    /// (finite values beyond +-65504 clamped and counted) and appended to "&lt;output&gt;.data"; other external tensors
+    /// are copied through. Same errors as <see cref="CompressInt8Dynamic"/>.
+    /// </summary>
+    public static Float16Summary CompressFloat16(string modelPath, string outputPath, Float16Options options, string displayName,
+        Action<ModelProto>? beforeSave = null, StreamingProfile? profile = null)
+    {
+        ArgumentNullException.ThrowIfNull(modelPath);
+        ArgumentNullException.ThrowIfNull(outputPath);
+        ArgumentNullException.ThrowIfNull(options);
+        ArgumentNullException.ThrowIfNull(displayName);
+        LazyModel lazy = ModelIO.LoadLazy(modelPath);
+        ModelChecker.Validate(lazy.Model, displayName);
+        return new Writer(lazy, null, null, displayName, profile).RunFloat16(outputPath, options, beforeSave);
     }
 
     private sealed class Weight
@@ -137,7 +169,7 @@ public static class StreamingQuantizer
         public void Lower(LoweringContext context, WeightSite site) => throw new InvalidOperationException("FindSite returns no site");
     }
 
-    private sealed class Writer(LazyModel lazy, QuantizationOptions? int8, Int4Options? int4, string displayName)
+    private sealed class Writer(LazyModel lazy, QuantizationOptions? int8, Int4Options? int4, string displayName, StreamingProfile? profile)
     {
         private readonly QuantizationOptions options = int8 ?? QuantizationOptions.Default;
 
@@ -155,6 +187,7 @@ public static class StreamingQuantizer
             {
                 _ = Encoding;
             }
+            var phase = System.Diagnostics.Stopwatch.StartNew();
             long before = lazy.ProtoBytes + lazy.ExternalBytes;
             string full = Path.GetFullPath(outputPath);
             string dataPath = full + ".data";
@@ -171,14 +204,29 @@ public static class StreamingQuantizer
                 Directory.CreateDirectory(Path.GetDirectoryName(full)!);
                 var quantizedSet = new HashSet<TensorProto>(weights.Select(w => w.Tensor), ReferenceEqualityComparer.Instance);
                 bool anyExternal = weights.Count > 0 || lazy.ExternalTensors.Keys.Any(t => !quantizedSet.Contains(t));
+                if (profile != null)
+                {
+                    profile.SetupSeconds += phase.Elapsed.TotalSeconds;
+                }
                 if (anyExternal)
                 {
-                    AtomicFile.Write(dataPath, stream => WriteData(stream, weights, quantizedSet, dataName));
+                    var total = System.Diagnostics.Stopwatch.StartNew();
+                    double written = 0;
+                    AtomicFile.Write(dataPath, stream =>
+                    {
+                        WriteData(stream, weights, quantizedSet, dataName);
+                        written = total.Elapsed.TotalSeconds;
+                    });
+                    if (profile != null)
+                    {
+                        profile.FlushSeconds += total.Elapsed.TotalSeconds - written;
+                    }
                 }
                 else
                 {
                     DeleteStale(dataPath);
                 }
+                phase.Restart();
                 Rewrite(weights);
                 beforeSave?.Invoke(_model);
                 AtomicFile.Write(full, stream =>
@@ -187,6 +235,10 @@ public static class StreamingQuantizer
                     _model.WriteTo(output);
                     output.Flush();
                 });
+                if (profile != null)
+                {
+                    profile.FinishSeconds += phase.Elapsed.TotalSeconds;
+                }
             }
             catch (Exception e) when (e is IOException or UnauthorizedAccessException)
             {
@@ -213,6 +265,159 @@ public static class StreamingQuantizer
                 FloatWeightBytes = weights.Sum(w => (long)w.K * w.N * 4),
                 QuantizedWeightBytes = weights.Sum(w => (long)w.K * w.N + (long)w.N * 5),
             };
+        }
+
+        public Float16Summary RunFloat16(string outputPath, Float16Options f16, Action<ModelProto>? beforeSave)
+        {
+            var phase = System.Diagnostics.Stopwatch.StartNew();
+            long before = lazy.ProtoBytes + lazy.ExternalBytes;
+            string full = Path.GetFullPath(outputPath);
+            string dataPath = full + ".data";
+            string dataName = Path.GetFileName(full) + ".data";
+            CheckOutputIsNotAnInput(full, dataPath, outputPath);
+
+            // The converter decides; each external weight it converts becomes an empty float16 tensor filled below.
+            var deferred = new Dictionary<TensorProto, ExternalDataRef>(ReferenceEqualityComparer.Instance);
+            Float16Summary summary = Float16Converter.Apply(_model, f16, displayName, t =>
+            {
+                if (lazy.Resolve(t) is not { } r)
+                {
+                    return null;
+                }
+                var half = new TensorProto { Name = t.Name, DataType = (int)TensorProto.Types.DataType.Float16, DocString = t.DocString };
+                half.Dims.AddRange(t.Dims);
+                deferred[half] = r;
+                return half;
+            });
+            var toWrite = new List<(TensorProto Tensor, ExternalDataRef Source, bool Half)>();
+            foreach (TensorProto t in ModelWalker.Tensors(_model))
+            {
+                if (deferred.TryGetValue(t, out ExternalDataRef? r))
+                {
+                    toWrite.Add((t, r, true));
+                }
+                else if (lazy.Resolve(t) is { } kept)
+                {
+                    toWrite.Add((t, kept, false));
+                }
+            }
+            if (profile != null)
+            {
+                profile.SetupSeconds += phase.Elapsed.TotalSeconds;
+            }
+            long clamped = 0;
+            try
+            {
+                Directory.CreateDirectory(Path.GetDirectoryName(full)!);
+                if (toWrite.Count > 0)
+                {
+                    var total = System.Diagnostics.Stopwatch.StartNew();
+                    double written = 0;
+                    AtomicFile.Write(dataPath, stream =>
+                    {
+                        clamped = WriteFloat16Data(stream, toWrite, dataName);
+                        written = total.Elapsed.TotalSeconds;
+                    });
+                    if (profile != null)
+                    {
+                        profile.FlushSeconds += total.Elapsed.TotalSeconds - written;
+                    }
+                }
+                else
+                {
+                    DeleteStale(dataPath);
+                }
+                phase.Restart();
+                beforeSave?.Invoke(_model);
+                AtomicFile.Write(full, stream =>
+                {
+                    using var output = new CodedOutputStream(stream, leaveOpen: true);
+                    _model.WriteTo(output);
+                    output.Flush();
+                });
+                if (profile != null)
+                {
+                    profile.FinishSeconds += phase.Elapsed.TotalSeconds;
+                }
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                throw CompressException.ForFile(outputPath, e, DiagnosticCodes.OutputWriteFailed, outputPath, e.Message);
+            }
+            finally
+            {
+                foreach (SafeFileHandle h in _handles.Values)
+                {
+                    h.Dispose();
+                }
+            }
+            long after = new FileInfo(full).Length + (File.Exists(dataPath) ? new FileInfo(dataPath).Length : 0);
+            return new Float16Summary
+            {
+                ModelDisplayName = summary.ModelDisplayName,
+                AlreadyFloat16 = summary.AlreadyFloat16,
+                AlreadyQuantized = summary.AlreadyQuantized,
+                UnchangedReason = summary.UnchangedReason,
+                ConvertedNodes = summary.ConvertedNodes,
+                KeptFloat32 = summary.KeptFloat32,
+                ConvertedTensors = summary.ConvertedTensors,
+                ConvertedElements = summary.ConvertedElements,
+                ClampedValues = summary.ClampedValues + clamped,
+                CastsInserted = summary.CastsInserted,
+                ModelBytesBefore = before,
+                ModelBytesAfter = after,
+            };
+        }
+
+        /// <summary>Appends each tensor (4 KiB aligned): float16 conversions in chunks, the rest copied; returns the clamped count.</summary>
+        private long WriteFloat16Data(Stream stream, List<(TensorProto Tensor, ExternalDataRef Source, bool Half)> tensors, string dataName)
+        {
+            long position = 0, clamped = 0;
+            byte[] buffer = new byte[ChunkBytes];
+            var half = new Half[ChunkBytes / 4];
+            foreach ((TensorProto t, ExternalDataRef r, bool toHalf) in tensors)
+            {
+                long aligned = (position + Alignment - 1) / Alignment * Alignment;
+                if (aligned > position)
+                {
+                    stream.Write(new byte[aligned - position]);
+                    position = aligned;
+                }
+                SafeFileHandle h = Handle(r.FilePath);
+                long length = 0;
+                for (long done = 0; done < r.Length;)
+                {
+                    var watch = System.Diagnostics.Stopwatch.StartNew();
+                    int n = (int)Math.Min(buffer.Length, r.Length - done);
+                    ReadExactly(h, buffer.AsSpan(0, n), r.Offset + done, t.Name);
+                    double read = watch.Elapsed.TotalSeconds;
+                    ReadOnlySpan<byte> output = buffer.AsSpan(0, n);
+                    if (toHalf)
+                    {
+                        int count = n / 4;
+                        clamped += Float16Kernels.ConvertSaturating(MemoryMarshal.Cast<byte, float>(buffer.AsSpan(0, count * 4)), half.AsSpan(0, count));
+                        output = MemoryMarshal.AsBytes(half.AsSpan(0, count));
+                    }
+                    double converted = watch.Elapsed.TotalSeconds;
+                    stream.Write(output);
+                    if (profile != null)
+                    {
+                        profile.ReadSeconds += read;
+                        profile.QuantizeSeconds += converted - read;
+                        profile.WriteSeconds += watch.Elapsed.TotalSeconds - converted;
+                    }
+                    done += n;
+                    length += output.Length;
+                }
+                t.ExternalData.Clear();
+                t.ExternalData.Add(new StringStringEntryProto { Key = "location", Value = dataName });
+                t.ExternalData.Add(new StringStringEntryProto { Key = "offset", Value = position.ToString(CultureInfo.InvariantCulture) });
+                t.ExternalData.Add(new StringStringEntryProto { Key = "length", Value = length.ToString(CultureInfo.InvariantCulture) });
+                t.DataLocation = TensorProto.Types.DataLocation.External;
+                t.ClearRawData();
+                position += length;
+            }
+            return clamped;
         }
 
         private void CheckOutputIsNotAnInput(string full, string dataPath, string outputPath)
@@ -340,22 +545,36 @@ public static class StreamingQuantizer
                 CopyOthers(stream, quantized, buffer, ref position, Align, Point);
                 return;
             }
-            // Check every weight is finite before writing any of it (one read pass each, chunked).
-            foreach (Weight w in weights)
+            // One read per weight: a reader thread loads the next weight whole while this one is quantized and written
+            // (weights over WholeWeightBytes: two chunked passes here). A non-finite weight throws and AtomicFile
+            // discards the partly written data file.
+            byte[] codes = [];
+            using var prefetch = new Prefetcher(this, weights);
+            var wait = System.Diagnostics.Stopwatch.StartNew();
+            foreach ((Weight w, byte[]? data, int offset) in prefetch.Items())
             {
-                w.Scales = ColumnScales(w, buffer);
-            }
-            foreach (Weight w in weights)
-            {
+                if (profile != null)
+                {
+                    profile.WaitSeconds += wait.Elapsed.TotalSeconds;
+                }
                 Align();
                 long start = position;
-                position += QuantizeInto(w, stream, buffer);
+                if (data != null)
+                {
+                    position += QuantizeWhole(w, data.AsSpan(offset, w.K * w.N * 4), stream, ref codes);
+                }
+                else
+                {
+                    w.Scales = ColumnScales(w, buffer);
+                    position += QuantizeInto(w, stream, buffer);
+                }
                 var q = new TensorProto { Name = Unique(w.Tensor.Name + "_quantized"), DataType = (int)(Encoding.Unsigned ? TensorProto.Types.DataType.Uint8 : TensorProto.Types.DataType.Int8) };
                 q.Dims.Add(w.K);
                 q.Dims.Add(w.N);
                 Point(q, start, (long)w.K * w.N);
                 w.QuantizedName = q.Name;
                 _model.Graph.Initializer.Add(q);
+                wait.Restart();
             }
             CopyOthers(stream, quantized, buffer, ref position, Align, Point);
         }
@@ -458,6 +677,157 @@ public static class StreamingQuantizer
             Int4QuantizedBytes += packed.Length + (long)scales.Length * 4 + (zeros?.Length ?? 0);
         }
 
+        /// <summary>
+        /// Reads the float data of the batch's weights into <paramref name="buffer"/> at their offsets (called on the
+        /// reader thread); weights that lie back to back in one file are read with one call.
+        /// </summary>
+        internal void ReadBatch(List<(Weight W, int Offset)> batch, byte[] buffer)
+        {
+            var watch = System.Diagnostics.Stopwatch.StartNew();
+            for (int i = 0; i < batch.Count;)
+            {
+                (Weight w, int offset) = batch[i];
+                int bytes = w.K * w.N * 4;
+                ExternalDataRef? r = lazy.Resolve(w.Tensor);
+                if (r == null)
+                {
+                    TensorUtil.ToRawBytes(w.Tensor).AsSpan(0, bytes).CopyTo(buffer.AsSpan(offset));
+                    i++;
+                    continue;
+                }
+                int j = i + 1;
+                long end = r.Offset + bytes;
+                int length = bytes;
+                while (j < batch.Count && lazy.Resolve(batch[j].W.Tensor) is { } next && next.FilePath == r.FilePath && next.Offset == end)
+                {
+                    int more = batch[j].W.K * batch[j].W.N * 4;
+                    end += more;
+                    length += more;
+                    j++;
+                }
+                ReadExactly(Handle(r.FilePath), buffer.AsSpan(offset, length), r.Offset, w.Tensor.Name);
+                i = j;
+            }
+            if (profile != null)
+            {
+                lock (profile)
+                {
+                    profile.ReadSeconds += watch.Elapsed.TotalSeconds;
+                }
+            }
+        }
+
+        /// <summary>Even row count of a block of about <see cref="BlockBytes"/> (pairs of K rows never straddle two blocks).</summary>
+        private static int BlockRows(int n) => Math.Max(2, BlockBytes / Math.Max(1, n * 4) & ~1);
+
+        /// <summary>
+        /// One whole weight in memory: finite check, per-column max |w| (and the same-sign pair bound), scales, then
+        /// quantize, pair fix-ups and the max error block by block, all through the vector kernels; the codes are
+        /// written in one piece. Returns the bytes written.
+        /// </summary>
+        private long QuantizeWhole(Weight w, ReadOnlySpan<byte> data, Stream stream, ref byte[] codes)
+        {
+            var watch = System.Diagnostics.Stopwatch.StartNew();
+            int k = w.K, n = w.N;
+            int count = checked(k * n);
+            EncodingLevels e = Encoding;
+            ReadOnlySpan<float> values = MemoryMarshal.Cast<byte, float>(data);
+            int block = BlockRows(n);
+            var maxAbs = new float[n];
+            var blockMax = new float[n];
+            float[]? maxPair = e.PairBounded ? new float[n] : null;
+            for (int r0 = 0; r0 < k; r0 += block)
+            {
+                int rows = Math.Min(block, k - r0);
+                ReadOnlySpan<float> b = values.Slice(r0 * n, rows * n);
+                if (!TensorStats.AllFinite(b))
+                {
+                    throw CompressException.ForFile(displayName, DiagnosticCodes.NonFiniteWeights, displayName, w.Tensor.Name);
+                }
+                TensorStats.ColumnMaxAbs(b, rows, n, blockMax);
+                for (int j = 0; j < n; j++)
+                {
+                    maxAbs[j] = MathF.Max(maxAbs[j], blockMax[j]);
+                }
+                if (maxPair != null)
+                {
+                    for (int r = 0; r + 1 < rows; r += 2)
+                    {
+                        TensorStats.AccumulateSameSignPairMax(b.Slice(r * n, n), b.Slice((r + 1) * n, n), maxPair);
+                    }
+                }
+            }
+            w.Scales = ScalesFrom(maxAbs, maxPair);
+
+            if (codes.Length < count)
+            {
+                codes = GC.AllocateUninitializedArray<byte>(count);
+            }
+            var zeros = new byte[n];
+            Array.Fill(zeros, e.Zero);
+            float maxError = 0;
+            for (int r0 = 0; r0 < k; r0 += block)
+            {
+                int rows = Math.Min(block, k - r0);
+                ReadOnlySpan<float> b = values.Slice(r0 * n, rows * n);
+                Span<byte> dest = codes.AsSpan(r0 * n, rows * n);
+                QuantizeBlock(w, b, rows, zeros, dest);
+                maxError = MathF.Max(maxError, QuantizationKernels.MaxAbsErrorPerColumn(b, rows, n, w.Scales, dest, e.Unsigned, e.Zero));
+            }
+            w.MaxError = maxError;
+            double quantized = watch.Elapsed.TotalSeconds;
+            stream.Write(codes, 0, count);
+            if (profile != null)
+            {
+                profile.QuantizeSeconds += quantized;
+                profile.WriteSeconds += watch.Elapsed.TotalSeconds - quantized;
+            }
+            return count;
+        }
+
+        /// <summary>Quantizes rows (an even count but for the last block) with the weight's scales; pair-bounded codes get their rare fix-ups.</summary>
+        private void QuantizeBlock(Weight w, ReadOnlySpan<float> values, int rows, byte[] zeros, Span<byte> dest)
+        {
+            (_, byte min, byte max, bool unsigned, _) = Encoding;
+            int n = w.N;
+            if (unsigned)
+            {
+                QuantizationKernels.QuantizePerColumn(values, rows, n, w.Scales, zeros, dest, min, max);
+                return;
+            }
+            Span<sbyte> signed = MemoryMarshal.Cast<byte, sbyte>(dest);
+            QuantizationKernels.QuantizePerColumn(values, rows, n, w.Scales, MemoryMarshal.Cast<byte, sbyte>(zeros.AsSpan()), signed, (sbyte)min, (sbyte)max);
+            if (!Encoding.PairBounded)
+            {
+                return;
+            }
+            for (int r = 0; r + 1 < rows; r += 2)
+            {
+                Span<sbyte> pair = signed.Slice(r * n, 2 * n);
+                if (QuantizationKernels.AnySameSignPairOver(pair[..n], pair[n..], AdjacentPairBound.MaxPairLevels))
+                {
+                    ReadOnlySpan<float> v = values.Slice(r * n, 2 * n);
+                    for (int j = 0; j < n; j++)
+                    {
+                        AdjacentPairBound.Enforce(v, w.Scales[j], pair, j, 2, n);
+                    }
+                }
+            }
+        }
+
+        /// <summary>Per-column scales from max |w| (and the same-sign pair maxima for the pair-bounded encoding), like the in-memory pass.</summary>
+        private float[] ScalesFrom(float[] maxAbs, float[]? maxPair)
+        {
+            var scales = new float[maxAbs.Length];
+            float levels = Encoding.LevelsPerSide;
+            for (int j = 0; j < scales.Length; j++)
+            {
+                float scale = maxPair != null ? AdjacentPairBound.Scale(maxAbs[j], maxPair[j]) : maxAbs[j] / levels;
+                scales[j] = scale >= 1e-30f && float.IsFinite(scale) ? scale : 1f;
+            }
+            return scales;
+        }
+
         /// <summary>Pass 1: per-column max |w| (and the finite check), reading row chunks.</summary>
         private float[] ColumnScales(Weight w, byte[] buffer)
         {
@@ -475,27 +845,23 @@ public static class StreamingQuantizer
                 for (int j = 0; j < w.N; j++)
                 {
                     maxAbs[j] = MathF.Max(maxAbs[j], chunkMax[j]);
-                    if (Encoding.PairBounded)
+                }
+                if (Encoding.PairBounded)
+                {
+                    // Chunks hold an even number of rows, so K pairs (rows 2i, 2i + 1) never straddle two chunks.
+                    for (int r = 0; r + 1 < rows; r += 2)
                     {
-                        // Chunks hold an even number of rows, so K pairs (rows 2i, 2i + 1) never straddle two chunks.
-                        maxPair[j] = MathF.Max(maxPair[j], AdjacentPairBound.MaxSameSignPair(values, j, rows, w.N));
+                        TensorStats.AccumulateSameSignPairMax(values.Slice(r * w.N, w.N), values.Slice((r + 1) * w.N, w.N), maxPair);
                     }
                 }
             }
-            var scales = new float[w.N];
-            float levels = Encoding.LevelsPerSide;
-            for (int j = 0; j < w.N; j++)
-            {
-                float scale = Encoding.PairBounded ? AdjacentPairBound.Scale(maxAbs[j], maxPair[j]) : maxAbs[j] / levels;
-                scales[j] = scale >= 1e-30f && float.IsFinite(scale) ? scale : 1f;
-            }
-            return scales;
+            return ScalesFrom(maxAbs, Encoding.PairBounded ? maxPair : null);
         }
 
         /// <summary>Pass 2: quantize row chunks per column and write them ([K, N] row-major, like the float weight).</summary>
         private long QuantizeInto(Weight w, Stream stream, byte[] buffer)
         {
-            (byte zero, byte min, byte max, bool unsigned, _) = Encoding;
+            (byte zero, _, _, bool unsigned, _) = Encoding;
             var zeros = new byte[w.N];
             Array.Fill(zeros, zero);
             byte[] q = new byte[Math.Max(1, buffer.Length / 4)];
@@ -506,31 +872,8 @@ public static class StreamingQuantizer
                 int count = rows * w.N;
                 ReadOnlySpan<float> values = MemoryMarshal.Cast<byte, float>(buffer.AsSpan(0, count * 4));
                 Span<byte> dest = q.AsSpan(0, count);
-                if (unsigned)
-                {
-                    QuantizationKernels.QuantizePerColumn(values, rows, w.N, w.Scales, zeros, dest, min, max);
-                }
-                else
-                {
-                    QuantizationKernels.QuantizePerColumn(values, rows, w.N, w.Scales, MemoryMarshal.Cast<byte, sbyte>(zeros.AsSpan()),
-                        MemoryMarshal.Cast<byte, sbyte>(dest), (sbyte)min, (sbyte)max);
-                    if (Encoding.PairBounded)
-                    {
-                        for (int j = 0; j < w.N; j++)
-                        {
-                            AdjacentPairBound.Enforce(values, w.Scales[j], MemoryMarshal.Cast<byte, sbyte>(dest), j, rows, w.N);
-                        }
-                    }
-                }
-                for (int r = 0; r < rows; r++)
-                {
-                    int rowStart = r * w.N;
-                    for (int j = 0; j < w.N; j++)
-                    {
-                        int level = unsigned ? dest[rowStart + j] - zero : (sbyte)dest[rowStart + j];
-                        maxError = MathF.Max(maxError, MathF.Abs(values[rowStart + j] - level * w.Scales[j]));
-                    }
-                }
+                QuantizeBlock(w, values, rows, zeros, dest);
+                maxError = MathF.Max(maxError, QuantizationKernels.MaxAbsErrorPerColumn(values, rows, w.N, w.Scales, dest, unsigned, zero));
                 stream.Write(dest);
                 written += count;
             }
@@ -579,6 +922,14 @@ public static class StreamingQuantizer
         }
 
         private SafeFileHandle Handle(string file)
+        {
+            lock (_handles)
+            {
+                return OpenHandle(file);
+            }
+        }
+
+        private SafeFileHandle OpenHandle(string file)
         {
             if (!_handles.TryGetValue(file, out SafeFileHandle? h))
             {
@@ -730,4 +1081,131 @@ public static class StreamingQuantizer
             }
         }
     }
+
+    /// <summary>
+    /// Reads whole int8 weights ahead on its own thread (weights over <see cref="WholeWeightBytes"/> are handed over
+    /// without data, for the chunked two-pass path). Two buffers circulate: one being read, one being quantized.
+    /// </summary>
+    private sealed class Prefetcher : IDisposable
+    {
+        /// <summary>Consecutive small weights are read together into one buffer of up to this many bytes (one hand-over per batch).</summary>
+        private const long BatchBytes = 64L << 20;
+
+        private readonly System.Collections.Concurrent.BlockingCollection<Batch> _ready = new(boundedCapacity: 1);
+        private readonly System.Collections.Concurrent.BlockingCollection<byte[]> _free = new(boundedCapacity: 2);
+        private readonly CancellationTokenSource _cancel = new();
+        private readonly Thread _thread;
+        private Exception? _error;
+
+        /// <summary>Weights (each at an offset of the buffer; the buffer is null for weights read in chunks by the consumer).</summary>
+        private sealed record Batch(List<(Weight W, int Offset)> Weights, byte[]? Buffer);
+
+        public Prefetcher(Writer writer, List<Weight> weights)
+        {
+            _free.Add([]);
+            _free.Add([]);
+            _thread = new Thread(() => Run(writer, weights)) { IsBackground = true, Name = "CompressOnBuild streaming reader" };
+            _thread.Start();
+        }
+
+        private static long Bytes(Weight w) => (long)w.K * w.N * 4;
+
+        private void Run(Writer writer, List<Weight> weights)
+        {
+            try
+            {
+                for (int i = 0; i < weights.Count;)
+                {
+                    if (Bytes(weights[i]) > WholeWeightLimit)
+                    {
+                        _ready.Add(new Batch([(weights[i], 0)], null), _cancel.Token);
+                        i++;
+                        continue;
+                    }
+                    var batch = new List<(Weight W, int Offset)>();
+                    long size = 0;
+                    for (; i < weights.Count && Bytes(weights[i]) <= WholeWeightLimit && (size == 0 || size + Bytes(weights[i]) <= BatchBytes); i++)
+                    {
+                        batch.Add((weights[i], (int)size));
+                        size += Bytes(weights[i]);
+                    }
+                    byte[] buffer = _free.Take(_cancel.Token);
+                    if (buffer.Length < size)
+                    {
+                        buffer = GC.AllocateUninitializedArray<byte>((int)Math.Max(size, Math.Min(BatchBytes, WholeWeightBytes)));
+                    }
+                    writer.ReadBatch(batch, buffer);
+                    _ready.Add(new Batch(batch, buffer), _cancel.Token);
+                }
+            }
+            catch (OperationCanceledException)
+            {
+            }
+            catch (Exception e)
+            {
+                _error = e;
+            }
+            finally
+            {
+                _ready.CompleteAdding();
+            }
+        }
+
+        /// <summary>
+        /// The weights in order, each with its buffer and offset (null buffer: read it in chunks); a batch's buffer
+        /// goes back to the reader when the next batch is asked for. Rethrows the reader's error.
+        /// </summary>
+        public IEnumerable<(Weight W, byte[]? Data, int Offset)> Items()
+        {
+            foreach (Batch batch in _ready.GetConsumingEnumerable())
+            {
+                foreach ((Weight w, int offset) in batch.Weights)
+                {
+                    yield return (w, batch.Buffer, offset);
+                }
+                if (batch.Buffer != null)
+                {
+                    _free.Add(batch.Buffer);
+                }
+            }
+            if (_error != null)
+            {
+                System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(_error);
+            }
+        }
+
+        public void Dispose()
+        {
+            _cancel.Cancel();
+            _thread.Join();
+            _cancel.Dispose();
+            _ready.Dispose();
+            _free.Dispose();
+        }
+    }
+}
+
+/// <summary>
+/// Where the streaming path spent its time (benchmarks): seconds the reader spent reading weights (on its own thread,
+/// overlapping the rest), quantizing (statistics, codes, errors), writing codes and copying other tensors, and the
+/// final flush of the data file to disk.
+/// </summary>
+public sealed class StreamingProfile
+{
+    public double ReadSeconds { get; set; }
+
+    public double QuantizeSeconds { get; set; }
+
+    public double WriteSeconds { get; set; }
+
+    public double FlushSeconds { get; set; }
+
+    /// <summary>Before the data file: checks, finding the weights (the lazy load is the caller's).</summary>
+    public double SetupSeconds { get; set; }
+
+    /// <summary>The main thread waiting for the reader.</summary>
+    public double WaitSeconds { get; set; }
+
+    /// <summary>After the data file: rewriting the graph and writing the small .onnx.</summary>
+    public double FinishSeconds { get; set; }
 }

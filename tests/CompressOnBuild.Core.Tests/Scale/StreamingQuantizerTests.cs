@@ -106,6 +106,90 @@ public sealed class StreamingQuantizerTests
     }
 
     [TestMethod]
+    [DataRow(WeightEncoding.UInt8)]
+    [DataRow(WeightEncoding.Int8)]
+    [DataRow(WeightEncoding.Int8PairBounded)]
+    public void WeightsOverTheWholeWeightLimitStreamInTwoChunkedPassesWithTheSameWeights(WeightEncoding encoding)
+    {
+        long saved = StreamingQuantizer.WholeWeightLimit;
+        StreamingQuantizer.WholeWeightLimit = 0; // every weight takes the chunked two-pass path
+        try
+        {
+            StreamingGivesTheSameWeightsAsTheInMemoryPass(encoding);
+        }
+        finally
+        {
+            StreamingQuantizer.WholeWeightLimit = saved;
+        }
+    }
+
+    [TestMethod]
+    public void Float16StreamingGivesTheSameModelAsTheInMemoryPass()
+    {
+        ModelProto model = SmallChain();
+        float[] w0 = TensorUtil.ToFloatArray(model.Graph.Initializer[0]);
+        w0[5] = 1e6f; // beyond float16: clamped to 65504 and counted
+        w0[9] = -7e4f;
+        model.Graph.Initializer[0] = TensorUtil.FromFloats("w0", w0, 64, 48);
+        string source = Path.Combine(_dir, "src", "m.onnx");
+        SaveExternal(model, source);
+        // mm1 stays float32: its external weight is copied through; w0 and the bias b are converted while streaming.
+        var options = new Float16Options { ExcludedNodes = ["mm1"] };
+
+        ModelProto inMemory = model.Clone();
+        Float16Summary expected = Float16Converter.Apply(inMemory, options, "m");
+        string output = Path.Combine(_dir, "out", "m.onnx");
+        var profile = new StreamingProfile();
+        Float16Summary actual = StreamingQuantizer.CompressFloat16(source, output, options, "m", profile: profile);
+
+        Assert.AreEqual(2L, expected.ClampedValues);
+        Assert.AreEqual(expected.ClampedValues, actual.ClampedValues);
+        Assert.AreEqual(expected.ConvertedTensors, actual.ConvertedTensors);
+        Assert.AreEqual(expected.ConvertedElements, actual.ConvertedElements);
+        Assert.AreEqual(expected.ConvertedNodes, actual.ConvertedNodes);
+        Assert.AreEqual(expected.CastsInserted, actual.CastsInserted);
+        CollectionAssert.AreEqual(expected.KeptFloat32.ToList(), actual.KeptFloat32.ToList());
+        Assert.IsTrue(actual.KeptFloat32.Any(k => k.Node == "mm1"));
+        Assert.IsTrue(actual.ModelBytesAfter < actual.ModelBytesBefore, $"{actual.ModelBytesAfter} vs {actual.ModelBytesBefore}");
+
+        ModelProto streamed = ModelIO.Load(output);
+        ModelChecker.Validate(streamed, output);
+        ModelProto onDisk = ModelProto.Parser.ParseFrom(File.ReadAllBytes(output));
+        Assert.IsTrue(onDisk.Graph.Initializer.Where(t => t.Name is "w0" or "w1" or "b").All(TensorUtil.IsExternal), "weights stay in the data file");
+        Assert.AreEqual((int)TensorProto.Types.DataType.Float16, streamed.Graph.Initializer.Single(t => t.Name == "w0").DataType);
+        Assert.AreEqual((int)TensorProto.Types.DataType.Float, streamed.Graph.Initializer.Single(t => t.Name == "w1").DataType);
+        static byte[] Inline(TensorProto t)
+        {
+            TensorProto c = t.Clone();
+            c.ExternalData.Clear();
+            c.DataLocation = TensorProto.Types.DataLocation.Default;
+            return c.ToByteArray();
+        }
+        var expectedInits = inMemory.Graph.Initializer.OrderBy(t => t.Name, StringComparer.Ordinal).ToList();
+        var actualInits = streamed.Graph.Initializer.OrderBy(t => t.Name, StringComparer.Ordinal).ToList();
+        CollectionAssert.AreEqual(expectedInits.Select(t => t.Name).ToList(), actualInits.Select(t => t.Name).ToList());
+        for (int i = 0; i < expectedInits.Count; i++)
+        {
+            CollectionAssert.AreEqual(Inline(expectedInits[i]), Inline(actualInits[i]), $"{expectedInits[i].Name} must be byte-identical to the in-memory pass");
+        }
+        Assert.AreEqual(inMemory.Graph.Node.Count, streamed.Graph.Node.Count);
+        for (int i = 0; i < inMemory.Graph.Node.Count; i++)
+        {
+            CollectionAssert.AreEqual(inMemory.Graph.Node[i].ToByteArray(), streamed.Graph.Node[i].ToByteArray(), $"node {i}");
+        }
+        CollectionAssert.AreEqual(inMemory.Graph.Input.ToList(), streamed.Graph.Input.ToList());
+        CollectionAssert.AreEqual(inMemory.Graph.Output.ToList(), streamed.Graph.Output.ToList());
+        CollectionAssert.AreEqual(inMemory.Graph.ValueInfo.ToList(), streamed.Graph.ValueInfo.ToList());
+        Assert.IsTrue(profile.QuantizeSeconds >= 0 && profile.FlushSeconds >= 0);
+
+        string inMemoryPath = Path.Combine(_dir, "mem", "m.onnx");
+        ModelIO.Save(inMemory, inMemoryPath);
+        float[] a1 = OrtHelper.RunRandom(inMemoryPath)["y"];
+        float[] b1 = OrtHelper.RunRandom(output)["y"];
+        CollectionAssert.AreEqual(a1, b1);
+    }
+
+    [TestMethod]
     [DataRow(32, true)]
     [DataRow(32, false)]
     [DataRow(128, true)]
