@@ -7,6 +7,10 @@
 #            generated MatMul chains (default 100, 1000 and 2500 MB; generated in a temp folder, deleted after; needs
 #            about 2.5x the largest size free in TMPDIR), then the pass times on 10,000- and 100,000-layer chains
 #            (--graph-scaling). Prints Markdown tables; docs/reliability.md holds the last run.
+#        build/bench.sh streaming [SIZE_MB] [--width N] [--rounds N] [--schemes Int8Dynamic,Int4Weights,Float16]
+#            the streaming path in process on a generated MatMul chain with external data (default 2500 MB, 1024x1024
+#            layers, 3 rounds), interleaved with a plain copy of the same files (with and without fsync), page cache
+#            warm; prints the machine (CPU, AVX-512 VNNI), load averages, MB/s of weights, per-phase seconds and CPU s.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -14,6 +18,13 @@ export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1 DOTNET_SKIP_FIRST_TIME_EXPE
 artifacts="${ARTIFACTS_PATH:-$root/artifacts}"
 dotnet build tests/CompressOnBuild.Benchmarks -c Release -v:q -nologo "-p:ArtifactsPath=$artifacts"
 bench="$artifacts/bin/CompressOnBuild.Benchmarks/release/CompressOnBuild.Benchmarks.dll"
+if [ "${1:-}" = "streaming" ]; then
+  shift
+  uptime
+  df -h "${TMPDIR:-/tmp}"
+  dotnet "$bench" --streaming "$@"
+  exit 0
+fi
 if [ "${1:-}" = "memory" ]; then
   shift
   dotnet build src/CompressOnBuild.Cli -c Release -v:q -nologo "-p:ArtifactsPath=$artifacts"

@@ -21,6 +21,111 @@ public static class Int4Kernels
     /// <summary>Unpacks <paramref name="values"/>.Length codes (0..15) from <paramref name="packed"/>.</summary>
     public static void Unpack(ReadOnlySpan<byte> packed, Span<byte> values) => UnpackCore(packed, values, KernelSelector.Current);
 
+    /// <summary>
+    /// Scale and zero point of one 4-bit block per column of a row-major [rows, cols] matrix, the block running down
+    /// the rows (rows = the block's length; a shorter last block counts as padded with zeros). Symmetric: the value of
+    /// largest magnitude (IEEE maximumMagnitude: the first, or the positive one of equal magnitudes) / -8, zero point 8.
+    /// Asymmetric: min and max widened to include 0, scale (max - min) / 15, zero point round-half-even(-min / scale)
+    /// clamped to 0..15 (0 for a zero or non-finite scale). A scale under 1e-30 in magnitude or not finite becomes 1.
+    /// <paramref name="scratch"/> holds cols floats. Inputs must be finite.
+    /// </summary>
+    public static void ColumnBlockParameters(ReadOnlySpan<float> matrix, int rows, int cols, bool symmetric, Span<float> scales,
+        Span<float> zeroPoints, Span<float> scratch) =>
+        ColumnBlockParametersCore(matrix, rows, cols, symmetric, scales, zeroPoints, scratch, KernelSelector.Current);
+
+    internal static void ColumnBlockParametersCore(ReadOnlySpan<float> matrix, int rows, int cols, bool symmetric, Span<float> scales,
+        Span<float> zeroPoints, Span<float> scratch, KernelImplementation implementation)
+    {
+        TensorStats.CheckMatrix(matrix.Length, rows, cols, scales.Length, cols);
+        if (zeroPoints.Length < cols || scratch.Length < cols)
+        {
+            throw new ArgumentException($"{cols} zero points and scratch floats are needed; got {zeroPoints.Length} and {scratch.Length}.");
+        }
+        // symmetric: a = best value, b = its magnitude; asymmetric: a = min, b = max (both start at 0 = widened to 0).
+        Span<float> a = scales[..cols];
+        Span<float> b = scratch[..cols];
+        a.Clear();
+        b.Clear();
+        for (int r = 0; r < rows; r++)
+        {
+            ReadOnlySpan<float> x = matrix.Slice(r * cols, cols);
+            ref float xs = ref MemoryMarshal.GetReference(x);
+            ref float ar = ref MemoryMarshal.GetReference(a);
+            ref float br = ref MemoryMarshal.GetReference(b);
+            int i = implementation switch
+            {
+                KernelImplementation.Vector512 => BlockRowVectorized<W512, Vector512<float>>(ref xs, ref ar, ref br, cols, symmetric),
+                KernelImplementation.Vector256 => BlockRowVectorized<W256, Vector256<float>>(ref xs, ref ar, ref br, cols, symmetric),
+                KernelImplementation.Vector128 => BlockRowVectorized<W128, Vector128<float>>(ref xs, ref ar, ref br, cols, symmetric),
+                _ => 0,
+            };
+            for (; i < cols; i++)
+            {
+                ScalarReference.BlockStep(x[i], ref a[i], ref b[i], symmetric);
+            }
+        }
+        for (int c = 0; c < cols; c++)
+        {
+            (scales[c], zeroPoints[c]) = ScalarReference.BlockFinish(a[c], b[c], symmetric);
+        }
+    }
+
+    /// <summary>
+    /// One 4-bit block per column of a row-major [rows, cols] matrix (see <see cref="ColumnBlockParameters"/>), quantized:
+    /// codes[r, c] = clamp(round-half-even(x / scale) + zero, 0, 15) (a negative symmetric scale divides as is, the same
+    /// as -x / |scale|); returns the block's max |x - (code - zero) * scale|.
+    /// </summary>
+    public static float QuantizeColumnBlock(ReadOnlySpan<float> matrix, int rows, int cols, bool symmetric, Span<float> scales,
+        Span<float> zeroPoints, Span<byte> codes, Span<float> scratch) =>
+        QuantizeColumnBlockCore(matrix, rows, cols, symmetric, scales, zeroPoints, codes, scratch, KernelSelector.Current);
+
+    internal static float QuantizeColumnBlockCore(ReadOnlySpan<float> matrix, int rows, int cols, bool symmetric, Span<float> scales,
+        Span<float> zeroPoints, Span<byte> codes, Span<float> scratch, KernelImplementation implementation)
+    {
+        ColumnBlockParametersCore(matrix, rows, cols, symmetric, scales, zeroPoints, scratch, implementation);
+        TensorStats.CheckMatrix(matrix.Length, rows, cols, codes.Length, matrix.Length);
+        var source = new ElementwiseScale(scales[..cols], zeroPoints[..cols]);
+        float max = 0f;
+        for (int r = 0; r < rows; r++)
+        {
+            ReadOnlySpan<float> x = matrix.Slice(r * cols, cols);
+            Span<byte> q = codes.Slice(r * cols, cols);
+            QuantizeDriver.Run(x, source, 0f, 15f, q, implementation);
+            max = MathF.Max(max, ErrorDriver.Run(x, q, scales[..cols], zeroPoints[..cols], unsigned: true, implementation));
+        }
+        return max;
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static int BlockRowVectorized<TW, TF>(ref float xs, ref float a, ref float b, int n, bool symmetric)
+        where TW : struct, IVectorWidth<TF>
+        where TF : struct
+    {
+        TF zero = TW.Create(0f);
+        int i = 0;
+        for (; i <= n - TW.Count; i += TW.Count)
+        {
+            TF x = TW.Load(ref xs, (nuint)i);
+            TF va = TW.Load(ref a, (nuint)i);
+            TF vb = TW.Load(ref b, (nuint)i);
+            if (symmetric)
+            {
+                TF ax = TW.Abs(x);
+                // Take x when |x| > |best|, or when equal with best negative and x positive (maximumMagnitude).
+                TF tie = TW.ConditionalSelect(TW.LessThan(ax, vb), zero, TW.BitwiseAnd(TW.LessThan(va, zero), TW.GreaterThan(x, zero)));
+                TF take = TW.BitwiseOr(TW.GreaterThan(ax, vb), tie);
+                TW.Store(TW.ConditionalSelect(take, x, va), ref a, (nuint)i);
+                TW.Store(TW.ConditionalSelect(take, ax, vb), ref b, (nuint)i);
+            }
+            else
+            {
+                TW.Store(TW.Min(va, x), ref a, (nuint)i);
+                TW.Store(TW.Max(vb, x), ref b, (nuint)i);
+            }
+        }
+        return i;
+    }
+
     internal static void PackCore(ReadOnlySpan<byte> values, Span<byte> packed, KernelImplementation implementation)
     {
         int bytes = PackedLength(values.Length);
@@ -160,6 +265,64 @@ public static class Int4Kernels
 
 internal static partial class ScalarReference
 {
+    /// <summary>One element of <see cref="Int4Kernels.ColumnBlockParameters"/>'s scan (see there for a and b).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void BlockStep(float x, ref float a, ref float b, bool symmetric)
+    {
+        if (symmetric)
+        {
+            float ax = MathF.Abs(x);
+            if (ax > b || (ax == b && a < 0f && x > 0f))
+            {
+                a = x;
+                b = ax;
+            }
+        }
+        else
+        {
+            a = MathF.Min(a, x);
+            b = MathF.Max(b, x);
+        }
+    }
+
+    /// <summary>Scale and zero point from a column's scan.</summary>
+    public static (float Scale, float Zero) BlockFinish(float a, float b, bool symmetric)
+    {
+        float scale, zero;
+        if (symmetric)
+        {
+            scale = a / -8f;
+            zero = 8f;
+        }
+        else
+        {
+            scale = (b - a) / 15f;
+            zero = scale > 0f && float.IsFinite(scale) ? Math.Clamp(MathF.Round(-a / scale, MidpointRounding.ToEven), 0f, 15f) : 0f;
+        }
+        if (!(MathF.Abs(scale) >= 1e-30f) || !float.IsFinite(scale))
+        {
+            scale = 1f;
+        }
+        return (scale, zero);
+    }
+
+    public static void ColumnBlockParameters(ReadOnlySpan<float> matrix, int rows, int cols, bool symmetric, Span<float> scales, Span<float> zeroPoints)
+    {
+        var a = new float[cols];
+        var b = new float[cols];
+        for (int r = 0; r < rows; r++)
+        {
+            for (int c = 0; c < cols; c++)
+            {
+                BlockStep(matrix[r * cols + c], ref a[c], ref b[c], symmetric);
+            }
+        }
+        for (int c = 0; c < cols; c++)
+        {
+            (scales[c], zeroPoints[c]) = BlockFinish(a[c], b[c], symmetric);
+        }
+    }
+
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static byte PackTwo(byte even, byte odd) => (byte)((even & 0x0F) | ((odd & 0x0F) << 4));
 

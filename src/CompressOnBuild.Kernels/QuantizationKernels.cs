@@ -82,12 +82,12 @@ public static class QuantizationKernels
 
     /// <summary>
     /// The largest round-trip error of a per-column quantized row-major [rows, cols] matrix:
-    /// max |matrix[r, c] - (codes[r, c] - zeroPoint) * scales[c]| (codes read as uint8 when <paramref name="unsigned"/>,
+    /// max |matrix[r, c] - (codes[r, c] - zeroPoints[c]) * scales[c]| (codes read as uint8 when <paramref name="unsigned"/>,
     /// else int8; 0 for an empty matrix). Bit-identical to the scalar loop for finite inputs.
     /// </summary>
     public static float MaxAbsErrorPerColumn(ReadOnlySpan<float> matrix, int rows, int cols, ReadOnlySpan<float> scales,
-        ReadOnlySpan<byte> codes, bool unsigned, float zeroPoint) =>
-        MaxAbsErrorPerColumnCore(matrix, rows, cols, scales, codes, unsigned, zeroPoint, KernelSelector.Current);
+        ReadOnlySpan<float> zeroPoints, ReadOnlySpan<byte> codes, bool unsigned) =>
+        MaxAbsErrorPerColumnCore(matrix, rows, cols, scales, zeroPoints, codes, unsigned, KernelSelector.Current);
 
     /// <summary>
     /// True when some position j has int8 codes a[j], b[j] of the same sign with |a[j]| + |b[j]| over <paramref name="limit"/>
@@ -177,17 +177,17 @@ public static class QuantizationKernels
         (Vector128.GreaterThan(a * b, Vector128<short>.Zero) & Vector128.GreaterThan(Vector128.Abs(a) + Vector128.Abs(b), limit)) != Vector128<short>.Zero;
 
     internal static float MaxAbsErrorPerColumnCore(ReadOnlySpan<float> matrix, int rows, int cols, ReadOnlySpan<float> scales,
-        ReadOnlySpan<byte> codes, bool unsigned, float zeroPoint, KernelImplementation implementation)
+        ReadOnlySpan<float> zeroPoints, ReadOnlySpan<byte> codes, bool unsigned, KernelImplementation implementation)
     {
         TensorStats.CheckMatrix(matrix.Length, rows, cols, codes.Length, matrix.Length);
-        if (scales.Length < cols)
+        if (scales.Length < cols || zeroPoints.Length < cols)
         {
-            throw new ArgumentException($"{cols} scales are needed; got {scales.Length}.");
+            throw new ArgumentException($"{cols} scales and zero points are needed; got {scales.Length} and {zeroPoints.Length}.");
         }
         float max = 0f;
         for (int r = 0; r < rows; r++)
         {
-            max = MathF.Max(max, ErrorDriver.Run(matrix.Slice(r * cols, cols), codes.Slice(r * cols, cols), scales[..cols], unsigned, zeroPoint, implementation));
+            max = MathF.Max(max, ErrorDriver.Run(matrix.Slice(r * cols, cols), codes.Slice(r * cols, cols), scales[..cols], zeroPoints[..cols], unsigned, implementation));
         }
         return max;
     }
@@ -498,22 +498,23 @@ internal static class ErrorDriver
     // Dequantizes like DequantizeDriver (uint8 through the int8 path with the zero point shifted by 128: exact) with a
     // per-element scale, then folds |x - dequantized| into a running maximum; max is associative and commutative on
     // finite values, so the lane order does not change the result.
-    public static float Run(ReadOnlySpan<float> x, ReadOnlySpan<byte> q, ReadOnlySpan<float> scales, bool unsigned, float zeroPoint,
+    public static float Run(ReadOnlySpan<float> x, ReadOnlySpan<byte> q, ReadOnlySpan<float> scales, ReadOnlySpan<float> zeroPoints, bool unsigned,
         KernelImplementation implementation)
     {
         ref float xs = ref MemoryMarshal.GetReference(x);
         ref byte qs = ref MemoryMarshal.GetReference(q);
         ref float ss = ref MemoryMarshal.GetReference(scales);
+        ref float zs = ref MemoryMarshal.GetReference(zeroPoints);
         int n = x.Length;
         int i = 0;
-        float zp = unsigned ? zeroPoint - 128f : zeroPoint;
+        float shift = unsigned ? 128f : 0f;
         byte flip = unsigned ? (byte)0x80 : (byte)0;
         float max = 0f;
         switch (implementation)
         {
             case KernelImplementation.Vector512:
             {
-                var z = Vector512.Create(zp);
+                var h = Vector512.Create(shift);
                 var f = Vector512.Create(flip);
                 Vector512<float> m = Vector512<float>.Zero;
                 int w = Vector512<float>.Count;
@@ -523,10 +524,10 @@ internal static class ErrorDriver
                     (Vector512<short> l, Vector512<short> u) = Vector512.Widen(v);
                     (Vector512<int> a, Vector512<int> b) = Vector512.Widen(l);
                     (Vector512<int> c, Vector512<int> e) = Vector512.Widen(u);
-                    m = Vector512.Max(m, Vector512.Abs(Vector512.LoadUnsafe(ref xs, (nuint)i) - (Vector512.ConvertToSingle(a) - z) * Vector512.LoadUnsafe(ref ss, (nuint)i)));
-                    m = Vector512.Max(m, Vector512.Abs(Vector512.LoadUnsafe(ref xs, (nuint)(i + w)) - (Vector512.ConvertToSingle(b) - z) * Vector512.LoadUnsafe(ref ss, (nuint)(i + w))));
-                    m = Vector512.Max(m, Vector512.Abs(Vector512.LoadUnsafe(ref xs, (nuint)(i + 2 * w)) - (Vector512.ConvertToSingle(c) - z) * Vector512.LoadUnsafe(ref ss, (nuint)(i + 2 * w))));
-                    m = Vector512.Max(m, Vector512.Abs(Vector512.LoadUnsafe(ref xs, (nuint)(i + 3 * w)) - (Vector512.ConvertToSingle(e) - z) * Vector512.LoadUnsafe(ref ss, (nuint)(i + 3 * w))));
+                    m = Vector512.Max(m, Vector512.Abs(Vector512.LoadUnsafe(ref xs, (nuint)i) - (Vector512.ConvertToSingle(a) - (Vector512.LoadUnsafe(ref zs, (nuint)i) - h)) * Vector512.LoadUnsafe(ref ss, (nuint)i)));
+                    m = Vector512.Max(m, Vector512.Abs(Vector512.LoadUnsafe(ref xs, (nuint)(i + w)) - (Vector512.ConvertToSingle(b) - (Vector512.LoadUnsafe(ref zs, (nuint)(i + w)) - h)) * Vector512.LoadUnsafe(ref ss, (nuint)(i + w))));
+                    m = Vector512.Max(m, Vector512.Abs(Vector512.LoadUnsafe(ref xs, (nuint)(i + 2 * w)) - (Vector512.ConvertToSingle(c) - (Vector512.LoadUnsafe(ref zs, (nuint)(i + 2 * w)) - h)) * Vector512.LoadUnsafe(ref ss, (nuint)(i + 2 * w))));
+                    m = Vector512.Max(m, Vector512.Abs(Vector512.LoadUnsafe(ref xs, (nuint)(i + 3 * w)) - (Vector512.ConvertToSingle(e) - (Vector512.LoadUnsafe(ref zs, (nuint)(i + 3 * w)) - h)) * Vector512.LoadUnsafe(ref ss, (nuint)(i + 3 * w))));
                 }
                 for (int k = 0; k < w; k++)
                 {
@@ -536,7 +537,7 @@ internal static class ErrorDriver
             }
             case KernelImplementation.Vector256:
             {
-                var z = Vector256.Create(zp);
+                var h = Vector256.Create(shift);
                 var f = Vector256.Create(flip);
                 Vector256<float> m = Vector256<float>.Zero;
                 int w = Vector256<float>.Count;
@@ -546,10 +547,10 @@ internal static class ErrorDriver
                     (Vector256<short> l, Vector256<short> u) = Vector256.Widen(v);
                     (Vector256<int> a, Vector256<int> b) = Vector256.Widen(l);
                     (Vector256<int> c, Vector256<int> e) = Vector256.Widen(u);
-                    m = Vector256.Max(m, Vector256.Abs(Vector256.LoadUnsafe(ref xs, (nuint)i) - (Vector256.ConvertToSingle(a) - z) * Vector256.LoadUnsafe(ref ss, (nuint)i)));
-                    m = Vector256.Max(m, Vector256.Abs(Vector256.LoadUnsafe(ref xs, (nuint)(i + w)) - (Vector256.ConvertToSingle(b) - z) * Vector256.LoadUnsafe(ref ss, (nuint)(i + w))));
-                    m = Vector256.Max(m, Vector256.Abs(Vector256.LoadUnsafe(ref xs, (nuint)(i + 2 * w)) - (Vector256.ConvertToSingle(c) - z) * Vector256.LoadUnsafe(ref ss, (nuint)(i + 2 * w))));
-                    m = Vector256.Max(m, Vector256.Abs(Vector256.LoadUnsafe(ref xs, (nuint)(i + 3 * w)) - (Vector256.ConvertToSingle(e) - z) * Vector256.LoadUnsafe(ref ss, (nuint)(i + 3 * w))));
+                    m = Vector256.Max(m, Vector256.Abs(Vector256.LoadUnsafe(ref xs, (nuint)i) - (Vector256.ConvertToSingle(a) - (Vector256.LoadUnsafe(ref zs, (nuint)i) - h)) * Vector256.LoadUnsafe(ref ss, (nuint)i)));
+                    m = Vector256.Max(m, Vector256.Abs(Vector256.LoadUnsafe(ref xs, (nuint)(i + w)) - (Vector256.ConvertToSingle(b) - (Vector256.LoadUnsafe(ref zs, (nuint)(i + w)) - h)) * Vector256.LoadUnsafe(ref ss, (nuint)(i + w))));
+                    m = Vector256.Max(m, Vector256.Abs(Vector256.LoadUnsafe(ref xs, (nuint)(i + 2 * w)) - (Vector256.ConvertToSingle(c) - (Vector256.LoadUnsafe(ref zs, (nuint)(i + 2 * w)) - h)) * Vector256.LoadUnsafe(ref ss, (nuint)(i + 2 * w))));
+                    m = Vector256.Max(m, Vector256.Abs(Vector256.LoadUnsafe(ref xs, (nuint)(i + 3 * w)) - (Vector256.ConvertToSingle(e) - (Vector256.LoadUnsafe(ref zs, (nuint)(i + 3 * w)) - h)) * Vector256.LoadUnsafe(ref ss, (nuint)(i + 3 * w))));
                 }
                 for (int k = 0; k < w; k++)
                 {
@@ -559,7 +560,7 @@ internal static class ErrorDriver
             }
             case KernelImplementation.Vector128:
             {
-                var z = Vector128.Create(zp);
+                var h = Vector128.Create(shift);
                 var f = Vector128.Create(flip);
                 Vector128<float> m = Vector128<float>.Zero;
                 int w = Vector128<float>.Count;
@@ -569,10 +570,10 @@ internal static class ErrorDriver
                     (Vector128<short> l, Vector128<short> u) = Vector128.Widen(v);
                     (Vector128<int> a, Vector128<int> b) = Vector128.Widen(l);
                     (Vector128<int> c, Vector128<int> e) = Vector128.Widen(u);
-                    m = Vector128.Max(m, Vector128.Abs(Vector128.LoadUnsafe(ref xs, (nuint)i) - (Vector128.ConvertToSingle(a) - z) * Vector128.LoadUnsafe(ref ss, (nuint)i)));
-                    m = Vector128.Max(m, Vector128.Abs(Vector128.LoadUnsafe(ref xs, (nuint)(i + w)) - (Vector128.ConvertToSingle(b) - z) * Vector128.LoadUnsafe(ref ss, (nuint)(i + w))));
-                    m = Vector128.Max(m, Vector128.Abs(Vector128.LoadUnsafe(ref xs, (nuint)(i + 2 * w)) - (Vector128.ConvertToSingle(c) - z) * Vector128.LoadUnsafe(ref ss, (nuint)(i + 2 * w))));
-                    m = Vector128.Max(m, Vector128.Abs(Vector128.LoadUnsafe(ref xs, (nuint)(i + 3 * w)) - (Vector128.ConvertToSingle(e) - z) * Vector128.LoadUnsafe(ref ss, (nuint)(i + 3 * w))));
+                    m = Vector128.Max(m, Vector128.Abs(Vector128.LoadUnsafe(ref xs, (nuint)i) - (Vector128.ConvertToSingle(a) - (Vector128.LoadUnsafe(ref zs, (nuint)i) - h)) * Vector128.LoadUnsafe(ref ss, (nuint)i)));
+                    m = Vector128.Max(m, Vector128.Abs(Vector128.LoadUnsafe(ref xs, (nuint)(i + w)) - (Vector128.ConvertToSingle(b) - (Vector128.LoadUnsafe(ref zs, (nuint)(i + w)) - h)) * Vector128.LoadUnsafe(ref ss, (nuint)(i + w))));
+                    m = Vector128.Max(m, Vector128.Abs(Vector128.LoadUnsafe(ref xs, (nuint)(i + 2 * w)) - (Vector128.ConvertToSingle(c) - (Vector128.LoadUnsafe(ref zs, (nuint)(i + 2 * w)) - h)) * Vector128.LoadUnsafe(ref ss, (nuint)(i + 2 * w))));
+                    m = Vector128.Max(m, Vector128.Abs(Vector128.LoadUnsafe(ref xs, (nuint)(i + 3 * w)) - (Vector128.ConvertToSingle(e) - (Vector128.LoadUnsafe(ref zs, (nuint)(i + 3 * w)) - h)) * Vector128.LoadUnsafe(ref ss, (nuint)(i + 3 * w))));
                 }
                 for (int k = 0; k < w; k++)
                 {
@@ -585,7 +586,7 @@ internal static class ErrorDriver
         }
         for (; i < n; i++)
         {
-            max = MathF.Max(max, MathF.Abs(Unsafe.Add(ref xs, i) - ScalarReference.DequantizeOne(Unsafe.Add(ref qs, i), unsigned, Unsafe.Add(ref ss, i), zeroPoint)));
+            max = MathF.Max(max, MathF.Abs(Unsafe.Add(ref xs, i) - ScalarReference.DequantizeOne(Unsafe.Add(ref qs, i), unsigned, Unsafe.Add(ref ss, i), Unsafe.Add(ref zs, i))));
         }
         return max;
     }
@@ -630,14 +631,14 @@ internal static partial class ScalarReference
         ((a > 0 && b > 0) || (a < 0 && b < 0)) && Math.Abs(a) + Math.Abs(b) > limit;
 
     public static float MaxAbsErrorPerColumn(ReadOnlySpan<float> matrix, int rows, int cols, ReadOnlySpan<float> scales,
-        ReadOnlySpan<byte> codes, bool unsigned, float zeroPoint)
+        ReadOnlySpan<float> zeroPoints, ReadOnlySpan<byte> codes, bool unsigned)
     {
         float max = 0f;
         for (int r = 0; r < rows; r++)
         {
             for (int c = 0; c < cols; c++)
             {
-                max = MathF.Max(max, MathF.Abs(matrix[r * cols + c] - DequantizeOne(codes[r * cols + c], unsigned, scales[c], zeroPoint)));
+                max = MathF.Max(max, MathF.Abs(matrix[r * cols + c] - DequantizeOne(codes[r * cols + c], unsigned, scales[c], zeroPoints[c])));
             }
         }
         return max;

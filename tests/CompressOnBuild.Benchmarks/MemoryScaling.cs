@@ -49,6 +49,7 @@ internal static class MemoryScaling
         Directory.CreateDirectory(root);
         Console.WriteLine($"Machine: {Environment.ProcessorCount} logical cores, {RuntimeInformation.OSDescription}, {RuntimeInformation.ProcessArchitecture}, "
             + $"{MemTotalGiB()} GiB RAM; load average at start: {LoadAverage()} (shared, noisy machine)");
+        StreamingThroughput.PrintMachine();
         Console.WriteLine($"Temp folder: {root} ({FreeGiB(root):0.0} GiB free)");
         var rows = new List<string>();
         try

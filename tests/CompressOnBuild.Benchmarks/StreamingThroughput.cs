@@ -113,7 +113,7 @@ internal static class StreamingThroughput
         return 0;
     }
 
-    private static void PrintMachine()
+    internal static void PrintMachine()
     {
         string cpu = "unknown CPU";
         bool vnni = false, avx512 = false;

@@ -105,4 +105,50 @@ public sealed class Float16AndInt4KernelTests
         CollectionAssert.AreEqual(new byte[] { 0x1, 0xA, 0x7 }, back);
         Assert.ThrowsExactly<ArgumentException>(() => Int4Kernels.Pack(new byte[5], new byte[2]));
     }
+
+    [TestMethod]
+    public void Int4_column_blocks_match_the_reference_for_every_implementation()
+    {
+        (int Rows, int Cols)[] shapes = [(1, 1), (32, 5), (16, 64), (7, 65), (32, 257), (128, 33)];
+        foreach ((int rows, int cols) in shapes)
+        {
+            float[] m = TestData.Random(rows * cols, rows * 7 + cols, 2f);
+            // Ties of magnitude (the positive one wins), an all-zero column and a one-signed column.
+            if (rows > 3 && cols > 2)
+            {
+                m[0] = -5f;
+                m[cols] = 5f;
+                for (int r = 0; r < rows; r++)
+                {
+                    m[r * cols + 1] = 0f;
+                    m[r * cols + 2] = MathF.Abs(m[r * cols + 2]) + 0.5f;
+                }
+            }
+            foreach (bool symmetric in new[] { true, false })
+            {
+                var expectedScales = new float[cols];
+                var expectedZeros = new float[cols];
+                ScalarReference.ColumnBlockParameters(m, rows, cols, symmetric, expectedScales, expectedZeros);
+                var expectedCodes = new byte[m.Length];
+                ScalarReference.QuantizePerColumn(m, rows, cols, expectedScales, expectedZeros, 0f, 15f, expectedCodes);
+                float expectedError = ScalarReference.MaxAbsErrorPerColumn(m, rows, cols, expectedScales, expectedZeros, expectedCodes, unsigned: true);
+                if (rows > 3 && cols > 2)
+                {
+                    Assert.AreEqual(symmetric ? 5f / -8f : 1f, symmetric ? expectedScales[0] : expectedScales[1], $"{rows}x{cols}");
+                }
+                Assert.IsTrue(expectedCodes.All(c => c <= 15));
+                foreach (KernelImplementation impl in TestData.All)
+                {
+                    var scales = new float[cols];
+                    var zeros = new float[cols];
+                    var codes = new byte[m.Length];
+                    float error = Int4Kernels.QuantizeColumnBlockCore(m, rows, cols, symmetric, scales, zeros, codes, new float[cols], impl);
+                    CollectionAssert.AreEqual(expectedScales, scales, $"{impl} {rows}x{cols} symmetric={symmetric}");
+                    CollectionAssert.AreEqual(expectedZeros, zeros, $"{impl} {rows}x{cols}");
+                    CollectionAssert.AreEqual(expectedCodes, codes, $"{impl} {rows}x{cols}");
+                    Assert.AreEqual(expectedError, error, $"{impl} {rows}x{cols}");
+                }
+            }
+        }
+    }
 }

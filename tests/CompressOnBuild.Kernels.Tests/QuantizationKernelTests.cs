@@ -116,24 +116,24 @@ public sealed class QuantizationKernelTests
             float[] scales = TestData.Random(cols, cols + 1).Select(s => MathF.Abs(s) / 100f + 1e-3f).ToArray();
             foreach (bool unsigned in new[] { false, true })
             {
-                float zp = unsigned ? 128 : 0;
+                // Per-column zero points (int4 asymmetric blocks) around the type's middle.
+                float[] zp = Enumerable.Range(0, cols).Select(c => unsigned ? 128f + c % 5 - 2 : c % 3 - 1).ToArray();
                 var codes = new byte[m.Length];
-                QuantizationKernels.QuantizePerColumnCore(m, rows, cols, scales, Enumerable.Repeat(zp, cols).ToArray(),
-                    unsigned ? 0 : -128, unsigned ? 255 : 127, codes, KernelImplementation.Scalar);
-                float expected = ScalarReference.MaxAbsErrorPerColumn(m, rows, cols, scales, codes, unsigned, zp);
+                QuantizationKernels.QuantizePerColumnCore(m, rows, cols, scales, zp, unsigned ? 0 : -128, unsigned ? 255 : 127, codes, KernelImplementation.Scalar);
+                float expected = ScalarReference.MaxAbsErrorPerColumn(m, rows, cols, scales, zp, codes, unsigned);
                 // Independent check of the formula on the first element, and that clamping shows up as error.
-                float first = MathF.Abs(m[0] - ((unsigned ? codes[0] : (sbyte)codes[0]) - zp) * scales[0]);
+                float first = MathF.Abs(m[0] - ((unsigned ? codes[0] : (sbyte)codes[0]) - zp[0]) * scales[0]);
                 Assert.IsTrue(expected >= first, $"{rows}x{cols}: the maximum covers element 0");
                 Assert.IsTrue(expected > 0f, $"{rows}x{cols}: clamped values give a positive error");
                 foreach (KernelImplementation impl in TestData.All)
                 {
-                    float got = QuantizationKernels.MaxAbsErrorPerColumnCore(TestData.Unaligned(m, 1), rows, cols, scales, codes, unsigned, zp, impl);
+                    float got = QuantizationKernels.MaxAbsErrorPerColumnCore(TestData.Unaligned(m, 1), rows, cols, scales, zp, codes, unsigned, impl);
                     Assert.AreEqual(expected, got, $"{impl} {rows}x{cols} unsigned={unsigned}");
                 }
-                Assert.AreEqual(expected, QuantizationKernels.MaxAbsErrorPerColumn(m, rows, cols, scales, codes, unsigned, zp));
+                Assert.AreEqual(expected, QuantizationKernels.MaxAbsErrorPerColumn(m, rows, cols, scales, zp, codes, unsigned));
             }
         }
-        Assert.AreEqual(0f, QuantizationKernels.MaxAbsErrorPerColumn([], 0, 4, [1f, 1f, 1f, 1f], [], unsigned: false, 0f));
+        Assert.AreEqual(0f, QuantizationKernels.MaxAbsErrorPerColumn([], 0, 4, [1f, 1f, 1f, 1f], [0f, 0f, 0f, 0f], [], unsigned: false));
     }
 
     [TestMethod]

@@ -538,9 +538,10 @@ public static class StreamingQuantizer
 
             if (int4 != null)
             {
-                foreach (Weight w in weights)
+                using var reader = new Prefetcher(this, weights);
+                foreach ((Weight w, byte[]? data, int offset) in reader.Items())
                 {
-                    WriteInt4(w, stream, ref position, Align, Point);
+                    WriteInt4(w, stream, ref position, Align, Point, data, offset);
                 }
                 CopyOthers(stream, quantized, buffer, ref position, Align, Point);
                 return;
@@ -608,46 +609,77 @@ public static class StreamingQuantizer
         /// byte), quantizes each chunk's blocks with <see cref="Int4WeightQuantizer.QuantizeBlocks"/> into the weight's
         /// packed [N, blocks, block/2] codes, scales and zero points, then appends those three tensors.
         /// </summary>
-        private void WriteInt4(Weight w, Stream stream, ref long position, Action align, Action<TensorProto, long, long> point)
+        private void WriteInt4(Weight w, Stream stream, ref long position, Action align, Action<TensorProto, long, long> point, byte[]? data, int offset)
         {
+            var watch = System.Diagnostics.Stopwatch.StartNew();
             int bs = int4!.BlockSize;
             int k = w.K, n = w.N;
             int blocks = (k + bs - 1) / bs;
             int half = bs / 2;
             int zpBytes = (blocks + 1) / 2;
             long rowBytes = (long)n * 4;
-            long unit = rowBytes * 2 * bs;
-            int rowsPerChunk = (int)Math.Min(k, Math.Max(1, ChunkBytes / unit) * 2 * bs);
-            byte[] buffer = new byte[Math.Max(Alignment, Math.Min((long)rowsPerChunk * rowBytes, (long)k * rowBytes))];
             var packed = new byte[(long)n * blocks * half];
             var scales = new float[(long)n * blocks];
             byte[]? zeros = int4.Symmetric ? null : new byte[(long)n * zpBytes];
+            var blockScales = new float[n];
+            var blockZeros = new float[n];
+            var scratch = new float[n];
+            var codes = new byte[(long)bs * n];
             float maxError = 0;
-            long row0 = 0;
-            foreach (int rows in Chunks(w, buffer, rowsPerChunk))
+
+            // Blocks run down K: each block of bs rows gives every column one scale, zero point and bs codes
+            // ([N, blocks, bs/2] packed, like Int4WeightQuantizer.QuantizeBlocks on the transposed weight).
+            void Rows(ReadOnlySpan<float> values, int rows, long row0)
             {
-                float[] chunk = MemoryMarshal.Cast<byte, float>(buffer.AsSpan(0, (int)(rows * rowBytes))).ToArray();
-                if (!TensorStats.AllFinite(chunk))
+                if (!TensorStats.AllFinite(values))
                 {
-                    throw new CompressException(DiagnosticCodes.NonFiniteWeights, displayName, w.Tensor.Name) { File = displayName };
+                    throw CompressException.ForFile(displayName, DiagnosticCodes.NonFiniteWeights, displayName, w.Tensor.Name);
                 }
-                float[] channelMajor = PassGraph.Transpose(chunk, rows, n);
-                chunk = [];
-                (byte[] p, float[] s, byte[]? z, float error) = Int4WeightQuantizer.QuantizeBlocks(channelMajor, n, rows, bs, int4.Symmetric);
-                maxError = MathF.Max(maxError, error);
-                int b0 = (int)(row0 / bs);
-                int cb = (rows + bs - 1) / bs;
-                int czp = (cb + 1) / 2;
-                for (int j = 0; j < n; j++)
+                for (int r0 = 0; r0 < rows; r0 += bs)
                 {
-                    p.AsSpan(j * cb * half, cb * half).CopyTo(packed.AsSpan((int)(((long)j * blocks + b0) * half)));
-                    s.AsSpan(j * cb, cb).CopyTo(scales.AsSpan((int)((long)j * blocks + b0)));
-                    if (zeros != null)
+                    int len = Math.Min(bs, rows - r0);
+                    int b = (int)((row0 + r0) / bs);
+                    maxError = MathF.Max(maxError, Int4Kernels.QuantizeColumnBlock(values.Slice(r0 * n, len * n), len, n, int4.Symmetric,
+                        blockScales, blockZeros, codes.AsSpan(0, len * n), scratch));
+                    for (int j = 0; j < n; j++)
                     {
-                        z!.AsSpan(j * czp, czp).CopyTo(zeros.AsSpan((int)((long)j * zpBytes + b0 / 2)));
+                        byte pad = (byte)blockZeros[j]; // a short last block is padded with zeros, whose code is the zero point
+                        Span<byte> dest = packed.AsSpan((int)(((long)j * blocks + b) * half), half);
+                        for (int i = 0; i < half; i++)
+                        {
+                            int e = 2 * i;
+                            byte lo = e < len ? codes[e * n + j] : pad;
+                            byte hi = e + 1 < len ? codes[(e + 1) * n + j] : pad;
+                            dest[i] = (byte)((lo & 0x0F) | (hi << 4));
+                        }
+                        scales[(long)j * blocks + b] = blockScales[j];
+                        if (zeros != null)
+                        {
+                            zeros[(long)j * zpBytes + b / 2] |= (byte)(b % 2 == 0 ? pad : pad << 4);
+                        }
                     }
                 }
-                row0 += rows;
+            }
+
+            if (data != null)
+            {
+                Rows(MemoryMarshal.Cast<byte, float>(data.AsSpan(offset, (int)(k * rowBytes))), k, 0);
+            }
+            else
+            {
+                long unit = rowBytes * 2 * bs;
+                int rowsPerChunk = (int)Math.Min(k, Math.Max(1, ChunkBytes / unit) * 2 * bs);
+                byte[] buffer = new byte[Math.Max(Alignment, Math.Min((long)rowsPerChunk * rowBytes, (long)k * rowBytes))];
+                long row0 = 0;
+                foreach (int rows in Chunks(w, buffer, rowsPerChunk))
+                {
+                    Rows(MemoryMarshal.Cast<byte, float>(buffer.AsSpan(0, (int)(rows * rowBytes))), rows, row0);
+                    row0 += rows;
+                }
+            }
+            if (profile != null)
+            {
+                profile.QuantizeSeconds += watch.Elapsed.TotalSeconds;
             }
             w.MaxError = maxError;
 
@@ -661,14 +693,14 @@ public static class StreamingQuantizer
             {
                 parts.Add((Unique(baseName + "_zero_points"), (int)TensorProto.Types.DataType.Uint8, zeros, [zeros.Length]));
             }
-            foreach ((string name, int type, byte[] data, long[] dims) in parts)
+            foreach ((string name, int type, byte[] bytes, long[] dims) in parts)
             {
                 align();
                 var t = new TensorProto { Name = name, DataType = type };
                 t.Dims.AddRange(dims);
-                point(t, position, data.Length);
-                stream.Write(data);
-                position += data.Length;
+                point(t, position, bytes.Length);
+                stream.Write(bytes);
+                position += bytes.Length;
                 _model.Graph.Initializer.Add(t);
             }
             w.QuantizedName = parts[0].Name;
@@ -765,6 +797,8 @@ public static class StreamingQuantizer
             }
             var zeros = new byte[n];
             Array.Fill(zeros, e.Zero);
+            var zeroPoints = new float[n];
+            Array.Fill(zeroPoints, e.Zero);
             float maxError = 0;
             for (int r0 = 0; r0 < k; r0 += block)
             {
@@ -772,7 +806,7 @@ public static class StreamingQuantizer
                 ReadOnlySpan<float> b = values.Slice(r0 * n, rows * n);
                 Span<byte> dest = codes.AsSpan(r0 * n, rows * n);
                 QuantizeBlock(w, b, rows, zeros, dest);
-                maxError = MathF.Max(maxError, QuantizationKernels.MaxAbsErrorPerColumn(b, rows, n, w.Scales, dest, e.Unsigned, e.Zero));
+                maxError = MathF.Max(maxError, QuantizationKernels.MaxAbsErrorPerColumn(b, rows, n, w.Scales, zeroPoints, dest, e.Unsigned));
             }
             w.MaxError = maxError;
             double quantized = watch.Elapsed.TotalSeconds;
@@ -864,6 +898,8 @@ public static class StreamingQuantizer
             (byte zero, _, _, bool unsigned, _) = Encoding;
             var zeros = new byte[w.N];
             Array.Fill(zeros, zero);
+            var zeroPoints = new float[w.N];
+            Array.Fill(zeroPoints, zero);
             byte[] q = new byte[Math.Max(1, buffer.Length / 4)];
             long written = 0;
             float maxError = 0;
@@ -873,7 +909,7 @@ public static class StreamingQuantizer
                 ReadOnlySpan<float> values = MemoryMarshal.Cast<byte, float>(buffer.AsSpan(0, count * 4));
                 Span<byte> dest = q.AsSpan(0, count);
                 QuantizeBlock(w, values, rows, zeros, dest);
-                maxError = MathF.Max(maxError, QuantizationKernels.MaxAbsErrorPerColumn(values, rows, w.N, w.Scales, dest, unsigned, zero));
+                maxError = MathF.Max(maxError, QuantizationKernels.MaxAbsErrorPerColumn(values, rows, w.N, w.Scales, zeroPoints, dest, unsigned));
                 stream.Write(dest);
                 written += count;
             }
