@@ -349,6 +349,11 @@ internal static class Report
         {
             parts.Add(string.Format(ci, "sparsity {0:0.0}% of {1} prunable weights{2}", pr.AchievedSparsity * 100, pr.PrunableWeights,
                 pr.RequestedSparsity is double req ? string.Format(ci, " (requested {0:0.0}%)", req * 100) : ""));
+            if (pr.RequestedChannelFraction is double cf && pr.ChannelsBefore > 0)
+            {
+                parts.Add(string.Format(ci, "channels {0:0.0}% of {1} removed (requested {2:0.0}%), FLOPs {3:0.00}x", pr.ChannelFractionRemoved * 100, pr.ChannelsBefore, cf * 100,
+                    pr.FlopsBefore > 0 ? (double)pr.FlopsAfter / pr.FlopsBefore : 1.0));
+            }
             parts.Add(string.Format(ci, "zip {0:0.0} KB -> {1:0.0} KB, parameters {2} -> {3}", pr.ZipBytesBefore / 1024.0, ZipOfOutput(r) / 1024.0, pr.ParametersBefore, pr.ParametersAfter));
         }
         if (r.Tuning is { } t)

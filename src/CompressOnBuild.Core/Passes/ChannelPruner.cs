@@ -23,9 +23,16 @@ namespace CompressOnBuild.Core.Passes;
 /// MatMul/Gemm (without transA) or group-1 Conv reading one at input 0 a consumer (its input channels are removed; a
 /// Flatten (axis 1) or Reshape to [batch, channels x spatial] before a MatMul/Gemm removes S rows per channel). A
 /// Concat on the channel axis makes its output a group of its own whose channels are its inputs' groups side by side.
-/// One keep set per group: the channels with the largest summed importance over the group's producers (L1 norm of
-/// each output's weights, times |scale / sqrt(var + eps)| of a BatchNormalization right after it, normalized per
-/// producer); round(f x C) are removed. A group that reaches anything else (a graph output, an op this pass does
+/// One keep set per group. Without activations (or without the refit): the channels with the largest summed
+/// importance over the group's producers (L1 norm of each output's weights, times |scale / sqrt(var + eps)| of a
+/// BatchNormalization right after it, normalized per producer); round(f x C) are removed. With them, for every group
+/// whose consumers read its channels directly (no Flatten, at most <see cref="MaxRefitFeatures"/> inputs per output)
+/// and that feeds no Concat, <see cref="ChannelSelection"/> measures on the original model's activations the order in
+/// which to remove channels and the consumers' relative output error after each removal; the Lagrangian allocation
+/// of <see cref="SensitivityPruner.Allocate"/> then spreads over these groups the multiply-adds that round(f x C)
+/// channels of each would remove (the producers', consumers' and depthwise multiply-adds per channel), at least
+/// summed error, in steps of 8 channels for groups of 32 or more channels that are a multiple of 8 (blocked kernels).
+/// Groups not measured lose round(f x C) by norm as before. A group that reaches anything else (a graph output, an op this pass does
 /// not know, a grouped Conv, a shared constant, a layer left alone) is kept whole, and its producers are listed as
 /// skipped with the reason; a Concat whose output cannot be pruned keeps its inputs whole too.
 /// <para>
@@ -506,21 +513,37 @@ internal static class ChannelPruner
             return null;
         }
 
-        // One keep set per group.
-        foreach (Group grp in groups.Where(x => x.Pinned == null && x.Concat == null))
+        // One keep set per group: with calibration activations (and the refit on), chosen by reconstruction and
+        // allocated across the groups from the measured errors; otherwise by the producers' weight norms.
+        List<Group> open = [.. groups.Where(x => x.Pinned == null && x.Concat == null)];
+        Dictionary<Group, (int[] Order, double[] Error)> measured = activations != null && options.Reconstruct
+            ? MeasureGroups(g, [.. open.Where(Selectable)], activations, shapes ??= PrunableLayers.PropagateShapes(g), displayName)
+            : [];
+        Dictionary<Group, int> removeCount = AllocateRemovals(open, measured, options.ChannelFraction,
+            measured.Count == 0 ? [] : open.ToDictionary(x => x, x => ChannelCost(g, x, shapes!)));
+        foreach (Group grp in open)
         {
             int c = grp.Channels;
-            int keep = Math.Max(1, c - (int)Math.Round(options.ChannelFraction * c));
-            if (keep == c)
+            int remove = removeCount[grp];
+            if (remove == 0)
             {
+                string why = measured.ContainsKey(grp)
+                    ? "the measured reconstruction error made its channels the most costly to remove; the allocation took the requested fraction from other groups"
+                    : $"{options.ChannelFraction.ToString(CultureInfo.InvariantCulture)} of {c} outputs rounds to none";
                 foreach (PrunableLayer p in grp.Producers)
                 {
-                    skipped.Add(new SkippedNode(p.Label, p.Node.OpType, $"{options.ChannelFraction.ToString(CultureInfo.InvariantCulture)} of {c} outputs rounds to none"));
+                    skipped.Add(new SkippedNode(p.Label, p.Node.OpType, why));
                 }
                 continue;
             }
+            if (measured.TryGetValue(grp, out var sel))
+            {
+                var gone = new HashSet<int>(sel.Order.Take(remove));
+                grp.Keep = [.. Enumerable.Range(0, c).Where(o => !gone.Contains(o))];
+                continue;
+            }
             double[] importance = Importance(g, grp.Producers, uses, displayName);
-            grp.Keep = Enumerable.Range(0, c).OrderByDescending(o => importance[o]).ThenBy(o => o).Take(keep).Order().ToArray();
+            grp.Keep = Enumerable.Range(0, c).OrderByDescending(o => importance[o]).ThenBy(o => o).Take(c - remove).Order().ToArray();
         }
         // Concat outputs: their inputs' keep sets side by side, once every input is settled.
         var settled = new HashSet<Group>(groups.Where(x => x.Concat == null || x.Pinned != null));
@@ -667,6 +690,199 @@ internal static class ChannelPruner
             int outs = keepOut.TryGetValue(l, out int[]? o) ? o.Length : l.Outputs;
             pruned.Add(new PrunedLayer(l.Label, l.Node.OpType, l.WeightName, l.Data.Length, PrunableLayers.CountNonzeros(l.Data), written[l].Length, PrunableLayers.CountNonzeros(written[l]), l.Outputs, outs));
         }
+    }
+
+    /// <summary>
+    /// A group whose keep set can be chosen by reconstruction: it feeds no Concat, and every consumer reads its
+    /// channels directly (no Flatten/Reshape) with at most <see cref="MaxRefitFeatures"/> inputs per output.
+    /// </summary>
+    private static bool Selectable(Group grp) =>
+        !grp.FeedsConcat && grp.Consumers.Count > 0 && grp.Consumers.All(u => !u.Flattened && u.Spatial == 1 && u.Layer.Reduction <= MaxRefitFeatures);
+
+    /// <summary>
+    /// For each group, the greedy removal order of its channels and the consumers' summed relative output error after
+    /// each removal (<see cref="ChannelSelection"/>), from the unchanged model's calibration activations (collected in
+    /// batches of at most <see cref="ActivationBudget"/> floats, released after each).
+    /// </summary>
+    private static Dictionary<Group, (int[] Order, double[] Error)> MeasureGroups(PassGraph g, List<Group> selectable, ActivationSource activations,
+        Dictionary<string, long[]> shapes, string displayName)
+    {
+        var result = new Dictionary<Group, (int[] Order, double[] Error)>();
+        if (selectable.Count == 0)
+        {
+            return result;
+        }
+        List<PrunableLayer> consumers = [.. selectable.SelectMany(x => x.Consumers.Select(u => u.Layer))];
+        var grams = new Dictionary<PrunableLayer, double[]>();
+        var batch = new List<PrunableLayer>();
+        long floats = 0;
+        void Flush()
+        {
+            if (batch.Count == 0)
+            {
+                return;
+            }
+            List<string> names = [.. batch.Select(l => l.Node.Input[0]).Distinct(StringComparer.Ordinal)];
+            Dictionary<string, Activation> values = new(activations(g.Model, names), StringComparer.Ordinal);
+            foreach (PrunableLayer l in batch)
+            {
+                Activation a = CheckedActivation(l, l.Reduction / l.KernelSize, values, displayName);
+                if (!TensorStats.AllFinite(a.Data))
+                {
+                    throw CompressException.ForFile(displayName, DiagnosticCodes.NonFiniteOutputs, displayName, l.Node.Input[0], "one of the calibration samples (channel selection)");
+                }
+                grams[l] = ChannelSelection.Gram(l, InputHessian(l, a), l.KernelSize);
+            }
+            values.Clear();
+            batch.Clear();
+            floats = 0;
+            GC.Collect(GC.MaxGeneration, GCCollectionMode.Aggressive, blocking: true, compacting: true);
+        }
+        foreach (PrunableLayer l in consumers)
+        {
+            long size = shapes.TryGetValue(l.Node.Input[0], out long[]? sh) ? sh.Aggregate(1L, (x, y) => x * Math.Max(1, y)) : 0;
+            if (batch.Count > 0 && floats + size > ActivationBudget / 512)
+            {
+                Flush();
+            }
+            batch.Add(l);
+            floats += size;
+        }
+        Flush();
+        foreach (Group grp in selectable)
+        {
+            result[grp] = ChannelSelection.Greedy([.. grp.Consumers.Select(u => grams[u.Layer])], grp.Channels);
+        }
+        return result;
+    }
+
+    /// <summary>
+    /// Multiply-adds per sample that go with one channel of a group: its producers' output (reduction x output
+    /// positions), its consumers' input (kernel x outputs x output positions) and its depthwise Convs; 0 when a shape
+    /// is not known.
+    /// </summary>
+    private static long ChannelCost(PassGraph g, Group grp, Dictionary<string, long[]> shapes)
+    {
+        // Output positions of a layer: a Conv's spatial size; for MatMul/Gemm the rows per sample of its input (its
+        // dims between the first and the last; 1 when not known, as for 2-D inputs).
+        long Positions(NodeProto n)
+        {
+            if (n.OpType == "Conv")
+            {
+                return shapes.TryGetValue(n.Output[0], out long[]? s) && s.Length >= 3 ? s.Skip(2).Aggregate(1L, (a, b) => a * Math.Max(1, b)) : 0;
+            }
+            return shapes.TryGetValue(n.Input[0], out long[]? x) && x.Length >= 3 ? x[1..^1].Aggregate(1L, (a, b) => a * Math.Max(1, b)) : 1;
+        }
+        long total = 0;
+        foreach (PrunableLayer p in grp.Producers)
+        {
+            long at = Positions(p.Node);
+            if (at == 0)
+            {
+                return 0;
+            }
+            total += p.Reduction * at;
+        }
+        foreach (Use u in grp.Consumers)
+        {
+            long at = Positions(u.Layer.Node);
+            if (at == 0)
+            {
+                return 0;
+            }
+            total += (long)u.Layer.KernelSize * u.Layer.Outputs * at * u.Spatial;
+        }
+        foreach (NodeProto d in grp.Depthwise)
+        {
+            long at = Positions(d);
+            if (at == 0)
+            {
+                return 0;
+            }
+            total += g.Initializers[d.Input[1]].Dims.Skip(2).Aggregate(1L, (a, b) => a * b) * at;
+        }
+        return total;
+    }
+
+    /// <summary>X^T X of a consumer's input units (im2col patches for a Conv), up to <see cref="ChannelSelection.MaxRows"/> rows evenly spaced.</summary>
+    private static double[] InputHessian(PrunableLayer l, Activation a)
+    {
+        int n = l.Reduction;
+        int chunk = HessianAccumulator.ChunkRows(n);
+        var accumulator = new HessianAccumulator(n);
+        if (l.Node.OpType == "Conv")
+        {
+            for (int first = 0; ; first += chunk)
+            {
+                (float[] x, int rows) = Im2Col(a, l, ChannelSelection.MaxRows, first, chunk);
+                if (rows == 0)
+                {
+                    break;
+                }
+                accumulator.Add(x, rows);
+            }
+            return accumulator.Hessian();
+        }
+        int total = a.Data.Length / n;
+        int selected = Math.Min(total, ChannelSelection.MaxRows);
+        for (int first = 0; first < selected; first += chunk)
+        {
+            int rows = Math.Min(chunk, selected - first);
+            var x = new float[(long)rows * n];
+            for (int r = 0; r < rows; r++)
+            {
+                long pick = (long)(first + r) * total / selected;
+                a.Data.AsSpan((int)(pick * n), n).CopyTo(x.AsSpan(r * n, n));
+            }
+            accumulator.Add(x, rows);
+        }
+        return accumulator.Hessian();
+    }
+
+    /// <summary>
+    /// Channels to remove per group. Without measurements: round(f x C) each. With them, the measured groups together
+    /// lose as many channels as f of each would, spread by the Lagrangian allocation of
+    /// <see cref="SensitivityPruner.Allocate"/> over their error curves (the least summed error), in steps of 8
+    /// channels for groups whose count is a multiple of 8 (kernels run faster on such counts); every group keeps at
+    /// least one step.
+    /// </summary>
+    private static Dictionary<Group, int> AllocateRemovals(List<Group> open, Dictionary<Group, (int[] Order, double[] Error)> measured, double fraction,
+        Dictionary<Group, long> cost)
+    {
+        var result = new Dictionary<Group, int>();
+        foreach (Group grp in open)
+        {
+            result[grp] = (int)Math.Round(fraction * grp.Channels);
+        }
+        List<Group> curved = [.. open.Where(measured.ContainsKey)];
+        if (curved.Count == 0)
+        {
+            return result;
+        }
+        int Step(Group grp) => grp.Channels % 8 == 0 && grp.Channels >= 32 ? 8 : 1;
+        bool flops = curved.All(x => cost.GetValueOrDefault(x) > 0);
+        long Unit(Group grp) => flops ? cost[grp] : 1;
+        long target = curved.Sum(x => result[x] * Unit(x));
+        var curves = new List<IReadOnlyList<SensitivityPoint>>();
+        foreach (Group grp in curved)
+        {
+            int step = Step(grp);
+            double[] error = measured[grp].Error;
+            var points = new List<SensitivityPoint>();
+            for (int k = step; k <= grp.Channels - step; k += step)
+            {
+                points.Add(new SensitivityPoint((double)k / grp.Channels, k * Unit(grp), error[k - 1]));
+            }
+            curves.Add(points);
+        }
+        long[] chosen = SensitivityPruner.Allocate([.. curved.Select(x => x.Channels * Unit(x))], new long[curved.Count], curves, target);
+        for (int i = 0; i < curved.Count; i++)
+        {
+            Group grp = curved[i];
+            int step = Step(grp);
+            result[grp] = (int)Math.Clamp(Math.Round((double)chosen[i] / Unit(grp) / step) * step, 0, grp.Channels - step);
+        }
+        return result;
     }
 
     /// <summary>

@@ -74,7 +74,11 @@ public sealed record PruningOptions
     /// <summary>NofM: group length along the reduction dimension.</summary>
     public int M { get; init; }
 
-    /// <summary>Channels: fraction of output neurons/channels removed from every prunable layer, in (0, 1).</summary>
+    /// <summary>
+    /// Channels: fraction in (0, 1). Without calibration activations, the fraction of output neurons/channels removed
+    /// from every prunable channel group; with them (and <see cref="Reconstruct"/>), the share of the groups'
+    /// multiply-adds removed, allocated over the groups by measured reconstruction error (see ChannelPruner).
+    /// </summary>
     public double ChannelFraction { get; init; }
 
     /// <summary>Weights with fewer elements than this are left alone. Default 16.</summary>

@@ -181,7 +181,9 @@ public sealed class ChannelPruningTests
         File.AppendAllText(Path.Combine(Path.GetTempPath(), "prune-channels.txt"), $"{id}: plain drop {baseline - plainTop1:F2}, refit drop {baseline - refitTop1:F2}, params {paramsFewer:P1} fewer, latency {latency:F2}, {s.ParametersBefore}->{s.ParametersAfter}\n");
 
         Assert.IsNotEmpty(s.Reconstructed);
-        Assert.AreEqual(sp.ParametersAfter, s.ParametersAfter, "the refit changes values, not shapes (these models' Conv consumers have biases)");
+        // Without the refit every group loses round(0.3 x C) by weight norm; with it the channels are chosen by reconstruction and
+        // spread over the groups by the measured error, giving up about the multiply-adds the uniform split would (steps of 8 channels).
+        Assert.IsLessThanOrEqualTo(sp.FlopsAfter * 1.1, (double)s.FlopsAfter, $"{id}: FLOPs {s.FlopsAfter} with the measured allocation, {sp.FlopsAfter} uniform");
         Assert.IsGreaterThanOrEqualTo(0.25, paramsFewer, $"{id}: {s.ParametersBefore} -> {s.ParametersAfter}");
         Assert.IsLessThanOrEqualTo(1.0, baseline - refitTop1, $"{id}: {baseline:F2} -> {refitTop1:F2} with refit");
         Assert.IsGreaterThanOrEqualTo(plainTop1 - 0.2, refitTop1, "the refit must not make it worse");

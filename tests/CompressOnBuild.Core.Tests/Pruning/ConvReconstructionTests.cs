@@ -290,7 +290,10 @@ public sealed class ConvReconstructionTests
         File.AppendAllText(Path.Combine(Path.GetTempPath(), "prune-conv-channels.txt"), line + "\n");
 
         Assert.IsTrue(s.Pruned.Any(pl => pl.OpType == "Conv" && pl.OutputsAfter < pl.OutputsBefore), "a Conv lost channels");
-        Assert.IsTrue(s.Reconstructed.Any(n => s.Pruned.Any(pl => pl.Node == n && pl.OpType == "Conv")), "a Conv consumer was refit");
+        // A Conv consumer is refit, unless the measured allocation kept all of its input channels (lenet5: the first Conv's 6
+        // channels cost more reconstruction error per multiply-add than the Gemms'), which the report says.
+        Assert.IsTrue(s.Reconstructed.Any(n => s.Pruned.Any(pl => pl.Node == n && pl.OpType == "Conv"))
+            || s.Skipped.Any(k => k.OpType == "Conv" && k.Reason.Contains("measured reconstruction error", StringComparison.Ordinal)), "a Conv consumer was refit, or the skip says why not");
         if (id == "mnist-lenet5")
         {
             Assert.IsGreaterThanOrEqualTo(0.25, paramsFewer, $"{id}: {s.ParametersBefore} -> {s.ParametersAfter}");
