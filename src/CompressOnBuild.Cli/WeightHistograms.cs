@@ -127,6 +127,11 @@ internal static class WeightHistograms
                 (q, scale, zp) = (n.Input[0], n.Input[1], n.Input.Count > 2 ? n.Input[2] : null);
                 axis = n.Attribute.FirstOrDefault(a => a.Name == "axis")?.I ?? 1;
             }
+            // A float16 scale reaches the operator through a Cast to float32 (ORT folds it at load).
+            if (scale != null && !init.ContainsKey(scale) && producers.TryGetValue(scale, out NodeProto? cast) && cast.OpType == "Cast" && cast.Input.Count == 1)
+            {
+                scale = cast.Input[0];
+            }
             if (q == null || !init.TryGetValue(q, out TensorProto? qt) || !init.TryGetValue(scale!, out TensorProto? st))
             {
                 continue;

@@ -38,6 +38,12 @@ internal readonly record struct EncodingLevels(byte Zero, byte Min, byte Max, bo
     /// <summary>Scales and codes keep adjacent same-sign pairs within <see cref="Quantization.AdjacentPairBound.MaxPairLevels"/>.</summary>
     public bool PairBounded { get; init; }
 
+    /// <summary>
+    /// Per-channel scales are made float16-exact (rounded up) before the codes are computed, so they can be stored as
+    /// float16 (<see cref="Quantization.HalfScales"/>); a channel set outside float16's normal range keeps float32 scales.
+    /// </summary>
+    public bool HalfScales { get; init; }
+
     /// <exception cref="CompressException">CMPR0003 for a value that is not a known encoding.</exception>
     public static EncodingLevels Of(WeightEncoding encoding, string displayName) => encoding switch
     {
@@ -76,6 +82,14 @@ public sealed class QuantizationOptions
     /// models are raised to 11 only when every operator they use means the same there. Default true.
     /// </summary>
     public bool QuantizeConv { get; init; } = true;
+
+    /// <summary>
+    /// Store the scale vectors (per-channel weight scales, per-row embedding scales, smoothing factors) and the
+    /// quantized products' biases as float16 behind a Cast that ONNX Runtime folds at load
+    /// (<see cref="Quantization.HalfScales"/>): about 2 bytes per output channel and per table row less. Default true;
+    /// false stores them as float32, as the streaming path (<see cref="StreamingQuantizer"/>) always does.
+    /// </summary>
+    public bool Float16Scales { get; init; } = true;
 
     /// <summary>
     /// Calibration activations (the item's data). When set, MatMul/Gemm inputs whose measured int8 error drops by

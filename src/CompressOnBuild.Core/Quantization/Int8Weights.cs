@@ -12,14 +12,17 @@ namespace CompressOnBuild.Core.Quantization;
 internal static class Int8Weights
 {
     /// <summary>
-    /// Codes ([N, K], uint8 or int8 reinterpreted as bytes), per-channel scales (pair-bounded when the levels say so)
-    /// and the largest |w - dequantized(w)|.
+    /// Codes ([N, K], uint8 or int8 reinterpreted as bytes), per-channel scales (pair-bounded when the levels say so;
+    /// float16-exact when <see cref="EncodingLevels.HalfScales"/> and every scale is in float16's normal range: then
+    /// <c>Half</c> is true) and the largest |w - dequantized(w)|.
     /// </summary>
-    public static (byte[] Codes, float[] Scales, float MaxError) Quantize(ReadOnlySpan<float> channelMajor, int n, int k, EncodingLevels levels)
+    public static (byte[] Codes, float[] Scales, float MaxError, bool Half) Quantize(ReadOnlySpan<float> channelMajor, int n, int k, EncodingLevels levels)
     {
         (byte zero, byte min, byte max, bool unsigned, _) = levels;
         var scales = new float[n];
         AdjacentPairBound.RowScales(channelMajor, n, k, levels, scales);
+        // Rounded up: max|w| / scale and the pair sums stay within the levels, so the codes below fit as before.
+        bool half = levels.HalfScales && HalfScales.TryRoundUp(scales);
         var codes = new byte[(long)n * k];
         var roundTrip = new float[k];
         float maxError = 0f;
@@ -44,13 +47,13 @@ internal static class Int8Weights
             }
             maxError = MathF.Max(maxError, ErrorMetrics.MaxAbsDifference(row, roundTrip));
         }
-        return (codes, scales, maxError);
+        return (codes, scales, maxError, half);
     }
 
     /// <summary>The weights as the quantized model computes with them (quantized, then dequantized), channel-major.</summary>
     public static float[] Dequantized(ReadOnlySpan<float> channelMajor, int n, int k, EncodingLevels levels)
     {
-        (byte[] codes, float[] scales, _) = Quantize(channelMajor, n, k, levels);
+        (byte[] codes, float[] scales, _, _) = Quantize(channelMajor, n, k, levels);
         var result = new float[codes.Length];
         for (int j = 0; j < n; j++)
         {

@@ -13,6 +13,7 @@ internal abstract class LoweringContext
 {
     private readonly Dictionary<string, object> _encoded = new(StringComparer.Ordinal);
     private readonly List<(string Domain, long Version)> _opsets = [];
+    private readonly Dictionary<string, string> _asFloat = new(StringComparer.Ordinal);
 
     protected LoweringContext(PassGraph graph, string displayName, IReadOnlyCollection<string> excludedNodes, long minimumWeightElements)
     {
@@ -66,6 +67,7 @@ internal abstract class LoweringContext
         Graph = scope;
         Replaced = new ReplacedConstants();
         _encoded.Clear();
+        _asFloat.Clear();
     }
 
     /// <summary>
@@ -93,6 +95,22 @@ internal abstract class LoweringContext
         Graph.Replace(site.Node, nodes);
         Replaced.Add(site.WeightName, site.Weight);
         Quantized.Add(new QuantizedNode(OnnxNames.Label(site.Node), site.Node.OpType, site.WeightName, rows, columns, maxError));
+    }
+
+    /// <summary>
+    /// The float32 value of the float16 initializer <paramref name="half"/> (<see cref="HalfScales"/>): the output of one
+    /// Cast per graph, added to <paramref name="inserted"/> by the first lowering that reads it (sites are lowered in
+    /// graph order, so it comes before every reader).
+    /// </summary>
+    public string AsFloat32(string half, List<NodeProto> inserted)
+    {
+        if (!_asFloat.TryGetValue(half, out string? name))
+        {
+            name = Graph.Unique(half + "_f32");
+            inserted.Add(Graph.Cast(half, name, TensorProto.Types.DataType.Float));
+            _asFloat[half] = name;
+        }
+        return name;
     }
 
     /// <summary>Asks for <paramref name="domain"/> at <paramref name="version"/> or later, applied when the pass has quantized something.</summary>

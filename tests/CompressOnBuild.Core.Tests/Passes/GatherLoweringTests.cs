@@ -106,8 +106,13 @@ public sealed class GatherLoweringTests
         QuantizedNode layer = done.Single();
         Assert.AreEqual("Gather", layer.OpType);
         Assert.AreEqual((Rows, Cols), (layer.Rows, layer.Columns));
-        NodeProto node = quantized.Graph.Node.Single();
+        NodeProto node = quantized.Graph.Node.Single(n => n.OpType != "Cast");
         Assert.AreEqual(GatherLowering.QuantizedOpType, node.OpType);
+        // 8 bits: the row scales are float16 behind one Cast (ORT folds it at load); 4 bits: float32 block scales.
+        NodeProto? cast = quantized.Graph.Node.SingleOrDefault(n => n.OpType == "Cast");
+        Assert.AreEqual(bits == 8, cast != null && cast.Output[0] == node.Input[2]);
+        TensorProto scales = quantized.Graph.Initializer.Single(t => t.Name == (cast?.Input[0] ?? node.Input[2]));
+        Assert.AreEqual((int)(bits == 8 ? TensorProto.Types.DataType.Float16 : TensorProto.Types.DataType.Float), scales.DataType);
         Assert.AreEqual("com.microsoft", node.Domain);
         Assert.AreEqual("ids", node.Input[1], "the token ids go in unchanged");
         Assert.IsFalse(quantized.Graph.Initializer.Any(t => t.Name == "table"), "the float table is gone");
@@ -143,7 +148,7 @@ public sealed class GatherLoweringTests
         ModelProto quantized = original.Clone();
         (List<QuantizedNode> done, _) = Quantize(quantized, 8);
         Assert.AreEqual("Gather", done.Single().OpType);
-        Assert.AreEqual(GatherLowering.QuantizedOpType, quantized.Graph.Node.Single().OpType);
+        Assert.AreEqual(GatherLowering.QuantizedOpType, quantized.Graph.Node.Single(n => n.OpType != "Cast").OpType);
         float[] expected = Run(original), actual = Run(quantized);
         Assert.IsGreaterThanOrEqualTo(0.9999, Cosine(expected, actual));
         Assert.IsLessThan(original.CalculateSize() * 0.3, quantized.CalculateSize());

@@ -23,7 +23,9 @@ internal interface ITableEncoding
 /// codes with ORT's implicit zero point 128: scale = max|row| / 127, codes 1..255. 4 bits: blocks of
 /// <c>blockSize</c> along the row, the same block parameters as MatMulNBits (<see cref="Int4WeightQuantizer.QuantizeBlocks"/>),
 /// two codes per byte (even element in the low nibble); symmetric blocks use ORT's implicit zero point 8, asymmetric
-/// ones store packed 4-bit zero points. Scales are float32 [rows, blocks].
+/// ones store packed 4-bit zero points. Scales are float32 [rows, blocks]; 8-bit row scales are stored as float16
+/// behind a Cast when <see cref="Scheme.HalfScales"/> (<see cref="HalfScales"/>: rounded up to float16 before the codes
+/// are computed, so the table means exactly what was measured; ORT folds the Cast at load).
 /// </para>
 /// The scheme's context says which (<see cref="ITableEncoding"/>).
 /// </summary>
@@ -34,12 +36,15 @@ internal sealed class GatherLowering : IOperatorLowering
     /// <summary>How tables are encoded: 8 bits per row, or 4 bits in blocks.</summary>
     internal readonly record struct Scheme(int Bits, int BlockSize, bool Symmetric)
     {
+        /// <summary>8 bits: row scales stored as float16 where they fit (<see cref="Quantization.HalfScales"/>).</summary>
+        public bool HalfScales { get; init; }
+
         public static Scheme Int8PerRow => new(8, 0, true);
 
         public static Scheme Int4(int blockSize, bool symmetric) => new(4, blockSize, symmetric);
     }
 
-    private sealed record StoredTable(string Codes, string Scales, string? ZeroPoints, int BlockSize, int Rows, int Cols, float MaxError);
+    private sealed record StoredTable(string Codes, string Scales, string? ZeroPoints, int BlockSize, int Rows, int Cols, float MaxError, bool HalfScales);
 
     public string OpType => "Gather";
 
@@ -95,7 +100,9 @@ internal sealed class GatherLowering : IOperatorLowering
         PassGraph graph = context.Graph;
         StoredTable t = context.Encoded("table|" + site.WeightName, () => Encode(context, site, scheme));
         NodeProto g = site.Node;
-        string[] inputs = t.ZeroPoints == null ? [t.Codes, g.Input[1], t.Scales] : [t.Codes, g.Input[1], t.Scales, t.ZeroPoints];
+        var nodes = new List<NodeProto>();
+        string scales = t.HalfScales ? context.AsFloat32(t.Scales, nodes) : t.Scales;
+        string[] inputs = t.ZeroPoints == null ? [t.Codes, g.Input[1], scales] : [t.Codes, g.Input[1], scales, t.ZeroPoints];
         var q = new NodeProto { OpType = QuantizedOpType, Domain = OnnxNames.MicrosoftDomain, Name = g.Name }; // same name: labels stay
         q.Input.AddRange(inputs);
         q.Output.AddRange(g.Output);
@@ -104,7 +111,8 @@ internal sealed class GatherLowering : IOperatorLowering
         q.Attribute.Add(PassGraph.IntAttribute("block_size", t.BlockSize));
         q.Attribute.Add(PassGraph.IntAttribute("bits", scheme.Bits));
         context.RequireOpset(OnnxNames.MicrosoftDomain, 1);
-        context.ReplaceSite(site, [q], t.Rows, t.Cols, t.MaxError);
+        nodes.Add(q);
+        context.ReplaceSite(site, nodes, t.Rows, t.Cols, t.MaxError);
     }
 
     /// <summary>Encodes the table once and adds its initializers.</summary>
@@ -113,13 +121,13 @@ internal sealed class GatherLowering : IOperatorLowering
         PassGraph graph = context.Graph;
         int rows = (int)site.Weight.Dims[0], cols = (int)site.Weight.Dims[1];
         float[] data = context.Floats(site.Weight.Tensor);
-        (byte[] codes, long[] codeDims, float[] scales, int blocks, byte[]? zeroPoints, int blockSize, float maxError) = scheme.Bits == 8
-            ? EncodeInt8(data, rows, cols)
+        (byte[] codes, long[] codeDims, float[] scales, int blocks, byte[]? zeroPoints, int blockSize, float maxError, bool half) = scheme.Bits == 8
+            ? EncodeInt8(data, rows, cols, scheme.HalfScales && HalfScales.Worth(rows, site.WeightName + "_q8_scales"))
             : EncodeInt4(data, rows, cols, scheme);
         string baseName = graph.Unique(site.WeightName + (scheme.Bits == 8 ? "_q8" : "_q4"));
         graph.AddInitializer(TensorUtil.FromUInt8(baseName, codes, codeDims));
         string scaleName = graph.Unique(baseName + "_scales");
-        graph.AddInitializer(TensorUtil.FromFloats(scaleName, scales, rows, blocks));
+        graph.AddInitializer(half ? HalfScales.Tensor(scaleName, scales, rows, blocks) : TensorUtil.FromFloats(scaleName, scales, rows, blocks));
         string? zeroName = null;
         if (zeroPoints != null)
         {
@@ -127,12 +135,15 @@ internal sealed class GatherLowering : IOperatorLowering
             graph.AddInitializer(TensorUtil.FromUInt8(zeroName, zeroPoints, rows, zeroPoints.Length / rows));
         }
         context.FloatWeightBytes += (long)rows * cols * sizeof(float);
-        context.QuantizedWeightBytes += codes.LongLength + scales.LongLength * sizeof(float) + (zeroPoints?.LongLength ?? 0);
-        return new StoredTable(baseName, scaleName, zeroName, blockSize, rows, cols, maxError);
+        context.QuantizedWeightBytes += codes.LongLength + scales.LongLength * (half ? 2 : sizeof(float)) + (zeroPoints?.LongLength ?? 0);
+        return new StoredTable(baseName, scaleName, zeroName, blockSize, rows, cols, maxError, half);
     }
 
-    /// <summary>Per-row symmetric uint8 (zero point 128 implied): one block spanning the row.</summary>
-    private static (byte[] Codes, long[] Dims, float[] Scales, int Blocks, byte[]? ZeroPoints, int BlockSize, float MaxError) EncodeInt8(float[] data, int rows, int cols)
+    /// <summary>
+    /// Per-row symmetric uint8 (zero point 128 implied): one block spanning the row. <paramref name="halfScales"/>: the
+    /// scales rounded up to float16 first when they all fit (then Half is true).
+    /// </summary>
+    private static (byte[] Codes, long[] Dims, float[] Scales, int Blocks, byte[]? ZeroPoints, int BlockSize, float MaxError, bool Half) EncodeInt8(float[] data, int rows, int cols, bool halfScales)
     {
         var scales = new float[rows];
         TensorStats.RowMaxAbs(data, rows, cols, scales);
@@ -140,6 +151,7 @@ internal sealed class GatherLowering : IOperatorLowering
         {
             scales[r] = scales[r] > 0f ? scales[r] / 127f : 1f;
         }
+        bool half = halfScales && HalfScales.TryRoundUp(scales);
         var zeros = new byte[rows];
         Array.Fill(zeros, (byte)128);
         var codes = new byte[(long)rows * cols];
@@ -152,11 +164,11 @@ internal sealed class GatherLowering : IOperatorLowering
             maxError = MathF.Max(maxError, ErrorMetrics.MaxAbsDifference(data.AsSpan(r * cols, cols), back));
         }
         int blockSize = (int)BitOperations.RoundUpToPowerOf2((uint)Math.Max(16, cols));
-        return (codes, [rows, cols], scales, 1, null, blockSize, maxError);
+        return (codes, [rows, cols], scales, 1, null, blockSize, maxError, half);
     }
 
     /// <summary>Blockwise 4-bit, rows packed to cols/2 bytes (the padding of a last partial block dropped).</summary>
-    private static (byte[] Codes, long[] Dims, float[] Scales, int Blocks, byte[]? ZeroPoints, int BlockSize, float MaxError) EncodeInt4(float[] data, int rows, int cols, Scheme scheme)
+    private static (byte[] Codes, long[] Dims, float[] Scales, int Blocks, byte[]? ZeroPoints, int BlockSize, float MaxError, bool Half) EncodeInt4(float[] data, int rows, int cols, Scheme scheme)
     {
         int block = scheme.BlockSize;
         (byte[] packed, float[] scales, byte[]? zeroPoints, float maxError) = Int4WeightQuantizer.QuantizeBlocks(data, rows, cols, block, scheme.Symmetric);
@@ -171,6 +183,6 @@ internal sealed class GatherLowering : IOperatorLowering
                 packed.AsSpan((int)((long)r * paddedRow), row).CopyTo(codes.AsSpan((int)((long)r * row), row));
             }
         }
-        return (codes, [rows, row], scales, blocks, zeroPoints, block, maxError);
+        return (codes, [rows, row], scales, blocks, zeroPoints, block, maxError, false);
     }
 }

@@ -79,7 +79,7 @@ internal sealed class Int8AttentionLowering : OperatorLowering<Int8DynamicContex
         PassGraph g = context.Graph;
         NodeProto node = c.Node;
         string label = OnnxNames.Label(node);
-        Int8Matrix stored = context.EncodeMatrix(c);
+        Int8Matrix stored = context.EncodeMatrix(c, halfScale: false); // QAttention reads its weight scale as a float32 initializer
         var inserted = new List<NodeProto>();
         string x = context.ActivationInput(c, inserted);
         if (!context.QuantizedActivations.TryGetValue(x, out var xq))

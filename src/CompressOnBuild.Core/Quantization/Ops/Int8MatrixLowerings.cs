@@ -17,21 +17,22 @@ internal sealed class Int8MatMulLowering : OperatorLowering<Int8DynamicContext>
 
     protected override void Lower(Int8DynamicContext context, WeightSite c)
     {
-        Int8Matrix stored = context.EncodeMatrix(c);
+        Int8Matrix stored = context.EncodeMatrix(c, halfScale: true);
         var inserted = new List<NodeProto>();
-        NodeProto q = context.DynamicQuantizeMatMul(c.Node, context.ActivationInput(c, inserted), stored);
+        NodeProto q = context.DynamicQuantizeMatMul(c.Node, context.ActivationInput(c, inserted), stored, inserted);
+        FoldBiasAdd(context, c.Node, q, stored.N, inserted); // before q: a float16 bias's Cast goes ahead of it
         inserted.Add(q);
-        FoldBiasAdd(context, c.Node, q, stored.N);
         Int8DynamicContext.TrimOptionalInputs(q);
         context.ReplaceSite(c, inserted, stored.K, stored.N, stored.MaxError);
     }
 
     /// <summary>
     /// MatMul followed by its only consumer Add(y, constant bias of N elements): the bias becomes
-    /// DynamicQuantizeMatMul's bias input and the Add goes. A [1, .., 1, N] bias is folded only when the activation's
+    /// DynamicQuantizeMatMul's bias input (float16 behind a Cast where the scheme stores float16, see
+    /// <see cref="HalfScales"/>) and the Add goes. A [1, .., 1, N] bias is folded only when the activation's
     /// rank is known to be at least the bias rank (so broadcasting cannot have raised the output rank).
     /// </summary>
-    private static void FoldBiasAdd(Int8DynamicContext context, NodeProto matmul, NodeProto quantized, int n)
+    private static void FoldBiasAdd(Int8DynamicContext context, NodeProto matmul, NodeProto quantized, int n, List<NodeProto> inserted)
     {
         PassGraph g = context.Graph;
         string y = matmul.Output[0];
@@ -62,8 +63,18 @@ internal sealed class Int8MatMulLowering : OperatorLowering<Int8DynamicContext>
             return;
         }
         string bias = g.Unique(other + "_bias");
-        g.AddInitializer(TensorUtil.FromFloats(bias, context.Floats(cv.Tensor), n));
-        context.QuantizedWeightBytes += (long)n * 4;
+        float[] values = (float[])context.Floats(cv.Tensor).Clone();
+        if (context.Levels.HalfScales && HalfScales.Worth(n, bias) && HalfScales.TryRoundBias(values))
+        {
+            g.AddInitializer(HalfScales.Tensor(bias, values, n));
+            context.QuantizedWeightBytes += (long)n * 2;
+            bias = context.AsFloat32(bias, inserted);
+        }
+        else
+        {
+            g.AddInitializer(TensorUtil.FromFloats(bias, values, n));
+            context.QuantizedWeightBytes += (long)n * 4;
+        }
         quantized.Input.Add(bias);
         quantized.Output[0] = add.Output[0];
         g.RemoveNode(add);
@@ -107,10 +118,10 @@ internal sealed class Int8GemmLowering : OperatorLowering<Int8DynamicContext>
 
     protected override void Lower(Int8DynamicContext context, WeightSite c)
     {
-        Int8Matrix stored = context.EncodeMatrix(c);
+        Int8Matrix stored = context.EncodeMatrix(c, halfScale: true);
         var inserted = new List<NodeProto>();
         string a = c.TransA ? MatrixParts.InputA(context, c, inserted) : context.ActivationInput(c, inserted);
-        NodeProto q = context.DynamicQuantizeMatMul(c.Node, a, stored);
+        NodeProto q = context.DynamicQuantizeMatMul(c.Node, a, stored, inserted);
         inserted.Add(q);
         MatrixParts.AddGemmC(context, c, stored.N, q, inserted, q.Input.Add);
         Int8DynamicContext.TrimOptionalInputs(q);

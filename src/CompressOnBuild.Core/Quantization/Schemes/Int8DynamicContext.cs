@@ -9,8 +9,12 @@ using CompressOnBuild.Onnx;
 
 namespace CompressOnBuild.Core.Quantization.Schemes;
 
-/// <summary>A quantized [K, N] weight as DynamicQuantizeMatMul reads it: codes, per-column scales and zero points ("" for signed codes: default 0).</summary>
-internal sealed record Int8Matrix(string Quantized, string Scale, string ZeroPoint, int K, int N, float MaxError);
+/// <summary>
+/// A quantized [K, N] weight as DynamicQuantizeMatMul reads it: codes, per-column scales and zero points ("" for signed
+/// codes: default 0). <paramref name="HalfScale"/>: the scales are a float16 initializer (read through
+/// <see cref="LoweringContext.AsFloat32"/>).
+/// </summary>
+internal sealed record Int8Matrix(string Quantized, string Scale, string ZeroPoint, int K, int N, float MaxError, bool HalfScale = false);
 
 /// <summary>A quantized Conv weight as ConvInteger reads it: uint8 codes, [M, 1, ...] scales, one zero point 128.</summary>
 internal sealed record Int8ConvWeight(string Quantized, string Scale, string ZeroPoint, int PerChannel, int M, float MaxError);
@@ -25,7 +29,8 @@ internal sealed class Int8DynamicContext : LoweringContext, ITableEncoding, IWei
         : base(graph, displayName, options.ExcludedNodes, options.MinimumWeightElements)
     {
         Options = options;
-        Levels = EncodingLevels.Of(options.WeightEncoding, displayName); // an unknown encoding fails before anything changes
+        // An unknown encoding fails before anything changes. Scales are stored as float16 where the model allows it.
+        Levels = EncodingLevels.Of(options.WeightEncoding, displayName) with { HalfScales = options.Float16Scales && HalfScales.Allowed(graph) };
         ConvBlocked = options.QuantizeConv
             ? OpsetRaise.BlockingReason(graph.Model, 11, "Conv needs default opset 11 (DynamicQuantizeLinear)")
             : null;
@@ -48,20 +53,23 @@ internal sealed class Int8DynamicContext : LoweringContext, ITableEncoding, IWei
         QuantizedActivations.Clear();
     }
 
-    public GatherLowering.Scheme TableScheme => GatherLowering.Scheme.Int8PerRow;
+    public GatherLowering.Scheme TableScheme => GatherLowering.Scheme.Int8PerRow with { HalfScales = Levels.HalfScales };
 
     /// <summary>
     /// The weight of a MatMul/Gemm site (alpha folded in, transB applied) quantized in channel-major order (row j of
     /// the [N, K] view is output channel j: max-abs scale, quantize, dequantize to measure the error) and stored as
-    /// [K, N] for DynamicQuantizeMatMul; once per weight, transB and alpha.
+    /// [K, N] for DynamicQuantizeMatMul; once per weight, transB and alpha. <paramref name="halfScale"/>: the scales may be
+    /// stored as float16 (<see cref="HalfScales"/>; the reader then casts them, see <see cref="DynamicQuantizeMatMul"/>).
     /// </summary>
-    public Int8Matrix EncodeMatrix(WeightSite c)
+    public Int8Matrix EncodeMatrix(WeightSite c, bool halfScale)
     {
         string weightName = c.WeightName;
         int k = (int)(c.TransB ? c.Weight.Dims[1] : c.Weight.Dims[0]);
         int n = (int)(c.TransB ? c.Weight.Dims[0] : c.Weight.Dims[1]);
+        string baseName = weightName + (c.TransB ? "_t" : "");
+        EncodingLevels levels = Levels with { HalfScales = Levels.HalfScales && halfScale && HalfScales.Worth(n, baseName + "_scale") };
         string key = "matrix|" + weightName + (c.TransB ? "|T" : "") + (c.Alpha != 1f ? "|a" + c.Alpha.ToString("R", CultureInfo.InvariantCulture) : "")
-            + (Smoothing(c) != null ? "|smoothed by " + c.Node.Input[0] : "");
+            + (Smoothing(c) != null ? "|smoothed by " + c.Node.Input[0] : "") + (levels.HalfScales ? "|h" : "");
         return Encoded(key, () =>
         {
             float[] data = Floats(c.Weight.Tensor);
@@ -70,17 +78,16 @@ internal sealed class Int8DynamicContext : LoweringContext, ITableEncoding, IWei
             {
                 TensorPrimitives.Multiply(channelMajor, c.Alpha, channelMajor);
             }
-            (byte zero, _, _, bool unsigned, _) = Levels;
+            (byte zero, _, _, bool unsigned, _) = levels;
             if (Smoothing(c) is { } smoothing)
             {
                 SmoothQuant.ScaleInputChannels(channelMajor, n, k, smoothing.Factors);
             }
-            (byte[] quantized, float[] scales, float maxError) = Int8Weights.Quantize(channelMajor, n, k, Levels);
+            (byte[] quantized, float[] scales, float maxError, bool half) = Int8Weights.Quantize(channelMajor, n, k, levels);
             byte[] kMajor = PassGraph.Transpose(quantized, n, k);
 
             // Signed codes are symmetric around 0, DynamicQuantizeMatMul's default zero point: none is stored ("").
-            string baseName = weightName + (c.TransB ? "_t" : "");
-            var stored = new Int8Matrix(Graph.Unique(baseName + "_quantized"), Graph.Unique(baseName + "_scale"), unsigned ? Graph.Unique(baseName + "_zero_point") : "", k, n, maxError);
+            var stored = new Int8Matrix(Graph.Unique(baseName + "_quantized"), Graph.Unique(baseName + "_scale"), unsigned ? Graph.Unique(baseName + "_zero_point") : "", k, n, maxError, half);
             long zeroBytes = 0;
             if (unsigned)
             {
@@ -94,9 +101,9 @@ internal sealed class Int8DynamicContext : LoweringContext, ITableEncoding, IWei
             {
                 Graph.AddInitializer(TensorUtil.FromInt8(stored.Quantized, MemoryMarshal.Cast<byte, sbyte>(kMajor), k, n));
             }
-            Graph.AddInitializer(TensorUtil.FromFloats(stored.Scale, scales, n));
+            Graph.AddInitializer(half ? HalfScales.Tensor(stored.Scale, scales, n) : TensorUtil.FromFloats(stored.Scale, scales, n));
             FloatWeightBytes += (long)data.Length * 4;
-            QuantizedWeightBytes += kMajor.Length + zeroBytes + (long)scales.Length * 4;
+            QuantizedWeightBytes += kMajor.Length + zeroBytes + (long)scales.Length * (half ? 2 : 4);
             return stored;
         });
     }
@@ -143,14 +150,21 @@ internal sealed class Int8DynamicContext : LoweringContext, ITableEncoding, IWei
 
     private readonly Dictionary<string, SmoothedInput> _smoothed = new(StringComparer.Ordinal);
 
-    /// <summary>One smoothed layer input: its factors, the decision measured, and the Mul's output once inserted.</summary>
-    internal sealed class SmoothedInput(string input, SmoothQuant.Decision decision)
+    /// <summary>
+    /// One smoothed layer input: the decision measured, the factors s the weights are scaled by, the 1 / s the Mul
+    /// applies (float16-exact when <paramref name="halfInverse"/>, s = 1 / that then), and the Mul's output once inserted.
+    /// </summary>
+    internal sealed class SmoothedInput(string input, SmoothQuant.Decision decision, float[] inverse, bool halfInverse)
     {
         public string Input { get; } = input;
 
         public SmoothQuant.Decision Decision { get; } = decision;
 
         public float[] Factors => Decision.Factors!;
+
+        public float[] Inverse { get; } = inverse;
+
+        public bool HalfInverse { get; } = halfInverse;
 
         public string? Scaled { get; set; }
     }
@@ -185,11 +199,19 @@ internal sealed class Int8DynamicContext : LoweringContext, ITableEncoding, IWei
             }
             var consumers = group.Select(c => new SmoothQuant.Consumer(ChannelMajor(c), MatrixParts.Shape(c).N)).ToList();
             SmoothQuant.Decision d = SmoothQuant.Decide(act.Data, act.Data.Length / k, k, consumers, Levels);
-            SmoothingDecisions.Add((group.Key, d));
             if (d.Factors != null)
             {
-                _smoothed[group.Key] = new SmoothedInput(group.Key, d);
+                // 1 / s stored as float16 where every value fits (the nearest float16; the weights then take exactly
+                // s = 1 / that, so X W is unchanged up to float rounding).
+                float[] inverse = d.Factors.Select(f => 1f / f).ToArray();
+                bool half = Levels.HalfScales && HalfScales.Worth(k, group.Key + "_smooth_inverse") && HalfScales.TryRoundNearest(inverse);
+                if (half)
+                {
+                    d = d with { Factors = inverse.Select(v => 1f / v).ToArray() };
+                }
+                _smoothed[group.Key] = new SmoothedInput(group.Key, d, inverse, half);
             }
+            SmoothingDecisions.Add((group.Key, d));
         }
     }
 
@@ -209,8 +231,12 @@ internal sealed class Int8DynamicContext : LoweringContext, ITableEncoding, IWei
         if (s.Scaled == null)
         {
             string inverse = Graph.Unique(s.Input + "_smooth_inverse");
-            Graph.AddInitializer(TensorUtil.FromFloats(inverse, s.Factors.Select(f => 1f / f).ToArray(), s.Factors.Length));
-            QuantizedWeightBytes += (long)s.Factors.Length * 4;
+            Graph.AddInitializer(s.HalfInverse ? HalfScales.Tensor(inverse, s.Inverse, s.Inverse.Length) : TensorUtil.FromFloats(inverse, s.Inverse, s.Inverse.Length));
+            QuantizedWeightBytes += (long)s.Inverse.Length * (s.HalfInverse ? 2 : 4);
+            if (s.HalfInverse)
+            {
+                inverse = AsFloat32(inverse, inserted);
+            }
             s.Scaled = Graph.Unique(s.Input + "_smoothed");
             inserted.Add(Graph.Node("Mul", null, [s.Input, inverse], [s.Scaled]));
         }
@@ -230,9 +256,13 @@ internal sealed class Int8DynamicContext : LoweringContext, ITableEncoding, IWei
         return channelMajor;
     }
 
-    /// <summary>The com.microsoft DynamicQuantizeMatMul node reading <paramref name="a"/> and <paramref name="stored"/>.</summary>
-    public NodeProto DynamicQuantizeMatMul(NodeProto replaced, string a, Int8Matrix stored)
+    /// <summary>
+    /// The com.microsoft DynamicQuantizeMatMul node reading <paramref name="a"/> and <paramref name="stored"/> (float16
+    /// scales through a Cast added to <paramref name="inserted"/> the first time; the node itself is not added).
+    /// </summary>
+    public NodeProto DynamicQuantizeMatMul(NodeProto replaced, string a, Int8Matrix stored, List<NodeProto> inserted)
     {
+        string scale = stored.HalfScale ? AsFloat32(stored.Scale, inserted) : stored.Scale;
         var q = new NodeProto
         {
             OpType = Int8DynamicQuantizer.QuantizedOpType,
@@ -241,7 +271,7 @@ internal sealed class Int8DynamicContext : LoweringContext, ITableEncoding, IWei
         };
         q.Input.Add(a);
         q.Input.Add(stored.Quantized);
-        q.Input.Add(stored.Scale);
+        q.Input.Add(scale);
         q.Input.Add(stored.ZeroPoint);
         q.Output.Add(replaced.Output[0]);
         RequireOpset(OnnxNames.MicrosoftDomain, 1);
