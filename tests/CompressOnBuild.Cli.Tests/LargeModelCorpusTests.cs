@@ -50,6 +50,35 @@ public sealed class LargeModelCorpusTests
         Assert.IsTrue(D(v["embedding"]!["meanCosine"]) >= 0.9999, r.ToJsonString());
     }
 
+    /// <summary>
+    /// Issue 18's MiniLM Int8 row, as the default Int8 runs it without CalibrationData (dynamic: per-channel
+    /// pair-bounded int8 weights, int8 embedding tables, SmoothQuant smoothing measured on 32 of the sentences) at
+    /// sequence length 128, validated on 200 evenly spaced corpus sentences instead of all 2,000 so that it fits CI's
+    /// time (docs/results.md has the full-data row; latency is measured there, not asserted here). The size target is
+    /// in decimal megabytes: 23.0 MB = 23,000,000 bytes (the issue's unit: its "90.9 MB" fp32 model is 90,893,304
+    /// bytes; ONNX Runtime's published int8 export is about 23 MB in the same unit). Targets: mean cosine >= 0.995,
+    /// min >= 0.98, clear-neighbour agreement >= 98%, similarity rank correlation >= 0.995.
+    /// </summary>
+    [TestMethod]
+    public void MiniLm_Int8_MeetsTheSizeAndQualityTargets_OnASubsetOfTheSentences()
+    {
+        string model = Corpus.Large("all-minilm-l6-v2", "model.onnx");
+        JsonNode r = Compress(model, "minilm-int8", ["--quantization", "Int8", "--sequence-length", "128", .. Sentences(200)]);
+        JsonNode v = r["validation"]!, e = v["embedding"]!;
+        string all = r["model"]!.ToJsonString() + " " + e.ToJsonString();
+        Console.WriteLine("MiniLM Int8 (200 sentences): " + all);
+        Assert.AreEqual("Int8Dynamic", r["quantization"]!["scheme"]!.GetValue<string>());
+        Assert.AreEqual(200, v["samples"]!.GetValue<int>());
+        long bytes = r["model"]!["compressedBytes"]!.GetValue<long>();
+        Assert.AreEqual(new FileInfo(P("minilm-int8.onnx")).Length, bytes, "the report states the shipped file's size");
+        Assert.IsLessThanOrEqualTo(23_000_000L, bytes, "size target 23.0 MB (decimal): " + all);
+        Assert.IsGreaterThanOrEqualTo(0.995, D(e["meanCosine"]), all);
+        Assert.IsGreaterThanOrEqualTo(0.98, D(e["minCosine"]), all);
+        Assert.IsGreaterThanOrEqualTo(80, e["clearNeighborSamples"]!.GetValue<int>(), "enough sentences with a clear neighbour to judge: " + all);
+        Assert.IsGreaterThanOrEqualTo(0.98, D(e["neighborAgreement"]), all);
+        Assert.IsGreaterThanOrEqualTo(0.995, D(e["similarityCorrelation"]), all);
+    }
+
     [TestMethod]
     public void ResNet18_Float16_OnUnlabelledPhotos_IsJudgedAsFeatures()
     {
