@@ -92,7 +92,7 @@ internal static class Compressor
 
         progress?.Phase("loading the model");
         MemoryTrace.Mark(s.Model, "start");
-        ModelProto original = ModelIO.Load(s.Model);
+        ModelProto original = ModelIO.Load(s.Model, out bool externalData);
         MemoryTrace.Mark(s.Model, "loaded");
         ModelChecker.Validate(original, s.Model);
         (result.OriginalBytes, result.OriginalSha256) = HashModel(original);
@@ -132,6 +132,9 @@ internal static class Compressor
                 Progress = progress,
             };
             kept = null;
+            // Activation smoothing's layer inputs are collected from the model file before the pass parses it (only one
+            // model-sized thing alive at a time): the candidates are known from the graph alone.
+            context.SmoothingCandidates = externalData || s.Tune ? null : SmoothingCandidates(hints);
             progress?.Phase("reading the validation data");
             context.Data = LoadData(result, hints, context.OriginalRunner, out string source);
             hints = null!;
@@ -496,6 +499,34 @@ internal static class Compressor
         return (hash.Length, hash.HexDigest());
     }
 
+    /// <summary>
+    /// The layer inputs Int8Dynamic's activation smoothing may ask for: input 0 of the main graph's MatMul nodes and
+    /// Gemm nodes (not transA) whose other operand is constant (an initializer, or computed from constants only), and
+    /// the graph's outputs (so none is added twice). Read from the graph alone (tensor values are not needed).
+    /// </summary>
+    internal static (string[] Inputs, string[] Outputs) SmoothingCandidates(ModelProto graph)
+    {
+        var constant = new HashSet<string>(graph.Graph.Initializer.Select(t => t.Name), StringComparer.Ordinal);
+        var inputs = new List<string>();
+        foreach (NodeProto n in graph.Graph.Node)
+        {
+            if ((n.OpType == "MatMul" || (n.OpType == "Gemm" && !n.Attribute.Any(a => a.Name == "transA" && a.I != 0)))
+                && n.Domain.Length == 0 && n.Input.Count >= 2 && constant.Contains(n.Input[1]) && !constant.Contains(n.Input[0]))
+            {
+                inputs.Add(n.Input[0]);
+            }
+            if (n.Input.All(i => i.Length == 0 || constant.Contains(i)) && !n.Attribute.Any(a => a.G != null || a.Graphs.Count > 0)
+                && n.OpType is not ("RandomNormal" or "RandomUniform" or "RandomNormalLike" or "RandomUniformLike" or "Multinomial"))
+            {
+                foreach (string o in n.Output.Where(o => o.Length > 0))
+                {
+                    constant.Add(o);
+                }
+            }
+        }
+        return ([.. inputs.Distinct(StringComparer.Ordinal)], [.. graph.Graph.Output.Select(o => o.Name)]);
+    }
+
     /// <summary>A copy of <paramref name="model"/> whose tensors keep their names, types and dims but no values.</summary>
     private static ModelProto WithoutTensorData(ModelProto model)
     {
@@ -660,11 +691,16 @@ internal sealed class AttemptContext(ItemSettings settings, ModelProto? original
     private Dataset? _smoothingData;
 
     /// <summary>
-    /// Int8Dynamic's activation smoothing reads the layer inputs of <see cref="QuantizationOptions.SmoothingSamples"/>
-    /// samples (at most CalibrationSamples): of CalibrationData, else evenly spaced validation inputs; null without
-    /// data (no smoothing).
+    /// The layer inputs activation smoothing may ask for and the graph's outputs (<see cref="Compressor.SmoothingCandidates"/>),
+    /// set when they can be collected from the model file before the pass (one attempt, no external data); else null.
     /// </summary>
-    private ActivationSource? SmoothingActivations()
+    public (string[] Inputs, string[] Outputs)? SmoothingCandidates { get; set; }
+
+    /// <summary>Smoothing activations collected from the model file before the pass (<see cref="CollectSmoothingFromFile"/>).</summary>
+    private Dictionary<string, Activation>? _smoothingCollected;
+
+    /// <summary>The samples smoothing measures on and how many: CalibrationData, else evenly spaced validation inputs; null without data.</summary>
+    private (Dataset On, int Samples)? SmoothingData()
     {
         if (settings.CalibrationData == null && settings.ValidationData == null)
         {
@@ -672,8 +708,47 @@ internal sealed class AttemptContext(ItemSettings settings, ModelProto? original
         }
         int samples = Math.Min(settings.CalibrationSamples, QuantizationOptions.SmoothingSamples);
         Dataset on = settings.CalibrationData != null ? CalibrationData()
-            : _smoothingData ??= Compressor.LoadData(settings, OriginalRunner.Inputs, samples, out _);
-        return (model, names) => BlameTheSource(() => ActivationCollector.Collect(model, names, on, samples, runnerOptions, workDirectory), on);
+            : _smoothingData ??= Compressor.LoadData(settings, Inputs, samples, out _);
+        return (on, samples);
+    }
+
+    /// <summary>
+    /// Int8Dynamic's activation smoothing reads the layer inputs of <see cref="QuantizationOptions.SmoothingSamples"/>
+    /// samples (at most CalibrationSamples): of CalibrationData, else evenly spaced validation inputs; null without
+    /// data (no smoothing). Served from the collection made before the pass when it holds every name asked for.
+    /// </summary>
+    private ActivationSource? SmoothingActivations()
+    {
+        if (SmoothingData() is not (Dataset on, int samples))
+        {
+            return null;
+        }
+        return (model, names) => _smoothingCollected is { } pre && names.All(pre.ContainsKey)
+            ? names.ToDictionary(n => n, n => pre[n], StringComparer.Ordinal)
+            : BlameTheSource(() => ActivationCollector.Collect(model, names, on, samples, runnerOptions, workDirectory), on);
+    }
+
+    /// <summary>
+    /// Collects the smoothing candidates' activations from the model file while no parsed model is held (the ONNX Runtime
+    /// session of the collection model is then the only model-sized thing in memory). A collection ONNX Runtime refuses
+    /// is left to the pass's own (which blames the source where the original fails too).
+    /// </summary>
+    private void CollectSmoothingFromFile()
+    {
+        if (SmoothingCandidates is not { Inputs.Length: > 0 } c || _smoothingCollected != null || SmoothingData() is not (Dataset on, int samples))
+        {
+            return;
+        }
+        try
+        {
+            _smoothingCollected = ActivationCollector.CollectFromFile(settings.Model, c.Outputs, c.Inputs, on, samples, runnerOptions, workDirectory);
+        }
+        catch (CompressException e) when (e.Code == DiagnosticCodes.OrtRunFailed)
+        {
+            _smoothingCollected = null;
+        }
+        Compressor.ReleaseMemory(); // the collection session is closed
+        MemoryTrace.Mark(settings.Model, "smoothing activations collected");
     }
 
     /// <summary>
@@ -734,16 +809,20 @@ internal sealed class AttemptContext(ItemSettings settings, ModelProto? original
         {
             return cached;
         }
-        // One attempt: calibration's own session runs while nothing else holds the parsed original (the pass reloads it).
-        ModelProto calibrated = pruned ?? (SingleAttempt ? TakeOriginal() : Original);
         if (!CalibrationOptions.TryParseMethod(text, out CalibrationMethod method, out double percentile, out _))
         {
             throw new InvalidOperationException($"Calibration method '{text}' was not validated."); // ItemSettings and the Tuner only pass valid ones
         }
         Progress?.Phase("calibrating (" + text + ")");
-        IReadOnlyList<string> tensors = Int8StaticQuantizer.TensorsToCalibrate(calibrated, StaticOptions([]));
-        CalibrationResult result = Calibrator.Run(Int8StaticQuantizer.CalibrationModel(calibrated), CalibrationData(), tensors,
-            new CalibrationOptions { Method = method, Percentile = percentile, MaxSamples = settings.CalibrationSamples }, settings.Model);
+        Dataset data = CalibrationData();
+        // One attempt: calibration's own session runs while nothing holds the parsed original (taken from the context
+        // and dropped by the calibrator once written; the pass reloads it).
+        CalibrationResult result = Calibrator.Run(() =>
+            {
+                ModelProto calibrated = pruned ?? (SingleAttempt ? TakeOriginal() : Original);
+                return (Int8StaticQuantizer.CalibrationModel(calibrated), Int8StaticQuantizer.TensorsToCalibrate(calibrated, StaticOptions([])));
+            },
+            data, new CalibrationOptions { Method = method, Percentile = percentile, MaxSamples = settings.CalibrationSamples }, settings.Model);
         Compressor.ReleaseMemory(); // the calibration session is closed: its native memory goes back before the pass allocates
         MemoryTrace.Mark(settings.Model, "calibrated");
         _calibrations[key] = result;
@@ -786,6 +865,10 @@ internal sealed class AttemptContext(ItemSettings settings, ModelProto? original
             // Calibrated on the float original before the pass parses it (cached: the pass below finds this result).
             _ = Calibration();
         }
+        if (SingleAttempt && quantize && settings.Quantization == QuantizationScheme.Int8Dynamic && !(prune && settings.Pruning.Method != PruningMethod.None))
+        {
+            CollectSmoothingFromFile();
+        }
         ModelProto original = Original;
         ModelProto candidate = original.Clone();
         PruningSummary? pruning = null;
@@ -813,7 +896,11 @@ internal sealed class AttemptContext(ItemSettings settings, ModelProto? original
                     Method = settings.Int4Method, Activations = settings.Int4Method == Int4Method.Gptq ? Activations(shared: pruning == null) : null }, settings.Model)),
             _ => null,
         };
+        _smoothingCollected = null;
         Compressor.AddProvenance(candidate, settings, excluded);
+        // The pass replaced the candidate's weights: the float copies and temporaries it made go before the histograms
+        // and the save allocate.
+        Compressor.ReleaseMemory();
         MemoryTrace.Mark(settings.Model, "compressed");
         // While the original and the candidate are both in memory (the shipped model is the candidate, saved as is).
         JsonObject? histograms = summary is { Nodes.Count: > 0 } q ? WeightHistograms.Build(original, candidate, q.Nodes.Select(n => n.Weight)) : null;

@@ -20,6 +20,8 @@ public static class Program
         // Before anything can load ONNX Runtime: a build step leaves no telemetry files behind.
         OrtTelemetry.DisableForThisProcess();
         Core.IO.FileSizeLimit.ReportInsteadOfDying();
+        // Before ONNX Runtime allocates: each session's big buffers are returned to the system when it closes.
+        Core.IO.ProcessMemory.FixMmapThreshold();
         var stdout = Console.Out;
         return Run(args, stdout);
     }

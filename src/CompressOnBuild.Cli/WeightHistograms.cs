@@ -20,8 +20,8 @@ internal static class WeightHistograms
     {
         // The weights as the passes resolve them; then one tensor's values at a time, twice (range, then counts),
         // never all of them concatenated into one list.
-        IReadOnlyCollection<float[]> originals = CompressOnBuild.Core.Graph.ConstantFolding.ConstantValues(original, weightNames, "original").Values;
-        IEnumerable<float[]> Before() => originals;
+        string[] names = [.. weightNames];
+        IEnumerable<float[]> Before() => CompressOnBuild.Core.Graph.ConstantFolding.EnumerateConstantValues(original, names, "original");
         IEnumerable<float[]> After() => Dequantized(compressed);
         (float min, float max, long countBefore) = Range(Before());
         (float minAfter, float maxAfter, long countAfter) = Range(After());
@@ -43,11 +43,34 @@ internal static class WeightHistograms
         };
     }
 
+    /// <summary>Bytes of tensor arrays dropped between two full collections while the histograms are built.</summary>
+    private const long CollectEveryBytes = 32L << 20;
+
+    /// <summary>
+    /// The tensors one at a time, with a full collection after every <see cref="CollectEveryBytes"/> of them: each is
+    /// a fresh array that is dead once counted, and large arrays are only freed by a full collection, so without one
+    /// the weights (read twice over) would pile up in memory as if they were all held.
+    /// </summary>
+    private static IEnumerable<float[]> Collected(IEnumerable<float[]> tensors)
+    {
+        long dropped = 0;
+        foreach (float[] values in tensors)
+        {
+            yield return values;
+            dropped += values.Length * 4L;
+            if (dropped >= CollectEveryBytes)
+            {
+                dropped = 0;
+                GC.Collect(GC.MaxGeneration, GCCollectionMode.Forced, blocking: true, compacting: false);
+            }
+        }
+    }
+
     private static (float Min, float Max, long Count) Range(IEnumerable<float[]> tensors)
     {
         float min = float.PositiveInfinity, max = float.NegativeInfinity;
         long count = 0;
-        foreach (float[] values in tensors)
+        foreach (float[] values in Collected(tensors))
         {
             if (values.Length == 0)
             {
@@ -63,7 +86,7 @@ internal static class WeightHistograms
     private static JsonArray Counts(IEnumerable<float[]> tensors, float min, float max)
     {
         var counts = new long[Bins];
-        foreach (float[] values in tensors)
+        foreach (float[] values in Collected(tensors))
         {
             Kernels.Histogram.Accumulate(values, min, max, counts);
         }

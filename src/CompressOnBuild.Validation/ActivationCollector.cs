@@ -1,6 +1,7 @@
 using CompressOnBuild.Core;
 using CompressOnBuild.Core.Passes;
 using CompressOnBuild.Onnx;
+using CompressOnBuild.Core.IO;
 using Google.Protobuf;
 
 namespace CompressOnBuild.Validation;
@@ -46,21 +47,67 @@ public static class ActivationCollector
         KeepOnlyWhatLeadsTo(copy.Graph, tensorNames);
         foreach (string name in tensorNames.Where(n => copy.Graph.Output.All(o => o.Name != n)))
         {
-            // Element type only; ORT infers the shape.
-            copy.Graph.Output.Add(new ValueInfoProto
-            {
-                Name = name,
-                Type = new TypeProto { TensorType = new TypeProto.Types.Tensor { ElemType = (int)TensorProto.Types.DataType.Float } },
-            });
+            copy.Graph.Output.Add(FloatOutput(name));
         }
         string path = Path.Combine(workDirectory ?? Path.GetTempPath(), $"cob-activations-{Environment.ProcessId}-{Guid.NewGuid():N}.onnx");
         using (var file = new FileStream(path, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 16))
         {
             copy.WriteTo(file); // streamed: no second in-memory copy of the model
         }
+        copy = null!;
+        return CollectFrom(path, tensorNames, data, maxSamples, options);
+    }
+
+    /// <summary>
+    /// <see cref="Collect"/> without the parsed model in memory: the model file at <paramref name="modelPath"/> (no external
+    /// data) is copied with <paramref name="tensorNames"/> appended as graph outputs, so the caller can hold no parsed
+    /// copy of the model while ONNX Runtime loads and runs this one. Every node runs (nothing is pruned from the graph).
+    /// <paramref name="existingOutputs"/>: the model's graph outputs (not added twice).
+    /// </summary>
+    public static Dictionary<string, Activation> CollectFromFile(string modelPath, IReadOnlyCollection<string> existingOutputs, IReadOnlyList<string> tensorNames,
+        Dataset data, int maxSamples = 512, ModelRunnerOptions? options = null, string? workDirectory = null)
+    {
+        ArgumentNullException.ThrowIfNull(modelPath);
+        ArgumentNullException.ThrowIfNull(existingOutputs);
+        ArgumentNullException.ThrowIfNull(tensorNames);
+        ArgumentNullException.ThrowIfNull(data);
+        if (data.Count == 0)
+        {
+            throw new CompressException(DiagnosticCodes.DataEmpty, data.Source);
+        }
+        string path = Path.Combine(workDirectory ?? Path.GetTempPath(), $"cob-activations-{Environment.ProcessId}-{Guid.NewGuid():N}.onnx");
+        using (var file = new FileStream(path, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 16))
+        {
+            using (var source = new FileStream(modelPath, FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 16, FileOptions.SequentialScan))
+            {
+                source.CopyTo(file);
+            }
+            // Protobuf merges a message field that occurs twice (repeated fields are appended), so a ModelProto holding
+            // only graph { output: [...] } written after the model adds those outputs to its graph.
+            var extra = new ModelProto { Graph = new GraphProto() };
+            foreach (string name in tensorNames.Where(n => !existingOutputs.Contains(n)))
+            {
+                extra.Graph.Output.Add(FloatOutput(name));
+            }
+            extra.WriteTo(file);
+        }
+        return CollectFrom(path, tensorNames, data, maxSamples, options);
+    }
+
+    private static ValueInfoProto FloatOutput(string name) => new()
+    {
+        // Element type only; ORT infers the shape.
+        Name = name,
+        Type = new TypeProto { TensorType = new TypeProto.Types.Tensor { ElemType = (int)TensorProto.Types.DataType.Float } },
+    };
+
+    /// <summary>Runs the collection model at <paramref name="path"/> (deleted afterwards) over the data.</summary>
+    private static Dictionary<string, Activation> CollectFrom(string path, IReadOnlyList<string> tensorNames, Dataset data, int maxSamples, ModelRunnerOptions? options)
+    {
         try
         {
             using var runner = new ModelRunner(path, options);
+            MemoryTrace.Mark(data.Source, "activation collection model opened in ONNX Runtime");
             int[] order = [.. runner.Inputs.Select(i => IndexOf(data.InputNames, i.Name, data.Source))];
             int maskInput = MaskInput(data.InputNames);
             int samples = maxSamples > 0 ? Math.Min(maxSamples, data.Count) : data.Count;

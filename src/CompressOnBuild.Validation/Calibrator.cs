@@ -90,8 +90,21 @@ public static class Calibrator
     public static CalibrationResult Run(ModelProto model, Dataset data, IReadOnlyCollection<string> tensors, CalibrationOptions? options = null, string displayName = "model")
     {
         ArgumentNullException.ThrowIfNull(model);
-        ArgumentNullException.ThrowIfNull(data);
         ArgumentNullException.ThrowIfNull(tensors);
+        return Run(() => (model, tensors), data, options, displayName);
+    }
+
+    /// <summary>
+    /// <see cref="Run(ModelProto, Dataset, IReadOnlyCollection{string}, CalibrationOptions?, string)"/> for a model the
+    /// caller does not keep: <paramref name="load"/> gives the model and the tensors to calibrate, the model is written
+    /// with those tensors as outputs and dropped before ONNX Runtime loads the file, so no parsed copy is held while
+    /// the session is created and run.
+    /// </summary>
+    public static CalibrationResult Run(Func<(ModelProto Model, IReadOnlyCollection<string> Tensors)> load, Dataset data, CalibrationOptions? options = null,
+        string displayName = "model")
+    {
+        ArgumentNullException.ThrowIfNull(load);
+        ArgumentNullException.ThrowIfNull(data);
         options ??= new CalibrationOptions();
         if (options.Method == CalibrationMethod.Percentile && !(options.Percentile > 50 && options.Percentile <= 100))
         {
@@ -105,31 +118,18 @@ public static class Calibrator
         {
             throw CompressException.ForFile(data.Source, DiagnosticCodes.DataEmpty, data.Source);
         }
-        string[] names = tensors.Distinct(StringComparer.Ordinal).ToArray();
-        if (names.Length == 0)
-        {
-            return new CalibrationResult { Ranges = new Dictionary<string, TensorRange>(), Method = MethodName(options), Samples = 0 };
-        }
-
-        ModelProto augmented = model.Clone();
-        var existing = new HashSet<string>(augmented.Graph.Output.Select(o => o.Name), StringComparer.Ordinal);
-        foreach (string name in names.Where(n => !existing.Contains(n)))
-        {
-            augmented.Graph.Output.Add(new ValueInfoProto
-            {
-                Name = name,
-                Type = new TypeProto { TensorType = new TypeProto.Types.Tensor { ElemType = (int)TensorProto.Types.DataType.Float } },
-            });
-        }
         string dir = Path.Combine(Path.GetTempPath(), "cob-calibrate-" + Guid.NewGuid().ToString("N"));
         Directory.CreateDirectory(dir);
         string path = Path.Combine(dir, "model.onnx");
         try
         {
-            using (var file = new FileStream(path, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 16))
+            string[] names = WriteCalibrationModel(load, path);
+            if (names.Length == 0)
             {
-                augmented.WriteTo(file); // streamed: no second in-memory copy of the model
+                return new CalibrationResult { Ranges = new Dictionary<string, TensorRange>(), Method = MethodName(options), Samples = 0 };
             }
+            // The parsed model is garbage now (it lived only in WriteCalibrationModel's frame): give it back before ORT loads.
+            Core.IO.ProcessMemory.Release();
             using var runner = new ModelRunner(path, new ModelRunnerOptions { IntraOpThreads = options.IntraOpThreads, Optimization = GraphOptimization.Disabled });
             int[] order = InputOrder(runner.Inputs, data);
             int[] indices = DatasetLoader.SubsetIndices(data.Count, options.MaxSamples);
@@ -207,6 +207,35 @@ public static class Calibrator
             {
             }
         }
+    }
+
+    /// <summary>Writes the model of <paramref name="load"/> with its tensors to calibrate as extra outputs (the model is
+    /// not copied: the added outputs are written after it, which protobuf merges into its graph); returns the tensor names.</summary>
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.NoInlining)]
+    private static string[] WriteCalibrationModel(Func<(ModelProto Model, IReadOnlyCollection<string> Tensors)> load, string path)
+    {
+        (ModelProto model, IReadOnlyCollection<string> tensors) = load();
+        ArgumentNullException.ThrowIfNull(model);
+        ArgumentNullException.ThrowIfNull(tensors);
+        string[] names = tensors.Distinct(StringComparer.Ordinal).ToArray();
+        if (names.Length == 0)
+        {
+            return names;
+        }
+        var extra = new ModelProto { Graph = new GraphProto() };
+        var existing = new HashSet<string>(model.Graph.Output.Select(o => o.Name), StringComparer.Ordinal);
+        foreach (string name in names.Where(n => !existing.Contains(n)))
+        {
+            extra.Graph.Output.Add(new ValueInfoProto
+            {
+                Name = name,
+                Type = new TypeProto { TensorType = new TypeProto.Types.Tensor { ElemType = (int)TensorProto.Types.DataType.Float } },
+            });
+        }
+        using var file = new FileStream(path, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 16);
+        model.WriteTo(file); // streamed: no second in-memory copy of the model
+        extra.WriteTo(file); // protobuf merges a repeated message field: these outputs are appended to the graph's
+        return names;
     }
 
     private static string MethodName(CalibrationOptions o) => o.Method switch

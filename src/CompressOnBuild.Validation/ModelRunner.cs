@@ -506,6 +506,27 @@ public sealed class ModelRunner : IDisposable
         return -1;
     }
 
+    /// <summary>Where each model input is in <paramref name="data"/>'s tensors (null: same order); CMPR0303 when the counts differ.</summary>
+    internal int[]? OrderFor(Dataset data) => InputOrder(data);
+
+    /// <summary>
+    /// Runs sample <paramref name="index"/> (<paramref name="sample"/>: its tensors in the data set's order,
+    /// <paramref name="order"/> from <see cref="OrderFor"/>); an ONNX Runtime failure names the sample, as
+    /// <see cref="RunDataset"/> does.
+    /// </summary>
+    internal TensorData[] RunSampleAt(Dataset data, int index, IReadOnlyList<TensorData> sample, int[]? order, IReadOnlyList<string>? outputNames)
+    {
+        try
+        {
+            return Run(Reorder(sample, order), outputNames);
+        }
+        catch (CompressException e) when (e.Code == RunFailedCode)
+        {
+            throw CompressException.ForFile(ModelPath, e.InnerException ?? e, RunFailedCode, ModelPath,
+                $"on {data.GetSampleSource(index)}: {e.InnerException?.Message ?? e.Message}");
+        }
+    }
+
     /// <summary>Sample <paramref name="index"/> of <paramref name="data"/> in this model's input order.</summary>
     internal IReadOnlyList<TensorData> SampleFor(Dataset data, int index) => Reorder(data.GetSample(index), InputOrder(data));
 

@@ -66,11 +66,8 @@ public static class Validator
         // BatchNormalization in training mode, Flatten over axis 0) and dynamic quantization (one scale per run) give
         // other outputs than one sample alone does.
         options.Progress?.Phase("validating (original and compressed model)", 2 * data.Count);
-        DatasetRun runA = original.RunDataset(data, names, batchSize: 1, progress: options.Progress);
-        CheckLabelRange(data, runA, p, primary);
-        DatasetRun runB = compressed.RunDataset(data, names, batchSize: 1, progress: options.Progress);
-        CheckFinite(original.ModelPath, runA, names);
-        CheckFinite(compressed.ModelPath, runB, names);
+        Streamed run = RunBoth(original, compressed, data, names, p, primary, options);
+        run.ThrowFirstFailure();
 
         int n = data.Count;
         double[] cosSum = new double[names.Length];
@@ -78,38 +75,28 @@ public static class Validator
         int[] relCount = new int[names.Length];
         float[] maxAbs = new float[names.Length];
         int agree = 0, correctA = 0, correctB = 0;
+        // Summed in sample order (the runs finish in any order), so the metrics do not depend on thread timing.
         for (int s = 0; s < n; s++)
         {
             for (int o = 0; o < names.Length; o++)
             {
-                TensorData a = runA.Outputs[s][o];
-                TensorData b = runB.Outputs[s][o];
-                if (a.Data.Length != b.Data.Length)
+                int k = s * names.Length + o;
+                cosSum[o] += run.Cosine[k];
+                if (!double.IsNaN(run.RelativeL2[k]))
                 {
-                    throw CompressException.ForFile(compressed.ModelPath, DiagnosticCodes.OutputMismatch, compressed.ModelPath, names[o],
-                        $"shaped {b.ShapeText} where the original's is {a.ShapeText}", "compare");
-                }
-                ErrorMetricsResult m = ErrorMetrics.Compare(a.Data, b.Data);
-                cosSum[o] += m.CosineSimilarity;
-                if (m.ExpectedNorm > 0)
-                {
-                    // Relative error is undefined for an all-zero original output; such samples are left out here
-                    // (MaxAbsError still covers them).
-                    relSum[o] += m.RelativeL2;
+                    relSum[o] += run.RelativeL2[k];
                     relCount[o]++;
                 }
-                maxAbs[o] = Math.Max(maxAbs[o], m.MaxAbsDifference);
+                maxAbs[o] = Math.Max(maxAbs[o], run.MaxAbs[k]);
             }
-            int topA = ArgMax(runA.Outputs[s][p].Data);
-            int topB = ArgMax(runB.Outputs[s][p].Data);
-            if (topA == topB)
+            if (run.TopA[s] == run.TopB[s])
             {
                 agree++;
             }
             if (data.Labels != null)
             {
-                correctA += topA == data.Labels[s] ? 1 : 0;
-                correctB += topB == data.Labels[s] ? 1 : 0;
+                correctA += run.TopA[s] == data.Labels[s] ? 1 : 0;
+                correctB += run.TopB[s] == data.Labels[s] ? 1 : 0;
             }
         }
         OutputMetrics[] outputs = [.. names.Select((name, o) => new OutputMetrics
@@ -119,10 +106,12 @@ public static class Validator
             MaxAbsError = maxAbs[o],
             MeanRelativeL2Error = relCount[o] == 0 ? 0 : relSum[o] / relCount[o],
         })];
-        (OutputKind kind, string kindReason) = EmbeddingMetrics.Choose(options.Metric, primary, runA.Outputs[0][p].Shape, data.Labels != null,
-            runA.Outputs.Take(16).All(o => EmbeddingMetrics.IsProbabilities(o[p].Data)));
+        (OutputKind kind, string kindReason) = EmbeddingMetrics.Choose(options.Metric, primary, run.FirstShape, data.Labels != null,
+            run.Probabilities.All(x => x));
         options.Progress?.Phase("comparing outputs");
-        EmbeddingMetrics? embedding = kind == OutputKind.Embedding || options.EmbeddingMetrics ? Embeddings(runA, runB, p, data) : null;
+        EmbeddingMetrics? embedding = kind == OutputKind.Embedding || options.EmbeddingMetrics
+            ? EmbeddingMetrics.Compare(run.PooledA!, run.PooledB!, run.Pooling) : null;
+        run.DropPooled();
         options.Progress?.Phase("measuring latency");
         (double latA, double latB, int latRuns, double slower) = options.LatencyRuns > 0 ? Latency(original, compressed, data, options) : (0, 0, 0, 0);
         double? accA = data.Labels == null ? null : 100.0 * correctA / n;
@@ -142,12 +131,12 @@ public static class Validator
             Embedding = embedding,
             MaxAbsError = outputs.Max(o => o.MaxAbsError),
             Outputs = outputs,
-            OriginalReferenceMaxAbsError = ReferenceError(original, data, runA, names),
-            CompressedReferenceMaxAbsError = ReferenceError(compressed, data, runB, names),
-            OriginalImagesPerSecond = runA.SamplesPerSecond,
-            CompressedImagesPerSecond = runB.SamplesPerSecond,
-            BatchSize = Math.Max(runA.BatchSize, runB.BatchSize),
-            ParallelRuns = Math.Min(runA.Parallelism, runB.Parallelism),
+            OriginalReferenceMaxAbsError = run.ReferenceA,
+            CompressedReferenceMaxAbsError = run.ReferenceB,
+            OriginalImagesPerSecond = run.SecondsA > 0 ? n / run.SecondsA : 0,
+            CompressedImagesPerSecond = run.SecondsB > 0 ? n / run.SecondsB : 0,
+            BatchSize = 1,
+            ParallelRuns = run.Workers,
             OriginalLatencyMs = latA,
             CompressedLatencyMs = latB,
             LatencyRatio = latA > 0 ? latB / latA : 0,
@@ -157,33 +146,343 @@ public static class Validator
         };
     }
 
-    /// <summary>Embedding metrics of output <paramref name="p"/>: per-token outputs averaged over the tokens the data's
-    /// attention mask (an input named like "mask", [1, tokens]) marks, else over all tokens.</summary>
-    private static EmbeddingMetrics Embeddings(DatasetRun runA, DatasetRun runB, int p, Dataset data)
+    /// <summary>
+    /// What <see cref="RunBoth"/> measured per sample (outputs are compared as each sample runs and then dropped: only
+    /// these numbers and, for embedding metrics, one pooled vector per sample and model are kept), and the first
+    /// failure of each kind.
+    /// </summary>
+    private sealed class Streamed(int samples, int outputs)
     {
-        int maskInput = ActivationCollector.MaskInput(data.InputNames);
-        var a = new float[data.Count][];
-        var b = new float[data.Count][];
-        bool perToken = false, masked = false;
-        for (int s = 0; s < data.Count; s++)
+        public readonly double[] Cosine = new double[samples * outputs];
+        /// <summary>NaN where the original output is all zeros (relative error undefined; MaxAbs still covers it).</summary>
+        public readonly double[] RelativeL2 = new double[samples * outputs];
+        public readonly float[] MaxAbs = new float[samples * outputs];
+        public readonly int[] TopA = new int[samples];
+        public readonly int[] TopB = new int[samples];
+        /// <summary>Whether each of the first 16 samples' primary outputs holds probabilities (the metric's choice).</summary>
+        public bool[] Probabilities = [];
+        public long[] FirstShape = [];
+        public float[][]? PooledA;
+        public float[][]? PooledB;
+        public string Pooling = "";
+        public float? ReferenceA;
+        public float? ReferenceB;
+        public double SecondsA;
+        public double SecondsB;
+        public int Workers = 1;
+
+        // The first (lowest sample) failure of each kind, thrown in the order the checks ran when each model's outputs
+        // were all held (the original's run, label range, the compressed model's run, non-finite outputs of each,
+        // shape mismatches, reference outputs), so the error does not depend on thread timing or on the streaming.
+        private readonly (int Sample, Exception? Error)[] _failures = [.. Enumerable.Repeat((int.MaxValue, (Exception?)null), (int)Failure.Count)];
+
+        public void Fail(Failure kind, int sample, Exception e)
         {
-            TensorData oa = runA.Outputs[s][p];
-            float[]? mask = null;
-            if (oa.Shape.Length == 3 && oa.Shape[1] > 1)
+            lock (_failures)
             {
-                perToken = true;
-                if (maskInput >= 0 && data.GetSample(s)[maskInput] is { Shape.Length: 2 } m && m.Shape[1] == oa.Shape[1])
+                if (sample < _failures[(int)kind].Sample)
                 {
-                    mask = m.Data;
-                    masked = true;
+                    _failures[(int)kind] = (sample, e);
                 }
             }
-            a[s] = EmbeddingMetrics.Pool(oa, mask);
-            b[s] = EmbeddingMetrics.Pool(runB.Outputs[s][p], mask);
         }
-        string pooling = !perToken ? "none (one vector per sample)"
+
+        public int FirstFailed(Failure kind)
+        {
+            lock (_failures)
+            {
+                return _failures[(int)kind].Sample;
+            }
+        }
+
+        public void ThrowFirstFailure()
+        {
+            foreach ((int _, Exception? e) in _failures)
+            {
+                if (e != null)
+                {
+                    System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(e);
+                }
+            }
+        }
+
+        public void AddReference(bool original, float? value)
+        {
+            if (value is not float v)
+            {
+                return;
+            }
+            lock (_failures)
+            {
+                if (original)
+                {
+                    ReferenceA = Math.Max(ReferenceA ?? 0f, v);
+                }
+                else
+                {
+                    ReferenceB = Math.Max(ReferenceB ?? 0f, v);
+                }
+            }
+        }
+
+        public void DropPooled()
+        {
+            PooledA = null;
+            PooledB = null;
+        }
+    }
+
+    /// <summary>Output bytes dropped between two full collections during <see cref="RunBoth"/>.</summary>
+    private const long CollectEveryBytes = 64L << 20;
+
+    private enum Failure
+    {
+        RunOriginal, LabelRange, RunCompressed, NonFiniteOriginal, NonFiniteCompressed, Mismatch, ReferenceOriginal, ReferenceCompressed, Count,
+    }
+
+    /// <summary>
+    /// Runs each sample through the original and then the compressed model (batch 1; <see cref="ModelRunnerOptions.Parallelism"/>
+    /// samples at a time on the two sessions) and compares the outputs there and then, so neither model's outputs over the
+    /// whole data set are ever held (a per-token output of 2,000 sentences is hundreds of MB per model). Sample 0 runs on
+    /// both once untimed first. Each model's throughput is its share of the summed run times applied to the wall time.
+    /// </summary>
+    private static Streamed RunBoth(ModelRunner original, ModelRunner compressed, Dataset data, string[] names, int p, string primary, ValidatorOptions options)
+    {
+        int n = data.Count;
+        var r = new Streamed(n, names.Length);
+        int[]? orderA = original.OrderFor(data);
+        int[]? orderB = compressed.OrderFor(data);
+        int maskInput = ActivationCollector.MaskInput(data.InputNames);
+        var gate = new object();
+        bool pool = false;
+        bool perToken = false, masked = false;
+        long sumTicksA = 0, sumTicksB = 0;
+
+        // One sample: both runs, then every comparison of its outputs; false stops the worker (the original failed).
+        bool Sample(int s, bool timed)
+        {
+            IReadOnlyList<TensorData> inputs;
+            lock (gate)
+            {
+                inputs = data.GetSample(s);
+            }
+            TensorData[] a, b;
+            long t0 = Stopwatch.GetTimestamp();
+            try
+            {
+                a = original.RunSampleAt(data, s, inputs, orderA, names);
+            }
+            catch (Exception e)
+            {
+                r.Fail(Failure.RunOriginal, s, e);
+                return false;
+            }
+            long t1 = Stopwatch.GetTimestamp();
+            if (timed)
+            {
+                options.Progress?.Advance();
+            }
+            CollectDroppedOutputs(a);
+            bool runB = s < r.FirstFailed(Failure.RunCompressed);
+            b = [];
+            long t2 = Stopwatch.GetTimestamp();
+            if (runB)
+            {
+                try
+                {
+                    b = compressed.RunSampleAt(data, s, inputs, orderB, names);
+                }
+                catch (Exception e)
+                {
+                    r.Fail(Failure.RunCompressed, s, e);
+                    runB = false;
+                }
+            }
+            long t3 = Stopwatch.GetTimestamp();
+            CollectDroppedOutputs(b);
+            if (timed)
+            {
+                Interlocked.Add(ref sumTicksA, t1 - t0);
+                Interlocked.Add(ref sumTicksB, t3 - t2);
+                options.Progress?.Advance();
+            }
+            if (data.Labels != null && s < data.Labels.Count)
+            {
+                int classes = a[p].Data.Length;
+                if (data.Labels[s] < 0 || data.Labels[s] >= classes)
+                {
+                    r.Fail(Failure.LabelRange, s, CompressException.ForFile(data.Source, DiagnosticCodes.LabelOutOfRange, data.Source, s, data.Labels[s],
+                        $"output '{primary}' has {classes} classes (labels 0 to {classes - 1})"));
+                }
+            }
+            for (int o = 0; o < names.Length; o++)
+            {
+                if (!TensorStats.AllFinite(a[o].Data))
+                {
+                    r.Fail(Failure.NonFiniteOriginal, s, CompressException.ForFile(original.ModelPath, DiagnosticCodes.NonFiniteOutputs, original.ModelPath, names[o], s));
+                }
+            }
+            if (s < 16)
+            {
+                r.Probabilities[s] = EmbeddingMetrics.IsProbabilities(a[p].Data);
+            }
+            IReadOnlyList<TensorData>? refs = null;
+            if (data.HasReferenceOutputs)
+            {
+                lock (gate)
+                {
+                    refs = data.GetReferenceOutputs(s);
+                }
+                try
+                {
+                    r.AddReference(original: true, SampleReferenceError(original, refs, a, names));
+                }
+                catch (CompressException e)
+                {
+                    r.Fail(Failure.ReferenceOriginal, s, e);
+                }
+            }
+            r.TopA[s] = ArgMax(a[p].Data);
+            if (!runB)
+            {
+                return true;
+            }
+            for (int o = 0; o < names.Length; o++)
+            {
+                if (!TensorStats.AllFinite(b[o].Data))
+                {
+                    r.Fail(Failure.NonFiniteCompressed, s, CompressException.ForFile(compressed.ModelPath, DiagnosticCodes.NonFiniteOutputs, compressed.ModelPath, names[o], s));
+                }
+            }
+            for (int o = 0; o < names.Length; o++)
+            {
+                if (a[o].Data.Length != b[o].Data.Length)
+                {
+                    r.Fail(Failure.Mismatch, s, CompressException.ForFile(compressed.ModelPath, DiagnosticCodes.OutputMismatch, compressed.ModelPath, names[o],
+                        $"shaped {b[o].ShapeText} where the original's is {a[o].ShapeText}", "compare"));
+                    return true;
+                }
+                ErrorMetricsResult m = ErrorMetrics.Compare(a[o].Data, b[o].Data);
+                int k = s * names.Length + o;
+                r.Cosine[k] = m.CosineSimilarity;
+                r.RelativeL2[k] = m.ExpectedNorm > 0 ? m.RelativeL2 : double.NaN;
+                r.MaxAbs[k] = m.MaxAbsDifference;
+            }
+            if (refs != null)
+            {
+                try
+                {
+                    r.AddReference(original: false, SampleReferenceError(compressed, refs, b, names));
+                }
+                catch (CompressException e)
+                {
+                    r.Fail(Failure.ReferenceCompressed, s, e);
+                }
+            }
+            r.TopB[s] = ArgMax(b[p].Data);
+            if (pool)
+            {
+                float[]? mask = null;
+                if (a[p].Shape.Length == 3 && a[p].Shape[1] > 1)
+                {
+                    perToken = true;
+                    if (maskInput >= 0 && inputs[maskInput] is { Shape.Length: 2 } m && m.Shape[1] == a[p].Shape[1])
+                    {
+                        mask = m.Data;
+                        masked = true;
+                    }
+                }
+                r.PooledA![s] = EmbeddingMetrics.Pool(a[p], mask);
+                r.PooledB![s] = EmbeddingMetrics.Pool(b[p], mask);
+            }
+            return true;
+        }
+
+        // Outputs over 85 KB land on the large-object heap, which only a full collection frees: without one every
+        // so often, the dropped outputs of thousands of samples pile up as if they were kept.
+        long outputBytes = 0;
+        void CollectDroppedOutputs(TensorData[] outputs)
+        {
+            long bytes = 0;
+            foreach (TensorData t in outputs)
+            {
+                bytes += t.Data.Length * 4L;
+            }
+            if (Interlocked.Add(ref outputBytes, bytes) >= CollectEveryBytes)
+            {
+                Interlocked.Exchange(ref outputBytes, 0);
+                GC.Collect(GC.MaxGeneration, GCCollectionMode.Forced, blocking: true, compacting: false);
+            }
+        }
+
+        if (n == 0)
+        {
+            return r;
+        }
+        r.Probabilities = new bool[Math.Min(16, n)];
+        // Untimed first runs (one-time costs stay out of the throughput); sample 0's shape decides whether pooled
+        // embeddings are kept: only when the metric may be embedding (probabilities can only make it classification).
+        {
+            IReadOnlyList<TensorData> first = data.GetSample(0);
+            TensorData[] a0;
+            try
+            {
+                a0 = original.RunSampleAt(data, 0, first, orderA, names);
+            }
+            catch (Exception e)
+            {
+                r.Fail(Failure.RunOriginal, 0, e);
+                return r;
+            }
+            r.FirstShape = a0[p].Shape;
+            try
+            {
+                compressed.RunSampleAt(data, 0, first, orderB, names);
+            }
+            catch (Exception e)
+            {
+                r.Fail(Failure.RunCompressed, 0, e);
+            }
+        }
+        pool = options.EmbeddingMetrics || EmbeddingMetrics.Choose(options.Metric, primary, r.FirstShape, data.Labels != null).Kind == OutputKind.Embedding;
+        if (pool)
+        {
+            r.PooledA = new float[n][];
+            r.PooledB = new float[n][];
+        }
+
+        int workers = Math.Clamp(Math.Min(original.Options.Parallelism, compressed.Options.Parallelism), 1, n);
+        int next = -1;
+        void Work()
+        {
+            while (true)
+            {
+                int i = Interlocked.Increment(ref next);
+                if (i >= n || i > r.FirstFailed(Failure.RunOriginal) || !Sample(i, timed: true))
+                {
+                    return;
+                }
+            }
+        }
+        Stopwatch watch = Stopwatch.StartNew();
+        Thread[] threads = [.. Enumerable.Range(1, workers - 1).Select(_ => new Thread(Work) { IsBackground = true })];
+        foreach (Thread t in threads)
+        {
+            t.Start();
+        }
+        Work();
+        foreach (Thread t in threads)
+        {
+            t.Join();
+        }
+        watch.Stop();
+        double total = sumTicksA + sumTicksB;
+        r.SecondsA = total > 0 ? watch.Elapsed.TotalSeconds * sumTicksA / total : 0;
+        r.SecondsB = total > 0 ? watch.Elapsed.TotalSeconds * sumTicksB / total : 0;
+        r.Workers = workers;
+        r.Pooling = !perToken ? "none (one vector per sample)"
             : masked ? $"mean over the tokens of input '{data.InputNames[maskInput]}'" : "mean over all tokens";
-        return EmbeddingMetrics.Compare(a, b, pooling);
+        return r;
     }
 
     /// <summary>Runs one model over <paramref name="data"/>: top-1 per sample, accuracy when labelled, reference error.</summary>
@@ -284,35 +583,42 @@ public static class Validator
     /// by name, else by position).</summary>
     private static float? ReferenceError(ModelRunner model, Dataset data, DatasetRun run, string[] names)
     {
-        if (!data.HasReferenceOutputs)
+        float? max = null;
+        for (int s = 0; s < data.Count && data.HasReferenceOutputs; s++)
+        {
+            if (SampleReferenceError(model, data.GetReferenceOutputs(s), run.Outputs[s], names) is float e)
+            {
+                max = Math.Max(max ?? 0f, e);
+            }
+        }
+        return max;
+    }
+
+    /// <summary>One sample's largest |output - reference| (null: no reference outputs for it).</summary>
+    /// <exception cref="CompressException">OutputMismatch when an output is shaped unlike its reference.</exception>
+    private static float? SampleReferenceError(ModelRunner model, IReadOnlyList<TensorData>? refs, TensorData[] outputs, string[] names)
+    {
+        if (refs == null)
         {
             return null;
         }
         float? max = null;
-        for (int s = 0; s < data.Count; s++)
+        for (int k = 0; k < refs.Count; k++)
         {
-            IReadOnlyList<TensorData>? refs = data.GetReferenceOutputs(s);
-            if (refs == null)
+            string? name = names.Contains(refs[k].Name) ? refs[k].Name : k < model.Outputs.Count ? model.Outputs[k].Name : null;
+            int o = name == null ? -1 : Array.IndexOf(names, name);
+            if (o < 0)
             {
                 continue;
             }
-            for (int k = 0; k < refs.Count; k++)
+            TensorData actual = outputs[o];
+            if (actual.Data.Length != refs[k].Data.Length)
             {
-                string? name = names.Contains(refs[k].Name) ? refs[k].Name : k < model.Outputs.Count ? model.Outputs[k].Name : null;
-                int o = name == null ? -1 : Array.IndexOf(names, name);
-                if (o < 0)
-                {
-                    continue;
-                }
-                TensorData actual = run.Outputs[s][o];
-                if (actual.Data.Length != refs[k].Data.Length)
-                {
-                    throw CompressException.ForFile(model.ModelPath, DiagnosticCodes.OutputMismatch, model.ModelPath, name,
-                        $"shaped {actual.ShapeText} where the reference output is {refs[k].ShapeText}", "reference");
-                }
-                float e = ErrorMetrics.MaxAbsDifference(refs[k].Data, actual.Data);
-                max = Math.Max(max ?? 0f, e);
+                throw CompressException.ForFile(model.ModelPath, DiagnosticCodes.OutputMismatch, model.ModelPath, name,
+                    $"shaped {actual.ShapeText} where the reference output is {refs[k].ShapeText}", "reference");
             }
+            float e = ErrorMetrics.MaxAbsDifference(refs[k].Data, actual.Data);
+            max = Math.Max(max ?? 0f, e);
         }
         return max;
     }

@@ -12,6 +12,28 @@ public static class ConstantFolding
     public static int FoldShapeOps(ModelProto model, string displayName) => new PassGraph(model).FoldConstantShapeOps(displayName);
 
     /// <summary>
+    /// The values of <paramref name="names"/> resolved as <see cref="ConstantValues"/> does, computed one at a time as
+    /// the sequence is enumerated (names that are not constant are left out), so no two of them need be in memory at once.
+    /// </summary>
+    public static IEnumerable<float[]> EnumerateConstantValues(ModelProto model, IReadOnlyCollection<string> names, string displayName)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        ArgumentNullException.ThrowIfNull(names);
+        List<PassGraph> scopes = new PassGraph(model).WithSubgraphs();
+        foreach (string name in names.Distinct(StringComparer.Ordinal))
+        {
+            foreach (PassGraph scope in scopes)
+            {
+                if (scope.TryConstantFloat(name, displayName, out float[] data, out _, out _, out _))
+                {
+                    yield return data;
+                    break;
+                }
+            }
+        }
+    }
+
+    /// <summary>
     /// The float32 values a node reading each of <paramref name="names"/> sees, for those that are constants the way
     /// the passes resolve them (initializers and Constant nodes, through Reshape/Transpose/Cast/... chains) in the main
     /// graph or any If/Loop/Scan body. Reads only; the model is not changed.

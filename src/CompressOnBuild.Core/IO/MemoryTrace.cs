@@ -97,6 +97,39 @@ public static partial class ProcessMemory
         }
     }
 
+    /// <summary>Allocations from this size on get pages of their own (mmap), returned to the system when freed.</summary>
+    public const int MmapThresholdBytes = 256 * 1024;
+
+    /// <summary>
+    /// (glibc) Fixes malloc's mmap threshold at <see cref="MmapThresholdBytes"/>. By default glibc raises the threshold
+    /// to the size of each large block freed (up to 32 MiB), so once an ONNX Runtime session has been closed, the next
+    /// session's weight-sized buffers and load-time temporaries come from the heap, where freed memory stays resident:
+    /// the second session of a 100 MB model peaked 100 MiB higher than the first (measured: 171, 269, 281 MiB for three
+    /// opens in a row, 159 MiB each with the threshold fixed), and each later session more. Call once at start, before
+    /// ONNX Runtime allocates. Runs are unchanged (ONNX Runtime's arena serves them). False where it did nothing.
+    /// </summary>
+    public static bool FixMmapThreshold()
+    {
+        if (!OperatingSystem.IsLinux())
+        {
+            return false;
+        }
+        try
+        {
+            return Mallopt(MmapThresholdParameter, MmapThresholdBytes) == 1;
+        }
+        catch (Exception e) when (e is EntryPointNotFoundException or DllNotFoundException)
+        {
+            return false; // not glibc
+        }
+    }
+
+    /// <summary>M_MMAP_THRESHOLD in glibc's malloc.h.</summary>
+    private const int MmapThresholdParameter = -3;
+
     [System.Runtime.InteropServices.LibraryImport("libc", EntryPoint = "malloc_trim")]
     private static partial int MallocTrim(nuint pad);
+
+    [System.Runtime.InteropServices.LibraryImport("libc", EntryPoint = "mallopt")]
+    private static partial int Mallopt(int parameter, int value);
 }

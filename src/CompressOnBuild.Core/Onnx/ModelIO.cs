@@ -27,7 +27,10 @@ public static class ModelIO
     public const int RecursionLimit = 100;
 
     /// <summary>Reads a model and loads all its external data into memory. Throws <see cref="CompressException"/> (CMPR0101/0102/0104/0105).</summary>
-    public static ModelProto Load(string path)
+    public static ModelProto Load(string path) => Load(path, out _);
+
+    /// <summary><see cref="Load(string)"/>; <paramref name="hadExternalData"/>: some tensor's data was in another file.</summary>
+    public static ModelProto Load(string path, out bool hadExternalData)
     {
         string full = Path.GetFullPath(path);
         if (!File.Exists(full))
@@ -35,6 +38,7 @@ public static class ModelIO
             throw CompressException.ForFile(path, DiagnosticCodes.ModelNotFound, path);
         }
         ModelProto model = ParseFile(full, path, out _);
+        hadExternalData = ModelWalker.Tensors(model).Any(TensorUtil.IsExternal);
         LoadExternalData(model, Path.GetDirectoryName(full)!, path);
         return model;
     }
