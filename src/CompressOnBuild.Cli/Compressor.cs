@@ -921,11 +921,14 @@ internal sealed class AttemptContext(ItemSettings settings, ModelProto? original
         }
 
         watch.Restart();
-        ModelRunner originalRunner = OriginalRunner;
-        MemoryTrace.Mark(settings.Model, "original opened in ONNX Runtime");
-        ProcessMemory.Release(); // what ONNX Runtime freed after loading (the parsed file) before the next session loads
+        // The compressed model first: its session can need more while it loads than once loaded (ONNX Runtime turns a
+        // float16 model's weights into float32 ones, holding both for a moment), and that moment is cheaper before the
+        // original's session is open than on top of it; the original's session needs about the same loading as loaded.
         using var compressed = new ModelRunner(path, runnerOptions);
         MemoryTrace.Mark(settings.Model, "compressed opened in ONNX Runtime");
+        ProcessMemory.Release(); // what ONNX Runtime freed after loading (the parsed file) before the next session loads
+        ModelRunner originalRunner = OriginalRunner;
+        MemoryTrace.Mark(settings.Model, "original opened in ONNX Runtime");
         Dataset? inputs = on ?? Data;
         ValidationResult? validation = inputs == null ? null : Validator.Compare(originalRunner, compressed, inputs, Compressor.ValidationOptions(settings, Progress));
         List<BudgetOutcome> budgets = Budgets.Evaluate(settings, validation, originalBytes, bytes);
