@@ -92,11 +92,12 @@ public sealed class LargeModelCorpusTests
         Assert.IsTrue(D(v["embedding"]!["meanCosine"]) >= 0.9999, r.ToJsonString());
     }
 
-    /// <summary>Static int8 calibrated on 64 photos, judged on 120 others (no crop in both): the size target (>= 3.95x,
-    /// met). The clear-neighbour target (>= 99%) is met on the full 250-photo split of docs/results.md (99.2%) but this
-    /// CI subset measures 98.8% (one flip among 86 clear samples), so it is held to 98% here as a regression guard.</summary>
+    /// <summary>Static int8 calibrated on 64 photos, judged on 120 others (no crop in both): issue 18's size (>= 3.95x),
+    /// mean feature cosine (>= 0.995) and clear-neighbour (>= 99%) targets. Measured on this subset (2026-12-02):
+    /// cosine 0.9957, 100% of 86 clear samples (one flip would be 98.8%). Retrieval@1 and latency are in
+    /// docs/results.md (bash build/results.sh large-resnet), not asserted here.</summary>
     [TestMethod]
-    public void ResNet18_Int8Static_MeetsTheSizeTarget_AndKeepsClearNeighbours()
+    public void ResNet18_Int8Static_MeetsTheSizeCosineAndClearNeighbourTargets()
     {
         string photos = Path.GetDirectoryName(Corpus.Dataset("photos-224", "crops.csv"))!;
         string[] files = [.. Directory.GetFiles(photos, "*.jpg").Order(StringComparer.Ordinal)];
@@ -114,6 +115,7 @@ public sealed class LargeModelCorpusTests
         JsonNode e = r["validation"]!["embedding"]!;
         Assert.IsTrue(D(r["model"]!["compressionRatio"]) >= 3.95, r.ToJsonString());
         Assert.IsTrue(e["clearNeighborSamples"]!.GetValue<int>() >= 30, "enough samples with a clear neighbour to judge: " + e.ToJsonString());
-        Assert.IsTrue(D(e["neighborAgreement"]) >= 0.98, e.ToJsonString());
+        Assert.IsTrue(D(e["neighborAgreement"]) >= 0.99, e.ToJsonString());
+        Assert.IsTrue(D(e["meanCosine"]) >= 0.995, e.ToJsonString());
     }
 }
