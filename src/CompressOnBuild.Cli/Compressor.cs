@@ -723,9 +723,16 @@ internal sealed class AttemptContext(ItemSettings settings, ModelProto? original
         {
             return null;
         }
-        return (model, names) => _smoothingCollected is { } pre && names.All(pre.ContainsKey)
-            ? names.ToDictionary(n => n, n => pre[n], StringComparer.Ordinal)
-            : BlameTheSource(() => ActivationCollector.Collect(model, names, on, samples, runnerOptions, workDirectory), on);
+        return (model, names) =>
+        {
+            if (_smoothingCollected is { } pre && names.All(pre.ContainsKey))
+            {
+                // Asked once per pass: the collection is the pass's from here (it drops it after measuring).
+                _smoothingCollected = null;
+                return names.ToDictionary(n => n, n => pre[n], StringComparer.Ordinal);
+            }
+            return BlameTheSource(() => ActivationCollector.Collect(model, names, on, samples, runnerOptions, workDirectory), on);
+        };
     }
 
     /// <summary>
