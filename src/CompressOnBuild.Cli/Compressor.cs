@@ -251,7 +251,7 @@ internal static class Compressor
                 result.Quantization = s.Quantization switch
                 {
                     QuantizationScheme.Int4Weights => PassResult.From(StreamingQuantizer.CompressInt4Weights(s.Model, candidate,
-                        new Int4Options { ExcludedNodes = notQuantized, BlockSize = s.Int4BlockSize, Symmetric = s.Int4Symmetric },
+                        new Int4Options { ExcludedNodes = notQuantized, BlockSize = s.Int4BlockSize, Symmetric = s.Int4Symmetric, MseScales = false }, // min/max ranges: the streaming kernel's
                         s.Model, m => AddProvenance(m, s, s.NodesToExclude))),
                     QuantizationScheme.Float16 => PassResult.From(StreamingQuantizer.CompressFloat16(s.Model, candidate,
                         new Float16Options { ExcludedNodes = notQuantized }, s.Model, m => AddProvenance(m, s, s.NodesToExclude))),
@@ -899,7 +899,7 @@ internal sealed class AttemptContext(ItemSettings settings, ModelProto? original
                 Calibration(pruning == null ? null : candidate, string.Join(";", dense)),
                 StaticOptions(notQuantized), settings.Model)),
             QuantizationScheme.Int4Weights => PassResult.From(Int4WeightQuantizer.Apply(candidate,
-                new Int4Options { ExcludedNodes = notQuantized, BlockSize = settings.Int4BlockSize, Symmetric = settings.Int4Symmetric,
+                new Int4Options { ExcludedNodes = notQuantized, BlockSize = settings.Int4BlockSize, Symmetric = settings.Int4Symmetric, MseScales = settings.Int4MseScales, GptqActOrder = settings.Int4ActOrder,
                     Method = settings.Int4Method, Activations = settings.Int4Method == Int4Method.Gptq ? Activations(shared: pruning == null) : null }, settings.Model)),
             _ => null,
         };

@@ -29,7 +29,14 @@ internal sealed class ItemSettings
     public string CalibrationMethod { get; init; } = "MinMax";
     public bool Int4Symmetric { get; init; } = true;
 
+    /// <summary>GPTQ when CalibrationData is given (unless ":rtn" asks for round to nearest), else RTN.</summary>
     public Int4Method Int4Method { get; init; } = Int4Method.Rtn;
+
+    /// <summary>Int4 block ranges by MSE-optimal clipping (default) or plain min/max (":minmax").</summary>
+    public bool Int4MseScales { get; init; } = true;
+
+    /// <summary>GPTQ in activation order (default; ":inorder" quantizes the inputs in their own order).</summary>
+    public bool Int4ActOrder { get; init; } = true;
 
     /// <summary>Static int8 activations (ActivationType): UInt8 asymmetric (default) or Int8 symmetric.</summary>
     public ActivationType ActivationType { get; init; } = ActivationType.UInt8;
@@ -104,7 +111,9 @@ internal sealed class ItemSettings
         string[] qParts = qText.Split(':', StringSplitOptions.TrimEntries);
         int int4Block = 32;
         bool int4Symmetric = true;
-        Int4Method int4Method = Int4Method.Rtn;
+        Int4Method? int4MethodAsked = null;
+        bool int4Mse = true;
+        bool int4ActOrder = true;
         QuantizationScheme scheme = qParts[0].ToUpperInvariant() switch
         {
             "NONE" when qParts.Length == 1 => QuantizationScheme.None,
@@ -113,7 +122,7 @@ internal sealed class ItemSettings
             "INT8DYNAMIC" when qParts.Length == 1 => QuantizationScheme.Int8Dynamic,
             "FLOAT16" when qParts.Length == 1 => QuantizationScheme.Float16,
             "INT4WEIGHTS" => QuantizationScheme.Int4Weights,
-            _ => throw Invalid("Quantization", qText, "use None, Int8, Int8Dynamic, Int8Static, Float16 or Int4Weights[:<block size 16|32|64|128>][:sym|asym][:rtn|gptq]"),
+            _ => throw Invalid("Quantization", qText, "use None, Int8, Int8Dynamic, Int8Static, Float16 or Int4Weights[:<block size 16|32|64|128>][:sym|asym][:rtn|gptq][:mse|minmax][:actorder|inorder]"),
         };
         if (scheme == QuantizationScheme.Int4Weights)
         {
@@ -129,14 +138,24 @@ internal sealed class ItemSettings
                 }
                 else if (part.Equals("gptq", StringComparison.OrdinalIgnoreCase) || part.Equals("rtn", StringComparison.OrdinalIgnoreCase))
                 {
-                    int4Method = part.Equals("gptq", StringComparison.OrdinalIgnoreCase) ? Int4Method.Gptq : Int4Method.Rtn;
+                    int4MethodAsked = part.Equals("gptq", StringComparison.OrdinalIgnoreCase) ? Int4Method.Gptq : Int4Method.Rtn;
+                }
+                else if (part.Equals("actorder", StringComparison.OrdinalIgnoreCase) || part.Equals("inorder", StringComparison.OrdinalIgnoreCase))
+                {
+                    int4ActOrder = part.Equals("actorder", StringComparison.OrdinalIgnoreCase);
+                }
+                else if (part.Equals("mse", StringComparison.OrdinalIgnoreCase) || part.Equals("minmax", StringComparison.OrdinalIgnoreCase))
+                {
+                    int4Mse = part.Equals("mse", StringComparison.OrdinalIgnoreCase);
                 }
                 else
                 {
-                    throw Invalid("Quantization", qText, "Int4Weights takes an optional block size (16, 32, 64 or 128), sym or asym, and rtn or gptq, e.g. Int4Weights:64:asym:gptq");
+                    throw Invalid("Quantization", qText, "Int4Weights takes an optional block size (16, 32, 64 or 128), sym or asym, rtn or gptq, mse or minmax, and actorder or inorder (GPTQ), e.g. Int4Weights:64:asym:gptq");
                 }
             }
         }
+        // GPTQ is the default whenever there is calibration data to read the layers' inputs from.
+        Int4Method int4Method = int4MethodAsked ?? (scheme == QuantizationScheme.Int4Weights && hasCalibration ? Int4Method.Gptq : Int4Method.Rtn);
         if (scheme == QuantizationScheme.Int8Static && !hasCalibration)
         {
             throw Invalid("Quantization", qText, "static int8 needs CalibrationData (representative inputs for the activation ranges)");
@@ -147,7 +166,7 @@ internal sealed class ItemSettings
         }
         if (hasCalibration && scheme != QuantizationScheme.Int8Static && int4Method != Int4Method.Gptq && (r.Get("Pruning") ?? "None").Equals("None", StringComparison.OrdinalIgnoreCase))
         {
-            throw Invalid("CalibrationData", r.Get("CalibrationData")!, $"calibration data is used by Int8 / Int8Static, Int4Weights:gptq and pruning, not by {qText} alone");
+            throw Invalid("CalibrationData", r.Get("CalibrationData")!, $"calibration data is used by Int8 / Int8Static, Int4Weights (GPTQ, unless :rtn) and pruning, not by {qText} alone");
         }
         int calibrationSamples = Checked("CalibrationSamples") is { } cs ? int.Parse(cs, CultureInfo.InvariantCulture) : 256;
         string calibrationMethod = r.Get("CalibrationMethod") ?? "MinMax";
@@ -262,7 +281,7 @@ internal sealed class ItemSettings
 
         var effective = new SortedDictionary<string, string>(StringComparer.Ordinal)
         {
-            ["Quantization"] = scheme == QuantizationScheme.Int4Weights ? $"Int4Weights:{int4Block}:{(int4Symmetric ? "sym" : "asym")}{(int4Method == Int4Method.Gptq ? ":gptq" : "")}" : scheme.ToString(),
+            ["Quantization"] = scheme == QuantizationScheme.Int4Weights ? $"Int4Weights:{int4Block}:{(int4Symmetric ? "sym" : "asym")}{(int4Method == Int4Method.Gptq ? ":gptq" : "")}{(int4Mse ? "" : ":minmax")}{(int4Method == Int4Method.Gptq && !int4ActOrder ? ":inorder" : "")}" : scheme.ToString(),
             ["Pruning"] = pruningOptions.ToString(),
         };
         foreach ((string k, string v) in r.Values)
@@ -320,6 +339,8 @@ internal sealed class ItemSettings
             CalibrationMethod = calibrationCanonical,
             Int4Symmetric = int4Symmetric,
             Int4Method = int4Method,
+            Int4MseScales = int4Mse,
+            Int4ActOrder = int4ActOrder,
             Inputs = shapes.Count > 0 || values.Count > 0 ? new InputOverrides(shapes, values) : InputOverrides.None,
             ActivationType = activationType,
             PerChannel = perChannel,

@@ -210,7 +210,7 @@ namespace CompressOnBuild
                 Help = "report.json with every metric and budget, plus .md and .html beside it",
             },
             Item("Quantization", OptionKind.Text, "<scheme>",
-                "None | Int8 (static with calibration data, else dynamic) | Int8Dynamic\n| Int8Static | Float16 | Int4Weights[:<block>][:sym|asym][:rtn|gptq]", "Int8"),
+                "None | Int8 (static with calibration data, else dynamic) | Int8Dynamic\n| Int8Static | Float16 | Int4Weights[:<block>][:sym|asym][:rtn|gptq]\n| [:mse|minmax][:actorder|inorder]", "Int8"),
             Item("Pruning", OptionKind.Text, "<method>",
                 "None | Magnitude:<s> | Global:<s> | Sensitivity:<s> | NofM:<n>:<m>\n| SparseGPT:<s> | SparseGPT:<n>:<m> (needs --calibration-data) | Channels:<f>[:norefit]\n(before quantization; ranked/refit with --calibration-data when given)", "None"),
             Item("CalibrationData", OptionKind.Path, "<path>", "representative inputs for static int8 activation ranges, GPTQ and pruning"),

@@ -751,8 +751,8 @@ public sealed class CompressCommandTests
     }
 
     /// <summary>
-    /// GPTQ (Int4Weights:...:gptq with CalibrationData) against round-to-nearest on fashion-mlp, block 128 where
-    /// rounding hurts most: same size, output closer to the float model on the full test set.
+    /// GPTQ (the Int4Weights default when CalibrationData is given) against round-to-nearest on fashion-mlp, block 128
+    /// where rounding hurts most: same size, output closer to the float model on the full test set.
     /// </summary>
     [TestMethod]
     public void Int4GptqAgreesWithTheFloatModelBetterThanRoundToNearest()
@@ -764,7 +764,7 @@ public sealed class CompressCommandTests
             "--quantization", "Int4Weights:128", .. common]);
         Assert.AreEqual(0, rtn.ExitCode, rtn.Output);
         CliRun gptq = CliHarness.InProcess(["compress", Corpus.Model("fashion-mlp"), "--output", P("g.onnx"), "--report", P("g.json"),
-            "--quantization", "Int4Weights:128:gptq", "--calibration-data", images, "--calibration-samples", "256", .. common]);
+            "--quantization", "Int4Weights:128", "--calibration-data", images, "--calibration-samples", "256", .. common]);
         Assert.AreEqual(0, gptq.ExitCode, gptq.Output);
         JsonNode r = JsonNode.Parse(File.ReadAllText(P("r.json")))!, g = JsonNode.Parse(File.ReadAllText(P("g.json")))!;
         Assert.AreEqual("GPTQ", g["quantization"]!["method"]!.GetValue<string>());

@@ -37,11 +37,16 @@ internal static class Int4Gptq
     /// <see cref="Int4WeightQuantizer.QuantizeBlocks"/>, MaxError measured against the original weights.
     /// </summary>
     public static (byte[] Packed, float[] Scales, byte[]? ZeroPoints, float MaxError)? Quantize(
-        ReadOnlySpan<float> channelMajor, int n, int k, double[] hessian, int blockSize, bool symmetric, double dampening = 0.01)
+        ReadOnlySpan<float> channelMajor, int n, int k, double[] hessian, int blockSize, bool symmetric, double dampening = 0.01, bool mseScales = false,
+        bool actOrder = false)
     {
         if (hessian.Length != (long)k * k || Batch % blockSize != 0)
         {
             throw new ArgumentException("Hessian size or block size does not fit.");
+        }
+        if (actOrder)
+        {
+            return QuantizeInActivationOrder(channelMajor, n, k, hessian, blockSize, symmetric, dampening, mseScales);
         }
         float[] w = channelMajor.ToArray();
         var h = (double[])hessian.Clone();
@@ -94,7 +99,7 @@ internal static class Int4Gptq
                     {
                         padded.AsSpan().Clear();
                         w.AsSpan((int)((long)r * k + i), len).CopyTo(padded);
-                        (scales[r * blocks + b], zeros[r * blocks + b]) = Int4WeightQuantizer.BlockParameters(padded, symmetric);
+                        (scales[r * blocks + b], zeros[r * blocks + b]) = Int4WeightQuantizer.BlockParameters(padded, symmetric, mseScales);
                     }
                 }
                 int block = i / blockSize;
@@ -152,6 +157,154 @@ internal static class Int4Gptq
             maxError = MathF.Max(maxError, MathF.Abs(channelMajor[(int)i] - w[i]));
         }
         return (packed, scales, zeroPoints, maxError);
+    }
+
+    /// <summary>
+    /// GPTQ in activation order with static groups: each block's scale and zero point are fixed first from the
+    /// original weights (so the stored layout stays MatMulNBits' plain blocks, no g_idx), then the input positions are
+    /// quantized from the largest Hessian diagonal (the inputs with the most energy) to the smallest, so the error of
+    /// the important inputs is pushed onto the unimportant ones rather than the other way round.
+    /// </summary>
+    private static (byte[] Packed, float[] Scales, byte[]? ZeroPoints, float MaxError)? QuantizeInActivationOrder(
+        ReadOnlySpan<float> channelMajor, int n, int k, double[] hessian, int blockSize, bool symmetric, double dampening, bool mseScales)
+    {
+        int blocks = (k + blockSize - 1) / blockSize;
+        var scales = new float[n * blocks];
+        var zeros = new byte[n * blocks];
+        var padded = new float[blockSize];
+        for (int r = 0; r < n; r++)
+        {
+            for (int b = 0; b < blocks; b++)
+            {
+                int len = Math.Min(blockSize, k - b * blockSize);
+                padded.AsSpan().Clear();
+                channelMajor.Slice(r * k + b * blockSize, len).CopyTo(padded);
+                (scales[r * blocks + b], zeros[r * blocks + b]) = Int4WeightQuantizer.BlockParameters(padded, symmetric, mseScales);
+            }
+        }
+        // Largest diagonal first; ties keep the input order (a stable sort).
+        int[] order = Enumerable.Range(0, k).OrderByDescending(i => hessian[(long)i * k + i]).ThenBy(i => i).ToArray();
+        var permutedH = new double[(long)k * k];
+        for (int i = 0; i < k; i++)
+        {
+            for (int j = 0; j < k; j++)
+            {
+                permutedH[(long)i * k + j] = hessian[(long)order[i] * k + order[j]];
+            }
+        }
+        var permutedW = new float[(long)n * k];
+        for (int r = 0; r < n; r++)
+        {
+            for (int i = 0; i < k; i++)
+            {
+                permutedW[(long)r * k + i] = channelMajor[(int)((long)r * k + order[i])];
+            }
+        }
+        // Position i of the permuted layer uses the fixed block parameters of original input order[i].
+        float[]? dequantized = Feedback(permutedW, n, k, permutedH, dampening, (r, i) => (scales[r * blocks + order[i] / blockSize], zeros[r * blocks + order[i] / blockSize]));
+        if (dequantized == null)
+        {
+            return null;
+        }
+        var codes = new byte[(long)n * blocks * blockSize];
+        float maxError = 0f;
+        for (int r = 0; r < n; r++)
+        {
+            for (int b = 0; b < blocks; b++)
+            {
+                codes.AsSpan((int)(((long)r * blocks + b) * blockSize), blockSize).Fill(zeros[r * blocks + b]); // padding = the zero point
+            }
+            for (int i = 0; i < k; i++)
+            {
+                int c = order[i];
+                float q = dequantized[(long)r * k + i];
+                float scale = scales[r * blocks + c / blockSize];
+                byte zero = zeros[r * blocks + c / blockSize];
+                codes[((long)r * blocks + c / blockSize) * blockSize + c % blockSize] = (byte)Math.Clamp(MathF.Round(q / scale, MidpointRounding.ToEven) + zero, 0f, 15f);
+                maxError = MathF.Max(maxError, MathF.Abs(channelMajor[(int)((long)r * k + c)] - q));
+            }
+        }
+        var packed = new byte[(long)n * blocks * blockSize / 2];
+        Int4Kernels.Pack(codes, packed);
+        byte[]? zeroPoints = null;
+        if (!symmetric)
+        {
+            int zpBytesPerRow = (blocks + 1) / 2;
+            zeroPoints = new byte[n * zpBytesPerRow];
+            for (int r = 0; r < n; r++)
+            {
+                Int4Kernels.Pack(zeros.AsSpan(r * blocks, blocks), zeroPoints.AsSpan(r * zpBytesPerRow, zpBytesPerRow));
+            }
+        }
+        return (packed, scales, zeroPoints, maxError);
+    }
+
+    /// <summary>
+    /// The error-feedback loop over the channel-major [n, k] weights <paramref name="w"/> (modified: on return each
+    /// weight holds its dequantized value) with fixed per-position grid parameters <paramref name="grid"/>(row, position);
+    /// weights that are exactly zero on entry stay zero. Null when H would not factorize.
+    /// </summary>
+    private static float[]? Feedback(float[] w, int n, int k, double[] hessian, double dampening, Func<int, int, (float Scale, byte Zero)> grid)
+    {
+        float[] original = (float[])w.Clone();
+        var h = (double[])hessian.Clone();
+        double meanDiagonal = 0;
+        for (int i = 0; i < k; i++)
+        {
+            meanDiagonal += h[(long)i * k + i];
+        }
+        meanDiagonal /= k;
+        for (int i = 0; i < k; i++)
+        {
+            if (h[(long)i * k + i] <= 0)
+            {
+                h[(long)i * k + i] = 1;
+                for (int r = 0; r < n; r++)
+                {
+                    w[(long)r * k + i] = 0f;
+                    original[(long)r * k + i] = 0f;
+                }
+            }
+        }
+        if (!(meanDiagonal > 0))
+        {
+            meanDiagonal = 1;
+        }
+        double[]? u = DampedUpperFactorOfInverse(h, k, dampening, meanDiagonal);
+        if (u == null)
+        {
+            return null;
+        }
+        var errors = new float[(long)n * Batch];
+        var uBatchRow = new float[Batch];
+        for (int start = 0; start < k; start += Batch)
+        {
+            int end = Math.Min(k, start + Batch);
+            for (int i = start; i < end; i++)
+            {
+                double d = u[(long)i * k + i];
+                Span<float> uRow = uBatchRow.AsSpan(0, end - i - 1);
+                for (int j = i + 1; j < end; j++)
+                {
+                    uRow[j - i - 1] = (float)u[(long)i * k + j];
+                }
+                for (int r = 0; r < n; r++)
+                {
+                    long at = (long)r * k + i;
+                    (float scale, byte zero) = grid(r, i);
+                    int code = original[at] == 0f ? zero
+                        : (int)Math.Clamp(MathF.Round(w[at] / scale, MidpointRounding.ToEven) + zero, 0f, 15f);
+                    float q = (code - zero) * scale;
+                    float e = (float)((w[at] - q) / d);
+                    errors[(long)r * Batch + (i - start)] = e;
+                    Span<float> later = w.AsSpan((int)(at + 1), end - i - 1);
+                    TensorPrimitives.MultiplyAdd(uRow, -e, later, later);
+                    w[at] = q;
+                }
+            }
+            PropagateBlockError(w, n, k, errors, Batch, u, start, end);
+        }
+        return w;
     }
 
     /// <summary>

@@ -41,6 +41,21 @@ public sealed class Int4Options
 
     public Int4Method Method { get; init; } = Int4Method.Rtn;
 
+    /// <summary>
+    /// true (default): each block's range is the one (of min/max and narrower clips) with the smallest squared
+    /// rounding error over the block (<see cref="Int4WeightQuantizer.SearchScale"/>), for RTN, GPTQ and embedding
+    /// tables alike. false: min/max ranges (every weight within half a step). The streaming path (models over 1.5 GB)
+    /// always takes min/max ranges.
+    /// </summary>
+    public bool MseScales { get; init; } = true;
+
+    /// <summary>
+    /// GPTQ (default true): quantize the inputs from the largest Hessian diagonal down, with every block's scale fixed
+    /// first from the weights (static groups, so the layout stays plain MatMulNBits blocks); false: in input order,
+    /// each block's scale chosen from the error-corrected weights when the block is reached.
+    /// </summary>
+    public bool GptqActOrder { get; init; } = true;
+
     /// <summary>Calibration activations of the layers' inputs, for <see cref="Int4Method.Gptq"/>.</summary>
     public ActivationSource? Activations { get; init; }
 

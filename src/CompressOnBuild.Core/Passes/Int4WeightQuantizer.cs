@@ -113,68 +113,79 @@ public static class Int4WeightQuantizer
     /// <summary>
     /// Quantizes one channel-major [n, k] matrix block-wise. Returns codes packed [n, blocks, block/2], scales
     /// [n * blocks], packed zero points [n * ceil(blocks/2)] (null when symmetric) and the largest |w - dequantized|.
+    /// <paramref name="mseSearch"/>: each block's range is the MSE-optimal clip (<see cref="SearchScale"/>), else min/max.
     /// </summary>
     internal static (byte[] Packed, float[] Scales, byte[]? ZeroPoints, float MaxError) QuantizeBlocks(
-        ReadOnlySpan<float> channelMajor, int n, int k, int blockSize, bool symmetric)
+        float[] channelMajor, int n, int k, int blockSize, bool symmetric, bool mseSearch = false)
     {
         int blocks = (k + blockSize - 1) / blockSize;
         int zpBytesPerRow = (blocks + 1) / 2;
         var packed = new byte[(long)n * blocks * blockSize / 2];
         var scales = new float[n * blocks];
         byte[]? zeroPoints = symmetric ? null : new byte[n * zpBytesPerRow];
-        var codes = new byte[blocks * blockSize];
-        var blockZeros = new byte[blocks];
-        var padded = new float[blockSize];
-        var roundTrip = new float[blockSize];
-        float maxError = 0f;
-        for (int row = 0; row < n; row++)
+        // Rows are independent: chunks of rows run in parallel (the MSE search tries 34 ranges per block).
+        const int RowsPerChunk = 64;
+        int chunks = (n + RowsPerChunk - 1) / RowsPerChunk;
+        var chunkErrors = new float[chunks];
+        Parallel.For(0, chunks, chunk =>
         {
-            ReadOnlySpan<float> w = channelMajor.Slice(row * k, k);
-            for (int b = 0; b < blocks; b++)
+            var codes = new byte[blocks * blockSize];
+            var blockZeros = new byte[blocks];
+            var padded = new float[blockSize];
+            var roundTrip = new float[blockSize];
+            float maxError = 0f;
+            for (int row = chunk * RowsPerChunk; row < Math.Min(n, (chunk + 1) * RowsPerChunk); row++)
             {
-                int start = b * blockSize;
-                int len = Math.Min(blockSize, k - start);
-                padded.AsSpan().Clear();
-                w.Slice(start, len).CopyTo(padded);
-                (float scale, byte zero) = BlockParameters(padded, symmetric);
-                Span<byte> blockCodes = codes.AsSpan(start, blockSize);
-                if (scale < 0f)
+                ReadOnlySpan<float> w = channelMajor.AsSpan(row * k, k);
+                for (int b = 0; b < blocks; b++)
                 {
-                    // The kernels take positive scales: x / s = (-x) / |s|, and half-to-even rounding is odd-symmetric.
-                    TensorPrimitives.Negate(padded, padded);
-                    QuantizationKernels.Quantize(padded, -scale, zero, blockCodes, 0, 15);
-                    QuantizationKernels.Dequantize(blockCodes, -scale, zero, roundTrip);
-                    TensorPrimitives.Negate(padded, padded);
-                    TensorPrimitives.Negate(roundTrip, roundTrip);
+                    int start = b * blockSize;
+                    int len = Math.Min(blockSize, k - start);
+                    padded.AsSpan().Clear();
+                    w.Slice(start, len).CopyTo(padded);
+                    (float scale, byte zero) = BlockParameters(padded, symmetric, mseSearch);
+                    Span<byte> blockCodes = codes.AsSpan(start, blockSize);
+                    if (scale < 0f)
+                    {
+                        // The kernels take positive scales: x / s = (-x) / |s|, and half-to-even rounding is odd-symmetric.
+                        TensorPrimitives.Negate(padded, padded);
+                        QuantizationKernels.Quantize(padded, -scale, zero, blockCodes, 0, 15);
+                        QuantizationKernels.Dequantize(blockCodes, -scale, zero, roundTrip);
+                        TensorPrimitives.Negate(padded, padded);
+                        TensorPrimitives.Negate(roundTrip, roundTrip);
+                    }
+                    else
+                    {
+                        QuantizationKernels.Quantize(padded, scale, zero, blockCodes, 0, 15);
+                        QuantizationKernels.Dequantize(blockCodes, scale, zero, roundTrip);
+                    }
+                    maxError = MathF.Max(maxError, ErrorMetrics.MaxAbsDifference(padded.AsSpan(0, len), roundTrip.AsSpan(0, len)));
+                    scales[row * blocks + b] = scale;
+                    blockZeros[b] = zero;
                 }
-                else
+                Int4Kernels.Pack(codes, packed.AsSpan(row * blocks * blockSize / 2, blocks * blockSize / 2));
+                if (zeroPoints != null)
                 {
-                    QuantizationKernels.Quantize(padded, scale, zero, blockCodes, 0, 15);
-                    QuantizationKernels.Dequantize(blockCodes, scale, zero, roundTrip);
+                    Int4Kernels.Pack(blockZeros, zeroPoints.AsSpan(row * zpBytesPerRow, zpBytesPerRow));
                 }
-                maxError = MathF.Max(maxError, ErrorMetrics.MaxAbsDifference(padded.AsSpan(0, len), roundTrip.AsSpan(0, len)));
-                scales[row * blocks + b] = scale;
-                blockZeros[b] = zero;
             }
-            Int4Kernels.Pack(codes, packed.AsSpan(row * blocks * blockSize / 2, blocks * blockSize / 2));
-            if (zeroPoints != null)
-            {
-                Int4Kernels.Pack(blockZeros, zeroPoints.AsSpan(row * zpBytesPerRow, zpBytesPerRow));
-            }
-        }
-        return (packed, scales, zeroPoints, maxError);
+            chunkErrors[chunk] = maxError;
+        });
+        return (packed, scales, zeroPoints, chunkErrors.Length == 0 ? 0f : chunkErrors.Max());
     }
 
     /// <summary>
     /// A block's scale and zero point. Symmetric: the value of largest magnitude lands exactly on code 0 (level -8),
     /// so the scale carries that value's sign; the other side reaches at most +8, clamped to 7; zero point 8.
     /// Asymmetric: min..max (widened to include 0) over 15 steps, zero point rounded half to even. An all-zero
-    /// block gets scale 1 (every code is the zero point).
+    /// block gets scale 1 (every code is the zero point). With <paramref name="mseSearch"/>, the range is then
+    /// searched for the smallest squared rounding error of the block (<see cref="SearchScale"/>).
     /// </summary>
-    internal static (float Scale, byte Zero) BlockParameters(ReadOnlySpan<float> block, bool symmetric)
+    internal static (float Scale, byte Zero) BlockParameters(ReadOnlySpan<float> block, bool symmetric, bool mseSearch = false)
     {
         float scale;
         byte zero;
+        float min = 0f, max = 0f;
         if (symmetric)
         {
             int at = TensorPrimitives.IndexOfMaxMagnitude(block);
@@ -183,15 +194,83 @@ public static class Int4WeightQuantizer
         }
         else
         {
-            float min = MathF.Min(0f, TensorPrimitives.Min(block));
-            float max = MathF.Max(0f, TensorPrimitives.Max(block));
+            min = MathF.Min(0f, TensorPrimitives.Min(block));
+            max = MathF.Max(0f, TensorPrimitives.Max(block));
             scale = (max - min) / 15f;
-            zero = scale > 0f && float.IsFinite(scale) ? (byte)Math.Clamp(MathF.Round(-min / scale, MidpointRounding.ToEven), 0f, 15f) : (byte)0;
+            zero = AsymmetricZero(min, scale);
         }
         if (!(MathF.Abs(scale) >= 1e-30f) || !float.IsFinite(scale))
         {
-            scale = 1f;
+            return (1f, zero);
         }
-        return (scale, zero);
+        return mseSearch ? SearchScale(block, symmetric, scale, zero, min, max) : (scale, zero);
+    }
+
+    private static byte AsymmetricZero(float min, float scale) =>
+        scale > 0f && float.IsFinite(scale) ? (byte)Math.Clamp(MathF.Round(-min / scale, MidpointRounding.ToEven), 0f, 15f) : (byte)0;
+
+    /// <summary>Candidate ranges tried by <see cref="SearchScale"/>: the full range times 1 - i/40, i = 0..<see cref="ShrinkSteps"/>.</summary>
+    internal const int ShrinkSteps = 16;
+
+    /// <summary>
+    /// MSE-optimal clipping: among the block's min/max scale (<paramref name="scale"/>, <paramref name="zero"/>) and
+    /// narrower ranges (1 - i/40 of it, down to 60%: the few largest values are clipped so that the many small ones
+    /// get finer steps), the one whose round trip has the smallest sum of squared errors over the block; symmetric
+    /// blocks also try each range with the largest magnitude on +7 instead of -8 (the sign of the scale flipped).
+    /// The min/max choice wins ties, so a block it already fits exactly keeps it.
+    /// </summary>
+    internal static (float Scale, byte Zero) SearchScale(ReadOnlySpan<float> block, bool symmetric, float scale, byte zero, float min, float max)
+    {
+        float bestScale = scale;
+        byte bestZero = zero;
+        double best = RoundTripError(block, scale, zero);
+        for (int i = 0; i <= ShrinkSteps; i++)
+        {
+            float f = 1f - i / 40f;
+            for (int variant = 0; variant < 2; variant++)
+            {
+                float s;
+                byte z;
+                if (symmetric)
+                {
+                    // i = 0 with the min/max sign is the starting point; the flipped sign puts the largest magnitude on +7.
+                    s = variant == 0 ? scale * f : -scale * f * 8f / 7f;
+                    z = 8;
+                }
+                else
+                {
+                    s = (max - min) * f / 15f;
+                    z = AsymmetricZero(min * f, s);
+                    if (variant == 1)
+                    {
+                        break;
+                    }
+                }
+                if (!(MathF.Abs(s) >= 1e-30f) || !float.IsFinite(s))
+                {
+                    continue;
+                }
+                double e = RoundTripError(block, s, z);
+                if (e < best)
+                {
+                    (best, bestScale, bestZero) = (e, s, z);
+                }
+            }
+        }
+        return (bestScale, bestZero);
+    }
+
+    /// <summary>Sum of squared differences between the block and its 4-bit round trip with this scale and zero point.</summary>
+    internal static double RoundTripError(ReadOnlySpan<float> block, float scale, byte zero)
+    {
+        double sum = 0;
+        float inv = 1f / scale;
+        foreach (float x in block)
+        {
+            float q = (Math.Clamp(MathF.Round(x * inv, MidpointRounding.ToEven) + zero, 0f, 15f) - zero) * scale;
+            float d = x - q;
+            sum += d * d;
+        }
+        return sum;
     }
 }

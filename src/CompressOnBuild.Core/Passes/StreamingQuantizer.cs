@@ -75,7 +75,8 @@ public static class StreamingQuantizer
     /// <summary>
     /// Weight-only 4-bit quantization (com.microsoft MatMulNBits) of <paramref name="modelPath"/> into
     /// <paramref name="outputPath"/> (plus "&lt;output&gt;.data"), with the same weights, scales, zero points and
-    /// nodes as <see cref="Int4WeightQuantizer"/>. Only main-graph MatMul nodes whose weight is a float32 rank-2
+    /// nodes as <see cref="Int4WeightQuantizer"/> with min/max block ranges (<see cref="Int4Options.MseScales"/> is not
+    /// used here: the column-block kernel has no range search). Only main-graph MatMul nodes whose weight is a float32 rank-2
     /// initializer used by nothing else are quantized. Each weight is read in row chunks (whole K blocks, blocks run
     /// along K); the packed result of one weight (N*K/2 bytes plus scales) is held, then appended to the data file
     /// together with its scales and zero points. Same errors as <see cref="CompressInt8Dynamic"/>, plus CMPR0003

@@ -234,7 +234,8 @@ public sealed class StreamingQuantizerTests
         ModelProto model = SmallChain(k: 200);
         string source = Path.Combine(_dir, "src", "m.onnx");
         SaveExternal(model, source);
-        var options = new Int4Options { BlockSize = blockSize, Symmetric = symmetric, AccuracyLevel = 4 };
+        // The streaming path takes min/max block ranges (no MSE search): the in-memory pass matches it with MseScales off.
+        var options = new Int4Options { BlockSize = blockSize, Symmetric = symmetric, AccuracyLevel = 4, MseScales = false };
 
         ModelProto inMemory = model.Clone();
         Int4Summary expected = Int4WeightQuantizer.Apply(inMemory, options, "m");

@@ -34,14 +34,14 @@ internal sealed class GatherLowering : IOperatorLowering
     public const string QuantizedOpType = "GatherBlockQuantized";
 
     /// <summary>How tables are encoded: 8 bits per row, or 4 bits in blocks.</summary>
-    internal readonly record struct Scheme(int Bits, int BlockSize, bool Symmetric)
+    internal readonly record struct Scheme(int Bits, int BlockSize, bool Symmetric, bool MseScales = false)
     {
         /// <summary>8 bits: row scales stored as float16 where they fit (<see cref="Quantization.HalfScales"/>).</summary>
         public bool HalfScales { get; init; }
 
         public static Scheme Int8PerRow => new(8, 0, true);
 
-        public static Scheme Int4(int blockSize, bool symmetric) => new(4, blockSize, symmetric);
+        public static Scheme Int4(int blockSize, bool symmetric, bool mseScales = false) => new(4, blockSize, symmetric, mseScales);
     }
 
     private sealed record StoredTable(string Codes, string Scales, string? ZeroPoints, int BlockSize, int Rows, int Cols, float MaxError, bool HalfScales);
@@ -171,7 +171,7 @@ internal sealed class GatherLowering : IOperatorLowering
     private static (byte[] Codes, long[] Dims, float[] Scales, int Blocks, byte[]? ZeroPoints, int BlockSize, float MaxError, bool Half) EncodeInt4(float[] data, int rows, int cols, Scheme scheme)
     {
         int block = scheme.BlockSize;
-        (byte[] packed, float[] scales, byte[]? zeroPoints, float maxError) = Int4WeightQuantizer.QuantizeBlocks(data, rows, cols, block, scheme.Symmetric);
+        (byte[] packed, float[] scales, byte[]? zeroPoints, float maxError) = Int4WeightQuantizer.QuantizeBlocks(data, rows, cols, block, scheme.Symmetric, scheme.MseScales);
         int blocks = (cols + block - 1) / block;
         int paddedRow = blocks * block / 2, row = cols / 2;
         byte[] codes = packed;

@@ -25,7 +25,7 @@ internal sealed class Int4Context(PassGraph graph, Int4Options options, string d
     /// <summary>Layers GPTQ left to round-to-nearest (transposed input, inside an If/Loop/Scan body, or H would not factorize).</summary>
     public List<string> RoundedToNearest { get; } = [];
 
-    public GatherLowering.Scheme TableScheme => GatherLowering.Scheme.Int4(Options.BlockSize, Options.Symmetric);
+    public GatherLowering.Scheme TableScheme => GatherLowering.Scheme.Int4(Options.BlockSize, Options.Symmetric, Options.MseScales);
 
     /// <summary>GPTQ: one pass over the calibration data for every MatMul/Gemm input it needs.</summary>
     public override void Prepare(IReadOnlyList<WeightSite> sites)
@@ -58,7 +58,7 @@ internal sealed class Int4Context(PassGraph graph, Int4Options options, string d
             {
                 RoundedToNearest.Add(OnnxNames.Label(c.Node)); // transposed input, inside a body, or H would not factorize
             }
-            (byte[] packed, float[] scales, byte[]? zeros, float error) = gptq ?? Int4WeightQuantizer.QuantizeBlocks(channelMajor, n, k, Options.BlockSize, Options.Symmetric);
+            (byte[] packed, float[] scales, byte[]? zeros, float error) = gptq ?? Int4WeightQuantizer.QuantizeBlocks(channelMajor, n, k, Options.BlockSize, Options.Symmetric, Options.MseScales);
             int blocks = (k + Options.BlockSize - 1) / Options.BlockSize;
             string baseName = Int4WeightQuantizer.QuantizedBaseName(c.WeightName);
             var stored = new Int4Matrix(Graph.Unique(baseName), Graph.Unique(baseName + "_scales"), zeros == null ? null : Graph.Unique(baseName + "_zero_points"), k, n, error);
@@ -104,6 +104,6 @@ internal sealed class Int4Context(PassGraph graph, Int4Options options, string d
             throw new CompressException(DiagnosticCodes.NonFiniteOutputs, DisplayName, input, "one of the calibration samples (GPTQ)") { File = DisplayName };
         }
         double[] h = Int4Gptq.Hessian(a.Data, a.Data.Length / k, k, a.RowMask is { } mask && mask.Length == a.Data.Length / k ? mask : null);
-        return Int4Gptq.Quantize(channelMajor, n, k, h, Options.BlockSize, Options.Symmetric, Options.GptqDampening);
+        return Int4Gptq.Quantize(channelMajor, n, k, h, Options.BlockSize, Options.Symmetric, Options.GptqDampening, Options.MseScales, Options.GptqActOrder);
     }
 }
