@@ -8,6 +8,8 @@
 #   bash build/results.sh large-minilm  the MiniLM Int8 row and end-to-end line of "large" only (other rows kept)
 #   bash build/results.sh large         all-MiniLM-L6-v2 (2,000 sentences, text data) and ResNet18 (photos): size, quality,
 #                                       latency vs fp32, end-to-end time and peak RSS (restores the large models first)
+#   bash build/results.sh large-minilm-int4  the MiniLM Int4Weights row of "large" only (GPTQ on 256 calibration sentences,
+#                                       validated on the others; replaced in place with its note line; build the CLI first)
 #   bash build/results.sh large-resnet  only the ResNet18 rows of that section (replaced in place; build the CLI first)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"

@@ -9,11 +9,12 @@ using System.Text.Json.Nodes;
 //   large:       all-MiniLM-L6-v2 and ResNet18 (issue 18), only when asked for (between <!-- large:begin --> and <!-- large:end -->);
 //                `large:<n>` uses n evenly spaced sentences instead of all 2,000
 //   large-minilm: the MiniLM Int8 row and end-to-end line of the large section only (other rows kept as they are)
+//   large-minilm-int4: only the MiniLM Int4Weights row of the large section (and its note line), replaced in place
 //   large-resnet: only the ResNet18 rows of the large section (replaced in place; the MiniLM rows stay as they are)
 //   pruning-large: Magnitude vs SparseGPT (and Channels) on ResNet18 and MiniLM (issue 15), only when asked for
 // Arguments: the section names to regenerate (default: compression and pruning), e.g. `bash build/results.sh pruning`.
 var ci = CultureInfo.InvariantCulture;
-string[] known = ["compression", "pruning", "large", "large-minilm", "large-resnet", "pruning-large"];
+string[] known = ["compression", "pruning", "large", "large-minilm", "large-minilm-int4", "large-resnet", "pruning-large"];
 int largeSentences = args.FirstOrDefault(a => a.StartsWith("large:", StringComparison.Ordinal)) is { } ls ? int.Parse(ls[6..], ci) : 0;
 string[] sections = args.Length == 0 ? ["compression", "pruning"] : [.. args.Select(a => a.StartsWith("large:", StringComparison.Ordinal) ? "large" : a)];
 if (sections.FirstOrDefault(a => !known.Contains(a)) is { } unknown)
@@ -62,6 +63,35 @@ if (sections.Contains("pruning"))
 if (sections.Contains("large"))
 {
     WriteSection(doc, "large", Large.Section(corpus, repo, work, largeSentences));
+}
+if (sections.Contains("large-minilm-int4") && !sections.Contains("large"))
+{
+    // Only the MiniLM Int4Weights row and its note line, replaced where they are.
+    string text = File.ReadAllText(doc);
+    int b = text.IndexOf("<!-- large:begin -->", StringComparison.Ordinal), e = text.IndexOf("<!-- large:end -->", StringComparison.Ordinal);
+    if (b < 0 || e < b)
+    {
+        throw new InvalidOperationException("docs/results.md has no large section to update: run 'large' first");
+    }
+    string cli = Path.Combine(repo, "artifacts", "bin", "CompressOnBuild.Cli", "release", "CompressOnBuild.Cli.dll");
+    if (!File.Exists(cli))
+    {
+        throw new FileNotFoundException("build the CLI first (dotnet build src/CompressOnBuild.Cli -c Release)", cli);
+    }
+    (string row, string note) = Large.MiniLmInt4(Path.Combine(corpus, "datasets", "sentences", "sentences.txt"), Path.Combine(Large.LargeDir(corpus), "all-minilm-l6-v2", "vocab.txt"),
+        Path.Combine(Large.LargeDir(corpus), "all-minilm-l6-v2", "model.onnx"), cli, work);
+    var lines = text[b..e].Split('\n').ToList();
+    int at = lines.FindIndex(l => l.StartsWith("| MiniLM | Int4Weights |", StringComparison.Ordinal));
+    if (at < 0)
+    {
+        throw new InvalidOperationException("docs/results.md has no MiniLM Int4Weights row to replace: run 'large' first");
+    }
+    lines[at] = row;
+    lines.RemoveAll(l => l.StartsWith(Large.Int4NotePrefix, StringComparison.Ordinal));
+    int targets = lines.FindIndex(l => l.StartsWith("Issue 18 targets", StringComparison.Ordinal));
+    lines.Insert(targets < 0 ? lines.Count : targets, note + "\n");
+    File.WriteAllText(doc, text[..b] + string.Join('\n', lines) + text[e..]);
+    Console.WriteLine(row);
 }
 if (sections.Contains("large-resnet"))
 {
