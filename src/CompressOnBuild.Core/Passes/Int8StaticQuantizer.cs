@@ -150,7 +150,19 @@ public static class Int8StaticQuantizer
     {
         public required NodeProto Node { get; init; }
 
-        public required float[] Weight { get; init; }
+        /// <summary>Reads the weight as floats (from the model's tensor; called again after <see cref="ReleaseWeight"/>).</summary>
+        public required Func<float[]> LoadWeight { get; init; }
+
+        private float[]? _weight;
+
+        /// <summary>
+        /// The weight as floats, read on first use: holding every candidate's weight as floats at once doubled the
+        /// model in memory while the pass (and the calibration plan) ran.
+        /// </summary>
+        public float[] Weight => _weight ??= LoadWeight();
+
+        /// <summary>Drops the float copy of the weight (read again if asked for).</summary>
+        public void ReleaseWeight() => _weight = null;
 
         public required long[] Dims { get; init; }
 
@@ -292,6 +304,7 @@ public static class Int8StaticQuantizer
                 {
                     throw CompressException.ForFile(displayName, DiagnosticCodes.NonFiniteWeights, displayName, c.Node.Input[1]);
                 }
+                c.ReleaseWeight();
             }
             Rewrite(candidates);
             if (Quantized.Count == 0)
@@ -655,14 +668,15 @@ public static class Int8StaticQuantizer
                 {
                     continue;
                 }
-                float[] w = PassGraph.Floats(site.Weight.Tensor, displayName);
+                TensorProto weightTensor = site.Weight.Tensor;
                 long[] dims = site.Weight.Dims;
+                long weightElements = dims.Aggregate(1L, (a, b) => a * b);
                 List<NodeProto> chain = site.Weight.Chain;
                 List<string> sources = [node.Input[1], site.Weight.SourceName, .. site.Weight.ChainInputs];
                 int axis = site.Axis;
                 if (node.OpType == "Conv")
                 {
-                    long reduction = w.Length / dims[0];
+                    long reduction = weightElements / dims[0];
                     if (reduction < options.MinimumConvReduction)
                     {
                         Skip($"its reduction per output value is {reduction} (input channels per group x kernel), below {options.MinimumConvReduction}: ORT's QLinearConv is slower than the float Conv there");
@@ -719,7 +733,7 @@ public static class Int8StaticQuantizer
                 }
                 result.Add(new Candidate
                 {
-                    Node = node, Weight = w, Dims = dims, Chain = chain, Sources = sources, Axis = axis, Bias = bias,
+                    Node = node, LoadWeight = () => PassGraph.Floats(weightTensor, displayName), Dims = dims, Chain = chain, Sources = sources, Axis = axis, Bias = bias,
                     BiasSources = biasSources, Result = result2, RangeTensor = rangeTensor, ClipBounds = clip,
                 });
             }
@@ -834,6 +848,7 @@ public static class Int8StaticQuantizer
                         n.Input[0] = xq.Dq;
                     }
                     QuantizeWeightAndBias(c, xq, nodes);
+                    c.ReleaseWeight();
                 }
                 nodes.Add(n);
                 foreach (string o in n.Output)
