@@ -1062,6 +1062,10 @@ public sealed class CompressCommandTests
         double before = p["parametersBefore"]!.GetValue<double>(), after = p["parametersAfter"]!.GetValue<double>();
         Assert.IsTrue(after <= 0.75 * before, $"parameters {before} -> {after}");
         Assert.IsTrue(p["reconstructed"]!.AsArray().Count > 0, "the consumers of pruned layers are refit from calibration activations");
+        // The summary line gives the channels removed next to the request, and the FLOPs ratio.
+        double removed = p["channelsRemoved"]!.GetValue<double>() / p["channelsBefore"]!.GetValue<double>();
+        StringAssert.Contains(run.Output, string.Format(System.Globalization.CultureInfo.InvariantCulture, "channels {0:0.0}% of {1} removed (requested 30.0%), FLOPs ",
+            removed * 100, p["channelsBefore"]!.GetValue<long>()));
     }
 
     [TestMethod]
