@@ -79,6 +79,36 @@ public sealed class LargeModelCorpusTests
         Assert.IsGreaterThanOrEqualTo(0.995, D(e["similarityCorrelation"]), all);
     }
 
+    /// <summary>
+    /// Issue 18's MiniLM Int4Weights row as a user with calibration data runs it: `Quantization="Int4Weights"` plus
+    /// CalibrationData, so the default method is GPTQ (activation order, MSE-clipped block scales, block 32), at
+    /// sequence length 128. Calibrated on 128 corpus sentences that are not among the 200 evenly spaced ones it is
+    /// validated on (measured 2026-12-02: 64 of them gave cosine 0.9828, too close to the target for a CI gate) (docs/results.md has the full-data row: 256 calibration sentences, 1,744 others; latency is
+    /// measured there, not asserted here). Targets: <= 16.0 MB (decimal, 16,000,000 bytes), mean cosine >= 0.98.
+    /// </summary>
+    [TestMethod]
+    public void MiniLm_Int4Weights_WithCalibrationData_MeetsTheSizeAndCosineTargets()
+    {
+        string model = Corpus.Large("all-minilm-l6-v2", "model.onnx");
+        string[] all = File.ReadAllLines(Corpus.Dataset("sentences", "sentences.txt"));
+        HashSet<int> validated = [.. CompressOnBuild.Validation.DatasetLoader.SubsetIndices(all.Length, 200)];
+        int[] calibration = [.. Enumerable.Range(0, all.Length).Where(i => !validated.Contains(i) && all[i].Trim().Length > 0)
+            .Where((_, j) => j % 14 == 6).Take(128)];
+        Assert.HasCount(128, calibration);
+        File.WriteAllLines(P("calibration.txt"), calibration.Select(i => all[i]));
+        JsonNode r = Compress(model, "minilm-int4", ["--quantization", "Int4Weights", "--sequence-length", "128",
+            "--calibration-data", P("calibration.txt"), "--calibration-samples", "128", .. Sentences(200)]);
+        JsonNode v = r["validation"]!, e = v["embedding"]!;
+        string summary = r["model"]!.ToJsonString() + " " + e.ToJsonString();
+        Console.WriteLine("MiniLM Int4Weights (GPTQ on 128, 200 validated): " + summary);
+        Assert.AreEqual("GPTQ", r["quantization"]!["method"]!.GetValue<string>(), "GPTQ is the default with CalibrationData");
+        Assert.AreEqual(0, r["quantization"]!["roundedToNearest"]!.AsArray().Count);
+        Assert.AreEqual(200, v["samples"]!.GetValue<int>());
+        long bytes = r["model"]!["compressedBytes"]!.GetValue<long>();
+        Assert.IsLessThanOrEqualTo(16_000_000L, bytes, "size target 16.0 MB (decimal): " + summary);
+        Assert.IsGreaterThanOrEqualTo(0.98, D(e["meanCosine"]), summary);
+    }
+
     [TestMethod]
     public void ResNet18_Float16_OnUnlabelledPhotos_IsJudgedAsFeatures()
     {
