@@ -736,6 +736,13 @@ internal static class ChannelPruner
             values.Clear();
             batch.Clear();
             floats = 0;
+            // A group whose consumers are all measured is reduced to its curve now, so at most a batch's Grams
+            // ([channels, channels] doubles each) are held at once.
+            foreach (Group grp in selectable.Where(x => !result.ContainsKey(x) && x.Consumers.All(u => grams.ContainsKey(u.Layer))))
+            {
+                result[grp] = ChannelSelection.Greedy([.. grp.Consumers.Select(u => grams[u.Layer])], grp.Channels);
+                grp.Consumers.ForEach(u => grams.Remove(u.Layer));
+            }
             GC.Collect(GC.MaxGeneration, GCCollectionMode.Aggressive, blocking: true, compacting: true);
         }
         foreach (PrunableLayer l in consumers)
@@ -749,10 +756,6 @@ internal static class ChannelPruner
             floats += size;
         }
         Flush();
-        foreach (Group grp in selectable)
-        {
-            result[grp] = ChannelSelection.Greedy([.. grp.Consumers.Select(u => grams[u.Layer])], grp.Channels);
-        }
         return result;
     }
 
