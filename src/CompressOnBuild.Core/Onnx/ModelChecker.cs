@@ -53,31 +53,33 @@ public static class ModelChecker
             throw Fail("it has no graph");
         }
         TopologicalSort.Sort(model, displayName);
-        CheckGraph(model.Graph, new HashSet<string>(StringComparer.Ordinal), Fail, isMain: true);
+        CheckGraph(model.Graph, null, Fail, isMain: true);
     }
 
     public static string NormalizeDomain(string domain) => domain == "ai.onnx" ? "" : domain;
 
-    private static void CheckGraph(GraphProto graph, HashSet<string> outer, Func<string, CompressException> fail, bool isMain)
+    /// <param name="outer">What the enclosing graphs define up to the node holding this graph (null for the main graph).</param>
+    private static void CheckGraph(GraphProto graph, NameScope? outer, Func<string, CompressException> fail, bool isMain)
     {
-        var known = new HashSet<string>(outer, StringComparer.Ordinal);
+        var known = new NameScope(outer);
         var producedHere = new HashSet<string>(StringComparer.Ordinal);
-        void Define(string name, string what)
+        // by: the node defining name, null for a graph input (which may repeat an initializer's name).
+        void Define(string name, NodeProto? by)
         {
             if (name.Length == 0)
             {
                 return;
             }
-            if (!producedHere.Add(name) && what != "input")
+            if (!producedHere.Add(name) && by != null)
             {
-                throw fail($"value '{name}' is defined more than once (again by {what})");
+                throw fail($"value '{name}' is defined more than once (again by node {NodeLabel(by)})");
             }
-            known.Add(name);
+            known.Local.Add(name);
         }
         foreach (ValueInfoProto v in graph.Input)
         {
             CheckValueType(v, fail);
-            Define(v.Name, "input");
+            Define(v.Name, null);
         }
         var initializerNames = new HashSet<string>(StringComparer.Ordinal);
         foreach (TensorProto t in graph.Initializer)
@@ -90,7 +92,7 @@ public static class ModelChecker
             {
                 throw fail($"initializer '{t.Name}' is defined more than once");
             }
-            known.Add(t.Name);
+            known.Local.Add(t.Name);
             producedHere.Add(t.Name);
         }
         foreach (SparseTensorProto s in graph.SparseInitializer)
@@ -100,18 +102,17 @@ public static class ModelChecker
             {
                 throw fail($"sparse initializer '{name}' has no name or repeats another initializer's name");
             }
-            known.Add(name);
+            known.Local.Add(name);
             producedHere.Add(name);
         }
         var initializers = graph.Initializer.ToDictionary(t => t.Name, StringComparer.Ordinal);
         foreach (NodeProto node in graph.Node)
         {
-            string label = NodeLabel(node);
             foreach (string input in node.Input)
             {
                 if (input.Length > 0 && !known.Contains(input))
                 {
-                    throw fail($"node {label} uses '{input}', which no graph input, initializer or earlier node produces");
+                    throw fail($"node {NodeLabel(node)} uses '{input}', which no graph input, initializer or earlier node produces");
                 }
             }
             foreach (GraphProto g in ModelWalker.Subgraphs(node))
@@ -121,7 +122,7 @@ public static class ModelChecker
             CheckWeightShapes(node, initializers, fail);
             foreach (string output in node.Output)
             {
-                Define(output, "node " + label);
+                Define(output, node);
             }
         }
         foreach (ValueInfoProto o in graph.Output)

@@ -22,25 +22,27 @@ public static class TopologicalSort
             return false;
         }
         CompressException Fail(string why) => new(DiagnosticCodes.ModelInvalid, displayName, why) { File = displayName };
-        return SortGraph(model.Graph, new HashSet<string>(StringComparer.Ordinal), Fail);
+        return SortGraph(model.Graph, null, Fail);
     }
 
-    private static bool SortGraph(GraphProto graph, HashSet<string> outer, Func<string, CompressException> fail)
+    /// <param name="outer">What the enclosing graphs define (null for the main graph).</param>
+    private static bool SortGraph(GraphProto graph, NameScope? outer, Func<string, CompressException> fail)
     {
-        var available = new HashSet<string>(outer, StringComparer.Ordinal);
+        // This graph's inputs and initializers, then (for its bodies) every value it defines; the enclosing graphs' names through the parent.
+        var available = new NameScope(outer);
         foreach (ValueInfoProto v in graph.Input)
         {
-            available.Add(v.Name);
+            available.Local.Add(v.Name);
         }
         foreach (TensorProto t in graph.Initializer)
         {
-            available.Add(t.Name);
+            available.Local.Add(t.Name);
         }
         foreach (SparseTensorProto s in graph.SparseInitializer)
         {
             if (s.Values?.Name is { Length: > 0 } name)
             {
-                available.Add(name);
+                available.Local.Add(name);
             }
         }
 
@@ -124,13 +126,12 @@ public static class TopologicalSort
         }
 
         // Subgraphs see every value of this graph and of the graphs around it.
-        var visible = new HashSet<string>(available, StringComparer.Ordinal);
-        visible.UnionWith(producer.Keys);
+        available.Local.UnionWith(producer.Keys);
         foreach (NodeProto node in graph.Node)
         {
             foreach (GraphProto sub in ModelWalker.Subgraphs(node))
             {
-                moved |= SortGraph(sub, visible, fail);
+                moved |= SortGraph(sub, available, fail);
             }
         }
         return moved;
