@@ -44,9 +44,19 @@ public static class ConstantFolding
         ArgumentNullException.ThrowIfNull(names);
         var result = new Dictionary<string, float[]>(StringComparer.Ordinal);
         List<PassGraph> scopes = new PassGraph(model).WithSubgraphs();
+        // A scope resolves only names it defines (an initializer or a node output); each name is tried in those
+        // scopes, in the same order, instead of in every scope (quadratic with 10^4 If/Loop bodies).
+        var definedIn = new Dictionary<string, List<PassGraph>>(StringComparer.Ordinal);
+        foreach (PassGraph scope in scopes)
+        {
+            foreach (string defined in scope.Initializers.Keys.Concat(scope.Producers.Keys).Distinct(StringComparer.Ordinal))
+            {
+                (definedIn.TryGetValue(defined, out List<PassGraph>? list) ? list : definedIn[defined] = []).Add(scope);
+            }
+        }
         foreach (string name in names.Distinct(StringComparer.Ordinal))
         {
-            foreach (PassGraph scope in scopes)
+            foreach (PassGraph scope in definedIn.GetValueOrDefault(name) ?? [])
             {
                 if (scope.TryConstantFloat(name, displayName, out float[] data, out _, out _, out _))
                 {
@@ -169,15 +179,22 @@ internal sealed partial class PassGraph
     /// <summary>Whether anything reads <paramref name="name"/>: a main-graph node, a graph output or a nested graph.</summary>
     public bool IsUsed(string name) => Outer.Contains(name) || Consumers(name).Count > 0;
 
-    /// <summary>The graph input or value_info entry named <paramref name="name"/> (the first one), or null.</summary>
+    /// <summary>The graph input or value_info entry named <paramref name="name"/> (the first one), or null; value_info dropped by <see cref="DropValueInfo"/> is gone at once.</summary>
     public ValueInfoProto? ValueInfoOf(string name)
     {
         if (_valueInfo == null)
         {
             _valueInfo = new Dictionary<string, ValueInfoProto>(StringComparer.Ordinal);
-            foreach (ValueInfoProto v in Graph.Input.Concat(Graph.ValueInfo))
+            foreach (ValueInfoProto v in Graph.Input)
             {
                 _valueInfo.TryAdd(v.Name, v);
+            }
+            foreach (ValueInfoProto v in Graph.ValueInfo)
+            {
+                if (!_valueInfoToDrop.Contains(v.Name))
+                {
+                    _valueInfo.TryAdd(v.Name, v);
+                }
             }
         }
         return _valueInfo.GetValueOrDefault(name);
@@ -354,6 +371,36 @@ internal sealed partial class PassGraph
         }
     }
 
+    /// <summary>Where each initializer sits in <see cref="GraphProto.Initializer"/>, by reference; checked on use and rebuilt when stale.</summary>
+    private Dictionary<TensorProto, int>? _initializerAt;
+
+    /// <summary>
+    /// Puts <paramref name="replacement"/> in the place of the initializer <paramref name="old"/> (same position in
+    /// the graph's list) and indexes it under its name. O(1): positions come from an index built once (a
+    /// RepeatedField IndexOf compares tensors by value, data included, and was quadratic over a pass).
+    /// </summary>
+    public void ReplaceInitializer(TensorProto old, TensorProto replacement)
+    {
+        ArgumentNullException.ThrowIfNull(old);
+        ArgumentNullException.ThrowIfNull(replacement);
+        if (_initializerAt == null || !_initializerAt.TryGetValue(old, out int at) || at >= Graph.Initializer.Count || !ReferenceEquals(Graph.Initializer[at], old))
+        {
+            _initializerAt = new Dictionary<TensorProto, int>(ReferenceEqualityComparer.Instance);
+            for (int i = 0; i < Graph.Initializer.Count; i++)
+            {
+                _initializerAt.TryAdd(Graph.Initializer[i], i);
+            }
+            if (!_initializerAt.TryGetValue(old, out at))
+            {
+                throw new InvalidOperationException($"initializer '{old.Name}' is not in the graph");
+            }
+        }
+        Graph.Initializer[at] = replacement;
+        _initializerAt.Remove(old);
+        _initializerAt[replacement] = at;
+        Initializers[replacement.Name] = replacement;
+    }
+
     /// <summary>Removes an initializer (and its IR 3 input declaration and value_info).</summary>
     public void RemoveInitializer(string name) => RemoveInitializers(new HashSet<string>(StringComparer.Ordinal) { name });
 
@@ -508,14 +555,24 @@ internal sealed partial class PassGraph
             }
         }
         var movedNodes = new List<NodeProto>();
+        // Each body's moved Constant nodes, put in front of its nodes at once (last moved first, as one Insert(0, n)
+        // per node did; one Insert per node was quadratic in the body's size).
+        var movedInto = new Dictionary<GraphProto, List<NodeProto>>(ReferenceEqualityComparer.Instance);
         foreach (NodeProto n in Graph.Node)
         {
             if (n.OpType == "Constant" && OnnxNames.IsDefaultDomain(n) && n.Output.Count == 1
                 && readers.TryGetValue(n.Output[0], out GraphProto? body) && body != null)
             {
-                body.Node.Insert(0, n);
+                (movedInto.TryGetValue(body, out List<NodeProto>? front) ? front : movedInto[body] = []).Add(n);
                 movedNodes.Add(n);
             }
+        }
+        foreach ((GraphProto body, List<NodeProto> front) in movedInto)
+        {
+            front.Reverse();
+            front.AddRange(body.Node);
+            body.Node.Clear();
+            body.Node.AddRange(front);
         }
         if (movedInitializers.Count > 0)
         {

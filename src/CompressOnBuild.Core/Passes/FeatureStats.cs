@@ -99,7 +99,8 @@ internal sealed class FeatureStats(double[] rms, double[] mean)
             return false;
         }
         string biasName = n.Input[2];
-        if (g.Graph.Node.Sum(x => x.Input.Count(i => i == biasName)) != 1 || g.OuterUses().Contains(biasName))
+        // From the graph's indexes (pruning changes no node's inputs): a scan of every node per layer was quadratic.
+        if (g.NodeUses(biasName) != 1 || g.Outer.Contains(biasName))
         {
             return false;
         }

@@ -311,22 +311,33 @@ public static class Int8StaticQuantizer
             {
                 return;
             }
-            // What the graph reads changes only when a node goes: the set is rebuilt after a removal, not for every node.
+            // Weight chains left without readers go. How many node inputs read each name, counted once and lowered as
+            // nodes go (a set of reads rebuilt after every removal was quadratic in the graph's size).
             HashSet<string> outer = g.OuterUses();
-            HashSet<string>? used = null;
+            var reads = new Dictionary<string, int>(StringComparer.Ordinal);
+            var present = new HashSet<NodeProto>(ReferenceEqualityComparer.Instance);
+            foreach (NodeProto n in g.Graph.Node)
+            {
+                present.Add(n);
+                foreach (string i in n.Input)
+                {
+                    reads[i] = reads.GetValueOrDefault(i) + 1;
+                }
+            }
+            var gone = new HashSet<NodeProto>(ReferenceEqualityComparer.Instance);
             // A chain lists each node after the ones it reads: walked backwards, a node's reader has gone first.
             foreach (NodeProto n in Enumerable.Reverse(_removableNodes))
             {
-                if (used == null)
+                if (present.Contains(n) && !gone.Contains(n) && !n.Output.Any(o => outer.Contains(o) || reads.GetValueOrDefault(o) > 0))
                 {
-                    used = g.NodeInputs();
-                    used.UnionWith(outer);
-                }
-                if (!n.Output.Any(used.Contains) && g.Graph.Node.Remove(n))
-                {
-                    used = null;
+                    gone.Add(n);
+                    foreach (string i in n.Input)
+                    {
+                        reads[i]--;
+                    }
                 }
             }
+            PassGraph.RemoveAll(g.Graph.Node, gone.Contains);
             g.RemoveUnusedInitializers(_removable);
             // Per-tensor weights need only opset 10, but the model is raised to 13 too when that is safe: before
             // opset 12 MaxPool has no uint8/int8 kernel, so ORT pools the dequantized floats between DQ and Q.
@@ -449,16 +460,12 @@ public static class Int8StaticQuantizer
                 conv.Name = label;
                 conv.Output[0] = bn.Output[0];
                 g.Producers[bn.Output[0]] = conv;
-                g.RemoveValueInfo(y);
+                g.DropValueInfo(y);
                 removed.Add(bn);
                 _removable.AddRange(sources);
                 FoldedBatchNormalizations++;
             }
-            foreach (NodeProto bn in removed)
-            {
-                g.Graph.Node.Remove(bn);
-            }
-            BuildConsumers();
+            RemoveNodesAndCommit(removed);
         }
 
         /// <summary>Conv (no bias or constant bias) whose only consumer is Add(constant with one value per channel): fold into the bias.</summary>
@@ -517,15 +524,11 @@ public static class Int8StaticQuantizer
                 conv.Name = OnnxNames.Label(conv);
                 conv.Output[0] = add.Output[0];
                 g.Producers[add.Output[0]] = conv;
-                g.RemoveValueInfo(y);
+                g.DropValueInfo(y);
                 removed.Add(add);
                 _removable.AddRange(aSources);
             }
-            foreach (NodeProto add in removed)
-            {
-                g.Graph.Node.Remove(add);
-            }
-            BuildConsumers();
+            RemoveNodesAndCommit(removed);
         }
 
         /// <summary>
@@ -565,20 +568,51 @@ public static class Int8StaticQuantizer
                 gemm.Input.Add(mm.Input[1]);
                 gemm.Input.Add(other);
                 gemm.Output.Add(add.Output[0]);
-                // At the Add's place: A and B are defined before the MatMul, C before the Add.
-                g.Graph.Node[g.Graph.Node.IndexOf(add)] = gemm;
-                g.Graph.Node.Remove(mm);
+                // At the Add's place: A and B are defined before the MatMul, C before the Add (written by Commit, in one pass).
+                g.Replace(add, [gemm]);
+                g.RemoveNode(mm);
                 g.Producers[gemm.Output[0]] = gemm;
                 g.Producers.Remove(y);
-                g.RemoveValueInfo(y);
+                g.DropValueInfo(y);
             }
+            g.Commit();
+            BuildConsumers();
+        }
+
+        /// <summary>The main graph's outputs by name (the first of a repeated name); the rewrites before <see cref="Rewrite"/> do not change them.</summary>
+        private Dictionary<string, ValueInfoProto>? _outputs;
+
+        private Dictionary<string, ValueInfoProto> Outputs()
+        {
+            if (_outputs == null)
+            {
+                _outputs = new Dictionary<string, ValueInfoProto>(StringComparer.Ordinal);
+                foreach (ValueInfoProto o in g.Graph.Output)
+                {
+                    _outputs.TryAdd(o.Name, o);
+                }
+            }
+            return _outputs;
+        }
+
+        /// <summary>
+        /// Removes <paramref name="nodes"/> from the graph and writes the dropped value_info, in one pass each. Not
+        /// through <see cref="PassGraph.RemoveNode"/>: its consumer index, built from the node list that still holds
+        /// them, would make them the producers of the outputs their Conv took over.
+        /// </summary>
+        private void RemoveNodesAndCommit(List<NodeProto> nodes)
+        {
+            var gone = new HashSet<NodeProto>(nodes, ReferenceEqualityComparer.Instance);
+            PassGraph.RemoveAll(g.Graph.Node, gone.Contains);
+            g.Commit();
             BuildConsumers();
         }
 
         /// <summary>True when <paramref name="name"/> is known to have rank 2 (declared shape, Flatten, Gemm, or a Reshape to a constant 2-element shape).</summary>
         private bool IsMatrix(string name)
         {
-            ValueInfoProto? declared = g.Graph.Input.Concat(g.Graph.ValueInfo).Concat(g.Graph.Output).FirstOrDefault(v => v.Name == name);
+            // Declared as a graph input, in value_info or as a graph output (the first of these, in that order).
+            ValueInfoProto? declared = g.ValueInfoOf(name) ?? Outputs().GetValueOrDefault(name);
             if (declared?.Type?.TensorType?.Shape is { } shape)
             {
                 return shape.Dim.Count == 2;
@@ -603,7 +637,8 @@ public static class Int8StaticQuantizer
         {
             var quantizedNodes = new HashSet<NodeProto>(candidates.Select(c => c.Node), ReferenceEqualityComparer.Instance);
             HashSet<string> outer = g.OuterUses();
-            bool changed = false;
+            // Each moved MaxPool by the Relu it goes in front of; the node list is rewritten once at the end.
+            var moved = new Dictionary<NodeProto, NodeProto>(ReferenceEqualityComparer.Instance);
             foreach (NodeProto relu in g.Graph.Node.Where(n => n.OpType == "Relu" && ModelChecker.NormalizeDomain(n.Domain).Length == 0).ToList())
             {
                 string r = relu.Output[0];
@@ -620,19 +655,35 @@ public static class Int8StaticQuantizer
                 pool.Output[0] = pooled;
                 relu.Input[0] = pooled;
                 relu.Output[0] = y;
-                g.Graph.Node.Remove(pool);
-                g.Graph.Node.Insert(g.Graph.Node.IndexOf(relu), pool);
+                moved[relu] = pool;
                 g.Producers[pooled] = pool;
                 g.Producers[y] = relu;
                 g.Producers.Remove(r);
-                g.RemoveValueInfo(r);
-                changed = true;
+                g.DropValueInfo(r);
             }
-            if (changed)
+            if (moved.Count == 0)
             {
-                BuildConsumers();
+                return false;
             }
-            return changed;
+            var pools = new HashSet<NodeProto>(moved.Values, ReferenceEqualityComparer.Instance);
+            var nodes = new List<NodeProto>(g.Graph.Node.Count);
+            foreach (NodeProto n in g.Graph.Node)
+            {
+                if (pools.Contains(n))
+                {
+                    continue;
+                }
+                if (moved.TryGetValue(n, out NodeProto? pool))
+                {
+                    nodes.Add(pool);
+                }
+                nodes.Add(n);
+            }
+            g.Graph.Node.Clear();
+            g.Graph.Node.AddRange(nodes);
+            g.Commit();
+            BuildConsumers();
+            return true;
         }
 
         private List<Candidate> FindCandidates()
@@ -762,7 +813,7 @@ public static class Int8StaticQuantizer
         /// <summary>True when a quantized node reads <paramref name="tensor"/>, directly or through passthrough ops.</summary>
         private bool FeedsQuantized(string tensor, HashSet<NodeProto> quantizedNodes, int depth = 0)
         {
-            if (depth > 16 || g.Graph.Output.Any(o => o.Name == tensor))
+            if (depth > 16 || Outputs().ContainsKey(tensor))
             {
                 return false;
             }

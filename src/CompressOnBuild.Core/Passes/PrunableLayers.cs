@@ -212,9 +212,7 @@ internal static class PrunableLayers
         {
             TensorProto old = g.Initializers[name];
             TensorProto t = TensorUtil.FromFloats(name, data, dims ?? [.. old.Dims]);
-            int at = g.Graph.Initializer.IndexOf(old);
-            g.Graph.Initializer[at] = t;
-            g.Initializers[name] = t;
+            g.ReplaceInitializer(old, t);
             if (dims != null)
             {
                 g.RemoveValueInfo(name);
