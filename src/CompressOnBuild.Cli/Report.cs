@@ -204,13 +204,14 @@ internal static class Report
             ["columns"] = n.Columns,
             ["maxAbsWeightError"] = n.MaxAbsWeightError,
         }).ToArray());
+        var tuned = new HashSet<string>(keptByTune, StringComparer.Ordinal);
         o["skippedNodes"] = new JsonArray(q.Skipped.Select(n => (JsonNode)new JsonObject
         {
             ["node"] = n.Node,
             ["opType"] = n.OpType,
             // The pass sees Tune's back-off as an exclusion like the user's; the report says who kept the layer float.
-            ["reason"] = keptByTune.Contains(n.Node, StringComparer.Ordinal) ? "kept float by Tune (it broke a budget when quantized)" : n.Reason,
-            ["keptByTune"] = keptByTune.Contains(n.Node, StringComparer.Ordinal),
+            ["reason"] = tuned.Contains(n.Node) ? "kept float by Tune (it broke a budget when quantized)" : n.Reason,
+            ["keptByTune"] = tuned.Contains(n.Node),
         }).ToArray());
         o["floatFallbacks"] = floatFallbacks == null ? null : new JsonArray([.. floatFallbacks.Select(n => (JsonNode)n)]);
         return o;

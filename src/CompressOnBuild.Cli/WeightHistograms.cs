@@ -115,6 +115,19 @@ internal static class WeightHistograms
                 }
             }
         }
+        // The Mul nodes reading each name, in graph order (the ConvInteger rescale lookup below; a scan of every node
+        // per ConvInteger was quadratic in the graph's size).
+        var mulsReading = new Dictionary<string, List<NodeProto>>(StringComparer.Ordinal);
+        foreach (NodeProto m in nodes)
+        {
+            if (m.OpType == "Mul")
+            {
+                foreach (string i in m.Input.Distinct(StringComparer.Ordinal))
+                {
+                    (mulsReading.TryGetValue(i, out List<NodeProto>? list) ? list : mulsReading[i] = []).Add(m);
+                }
+            }
+        }
         foreach (NodeProto n in nodes)
         {
             string? q = null, scale = null, zp = null;
@@ -132,8 +145,7 @@ internal static class WeightHistograms
             {
                 // The weight scale is the initializer multiplied with the activation scale to rescale the int32 output.
                 string activationScale = dql.Output[1];
-                NodeProto? mul = nodes.FirstOrDefault(m => m.OpType == "Mul" && m.Input.Contains(activationScale)
-                    && m.Input.Any(i => i != activationScale && init.ContainsKey(i)));
+                NodeProto? mul = mulsReading.GetValueOrDefault(activationScale)?.FirstOrDefault(m => m.Input.Any(i => i != activationScale && init.ContainsKey(i)));
                 if (mul != null)
                 {
                     (q, scale, zp) = (n.Input[1], mul.Input.First(i => i != activationScale && init.ContainsKey(i)), n.Input.Count > 3 ? n.Input[3] : null);

@@ -45,7 +45,9 @@ public static class ActivationCollector
         }
         ModelProto copy = model.Clone();
         KeepOnlyWhatLeadsTo(copy.Graph, tensorNames);
-        foreach (string name in tensorNames.Where(n => copy.Graph.Output.All(o => o.Name != n)))
+        // Each name once, unless it is already an output (a set: a scan of the outputs per name was quadratic).
+        var present = new HashSet<string>(copy.Graph.Output.Select(o => o.Name), StringComparer.Ordinal);
+        foreach (string name in tensorNames.Where(present.Add))
         {
             copy.Graph.Output.Add(FloatOutput(name));
         }
@@ -203,7 +205,8 @@ public static class ActivationCollector
     /// </summary>
     private static void KeepOnlyWhatLeadsTo(GraphProto graph, IReadOnlyList<string> tensors)
     {
-        if (graph.Node.Any(n => n.Attribute.Any(a => a.G != null || a.Graphs.Count > 0)) || graph.Input.Any(i => tensors.Contains(i.Name)))
+        var asked = new HashSet<string>(tensors, StringComparer.Ordinal);
+        if (graph.Node.Any(n => n.Attribute.Any(a => a.G != null || a.Graphs.Count > 0)) || graph.Input.Any(i => asked.Contains(i.Name)))
         {
             return;
         }
@@ -240,7 +243,7 @@ public static class ActivationCollector
         var inputs = graph.Input.Where(i => !unused.Contains(i.Name)).ToList();
         graph.Input.Clear();
         graph.Input.AddRange(inputs);
-        var outputs = graph.Output.Where(o => tensors.Contains(o.Name)).ToList();
+        var outputs = graph.Output.Where(o => asked.Contains(o.Name)).ToList();
         graph.Output.Clear();
         graph.Output.AddRange(outputs);
     }

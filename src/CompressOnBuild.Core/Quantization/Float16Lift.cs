@@ -196,7 +196,7 @@ internal sealed class Float16Lift
         var constantGraphs = new HashSet<GraphProto>(_constants.Select(c => c.Graph), ReferenceEqualityComparer.Instance);
         foreach (GraphProto graph in constantGraphs)
         {
-            var nodes = new List<NodeProto>(graph.Node.Count + constants.Count);
+            var nodes = new List<NodeProto>(graph.Node.Count);
             foreach (NodeProto n in graph.Node)
             {
                 nodes.Add(n);
