@@ -164,9 +164,10 @@ internal sealed class ItemSettings
         {
             throw Invalid("Quantization", qText, "GPTQ needs CalibrationData (representative inputs for the layers' input statistics)");
         }
-        if (hasCalibration && scheme != QuantizationScheme.Int8Static && int4Method != Int4Method.Gptq && (r.Get("Pruning") ?? "None").Equals("None", StringComparison.OrdinalIgnoreCase))
+        // Int8Dynamic reads CalibrationData for its activation smoothing (else it measures on validation samples).
+        if (hasCalibration && scheme is not (QuantizationScheme.Int8Static or QuantizationScheme.Int8Dynamic) && int4Method != Int4Method.Gptq && (r.Get("Pruning") ?? "None").Equals("None", StringComparison.OrdinalIgnoreCase))
         {
-            throw Invalid("CalibrationData", r.Get("CalibrationData")!, $"calibration data is used by Int8 / Int8Static, Int4Weights (GPTQ, unless :rtn) and pruning, not by {qText} alone");
+            throw Invalid("CalibrationData", r.Get("CalibrationData")!, $"calibration data is used by Int8 / Int8Static, Int8Dynamic (activation smoothing), Int4Weights (GPTQ, unless :rtn) and pruning, not by {qText} alone");
         }
         int calibrationSamples = Checked("CalibrationSamples") is { } cs ? int.Parse(cs, CultureInfo.InvariantCulture) : 256;
         string calibrationMethod = r.Get("CalibrationMethod") ?? "MinMax";

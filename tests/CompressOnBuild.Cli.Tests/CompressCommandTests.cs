@@ -916,6 +916,21 @@ public sealed class CompressCommandTests
     }
 
     [TestMethod]
+    public void Int8DynamicReadsCalibrationDataForItsActivationSmoothing()
+    {
+        // No ValidationData: the only data smoothing can have measured on is CalibrationData.
+        (string model, string images, _) = MakeMlpWithData();
+        CliRun run = CliHarness.InProcess("compress", model, "--output", P("x.onnx"), "--report", P("x.json"), "--quantization", "Int8Dynamic",
+            "--calibration-data", images);
+        Assert.AreEqual(0, run.ExitCode, run.Output);
+        Assert.AreEqual(0, run.Errors("CMPR0003").Count(), run.Output);
+        string json = File.ReadAllText(P("x.json"));
+        JsonNode? measured = JsonNode.Parse(json)!["quantization"]?["smoothingMeasured"];
+        Assert.IsNotNull(measured, json);
+        Assert.IsTrue(measured.GetValue<int>() > 0, json);
+    }
+
+    [TestMethod]
     public void MagnitudePruningThenInt8MeetsTheAccuracyBudgetAndShrinksTheZippedModel()
     {
         string images = Corpus.Dataset("mnist", "t10k-images-idx3-ubyte");
