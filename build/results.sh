@@ -5,6 +5,8 @@
 #   bash build/results.sh compression   every quantization scheme
 #   bash build/results.sh pruning       Magnitude (+ int8), Sensitivity vs uniform, Channels with/without refit
 #   bash build/results.sh pruning-large Magnitude vs SparseGPT (and Channels) on ResNet18 and MiniLM (build the CLI first)
+#   bash build/results.sh pruning-large:SparseGPT:0.5,MiniLM  only the rows whose "model pruning quantization" contains
+#                                       one of the comma-separated texts (the other rows are kept, with a line saying so)
 #   bash build/results.sh large-minilm  the MiniLM Int8 row and end-to-end line of "large" only (other rows kept)
 #   bash build/results.sh large         all-MiniLM-L6-v2 (2,000 sentences, text data) and ResNet18 (photos): size, quality,
 #                                       latency vs fp32, end-to-end time and peak RSS (restores the large models first)
@@ -16,6 +18,6 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1
 case " $* " in
-  *" large"*|*" large-resnet"*) bash ../shared/corpus/large/fetch.sh >/dev/null ;;
+  *" large"*|*" large-resnet"*|*" pruning-large"*) bash ../shared/corpus/large/fetch.sh >/dev/null ;;
 esac
 dotnet run --project tests/CompressOnBuild.Results -c Release -- "$@"

@@ -776,26 +776,48 @@ internal sealed class AttemptContext(ItemSettings settings, ModelProto? original
         }
     }
 
-    private HarmMeasure? _harm;
+    /// <summary>
+    /// Calibration samples the default sensitivity allocation of Magnitude / SparseGPT measures harm on (and SparseGPT's
+    /// probes build their Hessians from): a bounded, evenly spaced subset, so the layers x grid probes stay affordable on
+    /// large models; the pruning itself still uses CalibrationSamples.
+    /// </summary>
+    internal const int AllocationProbeSamples = 32;
 
     /// <summary>
-    /// Sensitivity pruning's harm measure, built once per item: KL divergence vs the original's outputs on the
-    /// calibration inputs (CalibrationSamples of them), or without CalibrationData on an evenly spaced subset of
-    /// CalibrationSamples validation inputs.
+    /// The harm measure pruning gets, or null. Sensitivity: KL divergence (or relative squared error) vs the original's
+    /// outputs on the calibration inputs (CalibrationSamples of them), or without CalibrationData on an evenly spaced
+    /// subset of CalibrationSamples validation inputs. Magnitude / SparseGPT:&lt;s&gt; without ":uniform", with
+    /// CalibrationData: the same on <see cref="AllocationProbeSamples"/> calibration inputs, with their layer inputs for
+    /// SparseGPT's probes. Either way the probes run on one session of a copy of the model whose prunable weights are
+    /// overridable (released after pruning, <see cref="HarmMeasure.Release"/>).
     /// </summary>
-    private HarmMeasure Harm()
+    private HarmMeasure? PruningHarm(ModelProto original)
     {
-        if (_harm != null)
+        PruningOptions p = settings.Pruning;
+        Dataset on;
+        if (p.Method == PruningMethod.Sensitivity)
         {
-            return _harm;
+            on = settings.CalibrationData != null ? CalibrationData()
+                : settings.ValidationData != null ? Compressor.LoadData(settings, Inputs, settings.CalibrationSamples, out _)
+                : throw CompressException.ForFile(settings.Model, DiagnosticCodes.InvalidOption, settings.Model, "Pruning", p.ToString(),
+                    "Sensitivity measures each layer's harm on data: set CalibrationData (or ValidationData)");
         }
-        Dataset on = settings.CalibrationData != null ? CalibrationData()
-            : settings.ValidationData != null ? Compressor.LoadData(settings, Inputs, settings.CalibrationSamples, out _)
-            : throw CompressException.ForFile(settings.Model, DiagnosticCodes.InvalidOption, settings.Model, "Pruning", settings.Pruning.ToString(),
-                "Sensitivity measures each layer's harm on data: set CalibrationData (or ValidationData)");
+        else if (p.AllocatesBySensitivity && settings.CalibrationData != null)
+        {
+            on = DatasetLoader.Load(settings.CalibrationData, null, Inputs, Preprocessing.Parse(settings.Preprocessing),
+                Math.Min(settings.CalibrationSamples, AllocationProbeSamples), text: settings.Text);
+        }
+        else
+        {
+            return null;
+        }
         // Probe models go to the item's work folder (next to the output, removed afterwards), never to the source
         // model's folder: ModelIO.Load inlined any external data, so no relative data path has to resolve.
-        return _harm = SensitivityHarm.Create(OriginalRunner, on, runnerOptions, workDirectory);
+        string[] weights = [.. original.Graph.Node.Where(n => n.OpType is "MatMul" or "Gemm" or "Conv").SelectMany(n => n.Input.Take(2)).Distinct(StringComparer.Ordinal)];
+        HarmMeasure harm = BlameTheSource(() => SensitivityHarm.Create(OriginalRunner, on, runnerOptions, workDirectory, original, weights), on);
+        return p.Method == PruningMethod.SparseGpt
+            ? harm with { Activations = (model, names) => BlameTheSource(() => ActivationCollector.Collect(model, names, on, on.Count, runnerOptions, workDirectory), on) }
+            : harm;
     }
 
     /// <summary>The calibration method in use: the item's, unless the tuner is trying another ("MinMax", "Percentile:99.9", "Mse", "Entropy").</summary>
@@ -860,7 +882,9 @@ internal sealed class AttemptContext(ItemSettings settings, ModelProto? original
     {
         var watch = Stopwatch.StartNew();
         Progress?.Phase("compressing (" + settings.QuantizationText + (settings.Pruning.Method == PruningMethod.None ? "" : ", " + settings.Pruning) + ")");
-        if (SingleAttempt && !(prune && settings.Pruning.Method == PruningMethod.Sensitivity))
+        // Before the original's session closes: the harm measure runs the original once for its reference outputs.
+        HarmMeasure? harm = prune && settings.Pruning.Method != PruningMethod.None ? PruningHarm(Original) : null;
+        if (SingleAttempt)
         {
             // Nothing runs the original while compressing (calibration and GPTQ open their own sessions).
             CloseOriginalRunner();
@@ -885,8 +909,9 @@ internal sealed class AttemptContext(ItemSettings settings, ModelProto? original
             // SparseGPT and Channels ask for layer inputs on the model they are pruning (sequential, and only a few
             // activations in memory at a time): never through the shared cache of the original's activations.
             pruning = Pruner.Apply(candidate, settings.Pruning with { ExcludedNodes = dense }, settings.Model,
-                Activations(shared: settings.Pruning.Method is not (PruningMethod.SparseGpt or PruningMethod.Channels)),
-                settings.Pruning.Method == PruningMethod.Sensitivity ? Harm() : null);
+                Activations(shared: settings.Pruning.Method is not (PruningMethod.SparseGpt or PruningMethod.Channels)), harm);
+            harm?.Release?.Invoke();
+            harm = null;
         }
         // OpTypesToQuantize narrows the quantization pass only (pruning still sees every layer).
         string[] notQuantized = [.. excluded.Union(settings.OpTypeExclusions(original), StringComparer.Ordinal)];

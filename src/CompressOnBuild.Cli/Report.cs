@@ -89,6 +89,7 @@ internal static class Report
         ["channelsBefore"] = p.ChannelsBefore,
         ["channelsRemoved"] = p.ChannelsRemoved,
         ["layerSparsity"] = p.LayerSparsity is double ls ? Round(ls, 4) : null,
+        ["allocation"] = p.Allocation,
         ["prunableWeights"] = p.PrunableWeights,
         ["prunableNonzerosAfter"] = p.PrunableNonzerosAfter,
         ["sparsityNotes"] = new JsonArray(p.SparsityNotes.Select(n => (JsonNode)JsonValue.Create(n)!).ToArray()),
@@ -348,8 +349,14 @@ internal static class Report
         }
         if (r.Pruning is { } pr && pr.ZipBytesBefore > 0)
         {
-            parts.Add(string.Format(ci, "sparsity {0:0.0}% of {1} prunable weights{2}", pr.AchievedSparsity * 100, pr.PrunableWeights,
-                pr.RequestedSparsity is double req ? string.Format(ci, " (requested {0:0.0}%)", req * 100) : ""));
+            parts.Add(string.Format(ci, "sparsity {0:0.0}% of {1} prunable weights{2}{3}", pr.AchievedSparsity * 100, pr.PrunableWeights,
+                pr.RequestedSparsity is double req ? string.Format(ci, " (requested {0:0.0}%)", req * 100) : "",
+                pr.Allocation switch
+                {
+                    "sensitivity" when pr.Sensitivity is { } a => string.Format(ci, ", per-layer sparsities by measured sensitivity ({0} probes on {1} samples, {2:0.0} s; {3})", a.Probes, a.Samples, a.Seconds, LayerList(pr)),
+                    "uniform" => ", uniform per-layer sparsity",
+                    _ => "",
+                }));
             if (pr.RequestedChannelFraction is double cf && pr.ChannelsBefore > 0)
             {
                 parts.Add(string.Format(ci, "channels {0:0.0}% of {1} removed (requested {2:0.0}%), FLOPs {3:0.00}x", pr.ChannelFractionRemoved * 100, pr.ChannelsBefore, cf * 100,
@@ -364,6 +371,16 @@ internal static class Report
                 t.Met ? "" : t.TimedOut ? ", TIMED OUT, budgets NOT met" : ", budgets NOT met"));
         }
         return parts;
+    }
+
+    /// <summary>"layer 12%, ..." for up to 6 pruned layers (most and least pruned first), the rest in the report.</summary>
+    private static string LayerList(CompressOnBuild.Core.Passes.PruningSummary p)
+    {
+        var ci = System.Globalization.CultureInfo.InvariantCulture;
+        List<CompressOnBuild.Core.Passes.PrunedLayer> sorted = [.. p.Pruned.OrderBy(l => l.Sparsity)];
+        IEnumerable<CompressOnBuild.Core.Passes.PrunedLayer> shown = sorted.Count <= 6 ? sorted : sorted.Take(3).Concat(sorted.TakeLast(3));
+        return string.Join(", ", shown.Select(l => string.Format(ci, "{0} {1:0}%", l.Node, l.Sparsity * 100)))
+            + (sorted.Count > 6 ? string.Format(ci, " (least and most pruned of {0} layers; all in the report)", sorted.Count) : "");
     }
 
     /// <summary>

@@ -163,7 +163,13 @@ internal static class ReportRenderers
         }
         if (r["pruning"] is JsonNode pr && pr["layers"]!.AsArray().Count > 0)
         {
-            sb.AppendLine($"<h2>Per-layer sparsity ({H(pr["method"]?.ToString())})</h2><p>Fraction of each layer's weights that are zero after pruning; parameters {pr["parametersBefore"]} → {pr["parametersAfter"]}, zipped model {Kb(pr["zipBytesBefore"])} → {Kb(pr["zipBytesAfter"])} before quantization.</p>");
+            string allocation = pr["allocation"]?.ToString() switch
+            {
+                "sensitivity" => " Per-layer sparsities chosen from measured harm (sensitivity allocation).",
+                "uniform" => " Uniform allocation: every pruned layer at the same sparsity.",
+                _ => "",
+            };
+            sb.AppendLine($"<h2>Per-layer sparsity ({H(pr["method"]?.ToString())})</h2><p>{allocation} Fraction of each layer's weights that are zero after pruning; parameters {pr["parametersBefore"]} → {pr["parametersAfter"]}, zipped model {Kb(pr["zipBytesBefore"])} → {Kb(pr["zipBytesAfter"])} before quantization.</p>");
             var bars = pr["layers"]!.AsArray().Select(n => (n!["node"]!.GetValue<string>(), D(n["sparsity"]))).ToList();
             sb.AppendLine(BarChart(bars));
             if (pr["sensitivity"] is JsonNode sn)

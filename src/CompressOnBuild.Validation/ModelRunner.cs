@@ -108,6 +108,7 @@ public sealed class ModelRunner : IDisposable
             Outputs = [.. session.OutputNames.Select(n => Describe(n, session.OutputMetadata[n]))
                 .Select(o => o.ElementType == TensorElementType.String ? o with { ElementType = TensorElementType.Other } : o)];
             inputNames = [.. Inputs.Select(i => i.Name)];
+            OverridableInitializers = new HashSet<string>(session.OverridableInitializerMetadata.Keys, StringComparer.Ordinal);
             tensorOutputNames = [.. Outputs.Where(o => o.ElementType != TensorElementType.Other).Select(o => o.Name)];
         }
         catch (OnnxRuntimeException e)
@@ -168,6 +169,9 @@ public sealed class ModelRunner : IDisposable
     /// <summary>The model file.</summary>
     public string ModelPath { get; }
 
+    /// <summary>Initializers ONNX Runtime lets a run replace (<see cref="RunWithInitializers"/>).</summary>
+    public IReadOnlySet<string> OverridableInitializers { get; } = new HashSet<string>();
+
     /// <summary>Session settings.</summary>
     public ModelRunnerOptions Options { get; }
 
@@ -194,8 +198,26 @@ public sealed class ModelRunner : IDisposable
         }
     }
 
+    /// <summary>
+    /// As <see cref="Run(IReadOnlyList{TensorData}, IReadOnlyList{string})"/>, with the float initializers named in
+    /// <paramref name="overrides"/> (<see cref="TensorData.Name"/>) replaced for this run; the model must list them as
+    /// graph inputs too (ONNX Runtime's overridable initializers), so one session serves many weight variants.
+    /// </summary>
+    public TensorData[] RunWithInitializers(IReadOnlyList<TensorData> inputs, IReadOnlyList<string>? outputNames, IReadOnlyList<TensorData> overrides)
+    {
+        ArgumentNullException.ThrowIfNull(overrides);
+        try
+        {
+            return RunCore(inputs, outputNames, overrides);
+        }
+        catch (Exception e) when (IsLoadFailure(e))
+        {
+            throw CompressException.ForFile(ModelPath, e, DiagnosticCodes.OrtNotLoadable, ModelPath, LoadFailureText(e));
+        }
+    }
+
     [MethodImpl(MethodImplOptions.NoInlining)]
-    private TensorData[] RunCore(IReadOnlyList<TensorData> inputs, IReadOnlyList<string>? outputNames)
+    private TensorData[] RunCore(IReadOnlyList<TensorData> inputs, IReadOnlyList<string>? outputNames, IReadOnlyList<TensorData>? overrides = null)
     {
         ArgumentNullException.ThrowIfNull(inputs);
         if (inputs.Count != Inputs.Count)
@@ -203,14 +225,23 @@ public sealed class ModelRunner : IDisposable
             throw new ArgumentException($"{inputs.Count} inputs given, the model has {Inputs.Count}.", nameof(inputs));
         }
         IReadOnlyList<string> names = outputNames is { Count: > 0 } ? outputNames : tensorOutputNames;
-        List<OrtValue> values = new(inputs.Count);
+        List<OrtValue> values = new(inputs.Count + (overrides?.Count ?? 0));
         try
         {
             for (int i = 0; i < inputs.Count; i++)
             {
                 values.Add(ToOrtValue(inputs[i], Inputs[i].ElementType));
             }
-            using IDisposableReadOnlyCollection<OrtValue> results = session.Run(runOptions, inputNames, values, names);
+            IReadOnlyList<string> feedNames = inputNames;
+            if (overrides is { Count: > 0 })
+            {
+                foreach (TensorData o in overrides)
+                {
+                    values.Add(ToOrtValue(o, TensorElementType.Float));
+                }
+                feedNames = [.. inputNames, .. overrides.Select(o => o.Name ?? throw new ArgumentException("every override needs its initializer's name", nameof(overrides)))];
+            }
+            using IDisposableReadOnlyCollection<OrtValue> results = session.Run(runOptions, feedNames, values, names);
             TensorData[] outputs = new TensorData[names.Count];
             int k = 0;
             foreach (OrtValue value in results)

@@ -9,8 +9,12 @@ namespace CompressOnBuild.Validation;
 /// The label-free <see cref="HarmMeasure"/> behind sensitivity pruning: the original model's primary output (its first
 /// numeric output) is computed once on the data; a candidate is written to a temporary file, run in ONNX Runtime on the
 /// same samples, and its harm is the mean over samples of KL(softmax(original) || softmax(candidate)), the softmax taken
-/// over all of one sample's output values (natural log; for a classifier that is its class axis). Outputs with one value per sample use the mean squared difference divided by the mean
-/// square of the original instead.
+/// over all of one sample's output values (natural log; for a classifier that is its class axis). Outputs with one value
+/// per sample, and outputs with more than one axis besides the batch (token or spatial maps: [1, tokens, features], where
+/// one softmax over every value would be dominated by a few large ones), use the squared difference divided by the
+/// original's mean square instead (relative squared error). With <c>model</c> and <c>weights</c>, the measure also has a
+/// <see cref="HarmMeasure.MeasureWeight"/> that replaces one weight at a time on one session (the weights become
+/// overridable initializers of a probe copy), so no model is written or loaded per probe.
 /// </summary>
 public static class SensitivityHarm
 {
@@ -19,7 +23,10 @@ public static class SensitivityHarm
     /// <param name="options">Session settings for the candidates.</param>
     /// <param name="workDirectory">Where candidates are written (for models with external data: the original model's
     /// folder, so relative data paths resolve). Default: the system temp folder.</param>
-    public static HarmMeasure Create(ModelRunner original, Dataset data, ModelRunnerOptions? options = null, string? workDirectory = null)
+    /// <param name="model">The parsed model <paramref name="original"/> runs, for the one-session probes (with <paramref name="weights"/>).</param>
+    /// <param name="weights">Float initializers the probes may replace (the prunable layers' weights).</param>
+    public static HarmMeasure Create(ModelRunner original, Dataset data, ModelRunnerOptions? options = null, string? workDirectory = null,
+        ModelProto? model = null, IReadOnlyCollection<string>? weights = null)
     {
         ArgumentNullException.ThrowIfNull(original);
         ArgumentNullException.ThrowIfNull(data);
@@ -35,11 +42,27 @@ public static class SensitivityHarm
         {
             throw CompressException.ForFile(original.ModelPath, DiagnosticCodes.NonFiniteOutputs, original.ModelPath, output, data.GetSampleSource(bad));
         }
-        bool kl = reference.All(r => r.Length > 1);
+        bool kl = reference.All(r => r.Length > 1) && original.Outputs.First(o => o.Name == output).Shape is not { Count: > 2 };
         double meanSquare = kl ? 0 : reference.Average(r => r.Average(v => (double)v * v));
         string name = kl
             ? $"mean KL divergence of softmax('{output}') vs the original"
             : $"mean squared difference of '{output}' / mean square of the original";
+        double Harm(IReadOnlyList<TensorData[]> outputs, string path)
+        {
+            double sum = 0;
+            for (int s = 0; s < reference.Length; s++)
+            {
+                float[] a = reference[s], b = outputs[s][0].Data;
+                if (a.Length != b.Length)
+                {
+                    throw CompressException.ForFile(path, DiagnosticCodes.OutputMismatch, path, output, $"{b.Length} values where the original has {a.Length}", "sensitivity");
+                }
+                sum += kl ? KlDivergence(a, b) : SquaredDifference(a, b) / Math.Max(meanSquare * a.Length, 1e-30);
+            }
+            return sum / reference.Length;
+        }
+        (Func<string, float[], double?> Measure, Action Release)? probe = model?.Graph != null && weights is { Count: > 0 }
+            ? ProbeSession(original, data, model, weights, output, options, workDirectory, Harm) : null;
         return new HarmMeasure(name, data.Count, candidate =>
         {
             string path = Path.Combine(workDirectory ?? Path.GetTempPath(), $"cob-sensitivity-{Environment.ProcessId}-{Guid.NewGuid():N}.onnx");
@@ -47,24 +70,109 @@ public static class SensitivityHarm
             try
             {
                 using var runner = new ModelRunner(path, options);
-                IReadOnlyList<TensorData[]> outputs = runner.RunDataset(data, [output]).Outputs;
-                double sum = 0;
-                for (int s = 0; s < reference.Length; s++)
-                {
-                    float[] a = reference[s], b = outputs[s][0].Data;
-                    if (a.Length != b.Length)
-                    {
-                        throw CompressException.ForFile(path, DiagnosticCodes.OutputMismatch, path, output, $"{b.Length} values where the original has {a.Length}", "sensitivity");
-                    }
-                    sum += kl ? KlDivergence(a, b) : SquaredDifference(a, b) / Math.Max(meanSquare * a.Length, 1e-30);
-                }
-                return sum / reference.Length;
+                return Harm(runner.RunDataset(data, [output]).Outputs, path);
             }
             finally
             {
                 File.Delete(path);
             }
-        });
+        }) { MeasureWeight = probe?.Measure, Release = probe?.Release };
+    }
+
+    /// <summary>
+    /// One session on a copy of <paramref name="model"/> whose <paramref name="weights"/> (float initializers) are also
+    /// graph inputs, so each probe feeds one replaced weight; opened on first use and kept for the measure's lifetime
+    /// (its file is deleted once open). Null for a weight it does not know or of another size (the caller writes a model).
+    /// </summary>
+    private static (Func<string, float[], double?> Measure, Action Release) ProbeSession(ModelRunner original, Dataset data, ModelProto model, IReadOnlyCollection<string> weights,
+        string output, ModelRunnerOptions? options, string? workDirectory, Func<IReadOnlyList<TensorData[]>, string, double> harm)
+    {
+        var shapes = new Dictionary<string, long[]>(StringComparer.Ordinal);
+        var wanted = new HashSet<string>(weights, StringComparer.Ordinal);
+        var inputs = new HashSet<string>(model.Graph.Input.Select(i => i.Name), StringComparer.Ordinal);
+        foreach (TensorProto t in model.Graph.Initializer)
+        {
+            if (wanted.Contains(t.Name) && !inputs.Contains(t.Name) && t.DataType == (int)TensorProto.Types.DataType.Float)
+            {
+                shapes[t.Name] = [.. t.Dims];
+            }
+        }
+        ModelRunner? runner = null;
+        IReadOnlyList<TensorData>[]? samples = null;
+        void Release()
+        {
+            runner?.Dispose();
+            runner = null;
+            samples = null;
+        }
+        return ((weight, values) =>
+        {
+            if (!shapes.TryGetValue(weight, out long[]? dims) || dims.Aggregate(1L, (a, d) => a * d) != values.Length)
+            {
+                return null;
+            }
+            if (runner == null)
+            {
+                string path = Path.Combine(workDirectory ?? Path.GetTempPath(), $"cob-sensitivity-{Environment.ProcessId}-{Guid.NewGuid():N}.onnx");
+                int added = 0;
+                try
+                {
+                    foreach ((string n, long[] d) in shapes)
+                    {
+                        var vi = new ValueInfoProto { Name = n, Type = new TypeProto { TensorType = new TypeProto.Types.Tensor { ElemType = (int)TensorProto.Types.DataType.Float, Shape = new TensorShapeProto() } } };
+                        vi.Type.TensorType.Shape.Dim.AddRange(d.Select(x => new TensorShapeProto.Types.Dimension { DimValue = x }));
+                        model.Graph.Input.Add(vi);
+                        added++;
+                    }
+                    using (FileStream f = File.Create(path))
+                    {
+                        model.WriteTo(f);
+                    }
+                }
+                finally
+                {
+                    for (; added > 0; added--)
+                    {
+                        model.Graph.Input.RemoveAt(model.Graph.Input.Count - 1);
+                    }
+                }
+                try
+                {
+                    runner = new ModelRunner(path, options);
+                }
+                finally
+                {
+                    File.Delete(path);
+                }
+                samples = [.. Enumerable.Range(0, data.Count).Select(i => original.SampleFor(data, i))];
+                // What ONNX Runtime actually lets a run replace (its optimizer may have folded or renamed some).
+                foreach (string n in shapes.Keys.Where(n => !runner.OverridableInitializers.Contains(n)).ToList())
+                {
+                    shapes.Remove(n);
+                }
+                if (!shapes.ContainsKey(weight))
+                {
+                    return null;
+                }
+            }
+            var feed = new TensorData(values, dims) { Name = weight };
+            var outputs = new TensorData[samples!.Length][];
+            try
+            {
+                for (int s = 0; s < samples.Length; s++)
+                {
+                    outputs[s] = runner.RunWithInitializers(samples[s], [output], [feed]);
+                }
+            }
+            catch (CompressException e) when (e.Code is DiagnosticCodes.OrtRunFailed or DiagnosticCodes.SourceRejectedByOrt)
+            {
+                // The shortcut is an optimization only: when ONNX Runtime will not take the replaced weight, every later
+                // probe writes its model instead (the plain path, which measures the same thing).
+                shapes.Clear();
+                return null;
+            }
+            return harm(outputs, runner.ModelPath);
+        }, Release);
     }
 
     /// <summary>KL(softmax(p) || softmax(q)) over all values (one sample's output); NaN when q has non-finite values.</summary>

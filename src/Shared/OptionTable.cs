@@ -212,7 +212,7 @@ namespace CompressOnBuild
             Item("Quantization", OptionKind.Text, "<scheme>",
                 "None | Int8 (static with calibration data, else dynamic) | Int8Dynamic\n| Int8Static | Float16 | Int4Weights[:<block>][:sym|asym][:rtn|gptq]\n| [:mse|minmax][:actorder|inorder]", "Int8"),
             Item("Pruning", OptionKind.Text, "<method>",
-                "None | Magnitude:<s> | Global:<s> | Sensitivity:<s> | NofM:<n>:<m>\n| SparseGPT:<s> | SparseGPT:<n>:<m> (needs --calibration-data) | Channels:<f>[:norefit]\n(before quantization; ranked/refit with --calibration-data when given)", "None"),
+                "None | Magnitude:<s>[:uniform] | Global:<s> | Sensitivity:<s> | NofM:<n>:<m>\n| SparseGPT:<s>[:uniform] | SparseGPT:<n>:<m> (needs --calibration-data) | Channels:<f>[:norefit]\n(before quantization; ranked/refit with --calibration-data when given; with it, Magnitude and\nSparseGPT:<s> choose per-layer sparsities from measured harm unless :uniform)", "None"),
             Item("CalibrationData", OptionKind.Path, "<path>", "representative inputs for static int8 activation ranges, Int8Dynamic activation smoothing, GPTQ and pruning"),
             Item("ValidationData", OptionKind.Path, "<path>", "test_data_set_* folders / input_*.pb, .npy/.npz, IDX, image folders"),
             Item("Labels", OptionKind.Path, "<path>", "IDX labels for IDX images"),

@@ -935,11 +935,12 @@ public sealed class CompressCommandTests
     {
         string images = Corpus.Dataset("mnist", "t10k-images-idx3-ubyte");
         CliRun run = CliHarness.InProcess("compress", Corpus.Model("mnist-mlp-gemm"), "--output", P("pm.onnx"), "--report", P("pm.json"),
-            "--pruning", "Magnitude:0.5", "--calibration-data", images, "--calibration-samples", "500",
+            "--pruning", "Magnitude:0.5:uniform", "--calibration-data", images, "--calibration-samples", "500",
             "--validation-data", images, "--labels", Corpus.Dataset("mnist", "t10k-labels-idx1-ubyte"), "--max-accuracy-drop", "0.8");
         Assert.AreEqual(0, run.ExitCode, run.Output);
         JsonNode p = JsonNode.Parse(File.ReadAllText(P("pm.json")))!["pruning"]!;
-        Assert.AreEqual("Magnitude:0.5", p["method"]!.GetValue<string>());
+        Assert.AreEqual("Magnitude:0.5:uniform", p["method"]!.GetValue<string>());
+        Assert.AreEqual("uniform", p["allocation"]!.GetValue<string>());
         JsonArray layers = p["layers"]!.AsArray();
         Assert.IsTrue(layers.Count >= 2, "every hidden layer is pruned (the output layer stays dense by default)");
         foreach (JsonNode? l in layers)
@@ -956,7 +957,27 @@ public sealed class CompressCommandTests
         }
         Assert.IsTrue(zipShipped < zipInt8Only, $"pruning must shrink the zipped int8 model further ({zipShipped} vs {zipInt8Only})");
         Assert.IsTrue((double)zipOriginal / zipShipped >= 3.5, $"zip ratio {(double)zipOriginal / zipShipped}");
-        StringAssert.Contains(File.ReadAllText(P("pm.html")), "Per-layer sparsity (Magnitude:0.5)");
+        StringAssert.Contains(File.ReadAllText(P("pm.html")), "Per-layer sparsity (Magnitude:0.5:uniform)");
+    }
+
+    [TestMethod]
+    public void MagnitudeWithCalibrationDataChoosesPerLayerSparsitiesFromMeasuredHarmByDefault()
+    {
+        string images = Corpus.Dataset("mnist", "t10k-images-idx3-ubyte");
+        CliRun run = CliHarness.InProcess("compress", Corpus.Model("mnist-mlp-gemm"), "--output", P("sa.onnx"), "--report", P("sa.json"),
+            "--pruning", "Magnitude:0.5", "--quantization", "None", "--calibration-data", images, "--calibration-samples", "256",
+            "--validation-data", images, "--labels", Corpus.Dataset("mnist", "t10k-labels-idx1-ubyte"), "--validation-samples", "2000");
+        Assert.AreEqual(0, run.ExitCode, run.Output);
+        StringAssert.Contains(run.Output, "per-layer sparsities by measured sensitivity");
+        JsonNode p = JsonNode.Parse(File.ReadAllText(P("sa.json")))!["pruning"]!;
+        Assert.AreEqual("sensitivity", p["allocation"]!.GetValue<string>());
+        JsonNode a = p["sensitivity"]!;
+        Assert.AreEqual(32, a["samples"]!.GetValue<int>(), "a bounded probe set, not all 256 calibration samples");
+        JsonArray layers = p["layers"]!.AsArray();
+        Assert.AreEqual(layers.Count, a["layers"]!.AsArray().Count, "every prunable layer measured, the output layer included");
+        Assert.AreEqual(0.5, p["achievedSparsity"]!.GetValue<double>(), 1e-5);
+        Assert.IsTrue(layers.Select(l => Math.Round(l!["sparsity"]!.GetValue<double>(), 3)).Distinct().Count() > 1, p.ToJsonString());
+        StringAssert.Contains(File.ReadAllText(P("sa.html")), "sensitivity allocation");
     }
 
     [TestMethod]
@@ -995,9 +1016,9 @@ public sealed class CompressCommandTests
         Assert.AreEqual(0, run.ExitCode, run.Output);
         JsonNode a = JsonNode.Parse(File.ReadAllText(P("v.json")))!["pruning"]!["sensitivity"]!;
         Assert.AreEqual(40, a["samples"]!.GetValue<int>(), "all 40 validation inputs (fewer than CalibrationSamples)");
-        // fc1 only (the output layer stays dense), pruned harder to make up for it: 0.6 of all prunable weights.
-        double layerSparsity = JsonNode.Parse(File.ReadAllText(P("v.json")))!["pruning"]!["layerSparsity"]!.GetValue<double>();
-        Assert.AreEqual(0.6 * (784 * 64 + 64 * 10) / (784 * 64), layerSparsity, 1e-4);
+        // Both layers measured (the output layer too: the measurement decides how much of it goes), 0.6 of all prunable weights.
+        Assert.HasCount(2, a["layers"]!.AsArray());
+        Assert.IsNull(JsonNode.Parse(File.ReadAllText(P("v.json")))!["pruning"]!["layerSparsity"], "per layer, not one sparsity");
         Assert.AreEqual(0.6 * (784 * 64 + 64 * 10), a["chosenZeros"]!.GetValue<long>(), 1.0);
     }
 

@@ -11,12 +11,16 @@ using System.Text.Json.Nodes;
 //   large-minilm: the MiniLM Int8 row and end-to-end line of the large section only (other rows kept as they are)
 //   large-minilm-int4: only the MiniLM Int4Weights row of the large section (and its note line), replaced in place
 //   large-resnet: only the ResNet18 rows of the large section (replaced in place; the MiniLM rows stay as they are)
-//   pruning-large: Magnitude vs SparseGPT (and Channels) on ResNet18 and MiniLM (issue 15), only when asked for
+//   pruning-large: Magnitude vs SparseGPT (and Channels) on ResNet18 and MiniLM (issue 15), only when asked for;
+//                `pruning-large:<text>[,<text>]` reruns only the rows whose "model pruning quantization" contains a text
+//                (e.g. `pruning-large:SparseGPT:0.5` or `pruning-large:MiniLM`), the other rows kept as they are
 // Arguments: the section names to regenerate (default: compression and pruning), e.g. `bash build/results.sh pruning`.
 var ci = CultureInfo.InvariantCulture;
 string[] known = ["compression", "pruning", "large", "large-minilm", "large-minilm-int4", "large-resnet", "pruning-large"];
+// pruning-large:<a>,<b>: only the rows whose "model pruning quantization" contains one of the texts (the other rows are kept).
+string[]? pruningLargeRows = args.FirstOrDefault(a => a.StartsWith("pruning-large:", StringComparison.Ordinal)) is { } pl ? pl["pruning-large:".Length..].Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries) : null;
 int largeSentences = args.FirstOrDefault(a => a.StartsWith("large:", StringComparison.Ordinal)) is { } ls ? int.Parse(ls[6..], ci) : 0;
-string[] sections = args.Length == 0 ? ["compression", "pruning"] : [.. args.Select(a => a.StartsWith("large:", StringComparison.Ordinal) ? "large" : a)];
+string[] sections = args.Length == 0 ? ["compression", "pruning"] : [.. args.Select(a => a.StartsWith("large:", StringComparison.Ordinal) ? "large" : a.StartsWith("pruning-large:", StringComparison.Ordinal) ? "pruning-large" : a)];
 if (sections.FirstOrDefault(a => !known.Contains(a)) is { } unknown)
 {
     Console.Error.WriteLine($"results: unknown section '{unknown}'; use {string.Join(" and/or ", known)} (default: all)");
@@ -119,7 +123,7 @@ if (sections.Contains("large-minilm") && !sections.Contains("large"))
 }
 if (sections.Contains("pruning-large"))
 {
-    WriteSection(doc, "pruning-large", PruningLarge.Section(corpus, repo, work));
+    WriteSection(doc, "pruning-large", PruningLarge.Section(corpus, repo, work, pruningLargeRows, pruningLargeRows == null ? null : File.ReadAllText(doc)));
 }
 Directory.Delete(work, recursive: true);
 return 0;

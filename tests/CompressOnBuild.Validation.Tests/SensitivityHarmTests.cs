@@ -42,4 +42,34 @@ public sealed class SensitivityHarmTests
             previous = h;
         }
     }
+
+    [TestMethod]
+    public void The_one_session_probe_gives_the_harm_of_the_model_with_that_weight_replaced()
+    {
+        string path = Corpus.Model("mnist-mlp-gemm");
+        var options = new ModelRunnerOptions { BatchSize = 64 };
+        using ModelRunner runner = new(path, options);
+        Dataset data = DatasetLoader.Load(Corpus.Dataset("mnist", "t10k-images-idx3-ubyte"), null, runner.Inputs, Preprocessing.Parse("layout=FLAT"), maxSamples: 64);
+        ModelProto model = ModelIO.Load(path);
+        TensorProto weight = model.Graph.Initializer.Where(t => t.Dims.Count == 2).OrderByDescending(t => t.Dims[0] * t.Dims[1]).First();
+        int inputsBefore = model.Graph.Input.Count;
+        HarmMeasure harm = SensitivityHarm.Create(runner, data, options, model: model, weights: [weight.Name, "no-such-weight"]);
+        Assert.IsNotNull(harm.MeasureWeight);
+        float[] values = TensorUtil.ToFloatArray(weight);
+        float[] pruned = [.. values.Select((v, i) => i % 2 == 0 ? 0f : v)];
+        double fast = harm.MeasureWeight(weight.Name, pruned)!.Value;
+        Assert.AreEqual(inputsBefore, model.Graph.Input.Count, "the model handed in is left as it was");
+        ModelProto written = model.Clone();
+        int at = written.Graph.Initializer.IndexOf(written.Graph.Initializer.Single(t => t.Name == weight.Name));
+        written.Graph.Initializer[at] = TensorUtil.FromFloats(weight.Name, pruned, [.. weight.Dims]);
+        double slow = harm.Measure(written);
+        Assert.IsGreaterThan(0, slow);
+        Assert.AreEqual(slow, fast, Math.Max(1e-6, slow * 1e-3), "same harm through the overridable initializer");
+        Assert.AreEqual(0.0, harm.MeasureWeight(weight.Name, values)!.Value, 1e-6, "the original weight: no harm");
+        Assert.IsNull(harm.MeasureWeight("no-such-weight", [1f]), "unknown to the model: the caller writes a model instead");
+        Assert.IsNull(harm.MeasureWeight(weight.Name, [1f, 2f]), "another size");
+        harm.Release!();
+        Assert.AreEqual(fast, harm.MeasureWeight(weight.Name, pruned)!.Value, 1e-9, "reopened after Release");
+        harm.Release();
+    }
 }

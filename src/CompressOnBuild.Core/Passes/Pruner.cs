@@ -53,8 +53,10 @@ public static class Pruner
     /// consumer by least squares. Null: plain |w| ranking, no refit.
     /// </param>
     /// <param name="harm">
-    /// Sensitivity only (required there, CMPR0003 without it): measures the harm of the model with one layer pruned;
-    /// called layers x grid points times on <paramref name="model"/> itself (the layer is restored after each call).
+    /// Measures the harm of the model with one layer pruned; called layers x grid points times on
+    /// <paramref name="model"/> itself (the layer is restored after each call). Required by Sensitivity (CMPR0003 without
+    /// it); with Magnitude and SparseGPT:&lt;s&gt; (unless <see cref="PruningOptions.Allocation"/> is Uniform) it turns on
+    /// the per-layer allocation by measured harm (<see cref="SensitivityPruner.ChooseSparsities"/>); null: uniform.
     /// </param>
     public static PruningSummary Apply(ModelProto model, PruningOptions options, string displayName, ActivationSource? activations = null, HarmMeasure? harm = null)
     {
@@ -95,6 +97,7 @@ public static class Pruner
         var notes = new List<string>();
         SensitivityAnalysis? sensitivity = null;
         double? layerSparsity = null;
+        string? allocation = options.Method == PruningMethod.Sensitivity ? "sensitivity" : null;
         var g = new PassGraph(model);
         // The model's prunable weights: every layer pruning could touch, including those it will keep dense. The
         // requested sparsity is a fraction of these, and the output-layer rule looks at all of them (not at the
@@ -109,7 +112,11 @@ public static class Pruner
         }
         else
         {
-            if (options.KeepOutputLayers)
+            // Magnitude and SparseGPT:<s> with a harm measure: per-layer sparsities from measured harm. The output layers
+            // are then measured like the others: how much of them goes is the measurement's call, not a rule's.
+            bool measured = (options.AllocatesBySensitivity && harm != null) || options.Method == PruningMethod.Sensitivity;
+            allocation = measured || options.Method == PruningMethod.Sensitivity ? "sensitivity" : options.Method is PruningMethod.Magnitude or PruningMethod.SparseGpt && !options.IsNofM ? "uniform" : null;
+            if (options.KeepOutputLayers && !measured)
             {
                 var outputNodes = new HashSet<NodeProto>(PrunableLayers.OutputLayers(g, every).Select(l => l.Node), ReferenceEqualityComparer.Instance);
                 foreach (PrunableLayer last in layers.Where(l => outputNodes.Contains(l.Node)).ToList())
@@ -151,7 +158,7 @@ public static class Pruner
                 {
                     notes.Add(string.Create(CultureInfo.InvariantCulture, $"making that up would need {wanted:P1} of the pruned layers; they were capped at {cap:P0}"));
                 }
-                layerSparsity = chosen;
+                layerSparsity = measured ? null : chosen; // measured: per layer (the analysis), this is only their overall target
                 effective = options with { Sparsity = chosen };
             }
             else if (options.IsNofM)
@@ -167,6 +174,9 @@ public static class Pruner
             }
             switch (options.Method)
             {
+                case PruningMethod.Magnitude when measured && layers.Count > 0:
+                    sensitivity = SensitivityPruner.Run(g, layers, effective, harm!, displayName);
+                    break;
                 case PruningMethod.Magnitude:
                     foreach (PrunableLayer l in layers)
                     {
@@ -177,7 +187,7 @@ public static class Pruner
                     long total = layers.Sum(l => (long)l.Data.Length);
                     SparsityMasks.ZeroSmallest(layers.Select(l => l.Data).ToList(), stats.Count == layers.Count && layers.Count > 0 ? layers.Select(l => l.Scores!).ToList() : null, (long)Math.Round(effective.Sparsity * total));
                     break;
-                case PruningMethod.Sensitivity:
+                case PruningMethod.Sensitivity when layers.Count > 0:
                     sensitivity = SensitivityPruner.Run(g, layers, effective, harm!, displayName);
                     break;
                 case PruningMethod.NofM:
@@ -185,6 +195,15 @@ public static class Pruner
                     {
                         SparsityMasks.KeepNofM(l, options.N, options.M);
                     }
+                    break;
+                case PruningMethod.SparseGpt when measured && layers.Count > 0:
+                    sensitivity = SparseGpt.Allocate(g, layers, effective, harm!, activations!, displayName);
+                    var chosen = new Dictionary<PrunableLayer, double>();
+                    for (int i = 0; i < layers.Count; i++)
+                    {
+                        chosen[layers[i]] = (double)sensitivity.Layers[i].ChosenZeros / layers[i].Data.Length;
+                    }
+                    SparseGpt.Run(g, layers, effective, activations!, displayName, notes, reconstructed, chosen);
                     break;
                 case PruningMethod.SparseGpt:
                     SparseGpt.Run(g, layers, effective, activations!, displayName, notes, reconstructed);
@@ -217,6 +236,7 @@ public static class Pruner
             Skipped = skipped,
             Reconstructed = reconstructed,
             Sensitivity = sensitivity,
+            Allocation = allocation,
             RequestedSparsity = options.RequestedSparsity,
             RequestedChannelFraction = options.Method == PruningMethod.Channels ? options.ChannelFraction : null,
             ChannelsBefore = options.Method == PruningMethod.Channels ? every.Sum(l => (long)l.Outputs) : 0,

@@ -60,6 +60,23 @@ public enum PruningMethod
     SparseGpt = 6,
 }
 
+/// <summary>How the per-layer sparsities of Magnitude and SparseGPT (unstructured) are chosen.</summary>
+public enum PruningAllocation
+{
+    /// <summary>
+    /// By measured sensitivity when the pruner is given a <see cref="HarmMeasure"/> (the worker gives one when
+    /// CalibrationData is set), uniform otherwise: each layer is pruned alone at the sparsities of
+    /// <see cref="PruningOptions.SensitivityGrid"/>, the harm to the model's output measured, and per-layer sparsities
+    /// chosen so that exactly round(s x weights) zeros are placed with the least predicted harm
+    /// (<see cref="SensitivityPruner.ChooseSparsities"/>). Output layers are measured like the others (the measurement, not
+    /// the output-layer rule, decides how much of them goes).
+    /// </summary>
+    Auto = 0,
+
+    /// <summary>Every pruned layer at the same sparsity (the layers the tool keeps dense made up for by the others, capped); the ":uniform" suffix.</summary>
+    Uniform = 1,
+}
+
 /// <summary>Settings for <see cref="Pruner"/>; <see cref="Parse"/> reads the MSBuild/CLI syntax.</summary>
 public sealed record PruningOptions
 {
@@ -67,6 +84,16 @@ public sealed record PruningOptions
 
     /// <summary>Fraction of weights set to zero for Magnitude and Global, in (0, 1); for Sensitivity the overall target, in (0, max of <see cref="SensitivityGrid"/>].</summary>
     public double Sparsity { get; init; }
+
+    /// <summary>
+    /// Magnitude and SparseGPT:&lt;s&gt;: per-layer sparsities by measured sensitivity when data is given (default) or
+    /// uniform (the ":uniform" suffix, e.g. Magnitude:0.5:uniform). NofM and SparseGPT:n:m always put the same pattern
+    /// in every layer (an N:M pattern is the format sparse kernels run; a layer at another ratio would not be N:M).
+    /// </summary>
+    public PruningAllocation Allocation { get; init; }
+
+    /// <summary>True when <see cref="Pruner"/> chooses per-layer sparsities from a harm measure if it gets one.</summary>
+    public bool AllocatesBySensitivity => Allocation == PruningAllocation.Auto && !IsNofM && Method is PruningMethod.Magnitude or PruningMethod.SparseGpt;
 
     /// <summary>NofM: nonzeros kept per group.</summary>
     public int N { get; init; }
@@ -147,14 +174,21 @@ public sealed record PruningOptions
     };
 
     /// <summary>
-    /// Parses None | Magnitude:&lt;s&gt; | Global:&lt;s&gt; | Sensitivity:&lt;s&gt; | NofM:&lt;n&gt;:&lt;m&gt; | Channels:&lt;f&gt;[:norefit]
-    /// (norefit turns <see cref="Reconstruct"/> off; case-insensitive method,
+    /// Parses None | Magnitude:&lt;s&gt;[:uniform] | Global:&lt;s&gt; | Sensitivity:&lt;s&gt; | NofM:&lt;n&gt;:&lt;m&gt;
+    /// | SparseGPT:&lt;s&gt;[:uniform] | SparseGPT:&lt;n&gt;:&lt;m&gt; | Channels:&lt;f&gt;[:norefit]
+    /// (uniform sets <see cref="Allocation"/> to Uniform, norefit turns <see cref="Reconstruct"/> off; case-insensitive method,
     /// invariant-culture numbers). Anything else is CMPR0003 naming <paramref name="displayName"/>.
     /// </summary>
     public static PruningOptions Parse(string text, string displayName)
     {
         ArgumentNullException.ThrowIfNull(text);
         string[] parts = text.Trim().Split(':');
+        bool uniform = parts.Length == 3 && parts[2].Equals("uniform", StringComparison.OrdinalIgnoreCase)
+            && (parts[0].Equals("Magnitude", StringComparison.OrdinalIgnoreCase) || parts[0].Equals("SparseGPT", StringComparison.OrdinalIgnoreCase));
+        if (uniform)
+        {
+            parts = parts[..2];
+        }
         CompressException Invalid(string why) =>
             new(DiagnosticCodes.InvalidOption, displayName, "Pruning", text, why) { File = displayName };
         static bool Fraction(string s, out double v) =>
@@ -168,7 +202,11 @@ public sealed record PruningOptions
                 {
                     throw Invalid("the sparsity must be a number strictly between 0 and 1, e.g. Magnitude:0.5");
                 }
-                return new PruningOptions { Method = parts[0].Equals("Global", StringComparison.OrdinalIgnoreCase) ? PruningMethod.Global : PruningMethod.Magnitude, Sparsity = s };
+                return new PruningOptions
+                {
+                    Method = parts[0].Equals("Global", StringComparison.OrdinalIgnoreCase) ? PruningMethod.Global : PruningMethod.Magnitude, Sparsity = s,
+                    Allocation = uniform ? PruningAllocation.Uniform : PruningAllocation.Auto,
+                };
             case "SENSITIVITY" when parts.Length == 2:
                 double max = new PruningOptions().SensitivityGrid[^1];
                 if (!Fraction(parts[1], out double target) || target > max)
@@ -188,7 +226,7 @@ public sealed record PruningOptions
                 {
                     throw Invalid("the sparsity must be a number strictly between 0 and 1, e.g. SparseGPT:0.5 (or SparseGPT:2:4 for N:M)");
                 }
-                return new PruningOptions { Method = PruningMethod.SparseGpt, Sparsity = sg };
+                return new PruningOptions { Method = PruningMethod.SparseGpt, Sparsity = sg, Allocation = uniform ? PruningAllocation.Uniform : PruningAllocation.Auto };
             case "SPARSEGPT" when parts.Length == 3:
                 if (!int.TryParse(parts[1], NumberStyles.None, CultureInfo.InvariantCulture, out int sn)
                     || !int.TryParse(parts[2], NumberStyles.None, CultureInfo.InvariantCulture, out int sm) || sn < 1 || sm > 64 || sn >= sm)
@@ -203,7 +241,7 @@ public sealed record PruningOptions
                 }
                 return new PruningOptions { Method = PruningMethod.Channels, ChannelFraction = f, Reconstruct = parts.Length == 2 };
             default:
-                throw Invalid("use None, Magnitude:<sparsity>, Global:<sparsity>, Sensitivity:<sparsity>, NofM:<n>:<m>, SparseGPT:<sparsity>, SparseGPT:<n>:<m> or Channels:<fraction>[:norefit]");
+                throw Invalid("use None, Magnitude:<sparsity>[:uniform], Global:<sparsity>, Sensitivity:<sparsity>, NofM:<n>:<m>, SparseGPT:<sparsity>[:uniform], SparseGPT:<n>:<m> or Channels:<fraction>[:norefit]");
         }
     }
 
@@ -233,11 +271,13 @@ public sealed record PruningOptions
         }
     }
 
+    private string Suffix => Allocation == PruningAllocation.Uniform && Method is PruningMethod.Magnitude or PruningMethod.SparseGpt ? ":uniform" : "";
+
     public override string ToString() => Method switch
     {
-        PruningMethod.Magnitude or PruningMethod.Global or PruningMethod.Sensitivity => Method + ":" + Sparsity.ToString(CultureInfo.InvariantCulture),
+        PruningMethod.Magnitude or PruningMethod.Global or PruningMethod.Sensitivity => Method + ":" + Sparsity.ToString(CultureInfo.InvariantCulture) + Suffix,
         PruningMethod.NofM => "NofM:" + N.ToString(CultureInfo.InvariantCulture) + ":" + M.ToString(CultureInfo.InvariantCulture),
-        PruningMethod.SparseGpt => "SparseGPT:" + (IsNofM ? N.ToString(CultureInfo.InvariantCulture) + ":" + M.ToString(CultureInfo.InvariantCulture) : Sparsity.ToString(CultureInfo.InvariantCulture)),
+        PruningMethod.SparseGpt => "SparseGPT:" + (IsNofM ? N.ToString(CultureInfo.InvariantCulture) + ":" + M.ToString(CultureInfo.InvariantCulture) : Sparsity.ToString(CultureInfo.InvariantCulture) + Suffix),
         PruningMethod.Channels => "Channels:" + ChannelFraction.ToString(CultureInfo.InvariantCulture) + (Reconstruct ? "" : ":norefit"),
         _ => Method.ToString(),
     };

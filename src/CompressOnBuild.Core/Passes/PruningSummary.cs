@@ -110,7 +110,14 @@ public sealed class PruningSummary
     /// <summary>With an activation source: layers whose bias was corrected (unstructured) or whose consumer was refit by least squares (Channels).</summary>
     public IReadOnlyList<string> Reconstructed { get; init; } = [];
 
-    /// <summary>Sensitivity: every layer's measured harm curve and chosen sparsity; null for other methods.</summary>
+    /// <summary>
+    /// How the per-layer sparsities were chosen: "sensitivity" (from measured harm, <see cref="Sensitivity"/> holds the
+    /// curves and choices), "uniform" (every pruned layer at <see cref="LayerSparsity"/>), or null
+    /// (N:M, Global, Channels, None: their own rules).
+    /// </summary>
+    public string? Allocation { get; init; }
+
+    /// <summary>Sensitivity allocation: every layer's measured harm curve and chosen sparsity; null otherwise.</summary>
     public SensitivityAnalysis? Sensitivity { get; init; }
 
     public double ZipRatio => ZipBytesBefore == 0 ? 1.0 : (double)ZipBytesAfter / ZipBytesBefore;

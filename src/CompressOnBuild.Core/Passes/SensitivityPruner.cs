@@ -11,7 +11,25 @@ namespace CompressOnBuild.Core.Passes;
 /// <param name="Name">What is measured, for the report (e.g. "mean KL divergence of softmax(output) vs the original").</param>
 /// <param name="Samples">Samples it runs on.</param>
 /// <param name="Measure">The harm of a candidate model.</param>
-public sealed record HarmMeasure(string Name, int Samples, Func<ModelProto, double> Measure);
+public sealed record HarmMeasure(string Name, int Samples, Func<ModelProto, double> Measure)
+{
+    /// <summary>
+    /// Optional, faster path: the harm of the model the measure was built on with the values of one weight initializer
+    /// replaced (same shape), on one ONNX Runtime session opened once (no model written per probe); null when that
+    /// weight cannot be replaced this way (the caller then uses <see cref="Measure"/>). Valid only while the model being
+    /// pruned still equals that model apart from the one weight (the pruner probes before it changes anything).
+    /// </summary>
+    public Func<string, float[], double?>? MeasureWeight { get; init; }
+
+    /// <summary>
+    /// Optional: layer inputs on the same (bounded) samples the harm is measured on, from the model passed in; SparseGPT's
+    /// probes build each layer's Hessian from them. Null: the pruner's own activation source is used.
+    /// </summary>
+    public ActivationSource? Activations { get; init; }
+
+    /// <summary>Optional: frees what the measure holds open (the probe session); the measure still works afterwards.</summary>
+    public Action? Release { get; init; }
+}
 
 /// <summary>One measurement of a layer pruned alone: its sparsity, zeroed elements and the harm to the model's output.</summary>
 public sealed record SensitivityPoint(double Sparsity, long Zeros, double Harm);
@@ -76,68 +94,62 @@ internal static class SensitivityPruner
     /// <summary>Harm recorded for a candidate whose measure is not finite (e.g. NaN outputs): never preferred.</summary>
     private const double BrokenHarm = 1e30;
 
-    public static SensitivityAnalysis Run(PassGraph g, List<PrunableLayer> layers, PruningOptions options, HarmMeasure harm, string displayName)
+    /// <summary>
+    /// One probe: the harm of the model with only layer <c>layer</c> pruned to <c>zeros</c> of its units (the callee
+    /// applies the pruning, measures and restores the layer before returning).
+    /// </summary>
+    public delegate double Probe(int layer, long zeros);
+
+    /// <summary>
+    /// The one allocation every scheme shares (Magnitude, SparseGPT, and any other that can prune one layer at a given
+    /// amount): for every layer alone, at every fraction g of <paramref name="grid"/>, <paramref name="probe"/> measures the
+    /// harm of round(g x units) zeros; then <see cref="Allocate(long[], long[], IReadOnlyList{IReadOnlyList{SensitivityPoint}}, long)"/>
+    /// places exactly round(<paramref name="target"/> x all units) zeros (units: weight elements, or channels, ...) with
+    /// the least predicted harm on the lower convex hulls of the curves. Returns the analysis, whose
+    /// <see cref="LayerSensitivity.ChosenZeros"/> the caller applies.
+    /// </summary>
+    /// <param name="units">Per layer, what the fraction counts (e.g. weight elements).</param>
+    /// <param name="start">Per layer, units already pruned (zeros on input): harm 0 there, never fewer chosen.</param>
+    public static SensitivityAnalysis ChooseSparsities(IReadOnlyList<PrunableLayer> layers, long[] units, long[] start, double target, IReadOnlyList<double> grid,
+        HarmMeasure harm, Probe probe)
     {
         var watch = System.Diagnostics.Stopwatch.StartNew();
         int probes = 0;
         var curves = new List<SensitivityPoint>[layers.Count];
-        long[] start = new long[layers.Count];
         for (int i = 0; i < layers.Count; i++)
         {
-            PrunableLayer l = layers[i];
-            float[] original = (float[])l.Data.Clone();
-            start[i] = l.Data.Length - PrunableLayers.CountNonzeros(l.Data);
             curves[i] = [];
-            foreach (double s in options.SensitivityGrid)
+            foreach (double s in grid)
             {
-                long zeros = (long)Math.Round(s * l.Data.Length);
+                long zeros = (long)Math.Round(s * units[i]);
                 if (zeros <= start[i] || curves[i].Any(p => p.Zeros == zeros))
                 {
                     continue;
                 }
-                float[] trial = (float[])original.Clone();
-                SparsityMasks.ZeroSmallest([trial], l.Scores == null ? null : [l.Scores], zeros);
-                PrunableLayers.SetConstant(g, l.WeightName, trial);
-                double h;
-                try
-                {
-                    h = harm.Measure(g.Model);
-                    probes++;
-                }
-                finally
-                {
-                    PrunableLayers.SetConstant(g, l.WeightName, original);
-                }
+                double h = probe(i, zeros);
+                probes++;
                 curves[i].Add(new SensitivityPoint(s, zeros, double.IsFinite(h) ? h : BrokenHarm));
             }
         }
-
-        long total = layers.Sum(l => (long)l.Data.Length);
-        long target = (long)Math.Round(options.Sparsity * total);
-        long[] chosen = Allocate(layers.Select(l => (long)l.Data.Length).ToArray(), start, curves, target);
-        for (int i = 0; i < layers.Count; i++)
-        {
-            if (chosen[i] > start[i])
-            {
-                SparsityMasks.ZeroSmallest([layers[i].Data], layers[i].Scores == null ? null : [layers[i].Scores!], chosen[i]);
-            }
-        }
+        long total = units.Sum();
+        long targetZeros = (long)Math.Round(target * total);
+        long[] chosen = Allocate(units, start, curves, targetZeros);
         var result = new List<LayerSensitivity>();
         double predicted = 0, uniform = 0;
         for (int i = 0; i < layers.Count; i++)
         {
             double h = Interpolate(start[i], curves[i], chosen[i]);
             predicted += h;
-            uniform += Interpolate(start[i], curves[i], (long)Math.Round(options.Sparsity * layers[i].Data.Length));
-            result.Add(new LayerSensitivity(layers[i].Label, layers[i].WeightName, layers[i].Data.Length, curves[i], chosen[i], h));
+            uniform += Interpolate(start[i], curves[i], (long)Math.Round(target * units[i]));
+            result.Add(new LayerSensitivity(layers[i].Label, layers[i].WeightName, units[i], curves[i], chosen[i], h));
         }
         return new SensitivityAnalysis
         {
             Measure = harm.Name,
             Samples = harm.Samples,
-            TargetSparsity = options.Sparsity,
+            TargetSparsity = target,
             Elements = total,
-            TargetZeros = target,
+            TargetZeros = targetZeros,
             ChosenZeros = chosen.Sum(),
             PredictedHarm = predicted,
             UniformPredictedHarm = uniform,
@@ -145,6 +157,56 @@ internal static class SensitivityPruner
             Seconds = watch.Elapsed.TotalSeconds,
             Layers = result,
         };
+    }
+
+    /// <summary>
+    /// The harm of the model in <paramref name="g"/> with <paramref name="l"/>'s weight replaced by <paramref name="trial"/>:
+    /// through <see cref="HarmMeasure.MeasureWeight"/> (one session) when it takes that weight, else by writing the weight
+    /// into the model, measuring it and restoring the original values.
+    /// </summary>
+    public static double MeasureWith(PassGraph g, PrunableLayer l, float[] trial, HarmMeasure harm)
+    {
+        if (harm.MeasureWeight?.Invoke(l.WeightName, trial) is double fast)
+        {
+            return fast;
+        }
+        PrunableLayers.SetConstant(g, l.WeightName, trial);
+        try
+        {
+            return harm.Measure(g.Model);
+        }
+        finally
+        {
+            PrunableLayers.SetConstant(g, l.WeightName, l.Data);
+        }
+    }
+
+    /// <summary>Zeros already in each layer's weight (their harm is 0).</summary>
+    public static long[] ExistingZeros(IReadOnlyList<PrunableLayer> layers) =>
+        layers.Select(l => l.Data.Length - PrunableLayers.CountNonzeros(l.Data)).ToArray();
+
+    /// <summary>
+    /// Magnitude (or activation-aware) masks: every layer's curve from its own smallest-score weights, then each layer
+    /// pruned to its chosen count, so masks are nested with the measured ones.
+    /// </summary>
+    public static SensitivityAnalysis Run(PassGraph g, List<PrunableLayer> layers, PruningOptions options, HarmMeasure harm, string displayName)
+    {
+        long[] start = ExistingZeros(layers);
+        SensitivityAnalysis a = ChooseSparsities(layers, layers.Select(l => (long)l.Data.Length).ToArray(), start, options.Sparsity, options.SensitivityGrid, harm, (i, zeros) =>
+        {
+            PrunableLayer l = layers[i];
+            float[] trial = (float[])l.Data.Clone();
+            SparsityMasks.ZeroSmallest([trial], l.Scores == null ? null : [l.Scores], zeros);
+            return MeasureWith(g, l, trial, harm);
+        });
+        for (int i = 0; i < layers.Count; i++)
+        {
+            if (a.Layers[i].ChosenZeros > start[i])
+            {
+                SparsityMasks.ZeroSmallest([layers[i].Data], layers[i].Scores == null ? null : [layers[i].Scores!], a.Layers[i].ChosenZeros);
+            }
+        }
+        return a;
     }
 
     private readonly record struct Segment(int Layer, int Index, long From, long To, double Slope);

@@ -33,8 +33,11 @@ internal static class SparseGpt
     private const int MaxConvRows = 65_536;
 
     /// <summary>Prunes every layer of <paramref name="layers"/> (<see cref="PrunableLayer.Data"/>, written back to the graph as it goes).</summary>
-    public static void Run(PassGraph g, List<PrunableLayer> layers, PruningOptions options, ActivationSource source, string displayName, List<string> notes, List<string> reconstructed)
+    /// <param name="layerSparsity">Unstructured: each layer's own sparsity (from <see cref="Allocate"/>); null: <see cref="PruningOptions.Sparsity"/> for all.</param>
+    public static void Run(PassGraph g, List<PrunableLayer> layers, PruningOptions options, ActivationSource source, string displayName, List<string> notes, List<string> reconstructed,
+        IReadOnlyDictionary<PrunableLayer, double>? layerSparsity = null)
     {
+        double SparsityOf(PrunableLayer l) => layerSparsity != null && layerSparsity.TryGetValue(l, out double s) ? s : options.Sparsity;
         var fallback = layers.Where(l => (l.Node.OpType == "Gemm" && PassGraph.IntAttr(l.Node, "transA", 0) != 0) || (l.Node.OpType == "Conv" && GroupCount(l) > 1)).ToList();
         foreach (PrunableLayer l in fallback)
         {
@@ -46,7 +49,7 @@ internal static class SparseGpt
             }
             else
             {
-                SparsityMasks.ZeroSmallest([l.Data], (long)Math.Round(options.Sparsity * l.Data.Length));
+                SparsityMasks.ZeroSmallest([l.Data], (long)Math.Round(SparsityOf(l) * l.Data.Length));
             }
             notes.Add($"'{l.Label}' ({(l.Node.OpType == "Conv" ? "grouped Conv" : "Gemm with transA")}) was pruned by magnitude, without reconstruction");
         }
@@ -69,20 +72,97 @@ internal static class SparseGpt
             double[]? shared = null;
             foreach (PrunableLayer l in usable.Where(l => l.Node.Input[0] == name))
             {
+                double sparsity = SparsityOf(l);
+                if (!options.IsNofM && (long)Math.Round(sparsity * l.Data.Length) <= l.Data.Length - PrunableLayers.CountNonzeros(l.Data))
+                {
+                    continue; // the allocation left this layer as it is
+                }
                 // Layers reading the same input (attention Q/K/V) share H.
                 double[] h = l.Node.OpType == "Conv" ? ConvHessian(l, a, name, displayName) : shared ??= MatMulHessian(l, a, name, displayName);
-                if (PruneLayer(l, h, options))
+                if (Prepare(l, h, options.Dampening) is { } prepared && Prune(l, prepared, options, sparsity, l.Data))
                 {
                     reconstructed.Add(l.Label);
                 }
                 else
                 {
-                    SparsityMasks.ZeroSmallest([l.Data], (long)Math.Round(options.Sparsity * l.Data.Length));
+                    SparsityMasks.ZeroSmallest([l.Data], (long)Math.Round(sparsity * l.Data.Length));
                     notes.Add($"'{l.Label}': the input Hessian could not be factorized; pruned by magnitude, without reconstruction");
                 }
                 PrunableLayers.SetConstant(g, l.WeightName, l.Data);
             }
         }
+    }
+
+    /// <summary>
+    /// SparseGPT's sensitivity allocation (<see cref="SensitivityPruner.ChooseSparsities"/>): each layer is probed as
+    /// SparseGPT prunes it (masks chosen and survivors updated through H^-1, not bare magnitude masks, so the measured harm
+    /// is the harm of what is applied), alone, on the unchanged model, its H built from the layer input on the harm
+    /// measure's own bounded samples (<see cref="HarmMeasure.Activations"/>, else <paramref name="source"/>). H is
+    /// factored once per layer and reused for every grid point. Grouped Conv / transA Gemm layers (pruned by magnitude
+    /// in <see cref="Run"/>) are probed with magnitude masks. Returns the analysis; the chosen counts are applied by
+    /// <see cref="Run"/> with the per-layer sparsities.
+    /// </summary>
+    public static SensitivityAnalysis Allocate(PassGraph g, List<PrunableLayer> layers, PruningOptions options, HarmMeasure harm, ActivationSource source, string displayName)
+    {
+        var position = new Dictionary<NodeProto, int>(ReferenceEqualityComparer.Instance);
+        for (int i = 0; i < g.Graph.Node.Count; i++)
+        {
+            position[g.Graph.Node[i]] = i;
+        }
+        // Graph order, so layers reading the same input come together and their H is built once.
+        List<PrunableLayer> ordered = layers.OrderBy(l => position[l.Node]).ToList();
+        var magnitudeOnly = new HashSet<PrunableLayer>(ordered.Where(l => (l.Node.OpType == "Gemm" && PassGraph.IntAttr(l.Node, "transA", 0) != 0) || (l.Node.OpType == "Conv" && GroupCount(l) > 1)));
+        List<string> names = ordered.Where(l => !magnitudeOnly.Contains(l)).Select(l => l.Node.Input[0]).Distinct(StringComparer.Ordinal).ToList();
+        // Bounded samples: every input at once. The full calibration source: one input at a time.
+        IReadOnlyDictionary<string, Activation>? all = harm.Activations != null && names.Count > 0 ? harm.Activations(g.Model, names) : null;
+        string? currentName = null;
+        double[]? currentMatMulH = null;
+        Activation? current = null;
+        PrunableLayer? preparedFor = null;
+        Prepared? prepared = null;
+        long[] start = SensitivityPruner.ExistingZeros(ordered);
+        SensitivityAnalysis analysis = SensitivityPruner.ChooseSparsities(ordered, ordered.Select(l => (long)l.Data.Length).ToArray(), start, options.Sparsity, options.SensitivityGrid, harm, (i, zeros) =>
+        {
+            PrunableLayer l = ordered[i];
+            float[] trial = (float[])l.Data.Clone();
+            if (!ReferenceEquals(preparedFor, l))
+            {
+                preparedFor = l;
+                prepared = null;
+                if (!magnitudeOnly.Contains(l))
+                {
+                    string name = l.Node.Input[0];
+                    if (name != currentName)
+                    {
+                        currentName = name;
+                        currentMatMulH = null;
+                        current = null;
+                        IReadOnlyDictionary<string, Activation> values = all ?? source(g.Model, [name]);
+                        if (!values.TryGetValue(name, out current))
+                        {
+                            throw CompressException.ForFile(displayName, DiagnosticCodes.DataShape, "calibration activations", name, "the activation source returned no values for it");
+                        }
+                    }
+                    double[] h = l.Node.OpType == "Conv" ? ConvHessian(l, current!, name, displayName) : currentMatMulH ??= MatMulHessian(l, current!, name, displayName);
+                    prepared = Prepare(l, h, options.Dampening);
+                }
+            }
+            if (prepared == null || !Prune(l, prepared, options, (double)zeros / l.Data.Length, trial))
+            {
+                trial = (float[])l.Data.Clone();
+                SparsityMasks.ZeroSmallest([trial], zeros);
+            }
+            return SensitivityPruner.MeasureWith(g, l, trial, harm);
+        });
+        // Back in the caller's layer order.
+        var byLayer = ordered.Select((l, i) => (l, i)).ToDictionary(p => p.l, p => analysis.Layers[p.i]);
+        return new SensitivityAnalysis
+        {
+            Measure = analysis.Measure, Samples = analysis.Samples, TargetSparsity = analysis.TargetSparsity, Elements = analysis.Elements,
+            TargetZeros = analysis.TargetZeros, ChosenZeros = analysis.ChosenZeros, PredictedHarm = analysis.PredictedHarm,
+            UniformPredictedHarm = analysis.UniformPredictedHarm, Probes = analysis.Probes, Seconds = analysis.Seconds,
+            Layers = layers.Select(l => byLayer[l]).ToList(),
+        };
     }
 
     private static void CheckFinite(Activation a, string name, string displayName)
@@ -132,13 +212,16 @@ internal static class SparseGpt
 
     private static int GroupCount(PrunableLayer l) => (int)Math.Max(1, PassGraph.IntAttr(l.Node, "group", 1));
 
+    /// <summary>A layer's H^-1 factor in visiting order, computed once and reused for every sparsity the layer is pruned at.</summary>
+    internal sealed record Prepared(int[] Order, double[] U, bool[] DeadInputs);
+
     /// <summary>
-    /// Prunes one layer against <paramref name="hessian"/> (reduction order of the layer). False when H cannot be
-    /// factorized even with more dampening (the layer is left unchanged).
+    /// Reorders <paramref name="hessian"/> (reduction order of the layer) into visiting order and factors its dampened
+    /// inverse; null when H cannot be factorized even with more dampening.
     /// </summary>
-    internal static bool PruneLayer(PrunableLayer l, double[] hessian, PruningOptions options)
+    internal static Prepared? Prepare(PrunableLayer l, double[] hessian, double dampening)
     {
-        int n = l.Outputs, k = l.Reduction;
+        int k = l.Reduction;
         int channels = k / l.KernelSize;
         // Visiting order p -> reduction index: kernel position major, channel minor.
         var order = new int[k];
@@ -157,6 +240,37 @@ internal static class SparseGpt
                 h[(long)p * k + q] = hessian[(long)order[p] * k + order[q]];
             }
         }
+        double meanDiagonal = 0;
+        for (int i = 0; i < k; i++)
+        {
+            meanDiagonal += h[(long)i * k + i];
+        }
+        meanDiagonal = meanDiagonal > 0 ? meanDiagonal / k : 1;
+        var dead = new bool[k];
+        for (int i = 0; i < k; i++)
+        {
+            if (h[(long)i * k + i] <= 0)
+            {
+                // An input that is zero on every calibration sample: its weights never contribute; they are removed.
+                h[(long)i * k + i] = 1;
+                dead[i] = true;
+            }
+        }
+        double[]? u = Int4Gptq.DampedUpperFactorOfInverse(h, k, dampening, meanDiagonal);
+        return u == null ? null : new Prepared(order, u, dead);
+    }
+
+    /// <summary>
+    /// Prunes one layer (unstructured at <paramref name="sparsity"/>, exactly round(sparsity x elements) zeros when the
+    /// layer has no more zeros than that already; or N:M) from <see cref="PrunableLayer.Data"/> into
+    /// <paramref name="into"/> (which may be the layer's own data). False when the result is not finite (nothing written).
+    /// </summary>
+    internal static bool Prune(PrunableLayer l, Prepared prepared, PruningOptions options, double sparsity, float[] into)
+    {
+        int n = l.Outputs, k = l.Reduction;
+        int channels = k / l.KernelSize;
+        int[] order = prepared.Order;
+        double[] u = prepared.U;
         var w = new float[(long)n * k];
         for (int o = 0; o < n; o++)
         {
@@ -170,29 +284,16 @@ internal static class SparseGpt
         {
             wasZero[i] = w[i] == 0f;
         }
-        double meanDiagonal = 0;
         for (int i = 0; i < k; i++)
         {
-            meanDiagonal += h[(long)i * k + i];
-        }
-        meanDiagonal = meanDiagonal > 0 ? meanDiagonal / k : 1;
-        for (int i = 0; i < k; i++)
-        {
-            if (h[(long)i * k + i] <= 0)
+            if (prepared.DeadInputs[i])
             {
-                // An input that is zero on every calibration sample: its weights never contribute; remove them.
-                h[(long)i * k + i] = 1;
                 for (int r = 0; r < n; r++)
                 {
                     w[(long)r * k + i] = 0f;
                     wasZero[(long)r * k + i] = true;
                 }
             }
-        }
-        double[]? u = Int4Gptq.DampedUpperFactorOfInverse(h, k, options.Dampening, meanDiagonal);
-        if (u == null)
-        {
-            return false;
         }
 
         bool nm = options.IsNofM;
@@ -211,7 +312,9 @@ internal static class SparseGpt
             int width = i2 - i1;
             if (!nm)
             {
-                ChooseBlockMask(w, wasZero, remove, u, n, k, i1, i2, options.Sparsity);
+                // Counts rounded cumulatively, so the blocks together remove exactly round(sparsity x n x k).
+                int count = (int)(Math.Round(sparsity * n * (double)i2) - Math.Round(sparsity * n * (double)i1));
+                ChooseBlockMask(w, wasZero, remove, u, n, k, i1, i2, count);
             }
             for (int j = i1; j < i2; j++)
             {
@@ -250,24 +353,27 @@ internal static class SparseGpt
         {
             return false;
         }
+        if (!ReferenceEquals(into, l.Data))
+        {
+            Array.Copy(l.Data, into, into.Length);
+        }
         for (int o = 0; o < n; o++)
         {
             for (int p = 0; p < k; p++)
             {
-                l.Data[l.Index(o, order[p])] = w[(long)o * k + p];
+                into[l.Index(o, order[p])] = w[(long)o * k + p];
             }
         }
         return true;
     }
 
     /// <summary>
-    /// Unstructured: marks for removal the round(sparsity x n x width) weights of block [i1, i2) (all outputs together)
+    /// Unstructured: marks for removal the <paramref name="count"/> weights of block [i1, i2) (all outputs together)
     /// with the smallest w^2 / U_jj^2, counting weights that are already zero first.
     /// </summary>
-    private static void ChooseBlockMask(float[] w, bool[] wasZero, bool[] remove, double[] u, int n, int k, int i1, int i2, double sparsity)
+    private static void ChooseBlockMask(float[] w, bool[] wasZero, bool[] remove, double[] u, int n, int k, int i1, int i2, int count)
     {
         int width = i2 - i1;
-        int count = (int)Math.Round(sparsity * n * width);
         var scores = new double[n * width];
         var index = new int[n * width];
         for (int r = 0; r < n; r++)
