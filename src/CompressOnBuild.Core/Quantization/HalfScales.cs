@@ -5,15 +5,13 @@ namespace CompressOnBuild.Core.Quantization;
 
 /// <summary>
 /// Scale vectors (per-channel weight scales, per-row table scales, smoothing factors) and the biases of the quantized
-/// products stored as float16 initializers
-/// behind one Cast to float32, which ONNX Runtime folds into a float32 constant when it loads the model (so nothing
-/// changes at run time and the quantized operators still read float32). The values are made float16-exact before the
+/// products stored as float16 initializers behind one Cast to float32, which ONNX Runtime folds into a float32
+/// constant when it loads the model (so nothing changes at run time and the quantized operators still read float32). The values are made float16-exact before the
 /// codes are computed from them, so the stored model means exactly what the pass measured: a weight scale is rounded
 /// up to the next float16 (the codes still fit their range and the pair bound, the step is at most 2^-10 coarser), a
 /// smoothing factor to the nearest float16. A scale vector with any value outside float16's normal range (2^-14 to
 /// 65504, where the relative rounding would grow) stays float32, as does a vector too short to pay for its Cast node
-/// (<see cref="Worth"/>) and everything in a model below opset 6 (whose
-/// Cast takes a string type). A bias is the one value rounded without compensation: to the nearest float16 (relative
+/// (<see cref="Worth"/>) and everything in a model below opset 6 (whose Cast takes a string type). A bias is the one value rounded without compensation: to the nearest float16 (relative
 /// error at most 2^-11, absolute at most 2^-25 below 2^-14), far below the int8 error of the product it is added to;
 /// a bias vector with a value beyond 65504 stays float32.
 /// </summary>
