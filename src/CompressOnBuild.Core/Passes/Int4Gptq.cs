@@ -49,30 +49,14 @@ internal static class Int4Gptq
             return QuantizeInActivationOrder(channelMajor, n, k, hessian, blockSize, symmetric, dampening, mseScales);
         }
         float[] w = channelMajor.ToArray();
-        var h = (double[])hessian.Clone();
-        double meanDiagonal = 0;
-        for (int i = 0; i < k; i++)
+        // A dead input: its weights never matter. Zero them.
+        double[]? u = FactorDecouplingDeadInputs((double[])hessian.Clone(), k, dampening, i =>
         {
-            meanDiagonal += h[(long)i * k + i];
-        }
-        meanDiagonal /= k;
-        for (int i = 0; i < k; i++)
-        {
-            if (h[(long)i * k + i] <= 0)
+            for (int r = 0; r < n; r++)
             {
-                // A dead input: its weights never matter. Zero them and decouple the position.
-                h[(long)i * k + i] = 1;
-                for (int r = 0; r < n; r++)
-                {
-                    w[(long)r * k + i] = 0f;
-                }
+                w[(long)r * k + i] = 0f;
             }
-        }
-        if (!(meanDiagonal > 0))
-        {
-            meanDiagonal = 1;
-        }
-        double[]? u = DampedUpperFactorOfInverse(h, k, dampening, meanDiagonal);
+        });
         if (u == null)
         {
             return null;
@@ -247,30 +231,14 @@ internal static class Int4Gptq
     private static float[]? Feedback(float[] w, int n, int k, double[] hessian, double dampening, Func<int, int, (float Scale, byte Zero)> grid)
     {
         float[] original = (float[])w.Clone();
-        var h = (double[])hessian.Clone();
-        double meanDiagonal = 0;
-        for (int i = 0; i < k; i++)
+        double[]? u = FactorDecouplingDeadInputs((double[])hessian.Clone(), k, dampening, i =>
         {
-            meanDiagonal += h[(long)i * k + i];
-        }
-        meanDiagonal /= k;
-        for (int i = 0; i < k; i++)
-        {
-            if (h[(long)i * k + i] <= 0)
+            for (int r = 0; r < n; r++)
             {
-                h[(long)i * k + i] = 1;
-                for (int r = 0; r < n; r++)
-                {
-                    w[(long)r * k + i] = 0f;
-                    original[(long)r * k + i] = 0f;
-                }
+                w[(long)r * k + i] = 0f;
+                original[(long)r * k + i] = 0f;
             }
-        }
-        if (!(meanDiagonal > 0))
-        {
-            meanDiagonal = 1;
-        }
-        double[]? u = DampedUpperFactorOfInverse(h, k, dampening, meanDiagonal);
+        });
         if (u == null)
         {
             return null;
@@ -305,6 +273,31 @@ internal static class Int4Gptq
             PropagateBlockError(w, n, k, errors, Batch, u, start, end);
         }
         return w;
+    }
+
+    /// <summary>
+    /// The damped upper factor of H^-1 (<see cref="DampedUpperFactorOfInverse"/>, dampening relative to H's mean diagonal,
+    /// or to 1 where that is not positive) after every dead input of <paramref name="h"/> (a diagonal entry that is not
+    /// positive: the input is zero on every calibration sample, so its weights never contribute) has been decoupled by a
+    /// unit diagonal and handed to <paramref name="onDead"/>. <paramref name="h"/> is modified. Null when H would not factorize.
+    /// </summary>
+    internal static double[]? FactorDecouplingDeadInputs(double[] h, int k, double dampening, Action<int> onDead)
+    {
+        double meanDiagonal = 0;
+        for (int i = 0; i < k; i++)
+        {
+            meanDiagonal += h[(long)i * k + i];
+        }
+        meanDiagonal = meanDiagonal > 0 ? meanDiagonal / k : 1;
+        for (int i = 0; i < k; i++)
+        {
+            if (h[(long)i * k + i] <= 0)
+            {
+                h[(long)i * k + i] = 1;
+                onDead(i);
+            }
+        }
+        return DampedUpperFactorOfInverse(h, k, dampening, meanDiagonal);
     }
 
     /// <summary>

@@ -240,23 +240,9 @@ internal static class SparseGpt
                 h[(long)p * k + q] = hessian[(long)order[p] * k + order[q]];
             }
         }
-        double meanDiagonal = 0;
-        for (int i = 0; i < k; i++)
-        {
-            meanDiagonal += h[(long)i * k + i];
-        }
-        meanDiagonal = meanDiagonal > 0 ? meanDiagonal / k : 1;
+        // An input that is zero on every calibration sample: its weights never contribute; they are removed.
         var dead = new bool[k];
-        for (int i = 0; i < k; i++)
-        {
-            if (h[(long)i * k + i] <= 0)
-            {
-                // An input that is zero on every calibration sample: its weights never contribute; they are removed.
-                h[(long)i * k + i] = 1;
-                dead[i] = true;
-            }
-        }
-        double[]? u = Int4Gptq.DampedUpperFactorOfInverse(h, k, dampening, meanDiagonal);
+        double[]? u = Int4Gptq.FactorDecouplingDeadInputs(h, k, dampening, i => dead[i] = true);
         return u == null ? null : new Prepared(order, u, dead);
     }
 
