@@ -493,23 +493,31 @@ public sealed class ModelRunner : IDisposable
                 }
             }
         }
+        TimeSpan elapsed = OnThreads(workers, Work);
+        if (failure != null)
+        {
+            System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(failure);
+        }
+        return new DatasetRun([.. results], elapsed.TotalSeconds, 1, workers);
+    }
+
+    /// <summary>Runs <paramref name="work"/> on <paramref name="workers"/> threads (this one and workers - 1 background
+    /// threads), waits for all of them and returns the wall time.</summary>
+    internal static TimeSpan OnThreads(int workers, Action work)
+    {
         Stopwatch watch = Stopwatch.StartNew();
-        Thread[] threads = [.. Enumerable.Range(1, workers - 1).Select(_ => new Thread(Work) { IsBackground = true })];
+        Thread[] threads = [.. Enumerable.Range(1, workers - 1).Select(_ => new Thread(() => work()) { IsBackground = true })];
         foreach (Thread t in threads)
         {
             t.Start();
         }
-        Work();
+        work();
         foreach (Thread t in threads)
         {
             t.Join();
         }
         watch.Stop();
-        if (failure != null)
-        {
-            System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(failure);
-        }
-        return new DatasetRun([.. results], watch.Elapsed.TotalSeconds, 1, workers);
+        return watch.Elapsed;
     }
 
     /// <summary>Where each model input is in the data set's tensors: by name when the data set names them all (in another

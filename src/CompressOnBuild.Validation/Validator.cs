@@ -464,21 +464,10 @@ public static class Validator
                 }
             }
         }
-        Stopwatch watch = Stopwatch.StartNew();
-        Thread[] threads = [.. Enumerable.Range(1, workers - 1).Select(_ => new Thread(Work) { IsBackground = true })];
-        foreach (Thread t in threads)
-        {
-            t.Start();
-        }
-        Work();
-        foreach (Thread t in threads)
-        {
-            t.Join();
-        }
-        watch.Stop();
+        TimeSpan elapsed = ModelRunner.OnThreads(workers, Work);
         double total = sumTicksA + sumTicksB;
-        r.SecondsA = total > 0 ? watch.Elapsed.TotalSeconds * sumTicksA / total : 0;
-        r.SecondsB = total > 0 ? watch.Elapsed.TotalSeconds * sumTicksB / total : 0;
+        r.SecondsA = total > 0 ? elapsed.TotalSeconds * sumTicksA / total : 0;
+        r.SecondsB = total > 0 ? elapsed.TotalSeconds * sumTicksB / total : 0;
         r.Workers = workers;
         r.Pooling = !perToken ? "none (one vector per sample)"
             : masked ? $"mean over the tokens of input '{data.InputNames[maskInput]}'" : "mean over all tokens";
