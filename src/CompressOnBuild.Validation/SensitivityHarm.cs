@@ -6,10 +6,12 @@ using Google.Protobuf;
 namespace CompressOnBuild.Validation;
 
 /// <summary>
-/// The label-free <see cref="HarmMeasure"/> behind sensitivity pruning: the original model's primary output (its first
-/// numeric output) is computed once on the data; a candidate is written to a temporary file, run in ONNX Runtime on the
-/// same samples, and its harm is the mean over samples of KL(softmax(original) || softmax(candidate)), the softmax taken
-/// over all of one sample's output values (natural log; for a classifier that is its class axis). Outputs with one value
+/// The label-free <see cref="HarmMeasure"/> behind sensitivity pruning: the original model's numeric outputs are computed
+/// once on the data; a candidate is written to a temporary file, run in ONNX Runtime on the same samples, and its harm is
+/// the mean over samples and outputs of each output's harm (every output counts: a layer that feeds only a second output,
+/// e.g. a transformer's pooler, is not free to prune because the first output does not see it): KL(softmax(original) ||
+/// softmax(candidate)), the softmax taken over all of one sample's output values (natural log; for a classifier that is
+/// its class axis). Outputs with one value
 /// per sample, and outputs with more than one axis besides the batch (token or spatial maps: [1, tokens, features], where
 /// one softmax over every value would be dominated by a few large ones), use the squared difference divided by the
 /// original's mean square instead (relative squared error). With <c>model</c> and <c>weights</c>, the measure also has a
@@ -34,32 +36,45 @@ public static class SensitivityHarm
         {
             throw CompressException.ForFile(data.Source, DiagnosticCodes.DataEmpty, data.Source);
         }
-        string output = original.Outputs.FirstOrDefault(o => o.ElementType != TensorElementType.Other)?.Name
-            ?? throw CompressException.ForFile(original.ModelPath, DiagnosticCodes.OutputMismatch, original.ModelPath, "(first output)", "not a numeric tensor", "sensitivity");
-        float[][] reference = [.. original.RunDataset(data, [output]).Outputs.Select(o => o[0].Data)];
-        int bad = Array.FindIndex(reference, r => r.Any(v => !float.IsFinite(v)));
-        if (bad >= 0)
+        string[] output = [.. original.Outputs.Where(o => o.ElementType != TensorElementType.Other).Select(o => o.Name)];
+        if (output.Length == 0)
         {
-            throw CompressException.ForFile(original.ModelPath, DiagnosticCodes.NonFiniteOutputs, original.ModelPath, output, data.GetSampleSource(bad));
+            throw CompressException.ForFile(original.ModelPath, DiagnosticCodes.OutputMismatch, original.ModelPath, "(first output)", "not a numeric tensor", "sensitivity");
         }
-        bool kl = reference.All(r => r.Length > 1) && original.Outputs.First(o => o.Name == output).Shape is not { Count: > 2 };
-        double meanSquare = kl ? 0 : reference.Average(r => r.Average(v => (double)v * v));
-        string name = kl
-            ? $"mean KL divergence of softmax('{output}') vs the original"
-            : $"mean squared difference of '{output}' / mean square of the original";
+        // reference[sample][output]
+        float[][][] reference = [.. original.RunDataset(data, output).Outputs.Select(o => o.Select(t => t.Data).ToArray())];
+        var kl = new bool[output.Length];
+        var meanSquare = new double[output.Length];
+        for (int o = 0; o < output.Length; o++)
+        {
+            int bad = Array.FindIndex(reference, r => r[o].Any(v => !float.IsFinite(v)));
+            if (bad >= 0)
+            {
+                throw CompressException.ForFile(original.ModelPath, DiagnosticCodes.NonFiniteOutputs, original.ModelPath, output[o], data.GetSampleSource(bad));
+            }
+            kl[o] = reference.All(r => r[o].Length > 1) && original.Outputs.First(x => x.Name == output[o]).Shape is not { Count: > 2 };
+            meanSquare[o] = kl[o] ? 0 : reference.Average(r => r[o].Length == 0 ? 0 : r[o].Average(v => (double)v * v));
+        }
+        string[] parts = [.. output.Select((n, o) => kl[o]
+            ? $"KL divergence of softmax('{n}') vs the original"
+            : $"squared difference of '{n}' / mean square of the original")];
+        string name = parts.Length == 1 ? "mean " + parts[0] : $"mean over the {parts.Length} outputs of: {string.Join("; ", parts)}";
         double Harm(IReadOnlyList<TensorData[]> outputs, string path)
         {
             double sum = 0;
             for (int s = 0; s < reference.Length; s++)
             {
-                float[] a = reference[s], b = outputs[s][0].Data;
-                if (a.Length != b.Length)
+                for (int o = 0; o < output.Length; o++)
                 {
-                    throw CompressException.ForFile(path, DiagnosticCodes.OutputMismatch, path, output, $"{b.Length} values where the original has {a.Length}", "sensitivity");
+                    float[] a = reference[s][o], b = outputs[s][o].Data;
+                    if (a.Length != b.Length)
+                    {
+                        throw CompressException.ForFile(path, DiagnosticCodes.OutputMismatch, path, output[o], $"{b.Length} values where the original has {a.Length}", "sensitivity");
+                    }
+                    sum += kl[o] ? KlDivergence(a, b) : SquaredDifference(a, b) / Math.Max(meanSquare[o] * a.Length, 1e-30);
                 }
-                sum += kl ? KlDivergence(a, b) : SquaredDifference(a, b) / Math.Max(meanSquare * a.Length, 1e-30);
             }
-            return sum / reference.Length;
+            return sum / ((double)reference.Length * output.Length);
         }
         (Func<string, float[], double?> Measure, Action Release)? probe = model?.Graph != null && weights is { Count: > 0 }
             ? ProbeSession(original, data, model, weights, output, options, workDirectory, Harm) : null;
@@ -70,7 +85,7 @@ public static class SensitivityHarm
             try
             {
                 using var runner = new ModelRunner(path, options);
-                return Harm(runner.RunDataset(data, [output]).Outputs, path);
+                return Harm(runner.RunDataset(data, output).Outputs, path);
             }
             finally
             {
@@ -85,7 +100,7 @@ public static class SensitivityHarm
     /// (its file is deleted once open). Null for a weight it does not know or of another size (the caller writes a model).
     /// </summary>
     private static (Func<string, float[], double?> Measure, Action Release) ProbeSession(ModelRunner original, Dataset data, ModelProto model, IReadOnlyCollection<string> weights,
-        string output, ModelRunnerOptions? options, string? workDirectory, Func<IReadOnlyList<TensorData[]>, string, double> harm)
+        string[] output, ModelRunnerOptions? options, string? workDirectory, Func<IReadOnlyList<TensorData[]>, string, double> harm)
     {
         var shapes = new Dictionary<string, long[]>(StringComparer.Ordinal);
         var wanted = new HashSet<string>(weights, StringComparer.Ordinal);
@@ -161,7 +176,7 @@ public static class SensitivityHarm
             {
                 for (int s = 0; s < samples.Length; s++)
                 {
-                    outputs[s] = runner.RunWithInitializers(samples[s], [output], [feed]);
+                    outputs[s] = runner.RunWithInitializers(samples[s], output, [feed]);
                 }
             }
             catch (CompressException e) when (e.Code is DiagnosticCodes.OrtRunFailed or DiagnosticCodes.SourceRejectedByOrt)

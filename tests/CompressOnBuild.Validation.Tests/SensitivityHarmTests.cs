@@ -44,6 +44,44 @@ public sealed class SensitivityHarmTests
     }
 
     [TestMethod]
+    public void A_layer_that_feeds_only_the_second_output_is_not_free_to_prune()
+    {
+        // x -> MatMul(w1) -> y1 (first output); x -> MatMul(w2) -> y2 (second output only, like a transformer's pooler).
+        var g = new GraphProto { Name = "two-heads" };
+        g.Input.Add(TinyModels.FloatValue("x", 1, 8));
+        g.Output.Add(TinyModels.FloatValue("y1", 1, 4));
+        g.Output.Add(TinyModels.FloatValue("y2", 1, 4));
+        g.Initializer.Add(TensorUtil.FromFloats("w1", TinyModels.RandomFloats(32, 1, 0.5f), 8, 4));
+        g.Initializer.Add(TensorUtil.FromFloats("w2", TinyModels.RandomFloats(32, 2, 0.5f), 8, 4));
+        g.Node.Add(TinyModels.Node("MatMul", ["x", "w1"], ["y1"], "head1"));
+        g.Node.Add(TinyModels.Node("MatMul", ["x", "w2"], ["y2"], "head2"));
+        ModelProto model = TinyModels.Model(g);
+        string path = Path.Combine(Path.GetTempPath(), $"cob-two-heads-{Guid.NewGuid():N}.onnx");
+        ModelIO.Save(model, path);
+        try
+        {
+            using ModelRunner runner = new(path);
+            var samples = Enumerable.Range(0, 8).Select(s => new[] { new TensorData(TinyModels.RandomFloats(8, 40 + s), [1, 8]) }).ToList();
+            var data = new Dataset("two-heads", ["x"], samples, [.. Enumerable.Range(0, 8).Select(s => "s" + s)], null, null);
+            HarmMeasure harm = SensitivityHarm.Create(runner, data);
+            StringAssert.Contains(harm.Name, "y2");
+            Assert.AreEqual(0.0, harm.Measure(model), 1e-9, "the original: no harm");
+            ModelProto firstZeroed = model.Clone();
+            firstZeroed.Graph.Initializer[0] = TensorUtil.FromFloats("w1", new float[32], 8, 4);
+            ModelProto secondZeroed = model.Clone();
+            secondZeroed.Graph.Initializer[1] = TensorUtil.FromFloats("w2", new float[32], 8, 4);
+            double first = harm.Measure(firstZeroed), second = harm.Measure(secondZeroed);
+            Assert.IsGreaterThan(0.0, first);
+            // Measured on the first output alone, the second head would cost exactly 0; the two heads are alike.
+            Assert.IsGreaterThan(0.25 * first, second, $"zeroing the second head's weight harms the second output (first head: {first})");
+        }
+        finally
+        {
+            File.Delete(path);
+        }
+    }
+
+    [TestMethod]
     public void The_one_session_probe_gives_the_harm_of_the_model_with_that_weight_replaced()
     {
         string path = Corpus.Model("mnist-mlp-gemm");
