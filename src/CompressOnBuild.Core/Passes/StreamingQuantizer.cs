@@ -199,59 +199,17 @@ public static class StreamingQuantizer
             string? already = QuantizedOperators.Describe(_model);
             List<Weight> weights = already == null ? FindWeights(skipped) : [];
             CollectNames();
-            try
+            var quantizedSet = new HashSet<TensorProto>(weights.Select(w => w.Tensor), ReferenceEqualityComparer.Instance);
+            bool anyExternal = weights.Count > 0 || lazy.ExternalTensors.Keys.Any(t => !quantizedSet.Contains(t));
+            if (profile != null)
             {
-                // Data file first (it may fail on a non-finite weight without touching the output), then the model.
-                Directory.CreateDirectory(Path.GetDirectoryName(full)!);
-                var quantizedSet = new HashSet<TensorProto>(weights.Select(w => w.Tensor), ReferenceEqualityComparer.Instance);
-                bool anyExternal = weights.Count > 0 || lazy.ExternalTensors.Keys.Any(t => !quantizedSet.Contains(t));
-                if (profile != null)
-                {
-                    profile.SetupSeconds += phase.Elapsed.TotalSeconds;
-                }
-                if (anyExternal)
-                {
-                    var total = System.Diagnostics.Stopwatch.StartNew();
-                    double written = 0;
-                    AtomicFile.Write(dataPath, stream =>
-                    {
-                        WriteData(stream, weights, quantizedSet, dataName);
-                        written = total.Elapsed.TotalSeconds;
-                    });
-                    if (profile != null)
-                    {
-                        profile.FlushSeconds += total.Elapsed.TotalSeconds - written;
-                    }
-                }
-                else
-                {
-                    DeleteStale(dataPath);
-                }
-                phase.Restart();
+                profile.SetupSeconds += phase.Elapsed.TotalSeconds;
+            }
+            Publish(outputPath, full, dataPath, anyExternal ? stream => WriteData(stream, weights, quantizedSet, dataName) : null, () =>
+            {
                 Rewrite(weights);
                 beforeSave?.Invoke(_model);
-                AtomicFile.Write(full, stream =>
-                {
-                    using var output = new CodedOutputStream(stream, leaveOpen: true);
-                    _model.WriteTo(output);
-                    output.Flush();
-                });
-                if (profile != null)
-                {
-                    profile.FinishSeconds += phase.Elapsed.TotalSeconds;
-                }
-            }
-            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-            {
-                throw new CompressException(e, DiagnosticCodes.OutputWriteFailed, outputPath, e.Message) { File = outputPath };
-            }
-            finally
-            {
-                foreach (SafeFileHandle h in _handles.Values)
-                {
-                    h.Dispose();
-                }
-            }
+            });
             long after = new FileInfo(full).Length + (File.Exists(dataPath) ? new FileInfo(dataPath).Length : 0);
             return new QuantizationSummary
             {
@@ -266,6 +224,61 @@ public static class StreamingQuantizer
                 FloatWeightBytes = weights.Sum(w => (long)w.K * w.N * 4),
                 QuantizedWeightBytes = weights.Sum(w => (long)w.K * w.N + (long)w.N * 5),
             };
+        }
+
+        /// <summary>
+        /// Publishes the output pair: the data file first, written by <paramref name="writeData"/> (it may fail, e.g. on a
+        /// non-finite weight, without touching the output; null: there is no external data and a stale data file is
+        /// removed), then <paramref name="beforeModel"/> and the model, each file atomically; the source files' handles are
+        /// closed either way. An I/O failure is CMPR0106 on <paramref name="outputPath"/>.
+        /// </summary>
+        private void Publish(string outputPath, string full, string dataPath, Action<Stream>? writeData, Action beforeModel)
+        {
+            try
+            {
+                Directory.CreateDirectory(Path.GetDirectoryName(full)!);
+                if (writeData != null)
+                {
+                    var total = System.Diagnostics.Stopwatch.StartNew();
+                    double written = 0;
+                    AtomicFile.Write(dataPath, stream =>
+                    {
+                        writeData(stream);
+                        written = total.Elapsed.TotalSeconds;
+                    });
+                    if (profile != null)
+                    {
+                        profile.FlushSeconds += total.Elapsed.TotalSeconds - written;
+                    }
+                }
+                else
+                {
+                    DeleteStale(dataPath);
+                }
+                var phase = System.Diagnostics.Stopwatch.StartNew();
+                beforeModel();
+                AtomicFile.Write(full, stream =>
+                {
+                    using var output = new CodedOutputStream(stream, leaveOpen: true);
+                    _model.WriteTo(output);
+                    output.Flush();
+                });
+                if (profile != null)
+                {
+                    profile.FinishSeconds += phase.Elapsed.TotalSeconds;
+                }
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                throw CompressException.ForFile(outputPath, e, DiagnosticCodes.OutputWriteFailed, outputPath, e.Message);
+            }
+            finally
+            {
+                foreach (SafeFileHandle h in _handles.Values)
+                {
+                    h.Dispose();
+                }
+            }
         }
 
         public Float16Summary RunFloat16(string outputPath, Float16Options f16, Action<ModelProto>? beforeSave)
@@ -307,51 +320,8 @@ public static class StreamingQuantizer
                 profile.SetupSeconds += phase.Elapsed.TotalSeconds;
             }
             long clamped = 0;
-            try
-            {
-                Directory.CreateDirectory(Path.GetDirectoryName(full)!);
-                if (toWrite.Count > 0)
-                {
-                    var total = System.Diagnostics.Stopwatch.StartNew();
-                    double written = 0;
-                    AtomicFile.Write(dataPath, stream =>
-                    {
-                        clamped = WriteFloat16Data(stream, toWrite, dataName);
-                        written = total.Elapsed.TotalSeconds;
-                    });
-                    if (profile != null)
-                    {
-                        profile.FlushSeconds += total.Elapsed.TotalSeconds - written;
-                    }
-                }
-                else
-                {
-                    DeleteStale(dataPath);
-                }
-                phase.Restart();
-                beforeSave?.Invoke(_model);
-                AtomicFile.Write(full, stream =>
-                {
-                    using var output = new CodedOutputStream(stream, leaveOpen: true);
-                    _model.WriteTo(output);
-                    output.Flush();
-                });
-                if (profile != null)
-                {
-                    profile.FinishSeconds += phase.Elapsed.TotalSeconds;
-                }
-            }
-            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-            {
-                throw CompressException.ForFile(outputPath, e, DiagnosticCodes.OutputWriteFailed, outputPath, e.Message);
-            }
-            finally
-            {
-                foreach (SafeFileHandle h in _handles.Values)
-                {
-                    h.Dispose();
-                }
-            }
+            Publish(outputPath, full, dataPath, toWrite.Count > 0 ? stream => clamped = WriteFloat16Data(stream, toWrite, dataName) : null,
+                () => beforeSave?.Invoke(_model));
             long after = new FileInfo(full).Length + (File.Exists(dataPath) ? new FileInfo(dataPath).Length : 0);
             return new Float16Summary
             {
