@@ -104,10 +104,10 @@ public static class SensitivityHarm
     {
         var shapes = new Dictionary<string, long[]>(StringComparer.Ordinal);
         var wanted = new HashSet<string>(weights, StringComparer.Ordinal);
-        var inputs = new HashSet<string>(model.Graph.Input.Select(i => i.Name), StringComparer.Ordinal);
+        var initializers = new HashSet<string>(model.Graph.Initializer.Select(t => t.Name), StringComparer.Ordinal);
         foreach (TensorProto t in model.Graph.Initializer)
         {
-            if (wanted.Contains(t.Name) && !inputs.Contains(t.Name) && t.DataType == (int)TensorProto.Types.DataType.Float)
+            if (wanted.Contains(t.Name) && t.DataType == (int)TensorProto.Types.DataType.Float)
             {
                 shapes[t.Name] = [.. t.Dims];
             }
@@ -129,16 +129,24 @@ public static class SensitivityHarm
             if (runner == null)
             {
                 string path = Path.Combine(workDirectory ?? Path.GetTempPath(), $"cob-sensitivity-{Environment.ProcessId}-{Guid.NewGuid():N}.onnx");
-                int added = 0;
+                // The probe copy's inputs: the real inputs, then the probed weights. ONNX Runtime lets a run replace an
+                // initializer only if it is also a graph input and the model's IR version is 4 or later; below IR 4 every
+                // initializer must be an input and ORT treats them all as constants (none overridable, so every probe
+                // would write a model). The copy is therefore raised to IR 4 (IR 4 only dropped that rule), and the other
+                // initializers are taken out of its inputs, so ORT still folds them as constants.
+                List<ValueInfoProto> savedInputs = [.. model.Graph.Input];
+                long savedIr = model.IrVersion;
                 try
                 {
+                    model.Graph.Input.Clear();
+                    model.Graph.Input.AddRange(savedInputs.Where(i => !initializers.Contains(i.Name)));
                     foreach ((string n, long[] d) in shapes)
                     {
                         var vi = new ValueInfoProto { Name = n, Type = new TypeProto { TensorType = new TypeProto.Types.Tensor { ElemType = (int)TensorProto.Types.DataType.Float, Shape = new TensorShapeProto() } } };
                         vi.Type.TensorType.Shape.Dim.AddRange(d.Select(x => new TensorShapeProto.Types.Dimension { DimValue = x }));
                         model.Graph.Input.Add(vi);
-                        added++;
                     }
+                    model.IrVersion = Math.Max(savedIr, 4);
                     using (FileStream f = File.Create(path))
                     {
                         model.WriteTo(f);
@@ -146,10 +154,9 @@ public static class SensitivityHarm
                 }
                 finally
                 {
-                    for (; added > 0; added--)
-                    {
-                        model.Graph.Input.RemoveAt(model.Graph.Input.Count - 1);
-                    }
+                    model.Graph.Input.Clear();
+                    model.Graph.Input.AddRange(savedInputs);
+                    model.IrVersion = savedIr;
                 }
                 try
                 {

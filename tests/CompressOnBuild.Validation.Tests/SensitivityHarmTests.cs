@@ -110,4 +110,49 @@ public sealed class SensitivityHarmTests
         Assert.AreEqual(fast, harm.MeasureWeight(weight.Name, pruned)!.Value, 1e-9, "reopened after Release");
         harm.Release();
     }
+
+    [TestMethod]
+    public void The_one_session_probe_replaces_weights_of_an_ir3_model_whose_initializers_are_inputs()
+    {
+        // Below IR 4 every initializer is also a graph input and ONNX Runtime lists none as overridable: without raising
+        // the probe copy's IR version, every probe wrote a model (ResNet18 of the corpus is such a model).
+        ModelProto model = ModelIO.Load(Corpus.Model("mnist-mlp-gemm"));
+        model.IrVersion = 3;
+        var names = new HashSet<string>(model.Graph.Input.Select(i => i.Name), StringComparer.Ordinal);
+        foreach (TensorProto t in model.Graph.Initializer.Where(t => !names.Contains(t.Name)))
+        {
+            var vi = new ValueInfoProto { Name = t.Name, Type = new TypeProto { TensorType = new TypeProto.Types.Tensor { ElemType = t.DataType, Shape = new TensorShapeProto() } } };
+            vi.Type.TensorType.Shape.Dim.AddRange(t.Dims.Select(d => new TensorShapeProto.Types.Dimension { DimValue = d }));
+            model.Graph.Input.Add(vi);
+        }
+        string path = Path.Combine(Path.GetTempPath(), $"cob-ir3-{Guid.NewGuid():N}.onnx");
+        File.WriteAllBytes(path, Google.Protobuf.MessageExtensions.ToByteArray(model));
+        try
+        {
+            var options = new ModelRunnerOptions { BatchSize = 64 };
+            using ModelRunner runner = new(path, options);
+            Assert.IsEmpty(runner.OverridableInitializers, "IR 3: ORT lists no initializer as overridable");
+            Dataset data = DatasetLoader.Load(Corpus.Dataset("mnist", "t10k-images-idx3-ubyte"), null, runner.Inputs, Preprocessing.Parse("layout=FLAT"), maxSamples: 64);
+            TensorProto weight = model.Graph.Initializer.Where(t => t.Dims.Count == 2).OrderByDescending(t => t.Dims[0] * t.Dims[1]).First();
+            int inputsBefore = model.Graph.Input.Count;
+            HarmMeasure harm = SensitivityHarm.Create(runner, data, options, model: model, weights: [weight.Name]);
+            float[] values = TensorUtil.ToFloatArray(weight);
+            float[] pruned = [.. values.Select((v, i) => i % 2 == 0 ? 0f : v)];
+            double? fast = harm.MeasureWeight!(weight.Name, pruned);
+            Assert.IsNotNull(fast, "the weight is replaced on the one session, not by writing a model");
+            Assert.AreEqual(3L, model.IrVersion, "the model handed in keeps its IR version");
+            Assert.AreEqual(inputsBefore, model.Graph.Input.Count, "and its inputs");
+            ModelProto written = model.Clone();
+            int at = written.Graph.Initializer.IndexOf(written.Graph.Initializer.Single(t => t.Name == weight.Name));
+            written.Graph.Initializer[at] = TensorUtil.FromFloats(weight.Name, pruned, [.. weight.Dims]);
+            double slow = harm.Measure(written);
+            Assert.IsGreaterThan(0, slow);
+            Assert.AreEqual(slow, fast!.Value, Math.Max(1e-6, slow * 1e-3), "same harm as the written model");
+            harm.Release!();
+        }
+        finally
+        {
+            File.Delete(path);
+        }
+    }
 }
