@@ -216,7 +216,7 @@ internal static class Compressor
     }
 
     /// <summary>
-    /// Models of 1.5 GB and more (external data): int8 dynamic, int4 weights or float16, one weight at a time, so memory stays near one weight
+    /// Models of 1.5 GB and more (external data): int8 dynamic, int8 static (calibrated on the model file first), int4 weights or float16, one weight at a time, so memory stays near one weight
     /// plus a bounded working set; validated in ORT like any other model. Not cached (hashing gigabytes on every build
     /// would cost more than the cache saves); other schemes, pruning and tuning are refused for such models.
     /// </summary>
@@ -224,16 +224,14 @@ internal static class Compressor
         ProgressReporter? progress)
     {
         ItemSettings s = result.Settings;
-        string why = s.Quantization == QuantizationScheme.Int8Static
-                ? "Quantization=" + s.QuantizationText + " (calibration runs the whole float model in ONNX Runtime with every layer input as an extra output,"
-                    + " about 3.6 times the model in memory; use Int8Dynamic, which streams)"
-            : s.Quantization is not (QuantizationScheme.Int8Dynamic or QuantizationScheme.Int4Weights or QuantizationScheme.Float16) ? "Quantization=" + s.QuantizationText
+        string why = s.Quantization is not (QuantizationScheme.Int8Dynamic or QuantizationScheme.Int4Weights or QuantizationScheme.Float16 or QuantizationScheme.Int8Static)
+                ? "Quantization=" + s.QuantizationText
             : s.Int4Method == Int4Method.Gptq ? "Quantization=" + s.QuantizationText + " (GPTQ needs every layer's activations in memory)"
             : s.Pruning.Method != PruningMethod.None ? "Pruning=" + s.Pruning
             : s.Tune ? "Tune=true" : "";
         if (why.Length > 0)
         {
-            throw CompressException.ForFile(s.Model, DiagnosticCodes.NotSupportedYet, s.Model, why + " (models over 1.5 GB are compressed by streaming: Int8Dynamic, Int4Weights or Float16)", "true");
+            throw CompressException.ForFile(s.Model, DiagnosticCodes.NotSupportedYet, s.Model, why + " (models over 1.5 GB are compressed by streaming: Int8Dynamic, Int8Static, Int4Weights or Float16)", "true");
         }
         ensureOrt();
         result.OriginalBytes = ModelIO.TotalBytesWithExternalData(s.Model);
@@ -255,12 +253,20 @@ internal static class Compressor
                         s.Model, m => AddProvenance(m, s, s.NodesToExclude))),
                     QuantizationScheme.Float16 => PassResult.From(StreamingQuantizer.CompressFloat16(s.Model, candidate,
                         new Float16Options { ExcludedNodes = notQuantized }, s.Model, m => AddProvenance(m, s, s.NodesToExclude))),
+                    QuantizationScheme.Int8Static => PassResult.From(CompressStaticStreaming(s, candidate, notQuantized, work, progress)),
                     _ => PassResult.From(StreamingQuantizer.CompressInt8Dynamic(s.Model, candidate,
                         new QuantizationOptions { ExcludedNodes = notQuantized }, s.Model, m => AddProvenance(m, s, s.NodesToExclude))),
                 };
                 result.CompressSeconds = watch.Elapsed.TotalSeconds;
                 MemoryTrace.Mark(s.Model, "compressed (streaming)");
                 AddPassDiagnostics(result, result.Quantization);
+                if (result.Quantization is { NothingDone: false, Unchanged: false } q
+                    && q.Skipped.Where(StreamingQuantizer.IsStreamingLimit).ToList() is { Count: > 0 } limited)
+                {
+                    // Layers the in-memory pass would have quantized: the summary says which and why, not only the report.
+                    result.Diagnostics.Add(new Diagnostic(Severity.Warning, DiagnosticCodes.StreamingLeftFloat, s.Model,
+                        DiagnosticCodes.FormatWithoutCode(DiagnosticCodes.StreamingLeftFloat, s.Model, limited.Count, s.QuantizationText, Verdict.Reasons(limited))));
+                }
                 result.CompressedBytes = FileBytesWithExternalData(candidate);
                 result.CompressedSha256 = HashFile(candidate);
                 watch.Restart();
@@ -302,6 +308,34 @@ internal static class Compressor
                 }
             }
         }
+    }
+
+    /// <summary>
+    /// Static int8 of a model over the streaming threshold: the calibration tensors are planned on the lazily loaded
+    /// graph, calibrated in ONNX Runtime on a copy of the .onnx that reads the weights from the model's own folder
+    /// (that session is closed before the pass), then <see cref="StreamingQuantizer.CompressInt8Static"/> quantizes one
+    /// weight at a time from the external data.
+    /// </summary>
+    private static Int8StaticSummary CompressStaticStreaming(ItemSettings s, string candidate, string[] notQuantized, string work, ProgressReporter? progress)
+    {
+        if (!CalibrationOptions.TryParseMethod(s.CalibrationMethod, out CalibrationMethod method, out double percentile, out _))
+        {
+            throw new InvalidOperationException($"Calibration method '{s.CalibrationMethod}' was not validated."); // ItemSettings validates it
+        }
+        // Planned without exclusions, as the in-memory path calibrates (one set of ranges serves any exclusions).
+        var planOptions = new Int8StaticOptions { ActivationType = s.ActivationType, PerChannel = s.PerChannel };
+        (IReadOnlyList<string> tensors, IReadOnlyList<string> outputs) = StreamingQuantizer.Int8StaticTensorsToCalibrate(s.Model, planOptions, s.Model);
+        ReleaseMemory();
+        progress?.Phase("calibrating (" + s.CalibrationMethod + ")");
+        CalibrationResult calibration = Calibrator.RunOnFile(s.Model, [.. outputs], tensors,
+            inputs => DatasetLoader.Load(s.CalibrationData!, null, inputs, Preprocessing.Parse(s.Preprocessing), s.CalibrationSamples, text: s.Text),
+            new CalibrationOptions { Method = method, Percentile = percentile, MaxSamples = s.CalibrationSamples }, s.Model, work);
+        ReleaseMemory(); // the calibration session is closed: its native memory goes back before the pass reads weights
+        MemoryTrace.Mark(s.Model, "calibrated (streaming)");
+        progress?.Phase("quantizing (streaming)");
+        return StreamingQuantizer.CompressInt8Static(s.Model, candidate, calibration,
+            new Int8StaticOptions { ExcludedNodes = notQuantized, ActivationType = s.ActivationType, PerChannel = s.PerChannel },
+            s.Model, m => AddProvenance(m, s, s.NodesToExclude));
     }
 
     /// <summary>

@@ -106,14 +106,7 @@ public static class Calibrator
         ArgumentNullException.ThrowIfNull(load);
         ArgumentNullException.ThrowIfNull(data);
         options ??= new CalibrationOptions();
-        if (options.Method == CalibrationMethod.Percentile && !(options.Percentile > 50 && options.Percentile <= 100))
-        {
-            throw new CompressException(DiagnosticCodes.InvalidOption, displayName, "CalibrationPercentile", options.Percentile.ToString(CultureInfo.InvariantCulture), "it must be above 50 and at most 100");
-        }
-        if (options.Bins < 16)
-        {
-            throw new CompressException(DiagnosticCodes.InvalidOption, displayName, "CalibrationBins", options.Bins, "at least 16 bins are needed");
-        }
+        CheckOptions(options, displayName);
         if (data.Count == 0)
         {
             throw CompressException.ForFile(data.Source, DiagnosticCodes.DataEmpty, data.Source);
@@ -131,71 +124,7 @@ public static class Calibrator
             // The parsed model is garbage now (it lived only in WriteCalibrationModel's frame): give it back before ORT loads.
             Core.IO.ProcessMemory.Release();
             using var runner = new ModelRunner(path, new ModelRunnerOptions { IntraOpThreads = options.IntraOpThreads, Optimization = GraphOptimization.Disabled });
-            int[] order = InputOrder(runner.Inputs, data);
-            int[] indices = DatasetLoader.SubsetIndices(data.Count, options.MaxSamples);
-            var min = new float[names.Length];
-            var max = new float[names.Length];
-            Array.Fill(min, float.PositiveInfinity);
-            Array.Fill(max, float.NegativeInfinity);
-            foreach (int index in indices)
-            {
-                TensorData[] outputs = RunSample(runner, data, index, order, names);
-                for (int t = 0; t < names.Length; t++)
-                {
-                    ReadOnlySpan<float> v = outputs[t].Data;
-                    if (v.Length == 0)
-                    {
-                        continue;
-                    }
-                    if (!Kernels.TensorStats.AllFinite(v))
-                    {
-                        throw CompressException.ForFile(displayName, DiagnosticCodes.NonFiniteOutputs, displayName, names[t], data.GetSampleSource(index));
-                    }
-                    Kernels.MinMaxResult range = Kernels.TensorStats.MinMax(v);
-                    min[t] = MathF.Min(min[t], range.Min);
-                    max[t] = MathF.Max(max[t], range.Max);
-                }
-            }
-            if (options.Method is CalibrationMethod.Percentile or CalibrationMethod.Mse or CalibrationMethod.Entropy)
-            {
-                int bins = options.Method == CalibrationMethod.Entropy ? Math.Max(options.Bins, CalibrationOptions.EntropyBins) : options.Bins;
-                var histograms = new long[names.Length][];
-                var zeros = new long[names.Length];
-                for (int t = 0; t < names.Length; t++)
-                {
-                    histograms[t] = new long[bins];
-                }
-                foreach (int index in indices)
-                {
-                    TensorData[] outputs = RunSample(runner, data, index, order, names);
-                    for (int t = 0; t < names.Length; t++)
-                    {
-                        Fill(histograms[t], outputs[t].Data, min[t], max[t]);
-                        if (options.Method == CalibrationMethod.Entropy)
-                        {
-                            zeros[t] += Kernels.Sparsity.CountZeros(outputs[t].Data);
-                        }
-                    }
-                }
-                for (int t = 0; t < names.Length; t++)
-                {
-                    (min[t], max[t]) = options.Method switch
-                    {
-                        CalibrationMethod.Mse => MseRange(histograms[t], min[t], max[t]),
-                        CalibrationMethod.Entropy => EntropyRange(histograms[t], min[t], max[t], zeros[t]),
-                        _ => PercentileRange(histograms[t], min[t], max[t], options.Percentile),
-                    };
-                }
-            }
-            var ranges = new Dictionary<string, TensorRange>(StringComparer.Ordinal);
-            for (int t = 0; t < names.Length; t++)
-            {
-                if (min[t] <= max[t])
-                {
-                    ranges[names[t]] = new TensorRange(min[t], max[t]);
-                }
-            }
-            return new CalibrationResult { Ranges = ranges, Method = MethodName(options), Samples = indices.Length };
+            return Measure(runner, names, data, options, displayName);
         }
         finally
         {
@@ -207,6 +136,156 @@ public static class Calibrator
             {
             }
         }
+    }
+
+    /// <summary>
+    /// Ranges of <paramref name="tensors"/> measured on the model file <paramref name="modelPath"/> itself, whose tensors
+    /// may be external data (a model too big to parse whole): the .onnx file is copied into <paramref name="workDirectory"/>
+    /// with those tensors appended as outputs (protobuf merges the repeated field), and ONNX Runtime reads the weights from
+    /// the model's own folder (<see cref="ModelRunnerOptions.ExternalDataFolder"/>); nothing of the model is parsed or held
+    /// here. <paramref name="data"/> loads the data set once the session's inputs are known. Same errors as
+    /// <see cref="Run(ModelProto, Dataset, IReadOnlyCollection{string}, CalibrationOptions?, string)"/>.
+    /// <paramref name="existingOutputs"/> are the model's own outputs (not added twice).
+    /// </summary>
+    public static CalibrationResult RunOnFile(string modelPath, IReadOnlyCollection<string> existingOutputs, IReadOnlyCollection<string> tensors, Func<ModelInputs, Dataset> data,
+        CalibrationOptions? options, string displayName, string workDirectory)
+    {
+        ArgumentNullException.ThrowIfNull(modelPath);
+        ArgumentNullException.ThrowIfNull(existingOutputs);
+        ArgumentNullException.ThrowIfNull(tensors);
+        ArgumentNullException.ThrowIfNull(data);
+        ArgumentNullException.ThrowIfNull(workDirectory);
+        options ??= new CalibrationOptions();
+        CheckOptions(options, displayName);
+        string[] names = tensors.Distinct(StringComparer.Ordinal).ToArray();
+        if (names.Length == 0)
+        {
+            return new CalibrationResult { Ranges = new Dictionary<string, TensorRange>(), Method = MethodName(options), Samples = 0 };
+        }
+        string full = Path.GetFullPath(modelPath);
+        string path = Path.Combine(workDirectory, $"cob-calibrate-{Environment.ProcessId}-{Guid.NewGuid():N}.onnx");
+        try
+        {
+            using (var file = new FileStream(path, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 16))
+            {
+                using (var source = new FileStream(full, FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 16, FileOptions.SequentialScan))
+                {
+                    source.CopyTo(file);
+                }
+                OutputsOnly(names.Where(n => !existingOutputs.Contains(n))).WriteTo(file);
+            }
+            using var runner = new ModelRunner(path, new ModelRunnerOptions
+            {
+                IntraOpThreads = options.IntraOpThreads, Optimization = GraphOptimization.Disabled, ExternalDataFolder = Path.GetDirectoryName(full),
+            });
+            Dataset on = data(runner.Inputs);
+            if (on.Count == 0)
+            {
+                throw CompressException.ForFile(on.Source, DiagnosticCodes.DataEmpty, on.Source);
+            }
+            return Measure(runner, names, on, options, displayName);
+        }
+        finally
+        {
+            File.Delete(path);
+        }
+    }
+
+    private static void CheckOptions(CalibrationOptions options, string displayName)
+    {
+        if (options.Method == CalibrationMethod.Percentile && !(options.Percentile > 50 && options.Percentile <= 100))
+        {
+            throw new CompressException(DiagnosticCodes.InvalidOption, displayName, "CalibrationPercentile", options.Percentile.ToString(CultureInfo.InvariantCulture), "it must be above 50 and at most 100");
+        }
+        if (options.Bins < 16)
+        {
+            throw new CompressException(DiagnosticCodes.InvalidOption, displayName, "CalibrationBins", options.Bins, "at least 16 bins are needed");
+        }
+    }
+
+    /// <summary>A model holding only graph outputs for <paramref name="names"/> (float; ORT infers the shapes), written after a model to add them.</summary>
+    private static ModelProto OutputsOnly(IEnumerable<string> names)
+    {
+        var extra = new ModelProto { Graph = new GraphProto() };
+        foreach (string name in names)
+        {
+            extra.Graph.Output.Add(new ValueInfoProto
+            {
+                Name = name,
+                Type = new TypeProto { TensorType = new TypeProto.Types.Tensor { ElemType = (int)TensorProto.Types.DataType.Float } },
+            });
+        }
+        return extra;
+    }
+
+    /// <summary>Runs the calibration session over the data subset and derives each tensor's range.</summary>
+    private static CalibrationResult Measure(ModelRunner runner, string[] names, Dataset data, CalibrationOptions options, string displayName)
+    {
+        int[] order = InputOrder(runner.Inputs, data);
+        int[] indices = DatasetLoader.SubsetIndices(data.Count, options.MaxSamples);
+        var min = new float[names.Length];
+        var max = new float[names.Length];
+        Array.Fill(min, float.PositiveInfinity);
+        Array.Fill(max, float.NegativeInfinity);
+        foreach (int index in indices)
+        {
+            TensorData[] outputs = RunSample(runner, data, index, order, names);
+            for (int t = 0; t < names.Length; t++)
+            {
+                ReadOnlySpan<float> v = outputs[t].Data;
+                if (v.Length == 0)
+                {
+                    continue;
+                }
+                if (!Kernels.TensorStats.AllFinite(v))
+                {
+                    throw CompressException.ForFile(displayName, DiagnosticCodes.NonFiniteOutputs, displayName, names[t], data.GetSampleSource(index));
+                }
+                Kernels.MinMaxResult range = Kernels.TensorStats.MinMax(v);
+                min[t] = MathF.Min(min[t], range.Min);
+                max[t] = MathF.Max(max[t], range.Max);
+            }
+        }
+        if (options.Method is CalibrationMethod.Percentile or CalibrationMethod.Mse or CalibrationMethod.Entropy)
+        {
+            int bins = options.Method == CalibrationMethod.Entropy ? Math.Max(options.Bins, CalibrationOptions.EntropyBins) : options.Bins;
+            var histograms = new long[names.Length][];
+            var zeros = new long[names.Length];
+            for (int t = 0; t < names.Length; t++)
+            {
+                histograms[t] = new long[bins];
+            }
+            foreach (int index in indices)
+            {
+                TensorData[] outputs = RunSample(runner, data, index, order, names);
+                for (int t = 0; t < names.Length; t++)
+                {
+                    Fill(histograms[t], outputs[t].Data, min[t], max[t]);
+                    if (options.Method == CalibrationMethod.Entropy)
+                    {
+                        zeros[t] += Kernels.Sparsity.CountZeros(outputs[t].Data);
+                    }
+                }
+            }
+            for (int t = 0; t < names.Length; t++)
+            {
+                (min[t], max[t]) = options.Method switch
+                {
+                    CalibrationMethod.Mse => MseRange(histograms[t], min[t], max[t]),
+                    CalibrationMethod.Entropy => EntropyRange(histograms[t], min[t], max[t], zeros[t]),
+                    _ => PercentileRange(histograms[t], min[t], max[t], options.Percentile),
+                };
+            }
+        }
+        var ranges = new Dictionary<string, TensorRange>(StringComparer.Ordinal);
+        for (int t = 0; t < names.Length; t++)
+        {
+            if (min[t] <= max[t])
+            {
+                ranges[names[t]] = new TensorRange(min[t], max[t]);
+            }
+        }
+        return new CalibrationResult { Ranges = ranges, Method = MethodName(options), Samples = indices.Length };
     }
 
     /// <summary>Writes the model of <paramref name="load"/> with its tensors to calibrate as extra outputs (the model is
@@ -222,16 +301,8 @@ public static class Calibrator
         {
             return names;
         }
-        var extra = new ModelProto { Graph = new GraphProto() };
         var existing = new HashSet<string>(model.Graph.Output.Select(o => o.Name), StringComparer.Ordinal);
-        foreach (string name in names.Where(n => !existing.Contains(n)))
-        {
-            extra.Graph.Output.Add(new ValueInfoProto
-            {
-                Name = name,
-                Type = new TypeProto { TensorType = new TypeProto.Types.Tensor { ElemType = (int)TensorProto.Types.DataType.Float } },
-            });
-        }
+        ModelProto extra = OutputsOnly(names.Where(n => !existing.Contains(n)));
         using var file = new FileStream(path, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 16);
         model.WriteTo(file); // streamed: no second in-memory copy of the model
         extra.WriteTo(file); // protobuf merges a repeated message field: these outputs are appended to the graph's

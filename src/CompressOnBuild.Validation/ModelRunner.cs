@@ -47,6 +47,13 @@ public sealed class ModelRunnerOptions
     /// same failure on a model we wrote is our bug (CMPR0402, exit 3).
     /// </summary>
     public bool SourceModel { get; init; }
+
+    /// <summary>
+    /// The folder ONNX Runtime reads the model's external data from (its session option
+    /// <c>session.model_external_initializers_file_folder_path</c>); null: the model file's own folder. Lets a copy of a
+    /// model's .onnx elsewhere (calibration's, with outputs added) use the source model's data files in place.
+    /// </summary>
+    public string? ExternalDataFolder { get; init; }
 }
 
 /// <summary>Outputs of a run over a data set: per sample, the requested outputs (batch dimension 1), and timing.</summary>
@@ -153,6 +160,10 @@ public sealed class ModelRunner : IDisposable
         // Initializers in buffers of their own size, not in the arena (which grows in doubling chunks and would hold
         // up to twice the weights): the session's resident memory stays near the model's size.
         so.AddSessionConfigEntry("session.use_device_allocator_for_initializers", "1");
+        if (options.ExternalDataFolder != null)
+        {
+            so.AddSessionConfigEntry("session.model_external_initializers_file_folder_path", options.ExternalDataFolder);
+        }
         return new InferenceSession(modelPath, so);
     }
 

@@ -37,6 +37,7 @@ namespace CompressOnBuild
         public const string UnknownInputName = "CMPR0108";
         public const string InputShapeMismatch = "CMPR0109";
         public const string SourceRejectedByOrt = "CMPR0110";
+        public const string StreamingLeftFloat = "CMPR0114";
 
         // 02xx: compression passes.
         public const string AlreadyQuantized = "CMPR0201";

@@ -141,7 +141,7 @@ public sealed class PublishKillTests
     }
 
     /// <summary>Every initializer's name and bytes as the .onnx resolves them (external data read through its locations).</summary>
-    private static string Weights(string model)
+    internal static string Weights(string model)
     {
         var sb = new System.Text.StringBuilder();
         foreach (CompressOnBuild.Onnx.TensorProto t in ModelIO.Load(model).Graph.Initializer)
@@ -228,32 +228,85 @@ public sealed class StreamingPathTests
         }
     }
 
+    /// <summary>x[N,256] -> MatMul(w1) -> Relu -> Gemm(w2 transposed, c2) -> y[N,64], external data, as dir/big.onnx.</summary>
+    private static string MatMulAndGemm(string dir)
+    {
+        var g = new CompressOnBuild.Onnx.GraphProto { Name = "layers" };
+        g.Input.Add(TinyModels.FloatValue("x", "N", 256));
+        g.Output.Add(TinyModels.FloatValue("y", "N", 64));
+        g.Initializer.Add(TensorUtil.FromFloats("w1", TinyModels.RandomFloats(256 * 128, 1, 0.1f), 256, 128));
+        g.Initializer.Add(TensorUtil.FromFloats("w2", TinyModels.RandomFloats(64 * 128, 2, 0.1f), 64, 128));
+        g.Initializer.Add(TensorUtil.FromFloats("c2", TinyModels.RandomFloats(64, 3, 0.1f), 64));
+        g.Node.Add(TinyModels.Node("MatMul", ["x", "w1"], ["h"], "mm1"));
+        g.Node.Add(TinyModels.Node("Relu", ["h"], ["hr"], "relu"));
+        g.Node.Add(TinyModels.Node("Gemm", ["hr", "w2", "c2"], ["y"], "gemm2", TinyModels.IntAttr("transB", 1)));
+        string model = Path.Combine(dir, "big.onnx");
+        ModelIO.Save(TinyModels.Model(g), model, new ModelSaveOptions { ForceExternalData = true });
+        return model;
+    }
+
+    private static (int Exit, string Output) RunStreamingWorker(string dir, params string[] args)
+    {
+        var psi = new System.Diagnostics.ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, WorkingDirectory = dir };
+        psi.Environment["COMPRESSONBUILD_STREAMING_THRESHOLD_BYTES"] = "1000";
+        foreach (string a in new[] { "exec", CliHarness.CliDll(), "compress" }.Concat(args))
+        {
+            psi.ArgumentList.Add(a);
+        }
+        using var p = System.Diagnostics.Process.Start(psi)!;
+        Task<string> err = p.StandardError.ReadToEndAsync();
+        string output = p.StandardOutput.ReadToEnd();
+        Assert.IsTrue(p.WaitForExit(TimeSpan.FromMinutes(3)), "hang");
+        return (p.ExitCode, output + err.Result);
+    }
+
     [TestMethod]
-    public void Int8StaticOverTheStreamingThresholdIsRefusedWithTheReason()
+    public void Int8StaticOverTheStreamingThresholdCalibratesOnTheFileAndQuantizesMatMulAndGemm()
     {
         string dir = Path.Combine(Path.GetTempPath(), "cob-stream-" + Guid.NewGuid().ToString("N")[..8]);
         try
         {
-            var g = new CompressOnBuild.Onnx.GraphProto { Name = "chain" };
-            g.Input.Add(TinyModels.FloatValue("x", "N", 256));
-            g.Output.Add(TinyModels.FloatValue("y", "N", 64));
-            g.Initializer.Add(TensorUtil.FromFloats("w1", TinyModels.RandomFloats(256 * 64, 1, 0.1f), 256, 64));
-            g.Node.Add(TinyModels.Node("MatMul", ["x", "w1"], ["y"], "mm1"));
-            string model = Path.Combine(dir, "big.onnx");
-            ModelIO.Save(TinyModels.Model(g), model, new ModelSaveOptions { ForceExternalData = true });
-            var psi = new System.Diagnostics.ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, WorkingDirectory = dir };
-            psi.Environment["COMPRESSONBUILD_STREAMING_THRESHOLD_BYTES"] = "1000";
-            foreach (string a in new[] { "exec", CliHarness.CliDll(), "compress", model, "--output", Path.Combine(dir, "out", "big.onnx"), "--calibration-data", WriteNpy(dir), "--quantization", "Int8Static" })
-            {
-                psi.ArgumentList.Add(a);
-            }
-            using var p = System.Diagnostics.Process.Start(psi)!;
-            string output = p.StandardOutput.ReadToEnd() + p.StandardError.ReadToEnd();
-            p.WaitForExit();
-            Assert.AreEqual(2, p.ExitCode, output);
-            StringAssert.Contains(output, "CMPR0004");
-            StringAssert.Contains(output, "calibration");
-            Assert.IsFalse(File.Exists(Path.Combine(dir, "out", "big.onnx")), output);
+            string model = MatMulAndGemm(dir);
+            string source = PublishKillTests.Weights(model);
+            string output = Path.Combine(dir, "out", "big.onnx");
+            (int exit, string text) = RunStreamingWorker(dir, model, "--output", output, "--report", Path.Combine(dir, "r.json"),
+                "--calibration-data", WriteNpy(dir), "--quantization", "Int8Static", "--min-cosine", "0.99");
+            Assert.AreEqual(0, exit, text);
+            Assert.AreEqual(source, PublishKillTests.Weights(model), "the source model is never modified");
+            CompressOnBuild.Onnx.ModelProto q = ModelIO.Load(output);
+            Assert.IsFalse(q.Graph.Initializer.Any(t => t.Name is "w1" or "w2"), "both float weights are replaced");
+            Assert.AreEqual(2, q.Graph.Node.Count(n => n.OpType == "DequantizeLinear" && n.Input[0].StartsWith('w')), text);
+            Assert.IsTrue(q.Graph.Node.Any(n => n.OpType == "QuantizeLinear"), text);
+            var report = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(dir, "r.json")))!;
+            CollectionAssert.AreEquivalent(new[] { "mm1", "gemm2" },
+                report["quantization"]!["quantizedNodes"]!.AsArray().Select(n => n!["node"]!.GetValue<string>()).ToList(), text);
+            Assert.IsTrue(report["validation"]!["meanCosineSimilarity"]!.GetValue<double>() >= 0.99, text);
+            Assert.IsFalse(report["diagnostics"]!.AsArray().Any(d => d!["code"]!.GetValue<string>() is "CMPR0004" or "CMPR0114"), text);
+            Assert.IsEmpty(Directory.GetFiles(dir, "cob-calibrate-*", SearchOption.AllDirectories), "the calibration copy is removed");
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+
+    [TestMethod]
+    public void StreamingInt8DynamicSaysWhichLayersItLeftFloatAndWhy()
+    {
+        string dir = Path.Combine(Path.GetTempPath(), "cob-stream-" + Guid.NewGuid().ToString("N")[..8]);
+        try
+        {
+            string model = MatMulAndGemm(dir);
+            (int exit, string text) = RunStreamingWorker(dir, model, "--output", Path.Combine(dir, "out", "big.onnx"), "--report", Path.Combine(dir, "r.json"),
+                "--validation-data", WriteNpy(dir), "--quantization", "Int8Dynamic");
+            Assert.AreEqual(0, exit, text);
+            var report = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(dir, "r.json")))!;
+            CollectionAssert.AreEqual(new[] { "mm1" }, report["quantization"]!["quantizedNodes"]!.AsArray().Select(n => n!["node"]!.GetValue<string>()).ToList(), text);
+            string warning = report["diagnostics"]!.AsArray().Select(d => d!).Single(d => d["code"]!.GetValue<string>() == "CMPR0114")["message"]!.GetValue<string>();
+            StringAssert.Contains(warning, "1 layer(s)");
+            StringAssert.Contains(warning, "gemm2");
+            StringAssert.Contains(warning, "quantizes MatMul only");
+            StringAssert.Contains(text, "CMPR0114", "the summary names it too, not only the report");
         }
         finally
         {

@@ -522,6 +522,54 @@ public sealed class Int8StaticQuantizationTests
     }
 
     [TestMethod]
+    public void Calibrator_on_the_model_file_reads_external_data_from_the_models_folder()
+    {
+        // The streaming path calibrates on a copy of the .onnx in its work folder: ONNX Runtime must read the weights
+        // from the source model's folder (session option) and give the ranges of the parsed model's calibration.
+        var g = new GraphProto { Name = "g" };
+        g.Input.Add(TinyModels.FloatValue("x", 1, 32));
+        g.Output.Add(TinyModels.FloatValue("y", 1, 16));
+        g.Initializer.Add(TensorUtil.FromFloats("w0", TinyModels.RandomFloats(32 * 24, 11, 0.4f), 32, 24));
+        g.Initializer.Add(TensorUtil.FromFloats("w1", TinyModels.RandomFloats(24 * 16, 12, 0.4f), 24, 16));
+        g.Node.Add(TinyModels.Node("MatMul", ["x", "w0"], ["h"], "mm0"));
+        g.Node.Add(TinyModels.Node("Relu", ["h"], ["hr"], "relu"));
+        g.Node.Add(TinyModels.Node("MatMul", ["hr", "w1"], ["y"], "mm1"));
+        ModelProto model = TinyModels.Model(g);
+        var temp = new TempDirectory("cob-calibrate-file");
+        try
+        {
+            string source = Path.Combine(temp.Path, "model", "m.onnx");
+            ModelIO.Save(model, source, new ModelSaveOptions { ForceExternalData = true, ExternalTensorMinBytes = 64 });
+            Assert.IsTrue(ModelProto.Parser.ParseFrom(File.ReadAllBytes(source)).Graph.Initializer.All(TensorUtil.IsExternal));
+            string work = Path.Combine(temp.Path, "work");
+            Directory.CreateDirectory(work);
+            var rng = new Random(3);
+            var samples = Enumerable.Range(0, 6).Select(_ => new[] { new TensorData([.. Enumerable.Range(0, 32).Select(_ => (float)rng.NextDouble() * 2 - 1)], [1, 32]) }).ToList();
+            var data = new Dataset("rows", ["x"], samples, [.. Enumerable.Range(0, 6).Select(i => "row" + i)], null, null);
+            string[] tensors = ["x", "hr", "y"];
+            var options = new CalibrationOptions { Method = CalibrationMethod.Percentile, Percentile = 99.9 };
+
+            CalibrationResult expected = Calibrator.Run(ModelIO.Load(source), data, tensors, options, "m");
+            ModelInputs? seen = null;
+            CalibrationResult actual = Calibrator.RunOnFile(source, ["y"], tensors, inputs => { seen = inputs; return data; }, options, "m", work);
+
+            Assert.AreEqual("x", seen!.Single().Name);
+            Assert.AreEqual(expected.Samples, actual.Samples);
+            CollectionAssert.AreEquivalent(expected.Ranges.Keys.ToList(), actual.Ranges.Keys.ToList());
+            foreach ((string name, TensorRange r) in expected.Ranges)
+            {
+                Assert.AreEqual(r, actual.Ranges[name], name);
+            }
+            Assert.IsEmpty(Directory.GetFiles(work), "the calibration copy is deleted");
+            CollectionAssert.AreEquivalent(new[] { "m.onnx", "m.onnx.data" }, Directory.GetFiles(Path.GetDirectoryName(source)!).Select(Path.GetFileName).ToList());
+        }
+        finally
+        {
+            temp.Delete();
+        }
+    }
+
+    [TestMethod]
     public void Calibrator_rejects_bad_options_and_already_quantized_models_are_left_alone()
     {
         ModelProto model = ModelIO.Load(Corpus.Model("mnist-lenet5"));

@@ -68,7 +68,7 @@ internal sealed partial class PassGraph
         bool onnx = OnnxNames.IsDefaultDomain(producer);
         if (InitializerWeightsOnly && onnx && producer.OpType is "Constant" or "Reshape" or "Flatten" or "Squeeze" or "Unsqueeze" or "Identity" or "Transpose" or "Cast")
         {
-            why = $"weight '{name}' is not an initializer (it comes from {producer.OpType} '{OnnxNames.Label(producer)}'); the streaming path for big models reads initializer weights only";
+            why = $"weight '{name}' is not an initializer (it comes from {producer.OpType} '{OnnxNames.Label(producer)}'); {Passes.StreamingQuantizer.StreamingLimit} reads initializer weights only with Int8Dynamic and Int4Weights";
             return false;
         }
         if (onnx && producer.OpType == "Constant")
@@ -141,7 +141,7 @@ internal sealed partial class PassGraph
                 if (from != (int)TensorProto.Types.DataType.Float)
                 {
                     // The same conversion ONNX Cast does: float16/bfloat16 exactly, double rounded to nearest.
-                    tensor = Materialize(producer, () => TensorUtil.FromFloats(producer.Output[0], Floats(data.Tensor, displayName), dims));
+                    tensor = Materialize(producer, () => TensorUtil.FromFloats(producer.Output[0], FloatsOf(data.Tensor, displayName), dims));
                     materialized = true;
                 }
                 break;
@@ -199,7 +199,7 @@ internal sealed partial class PassGraph
         var type = (TensorProto.Types.DataType)data.Tensor.DataType;
         if (type == TensorProto.Types.DataType.Float)
         {
-            return Materialize(producer, () => TensorUtil.FromFloats(producer.Output[0], TransposeAxes(Floats(data.Tensor, displayName), dims, perm), outDims));
+            return Materialize(producer, () => TensorUtil.FromFloats(producer.Output[0], TransposeAxes(FloatsOf(data.Tensor, displayName), dims, perm), outDims));
         }
         long size = TensorUtil.ExpectedRawByteLength(data.Tensor) / count;
         if (size is not (1 or 2 or 4 or 8))
@@ -241,7 +241,7 @@ internal sealed partial class PassGraph
         {
             return false;
         }
-        data = Floats(value.Tensor, displayName);
+        data = FloatsOf(value.Tensor, displayName);
         dims = value.Dims;
         chain.AddRange(value.Chain);
         sources.Add(value.SourceName);
@@ -371,7 +371,7 @@ internal sealed partial class PassGraph
             {
                 return null;
             }
-            return TensorUtil.FromFloats(n.Output[0], TransposeAxes(Floats(x, displayName), dims, perm), [.. perm.Select(i => dims[i])]);
+            return TensorUtil.FromFloats(n.Output[0], TransposeAxes(FloatsOf(x, displayName), dims, perm), [.. perm.Select(i => dims[i])]);
         }
         if (n.OpType is not ("Identity" or "Reshape" or "Flatten" or "Squeeze" or "Unsqueeze"))
         {

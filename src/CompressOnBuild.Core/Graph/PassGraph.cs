@@ -355,6 +355,20 @@ internal sealed partial class PassGraph
         return candidate;
     }
 
+    /// <summary>
+    /// Reads the float data of a tensor stored outside the protobuf (the streaming path's lazily loaded models, whose
+    /// external tensors stay file references): <see cref="FloatsOf"/> calls it for such tensors, so a pass reads each
+    /// weight when it needs it, one at a time. Null: every tensor's data is in memory. Nested scopes share it.
+    /// </summary>
+    public Func<TensorProto, float[]>? ExternalFloats { get; set; }
+
+    /// <summary>Called with each initializer <see cref="AddInitializer"/> adds (the streaming path writes large quantized ones to its data file there). Nested scopes share it.</summary>
+    public Action<TensorProto>? InitializerAdded { get; set; }
+
+    /// <summary>The data of <paramref name="t"/> as float (<see cref="Floats"/>), read through <see cref="ExternalFloats"/> when it is a file reference.</summary>
+    public float[] FloatsOf(TensorProto t, string displayName) =>
+        ExternalFloats != null && TensorUtil.IsExternal(t) ? ExternalFloats(t) : Floats(t, displayName);
+
     public void AddInitializer(TensorProto t)
     {
         Graph.Initializer.Add(t);
@@ -369,6 +383,7 @@ internal sealed partial class PassGraph
             GraphInputs.Add(t.Name);
             _valueInfo?.TryAdd(t.Name, declaration);
         }
+        InitializerAdded?.Invoke(t);
     }
 
     /// <summary>Where each initializer sits in <see cref="GraphProto.Initializer"/>, by reference; checked on use and rebuilt when stale.</summary>
@@ -481,7 +496,7 @@ internal sealed partial class PassGraph
             {
                 foreach (GraphProto sub in ModelWalker.Subgraphs(n))
                 {
-                    result.Add(new PassGraph(Model, sub, _names));
+                    result.Add(new PassGraph(Model, sub, _names) { ExternalFloats = ExternalFloats, InitializerAdded = InitializerAdded });
                 }
             }
         }
@@ -597,7 +612,7 @@ internal sealed partial class PassGraph
         int moved = movedValues.Count;
         foreach (GraphProto body in bodies)
         {
-            moved += new PassGraph(Model, body, _names).LocalizeSubgraphConstants();
+            moved += new PassGraph(Model, body, _names) { ExternalFloats = ExternalFloats, InitializerAdded = InitializerAdded }.LocalizeSubgraphConstants();
         }
         return moved;
     }

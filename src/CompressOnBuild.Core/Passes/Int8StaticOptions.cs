@@ -108,9 +108,11 @@ public sealed class Int8StaticSummary
 
     public bool NothingToQuantize => !AlreadyQuantized && Quantized.Count == 0;
 
-    public long ModelBytesBefore { get; init; }
+    /// <summary>Serialized bytes before the pass (the streaming path: the .onnx plus its external data).</summary>
+    public long ModelBytesBefore { get; internal set; }
 
-    public long ModelBytesAfter { get; init; }
+    /// <summary>Serialized bytes after the pass (the streaming path: the written .onnx plus its data file).</summary>
+    public long ModelBytesAfter { get; internal set; }
 
     public double SizeRatio => ModelBytesBefore == 0 ? 1.0 : (double)ModelBytesAfter / ModelBytesBefore;
 }

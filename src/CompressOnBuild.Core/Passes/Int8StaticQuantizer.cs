@@ -39,7 +39,10 @@ public static class Int8StaticQuantizer
     private static readonly HashSet<string> Int8Passthrough = new(UInt8Passthrough, StringComparer.Ordinal) { "Relu" };
 
     /// <summary>The tensors whose ranges <see cref="Apply"/> needs: activation inputs and results of the nodes it would quantize.</summary>
-    public static IReadOnlyList<string> TensorsToCalibrate(ModelProto model, Int8StaticOptions options)
+    public static IReadOnlyList<string> TensorsToCalibrate(ModelProto model, Int8StaticOptions options) => TensorsToCalibrate(model, options, null);
+
+    /// <summary><see cref="TensorsToCalibrate(ModelProto, Int8StaticOptions)"/>; <paramref name="configure"/> sets up each graph index the pass builds (the streaming path's external-data reader).</summary>
+    internal static IReadOnlyList<string> TensorsToCalibrate(ModelProto model, Int8StaticOptions options, Action<PassGraph>? configure)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(options);
@@ -49,8 +52,15 @@ public static class Int8StaticQuantizer
         }
         var work = model.Clone();
         Float16Lift.Apply(work, "calibration");
-        var rewriter = new Rewriter(new PassGraph(work), options, "calibration", null);
+        var rewriter = new Rewriter(Index(work, configure), options, "calibration", null);
         return rewriter.Plan();
+    }
+
+    private static PassGraph Index(ModelProto model, Action<PassGraph>? configure)
+    {
+        var g = new PassGraph(model);
+        configure?.Invoke(g);
+        return g;
     }
 
     /// <summary>
@@ -72,7 +82,15 @@ public static class Int8StaticQuantizer
 
     /// <summary>Quantizes <paramref name="model"/> in place (the caller passes a copy) with the calibrated ranges.</summary>
     /// <exception cref="CompressException">CMPR0202 for NaN/infinite weights, CMPR0103 for a model without a graph.</exception>
-    public static Int8StaticSummary Apply(ModelProto model, CalibrationResult calibration, Int8StaticOptions options, string displayName)
+    public static Int8StaticSummary Apply(ModelProto model, CalibrationResult calibration, Int8StaticOptions options, string displayName) =>
+        Apply(model, calibration, options, displayName, null);
+
+    /// <summary>
+    /// <see cref="Apply(ModelProto, CalibrationResult, Int8StaticOptions, string)"/>; <paramref name="configure"/> sets up
+    /// each graph index the pass builds (<see cref="StreamingQuantizer"/>: weights read from external data when used,
+    /// quantized weights written to the output's data file as they are made).
+    /// </summary>
+    internal static Int8StaticSummary Apply(ModelProto model, CalibrationResult calibration, Int8StaticOptions options, string displayName, Action<PassGraph>? configure)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(calibration);
@@ -93,11 +111,11 @@ public static class Int8StaticQuantizer
         }
         // A float16 model is quantized from its float16 weights, in float32 compute (see Float16Lift).
         Float16Lift? lift = Float16Lift.Apply(model, displayName);
-        var rewriter = new Rewriter(new PassGraph(model), options, displayName, lift?.Alias(calibration) ?? calibration);
+        var rewriter = new Rewriter(Index(model, configure), options, displayName, lift?.Alias(calibration) ?? calibration);
         rewriter.Run();
         // ONNX Runtime has no QDQ LSTM kernel: LSTM weights go int8 through DynamicQuantizeLSTM (activations quantized
         // per step at run time), on a fresh index of the rewritten graph.
-        var recurrent = new RecurrentContext(new PassGraph(model), EncodingLevels.Of(options.WeightEncoding, displayName), displayName,
+        var recurrent = new RecurrentContext(Index(model, configure), EncodingLevels.Of(options.WeightEncoding, displayName), displayName,
             options.ExcludedNodes, options.MinimumWeightElements);
         QuantizationDriver.Run(recurrent, OpRegistry.For(QuantizationScheme.Int8Static));
         LstmLowering.ReportFloat(recurrent.Graph, Int8DynamicQuantizer.NoInt8Kernel, op => $"ONNX Runtime has no quantized {op} kernel (only DynamicQuantizeLSTM); its weights stay float32", recurrent.Skipped, displayName);
@@ -784,7 +802,7 @@ public static class Int8StaticQuantizer
                 }
                 result.Add(new Candidate
                 {
-                    Node = node, LoadWeight = () => PassGraph.Floats(weightTensor, displayName), Dims = dims, Chain = chain, Sources = sources, Axis = axis, Bias = bias,
+                    Node = node, LoadWeight = () => g.FloatsOf(weightTensor, displayName), Dims = dims, Chain = chain, Sources = sources, Axis = axis, Bias = bias,
                     BiasSources = biasSources, Result = result2, RangeTensor = rangeTensor, ClipBounds = clip,
                 });
             }

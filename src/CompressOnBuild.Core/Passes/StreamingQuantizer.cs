@@ -26,6 +26,20 @@ namespace CompressOnBuild.Core.Passes;
 /// </summary>
 public static class StreamingQuantizer
 {
+    /// <summary>
+    /// The words every skip reason that comes from a limit of the streaming path (and not from the in-memory pass's own
+    /// rules) contains; <see cref="IsStreamingLimit"/> finds them, so the worker can say which layers stayed float only
+    /// because the model streamed.
+    /// </summary>
+    public const string StreamingLimit = "the streaming path for big models";
+
+    /// <summary>True when <paramref name="skipped"/> stayed float only because the model went through the streaming path.</summary>
+    public static bool IsStreamingLimit(SkippedNode skipped)
+    {
+        ArgumentNullException.ThrowIfNull(skipped);
+        return skipped.Reason.Contains(StreamingLimit, StringComparison.Ordinal);
+    }
+
     /// <summary>Bytes of float weight rows read per chunk (the working set per weight, besides the protobuf).</summary>
     public const int ChunkBytes = 32 << 20;
 
@@ -129,6 +143,54 @@ public static class StreamingQuantizer
         return new Writer(lazy, null, null, displayName, profile).RunFloat16(outputPath, options, beforeSave);
     }
 
+    /// <summary>
+    /// The tensors static int8 calibration needs for <paramref name="modelPath"/> (<see cref="Int8StaticQuantizer.TensorsToCalibrate(ModelProto, Int8StaticOptions)"/>
+    /// on the lazily loaded graph; weights the plan looks at are read from the external data one at a time), and the
+    /// model's own outputs (which the calibration model must not add twice).
+    /// </summary>
+    public static (IReadOnlyList<string> Tensors, IReadOnlyList<string> Outputs) Int8StaticTensorsToCalibrate(string modelPath, Int8StaticOptions options, string displayName)
+    {
+        ArgumentNullException.ThrowIfNull(modelPath);
+        ArgumentNullException.ThrowIfNull(options);
+        ArgumentNullException.ThrowIfNull(displayName);
+        LazyModel lazy = ModelIO.LoadLazy(modelPath);
+        ModelChecker.Validate(lazy.Model, displayName);
+        var writer = new Writer(lazy, null, null, displayName, null);
+        try
+        {
+            writer.InlineSmallExternalTensors();
+            return (Int8StaticQuantizer.TensorsToCalibrate(lazy.Model, options, writer.ReadExternal), [.. lazy.Model.Graph.Output.Select(o => o.Name)]);
+        }
+        finally
+        {
+            writer.CloseFiles();
+        }
+    }
+
+    /// <summary>
+    /// Static int8 (QDQ) of a model too big for memory, with the in-memory pass's own graph rewrite
+    /// (<see cref="Int8StaticQuantizer"/>: folds, candidates, Q/DQ pairs, per-channel weights, LSTM lowering) run on the
+    /// lazily loaded graph. Each weight the pass reads (finite check, then quantization) is read from the external data
+    /// file when it is used and dropped afterwards; each int8/uint8 weight it makes is appended to "&lt;output&gt;.data"
+    /// (4 KiB aligned) as it is made; external tensors the pass leaves are copied through in chunks. Non-float
+    /// external tensors and float ones under 4 KiB are read into memory first (shape constants and the like, which
+    /// the graph rewrites read directly). <paramref name="calibration"/> comes from the model file
+    /// (<see cref="Int8StaticTensorsToCalibrate"/>). Same errors as <see cref="CompressInt8Dynamic"/>, plus CMPR0003
+    /// for bad options.
+    /// </summary>
+    public static Int8StaticSummary CompressInt8Static(string modelPath, string outputPath, CalibrationResult calibration, Int8StaticOptions options,
+        string displayName, Action<ModelProto>? beforeSave = null, StreamingProfile? profile = null)
+    {
+        ArgumentNullException.ThrowIfNull(modelPath);
+        ArgumentNullException.ThrowIfNull(outputPath);
+        ArgumentNullException.ThrowIfNull(calibration);
+        ArgumentNullException.ThrowIfNull(options);
+        ArgumentNullException.ThrowIfNull(displayName);
+        LazyModel lazy = ModelIO.LoadLazy(modelPath);
+        ModelChecker.Validate(lazy.Model, displayName);
+        return new Writer(lazy, null, null, displayName, profile).RunInt8Static(outputPath, calibration, options, beforeSave);
+    }
+
     private sealed class Weight
     {
         public required TensorProto Tensor { get; init; }
@@ -163,7 +225,7 @@ public static class StreamingQuantizer
 
         public WeightSite? FindSite(LoweringContext context, NodeProto node, Action<string> skip)
         {
-            skip("the streaming path for big models quantizes MatMul only");
+            skip(StreamingLimit + " quantizes MatMul only with Int8Dynamic and Int4Weights (Int8Static streams Gemm and Conv too)");
             return null;
         }
 
@@ -340,6 +402,222 @@ public static class StreamingQuantizer
             };
         }
 
+        /// <summary>External tensors at most this big (float32), and every non-float external tensor, are read into memory before a graph rewrite.</summary>
+        private const int InlineBytes = 4096;
+
+        /// <summary>Quantized (int8/uint8) initializers of at least this many bytes go to the data file as the pass adds them.</summary>
+        private const int SpillBytes = 4096;
+
+        /// <summary>The tensors <see cref="InlineSmallExternalTensors"/> read into memory (written back to the data file when big enough).</summary>
+        private readonly HashSet<TensorProto> _inlined = new(ReferenceEqualityComparer.Instance);
+
+        /// <summary>The external references by their entries (location, offset, length): a cloned tensor or a reshaped copy carries the same entries.</summary>
+        private Dictionary<(string Location, long Offset, long Length), ExternalDataRef>? _byEntries;
+
+        /// <summary>Reads non-float external tensors and float ones of at most <see cref="InlineBytes"/> into the model (the rewrites read shapes, axes, clip bounds directly).</summary>
+        public void InlineSmallExternalTensors()
+        {
+            foreach ((TensorProto t, ExternalDataRef r) in lazy.ExternalTensors)
+            {
+                if (t.DataType == (int)TensorProto.Types.DataType.Float && r.Length > InlineBytes)
+                {
+                    continue;
+                }
+                byte[] bytes = GC.AllocateUninitializedArray<byte>(checked((int)r.Length));
+                ReadExactly(Handle(r.FilePath), bytes, r.Offset, t.Name);
+                t.ExternalData.Clear();
+                t.DataLocation = TensorProto.Types.DataLocation.Default;
+                t.RawData = UnsafeByteOperations.UnsafeWrap(bytes);
+                _inlined.Add(t);
+            }
+        }
+
+        private static (string, long, long) EntriesOf(TensorProto t)
+        {
+            string location = "";
+            long offset = 0, length = -1;
+            foreach (StringStringEntryProto e in t.ExternalData)
+            {
+                switch (e.Key)
+                {
+                    case "location":
+                        location = e.Value;
+                        break;
+                    case "offset":
+                        _ = long.TryParse(e.Value, NumberStyles.None, CultureInfo.InvariantCulture, out offset);
+                        break;
+                    case "length":
+                        _ = long.TryParse(e.Value, NumberStyles.None, CultureInfo.InvariantCulture, out length);
+                        break;
+                }
+            }
+            return (location, offset, length);
+        }
+
+        /// <summary>The checked reference of an external tensor of the model, a clone of one or a reshaped copy of one (null for others).</summary>
+        private ExternalDataRef? ResolveEntries(TensorProto t)
+        {
+            if (lazy.Resolve(t) is { } direct)
+            {
+                return direct;
+            }
+            if (_byEntries == null)
+            {
+                _byEntries = [];
+                foreach ((TensorProto source, ExternalDataRef r) in lazy.ExternalTensors)
+                {
+                    if (TensorUtil.IsExternal(source))
+                    {
+                        _byEntries.TryAdd(EntriesOf(source), r);
+                    }
+                }
+            }
+            return _byEntries.GetValueOrDefault(EntriesOf(t));
+        }
+
+        /// <summary>Sets a pass's graph index to read external float tensors through <see cref="ExternalFloats"/>.</summary>
+        public void ReadExternal(PassGraph g) => g.ExternalFloats = ExternalFloats;
+
+        /// <summary>An external float32 tensor's values, read from its file (the length checked against its dims).</summary>
+        private float[] ExternalFloats(TensorProto t)
+        {
+            ExternalDataRef r = ResolveEntries(t)
+                ?? throw CompressException.ForFile(displayName, DiagnosticCodes.ModelInvalid, displayName, $"tensor '{t.Name}' refers to external data that was not checked");
+            long count = TensorUtil.ElementCount(t);
+            if (t.DataType != (int)TensorProto.Types.DataType.Float || count < 0 || count > Array.MaxLength || r.Length != count * 4)
+            {
+                throw CompressException.ForFile(displayName, DiagnosticCodes.ModelInvalid, displayName,
+                    $"tensor '{t.Name}' has {r.Length} bytes of external data, not the {count * 4} its dims need as float32");
+            }
+            var watch = System.Diagnostics.Stopwatch.StartNew();
+            float[] values = GC.AllocateUninitializedArray<float>((int)count);
+            ReadExactly(Handle(r.FilePath), MemoryMarshal.AsBytes(values.AsSpan()), r.Offset, t.Name);
+            if (profile != null)
+            {
+                profile.ReadSeconds += watch.Elapsed.TotalSeconds;
+            }
+            return values;
+        }
+
+        /// <summary>Closes the source files (when no <see cref="Publish"/> does).</summary>
+        public void CloseFiles()
+        {
+            foreach (SafeFileHandle h in _handles.Values)
+            {
+                h.Dispose();
+            }
+            _handles.Clear();
+        }
+
+        public Int8StaticSummary RunInt8Static(string outputPath, CalibrationResult calibration, Int8StaticOptions options, Action<ModelProto>? beforeSave)
+        {
+            long before = lazy.ProtoBytes + lazy.ExternalBytes;
+            string full = Path.GetFullPath(outputPath);
+            string dataPath = full + ".data";
+            string dataName = Path.GetFileName(full) + ".data";
+            CheckOutputIsNotAnInput(full, dataPath, outputPath);
+            Int8StaticSummary? summary = null;
+            try
+            {
+                InlineSmallExternalTensors();
+            }
+            catch
+            {
+                CloseFiles();
+                throw;
+            }
+            Publish(outputPath, full, dataPath, stream =>
+            {
+                long position = 0;
+                var written = new HashSet<TensorProto>(ReferenceEqualityComparer.Instance);
+                long Start()
+                {
+                    long aligned = (position + Alignment - 1) / Alignment * Alignment;
+                    if (aligned > position)
+                    {
+                        stream.Write(new byte[aligned - position]);
+                        position = aligned;
+                    }
+                    return position;
+                }
+                void Write(ReadOnlySpan<byte> bytes)
+                {
+                    stream.Write(bytes);
+                    position += bytes.Length;
+                }
+                void Append(TensorProto t, ReadOnlySpan<byte> bytes)
+                {
+                    var watch = System.Diagnostics.Stopwatch.StartNew();
+                    long start = Start();
+                    Write(bytes);
+                    PointAt(t, dataName, start, bytes.Length);
+                    written.Add(t);
+                    if (profile != null)
+                    {
+                        profile.WriteSeconds += watch.Elapsed.TotalSeconds;
+                    }
+                }
+                // The pass reads each weight when it uses it and hands each quantized one over as it adds it: the codes
+                // go to the data file there and then, so neither the float weights nor their codes pile up.
+                summary = Int8StaticQuantizer.Apply(_model, calibration, options, displayName, g =>
+                {
+                    g.ExternalFloats = ExternalFloats;
+                    g.InitializerAdded = t =>
+                    {
+                        if (t.DataType is (int)TensorProto.Types.DataType.Int8 or (int)TensorProto.Types.DataType.Uint8
+                            && !TensorUtil.IsExternal(t) && t.RawData.Length >= SpillBytes)
+                        {
+                            Append(t, t.RawData.Span);
+                        }
+                    };
+                });
+                // What the pass left: the source's external tensors (copied through in chunks, also under a new name or
+                // shape) and the big ones read into memory above.
+                byte[]? buffer = null;
+                foreach (TensorProto t in ModelWalker.Tensors(_model).ToList())
+                {
+                    if (written.Contains(t))
+                    {
+                        continue;
+                    }
+                    if (TensorUtil.IsExternal(t))
+                    {
+                        ExternalDataRef r = ResolveEntries(t)
+                            ?? throw new InvalidOperationException($"tensor '{t.Name}' refers to external data the model did not have");
+                        buffer ??= new byte[ChunkBytes];
+                        long start = Start();
+                        for (long done = 0; done < r.Length;)
+                        {
+                            int n = (int)Math.Min(buffer.Length, r.Length - done);
+                            ReadExactly(Handle(r.FilePath), buffer.AsSpan(0, n), r.Offset + done, t.Name);
+                            Write(buffer.AsSpan(0, n));
+                            done += n;
+                        }
+                        PointAt(t, dataName, start, r.Length);
+                        written.Add(t);
+                    }
+                    else if (_inlined.Contains(t) && t.RawData.Length >= InlineBytes)
+                    {
+                        Append(t, t.RawData.Span);
+                    }
+                }
+            }, () => beforeSave?.Invoke(_model));
+            long after = new FileInfo(full).Length + (File.Exists(dataPath) ? new FileInfo(dataPath).Length : 0);
+            summary!.ModelBytesBefore = before;
+            summary.ModelBytesAfter = after;
+            return summary;
+        }
+
+        private static void PointAt(TensorProto t, string dataName, long offset, long length)
+        {
+            t.ExternalData.Clear();
+            t.ExternalData.Add(new StringStringEntryProto { Key = "location", Value = dataName });
+            t.ExternalData.Add(new StringStringEntryProto { Key = "offset", Value = offset.ToString(CultureInfo.InvariantCulture) });
+            t.ExternalData.Add(new StringStringEntryProto { Key = "length", Value = length.ToString(CultureInfo.InvariantCulture) });
+            t.DataLocation = TensorProto.Types.DataLocation.External;
+            t.ClearRawData();
+        }
+
         /// <summary>Appends each tensor (4 KiB aligned): float16 conversions in chunks, the rest copied; returns the clamped count.</summary>
         private long WriteFloat16Data(Stream stream, List<(TensorProto Tensor, ExternalDataRef Source, bool Half)> tensors, string dataName)
         {
@@ -440,7 +718,7 @@ public static class StreamingQuantizer
                 void Skip(string reason) => skipped.Add(new SkippedNode(OnnxNames.Label(site.Node), site.Node.OpType, reason));
                 if (int4 != null && t.Dims[1] * 4 * 2 * int4.BlockSize > 1L << 30)
                 {
-                    Skip($"weight '{b}' has rows too wide for the int4 streaming buffer (two K blocks of rows over 1 GiB)");
+                    Skip($"weight '{b}' has rows too wide for {StreamingLimit} (its int4 buffer of two K blocks of rows would be over 1 GiB)");
                     continue;
                 }
                 if (t.Dims[0] > int.MaxValue || t.Dims[1] > int.MaxValue / 4)

@@ -117,7 +117,7 @@ internal abstract class LoweringContext
     public void RequireOpset(string domain, long version) => _opsets.Add((domain, version));
 
     /// <summary>Float data of a tensor, or CMPR0103 when it cannot be read.</summary>
-    public float[] Floats(TensorProto t) => PassGraph.Floats(t, DisplayName);
+    public float[] Floats(TensorProto t) => Graph.FloatsOf(t, DisplayName);
 
     /// <summary>See <see cref="PassGraph.TryResolveConstant"/>.</summary>
     public bool TryResolveConstant(string name, out ResolvedConstant? value, out string? why) => Graph.TryResolveConstant(name, DisplayName, out value, out why);
