@@ -14,7 +14,8 @@ namespace CompressOnBuild.Validation;
 /// its class axis). Outputs with one value
 /// per sample, and outputs with more than one axis besides the batch (token or spatial maps: [1, tokens, features], where
 /// one softmax over every value would be dominated by a few large ones), use the squared difference divided by the
-/// original's mean square instead (relative squared error). With <c>model</c> and <c>weights</c>, the measure also has a
+/// original's mean square instead (relative squared error); on text data with an attention mask, a token output's
+/// padding rows are left out of both. With <c>model</c> and <c>weights</c>, the measure also has a
 /// <see cref="HarmMeasure.MeasureWeight"/> that replaces one weight at a time on one session (the weights become
 /// overridable initializers of a probe copy), so no model is written or loaded per probe.
 /// </summary>
@@ -42,7 +43,12 @@ public static class SensitivityHarm
             throw CompressException.ForFile(original.ModelPath, DiagnosticCodes.OutputMismatch, original.ModelPath, "(first output)", "not a numeric tensor", "sensitivity");
         }
         // reference[sample][output]
-        float[][][] reference = [.. original.RunDataset(data, output).Outputs.Select(o => o.Select(t => t.Data).ToArray())];
+        IReadOnlyList<TensorData[]> referenceOutputs = original.RunDataset(data, output).Outputs;
+        float[][][] reference = [.. referenceOutputs.Select(o => o.Select(t => t.Data).ToArray())];
+        // Token outputs ([1, tokens, ...]) of data with an attention mask ([1, tokens]): only the real tokens' rows count,
+        // padding positions' values are not part of what the model computes for the sample (rows[sample][output], null: all).
+        int maskInput = ActivationCollector.MaskInput(data.InputNames);
+        bool[]?[][] rows = [.. referenceOutputs.Select((outs, s) => outs.Select(t => TokenRows(maskInput >= 0 ? data.GetSample(s)[maskInput] : null, t)).ToArray())];
         var kl = new bool[output.Length];
         var meanSquare = new double[output.Length];
         for (int o = 0; o < output.Length; o++)
@@ -53,7 +59,7 @@ public static class SensitivityHarm
                 throw CompressException.ForFile(original.ModelPath, DiagnosticCodes.NonFiniteOutputs, original.ModelPath, output[o], data.GetSampleSource(bad));
             }
             kl[o] = reference.All(r => r[o].Length > 1) && original.Outputs.First(x => x.Name == output[o]).Shape is not { Count: > 2 };
-            meanSquare[o] = kl[o] ? 0 : reference.Average(r => r[o].Length == 0 ? 0 : r[o].Average(v => (double)v * v));
+            meanSquare[o] = kl[o] ? 0 : reference.Select((r, s) => Kept(r[o], rows[s][o])).Average(v => v.Count == 0 ? 0 : v.Average(x => (double)x * x));
         }
         string[] parts = [.. output.Select((n, o) => kl[o]
             ? $"KL divergence of softmax('{n}') vs the original"
@@ -71,7 +77,9 @@ public static class SensitivityHarm
                     {
                         throw CompressException.ForFile(path, DiagnosticCodes.OutputMismatch, path, output[o], $"{b.Length} values where the original has {a.Length}", "sensitivity");
                     }
-                    sum += kl[o] ? KlDivergence(a, b) : SquaredDifference(a, b) / Math.Max(meanSquare[o] * a.Length, 1e-30);
+                    sum += kl[o] ? KlDivergence(a, b) : rows[s][o] is { } keep
+                        ? SquaredDifference(Kept(a, keep).ToArray(), Kept(b, keep).ToArray()) / Math.Max(meanSquare[o] * Kept(a, keep).Count, 1e-30)
+                        : SquaredDifference(a, b) / Math.Max(meanSquare[o] * a.Length, 1e-30);
                 }
             }
             return sum / ((double)reference.Length * output.Length);
@@ -195,6 +203,39 @@ public static class SensitivityHarm
             }
             return harm(outputs, runner.ModelPath);
         }, Release);
+    }
+
+    /// <summary>
+    /// Which token rows of <paramref name="output"/> ([1, tokens, ...]) are real tokens by <paramref name="mask"/>
+    /// ([1, tokens], 0 at padding); null when the shapes do not match that or every row is real or none is.
+    /// </summary>
+    internal static bool[]? TokenRows(TensorData? mask, TensorData output)
+    {
+        if (mask is not { Shape: [1, long tokens] } || output.Shape.Length < 3 || output.Shape[0] != 1 || output.Shape[1] != tokens || mask.Data.Length != tokens)
+        {
+            return null;
+        }
+        bool[] keep = [.. mask.Data.Select(v => v != 0f)];
+        return keep.All(k => k) || !keep.Any(k => k) ? null : keep;
+    }
+
+    /// <summary>The values of the rows <paramref name="keep"/> marks (all values when null).</summary>
+    private static IReadOnlyList<float> Kept(float[] values, bool[]? keep)
+    {
+        if (keep == null)
+        {
+            return values;
+        }
+        int width = values.Length / keep.Length;
+        var kept = new List<float>(values.Length);
+        for (int r = 0; r < keep.Length; r++)
+        {
+            if (keep[r])
+            {
+                kept.AddRange(values.AsSpan(r * width, width));
+            }
+        }
+        return kept;
     }
 
     /// <summary>KL(softmax(p) || softmax(q)) over all values (one sample's output); NaN when q has non-finite values.</summary>

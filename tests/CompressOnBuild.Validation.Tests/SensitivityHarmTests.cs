@@ -82,6 +82,44 @@ public sealed class SensitivityHarmTests
     }
 
     [TestMethod]
+    public void Padding_rows_of_a_token_output_do_not_count()
+    {
+        // y = x w over [1, 4 tokens, 8]; the last two tokens of every sample are padding (attention_mask 0) with values
+        // 100x the real ones, so counting them would change both the error and the mean square it is divided by.
+        var g = new GraphProto { Name = "tokens" };
+        g.Input.Add(TinyModels.FloatValue("x", 1, 4, 8));
+        g.Input.Add(TinyModels.FloatValue("attention_mask", 1, 4));
+        g.Output.Add(TinyModels.FloatValue("y", 1, 4, 4));
+        float[] w = TinyModels.RandomFloats(32, 1, 0.5f);
+        g.Initializer.Add(TensorUtil.FromFloats("w", w, 8, 4));
+        g.Node.Add(TinyModels.Node("MatMul", ["x", "w"], ["y"], "proj"));
+        ModelProto model = TinyModels.Model(g);
+        string path = Path.Combine(Path.GetTempPath(), $"cob-tokens-{Guid.NewGuid():N}.onnx");
+        ModelIO.Save(model, path);
+        try
+        {
+            using ModelRunner runner = new(path);
+            var xs = Enumerable.Range(0, 6).Select(s => TinyModels.RandomFloats(32, 60 + s).Select((v, i) => i >= 16 ? v * 100 : v).ToArray()).ToList();
+            float[] mask = [1, 1, 0, 0];
+            var samples = xs.Select(x => new[] { new TensorData(x, [1, 4, 8]), new TensorData(mask, [1, 4]) }).ToList();
+            var data = new Dataset("tokens", ["x", "attention_mask"], samples, [.. Enumerable.Range(0, 6).Select(s => "s" + s)], null, null);
+            HarmMeasure harm = SensitivityHarm.Create(runner, data);
+            float[] changed = [.. w.Select((v, i) => i % 3 == 0 ? 0f : v)];
+            ModelProto candidate = model.Clone();
+            candidate.Graph.Initializer[0] = TensorUtil.FromFloats("w", changed, 8, 4);
+            // By hand over the real rows (tokens 0 and 1) only.
+            float[] Y(float[] x, float[] weights, int row) => [.. Enumerable.Range(0, 4).Select(o => Enumerable.Range(0, 8).Sum(i => x[row * 8 + i] * weights[i * 4 + o]))];
+            double meanSquare = xs.Average(x => new[] { 0, 1 }.SelectMany(r => Y(x, w, r)).Average(v => (double)v * v));
+            double expected = xs.Average(x => new[] { 0, 1 }.Sum(r => Y(x, w, r).Zip(Y(x, changed, r)).Sum(p => (double)(p.First - p.Second) * (p.First - p.Second))) / (meanSquare * 8));
+            Assert.AreEqual(expected, harm.Measure(candidate), expected * 1e-3);
+        }
+        finally
+        {
+            File.Delete(path);
+        }
+    }
+
+    [TestMethod]
     public void The_one_session_probe_gives_the_harm_of_the_model_with_that_weight_replaced()
     {
         string path = Corpus.Model("mnist-mlp-gemm");
