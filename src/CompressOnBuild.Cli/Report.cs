@@ -128,6 +128,10 @@ internal static class Report
         ["chosenZeros"] = a.ChosenZeros,
         ["predictedHarm"] = Round(a.PredictedHarm, 10),
         ["uniformPredictedHarm"] = Round(a.UniformPredictedHarm, 10),
+        ["measuredHarm"] = a.MeasuredHarm is double mh ? Round(mh, 10) : null,
+        ["uniformMeasuredHarm"] = a.UniformMeasuredHarm is double uh ? Round(uh, 10) : null,
+        ["uniformCandidate"] = a.UniformCandidate,
+        ["fellBackToUniform"] = a.FellBackToUniform,
         ["probes"] = a.Probes,
         ["seconds"] = Round(a.Seconds, 3),
         ["layers"] = new JsonArray(a.Layers.Select(l => (JsonNode)new JsonObject
@@ -354,6 +358,9 @@ internal static class Report
                 pr.Allocation switch
                 {
                     "sensitivity" when pr.Sensitivity is { } a => string.Format(ci, ", per-layer sparsities by measured sensitivity ({0} probes on {1} samples, {2:0.0} s; {3})", a.Probes, a.Samples, a.Seconds, LayerList(pr)),
+                    "uniform" when pr.Sensitivity is { FellBackToUniform: true } a => string.Format(ci,
+                        ", uniform per-layer sparsity ({0}): the sensitivity allocation measured no better (harm {1:G3} vs {2:G3} on {3} samples)",
+                        a.UniformCandidate, a.MeasuredHarm, a.UniformMeasuredHarm, a.Samples),
                     "uniform" => ", uniform per-layer sparsity",
                     _ => "",
                 }));

@@ -175,7 +175,7 @@ internal static class ReportRenderers
             if (pr["sensitivity"] is JsonNode sn)
             {
                 JsonArray grid = sn["layers"]!.AsArray().FirstOrDefault()?["curve"]?.AsArray() ?? [];
-                sb.AppendLine($"<h3>Sensitivity</h3><p>Harm ({H(sn["measure"]?.ToString())}, {sn["samples"]} samples) with only one layer pruned, per sparsity; chosen per-layer sparsities place {sn["chosenZeros"]} of {sn["elements"]} weights at zero. Predicted harm {Num(sn["predictedHarm"], "G4")} vs {Num(sn["uniformPredictedHarm"], "G4")} for uniform sparsity.</p>");
+                sb.AppendLine($"<h3>Sensitivity</h3><p>Harm ({H(sn["measure"]?.ToString())}, {sn["samples"]} samples) with only one layer pruned, per sparsity; chosen per-layer sparsities place {sn["chosenZeros"]} of {sn["elements"]} weights at zero. Predicted harm {Num(sn["predictedHarm"], "G4")} vs {Num(sn["uniformPredictedHarm"], "G4")} for uniform sparsity.{(sn["measuredHarm"] == null ? "" : $" Measured with every layer pruned together: {Num(sn["measuredHarm"], "G4")} vs {Num(sn["uniformMeasuredHarm"], "G4")} for uniform sparsity ({H(sn["uniformCandidate"]?.ToString())}){(sn["fellBackToUniform"]?.GetValue<bool>() == true ? "; the allocation measured no clear gain, so uniform sparsity was applied (the chosen column shows it)" : "")}.")}</p>");
                 sb.Append("<table><tr><th>layer</th><th>weights</th><th>chosen</th>");
                 foreach (JsonNode? c in grid)
                 {

@@ -175,7 +175,7 @@ public static class Pruner
             switch (options.Method)
             {
                 case PruningMethod.Magnitude when measured && layers.Count > 0:
-                    sensitivity = SensitivityPruner.Run(g, layers, effective, harm!, displayName);
+                    sensitivity = SensitivityPruner.Run(g, layers, effective, harm!, displayName, UniformAlternatives(g, layers, every, options, prunableWeights, excludedLayers));
                     break;
                 case PruningMethod.Magnitude:
                     foreach (PrunableLayer l in layers)
@@ -188,7 +188,7 @@ public static class Pruner
                     SparsityMasks.ZeroSmallest(layers.Select(l => l.Data).ToList(), stats.Count == layers.Count && layers.Count > 0 ? layers.Select(l => l.Scores!).ToList() : null, (long)Math.Round(effective.Sparsity * total));
                     break;
                 case PruningMethod.Sensitivity when layers.Count > 0:
-                    sensitivity = SensitivityPruner.Run(g, layers, effective, harm!, displayName);
+                    sensitivity = SensitivityPruner.Run(g, layers, effective, harm!, displayName, UniformAlternatives(g, layers, every, options, prunableWeights, excludedLayers));
                     break;
                 case PruningMethod.NofM:
                     foreach (PrunableLayer l in layers)
@@ -208,6 +208,12 @@ public static class Pruner
                 case PruningMethod.SparseGpt:
                     SparseGpt.Run(g, layers, effective, activations!, displayName, notes, reconstructed);
                     break;
+            }
+            if (sensitivity is { FellBackToUniform: true } fb)
+            {
+                allocation = "uniform";
+                notes.Add(string.Create(CultureInfo.InvariantCulture,
+                    $"the sensitivity allocation measured harm {fb.MeasuredHarm:G3} with every layer pruned together, not {SensitivityPruner.RequiredGain:P0} below uniform sparsity ({fb.UniformCandidate}: {fb.UniformMeasuredHarm:G3}) on the same {fb.Samples} samples; uniform sparsity used"));
             }
             for (int i = 0; i < layers.Count; i++)
             {
@@ -255,6 +261,40 @@ public static class Pruner
             ZipBytesBefore = PruningSummary.ZipBytes(beforeBytes),
             ZipBytesAfter = PruningSummary.ZipBytes(afterBytes),
         };
+    }
+
+    /// <summary>
+    /// Nonzero weights + biases of the prunable layers and their floating-point operations per sample (Conv at its output
+    /// size, MatMul/Gemm once per row); Exact is false when a Conv's output size is unknown.
+    /// </summary>
+    public static (long Parameters, long Flops, bool Exact) Measure(ModelProto model, string displayName) => PrunableLayers.Measure(model, displayName);
+
+    /// <summary>
+    /// What the uniform allocation (<see cref="PruningAllocation.Uniform"/>) would place, for the sensitivity allocation to be
+    /// checked against: with KeepOutputLayers, the output layers dense and the other layers at the requested sparsity raised
+    /// to make up for them (capped as there); without it, nothing beyond every layer at the target (which is always checked).
+    /// </summary>
+    private static List<UniformCandidate> UniformAlternatives(PassGraph g, List<PrunableLayer> layers, List<PrunableLayer> every, PruningOptions options,
+        long prunableWeights, List<PrunableLayer> excludedLayers)
+    {
+        if (!options.KeepOutputLayers || options.RequestedSparsity is not double requested)
+        {
+            return [];
+        }
+        var outputNodes = new HashSet<NodeProto>(PrunableLayers.OutputLayers(g, every).Select(l => l.Node), ReferenceEqualityComparer.Instance);
+        long rest = layers.Where(l => !outputNodes.Contains(l.Node)).Sum(l => (long)l.Data.Length);
+        if (rest == 0 || rest == layers.Sum(l => (long)l.Data.Length))
+        {
+            return [];
+        }
+        double cap = Math.Max(requested, Math.Min(0.95, (1 + requested) / 2));
+        if (options.Method == PruningMethod.Sensitivity)
+        {
+            cap = Math.Min(cap, options.SensitivityGrid[^1]);
+        }
+        double s = Math.Max(requested, Math.Min(cap, requested * (prunableWeights - excludedLayers.Sum(l => (long)l.Data.Length)) / rest));
+        return [new UniformCandidate(string.Create(CultureInfo.InvariantCulture, $"output layer(s) dense, the others at {s:P1}"),
+            layers.Select(l => outputNodes.Contains(l.Node) ? 0 : (long)Math.Round(s * l.Data.Length)).ToArray())];
     }
 
     private static string Labels(List<PrunableLayer> layers) =>

@@ -1,3 +1,4 @@
+using System.Globalization;
 using CompressOnBuild.Onnx;
 
 namespace CompressOnBuild.Core.Passes;
@@ -66,7 +67,10 @@ public sealed class SensitivityAnalysis
     /// <summary>Zeros placed (equal to <see cref="TargetZeros"/> unless the layers were already sparser than the target).</summary>
     public long ChosenZeros { get; init; }
 
-    /// <summary>Sum over layers of the interpolated harm at the chosen sparsities (the allocation assumes harms add up).</summary>
+    /// <summary>
+    /// Sum over layers of the interpolated harm at the sparsities the allocation chose (the allocation assumes harms add
+    /// up); after a fallback to uniform it stays the allocation's.
+    /// </summary>
     public double PredictedHarm { get; init; }
 
     /// <summary>The same sum for uniform sparsity (every layer at the target), for comparison.</summary>
@@ -77,8 +81,36 @@ public sealed class SensitivityAnalysis
 
     public double Seconds { get; init; }
 
+    /// <summary>
+    /// Per layer, what was measured and chosen; after a fallback to uniform (<see cref="FellBackToUniform"/>) the chosen
+    /// zeros are the uniform ones that were applied.
+    /// </summary>
     public IReadOnlyList<LayerSensitivity> Layers { get; init; } = [];
+
+    /// <summary>
+    /// The harm measured with every layer pruned together as the allocation chose (the curves predict it from one layer at
+    /// a time, assuming harms add up); null when not measured.
+    /// </summary>
+    public double? MeasuredHarm { get; init; }
+
+    /// <summary>The harm measured, on the same samples, with the least harmful uniform candidate (<see cref="UniformCandidate"/>); null when none was measured.</summary>
+    public double? UniformMeasuredHarm { get; init; }
+
+    /// <summary>Which uniform sparsity <see cref="UniformMeasuredHarm"/> was measured with (e.g. "every layer at 50%").</summary>
+    public string? UniformCandidate { get; init; }
+
+    /// <summary>
+    /// True when the allocation did not measure clearly better than uniform sparsity (<see cref="MeasuredHarm"/> above
+    /// (1 - <see cref="SensitivityPruner.RequiredGain"/>) x <see cref="UniformMeasuredHarm"/>) and the uniform sparsities
+    /// were applied instead.
+    /// </summary>
+    public bool FellBackToUniform { get; init; }
 }
+
+/// <summary>
+/// A uniform alternative to the sensitivity allocation: per layer the zeros it places, and how to name it in the report.
+/// </summary>
+public sealed record UniformCandidate(string Description, long[] Zeros);
 
 /// <summary>
 /// Sensitivity-guided unstructured pruning. For every layer alone, at every sparsity g of the grid, the
@@ -91,6 +123,13 @@ public sealed class SensitivityAnalysis
 /// </summary>
 internal static class SensitivityPruner
 {
+    /// <summary>
+    /// The allocation is kept only when it measures at least this fraction less harm than the best uniform candidate: a
+    /// smaller gain is within what a different sample of the data could reverse (the harm is a mean over a few samples),
+    /// and uniform sparsity is then the plainer, documented choice.
+    /// </summary>
+    internal const double RequiredGain = 0.02;
+
     /// <summary>Harm recorded for a candidate whose measure is not finite (e.g. NaN outputs): never preferred.</summary>
     private const double BrokenHarm = 1e30;
 
@@ -189,7 +228,16 @@ internal static class SensitivityPruner
     /// Magnitude (or activation-aware) masks: every layer's curve from its own smallest-score weights, then each layer
     /// pruned to its chosen count, so masks are nested with the measured ones.
     /// </summary>
-    public static SensitivityAnalysis Run(PassGraph g, List<PrunableLayer> layers, PruningOptions options, HarmMeasure harm, string displayName)
+    /// <remarks>
+    /// The curves measure one layer at a time and the allocation assumes their harms add up; so the allocation is then
+    /// measured with every layer pruned together, next to uniform sparsity (every layer at the target, and each of
+    /// <paramref name="uniform"/>), each with exactly the allocation's zeros (per-layer rounding moved onto its most pruned
+    /// layer; a candidate further off is not measured), on the same samples. Unless the
+    /// allocation measures at least <see cref="RequiredGain"/> less harm than the best of them, that uniform candidate is
+    /// applied instead (<see cref="SensitivityAnalysis.FellBackToUniform"/>).
+    /// </remarks>
+    public static SensitivityAnalysis Run(PassGraph g, List<PrunableLayer> layers, PruningOptions options, HarmMeasure harm, string displayName,
+        IReadOnlyList<UniformCandidate>? uniform = null)
     {
         long[] start = ExistingZeros(layers);
         SensitivityAnalysis a = ChooseSparsities(layers, layers.Select(l => (long)l.Data.Length).ToArray(), start, options.Sparsity, options.SensitivityGrid, harm, (i, zeros) =>
@@ -199,6 +247,7 @@ internal static class SensitivityPruner
             SparsityMasks.ZeroSmallest([trial], l.Scores == null ? null : [l.Scores], zeros);
             return MeasureWith(g, l, trial, harm);
         });
+        a = CheckAgainstUniform(g, layers, start, a, harm, uniform);
         for (int i = 0; i < layers.Count; i++)
         {
             if (a.Layers[i].ChosenZeros > start[i])
@@ -207,6 +256,102 @@ internal static class SensitivityPruner
             }
         }
         return a;
+    }
+
+    /// <summary>
+    /// Measures the allocation of <paramref name="a"/> with all layers pruned together and the uniform candidates (every
+    /// layer at the target, then <paramref name="extra"/>; each only with the allocation's count of zeros, per-layer
+    /// rounding moved onto its most pruned layer), and returns
+    /// <paramref name="a"/> with those harms, its chosen zeros replaced by the least harmful uniform candidate's unless
+    /// the allocation measures at least <see cref="RequiredGain"/> less. Nothing of the model changes (every layer is restored).
+    /// </summary>
+    internal static SensitivityAnalysis CheckAgainstUniform(PassGraph g, List<PrunableLayer> layers, long[] start, SensitivityAnalysis a, HarmMeasure harm,
+        IReadOnlyList<UniformCandidate>? extra)
+    {
+        if (layers.Count < 2)
+        {
+            return a; // one layer: the allocation is the uniform sparsity
+        }
+        long[] allocated = a.Layers.Select(l => l.ChosenZeros).ToArray();
+        var candidates = new List<UniformCandidate>();
+        UniformCandidate everyLayer = new(string.Create(CultureInfo.InvariantCulture, $"every layer at {a.TargetSparsity:P1}"),
+            layers.Select(l => (long)Math.Round(a.TargetSparsity * l.Data.Length)).ToArray());
+        foreach (UniformCandidate c in new[] { everyLayer }.Concat(extra ?? []))
+        {
+            if (c.Zeros.Length != layers.Count)
+            {
+                continue;
+            }
+            long[] zeros = c.Zeros.Select((z, i) => Math.Max(start[i], Math.Min(z, layers[i].Data.Length))).ToArray();
+            long off = allocated.Sum() - zeros.Sum();
+            if (off != 0 && Math.Abs(off) <= zeros.Length)
+            {
+                // Per-layer rounding: the difference goes onto the most pruned layer, so the counts are equal.
+                int k = Enumerable.Range(0, zeros.Length).MaxBy(i => zeros[i] - start[i]);
+                zeros[k] = Math.Clamp(zeros[k] + off, start[k], layers[k].Data.Length);
+            }
+            if (zeros.Sum() == allocated.Sum() && !zeros.SequenceEqual(allocated) && candidates.All(x => !x.Zeros.SequenceEqual(zeros)))
+            {
+                candidates.Add(c with { Zeros = zeros });
+            }
+        }
+        if (candidates.Count == 0)
+        {
+            return a;
+        }
+        double Together(long[] zeros)
+        {
+            try
+            {
+                for (int i = 0; i < layers.Count; i++)
+                {
+                    PrunableLayer l = layers[i];
+                    float[] trial = (float[])l.Data.Clone();
+                    if (zeros[i] > start[i])
+                    {
+                        SparsityMasks.ZeroSmallest([trial], l.Scores == null ? null : [l.Scores], zeros[i]);
+                    }
+                    PrunableLayers.SetConstant(g, l.WeightName, trial);
+                }
+                double h = harm.Measure(g.Model);
+                return double.IsFinite(h) ? h : BrokenHarm;
+            }
+            finally
+            {
+                foreach (PrunableLayer l in layers)
+                {
+                    PrunableLayers.SetConstant(g, l.WeightName, l.Data);
+                }
+            }
+        }
+        var watch = System.Diagnostics.Stopwatch.StartNew();
+        double measured = Together(allocated);
+        UniformCandidate best = candidates[0];
+        double bestHarm = double.PositiveInfinity;
+        foreach (UniformCandidate c in candidates)
+        {
+            double h = Together(c.Zeros);
+            if (h < bestHarm)
+            {
+                (best, bestHarm) = (c, h);
+            }
+        }
+        bool fallBack = measured > (1 - RequiredGain) * bestHarm;
+        var result = new SensitivityAnalysis
+        {
+            Measure = a.Measure, Samples = a.Samples, TargetSparsity = a.TargetSparsity, Elements = a.Elements, TargetZeros = a.TargetZeros,
+            ChosenZeros = fallBack ? best.Zeros.Sum() : a.ChosenZeros,
+            PredictedHarm = a.PredictedHarm,
+            UniformPredictedHarm = a.UniformPredictedHarm,
+            Probes = a.Probes,
+            Seconds = a.Seconds + watch.Elapsed.TotalSeconds,
+            Layers = fallBack ? a.Layers.Select((l, i) => l with { ChosenZeros = best.Zeros[i], PredictedHarm = Interpolate(start[i], l.Curve, best.Zeros[i]) }).ToList() : a.Layers,
+            MeasuredHarm = measured,
+            UniformMeasuredHarm = bestHarm,
+            UniformCandidate = best.Description,
+            FellBackToUniform = fallBack,
+        };
+        return result;
     }
 
     private readonly record struct Segment(int Layer, int Index, long From, long To, double Slope);

@@ -145,6 +145,8 @@ public sealed class SensitivityPruningTests
         Pruner.Apply(uniform, All("Magnitude:0.5"), "m");
         HarmMeasure measure = Kl(original, 16);
         Assert.IsLessThan(measure.Measure(uniform), measure.Measure(model));
+        Assert.IsFalse(s.Sensitivity.FellBackToUniform, "the allocation measured together beats uniform");
+        Assert.IsLessThan(s.Sensitivity.UniformMeasuredHarm!.Value, s.Sensitivity.MeasuredHarm!.Value);
     }
 
     [TestMethod]
@@ -209,12 +211,95 @@ public sealed class SensitivityPruningTests
         var seen = new List<(int W1, int W2)>();
         var probe = new HarmMeasure("zeros seen", 1, m => { seen.Add((Zeros(Weight(m, "w1")), Zeros(Weight(m, "w2")))); return seen.Count; });
         Pruner.Apply(model, All("Sensitivity:0.5"), "m", harm: probe);
-        Assert.HasCount(14, seen);
+        // 14 one-layer probes, then the allocation and uniform sparsity measured with both layers pruned together.
+        Assert.HasCount(16, seen);
         // Exactly one layer is pruned per probe, at the grid's counts (0.25 x 512 = 128 ... for w1, 0.25 x 128 = 32 ... for w2).
         CollectionAssert.AreEqual(new[] { 128, 256, 307, 358, 410, 461, 486 }, seen.Take(7).Select(p => p.W1).ToArray());
         Assert.IsTrue(seen.Take(7).All(p => p.W2 == 0));
-        CollectionAssert.AreEqual(new[] { 32, 64, 77, 90, 102, 115, 122 }, seen.Skip(7).Select(p => p.W2).ToArray());
-        Assert.IsTrue(seen.Skip(7).All(p => p.W1 == 0));
+        CollectionAssert.AreEqual(new[] { 32, 64, 77, 90, 102, 115, 122 }, seen.Skip(7).Take(7).Select(p => p.W2).ToArray());
+        Assert.IsTrue(seen.Skip(7).Take(7).All(p => p.W1 == 0));
+        Assert.AreEqual(320, seen[14].W1 + seen[14].W2, "the allocation, all layers together");
+        Assert.AreEqual((256, 64), seen[15], "every layer at 50%");
+        Assert.AreEqual(0, Zeros(Weight(original, "w1")) + Zeros(Weight(original, "w2")));
+    }
+
+    /// <summary>
+    /// A harm that the one-layer probes cannot see: pruning w1 alone costs 0.1 per unit of sparsity, except between the
+    /// grid's 60% and 70% (where the allocation, interpolating, puts it), where it costs 5; w2 costs 1 per unit. So the
+    /// allocation picks w1 at 62.5% and w2 dense, which measures 5 together, against 0.55 for both at 50%.
+    /// </summary>
+    private static HarmMeasure BumpBetweenGridPoints() => new("bump", 8, m =>
+    {
+        double f1 = Zeros(Weight(m, "w1")) / 512.0, f2 = Zeros(Weight(m, "w2")) / 128.0;
+        return (f1 is > 0.61 and < 0.69 ? 5 : 0.1 * f1) + f2;
+    });
+
+    [TestMethod]
+    [DataRow("Sensitivity:0.5")]
+    [DataRow("Magnitude:0.5")]
+    public void An_allocation_that_measures_worse_than_uniform_falls_back_to_uniform_and_says_so(string method)
+    {
+        ModelProto original = TinyModels.Mlp(inF: 32, hidden: 16, classes: 8);
+        ModelProto model = original.Clone();
+        PruningSummary s = Pruner.Apply(model, All(method), "m", harm: BumpBetweenGridPoints());
+        SensitivityAnalysis a = s.Sensitivity!;
+        Assert.IsTrue(a.FellBackToUniform);
+        Assert.AreEqual(5.0, a.MeasuredHarm!.Value, 1e-9, "the allocation (w1 62.5%, w2 dense) measured together");
+        Assert.AreEqual(0.55, a.UniformMeasuredHarm!.Value, 1e-9, "both layers at 50%");
+        Assert.AreEqual("uniform", s.Allocation);
+        Assert.AreEqual(256, Zeros(Weight(model, "w1")), "uniform applied to the model");
+        Assert.AreEqual(64, Zeros(Weight(model, "w2")));
+        CollectionAssert.AreEqual(new long[] { 256, 64 }, a.Layers.Select(l => l.ChosenZeros).ToArray(), "the report shows what was applied");
+        Assert.AreEqual(320, a.ChosenZeros);
+        StringAssert.Contains(string.Join("\n", s.SparsityNotes), "uniform sparsity used");
+        ModelChecker.Validate(model, "m");
+    }
+
+    [TestMethod]
+    public void With_the_output_layer_kept_by_default_uniform_is_also_what_the_uniform_option_would_prune()
+    {
+        // KeepOutputLayers on (Magnitude's default): the uniform option keeps w2 (the output layer) dense and makes up
+        // for it on w1 (0.5 x 640 / 512 = 62.5%, inside the bump); every layer at 50% is the better uniform candidate.
+        ModelProto original = TinyModels.Mlp(inF: 32, hidden: 16, classes: 8);
+        ModelProto model = original.Clone();
+        PruningSummary s = Pruner.Apply(model, PruningOptions.Parse("Magnitude:0.5", "m"), "m", harm: BumpBetweenGridPoints());
+        SensitivityAnalysis a = s.Sensitivity!;
+        Assert.IsTrue(a.FellBackToUniform);
+        StringAssert.Contains(a.UniformCandidate, "every layer at 50");
+        Assert.AreEqual(256, Zeros(Weight(model, "w1")));
+        Assert.AreEqual(64, Zeros(Weight(model, "w2")));
+
+        // Without the bump the allocation (w1 62.5%, w2 dense: 0.0625) equals the uniform option's split and is not measured
+        // against itself; every layer at 50% (0.55) measures worse, so the allocation stays.
+        ModelProto model2 = original.Clone();
+        PruningSummary s2 = Pruner.Apply(model2, PruningOptions.Parse("Magnitude:0.5", "m"), "m", harm: new HarmMeasure("smooth", 8, m =>
+            0.1 * Zeros(Weight(m, "w1")) / 512.0 + Zeros(Weight(m, "w2")) / 128.0));
+        Assert.IsFalse(s2.Sensitivity!.FellBackToUniform);
+        Assert.AreEqual("sensitivity", s2.Allocation);
+        Assert.AreEqual(320, Zeros(Weight(model2, "w1")));
+        Assert.AreEqual(0, Zeros(Weight(model2, "w2")));
+        Assert.AreEqual(0.0625, s2.Sensitivity.MeasuredHarm!.Value, 1e-9);
+        Assert.AreEqual(0.55, s2.Sensitivity.UniformMeasuredHarm!.Value, 1e-9);
+    }
+
+    [TestMethod]
+    public void A_gain_within_the_required_margin_is_not_enough_to_keep_the_allocation()
+    {
+        // The allocation (w1 at 320 zeros, w2 dense; never a one-layer probe point) measures 1% less than both layers at
+        // 50% together: within RequiredGain (2%), so uniform is applied. At 3% less, the allocation stays.
+        foreach ((double allocationHarm, bool fallBack) in new[] { (0.99, true), (0.97, false) })
+        {
+            ModelProto original = TinyModels.Mlp(inF: 32, hidden: 16, classes: 8);
+            ModelProto model = original.Clone();
+            PruningSummary s = Pruner.Apply(model, All("Sensitivity:0.5"), "m", harm: new HarmMeasure("near tie", 8, m =>
+            {
+                int z1 = Zeros(Weight(m, "w1")), z2 = Zeros(Weight(m, "w2"));
+                return (z1, z2) == (256, 64) ? 1.0 : (z1, z2) == (320, 0) ? allocationHarm : 0.01 * z1 / 512.0 + z2 / 128.0;
+            }));
+            Assert.AreEqual(fallBack, s.Sensitivity!.FellBackToUniform, $"allocation {allocationHarm} vs uniform 1.0");
+            Assert.AreEqual(fallBack ? 256 : 320, Zeros(Weight(model, "w1")));
+            Assert.AreEqual(fallBack ? 64 : 0, Zeros(Weight(model, "w2")));
+        }
     }
 
     [TestMethod]
