@@ -79,7 +79,7 @@ internal static class SparseGpt
                 }
                 // Layers reading the same input (attention Q/K/V) share H.
                 double[] h = l.Node.OpType == "Conv" ? ConvHessian(l, a, name, displayName) : shared ??= MatMulHessian(l, a, name, displayName);
-                if (Prepare(l, h, options.Dampening) is { } prepared && Prune(l, prepared, options, sparsity, l.Data))
+                if (Prepare(l, h, options.Dampening) is { } prepared && Prune(l, prepared, options, sparsity, l.Data, OutputScale(g, l, displayName)))
                 {
                     reconstructed.Add(l.Label);
                 }
@@ -147,7 +147,7 @@ internal static class SparseGpt
                     prepared = Prepare(l, h, options.Dampening);
                 }
             }
-            if (prepared == null || !Prune(l, prepared, options, (double)zeros / l.Data.Length, trial))
+            if (prepared == null || !Prune(l, prepared, options, (double)zeros / l.Data.Length, trial, OutputScale(g, l, displayName)))
             {
                 trial = (float[])l.Data.Clone();
                 SparsityMasks.ZeroSmallest([trial], zeros);
@@ -210,6 +210,30 @@ internal static class SparseGpt
         return accumulator.Hessian();
     }
 
+    /// <summary>
+    /// |scale / sqrt(var + epsilon)| per output of the BatchNormalization (constant scale and variance) that is the only
+    /// reader of a Conv / MatMul / Gemm output, i.e. how much each output channel's error is scaled before the rest of
+    /// the model sees it (what folding the BatchNormalization into the layer would give the weights); null when the
+    /// output is read by anything else or is a graph output.
+    /// </summary>
+    internal static double[]? OutputScale(PassGraph g, PrunableLayer l, string displayName)
+    {
+        string t = l.Node.Output[0];
+        if (g.Outer.Contains(t) || g.Consumers(t) is not [NodeProto u] || u.OpType != "BatchNormalization" || u.Input.Count != 5 || u.Input[0] != t
+            || !g.IsConstantInitializer(u.Input[1]) || !g.IsConstantInitializer(u.Input[4]))
+        {
+            return null;
+        }
+        float[] scale = g.FloatsOf(g.Initializers[u.Input[1]], displayName), variance = g.FloatsOf(g.Initializers[u.Input[4]], displayName);
+        if (scale.Length != l.Outputs || variance.Length != l.Outputs)
+        {
+            return null;
+        }
+        double eps = PassGraph.FloatAttr(u, "epsilon", 1e-5f);
+        double[] s = [.. scale.Select((x, i) => Math.Abs(x) / Math.Sqrt(Math.Max(0, variance[i]) + eps))];
+        return s.All(double.IsFinite) ? s : null;
+    }
+
     private static int GroupCount(PrunableLayer l) => (int)Math.Max(1, PassGraph.IntAttr(l.Node, "group", 1));
 
     /// <summary>A layer's H^-1 factor in visiting order, computed once and reused for every sparsity the layer is pruned at.</summary>
@@ -251,7 +275,10 @@ internal static class SparseGpt
     /// layer has no more zeros than that already; or N:M) from <see cref="PrunableLayer.Data"/> into
     /// <paramref name="into"/> (which may be the layer's own data). False when the result is not finite (nothing written).
     /// </summary>
-    internal static bool Prune(PrunableLayer l, Prepared prepared, PruningOptions options, double sparsity, float[] into)
+    /// <param name="rowScale">Per output: the factor its output is multiplied by before anything else reads it (the
+    /// BatchNormalization that alone consumes a Conv's output, <see cref="OutputScale"/>); the unstructured masks rank all
+    /// outputs of a block together, so the error that counts is the one after that factor. Null: 1 for every output.</param>
+    internal static bool Prune(PrunableLayer l, Prepared prepared, PruningOptions options, double sparsity, float[] into, double[]? rowScale = null)
     {
         int n = l.Outputs, k = l.Reduction;
         int channels = k / l.KernelSize;
@@ -300,7 +327,7 @@ internal static class SparseGpt
             {
                 // Counts rounded cumulatively, so the blocks together remove exactly round(sparsity x n x k).
                 int count = (int)(Math.Round(sparsity * n * (double)i2) - Math.Round(sparsity * n * (double)i1));
-                ChooseBlockMask(w, wasZero, remove, u, n, k, i1, i2, count);
+                ChooseBlockMask(w, wasZero, remove, u, n, k, i1, i2, count, rowScale);
             }
             for (int j = i1; j < i2; j++)
             {
@@ -355,9 +382,10 @@ internal static class SparseGpt
 
     /// <summary>
     /// Unstructured: marks for removal the <paramref name="count"/> weights of block [i1, i2) (all outputs together)
-    /// with the smallest w^2 / U_jj^2, counting weights that are already zero first.
+    /// with the smallest (s_r w)^2 / U_jj^2 (s_r: <paramref name="rowScale"/> of output r, else 1), counting weights that
+    /// are already zero first.
     /// </summary>
-    private static void ChooseBlockMask(float[] w, bool[] wasZero, bool[] remove, double[] u, int n, int k, int i1, int i2, int count)
+    private static void ChooseBlockMask(float[] w, bool[] wasZero, bool[] remove, double[] u, int n, int k, int i1, int i2, int count, double[]? rowScale)
     {
         int width = i2 - i1;
         var scores = new double[n * width];
@@ -369,7 +397,8 @@ internal static class SparseGpt
                 long at = (long)r * k + j;
                 double d = u[(long)j * k + j];
                 int i = r * width + (j - i1);
-                scores[i] = wasZero[at] ? -1 : (double)w[at] * w[at] / (d * d);
+                double sw = rowScale == null ? w[at] : rowScale[r] * w[at];
+                scores[i] = wasZero[at] ? -1 : sw * sw / (d * d);
                 index[i] = i;
             }
         }

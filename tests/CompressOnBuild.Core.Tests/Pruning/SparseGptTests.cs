@@ -132,6 +132,46 @@ public sealed class SparseGptTests
         Assert.IsLessThan(em / 2, eg, $"SparseGPT {eg:F4} vs magnitude {em:F4}");
     }
 
+    /// <summary>x[N,8,6,6] -> Conv(8->16, 3x3) -> BatchNormalization (scale 8 on even outputs, 1/8 on odd) -> y.</summary>
+    private static ModelProto ConvBatchNormModel()
+    {
+        ModelProto m = ConvModel();
+        GraphProto g = m.Graph;
+        g.Node[0].Output[0] = "c";
+        g.Initializer.Add(TensorUtil.FromFloats("bn_scale", [.. Enumerable.Range(0, 16).Select(o => o % 2 == 0 ? 8f : 0.125f)], 16));
+        g.Initializer.Add(TensorUtil.FromFloats("bn_bias", new float[16], 16));
+        g.Initializer.Add(TensorUtil.FromFloats("bn_mean", new float[16], 16));
+        g.Initializer.Add(TensorUtil.FromFloats("bn_var", [.. Enumerable.Repeat(1f, 16)], 16));
+        g.Node.Add(TinyModels.Node("BatchNormalization", ["c", "bn_scale", "bn_bias", "bn_mean", "bn_var"], ["y"], "bn"));
+        return m;
+    }
+
+    [TestMethod]
+    public void Unstructured_masks_rank_outputs_by_the_error_after_the_batch_normalization_that_reads_them()
+    {
+        // Masks are chosen over all outputs of a block together, so an output that the BatchNormalization multiplies by 8
+        // must lose fewer weights than one it multiplies by 1/8: the error the model sees is the one after it.
+        Func<int, long[]> shape = b => [b, 8, 6, 6];
+        float[] calibration = Samples(256, 8, shape, 1), test = Samples(200, 8, shape, 2);
+        ActivationSource source = (m, names) => TestActivations.Run(m, names, calibration, 256, 64, shape);
+        ModelProto original = ConvBatchNormModel();
+        ModelProto aware = original.Clone();
+        Pruner.Apply(aware, All("SparseGPT:0.5:uniform"), "m", source);
+        // The same Conv pruned without the BatchNormalization after it (what the masks were before), then put back in front of it.
+        ModelProto bare = ConvModel();
+        Pruner.Apply(bare, All("SparseGPT:0.5:uniform"), "m", source);
+        ModelProto unaware = original.Clone();
+        int at = unaware.Graph.Initializer.IndexOf(unaware.Graph.Initializer.Single(t => t.Name == "w"));
+        unaware.Graph.Initializer[at] = TensorUtil.FromFloats("w", Weight(bare, "w"), 16, 8, 3, 3);
+        float[] w = Weight(aware, "w");
+        Assert.AreEqual(Zeros(Weight(bare, "w")), Zeros(w), "same sparsity");
+        int zerosEven = Enumerable.Range(0, w.Length).Count(i => w[i] == 0f && i / 72 % 2 == 0), zerosOdd = Enumerable.Range(0, w.Length).Count(i => w[i] == 0f && i / 72 % 2 == 1);
+        double ea = RelativeError(original, aware, test, 200, shape), eu = RelativeError(original, unaware, test, 200, shape);
+        TestContext.WriteLine($"zeros on the x8 outputs {zerosEven}, on the x1/8 outputs {zerosOdd}; relative L2 error after the BatchNormalization {ea:F4} (scaled ranking) vs {eu:F4} (unscaled)");
+        Assert.IsLessThan(zerosOdd, zerosEven);
+        Assert.IsLessThan(0.8 * eu, ea, $"scaled {ea:F4} vs unscaled {eu:F4}");
+    }
+
     [TestMethod]
     public void Two_of_four_keeps_at_most_two_nonzeros_in_every_group_of_input_channels()
     {
