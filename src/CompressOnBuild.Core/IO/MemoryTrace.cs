@@ -13,12 +13,78 @@ public static class MemoryTrace
     /// <summary>True when COMPRESSONBUILD_MEMORY_TRACE is "1".</summary>
     public static bool Enabled { get; } = Environment.GetEnvironmentVariable("COMPRESSONBUILD_MEMORY_TRACE") == "1";
 
-    /// <summary>Writes the line for <paramref name="phase"/> of <paramref name="item"/> when tracing is on.</summary>
+    /// <summary>
+    /// Writes the line for <paramref name="phase"/> of <paramref name="item"/> when tracing is on, with "phase max": the
+    /// largest resident size sampled (every <see cref="SampleMilliseconds"/> ms, by a background thread that only runs
+    /// while tracing) since the previous line, so the peak of a phase shows even when an earlier phase set the process's.
+    /// </summary>
     public static void Mark(string item, string phase)
     {
         if (Enabled)
         {
-            Console.Error.WriteLine(string.Create(CultureInfo.InvariantCulture, $"CompressOnBuild memory: {item}: {phase}: at {SinceStart().TotalSeconds:0.00} s, {Status()}"));
+            long phaseMax = Sampler.TakePhaseMax();
+            Console.Error.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"CompressOnBuild memory: {item}: {phase}: at {SinceStart().TotalSeconds:0.00} s, {Status()}, phase max {phaseMax >> 20} MiB"));
+        }
+    }
+
+    /// <summary>How often the tracing sampler reads the resident size.</summary>
+    public const int SampleMilliseconds = 2;
+
+    /// <summary>The resident-size sampler behind "phase max" (started by the first <see cref="Mark"/>).</summary>
+    private static class Sampler
+    {
+        private static long _max;
+
+        static Sampler()
+        {
+            var t = new Thread(() =>
+            {
+                while (true)
+                {
+                    Observe(ResidentBytes());
+                    Thread.Sleep(SampleMilliseconds);
+                }
+            })
+            { IsBackground = true, Name = "memory trace sampler" };
+            t.Start();
+        }
+
+        private static void Observe(long rss)
+        {
+            long seen = Interlocked.Read(ref _max);
+            while (rss > seen)
+            {
+                long was = Interlocked.CompareExchange(ref _max, rss, seen);
+                if (was == seen)
+                {
+                    return;
+                }
+                seen = was;
+            }
+        }
+
+        /// <summary>The largest resident size seen since the previous call (this moment's included); restarts from now.</summary>
+        public static long TakePhaseMax()
+        {
+            long now = ResidentBytes();
+            Observe(now);
+            return Interlocked.Exchange(ref _max, now);
+        }
+
+        /// <summary>Resident bytes from /proc/self/statm (cheaper to read than status); 0 where it cannot be read.</summary>
+        private static long ResidentBytes()
+        {
+            try
+            {
+                string statm = File.ReadAllText("/proc/self/statm");
+                string[] fields = statm.Split(' ', 3);
+                return fields.Length > 1 && long.TryParse(fields[1], NumberStyles.None, CultureInfo.InvariantCulture, out long pages) ? pages * Environment.SystemPageSize : 0;
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                return 0;
+            }
         }
     }
 
