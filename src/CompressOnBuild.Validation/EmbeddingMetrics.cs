@@ -155,8 +155,10 @@ public sealed class EmbeddingMetrics
         float[][] ua = [.. subset.Select(i => Normalized(a[i]))];
         float[][] ub = [.. subset.Select(i => Normalized(b[i]))];
         long pairs = (long)m * (m - 1) / 2;
-        double[] simA = new double[pairs];
-        double[] simB = new double[pairs];
+        // Each similarity is a float (the dot product of float vectors), so float arrays hold them exactly: half the
+        // memory of doubles (2,000 samples: 2 x 8 MB instead of 2 x 16 MB), the same values and ranks.
+        float[] simA = new float[pairs];
+        float[] simB = new float[pairs];
         int[] nearestA = new int[m], nearestB = new int[m];
         double[] bestA = new double[m], secondA = new double[m], bestB = new double[m];
         Array.Fill(bestA, double.NegativeInfinity);
@@ -167,8 +169,8 @@ public sealed class EmbeddingMetrics
         {
             for (int j = i + 1; j < m; j++, k++)
             {
-                double sa = TensorPrimitives.Dot(ua[i], ua[j]);
-                double sb = TensorPrimitives.Dot(ub[i], ub[j]);
+                float sa = TensorPrimitives.Dot(ua[i], ua[j]);
+                float sb = TensorPrimitives.Dot(ub[i], ub[j]);
                 simA[k] = sa;
                 simB[k] = sb;
                 Offer(i, j, sa, bestA, secondA, nearestA);
@@ -197,7 +199,7 @@ public sealed class EmbeddingMetrics
             ClearNeighborSamples = clear,
             NeighborAgreement = clear == 0 ? null : (double)clearSame / clear,
             NeighborAgreementAll = (double)same / m,
-            SimilarityCorrelation = Spearman(simA, simB),
+            SimilarityCorrelation = SpearmanDestructive(simA, simB),
         };
     }
 
@@ -242,12 +244,42 @@ public sealed class EmbeddingMetrics
     /// <summary>Spearman's rank correlation (average ranks for ties); 1 when both are constant, 0 when only one is.</summary>
     internal static double Spearman(double[] x, double[] y)
     {
-        double[] rx = Ranks(x), ry = Ranks(y);
-        double mean = (x.Length + 1) / 2.0;
-        double sxy = 0, sxx = 0, syy = 0;
-        for (int i = 0; i < rx.Length; i++)
+        int[] order = new int[x.Length];
+        int[] rx = new int[x.Length], ry = new int[y.Length];
+        Ranks((double[])x.Clone(), order, rx);
+        Ranks((double[])y.Clone(), order, ry);
+        return Spearman(rx, ry);
+    }
+
+    /// <summary>
+    /// As <see cref="Spearman(double[], double[])"/> on float values, in the memory of the two arrays plus two int arrays
+    /// of their length: <paramref name="x"/> and <paramref name="y"/> are sorted in place (their order is lost), and
+    /// <paramref name="y"/>'s ranks are written over <paramref name="x"/>'s storage once <paramref name="x"/>'s ranks
+    /// are known. The pairwise similarities of 2,000 samples (two million pairs) take 32 MB in all (88 MB with double
+    /// arrays and ranks).
+    /// </summary>
+    internal static double SpearmanDestructive(float[] x, float[] y)
+    {
+        if (x.Length != y.Length)
         {
-            double dx = rx[i] - mean, dy = ry[i] - mean;
+            throw new ArgumentException("Both lists need the same length.", nameof(y));
+        }
+        int[] order = new int[x.Length];
+        int[] rx = new int[x.Length];
+        Ranks(x, order, rx);
+        Span<int> ry = System.Runtime.InteropServices.MemoryMarshal.Cast<float, int>(x.AsSpan());
+        Ranks(y, order, ry);
+        return Spearman(rx, ry);
+    }
+
+    /// <summary>The correlation of two rank lists, each rank stored doubled (an integer: ties share half ranks).</summary>
+    private static double Spearman(ReadOnlySpan<int> rx2, ReadOnlySpan<int> ry2)
+    {
+        double mean = (rx2.Length + 1) / 2.0;
+        double sxy = 0, sxx = 0, syy = 0;
+        for (int i = 0; i < rx2.Length; i++)
+        {
+            double dx = rx2[i] / 2.0 - mean, dy = ry2[i] / 2.0 - mean;
             sxy += dx * dy;
             sxx += dx * dx;
             syy += dy * dy;
@@ -259,30 +291,32 @@ public sealed class EmbeddingMetrics
         return sxy / Math.Sqrt(sxx * syy);
     }
 
-    private static double[] Ranks(double[] values)
+    /// <summary>
+    /// Twice each value's rank into <paramref name="ranks2"/> (1-based; tied values share the average rank, so twice it
+    /// is an integer and <c>rank2 / 2.0</c> is the exact rank). Sorts <paramref name="values"/> in place;
+    /// <paramref name="order"/> is scratch space of the same length.
+    /// </summary>
+    private static void Ranks<T>(T[] values, int[] order, Span<int> ranks2) where T : IComparable<T>
     {
-        int[] order = new int[values.Length];
         for (int i = 0; i < order.Length; i++)
         {
             order[i] = i;
         }
-        double[] keys = (double[])values.Clone();
-        Array.Sort(keys, order);
-        double[] ranks = new double[values.Length];
-        for (int i = 0; i < keys.Length;)
+        Array.Sort(values, order);
+        for (int i = 0; i < values.Length;)
         {
             int j = i;
-            while (j + 1 < keys.Length && keys[j + 1] == keys[i])
+            while (j + 1 < values.Length && values[j + 1].CompareTo(values[i]) == 0)
             {
                 j++;
             }
-            double rank = (i + j) / 2.0 + 1;
+            // (i + j) / 2.0 + 1, doubled.
+            int rank2 = checked(i + j + 2);
             for (int t = i; t <= j; t++)
             {
-                ranks[order[t]] = rank;
+                ranks2[order[t]] = rank2;
             }
             i = j + 1;
         }
-        return ranks;
     }
 }

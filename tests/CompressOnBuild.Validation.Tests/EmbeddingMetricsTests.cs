@@ -20,6 +20,65 @@ public sealed class EmbeddingMetricsTests
         Assert.AreEqual(expected, EmbeddingMetrics.Spearman([1, 2, 3, 4], [7, 7, 8, 9]), 1e-12);
     }
 
+    /// <summary>
+    /// The pairwise similarities are ranked from float arrays, sorted in place, with ranks kept as integers (doubled):
+    /// the correlation must be the one of double arrays and double ranks to the last bit, ties included.
+    /// </summary>
+    [TestMethod]
+    public void Spearman_OnFloatsInPlace_IsBitForBitTheDoubleOne()
+    {
+        var rng = new Random(7);
+        foreach (int n in new[] { 3, 10, 1000, 20000 })
+        {
+            // Few distinct values in part of the data, so many ties and groups of ties of every length.
+            float[] x = [.. Enumerable.Range(0, n).Select(i => i % 3 == 0 ? MathF.Round((float)rng.NextDouble() * 20) / 20 : (float)rng.NextDouble())];
+            float[] y = [.. x.Select(v => v + (float)(rng.NextDouble() - 0.5) * 0.1f).Select((v, i) => i % 5 == 0 ? MathF.Round(v * 10) / 10 : v)];
+            double expected = DoubleSpearman([.. x.Select(v => (double)v)], [.. y.Select(v => (double)v)]);
+            double actual = EmbeddingMetrics.SpearmanDestructive((float[])x.Clone(), (float[])y.Clone());
+            Assert.AreEqual(BitConverter.DoubleToInt64Bits(expected), BitConverter.DoubleToInt64Bits(actual), $"n={n}: {expected:R} vs {actual:R}");
+            Assert.AreEqual(BitConverter.DoubleToInt64Bits(expected), BitConverter.DoubleToInt64Bits(EmbeddingMetrics.Spearman([.. x.Select(v => (double)v)], [.. y.Select(v => (double)v)])));
+        }
+        Assert.AreEqual(1.0, EmbeddingMetrics.SpearmanDestructive([2f, 2f, 2f], [5f, 5f, 5f]), "both constant");
+        Assert.AreEqual(0.0, EmbeddingMetrics.SpearmanDestructive([1f, 2f, 3f], [5f, 5f, 5f]), "one constant");
+    }
+
+    /// <summary>The rank correlation as it was computed before (double values, double ranks averaged over ties).</summary>
+    private static double DoubleSpearman(double[] x, double[] y)
+    {
+        static double[] Ranks(double[] values)
+        {
+            int[] order = [.. Enumerable.Range(0, values.Length)];
+            double[] keys = (double[])values.Clone();
+            Array.Sort(keys, order);
+            double[] ranks = new double[values.Length];
+            for (int i = 0; i < keys.Length;)
+            {
+                int j = i;
+                while (j + 1 < keys.Length && keys[j + 1] == keys[i])
+                {
+                    j++;
+                }
+                for (int t = i; t <= j; t++)
+                {
+                    ranks[order[t]] = (i + j) / 2.0 + 1;
+                }
+                i = j + 1;
+            }
+            return ranks;
+        }
+        double[] rx = Ranks(x), ry = Ranks(y);
+        double mean = (x.Length + 1) / 2.0;
+        double sxy = 0, sxx = 0, syy = 0;
+        for (int i = 0; i < rx.Length; i++)
+        {
+            double dx = rx[i] - mean, dy = ry[i] - mean;
+            sxy += dx * dy;
+            sxx += dx * dx;
+            syy += dy * dy;
+        }
+        return sxx == 0 || syy == 0 ? (sxx == syy ? 1 : 0) : sxy / Math.Sqrt(sxx * syy);
+    }
+
     private static double Pearson(double[] x, double[] y)
     {
         double mx = x.Average(), my = y.Average();
