@@ -227,8 +227,35 @@ public sealed class ModelRunner : IDisposable
         }
     }
 
+    /// <summary>
+    /// Runs <paramref name="inputs"/> once (outputs dropped) with ONNX Runtime's arena shrinkage on for that run
+    /// (run option memory.enable_memory_arena_shrinkage): afterwards the session's CPU arena hands back every chunk no
+    /// run holds, i.e. what earlier concurrent runs grew it to. Outputs of later runs are unchanged (only where their
+    /// scratch memory comes from).
+    /// </summary>
+    public void ShrinkArena(IReadOnlyList<TensorData> inputs)
+    {
+        ArgumentNullException.ThrowIfNull(inputs);
+        try
+        {
+            ShrinkArenaCore(inputs);
+        }
+        catch (Exception e) when (IsLoadFailure(e))
+        {
+            throw CompressException.ForFile(ModelPath, e, DiagnosticCodes.OrtNotLoadable, ModelPath, LoadFailureText(e));
+        }
+    }
+
     [MethodImpl(MethodImplOptions.NoInlining)]
-    private TensorData[] RunCore(IReadOnlyList<TensorData> inputs, IReadOnlyList<string>? outputNames, IReadOnlyList<TensorData>? overrides = null)
+    private void ShrinkArenaCore(IReadOnlyList<TensorData> inputs)
+    {
+        using var shrink = new RunOptions();
+        shrink.AddRunConfigEntry("memory.enable_memory_arena_shrinkage", "cpu:0");
+        RunCore(inputs, outputNames: null, overrides: null, shrink);
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private TensorData[] RunCore(IReadOnlyList<TensorData> inputs, IReadOnlyList<string>? outputNames, IReadOnlyList<TensorData>? overrides = null, RunOptions? options = null)
     {
         ArgumentNullException.ThrowIfNull(inputs);
         if (inputs.Count != Inputs.Count)
@@ -252,7 +279,7 @@ public sealed class ModelRunner : IDisposable
                 }
                 feedNames = [.. inputNames, .. overrides.Select(o => o.Name ?? throw new ArgumentException("every override needs its initializer's name", nameof(overrides)))];
             }
-            using IDisposableReadOnlyCollection<OrtValue> results = session.Run(runOptions, feedNames, values, names);
+            using IDisposableReadOnlyCollection<OrtValue> results = session.Run(options ?? runOptions, feedNames, values, names);
             TensorData[] outputs = new TensorData[names.Count];
             int k = 0;
             foreach (OrtValue value in results)
@@ -583,9 +610,16 @@ public sealed class ModelRunner : IDisposable
     private static IReadOnlyList<TensorData> Reorder(IReadOnlyList<TensorData> tensors, int[]? order) =>
         order == null ? tensors : [.. order.Select(k => tensors[k])];
 
-    /// <inheritdoc/>
+    private bool disposed;
+
+    /// <summary>Closes the session (a second call does nothing).</summary>
     public void Dispose()
     {
+        if (disposed)
+        {
+            return;
+        }
+        disposed = true;
         runOptions.Dispose();
         session.Dispose();
     }

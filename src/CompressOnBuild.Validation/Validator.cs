@@ -31,6 +31,13 @@ public sealed class ValidatorOptions
 
     /// <summary>Measure the embedding metrics even when the output is judged as classification (an embedding budget asks for them).</summary>
     public bool EmbeddingMetrics { get; init; }
+
+    /// <summary>
+    /// Called once neither model is run any more (after the latency runs, before the embedding metrics, which need only
+    /// the pooled vectors), so the caller can close both sessions and free their memory for the metrics; the runners
+    /// are not used after it. Null: nothing is called.
+    /// </summary>
+    public Action? SessionsDone { get; init; }
 }
 
 /// <summary>Compares a compressed model with its original on a data set (see <see cref="ValidationResult"/>).</summary>
@@ -68,6 +75,11 @@ public static class Validator
         options.Progress?.Phase("validating (original and compressed model)", 2 * data.Count);
         Streamed run = RunBoth(original, compressed, data, names, p, primary, options);
         run.ThrowFirstFailure();
+        Core.IO.MemoryTrace.Mark(original.ModelPath, "validation: samples run and compared");
+        // The metrics below need neither session; what the concurrent runs grew ONNX Runtime's arenas to, and the
+        // dropped outputs, go back first (the latency runs after them take one run's worth again).
+        ShrinkArenas(original, compressed, data);
+        Core.IO.MemoryTrace.Mark(original.ModelPath, "validation: arenas shrunk");
 
         int n = data.Count;
         double[] cosSum = new double[names.Length];
@@ -108,12 +120,17 @@ public static class Validator
         })];
         (OutputKind kind, string kindReason) = EmbeddingMetrics.Choose(options.Metric, primary, run.FirstShape, data.Labels != null,
             run.Probabilities.All(x => x));
+        options.Progress?.Phase("measuring latency");
+        (double latA, double latB, int latRuns, double slower) = options.LatencyRuns > 0 ? Latency(original, compressed, data, options) : (0, 0, 0, 0);
+        Core.IO.MemoryTrace.Mark(original.ModelPath, "validation: latency measured");
+        // Nothing below runs a model: the caller may close the sessions before the pairwise metrics allocate (2,000
+        // samples: 32 MB of similarities and ranks).
+        options.SessionsDone?.Invoke();
         options.Progress?.Phase("comparing outputs");
         EmbeddingMetrics? embedding = kind == OutputKind.Embedding || options.EmbeddingMetrics
             ? EmbeddingMetrics.Compare(run.PooledA!, run.PooledB!, run.Pooling) : null;
         run.DropPooled();
-        options.Progress?.Phase("measuring latency");
-        (double latA, double latB, int latRuns, double slower) = options.LatencyRuns > 0 ? Latency(original, compressed, data, options) : (0, 0, 0, 0);
+        Core.IO.MemoryTrace.Mark(original.ModelPath, "validation: embedding metrics computed");
         double? accA = data.Labels == null ? null : 100.0 * correctA / n;
         double? accB = data.Labels == null ? null : 100.0 * correctB / n;
         return new ValidationResult
@@ -232,8 +249,8 @@ public static class Validator
         }
     }
 
-    /// <summary>Output bytes dropped between two full collections during <see cref="RunBoth"/>.</summary>
-    private const long CollectEveryBytes = 64L << 20;
+    /// <summary>Bytes allocated between two full collections during <see cref="RunBoth"/>.</summary>
+    private const long CollectEveryBytes = 8L << 20;
 
     private enum Failure
     {
@@ -282,7 +299,7 @@ public static class Validator
             {
                 options.Progress?.Advance();
             }
-            CollectDroppedOutputs(a);
+            CollectDroppedOutputs();
             bool runB = s < r.FirstFailed(Failure.RunCompressed);
             b = [];
             long t2 = Stopwatch.GetTimestamp();
@@ -299,7 +316,7 @@ public static class Validator
                 }
             }
             long t3 = Stopwatch.GetTimestamp();
-            CollectDroppedOutputs(b);
+            CollectDroppedOutputs();
             if (timed)
             {
                 Interlocked.Add(ref sumTicksA, t1 - t0);
@@ -398,19 +415,17 @@ public static class Validator
             return true;
         }
 
-        // Outputs over 85 KB land on the large-object heap, which only a full collection frees: without one every
-        // so often, the dropped outputs of thousands of samples pile up as if they were kept.
-        long outputBytes = 0;
-        void CollectDroppedOutputs(TensorData[] outputs)
+        // Every sample allocates its outputs (and input conversions) and drops them at once. Without a collection
+        // every so often that garbage piles up as if it were kept: outputs over 85 KB land on the large-object heap,
+        // which only a full collection frees, and the young generation's budget follows the CPU's cache (on a 105 MB
+        // L3 about 80 MiB of dropped outputs stood in the heap). A full collection of this small heap takes a few ms.
+        long collectedAt = GC.GetTotalAllocatedBytes(precise: false);
+        void CollectDroppedOutputs()
         {
-            long bytes = 0;
-            foreach (TensorData t in outputs)
+            long last = Interlocked.Read(ref collectedAt);
+            long now = GC.GetTotalAllocatedBytes(precise: false);
+            if (now - last >= CollectEveryBytes && Interlocked.CompareExchange(ref collectedAt, now, last) == last)
             {
-                bytes += t.Data.Length * 4L;
-            }
-            if (Interlocked.Add(ref outputBytes, bytes) >= CollectEveryBytes)
-            {
-                Interlocked.Exchange(ref outputBytes, 0);
                 GC.Collect(GC.MaxGeneration, GCCollectionMode.Forced, blocking: true, compacting: false);
             }
         }
@@ -610,6 +625,21 @@ public static class Validator
             max = Math.Max(max ?? 0f, e);
         }
         return max;
+    }
+
+    /// <summary>Shrinks both sessions' arenas (<see cref="ModelRunner.ShrinkArena"/>, on sample 0) and collects the dropped outputs.</summary>
+    private static void ShrinkArenas(ModelRunner original, ModelRunner compressed, Dataset data)
+    {
+        try
+        {
+            original.ShrinkArena(original.SampleFor(data, 0));
+            compressed.ShrinkArena(compressed.SampleFor(data, 0));
+        }
+        catch (CompressException)
+        {
+            // Sample 0 ran on both already; a failure here only leaves the arenas as they were.
+        }
+        Core.IO.ProcessMemory.Release();
     }
 
     private static (double A, double B, int Runs, double SlowerFraction) Latency(ModelRunner a, ModelRunner b, Dataset data, ValidatorOptions options)

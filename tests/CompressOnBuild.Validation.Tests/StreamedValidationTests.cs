@@ -118,6 +118,89 @@ public sealed class StreamedValidationTests
         }
     }
 
+    /// <summary>
+    /// Validation shrinks both sessions' arenas after the sample runs (before the metrics and the latency runs): the
+    /// runs after a shrink give the same outputs to the bit, and a validation with latency still measures both models.
+    /// </summary>
+    [TestMethod]
+    public void Runs_after_an_arena_shrink_give_the_same_outputs_to_the_bit()
+    {
+        string a = Path.Combine(dir.Path, "a.onnx");
+        TestFiles.Save(PerToken(TinyModels.RandomFloats(12, 1)), a);
+        Dataset data = Tokens(24);
+        using var runner = new ModelRunner(a, new ModelRunnerOptions { Parallelism = 3 });
+        DatasetRun before = runner.RunDataset(data, ["y", "z"], batchSize: 1);
+        runner.ShrinkArena(runner.SampleFor(data, 0));
+        DatasetRun after = runner.RunDataset(data, ["y", "z"], batchSize: 1);
+        for (int s = 0; s < data.Count; s++)
+        {
+            for (int o = 0; o < 2; o++)
+            {
+                CollectionAssert.AreEqual(before.Outputs[s][o].Data, after.Outputs[s][o].Data, $"sample {s}, output {o}");
+            }
+        }
+
+        using var compressed = new ModelRunner(a, new ModelRunnerOptions { Parallelism = 2 });
+        ValidationResult r = Validator.Compare(runner, compressed, data, new ValidatorOptions { LatencyRuns = 5, WarmupRuns = 1 });
+        Assert.AreEqual(1.0, r.Embedding!.MeanCosine, 1e-9, "the same model on both sides");
+        Assert.AreEqual(5, r.LatencyRuns);
+        Assert.IsGreaterThan(0.0, r.OriginalLatencyMs);
+        Assert.IsGreaterThan(0.0, r.CompressedLatencyMs);
+    }
+
+    /// <summary>
+    /// The caller may close both sessions once the latency runs are done (SessionsDone, before the embedding metrics):
+    /// every metric is the same as with the sessions open to the end, and it is called once, after the latency runs.
+    /// </summary>
+    [TestMethod]
+    public void Sessions_closed_before_the_embedding_metrics_give_the_same_metrics()
+    {
+        float[] w = TinyModels.RandomFloats(12, 1);
+        float[] noisy = [.. w.Zip(TinyModels.RandomFloats(12, 2, 0.05f), (a, e) => a + e)];
+        string a = Path.Combine(dir.Path, "a.onnx"), b = Path.Combine(dir.Path, "b.onnx");
+        TestFiles.Save(PerToken(w), a);
+        TestFiles.Save(PerToken(noisy), b);
+        Dataset data = Tokens(30);
+        ValidationResult open;
+        using (var original = new ModelRunner(a))
+        using (var compressed = new ModelRunner(b))
+        {
+            open = Validator.Compare(original, compressed, data, new ValidatorOptions { LatencyRuns = 3, WarmupRuns = 1 });
+        }
+
+        var closedOriginal = new ModelRunner(a);
+        var closedCompressed = new ModelRunner(b);
+        int calls = 0;
+        ValidationResult closed = Validator.Compare(closedOriginal, closedCompressed, data, new ValidatorOptions
+        {
+            LatencyRuns = 3, WarmupRuns = 1,
+            SessionsDone = () =>
+            {
+                calls++;
+                closedCompressed.Dispose();
+                closedOriginal.Dispose();
+            },
+        });
+        closedOriginal.Dispose();
+        closedCompressed.Dispose(); // a second Dispose does nothing
+        Assert.AreEqual(1, calls);
+        Assert.AreEqual(3, closed.LatencyRuns, "the latency runs came before the sessions closed");
+        Assert.IsGreaterThan(0.0, closed.CompressedLatencyMs);
+        Assert.AreEqual(OutputKind.Embedding, closed.Metric);
+        Assert.AreEqual(open.Embedding!.MeanCosine, closed.Embedding!.MeanCosine);
+        Assert.AreEqual(open.Embedding.MinCosine, closed.Embedding.MinCosine);
+        Assert.AreEqual(open.Embedding.NeighborAgreement, closed.Embedding.NeighborAgreement);
+        Assert.AreEqual(open.Embedding.NeighborAgreementAll, closed.Embedding.NeighborAgreementAll);
+        Assert.AreEqual(open.Embedding.SimilarityCorrelation, closed.Embedding.SimilarityCorrelation);
+        Assert.AreEqual(open.Top1Agreement, closed.Top1Agreement);
+        for (int o = 0; o < open.Outputs.Count; o++)
+        {
+            Assert.AreEqual(open.Outputs[o].MeanCosineSimilarity, closed.Outputs[o].MeanCosineSimilarity);
+            Assert.AreEqual(open.Outputs[o].MaxAbsError, closed.Outputs[o].MaxAbsError);
+            Assert.AreEqual(open.Outputs[o].MeanRelativeL2Error, closed.Outputs[o].MeanRelativeL2Error);
+        }
+    }
+
     [TestMethod]
     public void Original_failing_wins_over_a_compressed_failure_at_an_earlier_sample()
     {
