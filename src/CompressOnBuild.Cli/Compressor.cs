@@ -276,7 +276,13 @@ internal static class Compressor
                 {
                     Dataset? data = LoadData(result, ModelIO.LoadLazy(s.Model).Model, originalRunner, out string source);
                     result.ValidationSource = source;
-                    result.Validation = data == null ? null : Validator.Compare(originalRunner, compressed, data, ValidationOptions(s, progress));
+                    // Neither session is needed after the latency runs: closed before the pairwise metrics.
+                    result.Validation = data == null ? null : Validator.Compare(originalRunner, compressed, data, ValidationOptions(s, progress, () =>
+                    {
+                        compressed.Dispose();
+                        originalRunner.Dispose();
+                        ProcessMemory.Release();
+                    }));
                 }
                 result.ValidateSeconds = watch.Elapsed.TotalSeconds;
                 MemoryTrace.Mark(s.Model, "validated");
@@ -342,14 +348,14 @@ internal static class Compressor
     /// How an item is validated. Latency: 31 interleaved runs (at least 100 ms per model so tiny models get enough runs)
     /// when a MaxLatencyRatio budget needs it, else a cheap 15 (at least 20 ms) for the slower-model warning CMPR0416.
     /// </summary>
-    internal static ValidatorOptions ValidationOptions(ItemSettings s, ProgressReporter? progress = null)
+    internal static ValidatorOptions ValidationOptions(ItemSettings s, ProgressReporter? progress = null, Action? sessionsDone = null)
     {
         bool latencyBudget = s.Budgets.Any(b => b.Name == "MaxLatencyRatio");
         return new()
         {
             Progress = progress,
             LatencyRuns = latencyBudget ? 31 : 15, WarmupRuns = latencyBudget ? 3 : 2, MinLatencyMilliseconds = latencyBudget ? 100 : 20,
-            Metric = s.Metric, EmbeddingMetrics = Budgets.NeedsEmbeddingMetrics(s),
+            Metric = s.Metric, EmbeddingMetrics = Budgets.NeedsEmbeddingMetrics(s), SessionsDone = sessionsDone,
         };
     }
 
@@ -928,6 +934,15 @@ internal sealed class AttemptContext(ItemSettings settings, ModelProto? original
         return result;
     }
 
+    /// <summary>Opens the compressed model's session, then hands back what ONNX Runtime freed after loading (the parsed file).</summary>
+    private ModelRunner OpenCompressed(string path)
+    {
+        var runner = new ModelRunner(path, runnerOptions);
+        MemoryTrace.Mark(settings.Model, "compressed opened in ONNX Runtime");
+        ProcessMemory.Release();
+        return runner;
+    }
+
     /// <summary>The item's static int8 settings with <paramref name="excluded"/> kept float.</summary>
     private Int8StaticOptions StaticOptions(IReadOnlyCollection<string> excluded) => new()
     {
@@ -1023,16 +1038,37 @@ internal sealed class AttemptContext(ItemSettings settings, ModelProto? original
         }
 
         watch.Restart();
-        // The compressed model first: its session can need more while it loads than once loaded (ONNX Runtime turns a
-        // float16 model's weights into float32 ones, holding both for a moment), and that moment is cheaper before the
-        // original's session is open than on top of it; the original's session needs about the same loading as loaded.
-        using var compressed = new ModelRunner(path, runnerOptions);
-        MemoryTrace.Mark(settings.Model, "compressed opened in ONNX Runtime");
-        ProcessMemory.Release(); // what ONNX Runtime freed after loading (the parsed file) before the next session loads
-        ModelRunner originalRunner = OriginalRunner;
+        // The session that needs the most memory above its loaded size while it loads opens first, so that moment does
+        // not sit on top of the other session. ONNX Runtime holds the parsed file and the session's copy of the weights
+        // for a moment (MiniLM's original: 128 MiB while loading, 87 MiB loaded), so the larger model goes first: the
+        // original, unless the compressed model is float16, whose session turns the weights into float32 ones while it
+        // loads (holding both). With tuning the original's session is open already.
+        bool compressedFirst = quantize && settings.Quantization == QuantizationScheme.Float16;
+        ModelRunner? opened = compressedFirst ? OpenCompressed(path) : null;
+        ModelRunner originalRunner;
+        try
+        {
+            originalRunner = OriginalRunner;
+        }
+        catch
+        {
+            opened?.Dispose();
+            throw;
+        }
         MemoryTrace.Mark(settings.Model, "original opened in ONNX Runtime");
+        ProcessMemory.Release();
+        using ModelRunner compressed = opened ?? OpenCompressed(path);
         Dataset? inputs = on ?? Data;
-        ValidationResult? validation = inputs == null ? null : Validator.Compare(originalRunner, compressed, inputs, Compressor.ValidationOptions(settings, Progress));
+        // With one attempt neither session is needed after the latency runs: closed before the pairwise metrics.
+        Action? sessionsDone = !SingleAttempt ? null : () =>
+        {
+            compressed.Dispose();
+            CloseOriginalRunner();
+            ProcessMemory.Release();
+            MemoryTrace.Mark(settings.Model, "validation sessions closed");
+        };
+        ValidationResult? validation = inputs == null ? null
+            : Validator.Compare(originalRunner, compressed, inputs, Compressor.ValidationOptions(settings, Progress, sessionsDone));
         List<BudgetOutcome> budgets = Budgets.Evaluate(settings, validation, originalBytes, bytes);
         return new Attempt(path, excluded, summary, pruning, bytes, sha, validation, budgets, compressSeconds, watch.Elapsed.TotalSeconds)
         {
