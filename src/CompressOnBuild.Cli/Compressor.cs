@@ -736,8 +736,8 @@ internal sealed class AttemptContext(ItemSettings settings, ModelProto? original
     /// </summary>
     public (string[] Inputs, string[] Outputs)? SmoothingCandidates { get; set; }
 
-    /// <summary>Smoothing activations collected from the model file before the pass (<see cref="CollectSmoothingFromFile"/>).</summary>
-    private Dictionary<string, Activation>? _smoothingCollected;
+    /// <summary>Smoothing statistics collected from the model file before the pass (<see cref="CollectSmoothingFromFile"/>).</summary>
+    private Dictionary<string, ActivationRows?>? _smoothingCollected;
 
     /// <summary>The samples smoothing measures on and how many: CalibrationData, else evenly spaced validation inputs; null without data.</summary>
     private (Dataset On, int Samples)? SmoothingData()
@@ -755,9 +755,11 @@ internal sealed class AttemptContext(ItemSettings settings, ModelProto? original
     /// <summary>
     /// Int8Dynamic's activation smoothing reads the layer inputs of <see cref="QuantizationOptions.SmoothingSamples"/>
     /// samples (at most CalibrationSamples): of CalibrationData, else evenly spaced validation inputs; null without
-    /// data (no smoothing). Served from the collection made before the pass when it holds every name asked for.
+    /// data (no smoothing). Only their statistics are kept (<see cref="ActivationRows"/>: channel maxima and
+    /// <see cref="QuantizationOptions.SmoothingMeasuredRows"/> rows per input). Served from the collection made before
+    /// the pass when it holds every name asked for.
     /// </summary>
-    private ActivationSource? SmoothingActivations()
+    private ActivationRowSource? SmoothingRows()
     {
         if (SmoothingData() is not (Dataset on, int samples))
         {
@@ -771,7 +773,7 @@ internal sealed class AttemptContext(ItemSettings settings, ModelProto? original
                 _smoothingCollected = null;
                 return names.ToDictionary(n => n, n => pre[n], StringComparer.Ordinal);
             }
-            return BlameTheSource(() => ActivationCollector.Collect(model, names, on, samples, runnerOptions, workDirectory), on);
+            return BlameTheSource(() => ActivationCollector.CollectRows(model, names, on, samples, QuantizationOptions.SmoothingMeasuredRows, runnerOptions, workDirectory), on);
         };
     }
 
@@ -788,7 +790,8 @@ internal sealed class AttemptContext(ItemSettings settings, ModelProto? original
         }
         try
         {
-            _smoothingCollected = ActivationCollector.CollectFromFile(settings.Model, c.Outputs, c.Inputs, on, samples, runnerOptions, workDirectory);
+            _smoothingCollected = ActivationCollector.CollectRowsFromFile(settings.Model, c.Outputs, c.Inputs, on, samples, QuantizationOptions.SmoothingMeasuredRows,
+                runnerOptions, workDirectory);
         }
         catch (CompressException e) when (e.Code == DiagnosticCodes.OrtRunFailed)
         {
@@ -985,7 +988,13 @@ internal sealed class AttemptContext(ItemSettings settings, ModelProto? original
         {
             CollectSmoothingFromFile();
         }
+        bool reloaded = _original == null;
         ModelProto original = Original;
+        if (reloaded)
+        {
+            // Parsing left garbage and the collector's free space (tens of MB): returned before the pass works on top of it.
+            Compressor.ReleaseMemory();
+        }
         ModelProto candidate = original.Clone();
         PruningSummary? pruning = null;
         IReadOnlyList<string> dense = pruningExcluded ?? excluded;
@@ -1003,7 +1012,7 @@ internal sealed class AttemptContext(ItemSettings settings, ModelProto? original
         PassResult? summary = !quantize ? null : settings.Quantization switch
         {
             QuantizationScheme.Int8Dynamic => PassResult.From(Int8DynamicQuantizer.Apply(candidate,
-                new QuantizationOptions { ExcludedNodes = notQuantized, Activations = SmoothingActivations() }, settings.Model)),
+                new QuantizationOptions { ExcludedNodes = notQuantized, SmoothingRows = SmoothingRows() }, settings.Model)),
             QuantizationScheme.Float16 => PassResult.From(Float16Converter.Apply(candidate, new Float16Options { ExcludedNodes = notQuantized }, settings.Model)),
             QuantizationScheme.Int8Static => PassResult.From(Int8StaticQuantizer.Apply(candidate,
                 Calibration(pruning == null ? null : candidate, string.Join(";", dense)),

@@ -1,4 +1,5 @@
 using System.Text.Json.Nodes;
+using CompressOnBuild.Core.IO;
 using CompressOnBuild.Core.Onnx;
 using CompressOnBuild.Onnx;
 
@@ -19,12 +20,25 @@ internal static class WeightHistograms
     public static JsonObject? Build(ModelProto original, ModelProto compressed, IEnumerable<string> weightNames)
     {
         // The weights as the passes resolve them; then one tensor's values at a time, twice (range, then counts),
-        // never all of them concatenated into one list.
+        // never all of them concatenated into one list. The original's are read in place where they are stored as raw
+        // float32 (an embedding table copied as floats was as large as the rest of the model).
         string[] names = [.. weightNames];
-        IEnumerable<float[]> Before() => CompressOnBuild.Core.Graph.ConstantFolding.EnumerateConstantValues(original, names, "original");
-        IEnumerable<float[]> After() => Dequantized(compressed);
-        (float min, float max, long countBefore) = Range(Before());
-        (float minAfter, float maxAfter, long countAfter) = Range(After());
+        var garbage = new ProcessMemory.GarbageBound(CollectEveryBytes);
+        void Before(Action<ReadOnlySpan<float>> use) => CompressOnBuild.Core.Graph.ConstantFolding.ForEachConstantValue(original, names, "original", v =>
+        {
+            use(v);
+            garbage.Check();
+        });
+        void After(Action<ReadOnlySpan<float>> use)
+        {
+            foreach (float[] values in Dequantized(compressed))
+            {
+                use(values);
+                garbage.Check();
+            }
+        }
+        (float min, float max, long countBefore) = Range(Before);
+        (float minAfter, float maxAfter, long countAfter) = Range(After);
         if (countBefore == 0 || countAfter == 0)
         {
             return null;
@@ -38,58 +52,39 @@ internal static class WeightHistograms
         {
             ["min"] = min,
             ["max"] = max,
-            ["before"] = Counts(Before(), min, max),
-            ["after"] = Counts(After(), min, max),
+            ["before"] = Counts(Before, min, max),
+            ["after"] = Counts(After, min, max),
         };
     }
 
-    /// <summary>Bytes of tensor arrays dropped between two full collections while the histograms are built.</summary>
-    private const long CollectEveryBytes = 32L << 20;
-
     /// <summary>
-    /// The tensors one at a time, with a full collection after every <see cref="CollectEveryBytes"/> of them: each is
-    /// a fresh array that is dead once counted, and large arrays are only freed by a full collection, so without one
-    /// the weights (read twice over) would pile up in memory as if they were all held.
+    /// Bytes allocated between two full collections while the histograms are built (<see cref="ProcessMemory.GarbageBound"/>):
+    /// each tensor's dequantized copy is dead once counted, and large arrays are only freed by a full collection, so
+    /// without one the weights (read twice over) would pile up in memory as if they were all held.
     /// </summary>
-    private static IEnumerable<float[]> Collected(IEnumerable<float[]> tensors)
-    {
-        long dropped = 0;
-        foreach (float[] values in tensors)
-        {
-            yield return values;
-            dropped += values.Length * 4L;
-            if (dropped >= CollectEveryBytes)
-            {
-                dropped = 0;
-                GC.Collect(GC.MaxGeneration, GCCollectionMode.Forced, blocking: true, compacting: false);
-            }
-        }
-    }
+    private const long CollectEveryBytes = 16L << 20;
 
-    private static (float Min, float Max, long Count) Range(IEnumerable<float[]> tensors)
+    private static (float Min, float Max, long Count) Range(Action<Action<ReadOnlySpan<float>>> tensors)
     {
         float min = float.PositiveInfinity, max = float.NegativeInfinity;
         long count = 0;
-        foreach (float[] values in Collected(tensors))
+        tensors(values =>
         {
             if (values.Length == 0)
             {
-                continue;
+                return;
             }
             (float a, float b) = Kernels.TensorStats.MinMax(values);
             (min, max) = (Math.Min(min, a), Math.Max(max, b));
             count += values.Length;
-        }
+        });
         return (min, max, count);
     }
 
-    private static JsonArray Counts(IEnumerable<float[]> tensors, float min, float max)
+    private static JsonArray Counts(Action<Action<ReadOnlySpan<float>>> tensors, float min, float max)
     {
         var counts = new long[Bins];
-        foreach (float[] values in Collected(tensors))
-        {
-            Kernels.Histogram.Accumulate(values, min, max, counts);
-        }
+        tensors(values => Kernels.Histogram.Accumulate(values, min, max, counts));
         return new JsonArray(counts.Select(c => (JsonNode)JsonValue.Create(c)!).ToArray());
     }
 

@@ -43,6 +43,34 @@ public static class ActivationCollector
         {
             throw new CompressException(DiagnosticCodes.DataEmpty, data.Source);
         }
+        return CollectFrom(WriteReduced(model, tensorNames, workDirectory), tensorNames, data, maxSamples, options);
+    }
+
+    /// <summary>
+    /// What <see cref="Collect"/> would return, reduced to <see cref="ActivationRows"/> (each tensor's channel maxima over
+    /// every row and <paramref name="maxRows"/> evenly spaced rows) while the runs go: only those are ever held, never
+    /// the tensors' values. When a tensor has more rows than <paramref name="maxRows"/>, the samples run a second time
+    /// (the rows kept depend on the total). A tensor whose runs are not whole rows of one width maps to null.
+    /// </summary>
+    public static Dictionary<string, ActivationRows?> CollectRows(ModelProto model, IReadOnlyList<string> tensorNames, Dataset data, int maxSamples, int maxRows,
+        ModelRunnerOptions? options = null, string? workDirectory = null)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        ArgumentNullException.ThrowIfNull(tensorNames);
+        ArgumentNullException.ThrowIfNull(data);
+        if (data.Count == 0)
+        {
+            throw new CompressException(DiagnosticCodes.DataEmpty, data.Source);
+        }
+        return SampleRowsFrom(WriteReduced(model, tensorNames, workDirectory), tensorNames, data, maxSamples, maxRows, options);
+    }
+
+    /// <summary>
+    /// The model reduced to what <paramref name="tensorNames"/> need, with them as its outputs, written to a temporary
+    /// file in <paramref name="workDirectory"/> (default: the system temp folder).
+    /// </summary>
+    private static string WriteReduced(ModelProto model, IReadOnlyList<string> tensorNames, string? workDirectory)
+    {
         ModelProto copy = model.Clone();
         KeepOnlyWhatLeadsTo(copy.Graph, tensorNames);
         // Each name once, unless it is already an output (a set: a scan of the outputs per name was quadratic).
@@ -51,14 +79,16 @@ public static class ActivationCollector
         {
             copy.Graph.Output.Add(FloatOutput(name));
         }
-        string path = Path.Combine(workDirectory ?? Path.GetTempPath(), $"cob-activations-{Environment.ProcessId}-{Guid.NewGuid():N}.onnx");
+        string path = TemporaryPath(workDirectory);
         using (var file = new FileStream(path, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 16))
         {
             copy.WriteTo(file); // streamed: no second in-memory copy of the model
         }
-        copy = null!;
-        return CollectFrom(path, tensorNames, data, maxSamples, options);
+        return path;
     }
+
+    private static string TemporaryPath(string? workDirectory) =>
+        Path.Combine(workDirectory ?? Path.GetTempPath(), $"cob-activations-{Environment.ProcessId}-{Guid.NewGuid():N}.onnx");
 
     /// <summary>
     /// <see cref="Collect"/> without the parsed model in memory: the model file at <paramref name="modelPath"/> (no external
@@ -77,7 +107,31 @@ public static class ActivationCollector
         {
             throw new CompressException(DiagnosticCodes.DataEmpty, data.Source);
         }
-        string path = Path.Combine(workDirectory ?? Path.GetTempPath(), $"cob-activations-{Environment.ProcessId}-{Guid.NewGuid():N}.onnx");
+        return CollectFrom(WriteWithOutputs(modelPath, existingOutputs, tensorNames, workDirectory), tensorNames, data, maxSamples, options);
+    }
+
+    /// <summary>
+    /// <see cref="CollectRows"/> from the model file, as <see cref="CollectFromFile"/> runs it (no parsed model held, every
+    /// node runs): each tensor's channel maxima over every row and <paramref name="maxRows"/> evenly spaced rows.
+    /// </summary>
+    public static Dictionary<string, ActivationRows?> CollectRowsFromFile(string modelPath, IReadOnlyCollection<string> existingOutputs, IReadOnlyList<string> tensorNames,
+        Dataset data, int maxSamples, int maxRows, ModelRunnerOptions? options = null, string? workDirectory = null)
+    {
+        ArgumentNullException.ThrowIfNull(modelPath);
+        ArgumentNullException.ThrowIfNull(existingOutputs);
+        ArgumentNullException.ThrowIfNull(tensorNames);
+        ArgumentNullException.ThrowIfNull(data);
+        if (data.Count == 0)
+        {
+            throw new CompressException(DiagnosticCodes.DataEmpty, data.Source);
+        }
+        return SampleRowsFrom(WriteWithOutputs(modelPath, existingOutputs, tensorNames, workDirectory), tensorNames, data, maxSamples, maxRows, options);
+    }
+
+    /// <summary>A copy of the model file with <paramref name="tensorNames"/> appended as graph outputs, in a temporary file.</summary>
+    private static string WriteWithOutputs(string modelPath, IReadOnlyCollection<string> existingOutputs, IReadOnlyList<string> tensorNames, string? workDirectory)
+    {
+        string path = TemporaryPath(workDirectory);
         using (var file = new FileStream(path, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 16))
         {
             using (var source = new FileStream(modelPath, FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 16, FileOptions.SequentialScan))
@@ -93,7 +147,7 @@ public static class ActivationCollector
             }
             extra.WriteTo(file);
         }
-        return CollectFrom(path, tensorNames, data, maxSamples, options);
+        return path;
     }
 
     private static ValueInfoProto FloatOutput(string name) => new()
@@ -173,6 +227,65 @@ public static class ActivationCollector
                 float[] v = filled[i] == values[i].Length ? values[i] : values[i][..(int)filled[i]];
                 float[]? rowMask = masks[i] is { } m && maskFilled[i] == shapes[i][0] * shapes[i][1] ? (maskFilled[i] == m.Length ? m : m[..(int)maskFilled[i]]) : null;
                 result[tensorNames[i]] = new Activation(v, shapes[i]) { RowMask = rowMask };
+            }
+            return result;
+        }
+        finally
+        {
+            File.Delete(path);
+        }
+    }
+
+    /// <summary>
+    /// Runs the collection model at <paramref name="path"/> (deleted afterwards) over the data, feeding each run's values
+    /// to one <see cref="ActivationRowSampler"/> per tensor; a second time when a sampler needs it.
+    /// </summary>
+    private static Dictionary<string, ActivationRows?> SampleRowsFrom(string path, IReadOnlyList<string> tensorNames, Dataset data, int maxSamples, int maxRows,
+        ModelRunnerOptions? options)
+    {
+        try
+        {
+            using var runner = new ModelRunner(path, options);
+            MemoryTrace.Mark(data.Source, "activation collection model opened in ONNX Runtime");
+            int[] order = [.. runner.Inputs.Select(i => IndexOf(data.InputNames, i.Name, data.Source))];
+            int samples = maxSamples > 0 ? Math.Min(maxSamples, data.Count) : data.Count;
+            int batch = runner.HasDynamicBatch && data.CanBatch ? Math.Max(1, runner.Options.BatchSize) : 1;
+            ActivationRowSampler[] samplers = [.. tensorNames.Select(_ => new ActivationRowSampler(maxRows))];
+            void Pass(bool second)
+            {
+                for (int start = 0; start < samples; start += batch)
+                {
+                    int n = Math.Min(batch, samples - start);
+                    IReadOnlyList<TensorData> inputs = n == 1 ? data.GetSample(start) : data.GetBatch(start, n);
+                    TensorData[] outputs = runner.Run([.. order.Select(i => inputs[i])], tensorNames);
+                    for (int i = 0; i < tensorNames.Count; i++)
+                    {
+                        TensorData t = outputs[i];
+                        if (t.Shape.Length == 0)
+                        {
+                            throw new CompressException(DiagnosticCodes.DataShape, data.Source, tensorNames[i], "the activation is a scalar; per-feature statistics need a batch axis");
+                        }
+                        if (second)
+                        {
+                            samplers[i].Take(t.Data, t.Shape);
+                        }
+                        else
+                        {
+                            samplers[i].Count(t.Data, t.Shape);
+                        }
+                    }
+                }
+            }
+            Pass(second: false);
+            if (samplers.Any(s => s.NeedsSecondPass))
+            {
+                // The evenly spaced rows depend on how many there are: the same runs again, keeping those.
+                Pass(second: true);
+            }
+            var result = new Dictionary<string, ActivationRows?>(StringComparer.Ordinal);
+            for (int i = 0; i < tensorNames.Count; i++)
+            {
+                result[tensorNames[i]] = samplers[i].Result();
             }
             return result;
         }

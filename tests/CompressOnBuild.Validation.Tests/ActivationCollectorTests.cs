@@ -95,4 +95,52 @@ public sealed class ActivationCollectorTests
         // Not laid out [batch, tokens, ...]: no row mask.
         Assert.IsNull(ActivationCollector.Collect(model, ["m2"], data)["m2"].RowMask);
     }
+
+    [TestMethod]
+    public void Row_statistics_are_those_of_the_collected_activations_from_the_model_and_from_its_file()
+    {
+        // x[N, T, 4] -> MatMul(w) -> h (width 4) -> Relu -> y, 40 samples of 1 to 9 tokens (200 rows): with 30 rows kept the samples
+        // run twice, and what is kept is what the whole collection reduces to, batched or not.
+        var g = new GraphProto { Name = "rows" };
+        g.Input.Add(TinyModels.FloatValue("x", "N", "T", 4));
+        g.Initializer.Add(TensorUtil.FromFloats("w", TinyModels.RandomFloats(16, 3), 4, 4));
+        g.Node.Add(TinyModels.Node("MatMul", ["x", "w"], ["h"], "mm"));
+        g.Node.Add(TinyModels.Node("Relu", ["h"], ["y"], "relu"));
+        g.Output.Add(TinyModels.FloatValue("y", "N", "T", 4));
+        ModelProto model = TinyModels.Model(g);
+        var samples = new List<TensorData[]>();
+        for (int i = 0; i < 40; i++)
+        {
+            int tokens = 1 + i * 5 % 9;
+            samples.Add([new TensorData(TinyModels.RandomFloats(tokens * 4, 100 + i), [1, tokens, 4])]);
+        }
+        var data = new Dataset("tokens", ["x"], samples, [.. samples.Select((_, i) => "s" + i)], null, null);
+        long rows = samples.Sum(s => s[0].Shape[1]);
+        ActivationRows expected = ActivationRows.From(ActivationCollector.Collect(model, ["h"], data, maxSamples: 0)["h"], 30)!;
+        Assert.AreEqual(rows, expected.TotalRows);
+        Assert.AreEqual(30, expected.Count);
+
+        ActivationRows fromModel = ActivationCollector.CollectRows(model, ["h"], data, maxSamples: 0, maxRows: 30)["h"]!;
+        string path = Path.Combine(Path.GetTempPath(), $"cob-rows-{Environment.ProcessId}-{Guid.NewGuid():N}.onnx");
+        try
+        {
+            ModelIO.Save(model, path);
+            ActivationRows fromFile = ActivationCollector.CollectRowsFromFile(path, ["y"], ["h"], data, maxSamples: 0, maxRows: 30)["h"]!;
+            foreach (ActivationRows r in new[] { fromModel, fromFile })
+            {
+                Assert.AreEqual(expected.TotalRows, r.TotalRows);
+                Assert.AreEqual(4, r.Width);
+                CollectionAssert.AreEqual(expected.ColumnMaxAbs, r.ColumnMaxAbs);
+                CollectionAssert.AreEqual(expected.Rows, r.Rows);
+            }
+        }
+        finally
+        {
+            File.Delete(path);
+        }
+        // Fewer rows than kept: one pass, every row.
+        ActivationRows few = ActivationCollector.CollectRows(model, ["h"], data, maxSamples: 3, maxRows: 30)["h"]!;
+        Assert.AreEqual(samples.Take(3).Sum(s => s[0].Shape[1]), few.TotalRows);
+        Assert.AreEqual(few.TotalRows, few.Count);
+    }
 }

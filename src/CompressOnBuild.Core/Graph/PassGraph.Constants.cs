@@ -234,10 +234,7 @@ internal sealed partial class PassGraph
         dims = [];
         chain = [];
         sources = [name];
-        if (!TryResolveConstant(name, displayName, out ResolvedConstant? value, out _)
-            || value!.Tensor.DataType != (int)TensorProto.Types.DataType.Float
-            || (storedOrder && value.Materialized)
-            || value.Dims.Aggregate(1L, (a, b) => a * b) <= 0)
+        if (!TryFloatConstant(name, displayName, storedOrder, out ResolvedConstant? value))
         {
             return false;
         }
@@ -246,6 +243,34 @@ internal sealed partial class PassGraph
         chain.AddRange(value.Chain);
         sources.Add(value.SourceName);
         sources.AddRange(value.ChainInputs);
+        return true;
+    }
+
+    /// <summary>The constant <see cref="TryConstantFloat"/> reads: float32, at least one element.</summary>
+    private bool TryFloatConstant(string name, string displayName, bool storedOrder, [System.Diagnostics.CodeAnalysis.NotNullWhen(true)] out ResolvedConstant? value) =>
+        TryResolveConstant(name, displayName, out value, out _)
+            && value!.Tensor.DataType == (int)TensorProto.Types.DataType.Float
+            && !(storedOrder && value.Materialized)
+            && value.Dims.Aggregate(1L, (a, b) => a * b) > 0;
+
+    /// <summary>
+    /// The values <see cref="TryConstantFloat"/> gives for <paramref name="name"/>, handed to <paramref name="use"/>
+    /// in place where the constant's raw float32 data allows (no copy), else as a new array; false when it gives none.
+    /// </summary>
+    public bool TryUseConstantFloat(string name, string displayName, Action<ReadOnlySpan<float>> use)
+    {
+        if (!TryFloatConstant(name, displayName, storedOrder: false, out ResolvedConstant? value))
+        {
+            return false;
+        }
+        if (TensorUtil.TryGetRawFloats(value.Tensor, out ReadOnlySpan<float> raw))
+        {
+            use(raw);
+        }
+        else
+        {
+            use(FloatsOf(value.Tensor, displayName));
+        }
         return true;
     }
 
@@ -486,6 +511,13 @@ internal sealed partial class PassGraph
     public static T[] Transpose<T>(T[] source, int rows, int cols)
     {
         var result = new T[source.Length];
+        Transpose<T>(source, rows, cols, result);
+        return result;
+    }
+
+    /// <summary><see cref="Transpose{T}(T[], int, int)"/> into <paramref name="result"/> (rows x cols elements).</summary>
+    public static void Transpose<T>(ReadOnlySpan<T> source, int rows, int cols, Span<T> result)
+    {
         const int Block = 32;
         for (int r0 = 0; r0 < rows; r0 += Block)
         {
@@ -502,6 +534,5 @@ internal sealed partial class PassGraph
                 }
             }
         }
-        return result;
     }
 }

@@ -12,21 +12,22 @@ public static class ConstantFolding
     public static int FoldShapeOps(ModelProto model, string displayName) => new PassGraph(model).FoldConstantShapeOps(displayName);
 
     /// <summary>
-    /// The values of <paramref name="names"/> resolved as <see cref="ConstantValues"/> does, computed one at a time as
-    /// the sequence is enumerated (names that are not constant are left out), so no two of them need be in memory at once.
+    /// The values of <paramref name="names"/> resolved as <see cref="ConstantValues"/> does (names that are not constant
+    /// are left out), one at a time, each handed to <paramref name="use"/> in place where its raw float32 data allows
+    /// (an initializer read as it is stored: no copy of the weights), else as a new array dropped afterwards.
     /// </summary>
-    public static IEnumerable<float[]> EnumerateConstantValues(ModelProto model, IReadOnlyCollection<string> names, string displayName)
+    public static void ForEachConstantValue(ModelProto model, IReadOnlyCollection<string> names, string displayName, Action<ReadOnlySpan<float>> use)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(names);
+        ArgumentNullException.ThrowIfNull(use);
         List<PassGraph> scopes = new PassGraph(model).WithSubgraphs();
         foreach (string name in names.Distinct(StringComparer.Ordinal))
         {
             foreach (PassGraph scope in scopes)
             {
-                if (scope.TryConstantFloat(name, displayName, out float[] data, out _, out _, out _))
+                if (scope.TryUseConstantFloat(name, displayName, use))
                 {
-                    yield return data;
                     break;
                 }
             }

@@ -177,6 +177,28 @@ public static partial class ProcessMemory
         }
     }
 
+    /// <summary>
+    /// Bounds the garbage a loop of large temporaries leaves: <see cref="Check"/> (once per step) runs a full blocking,
+    /// non-compacting collection when the thread has allocated at least <paramref name="bytes"/> since the last one.
+    /// Arrays of 85,000 bytes and more are freed only by a full collection, which the runtime triggers on its own
+    /// budget (tens of MB); a model-sized heap plus that much garbage is what sets the peak of such a loop.
+    /// </summary>
+    public sealed class GarbageBound(long bytes)
+    {
+        private long _mark = GC.GetAllocatedBytesForCurrentThread();
+
+        /// <summary>Collects when the allocations since the last collection reach the bound.</summary>
+        public void Check()
+        {
+            long now = GC.GetAllocatedBytesForCurrentThread();
+            if (now - _mark >= bytes)
+            {
+                GC.Collect(GC.MaxGeneration, GCCollectionMode.Forced, blocking: true, compacting: false);
+                _mark = now;
+            }
+        }
+    }
+
     /// <summary>Allocations from this size on get pages of their own (mmap), returned to the system when freed.</summary>
     public const int MmapThresholdBytes = 256 * 1024;
 

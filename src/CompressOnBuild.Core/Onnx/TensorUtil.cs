@@ -129,6 +129,36 @@ public static class TensorUtil
         _ => t.Int32Data.Count,
     };
 
+    /// <summary>
+    /// The elements of a float32 tensor stored in raw_data, read in place (no copy; valid while the tensor keeps that
+    /// raw_data); false for any other storage (float_data, external data, another type, a big-endian host) or raw_data
+    /// that does not hold exactly the dims' element count: <see cref="ToFloatArray"/> then reads or rejects it.
+    /// </summary>
+    public static bool TryGetRawFloats(TensorProto tensor, out ReadOnlySpan<float> values)
+    {
+        values = default;
+        if (!BitConverter.IsLittleEndian || tensor.DataType != (int)TensorProto.Types.DataType.Float || !tensor.HasRawData || IsExternal(tensor)
+            || tensor.Dims.Any(d => d < 0))
+        {
+            return false;
+        }
+        long count = 1;
+        foreach (long d in tensor.Dims)
+        {
+            if (d != 0 && count > long.MaxValue / 4 / d)
+            {
+                return false;
+            }
+            count *= d;
+        }
+        if (tensor.RawData.Length != count * 4)
+        {
+            return false;
+        }
+        values = MemoryMarshal.Cast<byte, float>(tensor.RawData.Span);
+        return true;
+    }
+
     /// <summary>The elements of a floating-point tensor (FLOAT, FLOAT16, BFLOAT16, DOUBLE) as float32.</summary>
     public static float[] ToFloatArray(TensorProto tensor)
     {

@@ -94,13 +94,26 @@ public sealed class QuantizationOptions
     /// <summary>
     /// Calibration activations (the item's data). When set, MatMul/Gemm inputs whose measured int8 error drops by
     /// smoothing get SmoothQuant scaling (<see cref="Quantization.SmoothQuant"/>: one Mul before the layers, the
-    /// weights' input rows scaled); null (default): no smoothing.
+    /// weights' input rows scaled); null (default): no smoothing. Every row of every input is held at once; the
+    /// smoothing uses only their channel maxima and <see cref="Quantization.SmoothQuant.MeasuredRows"/> evenly spaced
+    /// rows, which <see cref="SmoothingRows"/> supplies without holding the rest.
     /// </summary>
     public ActivationSource? Activations { get; init; }
 
     /// <summary>
-    /// Samples the worker collects <see cref="Activations"/> from (their layer inputs are held in memory together:
-    /// 32 padded 128-token sentences of a 6-layer 384-wide encoder are about 270 MB).
+    /// The same smoothing as <see cref="Activations"/> (which it replaces when both are set), from each input's
+    /// <see cref="ActivationRows"/> (collected with at most <see cref="Quantization.SmoothQuant.MeasuredRows"/> rows
+    /// kept): the same factors as from all rows, in a bounded amount of memory. The worker collects these.
+    /// </summary>
+    public ActivationRowSource? SmoothingRows { get; init; }
+
+    /// <summary>Rows <see cref="SmoothingRows"/> keeps per input (the rows the smoothing measures its errors on).</summary>
+    public const int SmoothingMeasuredRows = Quantization.SmoothQuant.MeasuredRows;
+
+    /// <summary>
+    /// Samples the worker collects <see cref="SmoothingRows"/> from (each layer input's channel maxima over all of
+    /// them, and <see cref="SmoothingMeasuredRows"/> of their rows: for a 6-layer 384-wide encoder about 33 MB, where
+    /// holding every row of 32 padded 128-token sentences took about 270 MB).
     /// </summary>
     public const int SmoothingSamples = 32;
 

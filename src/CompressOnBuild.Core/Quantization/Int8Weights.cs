@@ -53,20 +53,26 @@ internal static class Int8Weights
     /// <summary>The weights as the quantized model computes with them (quantized, then dequantized), channel-major.</summary>
     public static float[] Dequantized(ReadOnlySpan<float> channelMajor, int n, int k, EncodingLevels levels)
     {
+        var result = new float[(long)n * k];
+        Dequantized(channelMajor, n, k, levels, result);
+        return result;
+    }
+
+    /// <summary><see cref="Dequantized(ReadOnlySpan{float}, int, int, EncodingLevels)"/> into <paramref name="result"/> (n x k values).</summary>
+    public static void Dequantized(ReadOnlySpan<float> channelMajor, int n, int k, EncodingLevels levels, Span<float> result)
+    {
         (byte[] codes, float[] scales, _, _) = Quantize(channelMajor, n, k, levels);
-        var result = new float[codes.Length];
         for (int j = 0; j < n; j++)
         {
             Span<byte> qRow = codes.AsSpan(j * k, k);
             if (levels.Unsigned)
             {
-                QuantizationKernels.Dequantize(qRow, scales[j], levels.Zero, result.AsSpan(j * k, k));
+                QuantizationKernels.Dequantize(qRow, scales[j], levels.Zero, result.Slice(j * k, k));
             }
             else
             {
-                QuantizationKernels.Dequantize(MemoryMarshal.Cast<byte, sbyte>(qRow), scales[j], (sbyte)levels.Zero, result.AsSpan(j * k, k));
+                QuantizationKernels.Dequantize(MemoryMarshal.Cast<byte, sbyte>(qRow), scales[j], (sbyte)levels.Zero, result.Slice(j * k, k));
             }
         }
-        return result;
     }
 }

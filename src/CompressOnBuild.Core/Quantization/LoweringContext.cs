@@ -1,4 +1,6 @@
+using CompressOnBuild.Core.Onnx;
 using CompressOnBuild.Core.Passes;
+using CompressOnBuild.Kernels;
 using CompressOnBuild.Onnx;
 
 namespace CompressOnBuild.Core.Quantization;
@@ -118,6 +120,13 @@ internal abstract class LoweringContext
 
     /// <summary>Float data of a tensor, or CMPR0103 when it cannot be read.</summary>
     public float[] Floats(TensorProto t) => Graph.FloatsOf(t, DisplayName);
+
+    /// <summary>
+    /// True when no element of the float tensor <paramref name="t"/> is NaN or infinity; raw float32 data is checked in
+    /// place (a pass checks every weight before lowering any: copies of them all would be garbage of the model's size).
+    /// </summary>
+    public bool AllFinite(TensorProto t) =>
+        TensorUtil.TryGetRawFloats(t, out ReadOnlySpan<float> values) ? TensorStats.AllFinite(values) : TensorStats.AllFinite(Floats(t));
 
     /// <summary>See <see cref="PassGraph.TryResolveConstant"/>.</summary>
     public bool TryResolveConstant(string name, out ResolvedConstant? value, out string? why) => Graph.TryResolveConstant(name, DisplayName, out value, out why);

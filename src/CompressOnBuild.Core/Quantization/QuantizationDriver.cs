@@ -1,5 +1,4 @@
 using CompressOnBuild.Onnx;
-using CompressOnBuild.Kernels;
 
 namespace CompressOnBuild.Core.Quantization;
 
@@ -35,7 +34,7 @@ internal static class QuantizationDriver
         var checkedSources = new HashSet<string>(StringComparer.Ordinal);
         foreach (WeightSite site in scopes.SelectMany(s => s.Sites))
         {
-            if (checkedSources.Add(site.Weight.SourceName) && !TensorStats.AllFinite(context.Floats(site.Weight.Tensor)))
+            if (checkedSources.Add(site.Weight.SourceName) && !context.AllFinite(site.Weight.Tensor))
             {
                 context.UseScope(main);
                 throw new CompressException(DiagnosticCodes.NonFiniteWeights, context.DisplayName, site.Weight.SourceName) { File = context.DisplayName };

@@ -38,12 +38,32 @@ internal static class SmoothQuant
     /// <summary>
     /// Chooses the smoothing of one layer input: <paramref name="x"/> holds calibration rows of K values
     /// (<paramref name="rows"/> x <paramref name="k"/>, row-major), <paramref name="consumers"/> the quantized layers
-    /// reading it.
+    /// reading it. The same as <see cref="Decide(ActivationRows, IReadOnlyList{Consumer}, EncodingLevels)"/> on the
+    /// statistics of those rows.
     /// </summary>
     public static Decision Decide(ReadOnlySpan<float> x, int rows, int k, IReadOnlyList<Consumer> consumers, EncodingLevels levels)
     {
-        var activationMax = new float[k];
-        TensorStats.ColumnMaxAbs(x[..(rows * k)], rows, k, activationMax);
+        var sampler = new ActivationRowSampler(MeasuredRows);
+        long[] shape = [rows, k];
+        sampler.Count(x[..(rows * k)], shape);
+        if (sampler.NeedsSecondPass)
+        {
+            sampler.Take(x[..(rows * k)], shape);
+        }
+        return sampler.Result() is { } r ? Decide(r, consumers, levels) : new Decision(null, 0f, 0, 0);
+    }
+
+    /// <summary>
+    /// Chooses the smoothing of one layer input from its statistics (<paramref name="x"/>: the channel maxima over
+    /// every calibration row and at most <see cref="MeasuredRows"/> evenly spaced rows, which the errors are measured
+    /// on); <paramref name="consumers"/> are the quantized layers reading it.
+    /// </summary>
+    /// <param name="scratch">Working arrays to reuse across calls (one per thread); null: made for this call.</param>
+    public static Decision Decide(ActivationRows x, IReadOnlyList<Consumer> consumers, EncodingLevels levels, Scratch? scratch = null)
+    {
+        ArgumentNullException.ThrowIfNull(x);
+        int k = x.Width;
+        float[] activationMax = x.ColumnMaxAbs;
         var weightMax = new float[k];
         foreach (Consumer c in consumers)
         {
@@ -56,25 +76,25 @@ internal static class SmoothQuant
         }
 
         // The measured rows, evenly spaced; their float products are the reference.
-        int m = Math.Min(rows, MeasuredRows);
-        var sample = new float[m * k];
-        for (int i = 0; i < m; i++)
-        {
-            x.Slice((int)((long)i * rows / m) * k, k).CopyTo(sample.AsSpan(i * k, k));
-        }
+        int m = Math.Min(x.Count, MeasuredRows);
+        float[] sample = x.Rows.Length == m * k ? x.Rows : x.Rows[..(m * k)];
+        scratch ??= new Scratch();
+        scratch.Fit(m, k, consumers.Count == 0 ? 0 : consumers.Max(c => c.N));
         var reference = consumers.Select(c =>
         {
             var y = new float[m * c.N];
-            Kernels.Gemm.Multiply(sample, PassGraph.Transpose(c.ChannelMajor, c.N, k), y, m, c.N, k);
+            Span<float> transposed = scratch.Transposed.AsSpan(0, c.N * k);
+            PassGraph.Transpose<float>(c.ChannelMajor, c.N, k, transposed);
+            Kernels.Gemm.Multiply(sample, transposed, y, m, c.N, k);
             return y;
         }).ToArray();
 
-        double without = Error(sample, m, k, null, consumers, reference, levels);
+        double without = Error(sample, m, k, null, consumers, reference, levels, scratch);
         Decision best = new(null, 0f, without, without);
         foreach (float alpha in Alphas)
         {
             float[] s = Factors(activationMax, weightMax, alpha);
-            double e = Error(sample, m, k, s, consumers, reference, levels);
+            double e = Error(sample, m, k, s, consumers, reference, levels, scratch);
             if (e < best.ErrorWith)
             {
                 best = new Decision(s, alpha, without, e);
@@ -105,36 +125,72 @@ internal static class SmoothQuant
         }
     }
 
-    /// <summary>Summed squared error of the simulated int8 products against <paramref name="reference"/>.</summary>
-    private static double Error(float[] sample, int m, int k, float[]? s, IReadOnlyList<Consumer> consumers, float[][] reference, EncodingLevels levels)
+    /// <summary>
+    /// The arrays one measurement works in (the quantized rows, a consumer's scaled, dequantized and transposed weight,
+    /// its product), kept across the alphas and inputs so that measuring every input of a model leaves no garbage of
+    /// that size per evaluation behind; grown to the largest input and consumer measured.
+    /// </summary>
+    internal sealed class Scratch
     {
-        float[] xq = (float[])sample.Clone();
+        public float[] Rows { get; private set; } = [];
+
+        public float[] Weight { get; private set; } = [];
+
+        public float[] Dequantized { get; private set; } = [];
+
+        public float[] Transposed { get; private set; } = [];
+
+        public float[] Product { get; private set; } = [];
+
+        /// <summary>Makes room for <paramref name="m"/> rows of <paramref name="k"/> and consumers of up to <paramref name="n"/> channels.</summary>
+        public void Fit(int m, int k, int n)
+        {
+            static float[] Grow(float[] a, long length) => a.Length >= length ? a : new float[length];
+            Rows = Grow(Rows, (long)m * k);
+            Weight = Grow(Weight, (long)n * k);
+            Dequantized = Grow(Dequantized, (long)n * k);
+            Transposed = Grow(Transposed, (long)n * k);
+            Product = Grow(Product, (long)m * n);
+        }
+    }
+
+    /// <summary>Summed squared error of the simulated int8 products against <paramref name="reference"/>.</summary>
+    private static double Error(float[] sample, int m, int k, float[]? s, IReadOnlyList<Consumer> consumers, float[][] reference, EncodingLevels levels, Scratch scratch)
+    {
+        Span<float> xq = scratch.Rows.AsSpan(0, m * k);
+        sample.AsSpan(0, m * k).CopyTo(xq);
         if (s != null)
         {
             for (int i = 0; i < m; i++)
             {
-                System.Numerics.Tensors.TensorPrimitives.Divide(xq.AsSpan(i * k, k), s, xq.AsSpan(i * k, k));
+                System.Numerics.Tensors.TensorPrimitives.Divide(xq.Slice(i * k, k), s, xq.Slice(i * k, k));
             }
         }
         for (int start = 0; start < m; start += RowsPerCall)
         {
-            FakeQuantizeDynamic(xq.AsSpan(start * k, Math.Min(RowsPerCall, m - start) * k));
+            FakeQuantizeDynamic(xq.Slice(start * k, Math.Min(RowsPerCall, m - start) * k));
         }
         double total = 0;
         for (int c = 0; c < consumers.Count; c++)
         {
             Consumer consumer = consumers[c];
-            float[] w = (float[])consumer.ChannelMajor.Clone();
+            int n = consumer.N;
+            Span<float> w = scratch.Weight.AsSpan(0, n * k);
+            consumer.ChannelMajor.AsSpan(0, n * k).CopyTo(w);
             if (s != null)
             {
-                ScaleInputChannels(w, consumer.N, k, s);
+                ScaleInputChannels(w, n, k, s);
             }
-            float[] wq = Int8Weights.Dequantized(w, consumer.N, k, levels);
-            var y = new float[m * consumer.N];
-            Kernels.Gemm.Multiply(xq, PassGraph.Transpose(wq, consumer.N, k), y, m, consumer.N, k);
+            Span<float> wq = scratch.Dequantized.AsSpan(0, n * k);
+            Int8Weights.Dequantized(w, n, k, levels, wq);
+            Span<float> transposed = scratch.Transposed.AsSpan(0, n * k);
+            PassGraph.Transpose<float>(wq, n, k, transposed);
+            Span<float> y = scratch.Product.AsSpan(0, m * n);
+            Kernels.Gemm.Multiply(xq, transposed, y, m, n, k);
+            float[] expected = reference[c];
             for (int i = 0; i < y.Length; i++)
             {
-                double d = y[i] - reference[c][i];
+                double d = y[i] - expected[i];
                 total += d * d;
             }
         }

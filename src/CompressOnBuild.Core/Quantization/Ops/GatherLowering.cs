@@ -120,10 +120,13 @@ internal sealed class GatherLowering : IOperatorLowering
     {
         PassGraph graph = context.Graph;
         int rows = (int)site.Weight.Dims[0], cols = (int)site.Weight.Dims[1];
-        float[] data = context.Floats(site.Weight.Tensor);
+        // An int8 table is read in place where its raw float32 data allows (an embedding table is often the largest
+        // weight: no float copy of it next to the parsed model).
         (byte[] codes, long[] codeDims, float[] scales, int blocks, byte[]? zeroPoints, int blockSize, float maxError, bool half) = scheme.Bits == 8
-            ? EncodeInt8(data, rows, cols, scheme.HalfScales && HalfScales.Worth(rows, site.WeightName + "_q8_scales"))
-            : EncodeInt4(data, rows, cols, scheme);
+            ? TensorUtil.TryGetRawFloats(site.Weight.Tensor, out ReadOnlySpan<float> raw)
+                ? EncodeInt8(raw, rows, cols, scheme.HalfScales && HalfScales.Worth(rows, site.WeightName + "_q8_scales"))
+                : EncodeInt8(context.Floats(site.Weight.Tensor), rows, cols, scheme.HalfScales && HalfScales.Worth(rows, site.WeightName + "_q8_scales"))
+            : EncodeInt4(context.Floats(site.Weight.Tensor), rows, cols, scheme);
         string baseName = graph.Unique(site.WeightName + (scheme.Bits == 8 ? "_q8" : "_q4"));
         graph.AddInitializer(TensorUtil.FromUInt8(baseName, codes, codeDims));
         string scaleName = graph.Unique(baseName + "_scales");
@@ -143,7 +146,7 @@ internal sealed class GatherLowering : IOperatorLowering
     /// Per-row symmetric uint8 (zero point 128 implied): one block spanning the row. <paramref name="halfScales"/>: the
     /// scales rounded up to float16 first when they all fit (then Half is true).
     /// </summary>
-    private static (byte[] Codes, long[] Dims, float[] Scales, int Blocks, byte[]? ZeroPoints, int BlockSize, float MaxError, bool Half) EncodeInt8(float[] data, int rows, int cols, bool halfScales)
+    private static (byte[] Codes, long[] Dims, float[] Scales, int Blocks, byte[]? ZeroPoints, int BlockSize, float MaxError, bool Half) EncodeInt8(ReadOnlySpan<float> data, int rows, int cols, bool halfScales)
     {
         var scales = new float[rows];
         TensorStats.RowMaxAbs(data, rows, cols, scales);
@@ -161,7 +164,7 @@ internal sealed class GatherLowering : IOperatorLowering
         for (int r = 0; r < rows; r++)
         {
             QuantizationKernels.Dequantize(codes.AsSpan(r * cols, cols), scales[r], (byte)128, back);
-            maxError = MathF.Max(maxError, ErrorMetrics.MaxAbsDifference(data.AsSpan(r * cols, cols), back));
+            maxError = MathF.Max(maxError, ErrorMetrics.MaxAbsDifference(data.Slice(r * cols, cols), back));
         }
         int blockSize = (int)BitOperations.RoundUpToPowerOf2((uint)Math.Max(16, cols));
         return (codes, [rows, cols], scales, 1, null, blockSize, maxError, half);

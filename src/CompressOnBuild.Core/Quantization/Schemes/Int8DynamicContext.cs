@@ -1,6 +1,7 @@
 using System.Globalization;
 using System.Numerics.Tensors;
 using System.Runtime.InteropServices;
+using CompressOnBuild.Core.IO;
 using CompressOnBuild.Core.Onnx;
 using CompressOnBuild.Core.Passes;
 using CompressOnBuild.Core.Quantization.Ops;
@@ -72,12 +73,7 @@ internal sealed class Int8DynamicContext : LoweringContext, ITableEncoding, IWei
             + (Smoothing(c) != null ? "|smoothed by " + c.Node.Input[0] : "") + (levels.HalfScales ? "|h" : "");
         return Encoded(key, () =>
         {
-            float[] data = Floats(c.Weight.Tensor);
-            float[] channelMajor = c.TransB ? data : PassGraph.Transpose(data, k, n);
-            if (c.Alpha != 1f)
-            {
-                TensorPrimitives.Multiply(channelMajor, c.Alpha, channelMajor);
-            }
+            float[] channelMajor = ChannelMajor(c);
             (byte zero, _, _, bool unsigned, _) = levels;
             if (Smoothing(c) is { } smoothing)
             {
@@ -102,7 +98,7 @@ internal sealed class Int8DynamicContext : LoweringContext, ITableEncoding, IWei
                 Graph.AddInitializer(TensorUtil.FromInt8(stored.Quantized, MemoryMarshal.Cast<byte, sbyte>(kMajor), k, n));
             }
             Graph.AddInitializer(half ? HalfScales.Tensor(stored.Scale, scales, n) : TensorUtil.FromFloats(stored.Scale, scales, n));
-            FloatWeightBytes += (long)data.Length * 4;
+            FloatWeightBytes += (long)channelMajor.Length * 4;
             QuantizedWeightBytes += kMajor.Length + zeroBytes + (long)scales.Length * (half ? 2 : 4);
             return stored;
         });
@@ -173,12 +169,14 @@ internal sealed class Int8DynamicContext : LoweringContext, ITableEncoding, IWei
     public List<(string Input, SmoothQuant.Decision Decision)> SmoothingDecisions { get; } = [];
 
     /// <summary>
-    /// With calibration activations (<see cref="QuantizationOptions.Activations"/>), measures for every input of the
-    /// MatMul/Gemm sites (not transA) whether and how strongly to smooth it (<see cref="SmoothQuant.Decide"/>).
+    /// With calibration data (<see cref="QuantizationOptions.SmoothingRows"/>, else <see cref="QuantizationOptions.Activations"/>),
+    /// measures for every input of the MatMul/Gemm sites (not transA) whether and how strongly to smooth it
+    /// (<see cref="SmoothQuant.Decide(ActivationRows, IReadOnlyList{SmoothQuant.Consumer}, EncodingLevels)"/>). Each
+    /// input's statistics are dropped once decided, and the whole collection before the first weight is lowered.
     /// </summary>
     public override void Prepare(IReadOnlyList<WeightSite> sites)
     {
-        if (Options.Activations == null)
+        if (Options.SmoothingRows == null && Options.Activations == null)
         {
             return;
         }
@@ -188,17 +186,26 @@ internal sealed class Int8DynamicContext : LoweringContext, ITableEncoding, IWei
         {
             return;
         }
-        IReadOnlyDictionary<string, Activation> activations = Options.Activations(Graph.Model, [.. byInput.Select(g => g.Key)]);
+        string[] names = [.. byInput.Select(g => g.Key)];
+        Dictionary<string, ActivationRows?> statistics = Options.SmoothingRows != null
+            ? new(Options.SmoothingRows(Graph.Model, names), StringComparer.Ordinal)
+            : Options.Activations!(Graph.Model, names).ToDictionary(a => a.Key, a => ActivationRows.From(a.Value, SmoothQuant.MeasuredRows), StringComparer.Ordinal);
+        var scratch = new SmoothQuant.Scratch();
+        // Each input's weights as floats, products and codes are dropped once it is decided (and its statistics with
+        // them): collected every few MB, so they do not pile up on top of the parsed model.
+        var garbage = new ProcessMemory.GarbageBound(GarbageBoundBytes);
         foreach (IGrouping<string, WeightSite> group in byInput)
         {
+            garbage.Check();
             (int k, _) = MatrixParts.Shape(group.First());
-            Activation act = activations[group.Key];
-            if (act.Data.Length == 0 || act.Data.Length % k != 0 || act.Shape.Length == 0 || act.Shape[^1] != k)
+            ActivationRows? rows = statistics[group.Key];
+            statistics.Remove(group.Key);
+            if (rows == null || rows.Width != k)
             {
                 continue; // not a [.., K] activation: left as it is
             }
             var consumers = group.Select(c => new SmoothQuant.Consumer(ChannelMajor(c), MatrixParts.Shape(c).N)).ToList();
-            SmoothQuant.Decision d = SmoothQuant.Decide(act.Data, act.Data.Length / k, k, consumers, Levels);
+            SmoothQuant.Decision d = SmoothQuant.Decide(rows, consumers, Levels, scratch);
             if (d.Factors != null)
             {
                 // 1 / s stored as float16 where every value fits (the nearest float16; the weights then take exactly
@@ -214,6 +221,9 @@ internal sealed class Int8DynamicContext : LoweringContext, ITableEncoding, IWei
             SmoothingDecisions.Add((group.Key, d));
         }
     }
+
+    /// <summary>Allocations between two collections while the smoothing is measured (<see cref="ProcessMemory.GarbageBound"/>).</summary>
+    internal const long GarbageBoundBytes = 8L << 20;
 
     /// <summary>The smoothing of <paramref name="c"/>'s input, or null.</summary>
     public SmoothedInput? Smoothing(WeightSite c) => !c.TransA && _smoothed.TryGetValue(c.Node.Input[0], out SmoothedInput? s) ? s : null;
@@ -243,12 +253,24 @@ internal sealed class Int8DynamicContext : LoweringContext, ITableEncoding, IWei
         return s.Scaled;
     }
 
-    /// <summary>The site's weight as channel-major [N, K] floats (alpha and transB applied).</summary>
+    /// <summary>
+    /// The site's weight as channel-major [N, K] floats (alpha and transB applied), a new array (transposed straight from
+    /// raw float32 data where it can be read in place: one copy of the weight, not two).
+    /// </summary>
     private float[] ChannelMajor(WeightSite c)
     {
         (int k, int n) = MatrixParts.Shape(c);
-        float[] data = Floats(c.Weight.Tensor);
-        float[] channelMajor = c.TransB ? data : PassGraph.Transpose(data, k, n);
+        float[] channelMajor;
+        if (!c.TransB && TensorUtil.TryGetRawFloats(c.Weight.Tensor, out ReadOnlySpan<float> raw))
+        {
+            channelMajor = new float[raw.Length];
+            PassGraph.Transpose(raw, k, n, channelMajor.AsSpan());
+        }
+        else
+        {
+            float[] data = Floats(c.Weight.Tensor);
+            channelMajor = c.TransB ? data : PassGraph.Transpose(data, k, n);
+        }
         if (c.Alpha != 1f)
         {
             TensorPrimitives.Multiply(channelMajor, c.Alpha, channelMajor);
