@@ -739,6 +739,9 @@ internal sealed class AttemptContext(ItemSettings settings, ModelProto? original
     /// <summary>Smoothing statistics collected from the model file before the pass (<see cref="CollectSmoothingFromFile"/>).</summary>
     private Dictionary<string, ActivationRows?>? _smoothingCollected;
 
+    /// <summary>Sensitivity probes measured for this item (<see cref="HarmMeasure.Reuse"/>), shared by Tune's attempts.</summary>
+    private readonly Dictionary<string, double> _probeHarms = new(StringComparer.Ordinal);
+
     /// <summary>The samples smoothing measures on and how many: CalibrationData, else evenly spaced validation inputs; null without data.</summary>
     private (Dataset On, int Samples)? SmoothingData()
     {
@@ -893,7 +896,8 @@ internal sealed class AttemptContext(ItemSettings settings, ModelProto? original
         // Probe models go to the item's work folder (next to the output, removed afterwards), never to the source
         // model's folder: ModelIO.Load inlined any external data, so no relative data path has to resolve.
         string[] weights = [.. original.Graph.Node.Where(n => n.OpType is "MatMul" or "Gemm" or "Conv").SelectMany(n => n.Input.Take(2)).Distinct(StringComparer.Ordinal)];
-        HarmMeasure harm = BlameTheSource(() => SensitivityHarm.Create(OriginalRunner, on, runnerOptions, workDirectory, original, weights), on);
+        // Tune's attempts rerun the allocation on the same original and data: each probe's harm is measured once per item.
+        HarmMeasure harm = BlameTheSource(() => SensitivityHarm.Create(OriginalRunner, on, runnerOptions, workDirectory, original, weights), on) with { Reuse = _probeHarms };
         return p.Method == PruningMethod.SparseGpt
             ? harm with { Activations = (model, names) => BlameTheSource(() => ActivationCollector.Collect(model, names, on, on.Count, runnerOptions, workDirectory), on) }
             : harm;

@@ -133,6 +133,7 @@ internal static class Report
         ["uniformCandidate"] = a.UniformCandidate,
         ["fellBackToUniform"] = a.FellBackToUniform,
         ["probes"] = a.Probes,
+        ["reusedProbes"] = a.ReusedProbes,
         ["seconds"] = Round(a.Seconds, 3),
         ["layers"] = new JsonArray(a.Layers.Select(l => (JsonNode)new JsonObject
         {
@@ -357,7 +358,8 @@ internal static class Report
                 pr.RequestedSparsity is double req ? string.Format(ci, " (requested {0:0.0}%)", req * 100) : "",
                 pr.Allocation switch
                 {
-                    "sensitivity" when pr.Sensitivity is { } a => string.Format(ci, ", per-layer sparsities by measured sensitivity ({0} probes on {1} samples, {2:0.0} s; {3})", a.Probes, a.Samples, a.Seconds, LayerList(pr)),
+                    "sensitivity" when pr.Sensitivity is { } a => string.Format(ci, ", per-layer sparsities by measured sensitivity ({0} probes{4} on {1} samples, {2:0.0} s; {3})", a.Probes, a.Samples, a.Seconds, LayerList(pr),
+                        a.ReusedProbes > 0 ? string.Format(ci, ", {0} of them reused from an earlier attempt,", a.ReusedProbes) : ""),
                     "uniform" when pr.Sensitivity is { FellBackToUniform: true } a => string.Format(ci,
                         ", uniform per-layer sparsity ({0}): the sensitivity allocation measured no better (harm {1:G3} vs {2:G3} on {3} samples)",
                         a.UniformCandidate, a.MeasuredHarm, a.UniformMeasuredHarm, a.Samples),

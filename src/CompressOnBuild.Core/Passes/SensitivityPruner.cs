@@ -30,6 +30,14 @@ public sealed record HarmMeasure(string Name, int Samples, Func<ModelProto, doub
 
     /// <summary>Optional: frees what the measure holds open (the probe session); the measure still works afterwards.</summary>
     public Action? Release { get; init; }
+
+    /// <summary>
+    /// Optional: harms already measured on the same model and data, by scheme, weight and zero count, reused instead of
+    /// probing again and added to as probes run. Every probe is the unchanged model with one layer pruned, so its harm
+    /// does not depend on which other layers a run prunes or keeps dense: Tune's attempts, which rerun the allocation with
+    /// some layers excluded, share one of these (the worker keeps one per item).
+    /// </summary>
+    public IDictionary<string, double>? Reuse { get; init; }
 }
 
 /// <summary>One measurement of a layer pruned alone: its sparsity, zeroed elements and the harm to the model's output.</summary>
@@ -76,8 +84,11 @@ public sealed class SensitivityAnalysis
     /// <summary>The same sum for uniform sparsity (every layer at the target), for comparison.</summary>
     public double UniformPredictedHarm { get; init; }
 
-    /// <summary>Models measured (layers x grid points).</summary>
+    /// <summary>Models measured (layers x grid points), those reused from an earlier allocation (<see cref="HarmMeasure.Reuse"/>) included.</summary>
     public int Probes { get; init; }
+
+    /// <summary>Of <see cref="Probes"/>, those taken from an earlier allocation of the same item instead of measured again.</summary>
+    public int ReusedProbes { get; init; }
 
     public double Seconds { get; init; }
 
@@ -149,11 +160,12 @@ internal static class SensitivityPruner
     /// </summary>
     /// <param name="units">Per layer, what the fraction counts (e.g. weight elements).</param>
     /// <param name="start">Per layer, units already pruned (zeros on input): harm 0 there, never fewer chosen.</param>
+    /// <param name="scheme">What the probe does (e.g. "magnitude", "sparsegpt:0.01"), the key <see cref="HarmMeasure.Reuse"/> is kept under.</param>
     public static SensitivityAnalysis ChooseSparsities(IReadOnlyList<PrunableLayer> layers, long[] units, long[] start, double target, IReadOnlyList<double> grid,
-        HarmMeasure harm, Probe probe)
+        HarmMeasure harm, Probe probe, string scheme = "")
     {
         var watch = System.Diagnostics.Stopwatch.StartNew();
-        int probes = 0;
+        int probes = 0, reused = 0;
         var curves = new List<SensitivityPoint>[layers.Count];
         for (int i = 0; i < layers.Count; i++)
         {
@@ -165,7 +177,21 @@ internal static class SensitivityPruner
                 {
                     continue;
                 }
-                double h = probe(i, zeros);
+                string key = string.Create(System.Globalization.CultureInfo.InvariantCulture, $"{scheme}|{layers[i].WeightName}|{units[i]}|{zeros}");
+                double h;
+                if (harm.Reuse != null && harm.Reuse.TryGetValue(key, out double known))
+                {
+                    h = known;
+                    reused++;
+                }
+                else
+                {
+                    h = probe(i, zeros);
+                    if (harm.Reuse != null)
+                    {
+                        harm.Reuse[key] = h;
+                    }
+                }
                 probes++;
                 curves[i].Add(new SensitivityPoint(s, zeros, double.IsFinite(h) ? h : BrokenHarm));
             }
@@ -193,6 +219,7 @@ internal static class SensitivityPruner
             PredictedHarm = predicted,
             UniformPredictedHarm = uniform,
             Probes = probes,
+            ReusedProbes = reused,
             Seconds = watch.Elapsed.TotalSeconds,
             Layers = result,
         };
@@ -246,7 +273,7 @@ internal static class SensitivityPruner
             float[] trial = (float[])l.Data.Clone();
             SparsityMasks.ZeroSmallest([trial], l.Scores == null ? null : [l.Scores], zeros);
             return MeasureWith(g, l, trial, harm);
-        });
+        }, "magnitude");
         a = CheckAgainstUniform(g, layers, start, a, harm, uniform);
         for (int i = 0; i < layers.Count; i++)
         {
@@ -344,6 +371,7 @@ internal static class SensitivityPruner
             PredictedHarm = a.PredictedHarm,
             UniformPredictedHarm = a.UniformPredictedHarm,
             Probes = a.Probes,
+            ReusedProbes = a.ReusedProbes,
             Seconds = a.Seconds + watch.Elapsed.TotalSeconds,
             Layers = fallBack ? a.Layers.Select((l, i) => l with { ChosenZeros = best.Zeros[i], PredictedHarm = Interpolate(start[i], l.Curve, best.Zeros[i]) }).ToList() : a.Layers,
             MeasuredHarm = measured,

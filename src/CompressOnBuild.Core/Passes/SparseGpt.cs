@@ -153,14 +153,14 @@ internal static class SparseGpt
                 SparsityMasks.ZeroSmallest([trial], zeros);
             }
             return SensitivityPruner.MeasureWith(g, l, trial, harm);
-        });
+        }, string.Create(System.Globalization.CultureInfo.InvariantCulture, $"sparsegpt:{options.Dampening}"));
         // Back in the caller's layer order.
         var byLayer = ordered.Select((l, i) => (l, i)).ToDictionary(p => p.l, p => analysis.Layers[p.i]);
         return new SensitivityAnalysis
         {
             Measure = analysis.Measure, Samples = analysis.Samples, TargetSparsity = analysis.TargetSparsity, Elements = analysis.Elements,
             TargetZeros = analysis.TargetZeros, ChosenZeros = analysis.ChosenZeros, PredictedHarm = analysis.PredictedHarm,
-            UniformPredictedHarm = analysis.UniformPredictedHarm, Probes = analysis.Probes, Seconds = analysis.Seconds,
+            UniformPredictedHarm = analysis.UniformPredictedHarm, Probes = analysis.Probes, ReusedProbes = analysis.ReusedProbes, Seconds = analysis.Seconds,
             Layers = layers.Select(l => byLayer[l]).ToList(),
         };
     }

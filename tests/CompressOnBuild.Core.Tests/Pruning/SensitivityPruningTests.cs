@@ -150,6 +150,36 @@ public sealed class SensitivityPruningTests
     }
 
     [TestMethod]
+    public void A_second_allocation_with_the_same_reuse_table_measures_nothing_again_and_chooses_the_same()
+    {
+        // Tune reruns the allocation per attempt, some layers excluded: each probe is the unchanged model with one layer
+        // pruned, so the harms measured by the first attempt hold for the later ones.
+        ModelProto original = TwoBranches();
+        int measured = 0;
+        HarmMeasure kl = Kl(original, 16);
+        var reuse = new Dictionary<string, double>(StringComparer.Ordinal);
+        HarmMeasure counting = new(kl.Name, kl.Samples, m => { measured++; return kl.Measure(m); }) { Reuse = reuse };
+        ModelProto first = original.Clone(), second = original.Clone(), excluded = original.Clone();
+        PruningSummary s1 = Pruner.Apply(first, All("Magnitude:0.5"), "m", harm: counting);
+        // Besides the probes, the allocation measures whole pruned models against uniform ones (not reusable).
+        int afterFirst = measured, checks = afterFirst - s1.Sensitivity!.Probes;
+        Assert.IsGreaterThan(0, s1.Sensitivity.Probes);
+        Assert.AreEqual(0, s1.Sensitivity.ReusedProbes);
+        PruningSummary s2 = Pruner.Apply(second, All("Magnitude:0.5"), "m", harm: counting);
+        Assert.AreEqual(afterFirst + checks, measured, "no probe measured again");
+        Assert.AreEqual(s2.Sensitivity!.Probes, s2.Sensitivity.ReusedProbes);
+        afterFirst = measured;
+        CollectionAssert.AreEqual(Weight(first, "wa"), Weight(second, "wa"));
+        CollectionAssert.AreEqual(Weight(first, "wb"), Weight(second, "wb"));
+        PruningSummary s3 = Pruner.Apply(excluded, All("Magnitude:0.5") with { ExcludedNodes = ["branch_a"] }, "m", harm: counting);
+        Assert.AreEqual(afterFirst, measured, "a layer excluded: the other's curve is reused");
+        Assert.AreEqual(s3.Sensitivity!.Probes, s3.Sensitivity.ReusedProbes);
+        // Without the table every allocation measures again.
+        Pruner.Apply(original.Clone(), All("Magnitude:0.5"), "m", harm: counting with { Reuse = null });
+        Assert.AreEqual(afterFirst + s1.Sensitivity.Probes + checks, measured, "every probe measured again");
+    }
+
+    [TestMethod]
     [DataRow("Sensitivity:0")]
     [DataRow("Sensitivity:1")]
     [DataRow("Sensitivity:0.96")]
