@@ -11,6 +11,8 @@
 #            time against node count (issue 17; also 'memory --graph-scaling'): each step in process (parse, check,
 #            sort, every pass, save) and the real worker per scheme, every size side by side in one run, wall and CPU
 #            seconds and the ratio per 10x nodes. --digest hashes each pass's output instead (compare two builds).
+#            --sessions [--variants chain:disabled,relu:disabled,...] times ONNX Runtime session creation alone on
+#            variants of the graphs, one factor each (default sizes 10000,100000; see OrtSessionScaling.cs).
 #        build/bench.sh streaming [SIZE_MB] [--width N] [--rounds N] [--schemes Int8Dynamic,Int4Weights,Float16]
 #            the streaming path in process on a generated MatMul chain with external data (default 2500 MB, 1024x1024
 #            layers, 3 rounds), interleaved with a plain copy of the same files (with and without fsync), page cache

@@ -42,6 +42,8 @@ internal static class GraphScaling
         string[] workerSchemes = DefaultWorkerSchemes;
         bool passes = true;
         bool digest = false;
+        bool sessions = false;
+        string[]? sessionVariants = null;
         var layerSizes = new List<int>();
         for (int i = 0; i < args.Length; i++)
         {
@@ -56,6 +58,8 @@ internal static class GraphScaling
                 case "--worker-schemes": workerSchemes = Next().Split(','); break;
                 case "--no-passes": passes = false; break;
                 case "--digest": digest = true; break;
+                case "--sessions": sessions = true; break;
+                case "--variants": sessionVariants = Next().Split(','); break;
                 default:
                     // Bare numbers: layer counts of the chain, as before (2 nodes per layer).
                     if (int.TryParse(args[i], NumberStyles.None, CultureInfo.InvariantCulture, out int layers))
@@ -73,6 +77,12 @@ internal static class GraphScaling
         }
         Console.WriteLine($"Machine: {Environment.ProcessorCount} logical cores, {RuntimeInformation.OSDescription}, {RuntimeInformation.ProcessArchitecture}; "
             + $"load average at start: {MemoryScaling.LoadAverage()} (shared machine: ratios are measured side by side in this run)");
+        if (sessions)
+        {
+            int rc = OrtSessionScaling.Run(layerSizes.Count > 0 || args.Contains("--nodes") ? sizes : [10_000, 100_000], sessionVariants);
+            Console.WriteLine($"Load average at the end: {MemoryScaling.LoadAverage()}");
+            return rc;
+        }
         if (digest)
         {
             Digests(sizes, shapes, steps);
