@@ -33,6 +33,10 @@ internal sealed record Attempt(
 
     /// <summary>Histograms of the quantized weights before and after, for the HTML report; null when nothing was quantized.</summary>
     public System.Text.Json.Nodes.JsonObject? WeightHistograms { get; init; }
+
+    /// <summary>The graph ONNX Runtime optimized for this candidate's validation session, written by that session
+    /// (the optimized-graph check reads it instead of opening the candidate again); null when nothing was quantized.</summary>
+    public string? OptimizedPath { get; init; }
 }
 
 /// <summary>Compresses and validates one item: load, check, pass, save beside the output, validate, check budgets, (tune), publish atomically.</summary>
@@ -122,12 +126,19 @@ internal static class Compressor
             ModelProto? kept = s.Tune ? original : null;
             original = null!;
             ReleaseMemory();
-            ModelRunner originalRunner = OpenOriginal(s, modelFull, new ModelRunnerOptions { IntraOpThreads = 1, SourceModel = true });
-            MemoryTrace.Mark(s.Model, "original opened in ONNX Runtime");
-            // Owned by the context from here on (it closes and reopens the session, and reloads the original, to keep the peak down).
+            // One attempt: the original's session is opened once, for validation (after the pass): its inputs are read
+            // from the graph, and synthetic inputs are probed on that session when it opens. Tuning runs the original
+            // from the start (every attempt compares against it), so it opens it now.
+            ModelRunner? originalRunner = null;
+            if (s.Tune)
+            {
+                originalRunner = OpenOriginal(s, modelFull, new ModelRunnerOptions { IntraOpThreads = 1, SourceModel = true });
+                MemoryTrace.Mark(s.Model, "original opened in ONNX Runtime");
+            }
+            // Owned by the context from here on (it opens, closes and reopens the session, and reloads the original, to keep the peak down).
             context = new AttemptContext(s, kept, originalRunner,
                 () => OpenOriginal(s, modelFull, new ModelRunnerOptions { IntraOpThreads = 1, SourceModel = true }),
-                runnerOptions, work, Path.GetFileName(outputFull), result.OriginalBytes)
+                runnerOptions, work, Path.GetFileName(outputFull), result.OriginalBytes, originalRunner?.Inputs ?? ModelInputs.FromModel(hints))
             {
                 Progress = progress,
             };
@@ -136,9 +147,23 @@ internal static class Compressor
             // model-sized thing alive at a time): the candidates are known from the graph alone.
             context.SmoothingCandidates = externalData || s.Tune ? null : SmoothingCandidates(hints);
             progress?.Phase("reading the validation data");
-            context.Data = LoadData(result, hints, context.OriginalRunner, out string source);
+            if (originalRunner != null || s.ValidationData != null || s.CalibrationData != null)
+            {
+                context.Data = LoadData(result, hints, context.Inputs, originalRunner, out string source);
+                result.ValidationSource = source;
+            }
+            else
+            {
+                // Synthetic inputs are probed on the original's session: made when validation opens it.
+                ModelProto graph = hints;
+                context.PendingData = runner =>
+                {
+                    Dataset? data = LoadData(result, graph, runner.Inputs, runner, out string source);
+                    result.ValidationSource = source;
+                    return data;
+                };
+            }
             hints = null!;
-            result.ValidationSource = source;
 
             Attempt chosen = context.Make(s.NodesToExclude);
             MemoryTrace.Mark(s.Model, "validated");
@@ -174,7 +199,7 @@ internal static class Compressor
             result.Budgets.AddRange(chosen.Budgets);
             result.CompressSeconds = chosen.CompressSeconds;
             result.ValidateSeconds = chosen.ValidateSeconds;
-            Verdict.AddWarnings(result, chosen.Path);
+            Verdict.AddWarnings(result, chosen.Path, chosen.OptimizedPath);
             if (key != null)
             {
                 // Cached whatever the verdict: a later build with other budgets re-checks these measurements.
@@ -274,7 +299,7 @@ internal static class Compressor
                 using (ModelRunner originalRunner = OpenOriginal(s, modelFull, new ModelRunnerOptions { IntraOpThreads = 1, SourceModel = true }))
                 using (var compressed = new ModelRunner(candidate, runnerOptions))
                 {
-                    Dataset? data = LoadData(result, ModelIO.LoadLazy(s.Model).Model, originalRunner, out string source);
+                    Dataset? data = LoadData(result, ModelIO.LoadLazy(s.Model).Model, originalRunner.Inputs, originalRunner, out string source);
                     result.ValidationSource = source;
                     // Neither session is needed after the latency runs: closed before the pairwise metrics.
                     result.Validation = data == null ? null : Validator.Compare(originalRunner, compressed, data, ValidationOptions(s, progress, () =>
@@ -389,13 +414,16 @@ internal static class Compressor
     /// (<see cref="SyntheticInputs"/>). Null when no synthetic inputs ran the original: then a budget that needs the
     /// measurement is CMPR0411 (exit 2), otherwise CMPR0410 is a warning and the model is compressed unvalidated.
     /// </summary>
-    internal static Dataset? LoadData(ItemResult result, ModelProto graph, ModelRunner originalRunner, out string source)
+    /// <remarks><paramref name="inputs"/>: the original's inputs; <paramref name="originalRunner"/> may be null only
+    /// when the item has data (ValidationData or CalibrationData): synthetic inputs are probed on the original.</remarks>
+    internal static Dataset? LoadData(ItemResult result, ModelProto graph, ModelInputs inputs, ModelRunner? originalRunner, out string source)
     {
         ItemSettings s = result.Settings;
         if (s.ValidationData != null || s.CalibrationData != null)
         {
-            return LoadData(s, originalRunner.Inputs, 0, out source);
+            return LoadData(s, inputs, 0, out source);
         }
+        ArgumentNullException.ThrowIfNull(originalRunner);
         SyntheticOutcome synthetic = SyntheticInputs.Create(graph, originalRunner, s.Inputs, samples: 16, seed: 20261123, s.Model);
         source = "random inputs (no ValidationData given" + (synthetic.Shapes.Length > 0 ? "; shapes " + synthetic.Shapes : "") + ")";
         if (synthetic.Data != null)
@@ -626,13 +654,12 @@ internal static class Compressor
 /// reload on demand. With tuning both stay, since every attempt needs them.
 /// </para>
 /// </summary>
-internal sealed class AttemptContext(ItemSettings settings, ModelProto? original, ModelRunner originalRunner, Func<ModelRunner> reopenOriginal,
-    ModelRunnerOptions runnerOptions, string workDirectory, string fileName, long originalBytes) : IDisposable
+internal sealed class AttemptContext(ItemSettings settings, ModelProto? original, ModelRunner? originalRunner, Func<ModelRunner> reopenOriginal,
+    ModelRunnerOptions runnerOptions, string workDirectory, string fileName, long originalBytes, ModelInputs inputs) : IDisposable
 {
     private int _count;
     private ModelProto? _original = original;
     private ModelRunner? _originalRunner = originalRunner;
-    private ModelInputs? _inputs;
 
     /// <summary>The original model, parsed and checked (reloaded from the item's Model if it was dropped).</summary>
     public ModelProto Original => _original ??= Reload();
@@ -648,11 +675,18 @@ internal sealed class AttemptContext(ItemSettings settings, ModelProto? original
     /// <summary>The original model's ONNX Runtime session (reopened if an attempt closed it).</summary>
     public ModelRunner OriginalRunner => _originalRunner ??= reopenOriginal();
 
-    /// <summary>The original model's inputs as ONNX Runtime reports them (kept when the session is closed).</summary>
-    private ModelInputs Inputs => _inputs ??= OriginalRunner.Inputs;
+    /// <summary>The original model's inputs: as its session reports them when it was open from the start (tuning),
+    /// else read from its graph (<see cref="ModelInputs.FromModel"/>, which lists them as ONNX Runtime does).</summary>
+    public ModelInputs Inputs { get; } = inputs;
 
     /// <summary>The inputs both models are compared on, set once by the caller; null when the original ran on no synthetic inputs (CMPR0410).</summary>
     public Dataset? Data { get; set; }
+
+    /// <summary>
+    /// Makes <see cref="Data"/> on the original's session when validation first opens it (synthetic inputs are probed
+    /// on the original; one attempt opens that session only to validate); null once made, or when the caller set Data.
+    /// </summary>
+    public Func<ModelRunner, Dataset?>? PendingData { get; set; }
 
     /// <summary>One attempt only (no tuning): the original's session and parsed model are released between phases.</summary>
     private bool SingleAttempt => !settings.Tune;
@@ -670,7 +704,6 @@ internal sealed class AttemptContext(ItemSettings settings, ModelProto? original
     {
         if (_originalRunner != null)
         {
-            _inputs ??= _originalRunner.Inputs;
             _originalRunner.Dispose();
             _originalRunner = null;
         }
@@ -809,6 +842,23 @@ internal sealed class AttemptContext(ItemSettings settings, ModelProto? original
     /// bug, exit 3) only if the original runs on the same data; when the original fails too, its own CMPR0110 (bad
     /// input, exit 2) is what surfaces.
     /// </summary>
+    /// <summary>
+    /// Opens a session on a model we wrote: ONNX Runtime refusing it is CMPR0402 (our bug, exit 3) only if it loads the
+    /// original; a source model it refuses (one attempt opens the original only to validate) is CMPR0103 (bad input, exit 2).
+    /// </summary>
+    private T BlameTheSource<T>(Func<T> open)
+    {
+        try
+        {
+            return open();
+        }
+        catch (CompressException e) when (e.Code == DiagnosticCodes.OrtRunFailed)
+        {
+            _ = OriginalRunner;
+            throw;
+        }
+    }
+
     private T BlameTheSource<T>(Func<T> collect, Dataset on)
     {
         try
@@ -929,22 +979,23 @@ internal sealed class AttemptContext(ItemSettings settings, ModelProto? original
         Dataset data = CalibrationData();
         // One attempt: calibration's own session runs while nothing holds the parsed original (taken from the context
         // and dropped by the calibrator once written; the pass reloads it).
-        CalibrationResult result = Calibrator.Run(() =>
+        CalibrationResult result = BlameTheSource(() => Calibrator.Run(() =>
             {
                 ModelProto calibrated = pruned ?? (SingleAttempt ? TakeOriginal() : Original);
                 return (Int8StaticQuantizer.CalibrationModel(calibrated), Int8StaticQuantizer.TensorsToCalibrate(calibrated, StaticOptions([])));
             },
-            data, new CalibrationOptions { Method = method, Percentile = percentile, MaxSamples = settings.CalibrationSamples }, settings.Model);
+            data, new CalibrationOptions { Method = method, Percentile = percentile, MaxSamples = settings.CalibrationSamples }, settings.Model));
         Compressor.ReleaseMemory(); // the calibration session is closed: its native memory goes back before the pass allocates
         MemoryTrace.Mark(settings.Model, "calibrated");
         _calibrations[key] = result;
         return result;
     }
 
-    /// <summary>Opens the compressed model's session, then hands back what ONNX Runtime freed after loading (the parsed file).</summary>
-    private ModelRunner OpenCompressed(string path)
+    /// <summary>Opens the compressed model's session (writing ORT's optimized graph to <paramref name="optimizedPath"/> when
+    /// set), then hands back what ONNX Runtime freed after loading (the parsed file).</summary>
+    private ModelRunner OpenCompressed(string path, string? optimizedPath)
     {
-        var runner = new ModelRunner(path, runnerOptions);
+        ModelRunner runner = BlameTheSource(() => new ModelRunner(path, runnerOptions.WithOptimizedModelPath(optimizedPath)));
         MemoryTrace.Mark(settings.Model, "compressed opened in ONNX Runtime");
         ProcessMemory.Release();
         return runner;
@@ -1056,8 +1107,12 @@ internal sealed class AttemptContext(ItemSettings settings, ModelProto? original
         // for a moment (MiniLM's original: 128 MiB while loading, 87 MiB loaded), so the larger model goes first: the
         // original, unless the compressed model is float16, whose session turns the weights into float32 ones while it
         // loads (holding both). With tuning the original's session is open already.
+        // The compressed model's validation session also writes the graph it optimized, for the optimized-graph check
+        // (float fallbacks of a quantized model, Verdict): the graph the app's session runs, without opening the
+        // candidate a second time.
+        string? optimizedPath = summary is { Nodes.Count: > 0 } ? Path.Combine(Path.GetDirectoryName(path)!, "ort-optimized.onnx") : null;
         bool compressedFirst = quantize && settings.Quantization == QuantizationScheme.Float16;
-        ModelRunner? opened = compressedFirst ? OpenCompressed(path) : null;
+        ModelRunner? opened = compressedFirst ? OpenCompressed(path, optimizedPath) : null;
         ModelRunner originalRunner;
         try
         {
@@ -1070,7 +1125,13 @@ internal sealed class AttemptContext(ItemSettings settings, ModelProto? original
         }
         MemoryTrace.Mark(settings.Model, "original opened in ONNX Runtime");
         ProcessMemory.Release();
-        using ModelRunner compressed = opened ?? OpenCompressed(path);
+        using ModelRunner compressed = opened ?? OpenCompressed(path, optimizedPath);
+        if (PendingData is { } pending)
+        {
+            PendingData = null;
+            Progress?.Phase("making synthetic inputs");
+            Data = pending(originalRunner);
+        }
         Dataset? inputs = on ?? Data;
         // With one attempt neither session is needed after the latency runs: closed before the pairwise metrics.
         Action? sessionsDone = !SingleAttempt ? null : () =>
@@ -1088,6 +1149,7 @@ internal sealed class AttemptContext(ItemSettings settings, ModelProto? original
             CalibrationMethod = settings.Quantization == QuantizationScheme.Int8Static && quantize ? CalibrationMethodText : null,
             DenseNodes = dense,
             WeightHistograms = histograms,
+            OptimizedPath = optimizedPath,
         };
     }
 }

@@ -24,6 +24,11 @@ internal static class Optimized
         }
     }
 
+    /// <summary>As <see cref="Describe"/>, from the optimized graph a validation session already wrote
+    /// (<see cref="ModelRunnerOptions.OptimizedModelPath"/>) when there is one, else from a session opened for it.</summary>
+    public static JsonObject Describe(string modelPath, string? optimizedModelPath) =>
+        optimizedModelPath != null && File.Exists(optimizedModelPath) ? Analyze(OptimizedGraph.Load(optimizedModelPath)) : Describe(modelPath);
+
     public static JsonObject Analyze(ModelProto model)
     {
         var ops = new SortedDictionary<string, int>(StringComparer.Ordinal);

@@ -63,8 +63,10 @@ internal static class Verdict
     }
 
     /// <summary>Warnings about the measurement and the outcome (see the class summary). <paramref name="candidatePath"/>:
-    /// the compressed model file to check ONNX Runtime's optimized graph of, null to skip that check.</summary>
-    public static void AddWarnings(ItemResult r, string? candidatePath)
+    /// the compressed model file to check ONNX Runtime's optimized graph of, null to skip that check;
+    /// <paramref name="optimizedPath"/>: the optimized graph its validation session wrote, if any (read instead of
+    /// opening another session on the candidate).</summary>
+    public static void AddWarnings(ItemResult r, string? candidatePath, string? optimizedPath = null)
     {
         ItemSettings s = r.Settings;
         void Warn(string code, params object?[] args) =>
@@ -93,7 +95,7 @@ internal static class Verdict
         }
         if (candidatePath != null && r.Quantization is { Nodes.Count: > 0 })
         {
-            r.FloatFallbacks = [.. Optimized.Describe(candidatePath)["floatFallbacks"]!.AsArray().Select(n => n!.GetValue<string>())];
+            r.FloatFallbacks = [.. Optimized.Describe(candidatePath, optimizedPath)["floatFallbacks"]!.AsArray().Select(n => n!.GetValue<string>())];
             if (r.FloatFallbacks.Count > 0)
             {
                 string names = string.Join(", ", r.FloatFallbacks.Take(5)) + (r.FloatFallbacks.Count > 5 ? $" and {r.FloatFallbacks.Count - 5} more" : "");

@@ -80,12 +80,21 @@ public sealed class ModelInputs : IReadOnlyList<TensorInfo>
     /// <summary>Input by name, or null.</summary>
     public TensorInfo? Find(string name) => inputs.FirstOrDefault(i => i.Name == name);
 
-    /// <summary>Reads the graph inputs from an ONNX model (inputs that are also initializers are skipped).</summary>
+    /// <summary>
+    /// Reads the graph inputs from an ONNX model as an ONNX Runtime session lists them (<see cref="ModelRunner.Inputs"/>),
+    /// without opening one: in graph order, inputs that are also initializers skipped (at IR 4 and later ORT makes them
+    /// overridable initializers, below IR 4 constants; neither is an input to feed), -1 for a symbolic or unknown
+    /// dimension, no dims for an unknown rank, string tensors as <see cref="TensorElementType.String"/>, and non-tensor
+    /// inputs (optional, sequence, map) as <see cref="TensorElementType.Other"/>.
+    /// </summary>
     public static ModelInputs FromModel(ModelProto model)
     {
         ArgumentNullException.ThrowIfNull(model);
         HashSet<string> initializers = [.. model.Graph.Initializer.Select(t => t.Name)];
-        return new ModelInputs(model.Graph.Input.Where(i => !initializers.Contains(i.Name)).Select(FromValueInfo));
+        return new ModelInputs(model.Graph.Input.Where(i => !initializers.Contains(i.Name)).Select(i =>
+            FromValueInfo(i) is { ElementType: TensorElementType.Other } info && i.Type?.TensorType?.ElemType == (int)TensorProto.Types.DataType.String
+                ? info with { ElementType = TensorElementType.String }
+                : FromValueInfo(i)));
     }
 
     /// <summary>Reads the graph outputs from an ONNX model.</summary>

@@ -54,6 +54,20 @@ public sealed class ModelRunnerOptions
     /// model's .onnx elsewhere (calibration's, with outputs added) use the source model's data files in place.
     /// </summary>
     public string? ExternalDataFolder { get; init; }
+
+    /// <summary>
+    /// When set, ONNX Runtime writes the graph it optimized for this session to this file while the session is
+    /// created (SessionOptions.OptimizedModelFilePath): the graph the session runs, read without a second session
+    /// (<see cref="OptimizedGraph.Load"/>). Null (default): nothing is written.
+    /// </summary>
+    public string? OptimizedModelPath { get; init; }
+
+    /// <summary>These settings, with ONNX Runtime writing the optimized graph to <paramref name="path"/> (<see cref="OptimizedModelPath"/>).</summary>
+    public ModelRunnerOptions WithOptimizedModelPath(string? path) => new()
+    {
+        IntraOpThreads = IntraOpThreads, Optimization = Optimization, BatchSize = BatchSize, Parallelism = Parallelism,
+        SourceModel = SourceModel, ExternalDataFolder = ExternalDataFolder, OptimizedModelPath = path,
+    };
 }
 
 /// <summary>Outputs of a run over a data set: per sample, the requested outputs (batch dimension 1), and timing.</summary>
@@ -164,6 +178,11 @@ public sealed class ModelRunner : IDisposable
         {
             so.AddSessionConfigEntry("session.model_external_initializers_file_folder_path", options.ExternalDataFolder);
         }
+        if (options.OptimizedModelPath != null)
+        {
+            so.OptimizedModelFilePath = options.OptimizedModelPath;
+        }
+        Interlocked.Increment(ref sessionsOpened);
         return new InferenceSession(modelPath, so);
     }
 
@@ -176,6 +195,16 @@ public sealed class ModelRunner : IDisposable
     private static string LoadFailureText(Exception e) => e is MissingMethodException or MissingFieldException or TypeLoadException
         ? $"the loaded ONNX Runtime ({OrtLoader.Current?.Version ?? "unknown version"}) lacks an API CompressOnBuild uses (ORT 1.16 or newer is needed): {e.Message}"
         : e.Message;
+
+    private static long sessionsOpened;
+
+    /// <summary>
+    /// ONNX Runtime sessions this process has opened (every <see cref="ModelRunner"/> and <see cref="OptimizedGraph.Optimize"/>):
+    /// on graphs of 10^5 nodes opening one costs more than the pass, so the worker opens each model once (tests count them).
+    /// </summary>
+    public static long SessionsOpened => Interlocked.Read(ref sessionsOpened);
+
+    internal static void CountSession() => Interlocked.Increment(ref sessionsOpened);
 
     /// <summary>The model file.</summary>
     public string ModelPath { get; }

@@ -22,6 +22,7 @@ public static class OptimizedGraph
     public static ModelProto Optimize(string modelPath, GraphOptimizationLevel level = GraphOptimizationLevel.ORT_ENABLE_ALL)
     {
         string temp = Path.Combine(Path.GetTempPath(), "cob-opt-" + Guid.NewGuid().ToString("N")[..12] + ".onnx");
+        ModelRunner.CountSession();
         try
         {
             using (var options = new SessionOptions
@@ -41,6 +42,30 @@ public static class OptimizedGraph
         finally
         {
             foreach (string f in new[] { temp, temp + ".data" })
+            {
+                if (File.Exists(f))
+                {
+                    File.Delete(f);
+                }
+            }
+        }
+    }
+
+    /// <summary>
+    /// The graph a session wrote with <see cref="ModelRunnerOptions.OptimizedModelPath"/> set (the same graph
+    /// <see cref="Optimize"/> returns for that session's optimization level, without opening another session); the
+    /// file, and a data file ORT may have written beside it, are deleted once read.
+    /// </summary>
+    public static ModelProto Load(string optimizedModelPath)
+    {
+        ArgumentNullException.ThrowIfNull(optimizedModelPath);
+        try
+        {
+            return ModelIO.Load(optimizedModelPath);
+        }
+        finally
+        {
+            foreach (string f in new[] { optimizedModelPath, optimizedModelPath + ".data" })
             {
                 if (File.Exists(f))
                 {

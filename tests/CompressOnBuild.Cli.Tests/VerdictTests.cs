@@ -235,4 +235,55 @@ public sealed class VerdictTests
         JsonNode report = Report.Build(r, null);
         Assert.AreEqual("'fc_float' (Conv)", report["quantization"]!["floatFallbacks"]![0]!.GetValue<string>());
     }
+    /// <summary>
+    /// Issue 17: on graphs of 10^5 nodes opening an ONNX Runtime session costs more than the pass, so one attempt opens
+    /// each model once: the compressed model's validation session also writes the optimized graph the float-fallback
+    /// check reads, and the original's inputs come from its graph (synthetic inputs are probed on its validation session).
+    /// </summary>
+    [TestMethod]
+    [DataRow("Int8Dynamic")]
+    [DataRow("Int4Weights:16")]
+    public void OneAttempt_OpensEachModelOnce_AndStillChecksTheOptimizedGraph(string scheme)
+    {
+        string model = SaveMlp();
+        long before = ModelRunner.SessionsOpened;
+        CliRun run = CliHarness.InProcess("compress", model, "--output", P("once.onnx"), "--report", P("once.json"), "--quantization", scheme);
+        long opened = ModelRunner.SessionsOpened - before;
+        Assert.AreEqual(0, run.ExitCode, run.Output);
+        Assert.AreEqual(2, opened, "sessions opened: the compressed model's and the original's, once each\n" + run.Output);
+        JsonNode report = JsonNode.Parse(File.ReadAllText(P("once.json")))!;
+        Assert.IsNotNull(report["quantization"]!["floatFallbacks"], "the optimized-graph check ran");
+        Assert.IsTrue(report["validation"]!["syntheticInputs"]!.GetValue<bool>());
+        Assert.AreEqual(16, report["validation"]!["samples"]!.GetValue<int>());
+    }
+
+    /// <summary>The optimized graph a validation session wrote gives the same fallbacks as a session opened for it, and is deleted once read.</summary>
+    [TestMethod]
+    public void FloatFallbacks_FromTheValidationSessionsOptimizedGraph_MatchASeparateSession()
+    {
+        var g = new GraphProto { Name = "dq" };
+        g.Input.Add(TinyModels.FloatValue("x", "N", 2, 4, 4));
+        g.Output.Add(TinyModels.FloatValue("y", "N", 3, 2, 2));
+        g.Initializer.Add(TensorUtil.FromInt8("wq", Enumerable.Range(0, 54).Select(i => (sbyte)(i - 27)).ToArray(), 3, 2, 3, 3));
+        g.Initializer.Add(TensorUtil.FromFloats("ws", [0.01f]));
+        g.Initializer.Add(TensorUtil.FromInt8("wz", [(sbyte)0]));
+        g.Node.Add(TinyModels.Node("DequantizeLinear", ["wq", "ws", "wz"], ["w"], "dq_w"));
+        g.Node.Add(TinyModels.Node("Conv", ["x", "w"], ["y"], "fc_float"));
+        string model = P("dq.onnx");
+        ModelIO.Save(TinyModels.Model(g), model);
+        string optimized = P("ort-optimized.onnx");
+        using (new ModelRunner(model, new ModelRunnerOptions().WithOptimizedModelPath(optimized)))
+        {
+            Assert.IsTrue(File.Exists(optimized));
+        }
+
+        ItemResult r = Result(model, []);
+        r.OriginalBytes = 1000;
+        r.CompressedBytes = 500;
+        r.Quantization = new PassResult("Int8Static", false, null, [new QuantizedNode("fc_float", "Conv", "w", 18, 3, 0f)], [], []);
+        Verdict.AddWarnings(r, model, optimized);
+        CollectionAssert.AreEqual(new[] { "'fc_float' (Conv)" }, r.FloatFallbacks!.ToArray());
+        Assert.IsFalse(File.Exists(optimized), "read once, then deleted");
+        CollectionAssert.AreEqual(OptimizedGraph.FloatFallbacks(OptimizedGraph.Optimize(model)), r.FloatFallbacks!.ToArray());
+    }
 }

@@ -371,6 +371,73 @@ public sealed class RunnerAndValidatorTests
         Assert.AreEqual("[-1,3] float", ModelInputs.OutputsFromModel(model)[0].Describe());
     }
 
+    /// <summary>
+    /// The worker reads the original's inputs from its graph instead of opening an ONNX Runtime session for them (issue
+    /// 17): what <see cref="ModelInputs.FromModel"/> lists must be what the session lists, name for name, in order, with
+    /// the same element types and dims, on the cases where the two could part: an initializer listed as input at IR 3
+    /// (a constant) and at IR 7 (overridable), symbolic, unnamed and fixed dims, an unknown rank, string, bool, int64
+    /// and float16 inputs, an input no node reads, and an optional input.
+    /// </summary>
+    [TestMethod]
+    public void ModelInputs_FromModel_ListsWhatOnnxRuntimeLists()
+    {
+        using TempDir dir = new();
+        var models = new List<(string Name, ModelProto Model)>();
+
+        ModelProto ir3 = TinyModels.Mlp(inF: 5, classes: 3);
+        ir3.IrVersion = 3;
+        ir3.OpsetImport[0].Version = 8;
+        foreach (TensorProto t in ir3.Graph.Initializer)
+        {
+            ir3.Graph.Input.Add(TinyModels.FloatValue(t.Name, [.. t.Dims.Cast<object>()]));
+        }
+        models.Add(("ir3", ir3));
+
+        ModelProto overridable = TinyModels.Mlp(inF: 5, classes: 3);
+        overridable.Graph.Input.Insert(0, TinyModels.FloatValue("b1", 8));
+        models.Add(("overridable", overridable));
+
+        var g = new GraphProto { Name = "kinds" };
+        ValueInfoProto unnamed = Value("u", TensorProto.Types.DataType.Float, "N", 3);
+        unnamed.Type.TensorType.Shape.Dim[0].ClearDimParam(); // a dimension with neither a value nor a name
+        g.Input.Add(unnamed);
+        g.Input.Add(new ValueInfoProto { Name = "r", Type = new TypeProto { TensorType = new TypeProto.Types.Tensor { ElemType = (int)TensorProto.Types.DataType.Float } } });
+        g.Input.Add(Value("s", TensorProto.Types.DataType.String, "N"));
+        g.Input.Add(Value("flag", TensorProto.Types.DataType.Bool));
+        g.Input.Add(Value("ids", TensorProto.Types.DataType.Int64, "batch", "seq"));
+        g.Input.Add(Value("h", TensorProto.Types.DataType.Float16, 2, "T", 4));
+        g.Input.Add(Value("unused", TensorProto.Types.DataType.Float, 7));
+        g.Input.Add(new ValueInfoProto
+        {
+            Name = "opt",
+            Type = new TypeProto { OptionalType = new TypeProto.Types.Optional { ElemType = new TypeProto { TensorType = new TypeProto.Types.Tensor { ElemType = (int)TensorProto.Types.DataType.Float, Shape = new TensorShapeProto() } } } },
+        });
+        g.Node.Add(TinyModels.Node("Relu", ["u"], ["u_out"]));
+        g.Node.Add(TinyModels.Node("Relu", ["r"], ["r_out"]));
+        g.Node.Add(TinyModels.Node("Identity", ["s"], ["s_out"]));
+        g.Node.Add(TinyModels.Node("Not", ["flag"], ["flag_out"]));
+        g.Node.Add(TinyModels.Node("Identity", ["ids"], ["ids_out"]));
+        g.Node.Add(TinyModels.Node("Identity", ["h"], ["h_out"]));
+        g.Node.Add(TinyModels.Node("OptionalHasElement", ["opt"], ["has"]));
+        g.Output.Add(TinyModels.FloatValue("u_out", -1, 3));
+        g.Output.Add(new ValueInfoProto { Name = "r_out", Type = new TypeProto { TensorType = new TypeProto.Types.Tensor { ElemType = (int)TensorProto.Types.DataType.Float } } });
+        g.Output.Add(Value("s_out", TensorProto.Types.DataType.String, "N"));
+        g.Output.Add(Value("flag_out", TensorProto.Types.DataType.Bool));
+        g.Output.Add(Value("ids_out", TensorProto.Types.DataType.Int64, "batch", "seq"));
+        g.Output.Add(Value("h_out", TensorProto.Types.DataType.Float16, 2, "T", 4));
+        g.Output.Add(Value("has", TensorProto.Types.DataType.Bool));
+        models.Add(("kinds", TinyModels.Model(g, opset: 18, irVersion: 8)));
+
+        foreach ((string name, ModelProto model) in models)
+        {
+            string path = dir.File(name + ".onnx");
+            TestFiles.Save(model, path);
+            using ModelRunner runner = new(path);
+            string Text(IEnumerable<TensorInfo> inputs) => string.Join("; ", inputs.Select(i => i.Name + " " + i.Describe()));
+            Assert.AreEqual(Text(runner.Inputs), Text(ModelInputs.FromModel(model)), name);
+        }
+    }
+
     [TestMethod]
     public void Uint8InputModel_GetsRawPixelsByDefault()
     {
