@@ -404,6 +404,48 @@ public sealed class Int8DynamicQuantizerTests
         Assert.IsGreaterThan(0f, summary.Quantized[1].MaxAbsWeightError);
     }
 
+    /// <summary>
+    /// Issue 17: ONNX Runtime's session creation grows with the square of the initializer count, so the zero points
+    /// that are the same for every weight (uint8 codes: 128 per output channel; ConvInteger: the scalar 128) are stored
+    /// once per value and length instead of once per weight; the model runs as before.
+    /// </summary>
+    [TestMethod]
+    public void Equal_zero_points_are_stored_once_and_shared()
+    {
+        const int K = 16, N = 8;
+        var g = new GraphProto { Name = "zp" };
+        g.Input.Add(FloatValue("x", Batch, K));
+        g.Output.Add(FloatValue("y", Batch, N));
+        g.Initializer.Add(TensorUtil.FromFloats("w1", RandomFloats(K * N, 5), K, N));
+        g.Initializer.Add(TensorUtil.FromFloats("w2", RandomFloats(N * N, 6), N, N));
+        g.Initializer.Add(TensorUtil.FromFloats("w3", RandomFloats(N * N, 7), N, N));
+        g.Node.Add(Node("MatMul", ["x", "w1"], ["h1"], "mm1"));
+        g.Node.Add(Node("MatMul", ["h1", "w2"], ["h2"], "mm2"));
+        g.Node.Add(Node("MatMul", ["h2", "w3"], ["y"], "mm3"));
+        ModelProto original = Model(g);
+        ModelProto model = original.Clone();
+        QuantizationSummary summary = Int8DynamicQuantizer.Apply(model, new QuantizationOptions { WeightEncoding = WeightEncoding.UInt8 }, "zp.onnx");
+        Assert.HasCount(3, summary.Quantized);
+        string[] zeroPoints = [.. model.Graph.Node.Where(n => n.OpType == Int8DynamicQuantizer.QuantizedOpType).Select(n => n.Input[3])];
+        Assert.HasCount(3, zeroPoints);
+        Assert.AreEqual(1, zeroPoints.Distinct().Count(), "every weight has N = 8 output channels: one zero-point tensor");
+        Assert.AreEqual(3 * 2 + 1, model.Graph.Initializer.Count, "a quantized weight and a scale per weight, one zero point");
+        TensorProto zp = model.Graph.Initializer.Single(t => t.Name == zeroPoints[0]);
+        CollectionAssert.AreEqual(Enumerable.Repeat(128L, N).ToArray(), TensorUtil.ToInt64Array(zp));
+        ModelChecker.Validate(model, "zp.onnx");
+        float[] x = RandomFloats(Batch * K, 8);
+        using var a = new Ort(original);
+        using var b = new Ort(model);
+        float[] expected = a.Run(x, [Batch, K]);
+        float[] actual = b.Run(x, [Batch, K]);
+        Assert.HasCount(expected.Length, actual);
+        float scale = expected.Max(MathF.Abs);
+        for (int i = 0; i < expected.Length; i++)
+        {
+            Assert.IsLessThan(0.05f * scale, MathF.Abs(expected[i] - actual[i]), $"output {i}");
+        }
+    }
+
     [TestMethod]
     public void Already_quantized_model_is_reported_and_left_alone()
     {

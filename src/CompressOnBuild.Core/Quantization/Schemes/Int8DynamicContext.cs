@@ -54,6 +54,32 @@ internal sealed class Int8DynamicContext : LoweringContext, ITableEncoding, IWei
         QuantizedActivations.Clear();
     }
 
+    /// <summary>Zero-point initializers already stored, per graph scope, value and length (0: a scalar).</summary>
+    private readonly Dictionary<(PassGraph Scope, byte Zero, int Length), string> _zeroPoints = [];
+
+    /// <summary>
+    /// The name of a uint8 zero-point initializer of <paramref name="length"/> elements (0: a scalar) all equal to
+    /// <paramref name="zero"/> in the current scope, stored once and shared by every weight that needs the same one:
+    /// ONNX Runtime's session creation grows with the square of the number of initializers (about 8e-9 s per pair,
+    /// 84 s for 100,000; docs/reliability.md, "Scale"), and one per weight was a third of what this scheme wrote.
+    /// <paramref name="bytes"/>: the bytes this call added (0 when shared).
+    /// </summary>
+    private string SharedZeroPoint(byte zero, int length, string baseName, out long bytes)
+    {
+        if (_zeroPoints.TryGetValue((Graph, zero, length), out string? name))
+        {
+            bytes = 0;
+            return name;
+        }
+        name = Graph.Unique(baseName + "_zero_point");
+        byte[] zeros = new byte[Math.Max(1, length)];
+        Array.Fill(zeros, zero);
+        Graph.AddInitializer(length == 0 ? TensorUtil.FromUInt8(name, zeros) : TensorUtil.FromUInt8(name, zeros, length));
+        _zeroPoints[(Graph, zero, length)] = name;
+        bytes = zeros.Length;
+        return name;
+    }
+
     public GatherLowering.Scheme TableScheme => GatherLowering.Scheme.Int8PerRow with { HalfScales = Levels.HalfScales };
 
     /// <summary>
@@ -83,15 +109,12 @@ internal sealed class Int8DynamicContext : LoweringContext, ITableEncoding, IWei
             byte[] kMajor = PassGraph.Transpose(quantized, n, k);
 
             // Signed codes are symmetric around 0, DynamicQuantizeMatMul's default zero point: none is stored ("").
-            var stored = new Int8Matrix(Graph.Unique(baseName + "_quantized"), Graph.Unique(baseName + "_scale"), unsigned ? Graph.Unique(baseName + "_zero_point") : "", k, n, maxError, half);
             long zeroBytes = 0;
+            string zeroPoint = unsigned ? SharedZeroPoint(zero, n, baseName, out zeroBytes) : "";
+            var stored = new Int8Matrix(Graph.Unique(baseName + "_quantized"), Graph.Unique(baseName + "_scale"), zeroPoint, k, n, maxError, half);
             if (unsigned)
             {
-                var zeros = new byte[n];
-                Array.Fill(zeros, zero);
                 Graph.AddInitializer(TensorUtil.FromUInt8(stored.Quantized, kMajor, k, n));
-                Graph.AddInitializer(TensorUtil.FromUInt8(stored.ZeroPoint, zeros, n));
-                zeroBytes = n;
             }
             else
             {
@@ -134,12 +157,12 @@ internal sealed class Int8DynamicContext : LoweringContext, ITableEncoding, IWei
                 QuantizationKernels.Dequantize(qRow, scales[j], (byte)128, roundTrip);
                 maxError = MathF.Max(maxError, ErrorMetrics.MaxAbsDifference(row, roundTrip));
             }
-            var stored = new Int8ConvWeight(Graph.Unique(weightName + "_quantized"), Graph.Unique(weightName + "_scale"), Graph.Unique(weightName + "_zero_point"), perChannel, m, maxError);
+            string zeroPoint = SharedZeroPoint(128, 0, weightName, out long zeroBytes);
+            var stored = new Int8ConvWeight(Graph.Unique(weightName + "_quantized"), Graph.Unique(weightName + "_scale"), zeroPoint, perChannel, m, maxError);
             Graph.AddInitializer(TensorUtil.FromUInt8(stored.Quantized, q, dims));
             Graph.AddInitializer(TensorUtil.FromFloats(stored.Scale, scales, channelShape));
-            Graph.AddInitializer(TensorUtil.FromUInt8(stored.ZeroPoint, [128]));
             FloatWeightBytes += (long)data.Length * 4;
-            QuantizedWeightBytes += q.Length + 1 + (long)m * 4;
+            QuantizedWeightBytes += q.Length + zeroBytes + (long)m * 4;
             return stored;
         });
     }
