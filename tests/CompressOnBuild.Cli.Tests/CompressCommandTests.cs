@@ -972,7 +972,9 @@ public sealed class CompressCommandTests
         JsonNode p = JsonNode.Parse(File.ReadAllText(P("sa.json")))!["pruning"]!;
         Assert.AreEqual("sensitivity", p["allocation"]!.GetValue<string>());
         JsonNode a = p["sensitivity"]!;
-        Assert.AreEqual(32, a["samples"]!.GetValue<int>(), "a bounded probe set, not all 256 calibration samples");
+        // mnist-mlp-gemm needs well under 10 MFLOP per sample, so 256 fit the allocation's 2.56 GFLOP probe budget (AllocationSamplesTests):
+        // every calibration sample is measured, and no more.
+        Assert.AreEqual(256, a["samples"]!.GetValue<int>(), "a small model's probes use all 256 calibration samples");
         JsonArray layers = p["layers"]!.AsArray();
         Assert.AreEqual(layers.Count, a["layers"]!.AsArray().Count, "every prunable layer measured, the output layer included");
         Assert.AreEqual(0.5, p["achievedSparsity"]!.GetValue<double>(), 1e-5);

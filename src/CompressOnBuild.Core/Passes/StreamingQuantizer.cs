@@ -241,6 +241,8 @@ public static class StreamingQuantizer
         private readonly ModelProto _model = lazy.Model;
         private readonly HashSet<string> _names = new(StringComparer.Ordinal);
         private readonly Dictionary<string, SafeFileHandle> _handles = new(StringComparer.Ordinal);
+        /// <summary>The uint8 zero-point initializer already written per length (one encoding per writer).</summary>
+        private readonly Dictionary<int, string> _zeroPoints = [];
 
         private EncodingLevels Encoding => EncodingLevels.Of(options.WeightEncoding, displayName);
 
@@ -284,7 +286,8 @@ public static class StreamingQuantizer
                 ModelBytesBefore = before,
                 ModelBytesAfter = after,
                 FloatWeightBytes = weights.Sum(w => (long)w.K * w.N * 4),
-                QuantizedWeightBytes = weights.Sum(w => (long)w.K * w.N + (long)w.N * 5),
+                // codes and float scales per weight, plus the shared zero points (unsigned codes only; int4 sums its own)
+                QuantizedWeightBytes = weights.Sum(w => (long)w.K * w.N + (long)w.N * 4) + _zeroPoints.Keys.Sum(n => (long)n),
             };
         }
 
@@ -1265,11 +1268,18 @@ public static class StreamingQuantizer
                 AddInitializer(TensorUtil.FromFloats(w.ScaleName, w.Scales, w.N));
                 if (unsigned)
                 {
-                    // Signed codes use DynamicQuantizeMatMul's default zero point 0, like the in-memory pass.
-                    w.ZeroPointName = Unique(w.Tensor.Name + "_zero_point");
-                    var zeros = new byte[w.N];
-                    Array.Fill(zeros, zero);
-                    AddInitializer(TensorUtil.FromUInt8(w.ZeroPointName, zeros, w.N));
+                    // Signed codes use DynamicQuantizeMatMul's default zero point 0, like the in-memory pass. One
+                    // zero-point tensor per distinct length, shared like the in-memory pass's (ORT's session creation
+                    // grows with the square of the initializer count).
+                    if (!_zeroPoints.TryGetValue(w.N, out string? shared))
+                    {
+                        shared = Unique(w.Tensor.Name + "_zero_point");
+                        var zeros = new byte[w.N];
+                        Array.Fill(zeros, zero);
+                        AddInitializer(TensorUtil.FromUInt8(shared, zeros, w.N));
+                        _zeroPoints[w.N] = shared;
+                    }
+                    w.ZeroPointName = shared;
                 }
                 if (_model.IrVersion < 4)
                 {
