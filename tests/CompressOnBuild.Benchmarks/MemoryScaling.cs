@@ -11,7 +11,8 @@ namespace CompressOnBuild.Benchmarks;
 /// Peak memory and throughput of the real worker (CompressOnBuild.Cli compress, one process per run, validation on
 /// its synthetic inputs included) on synthetic MatMul chains of about 100 MB, 1 GB and 2.5 GB of float32 weights,
 /// per scheme, side by side with a plain copy of the same file(s) in the same run. Models are generated in a fresh
-/// temporary folder and deleted afterwards. Usage: --memory CLI.dll [SIZE_MB...] [--schemes a,b] [--keep-going].
+/// temporary folder and deleted afterwards. Usage: --memory CLI.dll [SIZE_MB...] [--schemes a,b] [--ops MatMul,Gemm].
+/// --ops: the layer operator of the chains (Gemm: transB=1, the older PyTorch Linear export), each op's chain in turn.
 /// Peak RSS is the worker's VmHWM as /usr/bin/time reports it (max resident set), else the report's
 /// workerPeakRssBytes; throughput is weight bytes / the report's compressSeconds (load, pass, save).
 /// </summary>
@@ -24,17 +25,27 @@ internal static class MemoryScaling
     {
         if (args.Length == 0 || !File.Exists(args[0]))
         {
-            Console.Error.WriteLine("usage: --memory <CompressOnBuild.Cli.dll> [SIZE_MB...] [--schemes Int8Dynamic,Int8Static,Int4Weights,Float16]");
+            Console.Error.WriteLine("usage: --memory <CompressOnBuild.Cli.dll> [SIZE_MB...] [--schemes Int8Dynamic,Int8Static,Int4Weights,Float16] [--ops MatMul,Gemm]");
             return 2;
         }
         string cli = Path.GetFullPath(args[0]);
         var sizes = new List<long>();
         string[] schemes = ["Int8Dynamic", "Int8Static", "Int4Weights", "Float16"];
+        string[] ops = ["MatMul"];
         for (int i = 1; i < args.Length; i++)
         {
             if (args[i] == "--schemes" && i + 1 < args.Length)
             {
                 schemes = args[++i].Split(',', StringSplitOptions.RemoveEmptyEntries);
+            }
+            else if (args[i] == "--ops" && i + 1 < args.Length)
+            {
+                ops = args[++i].Split(',', StringSplitOptions.RemoveEmptyEntries);
+                if (ops.Any(o => o is not ("MatMul" or "Gemm")))
+                {
+                    Console.Error.WriteLine("--ops takes MatMul and/or Gemm");
+                    return 2;
+                }
             }
             else
             {
@@ -54,20 +65,21 @@ internal static class MemoryScaling
         var rows = new List<string>();
         try
         {
-            foreach (long target in sizes)
+            foreach ((long target, string op) in sizes.SelectMany(t => ops.Select(o => (t, o))))
             {
                 int layers = (int)Math.Max(1, (target + (4L * Width * Width) - 1) / (4L * Width * Width));
                 long weightBytes = 4L * Width * Width * layers;
-                string dir = Path.Combine(root, (weightBytes / 1_000_000).ToString(CultureInfo.InvariantCulture) + "MB");
+                string dir = Path.Combine(root, (weightBytes / 1_000_000).ToString(CultureInfo.InvariantCulture) + "MB-" + op);
+                string label = $"{weightBytes / 1e6:0} MB" + (op == "MatMul" ? "" : " " + op);
                 Directory.CreateDirectory(dir);
                 string model = Path.Combine(dir, "model.onnx");
                 var gen = Stopwatch.StartNew();
-                bool external = Generate(model, layers);
+                bool external = Generate(model, layers, op: op);
                 string calibration = Path.Combine(dir, "calibration.npy");
                 WriteNpy(calibration, 32, Width);
-                Console.WriteLine($"Generated {layers} MatMul layers [{Width}x{Width}] = {weightBytes / 1e6:0} MB of weights{(external ? " (external .data)" : " (inline)")} in {gen.Elapsed.TotalSeconds:0.0} s");
+                Console.WriteLine($"Generated {layers} {op} layers [{Width}x{Width}] = {weightBytes / 1e6:0} MB of weights{(external ? " (external .data)" : " (inline)")} in {gen.Elapsed.TotalSeconds:0.0} s");
                 double copyMBs = PlainCopy(model, external ? model + ".data" : null, weightBytes);
-                rows.Add($"| {weightBytes / 1e6:0} MB | plain copy | - | - | {copyMBs:0} | 1.00 | - |");
+                rows.Add($"| {label} | plain copy | - | - | {copyMBs:0} | 1.00 | - |");
                 foreach (string scheme in schemes)
                 {
                     string output = Path.Combine(dir, "out-" + scheme + ".onnx");
@@ -87,7 +99,7 @@ internal static class MemoryScaling
                     long outBytes = File.Exists(output) ? new FileInfo(output).Length + (Directory.GetFiles(dir, "out-" + scheme + ".onnx*.data").Sum(f => new FileInfo(f).Length)) : 0;
                     double mbs = weightBytes / 1e6 / compress;
                     string note = exit == 0 ? "" : $" (exit {exit}: {FirstLine(stderr)})";
-                    rows.Add($"| {weightBytes / 1e6:0} MB | {scheme}{note} | {peak / 1048576.0:0} MiB | {peak / (double)weightBytes:0.00}x | {mbs:0} | {mbs / copyMBs:0.00} | {wall:0.0} s |");
+                    rows.Add($"| {label} | {scheme}{note} | {peak / 1048576.0:0} MiB | {peak / (double)weightBytes:0.00}x | {mbs:0} | {mbs / copyMBs:0.00} | {wall:0.0} s |");
                     Console.WriteLine(rows[^1]);
                     foreach (string line in stderr.Split('\n').Where(l => l.StartsWith("CompressOnBuild memory:", StringComparison.Ordinal)))
                     {
@@ -114,10 +126,11 @@ internal static class MemoryScaling
     }
 
     /// <summary>
-    /// x[1, 1024] -> MatMul W0 -> ... -> MatMul W(n-1) -> y. Weights uniform in +-sqrt(3/1024) (unit gain per layer).
+    /// x[1, 1024] -> MatMul W0 -> ... -> MatMul W(n-1) -> y (<paramref name="op"/> "Gemm": Gemm with transB=1, the
+    /// weight read as [N, K]). Weights uniform in +-sqrt(3/1024) (unit gain per layer).
     /// Inline when the model stays under 1.8 GB, else an external "model.onnx.data" written one layer at a time.
     /// </summary>
-    internal static bool Generate(string path, int layers, bool forceExternal = false, int width = Width)
+    internal static bool Generate(string path, int layers, bool forceExternal = false, int width = Width, string op = "MatMul")
     {
         long layerBytes = 4L * width * width;
         bool external = forceExternal || layerBytes * layers >= 1_800_000_000;
@@ -156,7 +169,11 @@ internal static class MemoryScaling
                 graph.Initializer.Add(t);
                 string input = i == 0 ? "x" : "h" + (i - 1).ToString(CultureInfo.InvariantCulture);
                 string output = i == layers - 1 ? "y" : "h" + i.ToString(CultureInfo.InvariantCulture);
-                var node = new NodeProto { OpType = "MatMul", Name = "mm" + i.ToString(CultureInfo.InvariantCulture) };
+                var node = new NodeProto { OpType = op, Name = (op == "MatMul" ? "mm" : "gemm") + i.ToString(CultureInfo.InvariantCulture) };
+                if (op == "Gemm")
+                {
+                    node.Attribute.Add(new AttributeProto { Name = "transB", Type = AttributeProto.Types.AttributeType.Int, I = 1 });
+                }
                 node.Input.Add(input);
                 node.Input.Add(t.Name);
                 node.Output.Add(output);

@@ -296,17 +296,37 @@ public sealed class StreamingPathTests
         string dir = Path.Combine(Path.GetTempPath(), "cob-stream-" + Guid.NewGuid().ToString("N")[..8]);
         try
         {
-            string model = MatMulAndGemm(dir);
+            // MatMul (chunked), Gemm (the in-memory lowering on the lazily loaded graph) and a MatMul whose weight is a
+            // Transpose of an initializer: only that one stays float because the model streamed.
+            var g = new CompressOnBuild.Onnx.GraphProto { Name = "layers" };
+            g.Input.Add(TinyModels.FloatValue("x", "N", 256));
+            g.Output.Add(TinyModels.FloatValue("y", "N", 64));
+            g.Initializer.Add(TensorUtil.FromFloats("w1", TinyModels.RandomFloats(256 * 128, 1, 0.1f), 256, 128));
+            g.Initializer.Add(TensorUtil.FromFloats("w2", TinyModels.RandomFloats(64 * 128, 2, 0.1f), 64, 128));
+            g.Initializer.Add(TensorUtil.FromFloats("c2", TinyModels.RandomFloats(64, 3, 0.1f), 64));
+            g.Initializer.Add(TensorUtil.FromFloats("w3", TinyModels.RandomFloats(64 * 64, 4, 0.1f), 64, 64));
+            g.Node.Add(TinyModels.Node("MatMul", ["x", "w1"], ["h"], "mm1"));
+            g.Node.Add(TinyModels.Node("Relu", ["h"], ["hr"], "relu"));
+            g.Node.Add(TinyModels.Node("Gemm", ["hr", "w2", "c2"], ["h2"], "gemm2", TinyModels.IntAttr("transB", 1)));
+            g.Node.Add(TinyModels.Node("Transpose", ["w3"], ["w3_t"], "tr3"));
+            g.Node.Add(TinyModels.Node("MatMul", ["h2", "w3_t"], ["y"], "mm3"));
+            string model = Path.Combine(dir, "big.onnx");
+            ModelIO.Save(TinyModels.Model(g), model, new ModelSaveOptions { ForceExternalData = true });
             (int exit, string text) = RunStreamingWorker(dir, model, "--output", Path.Combine(dir, "out", "big.onnx"), "--report", Path.Combine(dir, "r.json"),
-                "--validation-data", WriteNpy(dir), "--quantization", "Int8Dynamic");
+                "--validation-data", WriteNpy(dir), "--quantization", "Int8Dynamic", "--min-cosine", "0.99");
             Assert.AreEqual(0, exit, text);
             var report = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(dir, "r.json")))!;
-            CollectionAssert.AreEqual(new[] { "mm1" }, report["quantization"]!["quantizedNodes"]!.AsArray().Select(n => n!["node"]!.GetValue<string>()).ToList(), text);
+            CollectionAssert.AreEqual(new[] { "mm1", "gemm2" }, report["quantization"]!["quantizedNodes"]!.AsArray().Select(n => n!["node"]!.GetValue<string>()).ToList(), text);
+            CompressOnBuild.Onnx.ModelProto q = ModelIO.Load(Path.Combine(dir, "out", "big.onnx"));
+            Assert.AreEqual(2, q.Graph.Node.Count(n => n.OpType == "DynamicQuantizeMatMul"), text);
+            Assert.IsFalse(q.Graph.Initializer.Any(t => t.Name is "w1" or "w2"), "both float weights are replaced");
             string warning = report["diagnostics"]!.AsArray().Select(d => d!).Single(d => d["code"]!.GetValue<string>() == "CMPR0114")["message"]!.GetValue<string>();
             StringAssert.Contains(warning, "1 layer(s)");
-            StringAssert.Contains(warning, "gemm2");
-            StringAssert.Contains(warning, "quantizes MatMul only");
+            StringAssert.Contains(warning, "mm3");
+            StringAssert.Contains(warning, "reads initializer weights only");
+            Assert.IsFalse(warning.Contains("gemm2", StringComparison.Ordinal), warning);
             StringAssert.Contains(text, "CMPR0114", "the summary names it too, not only the report");
+            Assert.IsTrue(report["validation"]!["meanCosineSimilarity"]!.GetValue<double>() >= 0.99, text);
         }
         finally
         {

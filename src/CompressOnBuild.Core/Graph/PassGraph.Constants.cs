@@ -31,7 +31,8 @@ internal sealed partial class PassGraph
     /// <summary>
     /// True when the graph's tensors may be file references (a lazily loaded model): <see cref="TryResolveConstant"/> then
     /// resolves plain initializers only (their dims and type are in the protobuf) and gives a reason for Constant nodes
-    /// and Reshape/Transpose/Cast/... chains, whose resolution would read or compute the data.
+    /// and Reshape/Transpose/Cast/... chains, whose resolution would read or compute the data. Nested scopes
+    /// (<see cref="WithSubgraphs"/>) share it.
     /// </summary>
     public bool InitializerWeightsOnly { get; init; }
 

@@ -497,7 +497,7 @@ internal sealed partial class PassGraph
             {
                 foreach (GraphProto sub in ModelWalker.Subgraphs(n))
                 {
-                    result.Add(new PassGraph(Model, sub, _names) { ExternalFloats = ExternalFloats, InitializerAdded = InitializerAdded });
+                    result.Add(new PassGraph(Model, sub, _names) { ExternalFloats = ExternalFloats, InitializerAdded = InitializerAdded, InitializerWeightsOnly = InitializerWeightsOnly });
                 }
             }
         }
@@ -613,7 +613,7 @@ internal sealed partial class PassGraph
         int moved = movedValues.Count;
         foreach (GraphProto body in bodies)
         {
-            moved += new PassGraph(Model, body, _names) { ExternalFloats = ExternalFloats, InitializerAdded = InitializerAdded }.LocalizeSubgraphConstants();
+            moved += new PassGraph(Model, body, _names) { ExternalFloats = ExternalFloats, InitializerAdded = InitializerAdded, InitializerWeightsOnly = InitializerWeightsOnly }.LocalizeSubgraphConstants();
         }
         return moved;
     }

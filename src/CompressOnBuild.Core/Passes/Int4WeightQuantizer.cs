@@ -24,6 +24,10 @@ public static class Int4WeightQuantizer
 {
     public const string QuantizedOpType = "MatMulNBits";
 
+    /// <summary>After the lowerings: the recurrent layers with float weights, reported as float with why (the streaming path does the same).</summary>
+    internal static void ReportRecurrentFloat(LoweringContext c, string displayName) =>
+        LstmLowering.ReportFloat(c.Graph, LstmLowering.RecurrentOps, op => $"ONNX Runtime has no 4-bit {op} kernel; its weights stay float32" + (op == "LSTM" ? " (Int8Dynamic quantizes LSTM weights)" : ""), c.Skipped, displayName);
+
     /// <summary>Quantizes <paramref name="model"/> in place (the caller passes a copy) and reports what it did.</summary>
     /// <exception cref="CompressException">CMPR0003 for a block size other than 16/32/64/128, an accuracy level outside 0..4 or GPTQ without activations;
     /// CMPR0303 when a GPTQ activation does not fit its layer;
@@ -35,8 +39,7 @@ public static class Int4WeightQuantizer
         ArgumentNullException.ThrowIfNull(displayName);
         ValidateOptions(options, displayName);
         PassRun run = QuantizationDriver.Quantize(model, displayName, QuantizationScheme.Int4Weights,
-            g => new Int4Context(g, options, displayName),
-            c => LstmLowering.ReportFloat(c.Graph, LstmLowering.RecurrentOps, op => $"ONNX Runtime has no 4-bit {op} kernel; its weights stay float32" + (op == "LSTM" ? " (Int8Dynamic quantizes LSTM weights)" : ""), c.Skipped, displayName));
+            g => new Int4Context(g, options, displayName), c => ReportRecurrentFloat(c, displayName));
         var context = (Int4Context?)run.Context;
         return new Int4Summary
         {

@@ -35,6 +35,10 @@ public static class Int8DynamicQuantizer
     /// <summary>Recurrent operators ONNX Runtime has no int8 kernel for (listed as float with that reason).</summary>
     internal static readonly IReadOnlySet<string> NoInt8Kernel = new HashSet<string>(StringComparer.Ordinal) { "GRU", "RNN" };
 
+    /// <summary>After the lowerings: the GRU/RNN layers with float weights, reported as float with why (the streaming path does the same).</summary>
+    internal static void ReportRecurrentFloat(LoweringContext c, string displayName) =>
+        LstmLowering.ReportFloat(c.Graph, NoInt8Kernel, op => $"ONNX Runtime has no quantized {op} kernel (only DynamicQuantizeLSTM); its weights stay float32", c.Skipped, displayName);
+
     /// <summary>Quantizes <paramref name="model"/> in place (the caller passes a copy) and reports what it did.</summary>
     /// <exception cref="CompressException">CMPR0202 when a weight to quantize holds NaN or infinity.</exception>
     public static QuantizationSummary Apply(ModelProto model, QuantizationOptions options, string modelDisplayName)
@@ -43,8 +47,7 @@ public static class Int8DynamicQuantizer
         ArgumentNullException.ThrowIfNull(options);
         ArgumentNullException.ThrowIfNull(modelDisplayName);
         PassRun run = QuantizationDriver.Quantize(model, modelDisplayName, QuantizationScheme.Int8Dynamic,
-            g => new Int8DynamicContext(g, options, modelDisplayName),
-            c => LstmLowering.ReportFloat(c.Graph, NoInt8Kernel, op => $"ONNX Runtime has no quantized {op} kernel (only DynamicQuantizeLSTM); its weights stay float32", c.Skipped, modelDisplayName));
+            g => new Int8DynamicContext(g, options, modelDisplayName), c => ReportRecurrentFloat(c, modelDisplayName));
         return new QuantizationSummary
         {
             ModelDisplayName = modelDisplayName,

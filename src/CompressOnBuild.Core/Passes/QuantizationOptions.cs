@@ -87,7 +87,8 @@ public sealed class QuantizationOptions
     /// Store the scale vectors (per-channel weight scales, per-row embedding scales, smoothing factors) and the
     /// quantized products' biases as float16 behind a Cast that ONNX Runtime folds at load
     /// (<see cref="Quantization.HalfScales"/>): about 2 bytes per output channel and per table row less. Default true;
-    /// false stores them as float32, as the streaming path (<see cref="StreamingQuantizer"/>) always does.
+    /// false stores them as float32, as the streaming path's chunked MatMuls (<see cref="StreamingQuantizer"/>) always
+    /// do (the layers it lowers through the registry follow this option).
     /// </summary>
     public bool Float16Scales { get; init; } = true;
 

@@ -16,12 +16,16 @@ namespace CompressOnBuild.Core.Passes;
 /// file in row chunks twice (column max |w|, then quantize) and the uint8/int8 result is appended to the output's
 /// external data file, 4 KiB aligned; other external tensors are copied through in chunks. The data file and then the
 /// small .onnx are written atomically (like <see cref="ModelIO.Save"/>). Peak managed memory is the chunk buffers plus
-/// the protobuf, not the weights.
+/// the protobuf plus, while a layer other than a chunked MatMul is lowered, that one weight and the encoder's copies of
+/// it; not the model's weights.
 /// <para>
 /// Same weight math as <see cref="Int8DynamicQuantizer"/>: symmetric per output column, scale = max|W[:, j]| / 127
 /// (63 for <see cref="WeightEncoding.Int8ReducedRange"/>), round half to even, uint8 with zero point 128 by default.
-/// Only MatMul nodes of the main graph whose weight B is a float32 rank-2 initializer used by nothing else are
-/// quantized (Gemm, Conv, Constant/Reshape chains and bias folding are left to the in-memory pass).
+/// That chunked path takes the main graph's MatMul nodes whose weight B is a float32 rank-2 initializer read by
+/// MatMuls only. Every other layer the in-memory pass quantizes (Gemm, Conv, Gather, LSTM, Attention, layers in
+/// If/Loop/Scan bodies) is lowered by the in-memory pass's own registry lowerings on the lazily loaded graph, one
+/// weight read at a time (see Writer.Run); weights behind Constant/Reshape/Transpose/Cast chains stay float, with a
+/// reason containing <see cref="StreamingLimit"/>, and so does a MatMul's bias Add (not folded).
 /// </para>
 /// </summary>
 public static class StreamingQuantizer
@@ -90,8 +94,8 @@ public static class StreamingQuantizer
     /// Weight-only 4-bit quantization (com.microsoft MatMulNBits) of <paramref name="modelPath"/> into
     /// <paramref name="outputPath"/> (plus "&lt;output&gt;.data"), with the same weights, scales, zero points and
     /// nodes as <see cref="Int4WeightQuantizer"/> with min/max block ranges (<see cref="Int4Options.MseScales"/> is not
-    /// used here: the column-block kernel has no range search). Only main-graph MatMul nodes whose weight is a float32 rank-2
-    /// initializer used by nothing else are quantized. Each weight is read in row chunks (whole K blocks, blocks run
+    /// used by the chunked MatMuls: the column-block kernel has no range search; the other layers, lowered in memory
+    /// like in <see cref="CompressInt8Dynamic"/>, follow the options). Each chunked MatMul weight is read in row chunks (whole K blocks, blocks run
     /// along K); the packed result of one weight (N*K/2 bytes plus scales) is held, then appended to the data file
     /// together with its scales and zero points. Same errors as <see cref="CompressInt8Dynamic"/>, plus CMPR0003
     /// for bad options.
@@ -120,7 +124,7 @@ public static class StreamingQuantizer
             ModelBytesBefore = s.ModelBytesBefore,
             ModelBytesAfter = s.ModelBytesAfter,
             FloatWeightBytes = s.FloatWeightBytes,
-            QuantizedWeightBytes = writer.Int4QuantizedBytes,
+            QuantizedWeightBytes = writer.Int4QuantizedBytes + writer.LoweredQuantizedBytes,
         };
     }
 
@@ -214,24 +218,6 @@ public static class StreamingQuantizer
         public string? Int4ZeroPointName { get; set; }
     }
 
-    /// <summary>A layer operator the scheme quantizes in memory but the streaming path does not: reported, never lowered.</summary>
-    private sealed class NotStreamed(string opType, string domain) : IOperatorLowering
-    {
-        public string OpType => opType;
-
-        public string Domain => domain;
-
-        public bool AlwaysALayer => true;
-
-        public WeightSite? FindSite(LoweringContext context, NodeProto node, Action<string> skip)
-        {
-            skip(StreamingLimit + " quantizes MatMul only with Int8Dynamic and Int4Weights (Int8Static streams Gemm and Conv too)");
-            return null;
-        }
-
-        public void Lower(LoweringContext context, WeightSite site) => throw new InvalidOperationException("FindSite returns no site");
-    }
-
     private sealed class Writer(LazyModel lazy, QuantizationOptions? int8, Int4Options? int4, string displayName, StreamingProfile? profile)
     {
         private readonly QuantizationOptions options = int8 ?? QuantizationOptions.Default;
@@ -241,11 +227,24 @@ public static class StreamingQuantizer
         private readonly ModelProto _model = lazy.Model;
         private readonly HashSet<string> _names = new(StringComparer.Ordinal);
         private readonly Dictionary<string, SafeFileHandle> _handles = new(StringComparer.Ordinal);
-        /// <summary>The uint8 zero-point initializer already written per length (one encoding per writer).</summary>
-        private readonly Dictionary<int, string> _zeroPoints = [];
+
+        /// <summary>Collects after every <see cref="ChunkBytes"/> allocated between two reads of <see cref="ExternalFloats"/>.</summary>
+        private readonly CompressOnBuild.Core.IO.ProcessMemory.GarbageBound _garbage = new(ChunkBytes);
 
         private EncodingLevels Encoding => EncodingLevels.Of(options.WeightEncoding, displayName);
 
+        /// <summary>Bytes of the codes, scales and zero points the registry's lowerings stored (what <see cref="Run"/> did not stream in chunks).</summary>
+        public long LoweredQuantizedBytes { get; private set; }
+
+        private Int4Options? Int4 => int4;
+
+        /// <summary>
+        /// Int8Dynamic or Int4Weights: the in-memory pass's lowerings (<see cref="OpRegistry"/>, through
+        /// <see cref="QuantizationDriver.Run"/>) on the lazily loaded graph, each weight read from the data file when it
+        /// is lowered and each large tensor a lowering adds appended to the output's data file as it is added; the
+        /// main graph's MatMuls whose weight is an initializer read by MatMuls only are left to the chunked path
+        /// (<see cref="WriteWeights"/>), then the tensors the pass left are copied through in chunks.
+        /// </summary>
         public QuantizationSummary Run(string outputPath, Action<ModelProto>? beforeSave)
         {
             if (int4 == null)
@@ -259,36 +258,223 @@ public static class StreamingQuantizer
             string dataName = Path.GetFileName(full) + ".data";
             CheckOutputIsNotAnInput(full, dataPath, outputPath);
 
-            var skipped = new List<SkippedNode>();
             string? already = QuantizedOperators.Describe(_model);
-            List<Weight> weights = already == null ? FindWeights(skipped) : [];
-            CollectNames();
-            var quantizedSet = new HashSet<TensorProto>(weights.Select(w => w.Tensor), ReferenceEqualityComparer.Instance);
-            bool anyExternal = weights.Count > 0 || lazy.ExternalTensors.Keys.Any(t => !quantizedSet.Contains(t));
+            if (already == null)
+            {
+                try
+                {
+                    InlineSmallExternalTensors(InlineNonFloatBytes);
+                }
+                catch
+                {
+                    CloseFiles();
+                    throw;
+                }
+            }
             if (profile != null)
             {
                 profile.SetupSeconds += phase.Elapsed.TotalSeconds;
             }
-            Publish(outputPath, full, dataPath, anyExternal ? stream => WriteData(stream, weights, quantizedSet, dataName) : null, () =>
+            LoweringContext? context = null;
+            var streamed = new List<StreamedSite>();
+            List<Weight> weights = [];
+            Publish(outputPath, full, dataPath, stream =>
+            {
+                var file = new DataFile(stream, dataName, profile);
+                if (already == null)
+                {
+                    context = LowerLayers(file, streamed);
+                    weights = StreamedWeights(streamed);
+                }
+                CollectNames();
+                WriteWeights(file, weights);
+                WriteRemaining(file, new HashSet<TensorProto>(weights.Select(w => w.Tensor), ReferenceEqualityComparer.Instance));
+            }, () =>
             {
                 Rewrite(weights);
                 beforeSave?.Invoke(_model);
             });
+            if (!ModelWalker.Tensors(_model).Any(TensorUtil.IsExternal))
+            {
+                DeleteStale(dataPath); // nothing refers to it (a model without external data that quantized nothing)
+            }
             long after = new FileInfo(full).Length + (File.Exists(dataPath) ? new FileInfo(dataPath).Length : 0);
+            List<QuantizedNode> quantized = context?.Quantized ?? [];
+            foreach (StreamedSite site in streamed)
+            {
+                // The chunked MatMuls' entries, in lowering order, get their errors now.
+                Weight w = site.Weight!;
+                quantized[site.Index] = new QuantizedNode(OnnxNames.Label(site.Site.Node), "MatMul", w.Tensor.Name, w.K, w.N, w.MaxError);
+            }
+            LoweredQuantizedBytes = context?.QuantizedWeightBytes ?? 0;
             return new QuantizationSummary
             {
                 ModelDisplayName = displayName,
                 WeightEncoding = int4 == null ? options.WeightEncoding : default,
                 AlreadyQuantized = already != null,
                 AlreadyQuantizedReason = already,
-                Quantized = weights.SelectMany(w => w.Users.Select(u => new QuantizedNode(OnnxNames.Label(u), "MatMul", w.Tensor.Name, w.K, w.N, w.MaxError))).ToList(),
-                Skipped = skipped,
+                Quantized = quantized,
+                Skipped = context?.Skipped ?? [],
                 ModelBytesBefore = before,
                 ModelBytesAfter = after,
-                FloatWeightBytes = weights.Sum(w => (long)w.K * w.N * 4),
-                // codes and float scales per weight, plus the shared zero points (unsigned codes only; int4 sums its own)
-                QuantizedWeightBytes = weights.Sum(w => (long)w.K * w.N + (long)w.N * 4) + _zeroPoints.Keys.Sum(n => (long)n),
+                FloatWeightBytes = weights.Sum(w => (long)w.K * w.N * 4) + (context?.FloatWeightBytes ?? 0),
+                // codes and float scales per chunked weight (int4 sums its own), plus what the lowerings stored (with
+                // the shared zero points)
+                QuantizedWeightBytes = weights.Sum(w => (long)w.K * w.N + (long)w.N * 4) + LoweredQuantizedBytes,
             };
+        }
+
+        /// <summary>A main-graph MatMul left to the chunked path, where its entry sits in the pass's quantized list, and its weight.</summary>
+        private sealed class StreamedSite(WeightSite site, int index)
+        {
+            public WeightSite Site { get; } = site;
+
+            public int Index { get; } = index;
+
+            public Weight? Weight { get; set; }
+
+            /// <summary>The shared uint8 zero-point tensor (unsigned int8 codes), else "".</summary>
+            public string ZeroPoint { get; set; } = "";
+        }
+
+        /// <summary>Non-float external tensors of at most this many bytes are read into memory before the lowerings (shapes and axes they read); larger ones (float16 weights, int8 tables) are copied through.</summary>
+        private const long InlineNonFloatBytes = 1L << 20;
+
+        /// <summary>Float and float16 tensors a lowering adds (scales, biases) go to the data file from this size on (the constants folded before lowering are smaller).</summary>
+        private const int SpillFloatBytes = 64 << 10;
+
+        /// <summary>
+        /// Runs the scheme's lowerings (<see cref="OpRegistry.For"/>) on the lazily loaded graph: the same sites, skip
+        /// reasons, shared-weight rules, encodings and rewrites as the in-memory pass, each weight read through
+        /// <see cref="ExternalFloats"/> when it is checked and when it is encoded (one at a time), each large tensor the
+        /// lowerings add appended to <paramref name="file"/> as it is added. Weights behind a Constant node or a
+        /// Reshape/Transpose/Cast chain stay float (resolving them would read them all up front). The chunked
+        /// MatMuls go to <paramref name="streamed"/> (see <see cref="ChunkedMatMul"/>).
+        /// </summary>
+        private LoweringContext LowerLayers(DataFile file, List<StreamedSite> streamed)
+        {
+            var watch = System.Diagnostics.Stopwatch.StartNew();
+            var graph = new PassGraph(_model)
+            {
+                InitializerWeightsOnly = true,
+                ExternalFloats = ExternalFloats,
+                InitializerAdded = t =>
+                {
+                    if (!TensorUtil.IsExternal(t) && t.RawData.Length >= (t.DataType is (int)TensorProto.Types.DataType.Int8 or (int)TensorProto.Types.DataType.Uint8 ? SpillBytes
+                        : t.DataType is (int)TensorProto.Types.DataType.Float or (int)TensorProto.Types.DataType.Float16 ? SpillFloatBytes : int.MaxValue))
+                    {
+                        file.Append(t, t.RawData.Span);
+                    }
+                },
+            };
+            LoweringContext context = int4 != null ? new Int4Context(graph, int4, displayName) : new Int8DynamicContext(graph, options, displayName);
+            QuantizationScheme scheme = int4 != null ? QuantizationScheme.Int4Weights : QuantizationScheme.Int8Dynamic;
+            var lowerings = OpRegistry.For(scheme)
+                .Select(l => l.OpType == "MatMul" && l.Domain.Length == 0 ? new ChunkedMatMul(l, this, streamed) : l)
+                .ToList();
+            QuantizationDriver.Run(context, lowerings);
+            if (int4 != null)
+            {
+                Int4WeightQuantizer.ReportRecurrentFloat(context, displayName);
+            }
+            else
+            {
+                Int8DynamicQuantizer.ReportRecurrentFloat(context, displayName);
+            }
+            if (profile != null)
+            {
+                profile.QuantizeSeconds += watch.Elapsed.TotalSeconds;
+            }
+            return context;
+        }
+
+        /// <summary>The chunked MatMuls' weights, once each, in graph order (a weight read by several MatMuls is written once).</summary>
+        private static List<Weight> StreamedWeights(List<StreamedSite> streamed)
+        {
+            var weights = new Dictionary<string, Weight>(StringComparer.Ordinal);
+            foreach (StreamedSite site in streamed)
+            {
+                TensorProto t = site.Site.Weight.Tensor;
+                if (!weights.TryGetValue(site.Site.WeightName, out Weight? w))
+                {
+                    w = new Weight { Tensor = t, K = (int)t.Dims[0], N = (int)t.Dims[1] };
+                    weights[site.Site.WeightName] = w;
+                }
+                w.Users.Add(site.Site.Node);
+                w.ZeroPointName = site.ZeroPoint;
+                site.Weight = w;
+            }
+            return [.. weights.Values];
+        }
+
+        /// <summary>
+        /// The scheme's MatMul lowering, except for the main graph's MatMuls whose weight is an initializer read by
+        /// MatMuls only: those keep the chunked path (<see cref="WriteWeights"/>: read in row chunks or whole with a
+        /// reader thread, never twice), found by the same site rule (<see cref="WeightSites.MatrixSite(PassGraph, string, long, NodeProto, Action{string}, long)"/>)
+        /// and exclusion and shared-weight rules, not read by the driver's up-front check (the chunked path checks the
+        /// values as it reads them), and given a placeholder entry in the lowering order that <see cref="Run"/> fills in.
+        /// Every other MatMul (inside an If/Loop/Scan body, or sharing its weight with a Gemm) goes to the lowering itself.
+        /// </summary>
+        private sealed class ChunkedMatMul(IOperatorLowering lowering, Writer writer, List<StreamedSite> streamed) : IOperatorLowering
+        {
+            public string OpType => lowering.OpType;
+
+            public string Domain => lowering.Domain;
+
+            public bool AlwaysALayer => lowering.AlwaysALayer;
+
+            public WeightSite? FindSite(LoweringContext context, NodeProto node, Action<string> skip)
+            {
+                PassGraph g = context.Graph;
+                if (!g.IsMain || node.Input.Count < 2 || !ReadByMatMulsOnly(g, node.Input[1]))
+                {
+                    return lowering.FindSite(context, node, skip);
+                }
+                // Int8 never holds such a weight whole (row chunks past WholeWeightLimit); int4 holds its packed codes.
+                WeightSite? site = WeightSites.MatrixSite(g, context.DisplayName, context.MinimumWeightElements, node, skip,
+                    writer.Int4 != null ? context.MaximumWeightElements : long.MaxValue);
+                if (site == null)
+                {
+                    return null;
+                }
+                long[] dims = site.Weight.Dims;
+                if (writer.Int4 != null && dims[1] * 4 * 2 * writer.Int4.BlockSize > 1L << 30)
+                {
+                    skip($"weight '{site.WeightName}' has rows too wide for {StreamingLimit} (its int4 buffer of two K blocks of rows would be over 1 GiB)");
+                    return null;
+                }
+                if (dims[0] > int.MaxValue || dims[1] > int.MaxValue / 4)
+                {
+                    skip($"weight '{site.WeightName}' has dimensions too large for this pass");
+                    return null;
+                }
+                site.ChecksItsOwnValues = true;
+                return site;
+            }
+
+            public void Lower(LoweringContext context, WeightSite site)
+            {
+                if (!site.ChecksItsOwnValues)
+                {
+                    lowering.Lower(context, site);
+                    return;
+                }
+                var entry = new StreamedSite(site, context.Quantized.Count);
+                if (context is Int8DynamicContext int8 && int8.Levels.Unsigned)
+                {
+                    // Unsigned codes: the zero-point tensor is taken here, in lowering order, so it is shared with the
+                    // lowered layers (and named) as in the in-memory pass. Signed codes use the default zero point 0.
+                    entry.ZeroPoint = int8.SharedZeroPoint(int8.Levels.Zero, (int)site.Weight.Dims[1], site.WeightName, out long bytes);
+                    context.QuantizedWeightBytes += bytes;
+                }
+                streamed.Add(entry);
+                context.Quantized.Add(new QuantizedNode(OnnxNames.Label(site.Node), "MatMul", site.WeightName, (int)site.Weight.Dims[0], (int)site.Weight.Dims[1], 0f));
+            }
+
+            /// <summary>An initializer of this graph read only as input B of default-domain MatMuls (not a graph output, not read by a body).</summary>
+            private static bool ReadByMatMulsOnly(PassGraph g, string weight) =>
+                g.Initializers.ContainsKey(weight) && !g.Outer.Contains(weight)
+                && g.Consumers(weight).All(n => n.OpType == "MatMul" && OnnxNames.IsDefaultDomain(n) && n.Input.Count == 2 && n.Input[0] != weight);
         }
 
         /// <summary>
@@ -417,12 +603,15 @@ public static class StreamingQuantizer
         /// <summary>The external references by their entries (location, offset, length): a cloned tensor or a reshaped copy carries the same entries.</summary>
         private Dictionary<(string Location, long Offset, long Length), ExternalDataRef>? _byEntries;
 
-        /// <summary>Reads non-float external tensors and float ones of at most <see cref="InlineBytes"/> into the model (the rewrites read shapes, axes, clip bounds directly).</summary>
-        public void InlineSmallExternalTensors()
+        /// <summary>
+        /// Reads float external tensors of at most <see cref="InlineBytes"/> and non-float ones of at most
+        /// <paramref name="nonFloatBytes"/> into the model (the rewrites read shapes, axes, clip bounds directly).
+        /// </summary>
+        public void InlineSmallExternalTensors(long nonFloatBytes = long.MaxValue)
         {
             foreach ((TensorProto t, ExternalDataRef r) in lazy.ExternalTensors)
             {
-                if (t.DataType == (int)TensorProto.Types.DataType.Float && r.Length > InlineBytes)
+                if (r.Length > (t.DataType == (int)TensorProto.Types.DataType.Float ? InlineBytes : nonFloatBytes))
                 {
                     continue;
                 }
@@ -492,6 +681,9 @@ public static class StreamingQuantizer
                 throw CompressException.ForFile(displayName, DiagnosticCodes.ModelInvalid, displayName,
                     $"tensor '{t.Name}' has {r.Length} bytes of external data, not the {count * 4} its dims need as float32");
             }
+            // The weights read before (and their copies made by the lowerings) are garbage by now: collected before
+            // this one is read, so they do not pile up (forced full collections, blocking while few bytes are live).
+            _garbage.Check();
             var watch = System.Diagnostics.Stopwatch.StartNew();
             float[] values = GC.AllocateUninitializedArray<float>((int)count);
             ReadExactly(Handle(r.FilePath), MemoryMarshal.AsBytes(values.AsSpan()), r.Offset, t.Name);
@@ -531,35 +723,7 @@ public static class StreamingQuantizer
             }
             Publish(outputPath, full, dataPath, stream =>
             {
-                long position = 0;
-                var written = new HashSet<TensorProto>(ReferenceEqualityComparer.Instance);
-                long Start()
-                {
-                    long aligned = (position + Alignment - 1) / Alignment * Alignment;
-                    if (aligned > position)
-                    {
-                        stream.Write(new byte[aligned - position]);
-                        position = aligned;
-                    }
-                    return position;
-                }
-                void Write(ReadOnlySpan<byte> bytes)
-                {
-                    stream.Write(bytes);
-                    position += bytes.Length;
-                }
-                void Append(TensorProto t, ReadOnlySpan<byte> bytes)
-                {
-                    var watch = System.Diagnostics.Stopwatch.StartNew();
-                    long start = Start();
-                    Write(bytes);
-                    PointAt(t, dataName, start, bytes.Length);
-                    written.Add(t);
-                    if (profile != null)
-                    {
-                        profile.WriteSeconds += watch.Elapsed.TotalSeconds;
-                    }
-                }
+                var file = new DataFile(stream, dataName, profile);
                 // The pass reads each weight when it uses it and hands each quantized one over as it adds it: the codes
                 // go to the data file there and then, so neither the float weights nor their codes pile up.
                 summary = Int8StaticQuantizer.Apply(_model, calibration, options, displayName, g =>
@@ -570,45 +734,110 @@ public static class StreamingQuantizer
                         if (t.DataType is (int)TensorProto.Types.DataType.Int8 or (int)TensorProto.Types.DataType.Uint8
                             && !TensorUtil.IsExternal(t) && t.RawData.Length >= SpillBytes)
                         {
-                            Append(t, t.RawData.Span);
+                            file.Append(t, t.RawData.Span);
                         }
                     };
                 });
-                // What the pass left: the source's external tensors (copied through in chunks, also under a new name or
-                // shape) and the big ones read into memory above.
-                byte[]? buffer = null;
-                foreach (TensorProto t in ModelWalker.Tensors(_model).ToList())
-                {
-                    if (written.Contains(t))
-                    {
-                        continue;
-                    }
-                    if (TensorUtil.IsExternal(t))
-                    {
-                        ExternalDataRef r = ResolveEntries(t)
-                            ?? throw new InvalidOperationException($"tensor '{t.Name}' refers to external data the model did not have");
-                        buffer ??= new byte[ChunkBytes];
-                        long start = Start();
-                        for (long done = 0; done < r.Length;)
-                        {
-                            int n = (int)Math.Min(buffer.Length, r.Length - done);
-                            ReadExactly(Handle(r.FilePath), buffer.AsSpan(0, n), r.Offset + done, t.Name);
-                            Write(buffer.AsSpan(0, n));
-                            done += n;
-                        }
-                        PointAt(t, dataName, start, r.Length);
-                        written.Add(t);
-                    }
-                    else if (_inlined.Contains(t) && t.RawData.Length >= InlineBytes)
-                    {
-                        Append(t, t.RawData.Span);
-                    }
-                }
+                WriteRemaining(file, new HashSet<TensorProto>(ReferenceEqualityComparer.Instance));
             }, () => beforeSave?.Invoke(_model));
             long after = new FileInfo(full).Length + (File.Exists(dataPath) ? new FileInfo(dataPath).Length : 0);
             summary!.ModelBytesBefore = before;
             summary.ModelBytesAfter = after;
             return summary;
+        }
+
+        /// <summary>
+        /// What the pass left in the model, after the tensors <paramref name="file"/> already holds and those in
+        /// <paramref name="skip"/>: the source's external tensors (copied through in chunks, also under a new name or
+        /// shape) and the big ones <see cref="InlineSmallExternalTensors"/> read into memory.
+        /// </summary>
+        private void WriteRemaining(DataFile file, HashSet<TensorProto> skip)
+        {
+            byte[]? buffer = null;
+            foreach (TensorProto t in ModelWalker.Tensors(_model).ToList())
+            {
+                if (file.Written.Contains(t) || skip.Contains(t))
+                {
+                    continue;
+                }
+                if (TensorUtil.IsExternal(t))
+                {
+                    ExternalDataRef r = ResolveEntries(t)
+                        ?? throw new InvalidOperationException($"tensor '{t.Name}' refers to external data the model did not have");
+                    if (buffer == null || buffer.Length < Math.Min(ChunkBytes, r.Length))
+                    {
+                        buffer = new byte[Math.Min(ChunkBytes, Math.Max(Alignment, r.Length))];
+                    }
+                    var watch = System.Diagnostics.Stopwatch.StartNew();
+                    long start = file.Start();
+                    for (long done = 0; done < r.Length;)
+                    {
+                        int n = (int)Math.Min(buffer.Length, r.Length - done);
+                        ReadExactly(Handle(r.FilePath), buffer.AsSpan(0, n), r.Offset + done, t.Name);
+                        file.Write(buffer.AsSpan(0, n));
+                        done += n;
+                    }
+                    file.Point(t, start, r.Length);
+                    if (profile != null)
+                    {
+                        profile.WriteSeconds += watch.Elapsed.TotalSeconds;
+                    }
+                }
+                else if (_inlined.Contains(t) && t.RawData.Length >= InlineBytes)
+                {
+                    file.Append(t, t.RawData.Span);
+                }
+            }
+        }
+
+        /// <summary>The output's data file as it is written: each tensor appended 4 KiB aligned and pointed at where it went.</summary>
+        private sealed class DataFile(Stream stream, string name, StreamingProfile? profile)
+        {
+            public Stream Stream => stream;
+
+            /// <summary>Bytes written so far.</summary>
+            public long Position { get; set; }
+
+            /// <summary>The tensors pointed into this file.</summary>
+            public HashSet<TensorProto> Written { get; } = new(ReferenceEqualityComparer.Instance);
+
+            /// <summary>Pads to the next 4 KiB boundary and returns it (where the next tensor starts).</summary>
+            public long Start()
+            {
+                long aligned = (Position + Alignment - 1) / Alignment * Alignment;
+                if (aligned > Position)
+                {
+                    stream.Write(new byte[aligned - Position]);
+                    Position = aligned;
+                }
+                return Position;
+            }
+
+            public void Write(ReadOnlySpan<byte> bytes)
+            {
+                stream.Write(bytes);
+                Position += bytes.Length;
+            }
+
+            /// <summary>Makes <paramref name="t"/> an external tensor of this file at <paramref name="offset"/>.</summary>
+            public void Point(TensorProto t, long offset, long length)
+            {
+                PointAt(t, name, offset, length);
+                Written.Add(t);
+            }
+
+            /// <summary>Appends <paramref name="t"/>'s bytes (its in-memory data is dropped).</summary>
+            public void Append(TensorProto t, ReadOnlySpan<byte> bytes)
+            {
+                var watch = System.Diagnostics.Stopwatch.StartNew();
+                long start = Start();
+                Write(bytes);
+                Point(t, start, bytes.Length);
+                if (profile != null)
+                {
+                    profile.WriteSeconds += watch.Elapsed.TotalSeconds;
+                }
+            }
         }
 
         private static void PointAt(TensorProto t, string dataName, long offset, long length)
@@ -686,69 +915,6 @@ public static class StreamingQuantizer
             }
         }
 
-        /// <summary>
-        /// The MatMul weights to quantize, decided by the in-memory passes' site rules: the scheme's registered MatMul
-        /// lowering's FindSite (<see cref="WeightSites.MatrixSite(LoweringContext, NodeProto, Action{string})"/>) and
-        /// <see cref="WeightSites.Find"/>'s exclusion and shared-weight rules, on a graph index that resolves plain
-        /// initializers only (dims and type from the protobuf; no weight data is read here). The scheme's other layer
-        /// operators, body layers and weights too big for the chunk buffers stay float with a streaming reason.
-        /// </summary>
-        private List<Weight> FindWeights(List<SkippedNode> skipped)
-        {
-            var graph = new PassGraph(_model) { InitializerWeightsOnly = true };
-            LoweringContext context = int4 != null
-                ? new Int4Context(graph, int4, displayName)
-                : new Int8DynamicContext(graph, options, displayName) { MaximumWeightElements = long.MaxValue }; // int8 never holds a weight whole
-            var lowerings = new List<IOperatorLowering>();
-            foreach (IOperatorLowering l in OpRegistry.For(int4 != null ? QuantizationScheme.Int4Weights : QuantizationScheme.Int8Dynamic))
-            {
-                if (l.OpType == "MatMul" && l.Domain.Length == 0)
-                {
-                    lowerings.Add(l);
-                }
-                else if (l.AlwaysALayer)
-                {
-                    lowerings.Add(new NotStreamed(l.OpType, l.Domain));
-                }
-            }
-            List<WeightSite> sites = WeightSites.Find(context, lowerings);
-            skipped.AddRange(context.Skipped);
-            var weights = new Dictionary<string, Weight>(StringComparer.Ordinal);
-            foreach (WeightSite site in sites)
-            {
-                TensorProto t = site.Weight.Tensor;
-                string b = site.WeightName;
-                void Skip(string reason) => skipped.Add(new SkippedNode(OnnxNames.Label(site.Node), site.Node.OpType, reason));
-                if (int4 != null && t.Dims[1] * 4 * 2 * int4.BlockSize > 1L << 30)
-                {
-                    Skip($"weight '{b}' has rows too wide for {StreamingLimit} (its int4 buffer of two K blocks of rows would be over 1 GiB)");
-                    continue;
-                }
-                if (t.Dims[0] > int.MaxValue || t.Dims[1] > int.MaxValue / 4)
-                {
-                    Skip($"weight '{b}' has dimensions too large for this pass");
-                    continue;
-                }
-                if (!weights.TryGetValue(b, out Weight? w))
-                {
-                    w = new Weight { Tensor = t, K = (int)t.Dims[0], N = (int)t.Dims[1] };
-                    weights[b] = w;
-                }
-                w.Users.Add(site.Node);
-            }
-            foreach ((GraphProto g, int depth) in ModelWalker.Graphs(_model))
-            {
-                foreach (NodeProto n in g.Node)
-                {
-                    if (depth > 0 && n.OpType is "MatMul" or "Gemm" or "Conv")
-                    {
-                        skipped.Add(new SkippedNode(OnnxNames.Label(n), n.OpType, $"it is inside the subgraph '{g.Name}'; only the main graph is quantized"));
-                    }
-                }
-            }
-            return [.. weights.Values];
-        }
-
         private void CollectNames()
         {
             foreach ((GraphProto g, _) in ModelWalker.Graphs(_model))
@@ -765,42 +931,28 @@ public static class StreamingQuantizer
 
         private string Unique(string name) => PassGraph.Unique(_names, name);
 
-        private void WriteData(Stream stream, List<Weight> weights, HashSet<TensorProto> quantized, string dataName)
+        /// <summary>
+        /// Writes the chunked MatMuls' weights: a reader thread loads the next weight whole while this one is quantized
+        /// and written (int8 weights over <see cref="WholeWeightLimit"/>: two chunked passes here). A non-finite weight
+        /// throws and AtomicFile discards the partly written data file.
+        /// </summary>
+        private void WriteWeights(DataFile file, List<Weight> weights)
         {
-            long position = 0;
-            byte[] buffer = new byte[Math.Max(Alignment, ChunkBytes)];
-            void Align()
+            if (weights.Count == 0)
             {
-                long aligned = (position + Alignment - 1) / Alignment * Alignment;
-                if (aligned > position)
-                {
-                    stream.Write(new byte[aligned - position]);
-                    position = aligned;
-                }
+                return;
             }
-            void Point(TensorProto t, long offset, long length)
-            {
-                t.ExternalData.Clear();
-                t.ExternalData.Add(new StringStringEntryProto { Key = "location", Value = dataName });
-                t.ExternalData.Add(new StringStringEntryProto { Key = "offset", Value = offset.ToString(CultureInfo.InvariantCulture) });
-                t.ExternalData.Add(new StringStringEntryProto { Key = "length", Value = length.ToString(CultureInfo.InvariantCulture) });
-                t.DataLocation = TensorProto.Types.DataLocation.External;
-                t.ClearRawData();
-            }
-
             if (int4 != null)
             {
                 using var reader = new Prefetcher(this, weights);
                 foreach ((Weight w, byte[]? data, int offset) in reader.Items())
                 {
-                    WriteInt4(w, stream, ref position, Align, Point, data, offset);
+                    WriteInt4(w, file, data, offset);
                 }
-                CopyOthers(stream, quantized, buffer, ref position, Align, Point);
                 return;
             }
-            // One read per weight: a reader thread loads the next weight whole while this one is quantized and written
-            // (weights over WholeWeightBytes: two chunked passes here). A non-finite weight throws and AtomicFile
-            // discards the partly written data file.
+            Stream stream = file.Stream;
+            byte[]? buffer = null;
             byte[] codes = [];
             using var prefetch = new Prefetcher(this, weights);
             var wait = System.Diagnostics.Stopwatch.StartNew();
@@ -810,49 +962,24 @@ public static class StreamingQuantizer
                 {
                     profile.WaitSeconds += wait.Elapsed.TotalSeconds;
                 }
-                Align();
-                long start = position;
+                long start = file.Start();
                 if (data != null)
                 {
-                    position += QuantizeWhole(w, data.AsSpan(offset, w.K * w.N * 4), stream, ref codes);
+                    file.Position += QuantizeWhole(w, data.AsSpan(offset, w.K * w.N * 4), stream, ref codes);
                 }
                 else
                 {
+                    buffer ??= new byte[Math.Max(Alignment, ChunkBytes)];
                     w.Scales = ColumnScales(w, buffer);
-                    position += QuantizeInto(w, stream, buffer);
+                    file.Position += QuantizeInto(w, stream, buffer);
                 }
                 var q = new TensorProto { Name = Unique(w.Tensor.Name + "_quantized"), DataType = (int)(Encoding.Unsigned ? TensorProto.Types.DataType.Uint8 : TensorProto.Types.DataType.Int8) };
                 q.Dims.Add(w.K);
                 q.Dims.Add(w.N);
-                Point(q, start, (long)w.K * w.N);
+                file.Point(q, start, (long)w.K * w.N);
                 w.QuantizedName = q.Name;
                 _model.Graph.Initializer.Add(q);
                 wait.Restart();
-            }
-            CopyOthers(stream, quantized, buffer, ref position, Align, Point);
-        }
-
-        /// <summary>Copies the external tensors that stay as they are, in chunks.</summary>
-        private void CopyOthers(Stream stream, HashSet<TensorProto> quantized, byte[] buffer, ref long position, Action align, Action<TensorProto, long, long> point)
-        {
-            foreach ((TensorProto t, ExternalDataRef r) in lazy.ExternalTensors)
-            {
-                if (quantized.Contains(t))
-                {
-                    continue;
-                }
-                align();
-                long start = position;
-                SafeFileHandle h = Handle(r.FilePath);
-                for (long done = 0; done < r.Length;)
-                {
-                    int n = (int)Math.Min(buffer.Length, r.Length - done);
-                    ReadExactly(h, buffer.AsSpan(0, n), r.Offset + done, t.Name);
-                    stream.Write(buffer, 0, n);
-                    done += n;
-                }
-                position += r.Length;
-                point(t, start, r.Length);
             }
         }
 
@@ -861,7 +988,7 @@ public static class StreamingQuantizer
         /// byte), quantizes each chunk's blocks with <see cref="Int4WeightQuantizer.QuantizeBlocks"/> into the weight's
         /// packed [N, blocks, block/2] codes, scales and zero points, then appends those three tensors.
         /// </summary>
-        private void WriteInt4(Weight w, Stream stream, ref long position, Action align, Action<TensorProto, long, long> point, byte[]? data, int offset)
+        private void WriteInt4(Weight w, DataFile file, byte[]? data, int offset)
         {
             var watch = System.Diagnostics.Stopwatch.StartNew();
             int bs = int4!.BlockSize;
@@ -947,12 +1074,11 @@ public static class StreamingQuantizer
             }
             foreach ((string name, int type, byte[] bytes, long[] dims) in parts)
             {
-                align();
                 var t = new TensorProto { Name = name, DataType = type };
                 t.Dims.AddRange(dims);
-                point(t, position, bytes.Length);
-                stream.Write(bytes);
-                position += bytes.Length;
+                long start = file.Start();
+                file.Write(bytes);
+                file.Point(t, start, bytes.Length);
                 _model.Graph.Initializer.Add(t);
             }
             w.QuantizedName = parts[0].Name;
@@ -1249,6 +1375,7 @@ public static class StreamingQuantizer
             }
         }
 
+        /// <summary>Replaces the chunked MatMuls by the scheme's node, reading their codes, scales and zero points.</summary>
         private void Rewrite(List<Weight> weights)
         {
             if (weights.Count == 0)
@@ -1261,26 +1388,12 @@ public static class StreamingQuantizer
                 RewriteInt4(weights);
                 return;
             }
-            (byte zero, _, _, bool unsigned, _) = Encoding;
             foreach (Weight w in weights)
             {
                 w.ScaleName = Unique(w.Tensor.Name + "_scale");
                 AddInitializer(TensorUtil.FromFloats(w.ScaleName, w.Scales, w.N));
-                if (unsigned)
-                {
-                    // Signed codes use DynamicQuantizeMatMul's default zero point 0, like the in-memory pass. One
-                    // zero-point tensor per distinct length, shared like the in-memory pass's (ORT's session creation
-                    // grows with the square of the initializer count).
-                    if (!_zeroPoints.TryGetValue(w.N, out string? shared))
-                    {
-                        shared = Unique(w.Tensor.Name + "_zero_point");
-                        var zeros = new byte[w.N];
-                        Array.Fill(zeros, zero);
-                        AddInitializer(TensorUtil.FromUInt8(shared, zeros, w.N));
-                        _zeroPoints[w.N] = shared;
-                    }
-                    w.ZeroPointName = shared;
-                }
+                // Unsigned codes read the zero-point tensor taken when the MatMul was lowered (shared per length, like
+                // the in-memory pass's); signed codes use DynamicQuantizeMatMul's default zero point 0.
                 if (_model.IrVersion < 4)
                 {
                     AddInputDeclaration(graph.Initializer.First(t => t.Name == w.QuantizedName));

@@ -34,7 +34,7 @@ internal static class QuantizationDriver
         var checkedSources = new HashSet<string>(StringComparer.Ordinal);
         foreach (WeightSite site in scopes.SelectMany(s => s.Sites))
         {
-            if (checkedSources.Add(site.Weight.SourceName) && !context.AllFinite(site.Weight.Tensor))
+            if (!site.ChecksItsOwnValues && checkedSources.Add(site.Weight.SourceName) && !context.AllFinite(site.Weight.Tensor))
             {
                 context.UseScope(main);
                 throw new CompressException(DiagnosticCodes.NonFiniteWeights, context.DisplayName, site.Weight.SourceName) { File = context.DisplayName };

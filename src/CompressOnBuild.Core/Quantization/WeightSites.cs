@@ -33,6 +33,12 @@ internal sealed class WeightSite
     public float Alpha { get; init; } = 1f;
 
     public float Beta { get; init; } = 1f;
+
+    /// <summary>
+    /// True when the site's lowering checks the weight's values for NaN/infinity itself while it reads them (the
+    /// streaming path's chunked MatMul): <see cref="QuantizationDriver.Run"/> then does not read the weight beforehand.
+    /// </summary>
+    public bool ChecksItsOwnValues { get; set; }
 }
 
 /// <summary>

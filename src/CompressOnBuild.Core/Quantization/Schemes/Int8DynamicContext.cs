@@ -62,9 +62,10 @@ internal sealed class Int8DynamicContext : LoweringContext, ITableEncoding, IWei
     /// <paramref name="zero"/> in the current scope, stored once and shared by every weight that needs the same one:
     /// ONNX Runtime's session creation grows with the square of the number of initializers (about 8e-9 s per pair,
     /// 84 s for 100,000; docs/reliability.md, "Scale"), and one per weight was a third of what this scheme wrote.
-    /// <paramref name="bytes"/>: the bytes this call added (0 when shared).
+    /// <paramref name="bytes"/>: the bytes this call added (0 when shared). The streaming path's chunked MatMuls take
+    /// theirs here too, in lowering order, so they share them with the lowered layers under the same names.
     /// </summary>
-    private string SharedZeroPoint(byte zero, int length, string baseName, out long bytes)
+    public string SharedZeroPoint(byte zero, int length, string baseName, out long bytes)
     {
         if (_zeroPoints.TryGetValue((Graph, zero, length), out string? name))
         {
