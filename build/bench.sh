@@ -2,9 +2,10 @@
 # Runs the kernel benchmarks (tests/CompressOnBuild.Benchmarks, BenchmarkDotNet, short in-process job; ~5 min on
 # 2 cores) and rewrites the Kernels section of docs/results.md (between the kernels:begin/end markers).
 # Usage: build/bench.sh [--quick]     ARTIFACTS_PATH=/some/dir to build outside ./artifacts
-#        build/bench.sh memory [SIZE_MB...] [--schemes Int8Dynamic,Int8Static,Int4Weights,Float16] [--ops MatMul,Gemm]
+#        build/bench.sh memory [SIZE_MB...] [--schemes Int8Dynamic,Int8Static,Int4Weights,Float16] [--ops MatMul,Gemm] [--width N]
 #            the worker's peak RSS / weight bytes and compress MB/s vs a plain copy of the same file, per scheme, on
-#            generated MatMul chains (--ops Gemm: Gemm transB=1 chains, each op in turn; no Conv generator)
+#            generated MatMul chains (--ops Gemm: Gemm transB=1 chains, each op in turn; no Conv generator; --width:
+#            [N, N] weights, default 1024)
 #            (default 100, 1000 and 2500 MB; generated in a temp folder, deleted after; needs
 #            about 2.5x the largest size free in TMPDIR). Prints Markdown tables; docs/reliability.md holds the last run.
 #        build/bench.sh scaling [--nodes 1000,10000,100000] [--shapes chain,conv,if,mixed] [--steps ...]

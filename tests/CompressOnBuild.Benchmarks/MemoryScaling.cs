@@ -11,8 +11,9 @@ namespace CompressOnBuild.Benchmarks;
 /// Peak memory and throughput of the real worker (CompressOnBuild.Cli compress, one process per run, validation on
 /// its synthetic inputs included) on synthetic MatMul chains of about 100 MB, 1 GB and 2.5 GB of float32 weights,
 /// per scheme, side by side with a plain copy of the same file(s) in the same run. Models are generated in a fresh
-/// temporary folder and deleted afterwards. Usage: --memory CLI.dll [SIZE_MB...] [--schemes a,b] [--ops MatMul,Gemm].
-/// --ops: the layer operator of the chains (Gemm: transB=1, the older PyTorch Linear export), each op's chain in turn.
+/// temporary folder and deleted afterwards. Usage: --memory CLI.dll [SIZE_MB...] [--schemes a,b] [--ops MatMul,Gemm] [--width N].
+/// --ops: the layer operator of the chains (Gemm: transB=1, the older PyTorch Linear export), each op's chain in turn;
+/// --width: every weight [N, N] (default 1024, 4 MiB; 8192 makes 256 MiB weights).
 /// Peak RSS is the worker's VmHWM as /usr/bin/time reports it (max resident set), else the report's
 /// workerPeakRssBytes; throughput is weight bytes / the report's compressSeconds (load, pass, save).
 /// </summary>
@@ -25,18 +26,23 @@ internal static class MemoryScaling
     {
         if (args.Length == 0 || !File.Exists(args[0]))
         {
-            Console.Error.WriteLine("usage: --memory <CompressOnBuild.Cli.dll> [SIZE_MB...] [--schemes Int8Dynamic,Int8Static,Int4Weights,Float16] [--ops MatMul,Gemm]");
+            Console.Error.WriteLine("usage: --memory <CompressOnBuild.Cli.dll> [SIZE_MB...] [--schemes Int8Dynamic,Int8Static,Int4Weights,Float16] [--ops MatMul,Gemm] [--width N]");
             return 2;
         }
         string cli = Path.GetFullPath(args[0]);
         var sizes = new List<long>();
         string[] schemes = ["Int8Dynamic", "Int8Static", "Int4Weights", "Float16"];
         string[] ops = ["MatMul"];
+        int width = Width;
         for (int i = 1; i < args.Length; i++)
         {
             if (args[i] == "--schemes" && i + 1 < args.Length)
             {
                 schemes = args[++i].Split(',', StringSplitOptions.RemoveEmptyEntries);
+            }
+            else if (args[i] == "--width" && i + 1 < args.Length)
+            {
+                width = int.Parse(args[++i], CultureInfo.InvariantCulture);
             }
             else if (args[i] == "--ops" && i + 1 < args.Length)
             {
@@ -67,17 +73,17 @@ internal static class MemoryScaling
         {
             foreach ((long target, string op) in sizes.SelectMany(t => ops.Select(o => (t, o))))
             {
-                int layers = (int)Math.Max(1, (target + (4L * Width * Width) - 1) / (4L * Width * Width));
-                long weightBytes = 4L * Width * Width * layers;
+                int layers = (int)Math.Max(1, (target + (4L * width * width) - 1) / (4L * width * width));
+                long weightBytes = 4L * width * width * layers;
                 string dir = Path.Combine(root, (weightBytes / 1_000_000).ToString(CultureInfo.InvariantCulture) + "MB-" + op);
-                string label = $"{weightBytes / 1e6:0} MB" + (op == "MatMul" ? "" : " " + op);
+                string label = $"{weightBytes / 1e6:0} MB" + (op == "MatMul" ? "" : " " + op) + (width == Width ? "" : $" [{width}x{width}]");
                 Directory.CreateDirectory(dir);
                 string model = Path.Combine(dir, "model.onnx");
                 var gen = Stopwatch.StartNew();
-                bool external = Generate(model, layers, op: op);
+                bool external = Generate(model, layers, width: width, op: op);
                 string calibration = Path.Combine(dir, "calibration.npy");
-                WriteNpy(calibration, 32, Width);
-                Console.WriteLine($"Generated {layers} {op} layers [{Width}x{Width}] = {weightBytes / 1e6:0} MB of weights{(external ? " (external .data)" : " (inline)")} in {gen.Elapsed.TotalSeconds:0.0} s");
+                WriteNpy(calibration, 32, width);
+                Console.WriteLine($"Generated {layers} {op} layers [{width}x{width}] = {weightBytes / 1e6:0} MB of weights{(external ? " (external .data)" : " (inline)")} in {gen.Elapsed.TotalSeconds:0.0} s");
                 double copyMBs = PlainCopy(model, external ? model + ".data" : null, weightBytes);
                 rows.Add($"| {label} | plain copy | - | - | {copyMBs:0} | 1.00 | - |");
                 foreach (string scheme in schemes)

@@ -30,11 +30,12 @@ internal sealed partial class PassGraph
 {
     /// <summary>
     /// True when the graph's tensors may be file references (a lazily loaded model): <see cref="TryResolveConstant"/> then
-    /// resolves plain initializers only (their dims and type are in the protobuf) and gives a reason for Constant nodes
-    /// and Reshape/Transpose/Cast/... chains, whose resolution would read or compute the data. Nested scopes
+    /// gives a reason instead of computing a Transpose or a Cast of an external tensor (the computed copy would stay in
+    /// memory until the pass ends, one per such weight); Constant nodes and Reshape/Flatten/Squeeze/Unsqueeze/Identity
+    /// chains resolve as usual (the same tensor under new dims, read only when a lowering uses it). Nested scopes
     /// (<see cref="WithSubgraphs"/>) share it.
     /// </summary>
-    public bool InitializerWeightsOnly { get; init; }
+    public bool LazyExternalData { get; init; }
 
     /// <summary>
     /// The constant behind <paramref name="name"/>, as the node reading it sees it: a non-overridable initializer or a
@@ -67,11 +68,6 @@ internal sealed partial class PassGraph
             return false;
         }
         bool onnx = OnnxNames.IsDefaultDomain(producer);
-        if (InitializerWeightsOnly && onnx && producer.OpType is "Constant" or "Reshape" or "Flatten" or "Squeeze" or "Unsqueeze" or "Identity" or "Transpose" or "Cast")
-        {
-            why = $"weight '{name}' is not an initializer (it comes from {producer.OpType} '{OnnxNames.Label(producer)}'); {Passes.StreamingQuantizer.StreamingLimit} reads initializer weights only with Int8Dynamic and Int4Weights";
-            return false;
-        }
         if (onnx && producer.OpType == "Constant")
         {
             AttributeProto? attr = producer.Attribute.FirstOrDefault(a => a.Name == "value" && a.T != null);
@@ -116,6 +112,14 @@ internal sealed partial class PassGraph
         TensorProto tensor = data!.Tensor;
         long[] dims;
         bool materialized = data.Materialized;
+        bool computed = producer.OpType == "Transpose"
+            || (producer.OpType == "Cast" && data.Tensor.DataType != (int)TensorProto.Types.DataType.Float);
+        if (LazyExternalData && computed && TensorUtil.IsExternal(data.Tensor))
+        {
+            why = $"weight '{name}' is not an initializer (it comes from {producer.OpType} '{OnnxNames.Label(producer)}' of external data); "
+                + $"{Passes.StreamingQuantizer.StreamingLimit} computes no Transpose or Cast of an external weight with Int8Dynamic and Int4Weights (each would stay in memory until the pass ends)";
+            return false;
+        }
         switch (producer.OpType)
         {
             case "Transpose":

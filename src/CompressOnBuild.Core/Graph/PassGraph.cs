@@ -497,7 +497,7 @@ internal sealed partial class PassGraph
             {
                 foreach (GraphProto sub in ModelWalker.Subgraphs(n))
                 {
-                    result.Add(new PassGraph(Model, sub, _names) { ExternalFloats = ExternalFloats, InitializerAdded = InitializerAdded, InitializerWeightsOnly = InitializerWeightsOnly });
+                    result.Add(new PassGraph(Model, sub, _names) { ExternalFloats = ExternalFloats, InitializerAdded = InitializerAdded, LazyExternalData = LazyExternalData });
                 }
             }
         }
@@ -613,7 +613,7 @@ internal sealed partial class PassGraph
         int moved = movedValues.Count;
         foreach (GraphProto body in bodies)
         {
-            moved += new PassGraph(Model, body, _names) { ExternalFloats = ExternalFloats, InitializerAdded = InitializerAdded, InitializerWeightsOnly = InitializerWeightsOnly }.LocalizeSubgraphConstants();
+            moved += new PassGraph(Model, body, _names) { ExternalFloats = ExternalFloats, InitializerAdded = InitializerAdded, LazyExternalData = LazyExternalData }.LocalizeSubgraphConstants();
         }
         return moved;
     }

@@ -70,12 +70,12 @@ public sealed class StreamingLayersTests
     private static string Hash(string path) => Convert.ToHexString(SHA256.HashData(File.ReadAllBytes(path)));
 
     /// <summary>Initializers (sorted by name, byte for byte with external data read back), nodes, opsets and ORT outputs of the two models are the same.</summary>
-    private void AssertSameModel(ModelProto inMemory, string output)
+    private void AssertSameModel(ModelProto inMemory, string output, bool external = true)
     {
         ModelProto streamed = ModelIO.Load(output);
         ModelChecker.Validate(streamed, output);
         ModelProto onDisk = ModelProto.Parser.ParseFrom(File.ReadAllBytes(output));
-        Assert.IsTrue(onDisk.Graph.Initializer.Any(TensorUtil.IsExternal), "the big tensors are in the data file");
+        Assert.AreEqual(external, onDisk.Graph.Initializer.Any(TensorUtil.IsExternal), "the big tensors are in the data file, only they");
         var expectedInits = inMemory.Graph.Initializer.OrderBy(t => t.Name, StringComparer.Ordinal).ToList();
         var actualInits = streamed.Graph.Initializer.OrderBy(t => t.Name, StringComparer.Ordinal).ToList();
         CollectionAssert.AreEqual(expectedInits.Select(t => t.Name).ToList(), actualInits.Select(t => t.Name).ToList());
@@ -220,6 +220,54 @@ public sealed class StreamingLayersTests
     }
 
     [TestMethod]
+    [DataRow(false)]
+    [DataRow(true)]
+    public void WeightsInConstantNodesAndReshapeChainsStreamLikeTheInMemoryPass(bool int4)
+    {
+        // x[1,64] -> MatMul(weight from a Constant node, [64,48]) -> Relu -> Gemm(transB, weight Reshape(w_flat[1536]
+        // external, [32,48]), c) -> y[1,32]. In memory the Reshape is folded first; streaming resolves it (same tensor).
+        var g = new GraphProto { Name = "chains" };
+        g.Input.Add(TinyModels.FloatValue("x", 1, 64));
+        g.Output.Add(TinyModels.FloatValue("y", 1, 32));
+        var constant = TinyModels.Node("Constant", [], ["wc"], "const_w");
+        constant.Attribute.Add(new AttributeProto { Name = "value", Type = AttributeProto.Types.AttributeType.Tensor, T = TensorUtil.FromFloats("wc", TinyModels.RandomFloats(64 * 48, 31, 0.2f), 64, 48) });
+        g.Node.Add(constant);
+        g.Initializer.Add(TensorUtil.FromFloats("w_flat", TinyModels.RandomFloats(32 * 48, 32, 0.2f), 32 * 48));
+        g.Initializer.Add(TensorUtil.FromInt64("shape", [32, 48], 2));
+        g.Initializer.Add(TensorUtil.FromFloats("c", TinyModels.RandomFloats(32, 33, 0.1f), 32));
+        g.Node.Add(TinyModels.Node("MatMul", ["x", "wc"], ["h"], "mm"));
+        g.Node.Add(TinyModels.Node("Relu", ["h"], ["hr"], "relu"));
+        g.Node.Add(TinyModels.Node("Reshape", ["w_flat", "shape"], ["w_r"], "reshape"));
+        g.Node.Add(TinyModels.Node("Gemm", ["hr", "w_r", "c"], ["y"], "gemm", TinyModels.IntAttr("transB", 1)));
+        ModelProto model = TinyModels.Model(g);
+        string source = Path.Combine(_dir, "src", "m.onnx");
+        SaveExternal(model, source);
+        Assert.IsTrue(TensorUtil.IsExternal(ModelProto.Parser.ParseFrom(File.ReadAllBytes(source)).Graph.Initializer.Single(t => t.Name == "w_flat")));
+        ModelProto inMemory = model.Clone();
+        string output = Path.Combine(_dir, "out", "m.onnx");
+        List<QuantizedNode> expected, actual;
+        List<SkippedNode> skipped;
+        if (int4)
+        {
+            var options = new Int4Options { MseScales = false };
+            expected = [.. Int4WeightQuantizer.Apply(inMemory, options, "m").Quantized];
+            Int4Summary s = StreamingQuantizer.CompressInt4Weights(source, output, options, "m");
+            (actual, skipped) = ([.. s.Quantized], [.. s.Skipped]);
+        }
+        else
+        {
+            var options = new QuantizationOptions { Float16Scales = false };
+            expected = [.. Int8DynamicQuantizer.Apply(inMemory, options, "m").Quantized];
+            QuantizationSummary s = StreamingQuantizer.CompressInt8Dynamic(source, output, options, "m");
+            (actual, skipped) = ([.. s.Quantized], [.. s.Skipped]);
+        }
+        CollectionAssert.AreEqual(new[] { "mm", "gemm" }, expected.Select(q => q.Node).ToList());
+        CollectionAssert.AreEqual(expected, actual, string.Join("; ", skipped));
+        AssertSameModel(inMemory, output, external: false); // every quantized tensor is under 4 KiB, the float weights are gone
+        Assert.IsFalse(File.Exists(output + ".data"), "no data file is left when nothing refers to it");
+    }
+
+    [TestMethod]
     public void WeightsBehindATransposeStayFloatWithTheStreamingReason()
     {
         // A Transpose of an external weight would be computed whole when its site is found and kept until the pass
@@ -241,7 +289,7 @@ public sealed class StreamingLayersTests
         SkippedNode skip = s.Skipped.Single();
         Assert.AreEqual("gemm", skip.Node);
         Assert.IsTrue(StreamingQuantizer.IsStreamingLimit(skip), skip.Reason);
-        StringAssert.Contains(skip.Reason, "weight 'w_t' is not an initializer (it comes from Transpose 'tr')");
+        StringAssert.Contains(skip.Reason, "weight 'w_t' is not an initializer (it comes from Transpose 'tr' of external data)");
         ModelProto streamed = ModelIO.Load(output);
         Assert.IsTrue(streamed.Graph.Initializer.Any(t => t.Name == "w"), "the float weight stays, copied through");
         // The same outputs as the in-memory pass with that layer excluded.

@@ -368,7 +368,7 @@ public sealed class StreamingQuantizerTests
         Assert.AreEqual(0, s.Quantized.Count);
         SkippedNode skip = s.Skipped.Single();
         Assert.AreEqual("mm", skip.Node);
-        StringAssert.Contains(skip.Reason, "weight 'w_t' is not an initializer (it comes from Transpose 'tr')");
+        StringAssert.Contains(skip.Reason, "weight 'w_t' is not an initializer (it comes from Transpose 'tr' of external data)");
     }
 
     [TestMethod]
