@@ -291,6 +291,55 @@ public sealed class StreamingPathTests
     }
 
     [TestMethod]
+    [DataRow("Int8Dynamic", new[] { "conv", "gemm", "mm" })]
+    [DataRow("Int4Weights", new[] { "gemm", "mm" })]
+    public void StreamingQuantizesConvAndGemmLayersLikeTheInMemoryPass(string scheme, string[] layers)
+    {
+        string dir = Path.Combine(Path.GetTempPath(), "cob-stream-" + Guid.NewGuid().ToString("N")[..8]);
+        try
+        {
+            // x[N,256] -> Reshape [N,4,8,8] -> Conv(bias, pads 1) -> Relu -> Flatten -> Gemm(c) -> Relu -> MatMul -> y[N,64],
+            // every weight in external data, through the worker with the streaming threshold lowered.
+            var g = new CompressOnBuild.Onnx.GraphProto { Name = "layers" };
+            g.Input.Add(TinyModels.FloatValue("x", "N", 256));
+            g.Output.Add(TinyModels.FloatValue("y", "N", 64));
+            g.Initializer.Add(TensorUtil.FromInt64("shape", [-1, 4, 8, 8], 4));
+            g.Initializer.Add(TensorUtil.FromFloats("wc", TinyModels.RandomFloats(8 * 4 * 3 * 3, 1, 0.3f), 8, 4, 3, 3));
+            g.Initializer.Add(TensorUtil.FromFloats("bc", TinyModels.RandomFloats(8, 2, 0.1f), 8));
+            g.Initializer.Add(TensorUtil.FromFloats("w2", TinyModels.RandomFloats(512 * 64, 3, 0.05f), 512, 64));
+            g.Initializer.Add(TensorUtil.FromFloats("c2", TinyModels.RandomFloats(64, 4, 0.1f), 64));
+            g.Initializer.Add(TensorUtil.FromFloats("w3", TinyModels.RandomFloats(64 * 64, 5, 0.1f), 64, 64));
+            g.Node.Add(TinyModels.Node("Reshape", ["x", "shape"], ["img"], "reshape"));
+            g.Node.Add(TinyModels.Node("Conv", ["img", "wc", "bc"], ["c"], "conv", TinyModels.IntsAttr("pads", 1, 1, 1, 1)));
+            g.Node.Add(TinyModels.Node("Relu", ["c"], ["cr"], "relu_c"));
+            g.Node.Add(TinyModels.Node("Flatten", ["cr"], ["f"], "flatten"));
+            g.Node.Add(TinyModels.Node("Gemm", ["f", "w2", "c2"], ["h"], "gemm"));
+            g.Node.Add(TinyModels.Node("Relu", ["h"], ["hr"], "relu"));
+            g.Node.Add(TinyModels.Node("MatMul", ["hr", "w3"], ["y"], "mm"));
+            string model = Path.Combine(dir, "big.onnx");
+            ModelIO.Save(TinyModels.Model(g), model, new ModelSaveOptions { ForceExternalData = true });
+            string source = PublishKillTests.Weights(model);
+            string output = Path.Combine(dir, "out", "big.onnx");
+            (int exit, string text) = RunStreamingWorker(dir, model, "--output", output, "--report", Path.Combine(dir, "r.json"),
+                "--validation-data", WriteNpy(dir), "--quantization", scheme, "--min-cosine", "0.98");
+            Assert.AreEqual(0, exit, text);
+            Assert.AreEqual(source, PublishKillTests.Weights(model), "the source model is never modified");
+            var report = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(dir, "r.json")))!;
+            CollectionAssert.AreEqual(layers, report["quantization"]!["quantizedNodes"]!.AsArray().Select(n => n!["node"]!.GetValue<string>()).ToList(), text);
+            Assert.IsFalse(report["diagnostics"]!.AsArray().Any(d => d!["code"]!.GetValue<string>() == "CMPR0114"), text);
+            Assert.IsNull(report["cache"]!["key"], "the streaming path was taken (it is not cached)");
+            CompressOnBuild.Onnx.ModelProto q = ModelIO.Load(output);
+            Assert.IsFalse(q.Graph.Initializer.Any(t => t.Name is "w2" or "w3"), text);
+            Assert.AreEqual(scheme == "Int8Dynamic", q.Graph.Node.Any(n => n.OpType == "ConvInteger"), text);
+            Assert.IsTrue(report["validation"]!["meanCosineSimilarity"]!.GetValue<double>() >= 0.98, text);
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+
+    [TestMethod]
     public void StreamingInt8DynamicSaysWhichLayersItLeftFloatAndWhy()
     {
         string dir = Path.Combine(Path.GetTempPath(), "cob-stream-" + Guid.NewGuid().ToString("N")[..8]);
