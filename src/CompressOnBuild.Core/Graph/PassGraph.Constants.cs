@@ -29,11 +29,12 @@ internal sealed class ResolvedConstant
 internal sealed partial class PassGraph
 {
     /// <summary>
-    /// True when the graph's tensors may be file references (a lazily loaded model): <see cref="TryResolveConstant"/> then
-    /// gives a reason instead of computing a Transpose or a Cast of an external tensor (the computed copy would stay in
-    /// memory until the pass ends, one per such weight); Constant nodes and Reshape/Flatten/Squeeze/Unsqueeze/Identity
-    /// chains resolve as usual (the same tensor under new dims, read only when a lowering uses it). Nested scopes
-    /// (<see cref="WithSubgraphs"/>) share it.
+    /// True when the graph's tensors may be file references (a lazily loaded model). <see cref="TryResolveConstant"/> then
+    /// resolves a float32 Transpose of an external tensor to a placeholder whose values <see cref="FloatsOf"/> computes
+    /// each time a lowering reads them (nothing is kept), and gives a reason instead of computing a Cast of an external
+    /// tensor or a Transpose of a non-float one (that copy would stay in memory until the pass ends, one per such
+    /// weight); Constant nodes and Reshape/Flatten/Squeeze/Unsqueeze/Identity chains resolve as usual (the same tensor
+    /// under new dims, read only when a lowering uses it). Nested scopes (<see cref="WithSubgraphs"/>) share it.
     /// </summary>
     public bool LazyExternalData { get; init; }
 
@@ -112,12 +113,14 @@ internal sealed partial class PassGraph
         TensorProto tensor = data!.Tensor;
         long[] dims;
         bool materialized = data.Materialized;
-        bool computed = producer.OpType == "Transpose"
+        // A float32 Transpose of external data is deferred (TransposeConstant); a Cast of it, or a Transpose of other
+        // types, would have to be computed here and kept until the pass ends, one per such weight.
+        bool computed = (producer.OpType == "Transpose" && data.Tensor.DataType != (int)TensorProto.Types.DataType.Float)
             || (producer.OpType == "Cast" && data.Tensor.DataType != (int)TensorProto.Types.DataType.Float);
         if (LazyExternalData && computed && TensorUtil.IsExternal(data.Tensor))
         {
-            why = $"weight '{name}' is not an initializer (it comes from {producer.OpType} '{OnnxNames.Label(producer)}' of external data); "
-                + $"{Passes.StreamingQuantizer.StreamingLimit} computes no Transpose or Cast of an external weight with Int8Dynamic and Int4Weights (each would stay in memory until the pass ends)";
+            why = $"weight '{name}' is not an initializer (it comes from {producer.OpType} '{OnnxNames.Label(producer)}' of {TensorUtil.DataTypeName(data.Tensor.DataType)} external data); "
+                + $"{Passes.StreamingQuantizer.StreamingLimit} computes no Cast of an external weight (nor a Transpose of one that is not float32) with Int8Dynamic and Int4Weights";
             return false;
         }
         switch (producer.OpType)
@@ -176,6 +179,14 @@ internal sealed partial class PassGraph
     /// <summary>Tensors computed by Transpose/Cast nodes during resolution, by node (a weight is resolved several times per pass).</summary>
     private readonly Dictionary<NodeProto, TensorProto> _materialized = new(ReferenceEqualityComparer.Instance);
 
+    /// <summary>
+    /// Under <see cref="LazyExternalData"/>: the tensors that stand for a float32 Transpose of external data (no data, marked
+    /// external, the transposed dims), with how to compute their values; <see cref="FloatsOf"/> computes them each time
+    /// they are read (from the source read through <see cref="ExternalFloats"/>) and keeps nothing. Nested scopes share it
+    /// (the driver checks every scope's weights with the context on one of them).
+    /// </summary>
+    private Dictionary<TensorProto, Func<float[]>> Deferred { get; init; } = new(ReferenceEqualityComparer.Instance);
+
     private TensorProto Materialize(NodeProto producer, Func<TensorProto> compute)
     {
         if (!_materialized.TryGetValue(producer, out TensorProto? t))
@@ -202,6 +213,18 @@ internal sealed partial class PassGraph
         }
         long[] outDims = [.. perm.Select(i => dims[i])];
         var type = (TensorProto.Types.DataType)data.Tensor.DataType;
+        if (type == TensorProto.Types.DataType.Float && LazyExternalData && TensorUtil.IsExternal(data.Tensor))
+        {
+            if (!_materialized.TryGetValue(producer, out TensorProto? placeholder))
+            {
+                TensorProto source = data.Tensor;
+                placeholder = new TensorProto { Name = producer.Output[0], DataType = (int)type, DataLocation = TensorProto.Types.DataLocation.External };
+                placeholder.Dims.AddRange(outDims);
+                _materialized[producer] = placeholder;
+                Deferred[placeholder] = () => TransposeAxes(FloatsOf(source, displayName), dims, perm);
+            }
+            return placeholder;
+        }
         if (type == TensorProto.Types.DataType.Float)
         {
             return Materialize(producer, () => TensorUtil.FromFloats(producer.Output[0], TransposeAxes(FloatsOf(data.Tensor, displayName), dims, perm), outDims));

@@ -366,9 +366,13 @@ internal sealed partial class PassGraph
     /// <summary>Called with each initializer <see cref="AddInitializer"/> adds (the streaming path writes large quantized ones to its data file there). Nested scopes share it.</summary>
     public Action<TensorProto>? InitializerAdded { get; set; }
 
-    /// <summary>The data of <paramref name="t"/> as float (<see cref="Floats"/>), read through <see cref="ExternalFloats"/> when it is a file reference.</summary>
+    /// <summary>
+    /// The data of <paramref name="t"/> as float (<see cref="Floats"/>), read through <see cref="ExternalFloats"/> when it is
+    /// a file reference, computed when it stands for a Transpose of one (<see cref="LazyExternalData"/>).
+    /// </summary>
     public float[] FloatsOf(TensorProto t, string displayName) =>
-        ExternalFloats != null && TensorUtil.IsExternal(t) ? ExternalFloats(t) : Floats(t, displayName);
+        Deferred.TryGetValue(t, out Func<float[]>? compute) ? compute()
+        : ExternalFloats != null && TensorUtil.IsExternal(t) ? ExternalFloats(t) : Floats(t, displayName);
 
     public void AddInitializer(TensorProto t)
     {
@@ -497,7 +501,7 @@ internal sealed partial class PassGraph
             {
                 foreach (GraphProto sub in ModelWalker.Subgraphs(n))
                 {
-                    result.Add(new PassGraph(Model, sub, _names) { ExternalFloats = ExternalFloats, InitializerAdded = InitializerAdded, LazyExternalData = LazyExternalData });
+                    result.Add(new PassGraph(Model, sub, _names) { ExternalFloats = ExternalFloats, InitializerAdded = InitializerAdded, LazyExternalData = LazyExternalData, Deferred = Deferred });
                 }
             }
         }
@@ -613,7 +617,7 @@ internal sealed partial class PassGraph
         int moved = movedValues.Count;
         foreach (GraphProto body in bodies)
         {
-            moved += new PassGraph(Model, body, _names) { ExternalFloats = ExternalFloats, InitializerAdded = InitializerAdded, LazyExternalData = LazyExternalData }.LocalizeSubgraphConstants();
+            moved += new PassGraph(Model, body, _names) { ExternalFloats = ExternalFloats, InitializerAdded = InitializerAdded, LazyExternalData = LazyExternalData, Deferred = Deferred }.LocalizeSubgraphConstants();
         }
         return moved;
     }

@@ -24,8 +24,8 @@ namespace CompressOnBuild.Core.Passes;
 /// That chunked path takes the main graph's MatMul nodes whose weight B is a float32 rank-2 initializer read by
 /// MatMuls only. Every other layer the in-memory pass quantizes (Gemm, Conv, Gather, LSTM, Attention, layers in
 /// If/Loop/Scan bodies) is lowered by the in-memory pass's own registry lowerings on the lazily loaded graph, one
-/// weight read at a time (see Writer.Run); weights computed by a Transpose or Cast of external data stay float, with
-/// a reason containing <see cref="StreamingLimit"/>, and a chunked MatMul's bias Add is not folded.
+/// weight read at a time (see Writer.Run); weights computed by a Cast of external data stay float, with a reason
+/// containing <see cref="StreamingLimit"/>, and a chunked MatMul's bias Add is not folded.
 /// </para>
 /// </summary>
 public static class StreamingQuantizer
@@ -347,9 +347,10 @@ public static class StreamingQuantizer
         /// Runs the scheme's lowerings (<see cref="OpRegistry.For"/>) on the lazily loaded graph: the same sites, skip
         /// reasons, shared-weight rules, encodings and rewrites as the in-memory pass, each weight read through
         /// <see cref="ExternalFloats"/> when it is checked and when it is encoded (one at a time), each large tensor the
-        /// lowerings add appended to <paramref name="file"/> as it is added. Weights computed by a Transpose or Cast of
-        /// external data stay float (<see cref="PassGraph.LazyExternalData"/>: each computed copy would stay in memory
-        /// until the pass ends); Constant nodes and Reshape-like chains resolve as in memory. The chunked
+        /// lowerings add appended to <paramref name="file"/> as it is added. Weights computed by a Cast of external data
+        /// stay float (<see cref="PassGraph.LazyExternalData"/>: each computed copy would stay in memory until the pass
+        /// ends); a float32 Transpose of it is computed when read; Constant nodes and Reshape-like chains resolve as in
+        /// memory. The chunked
         /// MatMuls go to <paramref name="streamed"/> (see <see cref="ChunkedMatMul"/>).
         /// </summary>
         private LoweringContext LowerLayers(DataFile file, List<StreamedSite> streamed)

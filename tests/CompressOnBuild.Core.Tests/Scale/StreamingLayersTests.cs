@@ -268,17 +268,67 @@ public sealed class StreamingLayersTests
     }
 
     [TestMethod]
-    public void WeightsBehindATransposeStayFloatWithTheStreamingReason()
+    [DataRow(false)]
+    [DataRow(true)]
+    public void WeightsBehindATransposeOfExternalDataStreamLikeTheInMemoryPass(bool int4)
     {
-        // A Transpose of an external weight would be computed whole when its site is found and kept until the pass
-        // ends (every such weight at once): the streaming path leaves it float and says it is its own limit.
+        // tf2onnx's layout: Transpose(w) -> MatMul, and a Transpose feeding a transB Gemm. In memory the Transposes are
+        // folded first; streaming resolves each to a placeholder computed when it is read (and dropped).
         var g = new GraphProto { Name = "t" };
         g.Input.Add(TinyModels.FloatValue("x", 1, 64));
-        g.Output.Add(TinyModels.FloatValue("y", 1, 32));
+        g.Output.Add(TinyModels.FloatValue("y", 1, 48));
         g.Initializer.Add(TensorUtil.FromFloats("w", TinyModels.RandomFloats(32 * 64, 21, 0.3f), 32, 64));
-        g.Initializer.Add(TensorUtil.FromFloats("w2", TinyModels.RandomFloats(32 * 32, 22, 0.3f), 32, 32));
+        g.Initializer.Add(TensorUtil.FromFloats("w2", TinyModels.RandomFloats(32 * 48, 22, 0.3f), 32, 48));
+        g.Initializer.Add(TensorUtil.FromFloats("c2", TinyModels.RandomFloats(48, 23, 0.1f), 48));
         g.Node.Add(TinyModels.Node("Transpose", ["w"], ["w_t"], "tr"));
-        g.Node.Add(TinyModels.Node("Gemm", ["x", "w_t"], ["h"], "gemm"));
+        g.Node.Add(TinyModels.Node("MatMul", ["x", "w_t"], ["h"], "mm"));
+        g.Node.Add(TinyModels.Node("Relu", ["h"], ["hr"], "relu"));
+        g.Node.Add(TinyModels.Node("Transpose", ["w2"], ["w2_t"], "tr2"));
+        g.Node.Add(TinyModels.Node("Gemm", ["hr", "w2_t", "c2"], ["y"], "gemm", TinyModels.IntAttr("transB", 1)));
+        string source = Path.Combine(_dir, "src", "m.onnx");
+        ModelProto model = TinyModels.Model(g);
+        SaveExternal(model, source);
+        string output = Path.Combine(_dir, "out", "m.onnx");
+        ModelProto inMemory = model.Clone();
+        List<QuantizedNode> expected, actual;
+        List<SkippedNode> skipped;
+        if (int4)
+        {
+            var options = new Int4Options { MseScales = false, BlockSize = 16 };
+            expected = [.. Int4WeightQuantizer.Apply(inMemory, options, "m").Quantized];
+            Int4Summary s = StreamingQuantizer.CompressInt4Weights(source, output, options, "m");
+            (actual, skipped) = ([.. s.Quantized], [.. s.Skipped]);
+        }
+        else
+        {
+            var options = new QuantizationOptions { Float16Scales = false };
+            expected = [.. Int8DynamicQuantizer.Apply(inMemory, options, "m").Quantized];
+            QuantizationSummary s = StreamingQuantizer.CompressInt8Dynamic(source, output, options, "m");
+            (actual, skipped) = ([.. s.Quantized], [.. s.Skipped]);
+        }
+        CollectionAssert.AreEqual(new[] { "mm", "gemm" }, expected.Select(q => q.Node).ToList());
+        CollectionAssert.AreEqual(expected, actual, string.Join("; ", skipped));
+        Assert.IsEmpty(skipped);
+        AssertSameModel(inMemory, output, external: false); // every quantized tensor is under 4 KiB, the float weights are gone
+    }
+
+    [TestMethod]
+    public void WeightsBehindACastOfExternalDataStayFloatWithTheStreamingReason()
+    {
+        // A Cast of an external float16 weight (2 MiB: non-float external tensors up to 1 MiB are read into memory first)
+        // would be computed whole when its site is found and kept until the pass ends (every such weight at once): the
+        // streaming path leaves it float and says it is its own limit.
+        var g = new GraphProto { Name = "c" };
+        g.Input.Add(TinyModels.FloatValue("x", 1, 1024));
+        g.Output.Add(TinyModels.FloatValue("y", 1, 32));
+        var half = new TensorProto { Name = "w", DataType = (int)TensorProto.Types.DataType.Float16 };
+        half.Dims.Add(1024);
+        half.Dims.Add(1024);
+        half.RawData = ByteString.CopyFrom(System.Runtime.InteropServices.MemoryMarshal.AsBytes(TinyModels.RandomFloats(1024 * 1024, 21, 0.05f).Select(v => (Half)v).ToArray().AsSpan()));
+        g.Initializer.Add(half);
+        g.Initializer.Add(TensorUtil.FromFloats("w2", TinyModels.RandomFloats(32 * 1024, 22, 0.05f), 32, 1024));
+        g.Node.Add(TinyModels.Node("Cast", ["w"], ["w_f"], "cast", TinyModels.IntAttr("to", (int)TensorProto.Types.DataType.Float)));
+        g.Node.Add(TinyModels.Node("Gemm", ["x", "w_f"], ["h"], "gemm", TinyModels.IntAttr("transB", 1)));
         g.Node.Add(TinyModels.Node("Gemm", ["h", "w2"], ["y"], "gemm2", TinyModels.IntAttr("transB", 1)));
         string source = Path.Combine(_dir, "src", "m.onnx");
         ModelProto model = TinyModels.Model(g);
@@ -289,9 +339,9 @@ public sealed class StreamingLayersTests
         SkippedNode skip = s.Skipped.Single();
         Assert.AreEqual("gemm", skip.Node);
         Assert.IsTrue(StreamingQuantizer.IsStreamingLimit(skip), skip.Reason);
-        StringAssert.Contains(skip.Reason, "weight 'w_t' is not an initializer (it comes from Transpose 'tr' of external data)");
+        StringAssert.Contains(skip.Reason, "weight 'w_f' is not an initializer (it comes from Cast 'cast' of FLOAT16 external data)");
         ModelProto streamed = ModelIO.Load(output);
-        Assert.IsTrue(streamed.Graph.Initializer.Any(t => t.Name == "w"), "the float weight stays, copied through");
+        Assert.IsTrue(streamed.Graph.Initializer.Any(t => t.Name == "w"), "the float16 weight stays, copied through");
         // The same outputs as the in-memory pass with that layer excluded.
         ModelProto inMemory = model.Clone();
         Int8DynamicQuantizer.Apply(inMemory, new QuantizationOptions { ExcludedNodes = ["gemm"] }, "m");

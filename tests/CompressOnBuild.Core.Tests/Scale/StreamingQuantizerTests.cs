@@ -353,22 +353,28 @@ public sealed class StreamingQuantizerTests
     }
 
     [TestMethod]
-    public void StreamingReportsAWeightChainWithoutReadingIt()
+    public void StreamingReportsACastWeightWithoutReadingIt()
     {
-        // w_t = Transpose(w): the in-memory pass computes the transposed weight; the streaming path names the reason.
+        // w_f = Cast(w, float) of a 2 MiB float16 weight (over the 1 MiB up to which non-float external tensors are read
+        // into memory): the in-memory pass computes the float32 weight; the streaming path names the reason.
         var g = new GraphProto { Name = "chain" };
-        g.Input.Add(TinyModels.FloatValue("x", 1, 64));
-        g.Output.Add(TinyModels.FloatValue("y", 1, 32));
-        g.Initializer.Add(TensorUtil.FromFloats("w", TinyModels.RandomFloats(32 * 64, 21, 0.3f), 32, 64));
-        g.Node.Add(TinyModels.Node("Transpose", ["w"], ["w_t"], "tr"));
-        g.Node.Add(TinyModels.Node("MatMul", ["x", "w_t"], ["y"], "mm"));
+        g.Input.Add(TinyModels.FloatValue("x", 1, 1024));
+        g.Output.Add(TinyModels.FloatValue("y", 1, 1024));
+        var half = new TensorProto { Name = "w", DataType = (int)TensorProto.Types.DataType.Float16 };
+        half.Dims.Add(1024);
+        half.Dims.Add(1024);
+        half.RawData = ByteString.CopyFrom(MemoryMarshal.AsBytes(TinyModels.RandomFloats(1024 * 1024, 21, 0.05f).Select(v => (Half)v).ToArray().AsSpan()));
+        g.Initializer.Add(half);
+        g.Node.Add(TinyModels.Node("Cast", ["w"], ["w_f"], "cast", TinyModels.IntAttr("to", (int)TensorProto.Types.DataType.Float)));
+        g.Node.Add(TinyModels.Node("MatMul", ["x", "w_f"], ["y"], "mm"));
         string source = Path.Combine(_dir, "src", "m.onnx");
         SaveExternal(TinyModels.Model(g), source);
         QuantizationSummary s = StreamingQuantizer.CompressInt8Dynamic(source, Path.Combine(_dir, "out", "m.onnx"), QuantizationOptions.Default, "m");
         Assert.AreEqual(0, s.Quantized.Count);
         SkippedNode skip = s.Skipped.Single();
         Assert.AreEqual("mm", skip.Node);
-        StringAssert.Contains(skip.Reason, "weight 'w_t' is not an initializer (it comes from Transpose 'tr' of external data)");
+        Assert.IsTrue(StreamingQuantizer.IsStreamingLimit(skip), skip.Reason);
+        StringAssert.Contains(skip.Reason, "weight 'w_f' is not an initializer (it comes from Cast 'cast' of FLOAT16 external data)");
     }
 
     [TestMethod]
