@@ -354,10 +354,7 @@ public sealed class StreamingPathTests
             g.Initializer.Add(TensorUtil.FromFloats("w1", TinyModels.RandomFloats(256 * 128, 1, 0.1f), 256, 128));
             g.Initializer.Add(TensorUtil.FromFloats("w2", TinyModels.RandomFloats(64 * 128, 2, 0.1f), 64, 128));
             g.Initializer.Add(TensorUtil.FromFloats("c2", TinyModels.RandomFloats(64, 3, 0.1f), 64));
-            var w3 = new CompressOnBuild.Onnx.TensorProto { Name = "w3", DataType = (int)CompressOnBuild.Onnx.TensorProto.Types.DataType.Float16 };
-            w3.Dims.Add(64);
-            w3.Dims.Add(16384);
-            w3.RawData = Google.Protobuf.ByteString.CopyFrom(System.Runtime.InteropServices.MemoryMarshal.AsBytes(TinyModels.RandomFloats(64 * 16384, 4, 0.1f).Select(v => (Half)v).ToArray().AsSpan()));
+            var w3 = TinyModels.Float16("w3", TinyModels.RandomFloats(64 * 16384, 4, 0.1f), 64, 16384);
             g.Initializer.Add(w3);
             g.Node.Add(TinyModels.Node("MatMul", ["x", "w1"], ["h"], "mm1"));
             g.Node.Add(TinyModels.Node("Relu", ["h"], ["hr"], "relu"));

@@ -130,10 +130,8 @@ public sealed class ModelAcceptanceTests
     {
         var g = new GraphProto { Name = "fp16" };
         g.Input.Add(Value("x", TensorProto.Types.DataType.Float16, "N", 64));
-        Half[] w = TinyModels.RandomFloats(64 * 48, 3, 0.5f).Select(v => (Half)v).ToArray();
-        Half[] b = TinyModels.RandomFloats(48, 4, 0.5f).Select(v => (Half)v).ToArray();
-        g.Initializer.Add(TensorUtil.FromRaw("w", TensorProto.Types.DataType.Float16, System.Runtime.InteropServices.MemoryMarshal.AsBytes(w.AsSpan()), 64, 48));
-        g.Initializer.Add(TensorUtil.FromRaw("b", TensorProto.Types.DataType.Float16, System.Runtime.InteropServices.MemoryMarshal.AsBytes(b.AsSpan()), 48));
+        g.Initializer.Add(TinyModels.Float16("w", TinyModels.RandomFloats(64 * 48, 3, 0.5f), 64, 48));
+        g.Initializer.Add(TinyModels.Float16("b", TinyModels.RandomFloats(48, 4, 0.5f), 48));
         g.Node.Add(TinyModels.Node("MatMul", ["x", "w"], ["m"], "mm"));
         g.Node.Add(TinyModels.Node("Add", ["m", "b"], ["y"], "bias"));
         g.Output.Add(Value("y", TensorProto.Types.DataType.Float16, "N", 48));

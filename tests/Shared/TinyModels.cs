@@ -48,6 +48,17 @@ internal static class TinyModels
     }
 
     /// <summary>Deterministic pseudo-random floats in [-scale, scale].</summary>
+    /// <summary>A float16 initializer holding <paramref name="values"/> rounded to float16, inline (raw data).</summary>
+    public static TensorProto Float16(string name, ReadOnlySpan<float> values, params long[] dims)
+    {
+        var h = new Half[values.Length];
+        for (int i = 0; i < h.Length; i++)
+        {
+            h[i] = (Half)values[i];
+        }
+        return TensorUtil.FromRaw(name, TensorProto.Types.DataType.Float16, System.Runtime.InteropServices.MemoryMarshal.AsBytes(h.AsSpan()), dims);
+    }
+
     public static float[] RandomFloats(int count, int seed, float scale = 1f)
     {
         var rng = new Random(seed);

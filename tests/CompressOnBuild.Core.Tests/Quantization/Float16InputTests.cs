@@ -21,11 +21,7 @@ public sealed class Float16InputTests
 
     public TestContext TestContext { get; set; } = null!;
 
-    private static TensorProto Half(string name, float[] values, params long[] dims)
-    {
-        Half[] h = values.Select(v => (Half)v).ToArray();
-        return TensorUtil.FromRaw(name, DataType.Float16, System.Runtime.InteropServices.MemoryMarshal.AsBytes(h.AsSpan()), dims);
-    }
+    private static TensorProto Half(string name, float[] values, params long[] dims) => CompressOnBuild.Tests.TinyModels.Float16(name, values, dims);
 
     private static ValueInfoProto Value(string name, DataType type, params object[] dims)
     {

@@ -186,22 +186,7 @@ public sealed class StreamingLayersTests
         {
             ModelProto inMemory = model.Clone();
             string output = Path.Combine(_dir, int4 ? "out4" : "out8", "m.onnx");
-            List<QuantizedNode> expected, actual;
-            List<SkippedNode> skipped;
-            if (int4)
-            {
-                var options = new Int4Options { MseScales = false };
-                expected = [.. Int4WeightQuantizer.Apply(inMemory, options, name).Quantized];
-                Int4Summary s = StreamingQuantizer.CompressInt4Weights(source, output, options, name);
-                (actual, skipped) = ([.. s.Quantized], [.. s.Skipped]);
-            }
-            else
-            {
-                var options = new QuantizationOptions { Float16Scales = false };
-                expected = [.. Int8DynamicQuantizer.Apply(inMemory, options, name).Quantized];
-                QuantizationSummary s = StreamingQuantizer.CompressInt8Dynamic(source, output, options, name);
-                (actual, skipped) = ([.. s.Quantized], [.. s.Skipped]);
-            }
+            (List<QuantizedNode> expected, List<QuantizedNode> actual, List<SkippedNode> skipped) = BothWays(inMemory, source, output, int4, name);
             Assert.IsNotEmpty(expected, name);
             CollectionAssert.AreEqual(expected, actual, $"{name} int4={int4}: " + string.Join("; ", skipped));
             ModelProto streamed = ModelIO.Load(output);
@@ -245,22 +230,7 @@ public sealed class StreamingLayersTests
         Assert.IsTrue(TensorUtil.IsExternal(ModelProto.Parser.ParseFrom(File.ReadAllBytes(source)).Graph.Initializer.Single(t => t.Name == "w_flat")));
         ModelProto inMemory = model.Clone();
         string output = Path.Combine(_dir, "out", "m.onnx");
-        List<QuantizedNode> expected, actual;
-        List<SkippedNode> skipped;
-        if (int4)
-        {
-            var options = new Int4Options { MseScales = false };
-            expected = [.. Int4WeightQuantizer.Apply(inMemory, options, "m").Quantized];
-            Int4Summary s = StreamingQuantizer.CompressInt4Weights(source, output, options, "m");
-            (actual, skipped) = ([.. s.Quantized], [.. s.Skipped]);
-        }
-        else
-        {
-            var options = new QuantizationOptions { Float16Scales = false };
-            expected = [.. Int8DynamicQuantizer.Apply(inMemory, options, "m").Quantized];
-            QuantizationSummary s = StreamingQuantizer.CompressInt8Dynamic(source, output, options, "m");
-            (actual, skipped) = ([.. s.Quantized], [.. s.Skipped]);
-        }
+        (List<QuantizedNode> expected, List<QuantizedNode> actual, List<SkippedNode> skipped) = BothWays(inMemory, source, output, int4, "m");
         CollectionAssert.AreEqual(new[] { "mm", "gemm" }, expected.Select(q => q.Node).ToList());
         CollectionAssert.AreEqual(expected, actual, string.Join("; ", skipped));
         AssertSameModel(inMemory, output, external: false); // every quantized tensor is under 4 KiB, the float weights are gone
@@ -290,22 +260,7 @@ public sealed class StreamingLayersTests
         SaveExternal(model, source);
         string output = Path.Combine(_dir, "out", "m.onnx");
         ModelProto inMemory = model.Clone();
-        List<QuantizedNode> expected, actual;
-        List<SkippedNode> skipped;
-        if (int4)
-        {
-            var options = new Int4Options { MseScales = false, BlockSize = 16 };
-            expected = [.. Int4WeightQuantizer.Apply(inMemory, options, "m").Quantized];
-            Int4Summary s = StreamingQuantizer.CompressInt4Weights(source, output, options, "m");
-            (actual, skipped) = ([.. s.Quantized], [.. s.Skipped]);
-        }
-        else
-        {
-            var options = new QuantizationOptions { Float16Scales = false };
-            expected = [.. Int8DynamicQuantizer.Apply(inMemory, options, "m").Quantized];
-            QuantizationSummary s = StreamingQuantizer.CompressInt8Dynamic(source, output, options, "m");
-            (actual, skipped) = ([.. s.Quantized], [.. s.Skipped]);
-        }
+        (List<QuantizedNode> expected, List<QuantizedNode> actual, List<SkippedNode> skipped) = BothWays(inMemory, source, output, int4, "m", int4BlockSize: 16);
         CollectionAssert.AreEqual(new[] { "mm", "gemm" }, expected.Select(q => q.Node).ToList());
         CollectionAssert.AreEqual(expected, actual, string.Join("; ", skipped));
         Assert.IsEmpty(skipped);
@@ -321,11 +276,7 @@ public sealed class StreamingLayersTests
         var g = new GraphProto { Name = "c" };
         g.Input.Add(TinyModels.FloatValue("x", 1, 1024));
         g.Output.Add(TinyModels.FloatValue("y", 1, 32));
-        var half = new TensorProto { Name = "w", DataType = (int)TensorProto.Types.DataType.Float16 };
-        half.Dims.Add(1024);
-        half.Dims.Add(1024);
-        half.RawData = ByteString.CopyFrom(System.Runtime.InteropServices.MemoryMarshal.AsBytes(TinyModels.RandomFloats(1024 * 1024, 21, 0.05f).Select(v => (Half)v).ToArray().AsSpan()));
-        g.Initializer.Add(half);
+        g.Initializer.Add(TinyModels.Float16("w", TinyModels.RandomFloats(1024 * 1024, 21, 0.05f), 1024, 1024));
         g.Initializer.Add(TensorUtil.FromFloats("w2", TinyModels.RandomFloats(32 * 1024, 22, 0.05f), 32, 1024));
         g.Node.Add(TinyModels.Node("Cast", ["w"], ["w_f"], "cast", TinyModels.IntAttr("to", (int)TensorProto.Types.DataType.Float)));
         g.Node.Add(TinyModels.Node("Gemm", ["x", "w_f"], ["h"], "gemm", TinyModels.IntAttr("transB", 1)));
@@ -348,5 +299,26 @@ public sealed class StreamingLayersTests
         string inMemoryPath = Path.Combine(_dir, "mem", "m.onnx");
         ModelIO.Save(inMemory, inMemoryPath);
         CollectionAssert.AreEqual(OrtHelper.RunRandom(inMemoryPath)["y"], OrtHelper.RunRandom(output)["y"]);
+    }
+
+    /// <summary>
+    /// Quantizes <paramref name="inMemory"/> in place with the in-memory pass and <paramref name="source"/> (the same model
+    /// with external data) with the streaming path into <paramref name="output"/>: int4 (min/max block scales, which the
+    /// chunked kernel uses) or int8 dynamic (float32 scales). Returns both passes' quantized layers and the streaming skips.
+    /// </summary>
+    private static (List<QuantizedNode> Expected, List<QuantizedNode> Actual, List<SkippedNode> Skipped) BothWays(
+        ModelProto inMemory, string source, string output, bool int4, string name, int int4BlockSize = 32)
+    {
+        if (int4)
+        {
+            var options = new Int4Options { MseScales = false, BlockSize = int4BlockSize };
+            List<QuantizedNode> expected = [.. Int4WeightQuantizer.Apply(inMemory, options, name).Quantized];
+            Int4Summary s = StreamingQuantizer.CompressInt4Weights(source, output, options, name);
+            return (expected, [.. s.Quantized], [.. s.Skipped]);
+        }
+        var int8 = new QuantizationOptions { Float16Scales = false };
+        List<QuantizedNode> expected8 = [.. Int8DynamicQuantizer.Apply(inMemory, int8, name).Quantized];
+        QuantizationSummary summary = StreamingQuantizer.CompressInt8Dynamic(source, output, int8, name);
+        return (expected8, [.. summary.Quantized], [.. summary.Skipped]);
     }
 }

@@ -360,11 +360,7 @@ public sealed class StreamingQuantizerTests
         var g = new GraphProto { Name = "chain" };
         g.Input.Add(TinyModels.FloatValue("x", 1, 1024));
         g.Output.Add(TinyModels.FloatValue("y", 1, 1024));
-        var half = new TensorProto { Name = "w", DataType = (int)TensorProto.Types.DataType.Float16 };
-        half.Dims.Add(1024);
-        half.Dims.Add(1024);
-        half.RawData = ByteString.CopyFrom(MemoryMarshal.AsBytes(TinyModels.RandomFloats(1024 * 1024, 21, 0.05f).Select(v => (Half)v).ToArray().AsSpan()));
-        g.Initializer.Add(half);
+        g.Initializer.Add(TinyModels.Float16("w", TinyModels.RandomFloats(1024 * 1024, 21, 0.05f), 1024, 1024));
         g.Node.Add(TinyModels.Node("Cast", ["w"], ["w_f"], "cast", TinyModels.IntAttr("to", (int)TensorProto.Types.DataType.Float)));
         g.Node.Add(TinyModels.Node("MatMul", ["x", "w_f"], ["y"], "mm"));
         string source = Path.Combine(_dir, "src", "m.onnx");
