@@ -93,8 +93,8 @@ public sealed class AttentionLoweringTests
     }
 
     [TestMethod]
-    [DataRow(false, WeightEncoding.Int8)]
-    [DataRow(true, WeightEncoding.Int8)]
+    [DataRow(false, WeightEncoding.Int8PairBounded)]
+    [DataRow(true, WeightEncoding.Int8PairBounded)]
     [DataRow(true, WeightEncoding.UInt8)]
     public void Attention_becomes_QAttention_that_ORT_runs_close_to_float(bool mask, WeightEncoding encoding)
     {
