@@ -129,10 +129,10 @@ public sealed class LstmLoweringTests
     [
         [new Shape("forward", Bias: true, SequenceLens: false, InitialStates: false), WeightEncoding.UInt8],
         [new Shape("bidirectional", Bias: true, SequenceLens: true, InitialStates: true), WeightEncoding.Int8PairBounded],
-        [new Shape("forward", Bias: false, SequenceLens: false, InitialStates: false), WeightEncoding.Int8],
+        [new Shape("forward", Bias: false, SequenceLens: false, InitialStates: false), WeightEncoding.Int8PairBounded],
         [new Shape("reverse", Bias: true, SequenceLens: true, InitialStates: true), WeightEncoding.UInt8],
         [new Shape("bidirectional", Bias: true, SequenceLens: true, InitialStates: true, Peepholes: true), WeightEncoding.UInt8],
-        [new Shape("bidirectional", Bias: false, SequenceLens: false, InitialStates: false), WeightEncoding.Int8],
+        [new Shape("bidirectional", Bias: false, SequenceLens: false, InitialStates: false), WeightEncoding.Int8PairBounded],
         [new Shape("bidirectional", Bias: true, SequenceLens: false, InitialStates: true), WeightEncoding.Int8ReducedRange],
     ];
 
