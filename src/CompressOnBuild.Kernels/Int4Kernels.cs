@@ -193,6 +193,101 @@ public static class Int4Kernels
         }
     }
 
+    /// <summary>
+    /// Packs one block of 4-bit codes that runs down the rows of a row-major [rows, cols] matrix (rows even, codes
+    /// 0..15) into each column's run of rows / 2 bytes: column c's run starts at packed[c * stride], its byte i holds
+    /// codes[2i, c] in the low nibble and codes[2i + 1, c] in the high one (the layout of MatMulNBits' [N, blocks,
+    /// block / 2] weights when <paramref name="packed"/> starts at the block's offset and stride = blocks * block / 2).
+    /// <paramref name="scratch"/> holds rows / 2 * cols bytes.
+    /// </summary>
+    public static void PackColumnBlock(ReadOnlySpan<byte> codes, int rows, int cols, Span<byte> packed, int stride, Span<byte> scratch) =>
+        PackColumnBlockCore(codes, rows, cols, packed, stride, scratch, KernelSelector.Current);
+
+    internal static void PackColumnBlockCore(ReadOnlySpan<byte> codes, int rows, int cols, Span<byte> packed, int stride, Span<byte> scratch,
+        KernelImplementation implementation)
+    {
+        int pairs = rows / 2;
+        if (rows < 0 || rows % 2 != 0 || cols < 0 || stride < pairs)
+        {
+            throw new ArgumentException($"a column block needs an even row count and a stride of at least rows / 2; got rows {rows}, cols {cols}, stride {stride}.");
+        }
+        if (codes.Length < (long)rows * cols || scratch.Length < (long)pairs * cols || (cols > 0 && pairs > 0 && packed.Length < (long)(cols - 1) * stride + pairs))
+        {
+            throw new ArgumentException($"[{rows}, {cols}] codes with stride {stride} need {(long)rows * cols} code, {(long)pairs * cols} scratch and {(cols > 0 && pairs > 0 ? (long)(cols - 1) * stride + pairs : 0)} packed bytes; got {codes.Length}, {scratch.Length} and {packed.Length}.");
+        }
+        if (implementation == KernelImplementation.Scalar)
+        {
+            for (int c = 0; c < cols; c++)
+            {
+                for (int i = 0; i < pairs; i++)
+                {
+                    packed[c * stride + i] = ScalarReference.PackTwo(codes[2 * i * cols + c], codes[(2 * i + 1) * cols + c]);
+                }
+            }
+            return;
+        }
+        // Row pairs packed along the rows (vectors), then the [pairs, cols] bytes transposed into the columns' runs.
+        for (int i = 0; i < pairs; i++)
+        {
+            PackRowPair(codes.Slice(2 * i * cols, cols), codes.Slice((2 * i + 1) * cols, cols), scratch.Slice(i * cols, cols), implementation);
+        }
+        ref byte t = ref MemoryMarshal.GetReference(scratch);
+        ref byte d = ref MemoryMarshal.GetReference(packed);
+        for (int c = 0; c < cols; c++)
+        {
+            ref byte run = ref Unsafe.Add(ref d, c * stride);
+            for (int i = 0; i < pairs; i++)
+            {
+                Unsafe.Add(ref run, i) = Unsafe.Add(ref t, i * cols + c);
+            }
+        }
+    }
+
+    /// <summary>dest[j] = even[j] in the low nibble, odd[j] in the high one.</summary>
+    private static void PackRowPair(ReadOnlySpan<byte> even, ReadOnlySpan<byte> odd, Span<byte> dest, KernelImplementation implementation)
+    {
+        ref byte e = ref MemoryMarshal.GetReference(even);
+        ref byte o = ref MemoryMarshal.GetReference(odd);
+        ref byte d = ref MemoryMarshal.GetReference(dest);
+        int n = dest.Length, j = 0;
+        switch (implementation)
+        {
+            case KernelImplementation.Vector512:
+            {
+                var low = Vector512.Create((byte)0x0F);
+                for (; j <= n - Vector512<byte>.Count; j += Vector512<byte>.Count)
+                {
+                    ((Vector512.LoadUnsafe(ref e, (nuint)j) & low) | (Vector512.LoadUnsafe(ref o, (nuint)j) << 4)).StoreUnsafe(ref d, (nuint)j);
+                }
+                break;
+            }
+            case KernelImplementation.Vector256:
+            {
+                var low = Vector256.Create((byte)0x0F);
+                for (; j <= n - Vector256<byte>.Count; j += Vector256<byte>.Count)
+                {
+                    ((Vector256.LoadUnsafe(ref e, (nuint)j) & low) | (Vector256.LoadUnsafe(ref o, (nuint)j) << 4)).StoreUnsafe(ref d, (nuint)j);
+                }
+                break;
+            }
+            case KernelImplementation.Vector128:
+            {
+                var low = Vector128.Create((byte)0x0F);
+                for (; j <= n - Vector128<byte>.Count; j += Vector128<byte>.Count)
+                {
+                    ((Vector128.LoadUnsafe(ref e, (nuint)j) & low) | (Vector128.LoadUnsafe(ref o, (nuint)j) << 4)).StoreUnsafe(ref d, (nuint)j);
+                }
+                break;
+            }
+            default:
+                break;
+        }
+        for (; j < n; j++)
+        {
+            Unsafe.Add(ref d, j) = ScalarReference.PackTwo(Unsafe.Add(ref e, j), Unsafe.Add(ref o, j));
+        }
+    }
+
     internal static void UnpackCore(ReadOnlySpan<byte> packed, Span<byte> values, KernelImplementation implementation)
     {
         int bytes = PackedLength(values.Length);

@@ -95,6 +95,40 @@ public sealed class Float16AndInt4KernelTests
     }
 
     [TestMethod]
+    public void Column_block_packing_matches_the_reference_and_leaves_the_gaps_between_runs()
+    {
+        var rng = new Random(9);
+        foreach (int cols in TestData.Lengths())
+        {
+            foreach (int rows in new[] { 0, 2, 6, 32 })
+            {
+                int pairs = rows / 2, stride = pairs + 3;
+                var codes = new byte[rows * cols];
+                rng.NextBytes(codes); // high nibbles are garbage: only the low nibble counts
+                var expected = Enumerable.Repeat((byte)0xCD, cols * stride).ToArray();
+                for (int c = 0; c < cols; c++)
+                {
+                    for (int i = 0; i < pairs; i++)
+                    {
+                        expected[c * stride + i] = (byte)((codes[2 * i * cols + c] & 0x0F) | ((codes[(2 * i + 1) * cols + c] & 0x0F) << 4));
+                    }
+                }
+                foreach (KernelImplementation impl in TestData.All)
+                {
+                    var packed = Enumerable.Repeat((byte)0xCD, cols * stride).ToArray();
+                    Int4Kernels.PackColumnBlockCore(codes, rows, cols, packed, stride, new byte[pairs * cols], impl);
+                    CollectionAssert.AreEqual(expected, packed, $"{impl} rows={rows} cols={cols}");
+                }
+            }
+        }
+        var two = new byte[4];
+        Int4Kernels.PackColumnBlock([0x1, 0x2, 0xA, 0xB], 2, 2, two, 2, new byte[2]);
+        CollectionAssert.AreEqual(new byte[] { 0xA1, 0, 0xB2, 0 }, two, "column 0 at 0, column 1 at the stride");
+        Assert.ThrowsExactly<ArgumentException>(() => Int4Kernels.PackColumnBlock(new byte[6], 3, 2, new byte[8], 2, new byte[4]), "odd rows");
+        Assert.ThrowsExactly<ArgumentException>(() => Int4Kernels.PackColumnBlock(new byte[8], 4, 2, new byte[3], 2, new byte[4]), "packed too short");
+    }
+
+    [TestMethod]
     public void Packing_puts_the_even_element_in_the_low_nibble()
     {
         var packed = new byte[2];

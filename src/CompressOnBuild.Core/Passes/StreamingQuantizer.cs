@@ -218,6 +218,17 @@ public static class StreamingQuantizer
         public string? Int4ZeroPointName { get; set; }
     }
 
+    /// <summary>One worker's scratch for the int4 chunked kernel: a block's scales, zero points, codes, packed rows and its largest error.</summary>
+    private sealed class Int4BlockBuffers(int n, int blockSize)
+    {
+        public float[] Scales { get; } = new float[n];
+        public float[] Zeros { get; } = new float[n];
+        public float[] Scratch { get; } = new float[n];
+        public byte[] Codes { get; } = new byte[(long)blockSize * n];
+        public byte[] Packed { get; } = new byte[(long)blockSize / 2 * n];
+        public float MaxError { get; set; }
+    }
+
     private sealed class Writer(LazyModel lazy, QuantizationOptions? int8, Int4Options? int4, string displayName, StreamingProfile? profile)
     {
         private readonly QuantizationOptions options = int8 ?? QuantizationOptions.Default;
@@ -1002,49 +1013,76 @@ public static class StreamingQuantizer
             var packed = new byte[(long)n * blocks * half];
             var scales = new float[(long)n * blocks];
             byte[]? zeros = int4.Symmetric ? null : new byte[(long)n * zpBytes];
-            var blockScales = new float[n];
-            var blockZeros = new float[n];
-            var scratch = new float[n];
-            var codes = new byte[(long)bs * n];
             float maxError = 0;
+            var gate = new object();
+            var parallel = new ParallelOptions { MaxDegreeOfParallelism = Environment.ProcessorCount };
 
             // Blocks run down K: each block of bs rows gives every column one scale, zero point and bs codes
-            // ([N, blocks, bs/2] packed, like Int4WeightQuantizer.QuantizeBlocks on the transposed weight).
-            void Rows(ReadOnlySpan<float> values, int rows, long row0)
+            // ([N, blocks, bs/2] packed, like Int4WeightQuantizer.QuantizeBlocks on the transposed weight). Two
+            // consecutive blocks share the zero points' bytes and nothing else, so runs of pairs of blocks go to the
+            // cores (each with its own buffers; the output bytes do not depend on the order).
+            void Rows(byte[] source, int byteOffset, int rows, long row0)
             {
-                if (!TensorStats.AllFinite(values))
+                int bytes = (int)(rows * rowBytes);
+                bool nonFinite = false;
+                // Contiguous runs of pairs, one per core: neighbouring blocks' codes, scales and zero points share cache
+                // lines in every column, so interleaved pairs would make the cores contend for them.
+                int pairs = (rows + 2 * bs - 1) / (2 * bs);
+                int parts = Math.Min(pairs, parallel.MaxDegreeOfParallelism);
+                Parallel.For(0, parts, parallel, () => new Int4BlockBuffers(n, bs), (part, _, buffers) =>
                 {
-                    throw CompressException.ForFile(displayName, DiagnosticCodes.NonFiniteWeights, displayName, w.Tensor.Name);
-                }
-                for (int r0 = 0; r0 < rows; r0 += bs)
-                {
-                    int len = Math.Min(bs, rows - r0);
-                    int b = (int)((row0 + r0) / bs);
-                    maxError = MathF.Max(maxError, Int4Kernels.QuantizeColumnBlock(values.Slice(r0 * n, len * n), len, n, int4.Symmetric,
-                        blockScales, blockZeros, codes.AsSpan(0, len * n), scratch));
-                    for (int j = 0; j < n; j++)
+                    ReadOnlySpan<float> values = MemoryMarshal.Cast<byte, float>(source.AsSpan(byteOffset, bytes));
+                    int first = (int)((long)pairs * part / parts), end = (int)((long)pairs * (part + 1) / parts);
+                    int lastRow = Math.Min(rows, end * 2 * bs);
+                    if (!TensorStats.AllFinite(values[(first * 2 * bs * n)..(lastRow * n)]))
                     {
-                        byte pad = (byte)blockZeros[j]; // a short last block is padded with zeros, whose code is the zero point
-                        Span<byte> dest = packed.AsSpan((int)(((long)j * blocks + b) * half), half);
-                        for (int i = 0; i < half; i++)
+                        Volatile.Write(ref nonFinite, true);
+                        return buffers;
+                    }
+                    for (int r0 = first * 2 * bs; r0 < lastRow; r0 += bs)
+                    {
+                        int len = Math.Min(bs, rows - r0);
+                        int b = (int)((row0 + r0) / bs);
+                        byte[] codes = buffers.Codes;
+                        buffers.MaxError = MathF.Max(buffers.MaxError, Int4Kernels.QuantizeColumnBlock(values.Slice(r0 * n, len * n), len, n,
+                            int4.Symmetric, buffers.Scales, buffers.Zeros, codes.AsSpan(0, len * n), buffers.Scratch));
+                        // A short last block is padded with zeros, whose code is the column's zero point.
+                        for (int e = len; e < bs; e++)
                         {
-                            int e = 2 * i;
-                            byte lo = e < len ? codes[e * n + j] : pad;
-                            byte hi = e + 1 < len ? codes[(e + 1) * n + j] : pad;
-                            dest[i] = (byte)((lo & 0x0F) | (hi << 4));
+                            Span<byte> padRow = codes.AsSpan(e * n, n);
+                            for (int j = 0; j < n; j++)
+                            {
+                                padRow[j] = (byte)buffers.Zeros[j];
+                            }
                         }
-                        scales[(long)j * blocks + b] = blockScales[j];
-                        if (zeros != null)
+                        Int4Kernels.PackColumnBlock(codes.AsSpan(0, bs * n), bs, n, packed.AsSpan(b * half), blocks * half, buffers.Packed);
+                        for (int j = 0; j < n; j++)
                         {
-                            zeros[(long)j * zpBytes + b / 2] |= (byte)(b % 2 == 0 ? pad : pad << 4);
+                            scales[(long)j * blocks + b] = buffers.Scales[j];
+                            if (zeros != null)
+                            {
+                                byte zero = (byte)buffers.Zeros[j];
+                                zeros[(long)j * zpBytes + b / 2] |= (byte)(b % 2 == 0 ? zero : zero << 4);
+                            }
                         }
                     }
+                    return buffers;
+                }, buffers =>
+                {
+                    lock (gate)
+                    {
+                        maxError = MathF.Max(maxError, buffers.MaxError);
+                    }
+                });
+                if (nonFinite)
+                {
+                    throw CompressException.ForFile(displayName, DiagnosticCodes.NonFiniteWeights, displayName, w.Tensor.Name);
                 }
             }
 
             if (data != null)
             {
-                Rows(MemoryMarshal.Cast<byte, float>(data.AsSpan(offset, (int)(k * rowBytes))), k, 0);
+                Rows(data, offset, k, 0);
             }
             else
             {
@@ -1054,7 +1092,7 @@ public static class StreamingQuantizer
                 long row0 = 0;
                 foreach (int rows in Chunks(w, buffer, rowsPerChunk))
                 {
-                    Rows(MemoryMarshal.Cast<byte, float>(buffer.AsSpan(0, (int)(rows * rowBytes))), rows, row0);
+                    Rows(buffer, 0, rows, row0);
                     row0 += rows;
                 }
             }
