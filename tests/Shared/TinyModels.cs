@@ -47,7 +47,6 @@ internal static class TinyModels
         return m;
     }
 
-    /// <summary>Deterministic pseudo-random floats in [-scale, scale].</summary>
     /// <summary>A float16 initializer holding <paramref name="values"/> rounded to float16, inline (raw data).</summary>
     public static TensorProto Float16(string name, ReadOnlySpan<float> values, params long[] dims)
     {
@@ -59,6 +58,7 @@ internal static class TinyModels
         return TensorUtil.FromRaw(name, TensorProto.Types.DataType.Float16, System.Runtime.InteropServices.MemoryMarshal.AsBytes(h.AsSpan()), dims);
     }
 
+    /// <summary>Deterministic pseudo-random floats in [-scale, scale].</summary>
     public static float[] RandomFloats(int count, int seed, float scale = 1f)
     {
         var rng = new Random(seed);

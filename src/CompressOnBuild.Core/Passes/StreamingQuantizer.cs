@@ -218,14 +218,14 @@ public static class StreamingQuantizer
         public string? Int4ZeroPointName { get; set; }
     }
 
-    /// <summary>One worker's scratch for the int4 chunked kernel: a block's scales, zero points, codes, packed rows and its largest error.</summary>
+    /// <summary>One worker's scratch for the int4 chunked kernel: a block's scales, zero points, codes, the packing's scratch and its largest error.</summary>
     private sealed class Int4BlockBuffers(int n, int blockSize)
     {
         public float[] Scales { get; } = new float[n];
         public float[] Zeros { get; } = new float[n];
         public float[] Scratch { get; } = new float[n];
         public byte[] Codes { get; } = new byte[(long)blockSize * n];
-        public byte[] Packed { get; } = new byte[(long)blockSize / 2 * n];
+        public byte[] PackScratch { get; } = new byte[(long)blockSize / 2 * n];
         public float MaxError { get; set; }
     }
 
@@ -1055,7 +1055,7 @@ public static class StreamingQuantizer
                                 padRow[j] = (byte)buffers.Zeros[j];
                             }
                         }
-                        Int4Kernels.PackColumnBlock(codes.AsSpan(0, bs * n), bs, n, packed.AsSpan(b * half), blocks * half, buffers.Packed);
+                        Int4Kernels.PackColumnBlock(codes.AsSpan(0, bs * n), bs, n, packed.AsSpan(b * half), blocks * half, buffers.PackScratch);
                         for (int j = 0; j < n; j++)
                         {
                             scales[(long)j * blocks + b] = buffers.Scales[j];
