@@ -19,6 +19,7 @@ internal static class PruningLarge
         ("ResNet18", "Magnitude:0.5", "None"), ("ResNet18", "SparseGPT:0.5", "None"), ("ResNet18", "SparseGPT:0.5:uniform", "None"),
         ("ResNet18", "NofM:2:4", "None"), ("ResNet18", "SparseGPT:2:4", "None"), ("ResNet18", "Channels:0.3", "None"),
         ("MiniLM", "Magnitude:0.5", "None"), ("MiniLM", "SparseGPT:0.5", "None"), ("MiniLM", "SparseGPT:0.5:uniform", "None"),
+        ("MiniLM", "SparseGPT:0.3", "None"), ("MiniLM", "SparseGPT:0.4", "None"),
         ("MiniLM", "SparseGPT:0.5", "Int8Dynamic"),
     ];
 
