@@ -15,7 +15,11 @@ namespace CompressOnBuild.Validation;
 /// per sample, and outputs with more than one axis besides the batch (token or spatial maps: [1, tokens, features], where
 /// one softmax over every value would be dominated by a few large ones), use the squared difference divided by the
 /// original's mean square instead (relative squared error); on text data with an attention mask, a token output's
-/// padding rows are left out of both. With <c>model</c> and <c>weights</c>, the measure also has a
+/// padding rows are left out of both. With several outputs, every output's harm includes its relative squared error,
+/// and the KL is added to it: the KL depends on the output's scale (over values bounded to a small range, e.g. a tanh
+/// pooler's [-1, 1], the softmax is nearly uniform and the KL stays near zero however much the output changes), so on
+/// its own it would make such an output free to prune next to another output measured by its relative error; the
+/// relative squared error is scale-free, so summed outputs weigh alike. A single output keeps the KL alone. With <c>model</c> and <c>weights</c>, the measure also has a
 /// <see cref="HarmMeasure.MeasureWeight"/> that replaces one weight at a time on one session (the weights become
 /// overridable initializers of a probe copy), so no model is written or loaded per probe.
 /// </summary>
@@ -50,6 +54,8 @@ public static class SensitivityHarm
         int maskInput = ActivationCollector.MaskInput(data.InputNames);
         bool[]?[][] rows = [.. referenceOutputs.Select((outs, s) => outs.Select(t => TokenRows(maskInput >= 0 ? data.GetSample(s)[maskInput] : null, t)).ToArray())];
         var kl = new bool[output.Length];
+        // With several outputs each one's harm includes its (scale-free) relative squared error, so the outputs weigh alike.
+        bool relative = output.Length > 1;
         var meanSquare = new double[output.Length];
         for (int o = 0; o < output.Length; o++)
         {
@@ -59,9 +65,11 @@ public static class SensitivityHarm
                 throw CompressException.ForFile(original.ModelPath, DiagnosticCodes.NonFiniteOutputs, original.ModelPath, output[o], data.GetSampleSource(bad));
             }
             kl[o] = reference.All(r => r[o].Length > 1) && original.Outputs.First(x => x.Name == output[o]).Shape is not { Count: > 2 };
-            meanSquare[o] = kl[o] ? 0 : reference.Select((r, s) => Kept(r[o], rows[s][o])).Average(v => v.Count == 0 ? 0 : v.Average(x => (double)x * x));
+            meanSquare[o] = kl[o] && !relative ? 0 : reference.Select((r, s) => Kept(r[o], rows[s][o])).Average(v => v.Count == 0 ? 0 : v.Average(x => (double)x * x));
         }
-        string[] parts = [.. output.Select((n, o) => kl[o]
+        string[] parts = [.. output.Select((n, o) => kl[o] && relative
+            ? $"KL divergence of softmax('{n}') vs the original + squared difference / mean square of the original"
+            : kl[o]
             ? $"KL divergence of softmax('{n}') vs the original"
             : $"squared difference of '{n}' / mean square of the original")];
         string name = parts.Length == 1 ? "mean " + parts[0] : $"mean over the {parts.Length} outputs of: {string.Join("; ", parts)}";
@@ -77,9 +85,16 @@ public static class SensitivityHarm
                     {
                         throw CompressException.ForFile(path, DiagnosticCodes.OutputMismatch, path, output[o], $"{b.Length} values where the original has {a.Length}", "sensitivity");
                     }
-                    sum += kl[o] ? KlDivergence(a, b) : rows[s][o] is { } keep
-                        ? SquaredDifference(Kept(a, keep).ToArray(), Kept(b, keep).ToArray()) / Math.Max(meanSquare[o] * Kept(a, keep).Count, 1e-30)
-                        : SquaredDifference(a, b) / Math.Max(meanSquare[o] * a.Length, 1e-30);
+                    if (kl[o])
+                    {
+                        sum += KlDivergence(a, b);
+                    }
+                    if (!kl[o] || relative)
+                    {
+                        sum += rows[s][o] is { } keep
+                            ? SquaredDifference(Kept(a, keep).ToArray(), Kept(b, keep).ToArray()) / Math.Max(meanSquare[o] * Kept(a, keep).Count, 1e-30)
+                            : SquaredDifference(a, b) / Math.Max(meanSquare[o] * a.Length, 1e-30);
+                    }
                 }
             }
             return sum / ((double)reference.Length * output.Length);

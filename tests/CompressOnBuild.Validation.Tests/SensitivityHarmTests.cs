@@ -82,6 +82,49 @@ public sealed class SensitivityHarmTests
     }
 
     [TestMethod]
+    public void A_bounded_second_output_weighs_like_a_token_output_beside_it()
+    {
+        // y1 = x1 w1 over [1, 4 tokens, 4] (a token output: relative squared error); y2 = tanh(x2 w2) over [1, 16], small
+        // values like a transformer's tanh pooler, whose softmax is nearly uniform: by the KL alone, destroying y2 (w2 = 0,
+        // y2 = 0 everywhere) would cost about a hundredth of destroying y1, and the pooler would look free to prune.
+        var g = new GraphProto { Name = "token-and-pooler" };
+        g.Input.Add(TinyModels.FloatValue("x1", 1, 4, 8));
+        g.Input.Add(TinyModels.FloatValue("x2", 1, 8));
+        g.Output.Add(TinyModels.FloatValue("y1", 1, 4, 4));
+        g.Output.Add(TinyModels.FloatValue("y2", 1, 16));
+        g.Initializer.Add(TensorUtil.FromFloats("w1", TinyModels.RandomFloats(32, 1, 0.5f), 8, 4));
+        g.Initializer.Add(TensorUtil.FromFloats("w2", TinyModels.RandomFloats(128, 2, 0.1f), 8, 16));
+        g.Node.Add(TinyModels.Node("MatMul", ["x1", "w1"], ["h1"], "tokens"));
+        g.Node.Add(TinyModels.Node("Identity", ["h1"], ["y1"], "out1"));
+        g.Node.Add(TinyModels.Node("MatMul", ["x2", "w2"], ["p"], "pooler"));
+        g.Node.Add(TinyModels.Node("Tanh", ["p"], ["y2"], "tanh"));
+        ModelProto model = TinyModels.Model(g);
+        string path = Path.Combine(Path.GetTempPath(), $"cob-pooler-{Guid.NewGuid():N}.onnx");
+        ModelIO.Save(model, path);
+        try
+        {
+            using ModelRunner runner = new(path);
+            var samples = Enumerable.Range(0, 8).Select(s => new[] { new TensorData(TinyModels.RandomFloats(32, 80 + s), [1, 4, 8]), new TensorData(TinyModels.RandomFloats(8, 90 + s), [1, 8]) }).ToList();
+            var data = new Dataset("token-and-pooler", ["x1", "x2"], samples, [.. Enumerable.Range(0, 8).Select(s => "s" + s)], null, null);
+            HarmMeasure harm = SensitivityHarm.Create(runner, data);
+            StringAssert.Contains(harm.Name, "KL divergence of softmax('y2') vs the original + squared difference");
+            ModelProto firstZeroed = model.Clone();
+            firstZeroed.Graph.Initializer[0] = TensorUtil.FromFloats("w1", new float[32], 8, 4);
+            ModelProto secondZeroed = model.Clone();
+            secondZeroed.Graph.Initializer[1] = TensorUtil.FromFloats("w2", new float[128], 8, 16);
+            double first = harm.Measure(firstZeroed), second = harm.Measure(secondZeroed);
+            // Each output wiped out entirely: relative squared error 1 for either, plus y2's (small) KL.
+            Assert.AreEqual(0.5, first, 1e-3, "y1 gone: relative squared error 1, averaged over the two outputs");
+            Assert.IsGreaterThan(first, second, "y2 gone weighs at least as much as y1 gone");
+            Assert.IsLessThan(1.5 * first, second, "the KL adds little over a nearly uniform softmax");
+        }
+        finally
+        {
+            File.Delete(path);
+        }
+    }
+
+    [TestMethod]
     public void Padding_rows_of_a_token_output_do_not_count()
     {
         // y = x w over [1, 4 tokens, 8]; the last two tokens of every sample are padding (attention_mask 0) with values
