@@ -56,11 +56,8 @@ public sealed class SensitivityHarmTests
         g.Node.Add(TinyModels.Node("MatMul", ["x", "w1"], ["y1"], "head1"));
         g.Node.Add(TinyModels.Node("MatMul", ["x", "w2"], ["y2"], "head2"));
         ModelProto model = TinyModels.Model(g);
-        string path = Path.Combine(Path.GetTempPath(), $"cob-two-heads-{Guid.NewGuid():N}.onnx");
-        ModelIO.Save(model, path);
-        try
+        WithRunner(model, runner =>
         {
-            using ModelRunner runner = new(path);
             var samples = Enumerable.Range(0, 8).Select(s => new[] { new TensorData(TinyModels.RandomFloats(8, 40 + s), [1, 8]) }).ToList();
             var data = new Dataset("two-heads", ["x"], samples, [.. Enumerable.Range(0, 8).Select(s => "s" + s)], null, null);
             HarmMeasure harm = SensitivityHarm.Create(runner, data);
@@ -74,11 +71,7 @@ public sealed class SensitivityHarmTests
             Assert.IsGreaterThan(0.0, first);
             // Measured on the first output alone, the second head would cost exactly 0; the two heads are alike.
             Assert.IsGreaterThan(0.25 * first, second, $"zeroing the second head's weight harms the second output (first head: {first})");
-        }
-        finally
-        {
-            File.Delete(path);
-        }
+        });
     }
 
     [TestMethod]
@@ -99,11 +92,8 @@ public sealed class SensitivityHarmTests
         g.Node.Add(TinyModels.Node("MatMul", ["x2", "w2"], ["p"], "pooler"));
         g.Node.Add(TinyModels.Node("Tanh", ["p"], ["y2"], "tanh"));
         ModelProto model = TinyModels.Model(g);
-        string path = Path.Combine(Path.GetTempPath(), $"cob-pooler-{Guid.NewGuid():N}.onnx");
-        ModelIO.Save(model, path);
-        try
+        WithRunner(model, runner =>
         {
-            using ModelRunner runner = new(path);
             var samples = Enumerable.Range(0, 8).Select(s => new[] { new TensorData(TinyModels.RandomFloats(32, 80 + s), [1, 4, 8]), new TensorData(TinyModels.RandomFloats(8, 90 + s), [1, 8]) }).ToList();
             var data = new Dataset("token-and-pooler", ["x1", "x2"], samples, [.. Enumerable.Range(0, 8).Select(s => "s" + s)], null, null);
             HarmMeasure harm = SensitivityHarm.Create(runner, data);
@@ -117,11 +107,7 @@ public sealed class SensitivityHarmTests
             Assert.AreEqual(0.5, first, 1e-3, "y1 gone: relative squared error 1, averaged over the two outputs");
             Assert.IsGreaterThan(first, second, "y2 gone weighs at least as much as y1 gone");
             Assert.IsLessThan(1.5 * first, second, "the KL adds little over a nearly uniform softmax");
-        }
-        finally
-        {
-            File.Delete(path);
-        }
+        });
     }
 
     [TestMethod]
@@ -137,11 +123,8 @@ public sealed class SensitivityHarmTests
         g.Initializer.Add(TensorUtil.FromFloats("w", w, 8, 4));
         g.Node.Add(TinyModels.Node("MatMul", ["x", "w"], ["y"], "proj"));
         ModelProto model = TinyModels.Model(g);
-        string path = Path.Combine(Path.GetTempPath(), $"cob-tokens-{Guid.NewGuid():N}.onnx");
-        ModelIO.Save(model, path);
-        try
+        WithRunner(model, runner =>
         {
-            using ModelRunner runner = new(path);
             var xs = Enumerable.Range(0, 6).Select(s => TinyModels.RandomFloats(32, 60 + s).Select((v, i) => i >= 16 ? v * 100 : v).ToArray()).ToList();
             float[] mask = [1, 1, 0, 0];
             var samples = xs.Select(x => new[] { new TensorData(x, [1, 4, 8]), new TensorData(mask, [1, 4]) }).ToList();
@@ -155,11 +138,7 @@ public sealed class SensitivityHarmTests
             double meanSquare = xs.Average(x => new[] { 0, 1 }.SelectMany(r => Y(x, w, r)).Average(v => (double)v * v));
             double expected = xs.Average(x => new[] { 0, 1 }.Sum(r => Y(x, w, r).Zip(Y(x, changed, r)).Sum(p => (double)(p.First - p.Second) * (p.First - p.Second))) / (meanSquare * 8));
             Assert.AreEqual(expected, harm.Measure(candidate), expected * 1e-3);
-        }
-        finally
-        {
-            File.Delete(path);
-        }
+        });
     }
 
     [TestMethod]
@@ -230,6 +209,22 @@ public sealed class SensitivityHarmTests
             Assert.IsGreaterThan(0, slow);
             Assert.AreEqual(slow, fast!.Value, Math.Max(1e-6, slow * 1e-3), "same harm as the written model");
             harm.Release!();
+        }
+        finally
+        {
+            File.Delete(path);
+        }
+    }
+
+    /// <summary>Saves <paramref name="model"/> to a temporary file, opens it in ONNX Runtime for <paramref name="body"/>, then deletes the file.</summary>
+    private static void WithRunner(ModelProto model, Action<ModelRunner> body)
+    {
+        string path = Path.Combine(Path.GetTempPath(), $"cob-harm-{Guid.NewGuid():N}.onnx");
+        ModelIO.Save(model, path);
+        try
+        {
+            using ModelRunner runner = new(path);
+            body(runner);
         }
         finally
         {
