@@ -347,6 +347,14 @@ internal static class Report
             {
                 parts.Add(string.Format(ci, "agreement {0:0.00}%, cosine {1:0.0000} {2} ({3})", v.Top1Agreement * 100, v.MeanCosineSimilarity, on, Batching(v)));
             }
+            // The numbers above judge one output; an app may read the others, so their cosines are printed too (lowest first).
+            List<OutputMetrics> others = [.. v.Outputs.Where(o => o.Name != v.OutputName).OrderBy(o => o.MeanCosineSimilarity)];
+            if (others.Count > 0)
+            {
+                parts.Add(string.Format(ci, "other output{0}: {1}{2}", others.Count == 1 ? "" : "s",
+                    string.Join(", ", others.Take(3).Select(o => string.Format(ci, "'{0}' cosine {1:0.0000}", o.Name, o.MeanCosineSimilarity))),
+                    others.Count > 3 ? string.Format(ci, " and {0} more in the report", others.Count - 3) : ""));
+            }
             if (v.LatencyRuns > 0 && (Verdict.ClearlySlower(v) || r.Settings.Budgets.Any(b => b.Name == "MaxLatencyRatio")))
             {
                 parts.Add(string.Format(ci, "latency ratio {0:0.00}", v.LatencyRatio));

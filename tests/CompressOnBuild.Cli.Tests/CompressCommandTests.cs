@@ -177,6 +177,36 @@ public sealed class CompressCommandTests
         StringAssert.Contains(run.Output, "OpTypesToQuantize");
     }
 
+    /// <summary>
+    /// The summary line judges one output; the cosines of a model's other outputs are printed beside it, lowest first, so
+    /// an app that reads a second output (a transformer's pooler, a detector's boxes) sees its number too.
+    /// </summary>
+    [TestMethod]
+    public void The_summary_line_gives_the_cosine_of_every_output_it_does_not_judge()
+    {
+        var g = new GraphProto { Name = "three-heads" };
+        g.Input.Add(TinyModels.FloatValue("x", 1, 64));
+        foreach ((string name, int seed) in new[] { ("scores", 1), ("pooled", 2), ("aux", 3) })
+        {
+            g.Output.Add(TinyModels.FloatValue(name, 1, 32));
+            g.Initializer.Add(TensorUtil.FromFloats("w_" + name, TinyModels.RandomFloats(64 * 32, seed, 0.2f), 64, 32));
+            g.Node.Add(TinyModels.Node("MatMul", ["x", "w_" + name], [name], "head_" + name));
+        }
+        string model = P("three-heads.onnx");
+        ModelIO.Save(TinyModels.Model(g), model);
+        CliRun run = CliHarness.InProcess("compress", model, "--output", P("three-heads.out.onnx"), "--report", P("three-heads.json"), "--quantization", "Int8Dynamic");
+        Assert.AreEqual(0, run.ExitCode, run.Output);
+        string summary = run.Lines.Single(l => l.StartsWith("CompressOnBuild: ", StringComparison.Ordinal));
+        JsonNode v = JsonNode.Parse(File.ReadAllText(P("three-heads.json")))!["validation"]!;
+        Assert.AreEqual("scores", v["output"]!.GetValue<string>(), "the first output is the judged one");
+        var others = v["outputs"]!.AsArray().Where(o => o!["name"]!.GetValue<string>() != "scores")
+            .Select(o => (Name: o!["name"]!.GetValue<string>(), Cosine: o["meanCosineSimilarity"]!.GetValue<double>())).OrderBy(o => o.Cosine).ToList();
+        Assert.HasCount(2, others);
+        string expected = "other outputs: " + string.Join(", ", others.Select(o => string.Format(CultureInfo.InvariantCulture, "'{0}' cosine {1:0.0000}", o.Name, o.Cosine)));
+        StringAssert.Contains(summary, expected);
+        Assert.IsFalse(summary.Contains("'scores' cosine", StringComparison.Ordinal), summary);
+    }
+
     /// <summary>OpTypesToQuantize narrows the quantization pass to the listed op types on lenet5 (Conv + Gemm layers).</summary>
     [TestMethod]
     [DataRow("Int8Dynamic", "Gemm", "DynamicQuantizeMatMul", "ConvInteger")]
