@@ -19,9 +19,10 @@ namespace CompressOnBuild.Validation;
 /// and the KL is added to it: the KL depends on the output's scale (over values bounded to a small range, e.g. a tanh
 /// pooler's [-1, 1], the softmax is nearly uniform and the KL stays near zero however much the output changes), so on
 /// its own it would make such an output free to prune next to another output measured by its relative error; the
-/// relative squared error is scale-free, so summed outputs weigh alike. A single output keeps the KL alone. With <c>model</c> and <c>weights</c>, the measure also has a
-/// <see cref="HarmMeasure.MeasureWeight"/> that replaces one weight at a time on one session (the weights become
-/// overridable initializers of a probe copy), so no model is written or loaded per probe.
+/// relative squared error is scale-free, so summed outputs weigh alike. A single output keeps the KL alone.
+/// With <c>model</c> and <c>weights</c>, the measure also has a <see cref="HarmMeasure.MeasureWeight"/> that replaces one
+/// weight at a time on one session (the weights become overridable initializers of a probe copy), so no model is written
+/// or loaded per probe.
 /// </summary>
 public static class SensitivityHarm
 {
