@@ -54,6 +54,8 @@ public static class SensitivityHarm
         // padding positions' values are not part of what the model computes for the sample (rows[sample][output], null: all).
         int maskInput = ActivationCollector.MaskInput(data.InputNames);
         bool[]?[][] rows = [.. referenceOutputs.Select((outs, s) => outs.Select(t => TokenRows(maskInput >= 0 ? data.GetSample(s)[maskInput] : null, t)).ToArray())];
+        // The reference's real-token values, taken once: every probe compares against them.
+        float[][][] keptReference = [.. reference.Select((r, s) => r.Select((values, o) => rows[s][o] is { } keep ? Kept(values, keep) : values).ToArray())];
         var kl = new bool[output.Length];
         // With several outputs each one's harm includes its (scale-free) relative squared error, so the outputs weigh alike.
         bool relative = output.Length > 1;
@@ -66,12 +68,10 @@ public static class SensitivityHarm
                 throw CompressException.ForFile(original.ModelPath, DiagnosticCodes.NonFiniteOutputs, original.ModelPath, output[o], data.GetSampleSource(bad));
             }
             kl[o] = reference.All(r => r[o].Length > 1) && original.Outputs.First(x => x.Name == output[o]).Shape is not { Count: > 2 };
-            meanSquare[o] = kl[o] && !relative ? 0 : reference.Select((r, s) => Kept(r[o], rows[s][o])).Average(v => v.Count == 0 ? 0 : v.Average(x => (double)x * x));
+            meanSquare[o] = kl[o] && !relative ? 0 : keptReference.Average(r => r[o].Length == 0 ? 0 : r[o].Average(x => (double)x * x));
         }
-        string[] parts = [.. output.Select((n, o) => kl[o] && relative
-            ? $"KL divergence of softmax('{n}') vs the original + squared difference / mean square of the original"
-            : kl[o]
-            ? $"KL divergence of softmax('{n}') vs the original"
+        string[] parts = [.. output.Select((n, o) => kl[o]
+            ? $"KL divergence of softmax('{n}') vs the original" + (relative ? " + squared difference / mean square of the original" : "")
             : $"squared difference of '{n}' / mean square of the original")];
         string name = parts.Length == 1 ? "mean " + parts[0] : $"mean over the {parts.Length} outputs of: {string.Join("; ", parts)}";
         double Harm(IReadOnlyList<TensorData[]> outputs, string path)
@@ -92,9 +92,8 @@ public static class SensitivityHarm
                     }
                     if (!kl[o] || relative)
                     {
-                        sum += rows[s][o] is { } keep
-                            ? SquaredDifference(Kept(a, keep).ToArray(), Kept(b, keep).ToArray()) / Math.Max(meanSquare[o] * Kept(a, keep).Count, 1e-30)
-                            : SquaredDifference(a, b) / Math.Max(meanSquare[o] * a.Length, 1e-30);
+                        float[] kept = keptReference[s][o];
+                        sum += SquaredDifference(kept, rows[s][o] is { } keep ? Kept(b, keep) : b) / Math.Max(meanSquare[o] * kept.Length, 1e-30);
                     }
                 }
             }
@@ -235,20 +234,17 @@ public static class SensitivityHarm
         return keep.All(k => k) || !keep.Any(k => k) ? null : keep;
     }
 
-    /// <summary>The values of the rows <paramref name="keep"/> marks (all values when null).</summary>
-    private static IReadOnlyList<float> Kept(float[] values, bool[]? keep)
+    /// <summary>The values of the rows <paramref name="keep"/> marks, in order.</summary>
+    private static float[] Kept(float[] values, bool[] keep)
     {
-        if (keep == null)
-        {
-            return values;
-        }
         int width = values.Length / keep.Length;
-        var kept = new List<float>(values.Length);
-        for (int r = 0; r < keep.Length; r++)
+        var kept = new float[keep.Count(k => k) * width];
+        for (int r = 0, at = 0; r < keep.Length; r++)
         {
             if (keep[r])
             {
-                kept.AddRange(values.AsSpan(r * width, width));
+                values.AsSpan(r * width, width).CopyTo(kept.AsSpan(at));
+                at += width;
             }
         }
         return kept;
